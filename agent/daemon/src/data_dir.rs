@@ -1,0 +1,122 @@
+//! The agent's data directory.
+//!
+//! ```text
+//! D/agent.toml     control plane address, identity, labels, local API address
+//! D/agent.key      the agent's private key (mode 0600; generated here, never sent)
+//! D/agent.crt      the agent's certificate, issued by the control plane's CA
+//! D/ca.crt         the control plane's CA (pinned at enrollment via the token's hash)
+//! D/gpus.json      GPU adapters found by the last discovery
+//! ```
+//!
+//! `agent.toml` is written last at enrollment: its presence means the agent is enrolled.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Default address of the local API.
+pub const DEFAULT_LISTEN_API: &str = "127.0.0.1:7480";
+
+/// `agent.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// `host:port` of the control plane.
+    pub control_plane: String,
+    /// Identity assigned by the control plane.
+    pub agent_id: String,
+    pub name: String,
+    /// Labels recorded at enrollment.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Where the local API listens.
+    pub listen_api: SocketAddr,
+}
+
+/// Why the data dir could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    #[error("cannot access {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0} is not an enrolled agent's data dir (run `tern-agent join` first)")]
+    NotEnrolled(PathBuf),
+}
+
+/// Paths of an agent data dir.
+#[derive(Debug, Clone)]
+pub struct AgentDataDir {
+    root: PathBuf,
+}
+
+impl AgentDataDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn config(&self) -> PathBuf {
+        self.root.join("agent.toml")
+    }
+    pub fn key(&self) -> PathBuf {
+        self.root.join("agent.key")
+    }
+    pub fn cert(&self) -> PathBuf {
+        self.root.join("agent.crt")
+    }
+    pub fn ca(&self) -> PathBuf {
+        self.root.join("ca.crt")
+    }
+    pub fn gpus(&self) -> PathBuf {
+        self.root.join("gpus.json")
+    }
+
+    pub fn is_enrolled(&self) -> bool {
+        self.config().exists()
+    }
+
+    pub fn read(&self, path: &Path) -> Result<String, DataDirError> {
+        std::fs::read_to_string(path).map_err(|source| DataDirError::Io { path: path.to_owned(), source })
+    }
+
+    /// Reads `agent.toml`.
+    pub fn load_config(&self) -> Result<AgentConfig, DataDirError> {
+        if !self.is_enrolled() {
+            return Err(DataDirError::NotEnrolled(self.root.clone()));
+        }
+        let path = self.config();
+        toml::from_str(&self.read(&path)?)
+            .map_err(|e| DataDirError::Parse { path, message: e.to_string() })
+    }
+
+    /// Writes a file atomically (temporary file, fsync, rename), 0600 when `secret`.
+    pub fn write(&self, path: &Path, bytes: &[u8], secret: bool) -> Result<(), DataDirError> {
+        let io = |source| DataDirError::Io { path: path.to_owned(), source };
+        std::fs::create_dir_all(&self.root).map_err(io)?;
+        let tmp = path.with_extension("tmp");
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(if secret { 0o600 } else { 0o644 });
+        }
+        #[cfg(not(unix))]
+        let _ = secret;
+        let mut file = options.open(&tmp).map_err(io)?;
+        file.write_all(bytes).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+
+    /// Writes `agent.toml`.
+    pub fn save_config(&self, config: &AgentConfig) -> Result<(), DataDirError> {
+        let text = toml::to_string_pretty(config).expect("the agent config always serializes");
+        self.write(&self.config(), text.as_bytes(), false)
+    }
+}

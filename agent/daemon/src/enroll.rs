@@ -1,0 +1,102 @@
+//! `tern-agent join`: enroll with a one-time token.
+//!
+//! The token carries the SHA-256 of the control plane's CA. The TLS handshake of the enrollment
+//! request fails unless the control plane presents that CA, so the token is never sent to an
+//! impostor. The private key is generated here and never leaves the agent: only a CSR is sent.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use tern_proto::api::{EnrollRequest, EnrollResponse};
+use tern_proto::labels::{self, LabelError};
+use tern_proto::{EnrollmentToken, TokenError};
+use tern_transport::https::{HttpsClient, HttpsError};
+use tern_transport::{PkiError, TlsError};
+use tracing::info;
+
+use crate::data_dir::{AgentConfig, AgentDataDir, DEFAULT_LISTEN_API, DataDirError};
+
+/// Options of `tern-agent join`.
+#[derive(Debug, Clone)]
+pub struct JoinOptions {
+    /// `host:port` of the control plane's agent address.
+    pub control_plane: String,
+    pub token: String,
+    pub data_dir: PathBuf,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub listen_api: Option<SocketAddr>,
+}
+
+/// Why enrollment failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("{0} already holds an enrolled agent; use `tern-agent run --data-dir {0}`")]
+    AlreadyEnrolled(String),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("invalid agent name `{0}`: use 1-63 characters of a-z, 0-9, `-`, `.`, `_`")]
+    InvalidName(String),
+    #[error(transparent)]
+    Labels(#[from] LabelError),
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("the control plane refused enrollment: {0}")]
+    Refused(String),
+    #[error("cannot reach the control plane: {0}")]
+    Unreachable(HttpsError),
+    #[error("the control plane answered with a CA that does not match the token")]
+    CaMismatch,
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+}
+
+/// Enrolls and writes the agent's data dir. Returns the config `run` starts from.
+pub async fn join(options: &JoinOptions) -> Result<AgentConfig, JoinError> {
+    let dir = AgentDataDir::new(&options.data_dir);
+    if dir.is_enrolled() {
+        return Err(JoinError::AlreadyEnrolled(options.data_dir.display().to_string()));
+    }
+    let token = EnrollmentToken::parse(&options.token)?;
+    if !labels::valid_name(&options.name) {
+        return Err(JoinError::InvalidName(options.name.clone()));
+    }
+    labels::validate(&options.labels)?;
+
+    let csr = tern_transport::pki::agent_key_and_csr(&options.name)?;
+    let tls = tern_transport::tls::https_client_pinned_by_ca_hash(token.ca_sha256)?;
+    let client = HttpsClient::new(options.control_plane.clone(), tls);
+    let request = EnrollRequest {
+        token: options.token.trim().to_owned(),
+        name: options.name.clone(),
+        labels: options.labels.clone(),
+        csr_pem: csr.csr_pem,
+    };
+    let response: EnrollResponse = client.post("/v1/enroll", &request).await.map_err(|e| match e {
+        HttpsError::Status { message, .. } => JoinError::Refused(message),
+        other => JoinError::Unreachable(other),
+    })?;
+    let ca = tern_transport::pki::first_certificate(&response.ca_certificate_pem)?;
+    if tern_proto::sha256(&ca) != token.ca_sha256 {
+        return Err(JoinError::CaMismatch);
+    }
+
+    dir.write(&dir.key(), csr.key_pem.as_bytes(), true)?;
+    dir.write(&dir.cert(), response.certificate_pem.as_bytes(), false)?;
+    dir.write(&dir.ca(), response.ca_certificate_pem.as_bytes(), false)?;
+    let config = AgentConfig {
+        control_plane: options.control_plane.clone(),
+        agent_id: response.agent_id,
+        name: options.name.clone(),
+        labels: response.labels,
+        listen_api: options
+            .listen_api
+            .unwrap_or_else(|| DEFAULT_LISTEN_API.parse().expect("valid default address")),
+    };
+    dir.save_config(&config)?;
+    info!(agent = %config.name, id = %config.agent_id, "enrolled");
+    Ok(config)
+}

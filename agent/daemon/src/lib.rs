@@ -1,0 +1,23 @@
+//! The Tern agent daemon.
+//!
+//! An agent enrolls once with a one-time token ([`enroll`]), then keeps one QUIC connection to
+//! its control plane ([`link`]), reconnecting with jittered exponential backoff ([`backoff`])
+//! for as long as the control plane is away. It reports what its host offers ([`capacity`]) and
+//! serves local applications on a local HTTP address ([`local_api`]).
+//!
+//! - [`data_dir`]: the agent's files (identity, CA, `agent.toml`).
+
+pub mod backoff;
+pub mod capacity;
+pub mod data_dir;
+pub mod enroll;
+pub mod link;
+pub mod local_api;
+pub mod run;
+
+pub use data_dir::{AgentConfig, AgentDataDir};
+pub use enroll::{JoinError, JoinOptions, join};
+pub use run::{RunError, run};
+
+/// The agent's software version, reported in its hello.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

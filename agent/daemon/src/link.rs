@@ -1,0 +1,238 @@
+//! The agent's link to its control plane: one QUIC connection with mutual TLS, a control stream
+//! (hello, heartbeats, capacity updates), and reconnection with backoff whenever it breaks.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tern_proto::frame::FrameError;
+use tern_proto::io::{read_frame, write_frame};
+use tern_proto::{
+    AgentMessage, Capacity, ControlMessage, Heartbeat, Hello, MAX_FRAME_LEN, PROTOCOL_VERSION,
+};
+use tern_transport::quic::close;
+use tokio::sync::{mpsc, watch};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::backoff::Backoff;
+use crate::data_dir::AgentConfig;
+
+/// Time the control plane has to answer a hello.
+pub const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+/// Heartbeats that may go unacknowledged before the link is considered dead.
+pub const MISSED_ACKS: u32 = 3;
+/// Clock difference to the control plane that is worth a warning.
+const CLOCK_SKEW_WARNING: Duration = Duration::from_secs(60);
+
+/// What the rest of the agent may know about the link.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkState {
+    pub connected: bool,
+    /// Why the last attempt or connection failed.
+    pub last_error: Option<String>,
+    /// Successful connections since start.
+    pub connections: u64,
+}
+
+/// Why one connection attempt or connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("cannot resolve {0}: {1}")]
+    Resolve(String, std::io::Error),
+    #[error("cannot connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    #[error("connection failed: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("cannot open the control stream: {0}")]
+    Stream(#[from] quinn::WriteError),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("the control plane refused this agent: {0}")]
+    Refused(String),
+    #[error("protocol violation by the control plane: {0}")]
+    Protocol(String),
+    #[error("no welcome within {WELCOME_TIMEOUT:?}")]
+    WelcomeTimeout,
+    #[error("the control plane stopped acknowledging heartbeats")]
+    Silent,
+    #[error("the control plane closed the control stream")]
+    Closed,
+}
+
+/// Everything a session needs that does not change between attempts.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    pub agent: AgentConfig,
+    pub client: quinn::ClientConfig,
+}
+
+/// Keeps the link up until `shutdown` turns true; then closes the connection in an orderly way.
+pub async fn maintain(
+    link: LinkConfig,
+    capacity: watch::Receiver<Capacity>,
+    state: watch::Sender<LinkState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff::default();
+    let mut failures = 0u32;
+    loop {
+        let span = info_span!("link", control_plane = %link.agent.control_plane);
+        let result = session(&link, capacity.clone(), &state, &mut backoff, shutdown.clone()).instrument(span).await;
+        state.send_modify(|s| s.connected = false);
+        match result {
+            Ok(()) => return,
+            Err(e) => {
+                failures += 1;
+                if failures == 1 || failures.is_power_of_two() {
+                    warn!(error = %e, failures, "control plane link down; retrying");
+                } else {
+                    debug!(error = %e, failures, "control plane link down; retrying");
+                }
+                state.send_modify(|s| s.last_error = Some(e.to_string()));
+            }
+        }
+        let delay = backoff.next_delay(&mut rand::rng());
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stopped(&mut shutdown) => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+    }
+}
+
+async fn resolve(addr: &str) -> Result<SocketAddr, SessionError> {
+    let mut addrs = tokio::net::lookup_host(addr).await.map_err(|e| SessionError::Resolve(addr.to_owned(), e))?;
+    addrs.next().ok_or_else(|| {
+        SessionError::Resolve(addr.to_owned(), std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))
+    })
+}
+
+/// One connection, from dial to its end. `Ok(())` only on shutdown.
+async fn session(
+    link: &LinkConfig,
+    mut capacity: watch::Receiver<Capacity>,
+    state: &watch::Sender<LinkState>,
+    backoff: &mut Backoff,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), SessionError> {
+    let addr = resolve(&link.agent.control_plane).await?;
+    let endpoint = tern_transport::quic::client_endpoint(addr)
+        .map_err(|e| SessionError::Resolve(link.agent.control_plane.clone(), e))?;
+    let connecting = endpoint.connect_with(link.client.clone(), addr, tern_proto::CONTROL_PLANE_SERVER_NAME)?;
+    let conn = tokio::select! {
+        conn = connecting => conn?,
+        _ = stopped(&mut shutdown) => return Ok(()),
+    };
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        agent_id: link.agent.agent_id.clone(),
+        name: link.agent.name.clone(),
+        labels: link.agent.labels.clone(),
+        capacity: capacity.borrow_and_update().clone(),
+        software_version: crate::VERSION.to_owned(),
+    };
+    write_frame(&mut send, &AgentMessage::Hello(hello), MAX_FRAME_LEN).await?;
+    let welcome = match tokio::time::timeout(WELCOME_TIMEOUT, read_frame(&mut recv, MAX_FRAME_LEN)).await {
+        Err(_) => return Err(SessionError::WelcomeTimeout),
+        Ok(Err(FrameError::Io(_))) if conn.close_reason().is_some() => {
+            return Err(conn.close_reason().map(SessionError::Connection).unwrap_or(SessionError::Closed));
+        }
+        Ok(frame) => match frame? {
+            Some(ControlMessage::Welcome(w)) => w,
+            Some(ControlMessage::Refused { reason }) => return Err(SessionError::Refused(reason)),
+            Some(_) => return Err(SessionError::Protocol("expected a welcome".into())),
+            None => return Err(SessionError::Closed),
+        },
+    };
+    backoff.reset();
+    let skew = tern_transport::unix_millis_now().abs_diff(welcome.server_time_ms);
+    if skew > CLOCK_SKEW_WARNING.as_millis() as u64 {
+        warn!(skew_ms = skew, "clock differs from the control plane's");
+    }
+    state.send_modify(|s| {
+        s.connected = true;
+        s.last_error = None;
+        s.connections += 1;
+    });
+    info!(remote = %addr, "connected to control plane");
+
+    // Reading a frame is not cancel-safe, so a task owns the receive side.
+    let (frames_tx, mut frames) = mpsc::channel::<Result<Option<ControlMessage>, FrameError>>(16);
+    let reader = tokio::spawn(async move {
+        loop {
+            let frame = read_frame(&mut recv, MAX_FRAME_LEN).await;
+            let end = !matches!(frame, Ok(Some(_)));
+            if frames_tx.send(frame).await.is_err() || end {
+                return;
+            }
+        }
+    });
+    let result = control_loop(&conn, &mut send, &mut frames, &mut capacity, &mut shutdown, welcome.heartbeat_interval_ms).await;
+    reader.abort();
+    match &result {
+        Ok(()) => {
+            conn.close(close::SHUTDOWN.into(), b"agent shutting down");
+            // Let the close reach the control plane, so it marks us NotReady at once.
+            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        }
+        Err(e) => conn.close(close::PROTOCOL.into(), e.to_string().as_bytes()),
+    }
+    result
+}
+
+async fn control_loop(
+    conn: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    frames: &mut mpsc::Receiver<Result<Option<ControlMessage>, FrameError>>,
+    capacity: &mut watch::Receiver<Capacity>,
+    shutdown: &mut watch::Receiver<bool>,
+    heartbeat_interval_ms: u64,
+) -> Result<(), SessionError> {
+    let interval = Duration::from_millis(heartbeat_interval_ms.max(100));
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 0u64;
+    let mut last_ack = Instant::now();
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                if last_ack.elapsed() > interval * MISSED_ACKS {
+                    return Err(SessionError::Silent);
+                }
+                seq += 1;
+                write_frame(send, &AgentMessage::Heartbeat(Heartbeat { seq }), MAX_FRAME_LEN).await?;
+            }
+            frame = frames.recv() => match frame {
+                Some(Ok(Some(ControlMessage::Ack(_)))) => last_ack = Instant::now(),
+                Some(Ok(Some(ControlMessage::Refused { reason }))) => return Err(SessionError::Refused(reason)),
+                Some(Ok(Some(ControlMessage::DesiredState(d)))) => {
+                    debug!(generation = d.generation, "desired state received; deployments are not applied by this version");
+                }
+                Some(Ok(Some(ControlMessage::Welcome(_)))) => {
+                    return Err(SessionError::Protocol("welcome sent twice".into()));
+                }
+                Some(Ok(None)) | None => {
+                    return Err(conn.close_reason().map(SessionError::Connection).unwrap_or(SessionError::Closed));
+                }
+                Some(Err(FrameError::Io(_))) if conn.close_reason().is_some() => {
+                    return Err(conn.close_reason().map(SessionError::Connection).unwrap_or(SessionError::Closed));
+                }
+                Some(Err(e)) => return Err(e.into()),
+            },
+            changed = capacity.changed() => {
+                if changed.is_ok() {
+                    let update = capacity.borrow_and_update().clone();
+                    write_frame(send, &AgentMessage::Capacity(update), MAX_FRAME_LEN).await?;
+                }
+            }
+            _ = stopped(shutdown) => return Ok(()),
+        }
+    }
+}
+
+/// Completes once `shutdown` turns true (or its sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}

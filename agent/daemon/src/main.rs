@@ -1,0 +1,117 @@
+//! `tern-agent`: `join` a control plane once, then `run`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tern_agent::{AgentDataDir, JoinOptions};
+
+/// The Tern agent.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Enroll with a one-time token, then run.
+    Join {
+        /// The control plane's agent address, HOST:PORT.
+        #[arg(long)]
+        control_plane: String,
+        /// Token from `ternctl token create`.
+        #[arg(long, env = "TERN_TOKEN", hide_env_values = true)]
+        token: String,
+        #[arg(long, env = "TERN_DATA_DIR")]
+        data_dir: PathBuf,
+        /// This agent's name in the fleet.
+        #[arg(long)]
+        name: String,
+        /// Labels, k=v,k2=v2 (the token's labels win on conflict).
+        #[arg(long, default_value = "")]
+        labels: String,
+        /// Address of the local API [default: 127.0.0.1:7480].
+        #[arg(long)]
+        listen_api: Option<SocketAddr>,
+        /// Enroll and exit instead of running.
+        #[arg(long)]
+        no_run: bool,
+    },
+    /// Run an enrolled agent until SIGTERM or Ctrl-C.
+    Run {
+        #[arg(long, env = "TERN_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+    /// Print the GPU adapters wgpu finds, as JSON (the agent runs this in a child process).
+    #[command(hide = true)]
+    GpuProbe,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    if let Command::GpuProbe = cli.command {
+        println!("{}", tern_agent::capacity::gpu_probe_json());
+        return std::process::ExitCode::SUCCESS;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TERN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?;
+    runtime.block_on(async {
+        let data_dir = match cli.command {
+            Command::Join { control_plane, token, data_dir, name, labels, listen_api, no_run } => {
+                let labels = tern_proto::labels::parse(&labels).context("invalid --labels")?;
+                let options = JoinOptions { control_plane, token, data_dir: data_dir.clone(), name, labels, listen_api };
+                let config = tern_agent::join(&options).await.context("failed to join the control plane")?;
+                eprintln!("enrolled as {} (id {})", config.name, config.agent_id);
+                if no_run {
+                    return Ok(());
+                }
+                data_dir
+            }
+            Command::Run { data_dir } => data_dir,
+            Command::GpuProbe => return Ok(()),
+        };
+        tern_agent::run(AgentDataDir::new(data_dir), shutdown_signal())
+            .await
+            .context("agent failed")
+    })
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

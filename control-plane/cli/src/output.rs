@@ -1,0 +1,105 @@
+//! Rendering resources as tables, JSON or YAML.
+
+use comfy_table::{Table, presets};
+use serde::Serialize;
+use tern_proto::api::AgentView;
+
+/// `-o table|json|yaml`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Yaml,
+}
+
+fn structured<T: Serialize + ?Sized>(value: &T, format: Format) -> anyhow::Result<Option<String>> {
+    Ok(match format {
+        Format::Json => Some(serde_json::to_string_pretty(value)? + "\n"),
+        Format::Yaml => Some(serde_yaml_ng::to_string(value)?),
+        Format::Table => None,
+    })
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(presets::NOTHING);
+    t.set_header(header.iter().map(|h| h.to_string()));
+    t
+}
+
+fn labels(view: &AgentView) -> String {
+    if view.labels.is_empty() { "-".into() } else { tern_proto::labels::format(&view.labels) }
+}
+
+fn gpus(view: &AgentView) -> String {
+    if view.gpus.is_empty() { "-".into() } else { view.gpus.join("; ") }
+}
+
+/// Age of an RFC 3339 timestamp, like "12s" or "3h".
+fn age(rfc3339: &str) -> String {
+    let Ok(t) = humantime::parse_rfc3339(rfc3339) else { return rfc3339.to_owned() };
+    let secs = std::time::SystemTime::now().duration_since(t).map(|d| d.as_secs()).unwrap_or(0);
+    match secs {
+        s if s < 120 => format!("{s}s ago"),
+        s if s < 7200 => format!("{}m ago", s / 60),
+        s if s < 172_800 => format!("{}h ago", s / 3600),
+        s => format!("{}d ago", s / 86_400),
+    }
+}
+
+fn bytes(n: u64) -> String {
+    const GIB: f64 = (1u64 << 30) as f64;
+    format!("{:.1} GiB", n as f64 / GIB)
+}
+
+/// `ternctl get agents`.
+pub fn agents(list: &[AgentView], format: Format) -> anyhow::Result<String> {
+    if let Some(text) = structured(list, format)? {
+        return Ok(text);
+    }
+    if list.is_empty() {
+        return Ok("No agents enrolled. Create a token with `ternctl token create` and run `tern-agent join`.\n".into());
+    }
+    let mut t = table(&["NAME", "STATUS", "LABELS", "VERSION", "GPUS", "LAST SEEN"]);
+    for a in list {
+        t.add_row(vec![
+            a.name.clone(),
+            a.status.to_string(),
+            labels(a),
+            if a.version.is_empty() { "-".into() } else { a.version.clone() },
+            gpus(a),
+            age(&a.last_seen),
+        ]);
+    }
+    Ok(format!("{t}\n"))
+}
+
+/// `ternctl describe agent`.
+pub fn agent(a: &AgentView, format: Format) -> anyhow::Result<String> {
+    if let Some(text) = structured(a, format)? {
+        return Ok(text);
+    }
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| out.push_str(&format!("{k:<12}{v}\n"));
+    line("Name:", a.name.clone());
+    line("ID:", a.id.clone());
+    line("Status:", a.status.to_string());
+    line("Labels:", labels(a));
+    line("Version:", a.version.clone());
+    line("Address:", a.address.clone().unwrap_or_else(|| "-".into()));
+    line("First seen:", a.first_seen.clone());
+    line("Last seen:", format!("{} ({})", a.last_seen, age(&a.last_seen)));
+    line("Cores:", a.capacity.cores.to_string());
+    line("Memory:", bytes(a.capacity.memory_bytes));
+    line("Disk free:", bytes(a.capacity.disk_free_bytes));
+    if a.capacity.gpus.is_empty() {
+        line("GPUs:", "none".into());
+    } else {
+        let mut t = table(&["GPU", "BACKEND", "TYPE", "DRIVER"]);
+        for g in &a.capacity.gpus {
+            t.add_row(vec![g.name.clone(), g.backend.clone(), g.device_type.clone(), g.driver.clone()]);
+        }
+        out.push_str(&format!("GPUs:\n{t}\n"));
+    }
+    Ok(out)
+}

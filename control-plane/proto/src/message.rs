@@ -1,0 +1,162 @@
+//! Messages of the control stream and of artifact transfers.
+//!
+//! Every enum is encoded with postcard, so variants are identified by their position:
+//! **append new variants at the end, never reorder or remove one.**
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// What an agent sends on its control stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AgentMessage {
+    /// First message of every connection.
+    Hello(Hello),
+    /// Liveness, at the interval the control plane asked for in [`Welcome`].
+    Heartbeat(Heartbeat),
+    /// What the agent runs, after it applied a desired state (or failed to).
+    Status(StatusReport),
+    /// Acknowledges a control-plane message that asked for one.
+    Ack(Ack),
+    /// The host's capacity changed since the hello (for example, GPU discovery finished).
+    Capacity(Capacity),
+}
+
+/// What the control plane sends on an agent's control stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ControlMessage {
+    /// Answer to [`Hello`]: the agent is known and may stay connected.
+    Welcome(Welcome),
+    /// Acknowledges a heartbeat or status report by sequence number.
+    Ack(Ack),
+    /// The hello was refused; the connection closes after this message.
+    Refused { reason: String },
+    /// What the agent should run, signed by the control plane's online key.
+    DesiredState(SignedDesiredState),
+}
+
+/// The first message of an agent connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`crate::PROTOCOL_VERSION`] of the sender.
+    pub protocol_version: u32,
+    /// Identity assigned at enrollment (also bound to the client certificate).
+    pub agent_id: String,
+    /// Human name chosen at enrollment.
+    pub name: String,
+    /// Labels the agent was enrolled with, as it knows them.
+    pub labels: BTreeMap<String, String>,
+    /// What the host offers.
+    pub capacity: Capacity,
+    /// The agent's software version (semver of `tern-agent`).
+    pub software_version: String,
+}
+
+/// Resources of an agent's host.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Capacity {
+    /// Logical CPU cores available to the agent.
+    pub cores: u32,
+    /// Total memory in bytes.
+    pub memory_bytes: u64,
+    /// Free disk space under the agent's data dir, in bytes.
+    pub disk_free_bytes: u64,
+    /// GPU adapters as wgpu enumerates them.
+    pub gpus: Vec<GpuAdapter>,
+}
+
+/// One GPU adapter as wgpu reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuAdapter {
+    /// Adapter name, e.g. "NVIDIA H100 80GB HBM3" or "llvmpipe (LLVM 15.0.6, 256 bits)".
+    pub name: String,
+    /// Graphics API backend: "vulkan", "metal", "dx12".
+    pub backend: String,
+    /// "discrete-gpu", "integrated-gpu", "virtual-gpu", "cpu" or "other".
+    pub device_type: String,
+    /// Driver name and version, when the backend reports them.
+    pub driver: String,
+}
+
+/// Liveness signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Increases by one per heartbeat of a connection; echoed in the [`Ack`].
+    pub seq: u64,
+}
+
+/// Acknowledgement of a numbered message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub seq: u64,
+}
+
+/// Answer to a [`Hello`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// How often the agent must send a heartbeat, in milliseconds.
+    pub heartbeat_interval_ms: u64,
+    /// The control plane's clock (unix milliseconds) when it answered, for skew checks.
+    pub server_time_ms: u64,
+}
+
+/// What an agent is running, reported after each apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// Sequence number, echoed in the [`Ack`].
+    pub seq: u64,
+    /// The desired-state generation the agent last applied (0: none yet).
+    pub applied_generation: u64,
+    /// Per-pipeline state.
+    pub pipelines: Vec<PipelineStatus>,
+}
+
+/// The state of one pipeline on an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipelineStatus {
+    pub name: String,
+    pub revision: u64,
+    pub phase: PipelinePhase,
+    /// Why, when the phase is [`PipelinePhase::Failed`].
+    pub message: String,
+}
+
+/// Lifecycle phase of a pipeline revision on an agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PipelinePhase {
+    Fetching,
+    Verifying,
+    Loading,
+    Ready,
+    Failed,
+}
+
+/// A desired state as the control plane signed it. The body is kept as bytes so the signature
+/// covers exactly what was sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedDesiredState {
+    /// Monotonic per agent; an agent refuses one lower than the last it applied.
+    pub generation: u64,
+    /// The encoded desired state.
+    pub body: Vec<u8>,
+    /// Ed25519 signature over `generation` and `body` by the control plane's online key.
+    pub signature: Vec<u8>,
+}
+
+/// First message on an artifact transfer stream (agent → control plane).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchRequest {
+    /// SHA-256 of the artifact.
+    pub digest: [u8; 32],
+    /// Byte offset to resume from (the end of the last verified chunk).
+    pub offset: u64,
+}
+
+/// One chunk of an artifact (control plane → agent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferChunk {
+    pub offset: u64,
+    pub data: Vec<u8>,
+    /// The last chunk of the artifact.
+    pub last: bool,
+}

@@ -1,0 +1,171 @@
+//! Property tests: every message survives a round trip through a frame, and no byte string can
+//! make a decoder panic.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use tern_proto::frame::{self, decode_frame, encode_frame};
+use tern_proto::message::*;
+use tern_proto::{EnrollmentToken, MAX_FRAME_LEN};
+
+fn labels() -> impl Strategy<Value = BTreeMap<String, String>> {
+    prop::collection::btree_map("[a-z]{1,8}", ".{0,12}", 0..4)
+}
+
+fn gpu() -> impl Strategy<Value = GpuAdapter> {
+    (".{0,24}", "vulkan|metal|dx12", "cpu|discrete-gpu|other", ".{0,12}").prop_map(
+        |(name, backend, device_type, driver)| GpuAdapter { name, backend, device_type, driver },
+    )
+}
+
+fn capacity() -> impl Strategy<Value = Capacity> {
+    (any::<u32>(), any::<u64>(), any::<u64>(), prop::collection::vec(gpu(), 0..3)).prop_map(
+        |(cores, memory_bytes, disk_free_bytes, gpus)| Capacity {
+            cores,
+            memory_bytes,
+            disk_free_bytes,
+            gpus,
+        },
+    )
+}
+
+fn hello() -> impl Strategy<Value = Hello> {
+    (any::<u32>(), "[0-9a-f]{0,32}", ".{0,16}", labels(), capacity(), "[0-9.]{0,8}").prop_map(
+        |(protocol_version, agent_id, name, labels, capacity, software_version)| Hello {
+            protocol_version,
+            agent_id,
+            name,
+            labels,
+            capacity,
+            software_version,
+        },
+    )
+}
+
+fn phase() -> impl Strategy<Value = PipelinePhase> {
+    prop_oneof![
+        Just(PipelinePhase::Fetching),
+        Just(PipelinePhase::Verifying),
+        Just(PipelinePhase::Loading),
+        Just(PipelinePhase::Ready),
+        Just(PipelinePhase::Failed),
+    ]
+}
+
+fn status() -> impl Strategy<Value = StatusReport> {
+    let pipeline = (".{0,12}", any::<u64>(), phase(), ".{0,20}")
+        .prop_map(|(name, revision, phase, message)| PipelineStatus { name, revision, phase, message });
+    (any::<u64>(), any::<u64>(), prop::collection::vec(pipeline, 0..4)).prop_map(
+        |(seq, applied_generation, pipelines)| StatusReport { seq, applied_generation, pipelines },
+    )
+}
+
+fn agent_message() -> impl Strategy<Value = AgentMessage> {
+    prop_oneof![
+        hello().prop_map(AgentMessage::Hello),
+        any::<u64>().prop_map(|seq| AgentMessage::Heartbeat(Heartbeat { seq })),
+        status().prop_map(AgentMessage::Status),
+        any::<u64>().prop_map(|seq| AgentMessage::Ack(Ack { seq })),
+        capacity().prop_map(AgentMessage::Capacity),
+    ]
+}
+
+fn control_message() -> impl Strategy<Value = ControlMessage> {
+    prop_oneof![
+        (any::<u64>(), any::<u64>()).prop_map(|(heartbeat_interval_ms, server_time_ms)| {
+            ControlMessage::Welcome(Welcome { heartbeat_interval_ms, server_time_ms })
+        }),
+        any::<u64>().prop_map(|seq| ControlMessage::Ack(Ack { seq })),
+        ".{0,40}".prop_map(|reason| ControlMessage::Refused { reason }),
+        (any::<u64>(), prop::collection::vec(any::<u8>(), 0..256), prop::collection::vec(any::<u8>(), 0..64))
+            .prop_map(|(generation, body, signature)| {
+                ControlMessage::DesiredState(SignedDesiredState { generation, body, signature })
+            }),
+    ]
+}
+
+fn round_trip<T>(msg: &T) -> T
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+{
+    let bytes = encode_frame(msg, MAX_FRAME_LEN).expect("encodes");
+    let (back, used) = decode_frame::<T>(&bytes, MAX_FRAME_LEN)
+        .expect("decodes")
+        .expect("complete frame");
+    assert_eq!(used, bytes.len());
+    back
+}
+
+proptest! {
+    #[test]
+    fn agent_messages_round_trip(msg in agent_message()) {
+        prop_assert_eq!(round_trip(&msg), msg);
+    }
+
+    #[test]
+    fn control_messages_round_trip(msg in control_message()) {
+        prop_assert_eq!(round_trip(&msg), msg);
+    }
+
+    #[test]
+    fn transfer_messages_round_trip(
+        digest in any::<[u8; 32]>(),
+        offset in any::<u64>(),
+        data in prop::collection::vec(any::<u8>(), 0..512),
+        last in any::<bool>(),
+    ) {
+        let req = FetchRequest { digest, offset };
+        prop_assert_eq!(round_trip(&req), req);
+        let chunk = TransferChunk { offset, data, last };
+        prop_assert_eq!(round_trip(&chunk), chunk.clone());
+    }
+
+    #[test]
+    fn several_frames_in_one_buffer_decode_in_order(msgs in prop::collection::vec(agent_message(), 1..8)) {
+        let mut buf = Vec::new();
+        for m in &msgs {
+            buf.extend(encode_frame(m, MAX_FRAME_LEN).expect("encodes"));
+        }
+        let mut at = 0;
+        for m in &msgs {
+            let (got, used) = decode_frame::<AgentMessage>(&buf[at..], MAX_FRAME_LEN)
+                .expect("decodes")
+                .expect("complete");
+            prop_assert_eq!(&got, m);
+            at += used;
+        }
+        prop_assert_eq!(at, buf.len());
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_the_decoders(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
+        let _ = decode_frame::<AgentMessage>(&bytes, MAX_FRAME_LEN);
+        let _ = decode_frame::<ControlMessage>(&bytes, MAX_FRAME_LEN);
+        let _ = decode_frame::<FetchRequest>(&bytes, MAX_FRAME_LEN);
+        let _ = decode_frame::<TransferChunk>(&bytes, MAX_FRAME_LEN);
+        let _ = frame::decode_payload::<AgentMessage>(&bytes);
+        let _ = frame::decode_payload::<ControlMessage>(&bytes);
+        let _ = EnrollmentToken::parse(&String::from_utf8_lossy(&bytes));
+    }
+
+    #[test]
+    fn corrupted_frames_never_panic_and_never_exceed_the_maximum(
+        msg in agent_message(),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+    ) {
+        let mut bytes = encode_frame(&msg, MAX_FRAME_LEN).expect("encodes");
+        for (at, value) in flips {
+            let i = at.index(bytes.len());
+            bytes[i] = value;
+        }
+        if let Ok(Some((_, used))) = decode_frame::<AgentMessage>(&bytes, 4096) {
+            prop_assert!(used <= 4096 + frame::HEADER_LEN);
+        }
+    }
+
+    #[test]
+    fn tokens_round_trip(id in any::<[u8; 16]>(), secret in any::<[u8; 32]>(), ca in any::<[u8; 32]>()) {
+        let token = EnrollmentToken { id, secret, ca_sha256: ca };
+        prop_assert_eq!(EnrollmentToken::parse(&token.to_string()), Ok(token));
+    }
+}

@@ -1,0 +1,207 @@
+//! The QUIC endpoint agents connect to, and the control stream of each agent.
+//!
+//! The TLS layer has already refused clients without a certificate from our CA; here a connection
+//! must also belong to an enrolled agent, open its control stream and say hello in time. Anything
+//! malformed closes that one connection, never the endpoint.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{Connection, RecvStream, SendStream};
+use tern_proto::frame::FrameError;
+use tern_proto::io::{read_frame, write_frame};
+use tern_proto::{AgentMessage, ControlMessage, MAX_FRAME_LEN, PROTOCOL_VERSION, Welcome};
+use tern_transport::quic::{close, peer_certificate};
+use tokio::sync::{Semaphore, watch};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::registry::{AgentRecord, RegistryError};
+use crate::server::Shared;
+
+/// Time an agent has after the handshake to open its control stream and say hello.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why an agent connection ended other than by an orderly close.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("client certificate belongs to no enrolled agent")]
+    UnknownCertificate,
+    #[error("no hello within {HELLO_TIMEOUT:?}")]
+    HelloTimeout,
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("connection lost: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+impl SessionError {
+    fn close_code(&self) -> u32 {
+        match self {
+            SessionError::UnknownCertificate | SessionError::Refused(_) => close::REFUSED,
+            _ => close::PROTOCOL,
+        }
+    }
+}
+
+/// Accepts agent connections until `shutdown` turns true, then closes the endpoint.
+pub(crate) async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let slots = Arc::new(Semaphore::new(shared.config.max_agent_connections));
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => match incoming {
+                Some(i) => i,
+                None => break,
+            },
+            _ = shutdown.changed() => break,
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            warn!(remote = %incoming.remote_address(), "agent connection limit reached; refusing");
+            incoming.refuse();
+            continue;
+        };
+        let shared = shared.clone();
+        let remote = incoming.remote_address();
+        tokio::spawn(
+            async move {
+                let _permit = permit;
+                let conn = match incoming.await {
+                    Ok(conn) => conn,
+                    Err(e) => return debug!(error = %e, "agent handshake failed"),
+                };
+                if let Err(e) = session(&conn, &shared, remote).await {
+                    if conn.close_reason().is_none() {
+                        warn!(error = %e, "closing agent connection");
+                        conn.close(e.close_code().into(), e.to_string().as_bytes());
+                    } else {
+                        debug!(error = %e, "agent connection ended");
+                    }
+                }
+            }
+            .instrument(info_span!("agent_conn", %remote, agent = tracing::field::Empty)),
+        );
+    }
+    endpoint.close(close::SHUTDOWN.into(), b"control plane shutting down");
+}
+
+async fn session(conn: &Connection, shared: &Shared, remote: SocketAddr) -> Result<(), SessionError> {
+    let cert = peer_certificate(conn).ok_or(SessionError::UnknownCertificate)?;
+    let fingerprint = tern_transport::pki::fingerprint(&cert);
+    let record = shared.registry.agent_by_cert(&fingerprint)?.ok_or(SessionError::UnknownCertificate)?;
+    tracing::Span::current().record("agent", record.name.as_str());
+
+    let (mut send, mut recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
+        .await
+        .map_err(|_| SessionError::HelloTimeout)??;
+    let first = tokio::time::timeout(HELLO_TIMEOUT, read_frame::<_, AgentMessage>(&mut recv, MAX_FRAME_LEN))
+        .await
+        .map_err(|_| SessionError::HelloTimeout)??;
+    let hello = match first {
+        Some(AgentMessage::Hello(hello)) => hello,
+        Some(_) => return Err(SessionError::Protocol("the first message must be a hello".into())),
+        None => return Err(SessionError::Protocol("control stream closed before hello".into())),
+    };
+    if hello.protocol_version != PROTOCOL_VERSION {
+        let reason = format!(
+            "protocol version {} is not supported (this control plane speaks {PROTOCOL_VERSION})",
+            hello.protocol_version
+        );
+        refuse(&mut send, &reason).await;
+        return Err(SessionError::Refused(reason));
+    }
+    if hello.agent_id != record.id {
+        let reason = "agent id in hello does not match the client certificate".to_owned();
+        refuse(&mut send, &reason).await;
+        return Err(SessionError::Refused(reason));
+    }
+
+    let now = tern_transport::unix_millis_now();
+    let connection = shared.presence.connect(&record.id, remote, now);
+    let capacity = hello.capacity.clone();
+    let version = hello.software_version.clone();
+    shared.registry.update_agent(&record.id, |a| {
+        a.capacity = capacity.clone();
+        a.version = version.clone();
+        a.last_seen_ms = now;
+        a.status = tern_proto::api::AgentStatus::Ready;
+        a.address = Some(remote.to_string());
+    })?;
+    write_frame(
+        &mut send,
+        &ControlMessage::Welcome(Welcome {
+            heartbeat_interval_ms: shared.config.heartbeat_interval.as_millis() as u64,
+            server_time_ms: now,
+        }),
+        MAX_FRAME_LEN,
+    )
+    .await?;
+    info!(agent = %record.name, version = %hello.software_version, gpus = hello.capacity.gpus.len(), "agent connected");
+
+    let result = control_loop(conn, shared, &record, connection, &mut send, &mut recv).await;
+
+    if shared.presence.disconnect(&record.id, connection) {
+        let last_seen = shared.presence.seen(&record.id).map(|s| s.last_seen_ms).unwrap_or(now);
+        shared.registry.update_agent(&record.id, |a| {
+            a.status = tern_proto::api::AgentStatus::NotReady;
+            a.last_seen_ms = last_seen;
+        })?;
+    }
+    let reason = conn.close_reason().map(|r| r.to_string()).unwrap_or_else(|| "stream closed".into());
+    info!(agent = %record.name, %reason, "agent disconnected");
+    result
+}
+
+async fn control_loop(
+    conn: &Connection,
+    shared: &Shared,
+    record: &AgentRecord,
+    connection: u64,
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+) -> Result<(), SessionError> {
+    loop {
+        let message = match read_frame::<_, AgentMessage>(recv, MAX_FRAME_LEN).await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Ok(()),
+            // The peer closed or lost the connection: an ordinary end, not a protocol error.
+            Err(FrameError::Io(_)) if conn.close_reason().is_some() => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        match message {
+            AgentMessage::Heartbeat(hb) => {
+                let now = tern_transport::unix_millis_now();
+                if shared.presence.heartbeat(&record.id, connection, now) {
+                    info!(agent = %record.name, "agent heard again after silence");
+                }
+                write_frame(send, &ControlMessage::Ack(tern_proto::message::Ack { seq: hb.seq }), MAX_FRAME_LEN)
+                    .await?;
+            }
+            AgentMessage::Status(report) => {
+                debug!(agent = %record.name, generation = report.applied_generation, "status report");
+                write_frame(send, &ControlMessage::Ack(tern_proto::message::Ack { seq: report.seq }), MAX_FRAME_LEN)
+                    .await?;
+            }
+            AgentMessage::Capacity(capacity) => {
+                debug!(agent = %record.name, gpus = capacity.gpus.len(), "capacity update");
+                shared.registry.update_agent(&record.id, |a| a.capacity = capacity.clone())?;
+            }
+            AgentMessage::Ack(_) => {}
+            AgentMessage::Hello(_) => return Err(SessionError::Protocol("hello sent twice".into())),
+        }
+    }
+}
+
+async fn refuse(send: &mut SendStream, reason: &str) {
+    let message = ControlMessage::Refused { reason: reason.to_owned() };
+    if write_frame(send, &message, MAX_FRAME_LEN).await.is_ok() {
+        let _ = send.finish();
+        // Give the refusal a moment to reach the agent before the connection closes.
+        let _ = tokio::time::timeout(Duration::from_millis(500), send.stopped()).await;
+    }
+}

@@ -1,0 +1,174 @@
+//! HTTPS APIs: the admin API (bearer-authenticated, for `ternctl`) and the enrollment API (on the
+//! agents' address, authenticated by the token in the body).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use tern_proto::api::{AgentView, ApiError, EnrollRequest, TokenRequest, TokenResponse};
+use tracing::{Instrument, info_span, warn};
+
+use crate::presence::status_at;
+use crate::registry::AgentRecord;
+use crate::server::Shared;
+
+/// Longest token lifetime `POST /v1/tokens` accepts (30 days).
+pub const MAX_TOKEN_TTL_SECONDS: u64 = 30 * 24 * 3600;
+
+/// An error answer: a status and `{"error": ...}`.
+#[derive(Debug)]
+pub struct HttpError(pub StatusCode, pub String);
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        (self.0, Json(ApiError { error: self.1 })).into_response()
+    }
+}
+
+impl From<JsonRejection> for HttpError {
+    fn from(r: JsonRejection) -> Self {
+        HttpError(StatusCode::BAD_REQUEST, r.body_text())
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> HttpError {
+    warn!(error = %e, "request failed");
+    HttpError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+/// The admin API.
+pub(crate) fn admin_router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/agents", get(list_agents))
+        .route("/v1/agents/{name}", get(get_agent))
+        .route("/v1/tokens", post(create_token))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(shared.clone(), require_admin))
+        .layer(middleware::from_fn(request_span))
+        .with_state(shared)
+}
+
+/// The enrollment API, served on the agents' TCP address.
+pub(crate) fn enrollment_router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/enroll", post(enroll))
+        .fallback(not_found)
+        .layer(middleware::from_fn(request_span))
+        .with_state(shared)
+}
+
+async fn request_span(request: Request, next: Next) -> Response {
+    let span = info_span!("request", method = %request.method(), path = %request.uri().path());
+    next.run(request).instrument(span).await
+}
+
+async fn require_admin(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(token) if tern_proto::sha256(token.trim().as_bytes()) == shared.admin_token_sha256 => {
+            next.run(request).await
+        }
+        Some(_) => HttpError(StatusCode::UNAUTHORIZED, "invalid admin credential".into()).into_response(),
+        None => HttpError(StatusCode::UNAUTHORIZED, "missing admin credential (Authorization: Bearer)".into())
+            .into_response(),
+    }
+}
+
+async fn not_found() -> HttpError {
+    HttpError(StatusCode::NOT_FOUND, "no such endpoint".into())
+}
+
+/// An agent's record joined with its live presence.
+pub(crate) fn agent_view(shared: &Shared, record: AgentRecord, now_ms: u64) -> AgentView {
+    let not_ready_after = shared.config.not_ready_after.as_millis() as u64;
+    let (status, last_seen, address) = match shared.presence.seen(&record.id) {
+        Some(seen) => (
+            status_at(seen.connected, seen.last_seen_ms, now_ms, not_ready_after),
+            seen.last_seen_ms.max(record.last_seen_ms),
+            Some(seen.address.to_string()),
+        ),
+        None => (tern_proto::api::AgentStatus::NotReady, record.last_seen_ms, record.address),
+    };
+    AgentView {
+        gpus: record.capacity.gpus.iter().map(|g| g.name.clone()).collect(),
+        id: record.id,
+        name: record.name,
+        labels: record.labels,
+        status,
+        first_seen: tern_transport::rfc3339(record.first_seen_ms),
+        last_seen: tern_transport::rfc3339(last_seen),
+        version: record.version,
+        capacity: record.capacity,
+        address,
+    }
+}
+
+async fn list_agents(State(shared): State<Arc<Shared>>) -> Result<Json<Vec<AgentView>>, HttpError> {
+    let now = tern_transport::unix_millis_now();
+    let records = shared.registry.agents().map_err(internal)?;
+    Ok(Json(records.into_iter().map(|r| agent_view(&shared, r, now)).collect()))
+}
+
+async fn get_agent(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+) -> Result<Json<AgentView>, HttpError> {
+    let now = tern_transport::unix_millis_now();
+    match shared.registry.agent_by_name(&name).map_err(internal)? {
+        Some(record) => Ok(Json(agent_view(&shared, record, now))),
+        None => Err(HttpError(StatusCode::NOT_FOUND, format!("no agent named `{name}`"))),
+    }
+}
+
+async fn create_token(
+    State(shared): State<Arc<Shared>>,
+    body: Result<Json<TokenRequest>, JsonRejection>,
+) -> Result<Json<TokenResponse>, HttpError> {
+    let Json(request) = body?;
+    tern_proto::labels::validate(&request.labels)
+        .map_err(|e| HttpError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    if request.ttl_seconds == 0 || request.ttl_seconds > MAX_TOKEN_TTL_SECONDS {
+        return Err(HttpError(
+            StatusCode::BAD_REQUEST,
+            format!("ttl must be between 1 second and {MAX_TOKEN_TTL_SECONDS} seconds"),
+        ));
+    }
+    let now = tern_transport::unix_millis_now();
+    let (token, record) = tokio::task::spawn_blocking(move || {
+        shared.registry.create_token(request.labels, request.ttl_seconds * 1000, shared.ca.sha256(), now)
+    })
+    .await
+    .map_err(internal)?
+    .map_err(internal)?;
+    Ok(Json(TokenResponse { token: token.to_string(), expires_at: tern_transport::rfc3339(record.expires_ms) }))
+}
+
+async fn enroll(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    body: Result<Json<EnrollRequest>, JsonRejection>,
+) -> Result<Response, HttpError> {
+    let Json(request) = body?;
+    let now = tern_transport::unix_millis_now();
+    let name = request.name.clone();
+    let result = tokio::task::spawn_blocking(move || crate::enroll::enroll(&shared, &request, Some(peer), now))
+        .await
+        .map_err(internal)?;
+    match result {
+        Ok(response) => Ok((StatusCode::CREATED, Json(response)).into_response()),
+        Err(e) => {
+            warn!(agent = %name, %peer, error = %e, "enrollment refused");
+            Err(HttpError(e.status(), e.to_string()))
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! `config.toml`: listen addresses and fleet timing. Parsed once at start; unknown keys and
+//! invalid values are errors naming the key.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Default UDP (QUIC) and TCP (enrollment) address for agents.
+pub const DEFAULT_LISTEN_AGENTS: &str = "0.0.0.0:7443";
+/// Default address of the HTTPS admin API.
+pub const DEFAULT_LISTEN_API: &str = "127.0.0.1:7444";
+/// Default interval at which agents send heartbeats.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// Default silence after which an agent is `NotReady` (three missed heartbeats).
+pub const DEFAULT_NOT_READY_AFTER: Duration = Duration::from_secs(15);
+/// Default limit of concurrent agent connections.
+pub const DEFAULT_MAX_AGENT_CONNECTIONS: usize = 10_000;
+
+/// The control plane's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlPlaneConfig {
+    /// Where agents connect: QUIC on this UDP address, enrollment over HTTPS on the same TCP port.
+    pub listen_agents: SocketAddr,
+    /// Where the HTTPS admin API listens.
+    pub listen_api: SocketAddr,
+    /// How often agents send heartbeats.
+    #[serde(with = "duration_text", default = "default_heartbeat_interval")]
+    pub heartbeat_interval: Duration,
+    /// Silence after which an agent turns `NotReady`.
+    #[serde(with = "duration_text", default = "default_not_ready_after")]
+    pub not_ready_after: Duration,
+    /// Concurrent agent connections accepted; more are refused.
+    #[serde(default = "default_max_agent_connections")]
+    pub max_agent_connections: usize,
+}
+
+fn default_heartbeat_interval() -> Duration {
+    DEFAULT_HEARTBEAT_INTERVAL
+}
+fn default_not_ready_after() -> Duration {
+    DEFAULT_NOT_READY_AFTER
+}
+fn default_max_agent_connections() -> usize {
+    DEFAULT_MAX_AGENT_CONNECTIONS
+}
+
+impl Default for ControlPlaneConfig {
+    fn default() -> Self {
+        Self {
+            listen_agents: DEFAULT_LISTEN_AGENTS.parse().expect("valid default address"),
+            listen_api: DEFAULT_LISTEN_API.parse().expect("valid default address"),
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            not_ready_after: DEFAULT_NOT_READY_AFTER,
+            max_agent_connections: DEFAULT_MAX_AGENT_CONNECTIONS,
+        }
+    }
+}
+
+/// Why `config.toml` is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: `{field}` {problem}")]
+    Invalid { path: String, field: &'static str, problem: String },
+}
+
+impl ControlPlaneConfig {
+    /// Parses and validates the text of `config.toml`; `path` names the file in errors.
+    pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        let invalid = |field, problem: &str| ConfigError::Invalid {
+            path: path.to_owned(),
+            field,
+            problem: problem.to_owned(),
+        };
+        if self.heartbeat_interval < Duration::from_millis(100) {
+            return Err(invalid("heartbeat_interval", "must be at least 100ms"));
+        }
+        if self.not_ready_after <= self.heartbeat_interval {
+            return Err(invalid("not_ready_after", "must be longer than heartbeat_interval"));
+        }
+        if self.max_agent_connections == 0 {
+            return Err(invalid("max_agent_connections", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The text of `config.toml`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("the config always serializes")
+    }
+}
+
+/// Durations as human text ("5s", "1m 30s") in TOML.
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_round_trips_through_toml() {
+        let config = ControlPlaneConfig::default();
+        assert_eq!(ControlPlaneConfig::parse(&config.to_toml(), "config.toml").expect("parses"), config);
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_bad_values_naming_them() {
+        let err = ControlPlaneConfig::parse(
+            "listen_agents = \"0.0.0.0:1\"\nlisten_api = \"127.0.0.1:2\"\nlisten_apl = 3\n",
+            "d/config.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("d/config.toml") && err.contains("listen_apl"), "{err}");
+
+        let err = ControlPlaneConfig::parse(
+            "listen_agents = \"0.0.0.0:1\"\nlisten_api = \"127.0.0.1:2\"\nheartbeat_interval = \"5s\"\nnot_ready_after = \"2s\"\n",
+            "config.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("not_ready_after"), "{err}");
+    }
+}

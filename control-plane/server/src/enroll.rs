@@ -1,0 +1,88 @@
+//! Enrollment: an agent trades a one-time token and a CSR for its certificate.
+
+use std::net::SocketAddr;
+
+use axum::http::StatusCode;
+use rand::RngCore;
+use tern_proto::api::{EnrollRequest, EnrollResponse};
+use tern_proto::labels::{self, LabelError};
+use tern_proto::{EnrollmentToken, TokenError};
+use tern_transport::PkiError;
+use tracing::info;
+
+use crate::registry::{NewAgent, RedeemError};
+use crate::server::Shared;
+
+/// Why an enrollment was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("enrollment token was issued by another control plane")]
+    WrongControlPlane,
+    #[error("invalid agent name `{0}`: use 1-63 characters of a-z, 0-9, `-`, `.`, `_`")]
+    InvalidName(String),
+    #[error(transparent)]
+    Labels(#[from] LabelError),
+    #[error(transparent)]
+    Csr(#[from] PkiError),
+    #[error(transparent)]
+    Redeem(#[from] RedeemError),
+}
+
+impl EnrollError {
+    /// The HTTP status the enrollment API answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            EnrollError::Token(_) | EnrollError::WrongControlPlane => StatusCode::UNAUTHORIZED,
+            EnrollError::Redeem(RedeemError::UnknownToken) => StatusCode::UNAUTHORIZED,
+            EnrollError::Redeem(RedeemError::Used | RedeemError::Expired) => StatusCode::FORBIDDEN,
+            EnrollError::Redeem(RedeemError::NameTaken(_)) => StatusCode::CONFLICT,
+            EnrollError::Redeem(RedeemError::Registry(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+            EnrollError::InvalidName(_) | EnrollError::Labels(_) | EnrollError::Csr(_) => {
+                StatusCode::BAD_REQUEST
+            }
+        }
+    }
+}
+
+/// Checks the request, signs the CSR and records the agent.
+pub(crate) fn enroll(
+    shared: &Shared,
+    request: &EnrollRequest,
+    peer: Option<SocketAddr>,
+    now_ms: u64,
+) -> Result<EnrollResponse, EnrollError> {
+    let token = EnrollmentToken::parse(&request.token)?;
+    if token.ca_sha256 != shared.ca.sha256() {
+        return Err(EnrollError::WrongControlPlane);
+    }
+    if !labels::valid_name(&request.name) {
+        return Err(EnrollError::InvalidName(request.name.clone()));
+    }
+    labels::validate(&request.labels)?;
+
+    let mut id = [0u8; 8];
+    rand::rng().fill_bytes(&mut id);
+    let agent_id = hex::encode(id);
+    let cert_pem = shared.ca.sign_agent_csr(&request.csr_pem, &agent_id)?;
+    let cert_der = tern_transport::pki::first_certificate(&cert_pem)?;
+    let record = shared.registry.redeem(
+        &token,
+        NewAgent {
+            id: agent_id.clone(),
+            name: request.name.clone(),
+            labels: request.labels.clone(),
+            cert_sha256: tern_transport::pki::fingerprint(&cert_der),
+            address: peer.map(|p| p.to_string()),
+        },
+        now_ms,
+    )?;
+    info!(agent = %record.name, id = %record.id, labels = %labels::format(&record.labels), "agent enrolled");
+    Ok(EnrollResponse {
+        agent_id,
+        certificate_pem: cert_pem,
+        ca_certificate_pem: shared.ca.cert_pem().to_owned(),
+        labels: record.labels,
+    })
+}

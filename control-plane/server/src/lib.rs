@@ -1,0 +1,26 @@
+//! The Tern control plane.
+//!
+//! It owns the transport CA and is the only party that issues agent certificates. Agents dial it
+//! over QUIC with mutual TLS; operators reach it through the HTTPS admin API (`ternctl`).
+//!
+//! - [`data_dir`]: the files `init` writes and `serve` reads.
+//! - [`config`]: `config.toml`, parsed once into typed settings.
+//! - [`registry`]: enrolled agents and enrollment tokens, in sled.
+//! - [`presence`]: which agents are connected and when they were last heard (in memory).
+//! - [`enroll`]: redeeming a token for a certificate.
+//! - [`agents`]: the QUIC endpoint and the per-agent control stream.
+//! - [`api`]: the admin API and the enrollment API (axum routers).
+//! - [`server`]: starts and stops all of it.
+
+pub mod agents;
+pub mod api;
+pub mod config;
+pub mod data_dir;
+pub mod enroll;
+pub mod presence;
+pub mod registry;
+pub mod server;
+
+pub use config::ControlPlaneConfig;
+pub use data_dir::{DataDir, InitOptions};
+pub use server::{RunningControlPlane, ServeOptions, StartError};

@@ -1,0 +1,109 @@
+//! `tern-control-plane`: `init` a data dir, then `serve` it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tern_control_plane::{DataDir, InitOptions, RunningControlPlane, ServeOptions};
+
+/// The Tern control plane.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a data dir: CA, server certificate, admin credential, config.toml and ternctl.toml.
+    Init {
+        #[arg(long, env = "TERN_DATA_DIR")]
+        data_dir: PathBuf,
+        /// UDP (QUIC) and TCP (enrollment) address for agents [default: 0.0.0.0:7443].
+        #[arg(long)]
+        listen_agents: Option<SocketAddr>,
+        /// Address of the HTTPS admin API [default: 127.0.0.1:7444].
+        #[arg(long)]
+        listen_api: Option<SocketAddr>,
+        /// Extra DNS name or IP address for the server certificate (repeatable).
+        #[arg(long = "server-name")]
+        server_names: Vec<String>,
+    },
+    /// Run the control plane until SIGTERM or Ctrl-C.
+    Serve {
+        #[arg(long, env = "TERN_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Overrides listen_agents of config.toml.
+        #[arg(long)]
+        listen_agents: Option<SocketAddr>,
+        /// Overrides listen_api of config.toml.
+        #[arg(long)]
+        listen_api: Option<SocketAddr>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TERN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Init { data_dir, listen_agents, listen_api, server_names } => {
+            let dir = DataDir::new(&data_dir);
+            let config = dir
+                .init(&InitOptions { listen_agents, listen_api, server_names })
+                .with_context(|| format!("failed to initialize {}", data_dir.display()))?;
+            println!("initialized control plane in {}", data_dir.display());
+            println!("  agents connect to   {} (QUIC/UDP; enrollment on TCP)", config.listen_agents);
+            println!("  admin API           https://{}", config.listen_api);
+            println!("  ternctl config      {}", dir.ternctl_config().display());
+            println!("next: tern-control-plane serve --data-dir {}", data_dir.display());
+            Ok(())
+        }
+        Command::Serve { data_dir, listen_agents, listen_api } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("failed to start the async runtime")?;
+            runtime.block_on(async {
+                let running = RunningControlPlane::start(ServeOptions { data_dir, listen_agents, listen_api })
+                    .await
+                    .context("failed to start the control plane")?;
+                shutdown_signal().await.context("failed to wait for a shutdown signal")?;
+                tracing::info!("shutdown requested");
+                running.shutdown().await;
+                Ok(())
+            })
+        }
+    }
+}
+
+async fn shutdown_signal() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await
+}

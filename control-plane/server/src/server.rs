@@ -1,0 +1,195 @@
+//! Starting and stopping the control plane: endpoints, background tasks, orderly shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tern_transport::{CertificateAuthority, TlsError};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::config::ControlPlaneConfig;
+use crate::data_dir::{DataDir, LoadError};
+use crate::presence::Presence;
+use crate::registry::{Registry, RegistryError};
+
+/// How often silent agents are looked for.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How often `last_seen` of heard agents is written to the registry.
+const PERSIST_INTERVAL: Duration = Duration::from_secs(10);
+/// QUIC idle timeout: a dead agent's connection is dropped after this much silence.
+const AGENT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// State shared by every endpoint and task.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub registry: Registry,
+    pub presence: Presence,
+    pub config: ControlPlaneConfig,
+    pub ca: CertificateAuthority,
+    pub admin_token_sha256: [u8; 32],
+}
+
+/// Options of `tern-control-plane serve`.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub data_dir: PathBuf,
+    /// Overrides `listen_agents` of `config.toml`.
+    pub listen_agents: Option<SocketAddr>,
+    /// Overrides `listen_api` of `config.toml`.
+    pub listen_api: Option<SocketAddr>,
+}
+
+/// Why the control plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("cannot open the registry: {0}")]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+}
+
+/// A running control plane. Dropping it without [`RunningControlPlane::shutdown`] aborts nothing
+/// by itself: call `shutdown` for an orderly stop.
+#[derive(Debug)]
+pub struct RunningControlPlane {
+    agent_addr: SocketAddr,
+    api_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+impl RunningControlPlane {
+    /// Starts every endpoint. Returns once all sockets are bound.
+    pub async fn start(options: ServeOptions) -> Result<Self, StartError> {
+        let dir = DataDir::new(&options.data_dir);
+        let loaded = dir.load()?;
+        let mut config = loaded.config;
+        if let Some(addr) = options.listen_agents {
+            config.listen_agents = addr;
+        }
+        if let Some(addr) = options.listen_api {
+            config.listen_api = addr;
+        }
+        let registry = Registry::open(&dir.registry())?;
+        let ca_pem = loaded.ca.cert_pem().to_owned();
+        let shared = Arc::new(Shared {
+            registry,
+            presence: Presence::default(),
+            config: config.clone(),
+            ca: loaded.ca,
+            admin_token_sha256: loaded.admin_token_sha256,
+        });
+
+        let transport = tern_transport::quic::transport_config(AGENT_IDLE_TIMEOUT, None);
+        let quic_config = tern_transport::tls::quic_server(&ca_pem, loaded.server_identity.clone(), transport)?;
+        let bind_err = |what, addr| move |source| StartError::Bind { what, addr, source };
+        let endpoint = quinn::Endpoint::server(quic_config, config.listen_agents)
+            .map_err(bind_err("agents (QUIC)", config.listen_agents))?;
+        let agent_addr = endpoint.local_addr().map_err(bind_err("agents (QUIC)", config.listen_agents))?;
+        // Enrollment shares the agents' port number, over TCP.
+        let enroll_listener = TcpListener::bind(agent_addr)
+            .await
+            .map_err(bind_err("enrollment (TCP)", agent_addr))?;
+        let api_listener = TcpListener::bind(config.listen_api)
+            .await
+            .map_err(bind_err("admin API", config.listen_api))?;
+        let api_addr = api_listener.local_addr().map_err(bind_err("admin API", config.listen_api))?;
+        let https = tern_transport::tls::https_server(loaded.server_identity)?;
+
+        let (shutdown, rx) = watch::channel(false);
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let tasks = vec![
+            tokio::spawn(crate::agents::serve(endpoint, shared.clone(), rx.clone())),
+            tokio::spawn(tern_transport::https::serve(
+                enroll_listener,
+                https.clone(),
+                crate::api::enrollment_router(shared.clone()),
+                stopped(rx.clone()),
+            )),
+            tokio::spawn(tern_transport::https::serve(
+                api_listener,
+                https,
+                crate::api::admin_router(shared.clone()),
+                stopped(rx.clone()),
+            )),
+            tokio::spawn(housekeeping(shared.clone(), rx)),
+        ];
+        info!(agents = %agent_addr, api = %api_addr, "control plane serving");
+        Ok(Self { agent_addr, api_addr, shutdown, tasks, shared })
+    }
+
+    /// Where agents connect (UDP for QUIC, TCP for enrollment).
+    pub fn agent_addr(&self) -> SocketAddr {
+        self.agent_addr
+    }
+
+    /// Where the admin API listens.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    /// Agents with an open connection.
+    pub fn connected_agents(&self) -> usize {
+        self.shared.presence.connected()
+    }
+
+    /// Closes every connection, persists presence and flushes the registry.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            if let Err(e) = task.await {
+                warn!(error = %e, "a control plane task failed");
+            }
+        }
+        persist_last_seen(&self.shared);
+        if let Err(e) = self.shared.registry.flush() {
+            warn!(error = %e, "registry flush failed at shutdown");
+        }
+        info!("control plane stopped");
+    }
+}
+
+/// Marks silent agents NotReady and persists `last_seen` periodically.
+async fn housekeeping(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+    let mut persist = tokio::time::interval(PERSIST_INTERVAL);
+    let not_ready_after = shared.config.not_ready_after.as_millis() as u64;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = sweep.tick() => {
+                let now = tern_transport::unix_millis_now();
+                for id in shared.presence.take_newly_silent(now, not_ready_after) {
+                    let updated = shared.registry.update_agent(&id, |a| {
+                        a.status = tern_proto::api::AgentStatus::NotReady;
+                    });
+                    match updated {
+                        Ok(Some(a)) => warn!(agent = %a.name, "agent missed its heartbeats; NotReady"),
+                        Ok(None) => {}
+                        Err(e) => warn!(error = %e, "cannot record agent status"),
+                    }
+                }
+            }
+            _ = persist.tick() => persist_last_seen(&shared),
+        }
+    }
+}
+
+fn persist_last_seen(shared: &Shared) {
+    for (id, last_seen) in shared.presence.take_dirty() {
+        if let Err(e) = shared.registry.update_agent(&id, |a| a.last_seen_ms = a.last_seen_ms.max(last_seen)) {
+            warn!(error = %e, "cannot persist last_seen");
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! QUIC endpoints and transport settings for agent connections.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::CertificateDer;
+
+/// Transport settings shared by both ends. The idle timeout is what tells the control plane that a
+/// silent agent is gone when its process died without closing the connection.
+pub fn transport_config(
+    idle_timeout: Duration,
+    keep_alive: Option<Duration>,
+) -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    if let Ok(idle) = quinn::IdleTimeout::try_from(idle_timeout) {
+        t.max_idle_timeout(Some(idle));
+    }
+    t.keep_alive_interval(keep_alive);
+    // Agents open a handful of streams: control, transfers, telemetry.
+    t.max_concurrent_bidi_streams(16u32.into());
+    t.max_concurrent_uni_streams(16u32.into());
+    Arc::new(t)
+}
+
+/// A client endpoint bound to an ephemeral port of the right address family for `remote`.
+pub fn client_endpoint(remote: SocketAddr) -> std::io::Result<quinn::Endpoint> {
+    let bind: SocketAddr = if remote.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    quinn::Endpoint::client(bind)
+}
+
+/// The certificate the peer authenticated with, if any.
+pub fn peer_certificate(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
+    let identity = conn.peer_identity()?;
+    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    chain.into_iter().next()
+}
+
+/// Application error codes used when closing agent connections.
+pub mod close {
+    /// Orderly shutdown of either side.
+    pub const SHUTDOWN: u32 = 0;
+    /// The peer broke the protocol (bad frame, unexpected message).
+    pub const PROTOCOL: u32 = 1;
+    /// The peer is not (or no longer) allowed to connect.
+    pub const REFUSED: u32 = 2;
+    /// The control plane is at its connection limit.
+    pub const BUSY: u32 = 3;
+}

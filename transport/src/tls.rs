@@ -1,0 +1,215 @@
+//! rustls configurations. Every config uses the ring provider and, for QUIC, TLS 1.3 only.
+
+use std::sync::{Arc, OnceLock};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+
+use crate::pki;
+
+/// Why a TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    #[error("no private key in PEM input")]
+    NoKey,
+    #[error("invalid private key: {0}")]
+    Key(String),
+    #[error("TLS configuration rejected: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("cannot build certificate verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    #[error("TLS configuration unusable for QUIC: {0}")]
+    Quic(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
+}
+
+/// The crypto provider every Tern connection uses.
+pub fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider())).clone()
+}
+
+/// A certificate chain and its private key.
+#[derive(Debug)]
+pub struct Identity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Self { chain: self.chain.clone(), key: self.key.clone_key() }
+    }
+}
+
+impl Identity {
+    /// Parses a PEM certificate chain and a PEM private key.
+    pub fn from_pem(chain_pem: &str, key_pem: &str) -> Result<Self, TlsError> {
+        let chain = pki::certificates(chain_pem)?;
+        if chain.is_empty() {
+            return Err(pki::PkiError::NoCertificate.into());
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| match e {
+            rustls_pki_types::pem::Error::NoItemsFound => TlsError::NoKey,
+            other => TlsError::Key(other.to_string()),
+        })?;
+        Ok(Self { chain, key })
+    }
+}
+
+fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in pki::certificates(ca_pem)? {
+        roots.add(cert)?;
+    }
+    if roots.is_empty() {
+        return Err(pki::PkiError::NoCertificate.into());
+    }
+    Ok(Arc::new(roots))
+}
+
+/// QUIC server side of agent connections: the client must present a certificate issued by the
+/// CA, or the handshake fails.
+pub fn quic_server(
+    ca_pem: &str,
+    identity: Identity,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ServerConfig, TlsError> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider()).build()?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(identity.chain, identity.key)?;
+    tls.alpn_protocols = vec![tern_proto::ALPN.to_vec()];
+    // 0-RTT would let a replayed first flight change state.
+    tls.max_early_data_size = 0;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(transport);
+    Ok(config)
+}
+
+/// QUIC client side of an agent connection: trusts only the control plane's CA and presents the
+/// agent's certificate.
+pub fn quic_client(
+    ca_pem: &str,
+    identity: Identity,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ClientConfig, TlsError> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots(ca_pem)?)
+        .with_client_auth_cert(identity.chain, identity.key)?;
+    tls.alpn_protocols = vec![tern_proto::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport);
+    Ok(config)
+}
+
+/// Server-authenticated HTTPS (admin API, enrollment). Send the CA in the chain so that enrolling
+/// agents can match it against their token.
+pub fn https_server(identity: Identity) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(identity.chain, identity.key)?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(tls))
+}
+
+/// HTTPS client that trusts only the given CA (ternctl → admin API).
+pub fn https_client(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots(ca_pem)?)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(tls))
+}
+
+/// HTTPS client for enrollment: the agent knows only the SHA-256 of the control plane's CA (from
+/// the token). The server must send that CA in its chain, and its certificate must verify against
+/// it; anything else fails the handshake before a byte of the token is sent.
+pub fn https_client_pinned_by_ca_hash(
+    ca_sha256: [u8; 32],
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let verifier = Arc::new(CaHashVerifier { ca_sha256, provider: provider() });
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(tls))
+}
+
+#[derive(Debug)]
+struct CaHashVerifier {
+    ca_sha256: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for CaHashVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| tern_proto::sha256(c) == self.ca_sha256)
+            .ok_or_else(|| {
+                rustls::Error::General(
+                    "the control plane's CA does not match the enrollment token".to_owned(),
+                )
+            })?;
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
