@@ -1,1 +1,276 @@
-//! placeholder
+//! Harness for whole-system tests: real `tern-control-plane`, `tern-agent` and `ternctl`
+//! processes, talking QUIC and HTTPS on loopback, with sled on disk in temporary directories.
+//!
+//! The binaries must be built first (`cargo xtask test` does it); they are found next to the test
+//! executable's directory, in the same target profile.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tern_control_plane::{ControlPlaneConfig, DataDir, InitOptions};
+use tern_proto::api::{AgentStatus, AgentView};
+
+/// Path of one of the workspace's binaries, built in the same profile as the running test.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> or target/<profile>/<bin>
+    let mut dir = exe.parent().expect("executable directory").to_owned();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo xtask test` does, or `cargo build --bins`)",
+        path.display()
+    );
+    path
+}
+
+/// A loopback port free for both UDP and TCP (QUIC and enrollment share the number).
+pub fn free_port() -> u16 {
+    for _ in 0..100 {
+        let Ok(udp) = UdpSocket::bind("127.0.0.1:0") else { continue };
+        let Ok(addr) = udp.local_addr() else { continue };
+        if TcpListener::bind(addr).is_ok() {
+            return addr.port();
+        }
+    }
+    panic!("no free loopback port");
+}
+
+/// Polls `check` until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A child process killed when dropped; its stderr goes to a log file.
+#[derive(Debug)]
+pub struct Process {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Process {
+    pub fn spawn(cmd: &mut Command, log: PathBuf) -> anyhow::Result<Self> {
+        let file = std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .env("TERN_LOG", "info,tern_control_plane=debug,tern_agent=debug")
+            .spawn()
+            .context("spawn process")?;
+        Ok(Self { child, log })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no chance to close connections or flush anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for exit; returns whether it exited successfully within `timeout`.
+    pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<bool> {
+        let sent = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status()?;
+        if !sent.success() {
+            bail!("kill -TERM {} failed", self.child.id());
+        }
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.success());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("process {} did not exit within {timeout:?} of SIGTERM", self.child.id())
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Timing for tests: heartbeats fast enough that NotReady shows within a second or two.
+pub fn fast_config(config: &mut ControlPlaneConfig) {
+    config.heartbeat_interval = Duration::from_millis(200);
+    config.not_ready_after = Duration::from_millis(1500);
+}
+
+/// A control plane process in a temporary directory.
+#[derive(Debug)]
+pub struct ControlPlane {
+    pub dir: PathBuf,
+    pub agent_addr: SocketAddr,
+    pub api_addr: SocketAddr,
+    pub process: Option<Process>,
+}
+
+impl ControlPlane {
+    /// `init` (with `tune` applied to config.toml) and `serve`, waiting until the API answers.
+    pub fn start(root: &Path, tune: impl FnOnce(&mut ControlPlaneConfig)) -> anyhow::Result<Self> {
+        let dir = root.join("control-plane");
+        let agent_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let api_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let data = DataDir::new(&dir);
+        let mut config = data.init(&InitOptions {
+            listen_agents: Some(agent_addr),
+            listen_api: Some(api_addr),
+            server_names: vec![],
+        })?;
+        tune(&mut config);
+        std::fs::write(data.config(), config.to_toml())?;
+        let mut cp = Self { dir, agent_addr, api_addr, process: None };
+        cp.serve()?;
+        Ok(cp)
+    }
+
+    /// Starts (or restarts) `tern-control-plane serve`.
+    pub fn serve(&mut self) -> anyhow::Result<()> {
+        let n = std::fs::read_dir(&self.dir)?.count();
+        let log = self.dir.join(format!("serve-{n}.log"));
+        let process = Process::spawn(
+            Command::new(bin("tern-control-plane")).arg("serve").arg("--data-dir").arg(&self.dir),
+            log,
+        )?;
+        self.process = Some(process);
+        let api = self.api_addr;
+        wait_for(Duration::from_secs(20), "the control plane's API", || {
+            std::net::TcpStream::connect_timeout(&api, Duration::from_millis(200)).ok()
+        })?;
+        Ok(())
+    }
+
+    pub fn ternctl_config(&self) -> PathBuf {
+        self.dir.join("ternctl.toml")
+    }
+
+    /// Runs `ternctl --config <ours> ARGS`.
+    pub fn ternctl(&self, args: &[&str]) -> Output {
+        Command::new(bin("ternctl"))
+            .arg("--config")
+            .arg(self.ternctl_config())
+            .args(args)
+            .output()
+            .expect("run ternctl")
+    }
+
+    /// `ternctl token create`, returning the token.
+    pub fn token(&self, labels: &str, ttl: &str) -> anyhow::Result<String> {
+        let out = self.ternctl(&["token", "create", "--labels", labels, "--ttl", ttl]);
+        if !out.status.success() {
+            bail!("token create failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    }
+
+    /// `ternctl get agents -o json`.
+    pub fn agents(&self) -> anyhow::Result<Vec<AgentView>> {
+        let out = self.ternctl(&["get", "agents", "-o", "json"]);
+        if !out.status.success() {
+            bail!("get agents failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// Waits until the agent `name` has `status`.
+    pub fn wait_status(&self, name: &str, status: AgentStatus, timeout: Duration) -> anyhow::Result<AgentView> {
+        wait_for(timeout, &format!("agent {name} to be {status}"), || {
+            self.agents().ok()?.into_iter().find(|a| a.name == name && a.status == status)
+        })
+    }
+
+    pub fn log_text(&self) -> String {
+        self.process.as_ref().map(Process::log_text).unwrap_or_default()
+    }
+}
+
+/// An agent process.
+#[derive(Debug)]
+pub struct Agent {
+    pub name: String,
+    pub dir: PathBuf,
+    pub process: Process,
+}
+
+impl Agent {
+    /// `tern-agent join` (which then runs).
+    pub fn join(cp: &ControlPlane, root: &Path, name: &str, token: &str, labels: &str) -> anyhow::Result<Self> {
+        let dir = root.join(name);
+        let log = root.join(format!("{name}.log"));
+        let process = Process::spawn(
+            Command::new(bin("tern-agent"))
+                .arg("join")
+                .arg("--control-plane")
+                .arg(cp.agent_addr.to_string())
+                .arg("--token")
+                .arg(token)
+                .arg("--data-dir")
+                .arg(&dir)
+                .arg("--name")
+                .arg(name)
+                .arg("--labels")
+                .arg(labels)
+                .arg("--listen-api")
+                .arg(format!("127.0.0.1:{}", free_port())),
+            log,
+        )?;
+        Ok(Self { name: name.to_owned(), dir, process })
+    }
+
+    /// `tern-agent run` on an enrolled data dir.
+    pub fn run(root: &Path, name: &str) -> anyhow::Result<Self> {
+        let dir = root.join(name);
+        let n = std::fs::read_dir(root)?.count();
+        let process = Process::spawn(
+            Command::new(bin("tern-agent")).arg("run").arg("--data-dir").arg(&dir),
+            root.join(format!("{name}-run-{n}.log")),
+        )?;
+        Ok(Self { name: name.to_owned(), dir, process })
+    }
+}
+
+/// Runs `tern-agent join --no-run` and returns its output (for refusal tests).
+pub fn join_once(addr: SocketAddr, root: &Path, name: &str, token: &str) -> Output {
+    Command::new(bin("tern-agent"))
+        .arg("join")
+        .arg("--no-run")
+        .arg("--control-plane")
+        .arg(addr.to_string())
+        .arg("--token")
+        .arg(token)
+        .arg("--data-dir")
+        .arg(root.join(name))
+        .arg("--name")
+        .arg(name)
+        .env("TERN_LOG", "warn")
+        .output()
+        .expect("run tern-agent join")
+}

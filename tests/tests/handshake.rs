@@ -1,0 +1,167 @@
+//! Mutual TLS and framing at the agent endpoint: what is refused, and that a refusal closes only
+//! the offending connection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tern_agent::AgentDataDir;
+use tern_e2e::{Agent, ControlPlane, fast_config, join_once};
+use tern_proto::api::AgentStatus;
+use tern_proto::{AgentMessage, Capacity, Hello, MAX_FRAME_LEN, PROTOCOL_VERSION};
+use tern_transport::{CertificateAuthority, Identity};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    tern_transport::quic::transport_config(Duration::from_secs(10), None)
+}
+
+/// Connects and waits for the connection to end; returns how it ended.
+async fn outcome(client: quinn::ClientConfig, addr: SocketAddr) -> anyhow::Result<quinn::ConnectionError> {
+    let endpoint = tern_transport::quic::client_endpoint(addr)?;
+    let conn = match endpoint.connect_with(client, addr, tern_proto::CONTROL_PLANE_SERVER_NAME)?.await {
+        Ok(conn) => conn,
+        Err(e) => return Ok(e),
+    };
+    Ok(tokio::time::timeout(Duration::from_secs(5), conn.closed()).await?)
+}
+
+/// A TLS alert during the handshake surfaces as a QUIC CRYPTO_ERROR (0x100 + alert).
+fn is_handshake_refusal(e: &quinn::ConnectionError) -> bool {
+    let crypto = |code: u64| (0x100..0x200).contains(&code);
+    match e {
+        quinn::ConnectionError::TransportError(t) => crypto(u64::from(t.code)),
+        quinn::ConnectionError::ConnectionClosed(c) => crypto(u64::from(c.error_code)),
+        _ => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificate_from_another_ca_is_refused_in_the_handshake() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cp = ControlPlane::start(tmp.path(), fast_config)?;
+    let ca_pem = std::fs::read_to_string(cp.dir.join("ca.crt"))?;
+    let rogue_ca = CertificateAuthority::generate("rogue")?;
+    let rogue = rogue_ca.issue_agent("rogue-agent")?;
+    let client = tern_transport::tls::quic_client(&ca_pem, Identity::from_pem(&rogue.cert_pem, &rogue.key_pem)?, transport())?;
+    let ended = outcome(client, cp.agent_addr).await?;
+    assert!(is_handshake_refusal(&ended), "expected a TLS refusal, got {ended:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_without_client_certificate_is_refused_in_the_handshake() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cp = ControlPlane::start(tmp.path(), fast_config)?;
+    let ca_pem = std::fs::read_to_string(cp.dir.join("ca.crt"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(tern_transport::pki::first_certificate(&ca_pem)?)?;
+    let mut tls = rustls::ClientConfig::builder_with_provider(tern_transport::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![tern_proto::ALPN.to_vec()];
+    let mut client = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls)?));
+    client.transport_config(transport());
+    let ended = outcome(client, cp.agent_addr).await?;
+    assert!(is_handshake_refusal(&ended), "expected a TLS refusal, got {ended:?}");
+    Ok(())
+}
+
+/// Opens a raw control stream as an enrolled agent, sends `bytes`, and returns how the
+/// connection ended.
+async fn send_raw(cp: &ControlPlane, dir: &AgentDataDir, bytes: Vec<u8>) -> anyhow::Result<quinn::ConnectionError> {
+    let identity = Identity::from_pem(&dir.read(&dir.cert())?, &dir.read(&dir.key())?)?;
+    let client = tern_transport::tls::quic_client(&dir.read(&dir.ca())?, identity, transport())?;
+    let endpoint = tern_transport::quic::client_endpoint(cp.agent_addr)?;
+    let conn = endpoint.connect_with(client, cp.agent_addr, tern_proto::CONTROL_PLANE_SERVER_NAME)?.await?;
+    let (mut send, _recv) = conn.open_bi().await?;
+    send.write_all(&bytes).await?;
+    Ok(tokio::time::timeout(Duration::from_secs(5), conn.closed()).await?)
+}
+
+fn closed_for(e: &quinn::ConnectionError, needle: &str) -> bool {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            u64::from(c.error_code) == u64::from(tern_transport::quic::close::PROTOCOL)
+                && String::from_utf8_lossy(&c.reason).contains(needle)
+        }
+        _ => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_frames_and_garbage_close_only_that_connection() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cp = ControlPlane::start(tmp.path(), fast_config)?;
+    let bystander = Agent::join(&cp, tmp.path(), "bystander", &cp.token("", "10m")?, "")?;
+    let out = join_once(cp.agent_addr, tmp.path(), "mallory", &cp.token("", "10m")?);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mallory = AgentDataDir::new(tmp.path().join("mallory"));
+    let mallory_id = mallory.load_config()?.agent_id;
+    tokio::task::block_in_place(|| cp.wait_status("bystander", AgentStatus::Ready, TIMEOUT))?;
+
+    // A length prefix past the maximum.
+    let oversized = ((MAX_FRAME_LEN + 1) as u32).to_be_bytes().to_vec();
+    let ended = send_raw(&cp, &mallory, oversized).await?;
+    assert!(closed_for(&ended, "exceeds the maximum"), "{ended:?}");
+
+    // A well-sized frame of garbage.
+    let mut garbage = 16u32.to_be_bytes().to_vec();
+    garbage.extend([0xff; 16]);
+    let ended = send_raw(&cp, &mallory, garbage).await?;
+    assert!(closed_for(&ended, "malformed frame"), "{ended:?}");
+
+    // A proper hello, then garbage.
+    let hello = AgentMessage::Hello(Hello {
+        protocol_version: PROTOCOL_VERSION,
+        agent_id: mallory_id,
+        name: "mallory".into(),
+        labels: Default::default(),
+        capacity: Capacity::default(),
+        software_version: "0".into(),
+    });
+    let mut bytes = tern_proto::frame::encode_frame(&hello, MAX_FRAME_LEN)?;
+    bytes.extend([0, 0, 0, 3, 0x42, 0x42, 0x42]);
+    let ended = send_raw(&cp, &mallory, bytes).await?;
+    assert!(closed_for(&ended, "malformed frame"), "{ended:?}");
+
+    // Everyone else is unaffected, and the endpoint still admits the same agent when it behaves.
+    let agents = tokio::task::block_in_place(|| cp.agents())?;
+    let by = agents.iter().find(|a| a.name == "bystander").expect("listed");
+    assert_eq!(by.status, AgentStatus::Ready);
+    let _reformed = Agent::run(tmp.path(), "mallory")?;
+    tokio::task::block_in_place(|| cp.wait_status("mallory", AgentStatus::Ready, TIMEOUT))?;
+    drop(bystander);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_with_wrong_protocol_version_is_refused_with_a_reason() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cp = ControlPlane::start(tmp.path(), fast_config)?;
+    let out = join_once(cp.agent_addr, tmp.path(), "future", &cp.token("", "10m")?);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dir = AgentDataDir::new(tmp.path().join("future"));
+    let identity = Identity::from_pem(&dir.read(&dir.cert())?, &dir.read(&dir.key())?)?;
+    let client = tern_transport::tls::quic_client(&dir.read(&dir.ca())?, identity, transport())?;
+    let endpoint = tern_transport::quic::client_endpoint(cp.agent_addr)?;
+    let conn = endpoint.connect_with(client, cp.agent_addr, tern_proto::CONTROL_PLANE_SERVER_NAME)?.await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let hello = AgentMessage::Hello(Hello {
+        protocol_version: PROTOCOL_VERSION + 1,
+        agent_id: dir.load_config()?.agent_id,
+        name: "future".into(),
+        labels: Default::default(),
+        capacity: Capacity::default(),
+        software_version: "9".into(),
+    });
+    tern_proto::io::write_frame(&mut send, &hello, MAX_FRAME_LEN).await?;
+    let answer: Option<tern_proto::ControlMessage> = tern_proto::io::read_frame(&mut recv, MAX_FRAME_LEN).await?;
+    match answer {
+        Some(tern_proto::ControlMessage::Refused { reason }) => assert!(reason.contains("not supported"), "{reason}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    Ok(())
+}
