@@ -33,7 +33,9 @@ pub fn bin(name: &str) -> PathBuf {
 /// A loopback port free for both UDP and TCP (QUIC and enrollment share the number).
 pub fn free_port() -> u16 {
     for _ in 0..100 {
-        let Ok(udp) = UdpSocket::bind("127.0.0.1:0") else { continue };
+        let Ok(udp) = UdpSocket::bind("127.0.0.1:0") else {
+            continue;
+        };
         let Ok(addr) = udp.local_addr() else { continue };
         if TcpListener::bind(addr).is_ok() {
             return addr.port();
@@ -43,7 +45,11 @@ pub fn free_port() -> u16 {
 }
 
 /// Polls `check` until it returns `Some` or `timeout` passes.
-pub fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
+pub fn wait_for<T>(
+    timeout: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
     let start = Instant::now();
     loop {
         if let Some(v) = check() {
@@ -65,7 +71,8 @@ pub struct Process {
 
 impl Process {
     pub fn spawn(cmd: &mut Command, log: PathBuf) -> anyhow::Result<Self> {
-        let file = std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        let file =
+            std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
         let child = cmd
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
@@ -88,7 +95,10 @@ impl Process {
 
     /// SIGTERM, then waits for exit; returns whether it exited successfully within `timeout`.
     pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<bool> {
-        let sent = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status()?;
+        let sent = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()?;
         if !sent.success() {
             bail!("kill -TERM {} failed", self.child.id());
         }
@@ -99,7 +109,10 @@ impl Process {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        bail!("process {} did not exit within {timeout:?} of SIGTERM", self.child.id())
+        bail!(
+            "process {} did not exit within {timeout:?} of SIGTERM",
+            self.child.id()
+        )
     }
 
     /// Whether the process has exited.
@@ -147,7 +160,12 @@ impl ControlPlane {
         })?;
         tune(&mut config);
         std::fs::write(data.config(), config.to_toml())?;
-        let mut cp = Self { dir, agent_addr, api_addr, process: None };
+        let mut cp = Self {
+            dir,
+            agent_addr,
+            api_addr,
+            process: None,
+        };
         cp.serve()?;
         Ok(cp)
     }
@@ -157,7 +175,10 @@ impl ControlPlane {
         let n = std::fs::read_dir(&self.dir)?.count();
         let log = self.dir.join(format!("serve-{n}.log"));
         let process = Process::spawn(
-            Command::new(bin("tern-control-plane")).arg("serve").arg("--data-dir").arg(&self.dir),
+            Command::new(bin("tern-control-plane"))
+                .arg("serve")
+                .arg("--data-dir")
+                .arg(&self.dir),
             log,
         )?;
         self.process = Some(process);
@@ -186,7 +207,10 @@ impl ControlPlane {
     pub fn token(&self, labels: &str, ttl: &str) -> anyhow::Result<String> {
         let out = self.ternctl(&["token", "create", "--labels", labels, "--ttl", ttl]);
         if !out.status.success() {
-            bail!("token create failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "token create failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(String::from_utf8(out.stdout)?.trim().to_owned())
     }
@@ -195,20 +219,34 @@ impl ControlPlane {
     pub fn agents(&self) -> anyhow::Result<Vec<AgentView>> {
         let out = self.ternctl(&["get", "agents", "-o", "json"]);
         if !out.status.success() {
-            bail!("get agents failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "get agents failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 
     /// Waits until the agent `name` has `status`.
-    pub fn wait_status(&self, name: &str, status: AgentStatus, timeout: Duration) -> anyhow::Result<AgentView> {
+    pub fn wait_status(
+        &self,
+        name: &str,
+        status: AgentStatus,
+        timeout: Duration,
+    ) -> anyhow::Result<AgentView> {
         wait_for(timeout, &format!("agent {name} to be {status}"), || {
-            self.agents().ok()?.into_iter().find(|a| a.name == name && a.status == status)
+            self.agents()
+                .ok()?
+                .into_iter()
+                .find(|a| a.name == name && a.status == status)
         })
     }
 
     pub fn log_text(&self) -> String {
-        self.process.as_ref().map(Process::log_text).unwrap_or_default()
+        self.process
+            .as_ref()
+            .map(Process::log_text)
+            .unwrap_or_default()
     }
 }
 
@@ -222,7 +260,13 @@ pub struct Agent {
 
 impl Agent {
     /// `tern-agent join` (which then runs).
-    pub fn join(cp: &ControlPlane, root: &Path, name: &str, token: &str, labels: &str) -> anyhow::Result<Self> {
+    pub fn join(
+        cp: &ControlPlane,
+        root: &Path,
+        name: &str,
+        token: &str,
+        labels: &str,
+    ) -> anyhow::Result<Self> {
         let dir = root.join(name);
         let log = root.join(format!("{name}.log"));
         let process = Process::spawn(
@@ -242,7 +286,11 @@ impl Agent {
                 .arg(format!("127.0.0.1:{}", free_port())),
             log,
         )?;
-        Ok(Self { name: name.to_owned(), dir, process })
+        Ok(Self {
+            name: name.to_owned(),
+            dir,
+            process,
+        })
     }
 
     /// `tern-agent run` on an enrolled data dir.
@@ -250,10 +298,17 @@ impl Agent {
         let dir = root.join(name);
         let n = std::fs::read_dir(root)?.count();
         let process = Process::spawn(
-            Command::new(bin("tern-agent")).arg("run").arg("--data-dir").arg(&dir),
+            Command::new(bin("tern-agent"))
+                .arg("run")
+                .arg("--data-dir")
+                .arg(&dir),
             root.join(format!("{name}-run-{n}.log")),
         )?;
-        Ok(Self { name: name.to_owned(), dir, process })
+        Ok(Self {
+            name: name.to_owned(),
+            dir,
+            process,
+        })
     }
 }
 

@@ -20,19 +20,36 @@ fn three_agents_enroll_and_are_listed_ready() -> anyhow::Result<()> {
         cp.wait_status(name, AgentStatus::Ready, READY_TIMEOUT)?;
     }
     let listed = cp.agents()?;
-    assert_eq!(listed.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), ["edge-1", "edge-2", "edge-3"]);
+    assert_eq!(
+        listed.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(),
+        ["edge-1", "edge-2", "edge-3"]
+    );
     for a in &listed {
         assert_eq!(a.status, AgentStatus::Ready);
-        assert_eq!(a.labels.get("tier").map(String::as_str), Some("edge"), "{a:?}");
+        assert_eq!(
+            a.labels.get("tier").map(String::as_str),
+            Some("edge"),
+            "{a:?}"
+        );
         assert_eq!(a.version, env!("CARGO_PKG_VERSION"));
-        assert!(a.capacity.cores >= 1 && a.capacity.memory_bytes > 0, "{a:?}");
-        assert!(humantime::parse_rfc3339(&a.last_seen).is_ok(), "last_seen {:?}", a.last_seen);
+        assert!(
+            a.capacity.cores >= 1 && a.capacity.memory_bytes > 0,
+            "{a:?}"
+        );
+        assert!(
+            humantime::parse_rfc3339(&a.last_seen).is_ok(),
+            "last_seen {:?}",
+            a.last_seen
+        );
     }
     assert_eq!(listed[2].labels.get("site").map(String::as_str), Some("b"));
 
     // The table names every agent and its status; describe shows one.
     let table = String::from_utf8(cp.ternctl(&["get", "agents"]).stdout)?;
-    assert!(table.contains("edge-3") && table.contains("Ready"), "{table}");
+    assert!(
+        table.contains("edge-3") && table.contains("Ready"),
+        "{table}"
+    );
     let described = cp.ternctl(&["describe", "agent", "edge-2"]);
     assert!(described.status.success());
     let text = String::from_utf8(described.stdout)?;
@@ -50,10 +67,18 @@ fn agents_report_gpus_when_a_gpu_is_required() -> anyhow::Result<()> {
     let token = cp.token("", "10m")?;
     let _agent = Agent::join(&cp, tmp.path(), "gpu-host", &token, "")?;
     let view = tern_e2e::wait_for(READY_TIMEOUT, "GPU discovery", || {
-        cp.agents().ok()?.into_iter().find(|a| a.name == "gpu-host" && !a.gpus.is_empty())
+        cp.agents()
+            .ok()?
+            .into_iter()
+            .find(|a| a.name == "gpu-host" && !a.gpus.is_empty())
     })?;
     assert_eq!(view.gpus.len(), view.capacity.gpus.len());
-    assert!(view.capacity.gpus.iter().all(|g| g.backend == "vulkan" || g.backend == "metal" || g.backend == "dx12"));
+    assert!(
+        view.capacity
+            .gpus
+            .iter()
+            .all(|g| g.backend == "vulkan" || g.backend == "metal" || g.backend == "dx12")
+    );
     Ok(())
 }
 
@@ -63,12 +88,19 @@ fn reused_token_is_refused() -> anyhow::Result<()> {
     let cp = ControlPlane::start(tmp.path(), fast_config)?;
     let token = cp.token("", "10m")?;
     let first = join_once(cp.agent_addr, tmp.path(), "first", &token);
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
     let second = join_once(cp.agent_addr, tmp.path(), "second", &token);
     assert_eq!(second.status.code(), Some(1));
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(err.contains("already used"), "{err}");
-    assert!(!tmp.path().join("second/agent.toml").exists(), "a refused join must not look enrolled");
+    assert!(
+        !tmp.path().join("second/agent.toml").exists(),
+        "a refused join must not look enrolled"
+    );
     assert_eq!(cp.agents()?.len(), 1);
     Ok(())
 }
@@ -96,10 +128,17 @@ fn token_for_another_control_plane_is_refused_by_the_agent() -> anyhow::Result<(
     let out = join_once(ours.agent_addr, tmp.path(), "confused", &foreign);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("CA does not match the enrollment token"), "{err}");
+    assert!(
+        err.contains("CA does not match the enrollment token"),
+        "{err}"
+    );
     // The token never reached the other control plane, so it is still good there.
     let out = join_once(theirs.agent_addr, tmp.path(), "rightful", &foreign);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(ours.agents()?.is_empty());
     Ok(())
 }
@@ -110,7 +149,10 @@ fn ternctl_exit_codes_distinguish_usage_from_failure() -> anyhow::Result<()> {
     let cp = ControlPlane::start(tmp.path(), fast_config)?;
     assert_eq!(cp.ternctl(&["get", "agents"]).status.code(), Some(0));
     assert_eq!(cp.ternctl(&["get", "agentz"]).status.code(), Some(2));
-    assert_eq!(cp.ternctl(&["get", "agents", "-o", "xml"]).status.code(), Some(2));
+    assert_eq!(
+        cp.ternctl(&["get", "agents", "-o", "xml"]).status.code(),
+        Some(2)
+    );
     let missing = cp.ternctl(&["describe", "agent", "nobody"]);
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no agent named `nobody`"));

@@ -27,13 +27,20 @@ fn control_plane_restart_keeps_registry_and_agents_come_back_ready() -> anyhow::
     let after = cp.agents()?;
     assert_eq!(after.len(), 2, "registry lost agents: {after:?}");
     for (b, a) in before.iter().zip(&after) {
-        assert_eq!((&b.id, &b.name, &b.labels, &b.first_seen), (&a.id, &a.name, &a.labels, &a.first_seen));
+        assert_eq!(
+            (&b.id, &b.name, &b.labels, &b.first_seen),
+            (&a.id, &a.name, &a.labels, &a.first_seen)
+        );
     }
     for name in ["north", "south"] {
         cp.wait_status(name, AgentStatus::Ready, TIMEOUT)?;
     }
     for agent in &mut agents {
-        assert!(!agent.process.exited(), "agent {} exited while the control plane was away", agent.name);
+        assert!(
+            !agent.process.exited(),
+            "agent {} exited while the control plane was away",
+            agent.name
+        );
     }
     Ok(())
 }
@@ -49,7 +56,11 @@ fn agent_killed_with_sigkill_turns_not_ready() -> anyhow::Result<()> {
 
     doomed.process.kill();
     cp.wait_status("doomed", AgentStatus::NotReady, Duration::from_secs(10))?;
-    let steady = cp.agents()?.into_iter().find(|a| a.name == "steady").expect("listed");
+    let steady = cp
+        .agents()?
+        .into_iter()
+        .find(|a| a.name == "steady")
+        .expect("listed");
     assert_eq!(steady.status, AgentStatus::Ready);
 
     // It comes back by itself when restarted.
@@ -68,7 +79,11 @@ fn agent_shuts_down_cleanly_on_sigterm() -> anyhow::Result<()> {
     })?;
     let mut agent = Agent::join(&cp, tmp.path(), "polite", &cp.token("", "10m")?, "")?;
     cp.wait_status("polite", AgentStatus::Ready, TIMEOUT)?;
-    assert!(agent.process.terminate(Duration::from_secs(10))?, "agent exited with failure:\n{}", agent.process.log_text());
+    assert!(
+        agent.process.terminate(Duration::from_secs(10))?,
+        "agent exited with failure:\n{}",
+        agent.process.log_text()
+    );
     cp.wait_status("polite", AgentStatus::NotReady, Duration::from_secs(5))?;
     assert!(agent.process.log_text().contains("agent stopped"));
     Ok(())
@@ -80,12 +95,23 @@ fn agent_waits_for_an_absent_control_plane_and_connects_when_it_appears() -> any
     let mut cp = ControlPlane::start(tmp.path(), fast_config)?;
     let token = cp.token("", "10m")?;
     let out = tern_e2e::join_once(cp.agent_addr, tmp.path(), "patient", &token);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    cp.process.as_mut().expect("running").terminate(Duration::from_secs(10))?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cp.process
+        .as_mut()
+        .expect("running")
+        .terminate(Duration::from_secs(10))?;
 
     let mut agent = Agent::run(tmp.path(), "patient")?;
     std::thread::sleep(Duration::from_secs(2));
-    assert!(!agent.process.exited(), "agent gave up:\n{}", agent.process.log_text());
+    assert!(
+        !agent.process.exited(),
+        "agent gave up:\n{}",
+        agent.process.log_text()
+    );
     cp.serve()?;
     cp.wait_status("patient", AgentStatus::Ready, TIMEOUT)?;
     Ok(())

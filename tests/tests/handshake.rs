@@ -18,9 +18,15 @@ fn transport() -> Arc<quinn::TransportConfig> {
 }
 
 /// Connects and waits for the connection to end; returns how it ended.
-async fn outcome(client: quinn::ClientConfig, addr: SocketAddr) -> anyhow::Result<quinn::ConnectionError> {
+async fn outcome(
+    client: quinn::ClientConfig,
+    addr: SocketAddr,
+) -> anyhow::Result<quinn::ConnectionError> {
     let endpoint = tern_transport::quic::client_endpoint(addr)?;
-    let conn = match endpoint.connect_with(client, addr, tern_proto::CONTROL_PLANE_SERVER_NAME)?.await {
+    let conn = match endpoint
+        .connect_with(client, addr, tern_proto::CONTROL_PLANE_SERVER_NAME)?
+        .await
+    {
         Ok(conn) => conn,
         Err(e) => return Ok(e),
     };
@@ -44,9 +50,16 @@ async fn client_certificate_from_another_ca_is_refused_in_the_handshake() -> any
     let ca_pem = std::fs::read_to_string(cp.dir.join("ca.crt"))?;
     let rogue_ca = CertificateAuthority::generate("rogue")?;
     let rogue = rogue_ca.issue_agent("rogue-agent")?;
-    let client = tern_transport::tls::quic_client(&ca_pem, Identity::from_pem(&rogue.cert_pem, &rogue.key_pem)?, transport())?;
+    let client = tern_transport::tls::quic_client(
+        &ca_pem,
+        Identity::from_pem(&rogue.cert_pem, &rogue.key_pem)?,
+        transport(),
+    )?;
     let ended = outcome(client, cp.agent_addr).await?;
-    assert!(is_handshake_refusal(&ended), "expected a TLS refusal, got {ended:?}");
+    assert!(
+        is_handshake_refusal(&ended),
+        "expected a TLS refusal, got {ended:?}"
+    );
     Ok(())
 }
 
@@ -62,20 +75,31 @@ async fn connection_without_client_certificate_is_refused_in_the_handshake() -> 
         .with_root_certificates(roots)
         .with_no_client_auth();
     tls.alpn_protocols = vec![tern_proto::ALPN.to_vec()];
-    let mut client = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls)?));
+    let mut client = quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls)?,
+    ));
     client.transport_config(transport());
     let ended = outcome(client, cp.agent_addr).await?;
-    assert!(is_handshake_refusal(&ended), "expected a TLS refusal, got {ended:?}");
+    assert!(
+        is_handshake_refusal(&ended),
+        "expected a TLS refusal, got {ended:?}"
+    );
     Ok(())
 }
 
 /// Opens a raw control stream as an enrolled agent, sends `bytes`, and returns how the
 /// connection ended.
-async fn send_raw(cp: &ControlPlane, dir: &AgentDataDir, bytes: Vec<u8>) -> anyhow::Result<quinn::ConnectionError> {
+async fn send_raw(
+    cp: &ControlPlane,
+    dir: &AgentDataDir,
+    bytes: Vec<u8>,
+) -> anyhow::Result<quinn::ConnectionError> {
     let identity = Identity::from_pem(&dir.read(&dir.cert())?, &dir.read(&dir.key())?)?;
     let client = tern_transport::tls::quic_client(&dir.read(&dir.ca())?, identity, transport())?;
     let endpoint = tern_transport::quic::client_endpoint(cp.agent_addr)?;
-    let conn = endpoint.connect_with(client, cp.agent_addr, tern_proto::CONTROL_PLANE_SERVER_NAME)?.await?;
+    let conn = endpoint
+        .connect_with(client, cp.agent_addr, tern_proto::CONTROL_PLANE_SERVER_NAME)?
+        .await?;
     let (mut send, _recv) = conn.open_bi().await?;
     send.write_all(&bytes).await?;
     Ok(tokio::time::timeout(Duration::from_secs(5), conn.closed()).await?)
@@ -97,7 +121,11 @@ async fn oversized_frames_and_garbage_close_only_that_connection() -> anyhow::Re
     let cp = ControlPlane::start(tmp.path(), fast_config)?;
     let bystander = Agent::join(&cp, tmp.path(), "bystander", &cp.token("", "10m")?, "")?;
     let out = join_once(cp.agent_addr, tmp.path(), "mallory", &cp.token("", "10m")?);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mallory = AgentDataDir::new(tmp.path().join("mallory"));
     let mallory_id = mallory.load_config()?.agent_id;
     tokio::task::block_in_place(|| cp.wait_status("bystander", AgentStatus::Ready, TIMEOUT))?;
@@ -129,7 +157,10 @@ async fn oversized_frames_and_garbage_close_only_that_connection() -> anyhow::Re
 
     // Everyone else is unaffected, and the endpoint still admits the same agent when it behaves.
     let agents = tokio::task::block_in_place(|| cp.agents())?;
-    let by = agents.iter().find(|a| a.name == "bystander").expect("listed");
+    let by = agents
+        .iter()
+        .find(|a| a.name == "bystander")
+        .expect("listed");
     assert_eq!(by.status, AgentStatus::Ready);
     let _reformed = Agent::run(tmp.path(), "mallory")?;
     tokio::task::block_in_place(|| cp.wait_status("mallory", AgentStatus::Ready, TIMEOUT))?;
@@ -142,12 +173,18 @@ async fn hello_with_wrong_protocol_version_is_refused_with_a_reason() -> anyhow:
     let tmp = tempfile::tempdir()?;
     let cp = ControlPlane::start(tmp.path(), fast_config)?;
     let out = join_once(cp.agent_addr, tmp.path(), "future", &cp.token("", "10m")?);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let dir = AgentDataDir::new(tmp.path().join("future"));
     let identity = Identity::from_pem(&dir.read(&dir.cert())?, &dir.read(&dir.key())?)?;
     let client = tern_transport::tls::quic_client(&dir.read(&dir.ca())?, identity, transport())?;
     let endpoint = tern_transport::quic::client_endpoint(cp.agent_addr)?;
-    let conn = endpoint.connect_with(client, cp.agent_addr, tern_proto::CONTROL_PLANE_SERVER_NAME)?.await?;
+    let conn = endpoint
+        .connect_with(client, cp.agent_addr, tern_proto::CONTROL_PLANE_SERVER_NAME)?
+        .await?;
     let (mut send, mut recv) = conn.open_bi().await?;
     let hello = AgentMessage::Hello(Hello {
         protocol_version: PROTOCOL_VERSION + 1,
@@ -158,9 +195,12 @@ async fn hello_with_wrong_protocol_version_is_refused_with_a_reason() -> anyhow:
         software_version: "9".into(),
     });
     tern_proto::io::write_frame(&mut send, &hello, MAX_FRAME_LEN).await?;
-    let answer: Option<tern_proto::ControlMessage> = tern_proto::io::read_frame(&mut recv, MAX_FRAME_LEN).await?;
+    let answer: Option<tern_proto::ControlMessage> =
+        tern_proto::io::read_frame(&mut recv, MAX_FRAME_LEN).await?;
     match answer {
-        Some(tern_proto::ControlMessage::Refused { reason }) => assert!(reason.contains("not supported"), "{reason}"),
+        Some(tern_proto::ControlMessage::Refused { reason }) => {
+            assert!(reason.contains("not supported"), "{reason}")
+        }
         other => panic!("expected a refusal, got {other:?}"),
     }
     Ok(())

@@ -61,16 +61,21 @@ pub async fn serve(
         tokio::spawn(
             async move {
                 let _permit = permit;
-                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+                {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => return debug!(error = %e, "TLS handshake failed"),
                     Err(_) => return debug!("TLS handshake timed out"),
                 };
                 // Handlers see the client's address as axum's `ConnectInfo`.
-                let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-                    request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
-                    app.clone().oneshot(request)
-                });
+                let service = hyper::service::service_fn(
+                    move |mut request: hyper::Request<hyper::body::Incoming>| {
+                        request
+                            .extensions_mut()
+                            .insert(axum::extract::ConnectInfo(peer));
+                        app.clone().oneshot(request)
+                    },
+                );
                 if let Err(e) = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tls), service)
                     .await
@@ -87,11 +92,20 @@ pub async fn serve(
 #[derive(Debug, thiserror::Error)]
 pub enum HttpsError {
     #[error("cannot resolve {addr}: {source}")]
-    Resolve { addr: String, source: std::io::Error },
+    Resolve {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("cannot connect to {addr}: {source}")]
-    Connect { addr: String, source: std::io::Error },
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("TLS handshake with {addr} failed: {source}")]
-    Tls { addr: String, source: std::io::Error },
+    Tls {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("request to {addr} timed out")]
     Timeout { addr: String },
     #[error("HTTP exchange failed: {0}")]
@@ -117,7 +131,9 @@ pub struct HttpsClient {
 
 impl std::fmt::Debug for HttpsClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpsClient").field("addr", &self.addr).finish_non_exhaustive()
+        f.debug_struct("HttpsClient")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -171,7 +187,9 @@ impl HttpsClient {
     ) -> Result<Bytes, HttpsError> {
         tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(method, path, body))
             .await
-            .map_err(|_| HttpsError::Timeout { addr: self.addr.clone() })?
+            .map_err(|_| HttpsError::Timeout {
+                addr: self.addr.clone(),
+            })?
     }
 
     async fn exchange(
@@ -183,11 +201,17 @@ impl HttpsClient {
         let addr = self.resolve().await?;
         let tcp = TcpStream::connect(addr)
             .await
-            .map_err(|source| HttpsError::Connect { addr: self.addr.clone(), source })?;
+            .map_err(|source| HttpsError::Connect {
+                addr: self.addr.clone(),
+                source,
+            })?;
         let tls = TlsConnector::from(self.tls.clone())
             .connect(self.server_name.clone(), tcp)
             .await
-            .map_err(|source| HttpsError::Tls { addr: self.addr.clone(), source })?;
+            .map_err(|source| HttpsError::Tls {
+                addr: self.addr.clone(),
+                source,
+            })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -214,7 +238,10 @@ impl HttpsClient {
             let message = serde_json::from_slice::<tern_proto::api::ApiError>(&body)
                 .map(|e| e.error)
                 .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
-            return Err(HttpsError::Status { status: status.as_u16(), message });
+            return Err(HttpsError::Status {
+                status: status.as_u16(),
+                message,
+            });
         }
         Ok(body)
     }
@@ -222,7 +249,10 @@ impl HttpsClient {
     async fn resolve(&self) -> Result<SocketAddr, HttpsError> {
         let mut addrs = tokio::net::lookup_host(&self.addr)
             .await
-            .map_err(|source| HttpsError::Resolve { addr: self.addr.clone(), source })?;
+            .map_err(|source| HttpsError::Resolve {
+                addr: self.addr.clone(),
+                source,
+            })?;
         addrs.next().ok_or_else(|| HttpsError::Resolve {
             addr: self.addr.clone(),
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),

@@ -40,7 +40,9 @@ pub struct IssuedCertificate {
 
 impl std::fmt::Debug for IssuedCertificate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IssuedCertificate").field("key_pem", &"<redacted>").finish_non_exhaustive()
+        f.debug_struct("IssuedCertificate")
+            .field("key_pem", &"<redacted>")
+            .finish_non_exhaustive()
     }
 }
 
@@ -72,20 +74,32 @@ impl CertificateAuthority {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, common_name);
-        params.distinguished_name.push(DnType::OrganizationName, "Tern");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Tern");
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         validity(&mut params, CA_VALIDITY);
         let cert = params.self_signed(&key)?;
-        Ok(Self { cert_pem: cert.pem(), cert_der: cert.der().clone(), key })
+        Ok(Self {
+            cert_pem: cert.pem(),
+            cert_der: cert.der().clone(),
+            key,
+        })
     }
 
     /// Loads a CA written by [`Self::cert_pem`] and [`Self::key_pem`].
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
         let cert_der = first_certificate(cert_pem)?;
         let key = KeyPair::from_pem(key_pem)?;
-        Ok(Self { cert_pem: cert_pem.to_owned(), cert_der, key })
+        Ok(Self {
+            cert_pem: cert_pem.to_owned(),
+            cert_der,
+            key,
+        })
     }
 
     pub fn cert_pem(&self) -> &str {
@@ -123,18 +137,24 @@ impl CertificateAuthority {
         names.extend(extra_names.iter().cloned());
         names.dedup();
         let mut params = CertificateParams::new(names)?;
-        params.distinguished_name.push(DnType::CommonName, "tern control plane");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "tern control plane");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         validity(&mut params, SERVER_VALIDITY);
         let cert = params.signed_by(&key, &self.issuer()?)?;
-        Ok(IssuedCertificate { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        Ok(IssuedCertificate {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
     }
 
     /// Signs an agent's CSR. Only the CSR's public key is used (its signature is checked); the
     /// subject is set here, so an agent cannot choose its own identity.
     pub fn sign_agent_csr(&self, csr_pem: &str, agent_id: &str) -> Result<String, PkiError> {
-        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(PkiError::InvalidCsr)?;
+        let csr =
+            CertificateSigningRequestParams::from_pem(csr_pem).map_err(PkiError::InvalidCsr)?;
         let params = agent_params(agent_id)?;
         Ok(params.signed_by(&csr.public_key, &self.issuer()?)?.pem())
     }
@@ -144,7 +164,10 @@ impl CertificateAuthority {
     pub fn issue_agent(&self, agent_id: &str) -> Result<IssuedCertificate, PkiError> {
         let key = KeyPair::generate()?;
         let cert = agent_params(agent_id)?.signed_by(&key, &self.issuer()?)?;
-        Ok(IssuedCertificate { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        Ok(IssuedCertificate {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
     }
 }
 
@@ -152,7 +175,9 @@ fn agent_params(agent_id: &str) -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
     params.distinguished_name.push(DnType::CommonName, agent_id);
-    params.subject_alt_names = vec![SanType::URI(format!("urn:tern:agent:{agent_id}").try_into()?)];
+    params.subject_alt_names = vec![SanType::URI(
+        format!("urn:tern:agent:{agent_id}").try_into()?,
+    )];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     validity(&mut params, AGENT_VALIDITY);
@@ -164,9 +189,14 @@ pub fn agent_key_and_csr(agent_name: &str) -> Result<IssuedCsr, PkiError> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, agent_name);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, agent_name);
     let csr = params.serialize_request(&key)?;
-    Ok(IssuedCsr { csr_pem: csr.pem()?, key_pem: key.serialize_pem() })
+    Ok(IssuedCsr {
+        csr_pem: csr.pem()?,
+        key_pem: key.serialize_pem(),
+    })
 }
 
 /// A CSR and the private key it was made for.
@@ -177,13 +207,18 @@ pub struct IssuedCsr {
 
 impl std::fmt::Debug for IssuedCsr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IssuedCsr").field("key_pem", &"<redacted>").finish_non_exhaustive()
+        f.debug_struct("IssuedCsr")
+            .field("key_pem", &"<redacted>")
+            .finish_non_exhaustive()
     }
 }
 
 /// The first certificate of a PEM bundle.
 pub fn first_certificate(pem: &str) -> Result<CertificateDer<'static>, PkiError> {
-    certificates(pem)?.into_iter().next().ok_or(PkiError::NoCertificate)
+    certificates(pem)?
+        .into_iter()
+        .next()
+        .ok_or(PkiError::NoCertificate)
 }
 
 /// All certificates of a PEM bundle, in order.
@@ -227,7 +262,10 @@ mod tests {
     #[test]
     fn refuses_garbage_csr() {
         let ca = CertificateAuthority::generate("test").expect("ca");
-        let err = ca.sign_agent_csr("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", "x");
+        let err = ca.sign_agent_csr(
+            "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+            "x",
+        );
         assert!(matches!(err, Err(PkiError::InvalidCsr(_))));
     }
 }

@@ -2,8 +2,8 @@
 
 use std::sync::{Arc, OnceLock};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
@@ -32,7 +32,9 @@ pub enum TlsError {
 /// The crypto provider every Tern connection uses.
 pub fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    PROVIDER.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider())).clone()
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
 }
 
 /// A certificate chain and its private key.
@@ -44,7 +46,10 @@ pub struct Identity {
 
 impl Clone for Identity {
     fn clone(&self) -> Self {
-        Self { chain: self.chain.clone(), key: self.key.clone_key() }
+        Self {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
     }
 }
 
@@ -81,7 +86,8 @@ pub fn quic_server(
     identity: Identity,
     transport: Arc<quinn::TransportConfig>,
 ) -> Result<quinn::ServerConfig, TlsError> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider()).build()?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider()).build()?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
@@ -140,7 +146,10 @@ pub fn https_client(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, TlsError>
 pub fn https_client_pinned_by_ca_hash(
     ca_sha256: [u8; 32],
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    let verifier = Arc::new(CaHashVerifier { ca_sha256, provider: provider() });
+    let verifier = Arc::new(CaHashVerifier {
+        ca_sha256,
+        provider: provider(),
+    });
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .dangerous()
@@ -175,9 +184,10 @@ impl ServerCertVerifier for CaHashVerifier {
             })?;
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
-        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
         inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
     }
 
@@ -210,6 +220,8 @@ impl ServerCertVerifier for CaHashVerifier {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

@@ -1,1 +1,101 @@
-fn main() {}
+//! Project tasks. `cargo xtask demo` runs the quickstart end to end; `cargo xtask test` runs every
+//! test; `cargo xtask lint` checks formatting and clippy.
+//!
+//! Every task uses the dev profile, so tests, the demo and CI share one build.
+
+mod demo;
+
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+const USAGE: &str = "usage: cargo xtask <demo|test|lint>
+
+  demo   start a control plane and two agents in temporary directories, enroll them,
+         show the fleet, and shut everything down
+  test   build the binaries and run every test of the workspace
+  lint   cargo fmt --check and cargo clippy --all-targets -D warnings";
+
+fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("demo") => demo::run(),
+        Some("test") => test(&args[1..]),
+        Some("lint") => lint(),
+        Some("-h" | "--help" | "help") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs `cargo ARGS`, failing if it fails.
+pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(args)
+        .status()
+        .with_context(|| format!("failed to run {cargo}"))?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Makes sure the wasm32-wasip2 target is installed (plugins are built for it); rustup does not
+/// add it by itself when auto-install is off.
+fn ensure_wasm_target() -> anyhow::Result<()> {
+    let Ok(out) = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+    else {
+        eprintln!("xtask: rustup not found; assuming the wasm32-wasip2 target is available");
+        return Ok(());
+    };
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == "wasm32-wasip2")
+    {
+        return Ok(());
+    }
+    let status = Command::new("rustup")
+        .args(["target", "add", "wasm32-wasip2"])
+        .status()?;
+    if !status.success() {
+        bail!("`rustup target add wasm32-wasip2` failed");
+    }
+    Ok(())
+}
+
+fn test(extra: &[String]) -> anyhow::Result<()> {
+    ensure_wasm_target()?;
+    // The end-to-end tests run the real binaries: build them in the same profile first.
+    cargo(&["build", "--locked", "--workspace", "--all-targets"])?;
+    let mut args = vec!["test", "--locked", "--workspace"];
+    args.extend(extra.iter().map(String::as_str));
+    cargo(&args)
+}
+
+fn lint() -> anyhow::Result<()> {
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--locked",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])
+}

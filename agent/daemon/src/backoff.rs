@@ -27,12 +27,19 @@ impl Default for Backoff {
 
 impl Backoff {
     pub fn new(base: Duration, max: Duration) -> Self {
-        Self { base, max, attempt: 0 }
+        Self {
+            base,
+            max,
+            attempt: 0,
+        }
     }
 
     /// The delay before the next attempt; each call doubles the ceiling up to `max`.
     pub fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
-        let ceiling = self.base.saturating_mul(1u32 << self.attempt.min(20)).min(self.max);
+        let ceiling = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(20))
+            .min(self.max);
         self.attempt = self.attempt.saturating_add(1);
         let half = ceiling / 2;
         half + half.mul_f64(rng.random::<f64>())
@@ -56,7 +63,11 @@ mod tests {
         for n in 0..10u32 {
             let ceiling = (Duration::from_millis(100) * 2u32.pow(n)).min(Duration::from_secs(2));
             let d = b.next_delay(&mut rng);
-            assert!(d >= ceiling / 2 && d <= ceiling, "attempt {n}: {d:?} outside [{:?}, {ceiling:?}]", ceiling / 2);
+            assert!(
+                d >= ceiling / 2 && d <= ceiling,
+                "attempt {n}: {d:?} outside [{:?}, {ceiling:?}]",
+                ceiling / 2
+            );
         }
         b.reset();
         assert!(b.next_delay(&mut rng) <= Duration::from_millis(100));

@@ -18,9 +18,13 @@ pub const GPU_PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Cores, memory and free disk under `data_dir`; GPUs as last discovered.
 pub fn host_capacity(dir: &AgentDataDir) -> Capacity {
-    let system = System::new_with_specifics(RefreshKind::nothing().with_memory(MemoryRefreshKind::nothing().with_ram()));
+    let system = System::new_with_specifics(
+        RefreshKind::nothing().with_memory(MemoryRefreshKind::nothing().with_ram()),
+    );
     Capacity {
-        cores: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+        cores: std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1),
         memory_bytes: system.total_memory(),
         disk_free_bytes: free_disk(dir.root()),
         gpus: cached_gpus(dir),
@@ -85,10 +89,10 @@ pub async fn discover_gpus(dir: &AgentDataDir) -> Option<Vec<GpuAdapter>> {
         }
     };
     debug!(count = gpus.len(), "GPU discovery finished");
-    if let Ok(bytes) = serde_json::to_vec(&gpus) {
-        if let Err(e) = dir.write(&dir.gpus(), &bytes, false) {
-            warn!(error = %e, "cannot cache GPU discovery");
-        }
+    if let Ok(bytes) = serde_json::to_vec(&gpus)
+        && let Err(e) = dir.write(&dir.gpus(), &bytes, false)
+    {
+        warn!(error = %e, "cannot cache GPU discovery");
     }
     Some(gpus)
 }
@@ -97,7 +101,12 @@ pub async fn discover_gpus(dir: &AgentDataDir) -> Option<Vec<GpuAdapter>> {
 pub fn gpu_probe_json() -> String {
     let gpus: Vec<GpuAdapter> = tern_infer::list_adapters()
         .into_iter()
-        .map(|a| GpuAdapter { name: a.name, backend: a.backend, device_type: a.device_type, driver: a.driver })
+        .map(|a| GpuAdapter {
+            name: a.name,
+            backend: a.backend,
+            device_type: a.device_type,
+            driver: a.driver,
+        })
         .collect();
     serde_json::to_string(&gpus).expect("adapter summaries always serialize")
 }

@@ -40,7 +40,10 @@ pub struct AgentConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum DataDirError {
     #[error("cannot access {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{0} is not an enrolled agent's data dir (run `tern-agent join` first)")]
@@ -81,7 +84,10 @@ impl AgentDataDir {
     }
 
     pub fn read(&self, path: &Path) -> Result<String, DataDirError> {
-        std::fs::read_to_string(path).map_err(|source| DataDirError::Io { path: path.to_owned(), source })
+        std::fs::read_to_string(path).map_err(|source| DataDirError::Io {
+            path: path.to_owned(),
+            source,
+        })
     }
 
     /// Reads `agent.toml`.
@@ -90,13 +96,18 @@ impl AgentDataDir {
             return Err(DataDirError::NotEnrolled(self.root.clone()));
         }
         let path = self.config();
-        toml::from_str(&self.read(&path)?)
-            .map_err(|e| DataDirError::Parse { path, message: e.to_string() })
+        toml::from_str(&self.read(&path)?).map_err(|e| DataDirError::Parse {
+            path,
+            message: e.to_string(),
+        })
     }
 
     /// Writes a file atomically (temporary file, fsync, rename), 0600 when `secret`.
     pub fn write(&self, path: &Path, bytes: &[u8], secret: bool) -> Result<(), DataDirError> {
-        let io = |source| DataDirError::Io { path: path.to_owned(), source };
+        let io = |source| DataDirError::Io {
+            path: path.to_owned(),
+            source,
+        };
         std::fs::create_dir_all(&self.root).map_err(io)?;
         let tmp = path.with_extension("tmp");
         let mut options = std::fs::OpenOptions::new();

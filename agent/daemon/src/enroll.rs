@@ -58,7 +58,9 @@ pub enum JoinError {
 pub async fn join(options: &JoinOptions) -> Result<AgentConfig, JoinError> {
     let dir = AgentDataDir::new(&options.data_dir);
     if dir.is_enrolled() {
-        return Err(JoinError::AlreadyEnrolled(options.data_dir.display().to_string()));
+        return Err(JoinError::AlreadyEnrolled(
+            options.data_dir.display().to_string(),
+        ));
     }
     let token = EnrollmentToken::parse(&options.token)?;
     if !labels::valid_name(&options.name) {
@@ -75,10 +77,14 @@ pub async fn join(options: &JoinOptions) -> Result<AgentConfig, JoinError> {
         labels: options.labels.clone(),
         csr_pem: csr.csr_pem,
     };
-    let response: EnrollResponse = client.post("/v1/enroll", &request).await.map_err(|e| match e {
-        HttpsError::Status { message, .. } => JoinError::Refused(message),
-        other => JoinError::Unreachable(other),
-    })?;
+    let response: EnrollResponse =
+        client
+            .post("/v1/enroll", &request)
+            .await
+            .map_err(|e| match e {
+                HttpsError::Status { message, .. } => JoinError::Refused(message),
+                other => JoinError::Unreachable(other),
+            })?;
     let ca = tern_transport::pki::first_certificate(&response.ca_certificate_pem)?;
     if tern_proto::sha256(&ca) != token.ca_sha256 {
         return Err(JoinError::CaMismatch);

@@ -76,7 +76,15 @@ pub async fn maintain(
     let mut failures = 0u32;
     loop {
         let span = info_span!("link", control_plane = %link.agent.control_plane);
-        let result = session(&link, capacity.clone(), &state, &mut backoff, shutdown.clone()).instrument(span).await;
+        let result = session(
+            &link,
+            capacity.clone(),
+            &state,
+            &mut backoff,
+            shutdown.clone(),
+        )
+        .instrument(span)
+        .await;
         state.send_modify(|s| s.connected = false);
         match result {
             Ok(()) => return,
@@ -102,9 +110,14 @@ pub async fn maintain(
 }
 
 async fn resolve(addr: &str) -> Result<SocketAddr, SessionError> {
-    let mut addrs = tokio::net::lookup_host(addr).await.map_err(|e| SessionError::Resolve(addr.to_owned(), e))?;
+    let mut addrs = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| SessionError::Resolve(addr.to_owned(), e))?;
     addrs.next().ok_or_else(|| {
-        SessionError::Resolve(addr.to_owned(), std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))
+        SessionError::Resolve(
+            addr.to_owned(),
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),
+        )
     })
 }
 
@@ -119,7 +132,11 @@ async fn session(
     let addr = resolve(&link.agent.control_plane).await?;
     let endpoint = tern_transport::quic::client_endpoint(addr)
         .map_err(|e| SessionError::Resolve(link.agent.control_plane.clone(), e))?;
-    let connecting = endpoint.connect_with(link.client.clone(), addr, tern_proto::CONTROL_PLANE_SERVER_NAME)?;
+    let connecting = endpoint.connect_with(
+        link.client.clone(),
+        addr,
+        tern_proto::CONTROL_PLANE_SERVER_NAME,
+    )?;
     let conn = tokio::select! {
         conn = connecting => conn?,
         _ = stopped(&mut shutdown) => return Ok(()),
@@ -134,10 +151,15 @@ async fn session(
         software_version: crate::VERSION.to_owned(),
     };
     write_frame(&mut send, &AgentMessage::Hello(hello), MAX_FRAME_LEN).await?;
-    let welcome = match tokio::time::timeout(WELCOME_TIMEOUT, read_frame(&mut recv, MAX_FRAME_LEN)).await {
+    let welcome = match tokio::time::timeout(WELCOME_TIMEOUT, read_frame(&mut recv, MAX_FRAME_LEN))
+        .await
+    {
         Err(_) => return Err(SessionError::WelcomeTimeout),
         Ok(Err(FrameError::Io(_))) if conn.close_reason().is_some() => {
-            return Err(conn.close_reason().map(SessionError::Connection).unwrap_or(SessionError::Closed));
+            return Err(conn
+                .close_reason()
+                .map(SessionError::Connection)
+                .unwrap_or(SessionError::Closed));
         }
         Ok(frame) => match frame? {
             Some(ControlMessage::Welcome(w)) => w,
@@ -169,7 +191,15 @@ async fn session(
             }
         }
     });
-    let result = control_loop(&conn, &mut send, &mut frames, &mut capacity, &mut shutdown, welcome.heartbeat_interval_ms).await;
+    let result = control_loop(
+        &conn,
+        &mut send,
+        &mut frames,
+        &mut capacity,
+        &mut shutdown,
+        welcome.heartbeat_interval_ms,
+    )
+    .await;
     reader.abort();
     match &result {
         Ok(()) => {

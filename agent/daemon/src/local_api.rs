@@ -38,12 +38,23 @@ struct ApiState {
 /// The router of the local API.
 pub fn router(info: AgentInfo, link: watch::Receiver<LinkState>) -> Router {
     Router::new()
-        .route("/v2/health/live", get(|| async { Json(serde_json::json!({ "live": true })) }))
+        .route(
+            "/v2/health/live",
+            get(|| async { Json(serde_json::json!({ "live": true })) }),
+        )
         // No pipeline to wait for yet: a running agent is ready. Serving keeps going while the
         // control plane is away, so readiness does not depend on the link.
-        .route("/v2/health/ready", get(|| async { Json(serde_json::json!({ "ready": true })) }))
+        .route(
+            "/v2/health/ready",
+            get(|| async { Json(serde_json::json!({ "ready": true })) }),
+        )
         .route("/v1/agent", get(describe))
-        .fallback(|| async { (StatusCode::NOT_FOUND, Json(serde_json::json!({ "error": "no such endpoint" }))) })
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                Json(serde_json::json!({ "error": "no such endpoint" })),
+            )
+        })
         .with_state(Arc::new(ApiState { info, link }))
 }
 
@@ -56,7 +67,11 @@ async fn describe(State(state): State<Arc<ApiState>>) -> Json<AgentInfo> {
 }
 
 /// Serves the local API until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, router: Router, mut shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
     axum::serve(listener, router)
         .with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|stop| *stop).await;

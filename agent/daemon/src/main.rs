@@ -81,10 +81,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .context("failed to start the async runtime")?;
     runtime.block_on(async {
         let data_dir = match cli.command {
-            Command::Join { control_plane, token, data_dir, name, labels, listen_api, no_run } => {
+            Command::Join {
+                control_plane,
+                token,
+                data_dir,
+                name,
+                labels,
+                listen_api,
+                no_run,
+            } => {
                 let labels = tern_proto::labels::parse(&labels).context("invalid --labels")?;
-                let options = JoinOptions { control_plane, token, data_dir: data_dir.clone(), name, labels, listen_api };
-                let config = tern_agent::join(&options).await.context("failed to join the control plane")?;
+                let options = JoinOptions {
+                    control_plane,
+                    token,
+                    data_dir: data_dir.clone(),
+                    name,
+                    labels,
+                    listen_api,
+                };
+                let config = tern_agent::join(&options)
+                    .await
+                    .context("failed to join the control plane")?;
                 eprintln!("enrolled as {} (id {})", config.name, config.agent_id);
                 if no_run {
                     return Ok(());
@@ -103,7 +120,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
             let _ = tokio::signal::ctrl_c().await;
             return;
         };

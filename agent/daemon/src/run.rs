@@ -29,7 +29,10 @@ pub enum RunError {
     #[error("the agent's identity is unusable: {0}")]
     Tls(#[from] TlsError),
     #[error("cannot listen for the local API on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Runs the agent in `dir` until `shutdown` completes.
@@ -37,13 +40,20 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
     let config = dir.load_config()?;
     let identity = Identity::from_pem(&dir.read(&dir.cert())?, &dir.read(&dir.key())?)?;
     let ca_pem = dir.read(&dir.ca())?;
-    let transport = tern_transport::quic::transport_config(LINK_IDLE_TIMEOUT, Some(LINK_KEEP_ALIVE));
+    let transport =
+        tern_transport::quic::transport_config(LINK_IDLE_TIMEOUT, Some(LINK_KEEP_ALIVE));
     let client = tern_transport::tls::quic_client(&ca_pem, identity, transport)?;
 
     let listener = TcpListener::bind(config.listen_api)
         .await
-        .map_err(|source| RunError::Bind { addr: config.listen_api, source })?;
-    let api_addr = listener.local_addr().map_err(|source| RunError::Bind { addr: config.listen_api, source })?;
+        .map_err(|source| RunError::Bind {
+            addr: config.listen_api,
+            source,
+        })?;
+    let api_addr = listener.local_addr().map_err(|source| RunError::Bind {
+        addr: config.listen_api,
+        source,
+    })?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (capacity_tx, capacity_rx) = watch::channel(capacity::host_capacity(&dir));
@@ -58,8 +68,20 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
         connected: false,
         last_error: None,
     };
-    let api = tokio::spawn(local_api::serve(listener, local_api::router(info, state_rx), stop_rx.clone()));
-    let link = tokio::spawn(link::maintain(LinkConfig { agent: config.clone(), client }, capacity_rx, state_tx, stop_rx.clone()));
+    let api = tokio::spawn(local_api::serve(
+        listener,
+        local_api::router(info, state_rx),
+        stop_rx.clone(),
+    ));
+    let link = tokio::spawn(link::maintain(
+        LinkConfig {
+            agent: config.clone(),
+            client,
+        },
+        capacity_rx,
+        state_tx,
+        stop_rx.clone(),
+    ));
     let probe_dir = dir.clone();
     let probe = tokio::spawn(async move {
         if let Some(gpus) = capacity::discover_gpus(&probe_dir).await {

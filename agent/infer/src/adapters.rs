@@ -65,11 +65,17 @@ mod tests {
     fn finds_an_adapter_when_one_is_required() {
         let adapters = super::list_adapters();
         if std::env::var_os("TERN_REQUIRE_GPU").is_some_and(|v| v == "1") {
-            assert!(!adapters.is_empty(), "TERN_REQUIRE_GPU=1 but wgpu found no adapter");
+            assert!(
+                !adapters.is_empty(),
+                "TERN_REQUIRE_GPU=1 but wgpu found no adapter"
+            );
         }
         for a in &adapters {
             assert!(!a.name.is_empty());
-            assert!(["vulkan", "metal", "dx12"].contains(&a.backend.as_str()), "{a:?}");
+            assert!(
+                ["vulkan", "metal", "dx12"].contains(&a.backend.as_str()),
+                "{a:?}"
+            );
         }
     }
 }

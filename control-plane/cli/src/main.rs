@@ -94,20 +94,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     runtime.block_on(async {
         let api = client::connect(cli.config.as_deref())?;
         match cli.command {
-            Command::Token { command: TokenCommand::Create { labels, ttl } } => {
+            Command::Token {
+                command: TokenCommand::Create { labels, ttl },
+            } => {
                 let labels: BTreeMap<String, String> =
                     tern_proto::labels::parse(&labels).context("invalid --labels")?;
                 let response: TokenResponse = api
-                    .post("/v1/tokens", &TokenRequest { labels, ttl_seconds: ttl.as_secs().max(1) })
+                    .post(
+                        "/v1/tokens",
+                        &TokenRequest {
+                            labels,
+                            ttl_seconds: ttl.as_secs().max(1),
+                        },
+                    )
                     .await
                     .context("failed to create a token")?;
                 println!("{}", response.token);
             }
-            Command::Get { what: GetCommand::Agents { output } } => {
-                let agents: Vec<AgentView> = api.get("/v1/agents").await.context("failed to list agents")?;
+            Command::Get {
+                what: GetCommand::Agents { output },
+            } => {
+                let agents: Vec<AgentView> = api
+                    .get("/v1/agents")
+                    .await
+                    .context("failed to list agents")?;
                 print!("{}", output::agents(&agents, output)?);
             }
-            Command::Describe { what: DescribeCommand::Agent { name, output } } => {
+            Command::Describe {
+                what: DescribeCommand::Agent { name, output },
+            } => {
                 let agent: AgentView = api
                     .get(&format!("/v1/agents/{}", client::path_segment(&name)))
                     .await

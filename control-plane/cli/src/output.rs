@@ -28,17 +28,30 @@ fn table(header: &[&str]) -> Table {
 }
 
 fn labels(view: &AgentView) -> String {
-    if view.labels.is_empty() { "-".into() } else { tern_proto::labels::format(&view.labels) }
+    if view.labels.is_empty() {
+        "-".into()
+    } else {
+        tern_proto::labels::format(&view.labels)
+    }
 }
 
 fn gpus(view: &AgentView) -> String {
-    if view.gpus.is_empty() { "-".into() } else { view.gpus.join("; ") }
+    if view.gpus.is_empty() {
+        "-".into()
+    } else {
+        view.gpus.join("; ")
+    }
 }
 
 /// Age of an RFC 3339 timestamp, like "12s" or "3h".
 fn age(rfc3339: &str) -> String {
-    let Ok(t) = humantime::parse_rfc3339(rfc3339) else { return rfc3339.to_owned() };
-    let secs = std::time::SystemTime::now().duration_since(t).map(|d| d.as_secs()).unwrap_or(0);
+    let Ok(t) = humantime::parse_rfc3339(rfc3339) else {
+        return rfc3339.to_owned();
+    };
+    let secs = std::time::SystemTime::now()
+        .duration_since(t)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     match secs {
         s if s < 120 => format!("{s}s ago"),
         s if s < 7200 => format!("{}m ago", s / 60),
@@ -66,7 +79,11 @@ pub fn agents(list: &[AgentView], format: Format) -> anyhow::Result<String> {
             a.name.clone(),
             a.status.to_string(),
             labels(a),
-            if a.version.is_empty() { "-".into() } else { a.version.clone() },
+            if a.version.is_empty() {
+                "-".into()
+            } else {
+                a.version.clone()
+            },
             gpus(a),
             age(&a.last_seen),
         ]);
@@ -88,7 +105,10 @@ pub fn agent(a: &AgentView, format: Format) -> anyhow::Result<String> {
     line("Version:", a.version.clone());
     line("Address:", a.address.clone().unwrap_or_else(|| "-".into()));
     line("First seen:", a.first_seen.clone());
-    line("Last seen:", format!("{} ({})", a.last_seen, age(&a.last_seen)));
+    line(
+        "Last seen:",
+        format!("{} ({})", a.last_seen, age(&a.last_seen)),
+    );
     line("Cores:", a.capacity.cores.to_string());
     line("Memory:", bytes(a.capacity.memory_bytes));
     line("Disk free:", bytes(a.capacity.disk_free_bytes));
@@ -97,7 +117,12 @@ pub fn agent(a: &AgentView, format: Format) -> anyhow::Result<String> {
     } else {
         let mut t = table(&["GPU", "BACKEND", "TYPE", "DRIVER"]);
         for g in &a.capacity.gpus {
-            t.add_row(vec![g.name.clone(), g.backend.clone(), g.device_type.clone(), g.driver.clone()]);
+            t.add_row(vec![
+                g.name.clone(),
+                g.backend.clone(),
+                g.device_type.clone(),
+                g.driver.clone(),
+            ]);
         }
         out.push_str(&format!("GPUs:\n{t}\n"));
     }

@@ -103,8 +103,11 @@ mod tests {
 
     #[test]
     fn waits_for_incomplete_frame() {
-        let frame = encode_frame(&AgentMessage::Heartbeat(Heartbeat { seq: 300 }), MAX_FRAME_LEN)
-            .expect("encodes");
+        let frame = encode_frame(
+            &AgentMessage::Heartbeat(Heartbeat { seq: 300 }),
+            MAX_FRAME_LEN,
+        )
+        .expect("encodes");
         for cut in 0..frame.len() {
             let got = decode_frame::<AgentMessage>(&frame[..cut], MAX_FRAME_LEN).expect("no error");
             assert!(got.is_none(), "decoded from {cut} of {} bytes", frame.len());
@@ -118,8 +121,8 @@ mod tests {
 
     #[test]
     fn refuses_trailing_bytes_inside_frame() {
-        let mut frame = encode_frame(&AgentMessage::Heartbeat(Heartbeat { seq: 1 }), 1024)
-            .expect("encodes");
+        let mut frame =
+            encode_frame(&AgentMessage::Heartbeat(Heartbeat { seq: 1 }), 1024).expect("encodes");
         frame.push(0);
         let len = (frame.len() - HEADER_LEN) as u32;
         frame[..HEADER_LEN].copy_from_slice(&len.to_be_bytes());

@@ -27,16 +27,22 @@ where
     while filled < HEADER_LEN {
         let n = r.read(&mut header[filled..]).await?;
         if n == 0 {
-            return if filled == 0 { Ok(None) } else { Err(FrameError::Truncated) };
+            return if filled == 0 {
+                Ok(None)
+            } else {
+                Err(FrameError::Truncated)
+            };
         }
         filled += n;
     }
     let len = frame::payload_len(header, max)?;
     let mut payload = vec![0u8; len];
-    r.read_exact(&mut payload).await.map_err(|e| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => FrameError::Truncated,
-        _ => FrameError::Io(e),
-    })?;
+    r.read_exact(&mut payload)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => FrameError::Truncated,
+            _ => FrameError::Io(e),
+        })?;
     frame::decode_payload(&payload).map(Some)
 }
 
@@ -68,7 +74,9 @@ mod tests {
         let (mut a, mut b) = tokio::io::duplex(64);
         a.write_all(&[0, 0, 0, 9, 1, 2]).await.expect("writes");
         drop(a);
-        let err = read_frame::<_, AgentMessage>(&mut b, 1024).await.unwrap_err();
+        let err = read_frame::<_, AgentMessage>(&mut b, 1024)
+            .await
+            .unwrap_err();
         assert!(matches!(err, FrameError::Truncated));
     }
 }

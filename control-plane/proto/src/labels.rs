@@ -24,7 +24,9 @@ pub enum LabelError {
 pub fn parse(text: &str) -> Result<BTreeMap<String, String>, LabelError> {
     let mut labels = BTreeMap::new();
     for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').ok_or_else(|| LabelError::Form(pair.to_owned()))?;
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| LabelError::Form(pair.to_owned()))?;
         labels.insert(k.trim().to_owned(), v.trim().to_owned());
     }
     validate(&labels)?;
@@ -38,7 +40,8 @@ pub fn validate(labels: &BTreeMap<String, String>) -> Result<(), LabelError> {
     }
     let ok = |s: &str, extra: &[char]| {
         s.len() <= MAX_LABEL_LEN
-            && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c) || extra.contains(&c))
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c) || extra.contains(&c))
     };
     for (k, v) in labels {
         if k.is_empty() || !ok(k, &['/']) {
@@ -53,7 +56,11 @@ pub fn validate(labels: &BTreeMap<String, String>) -> Result<(), LabelError> {
 
 /// Formats labels as `k=v,k2=v2`.
 pub fn format(labels: &BTreeMap<String, String>) -> String {
-    labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Whether a name (of an agent) is acceptable: 1-63 characters of a-z, 0-9, `-`, `.`, `_`,
@@ -62,7 +69,9 @@ pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_LABEL_LEN
         && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-._".contains(c))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-._".contains(c))
 }
 
 #[cfg(test)]

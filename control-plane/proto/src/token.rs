@@ -60,14 +60,22 @@ impl EnrollmentToken {
     /// Parses the text form.
     pub fn parse(text: &str) -> Result<Self, TokenError> {
         let body = text.trim().strip_prefix(PREFIX).ok_or(TokenError::Prefix)?;
-        let raw = URL_SAFE_NO_PAD.decode(body).map_err(|_| TokenError::Encoding)?;
+        let raw = URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|_| TokenError::Encoding)?;
         let raw: [u8; RAW_LEN] = raw
             .as_slice()
             .try_into()
             .map_err(|_| TokenError::Length { got: raw.len() })?;
-        let mut token = EnrollmentToken { id: [0; ID_LEN], secret: [0; SECRET_LEN], ca_sha256: [0; HASH_LEN] };
+        let mut token = EnrollmentToken {
+            id: [0; ID_LEN],
+            secret: [0; SECRET_LEN],
+            ca_sha256: [0; HASH_LEN],
+        };
         token.id.copy_from_slice(&raw[..ID_LEN]);
-        token.secret.copy_from_slice(&raw[ID_LEN..ID_LEN + SECRET_LEN]);
+        token
+            .secret
+            .copy_from_slice(&raw[ID_LEN..ID_LEN + SECRET_LEN]);
         token.ca_sha256.copy_from_slice(&raw[ID_LEN + SECRET_LEN..]);
         Ok(token)
     }
@@ -96,7 +104,11 @@ mod tests {
 
     #[test]
     fn text_form_round_trips_and_hides_secret_in_debug() {
-        let token = EnrollmentToken { id: [1; 16], secret: [2; 32], ca_sha256: [3; 32] };
+        let token = EnrollmentToken {
+            id: [1; 16],
+            secret: [2; 32],
+            ca_sha256: [3; 32],
+        };
         let text = token.to_string();
         assert!(text.starts_with("tern1."));
         assert_eq!(EnrollmentToken::parse(&text), Ok(token.clone()));
@@ -106,7 +118,13 @@ mod tests {
     #[test]
     fn rejects_foreign_and_truncated_tokens() {
         assert_eq!(EnrollmentToken::parse("hello"), Err(TokenError::Prefix));
-        assert_eq!(EnrollmentToken::parse("tern1.@@@"), Err(TokenError::Encoding));
-        assert_eq!(EnrollmentToken::parse("tern1.AAAA"), Err(TokenError::Length { got: 3 }));
+        assert_eq!(
+            EnrollmentToken::parse("tern1.@@@"),
+            Err(TokenError::Encoding)
+        );
+        assert_eq!(
+            EnrollmentToken::parse("tern1.AAAA"),
+            Err(TokenError::Length { got: 3 })
+        );
     }
 }

@@ -13,33 +13,54 @@ fn labels() -> impl Strategy<Value = BTreeMap<String, String>> {
 }
 
 fn gpu() -> impl Strategy<Value = GpuAdapter> {
-    (".{0,24}", "vulkan|metal|dx12", "cpu|discrete-gpu|other", ".{0,12}").prop_map(
-        |(name, backend, device_type, driver)| GpuAdapter { name, backend, device_type, driver },
+    (
+        ".{0,24}",
+        "vulkan|metal|dx12",
+        "cpu|discrete-gpu|other",
+        ".{0,12}",
     )
+        .prop_map(|(name, backend, device_type, driver)| GpuAdapter {
+            name,
+            backend,
+            device_type,
+            driver,
+        })
 }
 
 fn capacity() -> impl Strategy<Value = Capacity> {
-    (any::<u32>(), any::<u64>(), any::<u64>(), prop::collection::vec(gpu(), 0..3)).prop_map(
-        |(cores, memory_bytes, disk_free_bytes, gpus)| Capacity {
+    (
+        any::<u32>(),
+        any::<u64>(),
+        any::<u64>(),
+        prop::collection::vec(gpu(), 0..3),
+    )
+        .prop_map(|(cores, memory_bytes, disk_free_bytes, gpus)| Capacity {
             cores,
             memory_bytes,
             disk_free_bytes,
             gpus,
-        },
-    )
+        })
 }
 
 fn hello() -> impl Strategy<Value = Hello> {
-    (any::<u32>(), "[0-9a-f]{0,32}", ".{0,16}", labels(), capacity(), "[0-9.]{0,8}").prop_map(
-        |(protocol_version, agent_id, name, labels, capacity, software_version)| Hello {
-            protocol_version,
-            agent_id,
-            name,
-            labels,
-            capacity,
-            software_version,
-        },
+    (
+        any::<u32>(),
+        "[0-9a-f]{0,32}",
+        ".{0,16}",
+        labels(),
+        capacity(),
+        "[0-9.]{0,8}",
     )
+        .prop_map(
+            |(protocol_version, agent_id, name, labels, capacity, software_version)| Hello {
+                protocol_version,
+                agent_id,
+                name,
+                labels,
+                capacity,
+                software_version,
+            },
+        )
 }
 
 fn phase() -> impl Strategy<Value = PipelinePhase> {
@@ -53,11 +74,24 @@ fn phase() -> impl Strategy<Value = PipelinePhase> {
 }
 
 fn status() -> impl Strategy<Value = StatusReport> {
-    let pipeline = (".{0,12}", any::<u64>(), phase(), ".{0,20}")
-        .prop_map(|(name, revision, phase, message)| PipelineStatus { name, revision, phase, message });
-    (any::<u64>(), any::<u64>(), prop::collection::vec(pipeline, 0..4)).prop_map(
-        |(seq, applied_generation, pipelines)| StatusReport { seq, applied_generation, pipelines },
+    let pipeline = (".{0,12}", any::<u64>(), phase(), ".{0,20}").prop_map(
+        |(name, revision, phase, message)| PipelineStatus {
+            name,
+            revision,
+            phase,
+            message,
+        },
+    );
+    (
+        any::<u64>(),
+        any::<u64>(),
+        prop::collection::vec(pipeline, 0..4),
     )
+        .prop_map(|(seq, applied_generation, pipelines)| StatusReport {
+            seq,
+            applied_generation,
+            pipelines,
+        })
 }
 
 fn agent_message() -> impl Strategy<Value = AgentMessage> {
@@ -73,13 +107,24 @@ fn agent_message() -> impl Strategy<Value = AgentMessage> {
 fn control_message() -> impl Strategy<Value = ControlMessage> {
     prop_oneof![
         (any::<u64>(), any::<u64>()).prop_map(|(heartbeat_interval_ms, server_time_ms)| {
-            ControlMessage::Welcome(Welcome { heartbeat_interval_ms, server_time_ms })
+            ControlMessage::Welcome(Welcome {
+                heartbeat_interval_ms,
+                server_time_ms,
+            })
         }),
         any::<u64>().prop_map(|seq| ControlMessage::Ack(Ack { seq })),
         ".{0,40}".prop_map(|reason| ControlMessage::Refused { reason }),
-        (any::<u64>(), prop::collection::vec(any::<u8>(), 0..256), prop::collection::vec(any::<u8>(), 0..64))
+        (
+            any::<u64>(),
+            prop::collection::vec(any::<u8>(), 0..256),
+            prop::collection::vec(any::<u8>(), 0..64)
+        )
             .prop_map(|(generation, body, signature)| {
-                ControlMessage::DesiredState(SignedDesiredState { generation, body, signature })
+                ControlMessage::DesiredState(SignedDesiredState {
+                    generation,
+                    body,
+                    signature,
+                })
             }),
     ]
 }

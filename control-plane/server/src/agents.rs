@@ -51,7 +51,11 @@ impl SessionError {
 }
 
 /// Accepts agent connections until `shutdown` turns true, then closes the endpoint.
-pub(crate) async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn serve(
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let slots = Arc::new(Semaphore::new(shared.config.max_agent_connections));
     loop {
         let incoming = tokio::select! {
@@ -90,22 +94,40 @@ pub(crate) async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, mut sh
     endpoint.close(close::SHUTDOWN.into(), b"control plane shutting down");
 }
 
-async fn session(conn: &Connection, shared: &Shared, remote: SocketAddr) -> Result<(), SessionError> {
+async fn session(
+    conn: &Connection,
+    shared: &Shared,
+    remote: SocketAddr,
+) -> Result<(), SessionError> {
     let cert = peer_certificate(conn).ok_or(SessionError::UnknownCertificate)?;
     let fingerprint = tern_transport::pki::fingerprint(&cert);
-    let record = shared.registry.agent_by_cert(&fingerprint)?.ok_or(SessionError::UnknownCertificate)?;
+    let record = shared
+        .registry
+        .agent_by_cert(&fingerprint)?
+        .ok_or(SessionError::UnknownCertificate)?;
     tracing::Span::current().record("agent", record.name.as_str());
 
     let (mut send, mut recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
         .await
         .map_err(|_| SessionError::HelloTimeout)??;
-    let first = tokio::time::timeout(HELLO_TIMEOUT, read_frame::<_, AgentMessage>(&mut recv, MAX_FRAME_LEN))
-        .await
-        .map_err(|_| SessionError::HelloTimeout)??;
+    let first = tokio::time::timeout(
+        HELLO_TIMEOUT,
+        read_frame::<_, AgentMessage>(&mut recv, MAX_FRAME_LEN),
+    )
+    .await
+    .map_err(|_| SessionError::HelloTimeout)??;
     let hello = match first {
         Some(AgentMessage::Hello(hello)) => hello,
-        Some(_) => return Err(SessionError::Protocol("the first message must be a hello".into())),
-        None => return Err(SessionError::Protocol("control stream closed before hello".into())),
+        Some(_) => {
+            return Err(SessionError::Protocol(
+                "the first message must be a hello".into(),
+            ));
+        }
+        None => {
+            return Err(SessionError::Protocol(
+                "control stream closed before hello".into(),
+            ));
+        }
     };
     if hello.protocol_version != PROTOCOL_VERSION {
         let reason = format!(
@@ -146,13 +168,20 @@ async fn session(conn: &Connection, shared: &Shared, remote: SocketAddr) -> Resu
     let result = control_loop(conn, shared, &record, connection, &mut send, &mut recv).await;
 
     if shared.presence.disconnect(&record.id, connection) {
-        let last_seen = shared.presence.seen(&record.id).map(|s| s.last_seen_ms).unwrap_or(now);
+        let last_seen = shared
+            .presence
+            .seen(&record.id)
+            .map(|s| s.last_seen_ms)
+            .unwrap_or(now);
         shared.registry.update_agent(&record.id, |a| {
             a.status = tern_proto::api::AgentStatus::NotReady;
             a.last_seen_ms = last_seen;
         })?;
     }
-    let reason = conn.close_reason().map(|r| r.to_string()).unwrap_or_else(|| "stream closed".into());
+    let reason = conn
+        .close_reason()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|| "stream closed".into());
     info!(agent = %record.name, %reason, "agent disconnected");
     result
 }
@@ -179,26 +208,40 @@ async fn control_loop(
                 if shared.presence.heartbeat(&record.id, connection, now) {
                     info!(agent = %record.name, "agent heard again after silence");
                 }
-                write_frame(send, &ControlMessage::Ack(tern_proto::message::Ack { seq: hb.seq }), MAX_FRAME_LEN)
-                    .await?;
+                write_frame(
+                    send,
+                    &ControlMessage::Ack(tern_proto::message::Ack { seq: hb.seq }),
+                    MAX_FRAME_LEN,
+                )
+                .await?;
             }
             AgentMessage::Status(report) => {
                 debug!(agent = %record.name, generation = report.applied_generation, "status report");
-                write_frame(send, &ControlMessage::Ack(tern_proto::message::Ack { seq: report.seq }), MAX_FRAME_LEN)
-                    .await?;
+                write_frame(
+                    send,
+                    &ControlMessage::Ack(tern_proto::message::Ack { seq: report.seq }),
+                    MAX_FRAME_LEN,
+                )
+                .await?;
             }
             AgentMessage::Capacity(capacity) => {
                 debug!(agent = %record.name, gpus = capacity.gpus.len(), "capacity update");
-                shared.registry.update_agent(&record.id, |a| a.capacity = capacity.clone())?;
+                shared
+                    .registry
+                    .update_agent(&record.id, |a| a.capacity = capacity.clone())?;
             }
             AgentMessage::Ack(_) => {}
-            AgentMessage::Hello(_) => return Err(SessionError::Protocol("hello sent twice".into())),
+            AgentMessage::Hello(_) => {
+                return Err(SessionError::Protocol("hello sent twice".into()));
+            }
         }
     }
 }
 
 async fn refuse(send: &mut SendStream, reason: &str) {
-    let message = ControlMessage::Refused { reason: reason.to_owned() };
+    let message = ControlMessage::Refused {
+        reason: reason.to_owned(),
+    };
     if write_frame(send, &message, MAX_FRAME_LEN).await.is_ok() {
         let _ = send.finish();
         // Give the refusal a moment to reach the agent before the connection closes.

@@ -49,7 +49,10 @@ pub(crate) fn admin_router(shared: Arc<Shared>) -> Router {
         .route("/v1/agents/{name}", get(get_agent))
         .route("/v1/tokens", post(create_token))
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(shared.clone(), require_admin))
+        .layer(middleware::from_fn_with_state(
+            shared.clone(),
+            require_admin,
+        ))
         .layer(middleware::from_fn(request_span))
         .with_state(shared)
 }
@@ -68,7 +71,11 @@ async fn request_span(request: Request, next: Next) -> Response {
     next.run(request).instrument(span).await
 }
 
-async fn require_admin(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+async fn require_admin(
+    State(shared): State<Arc<Shared>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -78,9 +85,14 @@ async fn require_admin(State(shared): State<Arc<Shared>>, request: Request, next
         Some(token) if tern_proto::sha256(token.trim().as_bytes()) == shared.admin_token_sha256 => {
             next.run(request).await
         }
-        Some(_) => HttpError(StatusCode::UNAUTHORIZED, "invalid admin credential".into()).into_response(),
-        None => HttpError(StatusCode::UNAUTHORIZED, "missing admin credential (Authorization: Bearer)".into())
-            .into_response(),
+        Some(_) => {
+            HttpError(StatusCode::UNAUTHORIZED, "invalid admin credential".into()).into_response()
+        }
+        None => HttpError(
+            StatusCode::UNAUTHORIZED,
+            "missing admin credential (Authorization: Bearer)".into(),
+        )
+        .into_response(),
     }
 }
 
@@ -97,10 +109,19 @@ pub(crate) fn agent_view(shared: &Shared, record: AgentRecord, now_ms: u64) -> A
             seen.last_seen_ms.max(record.last_seen_ms),
             Some(seen.address.to_string()),
         ),
-        None => (tern_proto::api::AgentStatus::NotReady, record.last_seen_ms, record.address),
+        None => (
+            tern_proto::api::AgentStatus::NotReady,
+            record.last_seen_ms,
+            record.address,
+        ),
     };
     AgentView {
-        gpus: record.capacity.gpus.iter().map(|g| g.name.clone()).collect(),
+        gpus: record
+            .capacity
+            .gpus
+            .iter()
+            .map(|g| g.name.clone())
+            .collect(),
         id: record.id,
         name: record.name,
         labels: record.labels,
@@ -116,7 +137,12 @@ pub(crate) fn agent_view(shared: &Shared, record: AgentRecord, now_ms: u64) -> A
 async fn list_agents(State(shared): State<Arc<Shared>>) -> Result<Json<Vec<AgentView>>, HttpError> {
     let now = tern_transport::unix_millis_now();
     let records = shared.registry.agents().map_err(internal)?;
-    Ok(Json(records.into_iter().map(|r| agent_view(&shared, r, now)).collect()))
+    Ok(Json(
+        records
+            .into_iter()
+            .map(|r| agent_view(&shared, r, now))
+            .collect(),
+    ))
 }
 
 async fn get_agent(
@@ -126,7 +152,10 @@ async fn get_agent(
     let now = tern_transport::unix_millis_now();
     match shared.registry.agent_by_name(&name).map_err(internal)? {
         Some(record) => Ok(Json(agent_view(&shared, record, now))),
-        None => Err(HttpError(StatusCode::NOT_FOUND, format!("no agent named `{name}`"))),
+        None => Err(HttpError(
+            StatusCode::NOT_FOUND,
+            format!("no agent named `{name}`"),
+        )),
     }
 }
 
@@ -145,12 +174,20 @@ async fn create_token(
     }
     let now = tern_transport::unix_millis_now();
     let (token, record) = tokio::task::spawn_blocking(move || {
-        shared.registry.create_token(request.labels, request.ttl_seconds * 1000, shared.ca.sha256(), now)
+        shared.registry.create_token(
+            request.labels,
+            request.ttl_seconds * 1000,
+            shared.ca.sha256(),
+            now,
+        )
     })
     .await
     .map_err(internal)?
     .map_err(internal)?;
-    Ok(Json(TokenResponse { token: token.to_string(), expires_at: tern_transport::rfc3339(record.expires_ms) }))
+    Ok(Json(TokenResponse {
+        token: token.to_string(),
+        expires_at: tern_transport::rfc3339(record.expires_ms),
+    }))
 }
 
 async fn enroll(
@@ -161,9 +198,11 @@ async fn enroll(
     let Json(request) = body?;
     let now = tern_transport::unix_millis_now();
     let name = request.name.clone();
-    let result = tokio::task::spawn_blocking(move || crate::enroll::enroll(&shared, &request, Some(peer), now))
-        .await
-        .map_err(internal)?;
+    let result = tokio::task::spawn_blocking(move || {
+        crate::enroll::enroll(&shared, &request, Some(peer), now)
+    })
+    .await
+    .map_err(internal)?;
     match result {
         Ok(response) => Ok((StatusCode::CREATED, Json(response)).into_response()),
         Err(e) => {

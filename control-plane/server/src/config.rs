@@ -49,7 +49,9 @@ fn default_max_agent_connections() -> usize {
 impl Default for ControlPlaneConfig {
     fn default() -> Self {
         Self {
-            listen_agents: DEFAULT_LISTEN_AGENTS.parse().expect("valid default address"),
+            listen_agents: DEFAULT_LISTEN_AGENTS
+                .parse()
+                .expect("valid default address"),
             listen_api: DEFAULT_LISTEN_API.parse().expect("valid default address"),
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             not_ready_after: DEFAULT_NOT_READY_AFTER,
@@ -64,14 +66,20 @@ pub enum ConfigError {
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
     #[error("{path}: `{field}` {problem}")]
-    Invalid { path: String, field: &'static str, problem: String },
+    Invalid {
+        path: String,
+        field: &'static str,
+        problem: String,
+    },
 }
 
 impl ControlPlaneConfig {
     /// Parses and validates the text of `config.toml`; `path` names the file in errors.
     pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
-        let config: Self = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
         config.validate(path)?;
         Ok(config)
     }
@@ -86,7 +94,10 @@ impl ControlPlaneConfig {
             return Err(invalid("heartbeat_interval", "must be at least 100ms"));
         }
         if self.not_ready_after <= self.heartbeat_interval {
-            return Err(invalid("not_ready_after", "must be longer than heartbeat_interval"));
+            return Err(invalid(
+                "not_ready_after",
+                "must be longer than heartbeat_interval",
+            ));
         }
         if self.max_agent_connections == 0 {
             return Err(invalid("max_agent_connections", "must be at least 1"));
@@ -124,7 +135,10 @@ mod tests {
     #[test]
     fn default_config_round_trips_through_toml() {
         let config = ControlPlaneConfig::default();
-        assert_eq!(ControlPlaneConfig::parse(&config.to_toml(), "config.toml").expect("parses"), config);
+        assert_eq!(
+            ControlPlaneConfig::parse(&config.to_toml(), "config.toml").expect("parses"),
+            config
+        );
     }
 
     #[test]
@@ -135,7 +149,10 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("d/config.toml") && err.contains("listen_apl"), "{err}");
+        assert!(
+            err.contains("d/config.toml") && err.contains("listen_apl"),
+            "{err}"
+        );
 
         let err = ControlPlaneConfig::parse(
             "listen_agents = \"0.0.0.0:1\"\nlisten_api = \"127.0.0.1:2\"\nheartbeat_interval = \"5s\"\nnot_ready_after = \"2s\"\n",

@@ -35,7 +35,10 @@ pub enum InitError {
     #[error("{0} already exists and is not empty; refusing to overwrite a control plane's data")]
     Exists(PathBuf),
     #[error("cannot write {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Pki(#[from] PkiError),
 }
@@ -44,7 +47,10 @@ pub enum InitError {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("cannot read {path}: {source} (run `tern-control-plane init` first?)")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("{path}: {source}")]
@@ -107,10 +113,10 @@ impl DataDir {
             let path = path.to_owned();
             move |source| InitError::Io { path, source }
         };
-        if let Ok(mut entries) = std::fs::read_dir(&self.root) {
-            if entries.next().is_some() {
-                return Err(InitError::Exists(self.root.clone()));
-            }
+        if let Ok(mut entries) = std::fs::read_dir(&self.root)
+            && entries.next().is_some()
+        {
+            return Err(InitError::Exists(self.root.clone()));
         }
         std::fs::create_dir_all(&self.root).map_err(io(&self.root))?;
 
@@ -134,16 +140,19 @@ impl DataDir {
         rand::rng().fill_bytes(&mut token);
         let admin_token = hex::encode(token);
 
-        write_file(&self.ca_cert(), ca.cert_pem().as_bytes(), false).map_err(io(&self.ca_cert()))?;
+        write_file(&self.ca_cert(), ca.cert_pem().as_bytes(), false)
+            .map_err(io(&self.ca_cert()))?;
         write_file(&self.ca_key(), ca.key_pem().as_bytes(), true).map_err(io(&self.ca_key()))?;
         let chain = format!("{}{}", server.cert_pem, ca.cert_pem());
-        write_file(&self.server_cert(), chain.as_bytes(), false).map_err(io(&self.server_cert()))?;
+        write_file(&self.server_cert(), chain.as_bytes(), false)
+            .map_err(io(&self.server_cert()))?;
         write_file(&self.server_key(), server.key_pem.as_bytes(), true)
             .map_err(io(&self.server_key()))?;
         let token_hash = hex::encode(tern_proto::sha256(admin_token.as_bytes()));
         write_file(&self.admin_token_hash(), token_hash.as_bytes(), true)
             .map_err(io(&self.admin_token_hash()))?;
-        write_file(&self.config(), config.to_toml().as_bytes(), false).map_err(io(&self.config()))?;
+        write_file(&self.config(), config.to_toml().as_bytes(), false)
+            .map_err(io(&self.config()))?;
 
         let cli = CliConfig {
             api: dialable(config.listen_api).to_string(),
@@ -162,20 +171,39 @@ impl DataDir {
             std::fs::read_to_string(&path).map_err(|source| LoadError::Io { path, source })
         };
         let config_path = self.config();
-        let config = ControlPlaneConfig::parse(&read(config_path.clone())?, &config_path.display().to_string())?;
+        let config = ControlPlaneConfig::parse(
+            &read(config_path.clone())?,
+            &config_path.display().to_string(),
+        )?;
         let ca = CertificateAuthority::from_pem(&read(self.ca_cert())?, &read(self.ca_key())?)
-            .map_err(|source| LoadError::Pki { path: self.ca_key(), source })?;
-        let server_identity = Identity::from_pem(&read(self.server_cert())?, &read(self.server_key())?)
-            .map_err(|source| LoadError::Tls { path: self.server_cert(), source })?;
+            .map_err(|source| LoadError::Pki {
+                path: self.ca_key(),
+                source,
+            })?;
+        let server_identity =
+            Identity::from_pem(&read(self.server_cert())?, &read(self.server_key())?).map_err(
+                |source| LoadError::Tls {
+                    path: self.server_cert(),
+                    source,
+                },
+            )?;
         let hash_text = read(self.admin_token_hash())?;
         let admin_token_sha256 = hex::decode(hash_text.trim())
             .ok()
             .and_then(|v| <[u8; 32]>::try_from(v).ok())
             .ok_or_else(|| LoadError::Io {
                 path: self.admin_token_hash(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not a SHA-256 hex digest"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "not a SHA-256 hex digest",
+                ),
             })?;
-        Ok(LoadedDataDir { config, ca, server_identity, admin_token_sha256 })
+        Ok(LoadedDataDir {
+            config,
+            ca,
+            server_identity,
+            admin_token_sha256,
+        })
     }
 }
 
@@ -220,16 +248,23 @@ mod tests {
         assert_eq!(loaded.config.listen_agents.port(), 17443);
 
         let cli: CliConfig =
-            toml::from_str(&std::fs::read_to_string(dir.ternctl_config()).expect("read")).expect("toml");
+            toml::from_str(&std::fs::read_to_string(dir.ternctl_config()).expect("read"))
+                .expect("toml");
         assert_eq!(cli.api, "127.0.0.1:7444");
-        assert_eq!(tern_proto::sha256(cli.admin_token.as_bytes()), loaded.admin_token_sha256);
+        assert_eq!(
+            tern_proto::sha256(cli.admin_token.as_bytes()),
+            loaded.admin_token_sha256
+        );
 
         let err = dir.init(&opts).unwrap_err();
         assert!(matches!(err, InitError::Exists(_)), "{err}");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.ca_key()).expect("meta").permissions().mode();
+            let mode = std::fs::metadata(dir.ca_key())
+                .expect("meta")
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }

@@ -65,28 +65,53 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Init { data_dir, listen_agents, listen_api, server_names } => {
+        Command::Init {
+            data_dir,
+            listen_agents,
+            listen_api,
+            server_names,
+        } => {
             let dir = DataDir::new(&data_dir);
             let config = dir
-                .init(&InitOptions { listen_agents, listen_api, server_names })
+                .init(&InitOptions {
+                    listen_agents,
+                    listen_api,
+                    server_names,
+                })
                 .with_context(|| format!("failed to initialize {}", data_dir.display()))?;
             println!("initialized control plane in {}", data_dir.display());
-            println!("  agents connect to   {} (QUIC/UDP; enrollment on TCP)", config.listen_agents);
+            println!(
+                "  agents connect to   {} (QUIC/UDP; enrollment on TCP)",
+                config.listen_agents
+            );
             println!("  admin API           https://{}", config.listen_api);
             println!("  ternctl config      {}", dir.ternctl_config().display());
-            println!("next: tern-control-plane serve --data-dir {}", data_dir.display());
+            println!(
+                "next: tern-control-plane serve --data-dir {}",
+                data_dir.display()
+            );
             Ok(())
         }
-        Command::Serve { data_dir, listen_agents, listen_api } => {
+        Command::Serve {
+            data_dir,
+            listen_agents,
+            listen_api,
+        } => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("failed to start the async runtime")?;
             runtime.block_on(async {
-                let running = RunningControlPlane::start(ServeOptions { data_dir, listen_agents, listen_api })
+                let running = RunningControlPlane::start(ServeOptions {
+                    data_dir,
+                    listen_agents,
+                    listen_api,
+                })
+                .await
+                .context("failed to start the control plane")?;
+                shutdown_signal()
                     .await
-                    .context("failed to start the control plane")?;
-                shutdown_signal().await.context("failed to wait for a shutdown signal")?;
+                    .context("failed to wait for a shutdown signal")?;
                 tracing::info!("shutdown requested");
                 running.shutdown().await;
                 Ok(())

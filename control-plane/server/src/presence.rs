@@ -74,7 +74,14 @@ impl Presence {
         let connection = inner.next_connection;
         inner.agents.insert(
             agent.to_owned(),
-            Live { connection, connected: true, last_seen_ms: now_ms, dirty: false, reported_silent: false, address },
+            Live {
+                connection,
+                connected: true,
+                last_seen_ms: now_ms,
+                dirty: false,
+                reported_silent: false,
+                address,
+            },
         );
         connection
     }
@@ -137,7 +144,8 @@ impl Presence {
             .filter(|(_, l)| {
                 l.connected
                     && !l.reported_silent
-                    && status_at(true, l.last_seen_ms, now_ms, not_ready_after_ms) == AgentStatus::NotReady
+                    && status_at(true, l.last_seen_ms, now_ms, not_ready_after_ms)
+                        == AgentStatus::NotReady
             })
             .map(|(id, l)| {
                 l.reported_silent = true;
@@ -163,14 +171,23 @@ mod tests {
     #[test]
     fn agent_turns_not_ready_after_silence_and_ready_when_heard() {
         assert_eq!(status_at(true, 1_000, 16_000, 15_000), AgentStatus::Ready);
-        assert_eq!(status_at(true, 1_000, 16_001, 15_000), AgentStatus::NotReady);
-        assert_eq!(status_at(false, 1_000, 1_000, 15_000), AgentStatus::NotReady);
+        assert_eq!(
+            status_at(true, 1_000, 16_001, 15_000),
+            AgentStatus::NotReady
+        );
+        assert_eq!(
+            status_at(false, 1_000, 1_000, 15_000),
+            AgentStatus::NotReady
+        );
 
         let p = Presence::default();
         let c = p.connect("a", addr(), 0);
         assert!(p.take_newly_silent(10_000, 15_000).is_empty());
         assert_eq!(p.take_newly_silent(20_000, 15_000), vec!["a".to_owned()]);
-        assert!(p.take_newly_silent(21_000, 15_000).is_empty(), "reported once");
+        assert!(
+            p.take_newly_silent(21_000, 15_000).is_empty(),
+            "reported once"
+        );
         assert!(p.heartbeat("a", c, 22_000), "back after silence");
         assert_eq!(p.take_dirty(), vec![("a".to_owned(), 22_000)]);
         assert!(p.take_dirty().is_empty());
@@ -183,7 +200,10 @@ mod tests {
         let new = p.connect("a", addr(), 5);
         assert!(!p.disconnect("a", old));
         assert!(p.seen("a").expect("seen").connected);
-        assert!(!p.heartbeat("a", old, 9), "old connection's heartbeat ignored");
+        assert!(
+            !p.heartbeat("a", old, 9),
+            "old connection's heartbeat ignored"
+        );
         assert!(p.disconnect("a", new));
         assert!(!p.seen("a").expect("seen").connected);
     }

@@ -20,7 +20,10 @@ pub enum RegistryError {
     #[error("registry storage failed: {0}")]
     Storage(#[from] sled::Error),
     #[error("registry record `{key}` is corrupt: {source}")]
-    Corrupt { key: String, source: serde_json::Error },
+    Corrupt {
+        key: String,
+        source: serde_json::Error,
+    },
 }
 
 /// Why a token was not redeemed.
@@ -105,7 +108,10 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 impl Registry {
     /// Opens (or creates) the registry at `path`.
     pub fn open(path: &Path) -> Result<Self, RegistryError> {
-        let db = sled::Config::new().path(path).cache_capacity(16 << 20).open()?;
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(16 << 20)
+            .open()?;
         Ok(Self {
             agents: db.open_tree("agents")?,
             names: db.open_tree("agent_names")?,
@@ -124,7 +130,11 @@ impl Registry {
         now_ms: u64,
     ) -> Result<(EnrollmentToken, TokenRecord), RegistryError> {
         use rand::RngCore;
-        let mut token = EnrollmentToken { id: [0; 16], secret: [0; 32], ca_sha256 };
+        let mut token = EnrollmentToken {
+            id: [0; 16],
+            secret: [0; 32],
+            ca_sha256,
+        };
         rand::rng().fill_bytes(&mut token.id);
         rand::rng().fill_bytes(&mut token.secret);
         let record = TokenRecord {
@@ -153,7 +163,9 @@ impl Registry {
         let result = (&self.tokens, &self.agents, &self.names, &self.certs).transaction(
             |(tokens, agents, names, certs)| {
                 let abort = ConflictableTransactionError::Abort;
-                let raw = tokens.get(token_id.as_bytes())?.ok_or(abort(RedeemError::UnknownToken))?;
+                let raw = tokens
+                    .get(token_id.as_bytes())?
+                    .ok_or(abort(RedeemError::UnknownToken))?;
                 let mut record: TokenRecord = decode(token_id.as_bytes(), &raw)
                     .map_err(|e| abort(RedeemError::Registry(e)))?;
                 if record.secret_sha256 != secret_sha256 {
@@ -199,7 +211,10 @@ impl Registry {
     }
 
     /// The agent a certificate was issued to.
-    pub fn agent_by_cert(&self, cert_sha256: &[u8; 32]) -> Result<Option<AgentRecord>, RegistryError> {
+    pub fn agent_by_cert(
+        &self,
+        cert_sha256: &[u8; 32],
+    ) -> Result<Option<AgentRecord>, RegistryError> {
         match self.certs.get(cert_sha256)? {
             Some(id) => self.agent(&String::from_utf8_lossy(&id)),
             None => Ok(None),
@@ -207,7 +222,10 @@ impl Registry {
     }
 
     pub fn agent(&self, id: &str) -> Result<Option<AgentRecord>, RegistryError> {
-        self.agents.get(id.as_bytes())?.map(|v| decode(id.as_bytes(), &v)).transpose()
+        self.agents
+            .get(id.as_bytes())?
+            .map(|v| decode(id.as_bytes(), &v))
+            .transpose()
     }
 
     pub fn agent_by_name(&self, name: &str) -> Result<Option<AgentRecord>, RegistryError> {
@@ -249,7 +267,10 @@ impl Registry {
             }
         })?;
         if let Some(source) = corrupt {
-            return Err(RegistryError::Corrupt { key: id.to_owned(), source });
+            return Err(RegistryError::Corrupt {
+                key: id.to_owned(),
+                source,
+            });
         }
         updated.map(|v| decode(id.as_bytes(), &v)).transpose()
     }
@@ -280,14 +301,23 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let reg = Registry::open(tmp.path()).expect("open");
         let labels = tern_proto::labels::parse("site=b").expect("labels");
-        let (token, _) = reg.create_token(labels, 60_000, [7; 32], 1_000).expect("token");
+        let (token, _) = reg
+            .create_token(labels, 60_000, [7; 32], 1_000)
+            .expect("token");
 
-        let agent = reg.redeem(&token, new_agent("id1", "edge-1"), 2_000).expect("redeemed");
+        let agent = reg
+            .redeem(&token, new_agent("id1", "edge-1"), 2_000)
+            .expect("redeemed");
         assert_eq!(agent.labels.get("site").map(String::as_str), Some("b"));
         assert_eq!(agent.labels.get("tier").map(String::as_str), Some("x"));
-        assert!(matches!(reg.redeem(&token, new_agent("id2", "edge-2"), 2_000), Err(RedeemError::Used)));
+        assert!(matches!(
+            reg.redeem(&token, new_agent("id2", "edge-2"), 2_000),
+            Err(RedeemError::Used)
+        ));
         assert!(reg.agent_by_name("edge-2").expect("lookup").is_none());
-        let by_cert = reg.agent_by_cert(&tern_proto::sha256(b"id1")).expect("lookup");
+        let by_cert = reg
+            .agent_by_cert(&tern_proto::sha256(b"id1"))
+            .expect("lookup");
         assert_eq!(by_cert.map(|a| a.name), Some("edge-1".to_owned()));
     }
 
@@ -295,19 +325,36 @@ mod tests {
     fn refuses_expired_forged_and_duplicate_name() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let reg = Registry::open(tmp.path()).expect("open");
-        let (token, _) = reg.create_token(BTreeMap::new(), 10, [7; 32], 1_000).expect("token");
-        assert!(matches!(reg.redeem(&token, new_agent("i", "n"), 1_010), Err(RedeemError::Expired)));
+        let (token, _) = reg
+            .create_token(BTreeMap::new(), 10, [7; 32], 1_000)
+            .expect("token");
+        assert!(matches!(
+            reg.redeem(&token, new_agent("i", "n"), 1_010),
+            Err(RedeemError::Expired)
+        ));
 
         let mut forged = token.clone();
         forged.secret[0] ^= 1;
-        assert!(matches!(reg.redeem(&forged, new_agent("i", "n"), 1_000), Err(RedeemError::UnknownToken)));
+        assert!(matches!(
+            reg.redeem(&forged, new_agent("i", "n"), 1_000),
+            Err(RedeemError::UnknownToken)
+        ));
 
-        let (t1, _) = reg.create_token(BTreeMap::new(), 1_000, [7; 32], 1_000).expect("token");
-        let (t2, _) = reg.create_token(BTreeMap::new(), 1_000, [7; 32], 1_000).expect("token");
-        reg.redeem(&t1, new_agent("i1", "same"), 1_000).expect("first");
-        assert!(matches!(reg.redeem(&t2, new_agent("i2", "same"), 1_000), Err(RedeemError::NameTaken(_))));
+        let (t1, _) = reg
+            .create_token(BTreeMap::new(), 1_000, [7; 32], 1_000)
+            .expect("token");
+        let (t2, _) = reg
+            .create_token(BTreeMap::new(), 1_000, [7; 32], 1_000)
+            .expect("token");
+        reg.redeem(&t1, new_agent("i1", "same"), 1_000)
+            .expect("first");
+        assert!(matches!(
+            reg.redeem(&t2, new_agent("i2", "same"), 1_000),
+            Err(RedeemError::NameTaken(_))
+        ));
         // The refused redemption did not consume the token.
-        reg.redeem(&t2, new_agent("i2", "other"), 1_000).expect("token still usable");
+        reg.redeem(&t2, new_agent("i2", "other"), 1_000)
+            .expect("token still usable");
     }
 
     #[test]
@@ -315,9 +362,13 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         {
             let reg = Registry::open(tmp.path()).expect("open");
-            let (token, _) = reg.create_token(BTreeMap::new(), 1_000, [7; 32], 0).expect("token");
-            reg.redeem(&token, new_agent("id1", "edge-1"), 1).expect("redeemed");
-            reg.update_agent("id1", |a| a.version = "9.9.9".into()).expect("update");
+            let (token, _) = reg
+                .create_token(BTreeMap::new(), 1_000, [7; 32], 0)
+                .expect("token");
+            reg.redeem(&token, new_agent("id1", "edge-1"), 1)
+                .expect("redeemed");
+            reg.update_agent("id1", |a| a.version = "9.9.9".into())
+                .expect("update");
             reg.flush().expect("flush");
         }
         let reg = Registry::open(tmp.path()).expect("reopen");

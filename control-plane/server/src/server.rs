@@ -53,7 +53,11 @@ pub enum StartError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("cannot listen for {what} on {addr}: {source}")]
-    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A running control plane. Dropping it without [`RunningControlPlane::shutdown`] aborts nothing
@@ -90,11 +94,14 @@ impl RunningControlPlane {
         });
 
         let transport = tern_transport::quic::transport_config(AGENT_IDLE_TIMEOUT, None);
-        let quic_config = tern_transport::tls::quic_server(&ca_pem, loaded.server_identity.clone(), transport)?;
+        let quic_config =
+            tern_transport::tls::quic_server(&ca_pem, loaded.server_identity.clone(), transport)?;
         let bind_err = |what, addr| move |source| StartError::Bind { what, addr, source };
         let endpoint = quinn::Endpoint::server(quic_config, config.listen_agents)
             .map_err(bind_err("agents (QUIC)", config.listen_agents))?;
-        let agent_addr = endpoint.local_addr().map_err(bind_err("agents (QUIC)", config.listen_agents))?;
+        let agent_addr = endpoint
+            .local_addr()
+            .map_err(bind_err("agents (QUIC)", config.listen_agents))?;
         // Enrollment shares the agents' port number, over TCP.
         let enroll_listener = TcpListener::bind(agent_addr)
             .await
@@ -102,7 +109,9 @@ impl RunningControlPlane {
         let api_listener = TcpListener::bind(config.listen_api)
             .await
             .map_err(bind_err("admin API", config.listen_api))?;
-        let api_addr = api_listener.local_addr().map_err(bind_err("admin API", config.listen_api))?;
+        let api_addr = api_listener
+            .local_addr()
+            .map_err(bind_err("admin API", config.listen_api))?;
         let https = tern_transport::tls::https_server(loaded.server_identity)?;
 
         let (shutdown, rx) = watch::channel(false);
@@ -126,7 +135,13 @@ impl RunningControlPlane {
             tokio::spawn(housekeeping(shared.clone(), rx)),
         ];
         info!(agents = %agent_addr, api = %api_addr, "control plane serving");
-        Ok(Self { agent_addr, api_addr, shutdown, tasks, shared })
+        Ok(Self {
+            agent_addr,
+            api_addr,
+            shutdown,
+            tasks,
+            shared,
+        })
     }
 
     /// Where agents connect (UDP for QUIC, TCP for enrollment).
@@ -188,7 +203,10 @@ async fn housekeeping(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) 
 
 fn persist_last_seen(shared: &Shared) {
     for (id, last_seen) in shared.presence.take_dirty() {
-        if let Err(e) = shared.registry.update_agent(&id, |a| a.last_seen_ms = a.last_seen_ms.max(last_seen)) {
+        if let Err(e) = shared
+            .registry
+            .update_agent(&id, |a| a.last_seen_ms = a.last_seen_ms.max(last_seen))
+        {
             warn!(error = %e, "cannot persist last_seen");
         }
     }
