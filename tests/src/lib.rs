@@ -73,11 +73,13 @@ impl Process {
     pub fn spawn(cmd: &mut Command, log: PathBuf) -> anyhow::Result<Self> {
         let file =
             std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        if !cmd.get_envs().any(|(k, _)| k == "TERN_LOG") {
+            cmd.env("TERN_LOG", "info,tern_control_plane=debug,tern_agent=debug");
+        }
         let child = cmd
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
-            .env("TERN_LOG", "info,tern_control_plane=debug,tern_agent=debug")
             .spawn()
             .context("spawn process")?;
         Ok(Self { child, log })
@@ -144,11 +146,20 @@ pub struct ControlPlane {
     pub agent_addr: SocketAddr,
     pub api_addr: SocketAddr,
     pub process: Option<Process>,
+    /// `TERN_LOG` of the serve process.
+    pub log_filter: String,
 }
 
 impl ControlPlane {
     /// `init` (with `tune` applied to config.toml) and `serve`, waiting until the API answers.
     pub fn start(root: &Path, tune: impl FnOnce(&mut ControlPlaneConfig)) -> anyhow::Result<Self> {
+        let mut cp = Self::init(root, tune)?;
+        cp.serve()?;
+        Ok(cp)
+    }
+
+    /// `init` only, with `tune` applied to config.toml.
+    pub fn init(root: &Path, tune: impl FnOnce(&mut ControlPlaneConfig)) -> anyhow::Result<Self> {
         let dir = root.join("control-plane");
         let agent_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let api_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
@@ -160,14 +171,13 @@ impl ControlPlane {
         })?;
         tune(&mut config);
         std::fs::write(data.config(), config.to_toml())?;
-        let mut cp = Self {
+        Ok(Self {
             dir,
             agent_addr,
             api_addr,
             process: None,
-        };
-        cp.serve()?;
-        Ok(cp)
+            log_filter: "info,tern_control_plane=debug".into(),
+        })
     }
 
     /// Starts (or restarts) `tern-control-plane serve`.
@@ -178,7 +188,8 @@ impl ControlPlane {
             Command::new(bin("tern-control-plane"))
                 .arg("serve")
                 .arg("--data-dir")
-                .arg(&self.dir),
+                .arg(&self.dir)
+                .env("TERN_LOG", &self.log_filter),
             log,
         )?;
         self.process = Some(process);
@@ -310,6 +321,47 @@ impl Agent {
             process,
         })
     }
+}
+
+/// Resident memory of a process (VmRSS and its peak VmHWM), in bytes.
+pub fn resident_memory(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .with_context(|| format!("no {name}"))?;
+        let kb: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .context("malformed")?
+            .parse()?;
+        Ok(kb * 1024)
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// CPU time (user + system) a process has used so far.
+pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = stat.rsplit_once(')').context("malformed stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).context("utime")?.parse::<u64>()?
+        + fields.get(12).context("stime")?.parse::<u64>()?;
+    Ok(Duration::from_secs_f64(
+        ticks as f64 / clock_ticks_per_second() as f64,
+    ))
+}
+
+fn clock_ticks_per_second() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100)
 }
 
 /// Runs `tern-agent join --no-run` and returns its output (for refusal tests).

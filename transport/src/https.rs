@@ -23,6 +23,8 @@ use tracing::{Instrument, debug, info_span};
 pub const MAX_CONNECTIONS: usize = 256;
 /// Time a client has to finish the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has to send a request's headers (a slow client cannot hold a slot).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest response body the client reads.
 pub const MAX_RESPONSE_BYTES: usize = 16 << 20;
 /// Time the client gives one request, connection included.
@@ -77,6 +79,8 @@ pub async fn serve(
                     },
                 );
                 if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
                     .serve_connection(TokioIo::new(tls), service)
                     .await
                 {
