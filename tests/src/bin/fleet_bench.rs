@@ -295,17 +295,29 @@ async fn enroll_many(cp: &ControlPlane, from: usize, to: usize) -> anyhow::Resul
     Ok(agents)
 }
 
-/// Holds one agent connection: hello, then heartbeats at `interval`, until `stop`.
-async fn hold(
+/// What every simulated agent connection shares.
+#[derive(Clone)]
+struct LoadShared {
     endpoint: quinn::Endpoint,
     cp: std::net::SocketAddr,
-    ca_pem: String,
-    agent: SimAgent,
+    ca_pem: Arc<str>,
     interval: Duration,
     connected: Arc<AtomicUsize>,
     acks: Arc<AtomicU64>,
-    mut stop: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+    stop: watch::Receiver<bool>,
+}
+
+/// Holds one agent connection: hello, then heartbeats at `interval`, until `stop`.
+async fn hold(shared: LoadShared, agent: SimAgent) -> anyhow::Result<()> {
+    let LoadShared {
+        endpoint,
+        cp,
+        ca_pem,
+        interval,
+        connected,
+        acks,
+        mut stop,
+    } = shared;
     let transport = tern_transport::quic::transport_config(
         Duration::from_secs(30),
         Some(Duration::from_secs(10)),
@@ -381,6 +393,15 @@ fn connections(levels: &[usize], window: Duration, heartbeat: Duration) -> anyho
     let connected = Arc::new(AtomicUsize::new(0));
     let acks = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = watch::channel(false);
+    let shared = LoadShared {
+        endpoint,
+        cp: cp.agent_addr,
+        ca_pem: ca_pem.into(),
+        interval: heartbeat,
+        connected: connected.clone(),
+        acks: acks.clone(),
+        stop: stop_rx,
+    };
     let mut held = 0;
 
     println!(
@@ -397,16 +418,7 @@ fn connections(levels: &[usize], window: Duration, heartbeat: Duration) -> anyho
         }
         let agents = runtime.block_on(enroll_many(&cp, held, level))?;
         for agent in agents {
-            let task = hold(
-                endpoint.clone(),
-                cp.agent_addr,
-                ca_pem.clone(),
-                agent,
-                heartbeat,
-                connected.clone(),
-                acks.clone(),
-                stop_rx.clone(),
-            );
+            let task = hold(shared.clone(), agent);
             runtime.spawn(async move {
                 if let Err(e) = task.await {
                     eprintln!("simulated agent failed: {e:#}");
@@ -489,16 +501,16 @@ fn bare_client(dir: &Path) -> anyhow::Result<()> {
             name: config.name,
             identity,
         };
-        let held = hold(
+        let shared = LoadShared {
             endpoint,
-            addr,
-            ca_pem,
-            agent,
-            Duration::from_secs(5),
+            cp: addr,
+            ca_pem: ca_pem.into(),
+            interval: Duration::from_secs(5),
             connected,
             acks,
-            stop_rx,
-        );
+            stop: stop_rx,
+        };
+        let held = hold(shared, agent);
         let result = held.await;
         watcher.abort();
         result
