@@ -364,6 +364,19 @@ fn clock_ticks_per_second() -> u64 {
         .unwrap_or(100)
 }
 
+/// Enrolls `name` with a fresh token (`tern-agent join --no-run`) and returns its data dir.
+pub fn enroll(
+    cp: &ControlPlane,
+    root: &Path,
+    name: &str,
+) -> anyhow::Result<tern_agent::AgentDataDir> {
+    let out = join_once(cp.agent_addr, root, name, &cp.token("", "10m")?);
+    if !out.status.success() {
+        bail!("join failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(tern_agent::AgentDataDir::new(root.join(name)))
+}
+
 /// Runs `tern-agent join --no-run` and returns its output (for refusal tests).
 pub fn join_once(addr: SocketAddr, root: &Path, name: &str, token: &str) -> Output {
     Command::new(bin("tern-agent"))

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tern_agent::AgentDataDir;
-use tern_e2e::{Agent, ControlPlane, fast_config, join_once};
+use tern_e2e::{Agent, ControlPlane, enroll, fast_config};
 use tern_proto::api::AgentStatus;
 use tern_proto::{AgentMessage, Capacity, Hello, MAX_FRAME_LEN, PROTOCOL_VERSION};
 use tern_transport::{CertificateAuthority, Identity};
@@ -87,6 +87,16 @@ async fn connection_without_client_certificate_is_refused_in_the_handshake() -> 
     Ok(())
 }
 
+/// A QUIC connection with an enrolled agent's identity.
+async fn connect_as(cp: &ControlPlane, dir: &AgentDataDir) -> anyhow::Result<quinn::Connection> {
+    let identity = Identity::from_pem(&dir.read(&dir.cert())?, &dir.read(&dir.key())?)?;
+    let client = tern_transport::tls::quic_client(&dir.read(&dir.ca())?, identity, transport())?;
+    let endpoint = tern_transport::quic::client_endpoint(cp.agent_addr)?;
+    Ok(endpoint
+        .connect_with(client, cp.agent_addr, tern_proto::CONTROL_PLANE_SERVER_NAME)?
+        .await?)
+}
+
 /// Opens a raw control stream as an enrolled agent, sends `bytes`, and returns how the
 /// connection ended.
 async fn send_raw(
@@ -94,12 +104,7 @@ async fn send_raw(
     dir: &AgentDataDir,
     bytes: Vec<u8>,
 ) -> anyhow::Result<quinn::ConnectionError> {
-    let identity = Identity::from_pem(&dir.read(&dir.cert())?, &dir.read(&dir.key())?)?;
-    let client = tern_transport::tls::quic_client(&dir.read(&dir.ca())?, identity, transport())?;
-    let endpoint = tern_transport::quic::client_endpoint(cp.agent_addr)?;
-    let conn = endpoint
-        .connect_with(client, cp.agent_addr, tern_proto::CONTROL_PLANE_SERVER_NAME)?
-        .await?;
+    let conn = connect_as(cp, dir).await?;
     let (mut send, _recv) = conn.open_bi().await?;
     send.write_all(&bytes).await?;
     Ok(tokio::time::timeout(Duration::from_secs(5), conn.closed()).await?)
@@ -120,13 +125,7 @@ async fn oversized_frames_and_garbage_close_only_that_connection() -> anyhow::Re
     let tmp = tempfile::tempdir()?;
     let cp = ControlPlane::start(tmp.path(), fast_config)?;
     let bystander = Agent::join(&cp, tmp.path(), "bystander", &cp.token("", "10m")?, "")?;
-    let out = join_once(cp.agent_addr, tmp.path(), "mallory", &cp.token("", "10m")?);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mallory = AgentDataDir::new(tmp.path().join("mallory"));
+    let mallory = enroll(&cp, tmp.path(), "mallory")?;
     let mallory_id = mallory.load_config()?.agent_id;
     tokio::task::block_in_place(|| cp.wait_status("bystander", AgentStatus::Ready, TIMEOUT))?;
 
@@ -172,19 +171,8 @@ async fn oversized_frames_and_garbage_close_only_that_connection() -> anyhow::Re
 async fn hello_with_wrong_protocol_version_is_refused_with_a_reason() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let cp = ControlPlane::start(tmp.path(), fast_config)?;
-    let out = join_once(cp.agent_addr, tmp.path(), "future", &cp.token("", "10m")?);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dir = AgentDataDir::new(tmp.path().join("future"));
-    let identity = Identity::from_pem(&dir.read(&dir.cert())?, &dir.read(&dir.key())?)?;
-    let client = tern_transport::tls::quic_client(&dir.read(&dir.ca())?, identity, transport())?;
-    let endpoint = tern_transport::quic::client_endpoint(cp.agent_addr)?;
-    let conn = endpoint
-        .connect_with(client, cp.agent_addr, tern_proto::CONTROL_PLANE_SERVER_NAME)?
-        .await?;
+    let dir = enroll(&cp, tmp.path(), "future")?;
+    let conn = connect_as(&cp, &dir).await?;
     let (mut send, mut recv) = conn.open_bi().await?;
     let hello = AgentMessage::Hello(Hello {
         protocol_version: PROTOCOL_VERSION + 1,

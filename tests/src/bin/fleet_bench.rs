@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use tern_agent::AgentDataDir;
-use tern_e2e::{ControlPlane, bin, cpu_time, join_once, resident_memory, wait_for};
+use tern_e2e::{ControlPlane, bin, cpu_time, enroll, resident_memory, wait_for};
 use tern_proto::api::{
     AgentStatus, AgentView, CliConfig, EnrollRequest, EnrollResponse, TokenRequest, TokenResponse,
 };
@@ -88,14 +88,6 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1 << 20) as f64
 }
 
-fn enroll_dir(cp: &ControlPlane, root: &Path, name: &str) -> anyhow::Result<()> {
-    let out = join_once(cp.agent_addr, root, name, &cp.token("", "10m")?);
-    if !out.status.success() {
-        bail!("join failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
-}
-
 fn spawn_bare(root: &Path, name: &str) -> anyhow::Result<std::process::Child> {
     Ok(Command::new(bin("fleet-bench"))
         .arg("bare-client")
@@ -147,8 +139,8 @@ fn terminate(child: &mut std::process::Child) {
 fn agent_idle(settle: Duration) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let cp = ControlPlane::start(tmp.path(), |_| {})?;
-    enroll_dir(&cp, tmp.path(), "idle-agent")?;
-    enroll_dir(&cp, tmp.path(), "bare")?;
+    enroll(&cp, tmp.path(), "idle-agent")?;
+    enroll(&cp, tmp.path(), "bare")?;
     let mut agent = spawn_agent(tmp.path(), "idle-agent")?;
     wait_line(
         agent.stderr.take().context("stderr")?,
@@ -195,8 +187,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn agent_start(runs: usize) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let cp = ControlPlane::start(tmp.path(), |_| {})?;
-    enroll_dir(&cp, tmp.path(), "starter")?;
-    enroll_dir(&cp, tmp.path(), "bare")?;
+    enroll(&cp, tmp.path(), "starter")?;
+    enroll(&cp, tmp.path(), "bare")?;
     let (mut agent_times, mut bare_times) = (Vec::new(), Vec::new());
     for _ in 0..runs.max(1) {
         let start = Instant::now();
