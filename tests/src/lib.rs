@@ -390,6 +390,8 @@ pub fn join_once(addr: SocketAddr, root: &Path, name: &str, token: &str) -> Outp
         .arg(root.join(name))
         .arg("--name")
         .arg(name)
+        .arg("--listen-api")
+        .arg(format!("127.0.0.1:{}", free_port()))
         .env("TERN_LOG", "warn")
         .output()
         .expect("run tern-agent join")

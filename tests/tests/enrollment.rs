@@ -83,6 +83,26 @@ fn agents_report_gpus_when_a_gpu_is_required() -> anyhow::Result<()> {
 }
 
 #[test]
+fn connected_agent_idles_without_burning_cpu() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cp = ControlPlane::start(tmp.path(), fast_config)?;
+    let agent = Agent::join(&cp, tmp.path(), "quiet", &cp.token("", "10m")?, "")?;
+    cp.wait_status("quiet", AgentStatus::Ready, READY_TIMEOUT)?;
+    // Let GPU discovery finish: the busy loops worth catching start after it.
+    std::thread::sleep(Duration::from_secs(3));
+    let pid = agent.process.pid();
+    let before = tern_e2e::cpu_time(pid)?;
+    std::thread::sleep(Duration::from_secs(3));
+    let used = tern_e2e::cpu_time(pid)? - before;
+    // Heartbeats every 200 ms cost microseconds; a spinning task costs a whole core.
+    assert!(
+        used < Duration::from_millis(300),
+        "idle agent used {used:?} of CPU in 3 s"
+    );
+    Ok(())
+}
+
+#[test]
 fn reused_token_is_refused() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let cp = ControlPlane::start(tmp.path(), fast_config)?;
@@ -132,7 +152,12 @@ fn token_for_another_control_plane_is_refused_by_the_agent() -> anyhow::Result<(
         err.contains("CA does not match the enrollment token"),
         "{err}"
     );
-    // The token never reached the other control plane, so it is still good there.
+    // The agent stopped at the TLS handshake: the control plane it dialled never saw a request.
+    assert!(
+        !ours.log_text().contains("/v1/enroll"),
+        "{}",
+        ours.log_text()
+    );
     let out = join_once(theirs.agent_addr, tmp.path(), "rightful", &foreign);
     assert!(
         out.status.success(),

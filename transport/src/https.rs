@@ -23,6 +23,8 @@ use tracing::{Instrument, debug, info_span};
 pub const MAX_CONNECTIONS: usize = 256;
 /// Time a client has to finish the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest one HTTPS connection may stay open (these APIs answer in milliseconds).
+pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(60);
 /// Time a client has to send a request's headers (a slow client cannot hold a slot).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest response body the client reads.
@@ -53,7 +55,9 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
+                    // E.g. out of file descriptors: back off instead of spinning.
                     debug!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
@@ -78,13 +82,15 @@ pub async fn serve(
                         app.clone().oneshot(request)
                     },
                 );
-                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                let serving = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(HEADER_READ_TIMEOUT)
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await
-                {
-                    debug!(error = %e, "connection ended with an error");
+                    .serve_connection(TokioIo::new(tls), service);
+                // A slow body or a slow reader cannot hold a slot for longer than this.
+                match tokio::time::timeout(CONNECTION_DEADLINE, serving).await {
+                    Ok(Err(e)) => debug!(error = %e, "connection ended with an error"),
+                    Err(_) => debug!("connection deadline passed; closing"),
+                    Ok(Ok(())) => {}
                 }
             }
             .instrument(info_span!("https_conn", %peer)),

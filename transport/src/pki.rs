@@ -257,6 +257,10 @@ mod tests {
         let der = first_certificate(&cert).expect("cert");
         let text = String::from_utf8_lossy(&der);
         assert!(text.contains("urn:tern:agent:a1b2"));
+        assert!(
+            !text.contains("edge-1"),
+            "the CSR's subject leaked into the certificate"
+        );
     }
 
     #[test]

@@ -17,9 +17,15 @@ pub fn transport_config(
         t.max_idle_timeout(Some(idle));
     }
     t.keep_alive_interval(keep_alive);
-    // Agents open a handful of streams: control, transfers, telemetry.
-    t.max_concurrent_bidi_streams(16u32.into());
-    t.max_concurrent_uni_streams(16u32.into());
+    // Few streams per connection (control, later transfers and telemetry), and receive buffers
+    // bounded to about one maximum frame per stream: a peer cannot park megabytes per stream in
+    // streams nobody reads.
+    let frame_window = (tern_proto::MAX_FRAME_LEN + 64 * 1024) as u32;
+    t.max_concurrent_bidi_streams(4u32.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    t.stream_receive_window(frame_window.into());
+    t.receive_window((2 * frame_window).into());
+    t.datagram_receive_buffer_size(None);
     Arc::new(t)
 }
 
@@ -50,4 +56,6 @@ pub mod close {
     pub const REFUSED: u32 = 2;
     /// The control plane is at its connection limit.
     pub const BUSY: u32 = 3;
+    /// The control plane failed internally (storage); the agent should retry later.
+    pub const INTERNAL: u32 = 4;
 }

@@ -119,7 +119,17 @@ pub fn run() -> anyhow::Result<()> {
     };
     let started = Instant::now();
     let tmp = tempfile::tempdir()?;
-    let root = tmp.path();
+    if let Err(e) = quickstart(&bins, tmp.path()) {
+        // Keep the daemons' logs for the person reading the error.
+        let kept = tmp.keep();
+        eprintln!("logs kept in {}", kept.display());
+        return Err(e);
+    }
+    println!("\ndemo finished in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn quickstart(bins: &Bins, root: &Path) -> anyhow::Result<()> {
     let agents_addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
     let api_addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
     let cp_dir = root.join("control-plane");
@@ -164,7 +174,7 @@ pub fn run() -> anyhow::Result<()> {
         let labels = format!("site={site}");
         println!("\n==> ternctl token create --labels {labels} --ttl 10m");
         let token = ternctl(
-            &bins,
+            bins,
             &config,
             &["token", "create", "--labels", &labels, "--ttl", "10m"],
         )?;
@@ -195,7 +205,7 @@ pub fn run() -> anyhow::Result<()> {
     println!("\n==> waiting for both agents to be Ready");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let json = ternctl(&bins, &config, &["get", "agents", "-o", "json"])?;
+        let json = ternctl(bins, &config, &["get", "agents", "-o", "json"])?;
         let list: serde_json::Value = serde_json::from_str(&json)?;
         let ready = list
             .as_array()
@@ -216,11 +226,11 @@ pub fn run() -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_millis(1500));
 
     println!("\n==> ternctl get agents");
-    print!("{}", ternctl(&bins, &config, &["get", "agents"])?);
+    print!("{}", ternctl(bins, &config, &["get", "agents"])?);
     println!("\n==> ternctl describe agent edge-berlin");
     print!(
         "{}",
-        ternctl(&bins, &config, &["describe", "agent", "edge-berlin"])?
+        ternctl(bins, &config, &["describe", "agent", "edge-berlin"])?
     );
 
     println!("\n==> shutting down (SIGTERM)");
@@ -228,6 +238,5 @@ pub fn run() -> anyhow::Result<()> {
         agent.stop()?;
     }
     cp.stop()?;
-    println!("\ndemo finished in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
 }

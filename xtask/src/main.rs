@@ -78,8 +78,28 @@ fn ensure_wasm_target() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn test(extra: &[String]) -> anyhow::Result<()> {
+/// Packages built as WebAssembly components: the reference plugins and the test fixtures.
+pub const PLUGINS: &[&str] = &[
+    "image-prep",
+    "tabular-prep",
+    "topk",
+    "hostile-fixture",
+    "wrong-world-fixture",
+];
+
+/// Builds every plugin for wasm32-wasip2 (dev profile; the components land in
+/// `<target>/wasm32-wasip2/debug/*.wasm`).
+pub fn build_plugins() -> anyhow::Result<()> {
     ensure_wasm_target()?;
+    let mut args = vec!["build", "--locked", "--target", "wasm32-wasip2"];
+    for plugin in PLUGINS {
+        args.extend(["-p", plugin]);
+    }
+    cargo(&args)
+}
+
+fn test(extra: &[String]) -> anyhow::Result<()> {
+    build_plugins()?;
     // The end-to-end tests run the real binaries: build them in the same profile first.
     cargo(&["build", "--locked", "--workspace", "--all-targets"])?;
     let mut args = vec!["test", "--locked", "--workspace"];

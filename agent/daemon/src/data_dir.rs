@@ -102,27 +102,29 @@ impl AgentDataDir {
         })
     }
 
-    /// Writes a file atomically (temporary file, fsync, rename), 0600 when `secret`.
+    /// Writes a file atomically: a fresh temporary file in the same directory (never one left
+    /// behind or planted there), mode 0600 when `secret`, fsync, then rename over `path`.
     pub fn write(&self, path: &Path, bytes: &[u8], secret: bool) -> Result<(), DataDirError> {
         let io = |source| DataDirError::Io {
             path: path.to_owned(),
             source,
         };
         std::fs::create_dir_all(&self.root).map_err(io)?;
-        let tmp = path.with_extension("tmp");
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
+        let mut tmp = tempfile::NamedTempFile::new_in(&self.root).map_err(io)?;
         #[cfg(unix)]
         {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(if secret { 0o600 } else { 0o644 });
+            use std::os::unix::fs::PermissionsExt;
+            let mode = if secret { 0o600 } else { 0o644 };
+            tmp.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(mode))
+                .map_err(io)?;
         }
         #[cfg(not(unix))]
         let _ = secret;
-        let mut file = options.open(&tmp).map_err(io)?;
-        file.write_all(bytes).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+        tmp.write_all(bytes).map_err(io)?;
+        tmp.as_file().sync_all().map_err(io)?;
+        tmp.persist(path).map_err(|e| io(e.error))?;
+        Ok(())
     }
 
     /// Writes `agent.toml`.

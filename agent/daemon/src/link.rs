@@ -8,6 +8,7 @@ use tern_proto::frame::FrameError;
 use tern_proto::io::{read_frame, write_frame};
 use tern_proto::{
     AgentMessage, Capacity, ControlMessage, Heartbeat, Hello, MAX_FRAME_LEN, PROTOCOL_VERSION,
+    Welcome,
 };
 use tern_transport::quic::close;
 use tokio::sync::{mpsc, watch};
@@ -121,6 +122,49 @@ async fn resolve(addr: &str) -> Result<SocketAddr, SessionError> {
     })
 }
 
+/// Dials, opens the control stream, says hello and waits for the welcome.
+async fn establish(
+    link: &LinkConfig,
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    hello: Hello,
+) -> Result<
+    (
+        quinn::Connection,
+        quinn::SendStream,
+        quinn::RecvStream,
+        Welcome,
+    ),
+    SessionError,
+> {
+    let conn = endpoint
+        .connect_with(
+            link.client.clone(),
+            addr,
+            tern_proto::CONTROL_PLANE_SERVER_NAME,
+        )?
+        .await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    write_frame(&mut send, &AgentMessage::Hello(hello), MAX_FRAME_LEN).await?;
+    let first = tokio::time::timeout(WELCOME_TIMEOUT, read_frame(&mut recv, MAX_FRAME_LEN))
+        .await
+        .map_err(|_| SessionError::WelcomeTimeout)?;
+    let welcome = match first {
+        Err(FrameError::Io(_)) if conn.close_reason().is_some() => {
+            return Err(conn
+                .close_reason()
+                .map(SessionError::Connection)
+                .unwrap_or(SessionError::Closed));
+        }
+        Err(e) => return Err(e.into()),
+        Ok(Some(ControlMessage::Welcome(w))) => w,
+        Ok(Some(ControlMessage::Refused { reason })) => return Err(SessionError::Refused(reason)),
+        Ok(Some(_)) => return Err(SessionError::Protocol("expected a welcome".into())),
+        Ok(None) => return Err(SessionError::Closed),
+    };
+    Ok((conn, send, recv, welcome))
+}
+
 /// One connection, from dial to its end. `Ok(())` only on shutdown.
 async fn session(
     link: &LinkConfig,
@@ -132,16 +176,6 @@ async fn session(
     let addr = resolve(&link.agent.control_plane).await?;
     let endpoint = tern_transport::quic::client_endpoint(addr)
         .map_err(|e| SessionError::Resolve(link.agent.control_plane.clone(), e))?;
-    let connecting = endpoint.connect_with(
-        link.client.clone(),
-        addr,
-        tern_proto::CONTROL_PLANE_SERVER_NAME,
-    )?;
-    let conn = tokio::select! {
-        conn = connecting => conn?,
-        _ = stopped(&mut shutdown) => return Ok(()),
-    };
-    let (mut send, mut recv) = conn.open_bi().await?;
     let hello = Hello {
         protocol_version: PROTOCOL_VERSION,
         agent_id: link.agent.agent_id.clone(),
@@ -150,23 +184,13 @@ async fn session(
         capacity: capacity.borrow_and_update().clone(),
         software_version: crate::VERSION.to_owned(),
     };
-    write_frame(&mut send, &AgentMessage::Hello(hello), MAX_FRAME_LEN).await?;
-    let welcome = match tokio::time::timeout(WELCOME_TIMEOUT, read_frame(&mut recv, MAX_FRAME_LEN))
-        .await
-    {
-        Err(_) => return Err(SessionError::WelcomeTimeout),
-        Ok(Err(FrameError::Io(_))) if conn.close_reason().is_some() => {
-            return Err(conn
-                .close_reason()
-                .map(SessionError::Connection)
-                .unwrap_or(SessionError::Closed));
+    // Every step until the welcome can hang on a silent peer: all of it yields to shutdown.
+    let (conn, mut send, mut recv, welcome) = tokio::select! {
+        established = establish(link, &endpoint, addr, hello) => established?,
+        _ = stopped(&mut shutdown) => {
+            endpoint.close(close::SHUTDOWN.into(), b"agent shutting down");
+            return Ok(());
         }
-        Ok(frame) => match frame? {
-            Some(ControlMessage::Welcome(w)) => w,
-            Some(ControlMessage::Refused { reason }) => return Err(SessionError::Refused(reason)),
-            Some(_) => return Err(SessionError::Protocol("expected a welcome".into())),
-            None => return Err(SessionError::Closed),
-        },
     };
     backoff.reset();
     let skew = tern_transport::unix_millis_now().abs_diff(welcome.server_time_ms);
@@ -225,6 +249,9 @@ async fn control_loop(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq = 0u64;
     let mut last_ack = Instant::now();
+    // Once every capacity sender is gone, `changed()` fails at once: stop polling it, or the loop
+    // would spin.
+    let mut capacity_open = true;
     loop {
         tokio::select! {
             _ = ticker.tick() => {
@@ -251,10 +278,12 @@ async fn control_loop(
                 }
                 Some(Err(e)) => return Err(e.into()),
             },
-            changed = capacity.changed() => {
+            changed = capacity.changed(), if capacity_open => {
                 if changed.is_ok() {
                     let update = capacity.borrow_and_update().clone();
                     write_frame(send, &AgentMessage::Capacity(update), MAX_FRAME_LEN).await?;
+                } else {
+                    capacity_open = false;
                 }
             }
             _ = stopped(shutdown) => return Ok(()),

@@ -31,8 +31,8 @@ enum Command {
         #[arg(long)]
         name: String,
         /// Labels, k=v,k2=v2 (the token's labels win on conflict).
-        #[arg(long, default_value = "")]
-        labels: String,
+        #[arg(long, default_value = "", value_parser = tern_proto::labels::parse)]
+        labels: std::collections::BTreeMap<String, String>,
         /// Address of the local API [default: 127.0.0.1:7480].
         #[arg(long)]
         listen_api: Option<SocketAddr>,
@@ -90,7 +90,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 listen_api,
                 no_run,
             } => {
-                let labels = tern_proto::labels::parse(&labels).context("invalid --labels")?;
                 let options = JoinOptions {
                     control_plane,
                     token,

@@ -23,12 +23,13 @@ pub fn compute_backends() -> wgpu::Backends {
     wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12
 }
 
-/// Every adapter on the compute backends. `WGPU_BACKEND` narrows the backends as usual.
+/// Every adapter on the compute backends. `WGPU_BACKEND` can narrow them (never widen them).
 pub fn list_adapters() -> Vec<AdapterSummary> {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
     desc.backends = compute_backends();
     desc.flags = wgpu::InstanceFlags::empty();
-    let desc = desc.with_env();
+    let mut desc = desc.with_env();
+    desc.backends &= compute_backends();
     let backends = desc.backends;
     let instance = wgpu::Instance::new(desc);
     let adapters = pollster::block_on(instance.enumerate_adapters(backends));

@@ -48,8 +48,8 @@ enum TokenCommand {
     /// Create a one-time enrollment token; prints only the token.
     Create {
         /// Labels given to the agent that enrolls with it, k=v,k2=v2.
-        #[arg(long, default_value = "")]
-        labels: String,
+        #[arg(long, default_value = "", value_parser = tern_proto::labels::parse)]
+        labels: BTreeMap<String, String>,
         /// How long the token stays valid (e.g. 30m, 1h, 2d).
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
@@ -97,8 +97,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Token {
                 command: TokenCommand::Create { labels, ttl },
             } => {
-                let labels: BTreeMap<String, String> =
-                    tern_proto::labels::parse(&labels).context("invalid --labels")?;
                 let response: TokenResponse = api
                     .post(
                         "/v1/tokens",

@@ -27,6 +27,11 @@ fn table(header: &[&str]) -> Table {
     t
 }
 
+/// Text that came from an agent, safe for a terminal (no escape sequences).
+fn shown(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).collect()
+}
+
 fn labels(view: &AgentView) -> String {
     if view.labels.is_empty() {
         "-".into()
@@ -39,7 +44,7 @@ fn gpus(view: &AgentView) -> String {
     if view.gpus.is_empty() {
         "-".into()
     } else {
-        view.gpus.join("; ")
+        shown(&view.gpus.join("; "))
     }
 }
 
@@ -82,7 +87,7 @@ pub fn agents(list: &[AgentView], format: Format) -> anyhow::Result<String> {
             if a.version.is_empty() {
                 "-".into()
             } else {
-                a.version.clone()
+                shown(&a.version)
             },
             gpus(a),
             age(&a.last_seen),
@@ -102,7 +107,7 @@ pub fn agent(a: &AgentView, format: Format) -> anyhow::Result<String> {
     line("ID:", a.id.clone());
     line("Status:", a.status.to_string());
     line("Labels:", labels(a));
-    line("Version:", a.version.clone());
+    line("Version:", shown(&a.version));
     line("Address:", a.address.clone().unwrap_or_else(|| "-".into()));
     line("First seen:", a.first_seen.clone());
     line(
@@ -118,10 +123,10 @@ pub fn agent(a: &AgentView, format: Format) -> anyhow::Result<String> {
         let mut t = table(&["GPU", "BACKEND", "TYPE", "DRIVER"]);
         for g in &a.capacity.gpus {
             t.add_row(vec![
-                g.name.clone(),
-                g.backend.clone(),
-                g.device_type.clone(),
-                g.driver.clone(),
+                shown(&g.name),
+                shown(&g.backend),
+                shown(&g.device_type),
+                shown(&g.driver),
             ]);
         }
         out.push_str(&format!("GPUs:\n{t}\n"));

@@ -112,7 +112,12 @@ mod tests {
         let text = token.to_string();
         assert!(text.starts_with("tern1."));
         assert_eq!(EnrollmentToken::parse(&text), Ok(token.clone()));
-        assert!(!format!("{token:?}").contains("0202"));
+        let shown = format!("{token:?}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+        assert!(
+            !shown.contains("2, 2") && !shown.contains("0202"),
+            "secret leaked: {shown}"
+        );
     }
 
     #[test]

@@ -4,14 +4,17 @@
 //! must also belong to an enrolled agent, open its control stream and say hello in time. Anything
 //! malformed closes that one connection, never the endpoint.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quinn::{Connection, RecvStream, SendStream};
 use tern_proto::frame::FrameError;
 use tern_proto::io::{read_frame, write_frame};
-use tern_proto::{AgentMessage, ControlMessage, MAX_FRAME_LEN, PROTOCOL_VERSION, Welcome};
+use tern_proto::{
+    AgentMessage, Capacity, ControlMessage, MAX_FRAME_LEN, PROTOCOL_VERSION, Welcome,
+};
 use tern_transport::quic::{close, peer_certificate};
 use tokio::sync::{Semaphore, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -19,8 +22,15 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::registry::{AgentRecord, RegistryError};
 use crate::server::Shared;
 
+/// Time a client has to complete the QUIC handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time an agent has after the handshake to open its control stream and say hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time the endpoint waits at shutdown for agents to receive the close.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Bounds on what an agent reports about itself (it ends up in the registry and on terminals).
+const MAX_REPORTED_TEXT: usize = 256;
+const MAX_REPORTED_GPUS: usize = 16;
 
 /// Why an agent connection ended other than by an orderly close.
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +55,39 @@ impl SessionError {
     fn close_code(&self) -> u32 {
         match self {
             SessionError::UnknownCertificate | SessionError::Refused(_) => close::REFUSED,
+            SessionError::Registry(_) => close::INTERNAL,
             _ => close::PROTOCOL,
+        }
+    }
+}
+
+/// The open connection of each agent, so that a newer one replaces (closes) an older one and an
+/// agent never holds more than one.
+#[derive(Debug, Default)]
+pub(crate) struct Connections(Mutex<HashMap<String, Connection>>);
+
+impl Connections {
+    fn replace(&self, agent: &str, conn: &Connection) {
+        let old = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(agent.to_owned(), conn.clone());
+        if let Some(old) = old.filter(|old| old.stable_id() != conn.stable_id()) {
+            old.close(
+                close::REFUSED.into(),
+                b"replaced by a newer connection of this agent",
+            );
+        }
+    }
+
+    fn remove(&self, agent: &str, conn: &Connection) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map
+            .get(agent)
+            .is_some_and(|c| c.stable_id() == conn.stable_id())
+        {
+            map.remove(agent);
         }
     }
 }
@@ -65,6 +107,13 @@ pub(crate) async fn serve(
             },
             _ = shutdown.changed() => break,
         };
+        // A spoofed source address cannot complete a Retry, so it never holds a slot.
+        if !incoming.remote_address_validated() {
+            if let Err(e) = incoming.retry() {
+                debug!(error = %e, "cannot send retry");
+            }
+            continue;
+        }
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             warn!(remote = %incoming.remote_address(), "agent connection limit reached; refusing");
             incoming.refuse();
@@ -75,9 +124,10 @@ pub(crate) async fn serve(
         tokio::spawn(
             async move {
                 let _permit = permit;
-                let conn = match incoming.await {
-                    Ok(conn) => conn,
-                    Err(e) => return debug!(error = %e, "agent handshake failed"),
+                let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+                    Ok(Ok(conn)) => conn,
+                    Ok(Err(e)) => return debug!(error = %e, "agent handshake failed"),
+                    Err(_) => return debug!("agent handshake timed out"),
                 };
                 if let Err(e) = session(&conn, &shared, remote).await {
                     if conn.close_reason().is_none() {
@@ -92,6 +142,28 @@ pub(crate) async fn serve(
         );
     }
     endpoint.close(close::SHUTDOWN.into(), b"control plane shutting down");
+    // Let the closes reach the agents, so they reconnect at once instead of timing out.
+    let _ = tokio::time::timeout(CLOSE_GRACE, endpoint.wait_idle()).await;
+}
+
+/// Truncates agent-reported text and drops control characters (it is shown on terminals).
+fn clean(text: &str) -> String {
+    text.chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_REPORTED_TEXT)
+        .collect()
+}
+
+fn clean_capacity(capacity: &Capacity) -> Capacity {
+    let mut capacity = capacity.clone();
+    capacity.gpus.truncate(MAX_REPORTED_GPUS);
+    for gpu in &mut capacity.gpus {
+        gpu.name = clean(&gpu.name);
+        gpu.backend = clean(&gpu.backend);
+        gpu.device_type = clean(&gpu.device_type);
+        gpu.driver = clean(&gpu.driver);
+    }
+    capacity
 }
 
 async fn session(
@@ -107,16 +179,14 @@ async fn session(
         .ok_or(SessionError::UnknownCertificate)?;
     tracing::Span::current().record("agent", record.name.as_str());
 
-    let (mut send, mut recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
-        .await
-        .map_err(|_| SessionError::HelloTimeout)??;
-    let first = tokio::time::timeout(
-        HELLO_TIMEOUT,
-        read_frame::<_, AgentMessage>(&mut recv, MAX_FRAME_LEN),
-    )
+    let (mut send, mut recv, hello) = tokio::time::timeout(HELLO_TIMEOUT, async {
+        let (send, mut recv) = conn.accept_bi().await?;
+        let first = read_frame::<_, AgentMessage>(&mut recv, MAX_FRAME_LEN).await?;
+        Ok::<_, SessionError>((send, recv, first))
+    })
     .await
     .map_err(|_| SessionError::HelloTimeout)??;
-    let hello = match first {
+    let hello = match hello {
         Some(AgentMessage::Hello(hello)) => hello,
         Some(_) => {
             return Err(SessionError::Protocol(
@@ -144,29 +214,30 @@ async fn session(
     }
 
     let now = tern_transport::unix_millis_now();
+    shared.connections.replace(&record.id, conn);
     let connection = shared.presence.connect(&record.id, remote, now);
-    let capacity = hello.capacity.clone();
-    let version = hello.software_version.clone();
-    shared.registry.update_agent(&record.id, |a| {
-        a.capacity = capacity.clone();
-        a.version = version.clone();
-        a.last_seen_ms = now;
-        a.status = tern_proto::api::AgentStatus::Ready;
-        a.address = Some(remote.to_string());
-    })?;
-    write_frame(
-        &mut send,
-        &ControlMessage::Welcome(Welcome {
+    // Whatever happens from here on, presence and the connection map are released below.
+    let result = async {
+        let capacity = clean_capacity(&hello.capacity);
+        let version = clean(&hello.software_version);
+        shared.registry.update_agent(&record.id, |a| {
+            a.capacity = capacity.clone();
+            a.version = version.clone();
+            a.last_seen_ms = now;
+            a.status = tern_proto::api::AgentStatus::Ready;
+            a.address = Some(remote.to_string());
+        })?;
+        let welcome = Welcome {
             heartbeat_interval_ms: shared.config.heartbeat_interval.as_millis() as u64,
             server_time_ms: now,
-        }),
-        MAX_FRAME_LEN,
-    )
-    .await?;
-    info!(agent = %record.name, version = %hello.software_version, gpus = hello.capacity.gpus.len(), "agent connected");
+        };
+        write_frame(&mut send, &ControlMessage::Welcome(welcome), MAX_FRAME_LEN).await?;
+        info!(agent = %record.name, %version, gpus = capacity.gpus.len(), "agent connected");
+        control_loop(conn, shared, &record, connection, &mut send, &mut recv).await
+    }
+    .await;
 
-    let result = control_loop(conn, shared, &record, connection, &mut send, &mut recv).await;
-
+    shared.connections.remove(&record.id, conn);
     if shared.presence.disconnect(&record.id, connection) {
         let last_seen = shared
             .presence
@@ -208,27 +279,22 @@ async fn control_loop(
                 if shared.presence.heartbeat(&record.id, connection, now) {
                     info!(agent = %record.name, "agent heard again after silence");
                 }
-                write_frame(
-                    send,
-                    &ControlMessage::Ack(tern_proto::message::Ack { seq: hb.seq }),
-                    MAX_FRAME_LEN,
-                )
-                .await?;
+                let ack = ControlMessage::Ack(tern_proto::message::Ack { seq: hb.seq });
+                write_frame(send, &ack, MAX_FRAME_LEN).await?;
             }
             AgentMessage::Status(report) => {
                 debug!(agent = %record.name, generation = report.applied_generation, "status report");
-                write_frame(
-                    send,
-                    &ControlMessage::Ack(tern_proto::message::Ack { seq: report.seq }),
-                    MAX_FRAME_LEN,
-                )
-                .await?;
+                let ack = ControlMessage::Ack(tern_proto::message::Ack { seq: report.seq });
+                write_frame(send, &ack, MAX_FRAME_LEN).await?;
             }
             AgentMessage::Capacity(capacity) => {
+                let capacity = clean_capacity(&capacity);
                 debug!(agent = %record.name, gpus = capacity.gpus.len(), "capacity update");
-                shared
-                    .registry
-                    .update_agent(&record.id, |a| a.capacity = capacity.clone())?;
+                shared.registry.update_agent(&record.id, |a| {
+                    if a.capacity != capacity {
+                        a.capacity = capacity.clone();
+                    }
+                })?;
             }
             AgentMessage::Ack(_) => {}
             AgentMessage::Hello(_) => {

@@ -39,9 +39,10 @@ impl EnrollError {
             EnrollError::Redeem(RedeemError::Used | RedeemError::Expired) => StatusCode::FORBIDDEN,
             EnrollError::Redeem(RedeemError::NameTaken(_)) => StatusCode::CONFLICT,
             EnrollError::Redeem(RedeemError::Registry(_)) => StatusCode::INTERNAL_SERVER_ERROR,
-            EnrollError::InvalidName(_) | EnrollError::Labels(_) | EnrollError::Csr(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            EnrollError::Redeem(RedeemError::Labels(_)) => StatusCode::BAD_REQUEST,
+            EnrollError::Csr(PkiError::InvalidCsr(_)) => StatusCode::BAD_REQUEST,
+            EnrollError::Csr(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            EnrollError::InvalidName(_) | EnrollError::Labels(_) => StatusCode::BAD_REQUEST,
         }
     }
 }
@@ -61,6 +62,8 @@ pub(crate) fn enroll(
         return Err(EnrollError::InvalidName(request.name.clone()));
     }
     labels::validate(&request.labels)?;
+    // Only a live token buys CSR parsing and signing.
+    shared.registry.check_token(&token, now_ms)?;
 
     let mut id = [0u8; 8];
     rand::rng().fill_bytes(&mut id);

@@ -37,6 +37,8 @@ pub enum RedeemError {
     Expired,
     #[error("an agent named `{0}` is already enrolled")]
     NameTaken(String),
+    #[error("the token's labels and the requested labels together are invalid: {0}")]
+    Labels(#[from] tern_proto::labels::LabelError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
 }
@@ -150,6 +152,46 @@ impl Registry {
         Ok((token, record))
     }
 
+    /// Checks a token without using it, so that a request with a bad token costs no signing.
+    /// [`Self::redeem`] checks again, atomically.
+    pub fn check_token(&self, token: &EnrollmentToken, now_ms: u64) -> Result<(), RedeemError> {
+        let id = token.id_hex();
+        let raw = self
+            .tokens
+            .get(id.as_bytes())
+            .map_err(RegistryError::from)?
+            .ok_or(RedeemError::UnknownToken)?;
+        let record: TokenRecord = decode(id.as_bytes(), &raw)?;
+        if record.secret_sha256 != hex::encode(token.secret_sha256()) {
+            return Err(RedeemError::UnknownToken);
+        }
+        if record.used_by.is_some() {
+            return Err(RedeemError::Used);
+        }
+        if now_ms >= record.expires_ms {
+            return Err(RedeemError::Expired);
+        }
+        Ok(())
+    }
+
+    /// Deletes tokens that were used or expired more than a day ago (until then, a late attempt
+    /// still gets a precise "used" or "expired" answer). Returns how many were deleted.
+    pub fn prune_tokens(&self, now_ms: u64) -> Result<usize, RegistryError> {
+        const KEEP_MS: u64 = 24 * 3600 * 1000;
+        let mut pruned = 0;
+        for entry in self.tokens.iter() {
+            let (k, v) = entry?;
+            let record: TokenRecord = decode(&k, &v)?;
+            let spent =
+                record.used_by.is_some() && now_ms.saturating_sub(record.created_ms) > KEEP_MS;
+            let stale = now_ms.saturating_sub(record.expires_ms) > KEEP_MS;
+            if (spent || stale) && self.tokens.remove(&k)?.is_some() {
+                pruned += 1;
+            }
+        }
+        Ok(pruned)
+    }
+
     /// Redeems `token` for a new agent, atomically: the token is marked used, and the agent, its
     /// name and its certificate are recorded, or nothing changes.
     pub fn redeem(
@@ -182,6 +224,7 @@ impl Registry {
                 }
                 let mut labels = agent.labels.clone();
                 labels.extend(record.labels.clone());
+                tern_proto::labels::validate(&labels).map_err(|e| abort(RedeemError::Labels(e)))?;
                 let agent_record = AgentRecord {
                     id: agent.id.clone(),
                     name: agent.name.clone(),
@@ -355,6 +398,30 @@ mod tests {
         // The refused redemption did not consume the token.
         reg.redeem(&t2, new_agent("i2", "other"), 1_000)
             .expect("token still usable");
+    }
+
+    #[test]
+    fn prunes_only_tokens_spent_more_than_a_day_ago() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let reg = Registry::open(tmp.path()).expect("open");
+        let day = 24 * 3600 * 1000;
+        let (used, _) = reg
+            .create_token(BTreeMap::new(), day, [7; 32], 0)
+            .expect("token");
+        reg.redeem(&used, new_agent("i", "n"), 1).expect("redeemed");
+        let (_expired, _) = reg
+            .create_token(BTreeMap::new(), 10, [7; 32], 0)
+            .expect("token");
+        let (fresh, _) = reg
+            .create_token(BTreeMap::new(), 10 * day, [7; 32], 0)
+            .expect("token");
+        assert_eq!(reg.prune_tokens(1000).expect("prune"), 0);
+        assert_eq!(reg.prune_tokens(2 * day).expect("prune"), 2);
+        reg.check_token(&fresh, 2 * day).expect("fresh token kept");
+        assert!(matches!(
+            reg.check_token(&used, 2 * day),
+            Err(RedeemError::UnknownToken)
+        ));
     }
 
     #[test]

@@ -20,6 +20,8 @@ use crate::registry::{Registry, RegistryError};
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// How often `last_seen` of heard agents is written to the registry.
 const PERSIST_INTERVAL: Duration = Duration::from_secs(10);
+/// How often used and expired enrollment tokens are deleted.
+const TOKEN_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 /// QUIC idle timeout: a dead agent's connection is dropped after this much silence.
 const AGENT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -28,6 +30,7 @@ const AGENT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) struct Shared {
     pub registry: Registry,
     pub presence: Presence,
+    pub connections: crate::agents::Connections,
     pub config: ControlPlaneConfig,
     pub ca: CertificateAuthority,
     pub admin_token_sha256: [u8; 32],
@@ -88,6 +91,7 @@ impl RunningControlPlane {
         let shared = Arc::new(Shared {
             registry,
             presence: Presence::default(),
+            connections: Default::default(),
             config: config.clone(),
             ca: loaded.ca,
             admin_token_sha256: loaded.admin_token_sha256,
@@ -175,29 +179,49 @@ impl RunningControlPlane {
     }
 }
 
-/// Marks silent agents NotReady and persists `last_seen` periodically.
+/// Marks silent agents NotReady, persists `last_seen` and prunes spent tokens, periodically.
+/// Storage work runs on the blocking pool, off the threads that serve agents.
 async fn housekeeping(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     let mut persist = tokio::time::interval(PERSIST_INTERVAL);
-    let not_ready_after = shared.config.not_ready_after.as_millis() as u64;
+    let mut prune = tokio::time::interval(TOKEN_PRUNE_INTERVAL);
     loop {
-        tokio::select! {
+        let work: fn(&Shared) = tokio::select! {
             _ = shutdown.changed() => return,
-            _ = sweep.tick() => {
-                let now = tern_transport::unix_millis_now();
-                for id in shared.presence.take_newly_silent(now, not_ready_after) {
-                    let updated = shared.registry.update_agent(&id, |a| {
-                        a.status = tern_proto::api::AgentStatus::NotReady;
-                    });
-                    match updated {
-                        Ok(Some(a)) => warn!(agent = %a.name, "agent missed its heartbeats; NotReady"),
-                        Ok(None) => {}
-                        Err(e) => warn!(error = %e, "cannot record agent status"),
-                    }
-                }
-            }
-            _ = persist.tick() => persist_last_seen(&shared),
+            _ = sweep.tick() => mark_silent_agents,
+            _ = persist.tick() => persist_last_seen,
+            _ = prune.tick() => prune_tokens,
+        };
+        let shared = shared.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || work(&shared)).await {
+            warn!(error = %e, "housekeeping task failed");
         }
+    }
+}
+
+fn mark_silent_agents(shared: &Shared) {
+    let now = tern_transport::unix_millis_now();
+    let not_ready_after = shared.config.not_ready_after.as_millis() as u64;
+    for id in shared.presence.take_newly_silent(now, not_ready_after) {
+        match shared
+            .registry
+            .update_agent(&id, |a| a.status = tern_proto::api::AgentStatus::NotReady)
+        {
+            Ok(Some(a)) => warn!(agent = %a.name, "agent missed its heartbeats; NotReady"),
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "cannot record agent status"),
+        }
+    }
+}
+
+fn prune_tokens(shared: &Shared) {
+    match shared
+        .registry
+        .prune_tokens(tern_transport::unix_millis_now())
+    {
+        Ok(0) => {}
+        Ok(n) => info!(tokens = n, "pruned used and expired enrollment tokens"),
+        Err(e) => warn!(error = %e, "cannot prune enrollment tokens"),
     }
 }
 

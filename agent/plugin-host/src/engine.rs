@@ -1,0 +1,219 @@
+//! The wasmtime engine, its deadline ticker, the linker, and loading components.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine};
+
+use crate::accel::{Accel, CpuAccel};
+use crate::bindings::{Plugin as Bindings, PluginPre};
+use crate::cache::CompileCache;
+use crate::error::{LoadError, StepFailure};
+use crate::limits::StepLimits;
+use crate::metrics::{MetricsSink, NoMetrics};
+use crate::state::StepState;
+use crate::step::Step;
+
+/// Granularity of deadlines: the engine's epoch advances this often.
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(2);
+/// Wasm stack a call may use before it traps.
+const MAX_WASM_STACK: usize = 1 << 20;
+
+/// How to build a [`PluginEngine`].
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Where compiled components are cached (none: compile on every load).
+    pub cache_dir: Option<PathBuf>,
+    /// Receives plugins' custom metrics.
+    pub metrics: Arc<dyn MetricsSink>,
+    /// Serves the `accel` interface.
+    pub accel: Arc<dyn Accel>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            cache_dir: None,
+            metrics: Arc::new(NoMetrics),
+            accel: Arc::new(CpuAccel),
+        }
+    }
+}
+
+impl std::fmt::Debug for dyn MetricsSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsSink")
+    }
+}
+
+/// Advances the engine's epoch until dropped; that is what makes deadlines fire.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("tern-plugin-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .ok();
+        Self { stop, thread }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// What every step of every plugin shares.
+pub(crate) struct EngineShared {
+    pub engine: Engine,
+    pub linker: Linker<StepState>,
+    pub metrics: Arc<dyn MetricsSink>,
+    pub accel: Arc<dyn Accel>,
+    _ticker: EpochTicker,
+}
+
+/// Loads and runs plugins. Cheap to share (`Arc` inside); one per agent.
+#[derive(Clone)]
+pub struct PluginEngine {
+    shared: Arc<EngineShared>,
+    cache: Option<Arc<CompileCache>>,
+}
+
+impl std::fmt::Debug for PluginEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginEngine")
+            .field("cache", &self.cache)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PluginEngine {
+    pub fn new(options: EngineOptions) -> Result<Self, LoadError> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        config.max_wasm_stack(MAX_WASM_STACK);
+        let engine = Engine::new(&config).map_err(|e| LoadError::Engine(e.to_string()))?;
+
+        let mut linker = Linker::new(&engine);
+        // WASI is linked so that components built for wasm32-wasip2 instantiate; each store's
+        // context grants nothing (see `Step::new_state`).
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| LoadError::Engine(e.to_string()))?;
+        Bindings::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .map_err(|e| LoadError::Engine(e.to_string()))?;
+
+        let cache = match &options.cache_dir {
+            Some(dir) => Some(Arc::new(CompileCache::open(dir, &engine)?)),
+            None => None,
+        };
+        let ticker = EpochTicker::start(engine.clone());
+        Ok(Self {
+            shared: Arc::new(EngineShared {
+                engine,
+                linker,
+                metrics: options.metrics,
+                accel: options.accel,
+                _ticker: ticker,
+            }),
+            cache,
+        })
+    }
+
+    /// Reads and loads a component file.
+    pub fn load_file(&self, path: &Path) -> Result<Plugin, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        self.load(&bytes)
+    }
+
+    /// Compiles a component (or takes it from the cache) and checks that it is a
+    /// `tern:pipeline/plugin`.
+    #[tracing::instrument(skip_all, fields(bytes = bytes.len()))]
+    pub fn load(&self, bytes: &[u8]) -> Result<Plugin, LoadError> {
+        match bytes.get(..8) {
+            Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => return Err(LoadError::CoreModule),
+            Some([0, b'a', b's', b'm', ..]) => {}
+            _ => return Err(LoadError::NotWasm),
+        }
+        let digest: [u8; 32] = {
+            use sha2::Digest;
+            sha2::Sha256::digest(bytes).into()
+        };
+        let engine = &self.shared.engine;
+        let cached = self.cache.as_ref().and_then(|c| c.load(engine, &digest));
+        let component = match cached {
+            Some(component) => component,
+            None => {
+                let component = Component::new(engine, bytes)
+                    .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+                if let Some(cache) = &self.cache {
+                    cache.store(&component, &digest)?;
+                }
+                component
+            }
+        };
+        let instance_pre = self
+            .shared
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        let pre =
+            PluginPre::new(instance_pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        Ok(Plugin {
+            pre,
+            digest,
+            shared: self.shared.clone(),
+        })
+    }
+}
+
+/// A loaded, checked component; steps are made from it.
+#[derive(Clone)]
+pub struct Plugin {
+    pre: PluginPre<StepState>,
+    digest: [u8; 32],
+    shared: Arc<EngineShared>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("digest", &hex::encode(self.digest))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Plugin {
+    /// SHA-256 of the component's bytes.
+    pub fn digest(&self) -> [u8; 32] {
+        self.digest
+    }
+
+    /// A step running this plugin with `config` (JSON) under `limits`. One instance is created
+    /// and configured now, so a bad configuration fails here rather than on the first request.
+    pub fn step(&self, name: &str, config: &str, limits: StepLimits) -> Result<Step, StepFailure> {
+        Step::new(name, config, limits, self.pre.clone(), self.shared.clone())
+    }
+}

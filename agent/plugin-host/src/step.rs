@@ -1,0 +1,224 @@
+//! A configured step and its pool of instances.
+
+use std::sync::{Arc, Mutex};
+
+use wasmtime::Store;
+use wasmtime_wasi::WasiCtxBuilder;
+
+use crate::bindings::{Plugin as Bindings, PluginPre};
+use crate::engine::{EPOCH_TICK, EngineShared};
+use crate::error::{FailureCause, StepFailure};
+use crate::limits::StepLimits;
+use crate::state::{MemoryCap, StepState};
+use crate::stdio::GuestOutput;
+use crate::{Payload, StepError};
+
+/// A clock frozen at zero: plugins get no time source.
+struct Frozen;
+
+impl wasmtime_wasi::HostWallClock for Frozen {
+    fn resolution(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(1)
+    }
+    fn now(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for Frozen {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+/// An instance ready for requests: configured, not poisoned by a trap.
+struct Live {
+    store: Store<StepState>,
+    bindings: Bindings,
+}
+
+/// One pipeline step: a plugin, its configuration and limits, and warm instances.
+/// `process` may be called from many threads at once; each call gets an instance of its own.
+pub struct Step {
+    name: Arc<str>,
+    config: Arc<str>,
+    limits: StepLimits,
+    pre: PluginPre<StepState>,
+    shared: Arc<EngineShared>,
+    idle: Mutex<Vec<Live>>,
+}
+
+impl std::fmt::Debug for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Step")
+            .field("name", &self.name)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Step {
+    pub(crate) fn new(
+        name: &str,
+        config: &str,
+        limits: StepLimits,
+        pre: PluginPre<StepState>,
+        shared: Arc<EngineShared>,
+    ) -> Result<Self, StepFailure> {
+        let step = Self {
+            name: name.into(),
+            config: config.into(),
+            limits,
+            pre,
+            shared,
+            idle: Mutex::new(Vec::new()),
+        };
+        let first = step.instantiate()?;
+        step.give_back(first);
+        Ok(step)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn limits(&self) -> StepLimits {
+        self.limits
+    }
+
+    fn fail(&self, cause: FailureCause) -> StepFailure {
+        StepFailure {
+            step: self.name.to_string(),
+            cause,
+        }
+    }
+
+    fn deadline_ticks(&self) -> u64 {
+        (self.limits.timeout.as_nanos() / EPOCH_TICK.as_nanos()) as u64 + 1
+    }
+
+    fn new_state(&self) -> StepState {
+        let stderr = GuestOutput::stderr(self.name.clone());
+        let wasi = WasiCtxBuilder::new()
+            .stdout(GuestOutput::stdout(self.name.clone()))
+            .stderr(stderr.clone())
+            .wall_clock(Frozen)
+            .monotonic_clock(Frozen)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        StepState {
+            wasi,
+            table: Default::default(),
+            memory: MemoryCap {
+                max_bytes: self.limits.memory_bytes,
+                exceeded: false,
+            },
+            step: self.name.clone(),
+            stderr,
+            metrics: self.shared.metrics.clone(),
+            accel: self.shared.accel.clone(),
+        }
+    }
+
+    /// A fresh instance, configured.
+    fn instantiate(&self) -> Result<Live, StepFailure> {
+        let mut store = Store::new(&self.shared.engine, self.new_state());
+        store.limiter(|state| &mut state.memory);
+        store.set_epoch_deadline(self.deadline_ticks());
+        let bindings = match self.pre.instantiate(&mut store) {
+            Ok(b) => b,
+            Err(e) => {
+                let cause = match classify(&store, &e, self.limits) {
+                    FailureCause::Trap(msg) => FailureCause::Instantiate(msg),
+                    other => other,
+                };
+                return Err(self.fail(cause));
+            }
+        };
+        store.set_epoch_deadline(self.deadline_ticks());
+        match bindings
+            .tern_pipeline_step()
+            .call_configure(&mut store, &self.config)
+        {
+            Ok(Ok(())) => Ok(Live { store, bindings }),
+            Ok(Err(StepError { kind, message })) => {
+                Err(self.fail(FailureCause::Configure { kind, message }))
+            }
+            Err(e) => Err(self.fail(classify(&store, &e, self.limits))),
+        }
+    }
+
+    fn give_back(&self, live: Live) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < self.limits.max_idle_instances {
+            idle.push(live);
+        }
+    }
+
+    /// Runs one request. A failure of the guest's own making (`step-error`) keeps the instance;
+    /// a trap, deadline or memory overrun discards it.
+    pub fn process(&self, input: &Payload) -> Result<Payload, StepFailure> {
+        let _span = tracing::debug_span!("step", step = %self.name).entered();
+        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut live = match pooled {
+            Some(live) => live,
+            None => self.instantiate()?,
+        };
+        live.store.set_epoch_deadline(self.deadline_ticks());
+        match live
+            .bindings
+            .tern_pipeline_step()
+            .call_process(&mut live.store, input)
+        {
+            Ok(Ok(output)) => {
+                self.give_back(live);
+                Ok(output)
+            }
+            Ok(Err(StepError { kind, message })) => {
+                self.give_back(live);
+                Err(self.fail(FailureCause::Guest { kind, message }))
+            }
+            Err(e) => {
+                let cause = classify(&live.store, &e, self.limits);
+                tracing::warn!(step = %self.name, %cause, "instance discarded");
+                Err(self.fail(cause))
+            }
+        }
+    }
+
+    /// Instances kept warm right now.
+    pub fn idle_instances(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// Names the cause of a trap.
+fn classify(store: &Store<StepState>, error: &wasmtime::Error, limits: StepLimits) -> FailureCause {
+    let state = store.data();
+    if state.memory.exceeded {
+        return FailureCause::MemoryLimit {
+            limit_mib: limits.memory_bytes >> 20,
+        };
+    }
+    let trap = error.downcast_ref::<wasmtime::Trap>();
+    if let Some(wasmtime::Trap::Interrupt) = trap {
+        return FailureCause::Timeout(limits.timeout);
+    }
+    if let Some(message) = state.stderr.panic_message() {
+        return FailureCause::Panic(message);
+    }
+    FailureCause::Trap(match trap {
+        Some(wasmtime::Trap::StackOverflow) => "wasm stack exhausted (unbounded recursion?)".into(),
+        // Languages with a shadow stack in linear memory (Rust, C) overflow it this way.
+        Some(wasmtime::Trap::MemoryOutOfBounds) => {
+            "out-of-bounds memory access (a stack overflow in the guest, or a bad pointer)".into()
+        }
+        Some(trap) => trap.to_string(),
+        None => error.root_cause().to_string(),
+    })
+}
