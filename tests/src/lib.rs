@@ -30,6 +30,15 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// A plugin component built by `cargo xtask test` (dev profile, wasm32-wasip2), e.g. `topk`.
+pub fn component(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let target = exe.ancestors().nth(3).expect("target directory");
+    let path = target.join("wasm32-wasip2/debug").join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(path.exists(), "{} is missing: run `cargo xtask test` (it builds the plugins)", path.display());
+    path
+}
+
 /// A loopback port free for both UDP and TCP (QUIC and enrollment share the number).
 pub fn free_port() -> u16 {
     for _ in 0..100 {

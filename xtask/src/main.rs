@@ -9,12 +9,13 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
-const USAGE: &str = "usage: cargo xtask <demo|test|lint>
+const USAGE: &str = "usage: cargo xtask <demo|test|lint|plugins>
 
   demo   start a control plane and two agents in temporary directories, enroll them,
          show the fleet, and shut everything down
   test   build the binaries and run every test of the workspace
-  lint   cargo fmt --check and cargo clippy --all-targets -D warnings";
+  lint     cargo fmt --check and cargo clippy --all-targets -D warnings
+  plugins  build the plugins as components and copy them to examples/plugins/";
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -22,6 +23,7 @@ fn main() -> std::process::ExitCode {
         Some("demo") => demo::run(),
         Some("test") => test(&args[1..]),
         Some("lint") => lint(),
+        Some("plugins") => plugins(),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())
@@ -96,6 +98,20 @@ pub fn build_plugins() -> anyhow::Result<()> {
         args.extend(["-p", plugin]);
     }
     cargo(&args)
+}
+
+/// Builds the plugins and copies the components next to the example manifests.
+fn plugins() -> anyhow::Result<()> {
+    build_plugins()?;
+    let components = demo::target_dir()?.join("wasm32-wasip2").join("debug");
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/plugins");
+    std::fs::create_dir_all(&out)?;
+    for plugin in PLUGINS {
+        let file = format!("{}.wasm", plugin.replace('-', "_"));
+        std::fs::copy(components.join(&file), out.join(&file)).with_context(|| format!("copy {file}"))?;
+        println!("examples/plugins/{file}");
+    }
+    Ok(())
 }
 
 fn test(extra: &[String]) -> anyhow::Result<()> {

@@ -6,6 +6,7 @@
 //! serves local applications on a local HTTP address ([`local_api`]).
 //!
 //! - [`data_dir`]: the agent's files (identity, CA, `agent.toml`).
+//! - [`run_local`]: run a pipeline manifest once, without a control plane (`run-local`).
 
 pub mod backoff;
 pub mod capacity;
@@ -13,7 +14,9 @@ pub mod data_dir;
 pub mod enroll;
 pub mod link;
 pub mod local_api;
+pub mod npy;
 pub mod run;
+pub mod run_local;
 
 pub use data_dir::{AgentConfig, AgentDataDir};
 pub use enroll::{JoinError, JoinOptions, join};

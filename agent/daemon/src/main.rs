@@ -45,9 +45,74 @@ enum Command {
         #[arg(long, env = "TERN_DATA_DIR")]
         data_dir: PathBuf,
     },
+    /// Run a Pipeline manifest once on one input, without a control plane; prints the result
+    /// as JSON.
+    #[command(group(clap::ArgGroup::new("source").required(true).args(["input", "npy"])))]
+    RunLocal {
+        /// The Pipeline manifest (YAML).
+        #[arg(short = 'f', long = "file")]
+        manifest: PathBuf,
+        /// Input file for the first step, as a blob.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Media type of --input [default: from its extension].
+        #[arg(long, requires = "input")]
+        media_type: Option<String>,
+        /// Named tensor for the first step, NAME=FILE.npy (repeatable).
+        #[arg(long, value_parser = parse_npy_arg)]
+        npy: Vec<(String, PathBuf)>,
+        /// Run local, unsigned plugin files.
+        #[arg(long)]
+        allow_unsigned: bool,
+    },
     /// Print the GPU adapters wgpu finds, as JSON (the agent runs this in a child process).
     #[command(hide = true)]
     GpuProbe,
+}
+
+fn parse_npy_arg(text: &str) -> Result<(String, PathBuf), String> {
+    match text.split_once('=') {
+        Some((name, path)) if !name.is_empty() && !path.is_empty() => Ok((name.to_owned(), PathBuf::from(path))),
+        _ => Err(format!("expected NAME=FILE.npy, got `{text}`")),
+    }
+}
+
+/// Where run-local caches compiled plugins between runs.
+fn compile_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("tern").join("compiled-plugins"))
+}
+
+fn run_local(
+    manifest: PathBuf,
+    input: Option<PathBuf>,
+    media_type: Option<String>,
+    npy: Vec<(String, PathBuf)>,
+    allow_unsigned: bool,
+) -> std::process::ExitCode {
+    use tern_agent::run_local::{LocalInput, RunLocalError, RunLocalOptions};
+    let input = match input {
+        Some(path) => LocalInput::File { path, media_type },
+        None => LocalInput::Npy(npy),
+    };
+    let options = RunLocalOptions { manifest, input, allow_unsigned, cache_dir: compile_cache_dir() };
+    match tern_agent::run_local::run_local(&options) {
+        Ok(json) => {
+            println!("{json}");
+            std::process::ExitCode::SUCCESS
+        }
+        // A failed step prints as `step <name>: <reason>`.
+        Err(RunLocalError::Step(failure)) => {
+            eprintln!("{failure}");
+            std::process::ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -64,6 +129,9 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Command::RunLocal { manifest, input, media_type, npy, allow_unsigned } = cli.command {
+        return run_local(manifest, input, media_type, npy, allow_unsigned);
+    }
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -108,7 +176,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 data_dir
             }
             Command::Run { data_dir } => data_dir,
-            Command::GpuProbe => return Ok(()),
+            Command::GpuProbe | Command::RunLocal { .. } => return Ok(()),
         };
         tern_agent::run(AgentDataDir::new(data_dir), shutdown_signal())
             .await

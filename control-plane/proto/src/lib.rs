@@ -14,6 +14,7 @@ pub mod frame;
 #[cfg(feature = "io")]
 pub mod io;
 pub mod labels;
+pub mod manifest;
 pub mod message;
 pub mod token;
 

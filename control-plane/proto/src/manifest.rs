@@ -1,0 +1,295 @@
+//! Manifests (design section 5): YAML documents, Kubernetes-style. This module parses and
+//! validates them; every error names the file, the path of the field and what was expected.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The only API version this release reads.
+pub const API_VERSION: &str = "tern.dev/v1alpha1";
+
+/// A manifest that could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {path}: {message}")]
+pub struct ManifestError {
+    pub file: String,
+    /// Field path, e.g. `spec.steps[1].limits.timeoutMs` (`.` for the document itself).
+    pub path: String,
+    pub message: String,
+}
+
+/// `metadata`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    pub name: String,
+}
+
+/// A `Pipeline` document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Pipeline {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: PipelineSpec,
+}
+
+/// `spec` of a pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSpec {
+    pub steps: Vec<StepSpec>,
+}
+
+/// Where a model step runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    #[default]
+    Auto,
+    Cpu,
+    Gpu,
+}
+
+/// One step: a plugin or a model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepSpec {
+    pub name: String,
+    /// `name:version` of a plugin release (or, in `run-local`, a path to a `.wasm`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
+    /// `name:version` of a model release (or, in `run-local`, a path to an `.onnx`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The plugin's configuration, handed to it as JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<StepLimitsSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<Device>,
+}
+
+/// `limits` of a plugin step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StepLimitsSpec {
+    #[serde(default, rename = "timeoutMs", skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default, rename = "memoryMiB", skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u64>,
+}
+
+/// What a step runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepKind<'a> {
+    Plugin(&'a str),
+    Model(&'a str),
+}
+
+impl StepSpec {
+    pub fn kind(&self) -> StepKind<'_> {
+        match (&self.plugin, &self.model) {
+            (Some(p), _) => StepKind::Plugin(p),
+            (None, Some(m)) => StepKind::Model(m),
+            // `validate` guarantees one of them.
+            (None, None) => StepKind::Plugin(""),
+        }
+    }
+
+    /// The configuration as JSON text (`{}` when absent).
+    pub fn config_json(&self) -> String {
+        self.config.as_ref().map(|c| c.to_string()).unwrap_or_else(|| "{}".to_owned())
+    }
+}
+
+/// A reference to an artifact: a release by name and version, or a local file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArtifactRef {
+    Release { name: String, version: u64 },
+    Path(PathBuf),
+}
+
+impl ArtifactRef {
+    /// `name:version`, or a path (it contains a `/` or ends in `.wasm`/`.onnx`).
+    pub fn parse(text: &str) -> Option<Self> {
+        if text.contains('/') || text.ends_with(".wasm") || text.ends_with(".onnx") {
+            return Some(ArtifactRef::Path(PathBuf::from(text)));
+        }
+        let (name, version) = text.split_once(':')?;
+        let version = version.parse().ok()?;
+        crate::labels::valid_name(name).then(|| ArtifactRef::Release { name: name.to_owned(), version })
+    }
+}
+
+fn error(file: &str, path: impl Into<String>, message: impl Into<String>) -> ManifestError {
+    ManifestError { file: file.to_owned(), path: path.into(), message: message.into() }
+}
+
+/// Limits on what a manifest may ask for.
+const MAX_TIMEOUT_MS: u64 = 10 * 60 * 1000;
+const MAX_MEMORY_MIB: u64 = 16 * 1024;
+
+impl Pipeline {
+    /// Parses the single `Pipeline` document of `text` (other kinds in the same file are
+    /// skipped) and validates it. `file` names the source in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Self, ManifestError> {
+        let mut found = None;
+        for (i, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+            let value = serde_yaml_ng::Value::deserialize(document)
+                .map_err(|e| error(file, format!("document {}", i + 1), e.to_string()))?;
+            if value.get("kind").and_then(|k| k.as_str()) != Some("Pipeline") {
+                continue;
+            }
+            if found.is_some() {
+                return Err(error(file, ".", "more than one Pipeline document"));
+            }
+            let pipeline: Pipeline = serde_path_to_error::deserialize(value).map_err(|e| {
+                let path = e.path().to_string();
+                error(file, if path.is_empty() { ".".to_owned() } else { path }, e.into_inner().to_string())
+            })?;
+            found = Some(pipeline);
+        }
+        let pipeline = found.ok_or_else(|| error(file, "kind", "no document of kind Pipeline"))?;
+        pipeline.validate(file)?;
+        Ok(pipeline)
+    }
+
+    /// Reads and parses a manifest file.
+    pub fn from_file(path: &Path) -> Result<Self, ManifestError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| error(&file, ".", e.to_string()))?;
+        Self::parse(&text, &file)
+    }
+
+    fn validate(&self, file: &str) -> Result<(), ManifestError> {
+        if self.api_version != API_VERSION {
+            return Err(error(file, "apiVersion", format!("expected `{API_VERSION}`, got `{}`", self.api_version)));
+        }
+        if !crate::labels::valid_name(&self.metadata.name) {
+            return Err(error(file, "metadata.name", "expected 1-63 characters of a-z, 0-9, `-`, `.`, `_`"));
+        }
+        if self.spec.steps.is_empty() {
+            return Err(error(file, "spec.steps", "expected at least one step"));
+        }
+        let mut names = BTreeSet::new();
+        for (i, step) in self.spec.steps.iter().enumerate() {
+            let at = |field: &str| format!("spec.steps[{i}]{field}");
+            if !crate::labels::valid_name(&step.name) {
+                return Err(error(file, at(".name"), "expected 1-63 characters of a-z, 0-9, `-`, `.`, `_`"));
+            }
+            if !names.insert(step.name.as_str()) {
+                return Err(error(file, at(".name"), format!("step name `{}` is used twice", step.name)));
+            }
+            let reference = match (&step.plugin, &step.model) {
+                (Some(_), Some(_)) => return Err(error(file, at(""), "expected either `plugin` or `model`, not both")),
+                (None, None) => return Err(error(file, at(""), "expected `plugin` or `model`")),
+                (Some(p), None) => ("plugin", p),
+                (None, Some(m)) => ("model", m),
+            };
+            if ArtifactRef::parse(reference.1).is_none() {
+                return Err(error(
+                    file,
+                    at(&format!(".{}", reference.0)),
+                    format!("expected `name:version` or a file path, got `{}`", reference.1),
+                ));
+            }
+            if step.plugin.is_some() && step.device.is_some() {
+                return Err(error(file, at(".device"), "only model steps take a device"));
+            }
+            if step.model.is_some() && (step.limits.is_some() || step.config.is_some()) {
+                return Err(error(file, at(""), "model steps take no `config` or `limits`"));
+            }
+            if let Some(limits) = &step.limits {
+                if let Some(ms) = limits.timeout_ms
+                    && !(1..=MAX_TIMEOUT_MS).contains(&ms)
+                {
+                    return Err(error(file, at(".limits.timeoutMs"), format!("expected 1 to {MAX_TIMEOUT_MS}")));
+                }
+                if let Some(mib) = limits.memory_mib
+                    && !(1..=MAX_MEMORY_MIB).contains(&mib)
+                {
+                    return Err(error(file, at(".limits.memoryMiB"), format!("expected 1 to {MAX_MEMORY_MIB}")));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+apiVersion: tern.dev/v1alpha1
+kind: Pipeline
+metadata: { name: defect-detector }
+spec:
+  steps:
+    - name: prep
+      plugin: image-prep:3
+      config: { size: 224, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] }
+      limits: { timeoutMs: 50, memoryMiB: 64 }
+    - name: classify
+      model: mobilenet-v2:7
+      device: auto
+    - name: post
+      plugin: ./topk.wasm
+      config: { k: 5 }
+---
+apiVersion: tern.dev/v1alpha1
+kind: Deployment
+metadata: { name: other }
+spec: {}
+"#;
+
+    #[test]
+    fn parses_the_design_example() {
+        let p = Pipeline::parse(GOOD, "p.yaml").expect("valid");
+        assert_eq!(p.metadata.name, "defect-detector");
+        assert_eq!(p.spec.steps.len(), 3);
+        assert_eq!(p.spec.steps[0].limits.and_then(|l| l.timeout_ms), Some(50));
+        assert_eq!(p.spec.steps[1].kind(), StepKind::Model("mobilenet-v2:7"));
+        assert_eq!(p.spec.steps[2].config_json(), r#"{"k":5}"#);
+        assert_eq!(
+            ArtifactRef::parse("image-prep:3"),
+            Some(ArtifactRef::Release { name: "image-prep".into(), version: 3 })
+        );
+        assert_eq!(ArtifactRef::parse("./topk.wasm"), Some(ArtifactRef::Path("./topk.wasm".into())));
+    }
+
+    fn err(yaml: &str) -> ManifestError {
+        Pipeline::parse(yaml, "bad.yaml").expect_err("invalid")
+    }
+
+    #[test]
+    fn errors_name_the_file_the_field_and_the_expectation() {
+        let e = err(&GOOD.replace("timeoutMs: 50", "timeoutMz: 50"));
+        assert_eq!(e.file, "bad.yaml");
+        assert_eq!(e.path, "spec.steps[0].limits.timeoutMz");
+        assert!(e.message.contains("timeoutMz"), "{e}");
+
+        let e = err(&GOOD.replace("timeoutMs: 50", "timeoutMs: 0"));
+        assert_eq!(e.path, "spec.steps[0].limits.timeoutMs");
+
+        let e = err(&GOOD.replace("timeoutMs: 50", "timeoutMs: soon"));
+        assert_eq!(e.path, "spec.steps[0].limits.timeoutMs", "{e}");
+
+        let e = err(&GOOD.replace("plugin: image-prep:3", "plugin: image-prep"));
+        assert_eq!(e.path, "spec.steps[0].plugin");
+
+        let e = err(&GOOD.replace("name: post", "name: prep"));
+        assert!(e.message.contains("used twice"), "{e}");
+
+        let e = err(&GOOD.replace("tern.dev/v1alpha1\nkind: Pipeline", "tern.dev/v2\nkind: Pipeline"));
+        assert_eq!(e.path, "apiVersion");
+
+        let e = err("kind: Deployment\n");
+        assert!(e.message.contains("no document of kind Pipeline"));
+        assert!(err(": : :").to_string().starts_with("bad.yaml: document 1"));
+    }
+}
