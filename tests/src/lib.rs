@@ -34,8 +34,14 @@ pub fn bin(name: &str) -> PathBuf {
 pub fn component(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let target = exe.ancestors().nth(3).expect("target directory");
-    let path = target.join("wasm32-wasip2/debug").join(format!("{}.wasm", name.replace('-', "_")));
-    assert!(path.exists(), "{} is missing: run `cargo xtask test` (it builds the plugins)", path.display());
+    let path = target
+        .join("wasm32-wasip2/debug")
+        .join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo xtask test` (it builds the plugins)",
+        path.display()
+    );
     path
 }
 

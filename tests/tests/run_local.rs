@@ -43,27 +43,53 @@ fn runs_a_pipeline_of_plugins_and_prints_the_answer() {
     setup(tmp.path(), TABULAR_TO_TOPK);
     std::fs::write(tmp.path().join("row.csv"), "1,7,3\n").expect("input");
     let row = tmp.path().join("row.csv");
-    let out = run_local(tmp.path(), &["--input", row.to_str().expect("utf-8"), "--allow-unsigned"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run_local(
+        tmp.path(),
+        &["--input", row.to_str().expect("utf-8"), "--allow-unsigned"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     assert_eq!(answer["predictions"][0][0]["label"], "mid");
     assert_eq!(answer["predictions"][0][1]["label"], "high");
 
     // Second run: the compiled plugins come from the cache.
-    let cache = std::fs::read_dir(tmp.path().join("cache/tern/compiled-plugins")).expect("cache").count();
+    let cache = std::fs::read_dir(tmp.path().join("cache/tern/compiled-plugins"))
+        .expect("cache")
+        .count();
     assert_eq!(cache, 2);
-    let again = run_local(tmp.path(), &["--input", row.to_str().expect("utf-8"), "--allow-unsigned"]);
+    let again = run_local(
+        tmp.path(),
+        &["--input", row.to_str().expect("utf-8"), "--allow-unsigned"],
+    );
     assert_eq!(again.stdout, out.stdout);
 }
 
 #[test]
 fn prints_tensors_in_the_inference_protocol_form() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    setup(tmp.path(), "    - name: features\n      plugin: ./plugins/tabular_prep.wasm\n      config: { columns: [x, y] }\n");
+    setup(
+        tmp.path(),
+        "    - name: features\n      plugin: ./plugins/tabular_prep.wasm\n      config: { columns: [x, y] }\n",
+    );
     std::fs::write(tmp.path().join("row.json"), r#"{"x": 1.5, "y": -2}"#).expect("input");
     let input = tmp.path().join("row.json");
-    let out = run_local(tmp.path(), &["--input", input.to_str().expect("utf-8"), "--allow-unsigned"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run_local(
+        tmp.path(),
+        &[
+            "--input",
+            input.to_str().expect("utf-8"),
+            "--allow-unsigned",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(
         json,
@@ -79,7 +105,14 @@ fn a_failing_step_is_named_on_stderr_with_exit_code_1() {
         "    - name: stuck\n      plugin: ./plugins/hostile_fixture.wasm\n      config: { mode: loop }\n      limits: { timeoutMs: 50 }\n",
     );
     let input = tmp.path().join("pipeline.yaml");
-    let out = run_local(tmp.path(), &["--input", input.to_str().expect("utf-8"), "--allow-unsigned"]);
+    let out = run_local(
+        tmp.path(),
+        &[
+            "--input",
+            input.to_str().expect("utf-8"),
+            "--allow-unsigned",
+        ],
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     let last = err.lines().last().unwrap_or_default();
@@ -97,14 +130,26 @@ fn refuses_unsigned_files_without_the_flag_models_and_bad_manifests() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-unsigned"));
 
-    setup(tmp.path(), "    - name: classify\n      model: ./model.onnx\n");
+    setup(
+        tmp.path(),
+        "    - name: classify\n      model: ./model.onnx\n",
+    );
     let out = run_local(tmp.path(), &["--input", input, "--allow-unsigned"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("step classify: model steps are not supported"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("step classify: model steps are not supported")
+    );
 
-    setup(tmp.path(), "    - name: post\n      plugin: ./plugins/topk.wasm\n      limits: { timeoutMs: -1 }\n");
+    setup(
+        tmp.path(),
+        "    - name: post\n      plugin: ./plugins/topk.wasm\n      limits: { timeoutMs: -1 }\n",
+    );
     let out = run_local(tmp.path(), &["--input", input, "--allow-unsigned"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("pipeline.yaml: spec.steps[0].limits.timeoutMs:"), "{err}");
+    assert!(
+        err.contains("pipeline.yaml: spec.steps[0].limits.timeoutMs:"),
+        "{err}"
+    );
 
     let out = run_local(tmp.path(), &[]);
     assert_eq!(out.status.code(), Some(2), "no input is a usage error");

@@ -108,7 +108,8 @@ fn plugins() -> anyhow::Result<()> {
     std::fs::create_dir_all(&out)?;
     for plugin in PLUGINS {
         let file = format!("{}.wasm", plugin.replace('-', "_"));
-        std::fs::copy(components.join(&file), out.join(&file)).with_context(|| format!("copy {file}"))?;
+        std::fs::copy(components.join(&file), out.join(&file))
+            .with_context(|| format!("copy {file}"))?;
         println!("examples/plugins/{file}");
     }
     Ok(())

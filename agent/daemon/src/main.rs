@@ -72,7 +72,9 @@ enum Command {
 
 fn parse_npy_arg(text: &str) -> Result<(String, PathBuf), String> {
     match text.split_once('=') {
-        Some((name, path)) if !name.is_empty() && !path.is_empty() => Ok((name.to_owned(), PathBuf::from(path))),
+        Some((name, path)) if !name.is_empty() && !path.is_empty() => {
+            Ok((name.to_owned(), PathBuf::from(path)))
+        }
         _ => Err(format!("expected NAME=FILE.npy, got `{text}`")),
     }
 }
@@ -97,7 +99,12 @@ fn run_local(
         Some(path) => LocalInput::File { path, media_type },
         None => LocalInput::Npy(npy),
     };
-    let options = RunLocalOptions { manifest, input, allow_unsigned, cache_dir: compile_cache_dir() };
+    let options = RunLocalOptions {
+        manifest,
+        input,
+        allow_unsigned,
+        cache_dir: compile_cache_dir(),
+    };
     match tern_agent::run_local::run_local(&options) {
         Ok(json) => {
             println!("{json}");
@@ -129,7 +136,14 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    if let Command::RunLocal { manifest, input, media_type, npy, allow_unsigned } = cli.command {
+    if let Command::RunLocal {
+        manifest,
+        input,
+        media_type,
+        npy,
+        allow_unsigned,
+    } = cli.command
+    {
         return run_local(manifest, input, media_type, npy, allow_unsigned);
     }
     match run(cli) {

@@ -17,43 +17,66 @@ fn bad(why: impl Into<String>) -> NpyError {
 /// The value of `'key': value` in the header dictionary.
 fn field<'a>(header: &'a str, key: &str) -> Result<&'a str, NpyError> {
     let pattern = format!("'{key}':");
-    let start = header.find(&pattern).ok_or_else(|| bad(format!("header has no `{key}`")))? + pattern.len();
+    let start = header
+        .find(&pattern)
+        .ok_or_else(|| bad(format!("header has no `{key}`")))?
+        + pattern.len();
     Ok(header[start..].trim_start())
 }
 
 fn parse_shape(value: &str) -> Result<Vec<u64>, NpyError> {
-    let inner = value.strip_prefix('(').ok_or_else(|| bad("shape is not a tuple"))?;
-    let end = inner.find(')').ok_or_else(|| bad("shape tuple is not closed"))?;
+    let inner = value
+        .strip_prefix('(')
+        .ok_or_else(|| bad("shape is not a tuple"))?;
+    let end = inner
+        .find(')')
+        .ok_or_else(|| bad("shape tuple is not closed"))?;
     inner[..end]
         .split(',')
         .map(str::trim)
         .filter(|d| !d.is_empty())
-        .map(|d| d.parse::<u64>().map_err(|_| bad(format!("shape dimension `{d}` is not a number"))))
+        .map(|d| {
+            d.parse::<u64>()
+                .map_err(|_| bad(format!("shape dimension `{d}` is not a number")))
+        })
         .collect()
 }
 
 /// Parses `.npy` bytes into a tensor called `name`.
 pub fn parse(name: &str, bytes: &[u8]) -> Result<Tensor, NpyError> {
-    let rest = bytes.strip_prefix(b"\x93NUMPY").ok_or_else(|| bad("missing the \\x93NUMPY magic"))?;
+    let rest = bytes
+        .strip_prefix(b"\x93NUMPY")
+        .ok_or_else(|| bad("missing the \\x93NUMPY magic"))?;
     let (&major, rest) = rest.split_first().ok_or_else(|| bad("truncated header"))?;
     let rest = rest.get(1..).ok_or_else(|| bad("truncated header"))?;
     let (header_len, rest) = match major {
         1 => {
             let len = rest.get(..2).ok_or_else(|| bad("truncated header"))?;
-            (usize::from(u16::from_le_bytes([len[0], len[1]])), &rest[2..])
+            (
+                usize::from(u16::from_le_bytes([len[0], len[1]])),
+                &rest[2..],
+            )
         }
         2 | 3 => {
             let len = rest.get(..4).ok_or_else(|| bad("truncated header"))?;
-            (u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize, &rest[4..])
+            (
+                u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize,
+                &rest[4..],
+            )
         }
         v => return Err(bad(format!("format version {v} is not supported"))),
     };
-    let header = rest.get(..header_len).ok_or_else(|| bad("truncated header"))?;
+    let header = rest
+        .get(..header_len)
+        .ok_or_else(|| bad("truncated header"))?;
     let data = &rest[header_len..];
     let header = std::str::from_utf8(header).map_err(|_| bad("header is not text"))?;
 
     let descr = field(header, "descr")?;
-    let descr = descr.strip_prefix('\'').and_then(|d| d.split('\'').next()).ok_or_else(|| bad("descr is not a string"))?;
+    let descr = descr
+        .strip_prefix('\'')
+        .and_then(|d| d.split('\'').next())
+        .ok_or_else(|| bad("descr is not a string"))?;
     let (dtype, size) = match descr {
         "<f4" => (Dtype::Fp32, 4),
         "<f2" => (Dtype::Fp16, 2),
@@ -74,9 +97,17 @@ pub fn parse(name: &str, bytes: &[u8]) -> Result<Tensor, NpyError> {
         .and_then(|n| n.checked_mul(size))
         .ok_or_else(|| bad("shape is too large"))?;
     if data.len() != count {
-        return Err(bad(format!("shape {shape:?} needs {count} bytes of data, the file has {}", data.len())));
+        return Err(bad(format!(
+            "shape {shape:?} needs {count} bytes of data, the file has {}",
+            data.len()
+        )));
     }
-    Ok(Tensor { name: name.to_owned(), dtype, shape, data: data.to_vec() })
+    Ok(Tensor {
+        name: name.to_owned(),
+        dtype,
+        shape,
+        data: data.to_vec(),
+    })
 }
 
 /// Writes a tensor as `.npy` bytes (version 1), for tests and tools.
@@ -90,7 +121,11 @@ pub fn write(tensor: &Tensor) -> Vec<u8> {
         Dtype::Boolean => "|b1",
     };
     let dims: Vec<String> = tensor.shape.iter().map(u64::to_string).collect();
-    let shape = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let shape = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
     let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(' ');
@@ -110,9 +145,17 @@ mod tests {
 
     #[test]
     fn round_trips_and_reads_numpy_headers() {
-        let t = Tensor { name: "x".into(), dtype: Dtype::Fp32, shape: vec![2, 3], data: (0..24).collect() };
+        let t = Tensor {
+            name: "x".into(),
+            dtype: Dtype::Fp32,
+            shape: vec![2, 3],
+            data: (0..24).collect(),
+        };
         let back = parse("x", &write(&t)).expect("round trip");
-        assert_eq!((back.name, back.dtype, back.shape, back.data), (t.name, t.dtype, t.shape, t.data));
+        assert_eq!(
+            (back.name, back.dtype, back.shape, back.data),
+            (t.name, t.dtype, t.shape, t.data)
+        );
         let mut numpy = b"\x93NUMPY\x01\x00".to_vec();
         let header = "{'descr': '<i8', 'fortran_order': False, 'shape': (3,), }          \n";
         numpy.extend((header.len() as u16).to_le_bytes());
@@ -124,10 +167,20 @@ mod tests {
 
     #[test]
     fn refuses_mismatched_and_unsupported_files() {
-        let t = Tensor { name: "x".into(), dtype: Dtype::Uint8, shape: vec![4], data: vec![1, 2, 3, 4] };
+        let t = Tensor {
+            name: "x".into(),
+            dtype: Dtype::Uint8,
+            shape: vec![4],
+            data: vec![1, 2, 3, 4],
+        };
         let mut bytes = write(&t);
         bytes.pop();
-        assert!(parse("x", &bytes).unwrap_err().to_string().contains("needs 4 bytes"));
+        assert!(
+            parse("x", &bytes)
+                .unwrap_err()
+                .to_string()
+                .contains("needs 4 bytes")
+        );
         assert!(parse("x", b"PK\x03\x04").is_err());
         let big_endian = String::from_utf8_lossy(&write(&t)).replace("|u1", ">f8");
         assert!(parse("x", big_endian.as_bytes()).is_err());

@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
-use tern_plugin_host::{Blob, Dtype, EngineOptions, LoadError, Payload, PluginEngine, StepFailure, StepLimits, Tensor};
+use tern_plugin_host::{
+    Blob, Dtype, EngineOptions, LoadError, Payload, PluginEngine, StepFailure, StepLimits, Tensor,
+};
 use tern_proto::manifest::{ArtifactRef, ManifestError, Pipeline, StepKind};
 
 use crate::npy;
@@ -16,7 +18,10 @@ const MAX_INPUT_BYTES: u64 = 512 << 20;
 #[derive(Debug, Clone)]
 pub enum LocalInput {
     /// A file as a blob; the media type comes from the extension unless given.
-    File { path: PathBuf, media_type: Option<String> },
+    File {
+        path: PathBuf,
+        media_type: Option<String>,
+    },
     /// Named tensors from `.npy` files.
     Npy(Vec<(String, PathBuf)>),
 }
@@ -41,7 +46,9 @@ pub enum RunLocalError {
     Input { path: PathBuf, reason: String },
     #[error("step {step}: {path} is a local, unsigned artifact; pass --allow-unsigned to run it")]
     Unsigned { step: String, path: PathBuf },
-    #[error("step {step}: `{reference}` is a release; run-local takes local files (a release needs a control plane)")]
+    #[error(
+        "step {step}: `{reference}` is a release; run-local takes local files (a release needs a control plane)"
+    )]
     Release { step: String, reference: String },
     #[error("step {step}: model steps are not supported by this version of tern-agent")]
     ModelUnsupported { step: String },
@@ -56,7 +63,12 @@ pub enum RunLocalError {
 
 /// The media type of a file, from its extension.
 pub fn media_type_of(path: &Path) -> &'static str {
-    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+    match path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         Some("png") => "image/png",
         Some("jpg" | "jpeg") => "image/jpeg",
         Some("csv") => "text/csv",
@@ -67,10 +79,17 @@ pub fn media_type_of(path: &Path) -> &'static str {
 }
 
 fn read_input(path: &Path) -> Result<Vec<u8>, RunLocalError> {
-    let err = |reason: String| RunLocalError::Input { path: path.to_owned(), reason };
-    let size = std::fs::metadata(path).map_err(|e| err(e.to_string()))?.len();
+    let err = |reason: String| RunLocalError::Input {
+        path: path.to_owned(),
+        reason,
+    };
+    let size = std::fs::metadata(path)
+        .map_err(|e| err(e.to_string()))?
+        .len();
     if size > MAX_INPUT_BYTES {
-        return Err(err(format!("{size} bytes is more than the {MAX_INPUT_BYTES} accepted")));
+        return Err(err(format!(
+            "{size} bytes is more than the {MAX_INPUT_BYTES} accepted"
+        )));
     }
     std::fs::read(path).map_err(|e| err(e.to_string()))
 }
@@ -78,14 +97,21 @@ fn read_input(path: &Path) -> Result<Vec<u8>, RunLocalError> {
 fn first_payload(input: &LocalInput) -> Result<Payload, RunLocalError> {
     match input {
         LocalInput::File { path, media_type } => {
-            let media_type = media_type.clone().unwrap_or_else(|| media_type_of(path).to_owned());
-            Ok(Payload::Bytes(Blob { media_type, data: read_input(path)? }))
+            let media_type = media_type
+                .clone()
+                .unwrap_or_else(|| media_type_of(path).to_owned());
+            Ok(Payload::Bytes(Blob {
+                media_type,
+                data: read_input(path)?,
+            }))
         }
         LocalInput::Npy(files) => files
             .iter()
             .map(|(name, path)| {
-                npy::parse(name, &read_input(path)?)
-                    .map_err(|e| RunLocalError::Input { path: path.clone(), reason: e.to_string() })
+                npy::parse(name, &read_input(path)?).map_err(|e| RunLocalError::Input {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })
             })
             .collect::<Result<_, _>>()
             .map(Payload::Tensors),
@@ -96,27 +122,48 @@ fn first_payload(input: &LocalInput) -> Result<Payload, RunLocalError> {
 pub fn run_local(options: &RunLocalOptions) -> Result<serde_json::Value, RunLocalError> {
     let pipeline = Pipeline::from_file(&options.manifest)?;
     let base = options.manifest.parent().unwrap_or(Path::new("."));
-    let engine = PluginEngine::new(EngineOptions { cache_dir: options.cache_dir.clone(), ..EngineOptions::default() })
-        .map_err(RunLocalError::Engine)?;
+    let engine = PluginEngine::new(EngineOptions {
+        cache_dir: options.cache_dir.clone(),
+        ..EngineOptions::default()
+    })
+    .map_err(RunLocalError::Engine)?;
 
     // Load every step before running any: a bad artifact fails fast, before the input is read.
     let mut steps = Vec::new();
     for spec in &pipeline.spec.steps {
         let reference = match spec.kind() {
-            StepKind::Model(_) => return Err(RunLocalError::ModelUnsupported { step: spec.name.clone() }),
+            StepKind::Model(_) => {
+                return Err(RunLocalError::ModelUnsupported {
+                    step: spec.name.clone(),
+                });
+            }
             StepKind::Plugin(reference) => reference,
         };
         let path = match ArtifactRef::parse(reference) {
             Some(ArtifactRef::Path(path)) => base.join(path),
-            _ => return Err(RunLocalError::Release { step: spec.name.clone(), reference: reference.to_owned() }),
+            _ => {
+                return Err(RunLocalError::Release {
+                    step: spec.name.clone(),
+                    reference: reference.to_owned(),
+                });
+            }
         };
         if !options.allow_unsigned {
-            return Err(RunLocalError::Unsigned { step: spec.name.clone(), path });
+            return Err(RunLocalError::Unsigned {
+                step: spec.name.clone(),
+                path,
+            });
         }
         let plugin = engine
             .load_file(&path)
-            .map_err(|error| RunLocalError::Load { step: spec.name.clone(), error })?;
-        let limits = spec.limits.map(|l| StepLimits::from_manifest(l.timeout_ms, l.memory_mib)).unwrap_or_default();
+            .map_err(|error| RunLocalError::Load {
+                step: spec.name.clone(),
+                error,
+            })?;
+        let limits = spec
+            .limits
+            .map(|l| StepLimits::from_manifest(l.timeout_ms, l.memory_mib))
+            .unwrap_or_default();
         steps.push(plugin.step(&spec.name, &spec.config_json(), limits)?);
     }
 
@@ -142,13 +189,38 @@ fn half_to_f32(bits: u16) -> f32 {
 fn tensor_json(t: &Tensor) -> serde_json::Value {
     use serde_json::json;
     let (datatype, data): (&str, Vec<serde_json::Value>) = match t.dtype {
-        Dtype::Fp32 => ("FP32", t.data.chunks_exact(4).map(|b| json!(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))).collect()),
-        Dtype::Fp16 => ("FP16", t.data.chunks_exact(2).map(|b| json!(half_to_f32(u16::from_le_bytes([b[0], b[1]])))).collect()),
+        Dtype::Fp32 => (
+            "FP32",
+            t.data
+                .chunks_exact(4)
+                .map(|b| json!(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+                .collect(),
+        ),
+        Dtype::Fp16 => (
+            "FP16",
+            t.data
+                .chunks_exact(2)
+                .map(|b| json!(half_to_f32(u16::from_le_bytes([b[0], b[1]]))))
+                .collect(),
+        ),
         Dtype::Int64 => (
             "INT64",
-            t.data.chunks_exact(8).map(|b| json!(i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))).collect(),
+            t.data
+                .chunks_exact(8)
+                .map(|b| {
+                    json!(i64::from_le_bytes([
+                        b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]
+                    ]))
+                })
+                .collect(),
         ),
-        Dtype::Int32 => ("INT32", t.data.chunks_exact(4).map(|b| json!(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))).collect()),
+        Dtype::Int32 => (
+            "INT32",
+            t.data
+                .chunks_exact(4)
+                .map(|b| json!(i32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+                .collect(),
+        ),
         Dtype::Uint8 => ("UINT8", t.data.iter().map(|b| json!(b)).collect()),
         Dtype::Boolean => ("BOOL", t.data.iter().map(|b| json!(*b != 0)).collect()),
     };
@@ -163,7 +235,11 @@ pub fn payload_json(payload: &Payload) -> serde_json::Value {
             serde_json::json!({ "outputs": tensors.iter().map(tensor_json).collect::<Vec<_>>() })
         }
         Payload::Bytes(blob) => {
-            let is_json = blob.media_type.split(';').next().is_some_and(|m| m.trim() == "application/json");
+            let is_json = blob
+                .media_type
+                .split(';')
+                .next()
+                .is_some_and(|m| m.trim() == "application/json");
             match serde_json::from_slice(&blob.data) {
                 Ok(value) if is_json => value,
                 _ => serde_json::json!({
@@ -181,12 +257,29 @@ mod tests {
 
     #[test]
     fn prints_tensors_in_the_inference_protocol_form() {
-        let t = Tensor { name: "y".into(), dtype: Dtype::Fp32, shape: vec![2], data: [1.5f32, -2.0].iter().flat_map(|v| v.to_le_bytes()).collect() };
+        let t = Tensor {
+            name: "y".into(),
+            dtype: Dtype::Fp32,
+            shape: vec![2],
+            data: [1.5f32, -2.0]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        };
         let json = payload_json(&Payload::Tensors(vec![t]));
-        assert_eq!(json, serde_json::json!({"outputs": [{"name": "y", "datatype": "FP32", "shape": [2], "data": [1.5, -2.0]}]}));
-        let blob = payload_json(&Payload::Bytes(Blob { media_type: "image/png".into(), data: vec![1, 2] }));
+        assert_eq!(
+            json,
+            serde_json::json!({"outputs": [{"name": "y", "datatype": "FP32", "shape": [2], "data": [1.5, -2.0]}]})
+        );
+        let blob = payload_json(&Payload::Bytes(Blob {
+            media_type: "image/png".into(),
+            data: vec![1, 2],
+        }));
         assert_eq!(blob["data_base64"], "AQI=");
-        let answer = payload_json(&Payload::Bytes(Blob { media_type: "application/json".into(), data: br#"{"a":1}"#.to_vec() }));
+        let answer = payload_json(&Payload::Bytes(Blob {
+            media_type: "application/json".into(),
+            data: br#"{"a":1}"#.to_vec(),
+        }));
         assert_eq!(answer, serde_json::json!({"a": 1}));
         assert_eq!(half_to_f32(0x3c00), 1.0);
         assert_eq!(half_to_f32(0xc000), -2.0);

@@ -102,7 +102,10 @@ impl StepSpec {
 
     /// The configuration as JSON text (`{}` when absent).
     pub fn config_json(&self) -> String {
-        self.config.as_ref().map(|c| c.to_string()).unwrap_or_else(|| "{}".to_owned())
+        self.config
+            .as_ref()
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "{}".to_owned())
     }
 }
 
@@ -121,12 +124,19 @@ impl ArtifactRef {
         }
         let (name, version) = text.split_once(':')?;
         let version = version.parse().ok()?;
-        crate::labels::valid_name(name).then(|| ArtifactRef::Release { name: name.to_owned(), version })
+        crate::labels::valid_name(name).then(|| ArtifactRef::Release {
+            name: name.to_owned(),
+            version,
+        })
     }
 }
 
 fn error(file: &str, path: impl Into<String>, message: impl Into<String>) -> ManifestError {
-    ManifestError { file: file.to_owned(), path: path.into(), message: message.into() }
+    ManifestError {
+        file: file.to_owned(),
+        path: path.into(),
+        message: message.into(),
+    }
 }
 
 /// Limits on what a manifest may ask for.
@@ -149,7 +159,15 @@ impl Pipeline {
             }
             let pipeline: Pipeline = serde_path_to_error::deserialize(value).map_err(|e| {
                 let path = e.path().to_string();
-                error(file, if path.is_empty() { ".".to_owned() } else { path }, e.into_inner().to_string())
+                error(
+                    file,
+                    if path.is_empty() {
+                        ".".to_owned()
+                    } else {
+                        path
+                    },
+                    e.into_inner().to_string(),
+                )
             })?;
             found = Some(pipeline);
         }
@@ -167,10 +185,18 @@ impl Pipeline {
 
     fn validate(&self, file: &str) -> Result<(), ManifestError> {
         if self.api_version != API_VERSION {
-            return Err(error(file, "apiVersion", format!("expected `{API_VERSION}`, got `{}`", self.api_version)));
+            return Err(error(
+                file,
+                "apiVersion",
+                format!("expected `{API_VERSION}`, got `{}`", self.api_version),
+            ));
         }
         if !crate::labels::valid_name(&self.metadata.name) {
-            return Err(error(file, "metadata.name", "expected 1-63 characters of a-z, 0-9, `-`, `.`, `_`"));
+            return Err(error(
+                file,
+                "metadata.name",
+                "expected 1-63 characters of a-z, 0-9, `-`, `.`, `_`",
+            ));
         }
         if self.spec.steps.is_empty() {
             return Err(error(file, "spec.steps", "expected at least one step"));
@@ -179,13 +205,27 @@ impl Pipeline {
         for (i, step) in self.spec.steps.iter().enumerate() {
             let at = |field: &str| format!("spec.steps[{i}]{field}");
             if !crate::labels::valid_name(&step.name) {
-                return Err(error(file, at(".name"), "expected 1-63 characters of a-z, 0-9, `-`, `.`, `_`"));
+                return Err(error(
+                    file,
+                    at(".name"),
+                    "expected 1-63 characters of a-z, 0-9, `-`, `.`, `_`",
+                ));
             }
             if !names.insert(step.name.as_str()) {
-                return Err(error(file, at(".name"), format!("step name `{}` is used twice", step.name)));
+                return Err(error(
+                    file,
+                    at(".name"),
+                    format!("step name `{}` is used twice", step.name),
+                ));
             }
             let reference = match (&step.plugin, &step.model) {
-                (Some(_), Some(_)) => return Err(error(file, at(""), "expected either `plugin` or `model`, not both")),
+                (Some(_), Some(_)) => {
+                    return Err(error(
+                        file,
+                        at(""),
+                        "expected either `plugin` or `model`, not both",
+                    ));
+                }
                 (None, None) => return Err(error(file, at(""), "expected `plugin` or `model`")),
                 (Some(p), None) => ("plugin", p),
                 (None, Some(m)) => ("model", m),
@@ -194,25 +234,40 @@ impl Pipeline {
                 return Err(error(
                     file,
                     at(&format!(".{}", reference.0)),
-                    format!("expected `name:version` or a file path, got `{}`", reference.1),
+                    format!(
+                        "expected `name:version` or a file path, got `{}`",
+                        reference.1
+                    ),
                 ));
             }
             if step.plugin.is_some() && step.device.is_some() {
                 return Err(error(file, at(".device"), "only model steps take a device"));
             }
             if step.model.is_some() && (step.limits.is_some() || step.config.is_some()) {
-                return Err(error(file, at(""), "model steps take no `config` or `limits`"));
+                return Err(error(
+                    file,
+                    at(""),
+                    "model steps take no `config` or `limits`",
+                ));
             }
             if let Some(limits) = &step.limits {
                 if let Some(ms) = limits.timeout_ms
                     && !(1..=MAX_TIMEOUT_MS).contains(&ms)
                 {
-                    return Err(error(file, at(".limits.timeoutMs"), format!("expected 1 to {MAX_TIMEOUT_MS}")));
+                    return Err(error(
+                        file,
+                        at(".limits.timeoutMs"),
+                        format!("expected 1 to {MAX_TIMEOUT_MS}"),
+                    ));
                 }
                 if let Some(mib) = limits.memory_mib
                     && !(1..=MAX_MEMORY_MIB).contains(&mib)
                 {
-                    return Err(error(file, at(".limits.memoryMiB"), format!("expected 1 to {MAX_MEMORY_MIB}")));
+                    return Err(error(
+                        file,
+                        at(".limits.memoryMiB"),
+                        format!("expected 1 to {MAX_MEMORY_MIB}"),
+                    ));
                 }
             }
         }
@@ -257,9 +312,15 @@ spec: {}
         assert_eq!(p.spec.steps[2].config_json(), r#"{"k":5}"#);
         assert_eq!(
             ArtifactRef::parse("image-prep:3"),
-            Some(ArtifactRef::Release { name: "image-prep".into(), version: 3 })
+            Some(ArtifactRef::Release {
+                name: "image-prep".into(),
+                version: 3
+            })
         );
-        assert_eq!(ArtifactRef::parse("./topk.wasm"), Some(ArtifactRef::Path("./topk.wasm".into())));
+        assert_eq!(
+            ArtifactRef::parse("./topk.wasm"),
+            Some(ArtifactRef::Path("./topk.wasm".into()))
+        );
     }
 
     fn err(yaml: &str) -> ManifestError {
@@ -285,7 +346,10 @@ spec: {}
         let e = err(&GOOD.replace("name: post", "name: prep"));
         assert!(e.message.contains("used twice"), "{e}");
 
-        let e = err(&GOOD.replace("tern.dev/v1alpha1\nkind: Pipeline", "tern.dev/v2\nkind: Pipeline"));
+        let e = err(&GOOD.replace(
+            "tern.dev/v1alpha1\nkind: Pipeline",
+            "tern.dev/v2\nkind: Pipeline",
+        ));
         assert_eq!(e.path, "apiVersion");
 
         let e = err("kind: Deployment\n");

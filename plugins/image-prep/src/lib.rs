@@ -98,7 +98,7 @@ pub fn decode_rgb(media_type: &str, data: &[u8]) -> Result<Tensor, StepError> {
     let image = reader
         .decode()
         .map_err(|e| StepError::invalid_input(format!("cannot decode the image: {e}")))?;
-    let rgb = image.to_rgb8();
+    let rgb = image.into_rgb8();
     let (w, h) = rgb.dimensions();
     Ok(Tensor::from_u8(
         "image",
