@@ -79,19 +79,23 @@ pub fn media_type_of(path: &Path) -> &'static str {
 }
 
 fn read_input(path: &Path) -> Result<Vec<u8>, RunLocalError> {
+    use std::io::Read;
     let err = |reason: String| RunLocalError::Input {
         path: path.to_owned(),
         reason,
     };
-    let size = std::fs::metadata(path)
-        .map_err(|e| err(e.to_string()))?
-        .len();
-    if size > MAX_INPUT_BYTES {
+    // Read at most one byte past the limit (the size in metadata lies for pipes and devices).
+    let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_INPUT_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| err(e.to_string()))?;
+    if bytes.len() as u64 > MAX_INPUT_BYTES {
         return Err(err(format!(
-            "{size} bytes is more than the {MAX_INPUT_BYTES} accepted"
+            "more than the {MAX_INPUT_BYTES} bytes accepted"
         )));
     }
-    std::fs::read(path).map_err(|e| err(e.to_string()))
+    Ok(bytes)
 }
 
 fn first_payload(input: &LocalInput) -> Result<Payload, RunLocalError> {

@@ -57,7 +57,8 @@ struct EpochTicker {
 }
 
 impl EpochTicker {
-    fn start(engine: Engine) -> Self {
+    /// Without the ticker no deadline would ever fire, so failing to start it is an error.
+    fn start(engine: Engine) -> Result<Self, LoadError> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -68,9 +69,42 @@ impl EpochTicker {
                     engine.increment_epoch();
                 }
             })
-            .ok();
-        Self { stop, thread }
+            .map_err(|e| LoadError::Engine(format!("cannot start the deadline ticker: {e}")))?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
     }
+}
+
+/// The WASI clock interface whose timers we replace.
+const MONOTONIC_CLOCK: &str = "wasi:clocks/monotonic-clock@0.2.12";
+
+/// Plugins get no clock, and no way to wait: a timer would block the host thread inside a host
+/// call, where the epoch deadline cannot interrupt it. Subscribing to one traps instead.
+fn forbid_timers(linker: &mut Linker<StepState>) -> wasmtime::Result<()> {
+    use wasmtime::component::Resource;
+    use wasmtime_wasi::p2::DynPollable;
+    linker.allow_shadowing(true);
+    let mut clock = linker.instance(MONOTONIC_CLOCK)?;
+    clock.func_wrap(
+        "subscribe-duration",
+        |_, (_,): (u64,)| -> wasmtime::Result<(Resource<DynPollable>,)> {
+            Err(wasmtime::format_err!(
+                "plugins cannot sleep or wait for time"
+            ))
+        },
+    )?;
+    clock.func_wrap(
+        "subscribe-instant",
+        |_, (_,): (u64,)| -> wasmtime::Result<(Resource<DynPollable>,)> {
+            Err(wasmtime::format_err!(
+                "plugins cannot sleep or wait for time"
+            ))
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 impl Drop for EpochTicker {
@@ -119,6 +153,7 @@ impl PluginEngine {
         // context grants nothing (see `Step::new_state`).
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| LoadError::Engine(e.to_string()))?;
+        forbid_timers(&mut linker).map_err(|e| LoadError::Engine(e.to_string()))?;
         Bindings::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(|e| LoadError::Engine(e.to_string()))?;
 
@@ -126,7 +161,7 @@ impl PluginEngine {
             Some(dir) => Some(Arc::new(CompileCache::open(dir, &engine)?)),
             None => None,
         };
-        let ticker = EpochTicker::start(engine.clone());
+        let ticker = EpochTicker::start(engine.clone())?;
         Ok(Self {
             shared: Arc::new(EngineShared {
                 engine,
@@ -168,8 +203,11 @@ impl PluginEngine {
             None => {
                 let component = Component::new(engine, bytes)
                     .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-                if let Some(cache) = &self.cache {
-                    cache.store(&component, &digest)?;
+                // A full or read-only cache slows the next start; it must not fail this load.
+                if let Some(cache) = &self.cache
+                    && let Err(e) = cache.store(&component, &digest)
+                {
+                    tracing::warn!(error = %e, "cannot cache the compiled component");
                 }
                 component
             }

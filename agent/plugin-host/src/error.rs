@@ -61,6 +61,10 @@ pub enum FailureCause {
     /// Any other trap (stack overflow, out-of-bounds access, ...).
     #[error("plugin trapped: {0}")]
     Trap(String),
+    /// The plugin returned an output the host refuses (too large, or tensors that do not match
+    /// their shapes).
+    #[error("invalid output: {0}")]
+    InvalidOutput(String),
     /// The component could not be instantiated.
     #[error("cannot instantiate: {0}")]
     Instantiate(String),

@@ -21,6 +21,7 @@ mod engine;
 mod error;
 mod limits;
 mod metrics;
+mod output;
 mod state;
 mod stdio;
 mod step;

@@ -8,6 +8,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_MEMORY_BYTES: usize = 64 << 20;
 /// Most instances one step keeps warm between requests.
 pub const DEFAULT_MAX_IDLE_INSTANCES: usize = 8;
+/// Most instances one step runs at once; further requests wait for one.
+pub const DEFAULT_MAX_INSTANCES: usize = 16;
 
 /// What one step may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,8 +18,11 @@ pub struct StepLimits {
     pub timeout: Duration,
     /// Linear memory per instance (`memoryMiB`).
     pub memory_bytes: usize,
-    /// Instances kept between requests; concurrent requests beyond it use short-lived ones.
+    /// Instances kept between requests.
     pub max_idle_instances: usize,
+    /// Instances alive at once (this bounds the step's memory at `max_instances × memory`);
+    /// requests beyond it wait for an instance.
+    pub max_instances: usize,
 }
 
 impl Default for StepLimits {
@@ -26,6 +31,7 @@ impl Default for StepLimits {
             timeout: DEFAULT_TIMEOUT,
             memory_bytes: DEFAULT_MEMORY_BYTES,
             max_idle_instances: DEFAULT_MAX_IDLE_INSTANCES,
+            max_instances: DEFAULT_MAX_INSTANCES,
         }
     }
 }

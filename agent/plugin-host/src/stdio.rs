@@ -17,6 +17,8 @@ const MAX_LINE: usize = 4096;
 const RECENT_LINES: usize = 16;
 /// Bytes accepted per write call.
 const WRITE_PERMIT: usize = 64 * 1024;
+/// Bytes of one instance's stream that reach the log; the rest is dropped (once said so).
+const MAX_LOGGED_BYTES: usize = 1 << 20;
 
 #[derive(Debug, Clone, Copy)]
 enum Stream {
@@ -28,6 +30,7 @@ enum Stream {
 struct Lines {
     partial: Vec<u8>,
     recent: VecDeque<String>,
+    logged_bytes: usize,
 }
 
 /// One guest output stream of one instance.
@@ -60,12 +63,21 @@ impl GuestOutput {
     }
 
     fn emit(&self, line: &[u8], lines: &mut Lines) {
-        let text = String::from_utf8_lossy(line)
+        // One guest line is one log line: no control characters that could forge more.
+        let text: String = String::from_utf8_lossy(line)
             .trim_end_matches('\r')
-            .to_owned();
-        match self.stream {
-            Stream::Stdout => tracing::info!(step = %self.step, stream = "stdout", "{text}"),
-            Stream::Stderr => tracing::warn!(step = %self.step, stream = "stderr", "{text}"),
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        let before = lines.logged_bytes;
+        lines.logged_bytes = before.saturating_add(line.len());
+        if lines.logged_bytes <= MAX_LOGGED_BYTES {
+            match self.stream {
+                Stream::Stdout => tracing::info!(step = %self.step, stream = "stdout", "{text}"),
+                Stream::Stderr => tracing::warn!(step = %self.step, stream = "stderr", "{text}"),
+            }
+        } else if before <= MAX_LOGGED_BYTES {
+            tracing::warn!(step = %self.step, "plugin output past {MAX_LOGGED_BYTES} bytes is not logged");
         }
         if lines.recent.len() == RECENT_LINES {
             lines.recent.pop_front();

@@ -1,27 +1,33 @@
 //! A configured step and its pool of instances.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use wasmtime::Store;
+
 use wasmtime_wasi::WasiCtxBuilder;
 
 use crate::bindings::{Plugin as Bindings, PluginPre};
 use crate::engine::{EPOCH_TICK, EngineShared};
 use crate::error::{FailureCause, StepFailure};
 use crate::limits::StepLimits;
+use crate::output;
 use crate::state::{MemoryCap, StepState};
 use crate::stdio::GuestOutput;
 use crate::{Payload, StepError};
+
+/// WASI resources (streams, pollables) one instance may hold.
+const MAX_GUEST_RESOURCES: usize = 1024;
 
 /// A clock frozen at zero: plugins get no time source.
 struct Frozen;
 
 impl wasmtime_wasi::HostWallClock for Frozen {
-    fn resolution(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(1)
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
     }
-    fn now(&self) -> std::time::Duration {
-        std::time::Duration::ZERO
+    fn now(&self) -> Duration {
+        Duration::ZERO
     }
 }
 
@@ -41,7 +47,8 @@ struct Live {
 }
 
 /// One pipeline step: a plugin, its configuration and limits, and warm instances.
-/// `process` may be called from many threads at once; each call gets an instance of its own.
+/// `process` may be called from many threads at once; each call gets an instance of its own, up
+/// to `max_instances`, beyond which calls wait for one.
 pub struct Step {
     name: Arc<str>,
     config: Arc<str>,
@@ -49,6 +56,9 @@ pub struct Step {
     pre: PluginPre<StepState>,
     shared: Arc<EngineShared>,
     idle: Mutex<Vec<Live>>,
+    /// Instances alive (idle or busy).
+    alive: Mutex<usize>,
+    released: Condvar,
 }
 
 impl std::fmt::Debug for Step {
@@ -75,6 +85,8 @@ impl Step {
             pre,
             shared,
             idle: Mutex::new(Vec::new()),
+            alive: Mutex::new(1),
+            released: Condvar::new(),
         };
         let first = step.instantiate()?;
         step.give_back(first);
@@ -96,8 +108,14 @@ impl Step {
         }
     }
 
+    /// Ticks until the deadline: rounded up, plus one because the current tick may be about to
+    /// end, so a deadline never fires early.
     fn deadline_ticks(&self) -> u64 {
-        (self.limits.timeout.as_nanos() / EPOCH_TICK.as_nanos()) as u64 + 1
+        self.limits
+            .timeout
+            .as_nanos()
+            .div_ceil(EPOCH_TICK.as_nanos()) as u64
+            + 1
     }
 
     fn new_state(&self) -> StepState {
@@ -111,13 +129,12 @@ impl Step {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
+        let mut table = wasmtime::component::ResourceTable::new();
+        table.set_max_capacity(MAX_GUEST_RESOURCES);
         StepState {
             wasi,
-            table: Default::default(),
-            memory: MemoryCap {
-                max_bytes: self.limits.memory_bytes,
-                exceeded: false,
-            },
+            table,
+            memory: MemoryCap::new(self.limits.memory_bytes),
             step: self.name.clone(),
             stderr,
             metrics: self.shared.metrics.clone(),
@@ -125,7 +142,7 @@ impl Step {
         }
     }
 
-    /// A fresh instance, configured.
+    /// A fresh instance, configured. The caller has counted it in `alive`.
     fn instantiate(&self) -> Result<Live, StepFailure> {
         let mut store = Store::new(&self.shared.engine, self.new_state());
         store.limiter(|state| &mut state.memory);
@@ -153,42 +170,85 @@ impl Step {
         }
     }
 
+    /// Returns a healthy instance to the pool, or retires it when the pool is full.
     fn give_back(&self, live: Live) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < self.limits.max_idle_instances {
             idle.push(live);
+            drop(idle);
+            self.released.notify_one();
+        } else {
+            drop(idle);
+            self.retire();
         }
     }
 
-    /// Runs one request. A failure of the guest's own making (`step-error`) keeps the instance;
-    /// a trap, deadline or memory overrun discards it.
-    pub fn process(&self, input: &Payload) -> Result<Payload, StepFailure> {
-        let _span = tracing::debug_span!("step", step = %self.name).entered();
-        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let mut live = match pooled {
-            Some(live) => live,
-            None => self.instantiate()?,
-        };
-        live.store.set_epoch_deadline(self.deadline_ticks());
-        match live
+    /// An instance is gone (discarded after a trap, or not kept): its slot frees.
+    fn retire(&self) {
+        let mut alive = self.alive.lock().unwrap_or_else(|p| p.into_inner());
+        *alive = alive.saturating_sub(1);
+        self.released.notify_one();
+    }
+
+    /// An idle instance, or a new one when fewer than `max_instances` exist; otherwise waits for
+    /// one to come back.
+    fn acquire(&self) -> Result<Live, StepFailure> {
+        loop {
+            if let Some(live) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+                return Ok(live);
+            }
+            let mut alive = self.alive.lock().unwrap_or_else(|p| p.into_inner());
+            if *alive < self.limits.max_instances {
+                *alive += 1;
+                drop(alive);
+                return self.instantiate().inspect_err(|_| self.retire());
+            }
+            // Woken when an instance returns or retires; the timeout covers a wake-up that
+            // happened between the idle check and the wait.
+            let _ = self.released.wait_timeout(alive, Duration::from_millis(5));
+        }
+    }
+
+    /// Calls `process` and checks its output.
+    fn call_process(
+        &self,
+        live: &mut Live,
+        input: &Payload,
+    ) -> wasmtime::Result<Result<Payload, FailureCause>> {
+        let result = live
             .bindings
             .tern_pipeline_step()
-            .call_process(&mut live.store, input)
-        {
+            .call_process(&mut live.store, input)?;
+        Ok(match result {
+            Ok(payload) => output::validate(&payload)
+                .map(|()| payload)
+                .map_err(FailureCause::InvalidOutput),
+            Err(StepError { kind, message }) => Err(FailureCause::Guest { kind, message }),
+        })
+    }
+
+    /// Runs one request. A failure of the guest's own making (`step-error`) keeps the instance;
+    /// a trap, deadline, memory overrun or unusable output discards it.
+    pub fn process(&self, input: &Payload) -> Result<Payload, StepFailure> {
+        let _span = tracing::debug_span!("step", step = %self.name).entered();
+        let mut live = self.acquire()?;
+        live.store.set_epoch_deadline(self.deadline_ticks());
+        let cause = match self.call_process(&mut live, input) {
             Ok(Ok(output)) => {
                 self.give_back(live);
-                Ok(output)
+                return Ok(output);
             }
-            Ok(Err(StepError { kind, message })) => {
+            Ok(Err(cause @ FailureCause::Guest { .. })) => {
                 self.give_back(live);
-                Err(self.fail(FailureCause::Guest { kind, message }))
+                return Err(self.fail(cause));
             }
-            Err(e) => {
-                let cause = classify(&live.store, &e, self.limits);
-                tracing::warn!(step = %self.name, %cause, "instance discarded");
-                Err(self.fail(cause))
-            }
-        }
+            Ok(Err(cause)) => cause,
+            Err(e) => classify(&live.store, &e, self.limits),
+        };
+        drop(live);
+        self.retire();
+        tracing::warn!(step = %self.name, %cause, "instance discarded");
+        Err(self.fail(cause))
     }
 
     /// Instances kept warm right now.

@@ -14,8 +14,10 @@ use std::io::Cursor;
 use serde::Deserialize;
 use tern_plugin_sdk::{Layout, Payload, Step, StepError, Tensor, accel, export_step, parse_config};
 
-/// Largest accepted width or height.
+/// Largest accepted width or height of an input image.
 pub const MAX_SIDE: u32 = 8192;
+/// Largest output side: 2048² × 3 channels of f32 is 48 MiB, within a default 64 MiB step.
+pub const MAX_OUTPUT_SIDE: u32 = 2048;
 
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -114,13 +116,21 @@ impl Step for ImagePrep {
             Size::Square(s) => (s, s),
             Size::Rect([h, w]) => (h, w),
         };
-        if height == 0 || width == 0 || height > MAX_SIDE || width > MAX_SIDE {
+        if height == 0 || width == 0 || height > MAX_OUTPUT_SIDE || width > MAX_OUTPUT_SIDE {
             return Err(StepError::invalid_config(format!(
-                "size must be between 1 and {MAX_SIDE}"
+                "size must be between 1 and {MAX_OUTPUT_SIDE}"
             )));
         }
-        if config.std.contains(&0.0) {
-            return Err(StepError::invalid_config("std values must be non-zero"));
+        if config
+            .std
+            .iter()
+            .chain(&config.mean)
+            .any(|v| !v.is_finite())
+            || config.std.contains(&0.0)
+        {
+            return Err(StepError::invalid_config(
+                "mean and std must be finite, std non-zero",
+            ));
         }
         Ok(Self {
             height,
@@ -211,6 +221,11 @@ mod tests {
                 .is_err()
         );
         assert!(ImagePrep::configure(r#"{"size": 0}"#).is_err());
+        assert!(
+            ImagePrep::configure(r#"{"size": 4096}"#).is_err(),
+            "output larger than a step's memory"
+        );
+        assert!(ImagePrep::configure(r#"{"std": [1, 0, 1]}"#).is_err());
         assert!(ImagePrep::configure(r#"{"sizes": 3}"#).is_err());
     }
 }

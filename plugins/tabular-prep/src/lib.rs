@@ -63,9 +63,12 @@ impl TabularPrep {
         if text.is_empty() {
             return Ok(None);
         }
-        text.parse::<f32>()
-            .map(Some)
-            .map_err(|_| StepError::invalid_input(format!("`{column}`: `{text}` is not a number")))
+        match text.parse::<f32>() {
+            Ok(v) if v.is_finite() => Ok(Some(v)),
+            _ => Err(StepError::invalid_input(format!(
+                "`{column}`: `{text}` is not a finite number"
+            ))),
+        }
     }
 
     fn csv_rows(&self, data: &[u8]) -> Result<Vec<Vec<Option<f32>>>, StepError> {
@@ -82,8 +85,13 @@ impl TabularPrep {
             self.config
                 .columns
                 .iter()
-                .map(|c| header.iter().position(|h| h.trim() == c))
-                .collect()
+                .map(|c| match header.iter().position(|h| h.trim() == c) {
+                    Some(p) => Ok(Some(p)),
+                    None => Err(StepError::invalid_input(format!(
+                        "the CSV header has no column `{c}`"
+                    ))),
+                })
+                .collect::<Result<_, _>>()?
         } else {
             (0..self.config.columns.len()).map(Some).collect()
         };
@@ -136,7 +144,12 @@ impl TabularPrep {
                     .iter()
                     .map(|c| match o.get(c) {
                         None | Some(serde_json::Value::Null) => Ok(None),
-                        Some(serde_json::Value::Number(n)) => Ok(n.as_f64().map(|v| v as f32)),
+                        Some(serde_json::Value::Number(n)) => match n.as_f64().map(|v| v as f32) {
+                            Some(v) if v.is_finite() => Ok(Some(v)),
+                            _ => Err(StepError::invalid_input(format!(
+                                "`{c}`: {n} is not a finite f32"
+                            ))),
+                        },
                         Some(serde_json::Value::String(s)) => Self::parse_number(c, s),
                         Some(other) => Err(StepError::invalid_input(format!(
                             "`{c}`: {other} is not a number"
@@ -168,9 +181,10 @@ impl Step for TabularPrep {
         };
         let means = fill(&config.means, 0.0, "means")?;
         let stds = fill(&config.stds, 1.0, "stds")?;
-        if stds.iter().any(|s| *s == 0.0 || !s.is_finite()) {
+        if stds.iter().any(|s| *s == 0.0 || !s.is_finite()) || means.iter().any(|m| !m.is_finite())
+        {
             return Err(StepError::invalid_config(
-                "`stds` must be finite and non-zero",
+                "`means` must be finite, `stds` finite and non-zero",
             ));
         }
         if let Some(unknown) = config.defaults.keys().find(|k| !config.columns.contains(k)) {
@@ -272,6 +286,13 @@ mod tests {
             "age has no default"
         );
         assert!(run(CONFIG, "text/csv", "abc,1\n").is_err());
+        assert!(run(CONFIG, "text/csv", "NaN,1\n").is_err());
+        assert!(run(CONFIG, "application/json", r#"{"age": 1e39}"#).is_err());
+        let header = CONFIG.replace(r#""tensor""#, r#""header": true, "tensor""#);
+        assert!(
+            run(&header, "text/csv", "age,salary\n30,1\n").is_err(),
+            "income is not in the header"
+        );
         assert!(run(CONFIG, "text/csv", "1,2,3\n").is_err());
         assert!(run(CONFIG, "image/png", "x").is_err());
         assert!(TabularPrep::configure(r#"{"columns": []}"#).is_err());

@@ -65,6 +65,11 @@ impl Step for TopK {
                 .ok_or_else(|| StepError::invalid_input("no tensor in the input"))?,
         };
         let logits = tensor.to_f32()?;
+        if logits.iter().any(|v| !v.is_finite()) {
+            return Err(StepError::invalid_input(
+                "logits must be finite (got NaN or infinity)",
+            ));
+        }
         let classes = match tensor.shape.as_slice() {
             [c] | [_, c] => {
                 usize::try_from(*c).map_err(|_| StepError::invalid_input("too many classes"))?
@@ -146,6 +151,8 @@ mod tests {
         assert!(run("{}", bad_shape).is_err());
         let labels_mismatch = Tensor::from_f32("x", vec![2], &[0.0, 1.0]);
         assert!(run(r#"{"labels": ["only-one"]}"#, labels_mismatch).is_err());
+        let nan = Tensor::from_f32("x", vec![2], &[f32::NAN, 1.0]);
+        assert!(run("{}", nan).is_err());
         let ints = Tensor::from_i64("x", vec![2], &[1, 2]);
         assert!(run("{}", ints).is_err());
     }
