@@ -7,26 +7,15 @@
 //! The dev profile is the one tests and CI use (dependencies at opt-level 2); the native
 //! reference is compiled in the same profile, so the ratios compare like with like.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group};
 use tern_plugin_host::{Blob, EngineOptions, Payload, PluginEngine, StepLimits};
 use tern_plugin_sdk::Step as _;
 
-fn component(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("bench executable");
-    let target = exe.ancestors().nth(3).expect("target directory");
-    let path = target
-        .join("wasm32-wasip2/debug")
-        .join(format!("{name}.wasm"));
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo xtask test` first",
-        path.display()
-    );
-    path
-}
+#[path = "../tests/support/components.rs"]
+mod components;
+use components::component;
 
 /// A 640×480 JPEG with structure (gradients and a pattern), like a camera frame.
 fn jpeg_640x480() -> Vec<u8> {

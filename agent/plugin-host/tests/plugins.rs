@@ -1,7 +1,6 @@
 //! The host running real components built from `plugins/` (by `cargo xtask test`, for
 //! wasm32-wasip2): reference plugins, and fixtures that misbehave on purpose.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,21 +9,9 @@ use tern_plugin_host::{
     RecordedMetrics, Step, StepLimits, Tensor,
 };
 
-/// A component built by `cargo xtask test` (dev profile, wasm32-wasip2).
-fn component(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    // <target>/<profile>/deps/<test>
-    let target = exe.ancestors().nth(3).expect("target directory");
-    let path = target
-        .join("wasm32-wasip2/debug")
-        .join(format!("{name}.wasm"));
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo xtask test` (it builds the plugins)",
-        path.display()
-    );
-    path
-}
+#[path = "support/components.rs"]
+mod components;
+use components::component;
 
 fn engine() -> PluginEngine {
     PluginEngine::new(EngineOptions::default()).expect("engine")
