@@ -51,25 +51,13 @@ fn kernel_layout(layout: Layout) -> tern_accel_cpu::Layout {
     }
 }
 
-fn f32s(t: &Tensor) -> Result<Vec<f32>, StepError> {
-    if !t.data.len().is_multiple_of(4) {
-        return Err(invalid(format!(
-            "tensor `{}`: fp32 data length is not a multiple of 4",
-            t.name
-        )));
-    }
-    Ok(t.data
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect())
-}
-
-fn f32_tensor(name: &str, shape: Vec<u64>, data: &[f32]) -> Tensor {
-    Tensor {
-        name: name.to_owned(),
-        dtype: Dtype::Fp32,
-        shape,
-        data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+fn element(dtype: Dtype, operation: &str) -> Result<tern_accel_cpu::Element, StepError> {
+    match dtype {
+        Dtype::Uint8 => Ok(tern_accel_cpu::Element::U8),
+        Dtype::Fp32 => Ok(tern_accel_cpu::Element::F32),
+        other => Err(unsupported(format!(
+            "{operation} supports uint8 and fp32, not {other:?}"
+        ))),
     }
 }
 
@@ -85,28 +73,22 @@ impl Accel for CpuAccel {
         height: u32,
         width: u32,
     ) -> Result<Tensor, StepError> {
-        let l = kernel_layout(layout);
-        let (h, w) = (height as usize, width as usize);
-        match image.dtype {
-            Dtype::Uint8 => {
-                let (data, dims) = tern_accel_cpu::resize(&image.data, &image.shape, l, h, w)
-                    .map_err(kernel_error)?;
-                Ok(Tensor {
-                    name: image.name.clone(),
-                    dtype: Dtype::Uint8,
-                    shape: dims.shape(l),
-                    data,
-                })
-            }
-            Dtype::Fp32 => {
-                let (data, dims) = tern_accel_cpu::resize(&f32s(image)?, &image.shape, l, h, w)
-                    .map_err(kernel_error)?;
-                Ok(f32_tensor(&image.name, dims.shape(l), &data))
-            }
-            other => Err(unsupported(format!(
-                "resize supports uint8 and fp32, not {other:?}"
-            ))),
-        }
+        let element = element(image.dtype, "resize")?;
+        let (data, shape) = tern_accel_cpu::resize_bytes(
+            element,
+            &image.data,
+            &image.shape,
+            kernel_layout(layout),
+            height as usize,
+            width as usize,
+        )
+        .map_err(kernel_error)?;
+        Ok(Tensor {
+            name: image.name.clone(),
+            dtype: image.dtype,
+            shape,
+            data,
+        })
     }
 
     fn normalize(
@@ -117,21 +99,22 @@ impl Accel for CpuAccel {
         std: &[f32],
         out_layout: Layout,
     ) -> Result<Tensor, StepError> {
-        let (l, out) = (kernel_layout(layout), kernel_layout(out_layout));
-        let (data, dims) = match image.dtype {
-            Dtype::Uint8 => {
-                tern_accel_cpu::normalize(&image.data, &image.shape, l, 1.0 / 255.0, mean, std, out)
-            }
-            Dtype::Fp32 => {
-                tern_accel_cpu::normalize(&f32s(image)?, &image.shape, l, 1.0, mean, std, out)
-            }
-            other => {
-                return Err(unsupported(format!(
-                    "normalize supports uint8 and fp32, not {other:?}"
-                )));
-            }
-        }
+        let element = element(image.dtype, "normalize")?;
+        let (data, shape) = tern_accel_cpu::normalize_bytes(
+            element,
+            &image.data,
+            &image.shape,
+            kernel_layout(layout),
+            mean,
+            std,
+            kernel_layout(out_layout),
+        )
         .map_err(kernel_error)?;
-        Ok(f32_tensor(&image.name, dims.shape(out), &data))
+        Ok(Tensor {
+            name: image.name.clone(),
+            dtype: Dtype::Fp32,
+            shape,
+            data,
+        })
     }
 }

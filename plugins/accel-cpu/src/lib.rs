@@ -253,6 +253,74 @@ pub fn normalize<T: Pixel>(
     Ok((dst, dims))
 }
 
+/// Element types the kernels take, as tensors store them (little-endian bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Element {
+    U8,
+    F32,
+}
+
+fn f32s_from_le(data: &[u8]) -> Result<Vec<f32>, AccelError> {
+    if !data.len().is_multiple_of(4) {
+        return Err(AccelError::Size(format!(
+            "fp32 data of {} bytes is not a multiple of 4",
+            data.len()
+        )));
+    }
+    Ok(data
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
+}
+
+fn f32s_to_le(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// [`resize`] on tensor bytes; the output keeps the element type. Returns the data and shape.
+pub fn resize_bytes(
+    element: Element,
+    data: &[u8],
+    shape: &[u64],
+    layout: Layout,
+    out_h: usize,
+    out_w: usize,
+) -> Result<(Vec<u8>, Vec<u64>), AccelError> {
+    match element {
+        Element::U8 => {
+            resize(data, shape, layout, out_h, out_w).map(|(d, dims)| (d, dims.shape(layout)))
+        }
+        Element::F32 => resize(&f32s_from_le(data)?, shape, layout, out_h, out_w)
+            .map(|(d, dims)| (f32s_to_le(&d), dims.shape(layout))),
+    }
+}
+
+/// [`normalize`] on tensor bytes into f32 bytes (u8 input scaled to [0, 1] first). Returns the
+/// data and shape (in `out_layout`).
+pub fn normalize_bytes(
+    element: Element,
+    data: &[u8],
+    shape: &[u64],
+    layout: Layout,
+    mean: &[f32],
+    std: &[f32],
+    out_layout: Layout,
+) -> Result<(Vec<u8>, Vec<u64>), AccelError> {
+    let (values, dims) = match element {
+        Element::U8 => normalize(data, shape, layout, 1.0 / 255.0, mean, std, out_layout)?,
+        Element::F32 => normalize(
+            &f32s_from_le(data)?,
+            shape,
+            layout,
+            1.0,
+            mean,
+            std,
+            out_layout,
+        )?,
+    };
+    Ok((f32s_to_le(&values), dims.shape(out_layout)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,6 +366,52 @@ mod tests {
         for (a, b) in out.iter().zip(expect) {
             assert!((a - b).abs() < 1e-5, "{out:?}");
         }
+    }
+
+    #[test]
+    fn byte_kernels_match_typed_kernels() {
+        let values = [0.0f32, 10.0, 20.0, 30.0];
+        let (bytes, shape) = resize_bytes(
+            Element::F32,
+            &f32s_to_le(&values),
+            &[1, 1, 2, 2],
+            Layout::Nchw,
+            4,
+            4,
+        )
+        .unwrap();
+        let (typed, _) = resize(&values, &[1, 1, 2, 2], Layout::Nchw, 4, 4).unwrap();
+        assert_eq!(
+            (f32s_from_le(&bytes).unwrap(), shape),
+            (typed, vec![1, 1, 4, 4])
+        );
+        let (bytes, shape) = normalize_bytes(
+            Element::U8,
+            &[255, 0, 51],
+            &[1, 1, 3],
+            Layout::Nhwc,
+            &[0.0; 3],
+            &[1.0; 3],
+            Layout::Nchw,
+        )
+        .unwrap();
+        assert_eq!(
+            shape,
+            vec![3, 1, 1],
+            "rank 3: H=1, W=1, C=3 becomes [C, H, W]"
+        );
+        let (typed, _) = normalize(
+            &[255u8, 0, 51],
+            &[1, 1, 3],
+            Layout::Nhwc,
+            1.0 / 255.0,
+            &[0.0; 3],
+            &[1.0; 3],
+            Layout::Nchw,
+        )
+        .unwrap();
+        assert_eq!(f32s_from_le(&bytes).unwrap(), typed);
+        assert!(resize_bytes(Element::F32, &[0; 3], &[1, 1, 1], Layout::Nchw, 1, 1).is_err());
     }
 
     #[test]

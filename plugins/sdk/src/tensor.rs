@@ -115,6 +115,16 @@ fn kernel_layout(layout: Layout) -> tern_accel_cpu::Layout {
     }
 }
 
+fn element(dtype: Dtype, operation: &str) -> Result<tern_accel_cpu::Element, StepError> {
+    match dtype {
+        Dtype::Uint8 => Ok(tern_accel_cpu::Element::U8),
+        Dtype::Fp32 => Ok(tern_accel_cpu::Element::F32),
+        other => Err(StepError::unsupported(format!(
+            "{operation} supports uint8 and fp32, not {other:?}"
+        ))),
+    }
+}
+
 fn kernel_error(e: tern_accel_cpu::AccelError) -> StepError {
     StepError::invalid_input(e.to_string())
 }
@@ -126,23 +136,23 @@ pub(crate) fn cpu_resize(
     height: u32,
     width: u32,
 ) -> Result<Tensor, StepError> {
-    let (h, w) = (height as usize, width as usize);
+    let element = element(image.dtype, "resize")?;
     let l = kernel_layout(layout);
-    match image.dtype {
-        Dtype::Uint8 => {
-            let (data, dims) = tern_accel_cpu::resize(image.as_u8()?, &image.shape, l, h, w)
-                .map_err(kernel_error)?;
-            Ok(Tensor::from_u8(&image.name, dims.shape(l), data))
-        }
-        Dtype::Fp32 => {
-            let (data, dims) = tern_accel_cpu::resize(&image.to_f32()?, &image.shape, l, h, w)
-                .map_err(kernel_error)?;
-            Ok(Tensor::from_f32(&image.name, dims.shape(l), &data))
-        }
-        other => Err(StepError::unsupported(format!(
-            "resize supports uint8 and fp32, not {other:?}"
-        ))),
-    }
+    let (data, shape) = tern_accel_cpu::resize_bytes(
+        element,
+        &image.data,
+        &image.shape,
+        l,
+        height as usize,
+        width as usize,
+    )
+    .map_err(kernel_error)?;
+    Ok(Tensor {
+        name: image.name.clone(),
+        dtype: image.dtype,
+        shape,
+        data,
+    })
 }
 
 #[cfg_attr(target_family = "wasm", allow(dead_code))]
@@ -153,20 +163,15 @@ pub(crate) fn cpu_normalize(
     std: &[f32],
     out_layout: Layout,
 ) -> Result<Tensor, StepError> {
+    let element = element(image.dtype, "normalize")?;
     let (l, out) = (kernel_layout(layout), kernel_layout(out_layout));
-    let (data, dims) = match image.dtype {
-        Dtype::Uint8 => {
-            tern_accel_cpu::normalize(image.as_u8()?, &image.shape, l, 1.0 / 255.0, mean, std, out)
-        }
-        Dtype::Fp32 => {
-            tern_accel_cpu::normalize(&image.to_f32()?, &image.shape, l, 1.0, mean, std, out)
-        }
-        other => {
-            return Err(StepError::unsupported(format!(
-                "normalize supports uint8 and fp32, not {other:?}"
-            )));
-        }
-    }
-    .map_err(kernel_error)?;
-    Ok(Tensor::from_f32(&image.name, dims.shape(out), &data))
+    let (data, shape) =
+        tern_accel_cpu::normalize_bytes(element, &image.data, &image.shape, l, mean, std, out)
+            .map_err(kernel_error)?;
+    Ok(Tensor {
+        name: image.name.clone(),
+        dtype: Dtype::Fp32,
+        shape,
+        data,
+    })
 }
