@@ -134,11 +134,11 @@ fn refuses_unsigned_files_without_the_flag_models_and_bad_manifests() {
         tmp.path(),
         "    - name: classify\n      model: ./model.onnx\n",
     );
+    std::fs::write(tmp.path().join("model.onnx"), b"not a model").expect("write model");
     let out = run_local(tmp.path(), &["--input", input, "--allow-unsigned"]);
-    assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("step classify: model steps are not supported")
-    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("step classify: invalid model"), "{err}");
 
     setup(
         tmp.path(),
@@ -153,4 +153,64 @@ fn refuses_unsigned_files_without_the_flag_models_and_bad_manifests() {
 
     let out = run_local(tmp.path(), &[]);
     assert_eq!(out.status.code(), Some(2), "no input is a usage error");
+}
+
+/// The example MLP: 4 rows of 32 features, 3 classes, with ONNX Runtime's answer beside it.
+fn mlp_fixture() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/models/mlp")
+}
+
+fn argmax_rows(t: &tern_infer::Tensor) -> Vec<usize> {
+    let values = t.to_f64_vec();
+    let classes = t.shape[1];
+    values
+        .chunks(classes)
+        .map(|row| {
+            (0..classes)
+                .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+                .expect("classes")
+        })
+        .collect()
+}
+
+#[test]
+fn runs_a_model_step_on_each_device_and_feeds_the_next_step() {
+    let fixture = mlp_fixture();
+    let expected = tern_infer::npy::parse(
+        "output",
+        &std::fs::read(fixture.join("expected_output.npy")).expect("expected output"),
+    )
+    .expect("npy");
+    let labels = ["stay", "upgrade", "churn"];
+    let want: Vec<&str> = argmax_rows(&expected).iter().map(|&i| labels[i]).collect();
+    let mut devices = vec!["cpu", "auto"];
+    if !tern_infer::list_adapters().is_empty() {
+        devices.push("gpu");
+    }
+    for device in devices {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        setup(
+            tmp.path(),
+            &format!(
+                "    - name: classify\n      model: ./model.onnx\n      device: {device}\n    - name: post\n      plugin: ./plugins/topk.wasm\n      config: {{ k: 1, labels: [stay, upgrade, churn] }}\n"
+            ),
+        );
+        std::fs::copy(fixture.join("model.onnx"), tmp.path().join("model.onnx")).expect("model");
+        let npy = format!("input={}", fixture.join("input.npy").display());
+        let out = run_local(tmp.path(), &["--npy", &npy, "--allow-unsigned"]);
+        assert!(
+            out.status.success(),
+            "{device}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        let got: Vec<&str> = (0..4)
+            .map(|row| {
+                answer["predictions"][row][0]["label"]
+                    .as_str()
+                    .expect("label")
+            })
+            .collect();
+        assert_eq!(got, want, "{device}");
+    }
 }

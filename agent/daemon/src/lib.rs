@@ -17,6 +17,7 @@ pub mod local_api;
 pub mod npy;
 pub mod run;
 pub mod run_local;
+pub mod tensors;
 
 pub use data_dir::{AgentConfig, AgentDataDir};
 pub use enroll::{JoinError, JoinOptions, join};

@@ -1,8 +1,30 @@
 //! Tern inference: ONNX models on the CPU (tract) and on GPUs through our own wgpu executor.
 //!
-//! This crate is the only one that talks to wgpu. Today it discovers GPU adapters, which agents
-//! report as part of their capacity; the executors arrive with the inference work.
+//! ```no_run
+//! use tern_infer::{Model, ModelOptions, Tensor};
+//! let bytes = std::fs::read("model.onnx")?;
+//! let model = Model::load(&bytes, &ModelOptions::default())?;
+//! println!("runs on {}", model.placement());
+//! let input = Tensor::from_f32("input", vec![1, 32], &[0.0; 32]);
+//! let outputs = model.run(vec![input])?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! This crate is the only one that talks to wgpu: it also runs data-prep kernels for plugins
+//! and discovers adapters, which agents report as part of their capacity.
 
 pub mod adapters;
+pub mod conformance;
+pub mod cpu;
+pub mod error;
+pub mod gpu;
+pub mod model;
+pub mod npy;
+pub mod tensor;
 
 pub use adapters::{AdapterSummary, list_adapters};
+pub use error::InferError;
+pub use model::{Device, Dim, IoSpec, Model, ModelOptions, Placement, parse_onnx};
+pub use tensor::{DType, Tensor};
+/// ONNX protobuf types, for tools and tests that build or inspect models.
+pub use tract_onnx::pb as onnx_pb;

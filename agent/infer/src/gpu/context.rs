@@ -1,0 +1,124 @@
+//! The process-wide GPU device: one adapter, one device and queue, compiled pipelines.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::adapters::compute_backends;
+use crate::error::InferError;
+use crate::gpu::kernels::Kernel;
+
+/// A device and queue shared by every model and by data prep in this process.
+#[derive(Debug)]
+pub struct GpuContext {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    adapter_name: String,
+    pipelines: Mutex<HashMap<Kernel, Arc<wgpu::ComputePipeline>>>,
+}
+
+static SHARED: OnceLock<Result<Arc<GpuContext>, String>> = OnceLock::new();
+
+/// The shared GPU context, created on first use. `TERN_GPU=off` disables the GPU.
+pub fn shared_context() -> Result<Arc<GpuContext>, InferError> {
+    SHARED
+        .get_or_init(|| GpuContext::create().map(Arc::new))
+        .clone()
+        .map_err(InferError::NoGpu)
+}
+
+fn rank(kind: wgpu::DeviceType) -> u8 {
+    match kind {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    }
+}
+
+impl GpuContext {
+    fn create() -> Result<GpuContext, String> {
+        if std::env::var("TERN_GPU").is_ok_and(|v| v == "off") {
+            return Err("disabled by TERN_GPU=off".to_owned());
+        }
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = compute_backends();
+        desc.flags = wgpu::InstanceFlags::empty();
+        let mut desc = desc.with_env();
+        desc.backends &= compute_backends();
+        let backends = desc.backends;
+        let instance = wgpu::Instance::new(desc);
+        let mut adapters = pollster::block_on(instance.enumerate_adapters(backends));
+        adapters.sort_by_key(|a| rank(a.get_info().device_type));
+        let adapter = adapters
+            .into_iter()
+            .next()
+            .ok_or_else(|| "wgpu found no adapter on Vulkan, Metal or DX12".to_owned())?;
+        let info = adapter.get_info();
+        let supported = adapter.limits();
+        let mut limits = wgpu::Limits::downlevel_defaults();
+        limits.max_storage_buffer_binding_size = supported.max_storage_buffer_binding_size;
+        limits.max_buffer_size = supported.max_buffer_size;
+        limits.max_storage_buffers_per_shader_stage =
+            supported.max_storage_buffers_per_shader_stage.min(8);
+        limits.max_compute_workgroup_storage_size = supported.max_compute_workgroup_storage_size;
+        limits.max_compute_invocations_per_workgroup = 256;
+        limits.max_compute_workgroup_size_x = 256;
+        limits.max_compute_workgroup_size_y = 256;
+        limits.max_compute_workgroups_per_dimension =
+            supported.max_compute_workgroups_per_dimension;
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("tern"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits,
+            ..Default::default()
+        }))
+        .map_err(|e| format!("{}: {e}", info.name))?;
+        tracing::info!(adapter = %info.name, backend = ?info.backend, "GPU context ready");
+        Ok(GpuContext {
+            device,
+            queue,
+            adapter_name: info.name,
+            pipelines: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn adapter_name(&self) -> &str {
+        &self.adapter_name
+    }
+
+    /// The largest buffer a binding may cover.
+    pub(crate) fn max_binding_bytes(&self) -> u64 {
+        self.device.limits().max_storage_buffer_binding_size
+    }
+
+    /// The compiled pipeline of `kernel`, compiling it on first use.
+    pub(crate) fn pipeline(&self, kernel: Kernel) -> Arc<wgpu::ComputePipeline> {
+        let mut cache = self
+            .pipelines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache
+            .entry(kernel)
+            .or_insert_with(|| {
+                let module = self
+                    .device
+                    .create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(kernel.label()),
+                        source: wgpu::ShaderSource::Wgsl(kernel.source().into()),
+                    });
+                Arc::new(
+                    self.device
+                        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                            label: Some(kernel.label()),
+                            layout: None,
+                            module: &module,
+                            entry_point: Some("main"),
+                            compilation_options: Default::default(),
+                            cache: None,
+                        }),
+                )
+            })
+            .clone()
+    }
+}

@@ -1,0 +1,99 @@
+//! The WGSL kernels and how their sources are put together.
+
+const COMMON: &str = include_str!("wgsl/common.wgsl");
+
+/// A compute kernel; GEMM kernels come in tile sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    Elementwise,
+    Binary,
+    Copy,
+    Fill,
+    Cast,
+    Gather,
+    Reduce,
+    Softmax,
+    Pool,
+    ConvDirect,
+    Select,
+    Tile,
+    /// Batched matmul with a `tile`×`tile` register block per invocation.
+    Matmul {
+        tile: u32,
+    },
+    /// Convolution as an implicit GEMM.
+    ConvGemm {
+        tile: u32,
+    },
+}
+
+impl Kernel {
+    pub fn label(self) -> &'static str {
+        match self {
+            Kernel::Elementwise => "elementwise",
+            Kernel::Binary => "binary",
+            Kernel::Copy => "copy",
+            Kernel::Fill => "fill",
+            Kernel::Cast => "cast",
+            Kernel::Gather => "gather",
+            Kernel::Reduce => "reduce",
+            Kernel::Softmax => "softmax",
+            Kernel::Pool => "pool",
+            Kernel::ConvDirect => "conv_direct",
+            Kernel::Select => "select",
+            Kernel::Tile => "tile",
+            Kernel::Matmul { .. } => "matmul",
+            Kernel::ConvGemm { .. } => "conv_gemm",
+        }
+    }
+
+    /// The complete WGSL source.
+    pub fn source(self) -> String {
+        let body = match self {
+            Kernel::Elementwise => include_str!("wgsl/elementwise.wgsl").to_owned(),
+            Kernel::Binary => include_str!("wgsl/binary.wgsl").to_owned(),
+            Kernel::Copy => include_str!("wgsl/copy.wgsl").to_owned(),
+            Kernel::Fill => include_str!("wgsl/fill.wgsl").to_owned(),
+            Kernel::Cast => include_str!("wgsl/cast.wgsl").to_owned(),
+            Kernel::Gather => include_str!("wgsl/gather.wgsl").to_owned(),
+            Kernel::Reduce => include_str!("wgsl/reduce.wgsl").to_owned(),
+            Kernel::Softmax => include_str!("wgsl/softmax.wgsl").to_owned(),
+            Kernel::Pool => include_str!("wgsl/pool.wgsl").to_owned(),
+            Kernel::ConvDirect => include_str!("wgsl/conv_direct.wgsl").to_owned(),
+            Kernel::Select => include_str!("wgsl/select.wgsl").to_owned(),
+            Kernel::Tile => include_str!("wgsl/tile.wgsl").to_owned(),
+            Kernel::Matmul { tile } => gemm(tile, include_str!("wgsl/matmul_io.wgsl")),
+            Kernel::ConvGemm { tile } => gemm(tile, include_str!("wgsl/conv_io.wgsl")),
+        };
+        format!("{COMMON}\n{body}")
+    }
+}
+
+fn gemm(tile: u32, io: &str) -> String {
+    let tile = tile.to_string();
+    let core = include_str!("wgsl/gemm.wgsl")
+        .replace("__TM__", &tile)
+        .replace("__TN__", &tile);
+    format!("{core}\n{io}")
+}
+
+/// The register block for a GEMM of `m`×`n` outputs: big tiles for big problems, small tiles so
+/// that small ones still fill the device.
+pub fn gemm_tile(m: usize, n: usize) -> u32 {
+    let outputs = m.saturating_mul(n);
+    if m >= 128 && n >= 128 && outputs >= 1 << 20 {
+        8
+    } else if m >= 64 && n >= 64 && outputs >= 1 << 14 {
+        4
+    } else {
+        2
+    }
+}
+
+/// Workgroups for `n` invocations of a 256-wide kernel, as a 2-D grid under the 65,535 limit.
+pub fn grid_1d(n: usize) -> (u32, u32, u32) {
+    let groups = n.div_ceil(256).max(1);
+    let x = groups.min(65_535);
+    let y = groups.div_ceil(x);
+    (x as u32, y as u32, 1)
+}

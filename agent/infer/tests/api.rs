@@ -1,0 +1,370 @@
+//! The inference API on real models: results against ONNX Runtime's, batches, concurrency, and
+//! every way a model or a request can be bad.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use prost::Message;
+use tern_infer::conformance::{Tolerance, compare};
+use tern_infer::onnx_pb as pb;
+use tern_infer::{
+    DType, Device, Dim, InferError, Model, ModelOptions, Placement, Tensor, list_adapters, npy,
+};
+
+fn mlp_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/models/mlp")
+}
+
+fn mlp() -> (Vec<u8>, Tensor, Tensor) {
+    let dir = mlp_dir();
+    let bytes = std::fs::read(dir.join("model.onnx")).expect("model");
+    let input = npy::parse(
+        "input",
+        &std::fs::read(dir.join("input.npy")).expect("input"),
+    )
+    .expect("npy");
+    let expected = npy::parse(
+        "output",
+        &std::fs::read(dir.join("expected_output.npy")).expect("output"),
+    )
+    .expect("npy");
+    (bytes, input, expected)
+}
+
+fn load(bytes: &[u8], device: Device) -> Result<Model, InferError> {
+    Model::load(
+        bytes,
+        &ModelOptions {
+            device,
+            ..ModelOptions::default()
+        },
+    )
+}
+
+fn has_gpu() -> bool {
+    !list_adapters().is_empty()
+}
+
+/// The first `rows` rows of a [N, F] f32 tensor, cycling when `rows` > N.
+fn rows(t: &Tensor, rows: usize) -> Tensor {
+    let width = t.shape[1] * 4;
+    let n = t.shape[0];
+    let data = (0..rows)
+        .flat_map(|r| t.data[(r % n) * width..(r % n + 1) * width].to_vec())
+        .collect();
+    Tensor {
+        name: t.name.clone(),
+        dtype: t.dtype,
+        shape: vec![rows, t.shape[1]],
+        data,
+    }
+}
+
+#[test]
+fn describes_inputs_and_outputs_with_a_symbolic_batch() {
+    let (bytes, _, _) = mlp();
+    let model = load(&bytes, Device::Cpu).expect("load");
+    assert_eq!(model.placement(), Placement::Cpu);
+    let input = &model.inputs()[0];
+    assert_eq!(input.name, "input");
+    assert_eq!(input.dtype, DType::F32);
+    assert!(
+        matches!(input.shape[0], Dim::Symbol(_)),
+        "{:?}",
+        input.shape
+    );
+    assert_eq!(input.shape[1], Dim::Fixed(32));
+    assert_eq!(model.outputs()[0].name, "output");
+}
+
+#[test]
+fn cpu_matches_the_reference_and_serves_concurrent_requests() {
+    let (bytes, input, expected) = mlp();
+    let model = Arc::new(load(&bytes, Device::Cpu).expect("load"));
+    let out = model.run(vec![input.clone()]).expect("run");
+    compare(&out[0], &expected, Tolerance::MaxAbs(1e-4)).expect("matches ONNX Runtime");
+    concurrent(&model, &input);
+}
+
+/// 8 threads, different batch sizes each, all against answers computed one at a time.
+fn concurrent(model: &Arc<Model>, input: &Tensor) {
+    let want: Vec<Tensor> = (1..=8)
+        .map(|b| model.run(vec![rows(input, b)]).expect("run").remove(0))
+        .collect();
+    std::thread::scope(|s| {
+        for (i, want) in want.iter().enumerate() {
+            let model = model.clone();
+            s.spawn(move || {
+                for _ in 0..5 {
+                    let got = model
+                        .run(vec![rows(input, i + 1)])
+                        .expect("concurrent run")
+                        .remove(0);
+                    compare(&got, want, Tolerance::MaxAbs(1e-5))
+                        .expect("same answer under concurrency");
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn gpu_matches_the_cpu_for_any_batch_and_under_concurrency() {
+    if !has_gpu() {
+        assert!(
+            !std::env::var("TERN_REQUIRE_GPU").is_ok_and(|v| v == "1"),
+            "TERN_REQUIRE_GPU=1 but there is no adapter"
+        );
+        return;
+    }
+    let (bytes, input, expected) = mlp();
+    let gpu = Arc::new(load(&bytes, Device::Gpu).expect("load on the GPU"));
+    assert!(matches!(gpu.placement(), Placement::Gpu { .. }));
+    let cpu = load(&bytes, Device::Cpu).expect("load");
+    let out = gpu.run(vec![input.clone()]).expect("run");
+    compare(&out[0], &expected, Tolerance::MaxAbs(1e-4)).expect("matches ONNX Runtime");
+    for b in [1, 3, 9] {
+        let x = rows(&input, b);
+        let g = gpu.run(vec![x.clone()]).expect("gpu").remove(0);
+        let c = cpu.run(vec![x]).expect("cpu").remove(0);
+        assert_eq!(g.shape, vec![b, 3]);
+        compare(&g, &c, Tolerance::MaxAbs(1e-4)).expect("gpu = cpu");
+    }
+    concurrent(&gpu, &input);
+    let auto = load(&bytes, Device::Auto).expect("auto");
+    assert!(
+        matches!(auto.placement(), Placement::Gpu { .. }),
+        "auto picks the GPU"
+    );
+}
+
+#[test]
+fn bad_requests_are_named_errors() {
+    let (bytes, input, _) = mlp();
+    let model = load(&bytes, Device::Cpu).expect("load");
+    let mut wrong_type = input.clone();
+    wrong_type.dtype = DType::I32;
+    let err = model.run(vec![wrong_type]).unwrap_err().to_string();
+    assert!(
+        err.contains("dtype is int32, the model takes float32"),
+        "{err}"
+    );
+    let narrow = Tensor::from_f32("input", vec![1, 31], &[0.0; 31]);
+    let err = model.run(vec![narrow]).unwrap_err().to_string();
+    assert!(
+        err.contains("the model takes [") && err.contains(", 32]"),
+        "{err}"
+    );
+    let short = Tensor {
+        data: vec![0; 7],
+        ..input.clone()
+    };
+    assert!(matches!(
+        model.run(vec![short]),
+        Err(InferError::BadInput { .. })
+    ));
+    let err = model.run(vec![]).unwrap_err().to_string();
+    assert!(err.contains("input `input`: missing"), "{err}");
+    let err = model
+        .run(vec![
+            input.clone(),
+            Tensor {
+                name: "extra".into(),
+                ..input
+            },
+        ])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`extra`: the model has no such input"),
+        "{err}"
+    );
+}
+
+#[test]
+fn broken_oversized_and_external_models_are_refused() {
+    let (bytes, _, _) = mlp();
+    let limited = ModelOptions {
+        device: Device::Cpu,
+        max_model_bytes: 1000,
+    };
+    assert!(matches!(
+        Model::load(&bytes, &limited),
+        Err(InferError::TooLarge { limit: 1000, .. })
+    ));
+    assert!(matches!(
+        load(b"not a model", Device::Cpu),
+        Err(InferError::InvalidModel(_))
+    ));
+    assert!(load(&bytes[..bytes.len() / 2], Device::Cpu).is_err());
+    assert!(load(&[], Device::Auto).is_err());
+
+    let mut external = relu_model();
+    let graph = external.graph.as_mut().expect("graph");
+    graph.initializer.push(pb::TensorProto {
+        name: "w".into(),
+        dims: vec![4],
+        data_type: 1,
+        data_location: Some(pb::tensor_proto::DataLocation::External as i32),
+        external_data: vec![pb::StringStringEntryProto {
+            key: "location".into(),
+            value: "../../etc/passwd".into(),
+        }],
+        ..Default::default()
+    });
+    let err = load(&external.encode_to_vec(), Device::Auto).unwrap_err();
+    assert_eq!(err, InferError::ExternalData { tensor: "w".into() });
+}
+
+fn value_info(name: &str, elem_type: i32, dims: &[Option<i64>]) -> pb::ValueInfoProto {
+    use pb::tensor_shape_proto::{Dimension, dimension::Value};
+    pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type,
+                shape: Some(pb::TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|d| Dimension {
+                            value: Some(match d {
+                                Some(n) => Value::DimValue(*n),
+                                None => Value::DimParam("N".into()),
+                            }),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn one_node_model(node: pb::NodeProto, initializer: Vec<pb::TensorProto>) -> pb::ModelProto {
+    pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
+        graph: Some(pb::GraphProto {
+            name: "g".into(),
+            node: vec![node],
+            input: vec![value_info("x", 1, &[None, Some(4)])],
+            output: vec![value_info("y", 1, &[None, Some(4)])],
+            initializer,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn relu_model() -> pb::ModelProto {
+    one_node_model(
+        pb::NodeProto {
+            op_type: "Relu".into(),
+            input: vec!["x".into()],
+            output: vec!["y".into()],
+            name: "relu".into(),
+            ..Default::default()
+        },
+        vec![],
+    )
+}
+
+/// CumSum: an operator tract runs and our GPU executor does not.
+fn cumsum_model() -> pb::ModelProto {
+    let axis = pb::TensorProto {
+        name: "axis".into(),
+        dims: vec![],
+        data_type: 7,
+        int64_data: vec![1],
+        ..Default::default()
+    };
+    one_node_model(
+        pb::NodeProto {
+            op_type: "CumSum".into(),
+            input: vec!["x".into(), "axis".into()],
+            output: vec!["y".into()],
+            name: "running".into(),
+            ..Default::default()
+        },
+        vec![axis],
+    )
+}
+
+#[test]
+fn auto_falls_back_to_the_cpu_and_says_which_op() {
+    let bytes = cumsum_model().encode_to_vec();
+    let x = Tensor::from_f32("x", vec![1, 4], &[1.0, 2.0, 3.0, 4.0]);
+    let auto = load(&bytes, Device::Auto).expect("auto loads");
+    assert_eq!(auto.placement(), Placement::Cpu);
+    let reason = auto.fallback_reason().expect("a reason");
+    let y = auto.run(vec![x]).expect("run").remove(0);
+    assert_eq!(y.to_f64_vec(), vec![1.0, 3.0, 6.0, 10.0]);
+    if has_gpu() {
+        assert!(
+            reason.contains("CumSum") || reason.to_lowercase().contains("cumsum"),
+            "{reason}"
+        );
+        let err = load(&bytes, Device::Gpu).unwrap_err();
+        assert!(matches!(err, InferError::UnsupportedOp { .. }), "{err}");
+        assert!(err.to_string().contains("running"), "names the node: {err}");
+    } else {
+        assert!(
+            reason.contains("adapter") || reason.contains("GPU"),
+            "{reason}"
+        );
+    }
+}
+
+#[test]
+fn a_relu_runs_the_same_on_every_device() {
+    let bytes = relu_model().encode_to_vec();
+    let x = Tensor::from_f32(
+        "x",
+        vec![2, 4],
+        &[-1.0, 2.0, -3.0, 4.0, 0.5, -0.5, 0.0, 9.0],
+    );
+    let mut devices = vec![Device::Cpu, Device::Auto];
+    if has_gpu() {
+        devices.push(Device::Gpu);
+    }
+    for device in devices {
+        let model = load(&bytes, device).expect("load");
+        let y = model.run(vec![x.clone()]).expect("run").remove(0);
+        assert_eq!(
+            y.to_f64_vec(),
+            vec![0.0, 2.0, 0.0, 4.0, 0.5, 0.0, 0.0, 9.0],
+            "{device:?}"
+        );
+    }
+}
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// Corrupted models are errors, never panics that escape.
+        #[test]
+        fn corrupted_models_never_panic(flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
+            let mut bytes = relu_model().encode_to_vec();
+            for (at, value) in flips {
+                let i = at.index(bytes.len());
+                bytes[i] = value;
+            }
+            if let Ok(model) = load(&bytes, Device::Cpu) {
+                let _ = model.run(vec![Tensor::from_f32("x", vec![1, 4], &[1.0; 4])]);
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = load(&bytes, Device::Cpu);
+        }
+    }
+}
