@@ -10,7 +10,15 @@
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group};
-use tern_plugin_host::{Blob, EngineOptions, Payload, PluginEngine, StepLimits};
+use tern_plugin_host::{Blob, CpuAccel, EngineOptions, Payload, PluginEngine, StepLimits};
+
+/// The CPU `accel`, as the native build uses: the comparison is WebAssembly against native code.
+fn cpu_options() -> EngineOptions {
+    EngineOptions {
+        accel: std::sync::Arc::new(CpuAccel),
+        ..EngineOptions::default()
+    }
+}
 use tern_plugin_sdk::Step as _;
 
 #[path = "../tests/support/components.rs"]
@@ -35,7 +43,7 @@ const PREP_CONFIG: &str = r#"{"size": 224, "tensor": "input"}"#;
 
 fn image_prep(c: &mut Criterion) {
     let jpeg = jpeg_640x480();
-    let engine = PluginEngine::new(EngineOptions::default()).expect("engine");
+    let engine = PluginEngine::new(cpu_options()).expect("engine");
     let plugin = engine.load_file(&component("image_prep")).expect("loads");
     let step = plugin
         .step("prep", PREP_CONFIG, StepLimits::default())
@@ -61,7 +69,7 @@ fn image_prep(c: &mut Criterion) {
 }
 
 fn per_call_overhead(c: &mut Criterion) {
-    let engine = PluginEngine::new(EngineOptions::default()).expect("engine");
+    let engine = PluginEngine::new(cpu_options()).expect("engine");
     let plugin = engine
         .load_file(&component("hostile_fixture"))
         .expect("loads");
@@ -109,7 +117,7 @@ fn cold_compile() {
         let bytes = std::fs::read(component(name)).expect("read");
         let mut times: Vec<Duration> = (0..3)
             .map(|_| {
-                let engine = PluginEngine::new(EngineOptions::default()).expect("engine");
+                let engine = PluginEngine::new(cpu_options()).expect("engine");
                 let start = Instant::now();
                 engine.load(&bytes).expect("compiles");
                 start.elapsed()

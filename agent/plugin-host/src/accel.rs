@@ -1,5 +1,11 @@
 //! The `accel` interface as the host implements it. [`CpuAccel`] is the portable implementation;
-//! a GPU one plugs in through the same trait.
+//! [`GpuAccel`] runs the same kernels on the GPU through wgpu, falling back to the CPU if the GPU
+//! fails; [`AutoAccel`] (the engine's default) picks the GPU on first use when there is an
+//! adapter.
+
+use std::sync::OnceLock;
+
+use tern_infer::gpu::prep::{GpuPrep, PrepError};
 
 use crate::bindings::tern::pipeline::types::ErrorKind;
 use crate::{Dtype, Layout, StepError, Tensor};
@@ -116,5 +122,150 @@ impl Accel for CpuAccel {
             shape,
             data,
         })
+    }
+}
+
+/// `accel` on a GPU, with the CPU behind it when the GPU itself fails.
+#[derive(Debug, Clone)]
+pub struct GpuAccel {
+    gpu: GpuPrep,
+}
+
+impl GpuAccel {
+    /// The shared GPU of this process, if wgpu finds an adapter (`TERN_GPU=off` says no).
+    pub fn detect() -> Option<GpuAccel> {
+        let context = tern_infer::gpu::shared_context().ok()?;
+        Some(GpuAccel {
+            gpu: GpuPrep::new(context),
+        })
+    }
+
+    pub fn adapter_name(&self) -> &str {
+        self.gpu.adapter_name()
+    }
+}
+
+fn gpu_or_cpu(
+    result: Result<(Vec<u8>, Vec<u64>), PrepError>,
+    operation: &str,
+    cpu: impl FnOnce() -> Result<Tensor, StepError>,
+    wrap: impl FnOnce(Vec<u8>, Vec<u64>) -> Tensor,
+) -> Result<Tensor, StepError> {
+    match result {
+        Ok((data, shape)) => Ok(wrap(data, shape)),
+        Err(PrepError::Invalid(e)) => Err(kernel_error(e)),
+        Err(PrepError::Gpu(why)) => {
+            tracing::warn!(operation, %why, "GPU accel failed; running on the CPU");
+            cpu()
+        }
+    }
+}
+
+impl Accel for GpuAccel {
+    fn resize(
+        &self,
+        image: &Tensor,
+        layout: Layout,
+        height: u32,
+        width: u32,
+    ) -> Result<Tensor, StepError> {
+        let element = element(image.dtype, "resize")?;
+        let result = self.gpu.resize_bytes(
+            element,
+            &image.data,
+            &image.shape,
+            kernel_layout(layout),
+            height as usize,
+            width as usize,
+        );
+        gpu_or_cpu(
+            result,
+            "resize",
+            || CpuAccel.resize(image, layout, height, width),
+            |data, shape| Tensor {
+                name: image.name.clone(),
+                dtype: image.dtype,
+                shape,
+                data,
+            },
+        )
+    }
+
+    fn normalize(
+        &self,
+        image: &Tensor,
+        layout: Layout,
+        mean: &[f32],
+        std: &[f32],
+        out_layout: Layout,
+    ) -> Result<Tensor, StepError> {
+        let element = element(image.dtype, "normalize")?;
+        let result = self.gpu.normalize_bytes(
+            element,
+            &image.data,
+            &image.shape,
+            kernel_layout(layout),
+            mean,
+            std,
+            kernel_layout(out_layout),
+        );
+        gpu_or_cpu(
+            result,
+            "normalize",
+            || CpuAccel.normalize(image, layout, mean, std, out_layout),
+            |data, shape| Tensor {
+                name: image.name.clone(),
+                dtype: Dtype::Fp32,
+                shape,
+                data,
+            },
+        )
+    }
+}
+
+/// The GPU when there is one, else the CPU; decided on the first call, so a host whose plugins
+/// never call `accel` never starts a GPU driver.
+#[derive(Debug, Default)]
+pub struct AutoAccel {
+    gpu: OnceLock<Option<GpuAccel>>,
+}
+
+impl AutoAccel {
+    fn backend(&self) -> &dyn Accel {
+        match self.gpu.get_or_init(|| {
+            let gpu = GpuAccel::detect();
+            match &gpu {
+                Some(g) => tracing::info!(adapter = g.adapter_name(), "accel runs on the GPU"),
+                None => tracing::info!("accel runs on the CPU (no GPU adapter)"),
+            }
+            gpu
+        }) {
+            Some(gpu) => gpu,
+            None => &CpuAccel,
+        }
+    }
+}
+
+impl Accel for AutoAccel {
+    fn resize(
+        &self,
+        image: &Tensor,
+        layout: Layout,
+        height: u32,
+        width: u32,
+    ) -> Result<Tensor, StepError> {
+        self.backend().resize(image, layout, height, width)
+    }
+
+    fn normalize(
+        &self,
+        image: &Tensor,
+        layout: Layout,
+        mean: &[f32],
+        std: &[f32],
+        out_layout: Layout,
+    ) -> Result<Tensor, StepError> {
+        self.backend()
+            .normalize(image, layout, mean, std, out_layout)
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine};
 
-use crate::accel::{Accel, CpuAccel};
+use crate::accel::{Accel, AutoAccel};
 use crate::bindings::{Plugin as Bindings, PluginPre};
 use crate::cache::CompileCache;
 use crate::error::{LoadError, StepFailure};
@@ -39,7 +39,7 @@ impl Default for EngineOptions {
         Self {
             cache_dir: None,
             metrics: Arc::new(NoMetrics),
-            accel: Arc::new(CpuAccel),
+            accel: Arc::new(AutoAccel::default()),
         }
     }
 }

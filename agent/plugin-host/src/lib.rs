@@ -26,7 +26,7 @@ mod state;
 mod stdio;
 mod step;
 
-pub use accel::{Accel, CpuAccel};
+pub use accel::{Accel, AutoAccel, CpuAccel, GpuAccel};
 pub use bindings::tern::pipeline::accel::Layout;
 pub use bindings::tern::pipeline::types::{Blob, Dtype, ErrorKind, Payload, StepError, Tensor};
 pub use engine::{EngineOptions, Plugin, PluginEngine};

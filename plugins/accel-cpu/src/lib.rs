@@ -133,7 +133,7 @@ fn check_len(dims: &Dims, got: usize) -> Result<(), AccelError> {
 /// One axis of bilinear sampling: for each output coordinate, the two source coordinates and the
 /// weight of the second.
 fn axis(src: usize, dst: usize) -> Vec<(usize, usize, f32)> {
-    let scale = src as f32 / dst as f32;
+    let scale = axis_scale(src, dst);
     (0..dst)
         .map(|i| {
             let s = ((i as f32 + 0.5) * scale - 0.5).clamp(0.0, (src - 1) as f32);
@@ -145,6 +145,67 @@ fn axis(src: usize, dst: usize) -> Vec<(usize, usize, f32)> {
 }
 
 /// A pixel type the kernels read and write.
+/// Checks a resize request (as every implementation of `accel` must) and returns the input and
+/// output dimensions.
+pub fn resize_dims(
+    shape: &[u64],
+    layout: Layout,
+    src_len: usize,
+    out_h: usize,
+    out_w: usize,
+) -> Result<(Dims, Dims), AccelError> {
+    let dims = Dims::from_shape(shape, layout)?;
+    check_len(&dims, src_len)?;
+    let out = Dims {
+        h: out_h,
+        w: out_w,
+        ..dims
+    };
+    if out_h == 0 || out_w == 0 {
+        return Err(AccelError::Size(
+            "output height and width must be at least 1".into(),
+        ));
+    }
+    let out_len = out.element_count()?;
+    if out_len > MAX_OUTPUT_ELEMENTS {
+        return Err(AccelError::Size(format!(
+            "output of {out_len} elements exceeds {MAX_OUTPUT_ELEMENTS}"
+        )));
+    }
+    Ok((dims, out))
+}
+
+/// Checks a normalize request and returns the dimensions and `1 / std` per channel.
+pub fn normalize_dims(
+    shape: &[u64],
+    layout: Layout,
+    src_len: usize,
+    mean: &[f32],
+    std: &[f32],
+) -> Result<(Dims, Vec<f32>), AccelError> {
+    let dims = Dims::from_shape(shape, layout)?;
+    check_len(&dims, src_len)?;
+    if mean.len() != dims.c || std.len() != dims.c {
+        return Err(AccelError::Channels(format!(
+            "mean and std need one value per channel ({}), got {} and {}",
+            dims.c,
+            mean.len(),
+            std.len()
+        )));
+    }
+    if std.iter().any(|s| *s == 0.0 || !s.is_finite()) {
+        return Err(AccelError::Channels(
+            "std values must be finite and non-zero".into(),
+        ));
+    }
+    Ok((dims, std.iter().map(|s| 1.0 / s).collect()))
+}
+
+/// The scale of a bilinear resize along one axis, as every implementation computes it.
+pub fn axis_scale(src: usize, dst: usize) -> f32 {
+    src as f32 / dst as f32
+}
+
 pub trait Pixel: Copy {
     fn to_f32(self) -> f32;
     fn from_f32(v: f32) -> Self;
@@ -176,24 +237,8 @@ pub fn resize<T: Pixel>(
     out_h: usize,
     out_w: usize,
 ) -> Result<(Vec<T>, Dims), AccelError> {
-    let dims = Dims::from_shape(shape, layout)?;
-    check_len(&dims, src.len())?;
-    let out = Dims {
-        h: out_h,
-        w: out_w,
-        ..dims
-    };
-    if out_h == 0 || out_w == 0 {
-        return Err(AccelError::Size(
-            "output height and width must be at least 1".into(),
-        ));
-    }
+    let (dims, out) = resize_dims(shape, layout, src.len(), out_h, out_w)?;
     let out_len = out.element_count()?;
-    if out_len > MAX_OUTPUT_ELEMENTS {
-        return Err(AccelError::Size(format!(
-            "output of {out_len} elements exceeds {MAX_OUTPUT_ELEMENTS}"
-        )));
-    }
     let xs = axis(dims.w, out_w);
     let ys = axis(dims.h, out_h);
     let mut dst = vec![T::from_f32(0.0); out_len];
@@ -223,22 +268,7 @@ pub fn normalize<T: Pixel>(
     std: &[f32],
     out_layout: Layout,
 ) -> Result<(Vec<f32>, Dims), AccelError> {
-    let dims = Dims::from_shape(shape, layout)?;
-    check_len(&dims, src.len())?;
-    if mean.len() != dims.c || std.len() != dims.c {
-        return Err(AccelError::Channels(format!(
-            "mean and std need one value per channel ({}), got {} and {}",
-            dims.c,
-            mean.len(),
-            std.len()
-        )));
-    }
-    if std.iter().any(|s| *s == 0.0 || !s.is_finite()) {
-        return Err(AccelError::Channels(
-            "std values must be finite and non-zero".into(),
-        ));
-    }
-    let inv: Vec<f32> = std.iter().map(|s| 1.0 / s).collect();
+    let (dims, inv) = normalize_dims(shape, layout, src.len(), mean, std)?;
     let mut dst = vec![0f32; src.len()];
     for n in 0..dims.n {
         for c in 0..dims.c {

@@ -17,6 +17,8 @@ pub enum Kernel {
     ConvDirect,
     Select,
     Tile,
+    PrepResize,
+    PrepNormalize,
     /// Batched matmul with a `tile`×`tile` register block per invocation.
     Matmul {
         tile: u32,
@@ -42,6 +44,8 @@ impl Kernel {
             Kernel::ConvDirect => "conv_direct",
             Kernel::Select => "select",
             Kernel::Tile => "tile",
+            Kernel::PrepResize => "prep_resize",
+            Kernel::PrepNormalize => "prep_normalize",
             Kernel::Matmul { .. } => "matmul",
             Kernel::ConvGemm { .. } => "conv_gemm",
         }
@@ -62,6 +66,8 @@ impl Kernel {
             Kernel::ConvDirect => include_str!("wgsl/conv_direct.wgsl").to_owned(),
             Kernel::Select => include_str!("wgsl/select.wgsl").to_owned(),
             Kernel::Tile => include_str!("wgsl/tile.wgsl").to_owned(),
+            Kernel::PrepResize => include_str!("wgsl/prep_resize.wgsl").to_owned(),
+            Kernel::PrepNormalize => include_str!("wgsl/prep_normalize.wgsl").to_owned(),
             Kernel::Matmul { tile } => gemm(tile, include_str!("wgsl/matmul_io.wgsl")),
             Kernel::ConvGemm { tile } => gemm(tile, include_str!("wgsl/conv_io.wgsl")),
         };

@@ -10,6 +10,7 @@ pub mod context;
 pub mod kernels;
 pub mod lower;
 pub mod plan;
+pub mod prep;
 pub mod program;
 
 use std::collections::HashMap;
