@@ -1,5 +1,6 @@
-//! The CPU backend: tract's optimized plan, with a pool of run states so that concurrent requests
-//! do not serialize on one state and do not rebuild one per request.
+//! The CPU backend: tract's optimized plans, one per input shape (tract's kernels are much
+//! faster on concrete shapes than on a symbolic batch), each with a pool of run states so that
+//! concurrent requests neither serialize on one state nor rebuild one per request.
 
 use std::sync::{Arc, Mutex};
 
@@ -7,44 +8,85 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::{SimplePlan, SimpleState};
 
 use crate::error::InferError;
+use crate::model::{bind_input_shapes, unit_shapes};
 
-/// States kept for reuse; more concurrent requests than this build their own and drop them.
+/// States kept for reuse per plan; more concurrent requests than this build their own.
 const MAX_POOLED_STATES: usize = 16;
+/// Plans kept, one per set of input shapes.
+const MAX_PLANS: usize = 4;
 
-/// An optimized tract plan and its state pool.
 #[derive(Debug)]
-pub struct CpuBackend {
+struct Plan {
+    shapes: Vec<Vec<usize>>,
     plan: Arc<TypedSimplePlan>,
     states: Mutex<Vec<TypedSimpleState>>,
 }
 
+/// The decluttered model and its optimized plans.
+#[derive(Debug)]
+pub struct CpuBackend {
+    model: TypedModel,
+    plans: Mutex<Vec<Arc<Plan>>>,
+}
+
 impl CpuBackend {
-    /// Optimizes `model` (decluttered, possibly with a symbolic batch) into a runnable plan.
+    /// Takes `model` (decluttered, possibly with a symbolic batch) and optimizes it for the
+    /// shapes it has with every symbol at 1, so a model tract cannot optimize fails here.
     pub fn new(model: TypedModel) -> Result<CpuBackend, InferError> {
-        let optimized = model
+        let backend = CpuBackend {
+            model,
+            plans: Mutex::new(Vec::new()),
+        };
+        backend.plan_for(&unit_shapes(&backend.model)?)?;
+        Ok(backend)
+    }
+
+    fn plan_for(&self, shapes: &[Vec<usize>]) -> Result<Arc<Plan>, InferError> {
+        {
+            let plans = self
+                .plans
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(p) = plans.iter().find(|p| p.shapes == shapes) {
+                return Ok(p.clone());
+            }
+        }
+        let optimized = bind_input_shapes(&self.model, shapes)?
             .into_optimized()
             .map_err(|e| InferError::InvalidModel(format!("{e:#}")))?;
         let plan =
             SimplePlan::new(optimized).map_err(|e| InferError::InvalidModel(format!("{e:#}")))?;
-        Ok(CpuBackend {
+        let plan = Arc::new(Plan {
+            shapes: shapes.to_vec(),
             plan,
             states: Mutex::new(Vec::new()),
-        })
+        });
+        let mut plans = self
+            .plans
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if plans.len() >= MAX_PLANS {
+            plans.remove(0);
+        }
+        plans.push(plan.clone());
+        Ok(plan)
     }
 
     /// Runs one request. Inputs are in the model's input order.
     pub fn run(&self, inputs: TVec<TValue>) -> Result<TVec<TValue>, InferError> {
-        let pooled = self.states.lock().ok().and_then(|mut s| s.pop());
+        let shapes: Vec<Vec<usize>> = inputs.iter().map(|v| v.shape().to_vec()).collect();
+        let plan = self.plan_for(&shapes)?;
+        let pooled = plan.states.lock().ok().and_then(|mut s| s.pop());
         let mut state = match pooled {
             Some(state) => state,
             None => {
-                SimpleState::new(&self.plan).map_err(|e| InferError::Internal(format!("{e:#}")))?
+                SimpleState::new(&plan.plan).map_err(|e| InferError::Internal(format!("{e:#}")))?
             }
         };
         let outputs = state
             .run(inputs)
             .map_err(|e| InferError::Run(format!("{e:#}")))?;
-        if let Ok(mut states) = self.states.lock()
+        if let Ok(mut states) = plan.states.lock()
             && states.len() < MAX_POOLED_STATES
         {
             states.push(state);

@@ -26,5 +26,7 @@ pub use adapters::{AdapterSummary, list_adapters};
 pub use error::InferError;
 pub use model::{Device, Dim, IoSpec, Model, ModelOptions, Placement, parse_onnx};
 pub use tensor::{DType, Tensor};
+/// The tract version this crate runs, for benchmarks against it.
+pub use tract_onnx;
 /// ONNX protobuf types, for tools and tests that build or inspect models.
 pub use tract_onnx::pb as onnx_pb;

@@ -297,6 +297,23 @@ impl Model {
         })
     }
 
+    /// On the GPU backend, the time of one run's kernels alone (no uploads or readback), averaged
+    /// over `repeats` runs recorded into one submission; `None` on the CPU. For benchmarks.
+    pub fn time_gpu_dispatches(
+        &self,
+        inputs: Vec<Tensor>,
+        repeats: usize,
+    ) -> Option<Result<std::time::Duration, InferError>> {
+        let Backend::Gpu(gpu) = &self.backend else {
+            return None;
+        };
+        Some(self.order_inputs(inputs).and_then(|ordered| {
+            guarded("timing the model", || {
+                gpu.time_dispatches(&ordered, repeats)
+            })
+        }))
+    }
+
     fn order_inputs(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, InferError> {
         let mut by_name: HashMap<String, Tensor> = HashMap::new();
         if self.inputs.len() == 1 && inputs.len() == 1 {
@@ -380,4 +397,48 @@ fn gpu_backend(
     guarded("lowering the model to the GPU", || {
         GpuBackend::new(typed, context)
     })
+}
+
+/// `model` with every symbolic input dimension bound from `shapes`, re-decluttered so that shape
+/// computations fold away. Backends plan per input shape with it.
+pub(crate) fn bind_input_shapes(
+    model: &TypedModel,
+    shapes: &[Vec<usize>],
+) -> Result<TypedModel, InferError> {
+    let mut values: HashMap<Symbol, TDim> = HashMap::new();
+    let inputs = model
+        .input_outlets()
+        .map_err(|e| InferError::Internal(format!("{e:#}")))?;
+    for (outlet, shape) in inputs.iter().zip(shapes) {
+        let fact = model
+            .outlet_fact(*outlet)
+            .map_err(|e| InferError::Internal(format!("{e:#}")))?;
+        for (dim, &n) in fact.shape.iter().zip(shape) {
+            if let TDim::Sym(s) = dim {
+                values.insert(s.clone(), (n as i64).into());
+            }
+        }
+    }
+    if values.is_empty() {
+        return Ok(model.clone());
+    }
+    model
+        .set_symbols(&values)
+        .and_then(TypedModel::into_decluttered)
+        .map_err(|e| InferError::InvalidModel(format!("binding input shapes: {e:#}")))
+}
+
+/// Each input's shape with symbolic dimensions at 1: the shapes a model is planned for at load.
+pub(crate) fn unit_shapes(model: &TypedModel) -> Result<Vec<Vec<usize>>, InferError> {
+    model
+        .input_outlets()
+        .map_err(|e| InferError::Internal(format!("{e:#}")))?
+        .iter()
+        .map(|&o| {
+            model
+                .outlet_fact(o)
+                .map(|f| f.shape.iter().map(|d| d.to_usize().unwrap_or(1)).collect())
+                .map_err(|e| InferError::Internal(format!("{e:#}")))
+        })
+        .collect()
 }

@@ -22,6 +22,7 @@ use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::konst::Const;
 use tract_onnx::tract_core::ops::logic::Iff;
+use tract_onnx::tract_core::ops::nn::rms_norm::RmsNorm;
 use tract_onnx::tract_core::ops::nn::{DataFormat, Reduce, Reducer, Softmax, SoftmaxKind};
 use tract_onnx::tract_core::ops::source::TypedSource;
 
@@ -263,6 +264,7 @@ fn parametric_unary(op: &ElementWiseOp) -> Option<(u32, f32, f32)> {
         "Selu" => Some((28, field("alpha")?, field("gamma")?)),
         "Mish" => Some((29, 0.0, 0.0)),
         "ThresholdRelu" | "ThresholdedRelu" => Some((36, field("alpha")?, 0.0)),
+        "PowConst" => Some((37, field("exponent")?, 0.0)),
         _ => None,
     }
 }
@@ -484,6 +486,9 @@ impl Lowering<'_> {
         if let Some(op) = node.op_as::<Pad>() {
             return self.pad(node, op);
         }
+        if let Some(op) = node.op_as::<RmsNorm>() {
+            return self.rms_norm(node, op);
+        }
         if node.op_as::<Iff>().is_some() {
             return self.select(node);
         }
@@ -511,10 +516,17 @@ impl Lowering<'_> {
             DType::from_tract(fact.datum_type).ok_or_else(|| unsupported(node, "input dtype"))?;
         let word = Word::for_dtype(dtype)
             .ok_or_else(|| unsupported(node, format!("inputs of type {dtype}")))?;
-        let index = self.program.inputs.len();
+        let index = self
+            .model
+            .input_outlets()
+            .map_err(|e| InferError::Internal(format!("{e:#}")))?
+            .iter()
+            .position(|o| o.node == node.id)
+            .ok_or_else(|| unsupported(node, "a source that is not a model input"))?;
         let v = self.activation(&shape, word);
         self.program.buffers[v.buf].kind = BufferKind::Input { index };
         self.program.inputs.push(InputSpec {
+            index,
             buffer: v.buf,
             shape,
             dtype,
@@ -1507,6 +1519,42 @@ impl Lowering<'_> {
             &contiguous_strides(&shape),
             0,
         )?;
+        self.set(node, 0, out);
+        Ok(())
+    }
+
+    /// x / sqrt(mean(x², axis) + eps): a mean of squares, a fused rsqrt, a broadcast multiply.
+    fn rms_norm(&mut self, node: &TypedNode, op: &RmsNorm) -> Result<(), InferError> {
+        let x = self.gpu_input(node, node.inputs[0])?;
+        if x.word != Word::F32 || x.shape.len() > MAX_RANK {
+            return Err(unsupported(node, "non-float or rank over 8"));
+        }
+        let eps = op.eps.cast_to_scalar::<f32>().map_err(|e| unsupported(node, e))?;
+        let strides = contiguous_strides(&x.shape);
+        let mut r_shape = x.shape.clone();
+        r_shape[op.axis] = 1;
+        let count = x.shape[op.axis];
+        let n: usize = r_shape.iter().product();
+        let r = self.activation(&r_shape, Word::F32);
+        let mut params = vec![u(n), 5, u(r_shape.len()), 1, u(count), 0, 0, 0];
+        params.extend(pad8(&r_shape, 1));
+        params.extend(pad8(&strides, 0));
+        params.extend(pad8(&[count], 1));
+        params.extend(pad8(&[strides[op.axis]], 0));
+        if n == 0 {
+            return Err(unsupported(node, "empty tensor"));
+        }
+        self.push(node, Kernel::Reduce, params, vec![x.buf, r.buf], grid_1d(n));
+        let inv = self.unary_step(node, &r, 38, eps, 0.0);
+        let shape = x.shape.clone();
+        let out = self.activation(&shape, Word::F32);
+        let total: usize = shape.iter().product();
+        let mut params = vec![u(total), 2, u(shape.len()), 0];
+        params.extend(pad8(&shape, 1));
+        params.extend(pad8(&strides, 0));
+        params.extend(pad8(&broadcast_strides(&r_shape, &shape), 0));
+        params.extend([0, 0]);
+        self.push(node, Kernel::Binary, params, vec![x.buf, inv.buf, out.buf], grid_1d(total));
         self.set(node, 0, out);
         Ok(())
     }

@@ -17,7 +17,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::internal::DimLike;
 
 pub use context::{GpuContext, shared_context};
 
@@ -50,17 +49,7 @@ impl GpuBackend {
             plans: Mutex::new(Vec::new()),
             weights: Mutex::new(HashMap::new()),
         };
-        let probe: Vec<Vec<usize>> = model
-            .input_outlets()
-            .map_err(|e| InferError::Internal(format!("{e:#}")))?
-            .iter()
-            .map(|&o| {
-                model
-                    .outlet_fact(o)
-                    .map(|f| f.shape.iter().map(|d| d.to_usize().unwrap_or(1)).collect())
-                    .map_err(|e| InferError::Internal(format!("{e:#}")))
-            })
-            .collect::<Result<_, _>>()?;
+        let probe = crate::model::unit_shapes(model)?;
         backend.plan_for(&probe)?;
         Ok(backend)
     }
@@ -84,7 +73,7 @@ impl GpuBackend {
                 return Ok(plan.clone());
             }
         }
-        let concrete = self.concretize(shapes)?;
+        let concrete = crate::model::bind_input_shapes(&self.model, shapes)?;
         let program = lower::lower(&concrete)?;
         tracing::debug!(
             steps = program.steps.len(),
@@ -103,32 +92,14 @@ impl GpuBackend {
         Ok(plan)
     }
 
-    /// The model with every symbolic input dimension bound from `shapes`, re-decluttered so that
-    /// shape computations fold away.
-    fn concretize(&self, shapes: &[Vec<usize>]) -> Result<TypedModel, InferError> {
-        let mut values: HashMap<Symbol, TDim> = HashMap::new();
-        let inputs = self
-            .model
-            .input_outlets()
-            .map_err(|e| InferError::Internal(format!("{e:#}")))?;
-        for (outlet, shape) in inputs.iter().zip(shapes) {
-            let fact = self
-                .model
-                .outlet_fact(*outlet)
-                .map_err(|e| InferError::Internal(format!("{e:#}")))?;
-            for (dim, &n) in fact.shape.iter().zip(shape) {
-                if let TDim::Sym(s) = dim {
-                    values.insert(s.clone(), (n as i64).into());
-                }
-            }
-        }
-        if values.is_empty() {
-            return Ok(self.model.clone());
-        }
-        self.model
-            .set_symbols(&values)
-            .and_then(TypedModel::into_decluttered)
-            .map_err(|e| InferError::InvalidModel(format!("binding input shapes: {e:#}")))
+    /// Time of one run's dispatches alone, averaged over `repeats` runs in one submission.
+    pub fn time_dispatches(
+        &self,
+        inputs: &[HostTensor],
+        repeats: usize,
+    ) -> Result<std::time::Duration, InferError> {
+        let shapes: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape.clone()).collect();
+        self.plan_for(&shapes)?.time_dispatches(inputs, repeats)
     }
 
     /// Runs on inputs already ordered and checked against the model.

@@ -261,9 +261,47 @@ impl Plan {
         result
     }
 
+    /// Time of the dispatches alone (no transfers): `repeats` runs recorded back to back into one
+    /// command buffer, the wall time divided by `repeats`. For benchmarks.
+    pub fn time_dispatches(
+        &self,
+        inputs: &[Tensor],
+        repeats: usize,
+    ) -> Result<std::time::Duration, InferError> {
+        let instance = self.instance();
+        self.run_on(&instance, inputs)?;
+        let ctx = &self.context;
+        let mut encoder = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("timing"),
+            });
+        for _ in 0..repeats.max(1) {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("timing"),
+                timestamp_writes: None,
+            });
+            for (i, step) in self.program.steps.iter().enumerate() {
+                pass.set_pipeline(&self.pipelines[i]);
+                pass.set_bind_group(0, &instance.bind_groups[i], &[]);
+                pass.dispatch_workgroups(step.grid.0, step.grid.1, step.grid.2);
+            }
+        }
+        let commands = encoder.finish();
+        let start = std::time::Instant::now();
+        ctx.queue.submit([commands]);
+        ctx.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| InferError::Run(format!("waiting for the GPU: {e}")))?;
+        Ok(start.elapsed() / repeats.max(1) as u32)
+    }
+
     fn run_on(&self, instance: &Instance, inputs: &[Tensor]) -> Result<Vec<Tensor>, InferError> {
         let ctx = &self.context;
-        for (spec, tensor) in self.program.inputs.iter().zip(inputs) {
+        for spec in &self.program.inputs {
+            let tensor = inputs.get(spec.index).ok_or_else(|| {
+                InferError::Internal(format!("no tensor for input {}", spec.index))
+            })?;
             let words = to_words(tensor)?;
             if !words.is_empty() {
                 ctx.queue.write_buffer(

@@ -75,6 +75,8 @@ pub struct OutputSpec {
 /// A model input: its buffer and what the host must write there.
 #[derive(Debug, Clone)]
 pub struct InputSpec {
+    /// Position among the model's inputs.
+    pub index: usize,
     pub buffer: BufId,
     pub shape: Vec<usize>,
     pub dtype: DType,

@@ -76,6 +76,15 @@ fn unary(x: f32, code: u32, a: f32, b: f32) -> f32 {
         case 34u: { return sinh(x); }
         case 35u: { return cosh(x); }
         case 36u: { return select(0.0, x, x > a); }
+        case 38u: { return inverseSqrt(x + a); }
+        case 37u: {
+            // x^a with ONNX semantics for negative bases and integral exponents
+            if (x < 0.0 && a == floor(a)) {
+                let r = pow(-x, a);
+                return select(r, -r, (i32(a) & 1) == 1);
+            }
+            return pow(x, a);
+        }
         default: { return x; }
     }
 }
