@@ -19,6 +19,7 @@ pub enum Kernel {
     Tile,
     PrepResize,
     PrepNormalize,
+    Pad,
     /// Batched matmul with a `tile`×`tile` register block per invocation.
     Matmul {
         tile: u32,
@@ -46,6 +47,7 @@ impl Kernel {
             Kernel::Tile => "tile",
             Kernel::PrepResize => "prep_resize",
             Kernel::PrepNormalize => "prep_normalize",
+            Kernel::Pad => "pad",
             Kernel::Matmul { .. } => "matmul",
             Kernel::ConvGemm { .. } => "conv_gemm",
         }
@@ -68,6 +70,7 @@ impl Kernel {
             Kernel::Tile => include_str!("wgsl/tile.wgsl").to_owned(),
             Kernel::PrepResize => include_str!("wgsl/prep_resize.wgsl").to_owned(),
             Kernel::PrepNormalize => include_str!("wgsl/prep_normalize.wgsl").to_owned(),
+            Kernel::Pad => include_str!("wgsl/pad.wgsl").to_owned(),
             Kernel::Matmul { tile } => gemm(tile, include_str!("wgsl/matmul_io.wgsl")),
             Kernel::ConvGemm { tile } => gemm(tile, include_str!("wgsl/conv_io.wgsl")),
         };

@@ -144,7 +144,7 @@ fn words_of(t: &Tensor) -> Result<(Vec<u32>, Word), String> {
     let dt = t.datum_type();
     let cast = |to: DatumType| t.cast_to_dt(to).map_err(|e| e.to_string());
     match dt {
-        DatumType::F32 | DatumType::F16 | DatumType::F64 => {
+        DatumType::F32 | DatumType::F16 => {
             let t = cast(DatumType::F32)?;
             let v = t
                 .try_as_plain_ram()
@@ -183,9 +183,10 @@ fn words_of(t: &Tensor) -> Result<(Vec<u32>, Word), String> {
 /// A float vector of `len` from a constant broadcast along `axis` of a result of rank `rank`, if
 /// the constant varies along that axis only.
 fn per_channel(t: &Tensor, rank: usize, axis: usize, len: usize) -> Option<Vec<f32>> {
-    if t.datum_type() != DatumType::F32 || t.rank() > rank {
+    if !is_float(t.datum_type()) || t.rank() > rank {
         return None;
     }
+    let t = t.cast_to::<f32>().ok()?;
     let lead = rank - t.rank();
     for (i, &d) in t.shape().iter().enumerate() {
         if i + lead != axis && d != 1 {
@@ -201,6 +202,11 @@ fn per_channel(t: &Tensor, rank: usize, axis: usize, len: usize) -> Option<Vec<f
         n if n == len => Some(values.to_vec()),
         _ => None,
     }
+}
+
+/// Float types the GPU computes (in f32).
+fn is_float(dt: DatumType) -> bool {
+    matches!(dt, DatumType::F32 | DatumType::F16)
 }
 
 fn scalar_f32(t: &Tensor) -> Option<f32> {
@@ -697,7 +703,7 @@ impl Lowering<'_> {
             op: op.0.name().to_string(),
             node: node.name.clone(),
         })?;
-        if input.word != Word::F32 || node.outputs[0].fact.datum_type != DatumType::F32 {
+        if input.word != Word::F32 || !is_float(node.outputs[0].fact.datum_type) {
             return Err(unsupported(node, "non-float operand"));
         }
         let out = self.unary_step(node, &input, code, a, b);
@@ -869,7 +875,7 @@ impl Lowering<'_> {
     }
 
     fn einsum(&mut self, node: &TypedNode, op: &EinSum) -> Result<(), InferError> {
-        if op.q_params.is_some() || node.inputs.len() != 2 || op.operating_dt != DatumType::F32 {
+        if op.q_params.is_some() || node.inputs.len() != 2 || !is_float(op.operating_dt) {
             return Err(unsupported(node, "only float matmuls"));
         }
         let a = self.gpu_input(node, node.inputs[0])?;
@@ -1410,10 +1416,34 @@ impl Lowering<'_> {
     }
 
     fn pad(&mut self, node: &TypedNode, op: &Pad) -> Result<(), InferError> {
-        let PadMode::Constant(value) = &op.mode else {
-            return Err(unsupported(node, "reflect and edge padding"));
-        };
         let x = self.gpu_input(node, node.inputs[0])?;
+        let value = match &op.mode {
+            PadMode::Constant(value) => value,
+            mode => {
+                let y_shape = self.out_shape(node, 0)?;
+                if y_shape.len() > MAX_RANK {
+                    return Err(unsupported(node, "rank over 8"));
+                }
+                let y = self.activation(&y_shape, x.word);
+                let n: usize = y_shape.iter().product();
+                let before: Vec<usize> = op.pads.iter().map(|p| p.0).collect();
+                let mut params = vec![
+                    u(n),
+                    u(y_shape.len()),
+                    u32::from(matches!(mode, PadMode::Edge)),
+                    0,
+                ];
+                params.extend(pad8(&y_shape, 1));
+                params.extend(pad8(&x.shape, 1));
+                params.extend(pad8(&before, 0));
+                params.extend(pad8(&contiguous_strides(&x.shape), 0));
+                if n > 0 && x.shape.iter().all(|&d| d > 0) {
+                    self.push(node, Kernel::Pad, params, vec![x.buf, y.buf], grid_1d(n));
+                }
+                self.set(node, 0, y);
+                return Ok(());
+            }
+        };
         let (words, _) = words_of(value).map_err(|why| unsupported(node, why))?;
         let fill = words.first().copied().unwrap_or(0);
         let y_shape = self.out_shape(node, 0)?;
@@ -1529,7 +1559,10 @@ impl Lowering<'_> {
         if x.word != Word::F32 || x.shape.len() > MAX_RANK {
             return Err(unsupported(node, "non-float or rank over 8"));
         }
-        let eps = op.eps.cast_to_scalar::<f32>().map_err(|e| unsupported(node, e))?;
+        let eps = op
+            .eps
+            .cast_to_scalar::<f32>()
+            .map_err(|e| unsupported(node, e))?;
         let strides = contiguous_strides(&x.shape);
         let mut r_shape = x.shape.clone();
         r_shape[op.axis] = 1;
@@ -1554,7 +1587,13 @@ impl Lowering<'_> {
         params.extend(pad8(&strides, 0));
         params.extend(pad8(&broadcast_strides(&r_shape, &shape), 0));
         params.extend([0, 0]);
-        self.push(node, Kernel::Binary, params, vec![x.buf, inv.buf, out.buf], grid_1d(total));
+        self.push(
+            node,
+            Kernel::Binary,
+            params,
+            vec![x.buf, inv.buf, out.buf],
+            grid_1d(total),
+        );
         self.set(node, 0, out);
         Ok(())
     }

@@ -388,6 +388,17 @@ fn to_words(t: &Tensor) -> Result<Vec<u32>, InferError> {
             })
             .collect::<Result<_, _>>()
             .map_err(|_| bad("int64 values must fit 32 bits on the GPU"))?,
+        DType::F64 => d
+            .chunks_exact(8)
+            .map(|c| {
+                (f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+                    .to_bits()
+            })
+            .collect(),
+        DType::F16 => d
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32().to_bits())
+            .collect(),
         DType::U8 | DType::Bool => d.iter().map(|&b| u32::from(b)).collect(),
         DType::I8 => d.iter().map(|&b| i32::from(b as i8) as u32).collect(),
         DType::I16 => d

@@ -22,7 +22,8 @@ pub enum Word {
 impl Word {
     pub fn for_dtype(dtype: DType) -> Option<Word> {
         match dtype {
-            DType::F32 => Some(Word::F32),
+            // float16 is computed in float32; float64 is refused (its range does not fit).
+            DType::F32 | DType::F16 => Some(Word::F32),
             DType::I64 | DType::I32 | DType::I16 | DType::I8 | DType::U8 | DType::U16 => {
                 Some(Word::I32)
             }
