@@ -456,6 +456,14 @@ fn every_listed_operator_matches_tract() {
         vec![attr_i("group", 2), attr_ints("dilations", &[2, 2])],
         vec![f32_init("w", &[6, 2, 3, 3], 2)],
     );
+    // grouped, through the implicit GEMM (36 products per output), with a bias per group
+    check(
+        "Conv",
+        &x(&[1, 8, 9, 11]),
+        &[("y", &[1, 6, 9, 11])],
+        vec![attr_i("group", 2), attr_ints("pads", &[1, 1, 1, 1])],
+        vec![f32_init("w", &[6, 4, 3, 3], 2), f32_init("b", &[6], 3)],
+    );
     check(
         "MaxPool",
         &x(&img),

@@ -180,6 +180,83 @@ fn words_of(t: &Tensor) -> Result<(Vec<u32>, Word), String> {
     }
 }
 
+/// Spatial geometry of a convolution or pool, as (depth, height, width) with leading 1s for 1-D
+/// and 2-D: input, output, kernel, strides, padding before, dilations.
+struct Geometry {
+    input: [usize; 3],
+    output: [usize; 3],
+    kernel: [usize; 3],
+    strides: [usize; 3],
+    pad: [usize; 3],
+    dilations: [usize; 3],
+}
+
+impl Geometry {
+    fn new(spec: &PoolSpec, in_sp: &[usize], out_sp: &[usize]) -> Option<Geometry> {
+        let rank = spec.kernel_shape.len();
+        if !(1..=3).contains(&rank) || in_sp.len() != rank || out_sp.len() != rank {
+            return None;
+        }
+        let padding = spec.computed_padding(in_sp);
+        let (dil, strides) = (spec.dilations(), spec.strides());
+        let lift = |f: &dyn Fn(usize) -> usize, fill: usize| {
+            let mut v = [fill; 3];
+            for (i, slot) in v.iter_mut().skip(3 - rank).enumerate() {
+                *slot = f(i);
+            }
+            v
+        };
+        Some(Geometry {
+            input: lift(&|i| in_sp[i], 1),
+            output: lift(&|i| out_sp[i], 1),
+            kernel: lift(&|i| spec.kernel_shape[i], 1),
+            strides: lift(&|i| strides[i], 1),
+            pad: lift(&|i| padding[i].pad_before, 0),
+            dilations: lift(&|i| dil[i], 1),
+        })
+    }
+
+    /// [H, W, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW]
+    fn plane(&self) -> [u32; 12] {
+        [
+            self.input[1],
+            self.input[2],
+            self.output[1],
+            self.output[2],
+            self.kernel[1],
+            self.kernel[2],
+            self.strides[1],
+            self.strides[2],
+            self.pad[1],
+            self.pad[2],
+            self.dilations[1],
+            self.dilations[2],
+        ]
+        .map(u)
+    }
+
+    /// [D, OD, KD, SD, PD, DD]
+    fn depth(&self) -> [u32; 6] {
+        [
+            self.input[0],
+            self.output[0],
+            self.kernel[0],
+            self.strides[0],
+            self.pad[0],
+            self.dilations[0],
+        ]
+        .map(u)
+    }
+
+    fn output_points(&self) -> usize {
+        self.output.iter().product()
+    }
+
+    fn kernel_points(&self) -> usize {
+        self.kernel.iter().product()
+    }
+}
+
 /// A float vector of `len` from a constant broadcast along `axis` of a result of rank `rank`, if
 /// the constant varies along that axis only.
 fn per_channel(t: &Tensor, rank: usize, axis: usize, len: usize) -> Option<Vec<f32>> {
@@ -1036,10 +1113,6 @@ impl Lowering<'_> {
             DataFormat::CHW => false,
             _ => return Err(unsupported(node, "channels-last layout")),
         };
-        let spatial = spec.kernel_shape.len();
-        if !(1..=2).contains(&spatial) {
-            return Err(unsupported(node, format!("{spatial}-D convolution")));
-        }
         let x = self.gpu_input(node, node.inputs[0])?;
         if x.word != Word::F32 {
             return Err(unsupported(node, "non-float input"));
@@ -1056,46 +1129,12 @@ impl Lowering<'_> {
         let nb = if batch_axis { in_shape[0] } else { 1 };
         let cin = in_shape[off];
         let cout = y_shape[off];
-        let in_sp: Vec<usize> = in_shape[off + 1..].to_vec();
-        let out_sp: Vec<usize> = y_shape[off + 1..].to_vec();
-        let padding = spec.computed_padding(&in_sp);
-        let dil = spec.dilations();
-        let strides = spec.strides();
-        let (h, w, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw) = if spatial == 2 {
-            (
-                in_sp[0],
-                in_sp[1],
-                out_sp[0],
-                out_sp[1],
-                spec.kernel_shape[0],
-                spec.kernel_shape[1],
-                strides[0],
-                strides[1],
-                padding[0].pad_before,
-                padding[1].pad_before,
-                dil[0],
-                dil[1],
-            )
-        } else {
-            (
-                1,
-                in_sp[0],
-                1,
-                out_sp[0],
-                1,
-                spec.kernel_shape[0],
-                1,
-                strides[0],
-                0,
-                padding[0].pad_before,
-                1,
-                dil[0],
-            )
-        };
+        let geo = Geometry::new(spec, &in_shape[off + 1..], &y_shape[off + 1..])
+            .ok_or_else(|| unsupported(node, "convolutions of 1 to 3 spatial axes"))?;
         let groups = op.group.max(1);
         let cin_g = cin / groups;
         let cout_g = cout / groups;
-        let kdim = cin_g * kh * kw;
+        let kdim = cin_g * geo.kernel_points();
         let kernel = kernel.cast_to::<f32>().map_err(|e| unsupported(node, e))?;
         let mut weights = kernel
             .try_as_plain_ram()
@@ -1134,17 +1173,17 @@ impl Lowering<'_> {
         let b = self.upload(node, &b_t)?;
         let y = self.activation(&y_shape, Word::F32);
         let ep_params = Self::epilogue_params(&ep);
-        let geometry = [
-            cin, h, w, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, cin_g, cout_g, cout,
-        ]
-        .map(u);
-        let n_out = nb * cout * oh * ow;
+        let mut geometry: Vec<u32> = vec![u(cin)];
+        geometry.extend(geo.plane());
+        geometry.extend([cin_g, cout_g, cout].map(u));
+        geometry.extend(geo.depth());
+        let n_out = nb * cout * geo.output_points();
         if n_out > 0 {
             if kdim <= 32 && groups > 1 {
                 let mut params = vec![u(n_out), 1];
                 params.extend(ep_params);
                 params.push(0);
-                params.extend(geometry);
+                params.extend(geometry.iter().copied());
                 self.push(
                     node,
                     Kernel::ConvDirect,
@@ -1153,12 +1192,14 @@ impl Lowering<'_> {
                     grid_1d(n_out),
                 );
             } else {
-                let gemm_n = nb * oh * ow;
+                let gemm_n = nb * geo.output_points();
                 let tile = gemm_tile(cout_g, gemm_n);
                 let mut params = vec![u(cout_g), u(gemm_n), u(kdim), 1, 1];
                 params.extend(ep_params);
+                // the bias of group g starts at g · Cout_g
+                params.push(u(cout_g));
                 params.resize(16, 0);
-                params.extend(geometry);
+                params.extend(geometry.iter().copied());
                 let span = 16 * tile as usize;
                 let grid = (
                     u(gemm_n.div_ceil(span)),
@@ -1191,56 +1232,19 @@ impl Lowering<'_> {
             DataFormat::CHW => false,
             _ => return Err(unsupported(node, "channels-last layout")),
         };
-        let spatial = spec.kernel_shape.len();
-        if !(1..=2).contains(&spatial) {
-            return Err(unsupported(node, format!("{spatial}-D pooling")));
-        }
         let x = self.gpu_input(node, node.inputs[0])?;
         if x.word != Word::F32 {
             return Err(unsupported(node, "non-float input"));
         }
         let y_shape = self.out_shape(node, 0)?;
         let off = usize::from(batch_axis);
-        let in_sp: Vec<usize> = x.shape[off + 1..].to_vec();
-        let out_sp: Vec<usize> = y_shape[off + 1..].to_vec();
-        let padding = spec.computed_padding(&in_sp);
-        let dil = spec.dilations();
-        let strides = spec.strides();
-        let g = if spatial == 2 {
-            [
-                in_sp[0],
-                in_sp[1],
-                out_sp[0],
-                out_sp[1],
-                spec.kernel_shape[0],
-                spec.kernel_shape[1],
-                strides[0],
-                strides[1],
-                padding[0].pad_before,
-                padding[1].pad_before,
-                dil[0],
-                dil[1],
-            ]
-        } else {
-            [
-                1,
-                in_sp[0],
-                1,
-                out_sp[0],
-                1,
-                spec.kernel_shape[0],
-                1,
-                strides[0],
-                0,
-                padding[0].pad_before,
-                1,
-                dil[0],
-            ]
-        };
+        let geo = Geometry::new(spec, &x.shape[off + 1..], &y_shape[off + 1..])
+            .ok_or_else(|| unsupported(node, "pools of 1 to 3 spatial axes"))?;
         let y = self.activation(&y_shape, Word::F32);
         let n: usize = y_shape.iter().product();
         let mut params = vec![u(n), kind, u32::from(include_pad), 0];
-        params.extend(g.map(u));
+        params.extend(geo.plane());
+        params.extend(geo.depth());
         if n > 0 {
             self.push(node, Kernel::Pool, params, vec![x.buf, y.buf], grid_1d(n));
         }

@@ -4,7 +4,8 @@
 // the source appended to this one (matmul or implicit-GEMM convolution), which is how one kernel
 // serves both. TM and TN are substituted before compilation.
 //
-// p: [M, N, K, has_bias, bias_on_m, lo, hi, act, act_a, act_b, _, _, _, _, _, _, loader params...]
+// p: [M, N, K, has_bias, bias_on_m, lo, hi, act, act_a, act_b, bias_batch_stride, _, _, _, _, _,
+//     loader params...]
 
 const TM: u32 = __TM__u;
 const TN: u32 = __TN__u;
@@ -15,10 +16,10 @@ const BK: u32 = 8u;
 var<workgroup> tile_a: array<f32, 1024>;
 var<workgroup> tile_b: array<f32, 1024>;
 
-fn epilogue(v: f32, m: u32, n: u32) -> f32 {
+fn epilogue(v: f32, batch: u32, m: u32, n: u32) -> f32 {
     var r = v;
     if (p[3] == 1u) {
-        r += bitcast<f32>(bias[select(n, m, p[4] == 1u)]);
+        r += bitcast<f32>(bias[batch * p[10] + select(n, m, p[4] == 1u)]);
     }
     r = clamp(r, pf(5u), pf(6u));
     return unary(r, p[7], pf(8u), pf(9u));
@@ -84,7 +85,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         for (var j = 0u; j < TN; j++) {
             let n = n0 + lid.x + j * 16u;
             if (n < N) {
-                store_c(batch, m, n, epilogue(acc[i * TN + j], m, n));
+                store_c(batch, m, n, epilogue(acc[i * TN + j], batch, m, n));
             }
         }
     }
