@@ -493,3 +493,77 @@ fn every_listed_operator_matches_tract() {
         vec![],
     );
 }
+
+/// Integer arithmetic keeps tract's semantics (truncating division, remainder with the
+/// dividend's sign) and narrowing casts wrap, on negative values too.
+#[test]
+fn integer_ops_and_narrowing_casts_match_tract() {
+    if list_adapters().is_empty() {
+        return;
+    }
+    let node = |op: &str, inputs: &[&str], output: &str, attribute: Vec<pb::AttributeProto>| {
+        pb::NodeProto {
+            op_type: op.into(),
+            name: output.into(),
+            input: inputs.iter().map(|s| (*s).to_owned()).collect(),
+            output: vec![output.into()],
+            attribute,
+            ..Default::default()
+        }
+    };
+    let model = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
+        graph: Some(pb::GraphProto {
+            node: vec![
+                node("Div", &["a", "b"], "q", vec![]),
+                node("Mod", &["a", "b"], "r", vec![attr_i("fmod", 1)]),
+                node("Cast", &["a"], "c", vec![attr_i("to", 2)]),
+            ],
+            input: vec![info("a", 7, &[8]), info("b", 7, &[8])],
+            output: vec![info("q", 7, &[8]), info("r", 7, &[8]), info("c", 2, &[8])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let bytes = model.encode_to_vec();
+    let ints = |name: &str, v: [i64; 8]| Tensor {
+        name: name.into(),
+        dtype: tern_infer::DType::I64,
+        shape: vec![8],
+        data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    };
+    let feeds = vec![
+        ints("a", [-7, 7, -7, 7, 300, -300, 0, 255]),
+        ints("b", [2, 2, -2, -3, 7, 7, 5, 256]),
+    ];
+    let cpu = Model::load(
+        &bytes,
+        &ModelOptions {
+            device: Device::Cpu,
+            ..ModelOptions::default()
+        },
+    )
+    .expect("cpu");
+    let gpu = Model::load(
+        &bytes,
+        &ModelOptions {
+            device: Device::Gpu,
+            ..ModelOptions::default()
+        },
+    )
+    .expect("gpu");
+    let want = cpu.run(feeds.clone()).expect("cpu run");
+    let got = gpu.run(feeds).expect("gpu run");
+    for (w, g) in want.iter().zip(&got) {
+        assert_eq!(
+            (w.dtype, w.to_f64_vec()),
+            (g.dtype, g.to_f64_vec()),
+            "output `{}`",
+            w.name
+        );
+    }
+}

@@ -20,6 +20,7 @@ pub enum Kernel {
     PrepResize,
     PrepNormalize,
     Pad,
+    Deconv,
     /// Batched matmul with a `tile`×`tile` register block per invocation.
     Matmul {
         tile: u32,
@@ -48,6 +49,7 @@ impl Kernel {
             Kernel::PrepResize => "prep_resize",
             Kernel::PrepNormalize => "prep_normalize",
             Kernel::Pad => "pad",
+            Kernel::Deconv => "deconv",
             Kernel::Matmul { .. } => "matmul",
             Kernel::ConvGemm { .. } => "conv_gemm",
         }
@@ -71,6 +73,7 @@ impl Kernel {
             Kernel::PrepResize => include_str!("wgsl/prep_resize.wgsl").to_owned(),
             Kernel::PrepNormalize => include_str!("wgsl/prep_normalize.wgsl").to_owned(),
             Kernel::Pad => include_str!("wgsl/pad.wgsl").to_owned(),
+            Kernel::Deconv => include_str!("wgsl/deconv.wgsl").to_owned(),
             Kernel::Matmul { tile } => gemm(tile, include_str!("wgsl/matmul_io.wgsl")),
             Kernel::ConvGemm { tile } => gemm(tile, include_str!("wgsl/conv_io.wgsl")),
         };

@@ -16,7 +16,7 @@ use tract_onnx::tract_core::ops::array::{
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cast::Cast;
 use tract_onnx::tract_core::ops::change_axes::AxisOp;
-use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, MaxPool, PoolSpec, SumPool};
+use tract_onnx::tract_core::ops::cnn::{Conv, Deconv, KernelFormat, MaxPool, PoolSpec, SumPool};
 use tract_onnx::tract_core::ops::downsample::Downsample;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
@@ -34,7 +34,9 @@ use crate::gpu::program::{
 use crate::tensor::DType;
 
 const MAX_RANK: usize = 8;
-const NO_CLAMP: f32 = f32::MAX;
+/// Workgroups per dispatch dimension that every adapter accepts.
+const MAX_WORKGROUPS: u32 = 65_535;
+const NO_CLAMP: f32 = f32::INFINITY;
 
 /// A value during lowering: on the GPU, or a constant still on the host.
 #[derive(Debug, Clone)]
@@ -60,6 +62,13 @@ struct Epilogue {
     act: u32,
     act_a: f32,
     act_b: f32,
+}
+
+impl Epilogue {
+    /// Whether a clamp was fused (an unclamped epilogue must keep NaN and infinities).
+    fn clamps(&self) -> bool {
+        self.lo != -NO_CLAMP || self.hi != NO_CLAMP
+    }
 }
 
 impl Default for Epilogue {
@@ -396,6 +405,19 @@ impl Lowering<'_> {
             let node = model.node(id);
             self.lower_node(node)?;
         }
+        if let Some(step) = self.program.steps.iter().find(|s| {
+            [s.grid.0, s.grid.1, s.grid.2]
+                .iter()
+                .any(|&g| g > MAX_WORKGROUPS)
+        }) {
+            return Err(InferError::UnsupportedOp {
+                op: format!(
+                    "{} over {MAX_WORKGROUPS} workgroups in one dimension",
+                    step.kernel.label()
+                ),
+                node: step.node.clone(),
+            });
+        }
         let outlets = model
             .output_outlets()
             .map_err(|e| InferError::Internal(format!("{e:#}")))?
@@ -568,6 +590,9 @@ impl Lowering<'_> {
         }
         if let Some(op) = node.op_as::<Pad>() {
             return self.pad(node, op);
+        }
+        if let Some(op) = node.op_as::<Deconv>() {
+            return self.deconv(node, op);
         }
         if let Some(op) = node.op_as::<RmsNorm>() {
             return self.rms_norm(node, op);
@@ -794,7 +819,16 @@ impl Lowering<'_> {
             DType::from_tract(op.to).ok_or_else(|| unsupported(node, format!("to {:?}", op.to)))?;
         let to =
             Word::for_dtype(to_dtype).ok_or_else(|| unsupported(node, format!("to {to_dtype}")))?;
+        let narrowing = match to_dtype {
+            DType::U8 => Some(6),
+            DType::I8 => Some(7),
+            DType::U16 => Some(8),
+            DType::I16 => Some(9),
+            DType::F16 => Some(10),
+            _ => None,
+        };
         let mode = match (input.word, to) {
+            (a, b) if a == b && narrowing.is_some() => narrowing.unwrap_or_default(),
             (a, b) if a == b => {
                 self.set(node, 0, input);
                 return Ok(());
@@ -1029,7 +1063,7 @@ impl Lowering<'_> {
         };
         let m = m_axis.map_or(1, |(_, pc)| c_shape[pc]);
         let n = n_axis.map_or(1, |(_, pc)| c_shape[pc]);
-        let k = k_axis.map_or(1, |(pa, _)| a.shape[pa].max(1));
+        let k = k_axis.map_or(1, |(pa, pb)| a.shape[pa].max(b.shape[pb]).max(1));
         let mut batch_shape = [1usize; 4];
         let mut a_batch = [0usize; 4];
         let mut b_batch = [0usize; 4];
@@ -1063,6 +1097,7 @@ impl Lowering<'_> {
         let tile = gemm_tile(m, n);
         let mut params = vec![u(m), u(n), u(k), u32::from(bias.is_some()), bias_on_m];
         params.extend(Self::epilogue_params(&ep));
+        params.extend([0, u32::from(ep.clamps())]);
         params.resize(16, 0);
         params.extend(batch_shape.iter().map(|&v| u(v)));
         params.extend(a_batch.iter().map(|&v| u(v)));
@@ -1182,7 +1217,7 @@ impl Lowering<'_> {
             if kdim <= 32 && groups > 1 {
                 let mut params = vec![u(n_out), 1];
                 params.extend(ep_params);
-                params.push(0);
+                params.push(u32::from(ep.clamps()));
                 params.extend(geometry.iter().copied());
                 self.push(
                     node,
@@ -1197,7 +1232,7 @@ impl Lowering<'_> {
                 let mut params = vec![u(cout_g), u(gemm_n), u(kdim), 1, 1];
                 params.extend(ep_params);
                 // the bias of group g starts at g · Cout_g
-                params.push(u(cout_g));
+                params.extend([u(cout_g), u32::from(ep.clamps())]);
                 params.resize(16, 0);
                 params.extend(geometry.iter().copied());
                 let span = 16 * tile as usize;
@@ -1599,6 +1634,103 @@ impl Lowering<'_> {
             grid_1d(total),
         );
         self.set(node, 0, out);
+        Ok(())
+    }
+
+    /// Transposed convolution (1-D and 2-D), direct.
+    fn deconv(&mut self, node: &TypedNode, op: &Deconv) -> Result<(), InferError> {
+        if op.kernel_format != KernelFormat::OIHW {
+            return Err(unsupported(node, "kernel format"));
+        }
+        let spec = &op.pool_spec;
+        if spec.data_format != DataFormat::NCHW || !(1..=2).contains(&spec.kernel_shape.len()) {
+            return Err(unsupported(node, "NCHW with 1 or 2 spatial axes only"));
+        }
+        let x = self.gpu_input(node, node.inputs[0])?;
+        let Val::Const(kernel) = self.value(node.inputs[1])? else {
+            return Err(unsupported(node, "kernel is not a constant"));
+        };
+        let Val::Const(bias) = self.value(node.inputs[2])? else {
+            return Err(unsupported(node, "bias is not a constant"));
+        };
+        let y_shape = self.out_shape(node, 0)?;
+        let (nb, cin, cout) = (x.shape[0], x.shape[1], y_shape[1]);
+        let groups = op.group.max(1);
+        let in_sp = &x.shape[2..];
+        let padding = spec
+            .padding
+            .compute_for_deconv(
+                in_sp,
+                &spec.kernel_shape,
+                &spec.dilations(),
+                &spec.strides(),
+                &op.adjustments,
+            )
+            .map_err(|e| unsupported(node, e))?;
+        let lift = |v: Vec<usize>, fill: usize| {
+            if v.len() == 1 {
+                [fill, v[0]]
+            } else {
+                [v[0], v[1]]
+            }
+        };
+        let [h, w] = lift(in_sp.to_vec(), 1);
+        let [oh, ow] = lift(y_shape[2..].to_vec(), 1);
+        let [kh, kw] = lift(spec.kernel_shape.to_vec(), 1);
+        let [sh, sw] = lift(spec.strides().to_vec(), 1);
+        let [ph, pw] = lift(padding.iter().map(|p| p.pad_before).collect(), 0);
+        let [dh, dw] = lift(spec.dilations().to_vec(), 1);
+        let kernel = kernel.cast_to::<f32>().map_err(|e| unsupported(node, e))?;
+        let bias = bias.cast_to::<f32>().map_err(|e| unsupported(node, e))?;
+        let bias_v = bias
+            .try_as_plain_ram()
+            .and_then(|v| v.as_slice::<f32>())
+            .map_err(|e| unsupported(node, e))?;
+        let bias_full = match bias_v.len() {
+            1 => vec![bias_v[0]; cout],
+            n if n == cout => bias_v.to_vec(),
+            _ => return Err(unsupported(node, "bias shape")),
+        };
+        if kernel.len() != cout * (cin / groups) * kh * kw {
+            return Err(unsupported(node, "kernel shape"));
+        }
+        let wbuf = self.upload(node, &kernel)?;
+        let b_t = Tensor::from_shape(&[cout], &bias_full).map_err(|e| unsupported(node, e))?;
+        let b = self.upload(node, &b_t)?;
+        let y = self.activation(&y_shape, Word::F32);
+        let n_out: usize = y_shape.iter().product();
+        let mut params = vec![u(n_out), 0, 0, 0];
+        params.extend(
+            [
+                cin,
+                h,
+                w,
+                oh,
+                ow,
+                kh,
+                kw,
+                sh,
+                sw,
+                ph,
+                pw,
+                dh,
+                dw,
+                cin / groups,
+                cout / groups,
+                cout,
+            ]
+            .map(u),
+        );
+        if n_out > 0 && nb > 0 {
+            self.push(
+                node,
+                Kernel::Deconv,
+                params,
+                vec![x.buf, wbuf.buf, b.buf, y.buf],
+                grid_1d(n_out),
+            );
+        }
+        self.set(node, 0, y);
         Ok(())
     }
 }

@@ -93,11 +93,14 @@ impl Plan {
                     cache
                         .entry(content_key(words))
                         .or_insert_with(|| {
+                            // COPY_SRC: a model output can be a constant.
+                            let contents: &[u32] = if words.is_empty() { &[0] } else { words };
                             Arc::new(
                                 device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                                     label: Some("weights"),
-                                    contents: bytemuck::cast_slice(words),
-                                    usage: wgpu::BufferUsages::STORAGE,
+                                    contents: bytemuck::cast_slice(contents),
+                                    usage: wgpu::BufferUsages::STORAGE
+                                        | wgpu::BufferUsages::COPY_SRC,
                                 }),
                             )
                         })

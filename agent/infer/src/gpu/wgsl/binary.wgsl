@@ -37,11 +37,9 @@ fn iop(op: u32, x: i32, y: i32) -> u32 {
         case 21u: { return bitcast<u32>(x - y); }
         case 22u: { return bitcast<u32>(x * y); }
         case 23u: {
-            // floor division, as tract and NumPy do for integers
+            // truncating division, as tract computes integers
             if (y == 0) { return 0u; }
-            var q = x / y;
-            if ((x % y != 0) && ((x < 0) != (y < 0))) { q = q - 1; }
-            return bitcast<u32>(q);
+            return bitcast<u32>(x / y);
         }
         case 25u: { return bitcast<u32>(max(x, y)); }
         case 26u: { return bitcast<u32>(min(x, y)); }
@@ -51,10 +49,9 @@ fn iop(op: u32, x: i32, y: i32) -> u32 {
         case 30u: { return u32(x <= y); }
         case 31u: { return u32(x >= y); }
         case 32u: {
+            // remainder with the dividend's sign, as tract computes integers
             if (y == 0) { return 0u; }
-            var r = x % y;
-            if (r != 0 && ((r < 0) != (y < 0))) { r = r + y; }
-            return bitcast<u32>(r);
+            return bitcast<u32>(x % y);
         }
         case 33u: { return u32(x != y); }
         case 40u: { return u32((x != 0) && (y != 0)); }

@@ -1,6 +1,6 @@
 // Direct convolution, one invocation per output element: depthwise and other grouped
 // convolutions with few channels per group. NCHW, OIHW kernel.
-// p: [n_out, has_bias, lo, hi, act, act_a, act_b, _, Cin, H, W, OH, OW, KH, KW, SH, SW, PH, PW,
+// p: [n_out, has_bias, lo, hi, act, act_a, act_b, clamps, Cin, H, W, OH, OW, KH, KW, SH, SW, PH, PW,
 //     DH, DW, Cin_g, Cout_g, Cout, D, OD, KD, SD, PD, DDil] (2-D: D = OD = KD = 1)
 @group(0) @binding(1) var<storage, read> x: array<u32>;
 @group(0) @binding(2) var<storage, read> w: array<u32>;
@@ -50,6 +50,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     if (p[1] == 1u) {
         acc += bitcast<f32>(bias[co]);
     }
-    acc = clamp(acc, pf(2u), pf(3u));
+    if (p[7] == 1u) {
+        acc = clamp(acc, pf(2u), pf(3u));
+    }
     y[i] = bitcast<u32>(unary(acc, p[4], pf(5u), pf(6u)));
 }

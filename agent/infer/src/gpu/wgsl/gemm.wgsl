@@ -4,7 +4,7 @@
 // the source appended to this one (matmul or implicit-GEMM convolution), which is how one kernel
 // serves both. TM and TN are substituted before compilation.
 //
-// p: [M, N, K, has_bias, bias_on_m, lo, hi, act, act_a, act_b, bias_batch_stride, _, _, _, _, _,
+// p: [M, N, K, has_bias, bias_on_m, lo, hi, act, act_a, act_b, bias_batch_stride, clamps, _, _, _, _,
 //     loader params...]
 
 const TM: u32 = __TM__u;
@@ -21,7 +21,9 @@ fn epilogue(v: f32, batch: u32, m: u32, n: u32) -> f32 {
     if (p[3] == 1u) {
         r += bitcast<f32>(bias[batch * p[10] + select(n, m, p[4] == 1u)]);
     }
-    r = clamp(r, pf(5u), pf(6u));
+    if (p[11] == 1u) {
+        r = clamp(r, pf(5u), pf(6u));
+    }
     return unary(r, p[7], pf(8u), pf(9u));
 }
 
