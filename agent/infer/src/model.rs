@@ -16,7 +16,7 @@ use crate::tensor::{DType, Tensor};
 /// Where a model should run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Device {
-    /// The GPU when there is an adapter and it supports every operator, else the CPU.
+    /// The GPU when there is a hardware adapter and it supports every operator, else the CPU.
     #[default]
     Auto,
     Cpu,
@@ -223,6 +223,14 @@ impl Model {
                 Err(e) => {
                     tracing::debug!(reason = %e, "no GPU, running on the CPU");
                     (Backend::Cpu(cpu_backend(typed)?), Some(e.to_string()))
+                }
+                Ok(context) if context.is_software() => {
+                    let reason = format!(
+                        "the only GPU adapter, {}, is a software one",
+                        context.adapter_name()
+                    );
+                    tracing::debug!(%reason, "running on the CPU");
+                    (Backend::Cpu(cpu_backend(typed)?), Some(reason))
                 }
                 Ok(context) => match gpu_backend(&typed, context) {
                     Ok(gpu) => (Backend::Gpu(Box::new(gpu)), None),

@@ -131,11 +131,19 @@ fn gpu_matches_the_cpu_for_any_batch_and_under_concurrency() {
         compare(&g, &c, Tolerance::MaxAbs(1e-4)).expect("gpu = cpu");
     }
     concurrent(&gpu, &input);
+    // auto takes a hardware GPU and never a software rasterizer (CI's only adapter).
     let auto = load(&bytes, Device::Auto).expect("auto");
-    assert!(
-        matches!(auto.placement(), Placement::Gpu { .. }),
-        "auto picks the GPU"
-    );
+    let software = list_adapters().iter().all(|a| a.device_type == "cpu");
+    if software {
+        assert_eq!(auto.placement(), Placement::Cpu);
+        let reason = auto.fallback_reason().expect("a reason");
+        assert!(reason.contains("software"), "{reason}");
+    } else {
+        assert!(
+            matches!(auto.placement(), Placement::Gpu { .. }),
+            "auto picks the GPU"
+        );
+    }
 }
 
 #[test]
@@ -304,19 +312,17 @@ fn auto_falls_back_to_the_cpu_and_says_which_op() {
     let reason = auto.fallback_reason().expect("a reason");
     let y = auto.run(vec![x]).expect("run").remove(0);
     assert_eq!(y.to_f64_vec(), vec![1.0, 3.0, 6.0, 10.0]);
+    let hardware = list_adapters().iter().any(|a| a.device_type != "cpu");
+    if hardware {
+        assert!(reason.to_lowercase().contains("cumsum"), "{reason}");
+    }
     if has_gpu() {
-        assert!(
-            reason.contains("CumSum") || reason.to_lowercase().contains("cumsum"),
-            "{reason}"
-        );
         let err = load(&bytes, Device::Gpu).unwrap_err();
         assert!(matches!(err, InferError::UnsupportedOp { .. }), "{err}");
         assert!(err.to_string().contains("running"), "names the node: {err}");
+        assert!(err.to_string().contains("CumSum"), "names the op: {err}");
     } else {
-        assert!(
-            reason.contains("adapter") || reason.contains("GPU"),
-            "{reason}"
-        );
+        assert!(reason.contains("adapter"), "{reason}");
     }
 }
 

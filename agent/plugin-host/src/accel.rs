@@ -132,9 +132,22 @@ pub struct GpuAccel {
 }
 
 impl GpuAccel {
-    /// The shared GPU of this process, if wgpu finds an adapter (`TERN_GPU=off` says no).
+    /// The shared GPU of this process, if wgpu finds an adapter (`TERN_GPU=off` says no),
+    /// software adapters included.
     pub fn detect() -> Option<GpuAccel> {
         let context = tern_infer::gpu::shared_context().ok()?;
+        Some(GpuAccel {
+            gpu: GpuPrep::new(context),
+        })
+    }
+
+    /// Like [`GpuAccel::detect`], but only a hardware GPU: a software adapter is slower than the
+    /// CPU kernels it would stand in for.
+    pub fn detect_hardware() -> Option<GpuAccel> {
+        let context = tern_infer::gpu::shared_context().ok()?;
+        if context.is_software() {
+            return None;
+        }
         Some(GpuAccel {
             gpu: GpuPrep::new(context),
         })
@@ -223,8 +236,8 @@ impl Accel for GpuAccel {
     }
 }
 
-/// The GPU when there is one, else the CPU; decided on the first call, so a host whose plugins
-/// never call `accel` never starts a GPU driver.
+/// A hardware GPU when there is one, else the CPU; decided on the first call, so a host whose
+/// plugins never call `accel` never starts a GPU driver.
 #[derive(Debug, Default)]
 pub struct AutoAccel {
     gpu: OnceLock<Option<GpuAccel>>,
@@ -233,10 +246,10 @@ pub struct AutoAccel {
 impl AutoAccel {
     fn backend(&self) -> &dyn Accel {
         match self.gpu.get_or_init(|| {
-            let gpu = GpuAccel::detect();
+            let gpu = GpuAccel::detect_hardware();
             match &gpu {
                 Some(g) => tracing::info!(adapter = g.adapter_name(), "accel runs on the GPU"),
-                None => tracing::info!("accel runs on the CPU (no GPU adapter)"),
+                None => tracing::info!("accel runs on the CPU (no hardware GPU adapter)"),
             }
             gpu
         }) {

@@ -13,6 +13,7 @@ pub struct GpuContext {
     pub(crate) device: wgpu::Device,
     pub(crate) queue: wgpu::Queue,
     adapter_name: String,
+    software: bool,
     pipelines: Mutex<HashMap<Kernel, Arc<wgpu::ComputePipeline>>>,
 }
 
@@ -79,12 +80,19 @@ impl GpuContext {
             device,
             queue,
             adapter_name: info.name,
+            software: info.device_type == wgpu::DeviceType::Cpu,
             pipelines: Mutex::new(HashMap::new()),
         })
     }
 
     pub fn adapter_name(&self) -> &str {
         &self.adapter_name
+    }
+
+    /// Whether the adapter is a software rasterizer on the CPU (lavapipe, SwiftShader, WARP):
+    /// correct, and slower than running on the CPU directly, so `auto` never picks it.
+    pub fn is_software(&self) -> bool {
+        self.software
     }
 
     /// The largest buffer a binding may cover.
