@@ -25,6 +25,14 @@ pub fn compute_backends() -> wgpu::Backends {
 
 /// Every adapter on the compute backends. `WGPU_BACKEND` can narrow them (never widen them).
 pub fn list_adapters() -> Vec<AdapterSummary> {
+    compute_adapters()
+        .iter()
+        .map(|a| summarize(&a.get_info()))
+        .collect()
+}
+
+/// The adapters on our compute backends, as wgpu enumerates them.
+pub(crate) fn compute_adapters() -> Vec<wgpu::Adapter> {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
     desc.backends = compute_backends();
     desc.flags = wgpu::InstanceFlags::empty();
@@ -32,8 +40,7 @@ pub fn list_adapters() -> Vec<AdapterSummary> {
     desc.backends &= compute_backends();
     let backends = desc.backends;
     let instance = wgpu::Instance::new(desc);
-    let adapters = pollster::block_on(instance.enumerate_adapters(backends));
-    adapters.iter().map(|a| summarize(&a.get_info())).collect()
+    pollster::block_on(instance.enumerate_adapters(backends))
 }
 
 fn summarize(info: &wgpu::AdapterInfo) -> AdapterSummary {

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::adapters::compute_backends;
+use crate::adapters::compute_adapters;
 use crate::error::InferError;
 use crate::gpu::kernels::Kernel;
 
@@ -42,14 +42,7 @@ impl GpuContext {
         if std::env::var("TERN_GPU").is_ok_and(|v| v == "off") {
             return Err("disabled by TERN_GPU=off".to_owned());
         }
-        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
-        desc.backends = compute_backends();
-        desc.flags = wgpu::InstanceFlags::empty();
-        let mut desc = desc.with_env();
-        desc.backends &= compute_backends();
-        let backends = desc.backends;
-        let instance = wgpu::Instance::new(desc);
-        let mut adapters = pollster::block_on(instance.enumerate_adapters(backends));
+        let mut adapters = compute_adapters();
         adapters.sort_by_key(|a| rank(a.get_info().device_type));
         let adapter = adapters
             .into_iter()
