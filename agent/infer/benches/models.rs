@@ -69,20 +69,46 @@ fn args() -> Args {
     a
 }
 
+/// Like [`time`] for two calls, alternating them run by run.
+fn time_pair(
+    runs: usize,
+    mut f: impl FnMut(),
+    mut g: impl FnMut(),
+) -> ((Duration, Duration), (Duration, Duration)) {
+    for _ in 0..3 {
+        f();
+        g();
+    }
+    let (mut fs, mut gs) = (vec![], vec![]);
+    for _ in 0..runs {
+        let start = Instant::now();
+        f();
+        fs.push(start.elapsed());
+        let start = Instant::now();
+        g();
+        gs.push(start.elapsed());
+    }
+    (quantiles(fs), quantiles(gs))
+}
+
+fn quantiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
+    samples.sort();
+    (samples[samples.len() / 2], samples[samples.len() * 9 / 10])
+}
+
 /// Median and 90th percentile of `runs` timed calls after 3 warm-ups.
 fn time(runs: usize, mut f: impl FnMut()) -> (Duration, Duration) {
     for _ in 0..3 {
         f();
     }
-    let mut samples: Vec<Duration> = (0..runs)
+    let samples: Vec<Duration> = (0..runs)
         .map(|_| {
             let start = Instant::now();
             f();
             start.elapsed()
         })
         .collect();
-    samples.sort();
-    (samples[samples.len() / 2], samples[samples.len() * 9 / 10])
+    quantiles(samples)
 }
 
 fn ms(d: Duration) -> f64 {
@@ -147,11 +173,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .into_optimized()?
             .into_runnable()?;
         let mut state = tract_onnx::tract_core::internal::SimpleState::new(&same)?;
-        let (bare, bare90) = time(a.runs, || {
-            state
-                .run(tvec![tract_input.clone().into()])
-                .expect("tract run");
-        });
+        let cpu = Model::load(
+            &bytes,
+            &ModelOptions {
+                device: Device::Cpu,
+                ..ModelOptions::default()
+            },
+        )?;
+        // Interleaved, so that drift on a shared machine hits both alike.
+        let ((bare, bare90), (tern, tern90)) = time_pair(
+            a.runs,
+            || {
+                state
+                    .run(tvec![tract_input.clone().into()])
+                    .expect("tract run");
+            },
+            || {
+                cpu.run(vec![input.clone()]).expect("cpu run");
+            },
+        );
         println!(
             "| {name} | {batch} | tract alone, same calls, state kept | {:.2} | {:.2} | 1.00× |",
             ms(bare),
@@ -176,16 +216,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             t.as_secs_f64() / bare.as_secs_f64()
         );
 
-        let cpu = Model::load(
-            &bytes,
-            &ModelOptions {
-                device: Device::Cpu,
-                ..ModelOptions::default()
-            },
-        )?;
-        let (t, t90) = time(a.runs, || {
-            cpu.run(vec![input.clone()]).expect("cpu run");
-        });
+        let (t, t90) = (tern, tern90);
         println!(
             "| {name} | {batch} | tern cpu | {:.2} | {:.2} | {:.3}× |",
             ms(t),
