@@ -71,6 +71,92 @@ fn kernel_error(e: tern_accel_cpu::AccelError) -> StepError {
     invalid(e.to_string())
 }
 
+/// The result of a kernel run on the GPU, or on the CPU when the GPU itself failed (a bad
+/// request fails the same way on both and is not retried).
+fn gpu_or_cpu(
+    gpu: Option<(&GpuPrep, &str)>,
+    on_gpu: impl FnOnce(&GpuPrep) -> Result<(Vec<u8>, Vec<u64>), PrepError>,
+    on_cpu: impl FnOnce() -> Result<(Vec<u8>, Vec<u64>), tern_accel_cpu::AccelError>,
+) -> Result<(Vec<u8>, Vec<u64>), StepError> {
+    if let Some((gpu, operation)) = gpu {
+        match on_gpu(gpu) {
+            Ok(result) => return Ok(result),
+            Err(PrepError::Invalid(e)) => return Err(kernel_error(e)),
+            Err(PrepError::Gpu(why)) => {
+                tracing::warn!(operation, %why, "GPU accel failed; running on the CPU")
+            }
+        }
+    }
+    on_cpu().map_err(kernel_error)
+}
+
+/// `resize` on the GPU when one is given, else (or if it fails) on the CPU.
+fn resize_on(
+    gpu: Option<&GpuPrep>,
+    image: &Tensor,
+    layout: Layout,
+    height: u32,
+    width: u32,
+) -> Result<Tensor, StepError> {
+    let element = element(image.dtype, "resize")?;
+    let (layout, h, w) = (kernel_layout(layout), height as usize, width as usize);
+    let (data, shape) = gpu_or_cpu(
+        gpu.map(|g| (g, "resize")),
+        |g| g.resize_bytes(element, &image.data, &image.shape, layout, h, w),
+        || tern_accel_cpu::resize_bytes(element, &image.data, &image.shape, layout, h, w),
+    )?;
+    Ok(Tensor {
+        name: image.name.clone(),
+        dtype: image.dtype,
+        shape,
+        data,
+    })
+}
+
+/// `normalize` on the GPU when one is given, else (or if it fails) on the CPU.
+fn normalize_on(
+    gpu: Option<&GpuPrep>,
+    image: &Tensor,
+    layout: Layout,
+    mean: &[f32],
+    std: &[f32],
+    out_layout: Layout,
+) -> Result<Tensor, StepError> {
+    let element = element(image.dtype, "normalize")?;
+    let (layout, out_layout) = (kernel_layout(layout), kernel_layout(out_layout));
+    let (data, shape) = gpu_or_cpu(
+        gpu.map(|g| (g, "normalize")),
+        |g| {
+            g.normalize_bytes(
+                element,
+                &image.data,
+                &image.shape,
+                layout,
+                mean,
+                std,
+                out_layout,
+            )
+        },
+        || {
+            tern_accel_cpu::normalize_bytes(
+                element,
+                &image.data,
+                &image.shape,
+                layout,
+                mean,
+                std,
+                out_layout,
+            )
+        },
+    )?;
+    Ok(Tensor {
+        name: image.name.clone(),
+        dtype: Dtype::Fp32,
+        shape,
+        data,
+    })
+}
+
 impl Accel for CpuAccel {
     fn resize(
         &self,
@@ -79,22 +165,7 @@ impl Accel for CpuAccel {
         height: u32,
         width: u32,
     ) -> Result<Tensor, StepError> {
-        let element = element(image.dtype, "resize")?;
-        let (data, shape) = tern_accel_cpu::resize_bytes(
-            element,
-            &image.data,
-            &image.shape,
-            kernel_layout(layout),
-            height as usize,
-            width as usize,
-        )
-        .map_err(kernel_error)?;
-        Ok(Tensor {
-            name: image.name.clone(),
-            dtype: image.dtype,
-            shape,
-            data,
-        })
+        resize_on(None, image, layout, height, width)
     }
 
     fn normalize(
@@ -105,23 +176,7 @@ impl Accel for CpuAccel {
         std: &[f32],
         out_layout: Layout,
     ) -> Result<Tensor, StepError> {
-        let element = element(image.dtype, "normalize")?;
-        let (data, shape) = tern_accel_cpu::normalize_bytes(
-            element,
-            &image.data,
-            &image.shape,
-            kernel_layout(layout),
-            mean,
-            std,
-            kernel_layout(out_layout),
-        )
-        .map_err(kernel_error)?;
-        Ok(Tensor {
-            name: image.name.clone(),
-            dtype: Dtype::Fp32,
-            shape,
-            data,
-        })
+        normalize_on(None, image, layout, mean, std, out_layout)
     }
 }
 
@@ -144,33 +199,11 @@ impl GpuAccel {
     /// Like [`GpuAccel::detect`], but only a hardware GPU: a software adapter is slower than the
     /// CPU kernels it would stand in for.
     pub fn detect_hardware() -> Option<GpuAccel> {
-        let context = tern_infer::gpu::shared_context().ok()?;
-        if context.is_software() {
-            return None;
-        }
-        Some(GpuAccel {
-            gpu: GpuPrep::new(context),
-        })
+        Self::detect().filter(|g| !g.gpu.is_software())
     }
 
     pub fn adapter_name(&self) -> &str {
         self.gpu.adapter_name()
-    }
-}
-
-fn gpu_or_cpu(
-    result: Result<(Vec<u8>, Vec<u64>), PrepError>,
-    operation: &str,
-    cpu: impl FnOnce() -> Result<Tensor, StepError>,
-    wrap: impl FnOnce(Vec<u8>, Vec<u64>) -> Tensor,
-) -> Result<Tensor, StepError> {
-    match result {
-        Ok((data, shape)) => Ok(wrap(data, shape)),
-        Err(PrepError::Invalid(e)) => Err(kernel_error(e)),
-        Err(PrepError::Gpu(why)) => {
-            tracing::warn!(operation, %why, "GPU accel failed; running on the CPU");
-            cpu()
-        }
     }
 }
 
@@ -182,26 +215,7 @@ impl Accel for GpuAccel {
         height: u32,
         width: u32,
     ) -> Result<Tensor, StepError> {
-        let element = element(image.dtype, "resize")?;
-        let result = self.gpu.resize_bytes(
-            element,
-            &image.data,
-            &image.shape,
-            kernel_layout(layout),
-            height as usize,
-            width as usize,
-        );
-        gpu_or_cpu(
-            result,
-            "resize",
-            || CpuAccel.resize(image, layout, height, width),
-            |data, shape| Tensor {
-                name: image.name.clone(),
-                dtype: image.dtype,
-                shape,
-                data,
-            },
-        )
+        resize_on(Some(&self.gpu), image, layout, height, width)
     }
 
     fn normalize(
@@ -212,27 +226,7 @@ impl Accel for GpuAccel {
         std: &[f32],
         out_layout: Layout,
     ) -> Result<Tensor, StepError> {
-        let element = element(image.dtype, "normalize")?;
-        let result = self.gpu.normalize_bytes(
-            element,
-            &image.data,
-            &image.shape,
-            kernel_layout(layout),
-            mean,
-            std,
-            kernel_layout(out_layout),
-        );
-        gpu_or_cpu(
-            result,
-            "normalize",
-            || CpuAccel.normalize(image, layout, mean, std, out_layout),
-            |data, shape| Tensor {
-                name: image.name.clone(),
-                dtype: Dtype::Fp32,
-                shape,
-                data,
-            },
-        )
+        normalize_on(Some(&self.gpu), image, layout, mean, std, out_layout)
     }
 }
 

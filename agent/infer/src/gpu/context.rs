@@ -93,6 +93,38 @@ impl GpuContext {
         self.device.limits().max_storage_buffer_binding_size
     }
 
+    /// Waits for the queue and returns the contents of `buffers` (MAP_READ buffers that copies
+    /// were just submitted into) as 32-bit words, unmapping them again.
+    pub(crate) fn read_back(&self, buffers: &[&wgpu::Buffer]) -> Result<Vec<Vec<u32>>, String> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for buffer in buffers {
+            let tx = tx.clone();
+            buffer.map_async(wgpu::MapMode::Read, .., move |r| {
+                let _ = tx.send(r);
+            });
+        }
+        drop(tx);
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| format!("waiting for the GPU: {e}"))?;
+        for r in rx.iter() {
+            r.map_err(|e| format!("reading results back: {e}"))?;
+        }
+        buffers
+            .iter()
+            .map(|buffer| {
+                let words = {
+                    let view = buffer
+                        .get_mapped_range(..)
+                        .map_err(|e| format!("reading results back: {e}"))?;
+                    bytemuck::cast_slice::<u8, u32>(&view).to_vec()
+                };
+                buffer.unmap();
+                Ok(words)
+            })
+            .collect()
+    }
+
     /// The compiled pipeline of `kernel`, compiling it on first use.
     pub(crate) fn pipeline(&self, kernel: Kernel) -> Arc<wgpu::ComputePipeline> {
         let mut cache = self

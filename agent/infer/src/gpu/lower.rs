@@ -38,6 +38,19 @@ const MAX_RANK: usize = 8;
 const MAX_WORKGROUPS: u32 = 65_535;
 const NO_CLAMP: f32 = f32::INFINITY;
 
+/// How a copy maps each output coordinate to a source coordinate, per axis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SourceMap<'a> {
+    /// As is (through the strides).
+    Direct,
+    /// Modulo the source extent.
+    Tile,
+    /// Shifted by the padding before it, reflected into the source.
+    Reflect(&'a [usize]),
+    /// Shifted by the padding before it, clamped into the source.
+    Edge(&'a [usize]),
+}
+
 /// A value during lowering: on the GPU, or a constant still on the host.
 #[derive(Debug, Clone)]
 enum Val {
@@ -201,12 +214,53 @@ struct Geometry {
 }
 
 impl Geometry {
+    /// A convolution's or pool's.
     fn new(spec: &PoolSpec, in_sp: &[usize], out_sp: &[usize]) -> Option<Geometry> {
+        let pad = spec
+            .computed_padding(in_sp)
+            .iter()
+            .map(|p| p.pad_before)
+            .collect();
+        Self::with_padding(spec, in_sp, out_sp, pad)
+    }
+
+    /// A transposed convolution's.
+    fn for_deconv(
+        spec: &PoolSpec,
+        in_sp: &[usize],
+        out_sp: &[usize],
+        adjustments: &[usize],
+    ) -> Option<Geometry> {
+        let pad = spec
+            .padding
+            .compute_for_deconv(
+                in_sp,
+                &spec.kernel_shape,
+                &spec.dilations(),
+                &spec.strides(),
+                adjustments,
+            )
+            .ok()?
+            .iter()
+            .map(|p| p.pad_before)
+            .collect();
+        Self::with_padding(spec, in_sp, out_sp, pad)
+    }
+
+    fn with_padding(
+        spec: &PoolSpec,
+        in_sp: &[usize],
+        out_sp: &[usize],
+        pad: Vec<usize>,
+    ) -> Option<Geometry> {
         let rank = spec.kernel_shape.len();
-        if !(1..=3).contains(&rank) || in_sp.len() != rank || out_sp.len() != rank {
+        if !(1..=3).contains(&rank)
+            || in_sp.len() != rank
+            || out_sp.len() != rank
+            || pad.len() != rank
+        {
             return None;
         }
-        let padding = spec.computed_padding(in_sp);
         let (dil, strides) = (spec.dilations(), spec.strides());
         let lift = |f: &dyn Fn(usize) -> usize, fill: usize| {
             let mut v = [fill; 3];
@@ -220,7 +274,7 @@ impl Geometry {
             output: lift(&|i| out_sp[i], 1),
             kernel: lift(&|i| spec.kernel_shape[i], 1),
             strides: lift(&|i| strides[i], 1),
-            pad: lift(&|i| padding[i].pad_before, 0),
+            pad: lift(&|i| pad[i], 0),
             dilations: lift(&|i| dil[i], 1),
         })
     }
@@ -515,7 +569,6 @@ impl Lowering<'_> {
             kernel,
             params,
             buffers,
-            writes: 1,
             grid,
             node: node.name.clone(),
         });
@@ -687,6 +740,7 @@ impl Lowering<'_> {
                     0,
                     &contiguous_strides(&shape),
                     0,
+                    SourceMap::Direct,
                 )?;
                 self.set(node, 0, out);
             }
@@ -717,18 +771,28 @@ impl Lowering<'_> {
         src_offset: usize,
         dst_strides: &[usize],
         dst_offset: usize,
+        map: SourceMap,
     ) -> Result<(), InferError> {
-        if shape.len() > MAX_RANK {
+        if shape.len() > MAX_RANK || src.shape.len() > MAX_RANK {
             return Err(unsupported(node, "rank over 8"));
         }
         let n: usize = shape.iter().product();
-        if n == 0 {
+        if n == 0 || (map != SourceMap::Direct && src.shape.contains(&0)) {
             return Ok(());
         }
+        let (code, before) = match map {
+            SourceMap::Direct => (0, &[][..]),
+            SourceMap::Tile => (1, &[][..]),
+            SourceMap::Reflect(before) => (2, before),
+            SourceMap::Edge(before) => (3, before),
+        };
         let mut params = vec![u(n), u(shape.len()), u(src_offset), u(dst_offset)];
         params.extend(pad8(shape, 1));
         params.extend(pad8(src_strides, 0));
         params.extend(pad8(dst_strides, 0));
+        params.extend([code, 0, 0, 0]);
+        params.extend(pad8(&src.shape, 1));
+        params.extend(pad8(before, 0));
         self.push(
             node,
             Kernel::Copy,
@@ -1086,11 +1150,7 @@ impl Lowering<'_> {
         };
         let (ep, last) = self.fuse_epilogue(node, channel_axis, channels, false);
         let bias = match &ep.bias {
-            Some(v) => {
-                let t = tract_onnx::prelude::Tensor::from_shape(&[v.len()], v)
-                    .map_err(|e| InferError::Internal(e.to_string()))?;
-                Some(self.upload(node, &t)?)
-            }
+            Some(v) => Some(self.upload_f32(node, v)?),
             None => None,
         };
         let out = self.activation(&c_shape, Word::F32);
@@ -1135,6 +1195,44 @@ impl Lowering<'_> {
         Ok(())
     }
 
+    /// A convolution's constant kernel (as f32, `expected` values) and bias (one per output
+    /// channel, a scalar bias broadcast).
+    fn kernel_and_bias(
+        &self,
+        node: &TypedNode,
+        expected: usize,
+        cout: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>), InferError> {
+        let constant = |slot: usize, what: &str| -> Result<Vec<f32>, InferError> {
+            let Val::Const(t) = self.value(node.inputs[slot])? else {
+                return Err(unsupported(node, format!("{what} is not a constant")));
+            };
+            let t = t.cast_to::<f32>().map_err(|e| unsupported(node, e))?;
+            let values = t
+                .try_as_plain_ram()
+                .and_then(|v| v.as_slice::<f32>())
+                .map_err(|e| unsupported(node, e))?;
+            Ok(values.to_vec())
+        };
+        let kernel = constant(1, "kernel")?;
+        if kernel.len() != expected {
+            return Err(unsupported(node, "kernel shape"));
+        }
+        let bias = constant(2, "bias")?;
+        let bias = match bias.len() {
+            1 => vec![bias[0]; cout],
+            n if n == cout => bias,
+            _ => return Err(unsupported(node, "bias shape")),
+        };
+        Ok((kernel, bias))
+    }
+
+    /// Uploads f32 values as a vector.
+    fn upload_f32(&mut self, node: &TypedNode, values: &[f32]) -> Result<GpuVal, InferError> {
+        let t = Tensor::from_shape(&[values.len()], values).map_err(|e| unsupported(node, e))?;
+        self.upload(node, &t)
+    }
+
     fn conv(&mut self, node: &TypedNode, op: &Conv) -> Result<(), InferError> {
         if op.q_params.is_some() {
             return Err(unsupported(node, "quantized"));
@@ -1152,12 +1250,6 @@ impl Lowering<'_> {
         if x.word != Word::F32 {
             return Err(unsupported(node, "non-float input"));
         }
-        let Val::Const(kernel) = self.value(node.inputs[1])? else {
-            return Err(unsupported(node, "kernel is not a constant"));
-        };
-        let Val::Const(bias) = self.value(node.inputs[2])? else {
-            return Err(unsupported(node, "bias is not a constant"));
-        };
         let y_shape = self.out_shape(node, 0)?;
         let in_shape = &x.shape;
         let off = usize::from(batch_axis);
@@ -1170,25 +1262,7 @@ impl Lowering<'_> {
         let cin_g = cin / groups;
         let cout_g = cout / groups;
         let kdim = cin_g * geo.kernel_points();
-        let kernel = kernel.cast_to::<f32>().map_err(|e| unsupported(node, e))?;
-        let mut weights = kernel
-            .try_as_plain_ram()
-            .and_then(|v| v.as_slice::<f32>())
-            .map_err(|e| unsupported(node, e))?
-            .to_vec();
-        if weights.len() != cout * kdim {
-            return Err(unsupported(node, "kernel shape"));
-        }
-        let bias_t = bias.cast_to::<f32>().map_err(|e| unsupported(node, e))?;
-        let bias_v = bias_t
-            .try_as_plain_ram()
-            .and_then(|v| v.as_slice::<f32>())
-            .map_err(|e| unsupported(node, e))?;
-        let mut base_bias = match bias_v.len() {
-            1 => vec![bias_v[0]; cout],
-            n if n == cout => bias_v.to_vec(),
-            _ => return Err(unsupported(node, "bias shape")),
-        };
+        let (mut weights, mut base_bias) = self.kernel_and_bias(node, cout * kdim, cout)?;
         let (ep, last) = self.fuse_epilogue(node, Some(off), cout, true);
         if let Some(scale) = &ep.scale {
             for (co, s) in scale.iter().enumerate() {
@@ -1201,11 +1275,8 @@ impl Lowering<'_> {
         if let Some(extra) = &ep.bias {
             base_bias.iter_mut().zip(extra).for_each(|(b, e)| *b += e);
         }
-        let w_t =
-            Tensor::from_shape(&[weights.len()], &weights).map_err(|e| unsupported(node, e))?;
-        let wbuf = self.upload(node, &w_t)?;
-        let b_t = Tensor::from_shape(&[cout], &base_bias).map_err(|e| unsupported(node, e))?;
-        let b = self.upload(node, &b_t)?;
+        let wbuf = self.upload_f32(node, &weights)?;
+        let b = self.upload_f32(node, &base_bias)?;
         let y = self.activation(&y_shape, Word::F32);
         let ep_params = Self::epilogue_params(&ep);
         let mut geometry: Vec<u32> = vec![u(cin)];
@@ -1373,6 +1444,7 @@ impl Lowering<'_> {
                 0,
                 &out_strides,
                 offset * out_strides[op.axis],
+                SourceMap::Direct,
             )?;
             offset += part.shape[op.axis];
         }
@@ -1398,6 +1470,7 @@ impl Lowering<'_> {
             start * strides[op.axis],
             &contiguous_strides(&y_shape),
             0,
+            SourceMap::Direct,
         )?;
         self.set(node, 0, y);
         Ok(())
@@ -1417,6 +1490,7 @@ impl Lowering<'_> {
             0,
             &contiguous_strides(&y_shape),
             0,
+            SourceMap::Direct,
         )?;
         self.set(node, 0, y);
         Ok(())
@@ -1460,25 +1534,25 @@ impl Lowering<'_> {
             PadMode::Constant(value) => value,
             mode => {
                 let y_shape = self.out_shape(node, 0)?;
-                if y_shape.len() > MAX_RANK {
-                    return Err(unsupported(node, "rank over 8"));
-                }
                 let y = self.activation(&y_shape, x.word);
-                let n: usize = y_shape.iter().product();
                 let before: Vec<usize> = op.pads.iter().map(|p| p.0).collect();
-                let mut params = vec![
-                    u(n),
-                    u(y_shape.len()),
-                    u32::from(matches!(mode, PadMode::Edge)),
+                let map = if matches!(mode, PadMode::Edge) {
+                    SourceMap::Edge(&before)
+                } else {
+                    SourceMap::Reflect(&before)
+                };
+                let strides = contiguous_strides(&x.shape);
+                self.copy(
+                    node,
+                    &x,
+                    &y,
+                    &y_shape,
+                    &strides,
                     0,
-                ];
-                params.extend(pad8(&y_shape, 1));
-                params.extend(pad8(&x.shape, 1));
-                params.extend(pad8(&before, 0));
-                params.extend(pad8(&contiguous_strides(&x.shape), 0));
-                if n > 0 && x.shape.iter().all(|&d| d > 0) {
-                    self.push(node, Kernel::Pad, params, vec![x.buf, y.buf], grid_1d(n));
-                }
+                    &contiguous_strides(&y_shape),
+                    0,
+                    map,
+                )?;
                 self.set(node, 0, y);
                 return Ok(());
             }
@@ -1513,6 +1587,7 @@ impl Lowering<'_> {
             0,
             &out_strides,
             offset,
+            SourceMap::Direct,
         )?;
         self.set(node, 0, y);
         Ok(())
@@ -1552,18 +1627,22 @@ impl Lowering<'_> {
     fn tile(&mut self, node: &TypedNode, _op: &Tile) -> Result<(), InferError> {
         let x = self.gpu_input(node, node.inputs[0])?;
         let shape = self.out_shape(node, 0)?;
-        if shape.len() > MAX_RANK || shape.len() != x.shape.len() {
+        if shape.len() != x.shape.len() {
             return Err(unsupported(node, "rank"));
         }
         let out = self.activation(&shape, x.word);
-        let n: usize = shape.iter().product();
-        let mut params = vec![u(n), u(shape.len()), 0, 0];
-        params.extend(pad8(&shape, 1));
-        params.extend(pad8(&x.shape, 1));
-        params.extend(pad8(&contiguous_strides(&x.shape), 0));
-        if n > 0 && x.shape.iter().all(|&d| d > 0) {
-            self.push(node, Kernel::Tile, params, vec![x.buf, out.buf], grid_1d(n));
-        }
+        let strides = contiguous_strides(&x.shape);
+        self.copy(
+            node,
+            &x,
+            &out,
+            &shape,
+            &strides,
+            0,
+            &contiguous_strides(&shape),
+            0,
+            SourceMap::Tile,
+        )?;
         self.set(node, 0, out);
         Ok(())
     }
@@ -1587,6 +1666,7 @@ impl Lowering<'_> {
             offset,
             &contiguous_strides(&shape),
             0,
+            SourceMap::Direct,
         )?;
         self.set(node, 0, out);
         Ok(())
@@ -1647,80 +1727,20 @@ impl Lowering<'_> {
             return Err(unsupported(node, "NCHW with 1 or 2 spatial axes only"));
         }
         let x = self.gpu_input(node, node.inputs[0])?;
-        let Val::Const(kernel) = self.value(node.inputs[1])? else {
-            return Err(unsupported(node, "kernel is not a constant"));
-        };
-        let Val::Const(bias) = self.value(node.inputs[2])? else {
-            return Err(unsupported(node, "bias is not a constant"));
-        };
         let y_shape = self.out_shape(node, 0)?;
         let (nb, cin, cout) = (x.shape[0], x.shape[1], y_shape[1]);
         let groups = op.group.max(1);
-        let in_sp = &x.shape[2..];
-        let padding = spec
-            .padding
-            .compute_for_deconv(
-                in_sp,
-                &spec.kernel_shape,
-                &spec.dilations(),
-                &spec.strides(),
-                &op.adjustments,
-            )
-            .map_err(|e| unsupported(node, e))?;
-        let lift = |v: Vec<usize>, fill: usize| {
-            if v.len() == 1 {
-                [fill, v[0]]
-            } else {
-                [v[0], v[1]]
-            }
-        };
-        let [h, w] = lift(in_sp.to_vec(), 1);
-        let [oh, ow] = lift(y_shape[2..].to_vec(), 1);
-        let [kh, kw] = lift(spec.kernel_shape.to_vec(), 1);
-        let [sh, sw] = lift(spec.strides().to_vec(), 1);
-        let [ph, pw] = lift(padding.iter().map(|p| p.pad_before).collect(), 0);
-        let [dh, dw] = lift(spec.dilations().to_vec(), 1);
-        let kernel = kernel.cast_to::<f32>().map_err(|e| unsupported(node, e))?;
-        let bias = bias.cast_to::<f32>().map_err(|e| unsupported(node, e))?;
-        let bias_v = bias
-            .try_as_plain_ram()
-            .and_then(|v| v.as_slice::<f32>())
-            .map_err(|e| unsupported(node, e))?;
-        let bias_full = match bias_v.len() {
-            1 => vec![bias_v[0]; cout],
-            n if n == cout => bias_v.to_vec(),
-            _ => return Err(unsupported(node, "bias shape")),
-        };
-        if kernel.len() != cout * (cin / groups) * kh * kw {
-            return Err(unsupported(node, "kernel shape"));
-        }
-        let wbuf = self.upload(node, &kernel)?;
-        let b_t = Tensor::from_shape(&[cout], &bias_full).map_err(|e| unsupported(node, e))?;
-        let b = self.upload(node, &b_t)?;
+        let geo = Geometry::for_deconv(spec, &x.shape[2..], &y_shape[2..], &op.adjustments)
+            .ok_or_else(|| unsupported(node, "padding"))?;
+        let (kernel, bias) =
+            self.kernel_and_bias(node, cout * (cin / groups) * geo.kernel_points(), cout)?;
+        let wbuf = self.upload_f32(node, &kernel)?;
+        let b = self.upload_f32(node, &bias)?;
         let y = self.activation(&y_shape, Word::F32);
         let n_out: usize = y_shape.iter().product();
-        let mut params = vec![u(n_out), 0, 0, 0];
-        params.extend(
-            [
-                cin,
-                h,
-                w,
-                oh,
-                ow,
-                kh,
-                kw,
-                sh,
-                sw,
-                ph,
-                pw,
-                dh,
-                dw,
-                cin / groups,
-                cout / groups,
-                cout,
-            ]
-            .map(u),
-        );
+        let mut params = vec![u(n_out), 0, 0, 0, u(cin)];
+        params.extend(geo.plane());
+        params.extend([cin / groups, cout / groups, cout].map(u));
         if n_out > 0 && nb > 0 {
             self.push(
                 node,

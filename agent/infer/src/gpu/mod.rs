@@ -58,11 +58,6 @@ impl GpuBackend {
         self.context.adapter_name()
     }
 
-    /// Dispatches per run for these input shapes (for reports and tests).
-    pub fn steps_for(&self, shapes: &[Vec<usize>]) -> Result<usize, InferError> {
-        Ok(self.plan_for(shapes)?.steps())
-    }
-
     fn plan_for(&self, shapes: &[Vec<usize>]) -> Result<Arc<Plan>, InferError> {
         {
             let plans = self

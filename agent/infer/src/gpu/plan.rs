@@ -126,12 +126,7 @@ impl Plan {
         Ok(plan)
     }
 
-    /// Number of dispatches per run.
-    pub fn steps(&self) -> usize {
-        self.program.steps.len()
-    }
-
-    /// Bytes of activation memory one instance holds.
+    /// A new instance: activation buffers assigned by liveness, bind groups, readback buffers.
     fn instance(&self) -> Instance {
         let device = &self.context.device;
         let program = &self.program;
@@ -280,15 +275,7 @@ impl Plan {
                 label: Some("timing"),
             });
         for _ in 0..repeats.max(1) {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("timing"),
-                timestamp_writes: None,
-            });
-            for (i, step) in self.program.steps.iter().enumerate() {
-                pass.set_pipeline(&self.pipelines[i]);
-                pass.set_bind_group(0, &instance.bind_groups[i], &[]);
-                pass.dispatch_workgroups(step.grid.0, step.grid.1, step.grid.2);
-            }
+            self.record(&mut encoder, &instance);
         }
         let commands = encoder.finish();
         let start = std::time::Instant::now();
@@ -297,6 +284,19 @@ impl Plan {
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| InferError::Run(format!("waiting for the GPU: {e}")))?;
         Ok(start.elapsed() / repeats.max(1) as u32)
+    }
+
+    /// Records every dispatch of one run into one compute pass.
+    fn record(&self, encoder: &mut wgpu::CommandEncoder, instance: &Instance) {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("model"),
+            timestamp_writes: None,
+        });
+        for (i, step) in self.program.steps.iter().enumerate() {
+            pass.set_pipeline(&self.pipelines[i]);
+            pass.set_bind_group(0, &instance.bind_groups[i], &[]);
+            pass.dispatch_workgroups(step.grid.0, step.grid.1, step.grid.2);
+        }
     }
 
     fn run_on(&self, instance: &Instance, inputs: &[Tensor]) -> Result<Vec<Tensor>, InferError> {
@@ -319,17 +319,7 @@ impl Plan {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("model"),
             });
-        {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("model"),
-                timestamp_writes: None,
-            });
-            for (i, step) in self.program.steps.iter().enumerate() {
-                pass.set_pipeline(&self.pipelines[i]);
-                pass.set_bind_group(0, &instance.bind_groups[i], &[]);
-                pass.dispatch_workgroups(step.grid.0, step.grid.1, step.grid.2);
-            }
-        }
+        self.record(&mut encoder, instance);
         for (out, staging) in self.program.outputs.iter().zip(&instance.staging) {
             encoder.copy_buffer_to_buffer(
                 &instance.buffers[out.buffer],
@@ -340,32 +330,12 @@ impl Plan {
             );
         }
         ctx.queue.submit([encoder.finish()]);
-        let (tx, rx) = std::sync::mpsc::channel();
-        for (i, staging) in instance.staging.iter().enumerate() {
-            let tx = tx.clone();
-            staging.map_async(wgpu::MapMode::Read, .., move |r| {
-                let _ = tx.send((i, r));
-            });
-        }
-        drop(tx);
-        ctx.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| InferError::Run(format!("waiting for the GPU: {e}")))?;
-        for (_, r) in rx.iter() {
-            r.map_err(|e| InferError::Run(format!("reading results back: {e}")))?;
-        }
+        let staging: Vec<&wgpu::Buffer> = instance.staging.iter().collect();
+        let results = ctx.read_back(&staging).map_err(InferError::Run)?;
         let mut outputs = Vec::with_capacity(self.program.outputs.len());
-        for (out, staging) in self.program.outputs.iter().zip(&instance.staging) {
+        for (out, words) in self.program.outputs.iter().zip(&results) {
             let n: usize = out.shape.iter().product();
-            let tensor = {
-                let view = staging
-                    .get_mapped_range(..)
-                    .map_err(|e| InferError::Run(format!("reading results back: {e}")))?;
-                let words: &[u32] = bytemuck::cast_slice(&view[..n * 4]);
-                from_words(words, out.word, out.dtype, &out.shape)?
-            };
-            staging.unmap();
-            outputs.push(tensor);
+            outputs.push(from_words(&words[..n], out.word, out.dtype, &out.shape)?);
         }
         Ok(outputs)
     }

@@ -72,6 +72,11 @@ impl GpuPrep {
         self.context.adapter_name()
     }
 
+    /// Whether the adapter is a software rasterizer (see [`GpuContext::is_software`]).
+    pub fn is_software(&self) -> bool {
+        self.context.is_software()
+    }
+
     /// Bilinear resize; same contract as `tern_accel_cpu::resize_bytes`.
     pub fn resize_bytes(
         &self,
@@ -233,24 +238,9 @@ impl GpuPrep {
         }
         encoder.copy_buffer_to_buffer(&out, 0, &readback, 0, bytes);
         ctx.queue.submit([encoder.finish()]);
-        let (tx, rx) = std::sync::mpsc::channel();
-        readback.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
-        let gpu_error = PrepError::Gpu;
-        device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| gpu_error(e.to_string()))?;
-        rx.recv()
-            .map_err(|e| gpu_error(e.to_string()))?
-            .map_err(|e| gpu_error(e.to_string()))?;
-        let words = {
-            let view = readback
-                .get_mapped_range(..)
-                .map_err(|e| gpu_error(e.to_string()))?;
-            bytemuck::cast_slice::<u8, u32>(&view).to_vec()
-        };
-        readback.unmap();
-        Ok(words)
+        ctx.read_back(&[&readback])
+            .map_err(PrepError::Gpu)?
+            .pop()
+            .ok_or_else(|| PrepError::Gpu("no result".into()))
     }
 }

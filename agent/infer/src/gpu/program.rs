@@ -57,8 +57,6 @@ pub struct Step {
     pub params: Vec<u32>,
     /// Bindings 1.. of the kernel, in order (binding 0 is `params`).
     pub buffers: Vec<BufId>,
-    /// How many of `buffers`, from the end, the step writes.
-    pub writes: usize,
     pub grid: (u32, u32, u32),
     /// The tract node this step came from, for traces and errors.
     pub node: String,
