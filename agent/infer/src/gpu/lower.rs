@@ -22,6 +22,8 @@ use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::konst::Const;
 use tract_onnx::tract_core::ops::logic::Iff;
+use tract_onnx::tract_core::ops::math::PowConst;
+use tract_onnx::tract_core::ops::nn::LeakyRelu;
 use tract_onnx::tract_core::ops::nn::rms_norm::RmsNorm;
 use tract_onnx::tract_core::ops::nn::{DataFormat, Reduce, Reducer, Softmax, SoftmaxKind};
 use tract_onnx::tract_core::ops::source::TypedSource;
@@ -392,27 +394,16 @@ fn unary_code(op: &ElementWiseOp) -> Option<(u32, f32, f32)> {
     Some((code, 0.0, 0.0))
 }
 
-/// Element-wise ops with parameters, recognised by their debug form (`LeakyRelu { alpha: .. }`).
+/// The element-wise ops of tract's core with parameters (the others with parameters in ONNX,
+/// such as HardSigmoid or Elu, reach us already expanded into primitive ops).
 fn parametric_unary(op: &ElementWiseOp) -> Option<(u32, f32, f32)> {
-    let text = format!("{:?}", op.0);
-    let field = |key: &str| -> Option<f32> {
-        let at = text.find(&format!("{key}: "))? + key.len() + 2;
-        let rest = &text[at..];
-        let end = rest.find([',', ' ', '}', ')']).unwrap_or(rest.len());
-        rest[..end].parse().ok()
-    };
-    let kind = text.split([' ', '(', '{']).next()?;
-    match kind {
-        "LeakyRelu" => Some((23, field("alpha")?, 0.0)),
-        "Elu" => Some((24, field("alpha")?, 0.0)),
-        "Softplus" => Some((25, 0.0, 0.0)),
-        "HardSigmoid" => Some((7, field("alpha")?, field("beta")?)),
-        "Selu" => Some((28, field("alpha")?, field("gamma")?)),
-        "Mish" => Some((29, 0.0, 0.0)),
-        "ThresholdRelu" | "ThresholdedRelu" => Some((36, field("alpha")?, 0.0)),
-        "PowConst" => Some((37, field("exponent")?, 0.0)),
-        _ => None,
+    if let Some(leaky) = op.0.downcast_ref::<LeakyRelu>() {
+        return Some((23, leaky.alpha, 0.0));
     }
+    if let Some(pow) = op.0.downcast_ref::<PowConst>() {
+        return Some((37, pow.exponent, 0.0));
+    }
+    None
 }
 
 fn binary_code(name: &str, word: Word) -> Option<(u32, bool)> {

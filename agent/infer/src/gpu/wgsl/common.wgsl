@@ -40,13 +40,11 @@ fn sigmoid(x: f32) -> f32 {
 fn unary(x: f32, code: u32, a: f32, b: f32) -> f32 {
     switch code {
         case 0u: { return x; }
-        case 1u: { return max(x, 0.0); }
         case 2u: { return sigmoid(x); }
         case 3u: { return tanh_safe(x); }
         case 4u: { return erf_approx(x); }
         case 5u: { return 0.5 * x * (1.0 + erf_approx(x * 0.7071067811865476)); }
         case 6u: { return 0.5 * x * (1.0 + tanh_safe(0.7978845608028654 * (x + 0.044715 * x * x * x))); }
-        case 7u: { return clamp(a * x + b, 0.0, 1.0); }
         case 8u: { return x * clamp(x / 6.0 + 0.5, 0.0, 1.0); }
         case 9u: { return exp(x); }
         case 10u: { return log(x); }
@@ -63,19 +61,13 @@ fn unary(x: f32, code: u32, a: f32, b: f32) -> f32 {
         case 21u: { return x * x; }
         case 22u: { return x * sigmoid(x); }
         case 23u: { return select(a * x, x, x >= 0.0); }
-        case 24u: { return select(a * (exp(x) - 1.0), x, x >= 0.0); }
-        case 25u: { return log(1.0 + exp(-abs(x))) + max(x, 0.0); }
         case 26u: { return sign(x); }
-        case 27u: { return clamp(x, a, b); }
-        case 28u: { return select(b * (a * exp(x) - a), b * x, x > 0.0); }
-        case 29u: { return x * tanh_safe(log(1.0 + exp(-abs(x))) + max(x, 0.0)); }
         case 30u: { return tan(x); }
         case 31u: { return asin(x); }
         case 32u: { return acos(x); }
         case 33u: { return atan(x); }
         case 34u: { return sinh(x); }
         case 35u: { return cosh(x); }
-        case 36u: { return select(0.0, x, x > a); }
         case 38u: { return inverseSqrt(x + a); }
         case 37u: {
             // x^a with ONNX semantics for negative bases and integral exponents
