@@ -229,6 +229,19 @@ impl ControlPlane {
             .expect("run ternctl")
     }
 
+    /// Runs `ternctl ARGS` and returns its stdout, or fails with its stderr.
+    pub fn ternctl_ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.ternctl(args);
+        if !out.status.success() {
+            bail!(
+                "ternctl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
     /// `ternctl token create`, returning the token.
     pub fn token(&self, labels: &str, ttl: &str) -> anyhow::Result<String> {
         let out = self.ternctl(&["token", "create", "--labels", labels, "--ttl", ttl]);
@@ -410,4 +423,86 @@ pub fn join_once(addr: SocketAddr, root: &Path, name: &str, token: &str) -> Outp
         .env("TERN_LOG", "warn")
         .output()
         .expect("run tern-agent join")
+}
+
+/// A publisher's keys in a directory: one offline root key and one publisher key.
+#[derive(Debug)]
+pub struct Publisher {
+    pub dir: PathBuf,
+}
+
+impl Publisher {
+    /// Generates `root` and `publisher` key pairs under `root/keys`.
+    pub fn generate(cp: &ControlPlane, root: &Path) -> anyhow::Result<Self> {
+        let dir = root.join("keys");
+        std::fs::create_dir_all(&dir)?;
+        for name in ["root", "publisher"] {
+            let out = dir.join(name);
+            cp.ternctl_ok(&["keys", "generate", "--out", &path_str(&out)?])?;
+        }
+        Ok(Self { dir })
+    }
+
+    pub fn key(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// `ternctl trust init` with the root key and the publisher key, threshold 1.
+    pub fn trust_init(&self, cp: &ControlPlane) -> anyhow::Result<()> {
+        cp.ternctl_ok(&[
+            "trust",
+            "init",
+            "--root-key",
+            &path_str(&self.key("root.key"))?,
+            "--publisher",
+            &path_str(&self.key("publisher.pub"))?,
+            "--out",
+            &path_str(&self.dir.join("trust-root.json"))?,
+        ])?;
+        Ok(())
+    }
+
+    /// `ternctl sign` with the publisher key, then `ternctl push`.
+    pub fn sign_and_push(
+        &self,
+        cp: &ControlPlane,
+        file: &Path,
+        kind: &str,
+        name: &str,
+        version: u64,
+    ) -> anyhow::Result<String> {
+        self.sign(cp, "publisher", file, kind, name, version)?;
+        cp.ternctl_ok(&["push", "--quiet", &path_str(file)?])
+    }
+
+    /// `ternctl sign` with the key `key`.
+    pub fn sign(
+        &self,
+        cp: &ControlPlane,
+        key: &str,
+        file: &Path,
+        kind: &str,
+        name: &str,
+        version: u64,
+    ) -> anyhow::Result<String> {
+        cp.ternctl_ok(&[
+            "sign",
+            "--key",
+            &path_str(&self.key(&format!("{key}.key")))?,
+            "--kind",
+            kind,
+            "--name",
+            name,
+            "--version",
+            &version.to_string(),
+            &path_str(file)?,
+        ])
+    }
+}
+
+/// A path as a command-line argument.
+pub fn path_str(path: &Path) -> anyhow::Result<String> {
+    path.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("{} is not UTF-8", path.display()))
 }

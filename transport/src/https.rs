@@ -187,6 +187,18 @@ impl HttpsClient {
         Ok(serde_json::from_slice(&answer)?)
     }
 
+    /// `method path` with a JSON body, decoding a JSON answer.
+    pub async fn send_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        body: &B,
+    ) -> Result<T, HttpsError> {
+        let body = serde_json::to_vec(body)?;
+        let answer = self.send(method, path, Some(body)).await?;
+        Ok(serde_json::from_slice(&answer)?)
+    }
+
     /// Sends one request; a non-2xx answer becomes [`HttpsError::Status`] with the server's
     /// `{error}` message.
     pub async fn send(

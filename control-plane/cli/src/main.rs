@@ -1,7 +1,9 @@
 //! `ternctl`: the Tern admin CLI. Exit codes: 0 ok, 1 failure, 2 usage.
 
 mod client;
+mod keys;
 mod output;
+mod push;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -9,7 +11,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tern_proto::api::{AgentView, TokenRequest, TokenResponse};
+use tern_proto::api::{AgentView, ReleaseView, TokenRequest, TokenResponse};
+use tern_proto::release::ArtifactKind;
+use tern_proto::trust::SignedTrustRoot;
 
 use crate::output::Format;
 
@@ -41,6 +45,127 @@ enum Command {
         #[command(subcommand)]
         what: DescribeCommand,
     },
+    /// Publisher keys (Ed25519).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// The trust root: which publishers agents trust, signed by offline root keys.
+    Trust {
+        #[command(subcommand)]
+        command: TrustCommand,
+    },
+    /// Sign an artifact: writes FILE.release beside it (run again with another key to co-sign).
+    Sign {
+        /// The publisher's private key.
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long, value_enum)]
+        kind: KindArg,
+        /// Release name, as pipelines refer to it (`name:version`).
+        #[arg(long)]
+        name: String,
+        /// Release version; agents never accept a lower one than they have seen.
+        #[arg(long)]
+        version: u64,
+        /// How long the release stays valid (e.g. 90d).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires: Option<Duration>,
+        /// Free-form annotations, k=v,k2=v2.
+        #[arg(long, default_value = "", value_parser = parse_annotations)]
+        annotations: BTreeMap<String, String>,
+        /// The artifact: a `.wasm` component or an `.onnx` model.
+        file: PathBuf,
+    },
+    /// Upload FILE and FILE.release to the control plane (resumes an interrupted upload).
+    Push {
+        file: PathBuf,
+        /// No progress bar.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum KindArg {
+    Plugin,
+    Model,
+}
+
+fn parse_annotations(text: &str) -> Result<BTreeMap<String, String>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .ok_or_else(|| format!("annotation `{pair}` is not of the form key=value"))
+        })
+        .collect()
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create a key pair: NAME.key (private, mode 0600) and NAME.pub.
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TrustCommand {
+    /// Create the first trust root, sign it with the root key(s) and pin it on the control plane.
+    Init {
+        /// Root private key(s); keep them offline afterwards.
+        #[arg(long = "root-key", required = true)]
+        root_keys: Vec<PathBuf>,
+        /// Root keys that must sign the next trust root.
+        #[arg(long, default_value_t = 1)]
+        root_threshold: u32,
+        /// Publisher public key(s) whose signatures agents accept.
+        #[arg(long = "publisher", required = true)]
+        publishers: Vec<PathBuf>,
+        /// Distinct publisher signatures each release needs.
+        #[arg(long, default_value_t = 1)]
+        threshold: u32,
+        /// Where to write the signed document.
+        #[arg(long, default_value = "trust-root.json")]
+        out: PathBuf,
+        /// Only write the document; pin it later with `ternctl trust push`.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Replace the trust root: a higher version signed by the current root keys.
+    Rotate {
+        /// Current root private key(s), enough to reach the current root threshold.
+        #[arg(long = "root-key", required = true)]
+        root_keys: Vec<PathBuf>,
+        /// New root private key(s), replacing the current root keys.
+        #[arg(long = "new-root-key")]
+        new_root_keys: Vec<PathBuf>,
+        #[arg(long)]
+        root_threshold: Option<u32>,
+        /// Publisher public keys, replacing the current list.
+        #[arg(long = "publisher")]
+        publishers: Vec<PathBuf>,
+        #[arg(long)]
+        threshold: Option<u32>,
+        /// The current trust root [default: the one the control plane pins].
+        #[arg(long)]
+        current: Option<PathBuf>,
+        #[arg(long, default_value = "trust-root.json")]
+        out: PathBuf,
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Pin a trust root document made with `--offline`.
+    Push { file: PathBuf },
+    /// Show the pinned trust root.
+    Show {
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -60,6 +185,11 @@ enum TokenCommand {
 enum GetCommand {
     /// Enrolled agents and whether they are Ready.
     Agents {
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Signed releases and whether their artifacts are uploaded.
+    Releases {
         #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
         output: Format,
     },
@@ -92,12 +222,71 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .build()
         .context("failed to start the async runtime")?;
     runtime.block_on(async {
-        let api = client::connect(cli.config.as_deref())?;
+        let config = cli.config.as_deref();
+        let api = || client::connect(config);
         match cli.command {
+            Command::Keys {
+                command: KeysCommand::Generate { out },
+            } => {
+                let (private, public, id) = keys::generate(&out)?;
+                println!(
+                    "key {id}: private {} (keep it secret), public {}",
+                    private.display(),
+                    public.display()
+                );
+            }
+            Command::Sign {
+                key,
+                kind,
+                name,
+                version,
+                expires,
+                annotations,
+                file,
+            } => {
+                let kind = match kind {
+                    KindArg::Plugin => ArtifactKind::Plugin,
+                    KindArg::Model => ArtifactKind::Model,
+                };
+                let (out, signed) = keys::sign(&keys::SignRequest {
+                    key: &key,
+                    kind,
+                    name: &name,
+                    version,
+                    expires,
+                    annotations,
+                    file: &file,
+                })?;
+                println!(
+                    "{} {} ({}, {} signature(s)) -> {}",
+                    kind,
+                    signed.signed.reference(),
+                    signed.signed.digest,
+                    signed.signatures.len(),
+                    out.display()
+                );
+            }
+            Command::Push { file, quiet } => {
+                let view = push::push(&api()?, &file, quiet).await?;
+                println!(
+                    "pushed {} {}:{} ({})",
+                    view.kind, view.name, view.version, view.digest
+                );
+            }
+            Command::Trust { command } => trust(command, api).await?,
+            Command::Get {
+                what: GetCommand::Releases { output },
+            } => {
+                let releases: Vec<ReleaseView> = api()?
+                    .get("/v1/releases")
+                    .await
+                    .context("failed to list releases")?;
+                print!("{}", output::releases(&releases, output)?);
+            }
             Command::Token {
                 command: TokenCommand::Create { labels, ttl },
             } => {
-                let response: TokenResponse = api
+                let response: TokenResponse = api()?
                     .post(
                         "/v1/tokens",
                         &TokenRequest {
@@ -112,7 +301,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Get {
                 what: GetCommand::Agents { output },
             } => {
-                let agents: Vec<AgentView> = api
+                let agents: Vec<AgentView> = api()?
                     .get("/v1/agents")
                     .await
                     .context("failed to list agents")?;
@@ -121,7 +310,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Describe {
                 what: DescribeCommand::Agent { name, output },
             } => {
-                let agent: AgentView = api
+                let agent: AgentView = api()?
                     .get(&format!("/v1/agents/{}", client::path_segment(&name)))
                     .await
                     .with_context(|| format!("failed to describe agent `{name}`"))?;
@@ -130,4 +319,104 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+async fn trust(
+    command: TrustCommand,
+    api: impl Fn() -> anyhow::Result<tern_transport::https::HttpsClient>,
+) -> anyhow::Result<()> {
+    let read_keys = |paths: &[PathBuf]| -> anyhow::Result<Vec<_>> {
+        paths.iter().map(|p| keys::read_secret(p)).collect()
+    };
+    let read_publishers = |paths: &[PathBuf]| -> anyhow::Result<Vec<_>> {
+        paths.iter().map(|p| keys::read_public(p)).collect()
+    };
+    let (doc, out, offline) = match command {
+        TrustCommand::Init {
+            root_keys,
+            root_threshold,
+            publishers,
+            threshold,
+            out,
+            offline,
+        } => {
+            let doc = keys::trust_init(
+                &read_keys(&root_keys)?,
+                root_threshold,
+                read_publishers(&publishers)?,
+                threshold,
+            )?;
+            (doc, out, offline)
+        }
+        TrustCommand::Rotate {
+            root_keys,
+            new_root_keys,
+            root_threshold,
+            publishers,
+            threshold,
+            current,
+            out,
+            offline,
+        } => {
+            let current: SignedTrustRoot = match current {
+                Some(path) => serde_json::from_str(
+                    &std::fs::read_to_string(&path)
+                        .with_context(|| format!("failed to read {}", path.display()))?,
+                )
+                .with_context(|| format!("{} is not a trust root", path.display()))?,
+                None => api()?
+                    .get("/v1/trust-root")
+                    .await
+                    .context("failed to fetch the current trust root")?,
+            };
+            let rotation = keys::Rotation {
+                new_root_keys: read_keys(&new_root_keys)?,
+                root_threshold,
+                publishers: (!publishers.is_empty())
+                    .then(|| read_publishers(&publishers))
+                    .transpose()?,
+                threshold,
+            };
+            let doc = keys::trust_rotate(&current, &read_keys(&root_keys)?, rotation)?;
+            (doc, out, offline)
+        }
+        TrustCommand::Push { file } => {
+            let doc: SignedTrustRoot = serde_json::from_str(
+                &std::fs::read_to_string(&file)
+                    .with_context(|| format!("failed to read {}", file.display()))?,
+            )
+            .with_context(|| format!("{} is not a trust root", file.display()))?;
+            let _: SignedTrustRoot = api()?
+                .send_json(hyper::Method::PUT, "/v1/trust-root", &doc)
+                .await
+                .context("the control plane refused the trust root")?;
+            println!("pinned trust root version {}", doc.signed.version);
+            return Ok(());
+        }
+        TrustCommand::Show { output } => {
+            let doc: SignedTrustRoot = api()?
+                .get("/v1/trust-root")
+                .await
+                .context("failed to fetch the trust root")?;
+            print!("{}", output::trust_root(&doc, output)?);
+            return Ok(());
+        }
+    };
+    let text = serde_json::to_string_pretty(&doc)? + "\n";
+    keys::replace(&out, text.as_bytes())?;
+    println!(
+        "trust root version {} ({} publisher(s), threshold {}) -> {}",
+        doc.signed.version,
+        doc.signed.publishers.len(),
+        doc.signed.threshold,
+        out.display()
+    );
+    if !offline {
+        let _: SignedTrustRoot = api()?
+            .send_json(hyper::Method::PUT, "/v1/trust-root", &doc)
+            .await
+            .context("the control plane refused the trust root")?;
+        println!("pinned on the control plane; agents pick it up with their next desired state");
+    }
+    Ok(())
 }

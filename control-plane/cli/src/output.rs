@@ -2,7 +2,8 @@
 
 use comfy_table::{Table, presets};
 use serde::Serialize;
-use tern_proto::api::AgentView;
+use tern_proto::api::{AgentView, ReleaseView};
+use tern_proto::trust::SignedTrustRoot;
 
 /// `-o table|json|yaml`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -132,4 +133,75 @@ pub fn agent(a: &AgentView, format: Format) -> anyhow::Result<String> {
         out.push_str(&format!("GPUs:\n{t}\n"));
     }
     Ok(out)
+}
+
+fn size(n: u64) -> String {
+    match n {
+        n if n < 1 << 10 => format!("{n} B"),
+        n if n < 1 << 20 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n if n < 1 << 30 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n => bytes(n),
+    }
+}
+
+/// `ternctl get releases`.
+pub fn releases(list: &[ReleaseView], format: Format) -> anyhow::Result<String> {
+    if let Some(text) = structured(list, format)? {
+        return Ok(text);
+    }
+    if list.is_empty() {
+        return Ok(
+            "No releases. Sign an artifact with `ternctl sign` and upload it with `ternctl push`.\n"
+                .into(),
+        );
+    }
+    let mut t = table(&[
+        "NAME", "VERSION", "KIND", "DIGEST", "SIZE", "UPLOADED", "SIGNERS", "CREATED", "EXPIRES",
+    ]);
+    for r in list {
+        let uploaded = if r.complete {
+            "yes".to_owned()
+        } else {
+            format!("{}%", r.uploaded * 100 / r.size.max(1))
+        };
+        t.add_row(vec![
+            shown(&r.name),
+            r.version.to_string(),
+            r.kind.to_string(),
+            r.digest.short(),
+            size(r.size),
+            uploaded,
+            r.signers.len().to_string(),
+            age(&r.created),
+            r.expires.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    Ok(format!("{t}\n"))
+}
+
+/// `ternctl trust show`.
+pub fn trust_root(doc: &SignedTrustRoot, format: Format) -> anyhow::Result<String> {
+    if let Some(text) = structured(doc, format)? {
+        return Ok(text);
+    }
+    let root = &doc.signed;
+    let mut t = table(&["ROLE", "KEY ID", "PUBLIC KEY"]);
+    for k in &root.root_keys {
+        t.add_row(vec!["root".into(), k.id(), hex_key(k)]);
+    }
+    for k in &root.publishers {
+        t.add_row(vec!["publisher".into(), k.id(), hex_key(k)]);
+    }
+    Ok(format!(
+        "Version:         {}\nRoot threshold:  {} of {}\nRelease threshold: {} of {}\n{t}\n",
+        root.version,
+        root.root_threshold,
+        root.root_keys.len(),
+        root.threshold,
+        root.publishers.len()
+    ))
+}
+
+fn hex_key(k: &tern_proto::signing::PublicKey) -> String {
+    k.as_bytes().iter().map(|b| format!("{b:02x}")).collect()
 }

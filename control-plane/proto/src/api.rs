@@ -104,3 +104,32 @@ pub struct CliConfig {
     /// The control plane's CA certificate, PEM: the only root `ternctl` trusts.
     pub ca_certificate: String,
 }
+
+/// A release as the admin API and `ternctl get releases` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseView {
+    pub name: String,
+    pub kind: crate::release::ArtifactKind,
+    pub version: u64,
+    pub digest: crate::release::Digest,
+    pub size: u64,
+    /// RFC 3339.
+    pub created: String,
+    /// RFC 3339, when the release expires.
+    pub expires: Option<String>,
+    /// Key ids of the signatures (not verified by this view).
+    pub signers: Vec<String>,
+    /// Bytes of the artifact the control plane holds.
+    pub uploaded: u64,
+    /// Whether the whole artifact is there and matched the digest.
+    pub complete: bool,
+}
+
+/// Answer to an artifact upload: how far the control plane got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadProgress {
+    /// Bytes received and kept; the next chunk starts here.
+    pub received: u64,
+    pub size: u64,
+    pub complete: bool,
+}

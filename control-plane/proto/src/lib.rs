@@ -8,6 +8,9 @@
 //! - [`frame`]: length-prefixed postcard framing with a maximum frame size.
 //! - [`token`]: one-time enrollment tokens that pin the control plane's CA.
 //! - [`api`]: JSON bodies of the HTTPS APIs (admin API and enrollment).
+//! - [`signing`]: Ed25519 keys and the signed-document envelope.
+//! - [`release`]: signed releases and the checks agents run before parsing an artifact.
+//! - [`trust`]: the trust root (publisher keys, threshold, rotation).
 
 pub mod api;
 pub mod frame;
@@ -16,7 +19,10 @@ pub mod io;
 pub mod labels;
 pub mod manifest;
 pub mod message;
+pub mod release;
+pub mod signing;
 pub mod token;
+pub mod trust;
 
 pub use frame::{FrameError, MAX_FRAME_LEN};
 pub use message::{

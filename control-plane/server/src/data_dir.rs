@@ -6,7 +6,9 @@
 //! D/ca.crt, D/ca.key     the transport CA (key mode 0600)
 //! D/server.crt, .key     the control plane's certificate chain (server, then CA) and key
 //! D/admin-token.sha256   hash of the admin credential
-//! D/registry/            sled: agents and enrollment tokens
+//! D/online.key           Ed25519 key that signs desired states (mode 0600)
+//! D/registry/            sled: agents, enrollment tokens, releases, pipelines, deployments
+//! D/artifacts/           artifacts by SHA-256 (uploads in progress under partial/)
 //! ```
 
 use std::io::Write;
@@ -15,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use rand::RngCore;
 use tern_proto::api::CliConfig;
+use tern_proto::signing::SecretKey;
 use tern_transport::{CertificateAuthority, Identity, PkiError, TlsError};
 
 use crate::config::{ConfigError, ControlPlaneConfig};
@@ -66,6 +69,8 @@ pub struct LoadedDataDir {
     pub ca: CertificateAuthority,
     pub server_identity: Identity,
     pub admin_token_sha256: [u8; 32],
+    /// Signs every desired state sent to agents.
+    pub online_key: SecretKey,
 }
 
 /// Paths inside a control plane data dir.
@@ -105,6 +110,12 @@ impl DataDir {
     }
     pub fn registry(&self) -> PathBuf {
         self.root.join("registry")
+    }
+    pub fn online_key(&self) -> PathBuf {
+        self.root.join("online.key")
+    }
+    pub fn artifacts(&self) -> PathBuf {
+        self.root.join("artifacts")
     }
 
     /// Creates a new control plane identity. Refuses a directory that exists and is not empty.
@@ -153,6 +164,12 @@ impl DataDir {
             .map_err(io(&self.admin_token_hash()))?;
         write_file(&self.config(), config.to_toml().as_bytes(), false)
             .map_err(io(&self.config()))?;
+        write_file(
+            &self.online_key(),
+            SecretKey::generate().to_pem().as_bytes(),
+            true,
+        )
+        .map_err(io(&self.online_key()))?;
 
         let cli = CliConfig {
             api: dialable(config.listen_api).to_string(),
@@ -198,11 +215,29 @@ impl DataDir {
                     "not a SHA-256 hex digest",
                 ),
             })?;
+        // Data dirs made before desired states were signed get their online key now.
+        if !self.online_key().exists() {
+            write_file(
+                &self.online_key(),
+                SecretKey::generate().to_pem().as_bytes(),
+                true,
+            )
+            .map_err(|source| LoadError::Io {
+                path: self.online_key(),
+                source,
+            })?;
+        }
+        let online_key =
+            SecretKey::from_pem(&read(self.online_key())?).map_err(|e| LoadError::Io {
+                path: self.online_key(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            })?;
         Ok(LoadedDataDir {
             config,
             ca,
             server_identity,
             admin_token_sha256,
+            online_key,
         })
     }
 }

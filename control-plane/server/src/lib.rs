@@ -6,6 +6,7 @@
 //! - [`data_dir`]: the files `init` writes and `serve` reads.
 //! - [`config`]: `config.toml`, parsed once into typed settings.
 //! - [`registry`]: enrolled agents and enrollment tokens, in sled.
+//! - [`releases`]: signed releases, their artifacts on disk, the pinned trust root.
 //! - [`presence`]: which agents are connected and when they were last heard (in memory).
 //! - [`enroll`]: redeeming a token for a certificate.
 //! - [`agents`]: the QUIC endpoint and the per-agent control stream.
@@ -19,6 +20,7 @@ pub mod data_dir;
 pub mod enroll;
 pub mod presence;
 pub mod registry;
+pub mod releases;
 pub mod server;
 
 pub use config::ControlPlaneConfig;

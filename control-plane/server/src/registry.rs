@@ -318,6 +318,11 @@ impl Registry {
         updated.map(|v| decode(id.as_bytes(), &v)).transpose()
     }
 
+    /// The database, for stores that keep their own trees in it.
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
     /// Writes everything to disk.
     pub fn flush(&self) -> Result<(), RegistryError> {
         self.db.flush()?;

@@ -15,6 +15,7 @@ use crate::config::ControlPlaneConfig;
 use crate::data_dir::{DataDir, LoadError};
 use crate::presence::Presence;
 use crate::registry::{Registry, RegistryError};
+use crate::releases::{ReleaseStore, ReleaseStoreError};
 
 /// How often silent agents are looked for.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -34,6 +35,7 @@ pub(crate) struct Shared {
     pub config: ControlPlaneConfig,
     pub ca: CertificateAuthority,
     pub admin_token_sha256: [u8; 32],
+    pub releases: ReleaseStore,
 }
 
 /// Options of `tern-control-plane serve`.
@@ -53,6 +55,8 @@ pub enum StartError {
     Load(#[from] LoadError),
     #[error("cannot open the registry: {0}")]
     Registry(#[from] RegistryError),
+    #[error("cannot open the release store: {0}")]
+    Releases(#[from] ReleaseStoreError),
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("cannot listen for {what} on {addr}: {source}")]
@@ -87,9 +91,11 @@ impl RunningControlPlane {
             config.listen_api = addr;
         }
         let registry = Registry::open(&dir.registry())?;
+        let releases = ReleaseStore::open(registry.db(), &dir.artifacts())?;
         let ca_pem = loaded.ca.cert_pem().to_owned();
         let shared = Arc::new(Shared {
             registry,
+            releases,
             presence: Presence::default(),
             connections: Default::default(),
             config: config.clone(),

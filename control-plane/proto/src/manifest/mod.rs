@@ -6,6 +6,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod deployment;
+
+pub use deployment::{
+    DEFAULT_HEALTH_WINDOW_SECONDS, DEFAULT_MAX_ERROR_RATE, Deployment, DeploymentSpec, RolloutSpec,
+    RolloutStrategy,
+};
+
 /// The only API version this release reads.
 pub const API_VERSION: &str = "tern.dev/v1alpha1";
 
@@ -131,12 +138,164 @@ impl ArtifactRef {
     }
 }
 
+/// One document of a manifest file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Resource {
+    Pipeline(Pipeline),
+    Deployment(Deployment),
+}
+
+impl Resource {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Resource::Pipeline(_) => "Pipeline",
+            Resource::Deployment(_) => "Deployment",
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Resource::Pipeline(p) => &p.metadata.name,
+            Resource::Deployment(d) => &d.metadata.name,
+        }
+    }
+
+    /// Checks the document on its own (references to other resources are the control plane's
+    /// to check). `file` names the source in errors.
+    pub fn validate(&self, file: &str) -> Result<(), ManifestError> {
+        match self {
+            Resource::Pipeline(p) => p.validate(file),
+            Resource::Deployment(d) => d.validate(file),
+        }
+    }
+}
+
+/// Parses one YAML document as `T`, with the field path in errors.
+fn typed<T: serde::de::DeserializeOwned>(
+    value: serde_yaml_ng::Value,
+    file: &str,
+) -> Result<T, ManifestError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        error(
+            file,
+            if path.is_empty() {
+                ".".to_owned()
+            } else {
+                path
+            },
+            e.into_inner().to_string(),
+        )
+    })
+}
+
+/// The YAML documents of `text`, with the name each is known by in errors: `file` when there
+/// is one, `file#N` when there are several.
+fn documents(text: &str, file: &str) -> Result<Vec<(String, serde_yaml_ng::Value)>, ManifestError> {
+    let mut values = Vec::new();
+    for (i, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let value = serde_yaml_ng::Value::deserialize(document)
+            .map_err(|e| error(file, format!("document {}", i + 1), e.to_string()))?;
+        // A trailing `---` or a comment-only document is not a resource.
+        if !value.is_null() {
+            values.push(value);
+        }
+    }
+    let several = values.len() > 1;
+    Ok(values
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let name = if several {
+                format!("{file}#{}", i + 1)
+            } else {
+                file.to_owned()
+            };
+            (name, v)
+        })
+        .collect())
+}
+
+/// Parses and validates every document of a manifest file (`Pipeline` and `Deployment`).
+pub fn parse_resources(text: &str, file: &str) -> Result<Vec<Resource>, ManifestError> {
+    let mut resources = Vec::new();
+    for (name, value) in documents(text, file)? {
+        let resource = match value.get("kind").and_then(|k| k.as_str()) {
+            Some("Pipeline") => Resource::Pipeline(typed(value, &name)?),
+            Some("Deployment") => Resource::Deployment(typed(value, &name)?),
+            Some(other) => {
+                return Err(error(
+                    &name,
+                    "kind",
+                    format!("expected `Pipeline` or `Deployment`, got `{other}`"),
+                ));
+            }
+            None => return Err(error(&name, "kind", "expected `Pipeline` or `Deployment`")),
+        };
+        resource.validate(&name)?;
+        if resources
+            .iter()
+            .any(|r: &Resource| r.kind() == resource.kind() && r.name() == resource.name())
+        {
+            return Err(error(
+                &name,
+                "metadata.name",
+                format!("{} `{}` appears twice", resource.kind(), resource.name()),
+            ));
+        }
+        resources.push(resource);
+    }
+    if resources.is_empty() {
+        return Err(error(file, ".", "no documents"));
+    }
+    Ok(resources)
+}
+
+/// Reads and parses a manifest file of any resources.
+pub fn resources_from_file(path: &Path) -> Result<Vec<Resource>, ManifestError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| error(&file, ".", e.to_string()))?;
+    parse_resources(&text, &file)
+}
+
 fn error(file: &str, path: impl Into<String>, message: impl Into<String>) -> ManifestError {
     ManifestError {
         file: file.to_owned(),
         path: path.into(),
         message: message.into(),
     }
+}
+
+/// Checks `apiVersion` and `metadata.name`.
+fn check_header(
+    api_version: &str,
+    kind: (&str, &str),
+    metadata: &Metadata,
+    file: &str,
+) -> Result<(), ManifestError> {
+    if kind.0 != kind.1 {
+        return Err(error(
+            file,
+            "kind",
+            format!("expected `{}`, got `{}`", kind.1, kind.0),
+        ));
+    }
+    if api_version != API_VERSION {
+        return Err(error(
+            file,
+            "apiVersion",
+            format!("expected `{API_VERSION}`, got `{api_version}`"),
+        ));
+    }
+    if !crate::labels::valid_name(&metadata.name) {
+        return Err(error(
+            file,
+            "metadata.name",
+            "expected 1-63 characters of a-z, 0-9, `-`, `.`, `_`",
+        ));
+    }
+    Ok(())
 }
 
 /// Limits on what a manifest may ask for.
@@ -148,28 +307,14 @@ impl Pipeline {
     /// skipped) and validates it. `file` names the source in errors.
     pub fn parse(text: &str, file: &str) -> Result<Self, ManifestError> {
         let mut found = None;
-        for (i, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-            let value = serde_yaml_ng::Value::deserialize(document)
-                .map_err(|e| error(file, format!("document {}", i + 1), e.to_string()))?;
+        for (_, value) in documents(text, file)? {
             if value.get("kind").and_then(|k| k.as_str()) != Some("Pipeline") {
                 continue;
             }
             if found.is_some() {
                 return Err(error(file, ".", "more than one Pipeline document"));
             }
-            let pipeline: Pipeline = serde_path_to_error::deserialize(value).map_err(|e| {
-                let path = e.path().to_string();
-                error(
-                    file,
-                    if path.is_empty() {
-                        ".".to_owned()
-                    } else {
-                        path
-                    },
-                    e.into_inner().to_string(),
-                )
-            })?;
-            found = Some(pipeline);
+            found = Some(typed::<Pipeline>(value, file)?);
         }
         let pipeline = found.ok_or_else(|| error(file, "kind", "no document of kind Pipeline"))?;
         pipeline.validate(file)?;
@@ -184,20 +329,12 @@ impl Pipeline {
     }
 
     fn validate(&self, file: &str) -> Result<(), ManifestError> {
-        if self.api_version != API_VERSION {
-            return Err(error(
-                file,
-                "apiVersion",
-                format!("expected `{API_VERSION}`, got `{}`", self.api_version),
-            ));
-        }
-        if !crate::labels::valid_name(&self.metadata.name) {
-            return Err(error(
-                file,
-                "metadata.name",
-                "expected 1-63 characters of a-z, 0-9, `-`, `.`, `_`",
-            ));
-        }
+        check_header(
+            &self.api_version,
+            (&self.kind, "Pipeline"),
+            &self.metadata,
+            file,
+        )?;
         if self.spec.steps.is_empty() {
             return Err(error(file, "spec.steps", "expected at least one step"));
         }

@@ -1,6 +1,8 @@
 //! HTTPS APIs: the admin API (bearer-authenticated, for `ternctl`) and the enrollment API (on the
 //! agents' address, authenticated by the token in the body).
 
+mod releases;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -37,7 +39,7 @@ impl From<JsonRejection> for HttpError {
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> HttpError {
+pub(crate) fn internal(e: impl std::fmt::Display) -> HttpError {
     warn!(error = %e, "request failed");
     HttpError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
@@ -48,6 +50,17 @@ pub(crate) fn admin_router(shared: Arc<Shared>) -> Router {
         .route("/v1/agents", get(list_agents))
         .route("/v1/agents/{name}", get(get_agent))
         .route("/v1/tokens", post(create_token))
+        .route("/v1/releases", get(releases::list).post(releases::publish))
+        .route(
+            "/v1/artifacts/{digest}",
+            get(releases::progress).put(releases::upload).layer(
+                axum::extract::DefaultBodyLimit::max(releases::MAX_UPLOAD_CHUNK),
+            ),
+        )
+        .route(
+            "/v1/trust-root",
+            get(releases::trust_root).put(releases::set_trust_root),
+        )
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             shared.clone(),

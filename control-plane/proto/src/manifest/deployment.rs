@@ -1,0 +1,259 @@
+//! `Deployment`: which agents run a pipeline, and how a new revision rolls out to them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ManifestError, Metadata, check_header, error};
+
+/// Health window when the manifest gives none.
+pub const DEFAULT_HEALTH_WINDOW_SECONDS: u64 = 60;
+/// Error rate tolerated when the manifest gives none.
+pub const DEFAULT_MAX_ERROR_RATE: f64 = 0.02;
+/// Longest health window accepted (a day).
+const MAX_HEALTH_WINDOW_SECONDS: u64 = 24 * 3600;
+/// Most waves a canary may have.
+const MAX_WAVES: usize = 20;
+
+/// A `Deployment` document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Deployment {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: DeploymentSpec,
+}
+
+/// `spec` of a deployment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentSpec {
+    /// Name of the pipeline it runs.
+    pub pipeline: String,
+    /// Agent labels; an agent is selected when it has all of them.
+    #[serde(default)]
+    pub selector: BTreeMap<String, String>,
+    #[serde(default)]
+    pub rollout: RolloutSpec,
+}
+
+/// How a new pipeline revision reaches the selected agents.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RolloutStrategy {
+    /// Every selected agent at once (still gated on health, for rollback).
+    #[default]
+    AllAtOnce,
+    /// Cumulative waves of the selected agents, each gated on health.
+    Canary,
+}
+
+/// `spec.rollout`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RolloutSpec {
+    #[serde(default)]
+    pub strategy: RolloutStrategy,
+    /// Cumulative percentages of the selected agents, ending at 100 (canary only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waves: Vec<u8>,
+    /// How long each wave must stay healthy before the next starts.
+    #[serde(default = "default_window")]
+    pub health_window_seconds: u64,
+    /// Errors per request above which a wave is unhealthy.
+    #[serde(default = "default_error_rate")]
+    pub max_error_rate: f64,
+    /// Return every agent to the previous revision when a wave fails.
+    #[serde(default = "default_true")]
+    pub auto_rollback: bool,
+}
+
+fn default_window() -> u64 {
+    DEFAULT_HEALTH_WINDOW_SECONDS
+}
+fn default_error_rate() -> f64 {
+    DEFAULT_MAX_ERROR_RATE
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for RolloutSpec {
+    fn default() -> Self {
+        Self {
+            strategy: RolloutStrategy::AllAtOnce,
+            waves: Vec::new(),
+            health_window_seconds: DEFAULT_HEALTH_WINDOW_SECONDS,
+            max_error_rate: DEFAULT_MAX_ERROR_RATE,
+            auto_rollback: true,
+        }
+    }
+}
+
+impl RolloutSpec {
+    /// The waves as percentages: `[100]` for all-at-once.
+    pub fn wave_percents(&self) -> Vec<u8> {
+        match self.strategy {
+            RolloutStrategy::AllAtOnce => vec![100],
+            RolloutStrategy::Canary => self.waves.clone(),
+        }
+    }
+}
+
+impl Deployment {
+    pub(super) fn validate(&self, file: &str) -> Result<(), ManifestError> {
+        check_header(
+            &self.api_version,
+            (&self.kind, "Deployment"),
+            &self.metadata,
+            file,
+        )?;
+        let spec = &self.spec;
+        if !crate::labels::valid_name(&spec.pipeline) {
+            return Err(error(
+                file,
+                "spec.pipeline",
+                "expected a pipeline name: 1-63 characters of a-z, 0-9, `-`, `.`, `_`",
+            ));
+        }
+        crate::labels::validate(&spec.selector)
+            .map_err(|e| error(file, "spec.selector", e.to_string()))?;
+        let rollout = &spec.rollout;
+        match rollout.strategy {
+            RolloutStrategy::AllAtOnce if !rollout.waves.is_empty() => {
+                return Err(error(
+                    file,
+                    "spec.rollout.waves",
+                    "waves are for `strategy: canary`; all-at-once takes none",
+                ));
+            }
+            RolloutStrategy::AllAtOnce => {}
+            RolloutStrategy::Canary => {
+                if rollout.waves.is_empty() || rollout.waves.len() > MAX_WAVES {
+                    return Err(error(
+                        file,
+                        "spec.rollout.waves",
+                        format!("expected 1 to {MAX_WAVES} cumulative percentages ending at 100"),
+                    ));
+                }
+                let mut last = 0;
+                for (i, &wave) in rollout.waves.iter().enumerate() {
+                    if wave <= last || wave > 100 {
+                        return Err(error(
+                            file,
+                            format!("spec.rollout.waves[{i}]"),
+                            format!(
+                                "expected a percentage above {last} and at most 100, got {wave}"
+                            ),
+                        ));
+                    }
+                    last = wave;
+                }
+                if last != 100 {
+                    return Err(error(
+                        file,
+                        format!("spec.rollout.waves[{}]", rollout.waves.len() - 1),
+                        format!("the last wave must be 100, got {last}"),
+                    ));
+                }
+            }
+        }
+        if rollout.health_window_seconds > MAX_HEALTH_WINDOW_SECONDS {
+            return Err(error(
+                file,
+                "spec.rollout.healthWindowSeconds",
+                format!("expected 0 to {MAX_HEALTH_WINDOW_SECONDS}"),
+            ));
+        }
+        if !(0.0..=1.0).contains(&rollout.max_error_rate) {
+            return Err(error(
+                file,
+                "spec.rollout.maxErrorRate",
+                format!(
+                    "expected a fraction from 0 to 1, got {}",
+                    rollout.max_error_rate
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::manifest::{Resource, parse_resources};
+
+    const BOTH: &str = r#"
+apiVersion: tern.dev/v1alpha1
+kind: Pipeline
+metadata: { name: defect-detector }
+spec:
+  steps:
+    - name: classify
+      model: mobilenet-v2:7
+---
+apiVersion: tern.dev/v1alpha1
+kind: Deployment
+metadata: { name: detector-factories }
+spec:
+  pipeline: defect-detector
+  selector: { site: berlin }
+  rollout:
+    strategy: canary
+    waves: [10, 50, 100]
+    healthWindowSeconds: 60
+    maxErrorRate: 0.02
+    autoRollback: true
+"#;
+
+    #[test]
+    fn parses_the_design_example() {
+        let resources = parse_resources(BOTH, "d.yaml").expect("valid");
+        assert_eq!(resources.len(), 2);
+        let Resource::Deployment(d) = &resources[1] else {
+            panic!("expected a deployment")
+        };
+        assert_eq!(d.spec.rollout.wave_percents(), [10, 50, 100]);
+        assert_eq!(
+            d.spec.selector.get("site").map(String::as_str),
+            Some("berlin")
+        );
+        // The JSON form (what ternctl sends) reads back as the same resources.
+        let json = serde_json::to_string(&resources).expect("json");
+        let back: Vec<Resource> = serde_json::from_str(&json).expect("back");
+        assert_eq!(back, resources);
+    }
+
+    fn err(yaml: &str) -> crate::manifest::ManifestError {
+        parse_resources(yaml, "d.yaml").expect_err("invalid")
+    }
+
+    #[test]
+    fn deployment_errors_name_the_document_and_the_field() {
+        let e = err(&BOTH.replace("[10, 50, 100]", "[10, 5, 100]"));
+        assert_eq!(
+            (e.file.as_str(), e.path.as_str()),
+            ("d.yaml#2", "spec.rollout.waves[1]")
+        );
+        let e = err(&BOTH.replace("[10, 50, 100]", "[10, 50]"));
+        assert!(e.message.contains("last wave must be 100"), "{e}");
+        let e = err(&BOTH.replace("maxErrorRate: 0.02", "maxErrorRate: 2"));
+        assert_eq!(e.path, "spec.rollout.maxErrorRate");
+        let e = err(&BOTH.replace("autoRollback: true", "autoRollbak: true"));
+        assert_eq!(e.path, "spec.rollout.autoRollbak");
+        let e = err(&BOTH.replace("strategy: canary", "strategy: yolo"));
+        assert_eq!(e.path, "spec.rollout.strategy");
+        let e = err(&BOTH.replace("strategy: canary", "strategy: all-at-once"));
+        assert!(e.message.contains("all-at-once takes none"), "{e}");
+        let e = err(&BOTH.replace("site: berlin", "site: Berlin!"));
+        assert_eq!(e.path, "spec.selector");
+        let e = err(&BOTH.replace("kind: Deployment", "kind: Service"));
+        assert_eq!((e.path.as_str(), e.file.as_str()), ("kind", "d.yaml#2"));
+        let twice = format!(
+            "{BOTH}---\n{}",
+            BOTH.split("---").nth(1).unwrap_or_default()
+        );
+        assert!(err(&twice).message.contains("appears twice"));
+    }
+}

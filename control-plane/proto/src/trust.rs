@@ -1,0 +1,253 @@
+//! The trust root: which publisher keys an agent trusts, how many must sign a release, and which
+//! offline root keys may replace the trust root itself (design section 2).
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::signing::{PublicKey, SignatureError, Signed, Statement};
+
+/// Most keys of either kind one trust root lists.
+pub const MAX_KEYS: usize = 64;
+
+/// The body of a trust root document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TrustRoot {
+    /// Increases with every rotation; an agent accepts only a higher one.
+    pub version: u64,
+    /// Offline keys that sign trust roots: this one, and the next.
+    pub root_keys: Vec<PublicKey>,
+    /// Distinct root keys that must sign the next trust root.
+    pub root_threshold: u32,
+    /// Keys that sign releases.
+    pub publishers: Vec<PublicKey>,
+    /// Distinct publisher keys that must sign each release.
+    pub threshold: u32,
+    /// Unix milliseconds when it was made.
+    pub created_ms: u64,
+}
+
+impl Statement for TrustRoot {
+    const DOMAIN: &'static str = "tern trust root v1";
+}
+
+/// A trust root with its root keys' signatures: the content of `trust-root.json`.
+pub type SignedTrustRoot = Signed<TrustRoot>;
+
+/// Why a trust root was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrustError {
+    #[error("trust root is invalid: {0}")]
+    Invalid(String),
+    #[error("trust root version {offered} is not newer than the pinned version {current}")]
+    NotNewer { current: u64, offered: u64 },
+    #[error("trust root version {version} differs from the pinned document of the same version")]
+    Conflict { version: u64 },
+    #[error("trust root version {version} is not signed by the current root keys: {source}")]
+    NotSignedByCurrentRoot {
+        version: u64,
+        source: SignatureError,
+    },
+    #[error("trust root version {version} is not signed by its own root keys: {source}")]
+    NotSelfSigned {
+        version: u64,
+        source: SignatureError,
+    },
+}
+
+fn distinct(keys: &[PublicKey], what: &str, threshold: u32) -> Result<(), TrustError> {
+    if keys.is_empty() || keys.len() > MAX_KEYS {
+        return Err(TrustError::Invalid(format!(
+            "expected 1 to {MAX_KEYS} {what} keys, got {}",
+            keys.len()
+        )));
+    }
+    if keys.iter().collect::<BTreeSet<_>>().len() != keys.len() {
+        return Err(TrustError::Invalid(format!("a {what} key is listed twice")));
+    }
+    if threshold == 0 || threshold as usize > keys.len() {
+        return Err(TrustError::Invalid(format!(
+            "{what} threshold {threshold} must be between 1 and the {} {what} key(s)",
+            keys.len()
+        )));
+    }
+    Ok(())
+}
+
+impl TrustRoot {
+    /// Shape checks: keys present and distinct, thresholds reachable.
+    pub fn validate(&self) -> Result<(), TrustError> {
+        distinct(&self.root_keys, "root", self.root_threshold)?;
+        distinct(&self.publishers, "publisher", self.threshold)
+    }
+}
+
+/// What accepting a trust root would do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrustUpdate {
+    /// The document is the one already pinned.
+    Unchanged,
+    /// The document replaces the pinned one (or is the first).
+    Accepted,
+}
+
+impl SignedTrustRoot {
+    /// Decides whether this document may be pinned, given the one pinned now (`None`: the
+    /// first, trusted on first use, which must be signed by a threshold of its own root keys).
+    /// A successor needs a higher version and a threshold of the *current* root keys, so a
+    /// control plane that forges one gets nowhere.
+    pub fn accept(&self, current: Option<&SignedTrustRoot>) -> Result<TrustUpdate, TrustError> {
+        let offered = &self.signed;
+        offered.validate()?;
+        self.verify(&offered.root_keys, offered.root_threshold)
+            .map_err(|source| TrustError::NotSelfSigned {
+                version: offered.version,
+                source,
+            })?;
+        let Some(current) = current else {
+            return Ok(TrustUpdate::Accepted);
+        };
+        let pinned = &current.signed;
+        if offered.version == pinned.version {
+            return if offered == pinned {
+                Ok(TrustUpdate::Unchanged)
+            } else {
+                Err(TrustError::Conflict {
+                    version: offered.version,
+                })
+            };
+        }
+        if offered.version < pinned.version {
+            return Err(TrustError::NotNewer {
+                current: pinned.version,
+                offered: offered.version,
+            });
+        }
+        self.verify(&pinned.root_keys, pinned.root_threshold)
+            .map_err(|source| TrustError::NotSignedByCurrentRoot {
+                version: offered.version,
+                source,
+            })?;
+        Ok(TrustUpdate::Accepted)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::signing::SecretKey;
+
+    /// A trust root with the given publishers and a throwaway root key.
+    pub(crate) fn root_with(publishers: &[PublicKey], threshold: u32) -> TrustRoot {
+        TrustRoot {
+            version: 1,
+            root_keys: vec![SecretKey::generate().public()],
+            root_threshold: 1,
+            publishers: publishers.to_vec(),
+            threshold,
+            created_ms: 0,
+        }
+    }
+
+    fn signed(body: TrustRoot, keys: &[&SecretKey]) -> SignedTrustRoot {
+        let mut doc = Signed::unsigned(body);
+        for key in keys {
+            doc.sign(key);
+        }
+        doc
+    }
+
+    #[test]
+    fn first_trust_root_must_be_self_signed() {
+        let (root, other, publisher) = (
+            SecretKey::generate(),
+            SecretKey::generate(),
+            SecretKey::generate(),
+        );
+        let body = TrustRoot {
+            root_keys: vec![root.public()],
+            ..root_with(&[publisher.public()], 1)
+        };
+        assert_eq!(
+            signed(body.clone(), &[&root]).accept(None),
+            Ok(TrustUpdate::Accepted)
+        );
+        assert!(matches!(
+            signed(body, &[&other]).accept(None),
+            Err(TrustError::NotSelfSigned { .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_trust_root_not_signed_by_current_root() {
+        let (root, attacker, publisher) = (
+            SecretKey::generate(),
+            SecretKey::generate(),
+            SecretKey::generate(),
+        );
+        let v1 = TrustRoot {
+            root_keys: vec![root.public()],
+            ..root_with(&[publisher.public()], 1)
+        };
+        let pinned = signed(v1.clone(), &[&root]);
+        // An attacker's self-signed v2 that swaps in its own keys.
+        let forged = signed(
+            TrustRoot {
+                version: 2,
+                root_keys: vec![attacker.public()],
+                publishers: vec![attacker.public()],
+                ..v1.clone()
+            },
+            &[&attacker],
+        );
+        assert!(matches!(
+            forged.accept(Some(&pinned)),
+            Err(TrustError::NotSignedByCurrentRoot { .. })
+        ));
+        // A rotation to a new root key, signed by the old root and the new one.
+        let new_root = SecretKey::generate();
+        let rotated = signed(
+            TrustRoot {
+                version: 2,
+                root_keys: vec![new_root.public()],
+                ..v1.clone()
+            },
+            &[&root, &new_root],
+        );
+        assert_eq!(rotated.accept(Some(&pinned)), Ok(TrustUpdate::Accepted));
+        assert_eq!(pinned.accept(Some(&pinned)), Ok(TrustUpdate::Unchanged));
+        assert!(matches!(
+            pinned.accept(Some(&rotated)),
+            Err(TrustError::NotNewer {
+                current: 2,
+                offered: 1
+            })
+        ));
+        let same_version = signed(
+            TrustRoot {
+                threshold: 1,
+                created_ms: 9,
+                ..v1
+            },
+            &[&root],
+        );
+        assert!(matches!(
+            same_version.accept(Some(&pinned)),
+            Err(TrustError::Conflict { version: 1 })
+        ));
+    }
+
+    #[test]
+    fn rejects_unreachable_thresholds_and_duplicate_keys() {
+        let k = SecretKey::generate().public();
+        let mut body = root_with(&[k], 2);
+        assert!(matches!(body.validate(), Err(TrustError::Invalid(_))));
+        body.threshold = 1;
+        body.publishers = vec![k, k];
+        assert!(matches!(body.validate(), Err(TrustError::Invalid(_))));
+        body.publishers = vec![k];
+        body.root_threshold = 0;
+        assert!(matches!(body.validate(), Err(TrustError::Invalid(_))));
+    }
+}

@@ -1,0 +1,429 @@
+//! The release store: signed releases and their artifacts, content-addressed on disk, and the
+//! pinned trust root.
+//!
+//! Trees (in the registry's sled database): `releases` (`name\0version` → signed release JSON),
+//! `artifact_sizes` (digest → size, from the first release naming it), `trust` (`root` → signed
+//! trust root JSON). Artifacts live in `D/artifacts/<hex digest>` once complete and verified;
+//! uploads in progress in `D/artifacts/partial/<hex digest>`, so an interrupted push resumes
+//! where it stopped and no reader ever sees a half-written artifact.
+
+use std::fs::OpenOptions;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use tern_proto::api::UploadProgress;
+use tern_proto::release::{Digest, SignedRelease};
+use tern_proto::trust::{SignedTrustRoot, TrustError, TrustUpdate};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseStoreError {
+    #[error("release storage failed: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("artifact storage failed at {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("stored record `{key}` is corrupt: {source}")]
+    Corrupt {
+        key: String,
+        source: serde_json::Error,
+    },
+    #[error("{reference} already exists with other content ({existing}); publish a new version")]
+    Conflict { reference: String, existing: Digest },
+    #[error("no release names artifact {0}; push the release first")]
+    UnknownArtifact(Digest),
+    #[error("upload of {digest} is at byte {received}, not {offset}")]
+    WrongOffset {
+        digest: Digest,
+        received: u64,
+        offset: u64,
+    },
+    #[error("upload of {digest} would exceed its size of {size} bytes")]
+    TooLong { digest: Digest, size: u64 },
+    #[error("uploaded bytes hash to {actual}, not {expected}; the upload was discarded")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+}
+
+/// Whether [`ReleaseStore::put_release`] stored something new.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    Created,
+    /// The same release was already there (signatures are merged).
+    Unchanged,
+}
+
+/// Handle to the release store.
+#[derive(Debug)]
+pub struct ReleaseStore {
+    releases: sled::Tree,
+    sizes: sled::Tree,
+    trust: sled::Tree,
+    dir: PathBuf,
+    /// Serializes appends, so two pushes of one artifact cannot interleave.
+    uploads: Mutex<()>,
+}
+
+fn key(name: &str, version: u64) -> Vec<u8> {
+    let mut key = name.as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(&version.to_be_bytes());
+    key
+}
+
+impl ReleaseStore {
+    /// Opens the store in `db`, with artifacts under `dir`.
+    pub fn open(db: &sled::Db, dir: &Path) -> Result<Self, ReleaseStoreError> {
+        let partial = dir.join("partial");
+        std::fs::create_dir_all(&partial).map_err(|source| ReleaseStoreError::Io {
+            path: partial,
+            source,
+        })?;
+        Ok(Self {
+            releases: db.open_tree("releases")?,
+            sizes: db.open_tree("artifact_sizes")?,
+            trust: db.open_tree("trust")?,
+            dir: dir.to_owned(),
+            uploads: Mutex::new(()),
+        })
+    }
+
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReleaseStoreError + '_ {
+        move |source| ReleaseStoreError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    /// Where a complete artifact lives.
+    pub fn artifact_path(&self, digest: &Digest) -> PathBuf {
+        self.dir.join(digest.hex())
+    }
+
+    fn partial_path(&self, digest: &Digest) -> PathBuf {
+        self.dir.join("partial").join(digest.hex())
+    }
+
+    /// Whether the whole artifact is stored and verified.
+    pub fn is_complete(&self, digest: &Digest) -> bool {
+        self.artifact_path(digest).is_file()
+    }
+
+    /// Records a release (its signatures are checked by the caller). The same `name:version`
+    /// with other content is refused; with the same content, new signatures are merged in.
+    pub fn put_release(&self, signed: &SignedRelease) -> Result<PutOutcome, ReleaseStoreError> {
+        let release = &signed.signed;
+        let k = key(&release.name, release.version);
+        let outcome = match self.release(&release.name, release.version)? {
+            Some(mut existing) => {
+                if existing.signed != *release {
+                    return Err(ReleaseStoreError::Conflict {
+                        reference: release.reference(),
+                        existing: existing.signed.digest,
+                    });
+                }
+                let before = existing.signatures.len();
+                for entry in &signed.signatures {
+                    if !existing.signatures.contains(entry) {
+                        existing.signatures.push(entry.clone());
+                    }
+                }
+                if existing.signatures.len() != before {
+                    self.releases.insert(k, json(&existing))?;
+                }
+                PutOutcome::Unchanged
+            }
+            None => {
+                self.releases.insert(k, json(signed))?;
+                PutOutcome::Created
+            }
+        };
+        self.sizes
+            .compare_and_swap(
+                release.digest.0,
+                None as Option<&[u8]>,
+                Some(&release.size.to_be_bytes()[..]),
+            )?
+            .ok();
+        self.releases.flush()?;
+        Ok(outcome)
+    }
+
+    /// One release.
+    pub fn release(
+        &self,
+        name: &str,
+        version: u64,
+    ) -> Result<Option<SignedRelease>, ReleaseStoreError> {
+        let k = key(name, version);
+        self.releases.get(&k)?.map(|v| decode(&k, &v)).transpose()
+    }
+
+    /// Every release, by name then version.
+    pub fn releases(&self) -> Result<Vec<SignedRelease>, ReleaseStoreError> {
+        self.releases
+            .iter()
+            .map(|entry| {
+                let (k, v) = entry?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    /// The size the releases give for `digest`.
+    fn size_of(&self, digest: &Digest) -> Result<u64, ReleaseStoreError> {
+        let raw = self
+            .sizes
+            .get(digest.0)?
+            .ok_or(ReleaseStoreError::UnknownArtifact(*digest))?;
+        Ok(<[u8; 8]>::try_from(raw.as_ref())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0))
+    }
+
+    /// How much of `digest` is stored.
+    pub fn progress(&self, digest: &Digest) -> Result<UploadProgress, ReleaseStoreError> {
+        let size = self.size_of(digest)?;
+        if self.is_complete(digest) {
+            return Ok(UploadProgress {
+                received: size,
+                size,
+                complete: true,
+            });
+        }
+        let received = std::fs::metadata(self.partial_path(digest))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        Ok(UploadProgress {
+            received,
+            size,
+            complete: false,
+        })
+    }
+
+    /// Appends `bytes` at `offset` to the upload of `digest`. When the last byte arrives, the
+    /// whole artifact is hashed; a match makes it complete, a mismatch discards the upload.
+    pub fn append(
+        &self,
+        digest: &Digest,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<UploadProgress, ReleaseStoreError> {
+        let _guard = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        let progress = self.progress(digest)?;
+        if progress.complete {
+            return Ok(progress);
+        }
+        if offset != progress.received {
+            return Err(ReleaseStoreError::WrongOffset {
+                digest: *digest,
+                received: progress.received,
+                offset,
+            });
+        }
+        let end = offset.saturating_add(bytes.len() as u64);
+        if end > progress.size {
+            return Err(ReleaseStoreError::TooLong {
+                digest: *digest,
+                size: progress.size,
+            });
+        }
+        let partial = self.partial_path(digest);
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&partial)
+            .map_err(Self::io(&partial))?;
+        file.write_all(bytes).map_err(Self::io(&partial))?;
+        if end < progress.size {
+            return Ok(UploadProgress {
+                received: end,
+                ..progress
+            });
+        }
+        file.sync_all().map_err(Self::io(&partial))?;
+        let actual = hash_file(&partial)?;
+        if actual != *digest {
+            let _ = std::fs::remove_file(&partial);
+            return Err(ReleaseStoreError::DigestMismatch {
+                expected: *digest,
+                actual,
+            });
+        }
+        let done = self.artifact_path(digest);
+        std::fs::rename(&partial, &done).map_err(Self::io(&done))?;
+        Ok(UploadProgress {
+            received: end,
+            size: progress.size,
+            complete: true,
+        })
+    }
+
+    /// The pinned trust root, if one was set.
+    pub fn trust_root(&self) -> Result<Option<SignedTrustRoot>, ReleaseStoreError> {
+        self.trust
+            .get("root")?
+            .map(|v| decode(b"root", &v))
+            .transpose()
+    }
+
+    /// Pins `offered` if it is the first trust root or a valid successor of the pinned one.
+    pub fn set_trust_root(
+        &self,
+        offered: &SignedTrustRoot,
+    ) -> Result<TrustUpdate, ReleaseStoreError> {
+        let current = self.trust_root()?;
+        let update = offered.accept(current.as_ref())?;
+        if update == TrustUpdate::Accepted {
+            self.trust.insert("root", json(offered))?;
+            self.trust.flush()?;
+        }
+        Ok(update)
+    }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("stored records always serialize")
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    key: &[u8],
+    value: &[u8],
+) -> Result<T, ReleaseStoreError> {
+    serde_json::from_slice(value).map_err(|source| ReleaseStoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        source,
+    })
+}
+
+/// SHA-256 of a file, streamed.
+pub fn hash_file(path: &Path) -> Result<Digest, ReleaseStoreError> {
+    use sha2::Digest as _;
+    let io = |source| ReleaseStoreError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    file.seek(SeekFrom::Start(0)).map_err(io)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(Digest(hasher.finalize().into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_proto::release::{ArtifactKind, Release};
+    use tern_proto::signing::{SecretKey, Signed};
+
+    fn signed(version: u64, bytes: &[u8], key: &SecretKey) -> SignedRelease {
+        let mut s = Signed::unsigned(Release {
+            name: "topk".into(),
+            kind: ArtifactKind::Plugin,
+            version,
+            digest: Digest::of(bytes),
+            size: bytes.len() as u64,
+            created_ms: 0,
+            expires_ms: None,
+            annotations: Default::default(),
+        });
+        s.sign(key);
+        s
+    }
+
+    fn store(tmp: &Path) -> ReleaseStore {
+        let db = sled::Config::new().temporary(true).open().expect("sled");
+        ReleaseStore::open(&db, &tmp.join("artifacts")).expect("store")
+    }
+
+    #[test]
+    fn resumes_an_upload_and_completes_on_the_digest() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = store(tmp.path());
+        let key = SecretKey::generate();
+        let bytes = b"0123456789abcdef".repeat(100);
+        let release = signed(1, &bytes, &key);
+        let digest = release.signed.digest;
+        assert!(matches!(
+            store.append(&digest, 0, &bytes),
+            Err(ReleaseStoreError::UnknownArtifact(_))
+        ));
+        assert_eq!(
+            store.put_release(&release).expect("put"),
+            PutOutcome::Created
+        );
+        let p = store
+            .append(&digest, 0, &bytes[..700])
+            .expect("first chunk");
+        assert_eq!((p.received, p.complete), (700, false));
+        // A client that lost track is told where to resume.
+        assert!(matches!(
+            store.append(&digest, 0, &bytes[..10]),
+            Err(ReleaseStoreError::WrongOffset { received: 700, .. })
+        ));
+        let p = store.append(&digest, 700, &bytes[700..]).expect("rest");
+        assert!(p.complete);
+        assert_eq!(
+            std::fs::read(store.artifact_path(&digest)).expect("read"),
+            bytes
+        );
+        assert!(store.progress(&digest).expect("progress").complete);
+    }
+
+    #[test]
+    fn discards_an_upload_that_does_not_match_its_digest() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = store(tmp.path());
+        let release = signed(1, b"good bytes", &SecretKey::generate());
+        let digest = release.signed.digest;
+        store.put_release(&release).expect("put");
+        assert!(matches!(
+            store.append(&digest, 0, b"evil bytes"),
+            Err(ReleaseStoreError::DigestMismatch { .. })
+        ));
+        assert_eq!(store.progress(&digest).expect("progress").received, 0);
+        assert!(matches!(
+            store.append(&digest, 0, b"good bytes and more"),
+            Err(ReleaseStoreError::TooLong { .. })
+        ));
+        assert!(
+            store
+                .append(&digest, 0, b"good bytes")
+                .expect("good")
+                .complete
+        );
+    }
+
+    #[test]
+    fn refuses_a_second_content_under_one_version_and_merges_signatures() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = store(tmp.path());
+        let (a, b) = (SecretKey::generate(), SecretKey::generate());
+        let first = signed(2, b"one", &a);
+        store.put_release(&first).expect("put");
+        assert!(matches!(
+            store.put_release(&signed(2, b"two", &a)),
+            Err(ReleaseStoreError::Conflict { .. })
+        ));
+        let mut cosigned = first.clone();
+        cosigned.signatures.clear();
+        cosigned.sign(&b);
+        assert_eq!(
+            store.put_release(&cosigned).expect("cosign"),
+            PutOutcome::Unchanged
+        );
+        let stored = store.release("topk", 2).expect("get").expect("present");
+        assert_eq!(stored.signatures.len(), 2);
+    }
+}
