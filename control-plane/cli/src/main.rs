@@ -2,6 +2,7 @@
 
 mod client;
 mod keys;
+mod manifests;
 mod output;
 mod push;
 
@@ -77,12 +78,55 @@ enum Command {
         /// The artifact: a `.wasm` component or an `.onnx` model.
         file: PathBuf,
     },
+    /// Create or update the pipelines and deployments of a manifest file.
+    Apply {
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Show what `apply -f` would change.
+    Diff {
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+    /// Delete the pipelines and deployments a manifest file names.
+    Delete {
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+    /// Watch and steer a deployment's rollout.
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
     /// Upload FILE and FILE.release to the control plane (resumes an interrupted upload).
     Push {
         file: PathBuf,
         /// No progress bar.
         #[arg(long, short)]
         quiet: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RolloutCommand {
+    /// Waves, agents and what each one runs.
+    Status {
+        deployment: String,
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Start no new wave until resumed.
+    Pause {
+        deployment: String,
+    },
+    Resume {
+        deployment: String,
+    },
+    /// Send every agent back to the revision before this rollout.
+    Undo {
+        deployment: String,
     },
 }
 
@@ -188,6 +232,16 @@ enum GetCommand {
         #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
         output: Format,
     },
+    /// Pipelines, their latest revision and the releases it pins.
+    Pipelines {
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Deployments and their rollouts.
+    Deployments {
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
     /// Signed releases and whether their artifacts are uploaded.
     Releases {
         #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
@@ -274,6 +328,67 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             Command::Trust { command } => trust(command, api).await?,
+            Command::Apply { file, output } => {
+                let changes = manifests::apply(&api()?, &file, false).await?;
+                match output {
+                    Format::Table => print!("{}", manifests::summary(&changes)),
+                    other => print!("{}", output::structured_any(&changes, other)?),
+                }
+            }
+            Command::Diff { file } => {
+                let changes = manifests::apply(&api()?, &file, true).await?;
+                let diff = manifests::diff(&changes);
+                if diff.is_empty() {
+                    println!("no changes");
+                } else {
+                    print!("{diff}");
+                }
+            }
+            Command::Delete { file } => {
+                let changes = manifests::delete(&api()?, &file).await?;
+                print!("{}", manifests::summary(&changes));
+            }
+            Command::Rollout { command } => {
+                let (deployment, verb) = match &command {
+                    RolloutCommand::Status { deployment, .. } => (deployment, None),
+                    RolloutCommand::Pause { deployment } => (deployment, Some("pause")),
+                    RolloutCommand::Resume { deployment } => (deployment, Some("resume")),
+                    RolloutCommand::Undo { deployment } => (deployment, Some("undo")),
+                };
+                let path = format!("/v1/deployments/{}", client::path_segment(deployment));
+                let view: tern_proto::api::DeploymentView = match verb {
+                    None => api()?.get(&path).await,
+                    Some(verb) => {
+                        api()?
+                            .post(&format!("{path}/rollout/{verb}"), &serde_json::json!({}))
+                            .await
+                    }
+                }
+                .with_context(|| format!("failed to reach the rollout of `{deployment}`"))?;
+                let output = match command {
+                    RolloutCommand::Status { output, .. } => output,
+                    _ => Format::Table,
+                };
+                print!("{}", output::rollout(&view, output)?);
+            }
+            Command::Get {
+                what: GetCommand::Pipelines { output },
+            } => {
+                let list: Vec<tern_proto::api::PipelineView> = api()?
+                    .get("/v1/pipelines")
+                    .await
+                    .context("failed to list pipelines")?;
+                print!("{}", output::pipelines(&list, output)?);
+            }
+            Command::Get {
+                what: GetCommand::Deployments { output },
+            } => {
+                let list: Vec<tern_proto::api::DeploymentView> = api()?
+                    .get("/v1/deployments")
+                    .await
+                    .context("failed to list deployments")?;
+                print!("{}", output::deployments(&list, output)?);
+            }
             Command::Get {
                 what: GetCommand::Releases { output },
             } => {

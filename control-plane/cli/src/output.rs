@@ -2,7 +2,7 @@
 
 use comfy_table::{Table, presets};
 use serde::Serialize;
-use tern_proto::api::{AgentView, ReleaseView};
+use tern_proto::api::{AgentView, DeploymentView, PipelineView, ReleaseView};
 use tern_proto::trust::SignedTrustRoot;
 
 /// `-o table|json|yaml`.
@@ -204,4 +204,141 @@ pub fn trust_root(doc: &SignedTrustRoot, format: Format) -> anyhow::Result<Strin
 
 fn hex_key(k: &tern_proto::signing::PublicKey) -> String {
     k.as_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// JSON or YAML of anything (the table form is the caller's).
+pub fn structured_any<T: Serialize + ?Sized>(value: &T, format: Format) -> anyhow::Result<String> {
+    Ok(structured(value, format)?.unwrap_or_default())
+}
+
+/// `ternctl get pipelines`.
+pub fn pipelines(list: &[PipelineView], format: Format) -> anyhow::Result<String> {
+    if let Some(text) = structured(list, format)? {
+        return Ok(text);
+    }
+    if list.is_empty() {
+        return Ok("No pipelines. Apply one with `ternctl apply -f FILE`.\n".into());
+    }
+    let mut t = table(&["NAME", "REVISION", "STEPS", "DEPLOYMENTS", "UPDATED"]);
+    for p in list {
+        t.add_row(vec![
+            p.name.clone(),
+            p.revision.to_string(),
+            p.steps
+                .iter()
+                .map(|s| format!("{}={}", s.step, s.reference))
+                .collect::<Vec<_>>()
+                .join(" "),
+            if p.deployments.is_empty() {
+                "-".into()
+            } else {
+                p.deployments.join(",")
+            },
+            age(&p.updated),
+        ]);
+    }
+    Ok(format!("{t}\n"))
+}
+
+fn revision(r: Option<u64>) -> String {
+    r.map(|r| r.to_string()).unwrap_or_else(|| "-".into())
+}
+
+/// `ternctl get deployments`.
+pub fn deployments(list: &[DeploymentView], format: Format) -> anyhow::Result<String> {
+    if let Some(text) = structured(list, format)? {
+        return Ok(text);
+    }
+    if list.is_empty() {
+        return Ok("No deployments. Apply one with `ternctl apply -f FILE`.\n".into());
+    }
+    let mut t = table(&[
+        "NAME", "PIPELINE", "SELECTOR", "STRATEGY", "REVISION", "ROLLOUT", "WAVE", "SERVING",
+    ]);
+    for d in list {
+        let (phase, target, wave, serving) = match &d.rollout {
+            Some(r) => (
+                r.phase.clone(),
+                r.target_revision.to_string(),
+                format!("{}/{}", r.wave, r.waves),
+                format!(
+                    "{}/{}",
+                    r.agents
+                        .iter()
+                        .filter(|a| a.serving == Some(r.target_revision))
+                        .count(),
+                    r.agents.len()
+                ),
+            ),
+            None => ("-".into(), "-".into(), "-".into(), "-".into()),
+        };
+        t.add_row(vec![
+            d.name.clone(),
+            d.pipeline.clone(),
+            if d.selector.is_empty() {
+                "(all)".into()
+            } else {
+                tern_proto::labels::format(&d.selector)
+            },
+            d.strategy.clone(),
+            target,
+            phase,
+            wave,
+            serving,
+        ]);
+    }
+    Ok(format!("{t}\n"))
+}
+
+/// `ternctl rollout status|pause|resume|undo`.
+pub fn rollout(d: &DeploymentView, format: Format) -> anyhow::Result<String> {
+    if let Some(text) = structured(d, format)? {
+        return Ok(text);
+    }
+    let Some(r) = &d.rollout else {
+        return Ok(format!("Deployment {} has no rollout yet.\n", d.name));
+    };
+    let mut out = format!(
+        "Deployment:  {}\nPipeline:    {} revision {} (from {})\nStrategy:    {}, wave {} of {}\nPhase:       {}{}\nStarted:     {} ({})\n",
+        d.name,
+        d.pipeline,
+        r.target_revision,
+        revision(r.previous_revision),
+        d.strategy,
+        r.wave,
+        r.waves,
+        r.phase,
+        r.reason
+            .as_ref()
+            .map(|why| format!(": {}", shown(why)))
+            .unwrap_or_default(),
+        r.started,
+        age(&r.started),
+    );
+    let mut t = table(&[
+        "AGENT",
+        "CONNECTED",
+        "DESIRED",
+        "SERVING",
+        "PHASE",
+        "MESSAGE",
+    ]);
+    for a in &r.agents {
+        t.add_row(vec![
+            a.name.clone(),
+            if a.connected { "yes" } else { "no" }.into(),
+            revision(a.desired),
+            revision(a.serving),
+            a.phase.clone().unwrap_or_else(|| "-".into()),
+            shown(&a.message),
+        ]);
+    }
+    out.push_str(&format!("{t}\n"));
+    if !r.history.is_empty() {
+        out.push_str("History:\n");
+        for (at, what) in &r.history {
+            out.push_str(&format!("  {at}  {}\n", shown(what)));
+        }
+    }
+    Ok(out)
 }

@@ -133,3 +133,128 @@ pub struct UploadProgress {
     pub size: u64,
     pub complete: bool,
 }
+
+/// `POST /v1/apply`: resources of one manifest file, validated by `ternctl` and again here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApplyRequest {
+    /// The file they came from, for error messages.
+    pub file: String,
+    pub resources: Vec<crate::manifest::Resource>,
+    /// The name of each resource's document in errors (`file#2`); `file` when absent.
+    #[serde(default)]
+    pub sources: Vec<String>,
+    /// Only compute the changes (`ternctl diff`).
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What applying (or deleting) did to one resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeAction {
+    Created,
+    Configured,
+    Unchanged,
+    Deleted,
+}
+
+impl std::fmt::Display for ChangeAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ChangeAction::Created => "created",
+            ChangeAction::Configured => "configured",
+            ChangeAction::Unchanged => "unchanged",
+            ChangeAction::Deleted => "deleted",
+        })
+    }
+}
+
+/// One resource's change, with its state before and after.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    pub kind: String,
+    pub name: String,
+    pub action: ChangeAction,
+    /// The pipeline revision this apply made or kept (pipelines only).
+    pub revision: Option<u64>,
+    pub before: Option<crate::manifest::Resource>,
+    pub after: Option<crate::manifest::Resource>,
+}
+
+/// `POST /v1/delete`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteRequest {
+    /// `(kind, name)` of each resource.
+    pub resources: Vec<(String, String)>,
+}
+
+/// One step of a pipeline revision with the release it is pinned to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinnedStep {
+    pub step: String,
+    pub kind: crate::release::ArtifactKind,
+    /// `name:version` as the manifest gave it.
+    pub reference: String,
+    /// The release's digest when the revision was made.
+    pub digest: crate::release::Digest,
+}
+
+/// A pipeline as `ternctl get pipelines` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineView {
+    pub name: String,
+    /// The latest revision.
+    pub revision: u64,
+    pub steps: Vec<PinnedStep>,
+    /// RFC 3339, when the latest revision was applied.
+    pub updated: String,
+    /// Deployments that run it.
+    pub deployments: Vec<String>,
+}
+
+/// A deployment's rollout, as `ternctl rollout status` and `get deployments` show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutView {
+    /// Progressing, Paused, Complete, RolledBack or Failed.
+    pub phase: String,
+    /// Why, when rolled back or failed.
+    pub reason: Option<String>,
+    pub target_revision: u64,
+    pub previous_revision: Option<u64>,
+    /// 1-based wave number, and how many waves there are.
+    pub wave: usize,
+    pub waves: usize,
+    /// RFC 3339.
+    pub started: String,
+    /// Recent transitions, oldest first: RFC 3339 time and a sentence.
+    pub history: Vec<(String, String)>,
+    /// Each selected agent: what it should run and what it reports.
+    pub agents: Vec<RolloutAgentView>,
+}
+
+/// One selected agent in a rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutAgentView {
+    pub name: String,
+    pub connected: bool,
+    /// The revision the rollout assigns it.
+    pub desired: Option<u64>,
+    /// The revision it answers requests with.
+    pub serving: Option<u64>,
+    /// Its phase on the revision it works on (Fetching, Ready, Failed, ...).
+    pub phase: Option<String>,
+    pub message: String,
+}
+
+/// A deployment as `ternctl get deployments` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentView {
+    pub name: String,
+    pub pipeline: String,
+    pub selector: BTreeMap<String, String>,
+    /// all-at-once or canary.
+    pub strategy: String,
+    /// RFC 3339.
+    pub updated: String,
+    pub rollout: Option<RolloutView>,
+}

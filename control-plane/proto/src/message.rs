@@ -115,10 +115,13 @@ pub struct StatusReport {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PipelineStatus {
     pub name: String,
+    /// The revision the agent was asked for and works on.
     pub revision: u64,
     pub phase: PipelinePhase,
     /// Why, when the phase is [`PipelinePhase::Failed`].
     pub message: String,
+    /// The revision answering requests (the old one until the new one is ready).
+    pub serving: Option<u64>,
 }
 
 /// Lifecycle phase of a pipeline revision on an agent.
@@ -129,6 +132,18 @@ pub enum PipelinePhase {
     Loading,
     Ready,
     Failed,
+}
+
+impl std::fmt::Display for PipelinePhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PipelinePhase::Fetching => "Fetching",
+            PipelinePhase::Verifying => "Verifying",
+            PipelinePhase::Loading => "Loading",
+            PipelinePhase::Ready => "Ready",
+            PipelinePhase::Failed => "Failed",
+        })
+    }
 }
 
 /// A desired state as the control plane signed it. The body is kept as bytes so the signature

@@ -74,14 +74,20 @@ fn phase() -> impl Strategy<Value = PipelinePhase> {
 }
 
 fn status() -> impl Strategy<Value = StatusReport> {
-    let pipeline = (".{0,12}", any::<u64>(), phase(), ".{0,20}").prop_map(
-        |(name, revision, phase, message)| PipelineStatus {
+    let pipeline = (
+        ".{0,12}",
+        any::<u64>(),
+        phase(),
+        ".{0,20}",
+        any::<Option<u64>>(),
+    )
+        .prop_map(|(name, revision, phase, message, serving)| PipelineStatus {
             name,
             revision,
             phase,
             message,
-        },
-    );
+            serving,
+        });
     (
         any::<u64>(),
         any::<u64>(),

@@ -285,6 +285,7 @@ async fn control_loop(
             AgentMessage::Status(report) => {
                 debug!(agent = %record.name, generation = report.applied_generation, "status report");
                 let ack = ControlMessage::Ack(tern_proto::message::Ack { seq: report.seq });
+                shared.reports.record(&record.id, report);
                 write_frame(send, &ack, MAX_FRAME_LEN).await?;
             }
             AgentMessage::Capacity(capacity) => {

@@ -7,6 +7,10 @@
 //! - [`config`]: `config.toml`, parsed once into typed settings.
 //! - [`registry`]: enrolled agents and enrollment tokens, in sled.
 //! - [`releases`]: signed releases, their artifacts on disk, the pinned trust root.
+//! - [`catalog`]: pipelines with their revisions, deployments with their rollout, in sled.
+//! - [`apply`]: apply, diff and delete of manifests; rollout commands.
+//! - [`rollout`]: the rollout planner, a pure state machine.
+//! - [`reports`]: what agents last reported about their pipelines.
 //! - [`presence`]: which agents are connected and when they were last heard (in memory).
 //! - [`enroll`]: redeeming a token for a certificate.
 //! - [`agents`]: the QUIC endpoint and the per-agent control stream.
@@ -15,12 +19,16 @@
 
 pub mod agents;
 pub mod api;
+pub mod apply;
+pub mod catalog;
 pub mod config;
 pub mod data_dir;
 pub mod enroll;
 pub mod presence;
 pub mod registry;
 pub mod releases;
+pub mod reports;
+pub mod rollout;
 pub mod server;
 
 pub use config::ControlPlaneConfig;

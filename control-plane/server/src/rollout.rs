@@ -81,12 +81,21 @@ impl std::fmt::Display for Phase {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Transition {
     /// Wave `wave` (0-based) started; `agents` joined the target revision.
-    WaveStarted { wave: usize, agents: Vec<String> },
+    WaveStarted {
+        wave: usize,
+        agents: Vec<String>,
+    },
     /// Agents newly selected while the wave was open joined it.
-    AgentsJoined { agents: Vec<String> },
+    AgentsJoined {
+        agents: Vec<String>,
+    },
     Completed,
-    RolledBack { reason: String },
-    Failed { reason: String },
+    RolledBack {
+        reason: String,
+    },
+    Failed {
+        reason: String,
+    },
     Paused,
     Resumed,
 }
@@ -191,7 +200,8 @@ impl Rollout {
             return out;
         }
         // Agents no longer selected leave; new ones fill the current wave.
-        self.members.retain(|m| agents.iter().any(|a| &a.agent == m));
+        self.members
+            .retain(|m| agents.iter().any(|a| &a.agent == m));
         let wanted = self.wave_size(self.wave, agents.len());
         let joined: Vec<String> = agents
             .iter()
@@ -406,14 +416,24 @@ mod tests {
         assert!(r.observe(&converged(&r, 10), 1_000).is_empty());
         assert!(r.observe(&converged(&r, 10), 5_999).is_empty());
         let t = r.observe(&converged(&r, 10), 6_000);
-        assert!(matches!(&t[..], [Transition::WaveStarted { wave: 1, agents }] if agents.len() == 4));
+        assert!(
+            matches!(&t[..], [Transition::WaveStarted { wave: 1, agents }] if agents.len() == 4)
+        );
         // Wave 2 agents are not yet serving: the window restarts once they are.
-        assert!(r.observe(&fleet(10, |i| Some(if i == 0 { 2 } else { 1 })), 7_000).is_empty());
+        assert!(
+            r.observe(&fleet(10, |i| Some(if i == 0 { 2 } else { 1 })), 7_000)
+                .is_empty()
+        );
         assert!(r.observe(&converged(&r, 10), 8_000).is_empty());
         let t = r.observe(&converged(&r, 10), 13_000);
-        assert!(matches!(&t[..], [Transition::WaveStarted { wave: 2, agents }] if agents.len() == 5));
+        assert!(
+            matches!(&t[..], [Transition::WaveStarted { wave: 2, agents }] if agents.len() == 5)
+        );
         r.observe(&converged(&r, 10), 14_000);
-        assert_eq!(r.observe(&converged(&r, 10), 19_000), [Transition::Completed]);
+        assert_eq!(
+            r.observe(&converged(&r, 10), 19_000),
+            [Transition::Completed]
+        );
         assert_eq!(r.phase, Phase::Complete);
         assert_eq!(r.stable(), Some(2));
         assert!((0..10).all(|i| r.assignment(&format!("agent-{i:02}")) == Some(2)));
@@ -446,7 +466,9 @@ mod tests {
         let mut seen = fleet(4, |_| Some(2));
         seen[1].reported = Some((3, Some("digest mismatch".into())));
         let t = r.observe(&seen, 10);
-        assert!(matches!(&t[..], [Transition::Failed { reason }] if reason.contains("digest mismatch")));
+        assert!(
+            matches!(&t[..], [Transition::Failed { reason }] if reason.contains("digest mismatch"))
+        );
         assert_eq!(r.assignment("agent-00"), Some(3), "held where it was");
         assert_eq!(r.assignment("agent-03"), Some(2));
         assert!(r.undo(20));
@@ -472,7 +494,9 @@ mod tests {
         r.observe(&fleet(2, |_| Some(1)), 0);
         assert!(r.observe(&fleet(2, |_| Some(1)), 60_000).is_empty());
         let t = r.observe(&fleet(2, |_| Some(1)), 60_001);
-        assert!(matches!(&t[..], [Transition::RolledBack { reason }] if reason.contains("not healthy")));
+        assert!(
+            matches!(&t[..], [Transition::RolledBack { reason }] if reason.contains("not healthy"))
+        );
     }
 
     #[test]
@@ -488,7 +512,10 @@ mod tests {
         seen[0].requests = 1;
         seen[0].errors = 1;
         let mut paused = r.clone();
-        assert!(matches!(&paused.observe(&seen, 3)[..], [Transition::RolledBack { .. }]));
+        assert!(matches!(
+            &paused.observe(&seen, 3)[..],
+            [Transition::RolledBack { .. }]
+        ));
         assert!(r.resume(100_000));
         assert!(matches!(
             &r.observe(&converged(&r, 2), 100_001)[..],

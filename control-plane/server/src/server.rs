@@ -11,11 +11,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::catalog::{Catalog, CatalogError};
 use crate::config::ControlPlaneConfig;
 use crate::data_dir::{DataDir, LoadError};
 use crate::presence::Presence;
 use crate::registry::{Registry, RegistryError};
 use crate::releases::{ReleaseStore, ReleaseStoreError};
+use crate::reports::AgentReports;
 
 /// How often silent agents are looked for.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -36,6 +38,8 @@ pub(crate) struct Shared {
     pub ca: CertificateAuthority,
     pub admin_token_sha256: [u8; 32],
     pub releases: ReleaseStore,
+    pub catalog: Catalog,
+    pub reports: AgentReports,
 }
 
 /// Options of `tern-control-plane serve`.
@@ -57,6 +61,8 @@ pub enum StartError {
     Registry(#[from] RegistryError),
     #[error("cannot open the release store: {0}")]
     Releases(#[from] ReleaseStoreError),
+    #[error("cannot open the catalog: {0}")]
+    Catalog(#[from] CatalogError),
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("cannot listen for {what} on {addr}: {source}")]
@@ -92,9 +98,12 @@ impl RunningControlPlane {
         }
         let registry = Registry::open(&dir.registry())?;
         let releases = ReleaseStore::open(registry.db(), &dir.artifacts())?;
+        let catalog = Catalog::open(registry.db())?;
         let ca_pem = loaded.ca.cert_pem().to_owned();
         let shared = Arc::new(Shared {
             registry,
+            catalog,
+            reports: AgentReports::default(),
             releases,
             presence: Presence::default(),
             connections: Default::default(),

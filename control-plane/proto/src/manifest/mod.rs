@@ -219,7 +219,15 @@ fn documents(text: &str, file: &str) -> Result<Vec<(String, serde_yaml_ng::Value
 
 /// Parses and validates every document of a manifest file (`Pipeline` and `Deployment`).
 pub fn parse_resources(text: &str, file: &str) -> Result<Vec<Resource>, ManifestError> {
-    let mut resources = Vec::new();
+    Ok(parse_sourced(text, file)?
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect())
+}
+
+/// Like [`parse_resources`], with the name each document goes by in errors (`file#N`).
+pub fn parse_sourced(text: &str, file: &str) -> Result<Vec<(String, Resource)>, ManifestError> {
+    let mut resources: Vec<(String, Resource)> = Vec::new();
     for (name, value) in documents(text, file)? {
         let resource = match value.get("kind").and_then(|k| k.as_str()) {
             Some("Pipeline") => Resource::Pipeline(typed(value, &name)?),
@@ -236,7 +244,7 @@ pub fn parse_resources(text: &str, file: &str) -> Result<Vec<Resource>, Manifest
         resource.validate(&name)?;
         if resources
             .iter()
-            .any(|r: &Resource| r.kind() == resource.kind() && r.name() == resource.name())
+            .any(|(_, r)| r.kind() == resource.kind() && r.name() == resource.name())
         {
             return Err(error(
                 &name,
@@ -244,7 +252,7 @@ pub fn parse_resources(text: &str, file: &str) -> Result<Vec<Resource>, Manifest
                 format!("{} `{}` appears twice", resource.kind(), resource.name()),
             ));
         }
-        resources.push(resource);
+        resources.push((name, resource));
     }
     if resources.is_empty() {
         return Err(error(file, ".", "no documents"));
@@ -252,11 +260,11 @@ pub fn parse_resources(text: &str, file: &str) -> Result<Vec<Resource>, Manifest
     Ok(resources)
 }
 
-/// Reads and parses a manifest file of any resources.
-pub fn resources_from_file(path: &Path) -> Result<Vec<Resource>, ManifestError> {
+/// Reads and parses a manifest file of any resources, with each document's name in errors.
+pub fn resources_from_file(path: &Path) -> Result<Vec<(String, Resource)>, ManifestError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| error(&file, ".", e.to_string()))?;
-    parse_resources(&text, &file)
+    parse_sourced(&text, &file)
 }
 
 fn error(file: &str, path: impl Into<String>, message: impl Into<String>) -> ManifestError {

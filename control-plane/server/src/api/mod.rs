@@ -1,6 +1,7 @@
 //! HTTPS APIs: the admin API (bearer-authenticated, for `ternctl`) and the enrollment API (on the
 //! agents' address, authenticated by the token in the body).
 
+mod deployments;
 mod releases;
 
 use std::net::SocketAddr;
@@ -56,6 +57,15 @@ pub(crate) fn admin_router(shared: Arc<Shared>) -> Router {
             get(releases::progress).put(releases::upload).layer(
                 axum::extract::DefaultBodyLimit::max(releases::MAX_UPLOAD_CHUNK),
             ),
+        )
+        .route("/v1/apply", post(deployments::apply))
+        .route("/v1/delete", post(deployments::delete))
+        .route("/v1/pipelines", get(deployments::pipelines))
+        .route("/v1/deployments", get(deployments::deployments))
+        .route("/v1/deployments/{name}", get(deployments::deployment))
+        .route(
+            "/v1/deployments/{name}/rollout/{command}",
+            post(deployments::rollout),
         )
         .route(
             "/v1/trust-root",

@@ -1,0 +1,89 @@
+//! `ternctl apply|diff|delete -f FILE`: manifests validated here (errors name the file, the
+//! field and what was expected), then sent to the control plane, which checks references.
+
+use std::path::Path;
+
+use anyhow::Context;
+use tern_proto::api::{ApplyRequest, Change, ChangeAction, DeleteRequest};
+use tern_proto::manifest::{self, Resource};
+use tern_transport::https::HttpsClient;
+
+fn read(file: &Path) -> anyhow::Result<(Vec<String>, Vec<Resource>)> {
+    Ok(manifest::resources_from_file(file)?.into_iter().unzip())
+}
+
+/// `apply -f` (or `diff -f` with `dry_run`).
+pub async fn apply(api: &HttpsClient, file: &Path, dry_run: bool) -> anyhow::Result<Vec<Change>> {
+    let (sources, resources) = read(file)?;
+    api.post(
+        "/v1/apply",
+        &ApplyRequest {
+            file: file.display().to_string(),
+            resources,
+            sources,
+            dry_run,
+        },
+    )
+    .await
+    .with_context(|| format!("failed to apply {}", file.display()))
+}
+
+/// `delete -f`.
+pub async fn delete(api: &HttpsClient, file: &Path) -> anyhow::Result<Vec<Change>> {
+    let (_, resources) = read(file)?;
+    let resources = resources
+        .iter()
+        .map(|r| (r.kind().to_owned(), r.name().to_owned()))
+        .collect();
+    api.post("/v1/delete", &DeleteRequest { resources })
+        .await
+        .with_context(|| format!("failed to delete what {} describes", file.display()))
+}
+
+/// One line per change: `pipeline/defect-detector configured (revision 3)`.
+pub fn summary(changes: &[Change]) -> String {
+    changes
+        .iter()
+        .map(|c| {
+            let revision = match (c.revision, c.action) {
+                (Some(r), ChangeAction::Created | ChangeAction::Configured) => {
+                    format!(" (revision {r})")
+                }
+                _ => String::new(),
+            };
+            format!(
+                "{}/{} {}{revision}\n",
+                c.kind.to_lowercase(),
+                c.name,
+                c.action
+            )
+        })
+        .collect()
+}
+
+fn yaml(resource: Option<&Resource>) -> String {
+    resource
+        .and_then(|r| serde_yaml_ng::to_string(r).ok())
+        .unwrap_or_default()
+}
+
+/// A unified diff per changed resource; empty when nothing would change.
+pub fn diff(changes: &[Change]) -> String {
+    let mut out = String::new();
+    for c in changes
+        .iter()
+        .filter(|c| c.action != ChangeAction::Unchanged)
+    {
+        let (before, after) = (yaml(c.before.as_ref()), yaml(c.after.as_ref()));
+        let label = format!("{}/{}", c.kind.to_lowercase(), c.name);
+        let text = similar::TextDiff::from_lines(&before, &after);
+        out.push_str(
+            &text
+                .unified_diff()
+                .context_radius(3)
+                .header(&format!("{label} (live)"), &format!("{label} (applied)"))
+                .to_string(),
+        );
+    }
+    out
+}

@@ -1,0 +1,252 @@
+//! Manifests and rollouts on the admin API: apply, diff, delete, pipelines, deployments and
+//! rollout commands.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use tern_proto::api::{
+    ApplyRequest, Change, DeleteRequest, DeploymentView, PipelineView, RolloutAgentView,
+    RolloutView,
+};
+use tern_proto::manifest::RolloutStrategy;
+use tracing::info;
+
+use super::{HttpError, internal};
+use crate::apply::{self, ApplyError, RolloutCommand};
+use crate::catalog::DeploymentRecord;
+use crate::rollout::{Phase, Transition};
+use crate::server::Shared;
+
+impl From<ApplyError> for HttpError {
+    fn from(e: ApplyError) -> Self {
+        let status = match &e {
+            ApplyError::Manifest(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApplyError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApplyError::InUse { .. } | ApplyError::Rollout { .. } => StatusCode::CONFLICT,
+            ApplyError::Catalog(_) | ApplyError::Releases(_) => return internal(e),
+        };
+        HttpError(status, e.to_string())
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApplyError> + Send + 'static,
+) -> Result<T, HttpError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(internal)?
+        .map_err(HttpError::from)
+}
+
+fn log_changes(changes: &[Change]) {
+    for c in changes {
+        if c.action != tern_proto::api::ChangeAction::Unchanged {
+            info!(kind = %c.kind, name = %c.name, action = %c.action, revision = ?c.revision, "resource changed");
+        }
+    }
+}
+
+pub(crate) async fn apply(
+    State(shared): State<Arc<Shared>>,
+    body: Result<Json<ApplyRequest>, JsonRejection>,
+) -> Result<Json<Vec<Change>>, HttpError> {
+    let Json(request) = body?;
+    let changes = blocking(move || {
+        apply::apply(
+            &shared.catalog,
+            &shared.releases,
+            &request,
+            tern_transport::unix_millis_now(),
+        )
+    })
+    .await?;
+    log_changes(&changes);
+    Ok(Json(changes))
+}
+
+pub(crate) async fn delete(
+    State(shared): State<Arc<Shared>>,
+    body: Result<Json<DeleteRequest>, JsonRejection>,
+) -> Result<Json<Vec<Change>>, HttpError> {
+    let Json(request) = body?;
+    let changes = blocking(move || apply::delete(&shared.catalog, &request.resources)).await?;
+    log_changes(&changes);
+    Ok(Json(changes))
+}
+
+pub(crate) async fn pipelines(
+    State(shared): State<Arc<Shared>>,
+) -> Result<Json<Vec<PipelineView>>, HttpError> {
+    let views = blocking(move || {
+        let deployments = shared.catalog.deployments()?;
+        Ok(shared
+            .catalog
+            .pipelines()?
+            .into_iter()
+            .map(|p| {
+                let name = p.manifest.metadata.name.clone();
+                PipelineView {
+                    deployments: deployments
+                        .iter()
+                        .filter(|d| d.manifest.spec.pipeline == name)
+                        .map(|d| d.manifest.metadata.name.clone())
+                        .collect(),
+                    name,
+                    revision: p.revision,
+                    steps: p.pinned,
+                    updated: tern_transport::rfc3339(p.applied_ms),
+                }
+            })
+            .collect())
+    })
+    .await?;
+    Ok(Json(views))
+}
+
+fn describe(transition: &Transition) -> String {
+    match transition {
+        Transition::WaveStarted { wave, agents } => {
+            format!("wave {} started: {}", wave + 1, agents.join(", "))
+        }
+        Transition::AgentsJoined { agents } => format!("joined the wave: {}", agents.join(", ")),
+        Transition::Completed => "complete: every selected agent runs the target".into(),
+        Transition::RolledBack { reason } => format!("rolled back: {reason}"),
+        Transition::Failed { reason } => format!("failed: {reason}"),
+        Transition::Paused => "paused".into(),
+        Transition::Resumed => "resumed".into(),
+    }
+}
+
+/// A deployment with its rollout and the agents it selects, as they report.
+pub(crate) fn deployment_view(
+    shared: &Shared,
+    record: &DeploymentRecord,
+) -> Result<DeploymentView, ApplyError> {
+    let spec = &record.manifest.spec;
+    let rollout = match &record.rollout {
+        None => None,
+        Some(r) => {
+            let agents = shared
+                .registry
+                .agents()
+                .map_err(|e| ApplyError::Rollout {
+                    deployment: record.manifest.metadata.name.clone(),
+                    reason: e.to_string(),
+                })?
+                .into_iter()
+                .filter(|a| {
+                    spec.selector
+                        .iter()
+                        .all(|(k, v)| a.labels.get(k) == Some(v))
+                })
+                .map(|a| {
+                    let status = shared.reports.pipeline(&a.id, &spec.pipeline);
+                    let connected = shared.presence.seen(&a.id).is_some_and(|s| s.connected);
+                    RolloutAgentView {
+                        desired: r.assignment(&a.name),
+                        serving: status.as_ref().and_then(|s| s.serving),
+                        phase: status.as_ref().map(|s| s.phase.to_string()),
+                        message: status.map(|s| s.message).unwrap_or_default(),
+                        name: a.name,
+                        connected,
+                    }
+                })
+                .collect();
+            let reason = match &r.phase {
+                Phase::RolledBack { reason } | Phase::Failed { reason } => Some(reason.clone()),
+                _ => None,
+            };
+            Some(RolloutView {
+                phase: r.phase.to_string(),
+                reason,
+                target_revision: r.target,
+                previous_revision: r.previous,
+                wave: r.wave + 1,
+                waves: r.policy.waves.len(),
+                started: tern_transport::rfc3339(r.started_ms),
+                history: r
+                    .history
+                    .iter()
+                    .map(|(at, t)| (tern_transport::rfc3339(*at), describe(t)))
+                    .collect(),
+                agents,
+            })
+        }
+    };
+    Ok(DeploymentView {
+        name: record.manifest.metadata.name.clone(),
+        pipeline: spec.pipeline.clone(),
+        selector: spec.selector.clone(),
+        strategy: match spec.rollout.strategy {
+            RolloutStrategy::AllAtOnce => "all-at-once".into(),
+            RolloutStrategy::Canary => "canary".into(),
+        },
+        updated: tern_transport::rfc3339(record.updated_ms),
+        rollout,
+    })
+}
+
+pub(crate) async fn deployments(
+    State(shared): State<Arc<Shared>>,
+) -> Result<Json<Vec<DeploymentView>>, HttpError> {
+    let views = blocking(move || {
+        shared
+            .catalog
+            .deployments()?
+            .iter()
+            .map(|d| deployment_view(&shared, d))
+            .collect()
+    })
+    .await?;
+    Ok(Json(views))
+}
+
+pub(crate) async fn deployment(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+) -> Result<Json<DeploymentView>, HttpError> {
+    let view = blocking(move || {
+        let record = shared
+            .catalog
+            .deployment(&name)?
+            .ok_or(ApplyError::NotFound {
+                kind: "Deployment".into(),
+                name,
+            })?;
+        deployment_view(&shared, &record)
+    })
+    .await?;
+    Ok(Json(view))
+}
+
+pub(crate) async fn rollout(
+    State(shared): State<Arc<Shared>>,
+    Path((name, command)): Path<(String, String)>,
+) -> Result<Json<DeploymentView>, HttpError> {
+    let command = match command.as_str() {
+        "pause" => RolloutCommand::Pause,
+        "resume" => RolloutCommand::Resume,
+        "undo" => RolloutCommand::Undo,
+        other => {
+            return Err(HttpError(
+                StatusCode::NOT_FOUND,
+                format!("no rollout command `{other}` (pause, resume, undo)"),
+            ));
+        }
+    };
+    let view = blocking(move || {
+        let record = apply::rollout_command(
+            &shared.catalog,
+            &name,
+            command,
+            tern_transport::unix_millis_now(),
+        )?;
+        info!(deployment = %name, ?command, "rollout command");
+        deployment_view(&shared, &record)
+    })
+    .await?;
+    Ok(Json(view))
+}

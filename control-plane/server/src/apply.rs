@@ -1,0 +1,371 @@
+//! `apply`, `diff` and `delete` of manifests, and the operator's rollout commands: validation
+//! against the catalog and the release store, pipeline revisions pinned to digests, and a new
+//! rollout whenever a deployment's pipeline gets a new revision.
+
+use std::collections::BTreeMap;
+
+use tern_proto::api::{ApplyRequest, Change, ChangeAction, PinnedStep};
+use tern_proto::manifest::{ArtifactRef, Deployment, ManifestError, Pipeline, Resource, StepKind};
+use tern_proto::release::ArtifactKind;
+
+use crate::catalog::{Catalog, CatalogError, DeploymentRecord, PipelineRecord};
+use crate::releases::{ReleaseStore, ReleaseStoreError};
+use crate::rollout::{Rollout, RolloutPolicy};
+
+/// Why an apply, delete or rollout command was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("{kind} `{name}` does not exist")]
+    NotFound { kind: String, name: String },
+    #[error("pipeline `{pipeline}` is run by deployment(s) {deployments}; delete those first")]
+    InUse {
+        pipeline: String,
+        deployments: String,
+    },
+    #[error("rollout of `{deployment}` {reason}")]
+    Rollout { deployment: String, reason: String },
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Releases(#[from] ReleaseStoreError),
+}
+
+fn manifest_error(file: &str, path: String, message: String) -> ApplyError {
+    ApplyError::Manifest(ManifestError {
+        file: file.to_owned(),
+        path,
+        message,
+    })
+}
+
+/// Resolves every step of `pipeline` to a pushed release of the right kind.
+fn pin(
+    releases: &ReleaseStore,
+    pipeline: &Pipeline,
+    file: &str,
+) -> Result<Vec<PinnedStep>, ApplyError> {
+    let mut pinned = Vec::new();
+    for (i, step) in pipeline.spec.steps.iter().enumerate() {
+        let (field, reference, kind) = match step.kind() {
+            StepKind::Plugin(r) => ("plugin", r, ArtifactKind::Plugin),
+            StepKind::Model(r) => ("model", r, ArtifactKind::Model),
+        };
+        let path = format!("spec.steps[{i}].{field}");
+        let Some(ArtifactRef::Release { name, version }) = ArtifactRef::parse(reference) else {
+            return Err(manifest_error(
+                file,
+                path,
+                format!(
+                    "expected `name:version` of a pushed release, got `{reference}` (local files are for `tern-agent run-local`)"
+                ),
+            ));
+        };
+        let Some(release) = releases.release(&name, version)? else {
+            return Err(manifest_error(
+                file,
+                path,
+                format!("release `{reference}` is not pushed (sign it and run `ternctl push`)"),
+            ));
+        };
+        let release = release.signed;
+        if release.kind != kind {
+            return Err(manifest_error(
+                file,
+                path,
+                format!(
+                    "`{reference}` is a {} release; a {field} step needs a {kind}",
+                    release.kind
+                ),
+            ));
+        }
+        if !releases.is_complete(&release.digest) {
+            return Err(manifest_error(
+                file,
+                path,
+                format!(
+                    "the artifact of `{reference}` is not completely uploaded; run `ternctl push` again"
+                ),
+            ));
+        }
+        pinned.push(PinnedStep {
+            step: step.name.clone(),
+            kind,
+            reference: reference.to_owned(),
+            digest: release.digest,
+        });
+    }
+    Ok(pinned)
+}
+
+/// Applies (or, with `dry_run`, only compares) the resources of one file. Pipelines go first,
+/// so a deployment may name a pipeline of the same file.
+pub fn apply(
+    catalog: &Catalog,
+    releases: &ReleaseStore,
+    request: &ApplyRequest,
+    now_ms: u64,
+) -> Result<Vec<Change>, ApplyError> {
+    let _guard = catalog.lock();
+    let source = |i: usize| request.sources.get(i).unwrap_or(&request.file).as_str();
+    for (i, resource) in request.resources.iter().enumerate() {
+        resource.validate(source(i))?;
+    }
+    let mut changes = Vec::new();
+    // Pipelines of this request and the revision each will have.
+    let mut pending: BTreeMap<String, u64> = BTreeMap::new();
+    for (i, resource) in request.resources.iter().enumerate() {
+        let Resource::Pipeline(pipeline) = resource else {
+            continue;
+        };
+        let name = pipeline.metadata.name.clone();
+        let pinned = pin(releases, pipeline, source(i))?;
+        let existing = catalog.pipeline(&name)?;
+        let (action, revision) = match &existing {
+            Some(old) if old.manifest == *pipeline && old.pinned == pinned => {
+                (ChangeAction::Unchanged, old.revision)
+            }
+            Some(old) => (ChangeAction::Configured, old.revision + 1),
+            None => (ChangeAction::Created, 1),
+        };
+        pending.insert(name.clone(), revision);
+        if action != ChangeAction::Unchanged && !request.dry_run {
+            catalog.put_pipeline(&PipelineRecord {
+                manifest: pipeline.clone(),
+                revision,
+                pinned,
+                applied_ms: now_ms,
+            })?;
+            roll_out_revision(catalog, &name, revision, now_ms)?;
+        }
+        changes.push(Change {
+            kind: "Pipeline".into(),
+            name,
+            action,
+            revision: Some(revision),
+            before: existing.map(|old| Resource::Pipeline(old.manifest)),
+            after: Some(resource.clone()),
+        });
+    }
+    for (i, resource) in request.resources.iter().enumerate() {
+        let Resource::Deployment(deployment) = resource else {
+            continue;
+        };
+        changes.push(apply_deployment(
+            catalog,
+            deployment,
+            &pending,
+            (source(i), request.dry_run),
+            now_ms,
+        )?);
+    }
+    Ok(changes)
+}
+
+/// Starts a rollout of `revision` in every deployment of pipeline `name`.
+fn roll_out_revision(
+    catalog: &Catalog,
+    name: &str,
+    revision: u64,
+    now_ms: u64,
+) -> Result<(), ApplyError> {
+    for mut record in catalog.deployments()? {
+        if record.manifest.spec.pipeline != name {
+            continue;
+        }
+        let previous = record.rollout.as_ref().and_then(Rollout::stable);
+        if previous == Some(revision) {
+            continue;
+        }
+        record.rollout = Some(Rollout::new(
+            revision,
+            previous,
+            RolloutPolicy::from(&record.manifest.spec.rollout),
+            now_ms,
+        ));
+        record.updated_ms = now_ms;
+        catalog.put_deployment(&record)?;
+    }
+    Ok(())
+}
+
+fn apply_deployment(
+    catalog: &Catalog,
+    deployment: &Deployment,
+    pending: &BTreeMap<String, u64>,
+    (file, dry_run): (&str, bool),
+    now_ms: u64,
+) -> Result<Change, ApplyError> {
+    let name = deployment.metadata.name.clone();
+    let pipeline = &deployment.spec.pipeline;
+    let latest = match pending.get(pipeline) {
+        Some(&revision) => revision,
+        None => catalog
+            .pipeline(pipeline)?
+            .map(|p| p.revision)
+            .ok_or_else(|| {
+                manifest_error(
+                    file,
+                    "spec.pipeline".into(),
+                    format!(
+                        "pipeline `{pipeline}` does not exist; apply it first (or in the same file)"
+                    ),
+                )
+            })?,
+    };
+    let existing = catalog.deployment(&name)?;
+    let action = match &existing {
+        Some(old) if old.manifest == *deployment => ChangeAction::Unchanged,
+        Some(_) => ChangeAction::Configured,
+        None => ChangeAction::Created,
+    };
+    if action != ChangeAction::Unchanged && !dry_run {
+        let policy = RolloutPolicy::from(&deployment.spec.rollout);
+        let rollout = match existing.as_ref().and_then(|old| {
+            (old.manifest.spec.pipeline == *pipeline)
+                .then_some(old.rollout.clone())
+                .flatten()
+        }) {
+            // Same pipeline and revision: the rollout goes on under the new rules.
+            Some(mut rollout) if rollout.target == latest => {
+                rollout.policy = policy;
+                rollout
+            }
+            Some(rollout) => Rollout::new(latest, rollout.stable(), policy, now_ms),
+            None => Rollout::new(latest, None, policy, now_ms),
+        };
+        catalog.put_deployment(&DeploymentRecord {
+            manifest: deployment.clone(),
+            created_ms: existing.as_ref().map(|o| o.created_ms).unwrap_or(now_ms),
+            updated_ms: now_ms,
+            rollout: Some(rollout),
+        })?;
+    }
+    Ok(Change {
+        kind: "Deployment".into(),
+        name,
+        action,
+        revision: None,
+        before: existing.map(|old| Resource::Deployment(old.manifest)),
+        after: Some(Resource::Deployment(deployment.clone())),
+    })
+}
+
+/// Deletes resources: deployments first, then pipelines no remaining deployment runs.
+pub fn delete(
+    catalog: &Catalog,
+    resources: &[(String, String)],
+) -> Result<Vec<Change>, ApplyError> {
+    let _guard = catalog.lock();
+    let mut changes = Vec::new();
+    for (kind, name) in resources {
+        match kind.as_str() {
+            "Deployment" | "Pipeline" => {}
+            other => {
+                return Err(ApplyError::NotFound {
+                    kind: other.to_owned(),
+                    name: name.clone(),
+                });
+            }
+        }
+    }
+    let deleting = |kind: &str, name: &str| resources.iter().any(|(k, n)| k == kind && n == name);
+    for (kind, name) in resources.iter().filter(|(k, _)| k == "Deployment") {
+        let before = catalog.deployment(name)?;
+        let action = if catalog.delete_deployment(name)? {
+            ChangeAction::Deleted
+        } else {
+            ChangeAction::Unchanged
+        };
+        changes.push(Change {
+            kind: kind.clone(),
+            name: name.clone(),
+            action,
+            revision: None,
+            before: before.map(|b| Resource::Deployment(b.manifest)),
+            after: None,
+        });
+    }
+    for (kind, name) in resources.iter().filter(|(k, _)| k == "Pipeline") {
+        let users: Vec<String> = catalog
+            .deployments()?
+            .into_iter()
+            .filter(|d| d.manifest.spec.pipeline == *name)
+            .map(|d| d.manifest.metadata.name)
+            .filter(|d| !deleting("Deployment", d))
+            .collect();
+        if !users.is_empty() {
+            return Err(ApplyError::InUse {
+                pipeline: name.clone(),
+                deployments: users.join(", "),
+            });
+        }
+        let before = catalog.pipeline(name)?;
+        let action = if catalog.delete_pipeline(name)? {
+            ChangeAction::Deleted
+        } else {
+            ChangeAction::Unchanged
+        };
+        changes.push(Change {
+            kind: kind.clone(),
+            name: name.clone(),
+            action,
+            revision: before.as_ref().map(|b| b.revision),
+            before: before.map(|b| Resource::Pipeline(b.manifest)),
+            after: None,
+        });
+    }
+    Ok(changes)
+}
+
+/// An operator's command on a deployment's rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutCommand {
+    Pause,
+    Resume,
+    Undo,
+}
+
+/// Runs `command` on the rollout of `deployment`.
+pub fn rollout_command(
+    catalog: &Catalog,
+    deployment: &str,
+    command: RolloutCommand,
+    now_ms: u64,
+) -> Result<DeploymentRecord, ApplyError> {
+    let _guard = catalog.lock();
+    let mut record = catalog
+        .deployment(deployment)?
+        .ok_or_else(|| ApplyError::NotFound {
+            kind: "Deployment".into(),
+            name: deployment.to_owned(),
+        })?;
+    let refused = |reason: &str| ApplyError::Rollout {
+        deployment: deployment.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let rollout = record
+        .rollout
+        .as_mut()
+        .ok_or_else(|| refused("has not started"))?;
+    let done = match command {
+        RolloutCommand::Pause => rollout.pause(now_ms),
+        RolloutCommand::Resume => rollout.resume(now_ms),
+        RolloutCommand::Undo => rollout.undo(now_ms),
+    };
+    if !done {
+        return Err(refused(&format!(
+            "is {}; nothing to {}",
+            rollout.phase,
+            match command {
+                RolloutCommand::Pause => "pause",
+                RolloutCommand::Resume => "resume",
+                RolloutCommand::Undo => "undo",
+            }
+        )));
+    }
+    record.updated_ms = now_ms;
+    catalog.put_deployment(&record)?;
+    Ok(record)
+}

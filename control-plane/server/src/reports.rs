@@ -1,0 +1,41 @@
+//! What agents last reported about their pipelines (in memory; agents report again on every
+//! connection).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tern_proto::message::{PipelineStatus, StatusReport};
+
+/// The latest status report of each agent, by agent id.
+#[derive(Debug, Default)]
+pub struct AgentReports(Mutex<HashMap<String, StatusReport>>);
+
+impl AgentReports {
+    pub fn record(&self, agent: &str, report: StatusReport) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(agent.to_owned(), report);
+    }
+
+    /// The agent's status of pipeline `name`.
+    pub fn pipeline(&self, agent: &str, name: &str) -> Option<PipelineStatus> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(agent)?
+            .pipelines
+            .iter()
+            .find(|p| p.name == name)
+            .cloned()
+    }
+
+    /// The desired-state generation the agent last applied.
+    pub fn applied_generation(&self, agent: &str) -> Option<u64> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(agent)
+            .map(|r| r.applied_generation)
+    }
+}

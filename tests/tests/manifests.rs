@@ -1,0 +1,202 @@
+//! Manifests: apply, diff and delete of pipelines and deployments, revisions pinned to
+//! digests, and rollout commands, with real processes.
+
+use std::path::Path;
+
+use tern_e2e::{ControlPlane, Publisher, path_str};
+use tern_proto::api::{Change, ChangeAction, DeploymentView, PipelineView, ReleaseView};
+
+const MANIFEST: &str = r#"apiVersion: tern.dev/v1alpha1
+kind: Pipeline
+metadata: { name: detector }
+spec:
+  steps:
+    - name: classify
+      model: net:1
+    - name: post
+      plugin: topk:1
+      config: { k: 3 }
+---
+apiVersion: tern.dev/v1alpha1
+kind: Deployment
+metadata: { name: detector-edge }
+spec:
+  pipeline: detector
+  selector: { site: a }
+  rollout:
+    strategy: canary
+    waves: [50, 100]
+    healthWindowSeconds: 5
+"#;
+
+fn write(dir: &Path, name: &str, text: &str) -> anyhow::Result<String> {
+    let path = dir.join(name);
+    std::fs::write(&path, text)?;
+    path_str(&path)
+}
+
+fn apply(cp: &ControlPlane, file: &str) -> anyhow::Result<Vec<Change>> {
+    Ok(serde_json::from_str(
+        &cp.ternctl_ok(&["apply", "-f", file, "-o", "json"])?,
+    )?)
+}
+
+#[test]
+fn apply_pins_revisions_diff_shows_changes_and_delete_removes() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cp = ControlPlane::start(tmp.path(), |_| {})?;
+    let publisher = Publisher::generate(&cp, tmp.path())?;
+    publisher.trust_init(&cp)?;
+    for (file, kind, name, version) in [
+        ("net-1.onnx", "model", "net", 1),
+        ("topk-1.wasm", "plugin", "topk", 1),
+        ("topk-2.wasm", "plugin", "topk", 2),
+    ] {
+        let path = tmp.path().join(file);
+        std::fs::write(&path, format!("{name} {version}"))?;
+        publisher.sign_and_push(&cp, &path, kind, name, version)?;
+    }
+    let file = write(tmp.path(), "detector.yaml", MANIFEST)?;
+
+    let first = apply(&cp, &file)?;
+    assert_eq!(
+        first.iter().map(|c| c.action).collect::<Vec<_>>(),
+        [ChangeAction::Created, ChangeAction::Created]
+    );
+    assert_eq!(first[0].revision, Some(1));
+    // Applying the same file again changes nothing.
+    let again = apply(&cp, &file)?;
+    assert!(
+        again.iter().all(|c| c.action == ChangeAction::Unchanged),
+        "{again:?}"
+    );
+    assert_eq!(cp.ternctl_ok(&["diff", "-f", &file])?.trim(), "no changes");
+
+    let pipelines: Vec<PipelineView> =
+        serde_json::from_str(&cp.ternctl_ok(&["get", "pipelines", "-o", "json"])?)?;
+    let releases: Vec<ReleaseView> =
+        serde_json::from_str(&cp.ternctl_ok(&["get", "releases", "-o", "json"])?)?;
+    let topk1 = releases
+        .iter()
+        .find(|r| r.name == "topk" && r.version == 1)
+        .expect("topk:1");
+    assert_eq!(pipelines[0].revision, 1);
+    assert_eq!(
+        pipelines[0].steps[1].digest, topk1.digest,
+        "pinned to the digest"
+    );
+    assert_eq!(pipelines[0].deployments, ["detector-edge"]);
+
+    // A new plugin version: diff shows it, apply makes revision 2 and a rollout to it.
+    let v2 = write(
+        tmp.path(),
+        "detector-v2.yaml",
+        &MANIFEST.replace("topk:1", "topk:2"),
+    )?;
+    let diff = cp.ternctl_ok(&["diff", "-f", &v2])?;
+    assert!(
+        diff.contains("-    plugin: topk:1") && diff.contains("+    plugin: topk:2"),
+        "{diff}"
+    );
+    let second = apply(&cp, &v2)?;
+    assert_eq!(second[0].action, ChangeAction::Configured);
+    assert_eq!(second[0].revision, Some(2));
+    let deployments: Vec<DeploymentView> =
+        serde_json::from_str(&cp.ternctl_ok(&["get", "deployments", "-o", "json"])?)?;
+    let rollout = deployments[0].rollout.as_ref().expect("a rollout");
+    assert_eq!((rollout.target_revision, rollout.waves), (2, 2));
+    let table = cp.ternctl_ok(&["get", "deployments"])?;
+    assert!(
+        table.contains("detector-edge") && table.contains("canary"),
+        "{table}"
+    );
+
+    // Rollout commands.
+    let paused = cp.ternctl_ok(&["rollout", "pause", "detector-edge"])?;
+    assert!(paused.contains("Phase:       Paused"), "{paused}");
+    let refused = cp.ternctl(&["rollout", "pause", "detector-edge"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("nothing to pause"));
+    cp.ternctl_ok(&["rollout", "resume", "detector-edge"])?;
+    let undone = cp.ternctl_ok(&["rollout", "undo", "detector-edge"])?;
+    assert!(
+        undone.contains("RolledBack") && undone.contains("undone by an operator"),
+        "{undone}"
+    );
+
+    // A pipeline still in use cannot be deleted alone; the whole file can.
+    let pipeline_only = write(
+        tmp.path(),
+        "pipeline-only.yaml",
+        MANIFEST.split("---").next().unwrap_or_default(),
+    )?;
+    let refused = cp.ternctl(&["delete", "-f", &pipeline_only]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("detector-edge"));
+    let deleted = cp.ternctl_ok(&["delete", "-f", &v2])?;
+    assert!(
+        deleted.contains("deployment/detector-edge deleted"),
+        "{deleted}"
+    );
+    assert!(deleted.contains("pipeline/detector deleted"), "{deleted}");
+    assert!(
+        cp.ternctl_ok(&["get", "pipelines"])?
+            .contains("No pipelines")
+    );
+    Ok(())
+}
+
+#[test]
+fn invalid_manifests_name_the_file_the_field_and_the_expectation() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cp = ControlPlane::start(tmp.path(), |_| {})?;
+    let publisher = Publisher::generate(&cp, tmp.path())?;
+    publisher.trust_init(&cp)?;
+    let model = tmp.path().join("net.onnx");
+    std::fs::write(&model, b"net")?;
+    publisher.sign_and_push(&cp, &model, "model", "net", 1)?;
+
+    let cases = [
+        (
+            MANIFEST.replace("healthWindowSeconds", "healthWindowSecs"),
+            "bad.yaml#2: spec.rollout.healthWindowSecs: unknown field",
+        ),
+        (
+            MANIFEST.replace("waves: [50, 100]", "waves: [50, 40]"),
+            "bad.yaml#2: spec.rollout.waves[1]: expected a percentage above 50",
+        ),
+        (
+            MANIFEST.to_owned(),
+            "bad.yaml#1: spec.steps[1].plugin: release `topk:1` is not pushed",
+        ),
+        (
+            MANIFEST
+                .replace("model: net:1", "plugin: net:1")
+                .replace("plugin: topk:1", "plugin: net:1"),
+            "bad.yaml#1: spec.steps[0].plugin: `net:1` is a model release",
+        ),
+        (
+            MANIFEST
+                .split("---")
+                .nth(1)
+                .unwrap_or_default()
+                .replace("pipeline: detector", "pipeline: nothing"),
+            "bad.yaml: spec.pipeline: pipeline `nothing` does not exist",
+        ),
+    ];
+    for (text, expected) in cases {
+        let file = write(tmp.path(), "bad.yaml", &text)?;
+        let out = cp.ternctl(&["apply", "-f", &file]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "applied: {text}");
+        let expected = expected.replace("bad.yaml", &file);
+        assert!(
+            stderr.contains(&expected),
+            "expected `{expected}` in:\n{stderr}"
+        );
+    }
+    assert!(
+        cp.ternctl_ok(&["get", "deployments"])?
+            .contains("No deployments")
+    );
+    Ok(())
+}
