@@ -200,3 +200,67 @@ fn invalid_manifests_name_the_file_the_field_and_the_expectation() -> anyhow::Re
     );
     Ok(())
 }
+
+#[test]
+fn canary_first_wave_reaches_one_agent_with_a_signed_desired_state() -> anyhow::Result<()> {
+    use tern_e2e::{Agent, fast_config};
+    use tern_proto::api::{AgentStatus, AgentView};
+    use tern_proto::signing::PublicKey;
+    use tern_proto::trust::SignedTrustRoot;
+
+    let tmp = tempfile::tempdir()?;
+    let cp = ControlPlane::start(tmp.path(), fast_config)?;
+    let publisher = Publisher::generate(&cp, tmp.path())?;
+    publisher.trust_init(&cp)?;
+    for (file, kind, name) in [
+        ("net.onnx", "model", "net"),
+        ("topk.wasm", "plugin", "topk"),
+    ] {
+        let path = tmp.path().join(file);
+        std::fs::write(&path, name)?;
+        publisher.sign_and_push(&cp, &path, kind, name, 1)?;
+    }
+    let mut agents = Vec::new();
+    for name in ["edge-1", "edge-2", "other"] {
+        let site = if name == "other" { "b" } else { "a" };
+        let token = cp.token(&format!("site={site}"), "10m")?;
+        agents.push(Agent::join(&cp, tmp.path(), name, &token, "")?);
+        cp.wait_status(name, AgentStatus::Ready, std::time::Duration::from_secs(30))?;
+    }
+    // Enrollment handed each agent the online key and the pinned trust root.
+    let dir = &agents[0].dir;
+    PublicKey::from_text(&std::fs::read_to_string(dir.join("control-plane.pub"))?)?;
+    let pinned: SignedTrustRoot =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("trust-root.json"))?)?;
+    assert_eq!(pinned.signed.version, 1);
+
+    let file = write(tmp.path(), "detector.yaml", MANIFEST)?;
+    apply(&cp, &file)?;
+    let describe = |name: &str| -> anyhow::Result<AgentView> {
+        Ok(serde_json::from_str(
+            &cp.ternctl_ok(&["describe", "agent", name, "-o", "json"])?,
+        )?)
+    };
+    let first = tern_e2e::wait_for(
+        std::time::Duration::from_secs(10),
+        "the first wave's desired state",
+        || {
+            let view = describe("edge-1").ok()?;
+            view.pipelines
+                .iter()
+                .any(|p| p.name == "detector" && p.desired == Some(1))
+                .then_some(view)
+        },
+    )?;
+    assert!(first.desired_generation.is_some(), "{first:?}");
+    // Wave 1 is half of the two selected agents: edge-2 waits, and `other` is not selected.
+    let second = describe("edge-2")?;
+    assert!(second.pipelines.is_empty(), "{second:?}");
+    assert!(describe("other")?.pipelines.is_empty());
+    let status = cp.ternctl_ok(&["rollout", "status", "detector-edge"])?;
+    assert!(
+        status.contains("wave 1 of 2") && status.contains("edge-1"),
+        "{status}"
+    );
+    Ok(())
+}

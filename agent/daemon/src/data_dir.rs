@@ -6,6 +6,10 @@
 //! D/agent.crt      the agent's certificate, issued by the control plane's CA
 //! D/ca.crt         the control plane's CA (pinned at enrollment via the token's hash)
 //! D/gpus.json      GPU adapters found by the last discovery
+//! D/control-plane.pub   the control plane's online key (signs desired states)
+//! D/trust-root.json     the trust root pinned at enrollment (then kept in D/state)
+//! D/state/         sled: trust root, version floors, applied generation, active revisions
+//! D/artifacts/     verified artifacts by SHA-256 (downloads in progress under partial/)
 //! ```
 //!
 //! `agent.toml` is written last at enrollment: its presence means the agent is enrolled.
@@ -77,6 +81,18 @@ impl AgentDataDir {
     }
     pub fn gpus(&self) -> PathBuf {
         self.root.join("gpus.json")
+    }
+    pub fn online_key(&self) -> PathBuf {
+        self.root.join("control-plane.pub")
+    }
+    pub fn trust_root(&self) -> PathBuf {
+        self.root.join("trust-root.json")
+    }
+    pub fn state(&self) -> PathBuf {
+        self.root.join("state")
+    }
+    pub fn artifacts(&self) -> PathBuf {
+        self.root.join("artifacts")
     }
 
     pub fn is_enrolled(&self) -> bool {

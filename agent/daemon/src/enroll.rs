@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use tern_proto::api::{EnrollRequest, EnrollResponse};
 use tern_proto::labels::{self, LabelError};
+use tern_proto::trust::SignedTrustRoot;
 use tern_proto::{EnrollmentToken, TokenError};
 use tern_transport::https::{HttpsClient, HttpsError};
 use tern_transport::{PkiError, TlsError};
@@ -27,6 +28,8 @@ pub struct JoinOptions {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub listen_api: Option<SocketAddr>,
+    /// A trust root given out of band, pinned instead of the control plane's.
+    pub trust_root: Option<PathBuf>,
 }
 
 /// Why enrollment failed.
@@ -52,6 +55,10 @@ pub enum JoinError {
     CaMismatch,
     #[error(transparent)]
     DataDir(#[from] DataDirError),
+    #[error("the control plane gave no key for desired states (is it older than this agent?)")]
+    NoOnlineKey,
+    #[error("trust root {path}: {reason}")]
+    TrustRoot { path: String, reason: String },
 }
 
 /// Enrolls and writes the agent's data dir. Returns the config `run` starts from.
@@ -67,6 +74,21 @@ pub async fn join(options: &JoinOptions) -> Result<AgentConfig, JoinError> {
         return Err(JoinError::InvalidName(options.name.clone()));
     }
     labels::validate(&options.labels)?;
+    let pinned = options
+        .trust_root
+        .as_ref()
+        .map(|path| {
+            let bad = |reason: String| JoinError::TrustRoot {
+                path: path.display().to_string(),
+                reason,
+            };
+            let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+            let root: SignedTrustRoot =
+                serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+            root.accept(None).map_err(|e| bad(e.to_string()))?;
+            Ok::<_, JoinError>(root)
+        })
+        .transpose()?;
 
     let csr = tern_transport::pki::agent_key_and_csr(&options.name)?;
     let tls = tern_transport::tls::https_client_pinned_by_ca_hash(token.ca_sha256)?;
@@ -93,6 +115,14 @@ pub async fn join(options: &JoinOptions) -> Result<AgentConfig, JoinError> {
     dir.write(&dir.key(), csr.key_pem.as_bytes(), true)?;
     dir.write(&dir.cert(), response.certificate_pem.as_bytes(), false)?;
     dir.write(&dir.ca(), response.ca_certificate_pem.as_bytes(), false)?;
+    let online_key = response.online_key.ok_or(JoinError::NoOnlineKey)?;
+    dir.write(&dir.online_key(), online_key.to_pem().as_bytes(), false)?;
+    // Pinned out of band, or the control plane's on first use (verified self-signed).
+    let trust_root = pinned.or(response.trust_root.filter(|root| root.accept(None).is_ok()));
+    if let Some(root) = trust_root {
+        let text = serde_json::to_string_pretty(&root).unwrap_or_default();
+        dir.write(&dir.trust_root(), text.as_bytes(), false)?;
+    }
     let config = AgentConfig {
         control_plane: options.control_plane.clone(),
         agent_id: response.agent_id,

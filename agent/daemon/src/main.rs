@@ -39,6 +39,10 @@ enum Command {
         /// Enroll and exit instead of running.
         #[arg(long)]
         no_run: bool,
+        /// Pin this trust root (from `ternctl trust init`) instead of trusting the control
+        /// plane's on first use.
+        #[arg(long)]
+        trust_root: Option<PathBuf>,
     },
     /// Run an enrolled agent until SIGTERM or Ctrl-C.
     Run {
@@ -171,6 +175,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 labels,
                 listen_api,
                 no_run,
+                trust_root,
             } => {
                 let options = JoinOptions {
                     control_plane,
@@ -179,6 +184,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     name,
                     labels,
                     listen_api,
+                    trust_root,
                 };
                 let config = tern_agent::join(&options)
                     .await

@@ -43,6 +43,27 @@ pub struct AgentView {
     pub capacity: Capacity,
     /// Address the agent's current or last connection came from.
     pub address: Option<String>,
+    /// The generation of the desired state it was last given, and the one it last applied.
+    #[serde(default)]
+    pub desired_generation: Option<u64>,
+    #[serde(default)]
+    pub applied_generation: Option<u64>,
+    /// Each pipeline it should run or reports running.
+    #[serde(default)]
+    pub pipelines: Vec<AgentPipelineView>,
+}
+
+/// One pipeline on one agent: what it should run and what it reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentPipelineView {
+    pub name: String,
+    /// The revision its desired state holds.
+    pub desired: Option<u64>,
+    /// The revision answering requests.
+    pub serving: Option<u64>,
+    /// Its phase on the revision it works on.
+    pub phase: Option<String>,
+    pub message: String,
 }
 
 /// `POST /v1/tokens`.
@@ -84,6 +105,13 @@ pub struct EnrollResponse {
     pub ca_certificate_pem: String,
     /// Labels as recorded (the token's merged with the requested ones).
     pub labels: BTreeMap<String, String>,
+    /// The control plane's online key, which signs desired states.
+    #[serde(default)]
+    pub online_key: Option<crate::signing::PublicKey>,
+    /// The trust root the control plane pins, if any (trust on first use unless the agent
+    /// was given one out of band).
+    #[serde(default)]
+    pub trust_root: Option<crate::trust::SignedTrustRoot>,
 }
 
 /// Error body of every API.

@@ -11,8 +11,10 @@
 //! - [`signing`]: Ed25519 keys and the signed-document envelope.
 //! - [`release`]: signed releases and the checks agents run before parsing an artifact.
 //! - [`trust`]: the trust root (publisher keys, threshold, rotation).
+//! - [`desired`]: the signed, generation-numbered desired state of one agent.
 
 pub mod api;
+pub mod desired;
 pub mod frame;
 #[cfg(feature = "io")]
 pub mod io;

@@ -20,6 +20,8 @@ pub enum AgentMessage {
     Ack(Ack),
     /// The host's capacity changed since the hello (for example, GPU discovery finished).
     Capacity(Capacity),
+    /// Request counters of the pipelines it serves, for rollout health gates.
+    Health(HealthReport),
 }
 
 /// What the control plane sends on an agent's control stream.
@@ -50,6 +52,25 @@ pub struct Hello {
     pub capacity: Capacity,
     /// The agent's software version (semver of `tern-agent`).
     pub software_version: String,
+}
+
+/// Cumulative counters of every pipeline revision an agent served since it loaded it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthReport {
+    pub pipelines: Vec<PipelineHealth>,
+}
+
+/// Counters of one pipeline revision on one agent, since the agent loaded it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipelineHealth {
+    pub name: String,
+    pub revision: u64,
+    pub requests: u64,
+    /// Requests that failed in a step (bad input refused before the pipeline is not counted).
+    pub errors: u64,
+    /// Latency percentiles over the recent requests, in microseconds.
+    pub latency_p50_us: u64,
+    pub latency_p99_us: u64,
 }
 
 /// Resources of an agent's host.
@@ -154,7 +175,8 @@ pub struct SignedDesiredState {
     pub generation: u64,
     /// The encoded desired state.
     pub body: Vec<u8>,
-    /// Ed25519 signature over `generation` and `body` by the control plane's online key.
+    /// Ed25519 signature over `generation` and `body` by the control plane's online key
+    /// (see [`crate::desired`]).
     pub signature: Vec<u8>,
 }
 
@@ -167,11 +189,15 @@ pub struct FetchRequest {
     pub offset: u64,
 }
 
-/// One chunk of an artifact (control plane → agent).
+/// First frame of the answer to a [`FetchRequest`] (control plane → agent). After `Sending`,
+/// the stream carries the artifact's bytes from the requested offset to its end, raw, and
+/// finishes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TransferChunk {
-    pub offset: u64,
-    pub data: Vec<u8>,
-    /// The last chunk of the artifact.
-    pub last: bool,
+pub enum FetchResponse {
+    /// `size - offset` bytes follow.
+    Sending { size: u64 },
+    /// The control plane has no complete artifact with this digest.
+    NotFound,
+    /// The request was bad (an offset past the end).
+    Refused { reason: String },
 }

@@ -16,7 +16,7 @@ use tern_proto::{
     AgentMessage, Capacity, ControlMessage, MAX_FRAME_LEN, PROTOCOL_VERSION, Welcome,
 };
 use tern_transport::quic::{close, peer_certificate};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::registry::{AgentRecord, RegistryError};
@@ -61,19 +61,22 @@ impl SessionError {
     }
 }
 
+/// Messages queued for one agent's control stream.
+const OUTBOX: usize = 16;
+
 /// The open connection of each agent, so that a newer one replaces (closes) an older one and an
-/// agent never holds more than one.
+/// agent never holds more than one, with the queue of messages for its control stream.
 #[derive(Debug, Default)]
-pub(crate) struct Connections(Mutex<HashMap<String, Connection>>);
+pub(crate) struct Connections(Mutex<HashMap<String, (Connection, mpsc::Sender<ControlMessage>)>>);
 
 impl Connections {
-    fn replace(&self, agent: &str, conn: &Connection) {
+    fn replace(&self, agent: &str, conn: &Connection, outbox: mpsc::Sender<ControlMessage>) {
         let old = self
             .0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(agent.to_owned(), conn.clone());
-        if let Some(old) = old.filter(|old| old.stable_id() != conn.stable_id()) {
+            .insert(agent.to_owned(), (conn.clone(), outbox));
+        if let Some((old, _)) = old.filter(|(old, _)| old.stable_id() != conn.stable_id()) {
             old.close(
                 close::REFUSED.into(),
                 b"replaced by a newer connection of this agent",
@@ -85,10 +88,18 @@ impl Connections {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if map
             .get(agent)
-            .is_some_and(|c| c.stable_id() == conn.stable_id())
+            .is_some_and(|(c, _)| c.stable_id() == conn.stable_id())
         {
             map.remove(agent);
         }
+    }
+
+    /// Queues `message` for the agent's control stream. A full queue or no connection drops it:
+    /// the agent gets the current desired state again when it reconnects.
+    pub(crate) fn send(&self, agent: &str, message: ControlMessage) -> bool {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(agent)
+            .is_some_and(|(_, outbox)| outbox.try_send(message).is_ok())
     }
 }
 
@@ -168,7 +179,7 @@ fn clean_capacity(capacity: &Capacity) -> Capacity {
 
 async fn session(
     conn: &Connection,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     remote: SocketAddr,
 ) -> Result<(), SessionError> {
     let cert = peer_certificate(conn).ok_or(SessionError::UnknownCertificate)?;
@@ -179,7 +190,7 @@ async fn session(
         .ok_or(SessionError::UnknownCertificate)?;
     tracing::Span::current().record("agent", record.name.as_str());
 
-    let (mut send, mut recv, hello) = tokio::time::timeout(HELLO_TIMEOUT, async {
+    let (mut send, recv, hello) = tokio::time::timeout(HELLO_TIMEOUT, async {
         let (send, mut recv) = conn.accept_bi().await?;
         let first = read_frame::<_, AgentMessage>(&mut recv, MAX_FRAME_LEN).await?;
         Ok::<_, SessionError>((send, recv, first))
@@ -214,7 +225,8 @@ async fn session(
     }
 
     let now = tern_transport::unix_millis_now();
-    shared.connections.replace(&record.id, conn);
+    let (outbox, mut queued) = mpsc::channel(OUTBOX);
+    shared.connections.replace(&record.id, conn, outbox);
     let connection = shared.presence.connect(&record.id, remote, now);
     // Whatever happens from here on, presence and the connection map are released below.
     let result = async {
@@ -233,7 +245,34 @@ async fn session(
         };
         write_frame(&mut send, &ControlMessage::Welcome(welcome), MAX_FRAME_LEN).await?;
         info!(agent = %record.name, %version, gpus = capacity.gpus.len(), "agent connected");
-        control_loop(conn, shared, &record, connection, &mut send, &mut recv).await
+        match crate::deploy::current(shared, &record.id, now) {
+            Ok(Some(state)) => {
+                write_frame(
+                    &mut send,
+                    &ControlMessage::DesiredState(state),
+                    MAX_FRAME_LEN,
+                )
+                .await?
+            }
+            Ok(None) => {}
+            Err(e) => warn!(agent = %record.name, error = %e, "cannot build the desired state"),
+        }
+        let transfers = tokio::spawn(
+            crate::transfer::serve(conn.clone(), shared.clone())
+                .instrument(tracing::Span::current()),
+        );
+        let result = control_loop(
+            conn,
+            shared,
+            &record,
+            connection,
+            &mut send,
+            recv,
+            &mut queued,
+        )
+        .await;
+        transfers.abort();
+        result
     }
     .await;
 
@@ -263,16 +302,52 @@ async fn control_loop(
     record: &AgentRecord,
     connection: u64,
     send: &mut SendStream,
-    recv: &mut RecvStream,
+    mut recv: RecvStream,
+    queued: &mut mpsc::Receiver<ControlMessage>,
 ) -> Result<(), SessionError> {
-    loop {
-        let message = match read_frame::<_, AgentMessage>(recv, MAX_FRAME_LEN).await {
-            Ok(Some(m)) => m,
-            Ok(None) => return Ok(()),
-            // The peer closed or lost the connection: an ordinary end, not a protocol error.
-            Err(FrameError::Io(_)) if conn.close_reason().is_some() => return Ok(()),
-            Err(e) => return Err(e.into()),
-        };
+    // Reading a frame is not cancel-safe, so a task owns the receive side.
+    let (frames_tx, mut frames) = mpsc::channel(16);
+    let reader = tokio::spawn(async move {
+        loop {
+            let frame = read_frame::<_, AgentMessage>(&mut recv, MAX_FRAME_LEN).await;
+            let end = !matches!(frame, Ok(Some(_)));
+            if frames_tx.send(frame).await.is_err() || end {
+                return;
+            }
+        }
+    });
+    let result = async {
+        loop {
+            let frame = tokio::select! {
+                frame = frames.recv() => frame,
+                Some(message) = queued.recv() => {
+                    write_frame(send, &message, MAX_FRAME_LEN).await?;
+                    continue;
+                }
+            };
+            let message = match frame {
+                Some(Ok(Some(m))) => m,
+                Some(Ok(None)) | None => return Ok(()),
+                // The peer closed or lost the connection: an ordinary end, not a protocol error.
+                Some(Err(FrameError::Io(_))) if conn.close_reason().is_some() => return Ok(()),
+                Some(Err(e)) => return Err(e.into()),
+            };
+            handle(shared, record, connection, send, message).await?;
+        }
+    }
+    .await;
+    reader.abort();
+    result
+}
+
+async fn handle(
+    shared: &Shared,
+    record: &AgentRecord,
+    connection: u64,
+    send: &mut SendStream,
+    message: AgentMessage,
+) -> Result<(), SessionError> {
+    {
         match message {
             AgentMessage::Heartbeat(hb) => {
                 let now = tern_transport::unix_millis_now();
@@ -297,12 +372,18 @@ async fn control_loop(
                     }
                 })?;
             }
+            AgentMessage::Health(report) => {
+                shared
+                    .health
+                    .record(&record.id, &report, tern_transport::unix_millis_now());
+            }
             AgentMessage::Ack(_) => {}
             AgentMessage::Hello(_) => {
                 return Err(SessionError::Protocol("hello sent twice".into()));
             }
         }
     }
+    Ok(())
 }
 
 async fn refuse(send: &mut SendStream, reason: &str) {

@@ -87,5 +87,7 @@ pub(crate) fn enroll(
         certificate_pem: cert_pem,
         ca_certificate_pem: shared.ca.cert_pem().to_owned(),
         labels: record.labels,
+        online_key: Some(shared.online_key.public()),
+        trust_root: shared.releases.trust_root().ok().flatten(),
     })
 }

@@ -11,6 +11,9 @@
 //! - [`apply`]: apply, diff and delete of manifests; rollout commands.
 //! - [`rollout`]: the rollout planner, a pure state machine.
 //! - [`reports`]: what agents last reported about their pipelines.
+//! - [`health`]: request counters of pipeline revisions on agents, for rollout gates.
+//! - [`deploy`]: the deployment driver: planners → each agent's signed desired state.
+//! - [`transfer`]: artifact streams to agents, resumable, content-addressed.
 //! - [`presence`]: which agents are connected and when they were last heard (in memory).
 //! - [`enroll`]: redeeming a token for a certificate.
 //! - [`agents`]: the QUIC endpoint and the per-agent control stream.
@@ -23,13 +26,16 @@ pub mod apply;
 pub mod catalog;
 pub mod config;
 pub mod data_dir;
+pub mod deploy;
 pub mod enroll;
+pub mod health;
 pub mod presence;
 pub mod registry;
 pub mod releases;
 pub mod reports;
 pub mod rollout;
 pub mod server;
+pub mod transfer;
 
 pub use config::ControlPlaneConfig;
 pub use data_dir::{DataDir, InitOptions};

@@ -30,6 +30,16 @@ impl AgentReports {
             .cloned()
     }
 
+    /// Every pipeline the agent reported.
+    pub fn pipelines(&self, agent: &str) -> Vec<PipelineStatus> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(agent)
+            .map(|r| r.pipelines.clone())
+            .unwrap_or_default()
+    }
+
     /// The desired-state generation the agent last applied.
     pub fn applied_generation(&self, agent: &str) -> Option<u64> {
         self.0

@@ -19,6 +19,8 @@ use crate::registry::{Registry, RegistryError};
 use crate::releases::{ReleaseStore, ReleaseStoreError};
 use crate::reports::AgentReports;
 
+/// How often rollouts step and desired states are recomputed.
+const DEPLOY_INTERVAL: Duration = Duration::from_millis(500);
 /// How often silent agents are looked for.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// How often `last_seen` of heard agents is written to the registry.
@@ -40,6 +42,10 @@ pub(crate) struct Shared {
     pub releases: ReleaseStore,
     pub catalog: Catalog,
     pub reports: AgentReports,
+    pub health: crate::health::HealthTracker,
+    /// Agent id → the last desired state given ([`crate::deploy::AgentDesired`]).
+    pub desired: sled::Tree,
+    pub online_key: tern_proto::signing::SecretKey,
 }
 
 /// Options of `tern-control-plane serve`.
@@ -99,11 +105,18 @@ impl RunningControlPlane {
         let registry = Registry::open(&dir.registry())?;
         let releases = ReleaseStore::open(registry.db(), &dir.artifacts())?;
         let catalog = Catalog::open(registry.db())?;
+        let desired = registry
+            .db()
+            .open_tree("desired")
+            .map_err(|e| StartError::Registry(e.into()))?;
         let ca_pem = loaded.ca.cert_pem().to_owned();
         let shared = Arc::new(Shared {
             registry,
             catalog,
             reports: AgentReports::default(),
+            health: Default::default(),
+            desired,
+            online_key: loaded.online_key,
             releases,
             presence: Presence::default(),
             connections: Default::default(),
@@ -151,6 +164,7 @@ impl RunningControlPlane {
                 crate::api::admin_router(shared.clone()),
                 stopped(rx.clone()),
             )),
+            tokio::spawn(deployments(shared.clone(), rx.clone())),
             tokio::spawn(housekeeping(shared.clone(), rx)),
         ];
         info!(agents = %agent_addr, api = %api_addr, "control plane serving");
@@ -191,6 +205,34 @@ impl RunningControlPlane {
             warn!(error = %e, "registry flush failed at shutdown");
         }
         info!("control plane stopped");
+    }
+}
+
+/// Runs the deployment driver every [`DEPLOY_INTERVAL`] and sends the desired states it makes.
+async fn deployments(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(DEPLOY_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let work = shared.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            crate::deploy::step(&work, tern_transport::unix_millis_now())
+        })
+        .await;
+        match result {
+            Ok(Ok(updates)) => {
+                for (agent, state) in updates {
+                    shared
+                        .connections
+                        .send(&agent, tern_proto::ControlMessage::DesiredState(state));
+                }
+            }
+            Ok(Err(e)) => warn!(error = %e, "deployment driver failed"),
+            Err(e) => warn!(error = %e, "deployment driver task failed"),
+        }
     }
 }
 

@@ -138,7 +138,41 @@ pub(crate) fn agent_view(shared: &Shared, record: AgentRecord, now_ms: u64) -> A
             record.address,
         ),
     };
+    let desired = shared.desired_state(&record.id).ok().flatten();
+    let mut pipelines: Vec<tern_proto::api::AgentPipelineView> = desired
+        .iter()
+        .flat_map(|d| d.pipelines.iter())
+        .map(|(name, (revision, _))| tern_proto::api::AgentPipelineView {
+            name: name.clone(),
+            desired: Some(*revision),
+            serving: None,
+            phase: None,
+            message: String::new(),
+        })
+        .collect();
+    for status in shared.reports.pipelines(&record.id) {
+        let index = match pipelines.iter().position(|p| p.name == status.name) {
+            Some(i) => i,
+            None => {
+                pipelines.push(tern_proto::api::AgentPipelineView {
+                    name: status.name.clone(),
+                    desired: None,
+                    serving: None,
+                    phase: None,
+                    message: String::new(),
+                });
+                pipelines.len() - 1
+            }
+        };
+        let view = &mut pipelines[index];
+        view.serving = status.serving;
+        view.phase = Some(status.phase.to_string());
+        view.message = status.message;
+    }
     AgentView {
+        desired_generation: desired.map(|d| d.generation),
+        applied_generation: shared.reports.applied_generation(&record.id),
+        pipelines,
         gpus: record
             .capacity
             .gpus

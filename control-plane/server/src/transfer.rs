@@ -1,0 +1,99 @@
+//! Artifact transfers to agents: each fetch is its own QUIC stream, content-addressed by digest
+//! and resumable from any offset (the agent asks for the bytes it does not have yet).
+
+use std::io::SeekFrom;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{Connection, RecvStream, SendStream};
+use tern_proto::io::{read_frame, write_frame};
+use tern_proto::message::{FetchRequest, FetchResponse};
+use tern_proto::release::Digest;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::server::Shared;
+
+/// Time an agent has to send its request after opening a transfer stream.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes read from disk and written to the stream at a time.
+const CHUNK: usize = 1 << 20;
+
+/// Why one transfer ended early.
+#[derive(Debug, thiserror::Error)]
+enum TransferError {
+    #[error("no request within {REQUEST_TIMEOUT:?}")]
+    Timeout,
+    #[error(transparent)]
+    Frame(#[from] tern_proto::FrameError),
+    #[error("stream closed before the request")]
+    NoRequest,
+    #[error("cannot read the artifact: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the agent stopped reading: {0}")]
+    Write(#[from] quinn::WriteError),
+}
+
+/// Serves the transfer streams an agent opens, until the connection ends.
+pub(crate) async fn serve(conn: Connection, shared: Arc<Shared>) {
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let shared = shared.clone();
+        tokio::spawn(
+            async move {
+                if let Err(e) = transfer(&shared, send, recv).await {
+                    debug!(error = %e, "transfer ended early");
+                }
+            }
+            .instrument(info_span!("transfer")),
+        );
+    }
+}
+
+async fn transfer(
+    shared: &Shared,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) -> Result<(), TransferError> {
+    let request = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        read_frame::<_, FetchRequest>(&mut recv, 1024),
+    )
+    .await
+    .map_err(|_| TransferError::Timeout)??
+    .ok_or(TransferError::NoRequest)?;
+    let digest = Digest(request.digest);
+    tracing::Span::current().record("digest", digest.short());
+    let path = shared.releases.artifact_path(&digest);
+    let mut file = match tokio::fs::File::open(&path).await {
+        Ok(file) if shared.releases.is_complete(&digest) => file,
+        _ => {
+            write_frame(&mut send, &FetchResponse::NotFound, 1024).await?;
+            let _ = send.finish();
+            return Ok(());
+        }
+    };
+    let size = file.metadata().await?.len();
+    if request.offset > size {
+        let reason = format!("offset {} is past the end ({size} bytes)", request.offset);
+        write_frame(&mut send, &FetchResponse::Refused { reason }, 1024).await?;
+        let _ = send.finish();
+        return Ok(());
+    }
+    write_frame(&mut send, &FetchResponse::Sending { size }, 1024).await?;
+    file.seek(SeekFrom::Start(request.offset)).await?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut sent = request.offset;
+    let started = std::time::Instant::now();
+    while sent < size {
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            warn!(%digest, "artifact shorter than when it was stored");
+            break;
+        }
+        send.write_all(&buf[..n]).await?;
+        sent += n as u64;
+    }
+    let _ = send.finish();
+    debug!(%digest, from = request.offset, bytes = sent - request.offset, elapsed_ms = started.elapsed().as_millis() as u64, "artifact sent");
+    Ok(())
+}
