@@ -7,6 +7,7 @@
 //!
 //! - [`data_dir`]: the agent's files (identity, CA, `agent.toml`).
 //! - [`run_local`]: run a pipeline manifest once, without a control plane (`run-local`).
+//! - [`reconcile`]: the reconciler, a pure state machine: desired state in, actions out.
 
 pub mod backoff;
 pub mod capacity;
@@ -15,6 +16,7 @@ pub mod enroll;
 pub mod link;
 pub mod local_api;
 pub mod npy;
+pub mod reconcile;
 pub mod run;
 pub mod run_local;
 pub mod tensors;
