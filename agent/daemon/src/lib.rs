@@ -8,6 +8,7 @@
 //! - [`data_dir`]: the agent's files (identity, CA, `agent.toml`).
 //! - [`run_local`]: run a pipeline manifest once, without a control plane (`run-local`).
 //! - [`reconcile`]: the reconciler, a pure state machine: desired state in, actions out.
+//! - [`store`]: the agent's durable state in sled and its verified artifacts on disk.
 
 pub mod backoff;
 pub mod capacity;
@@ -19,6 +20,7 @@ pub mod npy;
 pub mod reconcile;
 pub mod run;
 pub mod run_local;
+pub mod store;
 pub mod tensors;
 
 pub use data_dir::{AgentConfig, AgentDataDir};

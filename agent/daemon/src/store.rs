@@ -1,0 +1,228 @@
+//! The agent's durable state (design section 6), in sled under `D/state`, and its artifacts
+//! under `D/artifacts`.
+//!
+//! Trees: `trust` (`root` → signed trust root, JSON), `floors` (release name → version floor,
+//! JSON), `meta` (`generation` → the applied desired-state generation), `active` (pipeline →
+//! the serving revision, postcard). Each is written in one step, so a kill -9 leaves either the
+//! old or the new value. Artifacts are written to `partial/<digest>` and renamed into place
+//! only after their size and digest matched the release: nothing unverified is ever at
+//! `artifacts/<digest>`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use tern_proto::desired::DesiredPipeline;
+use tern_proto::release::{Digest, VersionFloor};
+use tern_proto::trust::SignedTrustRoot;
+
+use crate::reconcile::Restored;
+
+/// A failure of the agent's storage.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("agent state storage failed: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("agent state record `{key}` is corrupt: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("cannot access {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Handle to the agent's state.
+#[derive(Debug, Clone)]
+pub struct AgentStore {
+    db: sled::Db,
+    trust: sled::Tree,
+    floors: sled::Tree,
+    meta: sled::Tree,
+    active: sled::Tree,
+    artifacts: PathBuf,
+}
+
+fn corrupt(key: &[u8], reason: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+impl AgentStore {
+    /// Opens the state at `state` and the artifact directory `artifacts`.
+    pub fn open(state: &Path, artifacts: &Path) -> Result<Self, StoreError> {
+        let partial = artifacts.join("partial");
+        std::fs::create_dir_all(&partial).map_err(|source| StoreError::Io {
+            path: partial,
+            source,
+        })?;
+        let db = sled::Config::new()
+            .path(state)
+            .cache_capacity(8 << 20)
+            .open()?;
+        Ok(Self {
+            trust: db.open_tree("trust")?,
+            floors: db.open_tree("floors")?,
+            meta: db.open_tree("meta")?,
+            active: db.open_tree("active")?,
+            artifacts: artifacts.to_owned(),
+            db,
+        })
+    }
+
+    /// Everything the reconciler starts from.
+    pub fn restore(&self) -> Result<Restored, StoreError> {
+        let trust = self
+            .trust
+            .get("root")?
+            .map(|v| serde_json::from_slice(&v).map_err(|e| corrupt(b"root", e)))
+            .transpose()?;
+        let mut floors = BTreeMap::new();
+        for entry in self.floors.iter() {
+            let (k, v) = entry?;
+            let floor: VersionFloor = serde_json::from_slice(&v).map_err(|e| corrupt(&k, e))?;
+            floors.insert(String::from_utf8_lossy(&k).into_owned(), floor);
+        }
+        let applied_generation = self
+            .meta
+            .get("generation")?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        let mut serving = Vec::new();
+        for entry in self.active.iter() {
+            let (k, v) = entry?;
+            serving.push(postcard::from_bytes::<DesiredPipeline>(&v).map_err(|e| corrupt(&k, e))?);
+        }
+        Ok(Restored {
+            trust,
+            floors,
+            artifacts: self.artifacts()?,
+            applied_generation,
+            serving,
+        })
+    }
+
+    /// The digests of the complete artifacts on disk.
+    pub fn artifacts(&self) -> Result<BTreeSet<Digest>, StoreError> {
+        let entries = std::fs::read_dir(&self.artifacts).map_err(|source| StoreError::Io {
+            path: self.artifacts.clone(),
+            source,
+        })?;
+        Ok(entries
+            .filter_map(Result::ok)
+            .filter_map(|e| Digest::parse(&e.file_name().to_string_lossy()))
+            .collect())
+    }
+
+    /// Pins a trust root (the reconciler decided it may be).
+    pub fn pin_trust_root(&self, root: &SignedTrustRoot) -> Result<(), StoreError> {
+        self.trust
+            .insert("root", serde_json::to_vec(root).unwrap_or_default())?;
+        self.trust.flush()?;
+        Ok(())
+    }
+
+    /// Raises floors; a lower value than the stored one never replaces it.
+    pub fn raise_floors(&self, floors: &[(String, VersionFloor)]) -> Result<(), StoreError> {
+        for (name, floor) in floors {
+            let bytes = serde_json::to_vec(floor).unwrap_or_default();
+            self.floors.fetch_and_update(name.as_bytes(), |old| {
+                let keep = old
+                    .and_then(|o| serde_json::from_slice::<VersionFloor>(o).ok())
+                    .is_some_and(|o| o.version >= floor.version);
+                if keep {
+                    old.map(|o| o.to_vec())
+                } else {
+                    Some(bytes.clone())
+                }
+            })?;
+        }
+        self.floors.flush()?;
+        Ok(())
+    }
+
+    pub fn set_applied_generation(&self, generation: u64) -> Result<(), StoreError> {
+        self.meta.insert("generation", &generation.to_be_bytes())?;
+        self.meta.flush()?;
+        Ok(())
+    }
+
+    /// Records `pipeline` as the serving revision of its name.
+    pub fn activate(&self, pipeline: &DesiredPipeline) -> Result<(), StoreError> {
+        let bytes =
+            postcard::to_stdvec(pipeline).map_err(|e| corrupt(pipeline.name.as_bytes(), e))?;
+        self.active.insert(pipeline.name.as_bytes(), bytes)?;
+        self.active.flush()?;
+        Ok(())
+    }
+
+    pub fn remove(&self, pipeline: &str) -> Result<(), StoreError> {
+        self.active.remove(pipeline.as_bytes())?;
+        self.active.flush()?;
+        Ok(())
+    }
+
+    /// Where a verified artifact lives.
+    pub fn artifact_path(&self, digest: &Digest) -> PathBuf {
+        self.artifacts.join(digest.hex())
+    }
+
+    /// Where the download of an artifact accumulates.
+    pub fn partial_path(&self, digest: &Digest) -> PathBuf {
+        self.artifacts.join("partial").join(digest.hex())
+    }
+
+    /// Writes everything to disk.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floors_only_rise_and_state_survives_reopen() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (state, artifacts) = (tmp.path().join("state"), tmp.path().join("artifacts"));
+        let floor = |version| VersionFloor {
+            version,
+            digest: Digest::of(&[version as u8]),
+        };
+        {
+            let store = AgentStore::open(&state, &artifacts).expect("open");
+            store
+                .raise_floors(&[("topk".into(), floor(3))])
+                .expect("raise");
+            store
+                .raise_floors(&[("topk".into(), floor(2))])
+                .expect("lower is ignored");
+            store.set_applied_generation(7).expect("generation");
+            store
+                .activate(&DesiredPipeline {
+                    name: "p".into(),
+                    revision: 4,
+                    steps: vec![],
+                    committed: true,
+                })
+                .expect("activate");
+            let digest = Digest::of(b"x");
+            std::fs::write(store.artifact_path(&digest), b"x").expect("artifact");
+            std::fs::write(store.partial_path(&Digest::of(b"y")), b"y").expect("partial");
+        }
+        let store = AgentStore::open(&state, &artifacts).expect("reopen");
+        let restored = store.restore().expect("restore");
+        assert_eq!(restored.floors.get("topk"), Some(&floor(3)));
+        assert_eq!(restored.applied_generation, 7);
+        assert_eq!(restored.serving[0].revision, 4);
+        assert_eq!(
+            restored.artifacts.into_iter().collect::<Vec<_>>(),
+            [Digest::of(b"x")],
+            "partial downloads are not artifacts"
+        );
+    }
+}
