@@ -7,6 +7,7 @@
 //!
 //! - [`data_dir`]: the agent's files (identity, CA, `agent.toml`).
 //! - [`run_local`]: run a pipeline manifest once, without a control plane (`run-local`).
+//! - [`pipeline`]: a loaded pipeline (plugin and model steps), run on one payload.
 //! - [`reconcile`]: the reconciler, a pure state machine: desired state in, actions out.
 //! - [`store`]: the agent's durable state in sled and its verified artifacts on disk.
 
@@ -17,6 +18,7 @@ pub mod enroll;
 pub mod link;
 pub mod local_api;
 pub mod npy;
+pub mod pipeline;
 pub mod reconcile;
 pub mod run;
 pub mod run_local;

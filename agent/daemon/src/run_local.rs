@@ -4,14 +4,13 @@
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
-use tern_infer::{InferError, Model, ModelOptions};
 use tern_plugin_host::{
-    Blob, Dtype, EngineOptions, LoadError, Payload, PluginEngine, Step, StepFailure, StepLimits,
-    Tensor,
+    Blob, Dtype, EngineOptions, LoadError, Payload, PluginEngine, StepLimits, Tensor,
 };
-use tern_proto::manifest::{self, ArtifactRef, ManifestError, Pipeline, StepKind};
+use tern_proto::manifest::{ArtifactRef, ManifestError, Pipeline, StepKind};
 
-use crate::{npy, tensors};
+use crate::npy;
+use crate::pipeline::{LoadedPipeline, PipelineStep, StepError};
 
 /// Largest input file read.
 const MAX_INPUT_BYTES: u64 = 512 << 20;
@@ -52,17 +51,11 @@ pub enum RunLocalError {
         "step {step}: `{reference}` is a release; run-local takes local files (a release needs a control plane)"
     )]
     Release { step: String, reference: String },
-    #[error("step {step}: {error}")]
-    Model { step: String, error: InferError },
-    #[error("step {step}: {reason}")]
-    ModelInput { step: String, reason: String },
-    #[error("step {step}: {error}")]
-    Load { step: String, error: LoadError },
     #[error("cannot start the plugin engine: {0}")]
     Engine(LoadError),
-    /// A step failed while running; its display is `step <name>: <reason>`.
+    /// A step failed to load or to run; its display is `step <name>: <reason>`.
     #[error(transparent)]
-    Step(#[from] StepFailure),
+    Step(#[from] StepError),
 }
 
 /// The media type of a file, from its extension.
@@ -158,109 +151,31 @@ pub fn run_local(options: &RunLocalOptions) -> Result<serde_json::Value, RunLoca
             });
         }
         if let StepKind::Model(_) = spec.kind() {
-            steps.push(LocalStep::Model {
-                name: spec.name.clone(),
-                model: load_model(&spec.name, &path, spec.device)?,
-            });
+            steps.push(PipelineStep::model_file(
+                &spec.name,
+                &path,
+                spec.device.unwrap_or_default(),
+            )?);
             continue;
         }
-        let plugin = engine
-            .load_file(&path)
-            .map_err(|error| RunLocalError::Load {
-                step: spec.name.clone(),
-                error,
-            })?;
+        let plugin = engine.load_file(&path).map_err(|error| StepError::Load {
+            step: spec.name.clone(),
+            error,
+        })?;
         let limits = spec
             .limits
             .map(|l| StepLimits::from_manifest(l.timeout_ms, l.memory_mib))
             .unwrap_or_default();
-        steps.push(LocalStep::Plugin(plugin.step(
+        steps.push(PipelineStep::plugin(
+            &plugin,
             &spec.name,
             &spec.config_json(),
             limits,
-        )?));
+        )?);
     }
 
-    let mut payload = first_payload(&options.input)?;
-    for step in &steps {
-        payload = step.process(payload)?;
-    }
+    let payload = LoadedPipeline { steps }.run(first_payload(&options.input)?)?;
     Ok(payload_json(&payload))
-}
-
-/// A step of a local run.
-enum LocalStep {
-    Plugin(Step),
-    Model { name: String, model: Model },
-}
-
-fn load_model(
-    step: &str,
-    path: &Path,
-    device: Option<manifest::Device>,
-) -> Result<Model, RunLocalError> {
-    let model_error = |error| RunLocalError::Model {
-        step: step.to_owned(),
-        error,
-    };
-    let bytes = std::fs::read(path).map_err(|e| RunLocalError::Input {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })?;
-    let device = match device.unwrap_or_default() {
-        manifest::Device::Auto => tern_infer::Device::Auto,
-        manifest::Device::Cpu => tern_infer::Device::Cpu,
-        manifest::Device::Gpu => tern_infer::Device::Gpu,
-    };
-    let model = Model::load(
-        &bytes,
-        &ModelOptions {
-            device,
-            ..ModelOptions::default()
-        },
-    )
-    .map_err(model_error)?;
-    match model.fallback_reason() {
-        Some(reason) if device == tern_infer::Device::Auto => {
-            tracing::info!(step, placement = %model.placement(), reason, "model loaded")
-        }
-        _ => tracing::info!(step, placement = %model.placement(), "model loaded"),
-    }
-    Ok(model)
-}
-
-impl LocalStep {
-    fn process(&self, payload: Payload) -> Result<Payload, RunLocalError> {
-        match self {
-            LocalStep::Plugin(step) => Ok(step.process(&payload)?),
-            LocalStep::Model { name, model } => {
-                let bad = |reason: String| RunLocalError::ModelInput {
-                    step: name.clone(),
-                    reason,
-                };
-                let Payload::Tensors(inputs) = payload else {
-                    return Err(bad(
-                        "a model takes tensors; the previous step gave a blob".into()
-                    ));
-                };
-                let inputs = inputs
-                    .into_iter()
-                    .map(tensors::to_model)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(bad)?;
-                let outputs = model.run(inputs).map_err(|error| RunLocalError::Model {
-                    step: name.clone(),
-                    error,
-                })?;
-                outputs
-                    .into_iter()
-                    .map(tensors::to_plugin)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map(Payload::Tensors)
-                    .map_err(bad)
-            }
-        }
-    }
 }
 
 fn half_to_f32(bits: u16) -> f32 {

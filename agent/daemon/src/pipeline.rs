@@ -1,0 +1,175 @@
+//! A pipeline ready to run: plugin steps (compiled components with their limits and instance
+//! pools) and model steps (loaded and planned), run in order on one payload. Shared by
+//! `run-local` and the daemon's local API.
+
+use std::path::Path;
+
+use tern_infer::{InferError, Model, ModelOptions};
+use tern_plugin_host::{
+    ErrorKind, FailureCause, LoadError, Payload, Plugin, Step, StepFailure, StepLimits,
+};
+use tern_proto::manifest;
+
+use crate::tensors;
+
+/// Why a step could not be loaded or failed on a request. Every message starts with
+/// `step <name>:`.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// A plugin step failed (trap, deadline, memory, or its own error).
+    #[error(transparent)]
+    Plugin(#[from] StepFailure),
+    #[error("step {step}: {error}")]
+    Model { step: String, error: InferError },
+    #[error("step {step}: {reason}")]
+    ModelInput { step: String, reason: String },
+    #[error("step {step}: {error}")]
+    Load { step: String, error: LoadError },
+}
+
+impl StepError {
+    /// The step that failed.
+    pub fn step(&self) -> &str {
+        match self {
+            StepError::Plugin(f) => &f.step,
+            StepError::Model { step, .. }
+            | StepError::ModelInput { step, .. }
+            | StepError::Load { step, .. } => step,
+        }
+    }
+
+    /// Whether the request itself was bad (a client error) rather than the pipeline.
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            StepError::Plugin(f) => matches!(
+                f.cause,
+                FailureCause::Guest {
+                    kind: ErrorKind::InvalidInput,
+                    ..
+                }
+            ),
+            StepError::ModelInput { .. } => true,
+            StepError::Model { error, .. } => matches!(error, InferError::BadInput { .. }),
+            StepError::Load { .. } => false,
+        }
+    }
+}
+
+/// One step of a loaded pipeline.
+#[derive(Debug)]
+pub enum PipelineStep {
+    Plugin(Step),
+    Model { name: String, model: Model },
+}
+
+impl PipelineStep {
+    /// A plugin step from a compiled plugin.
+    pub fn plugin(
+        plugin: &Plugin,
+        name: &str,
+        config: &str,
+        limits: StepLimits,
+    ) -> Result<Self, StepError> {
+        Ok(PipelineStep::Plugin(plugin.step(name, config, limits)?))
+    }
+
+    /// A model step from ONNX bytes.
+    pub fn model(name: &str, bytes: &[u8], device: manifest::Device) -> Result<Self, StepError> {
+        let device = match device {
+            manifest::Device::Auto => tern_infer::Device::Auto,
+            manifest::Device::Cpu => tern_infer::Device::Cpu,
+            manifest::Device::Gpu => tern_infer::Device::Gpu,
+        };
+        let model = Model::load(
+            bytes,
+            &ModelOptions {
+                device,
+                ..ModelOptions::default()
+            },
+        )
+        .map_err(|error| StepError::Model {
+            step: name.to_owned(),
+            error,
+        })?;
+        match model.fallback_reason() {
+            Some(reason) if device == tern_infer::Device::Auto => {
+                tracing::info!(step = name, placement = %model.placement(), reason, "model loaded")
+            }
+            _ => tracing::info!(step = name, placement = %model.placement(), "model loaded"),
+        }
+        Ok(PipelineStep::Model {
+            name: name.to_owned(),
+            model,
+        })
+    }
+
+    /// Reads a model file (for `run-local`).
+    pub fn model_file(
+        name: &str,
+        path: &Path,
+        device: manifest::Device,
+    ) -> Result<Self, StepError> {
+        let bytes = std::fs::read(path).map_err(|e| StepError::ModelInput {
+            step: name.to_owned(),
+            reason: format!("cannot read {}: {e}", path.display()),
+        })?;
+        Self::model(name, &bytes, device)
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            PipelineStep::Plugin(step) => step.name(),
+            PipelineStep::Model { name, .. } => name,
+        }
+    }
+
+    /// Runs the step on one payload.
+    pub fn process(&self, payload: Payload) -> Result<Payload, StepError> {
+        let _span = tracing::debug_span!("step", step = self.name()).entered();
+        match self {
+            PipelineStep::Plugin(step) => Ok(step.process(&payload)?),
+            PipelineStep::Model { name, model } => {
+                let bad = |reason: String| StepError::ModelInput {
+                    step: name.clone(),
+                    reason,
+                };
+                let Payload::Tensors(inputs) = payload else {
+                    return Err(bad(
+                        "a model takes tensors; the previous step gave a blob".into()
+                    ));
+                };
+                let inputs = inputs
+                    .into_iter()
+                    .map(tensors::to_model)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(bad)?;
+                let outputs = model.run(inputs).map_err(|error| StepError::Model {
+                    step: name.clone(),
+                    error,
+                })?;
+                outputs
+                    .into_iter()
+                    .map(tensors::to_plugin)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(Payload::Tensors)
+                    .map_err(bad)
+            }
+        }
+    }
+}
+
+/// Steps in order.
+#[derive(Debug)]
+pub struct LoadedPipeline {
+    pub steps: Vec<PipelineStep>,
+}
+
+impl LoadedPipeline {
+    /// Runs every step in order.
+    pub fn run(&self, mut payload: Payload) -> Result<Payload, StepError> {
+        for step in &self.steps {
+            payload = step.process(payload)?;
+        }
+        Ok(payload)
+    }
+}
