@@ -7,14 +7,22 @@
 //!
 //! - [`data_dir`]: the agent's files (identity, CA, `agent.toml`).
 //! - [`run_local`]: run a pipeline manifest once, without a control plane (`run-local`).
+//! - [`fetch`]: resumable, verified artifact downloads from the control plane.
 //! - [`pipeline`]: a loaded pipeline (plugin and model steps), run on one payload.
 //! - [`reconcile`]: the reconciler, a pure state machine: desired state in, actions out.
+//! - [`serving`]: the pipelines served right now, switched atomically, with request counters.
+//! - [`deployer`]: the async driver of the reconciler (verify, fetch, load, switch, report).
 //! - [`store`]: the agent's durable state in sled and its verified artifacts on disk.
+
+// Proving that futures holding loaded models are `Send` walks deep into wgpu's types.
+#![recursion_limit = "256"]
 
 pub mod backoff;
 pub mod capacity;
 pub mod data_dir;
+pub mod deployer;
 pub mod enroll;
+pub mod fetch;
 pub mod link;
 pub mod local_api;
 pub mod npy;
@@ -22,6 +30,7 @@ pub mod pipeline;
 pub mod reconcile;
 pub mod run;
 pub mod run_local;
+pub mod serving;
 pub mod store;
 pub mod tensors;
 

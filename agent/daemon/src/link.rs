@@ -66,11 +66,21 @@ pub struct LinkConfig {
     pub client: quinn::ClientConfig,
 }
 
+/// How the link and the deployer talk: desired states in, reports out, and the connection for
+/// downloads.
+#[derive(Debug)]
+pub struct DeployChannels {
+    pub desired: mpsc::Sender<tern_proto::message::SignedDesiredState>,
+    pub outbox: mpsc::Receiver<AgentMessage>,
+    pub connection: watch::Sender<Option<quinn::Connection>>,
+}
+
 /// Keeps the link up until `shutdown` turns true; then closes the connection in an orderly way.
 pub async fn maintain(
     link: LinkConfig,
     capacity: watch::Receiver<Capacity>,
     state: watch::Sender<LinkState>,
+    mut deploy: DeployChannels,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::default();
@@ -81,11 +91,13 @@ pub async fn maintain(
             &link,
             capacity.clone(),
             &state,
+            &mut deploy,
             &mut backoff,
             shutdown.clone(),
         )
         .instrument(span)
         .await;
+        deploy.connection.send_replace(None);
         state.send_modify(|s| s.connected = false);
         match result {
             Ok(()) => return,
@@ -170,6 +182,7 @@ async fn session(
     link: &LinkConfig,
     mut capacity: watch::Receiver<Capacity>,
     state: &watch::Sender<LinkState>,
+    deploy: &mut DeployChannels,
     backoff: &mut Backoff,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), SessionError> {
@@ -203,6 +216,7 @@ async fn session(
         s.connections += 1;
     });
     info!(remote = %addr, "connected to control plane");
+    deploy.connection.send_replace(Some(conn.clone()));
 
     // Reading a frame is not cancel-safe, so a task owns the receive side.
     let (frames_tx, mut frames) = mpsc::channel::<Result<Option<ControlMessage>, FrameError>>(16);
@@ -220,6 +234,7 @@ async fn session(
         &mut send,
         &mut frames,
         &mut capacity,
+        deploy,
         &mut shutdown,
         welcome.heartbeat_interval_ms,
     )
@@ -241,6 +256,7 @@ async fn control_loop(
     send: &mut quinn::SendStream,
     frames: &mut mpsc::Receiver<Result<Option<ControlMessage>, FrameError>>,
     capacity: &mut watch::Receiver<Capacity>,
+    deploy: &mut DeployChannels,
     shutdown: &mut watch::Receiver<bool>,
     heartbeat_interval_ms: u64,
 ) -> Result<(), SessionError> {
@@ -265,7 +281,10 @@ async fn control_loop(
                 Some(Ok(Some(ControlMessage::Ack(_)))) => last_ack = Instant::now(),
                 Some(Ok(Some(ControlMessage::Refused { reason }))) => return Err(SessionError::Refused(reason)),
                 Some(Ok(Some(ControlMessage::DesiredState(d)))) => {
-                    debug!(generation = d.generation, "desired state received; deployments are not applied by this version");
+                    debug!(generation = d.generation, "desired state received");
+                    if deploy.desired.try_send(d).is_err() {
+                        warn!("deployer is busy; desired state dropped (the control plane sends it again)");
+                    }
                 }
                 Some(Ok(Some(ControlMessage::Welcome(_)))) => {
                     return Err(SessionError::Protocol("welcome sent twice".into()));
@@ -285,6 +304,9 @@ async fn control_loop(
                 } else {
                     capacity_open = false;
                 }
+            }
+            Some(message) = deploy.outbox.recv() => {
+                write_frame(send, &message, MAX_FRAME_LEN).await?;
             }
             _ = stopped(shutdown) => return Ok(()),
         }

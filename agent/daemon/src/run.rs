@@ -4,15 +4,22 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::sync::Arc;
 use tern_transport::{Identity, TlsError};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+
+use tern_plugin_host::{EngineOptions, PluginEngine};
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::capacity;
 use crate::data_dir::{AgentDataDir, DataDirError};
-use crate::link::{self, LinkConfig, LinkState};
+use crate::deployer::Deployer;
+use crate::link::{self, DeployChannels, LinkConfig, LinkState};
 use crate::local_api::{self, AgentInfo};
+use crate::reconcile::Reconciler;
+use crate::serving::ServingTable;
+use crate::store::AgentStore;
 
 /// Idle timeout of the link; heartbeats keep it busy, so it only fires when the peer is gone.
 const LINK_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -33,6 +40,12 @@ pub enum RunError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("{path}: not the control plane's key: {reason}")]
+    OnlineKey { path: String, reason: String },
+    #[error("cannot start the plugin engine: {0}")]
+    Engine(#[from] tern_plugin_host::LoadError),
 }
 
 /// Runs the agent in `dir` until `shutdown` completes.
@@ -55,6 +68,20 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
         source,
     })?;
 
+    let online_key_path = dir.online_key();
+    let online_key = tern_proto::signing::PublicKey::from_text(&dir.read(&online_key_path)?)
+        .map_err(|e| RunError::OnlineKey {
+            path: online_key_path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    let store = AgentStore::open(&dir.state(), &dir.artifacts())?;
+    let engine = Arc::new(PluginEngine::new(EngineOptions {
+        cache_dir: Some(dir.root().join("compiled")),
+        ..EngineOptions::default()
+    })?);
+    let serving = Arc::new(ServingTable::default());
+    let reconciler = restore(&dir, &store, &engine, &serving).await?;
+
     let (stop_tx, stop_rx) = watch::channel(false);
     let (capacity_tx, capacity_rx) = watch::channel(capacity::host_capacity(&dir));
     let (state_tx, state_rx) = watch::channel(LinkState::default());
@@ -73,6 +100,9 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
         local_api::router(info, state_rx),
         stop_rx.clone(),
     ));
+    let (desired_tx, desired_rx) = mpsc::channel(4);
+    let (outbox_tx, outbox_rx) = mpsc::channel(64);
+    let (connection_tx, connection_rx) = watch::channel(None);
     let link = tokio::spawn(link::maintain(
         LinkConfig {
             agent: config.clone(),
@@ -80,8 +110,25 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
         },
         capacity_rx,
         state_tx,
+        DeployChannels {
+            desired: desired_tx,
+            outbox: outbox_rx,
+            connection: connection_tx,
+        },
         stop_rx.clone(),
     ));
+    let deployer = tokio::spawn(
+        Deployer {
+            agent_id: config.agent_id.clone(),
+            online_key,
+            store: store.clone(),
+            engine,
+            serving: serving.clone(),
+            connection: connection_rx,
+            outbox: outbox_tx,
+        }
+        .run(reconciler, desired_rx, stop_rx.clone()),
+    );
     let probe_dir = dir.clone();
     let probe = tokio::spawn(async move {
         if let Some(gpus) = capacity::discover_gpus(&probe_dir).await {
@@ -98,6 +145,7 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
     info!("shutting down");
     let _ = stop_tx.send(true);
     probe.abort();
+    deployer.abort();
     if tokio::time::timeout(SHUTDOWN_GRACE, link).await.is_err() {
         warn!("control plane link did not close in time");
     }
@@ -106,6 +154,47 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
         Err(_) => warn!("local API did not stop in time"),
         _ => {}
     }
+    if let Err(e) = store.flush() {
+        warn!(error = %e, "cannot flush the agent's state");
+    }
     info!("agent stopped");
     Ok(())
+}
+
+/// Loads the revisions that were serving when the agent stopped, before it serves anything.
+async fn restore(
+    dir: &AgentDataDir,
+    store: &AgentStore,
+    engine: &Arc<PluginEngine>,
+    serving: &Arc<ServingTable>,
+) -> Result<Reconciler, RunError> {
+    let mut restored = store.restore()?;
+    if restored.trust.is_none()
+        && let Ok(text) = std::fs::read_to_string(dir.trust_root())
+        && let Ok(root) = serde_json::from_str::<tern_proto::trust::SignedTrustRoot>(&text)
+        && root.accept(None).is_ok()
+    {
+        // Pinned at enrollment; from now on the store holds it.
+        store.pin_trust_root(&root)?;
+        restored.trust = Some(root);
+    }
+    let mut kept = Vec::new();
+    for desired in std::mem::take(&mut restored.serving) {
+        let (store, engine, d) = (store.clone(), engine.clone(), desired.clone());
+        let result =
+            tokio::task::spawn_blocking(move || crate::deployer::load(&store, &engine, &d)).await;
+        match result {
+            Ok(Ok(pipeline)) => {
+                info!(pipeline = %desired.name, revision = desired.revision, "serving again after restart");
+                serving.switch(Arc::new(pipeline));
+                kept.push(desired);
+            }
+            Ok(Err(e)) => {
+                warn!(pipeline = %desired.name, error = %e, "cannot load the revision that was serving")
+            }
+            Err(e) => warn!(pipeline = %desired.name, error = %e, "loading task failed"),
+        }
+    }
+    restored.serving = kept;
+    Ok(Reconciler::new(restored))
 }

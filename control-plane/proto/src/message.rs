@@ -130,6 +130,9 @@ pub struct StatusReport {
     pub applied_generation: u64,
     /// Per-pipeline state.
     pub pipelines: Vec<PipelineStatus>,
+    /// Why the last desired state or trust root was refused, if it was (a replayed generation,
+    /// a bad signature, a trust root not signed by the current root).
+    pub refused: Option<String>,
 }
 
 /// The state of one pipeline on an agent.

@@ -96,6 +96,9 @@ fn status() -> impl Strategy<Value = StatusReport> {
         .prop_map(|(seq, applied_generation, pipelines)| StatusReport {
             seq,
             applied_generation,
+            refused: pipelines
+                .first()
+                .map(|p: &PipelineStatus| p.message.clone()),
             pipelines,
         })
 }

@@ -1,0 +1,267 @@
+//! The deployer: the thin async driver of the [`Reconciler`]. It verifies desired states,
+//! performs the reconciler's actions (downloads, loading, switching traffic, persisting) and
+//! reports to the control plane. The serving table keeps answering throughout, also while the
+//! control plane is away.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tern_plugin_host::{PluginEngine, StepLimits};
+use tern_proto::AgentMessage;
+use tern_proto::desired::DesiredPipeline;
+use tern_proto::message::{HealthReport, SignedDesiredState, StatusReport};
+use tern_proto::release::{ArtifactKind, Digest, SignedRelease};
+use tern_proto::signing::PublicKey;
+use tokio::sync::{mpsc, watch};
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::fetch::{self, FetchError};
+use crate::pipeline::{LoadedPipeline, PipelineStep, StepError};
+use crate::reconcile::{Action, Reconciler};
+use crate::serving::{ServedPipeline, ServingTable};
+use crate::store::{AgentStore, StoreError};
+
+/// How often request counters go to the control plane.
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// Attempts of a download that keeps failing for transient reasons, before it is reported.
+const FETCH_ATTEMPTS: u32 = 8;
+
+/// What the deployer's tasks report back.
+#[derive(Debug)]
+enum Event {
+    Fetched(Digest, Result<u64, FetchError>),
+    Loaded(String, u64, Result<Arc<ServedPipeline>, String>),
+}
+
+/// Everything the deployer works with.
+#[derive(Debug)]
+pub struct Deployer {
+    pub agent_id: String,
+    pub online_key: PublicKey,
+    pub store: AgentStore,
+    pub engine: Arc<PluginEngine>,
+    pub serving: Arc<ServingTable>,
+    /// The current connection to the control plane, for downloads.
+    pub connection: watch::Receiver<Option<quinn::Connection>>,
+    /// Status and health reports for the link to send.
+    pub outbox: mpsc::Sender<AgentMessage>,
+}
+
+/// Loads a pipeline revision from verified artifacts (blocking: compiles and plans).
+pub fn load(
+    store: &AgentStore,
+    engine: &PluginEngine,
+    desired: &DesiredPipeline,
+) -> Result<ServedPipeline, StepError> {
+    let mut steps = Vec::new();
+    for step in &desired.steps {
+        let release = &step.release.signed;
+        let path = store.artifact_path(&release.digest);
+        let bytes = std::fs::read(&path).map_err(|e| StepError::ModelInput {
+            step: step.name.clone(),
+            reason: format!("cannot read artifact {}: {e}", release.digest),
+        })?;
+        steps.push(match release.kind {
+            ArtifactKind::Plugin => {
+                let plugin = engine.load(&bytes).map_err(|error| StepError::Load {
+                    step: step.name.clone(),
+                    error,
+                })?;
+                PipelineStep::plugin(
+                    &plugin,
+                    &step.name,
+                    &step.config,
+                    StepLimits::from_manifest(step.timeout_ms, step.memory_mib),
+                )?
+            }
+            ArtifactKind::Model => PipelineStep::model(&step.name, &bytes, step.device)?,
+        });
+    }
+    Ok(ServedPipeline::new(
+        &desired.name,
+        desired.revision,
+        LoadedPipeline { steps },
+    ))
+}
+
+impl Deployer {
+    /// Runs until `desired` closes or `shutdown` turns true.
+    pub async fn run(
+        self,
+        mut reconciler: Reconciler,
+        mut desired: mpsc::Receiver<SignedDesiredState>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let (events_tx, mut events) = mpsc::channel::<Event>(64);
+        let mut loaded: HashMap<(String, u64), Arc<ServedPipeline>> = HashMap::new();
+        let mut health = tokio::time::interval(HEALTH_INTERVAL);
+        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut connection = self.connection.clone();
+        let mut refused: Option<String> = None;
+        let mut seq = 0u64;
+        loop {
+            let actions = tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => return,
+                signed = desired.recv() => {
+                    let Some(signed) = signed else { return };
+                    let generation = signed.generation;
+                    match signed.open(&self.online_key, &self.agent_id, reconciler.applied_generation()) {
+                        Ok(state) => {
+                            info!(generation, pipelines = state.pipelines.len(), "desired state");
+                            refused = None;
+                            let mut actions = reconciler.desired(state, tern_transport::unix_millis_now());
+                            if let Some(e) = reconciler.trust_error() {
+                                refused = Some(e.to_owned());
+                                actions.push(Action::Report);
+                            }
+                            actions
+                        }
+                        Err(e) => {
+                            warn!(generation, error = %e, "desired state refused");
+                            refused = Some(e.to_string());
+                            vec![Action::Report]
+                        }
+                    }
+                }
+                Some(event) = events.recv() => match event {
+                    Event::Fetched(digest, Ok(bytes)) => {
+                        info!(%digest, bytes, "artifact downloaded and verified");
+                        reconciler.artifact_stored(digest)
+                    }
+                    Event::Fetched(digest, Err(e)) => {
+                        warn!(%digest, error = %e, "artifact refused or unavailable");
+                        reconciler.artifact_failed(digest, &e.to_string())
+                    }
+                    Event::Loaded(name, revision, Ok(pipeline)) => {
+                        loaded.insert((name.clone(), revision), pipeline);
+                        reconciler.loaded(&name, revision)
+                    }
+                    Event::Loaded(name, revision, Err(reason)) => {
+                        warn!(pipeline = %name, revision, %reason, "revision failed to load");
+                        reconciler.load_failed(&name, revision, &reason)
+                    }
+                },
+                _ = health.tick() => {
+                    let pipelines: Vec<_> = self.serving.all().iter().map(|p| p.health()).collect();
+                    if !pipelines.is_empty() {
+                        let _ = self.outbox.try_send(AgentMessage::Health(HealthReport { pipelines }));
+                    }
+                    continue;
+                }
+                changed = connection.changed() => {
+                    if changed.is_err() { return; }
+                    // A new connection: the control plane may have restarted and forgotten us.
+                    if connection.borrow_and_update().is_some() { vec![Action::Report] } else { continue }
+                }
+            };
+            for action in actions {
+                if let Err(e) = self.perform(
+                    action,
+                    &events_tx,
+                    &mut loaded,
+                    &reconciler,
+                    &refused,
+                    &mut seq,
+                ) {
+                    warn!(error = %e, "cannot persist the agent's state");
+                }
+            }
+        }
+    }
+
+    fn perform(
+        &self,
+        action: Action,
+        events: &mpsc::Sender<Event>,
+        loaded: &mut HashMap<(String, u64), Arc<ServedPipeline>>,
+        reconciler: &Reconciler,
+        refused: &Option<String>,
+        seq: &mut u64,
+    ) -> Result<(), StoreError> {
+        match action {
+            Action::PinTrustRoot(root) => {
+                info!(version = root.signed.version, "trust root pinned");
+                self.store.pin_trust_root(&root)?;
+            }
+            Action::RaiseFloors(floors) => self.store.raise_floors(&floors)?,
+            Action::Fetch(release) => self.spawn_fetch(release, events.clone()),
+            Action::Load(desired) => self.spawn_load(desired, events.clone()),
+            Action::Activate(desired) => {
+                let key = (desired.name.clone(), desired.revision);
+                // Persisted first: after a crash the agent restarts on this revision.
+                self.store.activate(&desired)?;
+                if let Some(pipeline) = loaded.remove(&key) {
+                    self.serving.switch(pipeline);
+                    info!(pipeline = %desired.name, revision = desired.revision, "now serving");
+                }
+                loaded.retain(|(name, _), _| *name != desired.name);
+            }
+            Action::Remove(name) => {
+                self.store.remove(&name)?;
+                self.serving.remove(&name);
+                info!(pipeline = %name, "removed");
+            }
+            Action::Report => {
+                self.store
+                    .set_applied_generation(reconciler.applied_generation())?;
+                *seq += 1;
+                let report = StatusReport {
+                    seq: *seq,
+                    applied_generation: reconciler.applied_generation(),
+                    pipelines: reconciler.status(),
+                    refused: refused.clone(),
+                };
+                let _ = self.outbox.try_send(AgentMessage::Status(report));
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn_fetch(&self, release: SignedRelease, events: mpsc::Sender<Event>) {
+        let store = self.store.clone();
+        let mut connection = self.connection.clone();
+        let release = release.signed;
+        let span =
+            info_span!("fetch", release = %release.reference(), digest = %release.digest.short());
+        tokio::spawn(
+            async move {
+                let mut attempt = 0;
+                let result = loop {
+                    // Wait for a link; downloads resume where they stopped.
+                    let conn = match connection.wait_for(Option::is_some).await {
+                        Ok(conn) => conn.clone(),
+                        Err(_) => return,
+                    };
+                    let Some(conn) = conn else { continue };
+                    match fetch::fetch(&conn, &store, &release).await {
+                        Err(e) if e.is_transient() && attempt < FETCH_ATTEMPTS => {
+                            attempt += 1;
+                            tokio::time::sleep(Duration::from_millis(100 << attempt.min(6))).await;
+                        }
+                        other => break other,
+                    }
+                };
+                let _ = events.send(Event::Fetched(release.digest, result)).await;
+            }
+            .instrument(span),
+        );
+    }
+
+    fn spawn_load(&self, desired: DesiredPipeline, events: mpsc::Sender<Event>) {
+        let store = self.store.clone();
+        let engine = self.engine.clone();
+        let span = info_span!("load", pipeline = %desired.name, revision = desired.revision);
+        tokio::spawn(
+            async move {
+                let (name, revision) = (desired.name.clone(), desired.revision);
+                let result = tokio::task::spawn_blocking(move || load(&store, &engine, &desired))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map(Arc::new).map_err(|e| e.to_string()));
+                let _ = events.send(Event::Loaded(name, revision, result)).await;
+            }
+            .instrument(span),
+        );
+    }
+}
