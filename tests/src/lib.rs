@@ -506,3 +506,72 @@ pub fn path_str(path: &Path) -> anyhow::Result<String> {
         .map(str::to_owned)
         .ok_or_else(|| anyhow::anyhow!("{} is not UTF-8", path.display()))
 }
+
+impl Agent {
+    /// The address of the agent's local API (from its `agent.toml`).
+    pub fn api_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(tern_agent::AgentDataDir::new(&self.dir)
+            .load_config()?
+            .listen_api)
+    }
+}
+
+/// One plain HTTP/1.1 request (the local API is loopback HTTP); returns status and body.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> anyhow::Result<(u16, Vec<u8>)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )?;
+    stream.write_all(body)?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("no HTTP header in the answer"))?;
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("bad status line: {head}"))?;
+    let mut body = response[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body)?;
+    }
+    Ok((status, body))
+}
+
+fn dechunk(mut bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = bytes
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or_else(|| anyhow::anyhow!("bad chunk"))?;
+        let size = usize::from_str_radix(String::from_utf8_lossy(&bytes[..line_end]).trim(), 16)?;
+        bytes = &bytes[line_end + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(
+            bytes
+                .get(..size)
+                .ok_or_else(|| anyhow::anyhow!("short chunk"))?,
+        );
+        bytes = bytes.get(size + 2..).unwrap_or_default();
+    }
+}

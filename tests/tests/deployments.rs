@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tern_e2e::{Agent, ControlPlane, Publisher, component, fast_config, path_str};
+use tern_e2e::{Agent, ControlPlane, Publisher, component, fast_config, http, path_str};
 use tern_proto::api::{AgentStatus, AgentView, DeploymentView};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -82,5 +82,55 @@ fn agents_fetch_verify_and_serve_a_pushed_pipeline() -> anyhow::Result<()> {
     assert_eq!(view.pipelines[0].serving, Some(1), "{view:?}");
     let stored = std::fs::read_dir(agents[0].dir.join("artifacts"))?.count();
     assert_eq!(stored, 2, "the artifact and the partial/ directory");
+
+    // Local applications use it: the Open Inference Protocol and the raw endpoint.
+    let api = agents[1].api_addr()?;
+    let request = serde_json::json!({
+        "id": "r1",
+        "inputs": [{"name": "logits", "shape": [4], "datatype": "FP32", "data": [0.1, 3.0, 0.2, 2.0]}]
+    });
+    let (status, body) = http(
+        api,
+        "POST",
+        "/v2/models/scores/infer",
+        "application/json",
+        request.to_string().as_bytes(),
+    )?;
+    let answer: serde_json::Value = serde_json::from_slice(&body)?;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["model_version"], "1");
+    assert_eq!(answer["id"], "r1");
+    let top: Vec<u64> = answer["predictions"][0]
+        .as_array()
+        .map(|p| p.iter().filter_map(|x| x["index"].as_u64()).collect())
+        .unwrap_or_default();
+    assert_eq!(top, [1, 3], "{answer}");
+    // A blob where the plugin wants tensors: a 400 that names the step.
+    let (status, body) = http(
+        api,
+        "POST",
+        "/v1/pipelines/scores/infer",
+        "text/plain",
+        b"hi",
+    )?;
+    assert_eq!(status, 400);
+    assert!(
+        String::from_utf8_lossy(&body).contains("step post"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let (status, _) = http(
+        api,
+        "POST",
+        "/v1/pipelines/nothing/infer",
+        "text/plain",
+        b"hi",
+    )?;
+    assert_eq!(status, 404);
+    let (status, _) = http(api, "GET", "/v2/health/ready", "text/plain", b"")?;
+    assert_eq!(status, 200);
+    let (status, body) = http(api, "GET", "/v2/models/scores", "text/plain", b"")?;
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&body).contains("\"post\""));
     Ok(())
 }

@@ -203,13 +203,21 @@ impl Deployer {
                 info!(pipeline = %name, "removed");
             }
             Action::Report => {
+                let status = reconciler.status();
+                self.serving.set_pending(
+                    status
+                        .iter()
+                        .filter(|p| p.serving.is_none())
+                        .map(|p| p.name.clone())
+                        .collect(),
+                );
                 self.store
                     .set_applied_generation(reconciler.applied_generation())?;
                 *seq += 1;
                 let report = StatusReport {
                     seq: *seq,
                     applied_generation: reconciler.applied_generation(),
-                    pipelines: reconciler.status(),
+                    pipelines: status,
                     refused: refused.clone(),
                 };
                 let _ = self.outbox.try_send(AgentMessage::Status(report));

@@ -8,6 +8,7 @@
 //! - [`data_dir`]: the agent's files (identity, CA, `agent.toml`).
 //! - [`run_local`]: run a pipeline manifest once, without a control plane (`run-local`).
 //! - [`fetch`]: resumable, verified artifact downloads from the control plane.
+//! - [`oip`]: Open Inference Protocol (v2) JSON forms of tensors and payloads.
 //! - [`pipeline`]: a loaded pipeline (plugin and model steps), run on one payload.
 //! - [`reconcile`]: the reconciler, a pure state machine: desired state in, actions out.
 //! - [`serving`]: the pipelines served right now, switched atomically, with request counters.
@@ -26,6 +27,7 @@ pub mod fetch;
 pub mod link;
 pub mod local_api;
 pub mod npy;
+pub mod oip;
 pub mod pipeline;
 pub mod reconcile;
 pub mod run;

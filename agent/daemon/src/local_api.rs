@@ -1,20 +1,40 @@
 //! The agent's local HTTP API for applications on the same host (design section 7).
 //!
-//! Today it answers health probes and describes the agent; the inference endpoints arrive with
-//! deployments.
+//! - `POST /v1/pipelines/{name}/infer`: the body is the input (its `Content-Type` the media
+//!   type); the answer is the final payload: a blob as itself, tensors as v2 JSON.
+//! - The Open Inference Protocol (KServe v2): `GET /v2/health/live|ready`,
+//!   `GET /v2/models/{name}`, `POST /v2/models/{name}/infer` (a pipeline is a model).
+//! - `GET /v1/agent`: who this agent is and whether its link is up.
+//!
+//! Requests run on the blocking pool, at most one per core at a time; up to [`MAX_WAITING`]
+//! more wait, and beyond that the answer is 429. A pipeline that is deployed but not loaded yet
+//! answers 503. Errors are `{"error": ...}` naming the step.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use tern_plugin_host::{Blob, Payload};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
+use tracing::{Instrument, info_span};
 
 use crate::link::LinkState;
+use crate::oip::{self, RequestTensor};
+use crate::serving::{ServedPipeline, ServingTable};
+
+/// Requests that may wait for a worker before new ones get 429.
+pub const MAX_WAITING: usize = 64;
+/// Largest request body.
+pub const MAX_BODY: usize = 64 << 20;
 
 /// `GET /v1/agent`.
 #[derive(Debug, Clone, Serialize)]
@@ -27,35 +47,81 @@ pub struct AgentInfo {
     /// Whether the link to the control plane is up right now.
     pub connected: bool,
     pub last_error: Option<String>,
+    /// Pipeline → the revision serving it.
+    pub pipelines: BTreeMap<String, u64>,
+}
+
+/// Bounds concurrent work: `workers` run, `MAX_WAITING` wait.
+#[derive(Debug)]
+struct Admission {
+    workers: Arc<Semaphore>,
+    waiting: AtomicUsize,
 }
 
 #[derive(Debug)]
 struct ApiState {
     info: AgentInfo,
     link: watch::Receiver<LinkState>,
+    serving: Arc<ServingTable>,
+    admission: Admission,
+}
+
+/// An error answer: a status and `{"error": ...}`.
+#[derive(Debug)]
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> ApiError {
+    ApiError(status, message.into())
 }
 
 /// The router of the local API.
-pub fn router(info: AgentInfo, link: watch::Receiver<LinkState>) -> Router {
+pub fn router(
+    info: AgentInfo,
+    link: watch::Receiver<LinkState>,
+    serving: Arc<ServingTable>,
+) -> Router {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     Router::new()
         .route(
             "/v2/health/live",
             get(|| async { Json(serde_json::json!({ "live": true })) }),
         )
-        // No pipeline to wait for yet: a running agent is ready. Serving keeps going while the
-        // control plane is away, so readiness does not depend on the link.
-        .route(
-            "/v2/health/ready",
-            get(|| async { Json(serde_json::json!({ "ready": true })) }),
-        )
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/{name}", get(model_metadata))
+        .route("/v2/models/{name}/infer", post(infer_v2))
+        .route("/v1/pipelines/{name}/infer", post(infer_raw))
         .route("/v1/agent", get(describe))
-        .fallback(|| async {
-            (
-                StatusCode::NOT_FOUND,
-                Json(serde_json::json!({ "error": "no such endpoint" })),
-            )
-        })
-        .with_state(Arc::new(ApiState { info, link }))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(Arc::new(ApiState {
+            info,
+            link,
+            serving,
+            admission: Admission {
+                workers: Arc::new(Semaphore::new(workers)),
+                waiting: AtomicUsize::new(0),
+            },
+        }))
+}
+
+/// Ready when every deployed pipeline serves. Serving goes on while the control plane is away,
+/// so readiness does not depend on the link.
+async fn ready(State(state): State<Arc<ApiState>>) -> Response {
+    if state.serving.is_ready() {
+        Json(serde_json::json!({ "ready": true })).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "ready": false })),
+        )
+            .into_response()
+    }
 }
 
 async fn describe(State(state): State<Arc<ApiState>>) -> Json<AgentInfo> {
@@ -63,7 +129,178 @@ async fn describe(State(state): State<Arc<ApiState>>) -> Json<AgentInfo> {
     let mut info = state.info.clone();
     info.connected = link.connected;
     info.last_error = link.last_error;
+    info.pipelines = state
+        .serving
+        .all()
+        .iter()
+        .map(|p| (p.name.clone(), p.revision))
+        .collect();
     Json(info)
+}
+
+/// The serving revision of `name`, or the answer to give instead.
+fn lookup(state: &ApiState, name: &str) -> Result<Arc<ServedPipeline>, ApiError> {
+    match state.serving.get(name) {
+        Some(p) => Ok(p),
+        None if state.serving.is_pending(name) => Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("pipeline `{name}` is deployed but not ready yet"),
+        )),
+        None => Err(error(
+            StatusCode::NOT_FOUND,
+            format!("no pipeline named `{name}` runs on this agent"),
+        )),
+    }
+}
+
+/// Runs `payload` through `pipeline` within the admission bounds.
+async fn run(
+    state: &ApiState,
+    pipeline: Arc<ServedPipeline>,
+    payload: Payload,
+) -> Result<Payload, ApiError> {
+    let admission = &state.admission;
+    if admission.waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING {
+        admission.waiting.fetch_sub(1, Ordering::AcqRel);
+        return Err(error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many requests are waiting; retry later",
+        ));
+    }
+    let permit = admission.workers.clone().acquire_owned().await;
+    admission.waiting.fetch_sub(1, Ordering::AcqRel);
+    let Ok(permit) = permit else {
+        return Err(error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
+    };
+    let span = info_span!("infer", pipeline = %pipeline.name, revision = pipeline.revision);
+    let started = Instant::now();
+    let runner = pipeline.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let _entered = span.entered();
+        runner.pipeline.run(payload)
+    })
+    .await
+    .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    match result {
+        Ok(payload) => {
+            pipeline.record(started.elapsed(), false);
+            Ok(payload)
+        }
+        Err(e) => {
+            let bad_input = e.is_bad_input();
+            pipeline.record(started.elapsed(), !bad_input);
+            let status = if bad_input {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
+            Err(error(status, e.to_string()))
+        }
+    }
+}
+
+/// `POST /v1/pipelines/{name}/infer`.
+async fn infer_raw(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let pipeline = match lookup(&state, &name) {
+        Ok(p) => p,
+        Err(response) => return response.into_response(),
+    };
+    let media_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_owned();
+    let payload = Payload::Bytes(Blob {
+        media_type,
+        data: body.to_vec(),
+    });
+    let span = info_span!("request", path = "/v1/pipelines/{name}/infer", pipeline = %name);
+    async move {
+        match run(&state, pipeline, payload).await {
+            Ok(Payload::Bytes(blob)) => {
+                ([(header::CONTENT_TYPE, blob.media_type)], blob.data).into_response()
+            }
+            Ok(tensors) => Json(oip::payload_json(&tensors)).into_response(),
+            Err(response) => response.into_response(),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// A v2 inference request.
+#[derive(Debug, Deserialize)]
+struct InferRequest {
+    #[serde(default)]
+    id: Option<String>,
+    inputs: Vec<RequestTensor>,
+}
+
+/// `POST /v2/models/{name}/infer`.
+async fn infer_v2(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    let request: InferRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(StatusCode::BAD_REQUEST, format!("invalid request: {e}")).into_response();
+        }
+    };
+    let pipeline = match lookup(&state, &name) {
+        Ok(p) => p,
+        Err(response) => return response.into_response(),
+    };
+    let tensors = match request
+        .inputs
+        .iter()
+        .map(oip::tensor_from_request)
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e).into_response(),
+    };
+    let revision = pipeline.revision;
+    let span = info_span!("request", path = "/v2/models/{name}/infer", pipeline = %name);
+    async move {
+        match run(&state, pipeline, Payload::Tensors(tensors)).await {
+            Ok(payload) => {
+                let mut answer = oip::payload_json(&payload);
+                if let Some(object) = answer.as_object_mut() {
+                    object.insert("model_name".into(), name.clone().into());
+                    object.insert("model_version".into(), revision.to_string().into());
+                    if let Some(id) = request.id {
+                        object.insert("id".into(), id.into());
+                    }
+                }
+                Json(answer).into_response()
+            }
+            Err(response) => response.into_response(),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// `GET /v2/models/{name}`.
+async fn model_metadata(State(state): State<Arc<ApiState>>, Path(name): Path<String>) -> Response {
+    match lookup(&state, &name) {
+        Ok(p) => Json(serde_json::json!({
+            "name": p.name,
+            "versions": [p.revision.to_string()],
+            "platform": "tern",
+            "steps": p.pipeline.steps.iter().map(|s| s.name()).collect::<Vec<_>>(),
+        }))
+        .into_response(),
+        Err(response) => response.into_response(),
+    }
 }
 
 /// Serves the local API until `shutdown` turns true.

@@ -94,10 +94,11 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
         control_plane: config.control_plane.clone(),
         connected: false,
         last_error: None,
+        pipelines: Default::default(),
     };
     let api = tokio::spawn(local_api::serve(
         listener,
-        local_api::router(info, state_rx),
+        local_api::router(info, state_rx, serving.clone()),
         stop_rx.clone(),
     ));
     let (desired_tx, desired_rx) = mpsc::channel(4);

@@ -1,7 +1,7 @@
 //! The pipelines an agent serves right now: the table the local API reads and the deployer
 //! switches atomically, one pipeline at a time, with per-revision request counters.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -76,11 +76,32 @@ impl ServedPipeline {
     }
 }
 
-/// Pipeline name → the revision serving it.
+/// Pipeline name → the revision serving it, and the pipelines wanted but not serving yet.
 #[derive(Debug, Default)]
-pub struct ServingTable(RwLock<BTreeMap<String, Arc<ServedPipeline>>>);
+pub struct ServingTable(
+    RwLock<BTreeMap<String, Arc<ServedPipeline>>>,
+    RwLock<BTreeSet<String>>,
+);
 
 impl ServingTable {
+    /// Records which pipelines are wanted but have no serving revision yet.
+    pub fn set_pending(&self, names: BTreeSet<String>) {
+        *self.1.write().unwrap_or_else(|p| p.into_inner()) = names;
+    }
+
+    /// Whether `name` is wanted but not serving yet (requests get 503).
+    pub fn is_pending(&self, name: &str) -> bool {
+        self.1
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(name)
+    }
+
+    /// Whether every wanted pipeline is serving.
+    pub fn is_ready(&self) -> bool {
+        self.1.read().unwrap_or_else(|p| p.into_inner()).is_empty()
+    }
+
     /// The revision serving `name`; requests keep the `Arc` they got even if it is replaced.
     pub fn get(&self, name: &str) -> Option<Arc<ServedPipeline>> {
         self.0
