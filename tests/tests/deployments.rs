@@ -134,3 +134,138 @@ fn agents_fetch_verify_and_serve_a_pushed_pipeline() -> anyhow::Result<()> {
     assert!(String::from_utf8_lossy(&body).contains("\"post\""));
     Ok(())
 }
+
+const CANARY: &str = r#"apiVersion: tern.dev/v1alpha1
+kind: Pipeline
+metadata: { name: scores }
+spec:
+  steps:
+    - name: post
+      plugin: topk:1
+      config: { k: 2 }
+---
+apiVersion: tern.dev/v1alpha1
+kind: Deployment
+metadata: { name: scores-canary }
+spec:
+  pipeline: scores
+  selector: { site: a }
+  rollout:
+    strategy: canary
+    waves: [50, 100]
+    healthWindowSeconds: 2
+    maxErrorRate: 0.05
+"#;
+
+fn logits_request() -> Vec<u8> {
+    serde_json::json!({
+        "inputs": [{"name": "logits", "shape": [3], "datatype": "FP32", "data": [0.5, 2.0, 1.0]}]
+    })
+    .to_string()
+    .into_bytes()
+}
+
+#[test]
+fn a_plugin_that_traps_in_canary_wave_one_is_rolled_back_and_wave_two_never_starts()
+-> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cp = ControlPlane::start(tmp.path(), fast_config)?;
+    let publisher = Publisher::generate(&cp, tmp.path())?;
+    publisher.trust_init(&cp)?;
+    for (name, file) in [("topk", "topk"), ("hostile", "hostile-fixture")] {
+        let path = tmp.path().join(format!("{name}.wasm"));
+        std::fs::copy(component(file), &path)?;
+        publisher.sign_and_push(&cp, &path, "plugin", name, 1)?;
+    }
+    let mut agents = Vec::new();
+    for name in ["edge-1", "edge-2"] {
+        let token = cp.token("site=a", "10m")?;
+        agents.push(Agent::join(&cp, tmp.path(), name, &token, "")?);
+        cp.wait_status(name, AgentStatus::Ready, TIMEOUT)?;
+    }
+    let manifest = tmp.path().join("canary.yaml");
+    std::fs::write(&manifest, CANARY)?;
+    cp.ternctl_ok(&["apply", "-f", &path_str(&manifest)?])?;
+    tern_e2e::wait_for(TIMEOUT, "revision 1 everywhere", || {
+        deployment(&cp, "scores-canary")
+            .ok()
+            .filter(|d| d.rollout.as_ref().is_some_and(|r| r.phase == "Complete"))
+    })?;
+
+    // Revision 2 swaps in a plugin that panics on every request.
+    std::fs::write(
+        &manifest,
+        CANARY.replace(
+            "plugin: topk:1\n      config: { k: 2 }",
+            "plugin: hostile:1\n      config: { mode: panic }",
+        ),
+    )?;
+    cp.ternctl_ok(&["apply", "-f", &path_str(&manifest)?])?;
+    let canary = tern_e2e::wait_for(TIMEOUT, "wave 1 to serve revision 2", || {
+        let d = deployment(&cp, "scores-canary").ok()?;
+        let r = d.rollout?;
+        r.agents
+            .iter()
+            .find(|a| a.serving == Some(2))
+            .map(|a| a.name.clone())
+    })?;
+    assert_eq!(
+        canary, "edge-1",
+        "the first wave is the first agent by name"
+    );
+    let api = agents[0].api_addr()?;
+    let mut failures = 0;
+    for _ in 0..10 {
+        let (status, _) = http(
+            api,
+            "POST",
+            "/v2/models/scores/infer",
+            "application/json",
+            &logits_request(),
+        )?;
+        if status == 500 {
+            failures += 1;
+        }
+    }
+    assert!(failures > 0, "the canary must fail requests");
+
+    let rolled = tern_e2e::wait_for(TIMEOUT, "the automatic rollback", || {
+        deployment(&cp, "scores-canary")
+            .ok()
+            .filter(|d| d.rollout.as_ref().is_some_and(|r| r.phase == "RolledBack"))
+    })?;
+    let rollout = rolled.rollout.expect("rollout");
+    let reason = rollout.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("edge-1") && reason.contains("requests"),
+        "{reason}"
+    );
+    assert!(
+        !rollout
+            .history
+            .iter()
+            .any(|(_, what)| what.contains("wave 2")),
+        "wave 2 must never start: {:?}",
+        rollout.history
+    );
+    // edge-1 goes back to revision 1 and answers again; edge-2 never left it.
+    tern_e2e::wait_for(TIMEOUT, "edge-1 back on revision 1", || {
+        let d = deployment(&cp, "scores-canary").ok()?;
+        d.rollout?
+            .agents
+            .iter()
+            .all(|a| a.serving == Some(1))
+            .then_some(())
+    })?;
+    let (status, body) = http(
+        api,
+        "POST",
+        "/v2/models/scores/infer",
+        "application/json",
+        &logits_request(),
+    )?;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let status_text = cp.ternctl_ok(&["rollout", "status", "scores-canary"])?;
+    assert!(status_text.contains("RolledBack"), "{status_text}");
+    Ok(())
+}
