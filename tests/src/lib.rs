@@ -447,6 +447,13 @@ impl Publisher {
         self.dir.join(name)
     }
 
+    /// `FILE.release` beside `file`.
+    pub fn release_file(file: &Path) -> PathBuf {
+        let mut name = file.as_os_str().to_owned();
+        name.push(".release");
+        PathBuf::from(name)
+    }
+
     /// `ternctl trust init` with the root key and the publisher key, threshold 1.
     pub fn trust_init(&self, cp: &ControlPlane) -> anyhow::Result<()> {
         cp.ternctl_ok(&[

@@ -132,6 +132,27 @@ pub fn agent(a: &AgentView, format: Format) -> anyhow::Result<String> {
         }
         out.push_str(&format!("GPUs:\n{t}\n"));
     }
+    out.push_str(&format!(
+        "Generation: desired {}, applied {}\n",
+        revision(a.desired_generation),
+        revision(a.applied_generation)
+    ));
+    if let Some(why) = &a.refused {
+        out.push_str(&format!("Refused:    {}\n", shown(why)));
+    }
+    if !a.pipelines.is_empty() {
+        let mut t = table(&["PIPELINE", "DESIRED", "SERVING", "PHASE", "MESSAGE"]);
+        for p in &a.pipelines {
+            t.add_row(vec![
+                shown(&p.name),
+                revision(p.desired),
+                revision(p.serving),
+                p.phase.clone().unwrap_or_else(|| "-".into()),
+                shown(&p.message),
+            ]);
+        }
+        out.push_str(&format!("Pipelines:\n{t}\n"));
+    }
     Ok(out)
 }
 

@@ -51,6 +51,9 @@ pub struct AgentView {
     /// Each pipeline it should run or reports running.
     #[serde(default)]
     pub pipelines: Vec<AgentPipelineView>,
+    /// Why the agent refused the last desired state or trust root, if it did.
+    #[serde(default)]
+    pub refused: Option<String>,
 }
 
 /// One pipeline on one agent: what it should run and what it reports.

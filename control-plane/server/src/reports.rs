@@ -40,6 +40,16 @@ impl AgentReports {
             .unwrap_or_default()
     }
 
+    /// Why the agent refused its last desired state or trust root, if it did.
+    pub fn refused(&self, agent: &str) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(agent)?
+            .refused
+            .clone()
+    }
+
     /// The desired-state generation the agent last applied.
     pub fn applied_generation(&self, agent: &str) -> Option<u64> {
         self.0
