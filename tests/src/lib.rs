@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use tern_control_plane::{ControlPlaneConfig, DataDir, InitOptions};
-use tern_proto::api::{AgentStatus, AgentView};
+use tern_proto::api::{AgentStatus, AgentView, DeploymentView};
 
 /// Path of one of the workspace's binaries, built in the same profile as the running test.
 pub fn bin(name: &str) -> PathBuf {
@@ -580,5 +580,182 @@ fn dechunk(mut bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
                 .ok_or_else(|| anyhow::anyhow!("short chunk"))?,
         );
         bytes = bytes.get(size + 2..).unwrap_or_default();
+    }
+}
+
+/// How long fleet tests wait for a state.
+pub const FLEET_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A pipeline of one `topk` step, `release` pinned, deployed everywhere at once.
+pub fn topk_manifest(release: &str, k: u32) -> String {
+    format!(
+        r#"apiVersion: tern.dev/v1alpha1
+kind: Pipeline
+metadata: {{ name: scores }}
+spec:
+  steps:
+    - name: post
+      plugin: {release}
+      config: {{ k: {k} }}
+---
+apiVersion: tern.dev/v1alpha1
+kind: Deployment
+metadata: {{ name: scores }}
+spec:
+  pipeline: scores
+  rollout: {{ healthWindowSeconds: 0 }}
+"#
+    )
+}
+
+/// A control plane with a pinned trust root, a publisher and enrolled agents (`site=a`), for
+/// deployment tests.
+#[derive(Debug)]
+pub struct Fleet {
+    pub tmp: tempfile::TempDir,
+    pub cp: ControlPlane,
+    pub publisher: Publisher,
+    pub agents: Vec<Agent>,
+}
+
+impl Fleet {
+    /// Starts a control plane and `agents` agents named `edge-1`, `edge-2`, ...
+    pub fn start(agents: usize) -> anyhow::Result<Self> {
+        let tmp = tempfile::tempdir()?;
+        let cp = ControlPlane::start(tmp.path(), fast_config)?;
+        let publisher = Publisher::generate(&cp, tmp.path())?;
+        publisher.trust_init(&cp)?;
+        let mut fleet = Self {
+            tmp,
+            cp,
+            publisher,
+            agents: Vec::new(),
+        };
+        for i in 1..=agents {
+            let name = format!("edge-{i}");
+            let token = fleet.cp.token("site=a", "10m")?;
+            let agent = Agent::join(&fleet.cp, fleet.tmp.path(), &name, &token, "")?;
+            fleet.agents.push(agent);
+            fleet
+                .cp
+                .wait_status(&name, AgentStatus::Ready, FLEET_TIMEOUT)?;
+        }
+        Ok(fleet)
+    }
+
+    /// A copy of the `topk` component, made distinct by a custom section named `tag` holding
+    /// `padding` bytes (a valid component of any size).
+    pub fn topk(&self, tag: &str, padding: usize) -> anyhow::Result<PathBuf> {
+        let mut bytes = std::fs::read(component("topk"))?;
+        let name = tag.as_bytes();
+        bytes.push(0);
+        leb128(&mut bytes, (1 + name.len() + padding) as u64);
+        leb128(&mut bytes, name.len() as u64);
+        bytes.extend_from_slice(name);
+        bytes.resize(bytes.len() + padding, 0x5a);
+        let path = self.tmp.path().join(format!("topk-{tag}.wasm"));
+        std::fs::write(&path, bytes)?;
+        Ok(path)
+    }
+
+    pub fn push(&self, file: &Path, version: u64) -> anyhow::Result<()> {
+        self.publisher
+            .sign_and_push(&self.cp, file, "plugin", "topk", version)?;
+        Ok(())
+    }
+
+    pub fn apply(&self, release: &str, k: u32) -> anyhow::Result<()> {
+        let path = self.tmp.path().join("scores.yaml");
+        std::fs::write(&path, topk_manifest(release, k))?;
+        self.cp.ternctl_ok(&["apply", "-f", &path_str(&path)?])?;
+        Ok(())
+    }
+
+    pub fn rollout(&self) -> anyhow::Result<DeploymentView> {
+        Ok(serde_json::from_str(&self.cp.ternctl_ok(&[
+            "rollout", "status", "scores", "-o", "json",
+        ])?)?)
+    }
+
+    /// `ternctl describe agent NAME -o json`.
+    pub fn agent_view(&self, name: &str) -> anyhow::Result<AgentView> {
+        Ok(serde_json::from_str(
+            &self
+                .cp
+                .ternctl_ok(&["describe", "agent", name, "-o", "json"])?,
+        )?)
+    }
+
+    /// Waits for the rollout of `revision` to reach `phase`.
+    pub fn wait_phase(&self, revision: u64, phase: &str) -> anyhow::Result<DeploymentView> {
+        wait_for(
+            FLEET_TIMEOUT,
+            &format!("revision {revision} {phase}"),
+            || {
+                self.rollout().ok().filter(|d| {
+                    d.rollout
+                        .as_ref()
+                        .is_some_and(|r| r.target_revision == revision && r.phase == phase)
+                })
+            },
+        )
+    }
+
+    /// The reason `agent` reported for failing revision `revision`.
+    pub fn failure(&self, agent: &str, revision: u64) -> anyhow::Result<String> {
+        wait_for(FLEET_TIMEOUT, "the agent's failure report", || {
+            let view = self.agent_view(agent).ok()?;
+            view.pipelines
+                .iter()
+                .find(|p| p.phase.as_deref() == Some("Failed"))
+                .map(|p| p.message.clone())
+        })
+        .or_else(|e| {
+            let rollout = self.rollout()?;
+            anyhow::bail!("{e}: revision {revision}: {rollout:?}")
+        })
+    }
+
+    /// Sends one request to agent `i` (0-based); returns the HTTP status.
+    pub fn infer(&self, i: usize) -> anyhow::Result<u16> {
+        let body = serde_json::json!({
+            "inputs": [{"name": "logits", "shape": [3], "datatype": "FP32", "data": [0.5, 2.0, 1.0]}]
+        });
+        let (status, _) = http(
+            self.agents[i].api_addr()?,
+            "POST",
+            "/v2/models/scores/infer",
+            "application/json",
+            body.to_string().as_bytes(),
+        )?;
+        Ok(status)
+    }
+
+    /// Waits until `agent` serves `revision`.
+    pub fn wait_serving(&self, agent: &str, revision: u64) -> anyhow::Result<()> {
+        wait_for(
+            FLEET_TIMEOUT,
+            &format!("{agent} serving {revision}"),
+            || {
+                let view = self.agent_view(agent).ok()?;
+                view.pipelines
+                    .iter()
+                    .any(|p| p.serving == Some(revision))
+                    .then_some(())
+            },
+        )
+    }
+}
+
+/// Appends `value` as unsigned LEB128 (how wasm encodes section sizes).
+fn leb128(out: &mut Vec<u8>, mut value: u64) {
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
     }
 }

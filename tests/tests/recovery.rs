@@ -1,0 +1,110 @@
+//! Faults during deployments, with real processes: agents that are away, or killed with
+//! SIGKILL while downloading or loading, converge when they come back, and the revision they
+//! served keeps answering in between.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tern_e2e::{Agent, FLEET_TIMEOUT, Fleet};
+use tern_proto::api::AgentStatus;
+use tern_proto::release::SignedRelease;
+
+/// The digest of the release beside `file`.
+fn digest_of(file: &std::path::Path) -> anyhow::Result<String> {
+    let release: SignedRelease = serde_json::from_str(&std::fs::read_to_string(
+        tern_e2e::Publisher::release_file(file),
+    )?)?;
+    Ok(release.signed.digest.hex())
+}
+
+/// Polls `check` every few milliseconds (for short windows a `ternctl` call would miss).
+fn poll(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if check() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    anyhow::bail!("timed out waiting for {what}")
+}
+
+#[test]
+fn an_agent_offline_during_apply_converges_when_it_returns() -> anyhow::Result<()> {
+    let mut fleet = Fleet::start(2)?;
+    fleet.agents[1].process.terminate(Duration::from_secs(10))?;
+    fleet
+        .cp
+        .wait_status("edge-2", AgentStatus::NotReady, FLEET_TIMEOUT)?;
+    fleet.push(&fleet.topk("one", 0)?, 1)?;
+    fleet.apply("topk:1", 2)?;
+    // The agent that is away does not hold the rollout back.
+    fleet.wait_phase(1, "Complete")?;
+    assert_eq!(fleet.infer(0)?, 200);
+
+    fleet.agents[1] = Agent::run(fleet.tmp.path(), "edge-2")?;
+    fleet.wait_serving("edge-2", 1)?;
+    assert_eq!(fleet.infer(1)?, 200);
+    Ok(())
+}
+
+#[test]
+fn sigkill_during_download_resumes_and_the_old_revision_serves_meanwhile() -> anyhow::Result<()> {
+    let mut fleet = Fleet::start(1)?;
+    fleet.push(&fleet.topk("one", 0)?, 1)?;
+    fleet.apply("topk:1", 2)?;
+    fleet.wait_phase(1, "Complete")?;
+
+    let big = fleet.topk("big", 256 << 20)?;
+    fleet.push(&big, 2)?;
+    let digest = digest_of(&big)?;
+    let dir: PathBuf = fleet.agents[0].dir.join("artifacts");
+    let partial = dir.join("partial").join(&digest);
+    fleet.apply("topk:2", 2)?;
+    poll("the download to start", FLEET_TIMEOUT, || {
+        std::fs::metadata(&partial).is_ok_and(|m| m.len() > 0)
+    })?;
+    fleet.agents[0].process.kill();
+    let kept = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        kept > 0 && !dir.join(&digest).exists(),
+        "killed mid-download: {kept} bytes kept"
+    );
+
+    fleet.agents[0] = Agent::run(fleet.tmp.path(), "edge-1")?;
+    // The revision it served before answers as soon as the agent is up again.
+    let api = fleet.agents[0].api_addr()?;
+    poll("the local API", FLEET_TIMEOUT, || {
+        std::net::TcpStream::connect(api).is_ok()
+    })?;
+    assert_eq!(fleet.infer(0)?, 200);
+    fleet.wait_serving("edge-1", 2)?;
+    assert_eq!(fleet.infer(0)?, 200);
+    let log = fleet.agents[0].process.log_text();
+    assert!(log.contains("resuming download"), "{log}");
+    Ok(())
+}
+
+#[test]
+fn sigkill_while_loading_a_revision_converges_after_restart() -> anyhow::Result<()> {
+    let mut fleet = Fleet::start(1)?;
+    fleet.push(&fleet.topk("one", 0)?, 1)?;
+    fleet.apply("topk:1", 2)?;
+    fleet.wait_phase(1, "Complete")?;
+
+    let two = fleet.topk("two", 0)?;
+    fleet.push(&two, 2)?;
+    let artifact = fleet.agents[0].dir.join("artifacts").join(digest_of(&two)?);
+    fleet.apply("topk:2", 2)?;
+    // The artifact is verified and in place: loading and activation follow.
+    poll("the download to finish", FLEET_TIMEOUT, || {
+        artifact.exists()
+    })?;
+    fleet.agents[0].process.kill();
+
+    fleet.agents[0] = Agent::run(fleet.tmp.path(), "edge-1")?;
+    fleet.wait_serving("edge-1", 2)?;
+    fleet.wait_phase(2, "Complete")?;
+    assert_eq!(fleet.infer(0)?, 200);
+    Ok(())
+}
