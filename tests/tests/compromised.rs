@@ -1,0 +1,222 @@
+//! A compromised control plane: whoever holds its storage can send agents anything, and agents
+//! still refuse what the publishers and the offline root did not sign. Each case rewrites the
+//! stopped control plane's storage with the library that owns it, restarts it, and checks that
+//! the agent refuses, reports why, and keeps serving.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tern_control_plane::DataDir;
+use tern_control_plane::deploy::AgentDesired;
+use tern_control_plane::registry::Registry;
+use tern_control_plane::releases::ReleaseStore;
+use tern_e2e::{ControlPlane, FLEET_TIMEOUT, Fleet, path_str};
+use tern_proto::release::{ArtifactKind, Digest, Release};
+use tern_proto::signing::{SecretKey, Signed};
+use tern_proto::trust::TrustRoot;
+
+/// A fleet of one agent serving `topk:1` (committed).
+fn serving_fleet() -> anyhow::Result<Fleet> {
+    let fleet = Fleet::start(1)?;
+    fleet.push(&fleet.topk("one", 0)?, 1)?;
+    fleet.apply("topk:1", 2)?;
+    fleet.wait_phase(1, "Complete")?;
+    assert_eq!(fleet.infer(0)?, 200);
+    Ok(fleet)
+}
+
+/// Stops the control plane, lets `tamper` change its storage, starts it again.
+fn tamper_with(
+    cp: &mut ControlPlane,
+    tamper: impl FnOnce(&Registry, &ReleaseStore) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    if let Some(process) = cp.process.as_mut() {
+        process.terminate(Duration::from_secs(10))?;
+    }
+    {
+        let dir = DataDir::new(&cp.dir);
+        let registry = Registry::open(&dir.registry())?;
+        let store = ReleaseStore::open(registry.db(), &dir.artifacts())?;
+        tamper(&registry, &store)?;
+        registry.flush()?;
+    }
+    cp.serve()
+}
+
+/// Stores release `topk:version` of `file` signed by `keys`, with its artifact, past every check
+/// the control plane makes at push.
+fn plant_release(
+    store: &ReleaseStore,
+    file: &Path,
+    version: u64,
+    keys: &[&SecretKey],
+) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file)?;
+    let mut release = Signed::unsigned(Release {
+        name: "topk".into(),
+        kind: ArtifactKind::Plugin,
+        version,
+        digest: Digest::of(&bytes),
+        size: bytes.len() as u64,
+        created_ms: 0,
+        expires_ms: None,
+        annotations: Default::default(),
+    });
+    for key in keys {
+        release.sign(key);
+    }
+    store.put_release(&release)?;
+    store.append(&release.signed.digest, 0, &bytes)?;
+    Ok(())
+}
+
+fn key(fleet: &Fleet, name: &str) -> anyhow::Result<SecretKey> {
+    Ok(SecretKey::from_pem(&std::fs::read_to_string(
+        fleet.publisher.key(&format!("{name}.key")),
+    )?)?)
+}
+
+/// Waits until the agent reports a refusal; returns its text.
+fn refusal(fleet: &Fleet) -> anyhow::Result<String> {
+    tern_e2e::wait_for(FLEET_TIMEOUT, "the agent's refusal", || {
+        fleet.agent_view("edge-1").ok()?.refused
+    })
+}
+
+#[test]
+fn rejects_release_signed_by_an_unknown_key() -> anyhow::Result<()> {
+    let mut fleet = serving_fleet()?;
+    let file = fleet.topk("planted", 0)?;
+    let stranger = SecretKey::generate();
+    tamper_with(&mut fleet.cp, |_, store| {
+        plant_release(store, &file, 2, &[&stranger])
+    })?;
+    fleet.apply("topk:2", 2)?;
+    let reason = fleet.failure("edge-1", 2)?;
+    assert!(reason.contains("signed by 0 trusted key"), "{reason}");
+    fleet.wait_phase(2, "RolledBack")?;
+    assert_eq!(fleet.infer(0)?, 200);
+    Ok(())
+}
+
+#[test]
+fn rejects_release_with_fewer_signatures_than_the_threshold() -> anyhow::Result<()> {
+    let mut fleet = serving_fleet()?;
+    // The root rotates the trust root to two publishers, both required.
+    let second = fleet.publisher.key("second");
+    fleet
+        .cp
+        .ternctl_ok(&["keys", "generate", "--out", &path_str(&second)?])?;
+    fleet.cp.ternctl_ok(&[
+        "trust",
+        "rotate",
+        "--root-key",
+        &path_str(&fleet.publisher.key("root.key"))?,
+        "--publisher",
+        &path_str(&fleet.publisher.key("publisher.pub"))?,
+        "--publisher",
+        &path_str(&fleet.publisher.key("second.pub"))?,
+        "--threshold",
+        "2",
+        "--out",
+        &path_str(&fleet.tmp.path().join("trust-v2.json"))?,
+    ])?;
+    // The control plane itself refuses a release with one signature...
+    let one = fleet.topk("one-signature", 0)?;
+    let pushed = fleet
+        .publisher
+        .sign_and_push(&fleet.cp, &one, "plugin", "topk", 2);
+    let error = pushed.expect_err("one signature of two");
+    assert!(
+        error
+            .to_string()
+            .contains("signed by 1 trusted key(s); 2 required"),
+        "{error}"
+    );
+    // ...so a compromised one plants it.
+    let publisher = key(&fleet, "publisher")?;
+    tamper_with(&mut fleet.cp, |_, store| {
+        plant_release(store, &one, 2, &[&publisher])
+    })?;
+    fleet.apply("topk:2", 2)?;
+    let reason = fleet.failure("edge-1", 2)?;
+    assert!(
+        reason.contains("signed by 1 trusted key(s); 2 required"),
+        "{reason}"
+    );
+    fleet.wait_phase(2, "RolledBack")?;
+    assert_eq!(fleet.infer(0)?, 200);
+    Ok(())
+}
+
+#[test]
+fn rejects_trust_root_not_signed_by_the_current_root() -> anyhow::Result<()> {
+    let mut fleet = serving_fleet()?;
+    let attacker = SecretKey::generate();
+    let mut forged = Signed::unsigned(TrustRoot {
+        version: 2,
+        root_keys: vec![attacker.public()],
+        root_threshold: 1,
+        publishers: vec![attacker.public()],
+        threshold: 1,
+        created_ms: 0,
+    });
+    forged.sign(&attacker);
+    tamper_with(&mut fleet.cp, |registry, _| {
+        registry
+            .db()
+            .open_tree("trust")?
+            .insert("root", serde_json::to_vec(&forged)?)?;
+        Ok(())
+    })?;
+    let reason = refusal(&fleet)?;
+    assert!(
+        reason.contains("not signed by the current root keys"),
+        "{reason}"
+    );
+    assert_eq!(fleet.infer(0)?, 200);
+    // The attacker's own release is still refused: the agent kept its trust root.
+    let file = fleet.topk("attacker", 0)?;
+    tamper_with(&mut fleet.cp, |_, store| {
+        plant_release(store, &file, 2, &[&attacker])
+    })?;
+    fleet.apply("topk:2", 2)?;
+    let reason = fleet.failure("edge-1", 2)?;
+    assert!(reason.contains("signed by 0 trusted key"), "{reason}");
+    Ok(())
+}
+
+#[test]
+fn rejects_a_replayed_older_desired_state_generation() -> anyhow::Result<()> {
+    let mut fleet = serving_fleet()?;
+    // A second rollout, so that the agent has applied several generations.
+    fleet.apply("topk:1", 3)?;
+    fleet.wait_phase(2, "Complete")?;
+    let applied = tern_e2e::wait_for(FLEET_TIMEOUT, "the committed generation applied", || {
+        let view = fleet.agent_view("edge-1").ok()?;
+        view.applied_generation
+            .filter(|&g| Some(g) == view.desired_generation && g >= 4)
+    })?;
+    let id = fleet.agent_view("edge-1")?.id;
+    // The control plane's record is rolled back to an old generation that ran nothing: what it
+    // sends next (generation 1, then 2 for the pipeline again) is older than what was applied.
+    tamper_with(&mut fleet.cp, |registry, _| {
+        let old = AgentDesired {
+            generation: 1,
+            pipelines: Default::default(),
+            trust_version: Some(1),
+        };
+        registry
+            .db()
+            .open_tree("desired")?
+            .insert(id.as_bytes(), serde_json::to_vec(&old)?)?;
+        Ok(())
+    })?;
+    let reason = refusal(&fleet)?;
+    assert!(
+        reason.contains(&format!("older than generation {applied}")),
+        "{reason}"
+    );
+    assert_eq!(fleet.infer(0)?, 200, "still serving");
+    Ok(())
+}
