@@ -4,6 +4,8 @@
 //! The binaries must be built first (`cargo xtask test` does it); they are found next to the test
 //! executable's directory, in the same target profile.
 
+pub mod assets;
+
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
