@@ -35,10 +35,13 @@ pub fn bin(name: &str) -> PathBuf {
 /// A plugin component built by `cargo xtask test` (dev profile, wasm32-wasip2), e.g. `topk`.
 pub fn component(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let target = exe.ancestors().nth(3).expect("target directory");
-    let path = target
-        .join("wasm32-wasip2/debug")
-        .join(format!("{}.wasm", name.replace('-', "_")));
+    let file = format!("{}.wasm", name.replace('-', "_"));
+    // target/debug/deps/<test> or target/debug/<bin>: the target directory is an ancestor.
+    let path = exe
+        .ancestors()
+        .map(|dir| dir.join("wasm32-wasip2/debug").join(&file))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("target/wasm32-wasip2/debug").join(&file));
     assert!(
         path.exists(),
         "{} is missing: run `cargo xtask test` (it builds the plugins)",
@@ -674,9 +677,16 @@ impl Fleet {
     }
 
     pub fn rollout(&self) -> anyhow::Result<DeploymentView> {
-        Ok(serde_json::from_str(&self.cp.ternctl_ok(&[
-            "rollout", "status", "scores", "-o", "json",
-        ])?)?)
+        self.deployment("scores")
+    }
+
+    /// `ternctl rollout status NAME -o json`.
+    pub fn deployment(&self, name: &str) -> anyhow::Result<DeploymentView> {
+        Ok(serde_json::from_str(
+            &self
+                .cp
+                .ternctl_ok(&["rollout", "status", name, "-o", "json"])?,
+        )?)
     }
 
     /// `ternctl describe agent NAME -o json`.
@@ -688,13 +698,23 @@ impl Fleet {
         )?)
     }
 
-    /// Waits for the rollout of `revision` to reach `phase`.
+    /// Waits for the rollout of `revision` of the `scores` deployment to reach `phase`.
     pub fn wait_phase(&self, revision: u64, phase: &str) -> anyhow::Result<DeploymentView> {
+        self.wait_deployment("scores", revision, phase)
+    }
+
+    /// Waits for the rollout of `revision` of deployment `name` to reach `phase`.
+    pub fn wait_deployment(
+        &self,
+        name: &str,
+        revision: u64,
+        phase: &str,
+    ) -> anyhow::Result<DeploymentView> {
         wait_for(
             FLEET_TIMEOUT,
-            &format!("revision {revision} {phase}"),
+            &format!("{name} revision {revision} {phase}"),
             || {
-                self.rollout().ok().filter(|d| {
+                self.deployment(name).ok().filter(|d| {
                     d.rollout
                         .as_ref()
                         .is_some_and(|r| r.target_revision == revision && r.phase == phase)

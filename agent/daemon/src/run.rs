@@ -54,7 +54,7 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
     let identity = Identity::from_pem(&dir.read(&dir.cert())?, &dir.read(&dir.key())?)?;
     let ca_pem = dir.read(&dir.ca())?;
     let transport =
-        tern_transport::quic::transport_config(LINK_IDLE_TIMEOUT, Some(LINK_KEEP_ALIVE));
+        tern_transport::quic::agent_transport_config(LINK_IDLE_TIMEOUT, Some(LINK_KEEP_ALIVE));
     let client = tern_transport::tls::quic_client(&ca_pem, identity, transport)?;
 
     let listener = TcpListener::bind(config.listen_api)

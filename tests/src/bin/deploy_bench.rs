@@ -1,0 +1,450 @@
+//! `deploy-bench`: the deployment measurements, each beside a reference taken in the same run.
+//!
+//! - `push`: a 100 MB model pushed to N agents on loopback: aggregate transfer throughput
+//!   (from the control plane's per-transfer log lines), time from `apply` to every agent
+//!   serving, and the control plane's CPU per GB sent; beside a raw TCP fan-out of the same
+//!   bytes to the same number of receivers (no TLS, no protocol: what the machine does).
+//! - `local-api`: latency of a pipeline with one trivial plugin (echo) on an agent's local API,
+//!   beside a bare HTTP echo on the same server stack (axum on hyper), requests interleaved.
+//!
+//! Run with `cargo run -p tern-e2e --bin deploy-bench -- <command>` after `cargo xtask test`
+//! built the binaries and plugins.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use tern_e2e::{FLEET_TIMEOUT, Fleet, component, cpu_time, path_str, wait_for};
+
+#[derive(Debug, Parser)]
+#[command(about = "Measurements of Tern deployments")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Push a model to many agents.
+    Push {
+        #[arg(long, default_value_t = 10)]
+        agents: usize,
+        /// Model size in MB (10^6 bytes).
+        #[arg(long, default_value_t = 100)]
+        megabytes: u64,
+    },
+    /// Local API latency with a trivial plugin, beside a bare HTTP echo.
+    LocalApi {
+        #[arg(long, default_value_t = 5000)]
+        requests: usize,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Push { agents, megabytes } => push(agents, megabytes),
+        Cmd::LocalApi { requests } => local_api(requests),
+    }
+}
+
+/// An ONNX model of about `bytes` bytes: one Gemm with an n×n weight.
+fn big_model(bytes: u64) -> Vec<u8> {
+    use prost::Message;
+    use tern_infer::onnx_pb as pb;
+    let n = ((bytes / 4) as f64).sqrt() as i64;
+    let info = |name: &str, dims: &[i64]| {
+        use pb::tensor_shape_proto::{Dimension, dimension::Value};
+        pb::ValueInfoProto {
+            name: name.into(),
+            r#type: Some(pb::TypeProto {
+                value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                    elem_type: 1,
+                    shape: Some(pb::TensorShapeProto {
+                        dim: dims
+                            .iter()
+                            .map(|&d| Dimension {
+                                value: Some(Value::DimValue(d)),
+                                ..Default::default()
+                            })
+                            .collect(),
+                    }),
+                })),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    };
+    let weight: Vec<u8> = (0..n * n)
+        .flat_map(|i| (((i % 97) as f32 - 48.0) / 4096.0).to_le_bytes())
+        .collect();
+    pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
+        graph: Some(pb::GraphProto {
+            name: "big".into(),
+            node: vec![pb::NodeProto {
+                op_type: "MatMul".into(),
+                name: "matmul".into(),
+                input: vec!["x".into(), "w".into()],
+                output: vec!["y".into()],
+                ..Default::default()
+            }],
+            input: vec![info("x", &[1, n])],
+            output: vec![info("y", &[1, n])],
+            initializer: vec![pb::TensorProto {
+                name: "w".into(),
+                dims: vec![n, n],
+                data_type: 1,
+                raw_data: weight,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// One transfer from the control plane's log: when it ended and how long it took.
+struct Transfer {
+    end: std::time::SystemTime,
+    elapsed: Duration,
+    bytes: u64,
+}
+
+fn field(line: &str, key: &str) -> Option<u64> {
+    let at = line.find(&format!("{key}="))? + key.len() + 1;
+    line[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn transfers(log: &str) -> Vec<Transfer> {
+    log.lines()
+        .filter(|l| l.contains("artifact sent"))
+        .filter_map(|l| {
+            let stamp = l.split_whitespace().next()?;
+            Some(Transfer {
+                end: humantime::parse_rfc3339_weak(stamp.trim_end_matches('Z'))
+                    .or_else(|_| humantime::parse_rfc3339(stamp))
+                    .ok()?,
+                elapsed: Duration::from_millis(field(l, "elapsed_ms")?),
+                bytes: field(l, "bytes")?,
+            })
+        })
+        .collect()
+}
+
+fn push(agents: usize, megabytes: u64) -> anyhow::Result<()> {
+    let size = megabytes * 1_000_000;
+    println!("starting a control plane and {agents} agents");
+    let fleet = Fleet::start(agents)?;
+    let model = fleet.tmp.path().join("big.onnx");
+    std::fs::write(&model, big_model(size))?;
+    let actual = std::fs::metadata(&model)?.len();
+    let upload = Instant::now();
+    fleet
+        .publisher
+        .sign_and_push(&fleet.cp, &model, "model", "big", 1)?;
+    let upload = upload.elapsed();
+    let manifest = fleet.tmp.path().join("big.yaml");
+    std::fs::write(
+        &manifest,
+        r#"apiVersion: tern.dev/v1alpha1
+kind: Pipeline
+metadata: { name: big }
+spec:
+  steps:
+    - name: model
+      model: big:1
+      device: cpu
+---
+apiVersion: tern.dev/v1alpha1
+kind: Deployment
+metadata: { name: big }
+spec:
+  pipeline: big
+  rollout: { healthWindowSeconds: 0 }
+"#,
+    )?;
+    let pid = fleet.cp.process.as_ref().context("control plane")?.pid();
+    let cpu_before = cpu_time(pid)?;
+    let applied = Instant::now();
+    fleet
+        .cp
+        .ternctl_ok(&["apply", "-f", &path_str(&manifest)?])?;
+    if let Err(e) = fleet.wait_deployment("big", 1, "Complete") {
+        let status = fleet.cp.ternctl_ok(&["rollout", "status", "big"])?;
+        bail!("{e}\n{status}");
+    }
+    let to_ready = applied.elapsed();
+    let cpu = cpu_time(pid)?.saturating_sub(cpu_before);
+
+    let sent = transfers(&fleet.cp.log_text());
+    if sent.len() < agents {
+        bail!("{} transfers logged, {agents} expected", sent.len());
+    }
+    let first_start = sent
+        .iter()
+        .map(|t| t.end - t.elapsed)
+        .min()
+        .context("no transfer")?;
+    let last_end = sent.iter().map(|t| t.end).max().context("no transfer")?;
+    let window = last_end.duration_since(first_start).unwrap_or_default();
+    let bytes: u64 = sent.iter().map(|t| t.bytes).sum();
+    let ours = bytes as f64 / window.as_secs_f64() / 1e6;
+    let gb = bytes as f64 / 1e9;
+
+    let (raw_window, raw_bytes) = raw_fanout(&model, agents, fleet.tmp.path())?;
+    let raw = raw_bytes as f64 / raw_window.as_secs_f64() / 1e6;
+
+    println!(
+        "\nmodel: {actual} bytes; upload with ternctl push: {:.2} s ({:.0} MB/s)",
+        upload.as_secs_f64(),
+        actual as f64 / upload.as_secs_f64() / 1e6
+    );
+    println!(
+        "| measure | tern (QUIC, mTLS, verified) | raw TCP fan-out (reference) | tern / raw |"
+    );
+    println!("| --- | --- | --- | --- |");
+    println!(
+        "| aggregate throughput to {agents} agents | {ours:.0} MB/s ({bytes} B in {:.2} s) | {raw:.0} MB/s ({:.2} s) | {:.2} |",
+        window.as_secs_f64(),
+        raw_window.as_secs_f64(),
+        ours / raw
+    );
+    println!(
+        "| apply → all {agents} agents serving | {:.2} s | | |",
+        to_ready.as_secs_f64()
+    );
+    println!(
+        "| control plane CPU per GB sent | {:.2} s ({:.2} s for {gb:.2} GB, apply to ready) | | |",
+        cpu.as_secs_f64() / gb,
+        cpu.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Sends `file` to `receivers` loopback TCP receivers at once, each writing to disk and hashing
+/// as the agents do; returns the wall time and the bytes received.
+fn raw_fanout(file: &Path, receivers: usize, dir: &Path) -> anyhow::Result<(Duration, u64)> {
+    use sha2::Digest as _;
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for i in 0..receivers {
+        let out = dir.join(format!("raw-{i}"));
+        handles.push(std::thread::spawn(move || -> anyhow::Result<u64> {
+            let mut stream = TcpStream::connect(addr)?;
+            let mut sink = std::fs::File::create(&out)?;
+            let mut hasher = sha2::Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut total = 0u64;
+            loop {
+                let n = stream.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                sink.write_all(&buf[..n])?;
+                hasher.update(&buf[..n]);
+                total += n as u64;
+            }
+            sink.sync_all()?;
+            let _ = hasher.finalize();
+            Ok(total)
+        }));
+    }
+    let mut senders = Vec::new();
+    for _ in 0..receivers {
+        let (mut stream, _) = listener.accept()?;
+        let file = file.to_owned();
+        senders.push(std::thread::spawn(move || -> anyhow::Result<()> {
+            let mut source = std::fs::File::open(file)?;
+            std::io::copy(&mut source, &mut stream)?;
+            Ok(())
+        }));
+    }
+    for s in senders {
+        s.join().map_err(|_| anyhow::anyhow!("sender panicked"))??;
+    }
+    let mut bytes = 0;
+    for h in handles {
+        bytes += h
+            .join()
+            .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
+    }
+    Ok((start.elapsed(), bytes))
+}
+
+/// A keep-alive HTTP/1.1 client on one connection.
+struct Client {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
+    /// POSTs `body`; returns the status.
+    fn post(&mut self, path: &str, body: &[u8]) -> anyhow::Result<u16> {
+        write!(
+            self.stream,
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )?;
+        self.stream.write_all(body)?;
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).to_ascii_lowercase();
+                let status = head
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .context("status")?;
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .context("content-length")?;
+                while self.buf.len() < end + 4 + length {
+                    let n = self.stream.read(&mut chunk)?;
+                    if n == 0 {
+                        bail!("connection closed");
+                    }
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+                self.buf.drain(..end + 4 + length);
+                return Ok(status);
+            }
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                bail!("connection closed");
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * p).round() as usize)
+        .copied()
+        .unwrap_or_default()
+}
+
+/// A bare HTTP echo on axum, in this process.
+fn echo_server() -> anyhow::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    listener.set_nonblocking(true)?;
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            let router = axum::Router::new().route(
+                "/echo",
+                axum::routing::post(|body: axum::body::Bytes| async move {
+                    ([(axum::http::header::CONTENT_TYPE, "text/plain")], body)
+                }),
+            );
+            let _ = axum::serve(listener, router).await;
+        });
+    });
+    Ok(addr)
+}
+
+fn local_api(requests: usize) -> anyhow::Result<()> {
+    println!("starting a control plane and one agent");
+    let fleet = Fleet::start(1)?;
+    let plugin = fleet.tmp.path().join("echo.wasm");
+    std::fs::copy(component("hostile-fixture"), &plugin)?;
+    fleet
+        .publisher
+        .sign_and_push(&fleet.cp, &plugin, "plugin", "echo", 1)?;
+    let manifest = fleet.tmp.path().join("echo.yaml");
+    std::fs::write(
+        &manifest,
+        r#"apiVersion: tern.dev/v1alpha1
+kind: Pipeline
+metadata: { name: echo }
+spec:
+  steps:
+    - name: echo
+      plugin: echo:1
+      config: { mode: echo }
+---
+apiVersion: tern.dev/v1alpha1
+kind: Deployment
+metadata: { name: echo }
+spec:
+  pipeline: echo
+  rollout: { healthWindowSeconds: 0 }
+"#,
+    )?;
+    fleet
+        .cp
+        .ternctl_ok(&["apply", "-f", &path_str(&manifest)?])?;
+    fleet.wait_serving("edge-1", 1)?;
+    let agent = fleet.agents[0].api_addr()?;
+    let echo = echo_server()?;
+    wait_for(FLEET_TIMEOUT, "the echo server", || {
+        TcpStream::connect(echo).ok()
+    })?;
+
+    let body = vec![b'x'; 64];
+    let mut tern = Client::connect(agent)?;
+    let mut bare = Client::connect(echo)?;
+    for _ in 0..200 {
+        tern.post("/v1/pipelines/echo/infer", &body)?;
+        bare.post("/echo", &body)?;
+    }
+    let (mut ours, mut reference) = (Vec::new(), Vec::new());
+    for _ in 0..requests {
+        let t = Instant::now();
+        let status = tern.post("/v1/pipelines/echo/infer", &body)?;
+        ours.push(t.elapsed());
+        if status != 200 {
+            bail!("the pipeline answered {status}");
+        }
+        let t = Instant::now();
+        bare.post("/echo", &body)?;
+        reference.push(t.elapsed());
+    }
+    ours.sort();
+    reference.sort();
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    println!("\n{requests} requests each, 64-byte body, one keep-alive connection, interleaved");
+    println!("| percentile | pipeline with one echo plugin | bare HTTP echo (axum) | overhead |");
+    println!("| --- | --- | --- | --- |");
+    for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
+        let (a, b) = (percentile(&ours, p), percentile(&reference, p));
+        println!(
+            "| {name} | {:.0} µs | {:.0} µs | {:.0} µs |",
+            us(a),
+            us(b),
+            us(a) - us(b)
+        );
+    }
+    Ok(())
+}
