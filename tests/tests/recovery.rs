@@ -108,3 +108,25 @@ fn sigkill_while_loading_a_revision_converges_after_restart() -> anyhow::Result<
     assert_eq!(fleet.infer(0)?, 200);
     Ok(())
 }
+
+#[test]
+fn agents_keep_serving_while_the_control_plane_is_away() -> anyhow::Result<()> {
+    let mut fleet = Fleet::start(1)?;
+    fleet.push(&fleet.topk("one", 0)?, 1)?;
+    fleet.apply("topk:1", 2)?;
+    fleet.wait_phase(1, "Complete")?;
+    if let Some(process) = fleet.cp.process.as_mut() {
+        process.kill();
+    }
+    for _ in 0..20 {
+        assert_eq!(fleet.infer(0)?, 200);
+    }
+    // And when it comes back, the agent reconnects and reports what it serves.
+    fleet.cp.serve()?;
+    fleet
+        .cp
+        .wait_status("edge-1", AgentStatus::Ready, FLEET_TIMEOUT)?;
+    fleet.wait_serving("edge-1", 1)?;
+    assert_eq!(fleet.infer(0)?, 200);
+    Ok(())
+}
