@@ -269,3 +269,55 @@ fn a_plugin_that_traps_in_canary_wave_one_is_rolled_back_and_wave_two_never_star
     assert!(status_text.contains("RolledBack"), "{status_text}");
     Ok(())
 }
+
+#[test]
+fn a_warmup_sample_stops_a_broken_revision_before_it_takes_traffic() -> anyhow::Result<()> {
+    let fleet = tern_e2e::Fleet::start(1)?;
+    fleet.push(&fleet.topk("one", 0)?, 1)?;
+    let hostile = fleet.tmp.path().join("hostile.wasm");
+    std::fs::copy(component("hostile-fixture"), &hostile)?;
+    fleet
+        .publisher
+        .sign_and_push(&fleet.cp, &hostile, "plugin", "hostile", 1)?;
+    let manifest = |plugin: &str, config: &str| {
+        format!(
+            r#"apiVersion: tern.dev/v1alpha1
+kind: Pipeline
+metadata: {{ name: scores }}
+spec:
+  warmup:
+    inputs: [{{ name: logits, shape: [3], datatype: FP32, data: [0.5, 2.0, 1.0] }}]
+  steps:
+    - name: post
+      plugin: {plugin}
+      config: {config}
+---
+apiVersion: tern.dev/v1alpha1
+kind: Deployment
+metadata: {{ name: scores }}
+spec:
+  pipeline: scores
+  rollout: {{ healthWindowSeconds: 0 }}
+"#
+        )
+    };
+    let file = fleet.tmp.path().join("warm.yaml");
+    std::fs::write(&file, manifest("topk:1", "{ k: 2 }"))?;
+    fleet.cp.ternctl_ok(&["apply", "-f", &path_str(&file)?])?;
+    fleet.wait_phase(1, "Complete")?;
+
+    std::fs::write(&file, manifest("hostile:1", "{ mode: panic }"))?;
+    fleet.cp.ternctl_ok(&["apply", "-f", &path_str(&file)?])?;
+    let reason = fleet.failure("edge-1", 2)?;
+    assert!(reason.contains("warm-up failed: step post"), "{reason}");
+    let rolled = fleet.wait_phase(2, "RolledBack")?;
+    let rollout = rolled.rollout.expect("rollout");
+    assert!(
+        rollout
+            .reason
+            .unwrap_or_default()
+            .contains("could not run revision 2")
+    );
+    assert_eq!(fleet.infer(0)?, 200, "revision 1 never stopped serving");
+    Ok(())
+}

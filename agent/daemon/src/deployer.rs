@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tern_plugin_host::{PluginEngine, StepLimits};
+use tern_plugin_host::{Blob, Payload, PluginEngine, StepLimits};
 use tern_proto::AgentMessage;
-use tern_proto::desired::DesiredPipeline;
+use tern_proto::desired::{DesiredPipeline, Warmup};
 use tern_proto::message::{HealthReport, SignedDesiredState, StatusReport};
 use tern_proto::release::{ArtifactKind, Digest, SignedRelease};
 use tern_proto::signing::PublicKey;
@@ -48,12 +48,44 @@ pub struct Deployer {
     pub outbox: mpsc::Sender<AgentMessage>,
 }
 
-/// Loads a pipeline revision from verified artifacts (blocking: compiles and plans).
+/// Why a revision could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadFailure {
+    #[error(transparent)]
+    Step(#[from] StepError),
+    #[error("warm-up failed: {0}")]
+    Warmup(StepError),
+    #[error("warm-up sample is invalid: {0}")]
+    Sample(String),
+}
+
+/// The warm-up sample as a payload.
+fn warmup_payload(warmup: &Warmup) -> Result<Payload, LoadFailure> {
+    match warmup {
+        Warmup::Blob { media_type, data } => Ok(Payload::Bytes(Blob {
+            media_type: media_type.clone(),
+            data: data.clone(),
+        })),
+        Warmup::Tensors(json) => {
+            let inputs: Vec<crate::oip::RequestTensor> =
+                serde_json::from_str(json).map_err(|e| LoadFailure::Sample(e.to_string()))?;
+            inputs
+                .iter()
+                .map(crate::oip::tensor_from_request)
+                .collect::<Result<Vec<_>, _>>()
+                .map(Payload::Tensors)
+                .map_err(LoadFailure::Sample)
+        }
+    }
+}
+
+/// Loads a pipeline revision from verified artifacts (blocking: compiles and plans), and runs
+/// the warm-up sample through it when the manifest gives one.
 pub fn load(
     store: &AgentStore,
     engine: &PluginEngine,
     desired: &DesiredPipeline,
-) -> Result<ServedPipeline, StepError> {
+) -> Result<ServedPipeline, LoadFailure> {
     let mut steps = Vec::new();
     for step in &desired.steps {
         let release = &step.release.signed;
@@ -78,10 +110,16 @@ pub fn load(
             ArtifactKind::Model => PipelineStep::model(&step.name, &bytes, step.device)?,
         });
     }
+    let pipeline = LoadedPipeline { steps };
+    if let Some(warmup) = &desired.warmup {
+        pipeline
+            .run(warmup_payload(warmup)?)
+            .map_err(LoadFailure::Warmup)?;
+    }
     Ok(ServedPipeline::new(
         &desired.name,
         desired.revision,
-        LoadedPipeline { steps },
+        pipeline,
     ))
 }
 

@@ -431,6 +431,7 @@ mod tests {
                 name: "p".into(),
                 revision,
                 committed,
+                warmup: None,
                 steps: vec![DesiredStep {
                     name: "post".into(),
                     release: self.release("topk", version, &self.publisher),

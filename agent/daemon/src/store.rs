@@ -208,6 +208,7 @@ mod tests {
                     revision: 4,
                     steps: vec![],
                     committed: true,
+                    warmup: None,
                 })
                 .expect("activate");
             let digest = Digest::of(b"x");

@@ -9,7 +9,39 @@ use tern_proto::manifest::{self, Resource};
 use tern_transport::https::HttpsClient;
 
 fn read(file: &Path) -> anyhow::Result<(Vec<String>, Vec<Resource>)> {
-    Ok(manifest::resources_from_file(file)?.into_iter().unzip())
+    let (sources, mut resources): (Vec<String>, Vec<Resource>) =
+        manifest::resources_from_file(file)?.into_iter().unzip();
+    let base = file.parent().unwrap_or(Path::new("."));
+    for resource in &mut resources {
+        inline_warmup(resource, base)?;
+    }
+    Ok((sources, resources))
+}
+
+/// Reads a pipeline's `warmup.file` (relative to the manifest) into `dataBase64`.
+fn inline_warmup(resource: &mut Resource, base: &Path) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    let Resource::Pipeline(pipeline) = resource else {
+        return Ok(());
+    };
+    let Some(warmup) = pipeline.spec.warmup.as_mut() else {
+        return Ok(());
+    };
+    let Some(file) = warmup.file.take() else {
+        return Ok(());
+    };
+    let path = base.join(&file);
+    let bytes = std::fs::read(&path)
+        .with_context(|| format!("failed to read the warm-up sample {}", path.display()))?;
+    if bytes.len() > manifest::MAX_WARMUP_BYTES {
+        anyhow::bail!(
+            "warm-up sample {} is over {} bytes",
+            path.display(),
+            manifest::MAX_WARMUP_BYTES
+        );
+    }
+    warmup.data_base64 = Some(base64::engine::general_purpose::STANDARD.encode(bytes));
+    Ok(())
 }
 
 /// `apply -f` (or `diff -f` with `dry_run`).

@@ -41,6 +41,19 @@ pub struct DesiredPipeline {
     /// floors. Until then the agent runs it on trial, and a rollback to the revision before it
     /// stays possible.
     pub committed: bool,
+    /// Run once through the loaded revision before it takes traffic; a failure refuses it.
+    pub warmup: Option<Warmup>,
+}
+
+/// A warm-up sample.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Warmup {
+    Blob {
+        media_type: String,
+        data: Vec<u8>,
+    },
+    /// Open Inference Protocol request tensors, as JSON text.
+    Tensors(String),
 }
 
 /// One step of a desired pipeline, with the release it runs.

@@ -120,6 +120,19 @@ pub fn apply(
             continue;
         };
         let name = pipeline.metadata.name.clone();
+        if pipeline
+            .spec
+            .warmup
+            .as_ref()
+            .is_some_and(|w| w.file.is_some())
+        {
+            return Err(manifest_error(
+                source(i),
+                "spec.warmup.file".into(),
+                "a local file cannot be read here; send the sample as `dataBase64` (ternctl does)"
+                    .into(),
+            ));
+        }
         let pinned = pin(releases, pipeline, source(i))?;
         let existing = catalog.pipeline(&name)?;
         let (action, revision) = match &existing {

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
-use tern_proto::desired::{DesiredPipeline, DesiredState, DesiredStep};
+use tern_proto::desired::{DesiredPipeline, DesiredState, DesiredStep, Warmup};
 use tern_proto::manifest::{ArtifactRef, StepKind};
 use tern_proto::message::{PipelinePhase, SignedDesiredState};
 use tracing::{info, warn};
@@ -210,6 +210,7 @@ pub(crate) fn build(
             revision,
             steps,
             committed,
+            warmup: pipeline.manifest.spec.warmup.as_ref().and_then(warmup),
         });
     }
     let state = DesiredState {
@@ -220,6 +221,21 @@ pub(crate) fn build(
         pipelines,
     };
     Ok(state.sign(&shared.online_key))
+}
+
+/// The warm-up sample of a manifest (validated when applied; `file` was inlined by ternctl).
+fn warmup(spec: &tern_proto::manifest::WarmupSpec) -> Option<Warmup> {
+    use base64::Engine as _;
+    if let Some(inputs) = &spec.inputs {
+        return Some(Warmup::Tensors(inputs.to_string()));
+    }
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(spec.data_base64.as_ref()?)
+        .ok()?;
+    Some(Warmup::Blob {
+        media_type: spec.media_type.clone()?,
+        data,
+    })
 }
 
 /// The current desired state of an agent, signed for sending (on connect).

@@ -48,6 +48,81 @@ pub struct Pipeline {
 #[serde(deny_unknown_fields)]
 pub struct PipelineSpec {
     pub steps: Vec<StepSpec>,
+    /// A sample input run once through every new revision before it takes traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<WarmupSpec>,
+}
+
+/// Largest warm-up input a manifest may carry.
+pub const MAX_WARMUP_BYTES: usize = 1 << 20;
+
+/// `spec.warmup`: a blob (`mediaType` with `dataBase64`, or with `file`, which `ternctl`
+/// reads relative to the manifest and sends inline) or Open Inference Protocol `inputs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WarmupSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_base64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// v2 request tensors: `[{name, shape, datatype, data}]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<serde_json::Value>,
+}
+
+impl WarmupSpec {
+    fn validate(&self, file: &str) -> Result<(), ManifestError> {
+        let given = [
+            self.data_base64.is_some(),
+            self.file.is_some(),
+            self.inputs.is_some(),
+        ];
+        if given.iter().filter(|g| **g).count() != 1 {
+            return Err(error(
+                file,
+                "spec.warmup",
+                "expected exactly one of `dataBase64`, `file` or `inputs`",
+            ));
+        }
+        if self.inputs.is_none() && self.media_type.is_none() {
+            return Err(error(
+                file,
+                "spec.warmup.mediaType",
+                "expected the media type of the sample",
+            ));
+        }
+        if let Some(data) = &self.data_base64 {
+            use base64::Engine as _;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .map_err(|e| {
+                    error(
+                        file,
+                        "spec.warmup.dataBase64",
+                        format!("expected base64: {e}"),
+                    )
+                })?;
+            if bytes.len() > MAX_WARMUP_BYTES {
+                return Err(error(
+                    file,
+                    "spec.warmup.dataBase64",
+                    format!("expected at most {MAX_WARMUP_BYTES} bytes"),
+                ));
+            }
+        }
+        if let Some(inputs) = &self.inputs
+            && (!inputs.is_array() || inputs.to_string().len() > MAX_WARMUP_BYTES)
+        {
+            return Err(error(
+                file,
+                "spec.warmup.inputs",
+                format!("expected an array of tensors, at most {MAX_WARMUP_BYTES} bytes of JSON"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Where a model step runs.
@@ -346,6 +421,9 @@ impl Pipeline {
         if self.spec.steps.is_empty() {
             return Err(error(file, "spec.steps", "expected at least one step"));
         }
+        if let Some(warmup) = &self.spec.warmup {
+            warmup.validate(file)?;
+        }
         let mut names = BTreeSet::new();
         for (i, step) in self.spec.steps.iter().enumerate() {
             let at = |field: &str| format!("spec.steps[{i}]{field}");
@@ -496,6 +574,27 @@ spec: {}
             "tern.dev/v2\nkind: Pipeline",
         ));
         assert_eq!(e.path, "apiVersion");
+
+        let with_warmup = |w: &str| {
+            GOOD.replace(
+                "spec:\n  steps:",
+                &format!("spec:\n  warmup: {w}\n  steps:"),
+            )
+        };
+        Pipeline::parse(
+            &with_warmup("{ mediaType: text/plain, dataBase64: aGk= }"),
+            "w.yaml",
+        )
+        .expect("a blob sample");
+        Pipeline::parse(&with_warmup("{ inputs: [] }"), "w.yaml").expect("tensors");
+        let e = err(&with_warmup("{ dataBase64: aGk= }"));
+        assert_eq!(e.path, "spec.warmup.mediaType");
+        let e = err(&with_warmup(
+            "{ mediaType: a/b, dataBase64: aGk=, file: x.png }",
+        ));
+        assert_eq!(e.path, "spec.warmup");
+        let e = err(&with_warmup("{ mediaType: a/b, dataBase64: '***' }"));
+        assert_eq!(e.path, "spec.warmup.dataBase64");
 
         let e = err("kind: Deployment\n");
         assert!(e.message.contains("no document of kind Pipeline"));
