@@ -33,7 +33,8 @@ fn weights(version: u64) -> Vec<([f32; 3], f32)> {
     w
 }
 
-fn info(name: &str, shape: &[i64]) -> pb::ValueInfoProto {
+/// A float tensor's name and shape, as ONNX declares graph inputs and outputs.
+pub fn info(name: &str, shape: &[i64]) -> pb::ValueInfoProto {
     use pb::tensor_shape_proto::{Dimension, dimension::Value};
     pb::ValueInfoProto {
         name: name.into(),

@@ -284,23 +284,8 @@ pub fn delete(
         }
     }
     let deleting = |kind: &str, name: &str| resources.iter().any(|(k, n)| k == kind && n == name);
-    for (kind, name) in resources.iter().filter(|(k, _)| k == "Deployment") {
-        let before = catalog.deployment(name)?;
-        let action = if catalog.delete_deployment(name)? {
-            ChangeAction::Deleted
-        } else {
-            ChangeAction::Unchanged
-        };
-        changes.push(Change {
-            kind: kind.clone(),
-            name: name.clone(),
-            action,
-            revision: None,
-            before: before.map(|b| Resource::Deployment(b.manifest)),
-            after: None,
-        });
-    }
-    for (kind, name) in resources.iter().filter(|(k, _)| k == "Pipeline") {
+    // Refuse before deleting anything: a pipeline still run by a deployment that stays.
+    for (_, name) in resources.iter().filter(|(k, _)| k == "Pipeline") {
         let users: Vec<String> = catalog
             .deployments()?
             .into_iter()
@@ -314,20 +299,31 @@ pub fn delete(
                 deployments: users.join(", "),
             });
         }
-        let before = catalog.pipeline(name)?;
-        let action = if catalog.delete_pipeline(name)? {
+    }
+    let change = |kind: &str, name: &str, removed: bool, revision, before| Change {
+        kind: kind.to_owned(),
+        name: name.to_owned(),
+        action: if removed {
             ChangeAction::Deleted
         } else {
             ChangeAction::Unchanged
-        };
-        changes.push(Change {
-            kind: kind.clone(),
-            name: name.clone(),
-            action,
-            revision: before.as_ref().map(|b| b.revision),
-            before: before.map(|b| Resource::Pipeline(b.manifest)),
-            after: None,
-        });
+        },
+        revision,
+        before,
+        after: None,
+    };
+    for (kind, name) in resources.iter().filter(|(k, _)| k == "Deployment") {
+        let before = catalog.deployment(name)?;
+        let removed = catalog.delete_deployment(name)?;
+        let before = before.map(|b| Resource::Deployment(b.manifest));
+        changes.push(change(kind, name, removed, None, before));
+    }
+    for (kind, name) in resources.iter().filter(|(k, _)| k == "Pipeline") {
+        let before = catalog.pipeline(name)?;
+        let removed = catalog.delete_pipeline(name)?;
+        let revision = before.as_ref().map(|b| b.revision);
+        let before = before.map(|b| Resource::Pipeline(b.manifest));
+        changes.push(change(kind, name, removed, revision, before));
     }
     Ok(changes)
 }

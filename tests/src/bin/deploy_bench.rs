@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use tern_e2e::{FLEET_TIMEOUT, Fleet, component, cpu_time, path_str, wait_for};
+use tern_e2e::{FLEET_TIMEOUT, Fleet, assets, component, cpu_time, path_str, wait_for};
 
 #[derive(Debug, Parser)]
 #[command(about = "Measurements of Tern deployments")]
@@ -55,28 +55,6 @@ fn big_model(bytes: u64) -> Vec<u8> {
     use prost::Message;
     use tern_infer::onnx_pb as pb;
     let n = ((bytes / 4) as f64).sqrt() as i64;
-    let info = |name: &str, dims: &[i64]| {
-        use pb::tensor_shape_proto::{Dimension, dimension::Value};
-        pb::ValueInfoProto {
-            name: name.into(),
-            r#type: Some(pb::TypeProto {
-                value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                    elem_type: 1,
-                    shape: Some(pb::TensorShapeProto {
-                        dim: dims
-                            .iter()
-                            .map(|&d| Dimension {
-                                value: Some(Value::DimValue(d)),
-                                ..Default::default()
-                            })
-                            .collect(),
-                    }),
-                })),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    };
     let weight: Vec<u8> = (0..n * n)
         .flat_map(|i| (((i % 97) as f32 - 48.0) / 4096.0).to_le_bytes())
         .collect();
@@ -95,8 +73,8 @@ fn big_model(bytes: u64) -> Vec<u8> {
                 output: vec!["y".into()],
                 ..Default::default()
             }],
-            input: vec![info("x", &[1, n])],
-            output: vec![info("y", &[1, n])],
+            input: vec![assets::info("x", &[1, n])],
+            output: vec![assets::info("y", &[1, n])],
             initializer: vec![pb::TensorProto {
                 name: "w".into(),
                 dims: vec![n, n],
