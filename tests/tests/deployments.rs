@@ -321,3 +321,71 @@ spec:
     assert_eq!(fleet.infer(0)?, 200, "revision 1 never stopped serving");
     Ok(())
 }
+
+#[test]
+fn a_full_queue_answers_429_and_the_agent_keeps_serving() -> anyhow::Result<()> {
+    let fleet = tern_e2e::Fleet::start(1)?;
+    let hostile = fleet.tmp.path().join("hostile.wasm");
+    std::fs::copy(component("hostile-fixture"), &hostile)?;
+    fleet
+        .publisher
+        .sign_and_push(&fleet.cp, &hostile, "plugin", "hostile", 1)?;
+    // Each request spins until its 200 ms deadline: workers stay busy, and the queue fills.
+    let file = fleet.tmp.path().join("slow.yaml");
+    std::fs::write(
+        &file,
+        r#"apiVersion: tern.dev/v1alpha1
+kind: Pipeline
+metadata: { name: scores }
+spec:
+  steps:
+    - name: spin
+      plugin: hostile:1
+      config: { mode: input }
+      limits: { timeoutMs: 200 }
+---
+apiVersion: tern.dev/v1alpha1
+kind: Deployment
+metadata: { name: scores }
+spec:
+  pipeline: scores
+  rollout: { healthWindowSeconds: 0 }
+"#,
+    )?;
+    fleet.cp.ternctl_ok(&["apply", "-f", &path_str(&file)?])?;
+    fleet.wait_serving("edge-1", 1)?;
+    let api = fleet.agents[0].api_addr()?;
+    let requests: Vec<_> = (0..120)
+        .map(|_| {
+            std::thread::spawn(move || {
+                http(
+                    api,
+                    "POST",
+                    "/v1/pipelines/scores/infer",
+                    "text/plain",
+                    b"loop",
+                )
+                .map(|(status, _)| status)
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for r in requests {
+        statuses.push(r.join().map_err(|_| anyhow::anyhow!("client panicked"))??);
+    }
+    let busy = statuses.iter().filter(|&&s| s == 429).count();
+    let timed_out = statuses.iter().filter(|&&s| s == 500).count();
+    assert!(busy > 0, "{statuses:?}");
+    assert!(timed_out > 0, "{statuses:?}");
+    // Once the queue drains, a well-behaved request is answered.
+    let (status, body) = http(
+        api,
+        "POST",
+        "/v1/pipelines/scores/infer",
+        "text/plain",
+        b"echo",
+    )?;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(body, b"echo");
+    Ok(())
+}

@@ -315,3 +315,73 @@ pub async fn serve(
         })
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    fn api(serving: Arc<ServingTable>) -> Router {
+        let info = AgentInfo {
+            id: "a".into(),
+            name: "edge".into(),
+            labels: BTreeMap::new(),
+            version: "0".into(),
+            control_plane: "cp:1".into(),
+            connected: false,
+            last_error: None,
+            pipelines: BTreeMap::new(),
+        };
+        router(info, watch::channel(LinkState::default()).1, serving)
+    }
+
+    async fn status(router: &Router, method: &str, path: &str) -> StatusCode {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Body::from("x"))
+            .expect("request");
+        router
+            .clone()
+            .oneshot(request)
+            .await
+            .map(|r| r.status())
+            .unwrap_or(StatusCode::IM_A_TEAPOT)
+    }
+
+    #[tokio::test]
+    async fn answers_503_while_a_deployed_pipeline_loads_and_404_for_unknown_ones() {
+        let serving = Arc::new(ServingTable::default());
+        serving.set_pending(["colors".to_owned()].into());
+        let router = api(serving.clone());
+        let infer = "/v1/pipelines/colors/infer";
+        assert_eq!(
+            status(&router, "POST", infer).await,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status(&router, "POST", "/v2/models/colors/infer").await,
+            StatusCode::BAD_REQUEST,
+            "a malformed v2 body is refused before anything else"
+        );
+        assert_eq!(
+            status(&router, "GET", "/v2/health/ready").await,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status(&router, "POST", "/v1/pipelines/other/infer").await,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            status(&router, "GET", "/v2/health/live").await,
+            StatusCode::OK
+        );
+        serving.set_pending(Default::default());
+        assert_eq!(
+            status(&router, "GET", "/v2/health/ready").await,
+            StatusCode::OK
+        );
+    }
+}
