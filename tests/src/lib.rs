@@ -259,6 +259,34 @@ impl ControlPlane {
         Ok(String::from_utf8(out.stdout)?.trim().to_owned())
     }
 
+    /// `ternctl rollout status NAME -o json`.
+    pub fn deployment(&self, name: &str) -> anyhow::Result<DeploymentView> {
+        Ok(serde_json::from_str(
+            &self.ternctl_ok(&["rollout", "status", name, "-o", "json"])?,
+        )?)
+    }
+
+    /// `ternctl describe agent NAME -o json`.
+    pub fn agent(&self, name: &str) -> anyhow::Result<AgentView> {
+        Ok(serde_json::from_str(
+            &self.ternctl_ok(&["describe", "agent", name, "-o", "json"])?,
+        )?)
+    }
+
+    /// Waits until `agent` applied the newest generation it was given; returns its view.
+    pub fn wait_applied(&self, agent: &str, timeout: Duration) -> anyhow::Result<AgentView> {
+        wait_for(
+            timeout,
+            &format!("{agent} to apply its desired state"),
+            || {
+                let view = self.agent(agent).ok()?;
+                (view.applied_generation.is_some()
+                    && view.applied_generation == view.desired_generation)
+                    .then_some(view)
+            },
+        )
+    }
+
     /// `ternctl get agents -o json`.
     pub fn agents(&self) -> anyhow::Result<Vec<AgentView>> {
         let out = self.ternctl(&["get", "agents", "-o", "json"]);
@@ -457,6 +485,13 @@ impl Publisher {
         let mut name = file.as_os_str().to_owned();
         name.push(".release");
         PathBuf::from(name)
+    }
+
+    /// The signed release beside `file`.
+    pub fn release(file: &Path) -> anyhow::Result<tern_proto::release::SignedRelease> {
+        Ok(serde_json::from_str(&std::fs::read_to_string(
+            Self::release_file(file),
+        )?)?)
     }
 
     /// `ternctl trust init` with the root key and the publisher key, threshold 1.
@@ -680,22 +715,12 @@ impl Fleet {
         self.deployment("scores")
     }
 
-    /// `ternctl rollout status NAME -o json`.
     pub fn deployment(&self, name: &str) -> anyhow::Result<DeploymentView> {
-        Ok(serde_json::from_str(
-            &self
-                .cp
-                .ternctl_ok(&["rollout", "status", name, "-o", "json"])?,
-        )?)
+        self.cp.deployment(name)
     }
 
-    /// `ternctl describe agent NAME -o json`.
     pub fn agent_view(&self, name: &str) -> anyhow::Result<AgentView> {
-        Ok(serde_json::from_str(
-            &self
-                .cp
-                .ternctl_ok(&["describe", "agent", name, "-o", "json"])?,
-        )?)
+        self.cp.agent(name)
     }
 
     /// Waits for the rollout of `revision` of the `scores` deployment to reach `phase`.

@@ -18,9 +18,7 @@ fn tampered_artifact_bytes_are_refused_and_the_running_revision_keeps_serving() 
     // The control plane's copy of a new artifact is altered after it was verified there.
     let two = fleet.topk("two", 0)?;
     fleet.push(&two, 2)?;
-    let release: tern_proto::release::SignedRelease = serde_json::from_str(
-        &std::fs::read_to_string(tern_e2e::Publisher::release_file(&two))?,
-    )?;
+    let release = tern_e2e::Publisher::release(&two)?;
     let stored = fleet
         .cp
         .dir
@@ -49,10 +47,7 @@ fn release_below_the_version_floor_is_refused_also_after_the_agent_restarts() ->
     fleet.apply("topk:2", 2)?;
     fleet.wait_phase(1, "Complete")?;
     // Completion commits topk:2 on the agent: its floor is now 2.
-    tern_e2e::wait_for(FLEET_TIMEOUT, "the committed generation applied", || {
-        let view = fleet.agent_view("edge-1").ok()?;
-        (view.applied_generation == view.desired_generation).then_some(())
-    })?;
+    fleet.cp.wait_applied("edge-1", FLEET_TIMEOUT)?;
 
     fleet.apply("topk:1", 2)?;
     let reason = fleet.failure("edge-1", 2)?;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use tern_e2e::{Agent, ControlPlane, Publisher, component, fast_config, http, path_str};
-use tern_proto::api::{AgentStatus, AgentView, DeploymentView};
+use tern_proto::api::AgentStatus;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -24,12 +24,6 @@ spec:
   pipeline: scores
   rollout: { healthWindowSeconds: 0 }
 "#;
-
-fn deployment(cp: &ControlPlane, name: &str) -> anyhow::Result<DeploymentView> {
-    Ok(serde_json::from_str(
-        &cp.ternctl_ok(&["rollout", "status", name, "-o", "json"])?,
-    )?)
-}
 
 #[test]
 fn agents_fetch_verify_and_serve_a_pushed_pipeline() -> anyhow::Result<()> {
@@ -52,7 +46,7 @@ fn agents_fetch_verify_and_serve_a_pushed_pipeline() -> anyhow::Result<()> {
     cp.ternctl_ok(&["apply", "-f", &path_str(&manifest)?])?;
 
     let done = tern_e2e::wait_for(TIMEOUT, "the rollout to complete", || {
-        deployment(&cp, "scores-everywhere")
+        cp.deployment("scores-everywhere")
             .ok()
             .filter(|d| d.rollout.as_ref().is_some_and(|r| r.phase == "Complete"))
     });
@@ -70,15 +64,7 @@ fn agents_fetch_verify_and_serve_a_pushed_pipeline() -> anyhow::Result<()> {
     );
     // Each agent verified and stored the artifact under its digest.
     // Completion commits the revision: one more generation, which the agent applies.
-    let view: AgentView = tern_e2e::wait_for(TIMEOUT, "the committed generation applied", || {
-        let view: AgentView = serde_json::from_str(
-            &cp.ternctl_ok(&["describe", "agent", "edge-1", "-o", "json"])
-                .ok()?,
-        )
-        .ok()?;
-        (view.applied_generation.is_some() && view.applied_generation == view.desired_generation)
-            .then_some(view)
-    })?;
+    let view = cp.wait_applied("edge-1", TIMEOUT)?;
     assert_eq!(view.pipelines[0].serving, Some(1), "{view:?}");
     let stored = std::fs::read_dir(agents[0].dir.join("artifacts"))?.count();
     assert_eq!(stored, 2, "the artifact and the partial/ directory");
@@ -187,7 +173,7 @@ fn a_plugin_that_traps_in_canary_wave_one_is_rolled_back_and_wave_two_never_star
     std::fs::write(&manifest, CANARY)?;
     cp.ternctl_ok(&["apply", "-f", &path_str(&manifest)?])?;
     tern_e2e::wait_for(TIMEOUT, "revision 1 everywhere", || {
-        deployment(&cp, "scores-canary")
+        cp.deployment("scores-canary")
             .ok()
             .filter(|d| d.rollout.as_ref().is_some_and(|r| r.phase == "Complete"))
     })?;
@@ -202,7 +188,7 @@ fn a_plugin_that_traps_in_canary_wave_one_is_rolled_back_and_wave_two_never_star
     )?;
     cp.ternctl_ok(&["apply", "-f", &path_str(&manifest)?])?;
     let canary = tern_e2e::wait_for(TIMEOUT, "wave 1 to serve revision 2", || {
-        let d = deployment(&cp, "scores-canary").ok()?;
+        let d = cp.deployment("scores-canary").ok()?;
         let r = d.rollout?;
         r.agents
             .iter()
@@ -230,7 +216,7 @@ fn a_plugin_that_traps_in_canary_wave_one_is_rolled_back_and_wave_two_never_star
     assert!(failures > 0, "the canary must fail requests");
 
     let rolled = tern_e2e::wait_for(TIMEOUT, "the automatic rollback", || {
-        deployment(&cp, "scores-canary")
+        cp.deployment("scores-canary")
             .ok()
             .filter(|d| d.rollout.as_ref().is_some_and(|r| r.phase == "RolledBack"))
     })?;
@@ -250,7 +236,7 @@ fn a_plugin_that_traps_in_canary_wave_one_is_rolled_back_and_wave_two_never_star
     );
     // edge-1 goes back to revision 1 and answers again; edge-2 never left it.
     tern_e2e::wait_for(TIMEOUT, "edge-1 back on revision 1", || {
-        let d = deployment(&cp, "scores-canary").ok()?;
+        let d = cp.deployment("scores-canary").ok()?;
         d.rollout?
             .agents
             .iter()

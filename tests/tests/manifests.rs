@@ -204,7 +204,7 @@ fn invalid_manifests_name_the_file_the_field_and_the_expectation() -> anyhow::Re
 #[test]
 fn canary_first_wave_reaches_one_agent_with_a_signed_desired_state() -> anyhow::Result<()> {
     use tern_e2e::{Agent, fast_config};
-    use tern_proto::api::{AgentStatus, AgentView};
+    use tern_proto::api::AgentStatus;
     use tern_proto::signing::PublicKey;
     use tern_proto::trust::SignedTrustRoot;
 
@@ -236,11 +236,7 @@ fn canary_first_wave_reaches_one_agent_with_a_signed_desired_state() -> anyhow::
 
     let file = write(tmp.path(), "detector.yaml", MANIFEST)?;
     apply(&cp, &file)?;
-    let describe = |name: &str| -> anyhow::Result<AgentView> {
-        Ok(serde_json::from_str(
-            &cp.ternctl_ok(&["describe", "agent", name, "-o", "json"])?,
-        )?)
-    };
+    let describe = |name: &str| cp.agent(name);
     let first = tern_e2e::wait_for(
         std::time::Duration::from_secs(10),
         "the first wave's desired state",

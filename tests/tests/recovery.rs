@@ -7,14 +7,10 @@ use std::time::{Duration, Instant};
 
 use tern_e2e::{Agent, FLEET_TIMEOUT, Fleet};
 use tern_proto::api::AgentStatus;
-use tern_proto::release::SignedRelease;
 
 /// The digest of the release beside `file`.
 fn digest_of(file: &std::path::Path) -> anyhow::Result<String> {
-    let release: SignedRelease = serde_json::from_str(&std::fs::read_to_string(
-        tern_e2e::Publisher::release_file(file),
-    )?)?;
-    Ok(release.signed.digest.hex())
+    Ok(tern_e2e::Publisher::release(file)?.signed.digest.hex())
 }
 
 /// Polls `check` every few milliseconds (for short windows a `ternctl` call would miss).

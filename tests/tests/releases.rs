@@ -4,7 +4,6 @@ use std::process::Command;
 
 use tern_e2e::{ControlPlane, Publisher, path_str};
 use tern_proto::api::{ReleaseView, UploadProgress};
-use tern_proto::release::SignedRelease;
 
 fn releases(cp: &ControlPlane) -> anyhow::Result<Vec<ReleaseView>> {
     Ok(serde_json::from_str(
@@ -117,9 +116,7 @@ fn interrupted_push_resumes_where_it_stopped() -> anyhow::Result<()> {
     let bytes: Vec<u8> = (0..(20u32 << 20)).map(|i| (i % 251) as u8).collect();
     std::fs::write(&model, &bytes)?;
     publisher.sign(&cp, "publisher", &model, "model", "big", 1)?;
-    let signed: SignedRelease = serde_json::from_str(&std::fs::read_to_string(
-        tmp.path().join("big.onnx.release"),
-    )?)?;
+    let signed = Publisher::release(&model)?;
 
     // A first push that got as far as 5 MiB before the connection dropped.
     let runtime = tokio::runtime::Builder::new_current_thread()

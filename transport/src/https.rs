@@ -182,9 +182,7 @@ impl HttpsClient {
         path: &str,
         body: &B,
     ) -> Result<T, HttpsError> {
-        let body = serde_json::to_vec(body)?;
-        let answer = self.send(hyper::Method::POST, path, Some(body)).await?;
-        Ok(serde_json::from_slice(&answer)?)
+        self.send_json(hyper::Method::POST, path, body).await
     }
 
     /// `method path` with a JSON body, decoding a JSON answer.

@@ -3,7 +3,6 @@
 //! reports to the control plane. The serving table keeps answering throughout, also while the
 //! control plane is away.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -132,13 +131,13 @@ impl Deployer {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let (events_tx, mut events) = mpsc::channel::<Event>(64);
-        let mut loaded: HashMap<(String, u64), Arc<ServedPipeline>> = HashMap::new();
         let mut health = tokio::time::interval(HEALTH_INTERVAL);
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut connection = self.connection.clone();
         let mut refused: Option<String> = None;
         let mut seq = 0u64;
         loop {
+            let mut loaded: Option<Arc<ServedPipeline>> = None;
             let actions = tokio::select! {
                 _ = shutdown.wait_for(|stop| *stop) => return,
                 signed = desired.recv() => {
@@ -147,11 +146,11 @@ impl Deployer {
                     match signed.open(&self.online_key, &self.agent_id, reconciler.applied_generation()) {
                         Ok(state) => {
                             info!(generation, pipelines = state.pipelines.len(), "desired state");
-                            refused = None;
-                            let mut actions = reconciler.desired(state, tern_transport::unix_millis_now());
-                            if let Some(e) = reconciler.trust_error() {
-                                refused = Some(e.to_owned());
-                                actions.push(Action::Report);
+                            let actions = reconciler.desired(state, tern_transport::unix_millis_now());
+                            // `desired` ends with a report, which carries this.
+                            refused = reconciler.trust_error().map(str::to_owned);
+                            if let Err(e) = self.store.set_applied_generation(generation) {
+                                warn!(error = %e, "cannot persist the applied generation");
                             }
                             actions
                         }
@@ -172,7 +171,8 @@ impl Deployer {
                         reconciler.artifact_failed(digest, &e.to_string())
                     }
                     Event::Loaded(name, revision, Ok(pipeline)) => {
-                        loaded.insert((name.clone(), revision), pipeline);
+                        // Activated below if still wanted; dropped here otherwise.
+                        loaded = Some(pipeline);
                         reconciler.loaded(&name, revision)
                     }
                     Event::Loaded(name, revision, Err(reason)) => {
@@ -212,7 +212,7 @@ impl Deployer {
         &self,
         action: Action,
         events: &mpsc::Sender<Event>,
-        loaded: &mut HashMap<(String, u64), Arc<ServedPipeline>>,
+        loaded: &mut Option<Arc<ServedPipeline>>,
         reconciler: &Reconciler,
         refused: &Option<String>,
         seq: &mut u64,
@@ -226,14 +226,12 @@ impl Deployer {
             Action::Fetch(release) => self.spawn_fetch(release, events.clone()),
             Action::Load(desired) => self.spawn_load(desired, events.clone()),
             Action::Activate(desired) => {
-                let key = (desired.name.clone(), desired.revision);
                 // Persisted first: after a crash the agent restarts on this revision.
                 self.store.activate(&desired)?;
-                if let Some(pipeline) = loaded.remove(&key) {
+                if let Some(pipeline) = loaded.take() {
                     self.serving.switch(pipeline);
                     info!(pipeline = %desired.name, revision = desired.revision, "now serving");
                 }
-                loaded.retain(|(name, _), _| *name != desired.name);
             }
             Action::Remove(name) => {
                 self.store.remove(&name)?;
@@ -249,8 +247,6 @@ impl Deployer {
                         .map(|p| p.name.clone())
                         .collect(),
                 );
-                self.store
-                    .set_applied_generation(reconciler.applied_generation())?;
                 *seq += 1;
                 let report = StatusReport {
                     seq: *seq,

@@ -6,7 +6,7 @@ use std::io::Write;
 
 use tern_proto::io::{read_frame, write_frame};
 use tern_proto::message::{FetchRequest, FetchResponse};
-use tern_proto::release::{Digest, Release, ReleaseError};
+use tern_proto::release::{Digest, Hasher, Release, ReleaseError};
 use tracing::{debug, info};
 
 use crate::store::AgentStore;
@@ -90,8 +90,14 @@ pub async fn fetch(
         FetchResponse::NotFound => return Err(FetchError::NotFound(digest)),
         FetchResponse::Refused { reason } => return Err(FetchError::Refused(reason)),
     }
+    // The bytes kept from an earlier attempt are hashed once; the rest as they arrive.
+    let mut hasher = Hasher::default();
     if have > 0 {
         info!(%digest, from = have, size = release.size, "resuming download");
+        let kept = std::fs::File::open(&partial).map_err(io(&partial))?;
+        hasher
+            .update_from(std::io::Read::take(kept, have))
+            .map_err(io(&partial))?;
     }
     let mut file = std::fs::OpenOptions::new()
         .create(true)
@@ -115,16 +121,14 @@ pub async fn fetch(
             Err(e) => return Err(stream(&e)),
         };
         file.write_all(&buf[..n]).map_err(io(&partial))?;
+        hasher.update(&buf[..n]);
         at += n as u64;
         received += n as u64;
     }
     file.sync_all().map_err(io(&partial))?;
     drop(file);
-    let path = partial.clone();
-    let actual = tokio::task::spawn_blocking(move || hash_file(&path))
-        .await
-        .map_err(|e| FetchError::Stream(e.to_string()))??;
-    if let Err(e) = release.check_digest(at, actual) {
+    let (length, actual) = hasher.finish();
+    if let Err(e) = release.check_digest(length, actual) {
         // Bad bytes are discarded, so the next attempt starts from zero.
         let _ = std::fs::remove_file(&partial);
         return Err(e.into());
@@ -133,19 +137,4 @@ pub async fn fetch(
     std::fs::rename(&partial, &done).map_err(io(&done))?;
     debug!(%digest, bytes = received, "artifact verified and stored");
     Ok(received)
-}
-
-fn hash_file(path: &std::path::Path) -> Result<Digest, FetchError> {
-    use sha2::Digest as _;
-    use std::io::Read;
-    let mut file = std::fs::File::open(path).map_err(io(path))?;
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = file.read(&mut buf).map_err(io(path))?;
-        if n == 0 {
-            return Ok(Digest(hasher.finalize().into()));
-        }
-        hasher.update(&buf[..n]);
-    }
 }

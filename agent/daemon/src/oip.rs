@@ -9,15 +9,7 @@ use tern_plugin_host::{Dtype, Payload, Tensor};
 pub const MAX_ELEMENTS: u64 = 64 << 20;
 
 fn half_to_f32(bits: u16) -> f32 {
-    let sign = if bits & 0x8000 != 0 { -1.0 } else { 1.0 };
-    let exp = i32::from((bits >> 10) & 0x1f);
-    let frac = f32::from(bits & 0x3ff);
-    match exp {
-        0 => sign * frac * 2f32.powi(-24),
-        31 if frac == 0.0 => sign * f32::INFINITY,
-        31 => f32::NAN,
-        e => sign * (1.0 + frac / 1024.0) * 2f32.powi(e - 15),
-    }
+    half::f16::from_bits(bits).to_f32()
 }
 
 fn tensor_json(t: &Tensor) -> serde_json::Value {

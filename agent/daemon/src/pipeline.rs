@@ -28,16 +28,6 @@ pub enum StepError {
 }
 
 impl StepError {
-    /// The step that failed.
-    pub fn step(&self) -> &str {
-        match self {
-            StepError::Plugin(f) => &f.step,
-            StepError::Model { step, .. }
-            | StepError::ModelInput { step, .. }
-            | StepError::Load { step, .. } => step,
-        }
-    }
-
     /// Whether the request itself was bad (a client error) rather than the pipeline.
     pub fn is_bad_input(&self) -> bool {
         match self {

@@ -7,6 +7,7 @@ use tern_plugin_host::{Blob, EngineOptions, LoadError, Payload, PluginEngine, St
 use tern_proto::manifest::{ArtifactRef, ManifestError, Pipeline, StepKind};
 
 use crate::npy;
+use crate::oip::payload_json;
 use crate::pipeline::{LoadedPipeline, PipelineStep, StepError};
 
 /// Largest input file read.
@@ -174,8 +175,6 @@ pub fn run_local(options: &RunLocalOptions) -> Result<serde_json::Value, RunLoca
     let payload = LoadedPipeline { steps }.run(first_payload(&options.input)?)?;
     Ok(payload_json(&payload))
 }
-
-pub use crate::oip::payload_json;
 
 #[cfg(test)]
 mod tests {

@@ -146,24 +146,9 @@ pub fn sign(request: &SignRequest<'_>) -> anyhow::Result<(PathBuf, SignedRelease
 
 /// Size and SHA-256 of a file, streamed.
 pub fn hash(path: &Path) -> anyhow::Result<(u64, Digest)> {
-    use sha2::Digest as _;
-    use std::io::Read;
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("failed to open {}", path.display()))?;
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = file
-            .read(&mut buf)
-            .with_context(|| format!("failed to read {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        hasher.update(&buf[..n]);
-    }
-    Ok((size, Digest(hasher.finalize().into())))
+    std::fs::File::open(path)
+        .and_then(Digest::of_reader)
+        .with_context(|| format!("failed to read {}", path.display()))
 }
 
 /// A first trust root, signed by its root keys.

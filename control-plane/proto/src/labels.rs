@@ -33,6 +33,12 @@ pub fn parse(text: &str) -> Result<BTreeMap<String, String>, LabelError> {
     Ok(labels)
 }
 
+/// Whether `labels` has every key of `selector` with the same value (an empty selector
+/// matches everything).
+pub fn matches(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
 /// Checks every key and value.
 pub fn validate(labels: &BTreeMap<String, String>) -> Result<(), LabelError> {
     if labels.len() > MAX_LABELS {

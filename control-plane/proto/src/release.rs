@@ -21,6 +21,13 @@ impl Digest {
         Self(crate::sha256(bytes))
     }
 
+    /// Length and digest of everything `reader` yields, read in 1 MiB pieces.
+    pub fn of_reader(reader: impl std::io::Read) -> std::io::Result<(u64, Self)> {
+        let mut hasher = Hasher::default();
+        hasher.update_from(reader)?;
+        Ok(hasher.finish())
+    }
+
     /// The hex digits alone (file names, URLs).
     pub fn hex(&self) -> String {
         hex::encode(self.0)
@@ -69,6 +76,38 @@ impl<'de> Deserialize<'de> for Digest {
         } else {
             <[u8; 32]>::deserialize(d).map(Self)
         }
+    }
+}
+
+/// A digest computed piece by piece (downloads hash as the bytes arrive).
+#[derive(Debug, Clone, Default)]
+pub struct Hasher {
+    sha: sha2::Sha256,
+    len: u64,
+}
+
+impl Hasher {
+    pub fn update(&mut self, bytes: &[u8]) {
+        use sha2::Digest as _;
+        self.sha.update(bytes);
+        self.len += bytes.len() as u64;
+    }
+
+    /// Adds everything `reader` yields.
+    pub fn update_from(&mut self, mut reader: impl std::io::Read) -> std::io::Result<()> {
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match reader.read(&mut buf)? {
+                0 => return Ok(()),
+                n => self.update(&buf[..n]),
+            }
+        }
+    }
+
+    /// Length and digest of what was added.
+    pub fn finish(self) -> (u64, Digest) {
+        use sha2::Digest as _;
+        (self.len, Digest(self.sha.finalize().into()))
     }
 }
 
@@ -162,12 +201,6 @@ pub enum ReleaseError {
     Equivocation { reference: String },
     #[error("release {reference} expired at {expires_ms} (unix ms)")]
     Expired { reference: String, expires_ms: u64 },
-    #[error("release {reference}: expected a {expected}, the step uses it as a {actual}")]
-    WrongKind {
-        reference: String,
-        expected: ArtifactKind,
-        actual: ArtifactKind,
-    },
     #[error("artifact of {reference} is {actual} bytes, the release says {expected}")]
     Size {
         reference: String,

@@ -347,40 +347,38 @@ async fn handle(
     send: &mut SendStream,
     message: AgentMessage,
 ) -> Result<(), SessionError> {
-    {
-        match message {
-            AgentMessage::Heartbeat(hb) => {
-                let now = tern_transport::unix_millis_now();
-                if shared.presence.heartbeat(&record.id, connection, now) {
-                    info!(agent = %record.name, "agent heard again after silence");
+    match message {
+        AgentMessage::Heartbeat(hb) => {
+            let now = tern_transport::unix_millis_now();
+            if shared.presence.heartbeat(&record.id, connection, now) {
+                info!(agent = %record.name, "agent heard again after silence");
+            }
+            let ack = ControlMessage::Ack(tern_proto::message::Ack { seq: hb.seq });
+            write_frame(send, &ack, MAX_FRAME_LEN).await?;
+        }
+        AgentMessage::Status(report) => {
+            debug!(agent = %record.name, generation = report.applied_generation, "status report");
+            let ack = ControlMessage::Ack(tern_proto::message::Ack { seq: report.seq });
+            shared.reports.record(&record.id, report);
+            write_frame(send, &ack, MAX_FRAME_LEN).await?;
+        }
+        AgentMessage::Capacity(capacity) => {
+            let capacity = clean_capacity(&capacity);
+            debug!(agent = %record.name, gpus = capacity.gpus.len(), "capacity update");
+            shared.registry.update_agent(&record.id, |a| {
+                if a.capacity != capacity {
+                    a.capacity = capacity.clone();
                 }
-                let ack = ControlMessage::Ack(tern_proto::message::Ack { seq: hb.seq });
-                write_frame(send, &ack, MAX_FRAME_LEN).await?;
-            }
-            AgentMessage::Status(report) => {
-                debug!(agent = %record.name, generation = report.applied_generation, "status report");
-                let ack = ControlMessage::Ack(tern_proto::message::Ack { seq: report.seq });
-                shared.reports.record(&record.id, report);
-                write_frame(send, &ack, MAX_FRAME_LEN).await?;
-            }
-            AgentMessage::Capacity(capacity) => {
-                let capacity = clean_capacity(&capacity);
-                debug!(agent = %record.name, gpus = capacity.gpus.len(), "capacity update");
-                shared.registry.update_agent(&record.id, |a| {
-                    if a.capacity != capacity {
-                        a.capacity = capacity.clone();
-                    }
-                })?;
-            }
-            AgentMessage::Health(report) => {
-                shared
-                    .health
-                    .record(&record.id, &report, tern_transport::unix_millis_now());
-            }
-            AgentMessage::Ack(_) => {}
-            AgentMessage::Hello(_) => {
-                return Err(SessionError::Protocol("hello sent twice".into()));
-            }
+            })?;
+        }
+        AgentMessage::Health(report) => {
+            shared
+                .health
+                .record(&record.id, &report, tern_transport::unix_millis_now());
+        }
+        AgentMessage::Ack(_) => {}
+        AgentMessage::Hello(_) => {
+            return Err(SessionError::Protocol("hello sent twice".into()));
         }
     }
     Ok(())

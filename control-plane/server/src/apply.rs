@@ -30,6 +30,8 @@ pub enum ApplyError {
     Catalog(#[from] CatalogError),
     #[error(transparent)]
     Releases(#[from] ReleaseStoreError),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
 }
 
 fn manifest_error(file: &str, path: String, message: String) -> ApplyError {

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use tern_proto::api::PinnedStep;
 use tern_proto::manifest::{Deployment, Pipeline};
 
+use crate::records::{CorruptRecord, decode, encode, versioned_key};
 use crate::rollout::Rollout;
 
 /// A failure of the storage itself.
@@ -19,11 +20,8 @@ use crate::rollout::Rollout;
 pub enum CatalogError {
     #[error("catalog storage failed: {0}")]
     Storage(#[from] sled::Error),
-    #[error("catalog record `{key}` is corrupt: {source}")]
-    Corrupt {
-        key: String,
-        source: serde_json::Error,
-    },
+    #[error("catalog {0}")]
+    Corrupt(#[from] CorruptRecord),
 }
 
 /// One revision of a pipeline: the manifest as applied and the releases it pins.
@@ -52,24 +50,6 @@ pub struct Catalog {
     revisions: sled::Tree,
     deployments: sled::Tree,
     changes: Mutex<()>,
-}
-
-fn revision_key(name: &str, revision: u64) -> Vec<u8> {
-    let mut key = name.as_bytes().to_vec();
-    key.push(0);
-    key.extend_from_slice(&revision.to_be_bytes());
-    key
-}
-
-fn decode<T: serde::de::DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, CatalogError> {
-    serde_json::from_slice(value).map_err(|source| CatalogError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
-        source,
-    })
-}
-
-fn json<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).expect("catalog records always serialize")
 }
 
 impl Catalog {
@@ -101,7 +81,7 @@ impl Catalog {
         name: &str,
         revision: u64,
     ) -> Result<Option<PipelineRecord>, CatalogError> {
-        let key = revision_key(name, revision);
+        let key = versioned_key(name, revision);
         self.revisions
             .get(&key)?
             .map(|v| decode(&key, &v))
@@ -112,8 +92,8 @@ impl Catalog {
     pub fn put_pipeline(&self, record: &PipelineRecord) -> Result<(), CatalogError> {
         let name = &record.manifest.metadata.name;
         self.revisions
-            .insert(revision_key(name, record.revision), json(record))?;
-        self.pipelines.insert(name.as_bytes(), json(record))?;
+            .insert(versioned_key(name, record.revision), encode(record))?;
+        self.pipelines.insert(name.as_bytes(), encode(record))?;
         self.pipelines.flush()?;
         Ok(())
     }
@@ -145,7 +125,7 @@ impl Catalog {
 
     pub fn put_deployment(&self, record: &DeploymentRecord) -> Result<(), CatalogError> {
         self.deployments
-            .insert(record.manifest.metadata.name.as_bytes(), json(record))?;
+            .insert(record.manifest.metadata.name.as_bytes(), encode(record))?;
         self.deployments.flush()?;
         Ok(())
     }

@@ -164,12 +164,7 @@ impl DataDir {
             .map_err(io(&self.admin_token_hash()))?;
         write_file(&self.config(), config.to_toml().as_bytes(), false)
             .map_err(io(&self.config()))?;
-        write_file(
-            &self.online_key(),
-            SecretKey::generate().to_pem().as_bytes(),
-            true,
-        )
-        .map_err(io(&self.online_key()))?;
+        self.ensure_online_key().map_err(io(&self.online_key()))?;
 
         let cli = CliConfig {
             api: dialable(config.listen_api).to_string(),
@@ -180,6 +175,18 @@ impl DataDir {
         write_file(&self.ternctl_config(), cli_text.as_bytes(), true)
             .map_err(io(&self.ternctl_config()))?;
         Ok(config)
+    }
+
+    /// Creates the online key unless there is one.
+    fn ensure_online_key(&self) -> std::io::Result<()> {
+        if self.online_key().exists() {
+            return Ok(());
+        }
+        write_file(
+            &self.online_key(),
+            SecretKey::generate().to_pem().as_bytes(),
+            true,
+        )
     }
 
     /// Loads what `serve` needs.
@@ -216,17 +223,10 @@ impl DataDir {
                 ),
             })?;
         // Data dirs made before desired states were signed get their online key now.
-        if !self.online_key().exists() {
-            write_file(
-                &self.online_key(),
-                SecretKey::generate().to_pem().as_bytes(),
-                true,
-            )
-            .map_err(|source| LoadError::Io {
-                path: self.online_key(),
-                source,
-            })?;
-        }
+        self.ensure_online_key().map_err(|source| LoadError::Io {
+            path: self.online_key(),
+            source,
+        })?;
         let online_key =
             SecretKey::from_pem(&read(self.online_key())?).map_err(|e| LoadError::Io {
                 path: self.online_key(),

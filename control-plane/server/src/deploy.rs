@@ -45,10 +45,6 @@ pub enum DeployError {
     Build { agent: String, reason: String },
 }
 
-fn selects(selector: &BTreeMap<String, String>, agent: &AgentRecord) -> bool {
-    selector.iter().all(|(k, v)| agent.labels.get(k) == Some(v))
-}
-
 fn observe(
     shared: &Shared,
     agent: &AgentRecord,
@@ -93,7 +89,7 @@ pub(crate) fn step(
         let name = deployment.manifest.metadata.name.clone();
         let selected: Vec<&AgentRecord> = agents
             .iter()
-            .filter(|a| selects(&spec.selector, a))
+            .filter(|a| tern_proto::labels::matches(&spec.selector, &a.labels))
             .collect();
         let Some(rollout) = deployment.rollout.as_mut() else {
             continue;

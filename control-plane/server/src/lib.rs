@@ -5,6 +5,7 @@
 //!
 //! - [`data_dir`]: the files `init` writes and `serve` reads.
 //! - [`config`]: `config.toml`, parsed once into typed settings.
+//! - [`records`]: how the stores keep records in sled (JSON values, versioned keys).
 //! - [`registry`]: enrolled agents and enrollment tokens, in sled.
 //! - [`releases`]: signed releases, their artifacts on disk, the pinned trust root.
 //! - [`catalog`]: pipelines with their revisions, deployments with their rollout, in sled.
@@ -30,6 +31,7 @@ pub mod deploy;
 pub mod enroll;
 pub mod health;
 pub mod presence;
+pub mod records;
 pub mod registry;
 pub mod releases;
 pub mod reports;

@@ -14,16 +14,15 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use tern_proto::api::AgentStatus;
 use tern_proto::{Capacity, EnrollmentToken};
 
+use crate::records::{CorruptRecord, decode, encode};
+
 /// A failure of the storage itself.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("registry storage failed: {0}")]
     Storage(#[from] sled::Error),
-    #[error("registry record `{key}` is corrupt: {source}")]
-    Corrupt {
-        key: String,
-        source: serde_json::Error,
-    },
+    #[error("registry {0}")]
+    Corrupt(#[from] CorruptRecord),
 }
 
 /// Why a token was not redeemed.
@@ -96,17 +95,6 @@ pub struct Registry {
     tokens: sled::Tree,
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], value: &[u8]) -> Result<T, RegistryError> {
-    serde_json::from_slice(value).map_err(|source| RegistryError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
-        source,
-    })
-}
-
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).expect("registry records always serialize")
-}
-
 impl Registry {
     /// Opens (or creates) the registry at `path`.
     pub fn open(path: &Path) -> Result<Self, RegistryError> {
@@ -161,7 +149,7 @@ impl Registry {
             .get(id.as_bytes())
             .map_err(RegistryError::from)?
             .ok_or(RedeemError::UnknownToken)?;
-        let record: TokenRecord = decode(id.as_bytes(), &raw)?;
+        let record: TokenRecord = decode::<_, RegistryError>(id.as_bytes(), &raw)?;
         if record.secret_sha256 != hex::encode(token.secret_sha256()) {
             return Err(RedeemError::UnknownToken);
         }
@@ -181,7 +169,7 @@ impl Registry {
         let mut pruned = 0;
         for entry in self.tokens.iter() {
             let (k, v) = entry?;
-            let record: TokenRecord = decode(&k, &v)?;
+            let record: TokenRecord = decode::<_, RegistryError>(&k, &v)?;
             let spent =
                 record.used_by.is_some() && now_ms.saturating_sub(record.created_ms) > KEEP_MS;
             let stale = now_ms.saturating_sub(record.expires_ms) > KEEP_MS;
@@ -283,7 +271,7 @@ impl Registry {
         let mut all = Vec::new();
         for entry in self.agents.iter() {
             let (k, v) = entry?;
-            all.push(decode::<AgentRecord>(&k, &v)?);
+            all.push(decode::<AgentRecord, RegistryError>(&k, &v)?);
         }
         all.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(all)
@@ -310,10 +298,11 @@ impl Registry {
             }
         })?;
         if let Some(source) = corrupt {
-            return Err(RegistryError::Corrupt {
+            return Err(CorruptRecord {
                 key: id.to_owned(),
                 source,
-            });
+            }
+            .into());
         }
         updated.map(|v| decode(id.as_bytes(), &v)).transpose()
     }

@@ -8,13 +8,15 @@
 //! where it stopped and no reader ever sees a half-written artifact.
 
 use std::fs::OpenOptions;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use tern_proto::api::UploadProgress;
 use tern_proto::release::{Digest, SignedRelease};
 use tern_proto::trust::{SignedTrustRoot, TrustError, TrustUpdate};
+
+use crate::records::{CorruptRecord, decode, encode, versioned_key};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -26,11 +28,8 @@ pub enum ReleaseStoreError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("stored record `{key}` is corrupt: {source}")]
-    Corrupt {
-        key: String,
-        source: serde_json::Error,
-    },
+    #[error("release store {0}")]
+    Corrupt(#[from] CorruptRecord),
     #[error("{reference} already exists with other content ({existing}); publish a new version")]
     Conflict { reference: String, existing: Digest },
     #[error("no release names artifact {0}; push the release first")]
@@ -66,13 +65,6 @@ pub struct ReleaseStore {
     dir: PathBuf,
     /// Serializes appends, so two pushes of one artifact cannot interleave.
     uploads: Mutex<()>,
-}
-
-fn key(name: &str, version: u64) -> Vec<u8> {
-    let mut key = name.as_bytes().to_vec();
-    key.push(0);
-    key.extend_from_slice(&version.to_be_bytes());
-    key
 }
 
 impl ReleaseStore {
@@ -117,7 +109,7 @@ impl ReleaseStore {
     /// with other content is refused; with the same content, new signatures are merged in.
     pub fn put_release(&self, signed: &SignedRelease) -> Result<PutOutcome, ReleaseStoreError> {
         let release = &signed.signed;
-        let k = key(&release.name, release.version);
+        let k = versioned_key(&release.name, release.version);
         let outcome = match self.release(&release.name, release.version)? {
             Some(mut existing) => {
                 if existing.signed != *release {
@@ -133,12 +125,12 @@ impl ReleaseStore {
                     }
                 }
                 if existing.signatures.len() != before {
-                    self.releases.insert(k, json(&existing))?;
+                    self.releases.insert(k, encode(&existing))?;
                 }
                 PutOutcome::Unchanged
             }
             None => {
-                self.releases.insert(k, json(signed))?;
+                self.releases.insert(k, encode(signed))?;
                 PutOutcome::Created
             }
         };
@@ -159,7 +151,7 @@ impl ReleaseStore {
         name: &str,
         version: u64,
     ) -> Result<Option<SignedRelease>, ReleaseStoreError> {
-        let k = key(name, version);
+        let k = versioned_key(name, version);
         self.releases.get(&k)?.map(|v| decode(&k, &v)).transpose()
     }
 
@@ -246,7 +238,10 @@ impl ReleaseStore {
             });
         }
         file.sync_all().map_err(Self::io(&partial))?;
-        let actual = hash_file(&partial)?;
+        let actual = std::fs::File::open(&partial)
+            .and_then(Digest::of_reader)
+            .map_err(Self::io(&partial))?
+            .1;
         if actual != *digest {
             let _ = std::fs::remove_file(&partial);
             return Err(ReleaseStoreError::DigestMismatch {
@@ -279,46 +274,11 @@ impl ReleaseStore {
         let current = self.trust_root()?;
         let update = offered.accept(current.as_ref())?;
         if update == TrustUpdate::Accepted {
-            self.trust.insert("root", json(offered))?;
+            self.trust.insert("root", encode(offered))?;
             self.trust.flush()?;
         }
         Ok(update)
     }
-}
-
-fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).expect("stored records always serialize")
-}
-
-fn decode<T: serde::de::DeserializeOwned>(
-    key: &[u8],
-    value: &[u8],
-) -> Result<T, ReleaseStoreError> {
-    serde_json::from_slice(value).map_err(|source| ReleaseStoreError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
-        source,
-    })
-}
-
-/// SHA-256 of a file, streamed.
-pub fn hash_file(path: &Path) -> Result<Digest, ReleaseStoreError> {
-    use sha2::Digest as _;
-    let io = |source| ReleaseStoreError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let mut file = std::fs::File::open(path).map_err(io)?;
-    file.seek(SeekFrom::Start(0)).map_err(io)?;
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(io)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(Digest(hasher.finalize().into()))
 }
 
 #[cfg(test)]

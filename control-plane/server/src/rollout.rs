@@ -192,6 +192,19 @@ impl Rollout {
         (n * percent).div_ceil(100).clamp(n.min(1), n)
     }
 
+    /// Adds selected agents, in order, until the current wave is full; returns those added.
+    fn fill_wave(&mut self, agents: &[AgentObservation]) -> Vec<String> {
+        let wanted = self.wave_size(self.wave, agents.len());
+        let joined: Vec<String> = agents
+            .iter()
+            .filter(|a| !self.members.contains(&a.agent))
+            .take(wanted.saturating_sub(self.members.len()))
+            .map(|a| a.agent.clone())
+            .collect();
+        self.members.extend(joined.iter().cloned());
+        joined
+    }
+
     /// One step: takes what the driver observed of every selected agent (in a stable order)
     /// and returns what changed.
     pub fn observe(&mut self, agents: &[AgentObservation], now_ms: u64) -> Vec<Transition> {
@@ -202,15 +215,8 @@ impl Rollout {
         // Agents no longer selected leave; new ones fill the current wave.
         self.members
             .retain(|m| agents.iter().any(|a| &a.agent == m));
-        let wanted = self.wave_size(self.wave, agents.len());
-        let joined: Vec<String> = agents
-            .iter()
-            .filter(|a| !self.members.contains(&a.agent))
-            .take(wanted.saturating_sub(self.members.len()))
-            .map(|a| a.agent.clone())
-            .collect();
+        let joined = self.fill_wave(agents);
         if !joined.is_empty() {
-            self.members.extend(joined.iter().cloned());
             let transition = if self.history.is_empty() {
                 Transition::WaveStarted {
                     wave: self.wave,
@@ -255,14 +261,7 @@ impl Rollout {
         }
         self.wave_started_ms = now_ms;
         self.healthy_since_ms = None;
-        let wanted = self.wave_size(self.wave, agents.len());
-        let joined: Vec<String> = agents
-            .iter()
-            .filter(|a| !self.members.contains(&a.agent))
-            .take(wanted.saturating_sub(self.members.len()))
-            .map(|a| a.agent.clone())
-            .collect();
-        self.members.extend(joined.iter().cloned());
+        let joined = self.fill_wave(agents);
         self.record(
             now_ms,
             Transition::WaveStarted {

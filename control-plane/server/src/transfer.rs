@@ -44,7 +44,7 @@ pub(crate) async fn serve(conn: Connection, shared: Arc<Shared>) {
                     debug!(error = %e, "transfer ended early");
                 }
             }
-            .instrument(info_span!("transfer")),
+            .instrument(info_span!("transfer", digest = tracing::field::Empty)),
         );
     }
 }
@@ -65,8 +65,9 @@ async fn transfer(
     tracing::Span::current().record("digest", digest.short());
     let path = shared.releases.artifact_path(&digest);
     let mut file = match tokio::fs::File::open(&path).await {
-        Ok(file) if shared.releases.is_complete(&digest) => file,
-        _ => {
+        // Only complete, verified artifacts are at this path (uploads are renamed into place).
+        Ok(file) => file,
+        Err(_) => {
             write_frame(&mut send, &FetchResponse::NotFound, 1024).await?;
             let _ = send.finish();
             return Ok(());

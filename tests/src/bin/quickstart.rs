@@ -79,9 +79,7 @@ impl Demo {
     }
 
     fn rollout(&self) -> anyhow::Result<DeploymentView> {
-        Ok(serde_json::from_str(&self.cp.ternctl_ok(&[
-            "rollout", "status", DEPLOYMENT, "-o", "json",
-        ])?)?)
+        self.cp.deployment(DEPLOYMENT)
     }
 
     /// Prints the rollout of `revision` as it happens until it completes or rolls back, while

@@ -14,9 +14,10 @@ use tern_proto::api::{
 use tern_proto::manifest::RolloutStrategy;
 use tracing::info;
 
-use super::{HttpError, internal};
+use super::{HttpError, blocking, internal};
 use crate::apply::{self, ApplyError, RolloutCommand};
 use crate::catalog::DeploymentRecord;
+use crate::registry::AgentRecord;
 use crate::rollout::{Phase, Transition};
 use crate::server::Shared;
 
@@ -26,19 +27,12 @@ impl From<ApplyError> for HttpError {
             ApplyError::Manifest(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApplyError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApplyError::InUse { .. } | ApplyError::Rollout { .. } => StatusCode::CONFLICT,
-            ApplyError::Catalog(_) | ApplyError::Releases(_) => return internal(e),
+            ApplyError::Catalog(_) | ApplyError::Releases(_) | ApplyError::Registry(_) => {
+                return internal(e);
+            }
         };
         HttpError(status, e.to_string())
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, ApplyError> + Send + 'static,
-) -> Result<T, HttpError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(internal)?
-        .map_err(HttpError::from)
 }
 
 fn log_changes(changes: &[Change]) {
@@ -82,25 +76,27 @@ pub(crate) async fn pipelines(
 ) -> Result<Json<Vec<PipelineView>>, HttpError> {
     let views = blocking(move || {
         let deployments = shared.catalog.deployments()?;
-        Ok(shared
-            .catalog
-            .pipelines()?
-            .into_iter()
-            .map(|p| {
-                let name = p.manifest.metadata.name.clone();
-                PipelineView {
-                    deployments: deployments
-                        .iter()
-                        .filter(|d| d.manifest.spec.pipeline == name)
-                        .map(|d| d.manifest.metadata.name.clone())
-                        .collect(),
-                    name,
-                    revision: p.revision,
-                    steps: p.pinned,
-                    updated: tern_transport::rfc3339(p.applied_ms),
-                }
-            })
-            .collect())
+        Ok::<_, ApplyError>(
+            shared
+                .catalog
+                .pipelines()?
+                .into_iter()
+                .map(|p| {
+                    let name = p.manifest.metadata.name.clone();
+                    PipelineView {
+                        deployments: deployments
+                            .iter()
+                            .filter(|d| d.manifest.spec.pipeline == name)
+                            .map(|d| d.manifest.metadata.name.clone())
+                            .collect(),
+                        name,
+                        revision: p.revision,
+                        steps: p.pinned,
+                        updated: tern_transport::rfc3339(p.applied_ms),
+                    }
+                })
+                .collect(),
+        )
     })
     .await?;
     Ok(Json(views))
@@ -123,25 +119,16 @@ fn describe(transition: &Transition) -> String {
 /// A deployment with its rollout and the agents it selects, as they report.
 pub(crate) fn deployment_view(
     shared: &Shared,
+    agents: &[AgentRecord],
     record: &DeploymentRecord,
-) -> Result<DeploymentView, ApplyError> {
+) -> DeploymentView {
     let spec = &record.manifest.spec;
     let rollout = match &record.rollout {
         None => None,
         Some(r) => {
-            let agents = shared
-                .registry
-                .agents()
-                .map_err(|e| ApplyError::Rollout {
-                    deployment: record.manifest.metadata.name.clone(),
-                    reason: e.to_string(),
-                })?
-                .into_iter()
-                .filter(|a| {
-                    spec.selector
-                        .iter()
-                        .all(|(k, v)| a.labels.get(k) == Some(v))
-                })
+            let agents = agents
+                .iter()
+                .filter(|a| tern_proto::labels::matches(&spec.selector, &a.labels))
                 .map(|a| {
                     let status = shared.reports.pipeline(&a.id, &spec.pipeline);
                     let connected = shared.presence.seen(&a.id).is_some_and(|s| s.connected);
@@ -150,7 +137,7 @@ pub(crate) fn deployment_view(
                         serving: status.as_ref().and_then(|s| s.serving),
                         phase: status.as_ref().map(|s| s.phase.to_string()),
                         message: status.map(|s| s.message).unwrap_or_default(),
-                        name: a.name,
+                        name: a.name.clone(),
                         connected,
                     }
                 })
@@ -176,7 +163,7 @@ pub(crate) fn deployment_view(
             })
         }
     };
-    Ok(DeploymentView {
+    DeploymentView {
         name: record.manifest.metadata.name.clone(),
         pipeline: spec.pipeline.clone(),
         selector: spec.selector.clone(),
@@ -186,19 +173,22 @@ pub(crate) fn deployment_view(
         },
         updated: tern_transport::rfc3339(record.updated_ms),
         rollout,
-    })
+    }
 }
 
 pub(crate) async fn deployments(
     State(shared): State<Arc<Shared>>,
 ) -> Result<Json<Vec<DeploymentView>>, HttpError> {
     let views = blocking(move || {
-        shared
-            .catalog
-            .deployments()?
-            .iter()
-            .map(|d| deployment_view(&shared, d))
-            .collect()
+        let agents = shared.registry.agents()?;
+        Ok::<_, ApplyError>(
+            shared
+                .catalog
+                .deployments()?
+                .iter()
+                .map(|d| deployment_view(&shared, &agents, d))
+                .collect(),
+        )
     })
     .await?;
     Ok(Json(views))
@@ -216,7 +206,11 @@ pub(crate) async fn deployment(
                 kind: "Deployment".into(),
                 name,
             })?;
-        deployment_view(&shared, &record)
+        Ok::<_, ApplyError>(deployment_view(
+            &shared,
+            &shared.registry.agents()?,
+            &record,
+        ))
     })
     .await?;
     Ok(Json(view))
@@ -245,7 +239,11 @@ pub(crate) async fn rollout(
             tern_transport::unix_millis_now(),
         )?;
         info!(deployment = %name, ?command, "rollout command");
-        deployment_view(&shared, &record)
+        Ok::<_, ApplyError>(deployment_view(
+            &shared,
+            &shared.registry.agents()?,
+            &record,
+        ))
     })
     .await?;
     Ok(Json(view))

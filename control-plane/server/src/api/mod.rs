@@ -40,6 +40,19 @@ impl From<JsonRejection> for HttpError {
     }
 }
 
+/// Runs storage work on the blocking pool, off the threads that serve requests.
+pub(crate) async fn blocking<T: Send + 'static, E: Send + 'static>(
+    work: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, HttpError>
+where
+    HttpError: From<E>,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(internal)?
+        .map_err(HttpError::from)
+}
+
 pub(crate) fn internal(e: impl std::fmt::Display) -> HttpError {
     warn!(error = %e, "request failed");
     HttpError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())

@@ -13,7 +13,7 @@ use tern_proto::release::{Clocks, Digest, SignedRelease};
 use tern_proto::trust::{SignedTrustRoot, TrustUpdate};
 use tracing::info;
 
-use super::{HttpError, internal};
+use super::{HttpError, blocking, internal};
 use crate::releases::{PutOutcome, ReleaseStoreError};
 use crate::server::Shared;
 
@@ -34,16 +34,6 @@ impl From<ReleaseStoreError> for HttpError {
         };
         HttpError(status, e.to_string())
     }
-}
-
-/// Runs store work on the blocking pool.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, ReleaseStoreError> + Send + 'static,
-) -> Result<T, HttpError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(internal)?
-        .map_err(HttpError::from)
 }
 
 pub(crate) fn view(shared: &Shared, signed: &SignedRelease) -> ReleaseView {
@@ -68,7 +58,7 @@ pub(crate) async fn list(
 ) -> Result<Json<Vec<ReleaseView>>, HttpError> {
     let views = blocking(move || {
         let all = shared.releases.releases()?;
-        Ok(all.iter().map(|r| view(&shared, r)).collect())
+        Ok::<_, ReleaseStoreError>(all.iter().map(|r| view(&shared, r)).collect())
     })
     .await?;
     Ok(Json(views))
@@ -93,7 +83,10 @@ pub(crate) async fn publish(
             control_plane_ms: now,
         };
         if let Err(e) = signed.check(&trust.signed, None, clocks) {
-            return Ok(Err(HttpError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())));
+            return Ok::<_, ReleaseStoreError>(Err(HttpError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                e.to_string(),
+            )));
         }
         let outcome = shared.releases.put_release(&signed)?;
         let status = match outcome {
