@@ -750,12 +750,23 @@ impl Fleet {
 
     /// The reason `agent` reported for failing revision `revision`.
     pub fn failure(&self, agent: &str, revision: u64) -> anyhow::Result<String> {
+        // The agent's own status shows it until the rollback replaces it; the rollout keeps the
+        // agent's words as its reason.
+        let installed = format!("agent {agent} could not run revision {revision}: ");
         wait_for(FLEET_TIMEOUT, "the agent's failure report", || {
             let view = self.agent_view(agent).ok()?;
-            view.pipelines
+            let reported = view
+                .pipelines
                 .iter()
                 .find(|p| p.phase.as_deref() == Some("Failed"))
-                .map(|p| p.message.clone())
+                .map(|p| p.message.clone());
+            reported.or_else(|| {
+                let rollout = self.rollout().ok()?.rollout?;
+                let reason = rollout
+                    .reason
+                    .filter(|_| rollout.target_revision == revision)?;
+                reason.strip_prefix(&installed).map(str::to_owned)
+            })
         })
         .or_else(|e| {
             let rollout = self.rollout()?;

@@ -142,6 +142,9 @@ fn apply_pins_revisions_diff_shows_changes_and_delete_removes() -> anyhow::Resul
         cp.ternctl_ok(&["get", "pipelines"])?
             .contains("No pipelines")
     );
+    // Applied again, it continues the revisions: revision 1 still names the first content.
+    let again = apply(&cp, &v2)?;
+    assert_eq!(again[0].revision, Some(3), "{again:?}");
     Ok(())
 }
 

@@ -127,7 +127,7 @@ impl Deployer {
     pub async fn run(
         self,
         mut reconciler: Reconciler,
-        mut desired: mpsc::Receiver<SignedDesiredState>,
+        mut desired: watch::Receiver<Option<SignedDesiredState>>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let (events_tx, mut events) = mpsc::channel::<Event>(64);
@@ -140,8 +140,9 @@ impl Deployer {
             let mut loaded: Option<Arc<ServedPipeline>> = None;
             let actions = tokio::select! {
                 _ = shutdown.wait_for(|stop| *stop) => return,
-                signed = desired.recv() => {
-                    let Some(signed) = signed else { return };
+                changed = desired.changed() => {
+                    if changed.is_err() { return; }
+                    let Some(signed) = desired.borrow_and_update().clone() else { continue };
                     let generation = signed.generation;
                     match signed.open(&self.online_key, &self.agent_id, reconciler.applied_generation()) {
                         Ok(state) => {
@@ -181,6 +182,10 @@ impl Deployer {
                     }
                 },
                 _ = health.tick() => {
+                    // Counters are cumulative: while the link is down there is nothing to queue.
+                    if connection.borrow().is_none() {
+                        continue;
+                    }
                     let pipelines: Vec<_> = self.serving.all().iter().map(|p| p.health()).collect();
                     if !pipelines.is_empty() {
                         let _ = self.outbox.try_send(AgentMessage::Health(HealthReport { pipelines }));
@@ -276,9 +281,15 @@ impl Deployer {
                         Err(_) => return,
                     };
                     let Some(conn) = conn else { continue };
+                    let kept = || {
+                        std::fs::metadata(store.partial_path(&release.digest))
+                            .map_or(0, |m| m.len())
+                    };
+                    let before = kept();
                     match fetch::fetch(&conn, &store, &release).await {
                         Err(e) if e.is_transient() && attempt < FETCH_ATTEMPTS => {
-                            attempt += 1;
+                            // Only attempts that got nothing count towards giving up.
+                            attempt = if kept() > before { 1 } else { attempt + 1 };
                             tokio::time::sleep(Duration::from_millis(100 << attempt.min(6))).await;
                         }
                         other => break other,

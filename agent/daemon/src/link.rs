@@ -70,7 +70,8 @@ pub struct LinkConfig {
 /// downloads.
 #[derive(Debug)]
 pub struct DeployChannels {
-    pub desired: mpsc::Sender<tern_proto::message::SignedDesiredState>,
+    /// The newest desired state received (an older one not yet taken is superseded).
+    pub desired: watch::Sender<Option<tern_proto::message::SignedDesiredState>>,
     pub outbox: mpsc::Receiver<AgentMessage>,
     pub connection: watch::Sender<Option<quinn::Connection>>,
 }
@@ -282,9 +283,7 @@ async fn control_loop(
                 Some(Ok(Some(ControlMessage::Refused { reason }))) => return Err(SessionError::Refused(reason)),
                 Some(Ok(Some(ControlMessage::DesiredState(d)))) => {
                     debug!(generation = d.generation, "desired state received");
-                    if deploy.desired.try_send(d).is_err() {
-                        warn!("deployer is busy; desired state dropped (the control plane sends it again)");
-                    }
+                    deploy.desired.send_replace(Some(d));
                 }
                 Some(Ok(Some(ControlMessage::Welcome(_)))) => {
                     return Err(SessionError::Protocol("welcome sent twice".into()));

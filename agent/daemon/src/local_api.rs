@@ -153,6 +153,26 @@ fn lookup(state: &ApiState, name: &str) -> Result<Arc<ServedPipeline>, ApiError>
     }
 }
 
+/// One request in the waiting count, for as long as it lives.
+struct Waiting<'a> {
+    count: &'a AtomicUsize,
+    /// Requests that were waiting before this one.
+    ahead: usize,
+}
+
+impl<'a> Waiting<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        let ahead = count.fetch_add(1, Ordering::AcqRel);
+        Self { count, ahead }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Runs `payload` through `pipeline` within the admission bounds.
 async fn run(
     state: &ApiState,
@@ -160,18 +180,21 @@ async fn run(
     payload: Payload,
 ) -> Result<Payload, ApiError> {
     let admission = &state.admission;
-    if admission.waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING {
-        admission.waiting.fetch_sub(1, Ordering::AcqRel);
+    // Counted while waiting, also when the client goes away and this future is dropped.
+    let waiting = Waiting::enter(&admission.waiting);
+    if waiting.ahead >= MAX_WAITING {
         return Err(error(
             StatusCode::TOO_MANY_REQUESTS,
             "too many requests are waiting; retry later",
         ));
     }
-    let permit = admission.workers.clone().acquire_owned().await;
-    admission.waiting.fetch_sub(1, Ordering::AcqRel);
-    let Ok(permit) = permit else {
-        return Err(error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
-    };
+    let permit = admission
+        .workers
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"))?;
+    drop(waiting);
     let span = info_span!("infer", pipeline = %pipeline.name, revision = pipeline.revision);
     let started = Instant::now();
     let runner = pipeline.clone();

@@ -101,7 +101,7 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
         local_api::router(info, state_rx, serving.clone()),
         stop_rx.clone(),
     ));
-    let (desired_tx, desired_rx) = mpsc::channel(4);
+    let (desired_tx, desired_rx) = watch::channel(None);
     let (outbox_tx, outbox_rx) = mpsc::channel(64);
     let (connection_tx, connection_rx) = watch::channel(None);
     let link = tokio::spawn(link::maintain(
@@ -181,9 +181,9 @@ async fn restore(
     }
     let mut kept = Vec::new();
     for desired in std::mem::take(&mut restored.serving) {
-        let (store, engine, d) = (store.clone(), engine.clone(), desired.clone());
+        let (copy, engine, d) = (store.clone(), engine.clone(), desired.clone());
         let result =
-            tokio::task::spawn_blocking(move || crate::deployer::load(&store, &engine, &d)).await;
+            tokio::task::spawn_blocking(move || crate::deployer::load(&copy, &engine, &d)).await;
         match result {
             Ok(Ok(pipeline)) => {
                 info!(pipeline = %desired.name, revision = desired.revision, "serving again after restart");
@@ -191,9 +191,14 @@ async fn restore(
                 kept.push(desired);
             }
             Ok(Err(e)) => {
-                warn!(pipeline = %desired.name, error = %e, "cannot load the revision that was serving")
+                // Forgotten, so the next desired state installs it again from scratch.
+                warn!(pipeline = %desired.name, error = %e, "cannot load the revision that was serving");
+                store.remove(&desired.name)?;
             }
-            Err(e) => warn!(pipeline = %desired.name, error = %e, "loading task failed"),
+            Err(e) => {
+                warn!(pipeline = %desired.name, error = %e, "loading task failed");
+                store.remove(&desired.name)?;
+            }
         }
     }
     restored.serving = kept;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use quinn::{Connection, RecvStream, SendStream};
 use tern_proto::frame::FrameError;
 use tern_proto::io::{read_frame, write_frame};
+use tern_proto::message::SignedDesiredState;
 use tern_proto::{
     AgentMessage, Capacity, ControlMessage, MAX_FRAME_LEN, PROTOCOL_VERSION, Welcome,
 };
@@ -61,16 +62,17 @@ impl SessionError {
     }
 }
 
-/// Messages queued for one agent's control stream.
-const OUTBOX: usize = 16;
+/// The newest desired state for one agent's control stream: only the latest matters, so a
+/// newer one replaces one not yet sent, and none is ever dropped for lack of room.
+type DesiredSlot = watch::Sender<Option<SignedDesiredState>>;
 
 /// The open connection of each agent, so that a newer one replaces (closes) an older one and an
-/// agent never holds more than one, with the queue of messages for its control stream.
+/// agent never holds more than one, with the slot for its desired state.
 #[derive(Debug, Default)]
-pub(crate) struct Connections(Mutex<HashMap<String, (Connection, mpsc::Sender<ControlMessage>)>>);
+pub(crate) struct Connections(Mutex<HashMap<String, (Connection, DesiredSlot)>>);
 
 impl Connections {
-    fn replace(&self, agent: &str, conn: &Connection, outbox: mpsc::Sender<ControlMessage>) {
+    fn replace(&self, agent: &str, conn: &Connection, outbox: DesiredSlot) {
         let old = self
             .0
             .lock()
@@ -94,12 +96,14 @@ impl Connections {
         }
     }
 
-    /// Queues `message` for the agent's control stream. A full queue or no connection drops it:
-    /// the agent gets the current desired state again when it reconnects.
-    pub(crate) fn send(&self, agent: &str, message: ControlMessage) -> bool {
+    /// Hands `state` to the agent's control stream. Without a connection it is not kept: the
+    /// agent gets its current desired state when it connects.
+    pub(crate) fn send(&self, agent: &str, state: SignedDesiredState) -> bool {
         let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(agent)
-            .is_some_and(|(_, outbox)| outbox.try_send(message).is_ok())
+        map.get(agent).is_some_and(|(_, slot)| {
+            slot.send_replace(Some(state));
+            true
+        })
     }
 }
 
@@ -225,8 +229,8 @@ async fn session(
     }
 
     let now = tern_transport::unix_millis_now();
-    let (outbox, mut queued) = mpsc::channel(OUTBOX);
-    shared.connections.replace(&record.id, conn, outbox);
+    let (slot, mut desired) = watch::channel(None);
+    shared.connections.replace(&record.id, conn, slot.clone());
     let connection = shared.presence.connect(&record.id, remote, now);
     // Whatever happens from here on, presence and the connection map are released below.
     let result = async {
@@ -245,18 +249,26 @@ async fn session(
         };
         write_frame(&mut send, &ControlMessage::Welcome(welcome), MAX_FRAME_LEN).await?;
         info!(agent = %record.name, %version, gpus = capacity.gpus.len(), "agent connected");
-        match crate::deploy::current(shared, &record.id, now) {
-            Ok(Some(state)) => {
-                write_frame(
-                    &mut send,
-                    &ControlMessage::DesiredState(state),
-                    MAX_FRAME_LEN,
-                )
-                .await?
+        // Its current desired state goes first (built on the blocking pool: storage, signing),
+        // unless the driver already put a newer one in the slot.
+        let (work, id) = (shared.clone(), record.id.clone());
+        match tokio::task::spawn_blocking(move || crate::deploy::current(&work, &id, now)).await {
+            Ok(Ok(Some(state))) => {
+                slot.send_if_modified(|current| {
+                    let newer = current
+                        .as_ref()
+                        .is_some_and(|c| c.generation >= state.generation);
+                    if !newer {
+                        *current = Some(state);
+                    }
+                    !newer
+                });
             }
-            Ok(None) => {}
-            Err(e) => warn!(agent = %record.name, error = %e, "cannot build the desired state"),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => warn!(agent = %record.name, error = %e, "cannot build the desired state"),
+            Err(e) => warn!(agent = %record.name, error = %e, "desired-state task failed"),
         }
+        drop(slot);
         let transfers = tokio::spawn(
             crate::transfer::serve(conn.clone(), shared.clone())
                 .instrument(tracing::Span::current()),
@@ -268,7 +280,7 @@ async fn session(
             connection,
             &mut send,
             recv,
-            &mut queued,
+            &mut desired,
         )
         .await;
         transfers.abort();
@@ -303,7 +315,7 @@ async fn control_loop(
     connection: u64,
     send: &mut SendStream,
     mut recv: RecvStream,
-    queued: &mut mpsc::Receiver<ControlMessage>,
+    desired: &mut watch::Receiver<Option<SignedDesiredState>>,
 ) -> Result<(), SessionError> {
     // Reading a frame is not cancel-safe, so a task owns the receive side.
     let (frames_tx, mut frames) = mpsc::channel(16);
@@ -320,8 +332,11 @@ async fn control_loop(
         loop {
             let frame = tokio::select! {
                 frame = frames.recv() => frame,
-                Some(message) = queued.recv() => {
-                    write_frame(send, &message, MAX_FRAME_LEN).await?;
+                Ok(()) = desired.changed() => {
+                    let state = desired.borrow_and_update().clone();
+                    if let Some(state) = state {
+                        write_frame(send, &ControlMessage::DesiredState(state), MAX_FRAME_LEN).await?;
+                    }
                     continue;
                 }
             };

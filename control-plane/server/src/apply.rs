@@ -19,6 +19,8 @@ pub enum ApplyError {
     Manifest(#[from] ManifestError),
     #[error("{kind} `{name}` does not exist")]
     NotFound { kind: String, name: String },
+    #[error("`{0}` is not a kind this control plane knows (Pipeline, Deployment)")]
+    UnknownKind(String),
     #[error("pipeline `{pipeline}` is run by deployment(s) {deployments}; delete those first")]
     InUse {
         pipeline: String,
@@ -142,7 +144,7 @@ pub fn apply(
                 (ChangeAction::Unchanged, old.revision)
             }
             Some(old) => (ChangeAction::Configured, old.revision + 1),
-            None => (ChangeAction::Created, 1),
+            None => (ChangeAction::Created, catalog.last_revision(&name)? + 1),
         };
         pending.insert(name.clone(), revision);
         if action != ChangeAction::Unchanged && !request.dry_run {
@@ -274,15 +276,10 @@ pub fn delete(
 ) -> Result<Vec<Change>, ApplyError> {
     let _guard = catalog.lock();
     let mut changes = Vec::new();
-    for (kind, name) in resources {
+    for (kind, _) in resources {
         match kind.as_str() {
             "Deployment" | "Pipeline" => {}
-            other => {
-                return Err(ApplyError::NotFound {
-                    kind: other.to_owned(),
-                    name: name.clone(),
-                });
-            }
+            other => return Err(ApplyError::UnknownKind(other.to_owned())),
         }
     }
     let deleting = |kind: &str, name: &str| resources.iter().any(|(k, n)| k == kind && n == name);

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tern_proto::api::PinnedStep;
 use tern_proto::manifest::{Deployment, Pipeline};
 
-use crate::records::{CorruptRecord, decode, encode, versioned_key};
+use crate::records::{CorruptRecord, decode, encode, versioned_key, versions_prefix};
 use crate::rollout::Rollout;
 
 /// A failure of the storage itself.
@@ -86,6 +86,26 @@ impl Catalog {
             .get(&key)?
             .map(|v| decode(&key, &v))
             .transpose()
+    }
+
+    /// The highest revision ever recorded for `name`, deleted or not: a pipeline applied again
+    /// after a delete continues from it, so a revision number never names two contents.
+    pub fn last_revision(&self, name: &str) -> Result<u64, CatalogError> {
+        match self
+            .revisions
+            .scan_prefix(versions_prefix(name))
+            .next_back()
+        {
+            Some(entry) => {
+                let (key, _) = entry?;
+                Ok(key
+                    .get(key.len().saturating_sub(8)..)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0))
+            }
+            None => Ok(0),
+        }
     }
 
     /// Records a new latest revision.

@@ -8,9 +8,13 @@
 use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
+use tern_proto::MAX_FRAME_LEN;
 use tern_proto::desired::{DesiredPipeline, DesiredState, DesiredStep, Warmup};
 use tern_proto::manifest::{ArtifactRef, StepKind};
 use tern_proto::message::{PipelinePhase, SignedDesiredState};
+use tern_proto::trust::SignedTrustRoot;
+
+use crate::records::{decode, encode};
 use tracing::{info, warn};
 
 use crate::registry::AgentRecord;
@@ -41,6 +45,8 @@ pub enum DeployError {
     Releases(#[from] crate::releases::ReleaseStoreError),
     #[error("desired-state storage failed: {0}")]
     Storage(#[from] sled::Error),
+    #[error("desired-state {0}")]
+    Corrupt(#[from] crate::records::CorruptRecord),
     #[error("desired state of agent {agent} cannot be built: {reason}")]
     Build { agent: String, reason: String },
 }
@@ -151,9 +157,18 @@ pub(crate) fn step(
             pipelines,
             trust_version,
         };
+        // Built before it is recorded: a state that cannot be built or sent is not half-made,
+        // and the next pass tries again. One agent's failure does not hold up the others.
+        let signed = match build(shared, &agent.id, &record, trust.as_ref(), now_ms) {
+            Ok(signed) => signed,
+            Err(e) => {
+                warn!(agent = %agent.name, error = %e, "cannot build the desired state");
+                continue;
+            }
+        };
         shared.put_desired_state(&agent.id, &record)?;
         info!(agent = %agent.name, generation = record.generation, pipelines = ?record.pipelines, "new desired state");
-        out.push((agent.id.clone(), build(shared, &agent.id, &record, now_ms)?));
+        out.push((agent.id.clone(), signed));
     }
     Ok(out)
 }
@@ -163,6 +178,7 @@ pub(crate) fn build(
     shared: &Shared,
     agent_id: &str,
     record: &AgentDesired,
+    trust: Option<&SignedTrustRoot>,
     now_ms: u64,
 ) -> Result<SignedDesiredState, DeployError> {
     let build_error = |reason: String| DeployError::Build {
@@ -213,10 +229,18 @@ pub(crate) fn build(
         agent_id: agent_id.to_owned(),
         generation: record.generation,
         issued_ms: now_ms,
-        trust_root: shared.releases.trust_root()?,
+        trust_root: trust.cloned(),
         pipelines,
     };
-    Ok(state.sign(&shared.online_key))
+    let signed = state.sign(&shared.online_key);
+    // It travels in one control-stream frame.
+    let size = signed.body.len() + signed.signature.len() + 64;
+    if size > MAX_FRAME_LEN {
+        return Err(build_error(format!(
+            "it would be {size} bytes, over the {MAX_FRAME_LEN}-byte frame (fewer pipelines or smaller warm-up samples)"
+        )));
+    }
+    Ok(signed)
 }
 
 /// The warm-up sample of a manifest (validated when applied; `file` was inlined by ternctl).
@@ -241,7 +265,10 @@ pub(crate) fn current(
     now_ms: u64,
 ) -> Result<Option<SignedDesiredState>, DeployError> {
     match shared.desired_state(agent_id)? {
-        Some(record) => build(shared, agent_id, &record, now_ms).map(Some),
+        Some(record) => {
+            let trust = shared.releases.trust_root()?;
+            build(shared, agent_id, &record, trust.as_ref(), now_ms).map(Some)
+        }
         None => Ok(None),
     }
 }
@@ -252,15 +279,14 @@ impl Shared {
         &self,
         agent_id: &str,
     ) -> Result<Option<AgentDesired>, DeployError> {
-        Ok(self
-            .desired
+        self.desired
             .get(agent_id.as_bytes())?
-            .and_then(|v| serde_json::from_slice(&v).ok()))
+            .map(|v| decode(agent_id.as_bytes(), &v))
+            .transpose()
     }
 
     fn put_desired_state(&self, agent_id: &str, record: &AgentDesired) -> Result<(), DeployError> {
-        let bytes = serde_json::to_vec(record).unwrap_or_default();
-        self.desired.insert(agent_id.as_bytes(), bytes)?;
+        self.desired.insert(agent_id.as_bytes(), encode(record))?;
         self.desired.flush()?;
         Ok(())
     }

@@ -65,6 +65,9 @@ pub struct ReleaseStore {
     dir: PathBuf,
     /// Serializes appends, so two pushes of one artifact cannot interleave.
     uploads: Mutex<()>,
+    /// Serializes read-then-write changes of releases and the trust root, so two publishers
+    /// cannot both pass a check that only one of them may pass.
+    changes: Mutex<()>,
 }
 
 impl ReleaseStore {
@@ -81,6 +84,7 @@ impl ReleaseStore {
             trust: db.open_tree("trust")?,
             dir: dir.to_owned(),
             uploads: Mutex::new(()),
+            changes: Mutex::new(()),
         })
     }
 
@@ -108,6 +112,7 @@ impl ReleaseStore {
     /// Records a release (its signatures are checked by the caller). The same `name:version`
     /// with other content is refused; with the same content, new signatures are merged in.
     pub fn put_release(&self, signed: &SignedRelease) -> Result<PutOutcome, ReleaseStoreError> {
+        let _guard = self.changes.lock().unwrap_or_else(|p| p.into_inner());
         let release = &signed.signed;
         let k = versioned_key(&release.name, release.version);
         let outcome = match self.release(&release.name, release.version)? {
@@ -271,6 +276,7 @@ impl ReleaseStore {
         &self,
         offered: &SignedTrustRoot,
     ) -> Result<TrustUpdate, ReleaseStoreError> {
+        let _guard = self.changes.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.trust_root()?;
         let update = offered.accept(current.as_ref())?;
         if update == TrustUpdate::Accepted {

@@ -225,9 +225,7 @@ async fn deployments(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         match result {
             Ok(Ok(updates)) => {
                 for (agent, state) in updates {
-                    shared
-                        .connections
-                        .send(&agent, tern_proto::ControlMessage::DesiredState(state));
+                    shared.connections.send(&agent, state);
                 }
             }
             Ok(Err(e)) => warn!(error = %e, "deployment driver failed"),

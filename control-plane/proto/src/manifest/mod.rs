@@ -53,8 +53,9 @@ pub struct PipelineSpec {
     pub warmup: Option<WarmupSpec>,
 }
 
-/// Largest warm-up input a manifest may carry.
-pub const MAX_WARMUP_BYTES: usize = 1 << 20;
+/// Largest warm-up input a manifest may carry (it travels inside the agents' desired states,
+/// which must fit one 1 MiB frame).
+pub const MAX_WARMUP_BYTES: usize = 256 << 10;
 
 /// `spec.warmup`: a blob (`mediaType` with `dataBase64`, or with `file`, which `ternctl`
 /// reads relative to the manifest and sends inline) or Open Inference Protocol `inputs`.

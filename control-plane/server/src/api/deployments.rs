@@ -25,6 +25,7 @@ impl From<ApplyError> for HttpError {
     fn from(e: ApplyError) -> Self {
         let status = match &e {
             ApplyError::Manifest(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApplyError::UnknownKind(_) => StatusCode::BAD_REQUEST,
             ApplyError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApplyError::InUse { .. } | ApplyError::Rollout { .. } => StatusCode::CONFLICT,
             ApplyError::Catalog(_) | ApplyError::Releases(_) | ApplyError::Registry(_) => {
