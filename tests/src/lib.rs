@@ -224,6 +224,20 @@ impl ControlPlane {
         self.dir.join("ternctl.toml")
     }
 
+    /// `GET path` on the admin API with the admin token; the body as text.
+    pub fn admin_get(&self, path: &str) -> anyhow::Result<String> {
+        let text = std::fs::read_to_string(self.ternctl_config())?;
+        let config: tern_proto::api::CliConfig = toml::from_str(&text)?;
+        let tls = tern_transport::tls::https_client(&config.ca_certificate)?;
+        let client = tern_transport::https::HttpsClient::new(config.api.clone(), tls)
+            .with_bearer(config.admin_token.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let body = runtime.block_on(client.send(hyper::Method::GET, path, None))?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
     /// Runs `ternctl --config <ours> ARGS`.
     pub fn ternctl(&self, args: &[&str]) -> Output {
         Command::new(bin("ternctl"))
@@ -339,6 +353,18 @@ impl Agent {
         token: &str,
         labels: &str,
     ) -> anyhow::Result<Self> {
+        Self::join_with(cp, root, name, token, labels, &[])
+    }
+
+    /// `tern-agent join` with more arguments (telemetry settings).
+    pub fn join_with(
+        cp: &ControlPlane,
+        root: &Path,
+        name: &str,
+        token: &str,
+        labels: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let dir = root.join(name);
         let log = root.join(format!("{name}.log"));
         let process = Process::spawn(
@@ -355,7 +381,8 @@ impl Agent {
                 .arg("--labels")
                 .arg(labels)
                 .arg("--listen-api")
-                .arg(format!("127.0.0.1:{}", free_port())),
+                .arg(format!("127.0.0.1:{}", free_port()))
+                .args(extra),
             log,
         )?;
         Ok(Self {
@@ -661,6 +688,11 @@ pub struct Fleet {
 impl Fleet {
     /// Starts a control plane and `agents` agents named `edge-1`, `edge-2`, ...
     pub fn start(agents: usize) -> anyhow::Result<Self> {
+        Self::start_with(agents, &[])
+    }
+
+    /// Like [`Fleet::start`], with more arguments for `tern-agent join`.
+    pub fn start_with(agents: usize, agent_args: &[&str]) -> anyhow::Result<Self> {
         let tmp = tempfile::tempdir()?;
         let cp = ControlPlane::start(tmp.path(), fast_config)?;
         let publisher = Publisher::generate(&cp, tmp.path())?;
@@ -674,7 +706,8 @@ impl Fleet {
         for i in 1..=agents {
             let name = format!("edge-{i}");
             let token = fleet.cp.token("site=a", "10m")?;
-            let agent = Agent::join(&fleet.cp, fleet.tmp.path(), &name, &token, "")?;
+            let agent =
+                Agent::join_with(&fleet.cp, fleet.tmp.path(), &name, &token, "", agent_args)?;
             fleet.agents.push(agent);
             fleet
                 .cp

@@ -104,7 +104,7 @@ pub fn build_plugins() -> anyhow::Result<()> {
 fn plugins() -> anyhow::Result<()> {
     build_plugins()?;
     let components = demo::target_dir()?.join("wasm32-wasip2").join("debug");
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/plugins");
+    let out = manifest_dir().join("../examples/plugins");
     std::fs::create_dir_all(&out)?;
     for plugin in PLUGINS {
         let file = format!("{}.wasm", plugin.replace('-', "_"));
@@ -135,4 +135,12 @@ fn lint() -> anyhow::Result<()> {
         "-D",
         "warnings",
     ])
+}
+
+/// This package's directory: where cargo says it is now (the build may come from a checkout
+/// at another path sharing the target directory), else where it was built.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }

@@ -38,6 +38,9 @@ pub struct AgentConfig {
     pub labels: BTreeMap<String, String>,
     /// Where the local API listens.
     pub listen_api: SocketAddr,
+    /// Telemetry interval and buffer.
+    #[serde(default)]
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 /// Why the data dir could not be read or written.

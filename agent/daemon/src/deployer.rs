@@ -20,6 +20,8 @@ use crate::pipeline::{LoadedPipeline, PipelineStep, StepError};
 use crate::reconcile::{Action, Reconciler};
 use crate::serving::{ServedPipeline, ServingTable};
 use crate::store::{AgentStore, StoreError};
+use crate::telemetry::meter::{PipelineMeter, StepMeter};
+use tern_proto::telemetry::StepKind;
 
 /// How often request counters go to the control plane.
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
@@ -86,6 +88,7 @@ pub fn load(
     desired: &DesiredPipeline,
 ) -> Result<ServedPipeline, LoadFailure> {
     let mut steps = Vec::new();
+    let mut meters = Vec::new();
     for step in &desired.steps {
         let release = &step.release.signed;
         let path = store.artifact_path(&release.digest);
@@ -99,27 +102,37 @@ pub fn load(
                     step: step.name.clone(),
                     error,
                 })?;
+                let meter = Arc::new(StepMeter::new(&step.name, StepKind::Plugin, ""));
+                meters.push(meter.clone());
                 PipelineStep::plugin(
                     &plugin,
                     &step.name,
                     &step.config,
                     StepLimits::from_manifest(step.timeout_ms, step.memory_mib),
+                    Some(meter),
                 )?
             }
-            ArtifactKind::Model => PipelineStep::model(&step.name, &bytes, step.device)?,
+            ArtifactKind::Model => {
+                let model = PipelineStep::model(&step.name, &bytes, step.device)?;
+                meters.push(Arc::new(StepMeter::new(
+                    &step.name,
+                    StepKind::Model,
+                    &model.device(),
+                )));
+                model
+            }
         });
     }
     let pipeline = LoadedPipeline { steps };
+    let meter = PipelineMeter::new(&desired.name, desired.revision, meters);
     if let Some(warmup) = &desired.warmup {
         pipeline
             .run(warmup_payload(warmup)?)
             .map_err(LoadFailure::Warmup)?;
+        // What the warm-up measured (custom metrics, memory) is not traffic.
+        meter.discard(&pipeline);
     }
-    Ok(ServedPipeline::new(
-        &desired.name,
-        desired.revision,
-        pipeline,
-    ))
+    Ok(ServedPipeline::new(pipeline, meter))
 }
 
 impl Deployer {

@@ -30,6 +30,7 @@ pub struct JoinOptions {
     pub listen_api: Option<SocketAddr>,
     /// A trust root given out of band, pinned instead of the control plane's.
     pub trust_root: Option<PathBuf>,
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 /// Why enrollment failed.
@@ -131,6 +132,7 @@ pub async fn join(options: &JoinOptions) -> Result<AgentConfig, JoinError> {
         listen_api: options
             .listen_api
             .unwrap_or_else(|| DEFAULT_LISTEN_API.parse().expect("valid default address")),
+        telemetry: options.telemetry,
     };
     dir.save_config(&config)?;
     info!(agent = %config.name, id = %config.agent_id, "enrolled");

@@ -5,7 +5,7 @@
 use std::io::Write;
 
 use tern_proto::io::{read_frame, write_frame};
-use tern_proto::message::{FetchRequest, FetchResponse};
+use tern_proto::message::{FetchRequest, FetchResponse, StreamOpen};
 use tern_proto::release::{Digest, Hasher, Release, ReleaseError};
 use tracing::{debug, info};
 
@@ -71,7 +71,7 @@ pub async fn fetch(
         digest: digest.0,
         offset: have,
     };
-    write_frame(&mut send, &request, 1024)
+    write_frame(&mut send, &StreamOpen::Fetch(request), 1024)
         .await
         .map_err(|e| stream(&e))?;
     let _ = send.finish();

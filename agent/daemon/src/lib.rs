@@ -14,6 +14,7 @@
 //! - [`serving`]: the pipelines served right now, switched atomically, with request counters.
 //! - [`deployer`]: the async driver of the reconciler (verify, fetch, load, switch, report).
 //! - [`store`]: the agent's durable state in sled and its verified artifacts on disk.
+//! - [`telemetry`]: per-request meters, batches buffered in sled, shipped when connected.
 
 // Proving that futures holding loaded models are `Send` walks deep into wgpu's types.
 #![recursion_limit = "256"]
@@ -34,6 +35,7 @@ pub mod run;
 pub mod run_local;
 pub mod serving;
 pub mod store;
+pub mod telemetry;
 pub mod tensors;
 
 pub use data_dir::{AgentConfig, AgentDataDir};

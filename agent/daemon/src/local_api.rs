@@ -30,6 +30,7 @@ use tracing::{Instrument, info_span};
 use crate::link::LinkState;
 use crate::oip::{self, RequestTensor};
 use crate::serving::{ServedPipeline, ServingTable};
+use crate::telemetry::{TelemetryState, exposition};
 
 /// Requests that may wait for a worker before new ones get 429.
 pub const MAX_WAITING: usize = 64;
@@ -63,6 +64,7 @@ struct ApiState {
     info: AgentInfo,
     link: watch::Receiver<LinkState>,
     serving: Arc<ServingTable>,
+    telemetry: Arc<TelemetryState>,
     admission: Admission,
 }
 
@@ -85,6 +87,7 @@ pub fn router(
     info: AgentInfo,
     link: watch::Receiver<LinkState>,
     serving: Arc<ServingTable>,
+    telemetry: Arc<TelemetryState>,
 ) -> Router {
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     Router::new()
@@ -97,12 +100,14 @@ pub fn router(
         .route("/v2/models/{name}/infer", post(infer_v2))
         .route("/v1/pipelines/{name}/infer", post(infer_raw))
         .route("/v1/agent", get(describe))
+        .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(Arc::new(ApiState {
             info,
             link,
             serving,
+            telemetry,
             admission: Admission {
                 workers: Arc::new(Semaphore::new(workers)),
                 waiting: AtomicUsize::new(0),
@@ -122,6 +127,16 @@ async fn ready(State(state): State<Arc<ApiState>>) -> Response {
         )
             .into_response()
     }
+}
+
+/// `GET /metrics`: this host and its pipelines for Prometheus.
+async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
+    let page = exposition::render(&state.info.name, &state.serving, &state.telemetry);
+    (
+        [(header::CONTENT_TYPE, tern_proto::prometheus::CONTENT_TYPE)],
+        page,
+    )
+        .into_response()
 }
 
 async fn describe(State(state): State<Arc<ApiState>>) -> Json<AgentInfo> {
@@ -188,6 +203,7 @@ async fn run(
             "too many requests are waiting; retry later",
         ));
     }
+    let arrived = Instant::now();
     let permit = admission
         .workers
         .clone()
@@ -196,23 +212,24 @@ async fn run(
         .map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"))?;
     drop(waiting);
     let span = info_span!("infer", pipeline = %pipeline.name, revision = pipeline.revision);
-    let started = Instant::now();
     let runner = pipeline.clone();
     let result = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         let _entered = span.entered();
-        runner.pipeline.run(payload)
+        let started = Instant::now();
+        let queued = started - arrived;
+        let result = runner.pipeline.run_metered(payload, &runner.meter);
+        runner
+            .meter
+            .record_request(queued, started.elapsed(), result.as_ref().err());
+        result
     })
     .await
     .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     match result {
-        Ok(payload) => {
-            pipeline.record(started.elapsed(), false);
-            Ok(payload)
-        }
+        Ok(payload) => Ok(payload),
         Err(e) => {
             let bad_input = e.is_bad_input();
-            pipeline.record(started.elapsed(), !bad_input);
             let status = if bad_input {
                 StatusCode::BAD_REQUEST
             } else {
@@ -357,7 +374,19 @@ mod tests {
             last_error: None,
             pipelines: BTreeMap::new(),
         };
-        router(info, watch::channel(LinkState::default()).1, serving)
+        let db = sled::Config::new().temporary(true).open().expect("db");
+        let telemetry = Arc::new(TelemetryState {
+            buffer: Arc::new(
+                crate::telemetry::buffer::TelemetryBuffer::open(&db, 1 << 20).expect("buffer"),
+            ),
+            host: Default::default(),
+        });
+        router(
+            info,
+            watch::channel(LinkState::default()).1,
+            serving,
+            telemetry,
+        )
     }
 
     async fn status(router: &Router, method: &str, path: &str) -> StatusCode {

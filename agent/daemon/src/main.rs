@@ -43,6 +43,13 @@ enum Command {
         /// plane's on first use.
         #[arg(long)]
         trust_root: Option<PathBuf>,
+        /// Length of one telemetry batch's interval.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        telemetry_interval: std::time::Duration,
+        /// Most bytes of telemetry kept while the control plane is unreachable (the oldest
+        /// batches are dropped beyond it, and counted).
+        #[arg(long, default_value_t = tern_agent::telemetry::buffer::DEFAULT_BUFFER_BYTES)]
+        telemetry_buffer_bytes: u64,
     },
     /// Run an enrolled agent until SIGTERM or Ctrl-C.
     Run {
@@ -176,6 +183,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 listen_api,
                 no_run,
                 trust_root,
+                telemetry_interval,
+                telemetry_buffer_bytes,
             } => {
                 let options = JoinOptions {
                     control_plane,
@@ -185,6 +194,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     labels,
                     listen_api,
                     trust_root,
+                    telemetry: tern_agent::telemetry::TelemetryConfig {
+                        interval_ms: (telemetry_interval.as_millis() as u64).max(1),
+                        buffer_bytes: telemetry_buffer_bytes,
+                    },
                 };
                 let config = tern_agent::join(&options)
                     .await

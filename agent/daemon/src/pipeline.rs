@@ -3,13 +3,16 @@
 //! `run-local` and the daemon's local API.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
 
 use tern_infer::{InferError, Model, ModelOptions};
 use tern_plugin_host::{
-    ErrorKind, FailureCause, LoadError, Payload, Plugin, Step, StepFailure, StepLimits,
+    ErrorKind, FailureCause, LoadError, MetricsSink, Payload, Plugin, Step, StepFailure, StepLimits,
 };
 use tern_proto::manifest;
 
+use crate::telemetry::meter::{PipelineMeter, error_kind};
 use crate::tensors;
 
 /// Why a step could not be loaded or failed on a request. Every message starts with
@@ -53,14 +56,29 @@ pub enum PipelineStep {
 }
 
 impl PipelineStep {
-    /// A plugin step from a compiled plugin.
+    /// A plugin step from a compiled plugin; its custom metrics go to `metrics` when given.
     pub fn plugin(
         plugin: &Plugin,
         name: &str,
         config: &str,
         limits: StepLimits,
+        metrics: Option<Arc<dyn MetricsSink>>,
     ) -> Result<Self, StepError> {
-        Ok(PipelineStep::Plugin(plugin.step(name, config, limits)?))
+        Ok(PipelineStep::Plugin(match metrics {
+            Some(sink) => plugin.step_with_metrics(name, config, limits, sink)?,
+            None => plugin.step(name, config, limits)?,
+        }))
+    }
+
+    /// Where the step runs: `cpu` or the GPU adapter for a model, empty for a plugin.
+    pub fn device(&self) -> String {
+        match self {
+            PipelineStep::Plugin(_) => String::new(),
+            PipelineStep::Model { model, .. } => match model.placement() {
+                tern_infer::Placement::Cpu => "cpu".to_owned(),
+                tern_infer::Placement::Gpu { adapter } => adapter,
+            },
+        }
     }
 
     /// A model step from ONNX bytes.
@@ -159,6 +177,28 @@ impl LoadedPipeline {
     pub fn run(&self, mut payload: Payload) -> Result<Payload, StepError> {
         for step in &self.steps {
             payload = step.process(payload)?;
+        }
+        Ok(payload)
+    }
+
+    /// Runs every step in order, recording each step's time and error in `meter`.
+    pub fn run_metered(
+        &self,
+        mut payload: Payload,
+        meter: &PipelineMeter,
+    ) -> Result<Payload, StepError> {
+        for (index, step) in self.steps.iter().enumerate() {
+            let started = Instant::now();
+            match step.process(payload) {
+                Ok(output) => {
+                    meter.record_step(index, started.elapsed(), None);
+                    payload = output;
+                }
+                Err(error) => {
+                    meter.record_step(index, started.elapsed(), Some(error_kind(&error)));
+                    return Err(error);
+                }
+            }
         }
         Ok(payload)
     }

@@ -20,6 +20,9 @@ use crate::local_api::{self, AgentInfo};
 use crate::reconcile::Reconciler;
 use crate::serving::ServingTable;
 use crate::store::AgentStore;
+use crate::telemetry::buffer::TelemetryBuffer;
+use crate::telemetry::host::HostSampler;
+use crate::telemetry::{self, TelemetryState};
 
 /// Idle timeout of the link; heartbeats keep it busy, so it only fires when the peer is gone.
 const LINK_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -81,6 +84,13 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
     })?);
     let serving = Arc::new(ServingTable::default());
     let reconciler = restore(&dir, &store, &engine, &serving).await?;
+    let telemetry = Arc::new(TelemetryState {
+        buffer: Arc::new(TelemetryBuffer::open(
+            store.db(),
+            config.telemetry.buffer_bytes,
+        )?),
+        host: Default::default(),
+    });
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (capacity_tx, capacity_rx) = watch::channel(capacity::host_capacity(&dir));
@@ -98,12 +108,28 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
     };
     let api = tokio::spawn(local_api::serve(
         listener,
-        local_api::router(info, state_rx, serving.clone()),
+        local_api::router(info, state_rx, serving.clone(), telemetry.clone()),
         stop_rx.clone(),
     ));
     let (desired_tx, desired_rx) = watch::channel(None);
     let (outbox_tx, outbox_rx) = mpsc::channel(64);
     let (connection_tx, connection_rx) = watch::channel(None);
+    let collector = tokio::spawn(telemetry::collect(
+        serving.clone(),
+        telemetry.clone(),
+        HostSampler::new(
+            dir.root(),
+            vec![dir.artifacts(), dir.root().join("compiled")],
+        ),
+        capacity_rx.clone(),
+        Duration::from_millis(config.telemetry.interval_ms.max(1)),
+        stop_rx.clone(),
+    ));
+    let shipper = tokio::spawn(telemetry::shipper::ship(
+        telemetry.buffer.clone(),
+        connection_rx.clone(),
+        stop_rx.clone(),
+    ));
     let link = tokio::spawn(link::maintain(
         LinkConfig {
             agent: config.clone(),
@@ -147,6 +173,14 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
     let _ = stop_tx.send(true);
     probe.abort();
     deployer.abort();
+    shipper.abort();
+    // The last partial interval is stored before the state is flushed.
+    if tokio::time::timeout(SHUTDOWN_GRACE, collector)
+        .await
+        .is_err()
+    {
+        warn!("telemetry did not store its last batch in time");
+    }
     if tokio::time::timeout(SHUTDOWN_GRACE, link).await.is_err() {
         warn!("control plane link did not close in time");
     }

@@ -169,6 +169,7 @@ pub fn run_local(options: &RunLocalOptions) -> Result<serde_json::Value, RunLoca
             &spec.name,
             &spec.config_json(),
             limits,
+            None,
         )?);
     }
 

@@ -1,77 +1,43 @@
 //! The pipelines an agent serves right now: the table the local API reads and the deployer
 //! switches atomically, one pipeline at a time, with per-revision request counters.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use tern_proto::message::PipelineHealth;
 
 use crate::pipeline::LoadedPipeline;
+use crate::telemetry::meter::PipelineMeter;
 
-/// Latencies kept for percentiles.
-const LATENCY_SAMPLES: usize = 1024;
-
-/// One revision of a pipeline, loaded and answering requests.
+/// One revision of a pipeline, loaded and answering requests, with its measurements.
 #[derive(Debug)]
 pub struct ServedPipeline {
     pub name: String,
     pub revision: u64,
     pub pipeline: LoadedPipeline,
-    requests: AtomicU64,
-    errors: AtomicU64,
-    latencies_us: Mutex<VecDeque<u64>>,
+    pub meter: PipelineMeter,
 }
 
 impl ServedPipeline {
-    pub fn new(name: &str, revision: u64, pipeline: LoadedPipeline) -> Self {
+    pub fn new(pipeline: LoadedPipeline, meter: PipelineMeter) -> Self {
         Self {
-            name: name.to_owned(),
-            revision,
+            name: meter.pipeline.clone(),
+            revision: meter.revision,
             pipeline,
-            requests: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-            latencies_us: Mutex::new(VecDeque::with_capacity(LATENCY_SAMPLES)),
+            meter,
         }
     }
 
-    /// Counts one request; `failed` when a step failed (not for bad input).
-    pub fn record(&self, latency: Duration, failed: bool) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        if failed {
-            self.errors.fetch_add(1, Ordering::Relaxed);
-        }
-        let mut samples = self.latencies_us.lock().unwrap_or_else(|p| p.into_inner());
-        if samples.len() == LATENCY_SAMPLES {
-            samples.pop_front();
-        }
-        samples.push_back(latency.as_micros() as u64);
-    }
-
-    /// Counters since the revision was loaded.
+    /// Counters since the revision was loaded, for the rollout health gates.
     pub fn health(&self) -> PipelineHealth {
-        let mut samples: Vec<u64> = self
-            .latencies_us
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .copied()
-            .collect();
-        samples.sort_unstable();
-        let at = |q: f64| {
-            samples
-                .get(((samples.len() as f64 - 1.0) * q).round() as usize)
-                .copied()
-                .unwrap_or(0)
-        };
+        let totals = self.meter.totals();
         PipelineHealth {
             name: self.name.clone(),
             revision: self.revision,
-            requests: self.requests.load(Ordering::Relaxed),
-            errors: self.errors.load(Ordering::Relaxed),
-            latency_p50_us: at(0.5),
-            latency_p99_us: at(0.99),
+            requests: totals.requests,
+            errors: totals.failures(),
+            latency_p50_us: totals.latency_us.quantile(0.5),
+            latency_p99_us: totals.latency_us.quantile(0.99),
         }
     }
 }
@@ -81,6 +47,8 @@ impl ServedPipeline {
 pub struct ServingTable(
     RwLock<BTreeMap<String, Arc<ServedPipeline>>>,
     RwLock<BTreeSet<String>>,
+    /// Revisions switched out or removed since telemetry last took their measurements.
+    Mutex<Vec<Arc<ServedPipeline>>>,
 );
 
 impl ServingTable {
@@ -113,17 +81,33 @@ impl ServingTable {
 
     /// Switches `name` to `pipeline` in one step.
     pub fn switch(&self, pipeline: Arc<ServedPipeline>) {
-        self.0
+        let old = self
+            .0
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(pipeline.name.clone(), pipeline);
+        self.retire(old);
     }
 
     pub fn remove(&self, name: &str) {
-        self.0
+        let old = self
+            .0
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(name);
+        self.retire(old);
+    }
+
+    fn retire(&self, old: Option<Arc<ServedPipeline>>) {
+        if let Some(old) = old {
+            self.2.lock().unwrap_or_else(|p| p.into_inner()).push(old);
+        }
+    }
+
+    /// Revisions that stopped serving since the last call: their last measurements are still
+    /// to be taken.
+    pub fn take_retired(&self) -> Vec<Arc<ServedPipeline>> {
+        std::mem::take(&mut *self.2.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Every served pipeline.

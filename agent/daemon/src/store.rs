@@ -175,6 +175,16 @@ impl AgentStore {
     }
 
     /// Writes everything to disk.
+    /// The database, for parts of the agent that keep their own trees (telemetry).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    /// Bytes of verified artifacts on disk.
+    pub fn artifacts_bytes(&self) -> u64 {
+        crate::telemetry::host::dir_bytes(&self.artifacts)
+    }
+
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())

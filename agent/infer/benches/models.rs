@@ -11,7 +11,7 @@
 //!   --matmul N        GPU f32 matmul N×N×N: kernel time and TFLOP/s
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -63,7 +63,7 @@ fn args() -> Args {
             .collect();
         if a.models.is_empty() {
             a.models
-                .push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/models/mlp"));
+                .push(manifest_dir().join("../../examples/models/mlp"));
         }
     }
     a
@@ -250,7 +250,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         if a.ort {
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/ort_reference.py");
+            let script = manifest_dir().join("benches/ort_reference.py");
             let out = Command::new("python3")
                 .arg(script)
                 .arg(&path)
@@ -359,4 +359,12 @@ fn matmul(n: usize) -> Result<(), Box<dyn std::error::Error>> {
         flops / best.as_secs_f64() / 1e12
     );
     Ok(())
+}
+
+/// This package's directory: where cargo says it is now (the build may come from a checkout
+/// at another path sharing the target directory), else where it was built.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }

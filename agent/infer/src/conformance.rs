@@ -62,7 +62,7 @@ pub fn fixtures_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("TERN_FIXTURES") {
         return PathBuf::from(dir);
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
+    manifest_dir().join("../../../shared")
 }
 
 fn subdirs(dir: &Path) -> Vec<PathBuf> {
@@ -272,4 +272,12 @@ fn run(case: &Case, device: Device) -> Outcome {
     Outcome::Pass {
         max_abs_diff: worst,
     }
+}
+
+/// This package's directory: where cargo says it is now (the build may come from a checkout
+/// at another path sharing the target directory), else where it was built.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }

@@ -1,5 +1,6 @@
 //! A configured step and its pool of instances.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use crate::bindings::{Plugin as Bindings, PluginPre};
 use crate::engine::{EPOCH_TICK, EngineShared};
 use crate::error::{FailureCause, StepFailure};
 use crate::limits::StepLimits;
+use crate::metrics::MetricsSink;
 use crate::output;
 use crate::state::{MemoryCap, StepState};
 use crate::stdio::GuestOutput;
@@ -59,6 +61,10 @@ pub struct Step {
     /// Instances alive (idle or busy).
     alive: Mutex<usize>,
     released: Condvar,
+    /// Where this step's custom metrics go.
+    metrics: Arc<dyn MetricsSink>,
+    /// Largest linear memory an instance had after a call, since [`Step::take_peak_memory`].
+    peak_memory: AtomicU64,
 }
 
 impl std::fmt::Debug for Step {
@@ -77,8 +83,11 @@ impl Step {
         limits: StepLimits,
         pre: PluginPre<StepState>,
         shared: Arc<EngineShared>,
+        metrics: Option<Arc<dyn MetricsSink>>,
     ) -> Result<Self, StepFailure> {
         let step = Self {
+            metrics: metrics.unwrap_or_else(|| shared.metrics.clone()),
+            peak_memory: AtomicU64::new(0),
             name: name.into(),
             config: config.into(),
             limits,
@@ -137,7 +146,7 @@ impl Step {
             memory: MemoryCap::new(self.limits.memory_bytes),
             step: self.name.clone(),
             stderr,
-            metrics: self.shared.metrics.clone(),
+            metrics: self.metrics.clone(),
             accel: self.shared.accel.clone(),
         }
     }
@@ -233,7 +242,12 @@ impl Step {
         let _span = tracing::debug_span!("step", step = %self.name).entered();
         let mut live = self.acquire()?;
         live.store.set_epoch_deadline(self.deadline_ticks());
-        let cause = match self.call_process(&mut live, input) {
+        let result = self.call_process(&mut live, input);
+        self.peak_memory.fetch_max(
+            live.store.data().memory.used_bytes as u64,
+            Ordering::Relaxed,
+        );
+        let cause = match result {
             Ok(Ok(output)) => {
                 self.give_back(live);
                 return Ok(output);
@@ -249,6 +263,12 @@ impl Step {
         self.retire();
         tracing::warn!(step = %self.name, %cause, "instance discarded");
         Err(self.fail(cause))
+    }
+
+    /// The largest linear memory (all memories of one instance) seen after a call since the
+    /// last time this was asked, in bytes; resets to 0.
+    pub fn take_peak_memory(&self) -> u64 {
+        self.peak_memory.swap(0, Ordering::Relaxed)
     }
 
     /// Instances kept warm right now.

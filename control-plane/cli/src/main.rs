@@ -95,6 +95,11 @@ enum Command {
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
     },
+    /// What the fleet is doing, from the agents' telemetry.
+    Top {
+        #[command(subcommand)]
+        what: TopCommand,
+    },
     /// Watch and steer a deployment's rollout.
     Rollout {
         #[command(subcommand)]
@@ -106,6 +111,23 @@ enum Command {
         /// No progress bar.
         #[arg(long, short)]
         quiet: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TopCommand {
+    /// Each agent's host (CPU, memory, disk, cache, GPUs) and traffic over the last minutes.
+    Agents {
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Each pipeline's requests, errors, throughput and latency percentiles, and its steps'.
+    Pipelines {
+        /// How far back to look (e.g. 5m, 1h, 7d) [default: since each pipeline was applied].
+        #[arg(long, value_parser = humantime::parse_duration)]
+        window: Option<Duration>,
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
     },
 }
 
@@ -370,6 +392,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     _ => Format::Table,
                 };
                 print!("{}", output::rollout(&view, output)?);
+            }
+            Command::Top {
+                what: TopCommand::Agents { output },
+            } => {
+                let rows: Vec<tern_proto::api::AgentTop> = api()?
+                    .get("/v1/top/agents")
+                    .await
+                    .context("failed to read the agents' telemetry")?;
+                print!("{}", output::top_agents(&rows, output)?);
+            }
+            Command::Top {
+                what: TopCommand::Pipelines { window, output },
+            } => {
+                let path = match window {
+                    Some(w) => format!("/v1/top/pipelines?window={}", w.as_secs().max(1)),
+                    None => "/v1/top/pipelines".to_owned(),
+                };
+                let rows: Vec<tern_proto::api::PipelineTop> = api()?
+                    .get(&path)
+                    .await
+                    .context("failed to read the pipelines' telemetry")?;
+                print!("{}", output::top_pipelines(&rows, output)?);
             }
             Command::Get {
                 what: GetCommand::Pipelines { output },

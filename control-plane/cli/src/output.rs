@@ -2,7 +2,9 @@
 
 use comfy_table::{Table, presets};
 use serde::Serialize;
-use tern_proto::api::{AgentView, DeploymentView, PipelineView, ReleaseView};
+use tern_proto::api::{
+    AgentTop, AgentView, DeploymentView, PipelineTop, PipelineView, ReleaseView,
+};
 use tern_proto::trust::SignedTrustRoot;
 
 /// `-o table|json|yaml`.
@@ -362,4 +364,153 @@ pub fn rollout(d: &DeploymentView, format: Format) -> anyhow::Result<String> {
         }
     }
     Ok(out)
+}
+
+fn millis(ms: f64) -> String {
+    if ms >= 1000.0 {
+        format!("{:.2}s", ms / 1000.0)
+    } else if ms >= 10.0 {
+        format!("{ms:.0}ms")
+    } else {
+        format!("{ms:.2}ms")
+    }
+}
+
+fn span(seconds: f64) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(seconds.round() as u64)).to_string()
+}
+
+/// `ternctl top pipelines`: a row per pipeline, then a row per step.
+pub fn top_pipelines(rows: &[PipelineTop], format: Format) -> anyhow::Result<String> {
+    if let Some(text) = structured(rows, format)? {
+        return Ok(text);
+    }
+    if rows.is_empty() {
+        return Ok("No pipelines. Apply one with `ternctl apply -f FILE`.\n".into());
+    }
+    let mut t = table(&[
+        "PIPELINE", "REVISION", "REQUESTS", "ERRORS", "RPS", "P50", "P95", "P99", "WINDOW",
+    ]);
+    for p in rows {
+        t.add_row(vec![
+            shown(&p.pipeline),
+            if p.revision == 0 {
+                "-".into()
+            } else {
+                p.revision.to_string()
+            },
+            p.requests.to_string(),
+            p.errors.to_string(),
+            format!("{:.1}", p.rps),
+            millis(p.p50_ms),
+            millis(p.p95_ms),
+            millis(p.p99_ms),
+            span(p.window_seconds),
+        ]);
+        for s in &p.steps {
+            let place = if s.device.is_empty() {
+                s.kind.clone()
+            } else {
+                format!("{} on {}", s.kind, shown(&s.device))
+            };
+            t.add_row(vec![
+                format!("  {} ({place})", shown(&s.step)),
+                String::new(),
+                s.requests.to_string(),
+                s.errors.to_string(),
+                format!("{:.1}", s.rps),
+                millis(s.p50_ms),
+                millis(s.p95_ms),
+                millis(s.p99_ms),
+                String::new(),
+            ]);
+        }
+    }
+    Ok(format!("{t}\n"))
+}
+
+/// `ternctl top agents`.
+pub fn top_agents(rows: &[AgentTop], format: Format) -> anyhow::Result<String> {
+    if let Some(text) = structured(rows, format)? {
+        return Ok(text);
+    }
+    if rows.is_empty() {
+        return Ok("No agents enrolled.\n".into());
+    }
+    let mut t = table(&[
+        "NAME",
+        "STATUS",
+        "CPU",
+        "MEMORY",
+        "DISK FREE",
+        "CACHE",
+        "GPU",
+        "RPS",
+        "ERRORS",
+        "P99",
+        "BUFFERED",
+        "DROPPED",
+        "REPORTED",
+    ]);
+    for a in rows {
+        let reported = a.reported_ms > 0;
+        let dash = || "-".to_owned();
+        let gpu = if a.gpus.is_empty() {
+            dash()
+        } else {
+            a.gpus
+                .iter()
+                .zip(a.gpu_busy_percent.iter().chain(std::iter::repeat(&None)))
+                .map(|(name, busy)| match busy {
+                    Some(b) => format!("{} {b:.0}%", shown(name)),
+                    None => shown(name),
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        t.add_row(vec![
+            shown(&a.name),
+            a.status.to_string(),
+            if reported {
+                format!("{:.0}%", a.cpu_percent)
+            } else {
+                dash()
+            },
+            if reported {
+                format!(
+                    "{}/{}",
+                    size(a.memory_used_bytes),
+                    size(a.memory_total_bytes)
+                )
+            } else {
+                dash()
+            },
+            if reported {
+                size(a.disk_free_bytes)
+            } else {
+                dash()
+            },
+            if reported {
+                size(a.cache_bytes)
+            } else {
+                dash()
+            },
+            gpu,
+            format!("{:.1}", a.rps),
+            a.errors.to_string(),
+            if a.p99_ms > 0.0 {
+                millis(a.p99_ms)
+            } else {
+                dash()
+            },
+            size(a.buffered_bytes),
+            a.dropped_batches.to_string(),
+            if reported {
+                age(&tern_transport::rfc3339(a.reported_ms))
+            } else {
+                "never".into()
+            },
+        ]);
+    }
+    Ok(format!("{t}\n"))
 }

@@ -289,3 +289,75 @@ pub struct DeploymentView {
     pub updated: String,
     pub rollout: Option<RolloutView>,
 }
+
+/// One pipeline in `ternctl top pipelines` (`GET /v1/top/pipelines`): totals over the window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineTop {
+    pub pipeline: String,
+    /// The pipeline's current revision (0 when it was deleted since).
+    pub revision: u64,
+    /// Start of the window (unix milliseconds) and its length in seconds.
+    pub since_ms: u64,
+    pub window_seconds: f64,
+    pub requests: u64,
+    /// Failed requests, bad input excluded.
+    pub errors: u64,
+    /// Failed requests by kind, bad input included.
+    pub errors_by_kind: BTreeMap<String, u64>,
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    /// 99th percentile of the wait for a worker.
+    pub queue_p99_ms: f64,
+    pub steps: Vec<StepTop>,
+}
+
+/// One step in [`PipelineTop`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepTop {
+    pub step: String,
+    /// `plugin` or `model`.
+    pub kind: String,
+    /// Where a model step ran (`cpu` or the GPU adapter); empty for plugins.
+    pub device: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    /// Largest linear memory of the plugin's instances in the window.
+    pub memory_peak_bytes: u64,
+    /// Custom counters the plugin reported.
+    pub counters: BTreeMap<String, u64>,
+}
+
+/// One agent in `ternctl top agents` (`GET /v1/top/agents`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentTop {
+    pub name: String,
+    pub status: AgentStatus,
+    pub labels: BTreeMap<String, String>,
+    /// When its latest telemetry interval ended (0: none yet).
+    pub reported_ms: u64,
+    pub cpu_percent: f32,
+    pub memory_used_bytes: u64,
+    pub memory_total_bytes: u64,
+    pub disk_free_bytes: u64,
+    pub disk_total_bytes: u64,
+    pub cache_bytes: u64,
+    pub gpus: Vec<String>,
+    /// GPU busy share of the latest interval, percent, per adapter that can time its work.
+    pub gpu_busy_percent: Vec<Option<f32>>,
+    /// Requests over the last minutes of telemetry, per second, and their failures.
+    pub rps: f64,
+    pub errors: u64,
+    pub p99_ms: f64,
+    /// Telemetry the agent holds for lack of a connection, and what it dropped for its cap.
+    pub buffered_bytes: u64,
+    pub dropped_batches: u64,
+    /// Batches the control plane stored, and the highest sequence number.
+    pub batches: u64,
+    pub last_seq: u64,
+}

@@ -12,6 +12,8 @@
 //! - [`release`]: signed releases and the checks agents run before parsing an artifact.
 //! - [`trust`]: the trust root (publisher keys, threshold, rotation).
 //! - [`desired`]: the signed, generation-numbered desired state of one agent.
+//! - [`telemetry`]: telemetry batches and the histograms they carry.
+//! - [`prometheus`]: the Prometheus text format, for `/metrics`.
 
 pub mod api;
 pub mod desired;
@@ -21,8 +23,10 @@ pub mod io;
 pub mod labels;
 pub mod manifest;
 pub mod message;
+pub mod prometheus;
 pub mod release;
 pub mod signing;
+pub mod telemetry;
 pub mod token;
 pub mod trust;
 
@@ -34,7 +38,7 @@ pub use token::{EnrollmentToken, TokenError};
 
 /// Version of the control-stream protocol, sent in [`Hello`]. The control plane refuses agents
 /// that speak a version it does not know.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// ALPN protocol identifier of agent connections over QUIC.
 pub const ALPN: &[u8] = b"tern/1";

@@ -204,3 +204,21 @@ pub enum FetchResponse {
     /// The request was bad (an offset past the end).
     Refused { reason: String },
 }
+
+/// First frame of every stream an agent opens besides its control stream: says what the
+/// stream is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StreamOpen {
+    /// An artifact transfer (see [`FetchRequest`]).
+    Fetch(FetchRequest),
+    /// Telemetry: then the agent sends [`crate::telemetry::TelemetryBatch`] frames in sequence
+    /// order and the control plane answers [`TelemetryAck`] frames.
+    Telemetry,
+}
+
+/// The control plane stored (or had already stored) every batch of this agent up to and
+/// including `up_to`; the agent may delete them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TelemetryAck {
+    pub up_to: u64,
+}

@@ -6,7 +6,72 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 use tern_proto::frame::{self, decode_frame, encode_frame};
 use tern_proto::message::*;
+use tern_proto::telemetry::*;
 use tern_proto::{EnrollmentToken, MAX_FRAME_LEN};
+
+/// Histograms as an untrusted peer might send them: any indices, any counts, any order.
+fn histogram() -> impl Strategy<Value = Histogram> {
+    (
+        any::<u64>(),
+        any::<u64>(),
+        prop::collection::vec((any::<u16>(), any::<u64>()), 0..12),
+    )
+        .prop_map(|(count, sum, buckets)| Histogram {
+            count,
+            sum,
+            buckets,
+        })
+}
+
+fn telemetry_batch() -> impl Strategy<Value = TelemetryBatch> {
+    let step = (
+        "[a-z]{1,8}",
+        any::<u64>(),
+        histogram(),
+        prop::collection::btree_map("[a-z]{1,6}", any::<u64>(), 0..3),
+    )
+        .prop_map(|(step, requests, latency_us, counters)| StepStats {
+            step,
+            requests,
+            latency_us,
+            counters,
+            ..StepStats::default()
+        });
+    let pipeline = (
+        "[a-z]{1,8}",
+        any::<u64>(),
+        any::<u64>(),
+        histogram(),
+        prop::collection::vec(step, 0..3),
+    )
+        .prop_map(
+            |(pipeline, revision, requests, latency_us, steps)| PipelineStats {
+                pipeline,
+                revision,
+                requests,
+                latency_us,
+                steps,
+                ..PipelineStats::default()
+            },
+        );
+    (
+        any::<u64>(),
+        any::<u64>(),
+        0f32..100.0,
+        prop::collection::vec(pipeline, 0..3),
+    )
+        .prop_map(|(seq, start_ms, cpu_percent, pipelines)| TelemetryBatch {
+            seq,
+            start_ms,
+            end_ms: start_ms.saturating_add(10_000),
+            host: HostStats {
+                cpu_percent,
+                ..HostStats::default()
+            },
+            pipelines,
+            dropped_batches: seq / 2,
+        })
+}
 
 fn labels() -> impl Strategy<Value = BTreeMap<String, String>> {
     prop::collection::btree_map("[a-z]{1,8}", ".{0,12}", 0..4)
@@ -179,6 +244,21 @@ proptest! {
     }
 
     #[test]
+    fn telemetry_round_trips_and_merges_without_panicking(batch in telemetry_batch(), other in histogram()) {
+        prop_assert_eq!(round_trip(&batch), batch.clone());
+        let open = StreamOpen::Telemetry;
+        prop_assert_eq!(round_trip(&open), open);
+        let ack = TelemetryAck { up_to: batch.seq };
+        prop_assert_eq!(round_trip(&ack), ack);
+        for pipeline in &batch.pipelines {
+            let mut merged = pipeline.latency_us.clone();
+            merged.merge(&other);
+            prop_assert!(merged.buckets.windows(2).all(|w| w[0].0 < w[1].0));
+            let _ = merged.quantile(0.99);
+        }
+    }
+
+    #[test]
     fn several_frames_in_one_buffer_decode_in_order(msgs in prop::collection::vec(agent_message(), 1..8)) {
         let mut buf = Vec::new();
         for m in &msgs {
@@ -201,6 +281,15 @@ proptest! {
         let _ = decode_frame::<ControlMessage>(&bytes, MAX_FRAME_LEN);
         let _ = decode_frame::<FetchRequest>(&bytes, MAX_FRAME_LEN);
         let _ = decode_frame::<FetchResponse>(&bytes, MAX_FRAME_LEN);
+        let _ = decode_frame::<StreamOpen>(&bytes, MAX_FRAME_LEN);
+        let _ = decode_frame::<TelemetryAck>(&bytes, MAX_FRAME_LEN);
+        if let Ok(Some((batch, _))) = decode_frame::<TelemetryBatch>(&bytes, MAX_FRAME_LEN) {
+            let mut h = Histogram::default();
+            for p in &batch.pipelines {
+                h.merge(&p.latency_us);
+            }
+            let _ = (h.quantile(0.5), batch.points());
+        }
         // A desired state's body is only decoded after its signature verified, but the
         // decoder must hold up anyway.
         let _ = postcard::from_bytes::<tern_proto::desired::DesiredState>(&bytes);

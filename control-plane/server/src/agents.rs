@@ -270,7 +270,7 @@ async fn session(
         }
         drop(slot);
         let transfers = tokio::spawn(
-            crate::transfer::serve(conn.clone(), shared.clone())
+            crate::transfer::serve(conn.clone(), shared.clone(), record.id.clone())
                 .instrument(tracing::Span::current()),
         );
         let result = control_loop(

@@ -16,6 +16,8 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_NOT_READY_AFTER: Duration = Duration::from_secs(15);
 /// Default limit of concurrent agent connections.
 pub const DEFAULT_MAX_AGENT_CONNECTIONS: usize = 10_000;
+/// Default retention of telemetry: 90 days.
+pub const DEFAULT_TELEMETRY_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
 
 /// The control plane's settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +36,9 @@ pub struct ControlPlaneConfig {
     /// Concurrent agent connections accepted; more are refused.
     #[serde(default = "default_max_agent_connections")]
     pub max_agent_connections: usize,
+    /// How long telemetry is kept (at 1 h resolution after the first week).
+    #[serde(with = "duration_text", default = "default_telemetry_retention")]
+    pub telemetry_retention: Duration,
 }
 
 fn default_heartbeat_interval() -> Duration {
@@ -41,6 +46,9 @@ fn default_heartbeat_interval() -> Duration {
 }
 fn default_not_ready_after() -> Duration {
     DEFAULT_NOT_READY_AFTER
+}
+fn default_telemetry_retention() -> Duration {
+    DEFAULT_TELEMETRY_RETENTION
 }
 fn default_max_agent_connections() -> usize {
     DEFAULT_MAX_AGENT_CONNECTIONS
@@ -56,6 +64,7 @@ impl Default for ControlPlaneConfig {
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             not_ready_after: DEFAULT_NOT_READY_AFTER,
             max_agent_connections: DEFAULT_MAX_AGENT_CONNECTIONS,
+            telemetry_retention: DEFAULT_TELEMETRY_RETENTION,
         }
     }
 }

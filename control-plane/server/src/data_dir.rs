@@ -117,6 +117,10 @@ impl DataDir {
     pub fn artifacts(&self) -> PathBuf {
         self.root.join("artifacts")
     }
+    /// The telemetry database (its own sled database).
+    pub fn telemetry(&self) -> PathBuf {
+        self.root.join("telemetry")
+    }
 
     /// Creates a new control plane identity. Refuses a directory that exists and is not empty.
     pub fn init(&self, options: &InitOptions) -> Result<ControlPlaneConfig, InitError> {

@@ -14,7 +14,10 @@
 //! - [`reports`]: what agents last reported about their pipelines.
 //! - [`health`]: request counters of pipeline revisions on agents, for rollout gates.
 //! - [`deploy`]: the deployment driver: planners → each agent's signed desired state.
-//! - [`transfer`]: artifact streams to agents, resumable, content-addressed.
+//! - [`transfer`]: the streams agents open: artifact fetches (resumable, content-addressed)
+//!   and telemetry.
+//! - [`telemetry`]: telemetry ingest (deduplicated, acknowledged when durable), time series
+//!   with downsampling and retention, `top` queries and the fleet's `/metrics`.
 //! - [`presence`]: which agents are connected and when they were last heard (in memory).
 //! - [`enroll`]: redeeming a token for a certificate.
 //! - [`agents`]: the QUIC endpoint and the per-agent control stream.
@@ -37,6 +40,7 @@ pub mod releases;
 pub mod reports;
 pub mod rollout;
 pub mod server;
+pub mod telemetry;
 pub mod transfer;
 
 pub use config::ControlPlaneConfig;

@@ -46,6 +46,7 @@ pub(crate) struct Shared {
     /// Agent id → the last desired state given ([`crate::deploy::AgentDesired`]).
     pub desired: sled::Tree,
     pub online_key: tern_proto::signing::SecretKey,
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 /// Options of `tern-control-plane serve`.
@@ -69,6 +70,8 @@ pub enum StartError {
     Releases(#[from] ReleaseStoreError),
     #[error("cannot open the catalog: {0}")]
     Catalog(#[from] CatalogError),
+    #[error("cannot open the telemetry store: {0}")]
+    Telemetry(#[from] crate::telemetry::store::TelemetryStoreError),
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("cannot listen for {what} on {addr}: {source}")]
@@ -110,7 +113,13 @@ impl RunningControlPlane {
             .open_tree("desired")
             .map_err(|e| StartError::Registry(e.into()))?;
         let ca_pem = loaded.ca.cert_pem().to_owned();
+        let series = crate::telemetry::store::SeriesStore::open(
+            &dir.telemetry(),
+            config.telemetry_retention,
+        )?;
+        let (telemetry, telemetry_writer) = crate::telemetry::Telemetry::new(series);
         let shared = Arc::new(Shared {
+            telemetry,
             registry,
             catalog,
             reports: AgentReports::default(),
@@ -165,6 +174,11 @@ impl RunningControlPlane {
                 stopped(rx.clone()),
             )),
             tokio::spawn(deployments(shared.clone(), rx.clone())),
+            tokio::spawn(crate::telemetry::run_writer(
+                shared.clone(),
+                telemetry_writer,
+                rx.clone(),
+            )),
             tokio::spawn(housekeeping(shared.clone(), rx)),
         ];
         info!(agents = %agent_addr, api = %api_addr, "control plane serving");
@@ -203,6 +217,9 @@ impl RunningControlPlane {
         persist_last_seen(&self.shared);
         if let Err(e) = self.shared.registry.flush() {
             warn!(error = %e, "registry flush failed at shutdown");
+        }
+        if let Err(e) = self.shared.telemetry.store.flush().await {
+            warn!(error = %e, "telemetry flush failed at shutdown");
         }
         info!("control plane stopped");
     }

@@ -1,5 +1,6 @@
-//! Artifact transfers to agents: each fetch is its own QUIC stream, content-addressed by digest
-//! and resumable from any offset (the agent asks for the bytes it does not have yet).
+//! The streams an agent opens besides its control stream. Artifact transfers: each fetch is its
+//! own QUIC stream, content-addressed by digest and resumable from any offset (the agent asks
+//! for the bytes it does not have yet). Telemetry streams go to [`crate::telemetry`].
 
 use std::io::SeekFrom;
 use std::sync::Arc;
@@ -7,7 +8,7 @@ use std::time::Duration;
 
 use quinn::{Connection, RecvStream, SendStream};
 use tern_proto::io::{read_frame, write_frame};
-use tern_proto::message::{FetchRequest, FetchResponse};
+use tern_proto::message::{FetchRequest, FetchResponse, StreamOpen};
 use tern_proto::release::Digest;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tracing::{Instrument, debug, info_span, warn};
@@ -35,12 +36,12 @@ enum TransferError {
 }
 
 /// Serves the transfer streams an agent opens, until the connection ends.
-pub(crate) async fn serve(conn: Connection, shared: Arc<Shared>) {
+pub(crate) async fn serve(conn: Connection, shared: Arc<Shared>, agent: String) {
     while let Ok((send, recv)) = conn.accept_bi().await {
-        let shared = shared.clone();
+        let (shared, agent) = (shared.clone(), agent.clone());
         tokio::spawn(
             async move {
-                if let Err(e) = transfer(&shared, send, recv).await {
+                if let Err(e) = transfer(&shared, &agent, send, recv).await {
                     debug!(error = %e, "transfer ended early");
                 }
             }
@@ -51,16 +52,31 @@ pub(crate) async fn serve(conn: Connection, shared: Arc<Shared>) {
 
 async fn transfer(
     shared: &Shared,
-    mut send: SendStream,
+    agent: &str,
+    send: SendStream,
     mut recv: RecvStream,
 ) -> Result<(), TransferError> {
-    let request = tokio::time::timeout(
+    let open = tokio::time::timeout(
         REQUEST_TIMEOUT,
-        read_frame::<_, FetchRequest>(&mut recv, 1024),
+        read_frame::<_, StreamOpen>(&mut recv, 1024),
     )
     .await
     .map_err(|_| TransferError::Timeout)??
     .ok_or(TransferError::NoRequest)?;
+    match open {
+        StreamOpen::Fetch(request) => fetch(shared, send, request).await,
+        StreamOpen::Telemetry => {
+            crate::telemetry::receive(shared, agent, send, recv).await;
+            Ok(())
+        }
+    }
+}
+
+async fn fetch(
+    shared: &Shared,
+    mut send: SendStream,
+    request: FetchRequest,
+) -> Result<(), TransferError> {
     let digest = Digest(request.digest);
     tracing::Span::current().record("digest", digest.short());
     let path = shared.releases.artifact_path(&digest);

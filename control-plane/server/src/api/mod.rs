@@ -3,6 +3,7 @@
 
 mod deployments;
 mod releases;
+mod telemetry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -80,6 +81,9 @@ pub(crate) fn admin_router(shared: Arc<Shared>) -> Router {
             "/v1/deployments/{name}/rollout/{command}",
             post(deployments::rollout),
         )
+        .route("/v1/top/agents", get(telemetry::top_agents))
+        .route("/v1/top/pipelines", get(telemetry::top_pipelines))
+        .route("/metrics", get(telemetry::metrics))
         .route(
             "/v1/trust-root",
             get(releases::trust_root).put(releases::set_trust_root),

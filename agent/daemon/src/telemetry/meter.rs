@@ -1,0 +1,382 @@
+//! What requests record as they run: lock-free histograms and counters per pipeline revision
+//! and step, taken (and reset) once per telemetry interval, with running totals for `/metrics`
+//! and the rollout health gates.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tern_plugin_host::{ErrorKind, FailureCause, MetricsSink};
+use tern_proto::telemetry::{
+    BAD_INPUT, BUCKETS, Counts, Histogram, PipelineStats, StepKind, StepStats, bucket_of, failures,
+    merge_counts,
+};
+
+use crate::pipeline::{LoadedPipeline, PipelineStep, StepError};
+
+/// Distinct custom metric names kept per step and interval; more are counted under
+/// [`OVERFLOW_METRIC`].
+pub const MAX_CUSTOM_METRICS: usize = 32;
+/// Where custom metrics beyond [`MAX_CUSTOM_METRICS`] are counted.
+pub const OVERFLOW_METRIC: &str = "tern_dropped_custom_metrics";
+/// Observations are kept in milli-units.
+const OBSERVATION_SCALE: f64 = 1000.0;
+
+/// The kind of error `error` is, as telemetry names it. `bad-input` is the client's fault; every
+/// other kind counts against the pipeline.
+pub fn error_kind(error: &StepError) -> &'static str {
+    match error {
+        StepError::Plugin(failure) => match &failure.cause {
+            FailureCause::Guest {
+                kind: ErrorKind::InvalidInput,
+                ..
+            } => BAD_INPUT,
+            FailureCause::Guest { .. } => "plugin-error",
+            FailureCause::Configure { .. } | FailureCause::Instantiate(_) => "instantiate",
+            FailureCause::Timeout(_) => "timeout",
+            FailureCause::MemoryLimit { .. } => "memory",
+            FailureCause::Panic(_) => "panic",
+            FailureCause::Trap(_) => "trap",
+            FailureCause::InvalidOutput(_) => "invalid-output",
+        },
+        StepError::Model {
+            error: tern_infer::InferError::BadInput { .. },
+            ..
+        } => BAD_INPUT,
+        StepError::Model { .. } => "model",
+        StepError::ModelInput { .. } => BAD_INPUT,
+        StepError::Load { .. } => "load",
+    }
+}
+
+/// A histogram requests record into without locks.
+#[derive(Debug)]
+pub struct AtomicHistogram {
+    buckets: Box<[AtomicU64]>,
+    sum: AtomicU64,
+}
+
+impl Default for AtomicHistogram {
+    fn default() -> Self {
+        Self {
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0),
+        }
+    }
+}
+
+impl AtomicHistogram {
+    pub fn record(&self, value: u64) {
+        self.buckets[bucket_of(value)].fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add(value, Ordering::Relaxed);
+    }
+
+    pub fn record_duration(&self, duration: Duration) {
+        self.record(duration.as_micros().min(u128::from(u64::MAX)) as u64);
+    }
+
+    /// What was recorded since the last take; resets to empty.
+    pub fn take(&self) -> Histogram {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.swap(0, Ordering::Relaxed))
+            .collect();
+        Histogram::from_dense(&counts, self.sum.swap(0, Ordering::Relaxed))
+    }
+
+    /// What was recorded since the last take, leaving it in place.
+    pub fn peek(&self) -> Histogram {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        Histogram::from_dense(&counts, self.sum.load(Ordering::Relaxed))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Counts `name` in a bounded map.
+fn count_into(counts: &mut Counts, name: &str, delta: u64) {
+    let key = if counts.contains_key(name) || counts.len() < MAX_CUSTOM_METRICS {
+        name
+    } else {
+        OVERFLOW_METRIC
+    };
+    let slot = counts.entry(key.to_owned()).or_default();
+    *slot = slot.saturating_add(delta);
+}
+
+/// One step's measurements, and the sink of its plugin's custom metrics.
+#[derive(Debug)]
+pub struct StepMeter {
+    pub step: String,
+    pub kind: StepKind,
+    pub device: String,
+    requests: AtomicU64,
+    errors: Mutex<Counts>,
+    latency: AtomicHistogram,
+    counters: Mutex<Counts>,
+    observations: Mutex<BTreeMap<String, Histogram>>,
+}
+
+impl StepMeter {
+    pub fn new(step: &str, kind: StepKind, device: &str) -> Self {
+        Self {
+            step: step.to_owned(),
+            kind,
+            device: device.to_owned(),
+            requests: AtomicU64::new(0),
+            errors: Mutex::default(),
+            latency: AtomicHistogram::default(),
+            counters: Mutex::default(),
+            observations: Mutex::default(),
+        }
+    }
+
+    fn take(&self, memory_peak_bytes: u64) -> StepStats {
+        StepStats {
+            step: self.step.clone(),
+            kind: self.kind,
+            device: self.device.clone(),
+            requests: self.requests.swap(0, Ordering::Relaxed),
+            errors: std::mem::take(&mut *lock(&self.errors)),
+            latency_us: self.latency.take(),
+            memory_peak_bytes,
+            counters: std::mem::take(&mut *lock(&self.counters)),
+            observations: std::mem::take(&mut *lock(&self.observations)),
+        }
+    }
+}
+
+impl MetricsSink for StepMeter {
+    fn counter_add(&self, _step: &str, name: &str, delta: u64) {
+        count_into(&mut lock(&self.counters), name, delta);
+    }
+
+    fn observe(&self, _step: &str, name: &str, value: f64) {
+        let mut observations = lock(&self.observations);
+        if !observations.contains_key(name) && observations.len() >= MAX_CUSTOM_METRICS {
+            drop(observations);
+            return count_into(&mut lock(&self.counters), OVERFLOW_METRIC, 1);
+        }
+        let scaled = (value * OBSERVATION_SCALE).clamp(0.0, u64::MAX as f64) as u64;
+        observations
+            .entry(name.to_owned())
+            .or_default()
+            .record(scaled);
+    }
+}
+
+/// Totals since the revision was loaded.
+#[derive(Debug, Clone, Default)]
+pub struct Totals {
+    pub requests: u64,
+    pub errors: Counts,
+    pub latency_us: Histogram,
+    pub queue_us: Histogram,
+    /// Per step: requests, errors and latency.
+    pub steps: Vec<(String, u64, Counts, Histogram)>,
+}
+
+impl Totals {
+    /// Errors that count against the pipeline (every kind but bad input).
+    pub fn failures(&self) -> u64 {
+        failures(&self.errors)
+    }
+}
+
+/// One pipeline revision's measurements.
+#[derive(Debug)]
+pub struct PipelineMeter {
+    pub pipeline: String,
+    pub revision: u64,
+    pub variant: Option<String>,
+    requests: AtomicU64,
+    errors: Mutex<Counts>,
+    latency: AtomicHistogram,
+    queue: AtomicHistogram,
+    steps: Vec<Arc<StepMeter>>,
+    /// Everything taken so far.
+    totals: Mutex<Totals>,
+}
+
+impl PipelineMeter {
+    pub fn new(pipeline: &str, revision: u64, steps: Vec<Arc<StepMeter>>) -> Self {
+        Self {
+            pipeline: pipeline.to_owned(),
+            revision,
+            variant: None,
+            requests: AtomicU64::new(0),
+            errors: Mutex::default(),
+            latency: AtomicHistogram::default(),
+            queue: AtomicHistogram::default(),
+            steps,
+            totals: Mutex::default(),
+        }
+    }
+
+    /// The meter of step `index` (in pipeline order).
+    pub fn step(&self, index: usize) -> Option<&Arc<StepMeter>> {
+        self.steps.get(index)
+    }
+
+    /// Records one step run.
+    pub fn record_step(&self, index: usize, elapsed: Duration, error: Option<&'static str>) {
+        if let Some(step) = self.steps.get(index) {
+            step.requests.fetch_add(1, Ordering::Relaxed);
+            step.latency.record_duration(elapsed);
+            if let Some(kind) = error {
+                count_into(&mut lock(&step.errors), kind, 1);
+            }
+        }
+    }
+
+    /// Records one request: its wait for a worker, its time in the pipeline, and its error.
+    pub fn record_request(&self, queued: Duration, elapsed: Duration, error: Option<&StepError>) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.queue.record_duration(queued);
+        self.latency.record_duration(elapsed);
+        if let Some(error) = error {
+            count_into(&mut lock(&self.errors), error_kind(error), 1);
+        }
+    }
+
+    /// Everything since the last take, as a batch entry; the running totals keep it.
+    pub fn take(&self, pipeline: &LoadedPipeline) -> PipelineStats {
+        let stats = self.take_stats(pipeline);
+        add_to_totals(&mut lock(&self.totals), &stats);
+        stats
+    }
+
+    /// Forgets everything since the last take.
+    pub fn discard(&self, pipeline: &LoadedPipeline) {
+        self.take_stats(pipeline);
+    }
+
+    fn take_stats(&self, pipeline: &LoadedPipeline) -> PipelineStats {
+        let steps: Vec<StepStats> = self
+            .steps
+            .iter()
+            .zip(&pipeline.steps)
+            .map(|(meter, step)| {
+                let memory = match step {
+                    PipelineStep::Plugin(s) => s.take_peak_memory(),
+                    PipelineStep::Model { .. } => 0,
+                };
+                meter.take(memory)
+            })
+            .collect();
+        PipelineStats {
+            pipeline: self.pipeline.clone(),
+            revision: self.revision,
+            variant: self.variant.clone(),
+            requests: self.requests.swap(0, Ordering::Relaxed),
+            errors: std::mem::take(&mut *lock(&self.errors)),
+            latency_us: self.latency.take(),
+            queue_us: self.queue.take(),
+            steps,
+            features: Vec::new(),
+        }
+    }
+
+    /// Totals since load, including what was recorded since the last take.
+    pub fn totals(&self) -> Totals {
+        let mut totals = lock(&self.totals).clone();
+        let current = PipelineStats {
+            requests: self.requests.load(Ordering::Relaxed),
+            errors: lock(&self.errors).clone(),
+            latency_us: self.latency.peek(),
+            queue_us: self.queue.peek(),
+            steps: self
+                .steps
+                .iter()
+                .map(|s| StepStats {
+                    step: s.step.clone(),
+                    requests: s.requests.load(Ordering::Relaxed),
+                    errors: lock(&s.errors).clone(),
+                    latency_us: s.latency.peek(),
+                    ..StepStats::default()
+                })
+                .collect(),
+            ..PipelineStats::default()
+        };
+        add_to_totals(&mut totals, &current);
+        totals
+    }
+}
+
+fn add_to_totals(totals: &mut Totals, stats: &PipelineStats) {
+    totals.requests = totals.requests.saturating_add(stats.requests);
+    merge_counts(&mut totals.errors, &stats.errors);
+    totals.latency_us.merge(&stats.latency_us);
+    totals.queue_us.merge(&stats.queue_us);
+    for step in &stats.steps {
+        match totals
+            .steps
+            .iter_mut()
+            .find(|(name, ..)| *name == step.step)
+        {
+            Some((_, requests, errors, latency)) => {
+                *requests = requests.saturating_add(step.requests);
+                merge_counts(errors, &step.errors);
+                latency.merge(&step.latency_us);
+            }
+            None => totals.steps.push((
+                step.step.clone(),
+                step.requests,
+                step.errors.clone(),
+                step.latency_us.clone(),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn take_resets_and_totals_keep_everything() {
+        let meter = PipelineMeter::new(
+            "p",
+            3,
+            vec![Arc::new(StepMeter::new("s", StepKind::Plugin, ""))],
+        );
+        let empty = LoadedPipeline { steps: Vec::new() };
+        for ms in [1u64, 2, 3] {
+            meter.record_request(Duration::from_micros(5), Duration::from_millis(ms), None);
+            meter.record_step(0, Duration::from_millis(ms), None);
+        }
+        let first = meter.take(&empty);
+        assert_eq!(first.requests, 3);
+        assert_eq!(first.latency_us.count, 3);
+        assert_eq!(first.queue_us.count, 3);
+        meter.record_request(Duration::ZERO, Duration::from_millis(9), None);
+        let totals = meter.totals();
+        assert_eq!(totals.requests, 4, "totals include what was not taken yet");
+        let second = meter.take(&empty);
+        assert_eq!(second.requests, 1);
+        assert_eq!(meter.take(&empty).requests, 0);
+        assert_eq!(meter.totals().latency_us.count, 4);
+    }
+
+    #[test]
+    fn custom_metrics_are_bounded() {
+        let step = StepMeter::new("s", StepKind::Plugin, "");
+        for i in 0..(MAX_CUSTOM_METRICS + 5) {
+            step.counter_add("s", &format!("c{i}"), 2);
+            step.observe("s", &format!("o{i}"), 1.5);
+        }
+        let stats = step.take(0);
+        assert_eq!(stats.observations.len(), MAX_CUSTOM_METRICS);
+        assert_eq!(stats.observations["o0"].sum, 1500);
+        assert!(stats.counters.len() <= MAX_CUSTOM_METRICS + 1);
+        assert!(stats.counters[OVERFLOW_METRIC] >= 5);
+    }
+}

@@ -1,0 +1,152 @@
+//! `/metrics` on the admin API: the fleet for Prometheus. Pipeline counters are totals of the
+//! telemetry stored since this control plane started (Prometheus handles the reset at a
+//! restart); agent gauges are each agent's latest batch.
+
+use tern_proto::api::AgentStatus;
+use tern_proto::prometheus::{Exposition, Kind};
+
+use super::query::QueryError;
+use crate::server::Shared;
+
+/// The page.
+pub(crate) fn render(shared: &Shared, now_ms: u64) -> Result<String, QueryError> {
+    let mut page = Exposition::default();
+    let agents = super::query::top_agents(shared, now_ms)?;
+    page.family("tern_agents", Kind::Gauge, "Enrolled agents by status.");
+    for status in [AgentStatus::Ready, AgentStatus::NotReady] {
+        let n = agents.iter().filter(|a| a.status == status).count();
+        let label = match status {
+            AgentStatus::Ready => "Ready",
+            AgentStatus::NotReady => "NotReady",
+        };
+        page.sample(&[("status", label)], n as f64);
+    }
+    page.family(
+        "tern_agent_up",
+        Kind::Gauge,
+        "1 when the agent is connected and heard.",
+    );
+    for a in &agents {
+        let up = if a.status == AgentStatus::Ready {
+            1.0
+        } else {
+            0.0
+        };
+        page.sample(&[("agent", &a.name)], up);
+    }
+    type Gauge = fn(&tern_proto::api::AgentTop) -> f64;
+    let gauges: [(&str, &str, Gauge); 7] = [
+        (
+            "tern_agent_cpu_percent",
+            "CPU busy on the agent's host, percent, latest interval.",
+            |a| f64::from(a.cpu_percent),
+        ),
+        (
+            "tern_agent_memory_used_bytes",
+            "Memory in use on the agent's host.",
+            |a| a.memory_used_bytes as f64,
+        ),
+        (
+            "tern_agent_memory_total_bytes",
+            "Memory of the agent's host.",
+            |a| a.memory_total_bytes as f64,
+        ),
+        (
+            "tern_agent_disk_free_bytes",
+            "Free disk under the agent's data dir.",
+            |a| a.disk_free_bytes as f64,
+        ),
+        (
+            "tern_agent_cache_bytes",
+            "Artifacts and compiled plugins the agent keeps.",
+            |a| a.cache_bytes as f64,
+        ),
+        (
+            "tern_agent_telemetry_buffered_bytes",
+            "Telemetry the agent held when it sent its latest batch.",
+            |a| a.buffered_bytes as f64,
+        ),
+        (
+            "tern_agent_requests_per_second",
+            "Requests per second over the last five minutes.",
+            |a| a.rps,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        page.family(name, Kind::Gauge, help);
+        for a in agents.iter().filter(|a| a.reported_ms > 0) {
+            page.sample(&[("agent", &a.name)], value(a));
+        }
+    }
+    page.family(
+        "tern_agent_telemetry_dropped_batches_total",
+        Kind::Counter,
+        "Telemetry batches the agent dropped because its buffer was full.",
+    );
+    for a in &agents {
+        page.sample(&[("agent", &a.name)], a.dropped_batches as f64);
+    }
+
+    let totals = shared.telemetry.totals();
+    page.family(
+        "tern_pipeline_requests_total",
+        Kind::Counter,
+        "Requests served fleet-wide, per pipeline revision.",
+    );
+    for ((pipeline, revision), (requests, _, _)) in &totals.pipelines {
+        page.sample(
+            &[("pipeline", pipeline), ("revision", &revision.to_string())],
+            *requests as f64,
+        );
+    }
+    page.family(
+        "tern_pipeline_errors_total",
+        Kind::Counter,
+        "Failed requests fleet-wide by kind (bad-input is the client's).",
+    );
+    for ((pipeline, revision), (_, errors, _)) in &totals.pipelines {
+        for (kind, count) in errors {
+            page.sample(
+                &[
+                    ("pipeline", pipeline),
+                    ("revision", &revision.to_string()),
+                    ("kind", kind),
+                ],
+                *count as f64,
+            );
+        }
+    }
+    page.family(
+        "tern_pipeline_latency_seconds",
+        Kind::Histogram,
+        "Time of a request in the pipeline, fleet-wide.",
+    );
+    for ((pipeline, revision), (_, _, latency)) in &totals.pipelines {
+        page.histogram_us(
+            &[("pipeline", pipeline), ("revision", &revision.to_string())],
+            latency,
+        );
+    }
+    let counters: [(&str, &str, u64); 3] = [
+        (
+            "tern_telemetry_batches_total",
+            "Telemetry batches stored.",
+            totals.batches,
+        ),
+        (
+            "tern_telemetry_duplicate_batches_total",
+            "Telemetry batches received again and skipped.",
+            totals.duplicates,
+        ),
+        (
+            "tern_telemetry_points_total",
+            "Data points stored.",
+            totals.points,
+        ),
+    ];
+    for (name, help, value) in counters {
+        page.family(name, Kind::Counter, help)
+            .sample(&[], value as f64);
+    }
+    Ok(page.finish())
+}

@@ -1,0 +1,313 @@
+//! Telemetry from agents (design section 8): batches arrive on each agent's telemetry stream,
+//! one writer stores them in groups ([`store`]) and acknowledges each only after the group is
+//! durable, so an agent deletes nothing the control plane could still lose. [`query`] answers
+//! `ternctl top`; [`exposition`] renders the fleet for Prometheus.
+
+pub mod exposition;
+pub mod query;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quinn::{RecvStream, SendStream};
+use tern_proto::MAX_FRAME_LEN;
+use tern_proto::io::{read_frame, write_frame};
+use tern_proto::message::TelemetryAck;
+use tern_proto::telemetry::{Counts, Histogram, TelemetryBatch, merge_counts};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::server::Shared;
+use store::{IngestOutcome, SeriesStore};
+
+/// Batches waiting for the writer, at most (then agents' streams wait).
+const QUEUE: usize = 16_384;
+/// Batches stored in one atomic write, at most.
+const GROUP: usize = 2_048;
+/// How often old buckets are downsampled.
+const COMPACT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Bounds on what one batch may carry (an agent's text ends up in storage and on terminals).
+const MAX_NAME: usize = 128;
+const MAX_PIPELINES: usize = 64;
+const MAX_STEPS: usize = 64;
+const MAX_ENTRIES: usize = 64;
+const MAX_FEATURES: usize = 1024;
+const MAX_BINS: usize = 256;
+const MAX_GPUS: usize = 16;
+
+/// A batch waiting to be stored, and where its acknowledgement goes.
+#[derive(Debug)]
+struct Ingest {
+    agent: String,
+    batch: TelemetryBatch,
+    ack: mpsc::UnboundedSender<u64>,
+}
+
+/// Totals since the control plane started, for `/metrics`.
+#[derive(Debug, Default, Clone)]
+pub struct FleetTotals {
+    pub batches: u64,
+    pub duplicates: u64,
+    pub points: u64,
+    /// (pipeline, revision) → requests, errors by kind, latency.
+    pub pipelines: BTreeMap<(String, u64), (u64, Counts, Histogram)>,
+}
+
+/// The telemetry side of the control plane.
+#[derive(Debug)]
+pub struct Telemetry {
+    pub store: SeriesStore,
+    queue: mpsc::Sender<Ingest>,
+    pub totals: Mutex<FleetTotals>,
+}
+
+/// The writer's end of the queue, taken by [`run_writer`].
+#[derive(Debug)]
+pub struct Writer(mpsc::Receiver<Ingest>);
+
+impl Telemetry {
+    pub fn new(store: SeriesStore) -> (Self, Writer) {
+        let (queue, rx) = mpsc::channel(QUEUE);
+        (
+            Self {
+                store,
+                queue,
+                totals: Mutex::default(),
+            },
+            Writer(rx),
+        )
+    }
+
+    pub fn totals(&self) -> FleetTotals {
+        self.totals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn count(&self, group: &[Ingest], stored: &[bool], outcome: IngestOutcome) {
+        let mut totals = self.totals.lock().unwrap_or_else(|p| p.into_inner());
+        totals.batches += outcome.stored;
+        totals.duplicates += outcome.duplicates;
+        totals.points += outcome.points;
+        for (item, _) in group.iter().zip(stored).filter(|(_, s)| **s) {
+            for p in &item.batch.pipelines {
+                let entry = totals
+                    .pipelines
+                    .entry((p.pipeline.clone(), p.revision))
+                    .or_default();
+                entry.0 = entry.0.saturating_add(p.requests);
+                merge_counts(&mut entry.1, &p.errors);
+                entry.2.merge(&p.latency_us);
+            }
+        }
+    }
+}
+
+fn clean(text: &mut String) {
+    if text.len() > MAX_NAME || text.chars().any(char::is_control) {
+        *text = text
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(MAX_NAME)
+            .collect();
+    }
+}
+
+fn clean_counts(counts: &mut Counts) {
+    if counts.len() > MAX_ENTRIES || counts.keys().any(|k| k.len() > MAX_NAME) {
+        *counts = std::mem::take(counts)
+            .into_iter()
+            .take(MAX_ENTRIES)
+            .map(|(mut k, v)| {
+                clean(&mut k);
+                (k, v)
+            })
+            .collect();
+    }
+}
+
+/// Bounds a batch from an agent: names, list lengths, map sizes.
+fn sanitize(batch: &mut TelemetryBatch) {
+    batch.host.gpus.truncate(MAX_GPUS);
+    batch
+        .host
+        .gpus
+        .iter_mut()
+        .for_each(|g| clean(&mut g.adapter));
+    if !batch.host.cpu_percent.is_finite() {
+        batch.host.cpu_percent = 0.0;
+    }
+    batch.host.cpu_percent = batch.host.cpu_percent.clamp(0.0, 100.0);
+    batch.pipelines.truncate(MAX_PIPELINES);
+    for p in &mut batch.pipelines {
+        clean(&mut p.pipeline);
+        if let Some(v) = &mut p.variant {
+            clean(v);
+        }
+        clean_counts(&mut p.errors);
+        p.steps.truncate(MAX_STEPS);
+        for s in &mut p.steps {
+            clean(&mut s.step);
+            clean(&mut s.device);
+            clean_counts(&mut s.errors);
+            clean_counts(&mut s.counters);
+            if s.observations.len() > MAX_ENTRIES
+                || s.observations.keys().any(|k| k.len() > MAX_NAME)
+            {
+                s.observations = std::mem::take(&mut s.observations)
+                    .into_iter()
+                    .take(MAX_ENTRIES)
+                    .map(|(mut k, v)| {
+                        clean(&mut k);
+                        (k, v)
+                    })
+                    .collect();
+            }
+        }
+        p.features.truncate(MAX_FEATURES);
+        for f in &mut p.features {
+            clean(&mut f.feature);
+            f.bins.truncate(MAX_BINS);
+            if !f.sum.is_finite() {
+                f.sum = 0.0;
+            }
+        }
+    }
+}
+
+/// Serves one agent's telemetry stream until it ends: batches in, acknowledgements out.
+pub(crate) async fn receive(
+    shared: &Shared,
+    agent: &str,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
+    let (ack_tx, mut acks) = mpsc::unbounded_channel::<u64>();
+    let acker = tokio::spawn(async move {
+        while let Some(mut up_to) = acks.recv().await {
+            // Acknowledgements are cumulative: only the newest matters.
+            while let Ok(next) = acks.try_recv() {
+                up_to = up_to.max(next);
+            }
+            if write_frame(&mut send, &TelemetryAck { up_to }, 64)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let mut last = 0u64;
+    loop {
+        let batch = match read_frame::<_, TelemetryBatch>(&mut recv, MAX_FRAME_LEN).await {
+            Ok(Some(batch)) => batch,
+            Ok(None) => break,
+            Err(e) => {
+                debug!(error = %e, "telemetry stream ended");
+                break;
+            }
+        };
+        if batch.seq <= last {
+            warn!(
+                agent,
+                seq = batch.seq,
+                last,
+                "telemetry out of order; closing the stream"
+            );
+            break;
+        }
+        last = batch.seq;
+        let mut batch = batch;
+        sanitize(&mut batch);
+        let ingest = Ingest {
+            agent: agent.to_owned(),
+            batch,
+            ack: ack_tx.clone(),
+        };
+        if shared.telemetry.queue.send(ingest).await.is_err() {
+            break;
+        }
+    }
+    drop(ack_tx);
+    // Acknowledgements of what was queued still go out if the stream is open.
+    let _ = tokio::time::timeout(Duration::from_secs(5), acker).await;
+}
+
+/// Stores queued batches in groups until `shutdown`, acknowledging each group once it is
+/// durable; downsamples old buckets every minute.
+pub(crate) async fn run_writer(
+    shared: Arc<Shared>,
+    Writer(mut queue): Writer,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut compaction = tokio::time::interval(COMPACT_INTERVAL);
+    compaction.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let first = tokio::select! {
+            first = queue.recv() => match first {
+                Some(first) => first,
+                None => return,
+            },
+            _ = compaction.tick() => {
+                let store = shared.telemetry.store.clone();
+                let now = tern_transport::unix_millis_now();
+                match tokio::task::spawn_blocking(move || store.compact(now)).await {
+                    Ok(Ok(n)) if n > 0 => debug!(buckets = n, "telemetry downsampled"),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => warn!(error = %e, "telemetry compaction failed"),
+                    Err(e) => warn!(error = %e, "telemetry compaction task failed"),
+                }
+                continue;
+            }
+            _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => return,
+        };
+        let mut group = vec![first];
+        while group.len() < GROUP {
+            match queue.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        let store = shared.telemetry.store.clone();
+        let now = tern_transport::unix_millis_now();
+        let result = tokio::task::spawn_blocking(move || {
+            let items: Vec<(&str, &TelemetryBatch)> =
+                group.iter().map(|i| (i.agent.as_str(), &i.batch)).collect();
+            let outcome = store.ingest(&items, now);
+            drop(items);
+            (outcome, group)
+        })
+        .await;
+        let (outcome, group) = match result {
+            Ok((Ok((outcome, stored)), group)) => ((outcome, stored), group),
+            Ok((Err(e), _)) => {
+                // Nothing is acknowledged: the agents send these batches again.
+                warn!(error = %e, "cannot store telemetry");
+                continue;
+            }
+            Err(e) => {
+                warn!(error = %e, "telemetry task failed");
+                continue;
+            }
+        };
+        if let Err(e) = shared.telemetry.store.flush().await {
+            warn!(error = %e, "cannot flush telemetry");
+            continue;
+        }
+        let (outcome, stored) = outcome;
+        shared.telemetry.count(&group, &stored, outcome);
+        if outcome.duplicates > 0 {
+            info!(
+                duplicates = outcome.duplicates,
+                "telemetry batches received again (already stored)"
+            );
+        }
+        for item in &group {
+            let _ = item.ack.send(item.batch.seq);
+        }
+    }
+}

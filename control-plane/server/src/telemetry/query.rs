@@ -1,0 +1,171 @@
+//! Answers to `ternctl top`: pipelines over a window, agents over the last minutes.
+
+use std::collections::BTreeMap;
+
+use tern_proto::api::{AgentTop, PipelineTop, StepTop};
+use tern_proto::telemetry::{
+    Counts, Histogram, PipelineStats, StepKind, StepStats, failures, merge_counts,
+};
+
+use super::store::TelemetryStoreError;
+use crate::server::Shared;
+
+/// The span `top agents` looks back over.
+pub const AGENT_SPAN_MS: u64 = 5 * 60_000;
+
+/// Why a query failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error(transparent)]
+    Store(#[from] TelemetryStoreError),
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::CatalogError),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+fn step_top(step: &StepStats, seconds: f64) -> StepTop {
+    StepTop {
+        step: step.step.clone(),
+        kind: match step.kind {
+            StepKind::Plugin => "plugin",
+            StepKind::Model => "model",
+        }
+        .to_owned(),
+        device: step.device.clone(),
+        requests: step.requests,
+        errors: failures(&step.errors),
+        rps: step.requests as f64 / seconds,
+        p50_ms: ms(step.latency_us.quantile(0.5)),
+        p95_ms: ms(step.latency_us.quantile(0.95)),
+        p99_ms: ms(step.latency_us.quantile(0.99)),
+        memory_peak_bytes: step.memory_peak_bytes,
+        counters: step.counters.clone(),
+    }
+}
+
+/// One pipeline's series (all revisions and variants) summed into a row.
+pub fn pipeline_top(
+    name: &str,
+    revision: u64,
+    since_ms: u64,
+    now_ms: u64,
+    series: &[PipelineStats],
+) -> PipelineTop {
+    let seconds = (now_ms.saturating_sub(since_ms) as f64 / 1000.0).max(1.0);
+    let mut total = PipelineStats::default();
+    for s in series {
+        total.merge(s);
+    }
+    let mut errors = Counts::new();
+    merge_counts(&mut errors, &total.errors);
+    PipelineTop {
+        pipeline: name.to_owned(),
+        revision,
+        since_ms,
+        window_seconds: seconds,
+        requests: total.requests,
+        errors: failures(&errors),
+        errors_by_kind: errors,
+        rps: total.requests as f64 / seconds,
+        p50_ms: ms(total.latency_us.quantile(0.5)),
+        p95_ms: ms(total.latency_us.quantile(0.95)),
+        p99_ms: ms(total.latency_us.quantile(0.99)),
+        queue_p99_ms: ms(total.queue_us.quantile(0.99)),
+        steps: total.steps.iter().map(|s| step_top(s, seconds)).collect(),
+    }
+}
+
+/// Every pipeline of the catalog (and, with an explicit window, any other that reported in
+/// it), over `window_ms` or, without one, since its current revision was applied.
+pub(crate) fn top_pipelines(
+    shared: &Shared,
+    window_ms: Option<u64>,
+    now_ms: u64,
+) -> Result<Vec<PipelineTop>, QueryError> {
+    let current: BTreeMap<String, (u64, u64)> = shared
+        .catalog
+        .pipelines()?
+        .into_iter()
+        .map(|p| (p.manifest.metadata.name.clone(), (p.revision, p.applied_ms)))
+        .collect();
+    let store = &shared.telemetry.store;
+    let mut rows = Vec::new();
+    match window_ms {
+        Some(window) => {
+            let since = now_ms.saturating_sub(window);
+            let mut found = store.pipelines(since, now_ms, None)?;
+            for name in current.keys() {
+                found.entry(name.clone()).or_default();
+            }
+            for (name, (_, series)) in found {
+                let revision = current.get(&name).map_or(0, |(r, _)| *r);
+                rows.push(pipeline_top(&name, revision, since, now_ms, &series));
+            }
+        }
+        None => {
+            for (name, (revision, applied_ms)) in &current {
+                let found = store.pipelines(*applied_ms, now_ms, Some(name))?;
+                let series = found.get(name).map(|(_, s)| s.as_slice()).unwrap_or(&[]);
+                rows.push(pipeline_top(name, *revision, *applied_ms, now_ms, series));
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// Every enrolled agent with its latest host figures and its traffic over the last minutes.
+pub(crate) fn top_agents(shared: &Shared, now_ms: u64) -> Result<Vec<AgentTop>, QueryError> {
+    let marks = shared.telemetry.store.marks()?;
+    let windows = shared
+        .telemetry
+        .store
+        .agents(now_ms.saturating_sub(AGENT_SPAN_MS), now_ms)?;
+    let mut rows = Vec::new();
+    for record in shared.registry.agents()? {
+        let view = crate::api::agent_view(shared, record.clone(), now_ms);
+        let mark = marks.get(&record.id).cloned().unwrap_or_default();
+        let window = windows.get(&record.id);
+        let (mut requests, mut errors, mut latency) = (0u64, Counts::new(), Histogram::default());
+        for p in window.iter().flat_map(|w| w.pipelines.iter()) {
+            requests = requests.saturating_add(p.requests);
+            merge_counts(&mut errors, &p.errors);
+            latency.merge(&p.latency_us);
+        }
+        let interval_us = mark.end_ms.saturating_sub(mark.start_ms).max(1) * 1000;
+        let host = &mark.host;
+        rows.push(AgentTop {
+            name: record.name.clone(),
+            status: view.status,
+            labels: record.labels.clone(),
+            reported_ms: mark.end_ms,
+            cpu_percent: host.cpu_percent,
+            memory_used_bytes: host.memory_used_bytes,
+            memory_total_bytes: host.memory_total_bytes,
+            disk_free_bytes: host.disk_free_bytes,
+            disk_total_bytes: host.disk_total_bytes,
+            cache_bytes: host.cache_bytes,
+            gpus: host.gpus.iter().map(|g| g.adapter.clone()).collect(),
+            gpu_busy_percent: host
+                .gpus
+                .iter()
+                .map(|g| {
+                    g.busy_us
+                        .map(|b| (b as f64 * 100.0 / interval_us as f64).min(100.0) as f32)
+                })
+                .collect(),
+            rps: requests as f64 / (AGENT_SPAN_MS as f64 / 1000.0),
+            errors: failures(&errors),
+            p99_ms: ms(latency.quantile(0.99)),
+            buffered_bytes: host.buffered_bytes,
+            dropped_batches: mark.dropped,
+            batches: mark.batches,
+            last_seq: mark.seq,
+        });
+    }
+    Ok(rows)
+}

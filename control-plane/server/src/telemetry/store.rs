@@ -1,0 +1,562 @@
+//! Time series of the fleet in sled (its own database under `D/telemetry`).
+//!
+//! One tree, three kinds of keys:
+//! - `m` + agent id → [`AgentMark`]: the highest batch sequence stored (deduplication), the
+//!   agent's dropped-batch count, batches stored;
+//! - `a` + resolution + bucket start (big-endian ms) + agent id → [`AgentWindow`]: the host
+//!   and the agent's pipelines in that bucket;
+//! - `p` + resolution + bucket start + pipeline → [`PipelineWindow`]: the pipeline fleet-wide.
+//!
+//! Resolutions are 10 s, 1 min and 1 h. Ingest writes 10 s buckets; compaction merges buckets
+//! older than a resolution's horizon into the next coarser one, and deletes 1 h buckets past
+//! the retention. Every change (a group of batches with their marks, or one compaction step) is
+//! one atomic sled batch, so a crash leaves each batch either wholly counted or not at all, and
+//! its mark says which.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tern_proto::telemetry::{HostStats, PipelineStats, TelemetryBatch, merge_into};
+
+/// Windows are kept in postcard: compact, and fast to merge at ingest rates.
+mod records {
+    use super::TelemetryStoreError;
+
+    pub fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+        postcard::to_stdvec(value).unwrap_or_default()
+    }
+
+    pub fn decode<T: serde::de::DeserializeOwned>(
+        key: &[u8],
+        bytes: &[u8],
+    ) -> Result<T, TelemetryStoreError> {
+        postcard::from_bytes(bytes).map_err(|e| TelemetryStoreError::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// A failure of the telemetry database.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryStoreError {
+    #[error("telemetry storage failed: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("telemetry record `{key}` is corrupt: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+/// A resolution: its bucket length and how long buckets stay at it before they are merged into
+/// the next coarser one (the coarsest: deleted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resolution {
+    pub id: u8,
+    pub bucket_ms: u64,
+    pub horizon_ms: u64,
+}
+
+/// 10 s buckets for 6 h, 1 min buckets for 7 days, then 1 h buckets for the retention.
+pub fn resolutions(retention: Duration) -> [Resolution; 3] {
+    let retention_ms = retention.as_millis() as u64;
+    [
+        Resolution {
+            id: 0,
+            bucket_ms: 10_000,
+            horizon_ms: 6 * 3_600_000,
+        },
+        Resolution {
+            id: 1,
+            bucket_ms: 60_000,
+            horizon_ms: 7 * 24 * 3_600_000,
+        },
+        Resolution {
+            id: 2,
+            bucket_ms: 3_600_000,
+            horizon_ms: retention_ms.max(7 * 24 * 3_600_000),
+        },
+    ]
+}
+
+/// Per-agent bookkeeping.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentMark {
+    /// Highest sequence number stored; a batch at or below it is a duplicate.
+    pub seq: u64,
+    /// Batches the agent says it dropped for its buffer cap.
+    pub dropped: u64,
+    /// Batches stored.
+    pub batches: u64,
+    /// Host of the newest batch and its interval.
+    pub host: HostStats,
+    pub start_ms: u64,
+    pub end_ms: u64,
+}
+
+/// One agent in one bucket.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentWindow {
+    /// Newest interval end merged in.
+    pub end_ms: u64,
+    pub host: HostStats,
+    pub pipelines: Vec<PipelineStats>,
+}
+
+impl AgentWindow {
+    fn merge(&mut self, other: &AgentWindow) {
+        if other.end_ms >= self.end_ms {
+            self.end_ms = other.end_ms;
+            self.host = other.host.clone();
+        }
+        for p in &other.pipelines {
+            merge_into(&mut self.pipelines, p);
+        }
+    }
+}
+
+/// One pipeline, fleet-wide, in one bucket: per revision and variant.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PipelineWindow {
+    pub series: Vec<PipelineStats>,
+}
+
+impl PipelineWindow {
+    fn merge(&mut self, other: &PipelineWindow) {
+        for p in &other.series {
+            merge_into(&mut self.series, p);
+        }
+    }
+}
+
+const MARK: u8 = b'm';
+const AGENT: u8 = b'a';
+const PIPELINE: u8 = b'p';
+
+fn mark_key(agent: &str) -> Vec<u8> {
+    let mut key = vec![MARK];
+    key.extend_from_slice(agent.as_bytes());
+    key
+}
+
+/// `kind` + resolution + start + name.
+fn window_key(kind: u8, resolution: u8, start_ms: u64, name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(10 + name.len());
+    key.push(kind);
+    key.push(resolution);
+    key.extend_from_slice(&start_ms.to_be_bytes());
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+fn window_prefix(kind: u8, resolution: u8, start_ms: u64) -> Vec<u8> {
+    window_key(kind, resolution, start_ms, "")
+}
+
+/// Start and name of a window key.
+fn parse_window_key(key: &[u8]) -> Option<(u64, &str)> {
+    let start = u64::from_be_bytes(key.get(2..10)?.try_into().ok()?);
+    let name = std::str::from_utf8(key.get(10..)?).ok()?;
+    Some((start, name))
+}
+
+/// What one group of batches did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct IngestOutcome {
+    pub stored: u64,
+    pub duplicates: u64,
+    pub points: u64,
+}
+
+/// The telemetry database.
+#[derive(Debug, Clone)]
+pub struct SeriesStore {
+    db: sled::Db,
+    tree: sled::Tree,
+    resolutions: [Resolution; 3],
+}
+
+impl SeriesStore {
+    pub fn open(path: &Path, retention: Duration) -> Result<Self, TelemetryStoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(64 << 20)
+            .open()?;
+        Ok(Self {
+            tree: db.open_tree("series")?,
+            db,
+            resolutions: resolutions(retention),
+        })
+    }
+
+    /// Makes everything written so far durable.
+    pub async fn flush(&self) -> Result<(), TelemetryStoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, TelemetryStoreError> {
+        match self.tree.get(key)? {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(records::decode(key, &bytes)?)),
+        }
+    }
+
+    pub fn mark(&self, agent: &str) -> Result<AgentMark, TelemetryStoreError> {
+        Ok(self.get(&mark_key(agent))?.unwrap_or_default())
+    }
+
+    /// Every agent's mark.
+    pub fn marks(&self) -> Result<HashMap<String, AgentMark>, TelemetryStoreError> {
+        let mut out = HashMap::new();
+        for entry in self.tree.scan_prefix([MARK]) {
+            let (key, bytes) = entry?;
+            let agent = String::from_utf8_lossy(&key[1..]).into_owned();
+            out.insert(agent, records::decode(&key, &bytes)?);
+        }
+        Ok(out)
+    }
+
+    /// Stores a group of batches (agent id, batch), in order, skipping those already stored,
+    /// in one atomic write. `now_ms` bounds timestamps from agents whose clock runs ahead.
+    pub fn ingest(
+        &self,
+        group: &[(&str, &TelemetryBatch)],
+        now_ms: u64,
+    ) -> Result<(IngestOutcome, Vec<bool>), TelemetryStoreError> {
+        let raw = self.resolutions[0];
+        let mut marks: HashMap<&str, AgentMark> = HashMap::new();
+        let mut agents: BTreeMap<Vec<u8>, AgentWindow> = BTreeMap::new();
+        let mut pipelines: BTreeMap<Vec<u8>, PipelineWindow> = BTreeMap::new();
+        let mut outcome = IngestOutcome::default();
+        let mut stored = Vec::with_capacity(group.len());
+        for &(agent, batch) in group {
+            let mark = match marks.entry(agent) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(self.mark(agent)?),
+            };
+            if batch.seq <= mark.seq {
+                outcome.duplicates += 1;
+                stored.push(false);
+                continue;
+            }
+            mark.seq = batch.seq;
+            mark.dropped = mark.dropped.max(batch.dropped_batches);
+            mark.batches += 1;
+            let end_ms = batch.end_ms.min(now_ms);
+            if end_ms >= mark.end_ms {
+                mark.start_ms = batch.start_ms.min(end_ms);
+                mark.end_ms = end_ms;
+                mark.host = batch.host.clone();
+            }
+            outcome.stored += 1;
+            outcome.points += batch.points();
+            stored.push(true);
+
+            let start = batch.start_ms.min(now_ms) / raw.bucket_ms * raw.bucket_ms;
+            let key = window_key(AGENT, raw.id, start, agent);
+            if !agents.contains_key(&key) {
+                let existing = self.get(&key)?.unwrap_or_default();
+                agents.insert(key.clone(), existing);
+            }
+            if let Some(window) = agents.get_mut(&key) {
+                window.merge(&AgentWindow {
+                    end_ms,
+                    host: batch.host.clone(),
+                    pipelines: batch.pipelines.clone(),
+                });
+            }
+            for stats in &batch.pipelines {
+                let key = window_key(PIPELINE, raw.id, start, &stats.pipeline);
+                if !pipelines.contains_key(&key) {
+                    let existing = self.get(&key)?.unwrap_or_default();
+                    pipelines.insert(key.clone(), existing);
+                }
+                if let Some(window) = pipelines.get_mut(&key) {
+                    merge_into(&mut window.series, stats);
+                }
+            }
+        }
+        let mut write = sled::Batch::default();
+        for (agent, mark) in &marks {
+            write.insert(mark_key(agent), records::encode(mark));
+        }
+        for (key, window) in agents {
+            write.insert(key, records::encode(&window));
+        }
+        for (key, window) in pipelines {
+            write.insert(key, records::encode(&window));
+        }
+        self.tree.apply_batch(write)?;
+        Ok((outcome, stored))
+    }
+
+    /// Merges buckets past each resolution's horizon into the next coarser one and deletes
+    /// the coarsest past the retention. Returns the buckets rewritten.
+    pub fn compact(&self, now_ms: u64) -> Result<u64, TelemetryStoreError> {
+        let mut moved = 0;
+        for pair in self.resolutions.windows(2) {
+            let (fine, coarse) = (pair[0], pair[1]);
+            let cutoff = now_ms.saturating_sub(fine.horizon_ms);
+            moved +=
+                self.downsample::<AgentWindow>(AGENT, fine, coarse, cutoff, |a, b| a.merge(b))?;
+            moved +=
+                self.downsample::<PipelineWindow>(PIPELINE, fine, coarse, cutoff, |a, b| {
+                    a.merge(b)
+                })?;
+        }
+        let last = self.resolutions[2];
+        let cutoff = now_ms.saturating_sub(last.horizon_ms);
+        for kind in [AGENT, PIPELINE] {
+            let mut write = sled::Batch::default();
+            for entry in self
+                .tree
+                .range(window_prefix(kind, last.id, 0)..window_prefix(kind, last.id, cutoff))
+            {
+                let (key, _) = entry?;
+                write.remove(key);
+                moved += 1;
+            }
+            self.tree.apply_batch(write)?;
+        }
+        Ok(moved)
+    }
+
+    fn downsample<T>(
+        &self,
+        kind: u8,
+        fine: Resolution,
+        coarse: Resolution,
+        cutoff: u64,
+        merge: impl Fn(&mut T, &T),
+    ) -> Result<u64, TelemetryStoreError>
+    where
+        T: Default + Serialize + serde::de::DeserializeOwned,
+    {
+        // In slices, so one compaction never holds a huge write in memory.
+        const SLICE: usize = 4096;
+        let mut moved = 0;
+        loop {
+            let mut merged: BTreeMap<Vec<u8>, T> = BTreeMap::new();
+            let mut write = sled::Batch::default();
+            let mut n = 0;
+            for entry in self
+                .tree
+                .range(window_prefix(kind, fine.id, 0)..window_prefix(kind, fine.id, cutoff))
+                .take(SLICE)
+            {
+                let (key, bytes) = entry?;
+                n += 1;
+                write.remove(key.clone());
+                let Some((start, name)) = parse_window_key(&key) else {
+                    continue;
+                };
+                let window: T = records::decode(&key, &bytes)?;
+                let target = window_key(
+                    kind,
+                    coarse.id,
+                    start / coarse.bucket_ms * coarse.bucket_ms,
+                    name,
+                );
+                if !merged.contains_key(&target) {
+                    let existing = self.get(&target)?.unwrap_or_default();
+                    merged.insert(target.clone(), existing);
+                }
+                if let Some(into) = merged.get_mut(&target) {
+                    merge(into, &window);
+                }
+            }
+            for (key, window) in merged {
+                write.insert(key, records::encode(&window));
+            }
+            self.tree.apply_batch(write)?;
+            moved += n as u64;
+            if n < SLICE {
+                return Ok(moved);
+            }
+        }
+    }
+
+    /// Windows of `kind` whose bucket starts in `[from_ms, to_ms]`, at every resolution.
+    fn windows<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: u8,
+        from_ms: u64,
+        to_ms: u64,
+        mut each: impl FnMut(u64, &str, T),
+    ) -> Result<(), TelemetryStoreError> {
+        for resolution in self.resolutions {
+            // A coarse bucket that began before `from_ms` still holds data inside the window.
+            let first = from_ms / resolution.bucket_ms * resolution.bucket_ms;
+            let range = window_prefix(kind, resolution.id, first)
+                ..window_prefix(kind, resolution.id, to_ms.saturating_add(1));
+            for entry in self.tree.range(range) {
+                let (key, bytes) = entry?;
+                if let Some((start, name)) = parse_window_key(&key) {
+                    each(start, name, records::decode(&key, &bytes)?);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Each pipeline's series merged over `[from_ms, to_ms]`, with the oldest bucket start seen.
+    pub fn pipelines(
+        &self,
+        from_ms: u64,
+        to_ms: u64,
+        only: Option<&str>,
+    ) -> Result<BTreeMap<String, (u64, Vec<PipelineStats>)>, TelemetryStoreError> {
+        let mut out: BTreeMap<String, (u64, Vec<PipelineStats>)> = BTreeMap::new();
+        self.windows::<PipelineWindow>(PIPELINE, from_ms, to_ms, |start, name, window| {
+            if only.is_some_and(|o| o != name) {
+                return;
+            }
+            let (first, series) = out.entry(name.to_owned()).or_insert((start, Vec::new()));
+            *first = (*first).min(start);
+            for stats in &window.series {
+                merge_into(series, stats);
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// Each agent's windows merged over `[from_ms, to_ms]`.
+    pub fn agents(
+        &self,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<BTreeMap<String, AgentWindow>, TelemetryStoreError> {
+        let mut out: BTreeMap<String, AgentWindow> = BTreeMap::new();
+        self.windows::<AgentWindow>(AGENT, from_ms, to_ms, |_, name, window| {
+            out.entry(name.to_owned()).or_default().merge(&window);
+        })?;
+        Ok(out)
+    }
+
+    /// Number of windows stored per resolution (agents and pipelines), for tests and metrics.
+    pub fn window_counts(&self) -> [u64; 3] {
+        let mut counts = [0u64; 3];
+        for kind in [AGENT, PIPELINE] {
+            for resolution in self.resolutions {
+                counts[resolution.id as usize] +=
+                    self.tree.scan_prefix([kind, resolution.id]).count() as u64;
+            }
+        }
+        counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_proto::telemetry::Histogram;
+
+    const DAY: u64 = 24 * 3_600_000;
+
+    fn batch(seq: u64, start_ms: u64, requests: u64) -> TelemetryBatch {
+        let mut latency_us = Histogram::default();
+        for _ in 0..requests {
+            latency_us.record(1_000);
+        }
+        TelemetryBatch {
+            seq,
+            start_ms,
+            end_ms: start_ms + 10_000,
+            pipelines: vec![PipelineStats {
+                pipeline: "scores".into(),
+                revision: 1,
+                requests,
+                latency_us,
+                ..PipelineStats::default()
+            }],
+            ..TelemetryBatch::default()
+        }
+    }
+
+    fn refs(group: &[(String, TelemetryBatch)]) -> Vec<(&str, &TelemetryBatch)> {
+        group.iter().map(|(a, b)| (a.as_str(), b)).collect()
+    }
+
+    fn requests(store: &SeriesStore, from: u64, to: u64) -> u64 {
+        store
+            .pipelines(from, to, None)
+            .expect("query")
+            .get("scores")
+            .map_or(0, |(_, s)| s.iter().map(|p| p.requests).sum())
+    }
+
+    #[test]
+    fn duplicates_are_skipped_across_groups_and_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let now = 100 * DAY;
+        let store = SeriesStore::open(dir.path(), Duration::from_secs(90 * 86_400)).expect("open");
+        let group: Vec<_> = (1..=5)
+            .map(|s| {
+                (
+                    "agent-1".to_owned(),
+                    batch(s, now - 60_000 + s * 10_000, 10),
+                )
+            })
+            .collect();
+        let (outcome, stored) = store.ingest(&refs(&group), now).expect("ingest");
+        assert_eq!((outcome.stored, outcome.duplicates), (5, 0));
+        assert!(stored.iter().all(|s| *s));
+        // Resent after a lost ack, with one new batch, and again after a restart.
+        let mut again = group[3..].to_vec();
+        again.push(("agent-1".to_owned(), batch(6, now - 1_000, 10)));
+        let (outcome, stored) = store.ingest(&refs(&again), now).expect("ingest");
+        assert_eq!((outcome.stored, outcome.duplicates), (1, 2));
+        assert_eq!(stored, [false, false, true]);
+        drop(store);
+        let store = SeriesStore::open(dir.path(), Duration::from_secs(90 * 86_400)).expect("open");
+        let (outcome, _) = store.ingest(&refs(&group), now).expect("ingest");
+        assert_eq!(outcome.stored, 0);
+        assert_eq!(requests(&store, now - DAY, now), 60);
+        assert_eq!(store.mark("agent-1").expect("mark").seq, 6);
+    }
+
+    #[test]
+    fn compaction_downsamples_keeps_totals_and_applies_retention() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let now = 100 * DAY;
+        let store = SeriesStore::open(dir.path(), Duration::from_secs(30 * 86_400)).expect("open");
+        // A week of 10 s batches ending an hour ago, and one from 40 days ago.
+        let start = now - 7 * DAY - 3_600_000;
+        let week: Vec<_> = (0..7 * 8640u64)
+            .map(|i| ("a".to_owned(), batch(i + 2, start + i * 10_000, 1)))
+            .collect();
+        let old = vec![("a".to_owned(), batch(1, now - 40 * DAY, 7))];
+        store.ingest(&refs(&old), now).expect("ingest");
+        for chunk in week.chunks(1000) {
+            store.ingest(&refs(chunk), now).expect("ingest");
+        }
+        let total = requests(&store, 0, now);
+        assert_eq!(total, 7 * 8640 + 7);
+        store.compact(now).expect("compact");
+        let [raw, minutes, hours] = store.window_counts();
+        assert!(
+            raw <= 2 * 6 * 360 + 2,
+            "10 s buckets only for the last 6 h: {raw}"
+        );
+        assert!(minutes > 0 && hours > 0);
+        assert_eq!(
+            requests(&store, 0, now),
+            7 * 8640,
+            "the 40-day-old bucket is past retention"
+        );
+        assert_eq!(
+            requests(&store, now - 3 * DAY, now),
+            3 * 8640 - 360,
+            "the window's buckets, at any resolution"
+        );
+        let agents = store.agents(0, now).expect("agents");
+        assert_eq!(agents["a"].pipelines[0].requests, 7 * 8640);
+        // Compacting again changes nothing.
+        store.compact(now).expect("compact");
+        assert_eq!(requests(&store, 0, now), 7 * 8640);
+    }
+}
