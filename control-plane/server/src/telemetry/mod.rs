@@ -23,7 +23,7 @@ use crate::server::Shared;
 use store::{IngestOutcome, SeriesStore};
 
 /// Batches waiting for the writer, at most (then agents' streams wait).
-const QUEUE: usize = 16_384;
+const QUEUE: usize = 4_096;
 /// Batches stored in one atomic write, at most.
 const GROUP: usize = 2_048;
 /// How often old buckets are downsampled.

@@ -63,6 +63,15 @@ enum Cmd {
         #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
         heartbeat: Duration,
     },
+    /// A control plane ingesting telemetry from many agents at once; beside it, the same
+    /// batches written straight into the telemetry store in-process.
+    Telemetry {
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        /// Measurement window.
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        window: Duration,
+    },
     /// The reference client: holds one agent connection with heartbeats, prints "connected".
     #[command(hide = true)]
     BareClient {
@@ -80,9 +89,12 @@ fn main() -> anyhow::Result<()> {
             window,
             heartbeat,
         } => connections(&agents, window, heartbeat),
+        Cmd::Telemetry { agents, window } => telemetry::run(agents, window),
         Cmd::BareClient { data_dir } => bare_client(&data_dir),
     }
 }
+
+mod telemetry;
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1 << 20) as f64

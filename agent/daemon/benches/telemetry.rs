@@ -1,0 +1,67 @@
+//! What telemetry costs a request: the same pipeline run with and without its meter, and the
+//! meter's recording alone. Run with:
+//!
+//! ```text
+//! cargo bench -p tern-agent --bench telemetry --profile dev
+//! ```
+//!
+//! The pipeline is the MLP example (a real ONNX model on tract); a request through the local
+//! API adds HTTP and scheduling on top, so the share measured here is an upper bound.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use tern_agent::pipeline::{LoadedPipeline, PipelineStep};
+use tern_agent::telemetry::meter::{PipelineMeter, StepMeter};
+use tern_plugin_host::Payload;
+use tern_proto::manifest::Device;
+use tern_proto::telemetry::StepKind;
+
+fn mlp() -> (LoadedPipeline, Payload) {
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .join("../../examples/models/mlp");
+    let step = PipelineStep::model_file("classify", &dir.join("model.onnx"), Device::Cpu)
+        .expect("the MLP example loads");
+    let input = std::fs::read(dir.join("input.npy")).expect("input.npy");
+    let tensor = tern_agent::npy::parse("input", &input).expect("input parses");
+    (
+        LoadedPipeline { steps: vec![step] },
+        Payload::Tensors(vec![tensor]),
+    )
+}
+
+fn telemetry(c: &mut Criterion) {
+    let (pipeline, payload) = mlp();
+    let meter = PipelineMeter::new(
+        "mlp",
+        1,
+        vec![Arc::new(StepMeter::new("classify", StepKind::Model, "cpu"))],
+    );
+    let mut group = c.benchmark_group("request");
+    group.measurement_time(Duration::from_secs(10));
+    group.bench_function("without telemetry", |b| {
+        b.iter(|| pipeline.run(payload.clone()).expect("runs"))
+    });
+    group.bench_function("with telemetry", |b| {
+        b.iter(|| {
+            let result = pipeline.run_metered(payload.clone(), &meter);
+            meter.record_request(Duration::from_micros(3), Duration::from_micros(90), None);
+            result.expect("runs")
+        })
+    });
+    group.finish();
+    c.bench_function("meter alone (one request, one step)", |b| {
+        b.iter(|| {
+            meter.record_step(0, Duration::from_micros(80), None);
+            meter.record_request(Duration::from_micros(3), Duration::from_micros(90), None);
+        })
+    });
+    // What the collector does once per interval.
+    c.bench_function("take a batch entry", |b| b.iter(|| meter.take(&pipeline)));
+}
+
+criterion_group!(benches, telemetry);
+criterion_main!(benches);
