@@ -8,7 +8,7 @@ use std::time::Duration;
 use tern_agent::AgentDataDir;
 use tern_agent::store::AgentStore;
 use tern_agent::telemetry::buffer::{DEFAULT_BUFFER_BYTES, TelemetryBuffer};
-use tern_e2e::{Agent, FLEET_TIMEOUT, Fleet, component, http, wait_for};
+use tern_e2e::{Agent, FLEET_TIMEOUT, Fleet, http, wait_for};
 use tern_proto::api::{AgentTop, PipelineTop};
 use tern_proto::telemetry::{Histogram, PipelineStats, StepStats, TelemetryBatch};
 
@@ -52,7 +52,9 @@ fn serving_fleet(interval: &str, extra: &[&str]) -> anyhow::Result<Fleet> {
     let mut args = vec!["--telemetry-interval", interval];
     args.extend_from_slice(extra);
     let fleet = Fleet::start_with(1, &args)?;
-    fleet.push(&component("topk"), 1)?;
+    // A copy of its own: the signature is written beside the file, and tests run in parallel.
+    let topk = fleet.topk("telemetry", 0)?;
+    fleet.push(&topk, 1)?;
     fleet.apply("topk:1", 2)?;
     fleet.wait_serving("edge-1", 1)?;
     Ok(fleet)

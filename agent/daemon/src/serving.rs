@@ -98,7 +98,8 @@ impl ServingTable {
         self.retire(old);
     }
 
-    fn retire(&self, old: Option<Arc<ServedPipeline>>) {
+    /// Keeps `old` for telemetry's last look at its meter.
+    pub fn retire(&self, old: Option<Arc<ServedPipeline>>) {
         if let Some(old) = old {
             self.2.lock().unwrap_or_else(|p| p.into_inner()).push(old);
         }

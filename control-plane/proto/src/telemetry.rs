@@ -105,6 +105,13 @@ impl Histogram {
         self.sum = self.sum.saturating_add(other.sum);
     }
 
+    /// Sorts and merges the buckets and drops those out of range, as a histogram from an
+    /// untrusted peer needs before it is stored; `count` becomes the sum of what is left.
+    pub fn normalize(&mut self) {
+        let own = std::mem::take(self);
+        self.merge(&own);
+    }
+
     /// The value below which a fraction `q` (0..=1) of the values lie, to the bucket's
     /// resolution; 0 when empty.
     pub fn quantile(&self, q: f64) -> u64 {
@@ -451,6 +458,14 @@ mod tests {
         assert_eq!(h.sum, u64::MAX);
         assert!(h.buckets.iter().all(|(i, _)| usize::from(*i) < BUCKETS));
         assert!(h.quantile(0.99) > 0);
+        let mut unsorted = Histogram {
+            count: 99,
+            sum: 10,
+            buckets: vec![(9, 1), (3, 2), (9, 4), (60_000, 1)],
+        };
+        unsorted.normalize();
+        assert_eq!(unsorted.buckets, [(3, 2), (9, 5)]);
+        assert_eq!((unsorted.count, unsorted.sum), (7, 10));
     }
 
     #[test]

@@ -249,8 +249,10 @@ impl PipelineMeter {
 
     /// Everything since the last take, as a batch entry; the running totals keep it.
     pub fn take(&self, pipeline: &LoadedPipeline) -> PipelineStats {
+        // Under the totals lock, so `totals()` never sees the counts in neither place.
+        let mut totals = lock(&self.totals);
         let stats = self.take_stats(pipeline);
-        add_to_totals(&mut lock(&self.totals), &stats);
+        add_to_totals(&mut totals, &stats);
         stats
     }
 
@@ -287,7 +289,8 @@ impl PipelineMeter {
 
     /// Totals since load, including what was recorded since the last take.
     pub fn totals(&self) -> Totals {
-        let mut totals = lock(&self.totals).clone();
+        let guard = lock(&self.totals);
+        let mut totals = guard.clone();
         let current = PipelineStats {
             requests: self.requests.load(Ordering::Relaxed),
             errors: lock(&self.errors).clone(),
@@ -306,6 +309,7 @@ impl PipelineMeter {
                 .collect(),
             ..PipelineStats::default()
         };
+        drop(guard);
         add_to_totals(&mut totals, &current);
         totals
     }

@@ -97,7 +97,8 @@ fn take_batch(
     end_ms: u64,
 ) -> TelemetryBatch {
     let mut pipelines = Vec::new();
-    for served in serving.take_retired().iter().chain(serving.all().iter()) {
+    let retired = serving.take_retired();
+    for served in retired.iter().chain(serving.all().iter()) {
         let stats = served.meter.take(&served.pipeline);
         // A revision that was switched out and then saw nothing has nothing to say.
         if stats.requests > 0
@@ -106,6 +107,13 @@ fn take_batch(
                 .is_some_and(|s| Arc::ptr_eq(&s, served))
         {
             pipelines.push(stats);
+        }
+    }
+    // Requests that started on a switched-out revision may still be running: it is looked at
+    // again until nothing but this list holds it.
+    for served in retired {
+        if Arc::strong_count(&served) > 1 {
+            serving.retire(Some(served));
         }
     }
     let gpus = capacity

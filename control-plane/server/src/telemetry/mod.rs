@@ -8,6 +8,7 @@ pub mod query;
 pub mod store;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,12 +39,25 @@ const MAX_FEATURES: usize = 1024;
 const MAX_BINS: usize = 256;
 const MAX_GPUS: usize = 16;
 
+/// What the writer tells a telemetry stream.
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    /// Stored (or already stored) up to this sequence number.
+    Stored(u64),
+    /// A group could not be stored: the stream is reset and the agent sends again from its
+    /// oldest unacknowledged batch.
+    Failed,
+}
+
 /// A batch waiting to be stored, and where its acknowledgement goes.
 #[derive(Debug)]
 struct Ingest {
     agent: String,
     batch: TelemetryBatch,
-    ack: mpsc::UnboundedSender<u64>,
+    ack: mpsc::UnboundedSender<Outcome>,
+    /// Set when a batch of this stream failed: its later batches are not stored either, or the
+    /// agent's mark would pass over the one that failed.
+    failed: Arc<AtomicBool>,
 }
 
 /// Totals since the control plane started, for `/metrics`.
@@ -118,7 +132,11 @@ fn clean(text: &mut String) {
 }
 
 fn clean_counts(counts: &mut Counts) {
-    if counts.len() > MAX_ENTRIES || counts.keys().any(|k| k.len() > MAX_NAME) {
+    if counts.len() > MAX_ENTRIES
+        || counts
+            .keys()
+            .any(|k| k.len() > MAX_NAME || k.chars().any(char::is_control))
+    {
         *counts = std::mem::take(counts)
             .into_iter()
             .take(MAX_ENTRIES)
@@ -149,14 +167,20 @@ fn sanitize(batch: &mut TelemetryBatch) {
             clean(v);
         }
         clean_counts(&mut p.errors);
+        p.latency_us.normalize();
+        p.queue_us.normalize();
         p.steps.truncate(MAX_STEPS);
         for s in &mut p.steps {
+            s.latency_us.normalize();
+            s.observations.values_mut().for_each(Histogram::normalize);
             clean(&mut s.step);
             clean(&mut s.device);
             clean_counts(&mut s.errors);
             clean_counts(&mut s.counters);
             if s.observations.len() > MAX_ENTRIES
-                || s.observations.keys().any(|k| k.len() > MAX_NAME)
+                || s.observations
+                    .keys()
+                    .any(|k| k.len() > MAX_NAME || k.chars().any(char::is_control))
             {
                 s.observations = std::mem::take(&mut s.observations)
                     .into_iter()
@@ -186,13 +210,22 @@ pub(crate) async fn receive(
     mut send: SendStream,
     mut recv: RecvStream,
 ) {
-    let (ack_tx, mut acks) = mpsc::unbounded_channel::<u64>();
+    let (ack_tx, mut acks) = mpsc::unbounded_channel::<Outcome>();
+    let failed = Arc::new(AtomicBool::new(false));
     let acker = tokio::spawn(async move {
-        while let Some(mut up_to) = acks.recv().await {
+        while let Some(first) = acks.recv().await {
             // Acknowledgements are cumulative: only the newest matters.
+            let mut outcome = first;
             while let Ok(next) = acks.try_recv() {
-                up_to = up_to.max(next);
+                outcome = match (outcome, next) {
+                    (Outcome::Stored(a), Outcome::Stored(b)) => Outcome::Stored(a.max(b)),
+                    _ => Outcome::Failed,
+                };
             }
+            let Outcome::Stored(up_to) = outcome else {
+                let _ = send.reset(1u32.into());
+                return;
+            };
             if write_frame(&mut send, &TelemetryAck { up_to }, 64)
                 .await
                 .is_err()
@@ -227,7 +260,11 @@ pub(crate) async fn receive(
             agent: agent.to_owned(),
             batch,
             ack: ack_tx.clone(),
+            failed: failed.clone(),
         };
+        if failed.load(Ordering::Relaxed) {
+            break;
+        }
         if shared.telemetry.queue.send(ingest).await.is_err() {
             break;
         }
@@ -272,6 +309,21 @@ pub(crate) async fn run_writer(
                 Err(_) => break,
             }
         }
+        group.retain(|i| !i.failed.load(Ordering::Relaxed));
+        if group.is_empty() {
+            continue;
+        }
+        // Kept outside the storage task, so that a failure of any kind reaches the streams.
+        let streams: Vec<_> = group
+            .iter()
+            .map(|i| (i.ack.clone(), i.failed.clone()))
+            .collect();
+        let fail = |streams: &[(mpsc::UnboundedSender<Outcome>, Arc<AtomicBool>)]| {
+            for (ack, failed) in streams {
+                failed.store(true, Ordering::Relaxed);
+                let _ = ack.send(Outcome::Failed);
+            }
+        };
         let store = shared.telemetry.store.clone();
         let now = tern_transport::unix_millis_now();
         let result = tokio::task::spawn_blocking(move || {
@@ -287,15 +339,18 @@ pub(crate) async fn run_writer(
             Ok((Err(e), _)) => {
                 // Nothing is acknowledged: the agents send these batches again.
                 warn!(error = %e, "cannot store telemetry");
+                fail(&streams);
                 continue;
             }
             Err(e) => {
                 warn!(error = %e, "telemetry task failed");
+                fail(&streams);
                 continue;
             }
         };
         if let Err(e) = shared.telemetry.store.flush().await {
             warn!(error = %e, "cannot flush telemetry");
+            fail(&streams);
             continue;
         }
         let (outcome, stored) = outcome;
@@ -307,7 +362,7 @@ pub(crate) async fn run_writer(
             );
         }
         for item in &group {
-            let _ = item.ack.send(item.batch.seq);
+            let _ = item.ack.send(Outcome::Stored(item.batch.seq));
         }
     }
 }

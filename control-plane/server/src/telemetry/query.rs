@@ -110,8 +110,17 @@ pub(crate) fn top_pipelines(
         None => {
             for (name, (revision, applied_ms)) in &current {
                 let found = store.pipelines(*applied_ms, now_ms, Some(name))?;
-                let series = found.get(name).map(|(_, s)| s.as_slice()).unwrap_or(&[]);
-                rows.push(pipeline_top(name, *revision, *applied_ms, now_ms, series));
+                // Only the current revision: agents not rolled out yet still serve older ones.
+                let series: Vec<PipelineStats> = found
+                    .get(name)
+                    .map(|(_, s)| {
+                        s.iter()
+                            .filter(|p| p.revision == *revision)
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                rows.push(pipeline_top(name, *revision, *applied_ms, now_ms, &series));
             }
         }
     }

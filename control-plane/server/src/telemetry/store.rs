@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -174,6 +175,9 @@ pub struct SeriesStore {
     db: sled::Db,
     tree: sled::Tree,
     resolutions: [Resolution; 3],
+    /// Held exclusively while compaction moves buckets from one resolution to another, shared
+    /// by queries, so that no query sees a bucket twice or not at all.
+    moving: Arc<RwLock<()>>,
 }
 
 impl SeriesStore {
@@ -186,6 +190,7 @@ impl SeriesStore {
             tree: db.open_tree("series")?,
             db,
             resolutions: resolutions(retention),
+            moving: Arc::default(),
         })
     }
 
@@ -209,13 +214,34 @@ impl SeriesStore {
         Ok(self.get(&mark_key(agent))?.unwrap_or_default())
     }
 
+    /// A record to merge into: a corrupt one is logged and started afresh, so that one bad
+    /// record never blocks the agents it does not belong to.
+    fn get_or_fresh<T: serde::de::DeserializeOwned + Default>(
+        &self,
+        key: &[u8],
+    ) -> Result<T, TelemetryStoreError> {
+        match self.get(key) {
+            Ok(found) => Ok(found.unwrap_or_default()),
+            Err(TelemetryStoreError::Corrupt { key, reason }) => {
+                tracing::warn!(%key, %reason, "corrupt telemetry record replaced");
+                Ok(T::default())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Every agent's mark.
     pub fn marks(&self) -> Result<HashMap<String, AgentMark>, TelemetryStoreError> {
         let mut out = HashMap::new();
         for entry in self.tree.scan_prefix([MARK]) {
             let (key, bytes) = entry?;
             let agent = String::from_utf8_lossy(&key[1..]).into_owned();
-            out.insert(agent, records::decode(&key, &bytes)?);
+            match records::decode(&key, &bytes) {
+                Ok(mark) => {
+                    out.insert(agent, mark);
+                }
+                Err(e) => tracing::warn!(error = %e, "corrupt telemetry mark skipped"),
+            }
         }
         Ok(out)
     }
@@ -236,7 +262,9 @@ impl SeriesStore {
         for &(agent, batch) in group {
             let mark = match marks.entry(agent) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => e.insert(self.mark(agent)?),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(self.get_or_fresh(&mark_key(agent))?)
+                }
             };
             if batch.seq <= mark.seq {
                 outcome.duplicates += 1;
@@ -259,7 +287,7 @@ impl SeriesStore {
             let start = batch.start_ms.min(now_ms) / raw.bucket_ms * raw.bucket_ms;
             let key = window_key(AGENT, raw.id, start, agent);
             if !agents.contains_key(&key) {
-                let existing = self.get(&key)?.unwrap_or_default();
+                let existing = self.get_or_fresh(&key)?;
                 agents.insert(key.clone(), existing);
             }
             if let Some(window) = agents.get_mut(&key) {
@@ -272,7 +300,7 @@ impl SeriesStore {
             for stats in &batch.pipelines {
                 let key = window_key(PIPELINE, raw.id, start, &stats.pipeline);
                 if !pipelines.contains_key(&key) {
-                    let existing = self.get(&key)?.unwrap_or_default();
+                    let existing = self.get_or_fresh(&key)?;
                     pipelines.insert(key.clone(), existing);
                 }
                 if let Some(window) = pipelines.get_mut(&key) {
@@ -354,7 +382,13 @@ impl SeriesStore {
                 let Some((start, name)) = parse_window_key(&key) else {
                     continue;
                 };
-                let window: T = records::decode(&key, &bytes)?;
+                let window: T = match records::decode(&key, &bytes) {
+                    Ok(window) => window,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "corrupt telemetry bucket dropped");
+                        continue;
+                    }
+                };
                 let target = window_key(
                     kind,
                     coarse.id,
@@ -362,7 +396,7 @@ impl SeriesStore {
                     name,
                 );
                 if !merged.contains_key(&target) {
-                    let existing = self.get(&target)?.unwrap_or_default();
+                    let existing = self.get_or_fresh(&target)?;
                     merged.insert(target.clone(), existing);
                 }
                 if let Some(into) = merged.get_mut(&target) {
@@ -372,6 +406,7 @@ impl SeriesStore {
             for (key, window) in merged {
                 write.insert(key, records::encode(&window));
             }
+            let _exclusive = self.moving.write().unwrap_or_else(|p| p.into_inner());
             self.tree.apply_batch(write)?;
             moved += n as u64;
             if n < SLICE {
@@ -388,6 +423,8 @@ impl SeriesStore {
         to_ms: u64,
         mut each: impl FnMut(u64, &str, T),
     ) -> Result<(), TelemetryStoreError> {
+        // Compaction moves buckets between resolutions: not while a query reads them.
+        let _shared = self.moving.read().unwrap_or_else(|p| p.into_inner());
         for resolution in self.resolutions {
             // A coarse bucket that began before `from_ms` still holds data inside the window.
             let first = from_ms / resolution.bucket_ms * resolution.bucket_ms;
