@@ -131,7 +131,8 @@ fn clean(text: &mut String) {
     }
 }
 
-fn clean_counts(counts: &mut Counts) {
+/// Bounds a map keyed by names from an agent: at most [`MAX_ENTRIES`], names cleaned.
+fn clean_keys<V>(counts: &mut BTreeMap<String, V>) {
     if counts.len() > MAX_ENTRIES
         || counts
             .keys()
@@ -166,7 +167,7 @@ fn sanitize(batch: &mut TelemetryBatch) {
         if let Some(v) = &mut p.variant {
             clean(v);
         }
-        clean_counts(&mut p.errors);
+        clean_keys(&mut p.errors);
         p.latency_us.normalize();
         p.queue_us.normalize();
         p.steps.truncate(MAX_STEPS);
@@ -175,22 +176,9 @@ fn sanitize(batch: &mut TelemetryBatch) {
             s.observations.values_mut().for_each(Histogram::normalize);
             clean(&mut s.step);
             clean(&mut s.device);
-            clean_counts(&mut s.errors);
-            clean_counts(&mut s.counters);
-            if s.observations.len() > MAX_ENTRIES
-                || s.observations
-                    .keys()
-                    .any(|k| k.len() > MAX_NAME || k.chars().any(char::is_control))
-            {
-                s.observations = std::mem::take(&mut s.observations)
-                    .into_iter()
-                    .take(MAX_ENTRIES)
-                    .map(|(mut k, v)| {
-                        clean(&mut k);
-                        (k, v)
-                    })
-                    .collect();
-            }
+            clean_keys(&mut s.errors);
+            clean_keys(&mut s.counters);
+            clean_keys(&mut s.observations);
         }
         p.features.truncate(MAX_FEATURES);
         for f in &mut p.features {
