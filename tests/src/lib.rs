@@ -64,8 +64,18 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port");
 }
 
-/// Polls `check` until it returns `Some` or `timeout` passes.
+/// Polls `check` every 50 ms until it returns `Some` or `timeout` passes.
 pub fn wait_for<T>(
+    timeout: Duration,
+    what: &str,
+    check: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
+    wait_for_every(Duration::from_millis(50), timeout, what, check)
+}
+
+/// Polls `check` every `interval` until it returns `Some` or `timeout` passes.
+pub fn wait_for_every<T>(
+    interval: Duration,
     timeout: Duration,
     what: &str,
     mut check: impl FnMut() -> Option<T>,
@@ -78,7 +88,7 @@ pub fn wait_for<T>(
         if start.elapsed() > timeout {
             bail!("timed out after {timeout:?} waiting for {what}");
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(interval);
     }
 }
 

@@ -3,7 +3,7 @@
 //! served keeps answering in between.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tern_e2e::{Agent, FLEET_TIMEOUT, Fleet};
 use tern_proto::api::AgentStatus;
@@ -15,14 +15,9 @@ fn digest_of(file: &std::path::Path) -> anyhow::Result<String> {
 
 /// Polls `check` every few milliseconds (for short windows a `ternctl` call would miss).
 fn poll(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if check() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    anyhow::bail!("timed out waiting for {what}")
+    tern_e2e::wait_for_every(Duration::from_millis(2), timeout, what, || {
+        check().then_some(())
+    })
 }
 
 #[test]

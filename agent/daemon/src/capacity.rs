@@ -32,6 +32,12 @@ pub fn host_capacity(dir: &AgentDataDir) -> Capacity {
 }
 
 fn free_disk(path: &Path) -> u64 {
+    disk_space(path).0
+}
+
+/// Free and total bytes of the disk holding `path` (the mount with the longest matching
+/// prefix); zeros when none matches.
+pub fn disk_space(path: &Path) -> (u64, u64) {
     let path = path.canonicalize().unwrap_or_else(|_| path.to_owned());
     let disks = Disks::new_with_refreshed_list();
     disks
@@ -39,8 +45,7 @@ fn free_disk(path: &Path) -> u64 {
         .iter()
         .filter(|d| path.starts_with(d.mount_point()))
         .max_by_key(|d| d.mount_point().as_os_str().len())
-        .map(|d| d.available_space())
-        .unwrap_or(0)
+        .map_or((0, 0), |d| (d.available_space(), d.total_space()))
 }
 
 fn cached_gpus(dir: &AgentDataDir) -> Vec<GpuAdapter> {

@@ -94,10 +94,18 @@ pub async fn fetch(
     let mut hasher = Hasher::default();
     if have > 0 {
         info!(%digest, from = have, size = release.size, "resuming download");
-        let kept = std::fs::File::open(&partial).map_err(io(&partial))?;
-        hasher
-            .update_from(std::io::Read::take(kept, have))
-            .map_err(io(&partial))?;
+        // Up to the whole artifact: on the blocking pool, off the threads serving requests.
+        let kept = partial.clone();
+        hasher = tokio::task::spawn_blocking(move || {
+            let mut hasher = Hasher::default();
+            let file = std::fs::File::open(&kept)?;
+            hasher.update_from(std::io::Read::take(file, have))?;
+            Ok::<_, std::io::Error>(hasher)
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|hashed| hashed)
+        .map_err(io(&partial))?;
     }
     let mut file = std::fs::OpenOptions::new()
         .create(true)

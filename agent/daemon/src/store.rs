@@ -180,11 +180,6 @@ impl AgentStore {
         &self.db
     }
 
-    /// Bytes of verified artifacts on disk.
-    pub fn artifacts_bytes(&self) -> u64 {
-        crate::telemetry::host::dir_bytes(&self.artifacts)
-    }
-
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())

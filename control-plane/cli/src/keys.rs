@@ -83,6 +83,13 @@ pub fn read_release(path: &Path) -> anyhow::Result<SignedRelease> {
     serde_json::from_str(&text).with_context(|| format!("{} is not a release file", path.display()))
 }
 
+/// A trust root document (from `trust init|rotate`).
+pub fn read_trust_root(path: &Path) -> anyhow::Result<SignedTrustRoot> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("failed to read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not a trust root", path.display()))
+}
+
 /// What `ternctl sign` is asked to state.
 #[derive(Debug)]
 pub struct SignRequest<'a> {

@@ -480,6 +480,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     })
 }
 
+/// Sends a trust root for the control plane to pin.
+async fn pin_trust_root(
+    api: &tern_transport::https::HttpsClient,
+    doc: &SignedTrustRoot,
+) -> anyhow::Result<()> {
+    let _: SignedTrustRoot = api
+        .send_json(hyper::Method::PUT, "/v1/trust-root", doc)
+        .await
+        .context("the control plane refused the trust root")?;
+    Ok(())
+}
+
 async fn trust(
     command: TrustCommand,
     api: impl Fn() -> anyhow::Result<tern_transport::https::HttpsClient>,
@@ -518,11 +530,7 @@ async fn trust(
             offline,
         } => {
             let current: SignedTrustRoot = match current {
-                Some(path) => serde_json::from_str(
-                    &std::fs::read_to_string(&path)
-                        .with_context(|| format!("failed to read {}", path.display()))?,
-                )
-                .with_context(|| format!("{} is not a trust root", path.display()))?,
+                Some(path) => keys::read_trust_root(&path)?,
                 None => api()?
                     .get("/v1/trust-root")
                     .await
@@ -540,15 +548,8 @@ async fn trust(
             (doc, out, offline)
         }
         TrustCommand::Push { file } => {
-            let doc: SignedTrustRoot = serde_json::from_str(
-                &std::fs::read_to_string(&file)
-                    .with_context(|| format!("failed to read {}", file.display()))?,
-            )
-            .with_context(|| format!("{} is not a trust root", file.display()))?;
-            let _: SignedTrustRoot = api()?
-                .send_json(hyper::Method::PUT, "/v1/trust-root", &doc)
-                .await
-                .context("the control plane refused the trust root")?;
+            let doc = keys::read_trust_root(&file)?;
+            pin_trust_root(&api()?, &doc).await?;
             println!("pinned trust root version {}", doc.signed.version);
             return Ok(());
         }
@@ -571,10 +572,7 @@ async fn trust(
         out.display()
     );
     if !offline {
-        let _: SignedTrustRoot = api()?
-            .send_json(hyper::Method::PUT, "/v1/trust-root", &doc)
-            .await
-            .context("the control plane refused the trust root")?;
+        pin_trust_root(&api()?, &doc).await?;
         println!("pinned on the control plane; agents pick it up with their next desired state");
     }
     Ok(())

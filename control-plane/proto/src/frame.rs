@@ -39,13 +39,18 @@ pub enum FrameError {
 pub fn encode_frame<T: Serialize>(msg: &T, max: usize) -> Result<Vec<u8>, FrameError> {
     let mut out = vec![0u8; HEADER_LEN];
     out = postcard::to_extend(msg, out).map_err(FrameError::Encode)?;
-    let len = out.len() - HEADER_LEN;
+    let prefix = header(out.len() - HEADER_LEN, max)?;
+    out[..HEADER_LEN].copy_from_slice(&prefix);
+    Ok(out)
+}
+
+/// The length prefix of a frame whose payload (already encoded) is `len` bytes.
+pub fn header(len: usize, max: usize) -> Result<[u8; HEADER_LEN], FrameError> {
     if len > max {
         return Err(FrameError::TooLarge { len, max });
     }
     let prefix = u32::try_from(len).map_err(|_| FrameError::TooLarge { len, max })?;
-    out[..HEADER_LEN].copy_from_slice(&prefix.to_be_bytes());
-    Ok(out)
+    Ok(prefix.to_be_bytes())
 }
 
 /// Reads the payload length from a frame header, refusing lengths over `max`.

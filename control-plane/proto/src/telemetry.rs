@@ -145,15 +145,6 @@ impl Histogram {
             })
             .fold(0u64, |a, (_, c)| a.saturating_add(*c))
     }
-
-    /// The mean, 0 when empty.
-    pub fn mean(&self) -> f64 {
-        if self.count == 0 {
-            0.0
-        } else {
-            self.sum as f64 / self.count as f64
-        }
-    }
 }
 
 /// Counts keyed by a name (error kinds, custom counters), merged by adding.

@@ -100,27 +100,30 @@ pub(crate) fn step(
         let Some(rollout) = deployment.rollout.as_mut() else {
             continue;
         };
-        let observations: Vec<AgentObservation> = selected
-            .iter()
-            .map(|a| {
-                observe(
-                    shared,
-                    a,
-                    &spec.pipeline,
-                    rollout.target,
-                    rollout.policy.health_window_ms,
-                    now_ms,
-                )
-            })
-            .collect();
         let before = rollout.clone();
-        for transition in rollout.observe(&observations, now_ms) {
-            match &transition {
-                Transition::RolledBack { reason } | Transition::Failed { reason } => {
-                    warn!(deployment = %name, revision = rollout.target, %reason, "rollout {}", rollout.phase)
-                }
-                other => {
-                    info!(deployment = %name, revision = rollout.target, transition = ?other, "rollout")
+        // A finished rollout observes nothing: its agents' state is not even gathered.
+        if rollout.is_active() {
+            let observations: Vec<AgentObservation> = selected
+                .iter()
+                .map(|a| {
+                    observe(
+                        shared,
+                        a,
+                        &spec.pipeline,
+                        rollout.target,
+                        rollout.policy.health_window_ms,
+                        now_ms,
+                    )
+                })
+                .collect();
+            for transition in rollout.observe(&observations, now_ms) {
+                match &transition {
+                    Transition::RolledBack { reason } | Transition::Failed { reason } => {
+                        warn!(deployment = %name, revision = rollout.target, %reason, "rollout {}", rollout.phase)
+                    }
+                    other => {
+                        info!(deployment = %name, revision = rollout.target, transition = ?other, "rollout")
+                    }
                 }
             }
         }

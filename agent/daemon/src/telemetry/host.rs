@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use sysinfo::{CpuRefreshKind, Disks, MemoryRefreshKind, RefreshKind, System};
+use sysinfo::{CpuRefreshKind, MemoryRefreshKind, RefreshKind, System};
 use tern_proto::telemetry::{GpuStats, HostStats};
 
 /// Bytes of the regular files under `dir`, recursively (0 if it cannot be read).
@@ -40,9 +40,7 @@ impl HostSampler {
         system.refresh_cpu_usage();
         Self {
             system,
-            data_dir: data_dir
-                .canonicalize()
-                .unwrap_or_else(|_| data_dir.to_owned()),
+            data_dir: data_dir.to_owned(),
             cache_dirs,
         }
     }
@@ -52,18 +50,13 @@ impl HostSampler {
     pub fn sample(&mut self, gpus: Vec<GpuStats>) -> HostStats {
         self.system.refresh_cpu_usage();
         self.system.refresh_memory();
-        let disks = Disks::new_with_refreshed_list();
-        let disk = disks
-            .list()
-            .iter()
-            .filter(|d| self.data_dir.starts_with(d.mount_point()))
-            .max_by_key(|d| d.mount_point().as_os_str().len());
+        let (disk_free_bytes, disk_total_bytes) = crate::capacity::disk_space(&self.data_dir);
         HostStats {
             cpu_percent: self.system.global_cpu_usage().clamp(0.0, 100.0),
             memory_used_bytes: self.system.used_memory(),
             memory_total_bytes: self.system.total_memory(),
-            disk_free_bytes: disk.map_or(0, |d| d.available_space()),
-            disk_total_bytes: disk.map_or(0, |d| d.total_space()),
+            disk_free_bytes,
+            disk_total_bytes,
             cache_bytes: self.cache_dirs.iter().map(|d| dir_bytes(d)).sum(),
             buffered_bytes: 0,
             gpus,

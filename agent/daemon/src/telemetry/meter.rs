@@ -221,11 +221,6 @@ impl PipelineMeter {
         }
     }
 
-    /// The meter of step `index` (in pipeline order).
-    pub fn step(&self, index: usize) -> Option<&Arc<StepMeter>> {
-        self.steps.get(index)
-    }
-
     /// Records one step run.
     pub fn record_step(&self, index: usize, elapsed: Duration, error: Option<&'static str>) {
         if let Some(step) = self.steps.get(index) {

@@ -96,22 +96,19 @@ fn take_batch(
     start_ms: u64,
     end_ms: u64,
 ) -> TelemetryBatch {
-    let mut pipelines = Vec::new();
-    let retired = serving.take_retired();
-    for served in retired.iter().chain(serving.all().iter()) {
+    let mut pipelines: Vec<_> = serving
+        .all()
+        .iter()
+        .map(|served| served.meter.take(&served.pipeline))
+        .collect();
+    for served in serving.take_retired() {
         let stats = served.meter.take(&served.pipeline);
         // A revision that was switched out and then saw nothing has nothing to say.
-        if stats.requests > 0
-            || serving
-                .get(&served.name)
-                .is_some_and(|s| Arc::ptr_eq(&s, served))
-        {
+        if stats.requests > 0 {
             pipelines.push(stats);
         }
-    }
-    // Requests that started on a switched-out revision may still be running: it is looked at
-    // again until nothing but this list holds it.
-    for served in retired {
+        // Requests that started on it may still be running: it is looked at again until
+        // nothing but the retired list holds it.
         if Arc::strong_count(&served) > 1 {
             serving.retire(Some(served));
         }

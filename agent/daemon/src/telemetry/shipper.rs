@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tern_proto::MAX_FRAME_LEN;
-use tern_proto::frame::{FrameError, HEADER_LEN};
+use tern_proto::frame::{self, FrameError};
 use tern_proto::io::{read_frame, write_frame};
 use tern_proto::message::{StreamOpen, TelemetryAck};
 use tokio::sync::{mpsc, watch};
@@ -93,16 +93,9 @@ async fn session(buffer: &TelemetryBuffer, conn: &quinn::Connection) -> Result<(
             added.as_mut().enable();
             if in_flight.len() < WINDOW {
                 for (seq, bytes) in buffer.after(sent_up_to, WINDOW - in_flight.len())? {
-                    let header = u32::try_from(bytes.len())
-                        .ok()
-                        .filter(|len| (*len as usize) <= MAX_FRAME_LEN)
-                        .ok_or(FrameError::TooLarge {
-                            len: bytes.len(),
-                            max: MAX_FRAME_LEN,
-                        })?
-                        .to_be_bytes();
-                    debug_assert_eq!(header.len(), HEADER_LEN);
-                    send.write_all(&header).await?;
+                    // Stored encoded: only the length prefix is added.
+                    send.write_all(&frame::header(bytes.len(), MAX_FRAME_LEN)?)
+                        .await?;
                     send.write_all(&bytes).await?;
                     in_flight.push_back(seq);
                     sent_up_to = seq;

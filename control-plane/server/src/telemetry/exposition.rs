@@ -15,11 +15,7 @@ pub(crate) fn render(shared: &Shared, now_ms: u64) -> Result<String, QueryError>
     page.family("tern_agents", Kind::Gauge, "Enrolled agents by status.");
     for status in [AgentStatus::Ready, AgentStatus::NotReady] {
         let n = agents.iter().filter(|a| a.status == status).count();
-        let label = match status {
-            AgentStatus::Ready => "Ready",
-            AgentStatus::NotReady => "NotReady",
-        };
-        page.sample(&[("status", label)], n as f64);
+        page.sample(&[("status", &status.to_string())], n as f64);
     }
     page.family(
         "tern_agent_up",

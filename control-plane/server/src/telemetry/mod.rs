@@ -224,7 +224,7 @@ pub(crate) async fn receive(
     });
     let mut last = 0u64;
     loop {
-        let batch = match read_frame::<_, TelemetryBatch>(&mut recv, MAX_FRAME_LEN).await {
+        let mut batch = match read_frame::<_, TelemetryBatch>(&mut recv, MAX_FRAME_LEN).await {
             Ok(Some(batch)) => batch,
             Ok(None) => break,
             Err(e) => {
@@ -242,7 +242,6 @@ pub(crate) async fn receive(
             break;
         }
         last = batch.seq;
-        let mut batch = batch;
         sanitize(&mut batch);
         let ingest = Ingest {
             agent: agent.to_owned(),

@@ -61,8 +61,7 @@ pub fn pipeline_top(
     for s in series {
         total.merge(s);
     }
-    let mut errors = Counts::new();
-    merge_counts(&mut errors, &total.errors);
+    let errors = total.errors;
     PipelineTop {
         pipeline: name.to_owned(),
         revision,

@@ -106,11 +106,16 @@ pub struct AgentWindow {
 
 impl AgentWindow {
     fn merge(&mut self, other: &AgentWindow) {
-        if other.end_ms >= self.end_ms {
-            self.end_ms = other.end_ms;
-            self.host = other.host.clone();
+        self.add(other.end_ms, &other.host, &other.pipelines);
+    }
+
+    /// Adds one interval of the agent: the newest host wins, pipelines merge.
+    fn add(&mut self, end_ms: u64, host: &HostStats, pipelines: &[PipelineStats]) {
+        if end_ms >= self.end_ms {
+            self.end_ms = end_ms;
+            self.host = host.clone();
         }
-        for p in &other.pipelines {
+        for p in pipelines {
             merge_into(&mut self.pipelines, p);
         }
     }
@@ -210,10 +215,6 @@ impl SeriesStore {
         }
     }
 
-    pub fn mark(&self, agent: &str) -> Result<AgentMark, TelemetryStoreError> {
-        Ok(self.get(&mark_key(agent))?.unwrap_or_default())
-    }
-
     /// A record to merge into: a corrupt one is logged and started afresh, so that one bad
     /// record never blocks the agents it does not belong to.
     fn get_or_fresh<T: serde::de::DeserializeOwned + Default>(
@@ -291,11 +292,7 @@ impl SeriesStore {
                 agents.insert(key.clone(), existing);
             }
             if let Some(window) = agents.get_mut(&key) {
-                window.merge(&AgentWindow {
-                    end_ms,
-                    host: batch.host.clone(),
-                    pipelines: batch.pipelines.clone(),
-                });
+                window.add(end_ms, &batch.host, &batch.pipelines);
             }
             for stats in &batch.pipelines {
                 let key = window_key(PIPELINE, raw.id, start, &stats.pipeline);
@@ -474,8 +471,9 @@ impl SeriesStore {
         Ok(out)
     }
 
-    /// Number of windows stored per resolution (agents and pipelines), for tests and metrics.
-    pub fn window_counts(&self) -> [u64; 3] {
+    /// Number of windows stored per resolution (agents and pipelines).
+    #[cfg(test)]
+    fn window_counts(&self) -> [u64; 3] {
         let mut counts = [0u64; 3];
         for kind in [AGENT, PIPELINE] {
             for resolution in self.resolutions {
@@ -553,7 +551,7 @@ mod tests {
         let (outcome, _) = store.ingest(&refs(&group), now).expect("ingest");
         assert_eq!(outcome.stored, 0);
         assert_eq!(requests(&store, now - DAY, now), 60);
-        assert_eq!(store.mark("agent-1").expect("mark").seq, 6);
+        assert_eq!(store.marks().expect("marks")["agent-1"].seq, 6);
     }
 
     #[test]
