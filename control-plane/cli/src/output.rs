@@ -366,6 +366,15 @@ pub fn rollout(d: &DeploymentView, format: Format) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// Requests per second, with two decimals below 10 (a quiet pipeline is not 0.0).
+fn rate(rps: f64) -> String {
+    if rps < 10.0 {
+        format!("{rps:.2}")
+    } else {
+        format!("{rps:.1}")
+    }
+}
+
 fn millis(ms: f64) -> String {
     if ms >= 1000.0 {
         format!("{:.2}s", ms / 1000.0)
@@ -401,7 +410,7 @@ pub fn top_pipelines(rows: &[PipelineTop], format: Format) -> anyhow::Result<Str
             },
             p.requests.to_string(),
             p.errors.to_string(),
-            format!("{:.1}", p.rps),
+            rate(p.rps),
             millis(p.p50_ms),
             millis(p.p95_ms),
             millis(p.p99_ms),
@@ -418,7 +427,7 @@ pub fn top_pipelines(rows: &[PipelineTop], format: Format) -> anyhow::Result<Str
                 String::new(),
                 s.requests.to_string(),
                 s.errors.to_string(),
-                format!("{:.1}", s.rps),
+                rate(s.rps),
                 millis(s.p50_ms),
                 millis(s.p95_ms),
                 millis(s.p99_ms),
@@ -496,7 +505,7 @@ pub fn top_agents(rows: &[AgentTop], format: Format) -> anyhow::Result<String> {
                 dash()
             },
             gpu,
-            format!("{:.1}", a.rps),
+            rate(a.rps),
             a.errors.to_string(),
             if a.p99_ms > 0.0 {
                 millis(a.p99_ms)

@@ -193,7 +193,15 @@ fn run(plugins: &Path) -> anyhow::Result<()> {
     let mut agents = Vec::new();
     for (name, site) in [("edge-berlin", "a"), ("edge-lisbon", "b")] {
         let token = cp.token(&format!("site={site}"), "10m")?;
-        agents.push(Agent::join(&cp, &root, name, &token, "tier=edge")?);
+        // Telemetry every second instead of ten, so that `top` has figures before the end.
+        agents.push(Agent::join_with(
+            &cp,
+            &root,
+            name,
+            &token,
+            "tier=edge",
+            &["--telemetry-interval", "1s"],
+        )?);
         cp.wait_status(name, AgentStatus::Ready, WAIT)?;
         println!("    {name} joined (site={site}, tier=edge)");
     }
@@ -314,6 +322,15 @@ fn run(plugins: &Path) -> anyhow::Result<()> {
     say("the fleet and the rollout");
     demo.ternctl(&["get", "agents"])?;
     demo.ternctl(&["rollout", "status", DEPLOYMENT])?;
+
+    say("what the agents measured (store-and-forward telemetry)");
+    wait_for(WAIT, "both agents' telemetry", || {
+        let text = demo.cp.ternctl_ok(&["top", "agents", "-o", "json"]).ok()?;
+        let rows: Vec<tern_proto::api::AgentTop> = serde_json::from_str(&text).ok()?;
+        (rows.len() == 2 && rows.iter().all(|a| a.rps > 0.0)).then_some(())
+    })?;
+    demo.ternctl(&["top", "pipelines", "--window", "5m"])?;
+    demo.ternctl(&["top", "agents"])?;
 
     say("shutting down (SIGTERM)");
     let Demo { mut cp, agents, .. } = demo;
