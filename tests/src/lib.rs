@@ -50,6 +50,14 @@ pub fn component(name: &str) -> PathBuf {
     path
 }
 
+/// Whether something accepts TCP connections on `addr`. A connection whose two ends are the
+/// same address is a TCP self-connect (the kernel picked the target port as the source port while
+/// nothing listened), not a listener.
+pub fn listening(addr: SocketAddr) -> bool {
+    std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+        .is_ok_and(|stream| stream.local_addr().ok() != stream.peer_addr().ok())
+}
+
 /// A loopback port free for both UDP and TCP (QUIC and enrollment share the number).
 pub fn free_port() -> u16 {
     for _ in 0..100 {
@@ -225,7 +233,7 @@ impl ControlPlane {
         self.process = Some(process);
         let api = self.api_addr;
         wait_for(Duration::from_secs(20), "the control plane's API", || {
-            std::net::TcpStream::connect_timeout(&api, Duration::from_millis(200)).ok()
+            listening(api).then_some(())
         })?;
         Ok(())
     }

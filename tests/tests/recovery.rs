@@ -66,7 +66,7 @@ fn sigkill_during_download_resumes_and_the_old_revision_serves_meanwhile() -> an
     // The revision it served before answers as soon as the agent is up again.
     let api = fleet.agents[0].api_addr()?;
     poll("the local API", FLEET_TIMEOUT, || {
-        std::net::TcpStream::connect(api).is_ok()
+        tern_e2e::listening(api)
     })?;
     assert_eq!(fleet.infer(0)?, 200);
     fleet.wait_serving("edge-1", 2)?;
