@@ -711,8 +711,21 @@ impl Fleet {
 
     /// Like [`Fleet::start`], with more arguments for `tern-agent join`.
     pub fn start_with(agents: usize, agent_args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_tuned(agents, agent_args, |_| {})
+    }
+
+    /// Like [`Fleet::start_with`], with `tune` applied to the control plane's config after
+    /// [`fast_config`].
+    pub fn start_tuned(
+        agents: usize,
+        agent_args: &[&str],
+        tune: impl FnOnce(&mut ControlPlaneConfig),
+    ) -> anyhow::Result<Self> {
         let tmp = tempfile::tempdir()?;
-        let cp = ControlPlane::start(tmp.path(), fast_config)?;
+        let cp = ControlPlane::start(tmp.path(), |config| {
+            fast_config(config);
+            tune(config);
+        })?;
         let publisher = Publisher::generate(&cp, tmp.path())?;
         publisher.trust_init(&cp)?;
         let mut fleet = Self {

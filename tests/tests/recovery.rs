@@ -65,9 +65,7 @@ fn sigkill_during_download_resumes_and_the_old_revision_serves_meanwhile() -> an
     fleet.agents[0] = Agent::run(fleet.tmp.path(), "edge-1")?;
     // The revision it served before answers as soon as the agent is up again.
     let api = fleet.agents[0].api_addr()?;
-    poll("the local API", FLEET_TIMEOUT, || {
-        tern_e2e::listening(api)
-    })?;
+    poll("the local API", FLEET_TIMEOUT, || tern_e2e::listening(api))?;
     assert_eq!(fleet.infer(0)?, 200);
     fleet.wait_serving("edge-1", 2)?;
     assert_eq!(fleet.infer(0)?, 200);

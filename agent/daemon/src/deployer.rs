@@ -124,7 +124,12 @@ pub fn load(
         });
     }
     let pipeline = LoadedPipeline { steps };
-    let meter = PipelineMeter::new(&desired.name, desired.revision, meters);
+    let mut meter = PipelineMeter::new(&desired.name, desired.revision, meters);
+    if let Some(watched) = &desired.monitored_step
+        && let Some(index) = desired.steps.iter().position(|s| &s.name == watched)
+    {
+        meter = meter.with_features(index);
+    }
     if let Some(warmup) = &desired.warmup {
         pipeline
             .run(warmup_payload(warmup)?)

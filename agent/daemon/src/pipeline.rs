@@ -188,10 +188,17 @@ impl LoadedPipeline {
         meter: &PipelineMeter,
     ) -> Result<Payload, StepError> {
         for (index, step) in self.steps.iter().enumerate() {
+            let watched = meter.features.as_ref().filter(|f| f.step == index);
+            if let (Some(features), Payload::Tensors(inputs)) = (watched, &payload) {
+                features.record("input", inputs);
+            }
             let started = Instant::now();
             match step.process(payload) {
                 Ok(output) => {
                     meter.record_step(index, started.elapsed(), None);
+                    if let (Some(features), Payload::Tensors(outputs)) = (watched, &output) {
+                        features.record("output", outputs);
+                    }
                     payload = output;
                 }
                 Err(error) => {

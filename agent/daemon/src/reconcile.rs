@@ -432,6 +432,7 @@ mod tests {
                 revision,
                 committed,
                 warmup: None,
+                monitored_step: None,
                 steps: vec![DesiredStep {
                     name: "post".into(),
                     release: self.release("topk", version, &self.publisher),

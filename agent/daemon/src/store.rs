@@ -214,6 +214,7 @@ mod tests {
                     steps: vec![],
                     committed: true,
                     warmup: None,
+                    monitored_step: None,
                 })
                 .expect("activate");
             let digest = Digest::of(b"x");

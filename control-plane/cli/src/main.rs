@@ -1,6 +1,7 @@
 //! `ternctl`: the Tern admin CLI. Exit codes: 0 ok, 1 failure, 2 usage.
 
 mod client;
+mod drift;
 mod keys;
 mod manifests;
 mod output;
@@ -100,6 +101,17 @@ enum Command {
         #[command(subcommand)]
         what: TopCommand,
     },
+    /// Drift baselines: what a model's inputs and outputs should look like.
+    Baseline {
+        #[command(subcommand)]
+        command: BaselineCommand,
+    },
+    /// Drift of a monitored pipeline: PSI per feature, fleet-wide and per agent.
+    Drift {
+        pipeline: String,
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
     /// Watch and steer a deployment's rollout.
     Rollout {
         #[command(subcommand)]
@@ -111,6 +123,40 @@ enum Command {
         /// No progress bar.
         #[arg(long, short)]
         quiet: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BaselineCommand {
+    /// Store a baseline as the next version of NAME, from a sample file or from what the
+    /// agents running a pipeline saw; pipelines refer to it as `NAME:VERSION`.
+    Create {
+        name: String,
+        /// A CSV of samples: a header row (`input:TENSOR[i]` names, or see --tensor), then
+        /// one row per sample.
+        #[arg(
+            long,
+            conflicts_with = "pipeline",
+            required_unless_present = "pipeline"
+        )]
+        from_file: Option<PathBuf>,
+        /// Name CSV column i `input:TENSOR[i]`.
+        #[arg(long, requires = "from_file")]
+        tensor: Option<String>,
+        /// Build it from this pipeline's feature distributions, fleet-wide.
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// How far back to look with --pipeline (e.g. 30m, 1d).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        window: Duration,
+        /// Bins per feature, at its quantiles.
+        #[arg(long, default_value_t = 10)]
+        bins: usize,
+        /// Also write the baseline's JSON here (for a manifest's `monitoring.baseline`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
     },
 }
 
@@ -266,6 +312,16 @@ enum GetCommand {
     },
     /// Signed releases and whether their artifacts are uploaded.
     Releases {
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Drift alerts, firing first.
+    Alerts {
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Stored drift baselines.
+    Baselines {
         #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
         output: Format,
     },
@@ -441,6 +497,70 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .await
                     .context("failed to list releases")?;
                 print!("{}", output::releases(&releases, output)?);
+            }
+            Command::Get {
+                what: GetCommand::Alerts { output },
+            } => {
+                let list: Vec<tern_proto::api::AlertView> = api()?
+                    .get("/v1/alerts")
+                    .await
+                    .context("failed to list alerts")?;
+                print!("{}", drift::alerts(&list, output)?);
+            }
+            Command::Get {
+                what: GetCommand::Baselines { output },
+            } => {
+                let list: Vec<tern_proto::api::BaselineView> = api()?
+                    .get("/v1/baselines")
+                    .await
+                    .context("failed to list baselines")?;
+                print!("{}", drift::baselines(&list, output)?);
+            }
+            Command::Drift { pipeline, output } => {
+                let view: tern_proto::api::PipelineDrift = api()?
+                    .get(&format!("/v1/drift/{}", client::path_segment(&pipeline)))
+                    .await
+                    .with_context(|| format!("failed to read the drift of `{pipeline}`"))?;
+                print!("{}", drift::pipeline_drift(&view, output)?);
+            }
+            Command::Baseline {
+                command:
+                    BaselineCommand::Create {
+                        name,
+                        from_file,
+                        tensor,
+                        pipeline,
+                        window,
+                        bins,
+                        out,
+                        output,
+                    },
+            } => {
+                let request = tern_proto::api::BaselineCreate {
+                    baseline: match &from_file {
+                        Some(path) => Some(drift::from_file(path, tensor.as_deref(), bins)?),
+                        None => None,
+                    },
+                    window_seconds: pipeline.as_ref().map(|_| window.as_secs().max(1)),
+                    pipeline,
+                    bins: Some(bins),
+                    name,
+                };
+                let view: tern_proto::api::BaselineView = api()?
+                    .post("/v1/baselines", &request)
+                    .await
+                    .context("failed to create the baseline")?;
+                if let (Some(path), Some(baseline)) = (&out, &view.baseline) {
+                    std::fs::write(path, serde_json::to_string_pretty(baseline)? + "\n")
+                        .with_context(|| format!("failed to write {}", path.display()))?;
+                }
+                match output {
+                    Format::Table => println!(
+                        "baseline {}:{} created ({} features, from {})",
+                        view.name, view.version, view.features, view.source
+                    ),
+                    other => print!("{}", output::structured_any(&view, other)?),
+                }
             }
             Command::Token {
                 command: TokenCommand::Create { labels, ttl },

@@ -14,6 +14,7 @@ fn read(file: &Path) -> anyhow::Result<(Vec<String>, Vec<Resource>)> {
     let base = file.parent().unwrap_or(Path::new("."));
     for resource in &mut resources {
         inline_warmup(resource, base)?;
+        inline_baseline(resource, base)?;
     }
     Ok((sources, resources))
 }
@@ -41,6 +42,35 @@ fn inline_warmup(resource: &mut Resource, base: &Path) -> anyhow::Result<()> {
         );
     }
     warmup.data_base64 = Some(base64::engine::general_purpose::STANDARD.encode(bytes));
+    Ok(())
+}
+
+/// Reads a pipeline's `monitoring.baseline` file (relative to the manifest) into
+/// `baselineData`; a stored baseline (`name:version`) stays a reference.
+fn inline_baseline(resource: &mut Resource, base: &Path) -> anyhow::Result<()> {
+    let Resource::Pipeline(pipeline) = resource else {
+        return Ok(());
+    };
+    let Some(monitoring) = pipeline.spec.monitoring.as_mut() else {
+        return Ok(());
+    };
+    let Some(manifest::BaselineRef::File(file)) = monitoring
+        .baseline
+        .as_deref()
+        .and_then(manifest::BaselineRef::parse)
+    else {
+        return Ok(());
+    };
+    let path = base.join(file);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("failed to read the baseline {}", path.display()))?;
+    let baseline: tern_proto::drift::Baseline = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a baseline", path.display()))?;
+    baseline
+        .validate()
+        .with_context(|| format!("{} is not a usable baseline", path.display()))?;
+    monitoring.baseline = None;
+    monitoring.baseline_data = Some(baseline);
     Ok(())
 }
 

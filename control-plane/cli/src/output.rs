@@ -15,7 +15,10 @@ pub enum Format {
     Yaml,
 }
 
-fn structured<T: Serialize + ?Sized>(value: &T, format: Format) -> anyhow::Result<Option<String>> {
+pub(crate) fn structured<T: Serialize + ?Sized>(
+    value: &T,
+    format: Format,
+) -> anyhow::Result<Option<String>> {
     Ok(match format {
         Format::Json => Some(serde_json::to_string_pretty(value)? + "\n"),
         Format::Yaml => Some(serde_yaml_ng::to_string(value)?),
@@ -23,7 +26,7 @@ fn structured<T: Serialize + ?Sized>(value: &T, format: Format) -> anyhow::Resul
     })
 }
 
-fn table(header: &[&str]) -> Table {
+pub(crate) fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(presets::NOTHING);
     t.set_header(header.iter().map(|h| h.to_string()));
@@ -31,7 +34,7 @@ fn table(header: &[&str]) -> Table {
 }
 
 /// Text that came from an agent, safe for a terminal (no escape sequences).
-fn shown(text: &str) -> String {
+pub(crate) fn shown(text: &str) -> String {
     text.chars().filter(|c| !c.is_control()).collect()
 }
 
@@ -52,7 +55,7 @@ fn gpus(view: &AgentView) -> String {
 }
 
 /// Age of an RFC 3339 timestamp, like "12s" or "3h".
-fn age(rfc3339: &str) -> String {
+pub(crate) fn age(rfc3339: &str) -> String {
     let Ok(t) = humantime::parse_rfc3339(rfc3339) else {
         return rfc3339.to_owned();
     };

@@ -361,3 +361,83 @@ pub struct AgentTop {
     pub batches: u64,
     pub last_seq: u64,
 }
+
+/// `POST /v1/baselines`: stores a drift baseline as the next version of `name`, given
+/// (`baseline`, built by `ternctl` from a sample file) or built by the control plane from what
+/// the agents running `pipeline` saw over the last `window_seconds`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BaselineCreate {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<crate::drift::Baseline>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_seconds: Option<u64>,
+    /// Bins per feature when the control plane builds it (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bins: Option<usize>,
+}
+
+/// A stored baseline (`GET /v1/baselines`, and the answer to `POST /v1/baselines`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BaselineView {
+    pub name: String,
+    pub version: u64,
+    pub features: usize,
+    pub created_ms: u64,
+    /// Where it came from: `file` or `pipeline NAME, last Ns`.
+    pub source: String,
+    /// The baseline itself (only in the answer to a create).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<crate::drift::Baseline>,
+}
+
+/// A drift alert (`GET /v1/alerts`): one feature of one pipeline, on one agent or fleet-wide.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertView {
+    pub pipeline: String,
+    pub revision: u64,
+    /// `fleet`, or the agent's name.
+    pub scope: String,
+    pub feature: String,
+    /// The latest PSI, and the threshold it crossed.
+    pub psi: f64,
+    pub threshold: f64,
+    /// `firing` or `resolved`.
+    pub state: String,
+    pub since_ms: u64,
+    pub updated_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_ms: Option<u64>,
+}
+
+/// Drift of one monitored pipeline (`GET /v1/drift/{pipeline}`), over the control plane's
+/// drift window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineDrift {
+    pub pipeline: String,
+    pub revision: u64,
+    /// `name:version`, `inline`, or `None` when the pipeline has no baseline yet.
+    pub baseline: Option<String>,
+    pub alert_psi: f64,
+    pub window_seconds: u64,
+    pub features: Vec<FeatureDrift>,
+}
+
+/// One feature in [`PipelineDrift`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureDrift {
+    pub feature: String,
+    /// Values seen fleet-wide in the window, and their mean.
+    pub count: u64,
+    pub mean: Option<f64>,
+    /// Fleet-wide PSI (`None` without a baseline or with too few values).
+    pub psi: Option<f64>,
+    /// PSI per agent name (agents with enough values).
+    pub agents: BTreeMap<String, f64>,
+    /// The baseline's bin edges and fractions, and the fleet's fractions in the same bins.
+    pub edges: Vec<f32>,
+    pub expected: Vec<f64>,
+    pub observed: Vec<f64>,
+}

@@ -43,6 +43,8 @@ pub struct DesiredPipeline {
     pub committed: bool,
     /// Run once through the loaded revision before it takes traffic; a failure refuses it.
     pub warmup: Option<Warmup>,
+    /// The model step whose inputs and outputs the agent streams distributions of, for drift.
+    pub monitored_step: Option<String>,
 }
 
 /// A warm-up sample.

@@ -13,10 +13,12 @@
 //! - [`trust`]: the trust root (publisher keys, threshold, rotation).
 //! - [`desired`]: the signed, generation-numbered desired state of one agent.
 //! - [`telemetry`]: telemetry batches and the histograms they carry.
+//! - [`drift`]: feature distributions, baselines and the population stability index.
 //! - [`prometheus`]: the Prometheus text format, for `/metrics`.
 
 pub mod api;
 pub mod desired;
+pub mod drift;
 pub mod frame;
 #[cfg(feature = "io")]
 pub mod io;
@@ -38,7 +40,7 @@ pub use token::{EnrollmentToken, TokenError};
 
 /// Version of the control-stream protocol, sent in [`Hello`]. The control plane refuses agents
 /// that speak a version it does not know.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// ALPN protocol identifier of agent connections over QUIC.
 pub const ALPN: &[u8] = b"tern/1";

@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::drift::FeatureStats;
+
 /// Buckets per power of two.
 pub const SUB_BUCKETS: u32 = 8;
 /// Number of buckets: values 0..8 exactly, then eight per power of two up to `u64::MAX`.
@@ -260,18 +262,6 @@ pub struct StepStats {
     pub observations: BTreeMap<String, Histogram>,
 }
 
-/// The distribution of one feature (an input or output value of a model) over the interval.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct FeatureStats {
-    /// `input:NAME[i]` or `output:NAME[i]`.
-    pub feature: String,
-    /// Counts per bin of the pipeline's drift baseline (the last bin also takes values above
-    /// its last edge; the first those below its first).
-    pub bins: Vec<u64>,
-    pub count: u64,
-    pub sum: f64,
-}
-
 impl StepStats {
     /// Adds `other` (the same step, another interval or agent) into this one.
     pub fn merge(&mut self, other: &StepStats) {
@@ -290,20 +280,6 @@ impl StepStats {
                 .or_default()
                 .merge(histogram);
         }
-    }
-}
-
-impl FeatureStats {
-    /// Adds `other`'s counts bin by bin (bins beyond the shorter list are kept).
-    pub fn merge(&mut self, other: &FeatureStats) {
-        if self.bins.len() < other.bins.len() {
-            self.bins.resize(other.bins.len(), 0);
-        }
-        for (bin, count) in self.bins.iter_mut().zip(&other.bins) {
-            *bin = bin.saturating_add(*count);
-        }
-        self.count = self.count.saturating_add(other.count);
-        self.sum += other.sum;
     }
 }
 

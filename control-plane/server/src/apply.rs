@@ -108,6 +108,7 @@ fn pin(
 pub fn apply(
     catalog: &Catalog,
     releases: &ReleaseStore,
+    drift: &crate::drift::Drift,
     request: &ApplyRequest,
     now_ms: u64,
 ) -> Result<Vec<Change>, ApplyError> {
@@ -136,6 +137,11 @@ pub fn apply(
                 "a local file cannot be read here; send the sample as `dataBase64` (ternctl does)"
                     .into(),
             ));
+        }
+        if let Some(monitoring) = &pipeline.spec.monitoring {
+            crate::drift::check_reference(drift, monitoring).map_err(|message| {
+                manifest_error(source(i), "spec.monitoring.baseline".into(), message)
+            })?;
         }
         let pinned = pin(releases, pipeline, source(i))?;
         let existing = catalog.pipeline(&name)?;

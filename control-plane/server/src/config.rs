@@ -19,6 +19,11 @@ pub const DEFAULT_MAX_AGENT_CONNECTIONS: usize = 10_000;
 /// Default retention of telemetry: 90 days.
 pub const DEFAULT_TELEMETRY_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
 
+/// Default span over which drift is judged.
+pub const DEFAULT_DRIFT_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// Default interval between drift judgements.
+pub const DEFAULT_DRIFT_INTERVAL: Duration = Duration::from_secs(30);
+
 /// The control plane's settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,6 +44,19 @@ pub struct ControlPlaneConfig {
     /// How long telemetry is kept (at 1 h resolution after the first week).
     #[serde(with = "duration_text", default = "default_telemetry_retention")]
     pub telemetry_retention: Duration,
+    /// The span of telemetry over which each monitored feature's PSI is computed.
+    #[serde(with = "duration_text", default = "default_drift_window")]
+    pub drift_window: Duration,
+    /// How often drift is judged and alerts raised or resolved.
+    #[serde(with = "duration_text", default = "default_drift_interval")]
+    pub drift_interval: Duration,
+}
+
+fn default_drift_window() -> Duration {
+    DEFAULT_DRIFT_WINDOW
+}
+fn default_drift_interval() -> Duration {
+    DEFAULT_DRIFT_INTERVAL
 }
 
 fn default_heartbeat_interval() -> Duration {
@@ -65,6 +83,8 @@ impl Default for ControlPlaneConfig {
             not_ready_after: DEFAULT_NOT_READY_AFTER,
             max_agent_connections: DEFAULT_MAX_AGENT_CONNECTIONS,
             telemetry_retention: DEFAULT_TELEMETRY_RETENTION,
+            drift_window: DEFAULT_DRIFT_WINDOW,
+            drift_interval: DEFAULT_DRIFT_INTERVAL,
         }
     }
 }
@@ -107,6 +127,12 @@ impl ControlPlaneConfig {
                 "not_ready_after",
                 "must be longer than heartbeat_interval",
             ));
+        }
+        if self.drift_window < Duration::from_secs(10) {
+            return Err(invalid("drift_window", "must be at least 10s"));
+        }
+        if self.drift_interval < Duration::from_secs(1) {
+            return Err(invalid("drift_interval", "must be at least 1s"));
         }
         if self.max_agent_connections == 0 {
             return Err(invalid("max_agent_connections", "must be at least 1"));

@@ -226,6 +226,13 @@ pub(crate) fn build(
             steps,
             committed,
             warmup: pipeline.manifest.spec.warmup.as_ref().and_then(warmup),
+            monitored_step: pipeline
+                .manifest
+                .spec
+                .monitoring
+                .as_ref()
+                .and_then(|m| m.watched_step(&pipeline.manifest.spec.steps))
+                .map(str::to_owned),
         });
     }
     let state = DesiredState {

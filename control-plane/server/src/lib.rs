@@ -18,6 +18,7 @@
 //!   and telemetry.
 //! - [`telemetry`]: telemetry ingest (deduplicated, acknowledged when durable), time series
 //!   with downsampling and retention, `top` queries and the fleet's `/metrics`.
+//! - [`drift`]: drift baselines, PSI per feature per agent and fleet-wide, alerts.
 //! - [`presence`]: which agents are connected and when they were last heard (in memory).
 //! - [`enroll`]: redeeming a token for a certificate.
 //! - [`agents`]: the QUIC endpoint and the per-agent control stream.
@@ -31,6 +32,7 @@ pub mod catalog;
 pub mod config;
 pub mod data_dir;
 pub mod deploy;
+pub mod drift;
 pub mod enroll;
 pub mod health;
 pub mod presence;

@@ -47,6 +47,8 @@ pub(crate) struct Shared {
     pub desired: sled::Tree,
     pub online_key: tern_proto::signing::SecretKey,
     pub telemetry: crate::telemetry::Telemetry,
+    /// Drift baselines and alerts.
+    pub drift: crate::drift::Drift,
 }
 
 /// Options of `tern-control-plane serve`.
@@ -72,6 +74,8 @@ pub enum StartError {
     Catalog(#[from] CatalogError),
     #[error("cannot open the telemetry store: {0}")]
     Telemetry(#[from] crate::telemetry::store::TelemetryStoreError),
+    #[error("cannot open the drift store: {0}")]
+    Drift(crate::drift::DriftError),
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("cannot listen for {what} on {addr}: {source}")]
@@ -118,7 +122,9 @@ impl RunningControlPlane {
             config.telemetry_retention,
         )?;
         let (telemetry, telemetry_writer) = crate::telemetry::Telemetry::new(series);
+        let drift = crate::drift::Drift::open(registry.db()).map_err(StartError::Drift)?;
         let shared = Arc::new(Shared {
+            drift,
             telemetry,
             registry,
             catalog,
@@ -257,10 +263,15 @@ async fn housekeeping(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) 
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     let mut persist = tokio::time::interval(PERSIST_INTERVAL);
     let mut prune = tokio::time::interval(TOKEN_PRUNE_INTERVAL);
+    let mut drift = tokio::time::interval(shared.config.drift_interval);
+    for timer in [&mut sweep, &mut persist, &mut prune, &mut drift] {
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
     loop {
         let work: fn(&Shared) = tokio::select! {
             _ = shutdown.changed() => return,
             _ = sweep.tick() => mark_silent_agents,
+            _ = drift.tick() => judge_drift,
             _ = persist.tick() => persist_last_seen,
             _ = prune.tick() => prune_tokens,
         };
@@ -283,6 +294,13 @@ fn mark_silent_agents(shared: &Shared) {
             Ok(None) => {}
             Err(e) => warn!(error = %e, "cannot record agent status"),
         }
+    }
+}
+
+fn judge_drift(shared: &Shared) {
+    let _span = tracing::debug_span!("drift").entered();
+    if let Err(e) = crate::drift::evaluate(shared, tern_transport::unix_millis_now()) {
+        warn!(error = %e, "cannot judge drift");
     }
 }
 

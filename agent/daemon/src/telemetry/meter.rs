@@ -13,6 +13,7 @@ use tern_proto::telemetry::{
     merge_counts,
 };
 
+use super::features::FeatureMeter;
 use crate::pipeline::{LoadedPipeline, PipelineStep, StepError};
 
 /// Distinct custom metric names kept per step and interval; more are counted under
@@ -202,6 +203,8 @@ pub struct PipelineMeter {
     latency: AtomicHistogram,
     queue: AtomicHistogram,
     steps: Vec<Arc<StepMeter>>,
+    /// The watched model step's value distributions, when the pipeline is monitored.
+    pub features: Option<FeatureMeter>,
     /// Everything taken so far.
     totals: Mutex<Totals>,
 }
@@ -217,8 +220,15 @@ impl PipelineMeter {
             latency: AtomicHistogram::default(),
             queue: AtomicHistogram::default(),
             steps,
+            features: None,
             totals: Mutex::default(),
         }
+    }
+
+    /// Watches step `step`'s inputs and outputs for drift.
+    pub fn with_features(mut self, step: usize) -> Self {
+        self.features = Some(FeatureMeter::new(step));
+        self
     }
 
     /// Records one step run.
@@ -278,7 +288,11 @@ impl PipelineMeter {
             latency_us: self.latency.take(),
             queue_us: self.queue.take(),
             steps,
-            features: Vec::new(),
+            features: self
+                .features
+                .as_ref()
+                .map(FeatureMeter::take)
+                .unwrap_or_default(),
         }
     }
 

@@ -8,6 +8,7 @@
 
 pub mod buffer;
 pub mod exposition;
+pub mod features;
 pub mod host;
 pub mod meter;
 pub mod shipper;
@@ -65,7 +66,7 @@ pub struct TelemetryState {
 }
 
 /// Shrinks a batch that would not fit in one frame: custom observations go first, then
-/// feature distributions, then custom counters.
+/// feature distributions lose resolution, then they go, then custom counters.
 fn fit_frame(batch: &mut TelemetryBatch) {
     let limit = MAX_FRAME_LEN / 2;
     let size = |b: &TelemetryBatch| postcard::to_stdvec(b).map_or(usize::MAX, |v| v.len());
@@ -78,6 +79,16 @@ fn fit_frame(batch: &mut TelemetryBatch) {
     );
     for p in &mut batch.pipelines {
         p.steps.iter_mut().for_each(|s| s.observations.clear());
+    }
+    for bits in [2, 4, 6] {
+        if size(batch) <= limit {
+            return;
+        }
+        let features = batch
+            .pipelines
+            .iter_mut()
+            .flat_map(|p| p.features.iter_mut());
+        features.for_each(|f| f.coarsen(bits));
     }
     if size(batch) <= limit {
         return;

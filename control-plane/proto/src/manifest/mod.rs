@@ -51,6 +51,123 @@ pub struct PipelineSpec {
     /// A sample input run once through every new revision before it takes traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup: Option<WarmupSpec>,
+    /// Drift monitoring of the model step's inputs and outputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitoring: Option<MonitoringSpec>,
+}
+
+/// The PSI above which a feature raises a drift alert when the manifest does not say.
+pub const DEFAULT_ALERT_PSI: f64 = 0.2;
+
+/// `spec.monitoring`: agents stream per-feature distributions of a model step's inputs and
+/// outputs; with a baseline, the control plane raises an alert for each feature whose PSI
+/// goes above `alertPsi`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MonitoringSpec {
+    /// `name:version` of a baseline stored on the control plane (`ternctl baseline create`),
+    /// or a baseline JSON file, which `ternctl` reads relative to the manifest and sends
+    /// inline as `baselineData`. Without one, distributions are collected but not judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_data: Option<crate::drift::Baseline>,
+    #[serde(default = "default_alert_psi")]
+    pub alert_psi: f64,
+    /// The model step watched; the first model step when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+}
+
+fn default_alert_psi() -> f64 {
+    DEFAULT_ALERT_PSI
+}
+
+/// A baseline reference: stored on the control plane, or a local file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BaselineRef {
+    Stored { name: String, version: u64 },
+    File(PathBuf),
+}
+
+impl BaselineRef {
+    /// `name:version`, or a path (it contains a `/` or ends in `.json`).
+    pub fn parse(text: &str) -> Option<Self> {
+        if text.contains('/') || text.ends_with(".json") {
+            return Some(BaselineRef::File(PathBuf::from(text)));
+        }
+        let (name, version) = text.split_once(':')?;
+        let version = version.parse().ok()?;
+        crate::labels::valid_name(name).then(|| BaselineRef::Stored {
+            name: name.to_owned(),
+            version,
+        })
+    }
+}
+
+impl MonitoringSpec {
+    fn validate(&self, steps: &[StepSpec], file: &str) -> Result<(), ManifestError> {
+        if !self.alert_psi.is_finite() || self.alert_psi <= 0.0 || self.alert_psi > 10.0 {
+            return Err(error(
+                file,
+                "spec.monitoring.alertPsi",
+                "expected a number above 0 and at most 10",
+            ));
+        }
+        match (&self.baseline, &self.baseline_data) {
+            (Some(_), Some(_)) => {
+                return Err(error(
+                    file,
+                    "spec.monitoring",
+                    "expected `baseline` or `baselineData`, not both",
+                ));
+            }
+            (Some(text), None) if BaselineRef::parse(text).is_none() => {
+                return Err(error(
+                    file,
+                    "spec.monitoring.baseline",
+                    format!("expected `name:version` or a `.json` file, got `{text}`"),
+                ));
+            }
+            (None, Some(data)) => data
+                .validate()
+                .map_err(|e| error(file, "spec.monitoring.baselineData", e.to_string()))?,
+            _ => {}
+        }
+        let watched = match &self.step {
+            Some(name) => steps.iter().find(|s| &s.name == name),
+            None => steps.iter().find(|s| s.model.is_some()),
+        };
+        match watched {
+            Some(step) if step.model.is_some() => Ok(()),
+            Some(step) => Err(error(
+                file,
+                "spec.monitoring.step",
+                format!("step `{}` is a plugin; expected a model step", step.name),
+            )),
+            None if self.step.is_some() => Err(error(
+                file,
+                "spec.monitoring.step",
+                "expected the name of a step of this pipeline",
+            )),
+            None => Err(error(
+                file,
+                "spec.monitoring",
+                "the pipeline has no model step to monitor",
+            )),
+        }
+    }
+
+    /// The name of the watched step.
+    pub fn watched_step<'a>(&'a self, steps: &'a [StepSpec]) -> Option<&'a str> {
+        match &self.step {
+            Some(name) => Some(name),
+            None => steps
+                .iter()
+                .find(|s| s.model.is_some())
+                .map(|s| s.name.as_str()),
+        }
+    }
 }
 
 /// Largest warm-up input a manifest may carry (it travels inside the agents' desired states,
@@ -425,6 +542,9 @@ impl Pipeline {
         if let Some(warmup) = &self.spec.warmup {
             warmup.validate(file)?;
         }
+        if let Some(monitoring) = &self.spec.monitoring {
+            monitoring.validate(&self.spec.steps, file)?;
+        }
         let mut names = BTreeSet::new();
         for (i, step) in self.spec.steps.iter().enumerate() {
             let at = |field: &str| format!("spec.steps[{i}]{field}");
@@ -596,6 +716,32 @@ spec: {}
         assert_eq!(e.path, "spec.warmup");
         let e = err(&with_warmup("{ mediaType: a/b, dataBase64: '***' }"));
         assert_eq!(e.path, "spec.warmup.dataBase64");
+
+        let with_monitoring = |m: &str| {
+            GOOD.replace(
+                "spec:\n  steps:",
+                &format!("spec:\n  monitoring: {m}\n  steps:"),
+            )
+        };
+        let p = Pipeline::parse(&with_monitoring("{ baseline: shapes:2 }"), "m.yaml")
+            .expect("a stored baseline");
+        let monitoring = p.spec.monitoring.as_ref().expect("monitoring");
+        assert_eq!(monitoring.alert_psi, DEFAULT_ALERT_PSI);
+        assert_eq!(monitoring.watched_step(&p.spec.steps), Some("classify"));
+        assert_eq!(
+            BaselineRef::parse("./b.json"),
+            Some(BaselineRef::File("./b.json".into()))
+        );
+        let e = err(&with_monitoring("{ alertPsi: -1 }"));
+        assert_eq!(e.path, "spec.monitoring.alertPsi");
+        let e = err(&with_monitoring("{ step: prep }"));
+        assert!(e.message.contains("is a plugin"), "{e}");
+        let e = err(&with_monitoring("{ baseline: nothing }"));
+        assert_eq!(e.path, "spec.monitoring.baseline");
+        let e = err(&with_monitoring(
+            "{ baselineData: { features: [{ feature: f, edges: [2, 1], fractions: [1, 0, 0] }] } }",
+        ));
+        assert_eq!(e.path, "spec.monitoring.baselineData");
 
         let e = err("kind: Deployment\n");
         assert!(e.message.contains("no document of kind Pipeline"));

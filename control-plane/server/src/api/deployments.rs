@@ -53,6 +53,7 @@ pub(crate) async fn apply(
         apply::apply(
             &shared.catalog,
             &shared.releases,
+            &shared.drift,
             &request,
             tern_transport::unix_millis_now(),
         )

@@ -2,6 +2,7 @@
 //! agents' address, authenticated by the token in the body).
 
 mod deployments;
+mod drift;
 mod releases;
 mod telemetry;
 
@@ -84,6 +85,12 @@ pub(crate) fn admin_router(shared: Arc<Shared>) -> Router {
         .route("/v1/top/agents", get(telemetry::top_agents))
         .route("/v1/top/pipelines", get(telemetry::top_pipelines))
         .route("/metrics", get(telemetry::metrics))
+        .route(
+            "/v1/baselines",
+            get(drift::baselines).post(drift::create_baseline),
+        )
+        .route("/v1/alerts", get(drift::alerts))
+        .route("/v1/drift/{pipeline}", get(drift::pipeline_drift))
         .route(
             "/v1/trust-root",
             get(releases::trust_root).put(releases::set_trust_root),

@@ -36,7 +36,6 @@ const MAX_PIPELINES: usize = 64;
 const MAX_STEPS: usize = 64;
 const MAX_ENTRIES: usize = 64;
 const MAX_FEATURES: usize = 1024;
-const MAX_BINS: usize = 256;
 const MAX_GPUS: usize = 16;
 
 /// What the writer tells a telemetry stream.
@@ -183,10 +182,7 @@ fn sanitize(batch: &mut TelemetryBatch) {
         p.features.truncate(MAX_FEATURES);
         for f in &mut p.features {
             clean(&mut f.feature);
-            f.bins.truncate(MAX_BINS);
-            if !f.sum.is_finite() {
-                f.sum = 0.0;
-            }
+            f.normalize();
         }
     }
 }

@@ -1,0 +1,88 @@
+//! Drift on the admin API: `GET|POST /v1/baselines`, `GET /v1/alerts`,
+//! `GET /v1/drift/{pipeline}`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use tern_proto::api::{AlertView, BaselineCreate, BaselineView, PipelineDrift};
+use tracing::info;
+
+use super::{HttpError, blocking, internal};
+use crate::drift::{self, DEFAULT_BINS, DriftError};
+use crate::server::Shared;
+
+impl From<DriftError> for HttpError {
+    fn from(e: DriftError) -> Self {
+        let status = match &e {
+            DriftError::BadRequest(_) | DriftError::Baseline(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            DriftError::NotFound(_) => StatusCode::NOT_FOUND,
+            _ => return internal(e),
+        };
+        HttpError(status, e.to_string())
+    }
+}
+
+/// Longest window a baseline may be built from: the telemetry kept at full resolution is
+/// 6 h, coarser buckets keep the same counts, so any span within the retention works.
+const MAX_WINDOW_SECONDS: u64 = 365 * 24 * 3600;
+
+pub(crate) async fn create_baseline(
+    State(shared): State<Arc<Shared>>,
+    body: Result<Json<BaselineCreate>, JsonRejection>,
+) -> Result<Json<BaselineView>, HttpError> {
+    let Json(request) = body?;
+    let view = blocking(move || {
+        let now = tern_transport::unix_millis_now();
+        let (baseline, source) = match (request.baseline, &request.pipeline) {
+            (Some(baseline), None) => (baseline, "file".to_owned()),
+            (None, Some(pipeline)) => {
+                let seconds = request.window_seconds.unwrap_or(3600);
+                if !(1..=MAX_WINDOW_SECONDS).contains(&seconds) {
+                    return Err(DriftError::BadRequest(format!(
+                        "window_seconds must be 1 to {MAX_WINDOW_SECONDS}"
+                    )));
+                }
+                let bins = request.bins.unwrap_or(DEFAULT_BINS);
+                let baseline =
+                    drift::baseline_from_window(&shared, pipeline, seconds * 1000, bins, now)?;
+                (baseline, format!("pipeline {pipeline}, last {seconds}s"))
+            }
+            _ => {
+                return Err(DriftError::BadRequest(
+                    "expected either `baseline` or `pipeline` (with `window_seconds`)".into(),
+                ));
+            }
+        };
+        shared
+            .drift
+            .add_baseline(&request.name, baseline, source, now)
+    })
+    .await?;
+    info!(name = %view.name, version = view.version, features = view.features, "baseline created");
+    Ok(Json(view))
+}
+
+pub(crate) async fn baselines(
+    State(shared): State<Arc<Shared>>,
+) -> Result<Json<Vec<BaselineView>>, HttpError> {
+    Ok(Json(blocking(move || shared.drift.baselines()).await?))
+}
+
+pub(crate) async fn alerts(
+    State(shared): State<Arc<Shared>>,
+) -> Result<Json<Vec<AlertView>>, HttpError> {
+    Ok(Json(blocking(move || shared.drift.alerts()).await?))
+}
+
+pub(crate) async fn pipeline_drift(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+) -> Result<Json<PipelineDrift>, HttpError> {
+    let drift =
+        blocking(move || drift::pipeline_drift(&shared, &name, tern_transport::unix_millis_now()))
+            .await?;
+    Ok(Json(drift))
+}
