@@ -267,15 +267,69 @@ impl HttpsClient {
     }
 
     async fn resolve(&self) -> Result<SocketAddr, HttpsError> {
-        let mut addrs = tokio::net::lookup_host(&self.addr)
+        resolve(&self.addr).await
+    }
+}
+
+async fn resolve(addr: &str) -> Result<SocketAddr, HttpsError> {
+    let mut addrs = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|source| HttpsError::Resolve {
+            addr: addr.to_owned(),
+            source,
+        })?;
+    addrs.next().ok_or_else(|| HttpsError::Resolve {
+        addr: addr.to_owned(),
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),
+    })
+}
+
+/// One POST over plain HTTP/1.1 to `addr` (`host:port`), for receivers on the host or its
+/// network such as an OpenTelemetry collector; a non-2xx answer is [`HttpsError::Status`].
+pub async fn post_plain(
+    addr: &str,
+    path: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> Result<Bytes, HttpsError> {
+    let exchange = async {
+        let resolved = resolve(addr).await?;
+        let tcp = TcpStream::connect(resolved)
             .await
-            .map_err(|source| HttpsError::Resolve {
-                addr: self.addr.clone(),
+            .map_err(|source| HttpsError::Connect {
+                addr: addr.to_owned(),
                 source,
             })?;
-        addrs.next().ok_or_else(|| HttpsError::Resolve {
-            addr: self.addr.clone(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),
-        })
-    }
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(error = %e, "client connection ended with an error");
+            }
+        });
+        let request = hyper::Request::builder()
+            .method(hyper::Method::POST)
+            .uri(path)
+            .header(hyper::header::HOST, addr)
+            .header(hyper::header::CONTENT_TYPE, content_type)
+            .body(Full::new(Bytes::from(body)))?;
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map_err(|_| HttpsError::Body)?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(HttpsError::Status {
+                status: status.as_u16(),
+                message: String::from_utf8_lossy(&body).into_owned(),
+            });
+        }
+        Ok(body)
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        .await
+        .map_err(|_| HttpsError::Timeout {
+            addr: addr.to_owned(),
+        })?
 }

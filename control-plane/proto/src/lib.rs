@@ -15,6 +15,7 @@
 //! - [`telemetry`]: telemetry batches and the histograms they carry.
 //! - [`drift`]: feature distributions, baselines and the population stability index.
 //! - [`prometheus`]: the Prometheus text format, for `/metrics`.
+//! - [`otlp`]: the same metrics as an OpenTelemetry (OTLP/HTTP JSON) export request.
 
 pub mod api;
 pub mod desired;
@@ -25,6 +26,7 @@ pub mod io;
 pub mod labels;
 pub mod manifest;
 pub mod message;
+pub mod otlp;
 pub mod prometheus;
 pub mod release;
 pub mod signing;

@@ -29,6 +29,29 @@ pub enum Kind {
     Histogram,
 }
 
+/// Where metrics are written, family by family: the Prometheus text page ([`Exposition`]) or
+/// an OpenTelemetry request ([`crate::otlp::OtlpMetrics`]), so both carry the same numbers.
+pub trait MetricsPage {
+    /// Starts the family `name`; its samples follow.
+    fn family(&mut self, name: &str, kind: Kind, help: &str) -> &mut Self;
+    /// One sample of the current counter or gauge family.
+    fn sample(&mut self, pairs: &[(&str, &str)], value: f64) -> &mut Self;
+    /// One histogram of the current histogram family, from microseconds, in seconds.
+    fn histogram_us(&mut self, pairs: &[(&str, &str)], histogram: &Histogram) -> &mut Self;
+}
+
+impl MetricsPage for Exposition {
+    fn family(&mut self, name: &str, kind: Kind, help: &str) -> &mut Self {
+        Exposition::family(self, name, kind, help)
+    }
+    fn sample(&mut self, pairs: &[(&str, &str)], value: f64) -> &mut Self {
+        Exposition::sample(self, pairs, value)
+    }
+    fn histogram_us(&mut self, pairs: &[(&str, &str)], histogram: &Histogram) -> &mut Self {
+        Exposition::histogram_us(self, pairs, histogram)
+    }
+}
+
 /// A page of metrics being written.
 #[derive(Debug, Default)]
 pub struct Exposition {

@@ -50,6 +50,51 @@ pub struct ControlPlaneConfig {
     /// How often drift is judged and alerts raised or resolved.
     #[serde(with = "duration_text", default = "default_drift_interval")]
     pub drift_interval: Duration,
+    /// Where to push the fleet's metrics as OpenTelemetry (OTLP/HTTP JSON), e.g.
+    /// `http://127.0.0.1:4318` (a collector; `/v1/metrics` is appended). Off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+    /// How often the OTLP export runs.
+    #[serde(with = "duration_text", default = "default_otlp_interval")]
+    pub otlp_interval: Duration,
+}
+
+/// Default interval of the OTLP export.
+pub const DEFAULT_OTLP_INTERVAL: Duration = Duration::from_secs(30);
+
+fn default_otlp_interval() -> Duration {
+    DEFAULT_OTLP_INTERVAL
+}
+
+/// Where the OTLP export goes: `host:port` and the request path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpTarget {
+    pub addr: String,
+    pub path: String,
+}
+
+impl OtlpTarget {
+    /// `http://HOST:PORT[/BASE]` → the address and `BASE/v1/metrics`.
+    pub fn parse(endpoint: &str) -> Result<Self, String> {
+        let rest = endpoint.strip_prefix("http://").ok_or_else(|| {
+            "must start with `http://` (the OTLP/HTTP port of a collector, usually on the same host)"
+                .to_owned()
+        })?;
+        let (addr, base) = match rest.find('/') {
+            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+            None => (rest, ""),
+        };
+        let port_ok = addr
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !port_ok {
+            return Err("expected `http://HOST:PORT`".into());
+        }
+        Ok(Self {
+            addr: addr.to_owned(),
+            path: format!("{base}{}", tern_proto::otlp::METRICS_PATH),
+        })
+    }
 }
 
 fn default_drift_window() -> Duration {
@@ -85,6 +130,8 @@ impl Default for ControlPlaneConfig {
             telemetry_retention: DEFAULT_TELEMETRY_RETENTION,
             drift_window: DEFAULT_DRIFT_WINDOW,
             drift_interval: DEFAULT_DRIFT_INTERVAL,
+            otlp_endpoint: None,
+            otlp_interval: DEFAULT_OTLP_INTERVAL,
         }
     }
 }
@@ -133,6 +180,12 @@ impl ControlPlaneConfig {
         }
         if self.drift_interval < Duration::from_secs(1) {
             return Err(invalid("drift_interval", "must be at least 1s"));
+        }
+        if let Some(endpoint) = &self.otlp_endpoint {
+            OtlpTarget::parse(endpoint).map_err(|e| invalid("otlp_endpoint", &e))?;
+        }
+        if self.otlp_interval < Duration::from_secs(1) {
+            return Err(invalid("otlp_interval", "must be at least 1s"));
         }
         if self.max_agent_connections == 0 {
             return Err(invalid("max_agent_connections", "must be at least 1"));
@@ -196,5 +249,16 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("not_ready_after"), "{err}");
+
+        assert_eq!(
+            OtlpTarget::parse("http://collector:4318/otel/"),
+            Ok(OtlpTarget {
+                addr: "collector:4318".into(),
+                path: "/otel/v1/metrics".into()
+            })
+        );
+        for bad in ["https://c:4318", "http://c", "http://:80"] {
+            assert!(OtlpTarget::parse(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -165,7 +165,7 @@ impl RunningControlPlane {
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(crate::agents::serve(endpoint, shared.clone(), rx.clone())),
             tokio::spawn(tern_transport::https::serve(
                 enroll_listener,
@@ -187,6 +187,18 @@ impl RunningControlPlane {
             )),
             tokio::spawn(housekeeping(shared.clone(), rx)),
         ];
+        if let Some(endpoint) = &config.otlp_endpoint {
+            // Validated when the config was read.
+            if let Ok(target) = crate::config::OtlpTarget::parse(endpoint) {
+                info!(endpoint, interval = ?config.otlp_interval, "OpenTelemetry export on");
+                tasks.push(tokio::spawn(crate::telemetry::otlp::export(
+                    shared.clone(),
+                    target,
+                    config.otlp_interval,
+                    shutdown.subscribe(),
+                )));
+            }
+        }
         info!(agents = %agent_addr, api = %api_addr, "control plane serving");
         Ok(Self {
             agent_addr,

@@ -3,7 +3,7 @@
 //! restart); agent gauges are each agent's latest batch.
 
 use tern_proto::api::AgentStatus;
-use tern_proto::prometheus::{Exposition, Kind};
+use tern_proto::prometheus::{Exposition, Kind, MetricsPage};
 
 use super::query::QueryError;
 use crate::server::Shared;
@@ -11,6 +11,16 @@ use crate::server::Shared;
 /// The page.
 pub(crate) fn render(shared: &Shared, now_ms: u64) -> Result<String, QueryError> {
     let mut page = Exposition::default();
+    write(shared, now_ms, &mut page)?;
+    Ok(page.finish())
+}
+
+/// The fleet's metrics, into any page (Prometheus text, OTLP).
+pub(crate) fn write<P: MetricsPage>(
+    shared: &Shared,
+    now_ms: u64,
+    page: &mut P,
+) -> Result<(), QueryError> {
     let agents = super::query::top_agents(shared, now_ms)?;
     page.family("tern_agents", Kind::Gauge, "Enrolled agents by status.");
     for status in [AgentStatus::Ready, AgentStatus::NotReady] {
@@ -144,5 +154,5 @@ pub(crate) fn render(shared: &Shared, now_ms: u64) -> Result<String, QueryError>
         page.family(name, Kind::Counter, help)
             .sample(&[], value as f64);
     }
-    Ok(page.finish())
+    Ok(())
 }

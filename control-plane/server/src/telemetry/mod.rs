@@ -4,6 +4,7 @@
 //! `ternctl top`; [`exposition`] renders the fleet for Prometheus.
 
 pub mod exposition;
+pub mod otlp;
 pub mod query;
 pub mod store;
 
