@@ -24,6 +24,7 @@ pub mod tensor;
 
 pub use adapters::{AdapterSummary, list_adapters};
 pub use error::InferError;
+pub use gpu::gpu_busy;
 pub use model::{Device, Dim, IoSpec, Model, ModelOptions, Placement, parse_onnx};
 pub use tensor::{DType, Tensor};
 /// The tract version this crate runs, for benchmarks against it.

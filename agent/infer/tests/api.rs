@@ -382,3 +382,28 @@ fn manifest_dir() -> std::path::PathBuf {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
+
+#[test]
+fn model_runs_add_to_the_gpus_busy_time() {
+    if !has_gpu() {
+        assert!(
+            !std::env::var("TERN_REQUIRE_GPU").is_ok_and(|v| v == "1"),
+            "TERN_REQUIRE_GPU=1 but there is no adapter"
+        );
+        return;
+    }
+    let (bytes, input, _) = mlp();
+    let gpu = load(&bytes, Device::Gpu).expect("load on the GPU");
+    let (adapter, before) = tern_infer::gpu_busy().expect("the GPU context exists");
+    assert!(!adapter.is_empty());
+    let before = before.expect("the adapter times compute passes (TIMESTAMP_QUERY)");
+    for _ in 0..20 {
+        gpu.run(vec![input.clone()]).expect("run");
+    }
+    let after = tern_infer::gpu_busy()
+        .and_then(|(_, busy)| busy)
+        .expect("busy time");
+    assert!(after > before, "busy {before:?} → {after:?}");
+    // Twenty runs of a small MLP take well under a second of GPU time, and more than nothing.
+    assert!(after - before < std::time::Duration::from_secs(1));
+}

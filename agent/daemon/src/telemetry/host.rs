@@ -27,6 +27,8 @@ pub struct HostSampler {
     data_dir: PathBuf,
     /// Directories whose size is the agent's cache (artifacts, compiled plugins).
     cache_dirs: Vec<PathBuf>,
+    /// The GPU time this process had used at the previous sample.
+    last_gpu_busy: std::time::Duration,
 }
 
 impl HostSampler {
@@ -42,12 +44,42 @@ impl HostSampler {
             system,
             data_dir: data_dir.to_owned(),
             cache_dirs,
+            last_gpu_busy: std::time::Duration::ZERO,
         }
     }
 
-    /// The host now; CPU is the busy share since the previous sample. `gpus` are the adapters
-    /// the agent knows, with the busy time measured on each, if any.
-    pub fn sample(&mut self, gpus: Vec<GpuStats>) -> HostStats {
+    /// Each adapter (those the agent reported, and the one it runs on) with the GPU time the
+    /// agent's work took on it since the previous sample, from timestamp queries around every
+    /// model pass; `None` where the adapter cannot time work or the agent has not used it.
+    fn gpus(&mut self, adapters: &[String]) -> Vec<GpuStats> {
+        let mut gpus: Vec<GpuStats> = adapters
+            .iter()
+            .map(|adapter| GpuStats {
+                adapter: adapter.clone(),
+                busy_us: None,
+            })
+            .collect();
+        if let Some((adapter, Some(total))) = tern_infer::gpu_busy() {
+            let busy = total.saturating_sub(self.last_gpu_busy);
+            self.last_gpu_busy = total;
+            let index = match gpus.iter().position(|g| g.adapter == adapter) {
+                Some(i) => i,
+                None => {
+                    gpus.push(GpuStats {
+                        adapter,
+                        busy_us: None,
+                    });
+                    gpus.len() - 1
+                }
+            };
+            gpus[index].busy_us = Some(busy.as_micros() as u64);
+        }
+        gpus
+    }
+
+    /// The host now; CPU is the busy share since the previous sample, GPUs as [`Self::gpus`].
+    pub fn sample(&mut self, adapters: &[String]) -> HostStats {
+        let gpus = self.gpus(adapters);
         self.system.refresh_cpu_usage();
         self.system.refresh_memory();
         let (disk_free_bytes, disk_total_bytes) = crate::capacity::disk_space(&self.data_dir);
@@ -75,7 +107,7 @@ mod tests {
         std::fs::write(dir.path().join("a/b/x"), [0u8; 1000]).expect("write");
         std::fs::write(dir.path().join("a/y"), [0u8; 24]).expect("write");
         let mut sampler = HostSampler::new(dir.path(), vec![dir.path().join("a")]);
-        let host = sampler.sample(vec![]);
+        let host = sampler.sample(&[]);
         assert_eq!(host.cache_bytes, 1024);
         assert!(host.memory_total_bytes > 0 && host.memory_used_bytes <= host.memory_total_bytes);
         assert!(host.disk_total_bytes >= host.disk_free_bytes && host.disk_total_bytes > 0);

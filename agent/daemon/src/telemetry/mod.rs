@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tern_proto::telemetry::{GpuStats, HostStats, TelemetryBatch};
+use tern_proto::telemetry::{HostStats, TelemetryBatch};
 use tern_proto::{Capacity, MAX_FRAME_LEN};
 use tokio::sync::watch;
 use tracing::{debug, warn};
@@ -124,19 +124,12 @@ fn take_batch(
             serving.retire(Some(served));
         }
     }
-    let gpus = capacity
-        .gpus
-        .iter()
-        .map(|g| GpuStats {
-            adapter: g.name.clone(),
-            busy_us: None,
-        })
-        .collect();
+    let adapters: Vec<String> = capacity.gpus.iter().map(|g| g.name.clone()).collect();
     let mut batch = TelemetryBatch {
         seq: 0,
         start_ms,
         end_ms,
-        host: sampler.sample(gpus),
+        host: sampler.sample(&adapters),
         pipelines,
         dropped_batches: 0,
     };

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use tract_onnx::prelude::*;
 
-pub use context::{GpuContext, shared_context};
+pub use context::{GpuContext, gpu_busy, shared_context};
 
 use crate::error::InferError;
 use crate::tensor::Tensor as HostTensor;

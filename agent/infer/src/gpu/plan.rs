@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use wgpu::util::DeviceExt;
 
 use crate::error::InferError;
-use crate::gpu::context::GpuContext;
+use crate::gpu::context::{GpuContext, PassTimer};
 use crate::gpu::program::{BufferKind, Program, Word};
 use crate::tensor::{DType, Tensor};
 
@@ -36,6 +36,8 @@ struct Instance {
     buffers: Vec<Arc<wgpu::Buffer>>,
     bind_groups: Vec<wgpu::BindGroup>,
     staging: Vec<wgpu::Buffer>,
+    /// Times the model's pass, for the GPU's busy time.
+    timer: Option<PassTimer>,
 }
 
 fn content_key(words: &[u32]) -> (u64, usize) {
@@ -234,6 +236,7 @@ impl Plan {
             buffers,
             bind_groups,
             staging,
+            timer: self.context.pass_timer(),
         }
     }
 
@@ -275,7 +278,7 @@ impl Plan {
                 label: Some("timing"),
             });
         for _ in 0..repeats.max(1) {
-            self.record(&mut encoder, &instance);
+            self.record(&mut encoder, &instance, None);
         }
         let commands = encoder.finish();
         let start = std::time::Instant::now();
@@ -287,10 +290,15 @@ impl Plan {
     }
 
     /// Records every dispatch of one run into one compute pass.
-    fn record(&self, encoder: &mut wgpu::CommandEncoder, instance: &Instance) {
+    fn record(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        instance: &Instance,
+        timer: Option<&PassTimer>,
+    ) {
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("model"),
-            timestamp_writes: None,
+            timestamp_writes: timer.map(PassTimer::writes),
         });
         for (i, step) in self.program.steps.iter().enumerate() {
             pass.set_pipeline(&self.pipelines[i]);
@@ -319,7 +327,10 @@ impl Plan {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("model"),
             });
-        self.record(&mut encoder, instance);
+        self.record(&mut encoder, instance, instance.timer.as_ref());
+        if let Some(timer) = &instance.timer {
+            timer.resolve(&mut encoder);
+        }
         for (out, staging) in self.program.outputs.iter().zip(&instance.staging) {
             encoder.copy_buffer_to_buffer(
                 &instance.buffers[out.buffer],
@@ -330,8 +341,14 @@ impl Plan {
             );
         }
         ctx.queue.submit([encoder.finish()]);
-        let staging: Vec<&wgpu::Buffer> = instance.staging.iter().collect();
-        let results = ctx.read_back(&staging).map_err(InferError::Run)?;
+        let mut staging: Vec<&wgpu::Buffer> = instance.staging.iter().collect();
+        staging.extend(instance.timer.as_ref().map(|t| &t.staging));
+        let mut results = ctx.read_back(&staging).map_err(InferError::Run)?;
+        if instance.timer.is_some()
+            && let Some(timestamps) = results.pop()
+        {
+            ctx.add_busy(&timestamps);
+        }
         let mut outputs = Vec::with_capacity(self.program.outputs.len());
         for (out, words) in self.program.outputs.iter().zip(&results) {
             let n: usize = out.shape.iter().product();

@@ -85,6 +85,21 @@ pub(crate) fn write<P: MetricsPage>(
         }
     }
     page.family(
+        "tern_agent_gpu_busy_percent",
+        Kind::Gauge,
+        "Share of the latest interval the GPU spent on the agent's work (timestamp queries).",
+    );
+    for a in &agents {
+        for (adapter, busy) in a.gpus.iter().zip(&a.gpu_busy_percent) {
+            if let Some(busy) = busy {
+                page.sample(
+                    &[("agent", &a.name), ("adapter", adapter)],
+                    f64::from(*busy),
+                );
+            }
+        }
+    }
+    page.family(
         "tern_agent_telemetry_dropped_batches_total",
         Kind::Counter,
         "Telemetry batches the agent dropped because its buffer was full.",
