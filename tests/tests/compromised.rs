@@ -205,6 +205,7 @@ fn rejects_a_replayed_older_desired_state_generation() -> anyhow::Result<()> {
             generation: 1,
             pipelines: Default::default(),
             trust_version: Some(1),
+            variants: Default::default(),
         };
         registry
             .db()

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tern_plugin_host::{Blob, Payload, PluginEngine, StepLimits};
 use tern_proto::AgentMessage;
-use tern_proto::desired::{DesiredPipeline, Warmup};
+use tern_proto::desired::{DesiredPipeline, DesiredVariant, Warmup};
 use tern_proto::message::{HealthReport, SignedDesiredState, StatusReport};
 use tern_proto::release::{ArtifactKind, Digest, SignedRelease};
 use tern_proto::signing::PublicKey;
@@ -18,7 +18,7 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::fetch::{self, FetchError};
 use crate::pipeline::{LoadedPipeline, PipelineStep, StepError};
 use crate::reconcile::{Action, Reconciler};
-use crate::serving::{ServedPipeline, ServingTable};
+use crate::serving::{Arm, ServedPipeline, ServingTable};
 use crate::store::{AgentStore, StoreError};
 use crate::telemetry::meter::{PipelineMeter, StepMeter};
 use tern_proto::telemetry::StepKind;
@@ -32,7 +32,7 @@ const FETCH_ATTEMPTS: u32 = 8;
 #[derive(Debug)]
 enum Event {
     Fetched(Digest, Result<u64, FetchError>),
-    Loaded(String, u64, Result<Arc<ServedPipeline>, String>),
+    Loaded(DesiredPipeline, Result<Arc<ServedPipeline>, String>),
 }
 
 /// Everything the deployer works with.
@@ -80,17 +80,21 @@ fn warmup_payload(warmup: &Warmup) -> Result<Payload, LoadFailure> {
     }
 }
 
-/// Loads a pipeline revision from verified artifacts (blocking: compiles and plans), and runs
-/// the warm-up sample through it when the manifest gives one.
-pub fn load(
+/// Loads one arm of a pipeline revision: its steps, with `variant`'s model in place of its step's
+/// release when given.
+fn load_arm(
     store: &AgentStore,
     engine: &PluginEngine,
     desired: &DesiredPipeline,
-) -> Result<ServedPipeline, LoadFailure> {
+    variant: Option<&DesiredVariant>,
+) -> Result<Arm, LoadFailure> {
     let mut steps = Vec::new();
     let mut meters = Vec::new();
     for step in &desired.steps {
-        let release = &step.release.signed;
+        let release = match variant {
+            Some(v) if v.step == step.name => &v.release.signed,
+            _ => &step.release.signed,
+        };
         let path = store.artifact_path(&release.digest);
         let bytes = std::fs::read(&path).map_err(|e| StepError::ModelInput {
             step: step.name.clone(),
@@ -125,6 +129,7 @@ pub fn load(
     }
     let pipeline = LoadedPipeline { steps };
     let mut meter = PipelineMeter::new(&desired.name, desired.revision, meters);
+    meter.variant = variant.map(|v| v.name.clone());
     if let Some(watched) = &desired.monitored_step
         && let Some(index) = desired.steps.iter().position(|s| &s.name == watched)
     {
@@ -137,7 +142,30 @@ pub fn load(
         // What the warm-up measured (custom metrics, memory) is not traffic.
         meter.discard(&pipeline);
     }
-    Ok(ServedPipeline::new(pipeline, meter))
+    Ok(Arm {
+        weight: variant.map_or(100, |v| v.weight),
+        pipeline,
+        meter,
+    })
+}
+
+/// Loads a pipeline revision from verified artifacts (blocking: compiles and plans), one arm
+/// per A/B variant, and runs the warm-up sample through each when the manifest gives one.
+pub fn load(
+    store: &AgentStore,
+    engine: &PluginEngine,
+    desired: &DesiredPipeline,
+) -> Result<ServedPipeline, LoadFailure> {
+    let arms = if desired.variants.is_empty() {
+        vec![load_arm(store, engine, desired, None)?]
+    } else {
+        desired
+            .variants
+            .iter()
+            .map(|v| load_arm(store, engine, desired, Some(v)))
+            .collect::<Result<_, _>>()?
+    };
+    Ok(ServedPipeline::new(&desired.name, desired.revision, arms))
 }
 
 impl Deployer {
@@ -189,14 +217,19 @@ impl Deployer {
                         warn!(%digest, error = %e, "artifact refused or unavailable");
                         reconciler.artifact_failed(digest, &e.to_string())
                     }
-                    Event::Loaded(name, revision, Ok(pipeline)) => {
+                    Event::Loaded(desired, _) if !reconciler.is_target(&desired) => {
+                        // The experiment changed while it loaded: its own load is under way.
+                        continue;
+                    }
+                    Event::Loaded(desired, Ok(pipeline)) => {
                         // Activated below if still wanted; dropped here otherwise.
                         loaded = Some(pipeline);
-                        reconciler.loaded(&name, revision)
+                        reconciler.loaded(&desired.name, desired.revision)
                     }
-                    Event::Loaded(name, revision, Err(reason)) => {
+                    Event::Loaded(desired, Err(reason)) => {
+                        let (name, revision) = (&desired.name, desired.revision);
                         warn!(pipeline = %name, revision, %reason, "revision failed to load");
-                        reconciler.load_failed(&name, revision, &reason)
+                        reconciler.load_failed(name, revision, &reason)
                     }
                 },
                 _ = health.tick() => {
@@ -325,12 +358,12 @@ impl Deployer {
         let span = info_span!("load", pipeline = %desired.name, revision = desired.revision);
         tokio::spawn(
             async move {
-                let (name, revision) = (desired.name.clone(), desired.revision);
+                let wanted = desired.clone();
                 let result = tokio::task::spawn_blocking(move || load(&store, &engine, &desired))
                     .await
                     .map_err(|e| e.to_string())
                     .and_then(|r| r.map(Arc::new).map_err(|e| e.to_string()));
-                let _ = events.send(Event::Loaded(name, revision, result)).await;
+                let _ = events.send(Event::Loaded(wanted, result)).await;
             }
             .instrument(span),
         );

@@ -188,12 +188,46 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// Runs `payload` through `pipeline` within the admission bounds.
+/// Header a client sets to keep its requests on one A/B variant (a user or session id).
+pub const KEY_HEADER: &str = "x-tern-key";
+/// Header of an answer that names the A/B variant that produced it.
+pub const VARIANT_HEADER: &str = "x-tern-variant";
+
+/// What a pipeline run gave, and the A/B variant that gave it.
+struct Answer {
+    payload: Payload,
+    variant: Option<String>,
+}
+
+impl Answer {
+    /// `response` with the variant header when there is an experiment.
+    fn with_variant(&self, mut response: Response) -> Response {
+        if let Some(value) = self
+            .variant
+            .as_deref()
+            .and_then(|v| header::HeaderValue::from_str(v).ok())
+        {
+            response.headers_mut().insert(VARIANT_HEADER, value);
+        }
+        response
+    }
+}
+
+fn request_key(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(KEY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Runs `payload` through `pipeline` (on the A/B arm `key` or chance picks) within the
+/// admission bounds.
 async fn run(
     state: &ApiState,
     pipeline: Arc<ServedPipeline>,
+    key: Option<String>,
     payload: Payload,
-) -> Result<Payload, ApiError> {
+) -> Result<Answer, ApiError> {
     let admission = &state.admission;
     // Counted while waiting, also when the client goes away and this future is dropped.
     let waiting = Waiting::enter(&admission.waiting);
@@ -218,16 +252,19 @@ async fn run(
         let _entered = span.entered();
         let started = Instant::now();
         let queued = started - arrived;
-        let result = runner.pipeline.run_metered(payload, &runner.meter);
-        runner
-            .meter
+        let arm = runner.route(key.as_deref());
+        let result = arm.pipeline.run_metered(payload, &arm.meter);
+        arm.meter
             .record_request(queued, started.elapsed(), result.as_ref().err());
-        result
+        result.map(|payload| Answer {
+            payload,
+            variant: arm.variant().map(str::to_owned),
+        })
     })
     .await
     .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     match result {
-        Ok(payload) => Ok(payload),
+        Ok(answer) => Ok(answer),
         Err(e) => {
             let bad_input = e.is_bad_input();
             let status = if bad_input {
@@ -262,11 +299,15 @@ async fn infer_raw(
     });
     let span = info_span!("request", path = "/v1/pipelines/{name}/infer", pipeline = %name);
     async move {
-        match run(&state, pipeline, payload).await {
-            Ok(Payload::Bytes(blob)) => {
-                ([(header::CONTENT_TYPE, blob.media_type)], blob.data).into_response()
-            }
-            Ok(tensors) => Json(oip::payload_json(&tensors)).into_response(),
+        match run(&state, pipeline, request_key(&headers), payload).await {
+            Ok(answer) => answer.with_variant(match &answer.payload {
+                Payload::Bytes(blob) => (
+                    [(header::CONTENT_TYPE, blob.media_type.clone())],
+                    blob.data.clone(),
+                )
+                    .into_response(),
+                tensors => Json(oip::payload_json(tensors)).into_response(),
+            }),
             Err(response) => response.into_response(),
         }
     }
@@ -286,6 +327,7 @@ struct InferRequest {
 async fn infer_v2(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let request: InferRequest = match serde_json::from_slice(&body) {
@@ -310,9 +352,16 @@ async fn infer_v2(
     let revision = pipeline.revision;
     let span = info_span!("request", path = "/v2/models/{name}/infer", pipeline = %name);
     async move {
-        match run(&state, pipeline, Payload::Tensors(tensors)).await {
-            Ok(payload) => {
-                let mut answer = oip::payload_json(&payload);
+        match run(
+            &state,
+            pipeline,
+            request_key(&headers),
+            Payload::Tensors(tensors),
+        )
+        .await
+        {
+            Ok(result) => {
+                let mut answer = oip::payload_json(&result.payload);
                 if let Some(object) = answer.as_object_mut() {
                     object.insert("model_name".into(), name.clone().into());
                     object.insert("model_version".into(), revision.to_string().into());
@@ -320,7 +369,7 @@ async fn infer_v2(
                         object.insert("id".into(), id.into());
                     }
                 }
-                Json(answer).into_response()
+                result.with_variant(Json(answer).into_response())
             }
             Err(response) => response.into_response(),
         }
@@ -336,7 +385,8 @@ async fn model_metadata(State(state): State<Arc<ApiState>>, Path(name): Path<Str
             "name": p.name,
             "versions": [p.revision.to_string()],
             "platform": "tern",
-            "steps": p.pipeline.steps.iter().map(|s| s.name()).collect::<Vec<_>>(),
+            "steps": p.arms[0].pipeline.steps.iter().map(|s| s.name()).collect::<Vec<_>>(),
+            "variants": p.arms.iter().filter_map(|a| a.variant()).collect::<Vec<_>>(),
         }))
         .into_response(),
         Err(response) => response.into_response(),

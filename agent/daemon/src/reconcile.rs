@@ -167,11 +167,7 @@ impl Reconciler {
             target: None,
             work: Work::Serving,
         });
-        if slot
-            .serving
-            .as_ref()
-            .is_some_and(|s| s.revision == pipeline.revision)
-        {
+        if slot.serving.as_ref().is_some_and(|s| s.same_run(&pipeline)) {
             // Back to (or still on) the serving revision: drop any other work.
             slot.target = None;
             slot.work = Work::Serving;
@@ -182,11 +178,7 @@ impl Reconciler {
             }
             return;
         }
-        if let Some(target) = slot
-            .target
-            .as_mut()
-            .filter(|t| t.revision == pipeline.revision)
-        {
+        if let Some(target) = slot.target.as_mut().filter(|t| t.same_run(&pipeline)) {
             // Already working on it (or failed on it): only the committed flag may change.
             target.committed = pipeline.committed;
             return;
@@ -198,9 +190,8 @@ impl Reconciler {
             Err(reason) => slot.work = Work::Failed(reason),
             Ok(()) => {
                 let missing: BTreeSet<Digest> = pipeline
-                    .steps
-                    .iter()
-                    .map(|s| s.release.signed.digest)
+                    .releases()
+                    .map(|r| r.signed.digest)
                     .filter(|d| !self.artifacts.contains(d))
                     .collect();
                 if missing.is_empty() {
@@ -208,10 +199,10 @@ impl Reconciler {
                     actions.push(Action::Load(pipeline));
                     return;
                 }
-                for step in &pipeline.steps {
-                    let digest = step.release.signed.digest;
+                for release in pipeline.releases() {
+                    let digest = release.signed.digest;
                     if missing.contains(&digest) && self.in_flight.insert(digest) {
-                        actions.push(Action::Fetch(step.release.clone()));
+                        actions.push(Action::Fetch(release.clone()));
                     }
                 }
                 slot.work = Work::Fetching(missing);
@@ -234,6 +225,18 @@ impl Reconciler {
                     clocks,
                 )
                 .map_err(|e| format!("step {}: {e}", step.name))?;
+        }
+        // Variants are checked like steps (an experiment cannot bring back a version below
+        // the floor), but do not raise floors when committed: both arms must stay loadable.
+        for variant in &pipeline.variants {
+            variant
+                .release
+                .check(
+                    &trust.signed,
+                    self.floors.get(&variant.release.signed.name).copied(),
+                    clocks,
+                )
+                .map_err(|e| format!("variant {}: {e}", variant.name))?;
         }
         Ok(())
     }
@@ -297,6 +300,15 @@ impl Reconciler {
             }
         }
         if failed { vec![Action::Report] } else { vec![] }
+    }
+
+    /// Whether `desired` is what `desired.name` is being loaded for now (a load that finishes
+    /// after the experiment changed is stale).
+    pub fn is_target(&self, desired: &DesiredPipeline) -> bool {
+        self.pipelines
+            .get(&desired.name)
+            .and_then(|slot| slot.target.as_ref())
+            .is_some_and(|t| t.same_run(desired))
     }
 
     /// A revision was compiled, loaded and warmed up.
@@ -433,6 +445,7 @@ mod tests {
                 committed,
                 warmup: None,
                 monitored_step: None,
+                variants: vec![],
                 steps: vec![DesiredStep {
                     name: "post".into(),
                     release: self.release("topk", version, &self.publisher),

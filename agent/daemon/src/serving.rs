@@ -2,35 +2,100 @@
 //! switches atomically, one pipeline at a time, with per-revision request counters.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tern_proto::message::PipelineHealth;
+use tern_proto::telemetry::PipelineStats;
 
 use crate::pipeline::LoadedPipeline;
-use crate::telemetry::meter::PipelineMeter;
+use crate::telemetry::meter::{PipelineMeter, Totals};
+
+/// One arm of a served revision: the pipeline as loaded for one A/B variant (or the only one),
+/// with its share of requests and its measurements.
+#[derive(Debug)]
+pub struct Arm {
+    /// Percent of requests (100 without an experiment).
+    pub weight: u32,
+    pub pipeline: LoadedPipeline,
+    /// Its `variant` names the arm (`None` without an experiment).
+    pub meter: PipelineMeter,
+}
+
+impl Arm {
+    pub fn variant(&self) -> Option<&str> {
+        self.meter.variant.as_deref()
+    }
+}
 
 /// One revision of a pipeline, loaded and answering requests, with its measurements.
 #[derive(Debug)]
 pub struct ServedPipeline {
     pub name: String,
     pub revision: u64,
-    pub pipeline: LoadedPipeline,
-    pub meter: PipelineMeter,
+    /// At least one.
+    pub arms: Vec<Arm>,
+    /// Picks the arm of requests without a key.
+    draws: AtomicU64,
+}
+
+/// A well-mixed 64-bit value of `x` (SplitMix64's finaliser).
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 impl ServedPipeline {
-    pub fn new(pipeline: LoadedPipeline, meter: PipelineMeter) -> Self {
+    pub fn new(name: &str, revision: u64, arms: Vec<Arm>) -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
         Self {
-            name: meter.pipeline.clone(),
-            revision: meter.revision,
-            pipeline,
-            meter,
+            name: name.to_owned(),
+            revision,
+            arms,
+            draws: AtomicU64::new(seed),
         }
+    }
+
+    /// The arm a request runs on: by weight, at random, or, when the request carries `key`,
+    /// always the same arm for the same key (while the weights stay the same).
+    pub fn route(&self, key: Option<&str>) -> &Arm {
+        let total: u64 = self.arms.iter().map(|a| u64::from(a.weight)).sum();
+        let draw = match key {
+            Some(key) => {
+                // FNV-1a: stable across processes and releases, unlike std's hasher.
+                let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                    (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+                });
+                mix(hash)
+            }
+            None => mix(self.draws.fetch_add(1, Ordering::Relaxed)),
+        };
+        let mut point = draw % total.max(1);
+        for arm in &self.arms {
+            if point < u64::from(arm.weight) {
+                return arm;
+            }
+            point -= u64::from(arm.weight);
+        }
+        &self.arms[0]
+    }
+
+    /// Totals since the revision was loaded, all arms together.
+    pub fn totals(&self) -> Totals {
+        let mut all = Totals::default();
+        for arm in &self.arms {
+            all.add(&arm.meter.totals());
+        }
+        all
     }
 
     /// Counters since the revision was loaded, for the rollout health gates.
     pub fn health(&self) -> PipelineHealth {
-        let totals = self.meter.totals();
+        let totals = self.totals();
         PipelineHealth {
             name: self.name.clone(),
             revision: self.revision,
@@ -39,6 +104,14 @@ impl ServedPipeline {
             latency_p50_us: totals.latency_us.quantile(0.5),
             latency_p99_us: totals.latency_us.quantile(0.99),
         }
+    }
+
+    /// What every arm measured since the last take.
+    pub fn take(&self) -> Vec<PipelineStats> {
+        self.arms
+            .iter()
+            .map(|arm| arm.meter.take(&arm.pipeline))
+            .collect()
     }
 }
 

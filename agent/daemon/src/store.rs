@@ -215,6 +215,7 @@ mod tests {
                     committed: true,
                     warmup: None,
                     monitored_step: None,
+                    variants: vec![],
                 })
                 .expect("activate");
             let digest = Digest::of(b"x");

@@ -14,6 +14,15 @@ fn default_config_path() -> Option<PathBuf> {
 /// Reads the config (flag, then `TERN_CONFIG`, then the default path), applies
 /// `TERN_CONTROL_PLANE` and `TERN_ADMIN_TOKEN`, and builds a client.
 pub fn connect(explicit: Option<&Path>) -> anyhow::Result<HttpsClient> {
+    let (config, path) = load_config(explicit)?;
+    let tls = tern_transport::tls::https_client(&config.ca_certificate)
+        .with_context(|| format!("invalid ca_certificate in {}", path.display()))?;
+    Ok(HttpsClient::new(config.api, tls).with_bearer(config.admin_token))
+}
+
+/// The config (flag, then `TERN_CONFIG`, then the default path) with `TERN_CONTROL_PLANE` and
+/// `TERN_ADMIN_TOKEN` applied, and the file it came from.
+pub fn load_config(explicit: Option<&Path>) -> anyhow::Result<(CliConfig, PathBuf)> {
     let path = match explicit {
         Some(p) => p.to_owned(),
         None => match default_config_path() {
@@ -35,9 +44,7 @@ pub fn connect(explicit: Option<&Path>) -> anyhow::Result<HttpsClient> {
     if let Ok(token) = std::env::var("TERN_ADMIN_TOKEN") {
         config.admin_token = token;
     }
-    let tls = tern_transport::tls::https_client(&config.ca_certificate)
-        .with_context(|| format!("invalid ca_certificate in {}", path.display()))?;
-    Ok(HttpsClient::new(config.api, tls).with_bearer(config.admin_token))
+    Ok((config, path))
 }
 
 /// Percent-encodes a value for use as one URL path segment.

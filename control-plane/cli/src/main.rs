@@ -112,6 +112,13 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
         output: Format,
     },
+    /// Print the link to the fleet dashboard (it carries the admin token: keep it private).
+    Dashboard,
+    /// A/B experiments: a deployment's variants compared.
+    Experiment {
+        #[command(subcommand)]
+        command: ExperimentCommand,
+    },
     /// Watch and steer a deployment's rollout.
     Rollout {
         #[command(subcommand)]
@@ -123,6 +130,20 @@ enum Command {
         /// No progress bar.
         #[arg(long, short)]
         quiet: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ExperimentCommand {
+    /// Each variant's share of requests, errors, latency and output distribution (against the
+    /// first variant, the control).
+    Status {
+        deployment: String,
+        /// How far back to look [default: since the experiment or the revision started].
+        #[arg(long, value_parser = humantime::parse_duration)]
+        window: Option<Duration>,
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
     },
 }
 
@@ -515,6 +536,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .await
                     .context("failed to list baselines")?;
                 print!("{}", drift::baselines(&list, output)?);
+            }
+            Command::Dashboard => {
+                let (config, path) = client::load_config(config)?;
+                println!("https://{}/#token={}", config.api, config.admin_token);
+                eprintln!(
+                    "The control plane's certificate is signed by its own CA: trust the \
+                     ca_certificate of {} in your browser (or reach it through a tunnel).",
+                    path.display()
+                );
+            }
+            Command::Experiment {
+                command:
+                    ExperimentCommand::Status {
+                        deployment,
+                        window,
+                        output,
+                    },
+            } => {
+                let mut path = format!("/v1/experiments/{}", client::path_segment(&deployment));
+                if let Some(w) = window {
+                    path.push_str(&format!("?window={}", w.as_secs().max(1)));
+                }
+                let view: tern_proto::api::ExperimentView = api()?
+                    .get(&path)
+                    .await
+                    .with_context(|| format!("failed to read the experiment of `{deployment}`"))?;
+                print!("{}", output::experiment(&view, output)?);
             }
             Command::Drift { pipeline, output } => {
                 let view: tern_proto::api::PipelineDrift = api()?

@@ -3,7 +3,7 @@
 use comfy_table::{Table, presets};
 use serde::Serialize;
 use tern_proto::api::{
-    AgentTop, AgentView, DeploymentView, PipelineTop, PipelineView, ReleaseView,
+    AgentTop, AgentView, DeploymentView, ExperimentView, PipelineTop, PipelineView, ReleaseView,
 };
 use tern_proto::trust::SignedTrustRoot;
 
@@ -525,4 +525,52 @@ pub fn top_agents(rows: &[AgentTop], format: Format) -> anyhow::Result<String> {
         ]);
     }
     Ok(format!("{t}\n"))
+}
+
+pub fn experiment(view: &ExperimentView, format: Format) -> anyhow::Result<String> {
+    if let Some(text) = structured(view, format)? {
+        return Ok(text);
+    }
+    let mut out = format!(
+        "Deployment {} (pipeline {} revision {}), last {}\n",
+        shown(&view.deployment),
+        shown(&view.pipeline),
+        view.revision,
+        span(view.window_seconds)
+    );
+    let mut t = table(&[
+        "VARIANT",
+        "WEIGHT",
+        "SHARE",
+        "REQUESTS",
+        "ERRORS",
+        "P50",
+        "P95",
+        "P99",
+        "OUTPUT PSI",
+    ]);
+    for (i, v) in view.variants.iter().enumerate() {
+        let psi = if i == 0 {
+            "control".to_owned()
+        } else {
+            v.outputs
+                .iter()
+                .filter_map(|o| o.psi_vs_control)
+                .max_by(f64::total_cmp)
+                .map_or("-".into(), |p| format!("{p:.3} (max)"))
+        };
+        t.add_row(vec![
+            shown(&v.variant),
+            format!("{}%", v.weight),
+            format!("{:.1}%", v.share),
+            v.requests.to_string(),
+            format!("{} ({:.2}%)", v.errors, v.error_rate * 100.0),
+            millis(v.p50_ms),
+            millis(v.p95_ms),
+            millis(v.p99_ms),
+            psi,
+        ]);
+    }
+    out.push_str(&format!("{t}\n"));
+    Ok(out)
 }

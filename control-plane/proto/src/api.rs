@@ -441,3 +441,64 @@ pub struct FeatureDrift {
     pub expected: Vec<f64>,
     pub observed: Vec<f64>,
 }
+
+/// An A/B experiment (`GET /v1/experiments/{deployment}`): each variant over the window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExperimentView {
+    pub deployment: String,
+    pub pipeline: String,
+    pub revision: u64,
+    pub since_ms: u64,
+    pub window_seconds: f64,
+    pub variants: Vec<VariantView>,
+}
+
+/// One variant in [`ExperimentView`]; the first is the control the others are compared with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VariantView {
+    /// The model release (`name:version`).
+    pub variant: String,
+    /// Percent of requests it should get, and percent it got.
+    pub weight: u32,
+    pub share: f64,
+    pub requests: u64,
+    /// Failed requests (bad input excluded) and their share of its requests.
+    pub errors: u64,
+    pub error_rate: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    /// The model's outputs: per feature, the mean, and the PSI of this variant's distribution
+    /// against the control's.
+    pub outputs: Vec<OutputView>,
+}
+
+/// One output feature of a variant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputView {
+    pub feature: String,
+    pub count: u64,
+    pub mean: Option<f64>,
+    pub psi_vs_control: Option<f64>,
+}
+
+/// A pipeline's traffic over time (`GET /v1/series/pipelines/{name}`), for charts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineSeries {
+    pub pipeline: String,
+    pub step_seconds: u64,
+    /// Oldest first; steps without traffic are left out.
+    pub points: Vec<SeriesPoint>,
+}
+
+/// One step of a [`PipelineSeries`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeriesPoint {
+    /// Start of the step, unix milliseconds.
+    pub t_ms: u64,
+    pub requests: u64,
+    pub errors: u64,
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}

@@ -45,6 +45,37 @@ pub struct DesiredPipeline {
     pub warmup: Option<Warmup>,
     /// The model step whose inputs and outputs the agent streams distributions of, for drift.
     pub monitored_step: Option<String>,
+    /// An A/B experiment: each request runs the pipeline with one of these models in place of
+    /// step `step`'s, by weight. Empty: no experiment.
+    pub variants: Vec<DesiredVariant>,
+}
+
+/// One arm of an A/B experiment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesiredVariant {
+    /// `name:version`, as telemetry and the answers' `X-Tern-Variant` name it.
+    pub name: String,
+    /// Percent of requests.
+    pub weight: u32,
+    /// The model step it replaces.
+    pub step: String,
+    pub release: SignedRelease,
+}
+
+impl DesiredPipeline {
+    /// Every release the pipeline needs: its steps', then its variants'.
+    pub fn releases(&self) -> impl Iterator<Item = &SignedRelease> {
+        self.steps
+            .iter()
+            .map(|s| &s.release)
+            .chain(self.variants.iter().map(|v| &v.release))
+    }
+
+    /// Whether `other` runs the same thing (revision and experiment): the committed flag may
+    /// differ.
+    pub fn same_run(&self, other: &DesiredPipeline) -> bool {
+        self.revision == other.revision && self.variants == other.variants
+    }
 }
 
 /// A warm-up sample.

@@ -176,7 +176,7 @@ pub fn apply(
             continue;
         };
         changes.push(apply_deployment(
-            catalog,
+            (catalog, releases),
             deployment,
             &pending,
             (source(i), request.dry_run),
@@ -213,8 +213,97 @@ fn roll_out_revision(
     Ok(())
 }
 
-fn apply_deployment(
+/// An experiment's models are pushed, complete model releases, and replace a model step of the
+/// pipeline revision it runs.
+fn check_variants(
     catalog: &Catalog,
+    releases: &ReleaseStore,
+    deployment: &Deployment,
+    revision: u64,
+    file: &str,
+) -> Result<(), ApplyError> {
+    let Some(first) = deployment.spec.variants.first() else {
+        return Ok(());
+    };
+    // The revision may be one this same request creates: it is not stored yet on a dry run.
+    let pipeline = catalog
+        .revision(&deployment.spec.pipeline, revision)?
+        .or(catalog.pipeline(&deployment.spec.pipeline)?);
+    if let Some(pipeline) = pipeline {
+        let steps = &pipeline.manifest.spec.steps;
+        let models: Vec<&str> = steps
+            .iter()
+            .filter(|s| s.model.is_some())
+            .map(|s| s.name.as_str())
+            .collect();
+        match &first.step {
+            Some(step) if !models.contains(&step.as_str()) => {
+                return Err(manifest_error(
+                    file,
+                    "spec.variants[0].step".into(),
+                    format!(
+                        "pipeline `{}` has no model step `{step}`",
+                        deployment.spec.pipeline
+                    ),
+                ));
+            }
+            None if models.len() != 1 => {
+                return Err(manifest_error(
+                    file,
+                    "spec.variants[0].step".into(),
+                    format!(
+                        "pipeline `{}` has {} model steps; name the one the variants replace",
+                        deployment.spec.pipeline,
+                        models.len()
+                    ),
+                ));
+            }
+            _ => {}
+        }
+    }
+    for (i, variant) in deployment.spec.variants.iter().enumerate() {
+        let path = format!("spec.variants[{i}].model");
+        let Some(ArtifactRef::Release { name, version }) = ArtifactRef::parse(&variant.model)
+        else {
+            return Err(manifest_error(file, path, "expected `name:version`".into()));
+        };
+        let release = releases.release(&name, version)?.map(|r| r.signed);
+        match release {
+            None => {
+                return Err(manifest_error(
+                    file,
+                    path,
+                    format!("release `{}` is not pushed", variant.model),
+                ));
+            }
+            Some(r) if r.kind != ArtifactKind::Model => {
+                return Err(manifest_error(
+                    file,
+                    path,
+                    format!(
+                        "`{}` is a {} release; a variant needs a model",
+                        variant.model, r.kind
+                    ),
+                ));
+            }
+            Some(r) if !releases.is_complete(&r.digest) => {
+                return Err(manifest_error(
+                    file,
+                    path,
+                    format!(
+                        "the artifact of `{}` is not completely uploaded",
+                        variant.model
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+fn apply_deployment(
+    (catalog, releases): (&Catalog, &ReleaseStore),
     deployment: &Deployment,
     pending: &BTreeMap<String, u64>,
     (file, dry_run): (&str, bool),
@@ -237,6 +326,7 @@ fn apply_deployment(
                 )
             })?,
     };
+    check_variants(catalog, releases, deployment, latest, file)?;
     let existing = catalog.deployment(&name)?;
     let action = match &existing {
         Some(old) if old.manifest == *deployment => ChangeAction::Unchanged,

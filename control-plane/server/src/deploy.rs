@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use tern_proto::MAX_FRAME_LEN;
-use tern_proto::desired::{DesiredPipeline, DesiredState, DesiredStep, Warmup};
-use tern_proto::manifest::{ArtifactRef, StepKind};
+use tern_proto::desired::{DesiredPipeline, DesiredState, DesiredStep, DesiredVariant, Warmup};
+use tern_proto::manifest::{ArtifactRef, StepKind, VariantSpec};
 use tern_proto::message::{PipelinePhase, SignedDesiredState};
 use tern_proto::trust::SignedTrustRoot;
 
@@ -32,6 +32,9 @@ pub struct AgentDesired {
     pub pipelines: BTreeMap<String, (u64, bool)>,
     /// Version of the trust root it carries.
     pub trust_version: Option<u64>,
+    /// Pipeline → the A/B variants its deployment gives (absent: none).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub variants: BTreeMap<String, Vec<VariantSpec>>,
 }
 
 /// Why the driver could not do its work this time.
@@ -90,6 +93,7 @@ pub(crate) fn step(
     let agents = shared.registry.agents()?;
     let trust = shared.releases.trust_root()?;
     let mut wanted: HashMap<String, BTreeMap<String, (u64, bool)>> = HashMap::new();
+    let mut experiments: HashMap<String, BTreeMap<String, Vec<VariantSpec>>> = HashMap::new();
     for mut deployment in shared.catalog.deployments()? {
         let spec = deployment.manifest.spec.clone();
         let name = deployment.manifest.metadata.name.clone();
@@ -138,6 +142,12 @@ pub(crate) fn step(
                 continue;
             }
             entry.insert(spec.pipeline.clone(), (revision, stable == Some(revision)));
+            if !spec.variants.is_empty() {
+                experiments
+                    .entry(agent.id.clone())
+                    .or_default()
+                    .insert(spec.pipeline.clone(), spec.variants.clone());
+            }
         }
         if *rollout != before {
             shared.catalog.put_deployment(&deployment)?;
@@ -148,17 +158,18 @@ pub(crate) fn step(
     let trust_version = trust.as_ref().map(|t| t.signed.version);
     for agent in &agents {
         let pipelines = wanted.remove(&agent.id).unwrap_or_default();
+        let variants = experiments.remove(&agent.id).unwrap_or_default();
         let stored = shared.desired_state(&agent.id)?;
-        if stored
-            .as_ref()
-            .is_some_and(|s| s.pipelines == pipelines && s.trust_version == trust_version)
-        {
+        if stored.as_ref().is_some_and(|s| {
+            s.pipelines == pipelines && s.trust_version == trust_version && s.variants == variants
+        }) {
             continue;
         }
         let record = AgentDesired {
             generation: stored.map(|s| s.generation).unwrap_or(0) + 1,
             pipelines,
             trust_version,
+            variants,
         };
         // Built before it is recorded: a state that cannot be built or sent is not half-made,
         // and the next pass tries again. One agent's failure does not hold up the others.
@@ -172,6 +183,44 @@ pub(crate) fn step(
         shared.put_desired_state(&agent.id, &record)?;
         info!(agent = %agent.name, generation = record.generation, pipelines = ?record.pipelines, "new desired state");
         out.push((agent.id.clone(), signed));
+    }
+    Ok(out)
+}
+
+/// The experiment's arms with their releases, on the step they replace.
+fn variants(
+    shared: &Shared,
+    spec: &tern_proto::manifest::PipelineSpec,
+    wanted: Option<&Vec<VariantSpec>>,
+) -> Result<Vec<DesiredVariant>, String> {
+    let Some(wanted) = wanted else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for v in wanted {
+        let step = match &v.step {
+            Some(step) => step.clone(),
+            None => spec
+                .steps
+                .iter()
+                .find(|s| s.model.is_some())
+                .map(|s| s.name.clone())
+                .ok_or("the experiment's pipeline has no model step")?,
+        };
+        let Some(ArtifactRef::Release { name, version }) = ArtifactRef::parse(&v.model) else {
+            return Err(format!("variant {} is not `name:version`", v.model));
+        };
+        let release = shared
+            .releases
+            .release(&name, version)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("release {} is gone", v.model))?;
+        out.push(DesiredVariant {
+            name: v.model.clone(),
+            weight: v.weight,
+            step,
+            release,
+        });
     }
     Ok(out)
 }
@@ -220,19 +269,24 @@ pub(crate) fn build(
                 device: spec.device.unwrap_or_default(),
             });
         }
+        let spec = &pipeline.manifest.spec;
+        let variants = variants(shared, spec, record.variants.get(name))
+            .map_err(|reason| build_error(format!("pipeline {name}: {reason}")))?;
+        // The drift step, or the experiment's: its output distribution is compared per variant.
+        let monitored_step = spec
+            .monitoring
+            .as_ref()
+            .and_then(|m| m.watched_step(&spec.steps))
+            .map(str::to_owned)
+            .or_else(|| variants.first().map(|v| v.step.clone()));
         pipelines.push(DesiredPipeline {
             name: name.clone(),
             revision,
             steps,
             committed,
-            warmup: pipeline.manifest.spec.warmup.as_ref().and_then(warmup),
-            monitored_step: pipeline
-                .manifest
-                .spec
-                .monitoring
-                .as_ref()
-                .and_then(|m| m.watched_step(&pipeline.manifest.spec.steps))
-                .map(str::to_owned),
+            warmup: spec.warmup.as_ref().and_then(warmup),
+            monitored_step,
+            variants,
         });
     }
     let state = DesiredState {

@@ -79,7 +79,7 @@ pub fn render(agent: &str, serving: &ServingTable, state: &TelemetryState) -> St
         .all()
         .into_iter()
         .map(|p| {
-            let totals = p.meter.totals();
+            let totals = p.totals();
             (p.name.clone(), p.revision.to_string(), totals)
         })
         .collect();

@@ -186,6 +186,26 @@ pub struct Totals {
 }
 
 impl Totals {
+    /// Adds `other` (another arm of the same revision).
+    pub fn add(&mut self, other: &Totals) {
+        self.requests = self.requests.saturating_add(other.requests);
+        merge_counts(&mut self.errors, &other.errors);
+        self.latency_us.merge(&other.latency_us);
+        self.queue_us.merge(&other.queue_us);
+        for (name, requests, errors, latency) in &other.steps {
+            match self.steps.iter_mut().find(|(n, ..)| n == name) {
+                Some((_, r, e, l)) => {
+                    *r = r.saturating_add(*requests);
+                    merge_counts(e, errors);
+                    l.merge(latency);
+                }
+                None => self
+                    .steps
+                    .push((name.clone(), *requests, errors.clone(), latency.clone())),
+            }
+        }
+    }
+
     /// Errors that count against the pipeline (every kind but bad input).
     pub fn failures(&self) -> u64 {
         failures(&self.errors)

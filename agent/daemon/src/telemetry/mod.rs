@@ -110,14 +110,11 @@ fn take_batch(
     let mut pipelines: Vec<_> = serving
         .all()
         .iter()
-        .map(|served| served.meter.take(&served.pipeline))
+        .flat_map(|served| served.take())
         .collect();
     for served in serving.take_retired() {
-        let stats = served.meter.take(&served.pipeline);
         // A revision that was switched out and then saw nothing has nothing to say.
-        if stats.requests > 0 {
-            pipelines.push(stats);
-        }
+        pipelines.extend(served.take().into_iter().filter(|s| s.requests > 0));
         // Requests that started on it may still be running: it is looked at again until
         // nothing but the retired list holds it.
         if Arc::strong_count(&served) > 1 {

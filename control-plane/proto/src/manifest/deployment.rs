@@ -36,6 +36,26 @@ pub struct DeploymentSpec {
     pub selector: BTreeMap<String, String>,
     #[serde(default)]
     pub rollout: RolloutSpec,
+    /// An A/B experiment: the pipeline's model step runs one of these models per request, by
+    /// weight (sticky when the request carries a key).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub variants: Vec<VariantSpec>,
+}
+
+/// Most variants an experiment may have.
+pub const MAX_VARIANTS: usize = 8;
+
+/// `spec.variants[]`: a model release and its share of requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VariantSpec {
+    /// `name:version` of a model release.
+    pub model: String,
+    /// Percent of requests; the weights add up to 100.
+    pub weight: u32,
+    /// The model step it replaces; the pipeline's only model step when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
 }
 
 /// How a new pipeline revision reaches the selected agents.
@@ -159,6 +179,7 @@ impl Deployment {
                 }
             }
         }
+        self.validate_variants(file)?;
         if rollout.health_window_seconds > MAX_HEALTH_WINDOW_SECONDS {
             return Err(error(
                 file,
@@ -174,6 +195,60 @@ impl Deployment {
                     "expected a fraction from 0 to 1, got {}",
                     rollout.max_error_rate
                 ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Deployment {
+    fn validate_variants(&self, file: &str) -> Result<(), ManifestError> {
+        let variants = &self.spec.variants;
+        if variants.is_empty() {
+            return Ok(());
+        }
+        if variants.len() < 2 || variants.len() > MAX_VARIANTS {
+            return Err(error(
+                file,
+                "spec.variants",
+                format!("expected 2 to {MAX_VARIANTS} variants"),
+            ));
+        }
+        for (i, v) in variants.iter().enumerate() {
+            if !matches!(
+                super::ArtifactRef::parse(&v.model),
+                Some(super::ArtifactRef::Release { .. })
+            ) {
+                return Err(error(
+                    file,
+                    format!("spec.variants[{i}].model"),
+                    format!(
+                        "expected `name:version` of a model release, got `{}`",
+                        v.model
+                    ),
+                ));
+            }
+            if variants[..i].iter().any(|w| w.model == v.model) {
+                return Err(error(
+                    file,
+                    format!("spec.variants[{i}].model"),
+                    format!("`{}` is listed twice", v.model),
+                ));
+            }
+            if variants[..i].iter().any(|w| w.step != v.step) {
+                return Err(error(
+                    file,
+                    format!("spec.variants[{i}].step"),
+                    "every variant replaces the same step",
+                ));
+            }
+        }
+        let total: u64 = variants.iter().map(|v| u64::from(v.weight)).sum();
+        if total != 100 || variants.iter().any(|v| v.weight == 0) {
+            return Err(error(
+                file,
+                "spec.variants",
+                format!("expected weights above 0 that add up to 100, got {total}"),
             ));
         }
         Ok(())
@@ -255,5 +330,31 @@ spec:
             BOTH.split("---").nth(1).unwrap_or_default()
         );
         assert!(err(&twice).message.contains("appears twice"));
+
+        let with_variants =
+            |v: &str| BOTH.replace("  selector:", &format!("  variants: {v}\n  selector:"));
+        let ok = parse_resources(
+            &with_variants("[{model: m:7, weight: 90}, {model: m:8, weight: 10}]"),
+            "d.yaml",
+        )
+        .expect("an experiment");
+        let Resource::Deployment(d) = &ok[1] else {
+            panic!("expected a deployment")
+        };
+        assert_eq!(d.spec.variants[1].weight, 10);
+        let e = err(&with_variants(
+            "[{model: m:7, weight: 90}, {model: m:8, weight: 20}]",
+        ));
+        assert!(e.message.contains("add up to 100"), "{e}");
+        let e = err(&with_variants("[{model: m:7, weight: 100}]"));
+        assert_eq!(e.path, "spec.variants");
+        let e = err(&with_variants(
+            "[{model: m:7, weight: 50}, {model: m, weight: 50}]",
+        ));
+        assert_eq!(e.path, "spec.variants[1].model");
+        let e = err(&with_variants(
+            "[{model: m:7, weight: 50}, {model: m:7, weight: 50}]",
+        ));
+        assert!(e.message.contains("twice"), "{e}");
     }
 }

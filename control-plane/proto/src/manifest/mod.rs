@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 mod deployment;
 
 pub use deployment::{
-    DEFAULT_HEALTH_WINDOW_SECONDS, DEFAULT_MAX_ERROR_RATE, Deployment, DeploymentSpec, RolloutSpec,
-    RolloutStrategy,
+    DEFAULT_HEALTH_WINDOW_SECONDS, DEFAULT_MAX_ERROR_RATE, Deployment, DeploymentSpec,
+    MAX_VARIANTS, RolloutSpec, RolloutStrategy, VariantSpec,
 };
 
 /// The only API version this release reads.

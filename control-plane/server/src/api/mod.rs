@@ -1,6 +1,7 @@
 //! HTTPS APIs: the admin API (bearer-authenticated, for `ternctl`) and the enrollment API (on the
 //! agents' address, authenticated by the token in the body).
 
+mod dashboard;
 mod deployments;
 mod drift;
 mod releases;
@@ -62,7 +63,7 @@ pub(crate) fn internal(e: impl std::fmt::Display) -> HttpError {
 
 /// The admin API.
 pub(crate) fn admin_router(shared: Arc<Shared>) -> Router {
-    Router::new()
+    let protected = Router::new()
         .route("/v1/agents", get(list_agents))
         .route("/v1/agents/{name}", get(get_agent))
         .route("/v1/tokens", post(create_token))
@@ -90,6 +91,11 @@ pub(crate) fn admin_router(shared: Arc<Shared>) -> Router {
             get(drift::baselines).post(drift::create_baseline),
         )
         .route("/v1/alerts", get(drift::alerts))
+        .route("/v1/experiments/{deployment}", get(telemetry::experiment))
+        .route(
+            "/v1/series/pipelines/{name}",
+            get(telemetry::pipeline_series),
+        )
         .route("/v1/drift/{pipeline}", get(drift::pipeline_drift))
         .route(
             "/v1/trust-root",
@@ -99,7 +105,13 @@ pub(crate) fn admin_router(shared: Arc<Shared>) -> Router {
         .layer(middleware::from_fn_with_state(
             shared.clone(),
             require_admin,
-        ))
+        ));
+    // The dashboard's files hold no data; what they show comes through the routes above.
+    Router::new()
+        .route("/", get(dashboard::page))
+        .route("/dashboard.js", get(dashboard::script))
+        .route("/dashboard.css", get(dashboard::style))
+        .merge(protected)
         .layer(middleware::from_fn(request_span))
         .with_state(shared)
 }

@@ -7,7 +7,7 @@ use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use tern_proto::api::{AgentTop, PipelineTop};
+use tern_proto::api::{AgentTop, ExperimentView, PipelineSeries, PipelineTop};
 
 use super::{HttpError, blocking, internal};
 use crate::server::Shared;
@@ -62,4 +62,62 @@ pub(crate) async fn metrics(State(shared): State<Arc<Shared>>) -> Result<Respons
         page,
     )
         .into_response())
+}
+
+/// `GET /v1/experiments/{deployment}?window=SECONDS`.
+pub(crate) async fn experiment(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Path(deployment): axum::extract::Path<String>,
+    Query(query): Query<WindowQuery>,
+) -> Result<Json<ExperimentView>, HttpError> {
+    let window_ms = query.window.map(|s| s.max(1).saturating_mul(1000));
+    let name = deployment.clone();
+    let view = blocking(move || {
+        query::experiment(&shared, &name, window_ms, tern_transport::unix_millis_now())
+    })
+    .await?;
+    view.map(Json).ok_or_else(|| {
+        HttpError(
+            StatusCode::NOT_FOUND,
+            format!("deployment `{deployment}` does not exist or has no `variants`"),
+        )
+    })
+}
+
+/// Query of a series: its length and step, in seconds.
+#[derive(Debug, Deserialize)]
+pub(crate) struct SeriesQuery {
+    window: Option<u64>,
+    step: Option<u64>,
+}
+
+/// Most points a series answer holds.
+const MAX_POINTS: u64 = 2_000;
+
+/// `GET /v1/series/pipelines/{name}?window=SECONDS&step=SECONDS` (default: the last hour in
+/// one-minute steps).
+pub(crate) async fn pipeline_series(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    Query(query): Query<SeriesQuery>,
+) -> Result<Json<PipelineSeries>, HttpError> {
+    let window = query.window.unwrap_or(3600).max(1);
+    let step = query.step.unwrap_or(60).max(10);
+    if window / step > MAX_POINTS {
+        return Err(HttpError(
+            StatusCode::BAD_REQUEST,
+            format!("at most {MAX_POINTS} steps per window"),
+        ));
+    }
+    let series = blocking(move || {
+        query::pipeline_series(
+            &shared,
+            &name,
+            window.saturating_mul(1000),
+            step * 1000,
+            tern_transport::unix_millis_now(),
+        )
+    })
+    .await?;
+    Ok(Json(series))
 }

@@ -2,7 +2,11 @@
 
 use std::collections::BTreeMap;
 
-use tern_proto::api::{AgentTop, PipelineTop, StepTop};
+use tern_proto::api::{
+    AgentTop, ExperimentView, OutputView, PipelineSeries, PipelineTop, SeriesPoint, StepTop,
+    VariantView,
+};
+use tern_proto::drift::{Baseline, psi};
 use tern_proto::telemetry::{
     Counts, Histogram, PipelineStats, StepKind, StepStats, failures, merge_counts,
 };
@@ -176,4 +180,143 @@ pub(crate) fn top_agents(shared: &Shared, now_ms: u64) -> Result<Vec<AgentTop>, 
         });
     }
     Ok(rows)
+}
+
+/// An A/B experiment's variants over `window_ms`, or, without one, since the later of the
+/// pipeline's current revision and the deployment's last change. `None`: no such deployment
+/// or no variants.
+pub(crate) fn experiment(
+    shared: &Shared,
+    deployment: &str,
+    window_ms: Option<u64>,
+    now_ms: u64,
+) -> Result<Option<ExperimentView>, QueryError> {
+    let Some(record) = shared.catalog.deployment(deployment)? else {
+        return Ok(None);
+    };
+    let spec = &record.manifest.spec;
+    if spec.variants.is_empty() {
+        return Ok(None);
+    }
+    let (revision, applied_ms) = shared
+        .catalog
+        .pipeline(&spec.pipeline)?
+        .map_or((0, 0), |p| (p.revision, p.applied_ms));
+    let since = match window_ms {
+        Some(window) => now_ms.saturating_sub(window),
+        None => applied_ms.max(record.updated_ms),
+    };
+    let found = shared
+        .telemetry
+        .store
+        .pipelines(since, now_ms, Some(&spec.pipeline))?;
+    let series: Vec<&PipelineStats> = found
+        .get(&spec.pipeline)
+        .map(|(_, s)| s.iter().filter(|p| p.revision == revision).collect())
+        .unwrap_or_default();
+    let per_variant: Vec<PipelineStats> = spec
+        .variants
+        .iter()
+        .map(|v| {
+            let mut total = PipelineStats::default();
+            for s in series
+                .iter()
+                .filter(|s| s.variant.as_deref() == Some(v.model.as_str()))
+            {
+                total.merge(s);
+            }
+            total
+        })
+        .collect();
+    let all: u64 = per_variant.iter().map(|p| p.requests).sum();
+    let control = per_variant.first().cloned().unwrap_or_default();
+    let variants = spec
+        .variants
+        .iter()
+        .zip(&per_variant)
+        .map(|(v, stats)| {
+            let errors = failures(&stats.errors);
+            let outputs = stats
+                .features
+                .iter()
+                .filter(|f| f.feature.starts_with("output:"))
+                .map(|f| {
+                    let reference = control
+                        .features
+                        .iter()
+                        .find(|c| c.feature == f.feature)
+                        .and_then(|c| Baseline::from_stats(std::slice::from_ref(c), 10).ok());
+                    OutputView {
+                        feature: f.feature.clone(),
+                        count: f.count,
+                        mean: f.mean(),
+                        psi_vs_control: reference
+                            .as_ref()
+                            .and_then(|b| b.features.first())
+                            .and_then(|b| psi(b, f)),
+                    }
+                })
+                .collect();
+            VariantView {
+                variant: v.model.clone(),
+                weight: v.weight,
+                share: if all == 0 {
+                    0.0
+                } else {
+                    stats.requests as f64 * 100.0 / all as f64
+                },
+                requests: stats.requests,
+                errors,
+                error_rate: if stats.requests == 0 {
+                    0.0
+                } else {
+                    errors as f64 / stats.requests as f64
+                },
+                p50_ms: ms(stats.latency_us.quantile(0.5)),
+                p95_ms: ms(stats.latency_us.quantile(0.95)),
+                p99_ms: ms(stats.latency_us.quantile(0.99)),
+                outputs,
+            }
+        })
+        .collect();
+    Ok(Some(ExperimentView {
+        deployment: deployment.to_owned(),
+        pipeline: spec.pipeline.clone(),
+        revision,
+        since_ms: since,
+        window_seconds: now_ms.saturating_sub(since) as f64 / 1000.0,
+        variants,
+    }))
+}
+
+/// Pipeline `name` over the last `window_ms` in steps of `step_ms`, for charts.
+pub(crate) fn pipeline_series(
+    shared: &Shared,
+    name: &str,
+    window_ms: u64,
+    step_ms: u64,
+    now_ms: u64,
+) -> Result<PipelineSeries, QueryError> {
+    let steps = shared.telemetry.store.pipeline_series(
+        name,
+        now_ms.saturating_sub(window_ms),
+        now_ms,
+        step_ms,
+    )?;
+    let seconds = (step_ms as f64 / 1000.0).max(1.0);
+    Ok(PipelineSeries {
+        pipeline: name.to_owned(),
+        step_seconds: step_ms / 1000,
+        points: steps
+            .into_iter()
+            .map(|(t_ms, stats)| SeriesPoint {
+                t_ms,
+                requests: stats.requests,
+                errors: failures(&stats.errors),
+                rps: stats.requests as f64 / seconds,
+                p50_ms: ms(stats.latency_us.quantile(0.5)),
+                p99_ms: ms(stats.latency_us.quantile(0.99)),
+            })
+            .collect(),
+    })
 }

@@ -458,6 +458,29 @@ impl SeriesStore {
         Ok(out)
     }
 
+    /// Pipeline `name` over `[from_ms, to_ms]` in steps of `step_ms`: each step's start and
+    /// its series (revisions, variants) merged. Steps without data are left out.
+    pub fn pipeline_series(
+        &self,
+        name: &str,
+        from_ms: u64,
+        to_ms: u64,
+        step_ms: u64,
+    ) -> Result<BTreeMap<u64, PipelineStats>, TelemetryStoreError> {
+        let step_ms = step_ms.max(1);
+        let mut out: BTreeMap<u64, PipelineStats> = BTreeMap::new();
+        self.windows::<PipelineWindow>(PIPELINE, from_ms, to_ms, |start, found, window| {
+            if found != name {
+                return;
+            }
+            let slot = out.entry(start / step_ms * step_ms).or_default();
+            for stats in &window.series {
+                slot.merge(stats);
+            }
+        })?;
+        Ok(out)
+    }
+
     /// Each agent's windows merged over `[from_ms, to_ms]`.
     pub fn agents(
         &self,
