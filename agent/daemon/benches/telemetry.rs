@@ -5,6 +5,7 @@
 //! cargo bench -p tern-agent --bench telemetry --profile dev
 //! ```
 //!
+//! With drift monitoring the model's inputs and outputs are also recorded per feature.
 //! The pipeline is the MLP example (a real ONNX model on tract); a request through the local
 //! API adds HTTP and scheduling on top, so the share measured here is an upper bound.
 
@@ -52,6 +53,21 @@ fn telemetry(c: &mut Criterion) {
             result.expect("runs")
         })
     });
+    // Drift monitoring on: the model's 4×32 inputs and 4×3 outputs into per-feature
+    // distributions as well.
+    let monitored = PipelineMeter::new(
+        "mlp",
+        1,
+        vec![Arc::new(StepMeter::new("classify", StepKind::Model, "cpu"))],
+    )
+    .with_features(0);
+    group.bench_function("with telemetry and drift monitoring", |b| {
+        b.iter(|| {
+            let result = pipeline.run_metered(payload.clone(), &monitored);
+            monitored.record_request(Duration::from_micros(3), Duration::from_micros(90), None);
+            result.expect("runs")
+        })
+    });
     group.finish();
     c.bench_function("meter alone (one request, one step)", |b| {
         b.iter(|| {
@@ -59,6 +75,19 @@ fn telemetry(c: &mut Criterion) {
             meter.record_request(Duration::from_micros(3), Duration::from_micros(90), None);
         })
     });
+    if let Payload::Tensors(inputs) = &payload {
+        let outputs = match pipeline.run(payload.clone()) {
+            Ok(Payload::Tensors(outputs)) => outputs,
+            _ => panic!("the MLP gives tensors"),
+        };
+        let features = monitored.features.as_ref().expect("monitored");
+        c.bench_function("feature meter alone (4x32 inputs, 4x3 outputs)", |b| {
+            b.iter(|| {
+                features.record("input", inputs);
+                features.record("output", &outputs);
+            })
+        });
+    }
     // What the collector does once per interval.
     c.bench_function("take a batch entry", |b| b.iter(|| meter.take(&pipeline)));
 }

@@ -32,6 +32,7 @@ pub const MIN_SAMPLES: u64 = 400;
 const EPSILON: f64 = 1e-4;
 
 /// The bucket of `value`, or `None` for NaN.
+#[inline]
 pub fn value_bucket(value: f32) -> Option<u16> {
     if value.is_nan() {
         return None;
@@ -88,18 +89,6 @@ impl FeatureStats {
             feature: feature.into(),
             ..Self::default()
         }
-    }
-
-    /// Dense counts from an agent's recorder: index = bucket.
-    pub fn from_counts(feature: impl Into<String>, counts: &[(u16, u64)], sum: f64) -> Self {
-        let mut stats = Self {
-            feature: feature.into(),
-            count: 0,
-            sum,
-            buckets: counts.to_vec(),
-        };
-        stats.normalize();
-        stats
     }
 
     /// Sorts buckets, merges duplicates, drops zero counts and recounts: what a hostile peer
@@ -347,32 +336,60 @@ pub fn psi(expected: &BaselineFeature, observed: &FeatureStats) -> Option<f64> {
     )
 }
 
-/// Counts one feature's values between takes (an agent keeps one per watched feature).
+/// Counts one feature's values between takes (an agent keeps one per watched feature): dense
+/// counters in 256-bucket chunks, allocated for the value ranges the feature visits, so a
+/// value costs an index and an add.
 #[derive(Debug, Clone, Default)]
 pub struct FeatureRecorder {
-    counts: std::collections::HashMap<u16, u64>,
+    chunks: Vec<Option<Box<[u64; 256]>>>,
+    count: u64,
     sum: f64,
 }
 
 impl FeatureRecorder {
+    #[inline]
     pub fn record(&mut self, value: f32) {
-        if let Some(bucket) = value_bucket(value) {
-            *self.counts.entry(bucket).or_default() += 1;
-            if value.is_finite() {
-                self.sum += f64::from(value);
-            }
+        let Some(bucket) = value_bucket(value) else {
+            return;
+        };
+        if self.chunks.is_empty() {
+            self.chunks.resize(256, None);
+        }
+        let chunk = self.chunks[usize::from(bucket >> 8)].get_or_insert_with(|| Box::new([0; 256]));
+        chunk[usize::from(bucket & 0xff)] += 1;
+        self.count += 1;
+        if value.is_finite() {
+            self.sum += f64::from(value);
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.counts.is_empty()
+        self.count == 0
     }
 
-    /// What was recorded since the last take, as `feature`; the recorder starts again.
+    /// What was recorded since the last take, as `feature`; the recorder starts again (keeping
+    /// its chunks).
     pub fn take(&mut self, feature: &str) -> FeatureStats {
-        let counts: Vec<(u16, u64)> = self.counts.drain().collect();
-        let sum = std::mem::take(&mut self.sum);
-        FeatureStats::from_counts(feature, &counts, sum)
+        let mut buckets = Vec::new();
+        for (high, chunk) in self.chunks.iter_mut().enumerate() {
+            let Some(chunk) = chunk else { continue };
+            for (low, count) in chunk.iter_mut().enumerate() {
+                if *count > 0 {
+                    buckets.push((((high << 8) | low) as u16, std::mem::take(count)));
+                }
+            }
+        }
+        let stats = FeatureStats {
+            feature: feature.to_owned(),
+            count: std::mem::take(&mut self.count),
+            sum: std::mem::take(&mut self.sum),
+            buckets,
+        };
+        debug_assert_eq!(
+            stats.count,
+            stats.buckets.iter().map(|(_, c)| c).sum::<u64>()
+        );
+        stats
     }
 }
 
