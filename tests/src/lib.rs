@@ -279,6 +279,15 @@ impl ControlPlane {
         Ok(String::from_utf8(out.stdout)?)
     }
 
+    /// Runs ternctl expecting it to fail; returns what it printed on stderr.
+    pub fn ternctl_fails(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.ternctl(args);
+        if out.status.success() {
+            bail!("ternctl {} succeeded; expected a failure", args.join(" "));
+        }
+        Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
     /// `ternctl token create`, returning the token.
     pub fn token(&self, labels: &str, ttl: &str) -> anyhow::Result<String> {
         let out = self.ternctl(&["token", "create", "--labels", labels, "--ttl", ttl]);

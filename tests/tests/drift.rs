@@ -136,12 +136,10 @@ fn shifted_inputs_raise_an_alert_and_unshifted_ones_do_not() -> anyhow::Result<(
         &manifest,
         PIPELINE.replace("churn-inputs:1", "churn-inputs:9"),
     )?;
-    let refused = fleet.cp.ternctl(&["apply", "-f", &path_str(&manifest)?]);
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(
-        !refused.status.success() && stderr.contains("spec.monitoring.baseline"),
-        "{stderr}"
-    );
+    let stderr = fleet
+        .cp
+        .ternctl_fails(&["apply", "-f", &path_str(&manifest)?])?;
+    assert!(stderr.contains("spec.monitoring.baseline"), "{stderr}");
     std::fs::write(&manifest, PIPELINE)?;
     fleet
         .cp

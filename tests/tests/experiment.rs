@@ -84,12 +84,10 @@ fn a_90_10_split_routes_by_weight_sticks_to_keys_and_compares_variants() -> anyh
     let manifest = fleet.tmp.path().join("churn.yaml");
     // A variant that is not pushed is refused, naming the field.
     std::fs::write(&manifest, MANIFEST.replace("mlp:8", "mlp:9"))?;
-    let refused = fleet.cp.ternctl(&["apply", "-f", &path_str(&manifest)?]);
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(
-        !refused.status.success() && stderr.contains("spec.variants[1].model"),
-        "{stderr}"
-    );
+    let stderr = fleet
+        .cp
+        .ternctl_fails(&["apply", "-f", &path_str(&manifest)?])?;
+    assert!(stderr.contains("spec.variants[1].model"), "{stderr}");
     std::fs::write(&manifest, MANIFEST)?;
     fleet
         .cp

@@ -232,12 +232,6 @@ impl HttpsClient {
                 addr: self.addr.clone(),
                 source,
             })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(error = %e, "client connection ended with an error");
-            }
-        });
         let mut request = hyper::Request::builder()
             .method(method)
             .uri(path)
@@ -247,13 +241,7 @@ impl HttpsClient {
             request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
         }
         let request = request.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-        let response = sender.send_request(request).await?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
-            .collect()
-            .await
-            .map_err(|_| HttpsError::Body)?
-            .to_bytes();
+        let (status, body) = send_on(tls, request).await?;
         if !status.is_success() {
             let message = serde_json::from_slice::<tern_proto::api::ApiError>(&body)
                 .map(|e| e.error)
@@ -269,6 +257,31 @@ impl HttpsClient {
     async fn resolve(&self) -> Result<SocketAddr, HttpsError> {
         resolve(&self.addr).await
     }
+}
+
+/// Sends `request` over HTTP/1.1 on `io` (TCP, or TLS over TCP) and reads the answer, its body
+/// bounded by [`MAX_RESPONSE_BYTES`].
+async fn send_on<S>(
+    io: S,
+    request: hyper::Request<Full<Bytes>>,
+) -> Result<(hyper::StatusCode, Bytes), HttpsError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(error = %e, "client connection ended with an error");
+        }
+    });
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+        .collect()
+        .await
+        .map_err(|_| HttpsError::Body)?
+        .to_bytes();
+    Ok((status, body))
 }
 
 async fn resolve(addr: &str) -> Result<SocketAddr, HttpsError> {
@@ -300,25 +313,13 @@ pub async fn post_plain(
                 addr: addr.to_owned(),
                 source,
             })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(error = %e, "client connection ended with an error");
-            }
-        });
         let request = hyper::Request::builder()
             .method(hyper::Method::POST)
             .uri(path)
             .header(hyper::header::HOST, addr)
             .header(hyper::header::CONTENT_TYPE, content_type)
             .body(Full::new(Bytes::from(body)))?;
-        let response = sender.send_request(request).await?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
-            .collect()
-            .await
-            .map_err(|_| HttpsError::Body)?
-            .to_bytes();
+        let (status, body) = send_on(tcp, request).await?;
         if !status.is_success() {
             return Err(HttpsError::Status {
                 status: status.as_u16(),
