@@ -208,6 +208,26 @@ fn shifted_inputs_raise_an_alert_and_unshifted_ones_do_not() -> anyhow::Result<(
         "{table}"
     );
 
+    // A new threshold is the control plane's alone: applied in place (no new revision, no
+    // rollout), and the alerts it no longer supports resolve.
+    std::fs::write(&manifest, PIPELINE.replace("alertPsi: 0.2", "alertPsi: 5"))?;
+    let changes = fleet
+        .cp
+        .ternctl_ok(&["apply", "-f", &path_str(&manifest)?, "-o", "json"])?;
+    let changes: Vec<tern_proto::api::Change> = serde_json::from_str(&changes)?;
+    assert_eq!(changes[0].revision, Some(1), "{changes:?}");
+    wait_for(FLEET_TIMEOUT, "edge-2's alerts to resolve", || {
+        let list = alerts(&fleet).ok()?;
+        list.iter()
+            .filter(|a| a.scope == "edge-2")
+            .all(|a| a.state == "resolved")
+            .then_some(())
+    })?;
+    std::fs::write(&manifest, PIPELINE)?;
+    fleet
+        .cp
+        .ternctl_ok(&["apply", "-f", &path_str(&manifest)?])?;
+
     // A baseline from what the fleet saw: every input and output feature, stored as version 1
     // of its own name.
     let text = fleet.cp.ternctl_ok(&[

@@ -58,6 +58,8 @@ pub enum LoadFailure {
     Warmup(StepError),
     #[error("warm-up sample is invalid: {0}")]
     Sample(String),
+    #[error("{0}")]
+    Experiment(String),
 }
 
 /// The warm-up sample as a payload.
@@ -133,7 +135,8 @@ fn load_arm(
     if let Some(watched) = &desired.monitored_step
         && let Some(index) = desired.steps.iter().position(|s| &s.name == watched)
     {
-        meter = meter.with_features(index);
+        let names = pipeline.steps[index].tensor_names();
+        meter = meter.with_known_features(index, names);
     }
     if let Some(warmup) = &desired.warmup {
         pipeline
@@ -156,6 +159,15 @@ pub fn load(
     engine: &PluginEngine,
     desired: &DesiredPipeline,
 ) -> Result<ServedPipeline, LoadFailure> {
+    for variant in &desired.variants {
+        let replaced = desired.steps.iter().find(|s| s.name == variant.step);
+        if replaced.is_none_or(|s| s.release.signed.kind != ArtifactKind::Model) {
+            return Err(LoadFailure::Experiment(format!(
+                "variant {} replaces step {}, which is not a model step of this revision",
+                variant.name, variant.step
+            )));
+        }
+    }
     let arms = if desired.variants.is_empty() {
         vec![load_arm(store, engine, desired, None)?]
     } else {

@@ -70,6 +70,19 @@ impl PipelineStep {
         }))
     }
 
+    /// A model step's declared input and output names (empty for a plugin).
+    pub fn tensor_names(&self) -> Vec<String> {
+        match self {
+            PipelineStep::Plugin(_) => Vec::new(),
+            PipelineStep::Model { model, .. } => model
+                .inputs()
+                .iter()
+                .chain(model.outputs())
+                .map(|io| io.name.clone())
+                .collect(),
+        }
+    }
+
     /// Where the step runs: `cpu` or the GPU adapter for a model, empty for a plugin.
     pub fn device(&self) -> String {
         match self {

@@ -247,7 +247,10 @@ impl Reconciler {
             return;
         };
         let mut raised = Vec::new();
-        for step in &serving.steps {
+        // A step an experiment replaces does not run as such: its release raises no floor (the
+        // variants' releases do not either, so every arm stays loadable).
+        let replaced = |step: &str| serving.variants.iter().any(|v| v.step == step);
+        for step in serving.steps.iter().filter(|s| !replaced(&s.name)) {
             let r = &step.release.signed;
             let floor = VersionFloor {
                 version: r.version,
@@ -569,6 +572,37 @@ mod tests {
             "{status:?}"
         );
         assert_eq!(status.serving, Some(4));
+    }
+
+    #[test]
+    fn an_experiment_fetches_every_arm_and_raises_no_floor_for_its_step() {
+        let w = World::new();
+        let mut r = Reconciler::new(Restored::default());
+        let mut p = w.pipeline(1, 3, true);
+        for version in [2, 3] {
+            p.variants.push(tern_proto::desired::DesiredVariant {
+                name: format!("topk:{version}"),
+                weight: 50,
+                step: "post".into(),
+                release: w.release("topk", version, &w.publisher),
+            });
+        }
+        let a = r.desired(w.state(1, vec![p.clone()]), 1_000);
+        let digests = fetched(&a);
+        assert_eq!(digests.len(), 2, "the step's and the other arm's: {a:?}");
+        for digest in digests {
+            r.artifact_stored(digest);
+        }
+        let a = r.loaded("p", 1);
+        assert!(
+            !a.iter().any(|a| matches!(a, Action::RaiseFloors(_))),
+            "committing an experiment raises no floor: {a:?}"
+        );
+        // New weights are a new run of the same revision: loaded again.
+        p.variants[0].weight = 90;
+        p.variants[1].weight = 10;
+        let a = r.desired(w.state(2, vec![p]), 1_000);
+        assert!(matches!(a.first(), Some(Action::Load(_))), "{a:?}");
     }
 
     #[test]

@@ -49,26 +49,23 @@ pub fn value_bucket(value: f32) -> Option<u16> {
 /// The smallest value in bucket `bucket`.
 pub fn bucket_low(bucket: u16) -> f32 {
     let ordered = u32::from(bucket) << 16;
-    let bits = if ordered & 0x8000_0000 != 0 {
-        ordered & 0x7fff_ffff
+    if ordered & 0x8000_0000 != 0 {
+        f32::from_bits(ordered & 0x7fff_ffff)
     } else {
         // Negative: the smallest value has the largest magnitude in the bucket.
-        !(ordered | 0xffff)
-    };
-    f32::from_bits(bits)
+        f32::from_bits(!ordered)
+    }
 }
 
-/// The value a bucket stands for: its lower bound, or for negative values its upper one (the
-/// bound closer to zero), so that 0 and ±small values stay at 0.
+/// The value a bucket stands for when it is binned: the bound closer to zero (the lower one
+/// for positive values, the upper one for negative values), so that 0 stays at 0.
 fn bucket_value(bucket: u16) -> f32 {
-    let low = bucket_low(bucket);
-    if low.is_sign_negative() && bucket < u16::MAX {
-        let next = bucket_low(bucket + 1);
-        if next.is_sign_negative() {
-            return next;
-        }
+    let ordered = u32::from(bucket) << 16;
+    if ordered & 0x8000_0000 != 0 {
+        f32::from_bits(ordered & 0x7fff_ffff)
+    } else {
+        f32::from_bits(!(ordered | 0xffff))
     }
-    low
 }
 
 /// The distribution of one feature (an input or output value of a model) over an interval.
@@ -149,11 +146,12 @@ impl FeatureStats {
         }
     }
 
-    /// Halves the resolution `bits` times (merging neighbouring buckets), to shrink a batch.
+    /// Halves the resolution `bits` times (merging neighbouring buckets into the middle one of
+    /// their group, so values move by half a coarse bucket at most), to shrink a batch.
     pub fn coarsen(&mut self, bits: u32) {
-        let bits = bits.min(15);
+        let bits = bits.clamp(1, 15);
         for (bucket, _) in &mut self.buckets {
-            *bucket = (*bucket >> bits) << bits;
+            *bucket = ((*bucket >> bits) << bits) | (1 << (bits - 1));
         }
         let sum = self.sum;
         self.normalize();
@@ -336,12 +334,17 @@ pub fn psi(expected: &BaselineFeature, observed: &FeatureStats) -> Option<f64> {
     )
 }
 
+/// Chunks of 256 buckets (two octaves of one sign) a recorder allocates at most: 64 KiB, and
+/// values across 64 octaves. Values in further ranges are not recorded.
+pub const MAX_CHUNKS: usize = 32;
+
 /// Counts one feature's values between takes (an agent keeps one per watched feature): dense
 /// counters in 256-bucket chunks, allocated for the value ranges the feature visits, so a
 /// value costs an index and an add.
 #[derive(Debug, Clone, Default)]
 pub struct FeatureRecorder {
     chunks: Vec<Option<Box<[u64; 256]>>>,
+    allocated: usize,
     count: u64,
     sum: f64,
 }
@@ -355,7 +358,14 @@ impl FeatureRecorder {
         if self.chunks.is_empty() {
             self.chunks.resize(256, None);
         }
-        let chunk = self.chunks[usize::from(bucket >> 8)].get_or_insert_with(|| Box::new([0; 256]));
+        let slot = &mut self.chunks[usize::from(bucket >> 8)];
+        if slot.is_none() {
+            if self.allocated >= MAX_CHUNKS {
+                return;
+            }
+            self.allocated += 1;
+        }
+        let chunk = slot.get_or_insert_with(|| Box::new([0; 256]));
         chunk[usize::from(bucket & 0xff)] += 1;
         self.count += 1;
         if value.is_finite() {
@@ -458,6 +468,23 @@ mod tests {
             assert!((low - v).abs() <= v.abs() / 128.0, "{v}: low {low}");
         }
         assert_eq!(value_bucket(f32::NAN), None);
+        for v in [-2.5f32, -0.3, -1000.0] {
+            let b = value_bucket(v).unwrap();
+            assert!(
+                bucket_low(b) <= v && v <= bucket_value(b),
+                "{v}: {} {}",
+                bucket_low(b),
+                bucket_value(b)
+            );
+        }
+        let mut wide = FeatureRecorder::default();
+        for e in -60..60 {
+            wide.record(2f32.powi(e));
+            wide.record(-(2f32.powi(e)));
+        }
+        let taken = wide.take("f");
+        // Two octaves per chunk: about 64 of the 240 values, the ranges first seen.
+        assert!((60..=64).contains(&taken.count), "{}", taken.count);
         assert_eq!(bucket_value(value_bucket(0.0).unwrap()), 0.0);
     }
 

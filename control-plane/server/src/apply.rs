@@ -145,10 +145,16 @@ pub fn apply(
         }
         let pinned = pin(releases, pipeline, source(i))?;
         let existing = catalog.pipeline(&name)?;
+        // Only what agents run makes a revision: a new baseline or threshold is the control
+        // plane's business, applied in place without a rollout.
+        let in_place = existing.as_ref().is_some_and(|old| {
+            old.pinned == pinned && agent_facing(&old.manifest) == agent_facing(pipeline)
+        });
         let (action, revision) = match &existing {
             Some(old) if old.manifest == *pipeline && old.pinned == pinned => {
                 (ChangeAction::Unchanged, old.revision)
             }
+            Some(old) if in_place => (ChangeAction::Configured, old.revision),
             Some(old) => (ChangeAction::Configured, old.revision + 1),
             None => (ChangeAction::Created, catalog.last_revision(&name)? + 1),
         };
@@ -158,9 +164,14 @@ pub fn apply(
                 manifest: pipeline.clone(),
                 revision,
                 pinned,
-                applied_ms: now_ms,
+                applied_ms: match &existing {
+                    Some(old) if in_place => old.applied_ms,
+                    _ => now_ms,
+                },
             })?;
-            roll_out_revision(catalog, &name, revision, now_ms)?;
+            if !in_place {
+                roll_out_revision(catalog, &name, revision, now_ms)?;
+            }
         }
         changes.push(Change {
             kind: "Pipeline".into(),
@@ -184,6 +195,17 @@ pub fn apply(
         )?);
     }
     Ok(changes)
+}
+
+/// The pipeline as agents see it: monitoring reduced to the watched step.
+fn agent_facing(pipeline: &Pipeline) -> Pipeline {
+    let mut facing = pipeline.clone();
+    if let Some(monitoring) = facing.spec.monitoring.as_mut() {
+        monitoring.baseline = None;
+        monitoring.baseline_data = None;
+        monitoring.alert_psi = tern_proto::manifest::DEFAULT_ALERT_PSI;
+    }
+    facing
 }
 
 /// Starts a rollout of `revision` in every deployment of pipeline `name`.

@@ -3,8 +3,8 @@
 //!
 //! Invariants: a baseline version, once stored, never changes (pipelines name it); an alert is
 //! keyed by (pipeline, scope, feature), so one feature drifting on one agent is one alert
-//! however long it lasts; a feature with too few values in the window neither raises nor
-//! resolves an alert.
+//! however long it lasts; a feature with too few values (or a scope with too few requests) in
+//! the window neither raises nor resolves an alert, until it has been silent for two windows.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -26,6 +26,10 @@ const RESOLVED_KEPT_MS: u64 = 24 * 3_600_000;
 pub const DEFAULT_BINS: usize = 10;
 /// Scope of fleet-wide alerts.
 pub const FLEET: &str = "fleet";
+/// Requests a scope (an agent, the fleet) must have served in the window before its PSI is
+/// computed: values of one request are correlated (an image's pixels), so value counts alone
+/// overstate the evidence.
+pub const MIN_REQUESTS: u64 = 30;
 
 /// Why a drift operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +182,7 @@ impl Drift {
         let alert = match (firing, existing) {
             (true, Some(mut alert)) if was_firing => {
                 alert.psi = psi;
+                alert.revision = drift.revision;
                 alert.updated_ms = now_ms;
                 alert
             }
@@ -203,11 +208,14 @@ impl Drift {
         Ok(firing && !was_firing)
     }
 
-    /// Resolves firing alerts of pipelines no longer judged, and forgets old resolved ones.
-    fn tidy(&self, judged: &[String], now_ms: u64) -> Result<(), DriftError> {
+    /// Resolves firing alerts of pipelines no longer judged and those without a reading for
+    /// `silence_ms` (an agent that left, a feature that went away), and forgets old resolved
+    /// ones.
+    fn tidy(&self, judged: &[String], silence_ms: u64, now_ms: u64) -> Result<(), DriftError> {
         for alert in self.alerts()? {
             let key = alert_key(&alert.pipeline, &alert.scope, &alert.feature);
-            if alert.state == "firing" && !judged.contains(&alert.pipeline) {
+            let silent = now_ms.saturating_sub(alert.updated_ms) > silence_ms;
+            if alert.state == "firing" && (!judged.contains(&alert.pipeline) || silent) {
                 self.alerts
                     .insert(key, encode(&resolved(alert, None, now_ms)))?;
             } else if alert
@@ -277,20 +285,22 @@ pub fn check_reference(drift: &Drift, monitoring: &MonitoringSpec) -> Result<(),
     }
 }
 
-/// The current revision's feature distributions of `pipeline` in each agent's window.
+/// The current revision's requests and feature distributions of `pipeline` in each agent's
+/// window.
 fn agent_features<'a>(
     windows: &'a BTreeMap<String, AgentWindow>,
     pipeline: &str,
     revision: u64,
-) -> BTreeMap<&'a str, Vec<FeatureStats>> {
-    let mut out: BTreeMap<&'a str, Vec<FeatureStats>> = BTreeMap::new();
+) -> BTreeMap<&'a str, (u64, Vec<FeatureStats>)> {
+    let mut out: BTreeMap<&'a str, (u64, Vec<FeatureStats>)> = BTreeMap::new();
     for (agent, window) in windows {
         for stats in window
             .pipelines
             .iter()
             .filter(|p| p.pipeline == pipeline && p.revision == revision)
         {
-            let features = out.entry(agent.as_str()).or_default();
+            let (requests, features) = out.entry(agent.as_str()).or_default();
+            *requests = requests.saturating_add(stats.requests);
             for f in &stats.features {
                 match features.iter_mut().find(|g| g.feature == f.feature) {
                     Some(mine) => mine.merge(f),
@@ -317,8 +327,11 @@ fn compute(
     let name = &record.manifest.metadata.name;
     let baseline = resolve(drift, monitoring)?;
     let per_agent = agent_features(windows, name, record.revision);
+    let fleet_requests = per_agent
+        .values()
+        .fold(0u64, |a, (r, _)| a.saturating_add(*r));
     let mut fleet: BTreeMap<&str, FeatureStats> = BTreeMap::new();
-    for features in per_agent.values() {
+    for (_, features) in per_agent.values() {
         for f in features {
             fleet
                 .entry(f.feature.as_str())
@@ -331,7 +344,10 @@ fn compute(
         let expected = baseline.as_ref().and_then(|(_, b)| b.feature(feature));
         let mut agents = BTreeMap::new();
         if let Some(expected) = expected {
-            for (agent, stats) in &per_agent {
+            for (agent, (requests, stats)) in &per_agent {
+                if *requests < MIN_REQUESTS {
+                    continue;
+                }
                 let mine = stats.iter().find(|s| s.feature == *feature);
                 if let Some(value) = mine.and_then(|s| psi(expected, s)) {
                     let shown = names.get(*agent).cloned().unwrap_or((*agent).to_owned());
@@ -347,7 +363,9 @@ fn compute(
             feature: (*feature).to_owned(),
             count: observed.count,
             mean: observed.mean(),
-            psi: expected.and_then(|e| psi(e, observed)),
+            psi: expected
+                .filter(|_| fleet_requests >= MIN_REQUESTS)
+                .and_then(|e| psi(e, observed)),
             agents,
             edges: expected.map(|e| e.edges.clone()).unwrap_or_default(),
             expected: expected.map(|e| e.fractions.clone()).unwrap_or_default(),
@@ -443,7 +461,9 @@ pub(crate) fn evaluate(shared: &Shared, now_ms: u64) -> Result<usize, DriftError
             }
         }
     }
-    shared.drift.tidy(&judged, now_ms)?;
+    // Twice the window: a scope that stays under the minimum that long has no news to give.
+    let silence_ms = 2 * shared.config.drift_window.as_millis() as u64;
+    shared.drift.tidy(&judged, silence_ms, now_ms)?;
     shared.drift.alerts.flush()?;
     Ok(started)
 }

@@ -74,6 +74,9 @@ impl Recorders {
 pub struct FeatureMeter {
     /// Index of the watched (model) step in the pipeline.
     pub step: usize,
+    /// The model's declared input and output names: tensors named otherwise (a client's
+    /// request the model will refuse) are not recorded. Empty: any name.
+    known: Vec<String>,
     recorders: Mutex<Recorders>,
 }
 
@@ -120,15 +123,23 @@ impl FeatureMeter {
     pub fn new(step: usize) -> Self {
         Self {
             step,
+            known: Vec::new(),
             recorders: Mutex::default(),
         }
+    }
+
+    /// Records only tensors with these names (the model's inputs and outputs).
+    pub fn known_tensors(mut self, names: Vec<String>) -> Self {
+        self.known = names;
+        self
     }
 
     /// Records the values of `tensors` (`side` is `input` or `output`).
     pub fn record(&self, side: &'static str, tensors: &[Tensor]) {
         let mut guard = self.recorders.lock().unwrap_or_else(|p| p.into_inner());
         let all = &mut *guard;
-        for tensor in tensors.iter().take(MAX_TENSORS) {
+        let known = |t: &&Tensor| self.known.is_empty() || self.known.contains(&t.name);
+        for tensor in tensors.iter().filter(known).take(MAX_TENSORS) {
             let layout = all.layout(side, tensor);
             for (recorder, indices) in &all.layouts[layout].features {
                 record_tensor(tensor, indices, &mut all.recorders[*recorder]);
@@ -174,6 +185,20 @@ mod tests {
         assert_eq!((stats[0].count, stats[0].sum), (4, 10.0));
         assert_eq!((stats[1].count, stats[1].sum), (4, 100.0));
         assert!(meter.take().is_empty());
+    }
+
+    #[test]
+    fn tensors_the_model_does_not_declare_are_not_recorded() {
+        let meter = FeatureMeter::new(0).known_tensors(vec!["x".into()]);
+        let mut stranger = table(&[1.0, 2.0], 2);
+        stranger.name = "y".into();
+        meter.record("input", &[stranger, table(&[1.0, 2.0], 2)]);
+        let stats = meter.take();
+        assert!(
+            stats.iter().all(|s| s.feature.starts_with("input:x[")),
+            "{stats:?}"
+        );
+        assert_eq!(stats.len(), 2);
     }
 
     #[test]

@@ -251,6 +251,12 @@ impl PipelineMeter {
         self
     }
 
+    /// Watches step `step`'s inputs and outputs for drift, tensors named `tensors` only.
+    pub fn with_known_features(mut self, step: usize, tensors: Vec<String>) -> Self {
+        self.features = Some(FeatureMeter::new(step).known_tensors(tensors));
+        self
+    }
+
     /// Records one step run.
     pub fn record_step(&self, index: usize, elapsed: Duration, error: Option<&'static str>) {
         if let Some(step) = self.steps.get(index) {

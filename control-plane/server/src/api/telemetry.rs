@@ -101,8 +101,8 @@ pub(crate) async fn pipeline_series(
     axum::extract::Path(name): axum::extract::Path<String>,
     Query(query): Query<SeriesQuery>,
 ) -> Result<Json<PipelineSeries>, HttpError> {
-    let window = query.window.unwrap_or(3600).max(1);
-    let step = query.step.unwrap_or(60).max(10);
+    let window = query.window.unwrap_or(3600).clamp(1, 400 * 24 * 3600);
+    let step = query.step.unwrap_or(60).clamp(10, 400 * 24 * 3600);
     if window / step > MAX_POINTS {
         return Err(HttpError(
             StatusCode::BAD_REQUEST,

@@ -210,9 +210,11 @@ pub(crate) fn experiment(
         .telemetry
         .store
         .pipelines(since, now_ms, Some(&spec.pipeline))?;
+    // Every revision in the window: after a rollback or during a canary the variants run on
+    // whichever revision each agent serves.
     let series: Vec<&PipelineStats> = found
         .get(&spec.pipeline)
-        .map(|(_, s)| s.iter().filter(|p| p.revision == revision).collect())
+        .map(|(_, s)| s.iter().collect())
         .unwrap_or_default();
     let per_variant: Vec<PipelineStats> = spec
         .variants
@@ -228,7 +230,9 @@ pub(crate) fn experiment(
             total
         })
         .collect();
-    let all: u64 = per_variant.iter().map(|p| p.requests).sum();
+    let all = per_variant
+        .iter()
+        .fold(0u64, |a, p| a.saturating_add(p.requests));
     let control = per_variant.first().cloned().unwrap_or_default();
     let variants = spec
         .variants
