@@ -6,6 +6,7 @@
 
 pub mod assets;
 
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -56,6 +57,14 @@ pub fn component(name: &str) -> PathBuf {
 pub fn listening(addr: SocketAddr) -> bool {
     std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
         .is_ok_and(|stream| stream.local_addr().ok() != stream.peer_addr().ok())
+}
+
+/// The repository's `examples/` (models, plugins' sources, manifests), found at run time.
+pub fn examples_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .join("../examples")
 }
 
 /// A loopback port free for both UDP and TCP (QUIC and enrollment share the number).
@@ -235,6 +244,14 @@ impl ControlPlane {
         wait_for(Duration::from_secs(20), "the control plane's API", || {
             listening(api).then_some(())
         })?;
+        Ok(())
+    }
+
+    /// Stops `serve` with SIGTERM (an orderly shutdown), waiting up to 10 s.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(process) = self.process.as_mut() {
+            process.terminate(Duration::from_secs(10))?;
+        }
         Ok(())
     }
 
@@ -625,12 +642,30 @@ pub fn http(
     content_type: &str,
     body: &[u8],
 ) -> anyhow::Result<(u16, Vec<u8>)> {
+    let (status, _, body) = http_with(addr, method, path, content_type, &[], body)?;
+    Ok((status, body))
+}
+
+/// Like [`http`], with extra request headers; also returns the answer's headers (names in
+/// lower case).
+pub fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> anyhow::Result<(u16, BTreeMap<String, String>, Vec<u8>)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: {content_type}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     )?;
     stream.write_all(body)?;
@@ -646,14 +681,20 @@ pub fn http(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| anyhow::anyhow!("bad status line: {head}"))?;
+    let answer_headers: BTreeMap<String, String> = head
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
     let mut body = response[split + 4..].to_vec();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
+    if answer_headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
     {
         body = dechunk(&body)?;
     }
-    Ok((status, body))
+    Ok((status, answer_headers, body))
 }
 
 fn dechunk(mut bytes: &[u8]) -> anyhow::Result<Vec<u8>> {

@@ -4,7 +4,6 @@
 //! inputs did not.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use tern_e2e::{FLEET_TIMEOUT, Fleet, http, path_str, wait_for};
@@ -13,10 +12,6 @@ use tern_proto::api::{AlertView, BaselineView, PipelineDrift};
 const FEATURES: usize = 32;
 /// Requests per agent, of 4 rows each: 600 values per feature and agent.
 const REQUESTS: u64 = 150;
-
-fn manifest_dir() -> PathBuf {
-    PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into()))
-}
 
 /// Standard normal values from a seeded generator (Box-Muller over SplitMix64, whose outputs
 /// stay independent at any stride: the test reads them 512 apart per feature and agent).
@@ -91,7 +86,7 @@ fn shifted_inputs_raise_an_alert_and_unshifted_ones_do_not() -> anyhow::Result<(
     })?;
     let model = fleet.tmp.path().join("mlp.onnx");
     std::fs::copy(
-        manifest_dir().join("../examples/models/mlp/model.onnx"),
+        tern_e2e::examples_dir().join("models/mlp/model.onnx"),
         &model,
     )?;
     fleet

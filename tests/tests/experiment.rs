@@ -4,19 +4,12 @@
 //! compares them.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::Duration;
 
-use tern_e2e::{FLEET_TIMEOUT, Fleet, path_str, wait_for};
+use tern_e2e::{FLEET_TIMEOUT, Fleet, http_with, path_str, wait_for};
 use tern_proto::api::ExperimentView;
 
 const REQUESTS: usize = 10_000;
-
-fn manifest_dir() -> PathBuf {
-    PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into()))
-}
 
 const MANIFEST: &str = r#"apiVersion: tern.dev/v1alpha1
 kind: Pipeline
@@ -38,34 +31,23 @@ spec:
     - { model: mlp:8, weight: 10 }
 "#;
 
-/// One v2 request over a fresh connection; the status and the `x-tern-variant` header.
+/// One v2 request; the status and the `x-tern-variant` header.
 fn infer(addr: SocketAddr, key: Option<&str>) -> anyhow::Result<(u16, Option<String>)> {
     let data: Vec<f32> = (0..128).map(|i| (i % 7) as f32 * 0.25).collect();
     let body = serde_json::json!({
         "inputs": [{"name": "input", "shape": [4, 32], "datatype": "FP32", "data": data}]
     })
     .to_string();
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    let key = key.map_or(String::new(), |k| format!("X-Tern-Key: {k}\r\n"));
-    write!(
-        stream,
-        "POST /v2/models/churn/infer HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n{key}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+    let headers: Vec<(&str, &str)> = key.map(|k| ("X-Tern-Key", k)).into_iter().collect();
+    let (status, mut answer, _) = http_with(
+        addr,
+        "POST",
+        "/v2/models/churn/infer",
+        "application/json",
+        &headers,
+        body.as_bytes(),
     )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let head = response.split("\r\n\r\n").next().unwrap_or_default();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let variant = head.lines().find_map(|line| {
-        let (name, value) = line.split_once(':')?;
-        name.eq_ignore_ascii_case("x-tern-variant")
-            .then(|| value.trim().to_owned())
-    });
-    Ok((status, variant))
+    Ok((status, answer.remove("x-tern-variant")))
 }
 
 #[test]
@@ -74,7 +56,7 @@ fn a_90_10_split_routes_by_weight_sticks_to_keys_and_compares_variants() -> anyh
     for version in [7, 8] {
         let model = fleet.tmp.path().join(format!("mlp-{version}.onnx"));
         std::fs::copy(
-            manifest_dir().join("../examples/models/mlp/model.onnx"),
+            tern_e2e::examples_dir().join("models/mlp/model.onnx"),
             &model,
         )?;
         fleet

@@ -100,10 +100,7 @@ fn agent_waits_for_an_absent_control_plane_and_connects_when_it_appears() -> any
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    cp.process
-        .as_mut()
-        .expect("running")
-        .terminate(Duration::from_secs(10))?;
+    cp.stop()?;
 
     let mut agent = Agent::run(tmp.path(), "patient")?;
     std::thread::sleep(Duration::from_secs(2));

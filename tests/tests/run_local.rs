@@ -157,7 +157,7 @@ fn refuses_unsigned_files_without_the_flag_models_and_bad_manifests() {
 
 /// The example MLP: 4 rows of 32 features, 3 classes, with ONNX Runtime's answer beside it.
 fn mlp_fixture() -> std::path::PathBuf {
-    manifest_dir().join("../examples/models/mlp")
+    tern_e2e::examples_dir().join("models/mlp")
 }
 
 fn argmax_rows(t: &tern_infer::Tensor) -> Vec<usize> {
@@ -213,12 +213,4 @@ fn runs_a_model_step_on_each_device_and_feeds_the_next_step() {
             .collect();
         assert_eq!(got, want, "{device}");
     }
-}
-
-/// This package's directory: where cargo says it is now (the build may come from a checkout
-/// at another path sharing the target directory), else where it was built.
-fn manifest_dir() -> std::path::PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }

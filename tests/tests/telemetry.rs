@@ -194,12 +194,7 @@ fn telemetry_reaches_top_and_prometheus() -> anyhow::Result<()> {
 #[test]
 fn a_week_offline_arrives_once() -> anyhow::Result<()> {
     let mut fleet = serving_fleet("200ms", &[])?;
-    fleet
-        .cp
-        .process
-        .as_mut()
-        .expect("running")
-        .terminate(Duration::from_secs(10))?;
+    fleet.cp.stop()?;
     infer_ok(&fleet, 25)?;
     fleet.agents[0].process.terminate(Duration::from_secs(10))?;
 
@@ -232,12 +227,7 @@ fn a_control_plane_killed_mid_backlog_loses_and_doubles_nothing() -> anyhow::Res
     wait_for(FLEET_TIMEOUT, "the first requests", || {
         scores(&fleet, None).filter(|p| p.requests == 10)
     })?;
-    fleet
-        .cp
-        .process
-        .as_mut()
-        .expect("running")
-        .terminate(Duration::from_secs(10))?;
+    fleet.cp.stop()?;
     fleet.agents[0].process.terminate(Duration::from_secs(10))?;
     let (simulated, last) = inject(&fleet, now_ms() - 3 * DAY_MS, 40_000)?;
     fleet.cp.serve()?;
@@ -273,12 +263,7 @@ fn a_control_plane_killed_mid_backlog_loses_and_doubles_nothing() -> anyhow::Res
 #[test]
 fn a_full_buffer_drops_the_oldest_and_says_so() -> anyhow::Result<()> {
     let mut fleet = serving_fleet("100ms", &["--telemetry-buffer-bytes", "4096"])?;
-    fleet
-        .cp
-        .process
-        .as_mut()
-        .expect("running")
-        .terminate(Duration::from_secs(10))?;
+    fleet.cp.stop()?;
     // These requests land in the oldest batches, which the outage pushes out.
     infer_ok(&fleet, 10)?;
     wait_for(FLEET_TIMEOUT, "the agent dropping batches", || {

@@ -60,7 +60,7 @@ fn telemetry(c: &mut Criterion) {
         1,
         vec![Arc::new(StepMeter::new("classify", StepKind::Model, "cpu"))],
     )
-    .with_features(0);
+    .with_features(0, vec![]);
     group.bench_function("with telemetry and drift monitoring", |b| {
         b.iter(|| {
             let result = pipeline.run_metered(payload.clone(), &monitored);

@@ -98,6 +98,11 @@ impl AgentDataDir {
         self.root.join("artifacts")
     }
 
+    /// Compiled plugins (the engine's cache).
+    pub fn compiled(&self) -> PathBuf {
+        self.root.join("compiled")
+    }
+
     pub fn is_enrolled(&self) -> bool {
         self.config().exists()
     }

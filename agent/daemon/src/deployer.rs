@@ -136,7 +136,7 @@ fn load_arm(
         && let Some(index) = desired.steps.iter().position(|s| &s.name == watched)
     {
         let names = pipeline.steps[index].tensor_names();
-        meter = meter.with_known_features(index, names);
+        meter = meter.with_features(index, names);
     }
     if let Some(warmup) = &desired.warmup {
         pipeline

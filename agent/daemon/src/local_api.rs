@@ -199,18 +199,12 @@ struct Answer {
     variant: Option<String>,
 }
 
-impl Answer {
-    /// `response` with the variant header when there is an experiment.
-    fn with_variant(&self, mut response: Response) -> Response {
-        if let Some(value) = self
-            .variant
-            .as_deref()
-            .and_then(|v| header::HeaderValue::from_str(v).ok())
-        {
-            response.headers_mut().insert(VARIANT_HEADER, value);
-        }
-        response
+/// `response` with the variant header when there is an experiment.
+fn with_variant(variant: Option<&str>, mut response: Response) -> Response {
+    if let Some(value) = variant.and_then(|v| header::HeaderValue::from_str(v).ok()) {
+        response.headers_mut().insert(VARIANT_HEADER, value);
     }
+    response
 }
 
 fn request_key(headers: &HeaderMap) -> Option<String> {
@@ -300,14 +294,15 @@ async fn infer_raw(
     let span = info_span!("request", path = "/v1/pipelines/{name}/infer", pipeline = %name);
     async move {
         match run(&state, pipeline, request_key(&headers), payload).await {
-            Ok(answer) => answer.with_variant(match &answer.payload {
-                Payload::Bytes(blob) => (
-                    [(header::CONTENT_TYPE, blob.media_type.clone())],
-                    blob.data.clone(),
-                )
-                    .into_response(),
-                tensors => Json(oip::payload_json(tensors)).into_response(),
-            }),
+            Ok(Answer { payload, variant }) => with_variant(
+                variant.as_deref(),
+                match payload {
+                    Payload::Bytes(blob) => {
+                        ([(header::CONTENT_TYPE, blob.media_type)], blob.data).into_response()
+                    }
+                    tensors => Json(oip::payload_json(&tensors)).into_response(),
+                },
+            ),
             Err(response) => response.into_response(),
         }
     }
@@ -369,7 +364,7 @@ async fn infer_v2(
                         object.insert("id".into(), id.into());
                     }
                 }
-                result.with_variant(Json(answer).into_response())
+                with_variant(result.variant.as_deref(), Json(answer).into_response())
             }
             Err(response) => response.into_response(),
         }

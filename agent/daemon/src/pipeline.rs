@@ -11,8 +11,9 @@ use tern_plugin_host::{
     ErrorKind, FailureCause, LoadError, MetricsSink, Payload, Plugin, Step, StepFailure, StepLimits,
 };
 use tern_proto::manifest;
+use tern_proto::telemetry::BAD_INPUT;
 
-use crate::telemetry::meter::{PipelineMeter, error_kind};
+use crate::telemetry::meter::PipelineMeter;
 use crate::tensors;
 
 /// Why a step could not be loaded or failed on a request. Every message starts with
@@ -31,20 +32,36 @@ pub enum StepError {
 }
 
 impl StepError {
-    /// Whether the request itself was bad (a client error) rather than the pipeline.
-    pub fn is_bad_input(&self) -> bool {
+    /// The kind of error, as telemetry counts it. `bad-input` is the client's fault; every
+    /// other kind counts against the pipeline.
+    pub fn kind(&self) -> &'static str {
         match self {
-            StepError::Plugin(f) => matches!(
-                f.cause,
+            StepError::Plugin(failure) => match &failure.cause {
                 FailureCause::Guest {
                     kind: ErrorKind::InvalidInput,
                     ..
-                }
-            ),
-            StepError::ModelInput { .. } => true,
-            StepError::Model { error, .. } => matches!(error, InferError::BadInput { .. }),
-            StepError::Load { .. } => false,
+                } => BAD_INPUT,
+                FailureCause::Guest { .. } => "plugin-error",
+                FailureCause::Configure { .. } | FailureCause::Instantiate(_) => "instantiate",
+                FailureCause::Timeout(_) => "timeout",
+                FailureCause::MemoryLimit { .. } => "memory",
+                FailureCause::Panic(_) => "panic",
+                FailureCause::Trap(_) => "trap",
+                FailureCause::InvalidOutput(_) => "invalid-output",
+            },
+            StepError::Model {
+                error: InferError::BadInput { .. },
+                ..
+            } => BAD_INPUT,
+            StepError::Model { .. } => "model",
+            StepError::ModelInput { .. } => BAD_INPUT,
+            StepError::Load { .. } => "load",
         }
+    }
+
+    /// Whether the request itself was bad (a client error) rather than the pipeline.
+    pub fn is_bad_input(&self) -> bool {
+        self.kind() == BAD_INPUT
     }
 }
 
@@ -64,10 +81,9 @@ impl PipelineStep {
         limits: StepLimits,
         metrics: Option<Arc<dyn MetricsSink>>,
     ) -> Result<Self, StepError> {
-        Ok(PipelineStep::Plugin(match metrics {
-            Some(sink) => plugin.step_with_metrics(name, config, limits, sink)?,
-            None => plugin.step(name, config, limits)?,
-        }))
+        Ok(PipelineStep::Plugin(
+            plugin.step_with_metrics(name, config, limits, metrics)?,
+        ))
     }
 
     /// A model step's declared input and output names (empty for a plugin).
@@ -215,7 +231,7 @@ impl LoadedPipeline {
                     payload = output;
                 }
                 Err(error) => {
-                    meter.record_step(index, started.elapsed(), Some(error_kind(&error)));
+                    meter.record_step(index, started.elapsed(), Some(error.kind()));
                     return Err(error);
                 }
             }

@@ -79,7 +79,7 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
         })?;
     let store = AgentStore::open(&dir.state(), &dir.artifacts())?;
     let engine = Arc::new(PluginEngine::new(EngineOptions {
-        cache_dir: Some(dir.root().join("compiled")),
+        cache_dir: Some(dir.compiled()),
         ..EngineOptions::default()
     })?);
     let serving = Arc::new(ServingTable::default());
@@ -117,10 +117,7 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
     let collector = tokio::spawn(telemetry::collect(
         serving.clone(),
         telemetry.clone(),
-        HostSampler::new(
-            dir.root(),
-            vec![dir.artifacts(), dir.root().join("compiled")],
-        ),
+        HostSampler::new(dir.root(), vec![dir.artifacts(), dir.compiled()]),
         capacity_rx.clone(),
         Duration::from_millis(config.telemetry.interval_ms.max(1)),
         stop_rx.clone(),

@@ -9,7 +9,7 @@ use tern_proto::message::PipelineHealth;
 use tern_proto::telemetry::PipelineStats;
 
 use crate::pipeline::LoadedPipeline;
-use crate::telemetry::meter::{PipelineMeter, Totals};
+use crate::telemetry::meter::PipelineMeter;
 
 /// One arm of a served revision: the pipeline as loaded for one A/B variant (or the only one),
 /// with its share of requests and its measurements.
@@ -85,24 +85,27 @@ impl ServedPipeline {
     }
 
     /// Totals since the revision was loaded, all arms together.
-    pub fn totals(&self) -> Totals {
-        let mut all = Totals::default();
+    pub fn totals(&self) -> PipelineStats {
+        let mut all = PipelineStats::default();
         for arm in &self.arms {
-            all.add(&arm.meter.totals());
+            all.merge(&arm.meter.totals());
         }
         all
     }
 
     /// Counters since the revision was loaded, for the rollout health gates.
     pub fn health(&self) -> PipelineHealth {
-        let totals = self.totals();
+        let (mut requests, mut errors) = (0u64, 0u64);
+        for arm in &self.arms {
+            let (r, e) = arm.meter.request_counts();
+            requests = requests.saturating_add(r);
+            errors = errors.saturating_add(e);
+        }
         PipelineHealth {
             name: self.name.clone(),
             revision: self.revision,
-            requests: totals.requests,
-            errors: totals.failures(),
-            latency_p50_us: totals.latency_us.quantile(0.5),
-            latency_p99_us: totals.latency_us.quantile(0.99),
+            requests,
+            errors,
         }
     }
 

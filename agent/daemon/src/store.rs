@@ -174,12 +174,12 @@ impl AgentStore {
         self.artifacts.join("partial").join(digest.hex())
     }
 
-    /// Writes everything to disk.
     /// The database, for parts of the agent that keep their own trees (telemetry).
     pub fn db(&self) -> &sled::Db {
         &self.db
     }
 
+    /// Writes everything to disk.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())

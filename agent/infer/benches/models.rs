@@ -63,7 +63,7 @@ fn args() -> Args {
             .collect();
         if a.models.is_empty() {
             a.models
-                .push(manifest_dir().join("../../examples/models/mlp"));
+                .push(tern_infer::conformance::manifest_dir().join("../../examples/models/mlp"));
         }
     }
     a
@@ -250,7 +250,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         if a.ort {
-            let script = manifest_dir().join("benches/ort_reference.py");
+            let script = tern_infer::conformance::manifest_dir().join("benches/ort_reference.py");
             let out = Command::new("python3")
                 .arg(script)
                 .arg(&path)
@@ -359,12 +359,4 @@ fn matmul(n: usize) -> Result<(), Box<dyn std::error::Error>> {
         flops / best.as_secs_f64() / 1e12
     );
     Ok(())
-}
-
-/// This package's directory: where cargo says it is now (the build may come from a checkout
-/// at another path sharing the target directory), else where it was built.
-fn manifest_dir() -> std::path::PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }

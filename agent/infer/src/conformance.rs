@@ -276,7 +276,9 @@ fn run(case: &Case, device: Device) -> Outcome {
 
 /// This package's directory: where cargo says it is now (the build may come from a checkout
 /// at another path sharing the target directory), else where it was built.
-fn manifest_dir() -> std::path::PathBuf {
+/// This crate's directory, read at run time (builds are shared between checkouts at different
+/// paths), falling back to where it was built.
+pub fn manifest_dir() -> std::path::PathBuf {
     std::env::var_os("CARGO_MANIFEST_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))

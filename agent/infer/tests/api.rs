@@ -12,7 +12,7 @@ use tern_infer::{
 };
 
 fn mlp_dir() -> PathBuf {
-    manifest_dir().join("../../examples/models/mlp")
+    tern_infer::conformance::manifest_dir().join("../../examples/models/mlp")
 }
 
 fn mlp() -> (Vec<u8>, Tensor, Tensor) {
@@ -373,14 +373,6 @@ mod fuzz {
             let _ = load(&bytes, Device::Cpu);
         }
     }
-}
-
-/// This package's directory: where cargo says it is now (the build may come from a checkout
-/// at another path sharing the target directory), else where it was built.
-fn manifest_dir() -> std::path::PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 #[test]

@@ -252,24 +252,17 @@ impl Plugin {
     /// A step running this plugin with `config` (JSON) under `limits`. One instance is created
     /// and configured now, so a bad configuration fails here rather than on the first request.
     pub fn step(&self, name: &str, config: &str, limits: StepLimits) -> Result<Step, StepFailure> {
-        Step::new(
-            name,
-            config,
-            limits,
-            self.pre.clone(),
-            self.shared.clone(),
-            None,
-        )
+        self.step_with_metrics(name, config, limits, None)
     }
 
-    /// Like [`Plugin::step`], with the step's custom metrics going to `metrics` instead of the
-    /// engine's sink.
+    /// Like [`Plugin::step`], with the step's custom metrics going to `metrics`, when given,
+    /// instead of the engine's sink.
     pub fn step_with_metrics(
         &self,
         name: &str,
         config: &str,
         limits: StepLimits,
-        metrics: Arc<dyn MetricsSink>,
+        metrics: Option<Arc<dyn MetricsSink>>,
     ) -> Result<Step, StepFailure> {
         Step::new(
             name,
@@ -277,7 +270,7 @@ impl Plugin {
             limits,
             self.pre.clone(),
             self.shared.clone(),
-            Some(metrics),
+            metrics,
         )
     }
 }

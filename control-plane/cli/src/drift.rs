@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use tern_proto::api::{AlertView, BaselineView, PipelineDrift};
 use tern_proto::drift::Baseline;
 
-use crate::output::{Format, age, shown, structured, table};
+use crate::output::{Format, age_ms, shown, structured, table};
 
 /// Sample values per feature from a CSV file: a header row, then one row per sample. Header
 /// names that are feature names (`input:...`, `output:...`) are used as they are; with
@@ -65,14 +65,6 @@ pub fn from_file(path: &Path, tensor: Option<&str>, bins: usize) -> anyhow::Resu
         .with_context(|| format!("failed to build a baseline from {}", path.display()))
 }
 
-fn millis_age(ms: u64) -> String {
-    let text = humantime::format_rfc3339_seconds(
-        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
-    )
-    .to_string();
-    age(&text)
-}
-
 pub fn baselines(list: &[BaselineView], format: Format) -> anyhow::Result<String> {
     if let Some(text) = structured(list, format)? {
         return Ok(text);
@@ -86,7 +78,7 @@ pub fn baselines(list: &[BaselineView], format: Format) -> anyhow::Result<String
             format!("{}:{}", b.name, b.version),
             b.features.to_string(),
             shown(&b.source),
-            millis_age(b.created_ms),
+            age_ms(b.created_ms),
         ]);
     }
     Ok(format!("{t}\n"))
@@ -116,7 +108,7 @@ pub fn alerts(list: &[AlertView], format: Format) -> anyhow::Result<String> {
             shown(&a.feature),
             format!("{:.3}", a.psi),
             format!("{:.2}", a.threshold),
-            millis_age(a.since_ms),
+            age_ms(a.since_ms),
         ]);
     }
     Ok(format!("{t}\n"))

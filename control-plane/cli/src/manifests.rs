@@ -8,6 +8,8 @@ use tern_proto::api::{ApplyRequest, Change, ChangeAction, DeleteRequest};
 use tern_proto::manifest::{self, Resource};
 use tern_transport::https::HttpsClient;
 
+/// The resources of `file`, with the files they name (warm-up samples, baselines) read in:
+/// what `apply` and `diff` send.
 fn read(file: &Path) -> anyhow::Result<(Vec<String>, Vec<Resource>)> {
     let (sources, mut resources): (Vec<String>, Vec<Resource>) =
         manifest::resources_from_file(file)?.into_iter().unzip();
@@ -92,10 +94,10 @@ pub async fn apply(api: &HttpsClient, file: &Path, dry_run: bool) -> anyhow::Res
 
 /// `delete -f`.
 pub async fn delete(api: &HttpsClient, file: &Path) -> anyhow::Result<Vec<Change>> {
-    let (_, resources) = read(file)?;
-    let resources = resources
+    // Only names are sent: the files a manifest refers to are not read.
+    let resources = manifest::resources_from_file(file)?
         .iter()
-        .map(|r| (r.kind().to_owned(), r.name().to_owned()))
+        .map(|(_, r)| (r.kind().to_owned(), r.name().to_owned()))
         .collect();
     api.post("/v1/delete", &DeleteRequest { resources })
         .await

@@ -56,9 +56,18 @@ fn gpus(view: &AgentView) -> String {
 
 /// Age of an RFC 3339 timestamp, like "12s" or "3h".
 pub(crate) fn age(rfc3339: &str) -> String {
-    let Ok(t) = humantime::parse_rfc3339(rfc3339) else {
-        return rfc3339.to_owned();
-    };
+    match humantime::parse_rfc3339(rfc3339) {
+        Ok(t) => age_of(t),
+        Err(_) => rfc3339.to_owned(),
+    }
+}
+
+/// How long ago `ms` (unix milliseconds) was.
+pub(crate) fn age_ms(ms: u64) -> String {
+    age_of(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+}
+
+fn age_of(t: std::time::SystemTime) -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(t)
         .map(|d| d.as_secs())
@@ -518,7 +527,7 @@ pub fn top_agents(rows: &[AgentTop], format: Format) -> anyhow::Result<String> {
             size(a.buffered_bytes),
             a.dropped_batches.to_string(),
             if reported {
-                age(&tern_transport::rfc3339(a.reported_ms))
+                age_ms(a.reported_ms)
             } else {
                 "never".into()
             },

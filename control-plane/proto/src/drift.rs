@@ -190,6 +190,16 @@ impl FeatureStats {
     }
 }
 
+/// Merges `from` into `into` feature by feature (by name), appending features `into` lacks.
+pub fn merge_features(into: &mut Vec<FeatureStats>, from: &[FeatureStats]) {
+    for feature in from {
+        match into.iter_mut().find(|f| f.feature == feature.feature) {
+            Some(mine) => mine.merge(feature),
+            None => into.push(feature.clone()),
+        }
+    }
+}
+
 /// A feature's expected distribution: bin edges and the fraction of values in each bin.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BaselineFeature {

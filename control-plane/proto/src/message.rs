@@ -68,9 +68,6 @@ pub struct PipelineHealth {
     pub requests: u64,
     /// Requests that failed in a step (bad input refused before the pipeline is not counted).
     pub errors: u64,
-    /// Latency percentiles over the recent requests, in microseconds.
-    pub latency_p50_us: u64,
-    pub latency_p99_us: u64,
 }
 
 /// Resources of an agent's host.

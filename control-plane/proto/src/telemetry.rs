@@ -297,16 +297,7 @@ impl PipelineStats {
                 None => self.steps.push(step.clone()),
             }
         }
-        for feature in &other.features {
-            match self
-                .features
-                .iter_mut()
-                .find(|f| f.feature == feature.feature)
-            {
-                Some(mine) => mine.merge(feature),
-                None => self.features.push(feature.clone()),
-            }
-        }
+        crate::drift::merge_features(&mut self.features, &other.features);
     }
 
     /// Whether `other` is the same pipeline, revision and variant.

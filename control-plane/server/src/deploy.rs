@@ -198,15 +198,9 @@ fn variants(
     };
     let mut out = Vec::new();
     for v in wanted {
-        let step = match &v.step {
-            Some(step) => step.clone(),
-            None => spec
-                .steps
-                .iter()
-                .find(|s| s.model.is_some())
-                .map(|s| s.name.clone())
-                .ok_or("the experiment's pipeline has no model step")?,
-        };
+        let step = tern_proto::manifest::model_step(&spec.steps, v.step.as_deref())
+            .map(|s| s.name.clone())
+            .ok_or("the experiment's pipeline has no such model step")?;
         let Some(ArtifactRef::Release { name, version }) = ArtifactRef::parse(&v.model) else {
             return Err(format!("variant {} is not `name:version`", v.model));
         };

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use tern_proto::api::{AlertView, BaselineView, FeatureDrift, PipelineDrift};
-use tern_proto::drift::{Baseline, BaselineError, FeatureStats, psi};
+use tern_proto::drift::{Baseline, BaselineError, FeatureStats, merge_features, psi};
 use tern_proto::manifest::{BaselineRef, MonitoringSpec};
 use tracing::{info, warn};
 
@@ -163,7 +163,7 @@ impl Drift {
         Ok(out)
     }
 
-    /// Records one PSI reading; returns whether it started an alert.
+    /// Records one PSI reading: starts, updates or resolves the alert of its scope.
     fn observe(
         &self,
         drift: &PipelineDrift,
@@ -171,7 +171,7 @@ impl Drift {
         feature: &str,
         psi: f64,
         now_ms: u64,
-    ) -> Result<bool, DriftError> {
+    ) -> Result<(), DriftError> {
         let key = alert_key(&drift.pipeline, scope, feature);
         let existing: Option<AlertView> = match self.alerts.get(&key)? {
             Some(bytes) => Some(decode::<_, DriftError>(&key, &bytes)?),
@@ -202,10 +202,10 @@ impl Drift {
                 }
             }
             (false, Some(alert)) if was_firing => resolved(alert, Some(psi), now_ms),
-            (false, _) => return Ok(false),
+            (false, _) => return Ok(()),
         };
         self.alerts.insert(key, encode(&alert))?;
-        Ok(firing && !was_firing)
+        Ok(())
     }
 
     /// Resolves firing alerts of pipelines no longer judged and those without a reading for
@@ -301,12 +301,7 @@ fn agent_features<'a>(
         {
             let (requests, features) = out.entry(agent.as_str()).or_default();
             *requests = requests.saturating_add(stats.requests);
-            for f in &stats.features {
-                match features.iter_mut().find(|g| g.feature == f.feature) {
-                    Some(mine) => mine.merge(f),
-                    None => features.push(f.clone()),
-                }
-            }
+            merge_features(features, &stats.features);
         }
     }
     out
@@ -424,15 +419,22 @@ pub(crate) fn pipeline_drift(
     .ok_or_else(|| DriftError::BadRequest(format!("pipeline {name} has no `monitoring`")))
 }
 
-/// Judges every monitored pipeline with a baseline and updates the alerts; returns how many
-/// alerts started.
-pub(crate) fn evaluate(shared: &Shared, now_ms: u64) -> Result<usize, DriftError> {
+/// Judges every monitored pipeline with a baseline and updates the alerts.
+pub(crate) fn evaluate(shared: &Shared, now_ms: u64) -> Result<(), DriftError> {
     let windows = window(shared, now_ms)?;
     let names = agent_names(shared)?;
     let seconds = shared.config.drift_window.as_secs();
     let mut judged = Vec::new();
-    let mut started = 0;
     for record in shared.catalog.pipelines()? {
+        let has_baseline = record
+            .manifest
+            .spec
+            .monitoring
+            .as_ref()
+            .is_some_and(|m| m.baseline.is_some() || m.baseline_data.is_some());
+        if !has_baseline {
+            continue;
+        }
         let Some(drift) = compute(&shared.drift, &record, &windows, &names, seconds)? else {
             continue;
         };
@@ -441,23 +443,12 @@ pub(crate) fn evaluate(shared: &Shared, now_ms: u64) -> Result<usize, DriftError
         }
         judged.push(drift.pipeline.clone());
         for feature in &drift.features {
-            if let Some(value) = feature.psi {
-                started += usize::from(shared.drift.observe(
-                    &drift,
-                    FLEET,
-                    &feature.feature,
-                    value,
-                    now_ms,
-                )?);
-            }
-            for (agent, value) in &feature.agents {
-                started += usize::from(shared.drift.observe(
-                    &drift,
-                    agent,
-                    &feature.feature,
-                    *value,
-                    now_ms,
-                )?);
+            let fleet = feature.psi.map(|psi| (FLEET, psi));
+            let agents = feature.agents.iter().map(|(a, psi)| (a.as_str(), *psi));
+            for (scope, psi) in fleet.into_iter().chain(agents) {
+                shared
+                    .drift
+                    .observe(&drift, scope, &feature.feature, psi, now_ms)?;
             }
         }
     }
@@ -465,7 +456,7 @@ pub(crate) fn evaluate(shared: &Shared, now_ms: u64) -> Result<usize, DriftError
     let silence_ms = 2 * shared.config.drift_window.as_millis() as u64;
     shared.drift.tidy(&judged, silence_ms, now_ms)?;
     shared.drift.alerts.flush()?;
-    Ok(started)
+    Ok(())
 }
 
 /// A baseline from what agents running `pipeline` (its current revision) saw over the last
@@ -493,12 +484,7 @@ pub(crate) fn baseline_from_window(
         .flat_map(|(_, series)| series.iter())
         .filter(|s| s.revision == record.revision)
     {
-        for f in &stats.features {
-            match features.iter_mut().find(|g| g.feature == f.feature) {
-                Some(mine) => mine.merge(f),
-                None => features.push(f.clone()),
-            }
-        }
+        merge_features(&mut features, &stats.features);
     }
     if features.is_empty() {
         return Err(DriftError::BadRequest(format!(

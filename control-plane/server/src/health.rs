@@ -95,8 +95,6 @@ mod tests {
                 revision: 2,
                 requests,
                 errors,
-                latency_p50_us: 0,
-                latency_p99_us: 0,
             }],
         }
     }

@@ -135,10 +135,14 @@ pub fn render(agent: &str, serving: &ServingTable, state: &TelemetryState) -> St
         "Time of a request in one step.",
     );
     for (name, revision, totals) in &served {
-        for (step, _, _, latency) in &totals.steps {
+        for step in &totals.steps {
             page.histogram_us(
-                &[("pipeline", name), ("revision", revision), ("step", step)],
-                latency,
+                &[
+                    ("pipeline", name),
+                    ("revision", revision),
+                    ("step", &step.step),
+                ],
+                &step.latency_us,
             );
         }
     }

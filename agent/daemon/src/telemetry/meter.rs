@@ -7,10 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tern_plugin_host::{ErrorKind, FailureCause, MetricsSink};
+use tern_plugin_host::MetricsSink;
 use tern_proto::telemetry::{
-    BAD_INPUT, BUCKETS, Counts, Histogram, PipelineStats, StepKind, StepStats, bucket_of, failures,
-    merge_counts,
+    BUCKETS, Counts, Histogram, PipelineStats, StepKind, StepStats, bucket_of, failures,
 };
 
 use super::features::FeatureMeter;
@@ -23,33 +22,6 @@ pub const MAX_CUSTOM_METRICS: usize = 32;
 pub const OVERFLOW_METRIC: &str = "tern_dropped_custom_metrics";
 /// Observations are kept in milli-units.
 const OBSERVATION_SCALE: f64 = 1000.0;
-
-/// The kind of error `error` is, as telemetry names it. `bad-input` is the client's fault; every
-/// other kind counts against the pipeline.
-pub fn error_kind(error: &StepError) -> &'static str {
-    match error {
-        StepError::Plugin(failure) => match &failure.cause {
-            FailureCause::Guest {
-                kind: ErrorKind::InvalidInput,
-                ..
-            } => BAD_INPUT,
-            FailureCause::Guest { .. } => "plugin-error",
-            FailureCause::Configure { .. } | FailureCause::Instantiate(_) => "instantiate",
-            FailureCause::Timeout(_) => "timeout",
-            FailureCause::MemoryLimit { .. } => "memory",
-            FailureCause::Panic(_) => "panic",
-            FailureCause::Trap(_) => "trap",
-            FailureCause::InvalidOutput(_) => "invalid-output",
-        },
-        StepError::Model {
-            error: tern_infer::InferError::BadInput { .. },
-            ..
-        } => BAD_INPUT,
-        StepError::Model { .. } => "model",
-        StepError::ModelInput { .. } => BAD_INPUT,
-        StepError::Load { .. } => "load",
-    }
-}
 
 /// A histogram requests record into without locks.
 #[derive(Debug)]
@@ -174,44 +146,6 @@ impl MetricsSink for StepMeter {
     }
 }
 
-/// Totals since the revision was loaded.
-#[derive(Debug, Clone, Default)]
-pub struct Totals {
-    pub requests: u64,
-    pub errors: Counts,
-    pub latency_us: Histogram,
-    pub queue_us: Histogram,
-    /// Per step: requests, errors and latency.
-    pub steps: Vec<(String, u64, Counts, Histogram)>,
-}
-
-impl Totals {
-    /// Adds `other` (another arm of the same revision).
-    pub fn add(&mut self, other: &Totals) {
-        self.requests = self.requests.saturating_add(other.requests);
-        merge_counts(&mut self.errors, &other.errors);
-        self.latency_us.merge(&other.latency_us);
-        self.queue_us.merge(&other.queue_us);
-        for (name, requests, errors, latency) in &other.steps {
-            match self.steps.iter_mut().find(|(n, ..)| n == name) {
-                Some((_, r, e, l)) => {
-                    *r = r.saturating_add(*requests);
-                    merge_counts(e, errors);
-                    l.merge(latency);
-                }
-                None => self
-                    .steps
-                    .push((name.clone(), *requests, errors.clone(), latency.clone())),
-            }
-        }
-    }
-
-    /// Errors that count against the pipeline (every kind but bad input).
-    pub fn failures(&self) -> u64 {
-        failures(&self.errors)
-    }
-}
-
 /// One pipeline revision's measurements.
 #[derive(Debug)]
 pub struct PipelineMeter {
@@ -226,7 +160,7 @@ pub struct PipelineMeter {
     /// The watched model step's value distributions, when the pipeline is monitored.
     pub features: Option<FeatureMeter>,
     /// Everything taken so far.
-    totals: Mutex<Totals>,
+    totals: Mutex<PipelineStats>,
 }
 
 impl PipelineMeter {
@@ -245,14 +179,9 @@ impl PipelineMeter {
         }
     }
 
-    /// Watches step `step`'s inputs and outputs for drift.
-    pub fn with_features(mut self, step: usize) -> Self {
-        self.features = Some(FeatureMeter::new(step));
-        self
-    }
-
-    /// Watches step `step`'s inputs and outputs for drift, tensors named `tensors` only.
-    pub fn with_known_features(mut self, step: usize, tensors: Vec<String>) -> Self {
+    /// Watches step `step`'s inputs and outputs for drift, tensors named `tensors` only (any
+    /// name when empty).
+    pub fn with_features(mut self, step: usize, tensors: Vec<String>) -> Self {
         self.features = Some(FeatureMeter::new(step).known_tensors(tensors));
         self
     }
@@ -274,7 +203,7 @@ impl PipelineMeter {
         self.queue.record_duration(queued);
         self.latency.record_duration(elapsed);
         if let Some(error) = error {
-            count_into(&mut lock(&self.errors), error_kind(error), 1);
+            count_into(&mut lock(&self.errors), error.kind(), 1);
         }
     }
 
@@ -283,7 +212,7 @@ impl PipelineMeter {
         // Under the totals lock, so `totals()` never sees the counts in neither place.
         let mut totals = lock(&self.totals);
         let stats = self.take_stats(pipeline);
-        add_to_totals(&mut totals, &stats);
+        totals.merge(&stats);
         stats
     }
 
@@ -322,8 +251,18 @@ impl PipelineMeter {
         }
     }
 
+    /// Requests and failures since load (bad input excluded), without copying histograms.
+    pub fn request_counts(&self) -> (u64, u64) {
+        let totals = lock(&self.totals);
+        let requests = totals
+            .requests
+            .saturating_add(self.requests.load(Ordering::Relaxed));
+        let errors = failures(&totals.errors).saturating_add(failures(&lock(&self.errors)));
+        (requests, errors)
+    }
+
     /// Totals since load, including what was recorded since the last take.
-    pub fn totals(&self) -> Totals {
+    pub fn totals(&self) -> PipelineStats {
         let guard = lock(&self.totals);
         let mut totals = guard.clone();
         let current = PipelineStats {
@@ -345,34 +284,8 @@ impl PipelineMeter {
             ..PipelineStats::default()
         };
         drop(guard);
-        add_to_totals(&mut totals, &current);
+        totals.merge(&current);
         totals
-    }
-}
-
-fn add_to_totals(totals: &mut Totals, stats: &PipelineStats) {
-    totals.requests = totals.requests.saturating_add(stats.requests);
-    merge_counts(&mut totals.errors, &stats.errors);
-    totals.latency_us.merge(&stats.latency_us);
-    totals.queue_us.merge(&stats.queue_us);
-    for step in &stats.steps {
-        match totals
-            .steps
-            .iter_mut()
-            .find(|(name, ..)| *name == step.step)
-        {
-            Some((_, requests, errors, latency)) => {
-                *requests = requests.saturating_add(step.requests);
-                merge_counts(errors, &step.errors);
-                latency.merge(&step.latency_us);
-            }
-            None => totals.steps.push((
-                step.step.clone(),
-                step.requests,
-                step.errors.clone(),
-                step.latency_us.clone(),
-            )),
-        }
     }
 }
 

@@ -134,11 +134,7 @@ impl MonitoringSpec {
                 .map_err(|e| error(file, "spec.monitoring.baselineData", e.to_string()))?,
             _ => {}
         }
-        let watched = match &self.step {
-            Some(name) => steps.iter().find(|s| &s.name == name),
-            None => steps.iter().find(|s| s.model.is_some()),
-        };
-        match watched {
+        match model_step(steps, self.step.as_deref()) {
             Some(step) if step.model.is_some() => Ok(()),
             Some(step) => Err(error(
                 file,
@@ -159,14 +155,17 @@ impl MonitoringSpec {
     }
 
     /// The name of the watched step.
-    pub fn watched_step<'a>(&'a self, steps: &'a [StepSpec]) -> Option<&'a str> {
-        match &self.step {
-            Some(name) => Some(name),
-            None => steps
-                .iter()
-                .find(|s| s.model.is_some())
-                .map(|s| s.name.as_str()),
-        }
+    pub fn watched_step<'a>(&self, steps: &'a [StepSpec]) -> Option<&'a str> {
+        model_step(steps, self.step.as_deref()).map(|s| s.name.as_str())
+    }
+}
+
+/// The step named `named` (whatever it runs), or without a name the first model step: the
+/// step that monitoring watches and that variants replace.
+pub fn model_step<'a>(steps: &'a [StepSpec], named: Option<&str>) -> Option<&'a StepSpec> {
+    match named {
+        Some(name) => steps.iter().find(|s| s.name == name),
+        None => steps.iter().find(|s| s.model.is_some()),
     }
 }
 

@@ -159,20 +159,24 @@ async fn not_found() -> HttpError {
     HttpError(StatusCode::NOT_FOUND, "no such endpoint".into())
 }
 
+/// Whether agent `id` is Ready now, from its live presence.
+pub(crate) fn agent_status(shared: &Shared, id: &str, now_ms: u64) -> tern_proto::api::AgentStatus {
+    let not_ready_after = shared.config.not_ready_after.as_millis() as u64;
+    match shared.presence.seen(id) {
+        Some(seen) => status_at(seen.connected, seen.last_seen_ms, now_ms, not_ready_after),
+        None => tern_proto::api::AgentStatus::NotReady,
+    }
+}
+
 /// An agent's record joined with its live presence.
 pub(crate) fn agent_view(shared: &Shared, record: AgentRecord, now_ms: u64) -> AgentView {
-    let not_ready_after = shared.config.not_ready_after.as_millis() as u64;
-    let (status, last_seen, address) = match shared.presence.seen(&record.id) {
+    let status = agent_status(shared, &record.id, now_ms);
+    let (last_seen, address) = match shared.presence.seen(&record.id) {
         Some(seen) => (
-            status_at(seen.connected, seen.last_seen_ms, now_ms, not_ready_after),
             seen.last_seen_ms.max(record.last_seen_ms),
             Some(seen.address.to_string()),
         ),
-        None => (
-            tern_proto::api::AgentStatus::NotReady,
-            record.last_seen_ms,
-            record.address,
-        ),
+        None => (record.last_seen_ms, record.address),
     };
     let desired = shared.desired_state(&record.id).ok().flatten();
     let mut pipelines: Vec<tern_proto::api::AgentPipelineView> = desired

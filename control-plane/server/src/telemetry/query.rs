@@ -139,7 +139,6 @@ pub(crate) fn top_agents(shared: &Shared, now_ms: u64) -> Result<Vec<AgentTop>, 
         .agents(now_ms.saturating_sub(AGENT_SPAN_MS), now_ms)?;
     let mut rows = Vec::new();
     for record in shared.registry.agents()? {
-        let view = crate::api::agent_view(shared, record.clone(), now_ms);
         let mark = marks.get(&record.id).cloned().unwrap_or_default();
         let window = windows.get(&record.id);
         let (mut requests, mut errors, mut latency) = (0u64, Counts::new(), Histogram::default());
@@ -152,7 +151,7 @@ pub(crate) fn top_agents(shared: &Shared, now_ms: u64) -> Result<Vec<AgentTop>, 
         let host = &mark.host;
         rows.push(AgentTop {
             name: record.name.clone(),
-            status: view.status,
+            status: crate::api::agent_status(shared, &record.id, now_ms),
             labels: record.labels.clone(),
             reported_ms: mark.end_ms,
             cpu_percent: host.cpu_percent,

@@ -412,12 +412,13 @@ impl SeriesStore {
         }
     }
 
-    /// Windows of `kind` whose bucket starts in `[from_ms, to_ms]`, at every resolution.
+    /// Windows of `kind` whose bucket starts in `[from_ms, to_ms]`, at every resolution; with
+    /// `only`, those of that name alone (others are not decoded).
     fn windows<T: serde::de::DeserializeOwned>(
         &self,
         kind: u8,
-        from_ms: u64,
-        to_ms: u64,
+        (from_ms, to_ms): (u64, u64),
+        only: Option<&str>,
         mut each: impl FnMut(u64, &str, T),
     ) -> Result<(), TelemetryStoreError> {
         // Compaction moves buckets between resolutions: not while a query reads them.
@@ -429,7 +430,9 @@ impl SeriesStore {
                 ..window_prefix(kind, resolution.id, to_ms.saturating_add(1));
             for entry in self.tree.range(range) {
                 let (key, bytes) = entry?;
-                if let Some((start, name)) = parse_window_key(&key) {
+                if let Some((start, name)) = parse_window_key(&key)
+                    && only.is_none_or(|o| o == name)
+                {
                     each(start, name, records::decode(&key, &bytes)?);
                 }
             }
@@ -445,10 +448,7 @@ impl SeriesStore {
         only: Option<&str>,
     ) -> Result<BTreeMap<String, (u64, Vec<PipelineStats>)>, TelemetryStoreError> {
         let mut out: BTreeMap<String, (u64, Vec<PipelineStats>)> = BTreeMap::new();
-        self.windows::<PipelineWindow>(PIPELINE, from_ms, to_ms, |start, name, window| {
-            if only.is_some_and(|o| o != name) {
-                return;
-            }
+        self.windows::<PipelineWindow>(PIPELINE, (from_ms, to_ms), only, |start, name, window| {
             let (first, series) = out.entry(name.to_owned()).or_insert((start, Vec::new()));
             *first = (*first).min(start);
             for stats in &window.series {
@@ -469,15 +469,17 @@ impl SeriesStore {
     ) -> Result<BTreeMap<u64, PipelineStats>, TelemetryStoreError> {
         let step_ms = step_ms.max(1);
         let mut out: BTreeMap<u64, PipelineStats> = BTreeMap::new();
-        self.windows::<PipelineWindow>(PIPELINE, from_ms, to_ms, |start, found, window| {
-            if found != name {
-                return;
-            }
-            let slot = out.entry(start / step_ms * step_ms).or_default();
-            for stats in &window.series {
-                slot.merge(stats);
-            }
-        })?;
+        self.windows::<PipelineWindow>(
+            PIPELINE,
+            (from_ms, to_ms),
+            Some(name),
+            |start, _, window| {
+                let slot = out.entry(start / step_ms * step_ms).or_default();
+                for stats in &window.series {
+                    slot.merge(stats);
+                }
+            },
+        )?;
         Ok(out)
     }
 
@@ -488,7 +490,7 @@ impl SeriesStore {
         to_ms: u64,
     ) -> Result<BTreeMap<String, AgentWindow>, TelemetryStoreError> {
         let mut out: BTreeMap<String, AgentWindow> = BTreeMap::new();
-        self.windows::<AgentWindow>(AGENT, from_ms, to_ms, |_, name, window| {
+        self.windows::<AgentWindow>(AGENT, (from_ms, to_ms), None, |_, name, window| {
             out.entry(name.to_owned()).or_default().merge(&window);
         })?;
         Ok(out)
