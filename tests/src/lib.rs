@@ -59,6 +59,14 @@ pub fn listening(addr: SocketAddr) -> bool {
         .is_ok_and(|stream| stream.local_addr().ok() != stream.peer_addr().ok())
 }
 
+/// The `p` quantile (0..=1) of `sorted` durations, nearest rank; zero when empty. For benches.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * p).round() as usize)
+        .copied()
+        .unwrap_or_default()
+}
+
 /// The repository's `examples/` (models, plugins' sources, manifests), found at run time.
 pub fn examples_dir() -> PathBuf {
     std::env::var_os("CARGO_MANIFEST_DIR")

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use tern_e2e::{FLEET_TIMEOUT, Fleet, assets, component, cpu_time, path_str, wait_for};
+use tern_e2e::{FLEET_TIMEOUT, Fleet, assets, component, cpu_time, path_str, percentile, wait_for};
 
 #[derive(Debug, Parser)]
 #[command(about = "Measurements of Tern deployments")]
@@ -318,13 +318,6 @@ impl Client {
             self.buf.extend_from_slice(&chunk[..n]);
         }
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted
-        .get(((sorted.len() as f64 - 1.0) * p).round() as usize)
-        .copied()
-        .unwrap_or_default()
 }
 
 /// A bare HTTP echo on axum, in this process.

@@ -69,7 +69,11 @@ pub struct TelemetryState {
 /// feature distributions lose resolution, then they go, then custom counters.
 fn fit_frame(batch: &mut TelemetryBatch) {
     let limit = MAX_FRAME_LEN / 2;
-    let size = |b: &TelemetryBatch| postcard::to_stdvec(b).map_or(usize::MAX, |v| v.len());
+    // Counted, not encoded: the buffer encodes the batch once, when it stores it.
+    let size = |b: &TelemetryBatch| {
+        postcard::serialize_with_flavor(b, postcard::ser_flavors::Size::default())
+            .unwrap_or(usize::MAX)
+    };
     if size(batch) <= limit {
         return;
     }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use tern_agent::AgentDataDir;
-use tern_e2e::{ControlPlane, bin, cpu_time, enroll, resident_memory, wait_for};
+use tern_e2e::{ControlPlane, bin, cpu_time, enroll, percentile, resident_memory, wait_for};
 use tern_proto::api::{
     AgentStatus, AgentView, CliConfig, EnrollRequest, EnrollResponse, TokenRequest, TokenResponse,
 };
@@ -191,9 +191,31 @@ fn agent_idle(settle: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
+/// A simulated agent's hello on its control stream, answered by a welcome.
+async fn say_hello(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    id: &str,
+    name: &str,
+) -> anyhow::Result<()> {
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        agent_id: id.to_owned(),
+        name: name.to_owned(),
+        labels: Default::default(),
+        capacity: Capacity::default(),
+        software_version: "fleet-bench".into(),
+    };
+    write_frame(send, &AgentMessage::Hello(hello), MAX_FRAME_LEN).await?;
+    let answer = tokio::time::timeout(
+        Duration::from_secs(20),
+        read_frame::<_, ControlMessage>(recv, MAX_FRAME_LEN),
+    )
+    .await??;
+    match answer {
+        Some(ControlMessage::Welcome(_)) => Ok(()),
+        other => bail!("expected a welcome, got {other:?}"),
+    }
 }
 
 fn agent_start(runs: usize) -> anyhow::Result<()> {
@@ -331,19 +353,7 @@ async fn hold(shared: LoadShared, agent: SimAgent) -> anyhow::Result<()> {
         .connect_with(client, cp, tern_proto::CONTROL_PLANE_SERVER_NAME)?
         .await?;
     let (mut send, mut recv) = conn.open_bi().await?;
-    let hello = Hello {
-        protocol_version: PROTOCOL_VERSION,
-        agent_id: agent.id,
-        name: agent.name,
-        labels: Default::default(),
-        capacity: Capacity::default(),
-        software_version: "fleet-bench".into(),
-    };
-    write_frame(&mut send, &AgentMessage::Hello(hello), MAX_FRAME_LEN).await?;
-    match read_frame::<_, ControlMessage>(&mut recv, MAX_FRAME_LEN).await? {
-        Some(ControlMessage::Welcome(_)) => {}
-        other => bail!("expected a welcome, got {other:?}"),
-    }
+    say_hello(&mut send, &mut recv, &agent.id, &agent.name).await?;
     connected.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
         while let Ok(Some(ControlMessage::Ack(_))) =

@@ -16,7 +16,7 @@ use tern_proto::message::{StreamOpen, TelemetryAck};
 use tern_proto::telemetry::{
     GpuStats, Histogram, HostStats, PipelineStats, StepKind, StepStats, TelemetryBatch,
 };
-use tern_proto::{AgentMessage, Capacity, ControlMessage, Hello, MAX_FRAME_LEN, PROTOCOL_VERSION};
+use tern_proto::{ControlMessage, MAX_FRAME_LEN};
 use tokio::sync::watch;
 
 use super::{SimAgent, enroll_many, mib};
@@ -107,24 +107,7 @@ async fn connect(
         .connect_with(client, cp, tern_proto::CONTROL_PLANE_SERVER_NAME)?
         .await?;
     let (mut control, mut control_rx) = conn.open_bi().await?;
-    let hello = Hello {
-        protocol_version: PROTOCOL_VERSION,
-        agent_id: agent.id.clone(),
-        name: agent.name.clone(),
-        labels: Default::default(),
-        capacity: Capacity::default(),
-        software_version: "fleet-bench".into(),
-    };
-    write_frame(&mut control, &AgentMessage::Hello(hello), MAX_FRAME_LEN).await?;
-    match tokio::time::timeout(
-        Duration::from_secs(20),
-        read_frame::<_, ControlMessage>(&mut control_rx, MAX_FRAME_LEN),
-    )
-    .await??
-    {
-        Some(ControlMessage::Welcome(_)) => {}
-        other => bail!("expected a welcome, got {other:?}"),
-    }
+    super::say_hello(&mut control, &mut control_rx, &agent.id, &agent.name).await?;
     // Desired states and acks on the control stream are read and ignored.
     tokio::spawn(async move {
         while let Ok(Some(_)) =
