@@ -132,6 +132,28 @@ pub fn color_model(version: u64) -> Vec<u8> {
     model.encode_to_vec()
 }
 
+/// A model that declares a 100 GiB input (`Relu` of `[1, 25 Gi]` f32): a few hundred bytes
+/// that would make a careless loader allocate the host's memory away.
+pub fn huge_tensor_model() -> Vec<u8> {
+    let huge = 25 << 30;
+    let model = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
+        graph: Some(pb::GraphProto {
+            name: "huge".into(),
+            node: vec![node("Relu", &["x"], "y", vec![])],
+            input: vec![info("x", &[1, huge])],
+            output: vec![info("y", &[1, huge])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    model.encode_to_vec()
+}
+
 /// A 64×64 PNG of `rgb` with a little deterministic noise, like a photo of a coloured part.
 pub fn sample_png(rgb: [u8; 3]) -> Vec<u8> {
     let mut image = image::RgbImage::new(64, 64);

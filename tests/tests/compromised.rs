@@ -6,7 +6,9 @@
 use std::path::Path;
 use std::time::Duration;
 
+use anyhow::Context;
 use tern_control_plane::DataDir;
+use tern_control_plane::catalog::Catalog;
 use tern_control_plane::deploy::AgentDesired;
 use tern_control_plane::registry::Registry;
 use tern_control_plane::releases::ReleaseStore;
@@ -107,6 +109,15 @@ fn rejects_release_with_fewer_signatures_than_the_threshold() -> anyhow::Result<
     fleet
         .cp
         .ternctl_ok(&["keys", "generate", "--out", &path_str(&second)?])?;
+    // What runs is co-signed before the root asks for two signatures, so it keeps running
+    // (agents verify serving revisions again after a rotation).
+    let serving = fleet.tmp.path().join("topk-one.wasm");
+    fleet
+        .publisher
+        .sign(&fleet.cp, "second", &serving, "plugin", "topk", 1)?;
+    fleet
+        .cp
+        .ternctl_ok(&["push", "--quiet", &path_str(&serving)?])?;
     fleet.cp.ternctl_ok(&[
         "trust",
         "rotate",
@@ -203,9 +214,8 @@ fn rejects_a_replayed_older_desired_state_generation() -> anyhow::Result<()> {
     tamper_with(&mut fleet.cp, |registry, _| {
         let old = AgentDesired {
             generation: 1,
-            pipelines: Default::default(),
             trust_version: Some(1),
-            variants: Default::default(),
+            ..AgentDesired::default()
         };
         registry
             .db()
@@ -219,5 +229,73 @@ fn rejects_a_replayed_older_desired_state_generation() -> anyhow::Result<()> {
         "{reason}"
     );
     assert_eq!(fleet.infer(0)?, 200, "still serving");
+    Ok(())
+}
+
+/// The floors the stopped agent `i` of `fleet` kept.
+fn floors(
+    fleet: &mut Fleet,
+    i: usize,
+) -> anyhow::Result<std::collections::BTreeMap<String, tern_proto::release::VersionFloor>> {
+    let agent = &mut fleet.agents[i];
+    agent.process.terminate(Duration::from_secs(10))?;
+    let dir = tern_agent::AgentDataDir::new(&agent.dir);
+    let store = tern_agent::store::AgentStore::open(&dir.state(), &dir.artifacts())?;
+    Ok(store.restore()?.floors)
+}
+
+#[test]
+fn rejects_a_changed_step_under_the_serving_revision_number() -> anyhow::Result<()> {
+    let mut fleet = serving_fleet()?;
+    let file = fleet.topk("swapped", 0)?;
+    let stranger = SecretKey::generate();
+    // Revision 1, as stored, now runs a release nobody trusted signed: same number, other step.
+    tamper_with(&mut fleet.cp, |registry, store| {
+        plant_release(store, &file, 2, &[&stranger])?;
+        let digest = Digest::of(&std::fs::read(&file)?);
+        let catalog = Catalog::open(registry.db())?;
+        let mut record = catalog.revision("scores", 1)?.context("revision 1")?;
+        record.manifest.spec.steps[0].plugin = Some("topk:2".into());
+        record.pinned[0].reference = "topk:2".into();
+        record.pinned[0].digest = digest;
+        catalog.put_pipeline(&record)?;
+        Ok(())
+    })?;
+    let reason = fleet.failure("edge-1", 1)?;
+    assert!(reason.contains("signed by 0 trusted key"), "{reason}");
+    assert_eq!(fleet.infer(0)?, 200, "the checked revision keeps serving");
+    let floors = floors(&mut fleet, 0)?;
+    assert_eq!(
+        floors.get("topk").map(|f| f.version),
+        Some(1),
+        "the committed flag of the forged step raised no floor"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_trust_rotation_that_drops_the_publisher_stops_what_it_signed() -> anyhow::Result<()> {
+    let fleet = serving_fleet()?;
+    let second = fleet.publisher.key("second");
+    fleet
+        .cp
+        .ternctl_ok(&["keys", "generate", "--out", &path_str(&second)?])?;
+    // The offline root replaces the only publisher of `topk:1`.
+    fleet.cp.ternctl_ok(&[
+        "trust",
+        "rotate",
+        "--root-key",
+        &path_str(&fleet.publisher.key("root.key"))?,
+        "--publisher",
+        &path_str(&fleet.publisher.key("second.pub"))?,
+        "--threshold",
+        "1",
+        "--out",
+        &path_str(&fleet.tmp.path().join("trust-v2.json"))?,
+    ])?;
+    let reason = fleet.failure("edge-1", 1)?;
+    assert!(reason.contains("no longer verifies"), "{reason}");
+    assert!(reason.contains("signed by 0 trusted key"), "{reason}");
+    assert_eq!(fleet.infer(0)?, 503, "it stopped serving");
     Ok(())
 }

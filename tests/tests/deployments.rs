@@ -375,3 +375,126 @@ spec:
     assert_eq!(body, b"echo");
     Ok(())
 }
+
+/// A pipeline of the hostile fixture (mode from each request's text) with a 32 MiB limit.
+fn hostile_fleet() -> anyhow::Result<tern_e2e::Fleet> {
+    let fleet = tern_e2e::Fleet::start(1)?;
+    let hostile = fleet.tmp.path().join("hostile.wasm");
+    std::fs::copy(component("hostile-fixture"), &hostile)?;
+    fleet
+        .publisher
+        .sign_and_push(&fleet.cp, &hostile, "plugin", "hostile", 1)?;
+    let file = fleet.tmp.path().join("hostile.yaml");
+    std::fs::write(
+        &file,
+        r#"apiVersion: tern.dev/v1alpha1
+kind: Pipeline
+metadata: { name: scores }
+spec:
+  steps:
+    - name: mischief
+      plugin: hostile:1
+      config: { mode: input }
+      limits: { timeoutMs: 5000, memoryMiB: 32 }
+---
+apiVersion: tern.dev/v1alpha1
+kind: Deployment
+metadata: { name: scores }
+spec:
+  pipeline: scores
+  rollout: { healthWindowSeconds: 0 }
+"#,
+    )?;
+    fleet.cp.ternctl_ok(&["apply", "-f", &path_str(&file)?])?;
+    fleet.wait_serving("edge-1", 1)?;
+    Ok(fleet)
+}
+
+#[test]
+fn a_plugins_aliased_output_fails_its_step_and_the_agents_memory_stays_bounded()
+-> anyhow::Result<()> {
+    let fleet = hostile_fleet()?;
+    let api = fleet.agents[0].api_addr()?;
+    let pid = fleet.agents[0].process.pid();
+    let send = |text: &[u8]| {
+        http(
+            api,
+            "POST",
+            "/v1/pipelines/scores/infer",
+            "text/plain",
+            text,
+        )
+    };
+    assert_eq!(send(b"echo")?.0, 200, "an instance is warm");
+    let (resident, _) = tern_e2e::resident_memory(pid)?;
+    // 4,096 lists aliasing one 1 MiB buffer: 4 GiB if the host copied it all.
+    let (status, body) = send(b"alias")?;
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body.contains("mischief") && body.contains("memory limit of 32 MiB exceeded by its output"),
+        "{body}"
+    );
+    let (_, peak) = tern_e2e::resident_memory(pid)?;
+    // The copy stops at the step's 32 MiB (wasmtime's default would let it reach 128 MiB).
+    let margin = 48 << 20;
+    assert!(
+        peak < resident + (32 << 20) + margin,
+        "peak {peak} bytes after the request, {resident} before"
+    );
+    let (status, body) = send(b"echo")?;
+    assert_eq!(
+        (status, body.as_slice()),
+        (200, &b"echo"[..]),
+        "the next request is served"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_model_declaring_a_huge_tensor_is_refused_and_the_agent_keeps_serving() -> anyhow::Result<()> {
+    let mut fleet = tern_e2e::Fleet::start(1)?;
+    fleet.push(&fleet.topk("one", 0)?, 1)?;
+    fleet.apply("topk:1", 2)?;
+    fleet.wait_phase(1, "Complete")?;
+    let model = fleet.tmp.path().join("huge.onnx");
+    std::fs::write(&model, tern_e2e::assets::huge_tensor_model())?;
+    fleet
+        .publisher
+        .sign_and_push(&fleet.cp, &model, "model", "huge", 1)?;
+    let file = fleet.tmp.path().join("huge.yaml");
+    std::fs::write(
+        &file,
+        r#"apiVersion: tern.dev/v1alpha1
+kind: Pipeline
+metadata: { name: huge }
+spec:
+  steps:
+    - name: classify
+      model: huge:1
+      device: cpu
+---
+apiVersion: tern.dev/v1alpha1
+kind: Deployment
+metadata: { name: huge }
+spec:
+  pipeline: huge
+  rollout: { healthWindowSeconds: 0 }
+"#,
+    )?;
+    fleet.cp.ternctl_ok(&["apply", "-f", &path_str(&file)?])?;
+    let reason = tern_e2e::wait_for(tern_e2e::FLEET_TIMEOUT, "the refusal of huge", || {
+        let view = fleet.agent_view("edge-1").ok()?;
+        view.pipelines
+            .into_iter()
+            .find(|p| p.name == "huge" && p.phase.as_deref() == Some("Failed"))
+            .map(|p| p.message)
+    })?;
+    assert!(
+        reason.contains("over the limit") && reason.contains("max_tensor_bytes"),
+        "{reason}"
+    );
+    assert!(!fleet.agents[0].process.exited(), "the agent is alive");
+    assert_eq!(fleet.infer(0)?, 200, "and still serves what it ran");
+    Ok(())
+}

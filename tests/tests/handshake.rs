@@ -193,3 +193,77 @@ async fn hello_with_wrong_protocol_version_is_refused_with_a_reason() -> anyhow:
     }
     Ok(())
 }
+
+/// Asks for `digest` on a transfer stream of `conn`; returns the control plane's answer.
+async fn ask_for(
+    conn: &quinn::Connection,
+    digest: tern_proto::release::Digest,
+) -> anyhow::Result<tern_proto::message::FetchResponse> {
+    use tern_proto::message::{FetchRequest, StreamOpen};
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let open = StreamOpen::Fetch(FetchRequest {
+        digest: digest.0,
+        offset: 0,
+    });
+    tern_proto::io::write_frame(&mut send, &open, 1024).await?;
+    let _ = send.finish();
+    tern_proto::io::read_frame(&mut recv, 1024)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no answer"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_may_fetch_only_artifacts_of_its_own_desired_state() -> anyhow::Result<()> {
+    use tern_proto::message::FetchResponse;
+    let mut fleet = tokio::task::block_in_place(|| -> anyhow::Result<_> {
+        let fleet = tern_e2e::Fleet::start(1)?;
+        fleet.push(&fleet.topk("deployed", 0)?, 1)?;
+        // Pushed, never deployed to this agent.
+        fleet.push(&fleet.topk("elsewhere", 0)?, 2)?;
+        fleet.apply("topk:1", 2)?;
+        fleet.wait_phase(1, "Complete")?;
+        Ok(fleet)
+    })?;
+    let digest = |tag: &str| -> anyhow::Result<tern_proto::release::Digest> {
+        let path = fleet.tmp.path().join(format!("topk-{tag}.wasm"));
+        Ok(tern_e2e::Publisher::release(&path)?.signed.digest)
+    };
+    let (deployed, elsewhere) = (digest("deployed")?, digest("elsewhere")?);
+    // The agent's identity, on a connection of our own making.
+    let agent = &mut fleet.agents[0];
+    agent.process.terminate(Duration::from_secs(10))?;
+    let dir = AgentDataDir::new(&agent.dir);
+    let conn = connect_as(&fleet.cp, &dir).await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let hello = AgentMessage::Hello(Hello {
+        protocol_version: PROTOCOL_VERSION,
+        agent_id: dir.load_config()?.agent_id,
+        name: "edge-1".into(),
+        labels: Default::default(),
+        capacity: Capacity::default(),
+        software_version: "0".into(),
+    });
+    tern_proto::io::write_frame(&mut send, &hello, MAX_FRAME_LEN).await?;
+    let _welcome: Option<tern_proto::ControlMessage> =
+        tern_proto::io::read_frame(&mut recv, MAX_FRAME_LEN).await?;
+
+    match ask_for(&conn, elsewhere).await? {
+        FetchResponse::Refused { reason } => {
+            assert!(
+                reason.contains("not in this agent's desired state"),
+                "{reason}"
+            )
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(
+        matches!(
+            ask_for(&conn, deployed).await?,
+            FetchResponse::Sending { .. }
+        ),
+        "its own artifact is served"
+    );
+    let log = fleet.cp.log_text();
+    assert!(log.contains("fetch refused"), "the refusal is logged");
+    Ok(())
+}

@@ -24,8 +24,13 @@ fn mlp() -> (LoadedPipeline, Payload) {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
         .join("../../examples/models/mlp");
-    let step = PipelineStep::model_file("classify", &dir.join("model.onnx"), Device::Cpu)
-        .expect("the MLP example loads");
+    let step = PipelineStep::model_file(
+        "classify",
+        &dir.join("model.onnx"),
+        Device::Cpu,
+        tern_infer::DEFAULT_MAX_TENSOR_BYTES,
+    )
+    .expect("the MLP example loads");
     let input = std::fs::read(dir.join("input.npy")).expect("input.npy");
     let tensor = tern_agent::npy::parse("input", &input).expect("input parses");
     (

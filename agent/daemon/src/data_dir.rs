@@ -41,6 +41,9 @@ pub struct AgentConfig {
     /// Telemetry interval and buffer.
     #[serde(default)]
     pub telemetry: crate::telemetry::TelemetryConfig,
+    /// The agent's bounds on plugin and model limits.
+    #[serde(default)]
+    pub limits: crate::limits::AgentLimits,
 }
 
 /// Why the data dir could not be read or written.
@@ -148,6 +151,10 @@ impl AgentDataDir {
         tmp.write_all(bytes).map_err(io)?;
         tmp.as_file().sync_all().map_err(io)?;
         tmp.persist(path).map_err(|e| io(e.error))?;
+        // The rename itself must survive a power cut, not only the bytes.
+        std::fs::File::open(&self.root)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
         Ok(())
     }
 

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tern_plugin_host::{Blob, Payload, PluginEngine, StepLimits};
+use tern_plugin_host::{Blob, Payload, PluginEngine};
 use tern_proto::AgentMessage;
 use tern_proto::desired::{DesiredPipeline, DesiredVariant, Warmup};
 use tern_proto::message::{HealthReport, SignedDesiredState, StatusReport};
@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::fetch::{self, FetchError};
+use crate::limits::AgentLimits;
 use crate::pipeline::{LoadedPipeline, PipelineStep, StepError};
 use crate::reconcile::{Action, Reconciler};
 use crate::serving::{Arm, ServedPipeline, ServingTable};
@@ -32,7 +33,7 @@ const FETCH_ATTEMPTS: u32 = 8;
 #[derive(Debug)]
 enum Event {
     Fetched(Digest, Result<u64, FetchError>),
-    Loaded(DesiredPipeline, Result<Arc<ServedPipeline>, String>),
+    Loaded(DesiredPipeline, Result<Arc<ServedPipeline>, LoadFailure>),
 }
 
 /// Everything the deployer works with.
@@ -42,6 +43,8 @@ pub struct Deployer {
     pub online_key: PublicKey,
     pub store: AgentStore,
     pub engine: Arc<PluginEngine>,
+    /// The agent's bounds on what a desired state may ask.
+    pub limits: AgentLimits,
     pub serving: Arc<ServingTable>,
     /// The current connection to the control plane, for downloads.
     pub connection: watch::Receiver<Option<quinn::Connection>>,
@@ -60,6 +63,11 @@ pub enum LoadFailure {
     Sample(String),
     #[error("{0}")]
     Experiment(String),
+    /// Artifacts on disk no longer match their releases; they were deleted.
+    #[error("artifact {} on disk no longer matches its release (deleted, to be fetched again)", .0[0])]
+    Corrupt(Vec<Digest>),
+    #[error("loading task failed: {0}")]
+    Task(String),
 }
 
 /// The warm-up sample as a payload.
@@ -82,11 +90,35 @@ fn warmup_payload(warmup: &Warmup) -> Result<Payload, LoadFailure> {
     }
 }
 
+/// Why an artifact could not be read back.
+enum ArtifactRead {
+    Io(std::io::Error),
+    /// Its bytes no longer match the release (disk corruption, tampering): deleted.
+    Corrupt,
+}
+
+/// Reads a verified artifact back and hashes it again: what was verified when it arrived may
+/// have changed on disk since.
+fn read_artifact(
+    store: &AgentStore,
+    release: &tern_proto::release::Release,
+) -> Result<Vec<u8>, ArtifactRead> {
+    let path = store.artifact_path(&release.digest);
+    let bytes = std::fs::read(&path).map_err(ArtifactRead::Io)?;
+    if release.check_content(&bytes).is_err() {
+        warn!(digest = %release.digest, "artifact on disk no longer matches its release; deleted");
+        let _ = std::fs::remove_file(&path);
+        return Err(ArtifactRead::Corrupt);
+    }
+    Ok(bytes)
+}
+
 /// Loads one arm of a pipeline revision: its steps, with `variant`'s model in place of its step's
 /// release when given.
 fn load_arm(
     store: &AgentStore,
     engine: &PluginEngine,
+    limits: &AgentLimits,
     desired: &DesiredPipeline,
     variant: Option<&DesiredVariant>,
 ) -> Result<Arm, LoadFailure> {
@@ -97,10 +129,12 @@ fn load_arm(
             Some(v) if v.step == step.name => &v.release.signed,
             _ => &step.release.signed,
         };
-        let path = store.artifact_path(&release.digest);
-        let bytes = std::fs::read(&path).map_err(|e| StepError::ModelInput {
-            step: step.name.clone(),
-            reason: format!("cannot read artifact {}: {e}", release.digest),
+        let bytes = read_artifact(store, release).map_err(|e| match e {
+            ArtifactRead::Io(e) => LoadFailure::Step(StepError::ModelInput {
+                step: step.name.clone(),
+                reason: format!("cannot read artifact {}: {e}", release.digest),
+            }),
+            ArtifactRead::Corrupt => LoadFailure::Corrupt(vec![release.digest]),
         })?;
         steps.push(match release.kind {
             ArtifactKind::Plugin => {
@@ -114,12 +148,13 @@ fn load_arm(
                     &plugin,
                     &step.name,
                     &step.config,
-                    StepLimits::from_manifest(step.timeout_ms, step.memory_mib),
+                    limits.step_limits(&step.name, step.timeout_ms, step.memory_mib),
                     Some(meter),
                 )?
             }
             ArtifactKind::Model => {
-                let model = PipelineStep::model(&step.name, &bytes, step.device)?;
+                let model =
+                    PipelineStep::model(&step.name, &bytes, step.device, limits.max_tensor_bytes)?;
                 meters.push(Arc::new(StepMeter::new(
                     &step.name,
                     StepKind::Model,
@@ -157,6 +192,7 @@ fn load_arm(
 pub fn load(
     store: &AgentStore,
     engine: &PluginEngine,
+    limits: &AgentLimits,
     desired: &DesiredPipeline,
 ) -> Result<ServedPipeline, LoadFailure> {
     for variant in &desired.variants {
@@ -169,12 +205,12 @@ pub fn load(
         }
     }
     let arms = if desired.variants.is_empty() {
-        vec![load_arm(store, engine, desired, None)?]
+        vec![load_arm(store, engine, limits, desired, None)?]
     } else {
         desired
             .variants
             .iter()
-            .map(|v| load_arm(store, engine, desired, Some(v)))
+            .map(|v| load_arm(store, engine, limits, desired, Some(v)))
             .collect::<Result<_, _>>()?
     };
     Ok(ServedPipeline::new(&desired.name, desired.revision, arms))
@@ -202,13 +238,18 @@ impl Deployer {
                     if changed.is_err() { return; }
                     let Some(signed) = desired.borrow_and_update().clone() else { continue };
                     let generation = signed.generation;
-                    match signed.open(&self.online_key, &self.agent_id, reconciler.applied_generation()) {
-                        Ok(state) => {
+                    let opened = signed
+                        .open(&self.online_key, &self.agent_id, reconciler.applied_generation())
+                        .and_then(|state| {
                             info!(generation, pipelines = state.pipelines.len(), "desired state");
-                            let actions = reconciler.desired(state, tern_transport::unix_millis_now());
+                            reconciler.desired(state, tern_transport::unix_millis_now())
+                        });
+                    match opened {
+                        Ok(actions) => {
                             // `desired` ends with a report, which carries this.
                             refused = reconciler.trust_error().map(str::to_owned);
-                            if let Err(e) = self.store.set_applied_generation(generation) {
+                            let content = reconciler.applied_content();
+                            if let Err(e) = self.store.set_applied_generation(generation, content) {
                                 warn!(error = %e, "cannot persist the applied generation");
                             }
                             actions
@@ -238,10 +279,13 @@ impl Deployer {
                         loaded = Some(pipeline);
                         reconciler.loaded(&desired.name, desired.revision)
                     }
+                    Event::Loaded(desired, Err(LoadFailure::Corrupt(lost))) => {
+                        reconciler.artifacts_lost(&desired.name, desired.revision, &lost)
+                    }
                     Event::Loaded(desired, Err(reason)) => {
                         let (name, revision) = (&desired.name, desired.revision);
                         warn!(pipeline = %name, revision, %reason, "revision failed to load");
-                        reconciler.load_failed(name, revision, &reason)
+                        reconciler.load_failed(name, revision, &reason.to_string())
                     }
                 },
                 _ = health.tick() => {
@@ -306,6 +350,12 @@ impl Deployer {
                 self.serving.remove(&name);
                 info!(pipeline = %name, "removed");
             }
+            Action::Record(desired) => self.store.activate(&desired)?,
+            Action::Stop(name) => {
+                self.store.remove(&name)?;
+                self.serving.remove(&name);
+                warn!(pipeline = %name, "stopped serving: the revision no longer verifies");
+            }
             Action::Report => {
                 let status = reconciler.status();
                 self.serving.set_pending(
@@ -367,14 +417,16 @@ impl Deployer {
     fn spawn_load(&self, desired: DesiredPipeline, events: mpsc::Sender<Event>) {
         let store = self.store.clone();
         let engine = self.engine.clone();
+        let limits = self.limits;
         let span = info_span!("load", pipeline = %desired.name, revision = desired.revision);
         tokio::spawn(
             async move {
                 let wanted = desired.clone();
-                let result = tokio::task::spawn_blocking(move || load(&store, &engine, &desired))
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map(Arc::new).map_err(|e| e.to_string()));
+                let result =
+                    tokio::task::spawn_blocking(move || load(&store, &engine, &limits, &desired))
+                        .await
+                        .map_err(|e| LoadFailure::Task(e.to_string()))
+                        .and_then(|r| r.map(Arc::new));
                 let _ = events.send(Event::Loaded(wanted, result)).await;
             }
             .instrument(span),

@@ -31,6 +31,8 @@ pub struct JoinOptions {
     /// A trust root given out of band, pinned instead of the control plane's.
     pub trust_root: Option<PathBuf>,
     pub telemetry: crate::telemetry::TelemetryConfig,
+    /// The agent's bounds on plugin and model limits.
+    pub limits: crate::limits::AgentLimits,
 }
 
 /// Why enrollment failed.
@@ -133,6 +135,7 @@ pub async fn join(options: &JoinOptions) -> Result<AgentConfig, JoinError> {
             .listen_api
             .unwrap_or_else(|| DEFAULT_LISTEN_API.parse().expect("valid default address")),
         telemetry: options.telemetry,
+        limits: options.limits,
     };
     dir.save_config(&config)?;
     info!(agent = %config.name, id = %config.agent_id, "enrolled");

@@ -143,6 +143,12 @@ pub async fn fetch(
     }
     let done = store.artifact_path(&digest);
     std::fs::rename(&partial, &done).map_err(io(&done))?;
+    // The rename itself must survive a power cut, not only the bytes.
+    if let Some(dir) = done.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
+    }
     debug!(%digest, bytes = received, "artifact verified and stored");
     Ok(received)
 }

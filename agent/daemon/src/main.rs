@@ -50,6 +50,15 @@ enum Command {
         /// batches are dropped beyond it, and counted).
         #[arg(long, default_value_t = tern_agent::telemetry::buffer::DEFAULT_BUFFER_BYTES)]
         telemetry_buffer_bytes: u64,
+        /// Longest deadline any plugin step may have, whatever its manifest says.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        max_plugin_timeout: std::time::Duration,
+        /// Most memory of one plugin instance in MiB, whatever its manifest says.
+        #[arg(long, default_value_t = tern_agent::limits::DEFAULT_MAX_PLUGIN_MEMORY_MIB)]
+        max_plugin_memory_mib: u64,
+        /// Largest tensor a model may declare, in bytes; larger models are refused.
+        #[arg(long, default_value_t = tern_infer_default_tensor_bytes())]
+        max_tensor_bytes: u64,
     },
     /// Run an enrolled agent until SIGTERM or Ctrl-C.
     Run {
@@ -79,6 +88,10 @@ enum Command {
     /// Print the GPU adapters wgpu finds, as JSON (the agent runs this in a child process).
     #[command(hide = true)]
     GpuProbe,
+}
+
+fn tern_infer_default_tensor_bytes() -> u64 {
+    tern_agent::limits::AgentLimits::default().max_tensor_bytes
 }
 
 fn parse_npy_arg(text: &str) -> Result<(String, PathBuf), String> {
@@ -185,6 +198,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 trust_root,
                 telemetry_interval,
                 telemetry_buffer_bytes,
+                max_plugin_timeout,
+                max_plugin_memory_mib,
+                max_tensor_bytes,
             } => {
                 let options = JoinOptions {
                     control_plane,
@@ -197,6 +213,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     telemetry: tern_agent::telemetry::TelemetryConfig {
                         interval_ms: (telemetry_interval.as_millis() as u64).max(1),
                         buffer_bytes: telemetry_buffer_bytes,
+                    },
+                    limits: tern_agent::limits::AgentLimits {
+                        max_plugin_timeout_ms: (max_plugin_timeout.as_millis() as u64).max(1),
+                        max_plugin_memory_mib,
+                        max_tensor_bytes,
                     },
                 };
                 let config = tern_agent::join(&options)

@@ -110,8 +110,14 @@ impl PipelineStep {
         }
     }
 
-    /// A model step from ONNX bytes.
-    pub fn model(name: &str, bytes: &[u8], device: manifest::Device) -> Result<Self, StepError> {
+    /// A model step from ONNX bytes; a model declaring a tensor over `max_tensor_bytes` is
+    /// refused before anything is allocated for it.
+    pub fn model(
+        name: &str,
+        bytes: &[u8],
+        device: manifest::Device,
+        max_tensor_bytes: u64,
+    ) -> Result<Self, StepError> {
         let device = match device {
             manifest::Device::Auto => tern_infer::Device::Auto,
             manifest::Device::Cpu => tern_infer::Device::Cpu,
@@ -121,6 +127,7 @@ impl PipelineStep {
             bytes,
             &ModelOptions {
                 device,
+                max_tensor_bytes,
                 ..ModelOptions::default()
             },
         )
@@ -145,12 +152,13 @@ impl PipelineStep {
         name: &str,
         path: &Path,
         device: manifest::Device,
+        max_tensor_bytes: u64,
     ) -> Result<Self, StepError> {
         let bytes = std::fs::read(path).map_err(|e| StepError::ModelInput {
             step: name.to_owned(),
             reason: format!("cannot read {}: {e}", path.display()),
         })?;
-        Self::model(name, &bytes, device)
+        Self::model(name, &bytes, device, max_tensor_bytes)
     }
 
     pub fn name(&self) -> &str {

@@ -15,11 +15,17 @@
 //!   revision is not retried until the desired state changes.
 //! - Version floors rise only when a revision is *committed* (its rollout completed), so an
 //!   automatic rollback to the revision before a canary stays possible, while anything below
-//!   the last committed release is refused for good.
+//!   the last committed release is refused for good. Floors rise only from releases that passed
+//!   the checks: a desired pipeline that keeps the serving revision's number but changes a step
+//!   or a release is a new run, checked like any other ([`DesiredPipeline::same_run`]).
+//! - One generation, one content: a desired state of the generation already applied must say
+//!   the same as before, apart from its signing time.
+//! - Serving revisions are verified again at every start and after every trust-root rotation;
+//!   one that no longer verifies stops serving and is reported.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use tern_proto::desired::{DesiredPipeline, DesiredState};
+use tern_proto::desired::{DesiredPipeline, DesiredState, DesiredStateError};
 use tern_proto::message::{PipelinePhase, PipelineStatus};
 use tern_proto::release::{Clocks, Digest, SignedRelease, VersionFloor};
 use tern_proto::trust::{SignedTrustRoot, TrustUpdate};
@@ -39,6 +45,11 @@ pub enum Action {
     Activate(DesiredPipeline),
     /// Stop serving this pipeline and forget it.
     Remove(String),
+    /// Persist this as the serving revision's record (the same run, with other signatures).
+    Record(DesiredPipeline),
+    /// Stop serving this pipeline's revision (it no longer verifies) and forget it as active;
+    /// the pipeline stays wanted and its failure is reported.
+    Stop(String),
     /// Persist these floors (they only ever rise).
     RaiseFloors(Vec<(String, VersionFloor)>),
     /// The status changed: report it to the control plane.
@@ -71,6 +82,8 @@ pub struct Reconciler {
     artifacts: BTreeSet<Digest>,
     in_flight: BTreeSet<Digest>,
     applied_generation: u64,
+    /// [`DesiredState::content_digest`] of the generation applied, when known.
+    applied_content: Option<Digest>,
     pipelines: BTreeMap<String, Slot>,
     /// Why the last trust root offered was refused.
     trust_error: Option<String>,
@@ -83,7 +96,9 @@ pub struct Restored {
     pub floors: BTreeMap<String, VersionFloor>,
     pub artifacts: BTreeSet<Digest>,
     pub applied_generation: u64,
-    /// The revisions that were serving (the driver has loaded them again).
+    /// The content digest of that generation (absent in state written by older agents).
+    pub applied_content: Option<Digest>,
+    /// The revisions that were serving; [`Reconciler::reverify`] says which may serve again.
     pub serving: Vec<DesiredPipeline>,
 }
 
@@ -95,6 +110,7 @@ impl Reconciler {
             artifacts: restored.artifacts,
             in_flight: BTreeSet::new(),
             applied_generation: restored.applied_generation,
+            applied_content: restored.applied_content,
             pipelines: restored
                 .serving
                 .into_iter()
@@ -118,20 +134,90 @@ impl Reconciler {
         self.applied_generation
     }
 
+    /// The content digest of the generation last applied.
+    pub fn applied_content(&self) -> Option<Digest> {
+        self.applied_content
+    }
+
+    /// The revisions serving now (at start: the ones to load again).
+    pub fn serving(&self) -> impl Iterator<Item = &DesiredPipeline> {
+        self.pipelines.values().filter_map(|s| s.serving.as_ref())
+    }
+
+    /// Forgets a serving revision the driver could not load again at start; the next desired
+    /// state installs it from scratch.
+    pub fn forget(&mut self, name: &str) {
+        if let Some(slot) = self.pipelines.get_mut(name) {
+            slot.serving = None;
+            if slot.target.is_none() {
+                self.pipelines.remove(name);
+            }
+        }
+    }
+
+    /// Checks every serving revision and every revision in the works against the pinned trust
+    /// root and the floors again (at start, and after the trust root changed): a serving
+    /// revision that no longer verifies stops serving ([`Action::Stop`]); the next report says
+    /// why.
+    pub fn reverify(&mut self) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let names: Vec<String> = self.pipelines.keys().cloned().collect();
+        for name in names {
+            let slot = &self.pipelines[&name];
+            let serving = slot.serving.as_ref().map(|p| self.check_trusted(p));
+            let target = slot
+                .target
+                .as_ref()
+                .filter(|_| !matches!(slot.work, Work::Failed(_)))
+                .map(|p| self.check_trusted(p));
+            let Some(slot) = self.pipelines.get_mut(&name) else {
+                continue;
+            };
+            if let Some(Err(reason)) = target {
+                slot.work = Work::Failed(reason);
+            }
+            if let Some(Err(reason)) = serving {
+                let revision = slot.serving.take().map_or(0, |p| p.revision);
+                actions.push(Action::Stop(name.clone()));
+                if slot.target.is_none() || matches!(slot.work, Work::Failed(_)) {
+                    slot.work = Work::Failed(format!(
+                        "revision {revision} no longer verifies and stopped serving: {reason}"
+                    ));
+                }
+            }
+        }
+        actions
+    }
+
     pub fn trust_root(&self) -> Option<&SignedTrustRoot> {
         self.trust.as_ref()
     }
 
     /// Applies a desired state whose signature, agent and generation the driver checked
-    /// ([`tern_proto::message::SignedDesiredState::open`]).
-    pub fn desired(&mut self, state: DesiredState, local_ms: u64) -> Vec<Action> {
+    /// ([`tern_proto::message::SignedDesiredState::open`]). A state of the generation already
+    /// applied with other content is refused, changing nothing.
+    pub fn desired(
+        &mut self,
+        state: DesiredState,
+        local_ms: u64,
+    ) -> Result<Vec<Action>, DesiredStateError> {
+        let content = state.content_digest();
+        if state.generation == self.applied_generation
+            && self.applied_content.is_some_and(|c| c != content)
+        {
+            return Err(DesiredStateError::Equivocation {
+                generation: state.generation,
+            });
+        }
         let mut actions = Vec::new();
+        let mut rotated = false;
         if let Some(offered) = state.trust_root {
             match offered.accept(self.trust.as_ref()) {
                 Ok(TrustUpdate::Accepted) => {
                     self.trust = Some(offered.clone());
                     self.trust_error = None;
                     actions.push(Action::PinTrustRoot(offered));
+                    rotated = true;
                 }
                 Ok(TrustUpdate::Unchanged) => self.trust_error = None,
                 Err(e) => self.trust_error = Some(format!("trust root refused: {e}")),
@@ -155,9 +241,14 @@ impl Reconciler {
             self.pipelines.remove(&name);
             actions.push(Action::Remove(name));
         }
+        if rotated {
+            // What the old root allowed may not be allowed any more.
+            actions.extend(self.reverify());
+        }
         self.applied_generation = state.generation;
+        self.applied_content = Some(content);
         actions.push(Action::Report);
-        actions
+        Ok(actions)
     }
 
     fn want(&mut self, pipeline: DesiredPipeline, clocks: Clocks, actions: &mut Vec<Action>) {
@@ -167,13 +258,21 @@ impl Reconciler {
             target: None,
             work: Work::Serving,
         });
-        if slot.serving.as_ref().is_some_and(|s| s.same_run(&pipeline)) {
+        let same = slot.serving.as_ref().is_some_and(|s| s.same_run(&pipeline));
+        // The same run may come with other signatures (a co-signature added before the trust
+        // root asks for it): taken only if they verify, else the copy that was checked stays.
+        let resigned = same && self.check_trusted(&pipeline).is_ok();
+        let slot = self.pipelines.get_mut(&name).expect("inserted above");
+        if let Some(serving) = slot.serving.as_mut().filter(|_| same) {
             // Back to (or still on) the serving revision: drop any other work.
+            if resigned && serving.releases().ne(pipeline.releases()) {
+                *serving = pipeline.clone();
+                actions.push(Action::Record(pipeline.clone()));
+            }
+            serving.committed = pipeline.committed;
             slot.target = None;
             slot.work = Work::Serving;
-            let committed = pipeline.committed;
-            slot.serving = Some(pipeline);
-            if committed {
+            if pipeline.committed {
                 self.commit(&name, actions);
             }
             return;
@@ -210,33 +309,36 @@ impl Reconciler {
         }
     }
 
-    /// The release checks of design section 2 for every step.
+    /// The release checks of design section 2 for every step and variant.
     fn check(&self, pipeline: &DesiredPipeline, clocks: Clocks) -> Result<(), String> {
+        self.check_with(pipeline, Some(clocks))
+    }
+
+    /// The checks a serving revision must keep passing: signatures by the pinned trust root and
+    /// the floors (a release that expires while it serves keeps serving).
+    fn check_trusted(&self, pipeline: &DesiredPipeline) -> Result<(), String> {
+        self.check_with(pipeline, None)
+    }
+
+    fn check_with(&self, pipeline: &DesiredPipeline, clocks: Option<Clocks>) -> Result<(), String> {
         let trust = self
             .trust
             .as_ref()
             .ok_or("no trust root is pinned on this agent")?;
+        let check = |release: &SignedRelease| {
+            let floor = self.floors.get(&release.signed.name).copied();
+            match clocks {
+                Some(clocks) => release.check(&trust.signed, floor, clocks),
+                None => release.check_trusted(&trust.signed, floor),
+            }
+        };
         for step in &pipeline.steps {
-            let release = &step.release;
-            release
-                .check(
-                    &trust.signed,
-                    self.floors.get(&release.signed.name).copied(),
-                    clocks,
-                )
-                .map_err(|e| format!("step {}: {e}", step.name))?;
+            check(&step.release).map_err(|e| format!("step {}: {e}", step.name))?;
         }
         // Variants are checked like steps (an experiment cannot bring back a version below
         // the floor), but do not raise floors when committed: both arms must stay loadable.
         for variant in &pipeline.variants {
-            variant
-                .release
-                .check(
-                    &trust.signed,
-                    self.floors.get(&variant.release.signed.name).copied(),
-                    clocks,
-                )
-                .map_err(|e| format!("variant {}: {e}", variant.name))?;
+            check(&variant.release).map_err(|e| format!("variant {}: {e}", variant.name))?;
         }
         Ok(())
     }
@@ -334,6 +436,33 @@ impl Reconciler {
                 self.commit(name, &mut actions);
             }
         }
+        actions.push(Action::Report);
+        actions
+    }
+
+    /// Loading `name`'s `revision` found artifacts on disk that no longer match their releases
+    /// (the driver deleted them): they are fetched again before the revision loads.
+    pub fn artifacts_lost(&mut self, name: &str, revision: u64, lost: &[Digest]) -> Vec<Action> {
+        for digest in lost {
+            self.artifacts.remove(digest);
+        }
+        let mut actions = Vec::new();
+        let Some(slot) = self.pipelines.get_mut(name) else {
+            return actions;
+        };
+        let Some(target) = slot.target.as_ref().filter(|t| t.revision == revision) else {
+            return actions;
+        };
+        if slot.work != Work::Loading {
+            return actions;
+        }
+        for release in target.releases() {
+            let digest = release.signed.digest;
+            if lost.contains(&digest) && self.in_flight.insert(digest) {
+                actions.push(Action::Fetch(release.clone()));
+            }
+        }
+        slot.work = Work::Fetching(lost.iter().copied().collect());
         actions.push(Action::Report);
         actions
     }
@@ -471,6 +600,22 @@ mod tests {
         }
     }
 
+    impl Reconciler {
+        /// A desired state the test expects to be accepted.
+        fn apply(&mut self, state: DesiredState, local_ms: u64) -> Vec<Action> {
+            self.desired(state, local_ms).expect("accepted")
+        }
+    }
+
+    /// `r` serving `p` (all its artifacts fetched and loaded).
+    fn serve(r: &mut Reconciler, w: &World, generation: u64, p: &DesiredPipeline) -> Vec<Action> {
+        let a = r.apply(w.state(generation, vec![p.clone()]), 1_000);
+        for digest in fetched(&a) {
+            r.artifact_stored(digest);
+        }
+        r.loaded(&p.name, p.revision)
+    }
+
     fn fetched(actions: &[Action]) -> Vec<Digest> {
         actions
             .iter()
@@ -486,13 +631,13 @@ mod tests {
         let w = World::new();
         let mut r = Reconciler::new(Restored::default());
         let v1 = w.pipeline(1, 1, false);
-        let actions = r.desired(w.state(1, vec![v1.clone()]), 1_000);
+        let actions = r.apply(w.state(1, vec![v1.clone()]), 1_000);
         assert!(matches!(actions[0], Action::PinTrustRoot(_)));
         let wanted = fetched(&actions);
         assert_eq!(wanted.len(), 1);
         assert_eq!(r.status()[0].phase, PipelinePhase::Fetching);
         // The same desired state again asks for nothing twice.
-        assert!(fetched(&r.desired(w.state(1, vec![v1.clone()]), 1_000)).is_empty());
+        assert!(fetched(&r.apply(w.state(1, vec![v1.clone()]), 1_000)).is_empty());
         let actions = r.artifact_stored(wanted[0]);
         assert!(matches!(&actions[0], Action::Load(p) if p.revision == 1));
         let actions = r.loaded("p", 1);
@@ -510,12 +655,12 @@ mod tests {
         let w = World::new();
         let mut r = Reconciler::new(Restored::default());
         let v1 = w.pipeline(1, 1, true);
-        let a = r.desired(w.state(1, vec![v1.clone()]), 1_000);
+        let a = r.apply(w.state(1, vec![v1.clone()]), 1_000);
         r.artifact_stored(fetched(&a)[0]);
         r.loaded("p", 1);
         let mut forged = w.pipeline(2, 2, false);
         forged.steps[0].release = w.release("topk", 2, &SecretKey::generate());
-        let actions = r.desired(w.state(2, vec![forged]), 1_000);
+        let actions = r.apply(w.state(2, vec![forged]), 1_000);
         assert!(
             fetched(&actions).is_empty(),
             "nothing fetched for a forged release"
@@ -535,7 +680,7 @@ mod tests {
         let mut r = Reconciler::new(Restored::default());
         // v1 committed, v2 on trial.
         let v1 = w.pipeline(1, 1, true);
-        let a = r.desired(w.state(1, vec![v1.clone()]), 1_000);
+        let a = r.apply(w.state(1, vec![v1.clone()]), 1_000);
         r.artifact_stored(fetched(&a)[0]);
         let a = r.loaded("p", 1);
         assert!(
@@ -543,12 +688,12 @@ mod tests {
                 .any(|a| matches!(a, Action::RaiseFloors(f) if f[0].1.version == 1))
         );
         let v2 = w.pipeline(2, 2, false);
-        let a = r.desired(w.state(2, vec![v2.clone()]), 1_000);
+        let a = r.apply(w.state(2, vec![v2.clone()]), 1_000);
         r.artifact_stored(fetched(&a)[0]);
         let a = r.loaded("p", 2);
         assert!(!a.iter().any(|a| matches!(a, Action::RaiseFloors(_))));
         // The canary fails: back to revision 1, whose artifact is still here.
-        let a = r.desired(w.state(3, vec![v1.clone()]), 1_000);
+        let a = r.apply(w.state(3, vec![v1.clone()]), 1_000);
         assert!(
             matches!(a.first(), Some(Action::Load(p)) if p.revision == 1),
             "{a:?}"
@@ -557,14 +702,14 @@ mod tests {
         assert_eq!(r.status()[0].serving, Some(1));
         // v3 completes its rollout: now v1 and v2 are below the floor.
         let v3 = w.pipeline(4, 3, true);
-        let a = r.desired(w.state(4, vec![v3]), 1_000);
+        let a = r.apply(w.state(4, vec![v3]), 1_000);
         r.artifact_stored(fetched(&a)[0]);
         let a = r.loaded("p", 4);
         assert!(
             a.iter()
                 .any(|a| matches!(a, Action::RaiseFloors(f) if f[0].1.version == 3))
         );
-        r.desired(w.state(5, vec![w.pipeline(5, 2, false)]), 1_000);
+        r.apply(w.state(5, vec![w.pipeline(5, 2, false)]), 1_000);
         let status = &r.status()[0];
         assert_eq!(status.phase, PipelinePhase::Failed);
         assert!(
@@ -587,7 +732,7 @@ mod tests {
                 release: w.release("topk", version, &w.publisher),
             });
         }
-        let a = r.desired(w.state(1, vec![p.clone()]), 1_000);
+        let a = r.apply(w.state(1, vec![p.clone()]), 1_000);
         let digests = fetched(&a);
         assert_eq!(digests.len(), 2, "the step's and the other arm's: {a:?}");
         for digest in digests {
@@ -601,7 +746,7 @@ mod tests {
         // New weights are a new run of the same revision: loaded again.
         p.variants[0].weight = 90;
         p.variants[1].weight = 10;
-        let a = r.desired(w.state(2, vec![p]), 1_000);
+        let a = r.apply(w.state(2, vec![p]), 1_000);
         assert!(matches!(a.first(), Some(Action::Load(_))), "{a:?}");
     }
 
@@ -609,7 +754,7 @@ mod tests {
     fn a_forged_trust_root_is_refused_and_reported() {
         let w = World::new();
         let mut r = Reconciler::new(Restored::default());
-        r.desired(w.state(1, vec![w.pipeline(1, 1, false)]), 1_000);
+        r.apply(w.state(1, vec![w.pipeline(1, 1, false)]), 1_000);
         let attacker = SecretKey::generate();
         let mut forged = Signed::unsigned(TrustRoot {
             version: 2,
@@ -622,7 +767,7 @@ mod tests {
         forged.sign(&attacker);
         let mut state = w.state(2, vec![w.pipeline(1, 1, false)]);
         state.trust_root = Some(forged);
-        let actions = r.desired(state, 1_000);
+        let actions = r.apply(state, 1_000);
         assert!(!actions.iter().any(|a| matches!(a, Action::PinTrustRoot(_))));
         assert!(
             r.trust_error()
@@ -637,22 +782,208 @@ mod tests {
         rotated.sign(&w.root);
         let mut state = w.state(3, vec![w.pipeline(1, 1, false)]);
         state.trust_root = Some(rotated);
-        assert!(matches!(
-            r.desired(state, 1_000)[0],
-            Action::PinTrustRoot(_)
-        ));
+        assert!(matches!(r.apply(state, 1_000)[0], Action::PinTrustRoot(_)));
     }
 
     #[test]
     fn removes_pipelines_no_longer_wanted_and_reports_fetch_failures() {
         let w = World::new();
         let mut r = Reconciler::new(Restored::default());
-        let a = r.desired(w.state(1, vec![w.pipeline(1, 1, false)]), 1_000);
+        let a = r.apply(w.state(1, vec![w.pipeline(1, 1, false)]), 1_000);
         let digest = fetched(&a)[0];
         r.artifact_failed(digest, "digest mismatch");
         assert_eq!(r.status()[0].phase, PipelinePhase::Failed);
-        let a = r.desired(w.state(2, vec![]), 1_000);
+        let a = r.apply(w.state(2, vec![]), 1_000);
         assert!(a.contains(&Action::Remove("p".into())));
         assert!(r.status().is_empty());
+    }
+
+    #[test]
+    fn a_changed_step_under_the_serving_revision_number_is_checked_like_a_new_revision() {
+        let w = World::new();
+        let mut r = Reconciler::new(Restored::default());
+        let v1 = w.pipeline(1, 1, false);
+        serve(&mut r, &w, 1, &v1);
+        // A compromised control plane keeps revision 1 but swaps in a release of its own,
+        // committed so that it would raise the floor.
+        let mut forged = w.pipeline(1, 9, true);
+        forged.steps[0].release = w.release("topk", 9, &SecretKey::generate());
+        let a = r.apply(w.state(2, vec![forged]), 1_000);
+        assert!(fetched(&a).is_empty(), "{a:?}");
+        assert!(
+            !a.iter().any(|a| matches!(a, Action::RaiseFloors(_))),
+            "{a:?}"
+        );
+        let status = &r.status()[0];
+        assert_eq!(status.phase, PipelinePhase::Failed);
+        assert!(status.message.contains("trusted key"), "{status:?}");
+        assert_eq!(
+            status.serving,
+            Some(1),
+            "the checked revision keeps serving"
+        );
+        // A genuine change under the same number is a new run: fetched and loaded.
+        let changed = w.pipeline(1, 2, false);
+        let a = r.apply(w.state(3, vec![changed]), 1_000);
+        assert_eq!(fetched(&a).len(), 1, "{a:?}");
+        // Committing the original raises the floor from the copy that was checked.
+        let a = r.apply(w.state(4, vec![w.pipeline(1, 1, true)]), 1_000);
+        assert!(
+            a.iter()
+                .any(|a| matches!(a, Action::RaiseFloors(f) if f[0].1.version == 1)),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn an_equal_generation_with_other_content_is_refused() {
+        let w = World::new();
+        let mut r = Reconciler::new(Restored::default());
+        r.apply(w.state(5, vec![w.pipeline(1, 1, false)]), 1_000);
+        let mut resigned = w.state(5, vec![w.pipeline(1, 1, false)]);
+        resigned.issued_ms = 9_999;
+        assert!(
+            r.desired(resigned, 1_000).is_ok(),
+            "the same content signed later is the same generation"
+        );
+        let other = w.state(5, vec![w.pipeline(2, 2, false)]);
+        assert_eq!(
+            r.desired(other, 1_000),
+            Err(DesiredStateError::Equivocation { generation: 5 })
+        );
+        assert_eq!(r.status()[0].revision, 1, "nothing changed");
+        // A restarted agent remembers the content of the generation it applied.
+        let mut again = Reconciler::new(Restored {
+            applied_generation: 5,
+            applied_content: r.applied_content(),
+            ..Restored::default()
+        });
+        assert!(again.desired(w.state(5, vec![]), 1_000).is_err());
+        assert!(again.desired(w.state(6, vec![]), 1_000).is_ok());
+    }
+
+    #[test]
+    fn a_trust_rotation_that_drops_a_publisher_stops_what_only_it_signed() {
+        let w = World::new();
+        let other = SecretKey::generate();
+        let mut both = Signed::unsigned(TrustRoot {
+            version: 2,
+            publishers: vec![w.publisher.public(), other.public()],
+            ..w.trust.signed.clone()
+        });
+        both.sign(&w.root);
+        let mut r = Reconciler::new(Restored::default());
+        let mut state = w.state(1, vec![]);
+        state.trust_root = Some(both);
+        r.apply(state, 1_000);
+        // `p` is signed by the first publisher only, `q` by the other one.
+        let p = w.pipeline(1, 1, true);
+        let mut q = w.pipeline(1, 1, true);
+        q.name = "q".into();
+        q.steps[0].release = w.release("other", 1, &other);
+        let mut state = w.state(2, vec![p.clone(), q.clone()]);
+        state.trust_root = None;
+        let a = r.apply(state, 1_000);
+        for digest in fetched(&a) {
+            r.artifact_stored(digest);
+        }
+        r.loaded("p", 1);
+        r.loaded("q", 1);
+        assert_eq!(r.serving().count(), 2);
+        // The root drops the first publisher.
+        let mut dropped = Signed::unsigned(TrustRoot {
+            version: 3,
+            publishers: vec![other.public()],
+            ..w.trust.signed.clone()
+        });
+        dropped.sign(&w.root);
+        let mut state = w.state(3, vec![p, q]);
+        state.trust_root = Some(dropped);
+        let a = r.apply(state, 1_000);
+        assert!(a.contains(&Action::Stop("p".into())), "{a:?}");
+        assert!(!a.contains(&Action::Stop("q".into())), "{a:?}");
+        let status = r.status();
+        assert_eq!(status[0].name, "p");
+        assert_eq!(status[0].serving, None);
+        assert_eq!(status[0].phase, PipelinePhase::Failed);
+        assert!(
+            status[0].message.contains("no longer verifies"),
+            "{status:?}"
+        );
+        assert_eq!(status[1].serving, Some(1), "q still serves");
+    }
+
+    #[test]
+    fn at_start_a_restored_revision_that_no_longer_verifies_does_not_serve() {
+        let w = World::new();
+        let good = w.pipeline(1, 3, true);
+        let mut forged = w.pipeline(1, 4, true);
+        forged.name = "forged".into();
+        forged.steps[0].release = w.release("topk", 4, &SecretKey::generate());
+        let mut below = w.pipeline(1, 2, true);
+        below.name = "below".into();
+        let mut floors = BTreeMap::new();
+        floors.insert(
+            "topk".to_owned(),
+            VersionFloor {
+                version: 3,
+                digest: good.steps[0].release.signed.digest,
+            },
+        );
+        let mut r = Reconciler::new(Restored {
+            trust: Some(w.trust.clone()),
+            floors,
+            serving: vec![good, forged, below],
+            ..Restored::default()
+        });
+        let a = r.reverify();
+        assert!(a.contains(&Action::Stop("forged".into())), "{a:?}");
+        assert!(a.contains(&Action::Stop("below".into())), "{a:?}");
+        let serving: Vec<&str> = r.serving().map(|p| p.name.as_str()).collect();
+        assert_eq!(serving, ["p"]);
+        let below = r.status().into_iter().find(|s| s.name == "below");
+        assert!(
+            below.is_some_and(|s| s.message.contains("below the version floor 3")),
+            "{:?}",
+            r.status()
+        );
+    }
+
+    #[test]
+    fn an_artifact_corrupt_on_disk_is_fetched_again() {
+        let w = World::new();
+        let mut r = Reconciler::new(Restored::default());
+        let v1 = w.pipeline(1, 1, false);
+        let a = r.apply(w.state(1, vec![v1.clone()]), 1_000);
+        let digest = fetched(&a)[0];
+        let a = r.artifact_stored(digest);
+        assert!(matches!(a[0], Action::Load(_)));
+        let a = r.artifacts_lost("p", 1, &[digest]);
+        assert_eq!(fetched(&a), [digest]);
+        assert_eq!(r.status()[0].phase, PipelinePhase::Fetching);
+        let a = r.artifact_stored(digest);
+        assert!(matches!(a[0], Action::Load(_)), "{a:?}");
+    }
+
+    #[test]
+    fn other_signatures_on_the_serving_revision_are_taken_only_if_they_verify() {
+        let w = World::new();
+        let mut r = Reconciler::new(Restored::default());
+        let v1 = w.pipeline(1, 1, true);
+        serve(&mut r, &w, 1, &v1);
+        let mut cosigned = v1.clone();
+        cosigned.steps[0].release.sign(&SecretKey::generate());
+        let a = r.apply(w.state(2, vec![cosigned.clone()]), 1_000);
+        assert!(a.contains(&Action::Record(cosigned)), "{a:?}");
+        // Signatures of strangers only: the checked copy stays, nothing is reloaded.
+        let mut stripped = w.pipeline(1, 1, true);
+        stripped.steps[0].release = w.release("topk", 1, &SecretKey::generate());
+        let a = r.apply(w.state(3, vec![stripped]), 1_000);
+        assert!(
+            !a.iter()
+                .any(|a| matches!(a, Action::Record(_) | Action::Load(_) | Action::Stop(_))),
+            "{a:?}"
+        );
+        assert!(r.reverify().is_empty(), "the serving copy still verifies");
     }
 }

@@ -15,14 +15,16 @@ use tracing::{info, warn};
 use crate::capacity;
 use crate::data_dir::{AgentDataDir, DataDirError};
 use crate::deployer::Deployer;
+use crate::limits::AgentLimits;
 use crate::link::{self, DeployChannels, LinkConfig, LinkState};
 use crate::local_api::{self, AgentInfo};
-use crate::reconcile::Reconciler;
+use crate::reconcile::{Action, Reconciler};
 use crate::serving::ServingTable;
 use crate::store::AgentStore;
 use crate::telemetry::buffer::TelemetryBuffer;
 use crate::telemetry::host::HostSampler;
 use crate::telemetry::{self, TelemetryState};
+use tern_proto::desired::DesiredPipeline;
 
 /// Idle timeout of the link; heartbeats keep it busy, so it only fires when the peer is gone.
 const LINK_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -83,7 +85,7 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
         ..EngineOptions::default()
     })?);
     let serving = Arc::new(ServingTable::default());
-    let reconciler = restore(&dir, &store, &engine, &serving).await?;
+    let reconciler = restore(&dir, &store, &engine, &config.limits, &serving).await?;
     let telemetry = Arc::new(TelemetryState {
         buffer: Arc::new(TelemetryBuffer::open(
             store.db(),
@@ -147,6 +149,7 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
             online_key,
             store: store.clone(),
             engine,
+            limits: config.limits,
             serving: serving.clone(),
             connection: connection_rx,
             outbox: outbox_tx,
@@ -193,11 +196,13 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
     Ok(())
 }
 
-/// Loads the revisions that were serving when the agent stopped, before it serves anything.
+/// Loads the revisions that were serving when the agent stopped, before it serves anything:
+/// only those that still verify against the pinned trust root and the floors.
 async fn restore(
     dir: &AgentDataDir,
     store: &AgentStore,
     engine: &Arc<PluginEngine>,
+    limits: &AgentLimits,
     serving: &Arc<ServingTable>,
 ) -> Result<Reconciler, RunError> {
     let mut restored = store.restore()?;
@@ -210,28 +215,33 @@ async fn restore(
         store.pin_trust_root(&root)?;
         restored.trust = Some(root);
     }
-    let mut kept = Vec::new();
-    for desired in std::mem::take(&mut restored.serving) {
-        let (copy, engine, d) = (store.clone(), engine.clone(), desired.clone());
+    let mut reconciler = Reconciler::new(restored);
+    for action in reconciler.reverify() {
+        if let Action::Stop(name) = action {
+            // Reported with the reason once the link is up.
+            warn!(pipeline = %name, "the revision that was serving no longer verifies; not started");
+            store.remove(&name)?;
+        }
+    }
+    let wanted: Vec<DesiredPipeline> = reconciler.serving().cloned().collect();
+    for desired in wanted {
+        let (copy, engine, d, limits) = (store.clone(), engine.clone(), desired.clone(), *limits);
         let result =
-            tokio::task::spawn_blocking(move || crate::deployer::load(&copy, &engine, &d)).await;
-        match result {
+            tokio::task::spawn_blocking(move || crate::deployer::load(&copy, &engine, &limits, &d))
+                .await;
+        let error = match result {
             Ok(Ok(pipeline)) => {
                 info!(pipeline = %desired.name, revision = desired.revision, "serving again after restart");
                 serving.switch(Arc::new(pipeline));
-                kept.push(desired);
+                continue;
             }
-            Ok(Err(e)) => {
-                // Forgotten, so the next desired state installs it again from scratch.
-                warn!(pipeline = %desired.name, error = %e, "cannot load the revision that was serving");
-                store.remove(&desired.name)?;
-            }
-            Err(e) => {
-                warn!(pipeline = %desired.name, error = %e, "loading task failed");
-                store.remove(&desired.name)?;
-            }
-        }
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        // Forgotten, so the next desired state installs it again from scratch.
+        warn!(pipeline = %desired.name, %error, "cannot load the revision that was serving");
+        store.remove(&desired.name)?;
+        reconciler.forget(&desired.name);
     }
-    restored.serving = kept;
-    Ok(Reconciler::new(restored))
+    Ok(reconciler)
 }

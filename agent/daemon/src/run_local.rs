@@ -153,6 +153,7 @@ pub fn run_local(options: &RunLocalOptions) -> Result<serde_json::Value, RunLoca
                 &spec.name,
                 &path,
                 spec.device.unwrap_or_default(),
+                crate::limits::AgentLimits::default().max_tensor_bytes,
             )?);
             continue;
         }

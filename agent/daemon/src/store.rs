@@ -2,7 +2,8 @@
 //! under `D/artifacts`.
 //!
 //! Trees: `trust` (`root` → signed trust root, JSON), `floors` (release name → version floor,
-//! JSON), `meta` (`generation` → the applied desired-state generation), `active` (pipeline →
+//! JSON), `meta` (`generation` → the applied desired-state generation, `content` → its
+//! content digest), `active` (pipeline →
 //! the serving revision, postcard). Each is written in one step, so a kill -9 leaves either the
 //! old or the new value. Artifacts are written to `partial/<digest>` and renamed into place
 //! only after their size and digest matched the release: nothing unverified is ever at
@@ -90,6 +91,11 @@ impl AgentStore {
             .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
             .map(u64::from_be_bytes)
             .unwrap_or(0);
+        let applied_content = self
+            .meta
+            .get("content")?
+            .and_then(|v| <[u8; 32]>::try_from(v.as_ref()).ok())
+            .map(Digest);
         let mut serving = Vec::new();
         for entry in self.active.iter() {
             let (k, v) = entry?;
@@ -100,6 +106,7 @@ impl AgentStore {
             floors,
             artifacts: self.artifacts()?,
             applied_generation,
+            applied_content,
             serving,
         })
     }
@@ -143,8 +150,19 @@ impl AgentStore {
         Ok(())
     }
 
-    pub fn set_applied_generation(&self, generation: u64) -> Result<(), StoreError> {
-        self.meta.insert("generation", &generation.to_be_bytes())?;
+    /// Records the generation applied and its content digest, in one atomic write.
+    pub fn set_applied_generation(
+        &self,
+        generation: u64,
+        content: Option<Digest>,
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        batch.insert("generation", &generation.to_be_bytes()[..]);
+        match content {
+            Some(digest) => batch.insert("content", &digest.0[..]),
+            None => batch.remove("content"),
+        }
+        self.meta.apply_batch(batch)?;
         self.meta.flush()?;
         Ok(())
     }
@@ -206,7 +224,9 @@ mod tests {
             store
                 .raise_floors(&[("topk".into(), floor(2))])
                 .expect("lower is ignored");
-            store.set_applied_generation(7).expect("generation");
+            store
+                .set_applied_generation(7, Some(Digest::of(b"state")))
+                .expect("generation");
             store
                 .activate(&DesiredPipeline {
                     name: "p".into(),
@@ -226,6 +246,7 @@ mod tests {
         let restored = store.restore().expect("restore");
         assert_eq!(restored.floors.get("topk"), Some(&floor(3)));
         assert_eq!(restored.applied_generation, 7);
+        assert_eq!(restored.applied_content, Some(Digest::of(b"state")));
         assert_eq!(restored.serving[0].revision, 4);
         assert_eq!(
             restored.artifacts.into_iter().collect::<Vec<_>>(),

@@ -7,6 +7,15 @@ pub enum InferError {
     /// The model is larger than [`crate::ModelOptions::max_model_bytes`].
     #[error("model is {size} bytes, over the limit of {limit} bytes")]
     TooLarge { size: u64, limit: u64 },
+    /// The model declares a tensor larger than [`crate::ModelOptions::max_tensor_bytes`].
+    #[error(
+        "model declares tensor `{tensor}` of {bytes} bytes, over the limit of {limit} bytes (max_tensor_bytes)"
+    )]
+    TensorTooLarge {
+        tensor: String,
+        bytes: u64,
+        limit: u64,
+    },
     /// The model refers to data outside its own bytes.
     #[error(
         "model refers to external data (tensor `{tensor}`); only self-contained models are accepted"

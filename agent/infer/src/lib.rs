@@ -14,6 +14,7 @@
 //! and discovers adapters, which agents report as part of their capacity.
 
 pub mod adapters;
+mod admission;
 pub mod conformance;
 pub mod cpu;
 pub mod error;
@@ -25,7 +26,9 @@ pub mod tensor;
 pub use adapters::{AdapterSummary, list_adapters};
 pub use error::InferError;
 pub use gpu::gpu_busy;
-pub use model::{Device, Dim, IoSpec, Model, ModelOptions, Placement, parse_onnx};
+pub use model::{
+    DEFAULT_MAX_TENSOR_BYTES, Device, Dim, IoSpec, Model, ModelOptions, Placement, parse_onnx,
+};
 pub use tensor::{DType, Tensor};
 /// The tract version this crate runs, for benchmarks against it.
 pub use tract_onnx;

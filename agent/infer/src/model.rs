@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use tract_onnx::pb;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::DimLike;
 
@@ -35,12 +34,18 @@ impl std::str::FromStr for Device {
     }
 }
 
+/// Default of [`ModelOptions::max_tensor_bytes`].
+pub const DEFAULT_MAX_TENSOR_BYTES: u64 = 4 << 30;
+
 /// How to load a model.
 #[derive(Debug, Clone)]
 pub struct ModelOptions {
     pub device: Device,
     /// Models larger than this are refused before parsing.
     pub max_model_bytes: u64,
+    /// Models that declare a tensor larger than this (its element count from the graph, times
+    /// its element size) are refused before tract allocates anything.
+    pub max_tensor_bytes: u64,
 }
 
 impl Default for ModelOptions {
@@ -48,6 +53,7 @@ impl Default for ModelOptions {
         ModelOptions {
             device: Device::Auto,
             max_model_bytes: 1 << 30,
+            max_tensor_bytes: DEFAULT_MAX_TENSOR_BYTES,
         }
     }
 }
@@ -108,13 +114,15 @@ pub struct Model {
     fallback: Option<String>,
 }
 
-/// Parses ONNX bytes into tract's decluttered typed graph, with every guard applied.
-pub fn parse_onnx(bytes: &[u8], max_model_bytes: u64) -> Result<TypedModel, InferError> {
+/// Parses ONNX bytes into tract's decluttered typed graph, with every guard applied: the
+/// model's size, external data and declared tensor sizes before tract sees the graph, and the
+/// typed graph's concrete shapes before it is optimized (which folds constants).
+pub fn parse_onnx(bytes: &[u8], options: &ModelOptions) -> Result<TypedModel, InferError> {
     let size = bytes.len() as u64;
-    if size > max_model_bytes {
+    if size > options.max_model_bytes {
         return Err(InferError::TooLarge {
             size,
-            limit: max_model_bytes,
+            limit: options.max_model_bytes,
         });
     }
     guarded("parsing the model", || {
@@ -123,7 +131,7 @@ pub fn parse_onnx(bytes: &[u8], max_model_bytes: u64) -> Result<TypedModel, Infe
             .proto_model_for_read(&mut &bytes[..])
             .map_err(|e| InferError::InvalidModel(format!("{e:#}")))?;
         if let Some(graph) = &proto.graph {
-            refuse_external_data(graph)?;
+            crate::admission::check_graph(graph, options.max_tensor_bytes)?;
         }
         let inference = onnx
             .model_for_proto_model(&proto)
@@ -131,35 +139,33 @@ pub fn parse_onnx(bytes: &[u8], max_model_bytes: u64) -> Result<TypedModel, Infe
         let typed = inference
             .into_typed()
             .map_err(|e| InferError::InvalidModel(format!("{e:#}")))?;
+        check_typed_shapes(&typed, options.max_tensor_bytes)?;
         typed
             .into_decluttered()
             .map_err(|e| InferError::InvalidModel(format!("{e:#}")))
     })
 }
 
-fn refuse_external_data(graph: &pb::GraphProto) -> Result<(), InferError> {
-    let external = |t: &pb::TensorProto| {
-        !t.external_data.is_empty()
-            || t.data_location == Some(pb::tensor_proto::DataLocation::External as i32)
-    };
-    for t in &graph.initializer {
-        if external(t) {
-            return Err(InferError::ExternalData {
-                tensor: t.name.clone(),
-            });
-        }
-    }
-    for node in &graph.node {
-        for attr in &node.attribute {
-            for t in attr.t.iter().chain(attr.tensors.iter()) {
-                if external(t) {
-                    return Err(InferError::ExternalData {
-                        tensor: format!("{}.{}", node.name, attr.name),
-                    });
-                }
-            }
-            for g in attr.g.iter().chain(attr.graphs.iter()) {
-                refuse_external_data(g)?;
+/// Every value of the typed graph whose shape is concrete stays within `limit` bytes (shapes
+/// tract inferred, e.g. of a `ConstantOfShape` or `Expand`, which the graph never declares).
+fn check_typed_shapes(model: &TypedModel, limit: u64) -> Result<(), InferError> {
+    for node in model.nodes() {
+        for (slot, outlet) in node.outputs.iter().enumerate() {
+            let fact = &outlet.fact;
+            let Some(dims) = fact.shape.as_concrete() else {
+                continue;
+            };
+            let bytes = dims
+                .iter()
+                .fold(fact.datum_type.size_of() as u128, |n, &d| {
+                    n.saturating_mul(d as u128)
+                });
+            if bytes > u128::from(limit) {
+                return Err(InferError::TensorTooLarge {
+                    tensor: format!("{}:{slot}", node.name),
+                    bytes: u64::try_from(bytes).unwrap_or(u64::MAX),
+                    limit,
+                });
             }
         }
     }
@@ -211,7 +217,7 @@ impl Model {
     /// Loads ONNX bytes. With [`Device::Auto`] a model the GPU backend cannot run (an operator it
     /// lacks, no adapter) runs on the CPU and [`Model::fallback_reason`] says why.
     pub fn load(bytes: &[u8], options: &ModelOptions) -> Result<Model, InferError> {
-        let typed = parse_onnx(bytes, options.max_model_bytes)?;
+        let typed = parse_onnx(bytes, options)?;
         let (inputs, outputs) = describe(&typed)?;
         let (backend, fallback) = match options.device {
             Device::Cpu => (Backend::Cpu(cpu_backend(typed)?), None),

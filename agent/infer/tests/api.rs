@@ -195,6 +195,7 @@ fn broken_oversized_and_external_models_are_refused() {
     let limited = ModelOptions {
         device: Device::Cpu,
         max_model_bytes: 1000,
+        ..ModelOptions::default()
     };
     assert!(matches!(
         Model::load(&bytes, &limited),
@@ -222,6 +223,74 @@ fn broken_oversized_and_external_models_are_refused() {
     });
     let err = load(&external.encode_to_vec(), Device::Auto).unwrap_err();
     assert_eq!(err, InferError::ExternalData { tensor: "w".into() });
+}
+
+/// 100 GiB of f32.
+const HUGE: i64 = 25 << 30;
+
+#[test]
+fn a_model_declaring_a_huge_tensor_is_refused_before_anything_is_allocated() {
+    // A declared input of 100 GiB.
+    let mut input = relu_model();
+    let graph = input.graph.as_mut().expect("graph");
+    graph.input = vec![value_info("x", 1, &[Some(1), Some(HUGE)])];
+    graph.output = vec![value_info("y", 1, &[Some(1), Some(HUGE)])];
+    let err = load(&input.encode_to_vec(), Device::Cpu).unwrap_err();
+    assert!(
+        matches!(&err, InferError::TensorTooLarge { tensor, bytes, .. } if tensor == "x" && *bytes == 100 << 30),
+        "{err}"
+    );
+    // An initializer that claims 100 GiB with no data behind it.
+    let mut weights = relu_model();
+    weights
+        .graph
+        .as_mut()
+        .expect("graph")
+        .initializer
+        .push(pb::TensorProto {
+            name: "w".into(),
+            dims: vec![HUGE],
+            data_type: 1,
+            ..Default::default()
+        });
+    let err = load(&weights.encode_to_vec(), Device::Cpu).unwrap_err();
+    assert!(
+        matches!(&err, InferError::TensorTooLarge { tensor, .. } if tensor == "w"),
+        "{err}"
+    );
+    // A shape only tract infers: ConstantOfShape of a constant [1, HUGE].
+    let shape = pb::TensorProto {
+        name: "shape".into(),
+        dims: vec![2],
+        data_type: 7,
+        int64_data: vec![1, HUGE],
+        ..Default::default()
+    };
+    let mut inferred = one_node_model(
+        pb::NodeProto {
+            op_type: "ConstantOfShape".into(),
+            input: vec!["shape".into()],
+            output: vec!["y".into()],
+            name: "fill".into(),
+            ..Default::default()
+        },
+        vec![shape],
+    );
+    let graph = inferred.graph.as_mut().expect("graph");
+    graph.input.clear();
+    graph.output = vec![value_info("y", 1, &[None, None])];
+    let err = load(&inferred.encode_to_vec(), Device::Cpu).unwrap_err();
+    assert!(matches!(&err, InferError::TensorTooLarge { .. }), "{err}");
+    // Under a bound of its own, a small model is refused too: the bound is the operator's.
+    let strict = ModelOptions {
+        device: Device::Cpu,
+        max_tensor_bytes: 8,
+        ..ModelOptions::default()
+    };
+    assert!(matches!(
+        Model::load(&relu_model().encode_to_vec(), &strict),
+        Err(InferError::TensorTooLarge { limit: 8, .. })
+    ));
 }
 
 fn value_info(name: &str, elem_type: i32, dims: &[Option<i64>]) -> pb::ValueInfoProto {
@@ -395,7 +464,7 @@ fn model_runs_add_to_the_gpus_busy_time() {
     let after = tern_infer::gpu_busy()
         .and_then(|(_, busy)| busy)
         .expect("busy time");
+    // The counter is process-wide and other tests of this binary use the GPU at the same time,
+    // so only growth is this test's own: never a duration.
     assert!(after > before, "busy {before:?} → {after:?}");
-    // Twenty runs of a small MLP take well under a second of GPU time, and more than nothing.
-    assert!(after - before < std::time::Duration::from_secs(1));
 }

@@ -52,9 +52,11 @@ pub enum FailureCause {
     /// The call ran past its deadline (`timeoutMs`).
     #[error("deadline of {0:?} exceeded")]
     Timeout(Duration),
-    /// The instance tried to grow its memory past `memoryMiB`.
-    #[error("memory limit of {limit_mib} MiB exceeded")]
-    MemoryLimit { limit_mib: usize },
+    /// The instance tried to grow its memory past `memoryMiB`, or its output would have taken
+    /// more than that to copy to the host (lists in one result may alias the same guest
+    /// bytes, so the copy can be larger than the guest's memory).
+    #[error("memory limit of {limit_mib} MiB exceeded{}", if *.output { " by its output" } else { "" })]
+    MemoryLimit { limit_mib: usize, output: bool },
     /// The plugin panicked; the message is what it printed.
     #[error("plugin panicked: {0}")]
     Panic(String),

@@ -155,6 +155,9 @@ impl Step {
     fn instantiate(&self) -> Result<Live, StepFailure> {
         let mut store = Store::new(&self.shared.engine, self.new_state());
         store.limiter(|state| &mut state.memory);
+        // What wasmtime copies out of the guest in one call (its output) is bounded by the
+        // step's own memory limit, not by the engine's default of 128 MiB per call.
+        store.set_hostcall_fuel(self.limits.memory_bytes);
         store.set_epoch_deadline(self.deadline_ticks());
         let bindings = match self.pre.instantiate(&mut store) {
             Ok(b) => b,
@@ -277,12 +280,23 @@ impl Step {
     }
 }
 
+/// What wasmtime says when a copy out of the guest exceeds the store's hostcall fuel.
+const HOSTCALL_FUEL_EXHAUSTED: &str = "fuel allocated for hostcalls has been exhausted";
+
 /// Names the cause of a trap.
 fn classify(store: &Store<StepState>, error: &wasmtime::Error, limits: StepLimits) -> FailureCause {
     let state = store.data();
     if state.memory.exceeded {
         return FailureCause::MemoryLimit {
             limit_mib: limits.memory_bytes >> 20,
+            output: false,
+        };
+    }
+    // wasmtime's own error type for it is private: its message is what it says.
+    if (error.chain()).any(|e| e.to_string().contains(HOSTCALL_FUEL_EXHAUSTED)) {
+        return FailureCause::MemoryLimit {
+            limit_mib: limits.memory_bytes >> 20,
+            output: true,
         };
     }
     let trap = error.downcast_ref::<wasmtime::Trap>();

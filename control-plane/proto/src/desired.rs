@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::manifest::Device;
 use crate::message::SignedDesiredState;
-use crate::release::SignedRelease;
+use crate::release::{Digest, SignedRelease};
 use crate::signing::{PublicKey, SecretKey};
 use crate::trust::SignedTrustRoot;
 
@@ -71,10 +71,39 @@ impl DesiredPipeline {
             .chain(self.variants.iter().map(|v| &v.release))
     }
 
-    /// Whether `other` runs the same thing (revision and experiment): the committed flag may
-    /// differ.
+    /// Whether `other` runs the same thing: the same revision number *and* the same steps,
+    /// releases (their signed statements), warm-up, watched step and experiment. Only the
+    /// committed flag and the set of signatures on a release may differ; anything else, under
+    /// the same revision number, is a new run that must be checked like any new revision.
     pub fn same_run(&self, other: &DesiredPipeline) -> bool {
-        self.revision == other.revision && self.variants == other.variants
+        let same_step = |a: &DesiredStep, b: &DesiredStep| {
+            a.name == b.name
+                && a.release.signed == b.release.signed
+                && a.config == b.config
+                && a.timeout_ms == b.timeout_ms
+                && a.memory_mib == b.memory_mib
+                && a.device == b.device
+        };
+        let same_variant = |a: &DesiredVariant, b: &DesiredVariant| {
+            a.name == b.name
+                && a.weight == b.weight
+                && a.step == b.step
+                && a.release.signed == b.release.signed
+        };
+        self.name == other.name
+            && self.revision == other.revision
+            && self.warmup == other.warmup
+            && self.monitored_step == other.monitored_step
+            && self.steps.len() == other.steps.len()
+            && self
+                .steps
+                .iter()
+                .zip(&other.steps)
+                .all(|(a, b)| same_step(a, b))
+            && self.variants.len() == other.variants.len()
+            && (self.variants.iter())
+                .zip(&other.variants)
+                .all(|(a, b)| same_variant(a, b))
     }
 }
 
@@ -116,9 +145,23 @@ pub enum DesiredStateError {
         "desired state generation {offered} is older than generation {applied}, already applied (replay?)"
     )]
     Replay { offered: u64, applied: u64 },
+    #[error(
+        "desired state generation {generation} differs from the generation {generation} already applied (one generation, one content)"
+    )]
+    Equivocation { generation: u64 },
 }
 
 impl DesiredState {
+    /// A digest of everything but the signing time: two states of one generation must have the
+    /// same content (the control plane re-signs the current one when an agent reconnects).
+    pub fn content_digest(&self) -> Digest {
+        let unsigned = DesiredState {
+            issued_ms: 0,
+            ..self.clone()
+        };
+        Digest::of(&postcard::to_stdvec(&unsigned).unwrap_or_default())
+    }
+
     /// Encodes and signs.
     pub fn sign(&self, key: &SecretKey) -> SignedDesiredState {
         let body = postcard::to_stdvec(self).unwrap_or_default();

@@ -225,6 +225,27 @@ impl SignedRelease {
         floor: Option<VersionFloor>,
         clocks: Clocks,
     ) -> Result<(), ReleaseError> {
+        self.check_trusted(trust, floor)?;
+        let release = &self.signed;
+        if let Some(expires_ms) = release.expires_ms
+            && clocks.local_ms.max(clocks.control_plane_ms) >= expires_ms
+        {
+            return Err(ReleaseError::Expired {
+                reference: release.reference(),
+                expires_ms,
+            });
+        }
+        Ok(())
+    }
+
+    /// The checks without expiry: what a release that already serves must keep passing when
+    /// the trust root or the floors change (an agent keeps serving a release that expired
+    /// after it was accepted).
+    pub fn check_trusted(
+        &self,
+        trust: &TrustRoot,
+        floor: Option<VersionFloor>,
+    ) -> Result<(), ReleaseError> {
         let release = &self.signed;
         let reference = release.reference();
         release.validate()?;
@@ -244,14 +265,6 @@ impl SignedRelease {
             if release.version == floor.version && release.digest != floor.digest {
                 return Err(ReleaseError::Equivocation { reference });
             }
-        }
-        if let Some(expires_ms) = release.expires_ms
-            && clocks.local_ms.max(clocks.control_plane_ms) >= expires_ms
-        {
-            return Err(ReleaseError::Expired {
-                reference,
-                expires_ms,
-            });
         }
         Ok(())
     }

@@ -386,7 +386,14 @@ async fn handle(
                 }
             })?;
         }
-        AgentMessage::Health(report) => {
+        AgentMessage::Health(mut report) => {
+            let foreign = shared.keep_given(&record.id, &mut report.pipelines, |p| {
+                (p.name.as_str(), p.revision)
+            });
+            if foreign > 0 {
+                debug!(agent = %record.name, foreign, "health of revisions the agent was never given: dropped");
+                shared.health.count_dropped(foreign);
+            }
             shared
                 .health
                 .record(&record.id, &report, tern_transport::unix_millis_now());

@@ -3,15 +3,18 @@
 //! generation whenever an agent's desired state changes.
 //!
 //! Tree `desired` (agent id → [`AgentDesired`], JSON) keeps the generation and what it held,
-//! so generations only ever grow, across restarts too.
+//! so generations only ever grow, across restarts too. It also says what the agent may ask of
+//! the control plane: the artifacts of its current and previous generation, and health and
+//! telemetry only for the pipeline revisions it was given.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 use tern_proto::MAX_FRAME_LEN;
 use tern_proto::desired::{DesiredPipeline, DesiredState, DesiredStep, DesiredVariant, Warmup};
 use tern_proto::manifest::{ArtifactRef, StepKind, VariantSpec};
 use tern_proto::message::{PipelinePhase, SignedDesiredState};
+use tern_proto::release::Digest;
 use tern_proto::trust::SignedTrustRoot;
 
 use crate::records::{decode, encode};
@@ -35,6 +38,82 @@ pub struct AgentDesired {
     /// Pipeline → the A/B variants its deployment gives (absent: none).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub variants: BTreeMap<String, Vec<VariantSpec>>,
+    /// [`tern_proto::desired::DesiredState::content_digest`] of the generation as built and
+    /// sent (absent in records of older versions): one generation, one content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<Digest>,
+    /// The artifacts this generation names, and those the one before it named: the only ones
+    /// the agent may fetch.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub artifacts: BTreeSet<Digest>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub previous_artifacts: BTreeSet<Digest>,
+    /// Pipeline → the revisions this agent was ever given (the latest
+    /// [`GIVEN_REVISIONS`]): the only ones it may report health and telemetry for, also
+    /// late, after weeks offline.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub given: BTreeMap<String, BTreeSet<u64>>,
+}
+
+/// Revisions per pipeline remembered in [`AgentDesired::given`].
+pub const GIVEN_REVISIONS: usize = 16;
+/// Pipelines remembered in [`AgentDesired::given`]; past that, those the agent no longer runs
+/// are forgotten first.
+pub const GIVEN_PIPELINES: usize = 256;
+
+impl AgentDesired {
+    /// The generation after `previous` (the first when there is none), giving `pipelines`.
+    fn successor(
+        previous: Option<&AgentDesired>,
+        pipelines: BTreeMap<String, (u64, bool)>,
+        trust_version: Option<u64>,
+        variants: BTreeMap<String, Vec<VariantSpec>>,
+    ) -> Self {
+        let mut given = previous.map(|p| p.given.clone()).unwrap_or_default();
+        for (name, &(revision, _)) in &pipelines {
+            let revisions = given.entry(name.clone()).or_default();
+            revisions.insert(revision);
+            while revisions.len() > GIVEN_REVISIONS {
+                revisions.pop_first();
+            }
+        }
+        while given.len() > GIVEN_PIPELINES {
+            let Some(stale) = given.keys().find(|n| !pipelines.contains_key(*n)).cloned() else {
+                break;
+            };
+            given.remove(&stale);
+        }
+        Self {
+            generation: previous.map_or(0, |p| p.generation) + 1,
+            pipelines,
+            trust_version,
+            variants,
+            content: None,
+            artifacts: BTreeSet::new(),
+            previous_artifacts: previous.map(|p| p.artifacts.clone()).unwrap_or_default(),
+            given,
+        }
+    }
+
+    /// Whether the agent may fetch `digest`: it is named in its current or previous generation.
+    pub fn may_fetch(&self, digest: &Digest) -> bool {
+        self.artifacts.contains(digest) || self.previous_artifacts.contains(digest)
+    }
+
+    /// Whether the agent may report on `pipeline`'s `revision`: it was given that revision.
+    pub fn may_report(&self, pipeline: &str, revision: u64) -> bool {
+        self.given
+            .get(pipeline)
+            .is_some_and(|revisions| revisions.contains(&revision))
+    }
+}
+
+/// A desired state built for sending, with what the record keeps of it.
+#[derive(Debug)]
+pub(crate) struct Built {
+    pub signed: SignedDesiredState,
+    pub content: Digest,
+    pub artifacts: BTreeSet<Digest>,
 }
 
 /// Why the driver could not do its work this time.
@@ -165,24 +244,22 @@ pub(crate) fn step(
         }) {
             continue;
         }
-        let record = AgentDesired {
-            generation: stored.map(|s| s.generation).unwrap_or(0) + 1,
-            pipelines,
-            trust_version,
-            variants,
-        };
+        let mut record =
+            AgentDesired::successor(stored.as_ref(), pipelines, trust_version, variants);
         // Built before it is recorded: a state that cannot be built or sent is not half-made,
         // and the next pass tries again. One agent's failure does not hold up the others.
-        let signed = match build(shared, &agent.id, &record, trust.as_ref(), now_ms) {
-            Ok(signed) => signed,
+        let built = match build(shared, &agent.id, &record, trust.as_ref(), now_ms) {
+            Ok(built) => built,
             Err(e) => {
                 warn!(agent = %agent.name, error = %e, "cannot build the desired state");
                 continue;
             }
         };
+        record.content = Some(built.content);
+        record.artifacts = built.artifacts;
         shared.put_desired_state(&agent.id, &record)?;
         info!(agent = %agent.name, generation = record.generation, pipelines = ?record.pipelines, "new desired state");
-        out.push((agent.id.clone(), signed));
+        out.push((agent.id.clone(), built.signed));
     }
     Ok(out)
 }
@@ -226,7 +303,7 @@ pub(crate) fn build(
     record: &AgentDesired,
     trust: Option<&SignedTrustRoot>,
     now_ms: u64,
-) -> Result<SignedDesiredState, DeployError> {
+) -> Result<Built, DeployError> {
     let build_error = |reason: String| DeployError::Build {
         agent: agent_id.to_owned(),
         reason,
@@ -298,7 +375,14 @@ pub(crate) fn build(
             "it would be {size} bytes, over the {MAX_FRAME_LEN}-byte frame (fewer pipelines or smaller warm-up samples)"
         )));
     }
-    Ok(signed)
+    let artifacts = (state.pipelines.iter())
+        .flat_map(|p| p.releases().map(|r| r.signed.digest))
+        .collect();
+    Ok(Built {
+        signed,
+        content: state.content_digest(),
+        artifacts,
+    })
 }
 
 /// The warm-up sample of a manifest (validated when applied; `file` was inlined by ternctl).
@@ -316,22 +400,72 @@ fn warmup(spec: &tern_proto::manifest::WarmupSpec) -> Option<Warmup> {
     })
 }
 
-/// The current desired state of an agent, signed for sending (on connect).
+/// The current desired state of an agent, signed for sending (on connect). When it no longer
+/// builds to the content its generation was sent with (a release gained a co-signature since,
+/// or the record is from an older version), it becomes a new generation: agents refuse a
+/// generation they know with other content.
 pub(crate) fn current(
     shared: &Shared,
     agent_id: &str,
     now_ms: u64,
 ) -> Result<Option<SignedDesiredState>, DeployError> {
-    match shared.desired_state(agent_id)? {
-        Some(record) => {
-            let trust = shared.releases.trust_root()?;
-            build(shared, agent_id, &record, trust.as_ref(), now_ms).map(Some)
-        }
-        None => Ok(None),
+    let _guard = shared.catalog.lock();
+    let Some(stored) = shared.desired_state(agent_id)? else {
+        return Ok(None);
+    };
+    let trust = shared.releases.trust_root()?;
+    let built = build(shared, agent_id, &stored, trust.as_ref(), now_ms)?;
+    if stored.content == Some(built.content) {
+        return Ok(Some(built.signed));
     }
+    let mut record = AgentDesired::successor(
+        Some(&stored),
+        stored.pipelines.clone(),
+        stored.trust_version,
+        stored.variants.clone(),
+    );
+    let built = build(shared, agent_id, &record, trust.as_ref(), now_ms)?;
+    record.content = Some(built.content);
+    record.artifacts = built.artifacts;
+    shared.put_desired_state(agent_id, &record)?;
+    info!(
+        agent = agent_id,
+        generation = record.generation,
+        "desired state rebuilt with other content: a new generation"
+    );
+    Ok(Some(built.signed))
 }
 
 impl Shared {
+    /// Keeps only the entries (of a health report or a telemetry batch) about pipeline
+    /// revisions `agent_id` was given, so that one agent cannot write into another pipeline's
+    /// figures or grow what the control plane keeps; returns how many it dropped.
+    pub(crate) fn keep_given<T>(
+        &self,
+        agent_id: &str,
+        entries: &mut Vec<T>,
+        key: impl Fn(&T) -> (&str, u64),
+    ) -> usize {
+        if entries.is_empty() {
+            return 0;
+        }
+        let desired = match self.desired_state(agent_id) {
+            Ok(desired) => desired,
+            Err(e) => {
+                warn!(agent = agent_id, error = %e, "cannot read the agent's desired state");
+                None
+            }
+        };
+        let before = entries.len();
+        entries.retain(|entry| {
+            let (pipeline, revision) = key(entry);
+            desired
+                .as_ref()
+                .is_some_and(|d| d.may_report(pipeline, revision))
+        });
+        before - entries.len()
+    }
+
     /// What `agent_id` was last given.
     pub(crate) fn desired_state(
         &self,
@@ -347,5 +481,76 @@ impl Shared {
         self.desired.insert(agent_id.as_bytes(), encode(record))?;
         self.desired.flush()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipelines(entries: &[(&str, u64)]) -> BTreeMap<String, (u64, bool)> {
+        entries
+            .iter()
+            .map(|&(name, revision)| (name.to_owned(), (revision, false)))
+            .collect()
+    }
+
+    #[test]
+    fn an_agent_may_fetch_its_current_and_previous_artifacts_only() {
+        let first = AgentDesired {
+            artifacts: [Digest::of(b"v1")].into(),
+            ..AgentDesired::successor(None, pipelines(&[("p", 1)]), None, BTreeMap::new())
+        };
+        let second = AgentDesired {
+            artifacts: [Digest::of(b"v2")].into(),
+            ..AgentDesired::successor(Some(&first), pipelines(&[("p", 2)]), None, BTreeMap::new())
+        };
+        assert_eq!(second.generation, 2);
+        assert!(second.may_fetch(&Digest::of(b"v2")));
+        assert!(second.may_fetch(&Digest::of(b"v1")), "a rollback target");
+        let third =
+            AgentDesired::successor(Some(&second), pipelines(&[("p", 3)]), None, BTreeMap::new());
+        assert!(!third.may_fetch(&Digest::of(b"v1")), "two generations back");
+        assert!(!third.may_fetch(&Digest::of(b"other")));
+    }
+
+    #[test]
+    fn an_agent_may_report_on_revisions_it_was_given_within_bounds() {
+        let mut record =
+            AgentDesired::successor(None, pipelines(&[("p", 1)]), None, BTreeMap::new());
+        for revision in 2..40 {
+            record = AgentDesired::successor(
+                Some(&record),
+                pipelines(&[("p", revision)]),
+                None,
+                BTreeMap::new(),
+            );
+        }
+        // Gone from the desired state, still reportable (telemetry arrives late).
+        record =
+            AgentDesired::successor(Some(&record), pipelines(&[("q", 1)]), None, BTreeMap::new());
+        assert!(record.may_report("p", 39));
+        assert!(record.may_report("q", 1));
+        assert!(
+            !record.may_report("p", 1),
+            "only the latest revisions are kept"
+        );
+        assert_eq!(record.given["p"].len(), GIVEN_REVISIONS);
+        assert!(!record.may_report("other", 1));
+        // The pipelines remembered are bounded; the ones it runs are never forgotten.
+        let many: Vec<(String, u64)> = (0..GIVEN_PIPELINES + 10)
+            .map(|i| (format!("p{i:04}"), 1))
+            .collect();
+        for (name, revision) in &many {
+            record = AgentDesired::successor(
+                Some(&record),
+                pipelines(&[(name.as_str(), *revision), ("q", 1)]),
+                None,
+                BTreeMap::new(),
+            );
+        }
+        assert!(record.given.len() <= GIVEN_PIPELINES);
+        assert!(record.may_report("q", 1));
+        assert!(record.may_report(&many[many.len() - 1].0, 1));
     }
 }

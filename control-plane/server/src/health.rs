@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tern_proto::message::HealthReport;
 
@@ -22,12 +23,26 @@ type Key = (String, String, u64);
 
 /// Samples of cumulative counters per (agent id, pipeline, revision).
 #[derive(Debug, Default)]
-pub struct HealthTracker(Mutex<HashMap<Key, VecDeque<Sample>>>);
+pub struct HealthTracker {
+    samples: Mutex<HashMap<Key, VecDeque<Sample>>>,
+    /// Entries dropped because the agent was never given that revision.
+    dropped: AtomicU64,
+}
 
 impl HealthTracker {
+    /// Counts report entries dropped before [`Self::record`].
+    pub fn count_dropped(&self, entries: usize) {
+        self.dropped.fetch_add(entries as u64, Ordering::Relaxed);
+    }
+
+    /// Report entries dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
     /// Records a report received at `now_ms`.
     pub fn record(&self, agent: &str, report: &HealthReport, now_ms: u64) {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.samples.lock().unwrap_or_else(|p| p.into_inner());
         for p in &report.pipelines {
             let samples = map
                 .entry((agent.to_owned(), p.name.clone(), p.revision))
@@ -60,7 +75,7 @@ impl HealthTracker {
         window_ms: u64,
         now_ms: u64,
     ) -> (u64, u64) {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let map = self.samples.lock().unwrap_or_else(|p| p.into_inner());
         let Some(samples) = map.get(&(agent.to_owned(), pipeline.to_owned(), revision)) else {
             return (0, 0);
         };

@@ -256,6 +256,10 @@ impl ReleaseStore {
         }
         let done = self.artifact_path(digest);
         std::fs::rename(&partial, &done).map_err(Self::io(&done))?;
+        // The rename itself must survive a power cut, not only the bytes.
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(Self::io(&self.dir))?;
         Ok(UploadProgress {
             received: end,
             size: progress.size,

@@ -1,6 +1,8 @@
 //! The streams an agent opens besides its control stream. Artifact transfers: each fetch is its
 //! own QUIC stream, content-addressed by digest and resumable from any offset (the agent asks
-//! for the bytes it does not have yet). Telemetry streams go to [`crate::telemetry`].
+//! for the bytes it does not have yet). An agent may fetch only the artifacts named in its own
+//! current or previous desired state; anything else is refused and logged. Telemetry streams
+//! go to [`crate::telemetry`].
 
 use std::io::SeekFrom;
 use std::sync::Arc;
@@ -64,7 +66,7 @@ async fn transfer(
     .map_err(|_| TransferError::Timeout)??
     .ok_or(TransferError::NoRequest)?;
     match open {
-        StreamOpen::Fetch(request) => fetch(shared, send, request).await,
+        StreamOpen::Fetch(request) => fetch(shared, agent, send, request).await,
         StreamOpen::Telemetry => {
             crate::telemetry::receive(shared, agent, send, recv).await;
             Ok(())
@@ -74,11 +76,26 @@ async fn transfer(
 
 async fn fetch(
     shared: &Shared,
+    agent: &str,
     mut send: SendStream,
     request: FetchRequest,
 ) -> Result<(), TransferError> {
     let digest = Digest(request.digest);
     tracing::Span::current().record("digest", digest.short());
+    let allowed = match shared.desired_state(agent) {
+        Ok(desired) => desired.is_some_and(|d| d.may_fetch(&digest)),
+        Err(e) => {
+            warn!(agent, error = %e, "cannot read the agent's desired state");
+            false
+        }
+    };
+    if !allowed {
+        warn!(agent, %digest, "fetch refused: the artifact is not in the agent's desired state");
+        let reason = format!("artifact {digest} is not in this agent's desired state");
+        write_frame(&mut send, &FetchResponse::Refused { reason }, 1024).await?;
+        let _ = send.finish();
+        return Ok(());
+    }
     let path = shared.releases.artifact_path(&digest);
     let mut file = match tokio::fs::File::open(&path).await {
         // Only complete, verified artifacts are at this path (uploads are renamed into place).

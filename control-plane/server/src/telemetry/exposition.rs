@@ -148,6 +148,15 @@ pub(crate) fn write<P: MetricsPage>(
             latency,
         );
     }
+    page.family(
+        "tern_agent_reports_dropped_total",
+        Kind::Counter,
+        "Entries of health reports and telemetry batches about pipeline revisions the agent was never given, dropped.",
+    );
+    let dropped_telemetry =
+        (shared.telemetry.dropped_foreign).load(std::sync::atomic::Ordering::Relaxed);
+    page.sample(&[("source", "health")], shared.health.dropped() as f64);
+    page.sample(&[("source", "telemetry")], dropped_telemetry as f64);
     let counters: [(&str, &str, u64); 3] = [
         (
             "tern_telemetry_batches_total",

@@ -9,7 +9,7 @@ pub mod query;
 pub mod store;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -76,6 +76,8 @@ pub struct Telemetry {
     pub store: SeriesStore,
     queue: mpsc::Sender<Ingest>,
     pub totals: Mutex<FleetTotals>,
+    /// Pipeline entries of batches dropped because the agent was never given that revision.
+    pub dropped_foreign: AtomicU64,
 }
 
 /// The writer's end of the queue, taken by [`run_writer`].
@@ -90,6 +92,7 @@ impl Telemetry {
                 store,
                 queue,
                 totals: Mutex::default(),
+                dropped_foreign: AtomicU64::new(0),
             },
             Writer(rx),
         )
@@ -240,6 +243,16 @@ pub(crate) async fn receive(
         }
         last = batch.seq;
         sanitize(&mut batch);
+        let foreign = shared.keep_given(agent, &mut batch.pipelines, |p| {
+            (p.pipeline.as_str(), p.revision)
+        });
+        if foreign > 0 {
+            debug!(
+                agent,
+                foreign, "telemetry about revisions the agent was never given: dropped"
+            );
+            (shared.telemetry.dropped_foreign).fetch_add(foreign as u64, Ordering::Relaxed);
+        }
         let ingest = Ingest {
             agent: agent.to_owned(),
             batch,
