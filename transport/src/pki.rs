@@ -6,15 +6,16 @@ use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
+    SanType,
 };
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
 const CA_VALIDITY: Duration = Duration::from_secs(20 * 365 * 24 * 3600);
 const SERVER_VALIDITY: Duration = Duration::from_secs(5 * 365 * 24 * 3600);
-/// Agent certificates outlive any realistic deployment of this release; rotation is a later step.
-const AGENT_VALIDITY: Duration = Duration::from_secs(5 * 365 * 24 * 3600);
+/// Default lifetime of an agent certificate; agents renew at two thirds of it.
+pub const DEFAULT_AGENT_CERT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Tolerates clocks of agents that run a little behind the control plane's.
 const BACKDATE: Duration = Duration::from_secs(3600);
 
@@ -62,10 +63,41 @@ impl std::fmt::Debug for CertificateAuthority {
     }
 }
 
+/// Valid from a little before now (a tenth of the lifetime at most, so that a short-lived
+/// certificate is not mostly backdating) until `lifetime` from now.
 fn validity(params: &mut CertificateParams, lifetime: Duration) {
     let now = time::OffsetDateTime::now_utc();
-    params.not_before = now - BACKDATE;
+    params.not_before = now - BACKDATE.min(lifetime / 10);
     params.not_after = now + lifetime;
+}
+
+/// An agent certificate signed from its CSR.
+#[derive(Debug, Clone)]
+pub struct AgentCertificate {
+    pub cert_pem: String,
+    /// SHA-256 of the agent's public key: the same key is refused after a revocation.
+    pub key_sha256: [u8; 32],
+    /// Unix milliseconds after which the certificate is refused.
+    pub not_after_ms: u64,
+}
+
+/// When a certificate starts and stops being valid, in unix milliseconds.
+pub fn validity_of(cert: &CertificateDer<'_>) -> Result<(u64, u64), PkiError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| PkiError::Pem(format!("not an X.509 certificate: {e}")))?;
+    let ms = |t: x509_parser::time::ASN1Time| (t.timestamp().max(0) as u64).saturating_mul(1000);
+    let validity = parsed.validity();
+    Ok((ms(validity.not_before), ms(validity.not_after)))
+}
+
+/// SHA-256 of a certificate's public key (its subject public key bits), as
+/// [`AgentCertificate::key_sha256`] names it.
+pub fn key_fingerprint(cert: &CertificateDer<'_>) -> Result<[u8; 32], PkiError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| PkiError::Pem(format!("not an X.509 certificate: {e}")))?;
+    Ok(tern_proto::sha256(
+        &parsed.public_key().subject_public_key.data,
+    ))
 }
 
 impl CertificateAuthority {
@@ -150,20 +182,31 @@ impl CertificateAuthority {
         })
     }
 
-    /// Signs an agent's CSR. Only the CSR's public key is used (its signature is checked); the
-    /// subject is set here, so an agent cannot choose its own identity.
-    pub fn sign_agent_csr(&self, csr_pem: &str, agent_id: &str) -> Result<String, PkiError> {
+    /// Signs an agent's CSR for `lifetime`. Only the CSR's public key is used (its signature is
+    /// checked); the subject is set here, so an agent cannot choose its own identity.
+    pub fn sign_agent_csr(
+        &self,
+        csr_pem: &str,
+        agent_id: &str,
+        lifetime: Duration,
+    ) -> Result<AgentCertificate, PkiError> {
         let csr =
             CertificateSigningRequestParams::from_pem(csr_pem).map_err(PkiError::InvalidCsr)?;
-        let params = agent_params(agent_id)?;
-        Ok(params.signed_by(&csr.public_key, &self.issuer()?)?.pem())
+        let params = agent_params(agent_id, lifetime)?;
+        let not_after_ms = (params.not_after.unix_timestamp().max(0) as u64).saturating_mul(1000);
+        Ok(AgentCertificate {
+            cert_pem: params.signed_by(&csr.public_key, &self.issuer()?)?.pem(),
+            key_sha256: tern_proto::sha256(csr.public_key.der_bytes()),
+            not_after_ms,
+        })
     }
 
     /// Issues an agent certificate with a fresh key, for tools that stand in for many agents
     /// (the fleet load generator) where the CSR round trip is not what is measured.
     pub fn issue_agent(&self, agent_id: &str) -> Result<IssuedCertificate, PkiError> {
         let key = KeyPair::generate()?;
-        let cert = agent_params(agent_id)?.signed_by(&key, &self.issuer()?)?;
+        let cert =
+            agent_params(agent_id, DEFAULT_AGENT_CERT_TTL)?.signed_by(&key, &self.issuer()?)?;
         Ok(IssuedCertificate {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
@@ -171,7 +214,7 @@ impl CertificateAuthority {
     }
 }
 
-fn agent_params(agent_id: &str) -> Result<CertificateParams, PkiError> {
+fn agent_params(agent_id: &str, lifetime: Duration) -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
     params.distinguished_name.push(DnType::CommonName, agent_id);
@@ -180,7 +223,7 @@ fn agent_params(agent_id: &str) -> Result<CertificateParams, PkiError> {
     )];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    validity(&mut params, AGENT_VALIDITY);
+    validity(&mut params, lifetime);
     Ok(params)
 }
 
@@ -253,8 +296,15 @@ mod tests {
     fn signs_csr_with_identity_chosen_by_the_ca() {
         let ca = CertificateAuthority::generate("test").expect("ca");
         let csr = agent_key_and_csr("edge-1").expect("csr");
-        let cert = ca.sign_agent_csr(&csr.csr_pem, "a1b2").expect("signed");
-        let der = first_certificate(&cert).expect("cert");
+        let signed = ca
+            .sign_agent_csr(&csr.csr_pem, "a1b2", DEFAULT_AGENT_CERT_TTL)
+            .expect("signed");
+        let der = first_certificate(&signed.cert_pem).expect("cert");
+        assert_eq!(
+            key_fingerprint(&der).expect("key"),
+            signed.key_sha256,
+            "the key hash of the CSR and of the certificate agree"
+        );
         let text = String::from_utf8_lossy(&der);
         assert!(text.contains("urn:tern:agent:a1b2"));
         assert!(
@@ -269,7 +319,21 @@ mod tests {
         let err = ca.sign_agent_csr(
             "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
             "x",
+            DEFAULT_AGENT_CERT_TTL,
         );
         assert!(matches!(err, Err(PkiError::InvalidCsr(_))));
+    }
+
+    #[test]
+    fn short_lived_certificates_are_barely_backdated() {
+        let ca = CertificateAuthority::generate("test").expect("ca");
+        let csr = agent_key_and_csr("edge-1").expect("csr");
+        let signed = ca
+            .sign_agent_csr(&csr.csr_pem, "a1", Duration::from_secs(60))
+            .expect("signed");
+        let der = first_certificate(&signed.cert_pem).expect("cert");
+        let (from, until) = validity_of(&der).expect("validity");
+        assert_eq!(until, signed.not_after_ms);
+        assert!(until - from <= 66_000 + 1_000, "{from}..{until}");
     }
 }

@@ -1,12 +1,16 @@
 //! rustls configurations. Every config uses the ring provider and, for QUIC, TLS 1.3 only.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashSet;
+use std::sync::{Arc, OnceLock, RwLock};
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
+};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
@@ -79,15 +83,89 @@ fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>, TlsError> {
     Ok(Arc::new(roots))
 }
 
+/// Certificates (by SHA-256 of their DER) the QUIC server refuses in the handshake although the
+/// CA issued them: revoked agents'. Shared with whoever revokes; cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct RevokedCertificates(Arc<RwLock<HashSet<[u8; 32]>>>);
+
+impl RevokedCertificates {
+    /// Refuses `fingerprint` from the next handshake on.
+    pub fn revoke(&self, fingerprint: [u8; 32]) {
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fingerprint);
+    }
+
+    pub fn is_revoked(&self, fingerprint: &[u8; 32]) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(fingerprint)
+    }
+}
+
+/// The CA's verifier (chain and validity period: an expired certificate is refused), then the
+/// revocation list.
+#[derive(Debug)]
+struct AgentVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    revoked: RevokedCertificates,
+}
+
+impl ClientCertVerifier for AgentVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if self.revoked.is_revoked(&pki::fingerprint(end_entity)) {
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
 /// QUIC server side of agent connections: the client must present a certificate issued by the
-/// CA, or the handshake fails.
+/// CA, valid now and not revoked, or the handshake fails.
 pub fn quic_server(
     ca_pem: &str,
     identity: Identity,
     transport: Arc<quinn::TransportConfig>,
+    revoked: RevokedCertificates,
 ) -> Result<quinn::ServerConfig, TlsError> {
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider()).build()?;
+    let inner = WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider()).build()?;
+    let verifier = Arc::new(AgentVerifier { inner, revoked });
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)

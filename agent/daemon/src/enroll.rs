@@ -3,6 +3,10 @@
 //! The token carries the SHA-256 of the control plane's CA. The TLS handshake of the enrollment
 //! request fails unless the control plane presents that CA, so the token is never sent to an
 //! impostor. The private key is generated here and never leaves the agent: only a CSR is sent.
+//!
+//! An agent whose certificate expired (it was offline past its lifetime) enrolls again the same
+//! way on its own data dir: it keeps its identity, its state (trust root, version floors) and
+//! its artifacts, and gets a new key and certificate.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -40,6 +44,14 @@ pub struct JoinOptions {
 pub enum JoinError {
     #[error("{0} already holds an enrolled agent; use `tern-agent run --data-dir {0}`")]
     AlreadyEnrolled(String),
+    #[error("{dir} holds agent `{enrolled}`, not `{asked}`")]
+    OtherAgent {
+        dir: String,
+        enrolled: String,
+        asked: String,
+    },
+    #[error("the control plane enrolled this host as a new agent ({0}) instead of renewing it")]
+    NewIdentity(String),
     #[error(transparent)]
     Token(#[from] TokenError),
     #[error("invalid agent name `{0}`: use 1-63 characters of a-z, 0-9, `-`, `.`, `_`")]
@@ -67,11 +79,7 @@ pub enum JoinError {
 /// Enrolls and writes the agent's data dir. Returns the config `run` starts from.
 pub async fn join(options: &JoinOptions) -> Result<AgentConfig, JoinError> {
     let dir = AgentDataDir::new(&options.data_dir);
-    if dir.is_enrolled() {
-        return Err(JoinError::AlreadyEnrolled(
-            options.data_dir.display().to_string(),
-        ));
-    }
+    let expired = expired_enrollment(&dir, options)?;
     let token = EnrollmentToken::parse(&options.token)?;
     if !labels::valid_name(&options.name) {
         return Err(JoinError::InvalidName(options.name.clone()));
@@ -115,6 +123,12 @@ pub async fn join(options: &JoinOptions) -> Result<AgentConfig, JoinError> {
         return Err(JoinError::CaMismatch);
     }
 
+    if let Some(old) = &expired
+        && old.agent_id != response.agent_id
+    {
+        return Err(JoinError::NewIdentity(response.agent_id));
+    }
+    crate::identity::discard_pending(&dir)?;
     dir.write(&dir.key(), csr.key_pem.as_bytes(), true)?;
     dir.write(&dir.cert(), response.certificate_pem.as_bytes(), false)?;
     dir.write(&dir.ca(), response.ca_certificate_pem.as_bytes(), false)?;
@@ -126,18 +140,54 @@ pub async fn join(options: &JoinOptions) -> Result<AgentConfig, JoinError> {
         let text = serde_json::to_string_pretty(&root).unwrap_or_default();
         dir.write(&dir.trust_root(), text.as_bytes(), false)?;
     }
-    let config = AgentConfig {
-        control_plane: options.control_plane.clone(),
-        agent_id: response.agent_id,
-        name: options.name.clone(),
-        labels: response.labels,
-        listen_api: options
-            .listen_api
-            .unwrap_or_else(|| DEFAULT_LISTEN_API.parse().expect("valid default address")),
-        telemetry: options.telemetry,
-        limits: options.limits,
+    let config = match expired {
+        // Enrolled again: its own settings stay.
+        Some(old) => AgentConfig {
+            control_plane: options.control_plane.clone(),
+            labels: response.labels,
+            ..old
+        },
+        None => AgentConfig {
+            control_plane: options.control_plane.clone(),
+            agent_id: response.agent_id,
+            name: options.name.clone(),
+            labels: response.labels,
+            listen_api: options
+                .listen_api
+                .unwrap_or_else(|| DEFAULT_LISTEN_API.parse().expect("valid default address")),
+            telemetry: options.telemetry,
+            limits: options.limits,
+        },
     };
     dir.save_config(&config)?;
     info!(agent = %config.name, id = %config.agent_id, "enrolled");
     Ok(config)
+}
+
+/// The configuration of an agent enrolled in `dir` whose certificate expired (it may enroll
+/// again); `None` when `dir` holds no agent. An enrolled agent with a valid certificate must
+/// not enroll twice.
+fn expired_enrollment(
+    dir: &AgentDataDir,
+    options: &JoinOptions,
+) -> Result<Option<AgentConfig>, JoinError> {
+    if !dir.is_enrolled() {
+        return Ok(None);
+    }
+    let config = dir.load_config()?;
+    let cert = tern_transport::pki::first_certificate(&dir.read(&dir.cert())?)?;
+    let (_, not_after_ms) = tern_transport::pki::validity_of(&cert)?;
+    if tern_transport::unix_millis_now() < not_after_ms {
+        return Err(JoinError::AlreadyEnrolled(
+            options.data_dir.display().to_string(),
+        ));
+    }
+    if config.name != options.name {
+        return Err(JoinError::OtherAgent {
+            dir: options.data_dir.display().to_string(),
+            enrolled: config.name,
+            asked: options.name.clone(),
+        });
+    }
+    Ok(Some(config))
 }

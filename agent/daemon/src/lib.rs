@@ -25,6 +25,7 @@ pub mod data_dir;
 pub mod deployer;
 pub mod enroll;
 pub mod fetch;
+pub mod identity;
 pub mod limits;
 pub mod link;
 pub mod local_api;

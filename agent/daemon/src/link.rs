@@ -1,5 +1,6 @@
 //! The agent's link to its control plane: one QUIC connection with mutual TLS, a control stream
-//! (hello, heartbeats, capacity updates), and reconnection with backoff whenever it breaks.
+//! (hello, heartbeats, capacity updates, certificate renewal), and reconnection with backoff
+//! whenever it breaks.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -16,6 +17,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::backoff::Backoff;
 use crate::data_dir::AgentConfig;
+use crate::identity::Credentials;
 
 /// Time the control plane has to answer a hello.
 pub const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
@@ -23,6 +25,8 @@ pub const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MISSED_ACKS: u32 = 3;
 /// Clock difference to the control plane that is worth a warning.
 const CLOCK_SKEW_WARNING: Duration = Duration::from_secs(60);
+/// Wait before asking again after a refused or unanswered renewal.
+const RENEW_RETRY: Duration = Duration::from_secs(30);
 
 /// What the rest of the agent may know about the link.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -59,11 +63,12 @@ pub enum SessionError {
     Closed,
 }
 
-/// Everything a session needs that does not change between attempts.
+/// Everything a session needs.
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
     pub agent: AgentConfig,
-    pub client: quinn::ClientConfig,
+    /// The certificate the link presents; a renewal replaces it for the next connection.
+    pub credentials: Credentials,
 }
 
 /// How the link and the deployer talk: desired states in, reports out, and the connection for
@@ -150,9 +155,16 @@ async fn establish(
     ),
     SessionError,
 > {
+    let validity = link.credentials.validity();
+    if validity.expired(tern_transport::unix_millis_now()) {
+        warn!(
+            expired = %tern_transport::rfc3339(validity.not_after_ms),
+            "this agent's certificate expired: enroll again with a new token (`tern-agent join --token ...` on this data dir)"
+        );
+    }
     let conn = endpoint
         .connect_with(
-            link.client.clone(),
+            link.credentials.client(),
             addr,
             tern_proto::CONTROL_PLANE_SERVER_NAME,
         )?
@@ -231,6 +243,7 @@ async fn session(
         }
     });
     let result = control_loop(
+        link,
         &conn,
         &mut send,
         &mut frames,
@@ -252,7 +265,15 @@ async fn session(
     result
 }
 
+/// The instant (on tokio's clock) at unix time `at_ms`, or now if that has passed.
+fn instant_at(at_ms: u64) -> tokio::time::Instant {
+    let wait = at_ms.saturating_sub(tern_transport::unix_millis_now());
+    tokio::time::Instant::now() + Duration::from_millis(wait)
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn control_loop(
+    link: &LinkConfig,
     conn: &quinn::Connection,
     send: &mut quinn::SendStream,
     frames: &mut mpsc::Receiver<Result<Option<ControlMessage>, FrameError>>,
@@ -269,6 +290,9 @@ async fn control_loop(
     // Once every capacity sender is gone, `changed()` fails at once: stop polling it, or the loop
     // would spin.
     let mut capacity_open = true;
+    // The key of a renewal asked for, until the certificate arrives.
+    let mut renewing: Option<String> = None;
+    let mut renew_at = instant_at(link.credentials.validity().renew_at_ms());
     loop {
         tokio::select! {
             _ = ticker.tick() => {
@@ -287,6 +311,9 @@ async fn control_loop(
                 }
                 Some(Ok(Some(ControlMessage::Welcome(_)))) => {
                     return Err(SessionError::Protocol("welcome sent twice".into()));
+                }
+                Some(Ok(Some(ControlMessage::Renewed(answer)))) => {
+                    renew_at = renewed(link, answer, renewing.take());
                 }
                 Some(Ok(None)) | None => {
                     return Err(conn.close_reason().map(SessionError::Connection).unwrap_or(SessionError::Closed));
@@ -307,7 +334,48 @@ async fn control_loop(
             Some(message) = deploy.outbox.recv() => {
                 write_frame(send, &message, MAX_FRAME_LEN).await?;
             }
+            _ = tokio::time::sleep_until(renew_at) => {
+                // A fresh key for every renewal; only its CSR leaves the host.
+                match tern_transport::pki::agent_key_and_csr(&link.agent.name) {
+                    Ok(csr) => {
+                        info!("renewing this agent's certificate");
+                        write_frame(send, &AgentMessage::Renew { csr_pem: csr.csr_pem }, MAX_FRAME_LEN).await?;
+                        renewing = Some(csr.key_pem);
+                    }
+                    Err(e) => warn!(error = %e, "cannot make a key for the renewal"),
+                }
+                renew_at = tokio::time::Instant::now() + RENEW_RETRY;
+            }
             _ = stopped(shutdown) => return Ok(()),
+        }
+    }
+}
+
+/// Takes the control plane's answer to a renewal; returns when to renew next.
+fn renewed(
+    link: &LinkConfig,
+    answer: Result<String, String>,
+    key: Option<String>,
+) -> tokio::time::Instant {
+    let retry = tokio::time::Instant::now() + RENEW_RETRY;
+    match (answer, key) {
+        (Ok(cert), Some(key)) => match link.credentials.install(&cert, &key) {
+            Ok(validity) => {
+                info!(until = %tern_transport::rfc3339(validity.not_after_ms), "certificate renewed");
+                instant_at(validity.renew_at_ms())
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot store the renewed certificate");
+                retry
+            }
+        },
+        (Ok(_), None) => {
+            warn!("a certificate arrived that this agent did not ask for; ignored");
+            retry
+        }
+        (Err(reason), _) => {
+            warn!(%reason, "certificate renewal refused");
+            retry
         }
     }
 }

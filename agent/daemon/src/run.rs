@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use std::sync::Arc;
-use tern_transport::{Identity, TlsError};
 use tokio::net::TcpListener;
 
 use tern_plugin_host::{EngineOptions, PluginEngine};
@@ -15,6 +14,7 @@ use tracing::{info, warn};
 use crate::capacity;
 use crate::data_dir::{AgentDataDir, DataDirError};
 use crate::deployer::Deployer;
+use crate::identity::Credentials;
 use crate::limits::AgentLimits;
 use crate::link::{self, DeployChannels, LinkConfig, LinkState};
 use crate::local_api::{self, AgentInfo};
@@ -38,8 +38,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 pub enum RunError {
     #[error(transparent)]
     DataDir(#[from] DataDirError),
-    #[error("the agent's identity is unusable: {0}")]
-    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
     #[error("cannot listen for the local API on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -56,11 +56,9 @@ pub enum RunError {
 /// Runs the agent in `dir` until `shutdown` completes.
 pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     let config = dir.load_config()?;
-    let identity = Identity::from_pem(&dir.read(&dir.cert())?, &dir.read(&dir.key())?)?;
-    let ca_pem = dir.read(&dir.ca())?;
     let transport =
         tern_transport::quic::agent_transport_config(LINK_IDLE_TIMEOUT, Some(LINK_KEEP_ALIVE));
-    let client = tern_transport::tls::quic_client(&ca_pem, identity, transport)?;
+    let credentials = Credentials::load(&dir, transport)?;
 
     let listener = TcpListener::bind(config.listen_api)
         .await
@@ -132,7 +130,7 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
     let link = tokio::spawn(link::maintain(
         LinkConfig {
             agent: config.clone(),
-            client,
+            credentials,
         },
         capacity_rx,
         state_tx,

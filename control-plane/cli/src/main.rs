@@ -1,5 +1,6 @@
 //! `ternctl`: the Tern admin CLI. Exit codes: 0 ok, 1 failure, 2 usage.
 
+mod agents;
 mod client;
 mod drift;
 mod keys;
@@ -91,10 +92,24 @@ enum Command {
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
     },
-    /// Delete the pipelines and deployments a manifest file names.
+    /// Delete the pipelines and deployments a manifest file names (`-f`), decommission an
+    /// agent, or withdraw an enrollment token.
+    #[command(args_conflicts_with_subcommands = true, arg_required_else_help = true)]
     Delete {
         #[arg(short = 'f', long = "filename")]
-        file: PathBuf,
+        file: Option<PathBuf>,
+        #[command(subcommand)]
+        what: Option<DeleteCommand>,
+    },
+    /// Revoke an agent: its certificate is refused from now on and its connection closed.
+    Revoke {
+        #[command(subcommand)]
+        what: RevokeCommand,
+    },
+    /// Set (`k=v`) or remove (`k-`) an agent's labels; deployments re-target on their next pass.
+    Label {
+        #[command(subcommand)]
+        what: LabelCommand,
     },
     /// What the fleet is doing, from the agents' telemetry.
     Top {
@@ -346,6 +361,53 @@ enum GetCommand {
         #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
         output: Format,
     },
+    /// Enrollment tokens nobody redeemed yet.
+    Tokens {
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeleteCommand {
+    /// Decommission an agent: revoke it and forget it (its name can enroll again).
+    Agent {
+        name: String,
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Withdraw an enrollment token nobody redeemed yet.
+    Token {
+        id: String,
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RevokeCommand {
+    /// Refuse an agent's certificate from now on.
+    Agent {
+        name: String,
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LabelCommand {
+    /// `ternctl label agent NAME k=v k2-`.
+    Agent {
+        name: String,
+        /// `KEY=VALUE` sets a label, `KEY-` removes one.
+        #[arg(required = true)]
+        changes: Vec<String>,
+        /// Allow changing the value of a label the agent already has.
+        #[arg(long)]
+        overwrite: bool,
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -443,10 +505,41 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     print!("{diff}");
                 }
             }
-            Command::Delete { file } => {
+            Command::Delete {
+                file: Some(file), ..
+            } => {
                 let changes = manifests::delete(&api()?, &file).await?;
                 print!("{}", manifests::summary(&changes));
             }
+            Command::Delete {
+                what: Some(DeleteCommand::Agent { name, output }),
+                ..
+            } => print!("{}", agents::delete(&api()?, &name, output).await?),
+            Command::Delete {
+                what: Some(DeleteCommand::Token { id, output }),
+                ..
+            } => print!("{}", agents::withdraw_token(&api()?, &id, output).await?),
+            Command::Delete { .. } => {
+                anyhow::bail!("delete needs -f FILE, `agent NAME` or `token ID`")
+            }
+            Command::Revoke {
+                what: RevokeCommand::Agent { name, output },
+            } => print!("{}", agents::revoke(&api()?, &name, output).await?),
+            Command::Label {
+                what:
+                    LabelCommand::Agent {
+                        name,
+                        changes,
+                        overwrite,
+                        output,
+                    },
+            } => print!(
+                "{}",
+                agents::label(&api()?, &name, &changes, overwrite, output).await?
+            ),
+            Command::Get {
+                what: GetCommand::Tokens { output },
+            } => print!("{}", agents::tokens(&api()?, output).await?),
             Command::Rollout { command } => {
                 let (deployment, verb) = match &command {
                     RolloutCommand::Status { deployment, .. } => (deployment, None),

@@ -4,6 +4,7 @@ use comfy_table::{Table, presets};
 use serde::Serialize;
 use tern_proto::api::{
     AgentTop, AgentView, DeploymentView, ExperimentView, PipelineTop, PipelineView, ReleaseView,
+    TokenView,
 };
 use tern_proto::trust::SignedTrustRoot;
 
@@ -97,7 +98,7 @@ pub fn agents(list: &[AgentView], format: Format) -> anyhow::Result<String> {
     for a in list {
         t.add_row(vec![
             a.name.clone(),
-            a.status.to_string(),
+            status(a),
             labels(a),
             if a.version.is_empty() {
                 "-".into()
@@ -106,6 +107,46 @@ pub fn agents(list: &[AgentView], format: Format) -> anyhow::Result<String> {
             },
             gpus(a),
             age(&a.last_seen),
+        ]);
+    }
+    Ok(format!("{t}\n"))
+}
+
+/// The status column, with kubectl's habit of naming a condition after a comma.
+fn status(a: &AgentView) -> String {
+    if a.revoked.is_some() {
+        format!("{},Revoked", a.status)
+    } else if a.identity_problem.is_some() {
+        format!("{},CertificateExpired", a.status)
+    } else {
+        a.status.to_string()
+    }
+}
+
+/// `ternctl get tokens`.
+pub fn tokens(list: &[TokenView], format: Format) -> anyhow::Result<String> {
+    if let Some(text) = structured(list, format)? {
+        return Ok(text);
+    }
+    if list.is_empty() {
+        return Ok("No unredeemed tokens.\n".into());
+    }
+    let mut t = table(&["ID", "LABELS", "CREATED", "EXPIRES"]);
+    for token in list {
+        let labels = tern_proto::labels::format(&token.labels);
+        t.add_row(vec![
+            token.id.clone(),
+            if labels.is_empty() {
+                "-".into()
+            } else {
+                labels
+            },
+            age(&token.created),
+            if token.expired {
+                format!("expired {}", token.expires)
+            } else {
+                token.expires.clone()
+            },
         ]);
     }
     Ok(format!("{t}\n"))
@@ -120,7 +161,7 @@ pub fn agent(a: &AgentView, format: Format) -> anyhow::Result<String> {
     let mut line = |k: &str, v: String| out.push_str(&format!("{k:<12}{v}\n"));
     line("Name:", a.name.clone());
     line("ID:", a.id.clone());
-    line("Status:", a.status.to_string());
+    line("Status:", status(a));
     line("Labels:", labels(a));
     line("Version:", shown(&a.version));
     line("Address:", a.address.clone().unwrap_or_else(|| "-".into()));
@@ -153,6 +194,13 @@ pub fn agent(a: &AgentView, format: Format) -> anyhow::Result<String> {
     ));
     if let Some(why) = &a.refused {
         out.push_str(&format!("Refused:    {}\n", shown(why)));
+    }
+    out.push_str(&format!(
+        "Cert until: {}\n",
+        a.certificate_expires.as_deref().unwrap_or("-")
+    ));
+    if let Some(problem) = &a.identity_problem {
+        out.push_str(&format!("Identity:   {}\n", shown(problem)));
     }
     if !a.pipelines.is_empty() {
         let mut t = table(&["PIPELINE", "DESIRED", "SERVING", "PHASE", "MESSAGE"]);

@@ -54,6 +54,42 @@ pub struct AgentView {
     /// Why the agent refused the last desired state or trust root, if it did.
     #[serde(default)]
     pub refused: Option<String>,
+    /// RFC 3339: when its certificate expires (absent for certificates issued before expiry
+    /// was tracked).
+    #[serde(default)]
+    pub certificate_expires: Option<String>,
+    /// RFC 3339: when it was revoked.
+    #[serde(default)]
+    pub revoked: Option<String>,
+    /// What the operator must do about its identity, if anything (revoked, or expired: it
+    /// needs a new token).
+    #[serde(default)]
+    pub identity_problem: Option<String>,
+}
+
+/// An enrollment token not redeemed yet (`GET /v1/tokens`); the secret is never shown again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenView {
+    pub id: String,
+    pub labels: BTreeMap<String, String>,
+    /// RFC 3339.
+    pub created: String,
+    /// RFC 3339.
+    pub expires: String,
+    pub expired: bool,
+}
+
+/// `POST /v1/agents/{name}/labels`: kubectl's `k=v` (set) and `k-` (remove).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabelRequest {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+    /// Without it, changing the value of a label the agent has is refused (kubectl's
+    /// `--overwrite`).
+    #[serde(default)]
+    pub overwrite: bool,
 }
 
 /// One pipeline on one agent: what it should run and what it reports.

@@ -22,6 +22,9 @@ pub enum AgentMessage {
     Capacity(Capacity),
     /// Request counters of the pipelines it serves, for rollout health gates.
     Health(HealthReport),
+    /// A CSR for a fresh key, to renew the agent's certificate before it expires (the key never
+    /// leaves the agent).
+    Renew { csr_pem: String },
 }
 
 /// What the control plane sends on an agent's control stream.
@@ -35,6 +38,8 @@ pub enum ControlMessage {
     Refused { reason: String },
     /// What the agent should run, signed by the control plane's online key.
     DesiredState(SignedDesiredState),
+    /// Answer to [`AgentMessage::Renew`]: the new certificate (PEM), or why there is none.
+    Renewed(Result<String, String>),
 }
 
 /// The first message of an agent connection.

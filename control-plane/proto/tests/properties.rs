@@ -175,6 +175,7 @@ fn agent_message() -> impl Strategy<Value = AgentMessage> {
         status().prop_map(AgentMessage::Status),
         any::<u64>().prop_map(|seq| AgentMessage::Ack(Ack { seq })),
         capacity().prop_map(AgentMessage::Capacity),
+        ".{0,80}".prop_map(|csr_pem| AgentMessage::Renew { csr_pem }),
     ]
 }
 
@@ -188,6 +189,9 @@ fn control_message() -> impl Strategy<Value = ControlMessage> {
         }),
         any::<u64>().prop_map(|seq| ControlMessage::Ack(Ack { seq })),
         ".{0,40}".prop_map(|reason| ControlMessage::Refused { reason }),
+        (any::<bool>(), ".{0,80}").prop_map(|(ok, text)| {
+            ControlMessage::Renewed(if ok { Ok(text) } else { Err(text) })
+        }),
         (
             any::<u64>(),
             prop::collection::vec(any::<u8>(), 0..256),

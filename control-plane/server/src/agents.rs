@@ -96,6 +96,19 @@ impl Connections {
         }
     }
 
+    /// Closes the agent's connection, if it has one (it was revoked or decommissioned).
+    pub(crate) fn close(&self, agent: &str, reason: &str) {
+        let conn = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(agent)
+            .map(|(conn, _)| conn);
+        if let Some(conn) = conn {
+            conn.close(close::REFUSED.into(), reason.as_bytes());
+        }
+    }
+
     /// Hands `state` to the agent's control stream. Without a connection it is not kept: the
     /// agent gets its current desired state when it connects.
     pub(crate) fn send(&self, agent: &str, state: SignedDesiredState) -> bool {
@@ -193,6 +206,13 @@ async fn session(
         .agent_by_cert(&fingerprint)?
         .ok_or(SessionError::UnknownCertificate)?;
     tracing::Span::current().record("agent", record.name.as_str());
+    // The handshake refuses its current certificates; this catches any other it still holds.
+    if record.revoked_ms.is_some() {
+        return Err(SessionError::Refused(format!(
+            "agent {} is revoked",
+            record.name
+        )));
+    }
 
     let (mut send, recv, hello) = tokio::time::timeout(HELLO_TIMEOUT, async {
         let (send, mut recv) = conn.accept_bi().await?;
@@ -310,7 +330,7 @@ async fn session(
 
 async fn control_loop(
     conn: &Connection,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     record: &AgentRecord,
     connection: u64,
     send: &mut SendStream,
@@ -356,7 +376,7 @@ async fn control_loop(
 }
 
 async fn handle(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     record: &AgentRecord,
     connection: u64,
     send: &mut SendStream,
@@ -397,6 +417,22 @@ async fn handle(
             shared
                 .health
                 .record(&record.id, &report, tern_transport::unix_millis_now());
+        }
+        AgentMessage::Renew { csr_pem } => {
+            let (work, id) = (shared.clone(), record.id.clone());
+            let answer = tokio::task::spawn_blocking(move || {
+                // The record as stored now (a renewal since the connection began counts).
+                let record = (work.registry.agent(&id))
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("agent {id} is no longer enrolled"))?;
+                crate::lifecycle::renew(&work, &record, &csr_pem).map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            if let Err(reason) = &answer {
+                warn!(agent = %record.name, %reason, "certificate renewal refused");
+            }
+            write_frame(send, &ControlMessage::Renewed(answer), MAX_FRAME_LEN).await?;
         }
         AgentMessage::Ack(_) => {}
         AgentMessage::Hello(_) => {

@@ -57,6 +57,14 @@ pub struct ControlPlaneConfig {
     /// How often the OTLP export runs.
     #[serde(with = "duration_text", default = "default_otlp_interval")]
     pub otlp_interval: Duration,
+    /// Lifetime of the certificates agents get at enrollment and renewal; agents renew when
+    /// two thirds of it have passed, and one offline past it needs a new token.
+    #[serde(with = "duration_text", default = "default_agent_cert_ttl")]
+    pub agent_cert_ttl: Duration,
+}
+
+fn default_agent_cert_ttl() -> Duration {
+    tern_transport::pki::DEFAULT_AGENT_CERT_TTL
 }
 
 /// Default interval of the OTLP export.
@@ -132,6 +140,7 @@ impl Default for ControlPlaneConfig {
             drift_interval: DEFAULT_DRIFT_INTERVAL,
             otlp_endpoint: None,
             otlp_interval: DEFAULT_OTLP_INTERVAL,
+            agent_cert_ttl: default_agent_cert_ttl(),
         }
     }
 }
@@ -186,6 +195,9 @@ impl ControlPlaneConfig {
         }
         if self.otlp_interval < Duration::from_secs(1) {
             return Err(invalid("otlp_interval", "must be at least 1s"));
+        }
+        if self.agent_cert_ttl < Duration::from_secs(10) {
+            return Err(invalid("agent_cert_ttl", "must be at least 10s"));
         }
         if self.max_agent_connections == 0 {
             return Err(invalid("max_agent_connections", "must be at least 1"));

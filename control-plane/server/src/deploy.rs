@@ -477,6 +477,13 @@ impl Shared {
             .transpose()
     }
 
+    /// Forgets a decommissioned agent's desired state.
+    pub(crate) fn forget_desired_state(&self, agent_id: &str) -> Result<(), DeployError> {
+        self.desired.remove(agent_id.as_bytes())?;
+        self.desired.flush()?;
+        Ok(())
+    }
+
     fn put_desired_state(&self, agent_id: &str, record: &AgentDesired) -> Result<(), DeployError> {
         self.desired.insert(agent_id.as_bytes(), encode(record))?;
         self.desired.flush()?;

@@ -38,6 +38,7 @@ impl EnrollError {
             EnrollError::Redeem(RedeemError::UnknownToken) => StatusCode::UNAUTHORIZED,
             EnrollError::Redeem(RedeemError::Used | RedeemError::Expired) => StatusCode::FORBIDDEN,
             EnrollError::Redeem(RedeemError::NameTaken(_)) => StatusCode::CONFLICT,
+            EnrollError::Redeem(RedeemError::RevokedKey) => StatusCode::FORBIDDEN,
             EnrollError::Redeem(RedeemError::Registry(_)) => StatusCode::INTERNAL_SERVER_ERROR,
             EnrollError::Redeem(RedeemError::Labels(_)) => StatusCode::BAD_REQUEST,
             EnrollError::Csr(PkiError::InvalidCsr(_)) => StatusCode::BAD_REQUEST,
@@ -67,9 +68,13 @@ pub(crate) fn enroll(
 
     let mut id = [0u8; 8];
     rand::rng().fill_bytes(&mut id);
-    let agent_id = hex::encode(id);
-    let cert_pem = shared.ca.sign_agent_csr(&request.csr_pem, &agent_id)?;
-    let cert_der = tern_transport::pki::first_certificate(&cert_pem)?;
+    // An agent whose certificate expired enrolls again under its own id.
+    let agent_id = (shared.registry)
+        .enrollment_id(&request.name, hex::encode(id), now_ms)
+        .map_err(RedeemError::from)?;
+    let signed =
+        (shared.ca).sign_agent_csr(&request.csr_pem, &agent_id, shared.config.agent_cert_ttl)?;
+    let cert_der = tern_transport::pki::first_certificate(&signed.cert_pem)?;
     let record = shared.registry.redeem(
         &token,
         NewAgent {
@@ -77,6 +82,8 @@ pub(crate) fn enroll(
             name: request.name.clone(),
             labels: request.labels.clone(),
             cert_sha256: tern_transport::pki::fingerprint(&cert_der),
+            cert_expires_ms: signed.not_after_ms,
+            key_sha256: signed.key_sha256,
             address: peer.map(|p| p.to_string()),
         },
         now_ms,
@@ -84,7 +91,7 @@ pub(crate) fn enroll(
     info!(agent = %record.name, id = %record.id, labels = %labels::format(&record.labels), "agent enrolled");
     Ok(EnrollResponse {
         agent_id,
-        certificate_pem: cert_pem,
+        certificate_pem: signed.cert_pem,
         ca_certificate_pem: shared.ca.cert_pem().to_owned(),
         labels: record.labels,
         online_key: Some(shared.online_key.public()),

@@ -35,6 +35,14 @@ impl HealthTracker {
         self.dropped.fetch_add(entries as u64, Ordering::Relaxed);
     }
 
+    /// Forgets a decommissioned agent's samples.
+    pub fn forget(&self, agent: &str) {
+        self.samples
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(id, _, _), _| id != agent);
+    }
+
     /// Report entries dropped so far.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)

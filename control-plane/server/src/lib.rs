@@ -20,7 +20,9 @@
 //!   with downsampling and retention, `top` queries and the fleet's `/metrics`.
 //! - [`drift`]: drift baselines, PSI per feature per agent and fleet-wide, alerts.
 //! - [`presence`]: which agents are connected and when they were last heard (in memory).
+//! - [`credentials`]: the admin credential and read-only ones.
 //! - [`enroll`]: redeeming a token for a certificate.
+//! - [`lifecycle`]: revoking, decommissioning and relabelling agents; certificate renewal.
 //! - [`agents`]: the QUIC endpoint and the per-agent control stream.
 //! - [`api`]: the admin API and the enrollment API (axum routers).
 //! - [`server`]: starts and stops all of it.
@@ -30,11 +32,13 @@ pub mod api;
 pub mod apply;
 pub mod catalog;
 pub mod config;
+pub mod credentials;
 pub mod data_dir;
 pub mod deploy;
 pub mod drift;
 pub mod enroll;
 pub mod health;
+pub mod lifecycle;
 pub mod presence;
 pub mod records;
 pub mod registry;

@@ -31,6 +31,11 @@ enum Command {
         #[arg(long = "server-name")]
         server_names: Vec<String>,
     },
+    /// Admin API credentials.
+    Credential {
+        #[command(subcommand)]
+        command: CredentialCommand,
+    },
     /// Run the control plane until SIGTERM or Ctrl-C.
     Serve {
         #[arg(long, env = "TERN_DATA_DIR")]
@@ -41,6 +46,18 @@ enum Command {
         /// Overrides listen_api of config.toml.
         #[arg(long)]
         listen_api: Option<SocketAddr>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CredentialCommand {
+    /// Make a credential; prints it once (only its hash is kept). `--role read` may read
+    /// everything (`/metrics`, `get`, `top`, the dashboard) and change nothing.
+    Create {
+        #[arg(long, env = "TERN_DATA_DIR")]
+        data_dir: PathBuf,
+        #[arg(long, value_enum)]
+        role: tern_control_plane::credentials::Role,
     },
 }
 
@@ -90,6 +107,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "next: tern-control-plane serve --data-dir {}",
                 data_dir.display()
             );
+            Ok(())
+        }
+        Command::Credential {
+            command: CredentialCommand::Create { data_dir, role },
+        } => {
+            DataDir::new(&data_dir).load().with_context(|| {
+                format!("{} is not a control plane data dir", data_dir.display())
+            })?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let (secret, record) = tern_control_plane::credentials::create(&data_dir, role, now)
+                .context("failed to create the credential")?;
+            eprintln!("credential {} ({:?}); shown once:", record.id, record.role);
+            println!("{secret}");
             Ok(())
         }
         Command::Serve {

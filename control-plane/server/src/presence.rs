@@ -111,6 +111,11 @@ impl Presence {
         }
     }
 
+    /// Forgets a decommissioned agent.
+    pub fn forget(&self, agent: &str) {
+        self.lock().agents.remove(agent);
+    }
+
     /// What is known about `agent`, if it connected since start.
     pub fn seen(&self, agent: &str) -> Option<Seen> {
         self.lock().agents.get(agent).map(|l| Seen {

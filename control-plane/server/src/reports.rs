@@ -50,6 +50,14 @@ impl AgentReports {
             .clone()
     }
 
+    /// Forgets a decommissioned agent.
+    pub fn forget(&self, agent: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(agent);
+    }
+
     /// The desired-state generation the agent last applied.
     pub fn applied_generation(&self, agent: &str) -> Option<u64> {
         self.0

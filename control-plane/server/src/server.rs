@@ -38,7 +38,9 @@ pub(crate) struct Shared {
     pub connections: crate::agents::Connections,
     pub config: ControlPlaneConfig,
     pub ca: CertificateAuthority,
-    pub admin_token_sha256: [u8; 32],
+    /// Certificates the QUIC endpoint refuses in the handshake (revoked agents').
+    pub revoked: tern_transport::tls::RevokedCertificates,
+    pub credentials: crate::credentials::Credentials,
     pub releases: ReleaseStore,
     pub catalog: Catalog,
     pub reports: AgentReports,
@@ -123,6 +125,10 @@ impl RunningControlPlane {
         )?;
         let (telemetry, telemetry_writer) = crate::telemetry::Telemetry::new(series);
         let drift = crate::drift::Drift::open(registry.db()).map_err(StartError::Drift)?;
+        let revoked = tern_transport::tls::RevokedCertificates::default();
+        for fingerprint in registry.revoked_certificates()? {
+            revoked.revoke(fingerprint);
+        }
         let shared = Arc::new(Shared {
             drift,
             telemetry,
@@ -137,12 +143,20 @@ impl RunningControlPlane {
             connections: Default::default(),
             config: config.clone(),
             ca: loaded.ca,
-            admin_token_sha256: loaded.admin_token_sha256,
+            revoked: revoked.clone(),
+            credentials: crate::credentials::Credentials::new(
+                loaded.admin_token_sha256,
+                &options.data_dir,
+            ),
         });
 
         let transport = tern_transport::quic::transport_config(AGENT_IDLE_TIMEOUT, None);
-        let quic_config =
-            tern_transport::tls::quic_server(&ca_pem, loaded.server_identity.clone(), transport)?;
+        let quic_config = tern_transport::tls::quic_server(
+            &ca_pem,
+            loaded.server_identity.clone(),
+            transport,
+            revoked,
+        )?;
         let bind_err = |what, addr| move |source| StartError::Bind { what, addr, source };
         let endpoint = quinn::Endpoint::server(quic_config, config.listen_agents)
             .map_err(bind_err("agents (QUIC)", config.listen_agents))?;

@@ -1,6 +1,7 @@
 //! HTTPS APIs: the admin API (bearer-authenticated, for `ternctl`) and the enrollment API (on the
 //! agents' address, authenticated by the token in the body).
 
+mod agents;
 mod dashboard;
 mod deployments;
 mod drift;
@@ -15,7 +16,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use tern_proto::api::{AgentView, ApiError, EnrollRequest, TokenRequest, TokenResponse};
 use tracing::{Instrument, info_span, warn};
@@ -65,8 +66,14 @@ pub(crate) fn internal(e: impl std::fmt::Display) -> HttpError {
 pub(crate) fn admin_router(shared: Arc<Shared>) -> Router {
     let protected = Router::new()
         .route("/v1/agents", get(list_agents))
-        .route("/v1/agents/{name}", get(get_agent))
-        .route("/v1/tokens", post(create_token))
+        .route(
+            "/v1/agents/{name}",
+            get(get_agent).delete(agents::decommission),
+        )
+        .route("/v1/agents/{name}/revoke", post(agents::revoke))
+        .route("/v1/agents/{name}/labels", post(agents::relabel))
+        .route("/v1/tokens", post(create_token).get(agents::tokens))
+        .route("/v1/tokens/{id}", delete(agents::withdraw_token))
         .route("/v1/releases", get(releases::list).post(releases::publish))
         .route(
             "/v1/artifacts/{digest}",
@@ -140,11 +147,12 @@ async fn require_admin(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(token) if tern_proto::sha256(token.trim().as_bytes()) == shared.admin_token_sha256 => {
-            next.run(request).await
+    match presented.map(|token| shared.credentials.role(token.trim())) {
+        Some(Some(role)) if role.allows(request.method()) => next.run(request).await,
+        Some(Some(_)) => {
+            HttpError(StatusCode::FORBIDDEN, "this credential is read-only".into()).into_response()
         }
-        Some(_) => {
+        Some(None) => {
             HttpError(StatusCode::UNAUTHORIZED, "invalid admin credential".into()).into_response()
         }
         None => HttpError(
@@ -176,7 +184,7 @@ pub(crate) fn agent_view(shared: &Shared, record: AgentRecord, now_ms: u64) -> A
             seen.last_seen_ms.max(record.last_seen_ms),
             Some(seen.address.to_string()),
         ),
-        None => (record.last_seen_ms, record.address),
+        None => (record.last_seen_ms, record.address.clone()),
     };
     let desired = shared.desired_state(&record.id).ok().flatten();
     let mut pipelines: Vec<tern_proto::api::AgentPipelineView> = desired
@@ -209,7 +217,24 @@ pub(crate) fn agent_view(shared: &Shared, record: AgentRecord, now_ms: u64) -> A
         view.phase = Some(status.phase.to_string());
         view.message = status.message;
     }
+    let identity_problem = if let Some(at) = record.revoked_ms {
+        Some(format!(
+            "revoked at {}: its certificates are refused; `ternctl delete agent {}` forgets it",
+            tern_transport::rfc3339(at),
+            record.name
+        ))
+    } else if record.cert_expired(now_ms) {
+        Some(format!(
+            "its certificate expired at {}: it needs a new token (`ternctl token create`, then `tern-agent join --token ...` on its data dir)",
+            tern_transport::rfc3339(record.cert_expires_ms.unwrap_or_default())
+        ))
+    } else {
+        None
+    };
     AgentView {
+        certificate_expires: record.cert_expires_ms.map(tern_transport::rfc3339),
+        revoked: record.revoked_ms.map(tern_transport::rfc3339),
+        identity_problem,
         desired_generation: desired.map(|d| d.generation),
         applied_generation: shared.reports.applied_generation(&record.id),
         refused: shared.reports.refused(&record.id),

@@ -1,0 +1,110 @@
+//! An agent's identity over time (design section 6a): revocation, decommissioning, relabelling
+//! and certificate renewal. Each is a registry change plus what follows from it at once: a
+//! revoked certificate is refused from the next handshake and the live connection closes, a
+//! decommissioned agent leaves every view, a relabelled one is re-targeted by the next
+//! deployment pass.
+
+use std::collections::BTreeMap;
+
+use tracing::{info, warn};
+
+use crate::registry::{AgentChangeError, AgentRecord};
+use crate::server::Shared;
+
+/// Why a renewal was refused (the agent is told).
+#[derive(Debug, thiserror::Error)]
+pub enum RenewError {
+    #[error(transparent)]
+    Change(#[from] AgentChangeError),
+    #[error(transparent)]
+    Csr(#[from] tern_transport::PkiError),
+    #[error("a renewal needs a fresh key")]
+    SameKey,
+    #[error("this key belongs to a revoked agent")]
+    RevokedKey,
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+}
+
+/// Revokes `name`: its certificates are refused in the handshake from now on, also after a
+/// restart, and its live connection is closed.
+pub(crate) fn revoke(
+    shared: &Shared,
+    name: &str,
+    now_ms: u64,
+) -> Result<AgentRecord, AgentChangeError> {
+    let (record, fingerprints) = shared.registry.revoke(name, now_ms)?;
+    refuse(shared, &record, &fingerprints, "revoked");
+    info!(agent = %record.name, id = %record.id, "agent revoked");
+    Ok(record)
+}
+
+/// Decommissions `name`: revokes it, then forgets it in the registry, its desired state, health,
+/// reports and presence. The name may enroll again with a new token (and a new key).
+pub(crate) fn decommission(
+    shared: &Shared,
+    name: &str,
+    now_ms: u64,
+) -> Result<AgentRecord, AgentChangeError> {
+    let _guard = shared.catalog.lock();
+    let (record, fingerprints) = shared.registry.delete(name, now_ms)?;
+    refuse(shared, &record, &fingerprints, "decommissioned");
+    if let Err(e) = shared.forget_desired_state(&record.id) {
+        warn!(agent = %record.name, error = %e, "cannot forget the agent's desired state");
+    }
+    shared.health.forget(&record.id);
+    shared.reports.forget(&record.id);
+    shared.presence.forget(&record.id);
+    info!(agent = %record.name, id = %record.id, "agent decommissioned");
+    Ok(record)
+}
+
+/// Refuses `fingerprints` in future handshakes and closes the agent's connection.
+fn refuse(shared: &Shared, record: &AgentRecord, fingerprints: &[[u8; 32]], why: &str) {
+    for fingerprint in fingerprints {
+        shared.revoked.revoke(*fingerprint);
+    }
+    shared
+        .connections
+        .close(&record.id, &format!("agent {} was {why}", record.name));
+}
+
+/// Sets and removes labels of `name` (kubectl's `k=v` and `k-`); deployments re-target on the
+/// next pass, without the agent reconnecting.
+pub(crate) fn relabel(
+    shared: &Shared,
+    name: &str,
+    set: &BTreeMap<String, String>,
+    remove: &[String],
+) -> Result<AgentRecord, AgentChangeError> {
+    let record = shared.registry.relabel(name, set, remove)?;
+    info!(agent = %record.name, labels = %tern_proto::labels::format(&record.labels), "agent relabelled");
+    Ok(record)
+}
+
+/// Signs a renewal CSR of connected agent `record` (a fresh key) and records the certificate.
+pub(crate) fn renew(
+    shared: &Shared,
+    record: &AgentRecord,
+    csr_pem: &str,
+) -> Result<String, RenewError> {
+    let signed = shared
+        .ca
+        .sign_agent_csr(csr_pem, &record.id, shared.config.agent_cert_ttl)?;
+    let key = hex::encode(signed.key_sha256);
+    if record.key_sha256.as_deref() == Some(key.as_str()) {
+        return Err(RenewError::SameKey);
+    }
+    if shared.registry.is_key_revoked(&signed.key_sha256)? {
+        return Err(RenewError::RevokedKey);
+    }
+    let cert = tern_transport::pki::first_certificate(&signed.cert_pem)?;
+    shared.registry.renew(
+        &record.id,
+        tern_transport::pki::fingerprint(&cert),
+        signed.key_sha256,
+        signed.not_after_ms,
+    )?;
+    info!(agent = %record.name, expires = %tern_transport::rfc3339(signed.not_after_ms), "certificate renewed");
+    Ok(signed.cert_pem)
+}
