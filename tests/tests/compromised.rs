@@ -171,6 +171,7 @@ fn rejects_trust_root_not_signed_by_the_current_root() -> anyhow::Result<()> {
         publishers: vec![attacker.public()],
         threshold: 1,
         created_ms: 0,
+        expires_ms: None,
     });
     forged.sign(&attacker);
     tamper_with(&mut fleet.cp, |registry, _| {
@@ -297,5 +298,51 @@ fn a_trust_rotation_that_drops_the_publisher_stops_what_it_signed() -> anyhow::R
     assert!(reason.contains("no longer verifies"), "{reason}");
     assert!(reason.contains("signed by 0 trusted key"), "{reason}");
     assert_eq!(fleet.infer(0)?, 503, "it stopped serving");
+    Ok(())
+}
+
+#[test]
+fn an_expired_trust_root_keeps_what_runs_and_refuses_new_releases() -> anyhow::Result<()> {
+    let fleet = serving_fleet()?;
+    fleet.cp.ternctl_ok(&[
+        "trust",
+        "rotate",
+        "--root-key",
+        &path_str(&fleet.publisher.key("root.key"))?,
+        "--expires",
+        "12s",
+        "--out",
+        &path_str(&fleet.tmp.path().join("trust-v2.json"))?,
+    ])?;
+    let expires = fleet.cp.ternctl_ok(&["trust", "show"])?;
+    assert!(!expires.contains("Expires:         never"), "{expires}");
+    // Within 30 days of its expiry the agent warns, and `describe agent` shows it.
+    tern_e2e::wait_for(FLEET_TIMEOUT, "the agent's warning", || {
+        let view = fleet.agent_view("edge-1").ok()?;
+        view.warnings
+            .iter()
+            .any(|w| w.contains("expires at"))
+            .then_some(())
+    })?;
+    assert!(
+        fleet
+            .cp
+            .ternctl_ok(&["describe", "agent", "edge-1"])?
+            .contains("Warning:")
+    );
+    tern_e2e::wait_for(FLEET_TIMEOUT, "the expiry", || {
+        let view = fleet.agent_view("edge-1").ok()?;
+        view.warnings
+            .iter()
+            .any(|w| w.contains("expired at"))
+            .then_some(())
+    })?;
+    // What runs keeps running; a new release is refused.
+    assert_eq!(fleet.infer(0)?, 200);
+    fleet.push(&fleet.topk("two", 0)?, 2)?;
+    fleet.apply("topk:2", 2)?;
+    let reason = fleet.failure("edge-1", 2)?;
+    assert!(reason.contains("expired"), "{reason}");
+    assert_eq!(fleet.infer(0)?, 200);
     Ok(())
 }

@@ -498,3 +498,57 @@ spec:
     assert_eq!(fleet.infer(0)?, 200, "and still serves what it ran");
     Ok(())
 }
+
+/// The `scores` pipeline running `step` (YAML of one step), in canary waves of 50 % with a
+/// health window long enough that wave 1 holds for the whole test.
+fn slow_canary(step: &str) -> String {
+    format!(
+        r#"apiVersion: tern.dev/v1alpha1
+kind: Pipeline
+metadata: {{ name: scores }}
+spec:
+  steps:
+    - name: post
+      {step}
+---
+apiVersion: tern.dev/v1alpha1
+kind: Deployment
+metadata: {{ name: scores }}
+spec:
+  pipeline: scores
+  rollout: {{ strategy: canary, waves: [50, 100], healthWindowSeconds: 600, autoRollback: true }}
+"#
+    )
+}
+
+#[test]
+fn a_broken_revision_applied_during_the_canary_of_the_first_rolls_back_to_it() -> anyhow::Result<()>
+{
+    let fleet = tern_e2e::Fleet::start(2)?;
+    fleet.push(&fleet.topk("one", 0)?, 1)?;
+    let hostile = fleet.tmp.path().join("hostile.wasm");
+    std::fs::copy(component("hostile-fixture"), &hostile)?;
+    fleet
+        .publisher
+        .sign_and_push(&fleet.cp, &hostile, "plugin", "hostile", 1)?;
+    let file = fleet.tmp.path().join("canary.yaml");
+    // Revision 1, a new pipeline: its canary (edge-1) serves it, edge-2 waits for wave 2.
+    std::fs::write(&file, slow_canary("plugin: topk:1\n      config: { k: 2 }"))?;
+    fleet.cp.ternctl_ok(&["apply", "-f", &path_str(&file)?])?;
+    fleet.wait_serving("edge-1", 1)?;
+    assert_eq!((fleet.infer(0)?, fleet.infer(1)?), (200, 404));
+    // Revision 2 cannot even be configured, and is applied while revision 1 is in its window.
+    std::fs::write(
+        &file,
+        slow_canary("plugin: hostile:1\n      config: { mode: configure-fail }"),
+    )?;
+    fleet.cp.ternctl_ok(&["apply", "-f", &path_str(&file)?])?;
+    fleet.wait_phase(2, "RolledBack")?;
+    // The rollback returns edge-1 to what it served before revision 2: revision 1.
+    fleet.wait_serving("edge-1", 1)?;
+    assert_eq!(fleet.infer(0)?, 200, "the canary still serves revision 1");
+    let view = fleet.agent_view("edge-1")?;
+    let scores = view.pipelines.iter().find(|p| p.name == "scores");
+    assert_eq!(scores.and_then(|p| p.desired), Some(1), "{view:?}");
+    Ok(())
+}

@@ -36,6 +36,17 @@ enum Event {
     Loaded(DesiredPipeline, Result<Arc<ServedPipeline>, LoadFailure>),
 }
 
+/// What the status reports carry besides the reconciler's state.
+#[derive(Debug, Default)]
+struct Reports {
+    seq: u64,
+    /// Why the last desired state or trust root was refused.
+    refused: Option<String>,
+    /// What the last report warned about: a warning that comes with time (a trust root
+    /// expiring) is reported when it changes.
+    warned: Vec<String>,
+}
+
 /// Everything the deployer works with.
 #[derive(Debug)]
 pub struct Deployer {
@@ -228,8 +239,7 @@ impl Deployer {
         let mut health = tokio::time::interval(HEALTH_INTERVAL);
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut connection = self.connection.clone();
-        let mut refused: Option<String> = None;
-        let mut seq = 0u64;
+        let mut reports = Reports::default();
         loop {
             let mut loaded: Option<Arc<ServedPipeline>> = None;
             let actions = tokio::select! {
@@ -247,7 +257,7 @@ impl Deployer {
                     match opened {
                         Ok(actions) => {
                             // `desired` ends with a report, which carries this.
-                            refused = reconciler.trust_error().map(str::to_owned);
+                            reports.refused = reconciler.trust_error().map(str::to_owned);
                             let content = reconciler.applied_content();
                             if let Err(e) = self.store.set_applied_generation(generation, content) {
                                 warn!(error = %e, "cannot persist the applied generation");
@@ -256,7 +266,7 @@ impl Deployer {
                         }
                         Err(e) => {
                             warn!(generation, error = %e, "desired state refused");
-                            refused = Some(e.to_string());
+                            reports.refused = Some(e.to_string());
                             vec![Action::Report]
                         }
                     }
@@ -297,7 +307,10 @@ impl Deployer {
                     if !pipelines.is_empty() {
                         let _ = self.outbox.try_send(AgentMessage::Health(HealthReport { pipelines }));
                     }
-                    continue;
+                    if reconciler.warnings(tern_transport::unix_millis_now()) == reports.warned {
+                        continue;
+                    }
+                    vec![Action::Report]
                 }
                 changed = connection.changed() => {
                     if changed.is_err() { return; }
@@ -306,14 +319,9 @@ impl Deployer {
                 }
             };
             for action in actions {
-                if let Err(e) = self.perform(
-                    action,
-                    &events_tx,
-                    &mut loaded,
-                    &reconciler,
-                    &refused,
-                    &mut seq,
-                ) {
+                if let Err(e) =
+                    self.perform(action, &events_tx, &mut loaded, &reconciler, &mut reports)
+                {
                     warn!(error = %e, "cannot persist the agent's state");
                 }
             }
@@ -326,8 +334,7 @@ impl Deployer {
         events: &mpsc::Sender<Event>,
         loaded: &mut Option<Arc<ServedPipeline>>,
         reconciler: &Reconciler,
-        refused: &Option<String>,
-        seq: &mut u64,
+        reports: &mut Reports,
     ) -> Result<(), StoreError> {
         match action {
             Action::PinTrustRoot(root) => {
@@ -365,13 +372,15 @@ impl Deployer {
                         .map(|p| p.name.clone())
                         .collect(),
                 );
-                *seq += 1;
+                reports.seq += 1;
                 let report = StatusReport {
-                    seq: *seq,
+                    seq: reports.seq,
                     applied_generation: reconciler.applied_generation(),
                     pipelines: status,
-                    refused: refused.clone(),
+                    refused: reports.refused.clone(),
+                    warnings: reconciler.warnings(tern_transport::unix_millis_now()),
                 };
+                reports.warned.clone_from(&report.warnings);
                 let _ = self.outbox.try_send(AgentMessage::Status(report));
             }
         }

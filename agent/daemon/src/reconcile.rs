@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use tern_proto::desired::{DesiredPipeline, DesiredState, DesiredStateError};
 use tern_proto::message::{PipelinePhase, PipelineStatus};
 use tern_proto::release::{Clocks, Digest, SignedRelease, VersionFloor};
-use tern_proto::trust::{SignedTrustRoot, TrustUpdate};
+use tern_proto::trust::{Expiry, SignedTrustRoot, TrustUpdate};
 
 /// What the driver must do.
 #[derive(Debug, Clone, PartialEq)]
@@ -325,6 +325,16 @@ impl Reconciler {
             .trust
             .as_ref()
             .ok_or("no trust root is pinned on this agent")?;
+        if let Some(clocks) = clocks
+            && let Expiry::Expired { expires_ms } =
+                (trust.signed).expiry(clocks.local_ms.max(clocks.control_plane_ms))
+        {
+            return Err(format!(
+                "trust root version {} expired at {}: no new release is accepted until the root signs a new one",
+                trust.signed.version,
+                tern_transport::rfc3339(expires_ms)
+            ));
+        }
         let check = |release: &SignedRelease| {
             let floor = self.floors.get(&release.signed.name).copied();
             match clocks {
@@ -514,6 +524,25 @@ impl Reconciler {
             .collect()
     }
 
+    /// What the operator should know about this agent's trust before it becomes a failure.
+    pub fn warnings(&self, now_ms: u64) -> Vec<String> {
+        let Some(trust) = &self.trust else {
+            return Vec::new();
+        };
+        let version = trust.signed.version;
+        match trust.signed.expiry(now_ms) {
+            Expiry::Valid => Vec::new(),
+            Expiry::Soon { expires_ms } => vec![format!(
+                "trust root version {version} expires at {}: have the root sign a new one (`ternctl trust rotate`)",
+                tern_transport::rfc3339(expires_ms)
+            )],
+            Expiry::Expired { expires_ms } => vec![format!(
+                "trust root version {version} expired at {}: new releases are refused; what runs keeps running",
+                tern_transport::rfc3339(expires_ms)
+            )],
+        }
+    }
+
     /// Why the last trust root was refused, if it was.
     pub fn trust_error(&self) -> Option<&str> {
         self.trust_error.as_deref()
@@ -545,6 +574,7 @@ mod tests {
                 publishers: vec![publisher.public()],
                 threshold: 1,
                 created_ms: 0,
+                expires_ms: None,
             });
             trust.sign(&root);
             Self {
@@ -763,6 +793,7 @@ mod tests {
             publishers: vec![attacker.public()],
             threshold: 1,
             created_ms: 0,
+            expires_ms: None,
         });
         forged.sign(&attacker);
         let mut state = w.state(2, vec![w.pipeline(1, 1, false)]);
@@ -985,5 +1016,42 @@ mod tests {
             "{a:?}"
         );
         assert!(r.reverify().is_empty(), "the serving copy still verifies");
+    }
+
+    #[test]
+    fn an_expired_trust_root_refuses_new_releases_and_keeps_what_runs() {
+        let w = World::new();
+        let mut r = Reconciler::new(Restored::default());
+        let v1 = w.pipeline(1, 1, true);
+        serve(&mut r, &w, 1, &v1);
+        assert!(r.warnings(1_000).is_empty());
+        let mut expiring = Signed::unsigned(TrustRoot {
+            version: 2,
+            expires_ms: Some(100_000_000_000),
+            ..w.trust.signed.clone()
+        });
+        expiring.sign(&w.root);
+        let mut state = w.state(2, vec![v1.clone()]);
+        state.trust_root = Some(expiring);
+        r.apply(state, 1_000);
+        let soon = 100_000_000_000 - 24 * 3600 * 1000;
+        assert!(
+            r.warnings(soon)[0].contains("expires at"),
+            "{:?}",
+            r.warnings(soon)
+        );
+        // Past the expiry (by the agent's clock): the serving revision stays, a new one is
+        // refused.
+        let later = 100_000_000_001;
+        assert!(r.warnings(later)[0].contains("expired"));
+        r.apply(w.state(3, vec![v1.clone()]), later);
+        assert_eq!(r.status()[0].serving, Some(1));
+        assert_eq!(r.status()[0].phase, PipelinePhase::Ready);
+        let a = r.apply(w.state(4, vec![w.pipeline(2, 2, false)]), later);
+        assert!(fetched(&a).is_empty());
+        let status = &r.status()[0];
+        assert_eq!(status.phase, PipelinePhase::Failed);
+        assert!(status.message.contains("expired"), "{status:?}");
+        assert_eq!(status.serving, Some(1));
     }
 }

@@ -242,7 +242,15 @@ mod tests {
             std::fs::write(store.artifact_path(&digest), b"x").expect("artifact");
             std::fs::write(store.partial_path(&Digest::of(b"y")), b"y").expect("partial");
         }
-        let store = AgentStore::open(&state, &artifacts).expect("reopen");
+        // sled's flusher thread lets go of the file lock a moment after the drop.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let store = loop {
+            match AgentStore::open(&state, &artifacts) {
+                Ok(store) => break store,
+                Err(e) if std::time::Instant::now() > deadline => panic!("reopen: {e}"),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        };
         let restored = store.restore().expect("restore");
         assert_eq!(restored.floors.get("topk"), Some(&floor(3)));
         assert_eq!(restored.applied_generation, 7);

@@ -164,14 +164,17 @@ pub fn trust_init(
     root_threshold: u32,
     publishers: Vec<PublicKey>,
     threshold: u32,
+    expires: Option<std::time::Duration>,
 ) -> anyhow::Result<SignedTrustRoot> {
+    let now = tern_transport::unix_millis_now();
     let body = TrustRoot {
         version: 1,
         root_keys: root_keys.iter().map(SecretKey::public).collect(),
         root_threshold,
         publishers,
         threshold,
-        created_ms: tern_transport::unix_millis_now(),
+        created_ms: now,
+        expires_ms: expires.map(|d| now.saturating_add(d.as_millis() as u64)),
     };
     body.validate()?;
     let mut doc = Signed::unsigned(body);
@@ -189,6 +192,8 @@ pub struct Rotation {
     pub root_threshold: Option<u32>,
     pub publishers: Option<Vec<PublicKey>>,
     pub threshold: Option<u32>,
+    /// How long the new trust root is valid; `None`: it does not expire.
+    pub expires: Option<std::time::Duration>,
 }
 
 /// The successor of `current`, signed by `current_root_keys` (which must reach the current
@@ -199,6 +204,7 @@ pub fn trust_rotate(
     rotation: Rotation,
 ) -> anyhow::Result<SignedTrustRoot> {
     let pinned = &current.signed;
+    let now = tern_transport::unix_millis_now();
     let body = TrustRoot {
         version: pinned.version + 1,
         root_keys: if rotation.new_root_keys.is_empty() {
@@ -215,7 +221,8 @@ pub fn trust_rotate(
             .publishers
             .unwrap_or_else(|| pinned.publishers.clone()),
         threshold: rotation.threshold.unwrap_or(pinned.threshold),
-        created_ms: tern_transport::unix_millis_now(),
+        created_ms: now,
+        expires_ms: (rotation.expires).map(|d| now.saturating_add(d.as_millis() as u64)),
     };
     body.validate()?;
     let mut doc = Signed::unsigned(body);
@@ -265,8 +272,14 @@ mod tests {
             SecretKey::generate(),
             SecretKey::generate(),
         );
-        let v1 =
-            trust_init(std::slice::from_ref(&root), 1, vec![publisher.public()], 1).expect("init");
+        let v1 = trust_init(
+            std::slice::from_ref(&root),
+            1,
+            vec![publisher.public()],
+            1,
+            None,
+        )
+        .expect("init");
         let v2 = trust_rotate(
             &v1,
             std::slice::from_ref(&root),

@@ -283,6 +283,9 @@ enum TrustCommand {
         /// Only write the document; pin it later with `ternctl trust push`.
         #[arg(long)]
         offline: bool,
+        /// How long agents accept new releases under it (e.g. 365d); they warn 30 days before.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires: Option<Duration>,
     },
     /// Replace the trust root: a higher version signed by the current root keys.
     Rotate {
@@ -306,6 +309,9 @@ enum TrustCommand {
         out: PathBuf,
         #[arg(long)]
         offline: bool,
+        /// How long agents accept new releases under the new trust root (e.g. 365d).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires: Option<Duration>,
     },
     /// Pin a trust root document made with `--offline`.
     Push { file: PathBuf },
@@ -771,12 +777,14 @@ async fn trust(
             threshold,
             out,
             offline,
+            expires,
         } => {
             let doc = keys::trust_init(
                 &read_keys(&root_keys)?,
                 root_threshold,
                 read_publishers(&publishers)?,
                 threshold,
+                expires,
             )?;
             (doc, out, offline)
         }
@@ -789,6 +797,7 @@ async fn trust(
             current,
             out,
             offline,
+            expires,
         } => {
             let current: SignedTrustRoot = match current {
                 Some(path) => keys::read_trust_root(&path)?,
@@ -804,6 +813,7 @@ async fn trust(
                     .then(|| read_publishers(&publishers))
                     .transpose()?,
                 threshold,
+                expires,
             };
             let doc = keys::trust_rotate(&current, &read_keys(&root_keys)?, rotation)?;
             (doc, out, offline)

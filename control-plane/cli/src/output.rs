@@ -202,6 +202,9 @@ pub fn agent(a: &AgentView, format: Format) -> anyhow::Result<String> {
     if let Some(problem) = &a.identity_problem {
         out.push_str(&format!("Identity:   {}\n", shown(problem)));
     }
+    for warning in &a.warnings {
+        out.push_str(&format!("Warning:    {}\n", shown(warning)));
+    }
     if !a.pipelines.is_empty() {
         let mut t = table(&["PIPELINE", "DESIRED", "SERVING", "PHASE", "MESSAGE"]);
         for p in &a.pipelines {
@@ -276,12 +279,14 @@ pub fn trust_root(doc: &SignedTrustRoot, format: Format) -> anyhow::Result<Strin
         t.add_row(vec!["publisher".into(), k.id(), hex_key(k)]);
     }
     Ok(format!(
-        "Version:         {}\nRoot threshold:  {} of {}\nRelease threshold: {} of {}\n{t}\n",
+        "Version:         {}\nRoot threshold:  {} of {}\nRelease threshold: {} of {}\nExpires:         {}\n{t}\n",
         root.version,
         root.root_threshold,
         root.root_keys.len(),
         root.threshold,
-        root.publishers.len()
+        root.publishers.len(),
+        root.expires_ms
+            .map_or_else(|| "never".to_owned(), tern_transport::rfc3339)
     ))
 }
 

@@ -65,6 +65,9 @@ pub struct AgentView {
     /// needs a new token).
     #[serde(default)]
     pub identity_problem: Option<String>,
+    /// What the agent warns about (its trust root expires soon, or expired).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// An enrollment token not redeemed yet (`GET /v1/tokens`); the secret is never shown again.

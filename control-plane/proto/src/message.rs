@@ -135,6 +135,9 @@ pub struct StatusReport {
     /// Why the last desired state or trust root was refused, if it was (a replayed generation,
     /// a bad signature, a trust root not signed by the current root).
     pub refused: Option<String>,
+    /// What the operator should know before it becomes a failure (a trust root about to
+    /// expire, or expired).
+    pub warnings: Vec<String>,
 }
 
 /// The state of one pipeline on an agent.

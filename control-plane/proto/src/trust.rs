@@ -26,10 +26,60 @@ pub struct TrustRoot {
     pub threshold: u32,
     /// Unix milliseconds when it was made.
     pub created_ms: u64,
+    /// Unix milliseconds after which agents accept no new release under it (what they run
+    /// keeps running); they warn from [`EXPIRY_WARNING_MS`] before. `None`: it does not expire.
+    #[serde(default)]
+    pub expires_ms: Option<u64>,
 }
+
+/// How long before its expiry an agent warns that its trust root expires.
+pub const EXPIRY_WARNING_MS: u64 = 30 * 24 * 3600 * 1000;
 
 impl Statement for TrustRoot {
     const DOMAIN: &'static str = "tern trust root v1";
+
+    /// The fields of the first version, then the expiry only when there is one: documents
+    /// signed before trust roots could expire still verify, and an expiry cannot be removed
+    /// from a signed one.
+    fn signed_bytes(&self) -> Vec<u8> {
+        let first = (
+            self.version,
+            &self.root_keys,
+            self.root_threshold,
+            &self.publishers,
+            self.threshold,
+            self.created_ms,
+        );
+        let mut bytes = postcard::to_stdvec(&first).unwrap_or_default();
+        if let Some(expires_ms) = self.expires_ms {
+            bytes.extend(postcard::to_stdvec(&expires_ms).unwrap_or_default());
+        }
+        bytes
+    }
+}
+
+/// Where a trust root stands against the clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// No expiry, or further away than the warning period.
+    Valid,
+    /// Expires within the warning period.
+    Soon { expires_ms: u64 },
+    /// Expired: no new release is accepted under it.
+    Expired { expires_ms: u64 },
+}
+
+impl TrustRoot {
+    /// Its state at `now_ms`.
+    pub fn expiry(&self, now_ms: u64) -> Expiry {
+        match self.expires_ms {
+            Some(expires_ms) if now_ms >= expires_ms => Expiry::Expired { expires_ms },
+            Some(expires_ms) if now_ms.saturating_add(EXPIRY_WARNING_MS) >= expires_ms => {
+                Expiry::Soon { expires_ms }
+            }
+            _ => Expiry::Valid,
+        }
+    }
 }
 
 /// A trust root with its root keys' signatures: the content of `trust-root.json`.
@@ -147,6 +197,7 @@ pub(crate) mod tests {
             publishers: publishers.to_vec(),
             threshold,
             created_ms: 0,
+            expires_ms: None,
         }
     }
 
@@ -249,5 +300,51 @@ pub(crate) mod tests {
         body.publishers = vec![k];
         body.root_threshold = 0;
         assert!(matches!(body.validate(), Err(TrustError::Invalid(_))));
+    }
+
+    #[test]
+    fn an_expiry_is_signed_and_documents_without_one_verify_as_before() {
+        let (root, publisher) = (SecretKey::generate(), SecretKey::generate());
+        let body = TrustRoot {
+            root_keys: vec![root.public()],
+            ..root_with(&[publisher.public()], 1)
+        };
+        // Without an expiry the signed bytes are the first version's encoding.
+        let first_version = postcard::to_stdvec(&(
+            body.version,
+            &body.root_keys,
+            body.root_threshold,
+            &body.publishers,
+            body.threshold,
+            body.created_ms,
+        ))
+        .expect("encodes");
+        assert_eq!(body.signed_bytes(), first_version);
+        let expiring = signed(
+            TrustRoot {
+                expires_ms: Some(EXPIRY_WARNING_MS + 1_000),
+                ..body.clone()
+            },
+            &[&root],
+        );
+        assert_eq!(expiring.accept(None), Ok(TrustUpdate::Accepted));
+        // Removing (or moving) the expiry breaks the signature.
+        let mut stripped = expiring.clone();
+        stripped.signed.expires_ms = None;
+        assert!(matches!(
+            stripped.accept(None),
+            Err(TrustError::NotSelfSigned { .. })
+        ));
+        stripped.signed.expires_ms = Some(u64::MAX);
+        assert!(matches!(
+            stripped.accept(None),
+            Err(TrustError::NotSelfSigned { .. })
+        ));
+        let t = &expiring.signed;
+        let at = EXPIRY_WARNING_MS + 1_000;
+        assert_eq!(t.expiry(999), Expiry::Valid);
+        assert_eq!(t.expiry(1_000), Expiry::Soon { expires_ms: at });
+        assert_eq!(t.expiry(at), Expiry::Expired { expires_ms: at });
+        assert_eq!(body.expiry(u64::MAX), Expiry::Valid);
     }
 }

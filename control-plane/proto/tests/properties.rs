@@ -164,6 +164,7 @@ fn status() -> impl Strategy<Value = StatusReport> {
             refused: pipelines
                 .first()
                 .map(|p: &PipelineStatus| p.message.clone()),
+            warnings: pipelines.iter().map(|p| p.name.clone()).collect(),
             pipelines,
         })
 }

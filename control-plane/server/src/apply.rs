@@ -219,16 +219,13 @@ fn roll_out_revision(
         if record.manifest.spec.pipeline != name {
             continue;
         }
-        let previous = record.rollout.as_ref().and_then(Rollout::stable);
-        if previous == Some(revision) {
-            continue;
-        }
-        record.rollout = Some(Rollout::new(
-            revision,
-            previous,
-            RolloutPolicy::from(&record.manifest.spec.rollout),
-            now_ms,
-        ));
+        let policy = RolloutPolicy::from(&record.manifest.spec.rollout);
+        record.rollout = match &record.rollout {
+            Some(old) if old.stable() == Some(revision) => continue,
+            // Whatever the old rollout had moved returns there on a rollback.
+            Some(old) => Some(old.successor(revision, policy, now_ms)),
+            None => Some(Rollout::new(revision, None, policy, now_ms)),
+        };
         record.updated_ms = now_ms;
         catalog.put_deployment(&record)?;
     }
@@ -367,7 +364,7 @@ fn apply_deployment(
                 rollout.policy = policy;
                 rollout
             }
-            Some(rollout) => Rollout::new(latest, rollout.stable(), policy, now_ms),
+            Some(rollout) => rollout.successor(latest, policy, now_ms),
             None => Rollout::new(latest, None, policy, now_ms),
         };
         catalog.put_deployment(&DeploymentRecord {

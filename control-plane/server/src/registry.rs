@@ -722,7 +722,15 @@ mod tests {
                 .expect("update");
             reg.flush().expect("flush");
         }
-        let reg = Registry::open(tmp.path()).expect("reopen");
+        // sled's flusher thread lets go of the file lock a moment after the drop.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let reg = loop {
+            match Registry::open(tmp.path()) {
+                Ok(reg) => break reg,
+                Err(e) if std::time::Instant::now() > deadline => panic!("reopen: {e}"),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        };
         let agents = reg.agents().expect("list");
         assert_eq!(agents.len(), 1);
         assert_eq!(agents[0].version, "9.9.9");

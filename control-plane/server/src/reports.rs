@@ -50,6 +50,16 @@ impl AgentReports {
             .clone()
     }
 
+    /// What the agent warned about in its last report.
+    pub fn warnings(&self, agent: &str) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(agent)
+            .map(|r| r.warnings.clone())
+            .unwrap_or_default()
+    }
+
     /// Forgets a decommissioned agent.
     pub fn forget(&self, agent: &str) {
         self.0

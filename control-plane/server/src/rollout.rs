@@ -16,8 +16,13 @@
 //! - A wave must stay healthy for the whole health window before the next one starts.
 //! - A wave fails when an agent reports that it could not install the target, when an agent's
 //!   error rate exceeds the limit, or when it is not healthy within the progress deadline. With
-//!   `autoRollback` every agent goes back to the previous revision; without it, the rollout
-//!   stops where it is until an operator undoes it or applies a new revision.
+//!   `autoRollback` every agent goes back to what it ran before the rollout began; without it,
+//!   the rollout stops where it is until an operator undoes it or applies a new revision.
+//! - A rollout that replaces one still in progress starts from the stable revision, and each
+//!   agent the replaced one had moved keeps the revision it ran as the one to return to: a
+//!   rollback never takes away what was serving.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use tern_proto::manifest::RolloutSpec;
@@ -129,6 +134,10 @@ pub struct Rollout {
     pub healthy_since_ms: Option<u64>,
     /// Agents assigned the target, in the order they joined.
     pub members: Vec<String>,
+    /// Agents that ran another revision than `previous` when this rollout began (the rollout it
+    /// replaced had moved them): they run it until they join, and return to it on a rollback.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub returns: BTreeMap<String, u64>,
     /// Recent transitions with their time (unix ms), oldest first.
     pub history: Vec<(u64, Transition)>,
 }
@@ -146,8 +155,29 @@ impl Rollout {
             wave_started_ms: now_ms,
             healthy_since_ms: None,
             members: Vec::new(),
+            returns: BTreeMap::new(),
             history: Vec::new(),
         }
+    }
+
+    /// The rollout of `target` that replaces this one: from this one's stable revision, and
+    /// every agent this one moved elsewhere returns, on a rollback, to what it runs now.
+    pub fn successor(&self, target: u64, policy: RolloutPolicy, now_ms: u64) -> Self {
+        let previous = self.stable();
+        let returns = (self.members.iter())
+            .chain(self.returns.keys())
+            .filter_map(|agent| Some((agent.clone(), self.assignment(agent)?)))
+            .filter(|(_, revision)| Some(*revision) != previous)
+            .collect();
+        Self {
+            returns,
+            ..Self::new(target, previous, policy, now_ms)
+        }
+    }
+
+    /// What `agent` runs when it is not (or no longer) on the target.
+    fn fallback(&self, agent: &str) -> Option<u64> {
+        self.returns.get(agent).copied().or(self.previous)
     }
 
     /// The revision agents may rely on: the target once complete, else the previous one.
@@ -162,12 +192,12 @@ impl Rollout {
     pub fn assignment(&self, agent: &str) -> Option<u64> {
         match &self.phase {
             Phase::Complete => Some(self.target),
-            Phase::RolledBack { .. } => self.previous,
+            Phase::RolledBack { .. } => self.fallback(agent),
             Phase::Progressing | Phase::Paused | Phase::Failed { .. } => {
                 if self.members.iter().any(|m| m == agent) {
                     Some(self.target)
                 } else {
-                    self.previous
+                    self.fallback(agent)
                 }
             }
         }
@@ -547,5 +577,41 @@ mod tests {
         assert_eq!(r.wave_size(2, 3), 3);
         assert_eq!(r.wave_size(0, 0), 0);
         assert_eq!(r.wave_size(0, 25), 3);
+    }
+
+    #[test]
+    fn a_rollback_returns_each_agent_to_what_it_served_before_the_failed_rollout_began() {
+        // Revision 1 of a new pipeline is in its canary wave: agent-00 serves it, agent-01
+        // runs nothing yet.
+        let mut first = Rollout::new(1, None, policy(&[50, 100], 60_000), 0);
+        first.observe(&fleet(2, |_| None), 0);
+        assert_eq!(first.members, ["agent-00"]);
+        // Revision 2 is applied before the window ends, and fails on its canary.
+        let mut second = first.successor(2, policy(&[50, 100], 60_000), 1_000);
+        assert_eq!(second.previous, None);
+        assert_eq!(
+            second.assignment("agent-00"),
+            Some(1),
+            "still on 1 until it joins"
+        );
+        second.observe(&fleet(2, |i| (i == 0).then_some(1)), 1_000);
+        let mut seen = converged(&second, 2);
+        seen[0].reported = Some((2, Some("the model does not load".into())));
+        second.observe(&seen, 2_000);
+        assert!(matches!(second.phase, Phase::RolledBack { .. }));
+        assert_eq!(
+            second.assignment("agent-00"),
+            Some(1),
+            "back to what it served"
+        );
+        assert_eq!(second.assignment("agent-01"), None);
+        // A third rollout after that remembers it too, and an undo of a Complete one too.
+        let third = second.successor(3, policy(&[100], 0), 3_000);
+        assert_eq!(third.assignment("agent-00"), Some(1));
+        let done = Rollout {
+            phase: Phase::Complete,
+            ..Rollout::new(4, Some(3), policy(&[100], 0), 0)
+        };
+        assert!(done.successor(5, policy(&[100], 0), 0).returns.is_empty());
     }
 }

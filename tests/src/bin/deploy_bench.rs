@@ -6,6 +6,10 @@
 //!   bytes to the same number of receivers (no TLS, no protocol: what the machine does).
 //! - `local-api`: latency of a pipeline with one trivial plugin (echo) on an agent's local API,
 //!   beside a bare HTTP echo on the same server stack (axum on hyper), requests interleaved.
+//! - `revoke`: from the admin API's revoke call to the agent seeing its connection closed,
+//!   beside a plain admin API read (`GET /v1/agents/NAME`) in the same run.
+//! - `renewal`: requests to an agent's local API while its certificate renews every few
+//!   seconds: failures and latency, beside the same requests with no renewal due.
 //!
 //! Run with `cargo run -p tern-e2e --bin deploy-bench -- <command>` after `cargo xtask test`
 //! built the binaries and plugins.
@@ -41,13 +45,145 @@ enum Cmd {
         #[arg(long, default_value_t = 5000)]
         requests: usize,
     },
+    /// Revocation to the agent's connection closed.
+    Revoke {
+        #[arg(long, default_value_t = 5)]
+        agents: usize,
+    },
+    /// Local API requests while the agent's certificate renews.
+    Renewal {
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Push { agents, megabytes } => push(agents, megabytes),
         Cmd::LocalApi { requests } => local_api(requests),
+        Cmd::Revoke { agents } => revoke(agents),
+        Cmd::Renewal { seconds } => renewal(seconds),
     }
+}
+
+/// The admin API client of `fleet`'s control plane, and a runtime to drive it.
+fn admin(
+    fleet: &Fleet,
+) -> anyhow::Result<(tokio::runtime::Runtime, tern_transport::https::HttpsClient)> {
+    let text = std::fs::read_to_string(fleet.cp.ternctl_config())?;
+    let config: tern_proto::api::CliConfig = toml::from_str(&text)?;
+    let client = tern_transport::https::HttpsClient::new(
+        config.api.clone(),
+        tern_transport::tls::https_client(&config.ca_certificate)?,
+    )
+    .with_bearer(config.admin_token);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok((runtime, client))
+}
+
+/// Whether the agent says its link is up (its local API's `/v1/agent`).
+fn link_up(api: SocketAddr) -> anyhow::Result<bool> {
+    let (_, body) = tern_e2e::http(api, "GET", "/v1/agent", "text/plain", b"")?;
+    let info: serde_json::Value = serde_json::from_slice(&body)?;
+    Ok(info["connected"].as_bool().unwrap_or(false))
+}
+
+fn revoke(agents: usize) -> anyhow::Result<()> {
+    println!("starting a control plane and {agents} agents");
+    let fleet = Fleet::start(agents)?;
+    let (runtime, client) = admin(&fleet)?;
+    let (mut closed, mut reads) = (Vec::new(), Vec::new());
+    for (i, agent) in fleet.agents.iter().enumerate() {
+        let api = agent.api_addr()?;
+        wait_for(FLEET_TIMEOUT, "the agent's link", || {
+            link_up(api).ok()?.then_some(())
+        })?;
+        let path = format!("/v1/agents/{}", agent.name);
+        let t = Instant::now();
+        runtime.block_on(client.send(hyper::Method::GET, &path, None))?;
+        reads.push(t.elapsed());
+        let t = Instant::now();
+        runtime.block_on(client.send(hyper::Method::POST, &format!("{path}/revoke"), None))?;
+        while link_up(api)? {
+            if t.elapsed() > FLEET_TIMEOUT {
+                bail!("agent {i} still connected");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        closed.push(t.elapsed());
+    }
+    closed.sort();
+    reads.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "
+{agents} agents revoked one after another (agent side polled every 2 ms)"
+    );
+    println!("| measure | revoke → agent's connection closed | admin API read (reference) |");
+    println!("| --- | --- | --- |");
+    for (name, p) in [("p50", 0.5), ("max", 1.0)] {
+        println!(
+            "| {name} | {:.1} ms | {:.1} ms |",
+            ms(percentile(&closed, p)),
+            ms(percentile(&reads, p))
+        );
+    }
+    Ok(())
+}
+
+fn renewal(seconds: u64) -> anyhow::Result<()> {
+    let run = |ttl: Duration| -> anyhow::Result<(Vec<Duration>, usize, usize, String)> {
+        let fleet = tern_e2e::Fleet::start_tuned(1, &[], |config| config.agent_cert_ttl = ttl)?;
+        fleet.push(&fleet.topk("one", 0)?, 1)?;
+        fleet.apply("topk:1", 2)?;
+        fleet.wait_phase(1, "Complete")?;
+        let first = fleet.agent_view("edge-1")?.certificate_expires;
+        let (mut latencies, mut failures) = (Vec::new(), 0);
+        let end = Instant::now() + Duration::from_secs(seconds);
+        while Instant::now() < end {
+            let t = Instant::now();
+            if fleet.infer(0)? != 200 {
+                failures += 1;
+            }
+            latencies.push(t.elapsed());
+        }
+        latencies.sort();
+        let log = fleet.agents[0].process.log_text();
+        let renewals = log.matches("certificate renewed").count();
+        let reconnects = log
+            .matches("connected to control plane")
+            .count()
+            .saturating_sub(1);
+        let last = fleet.agent_view("edge-1")?.certificate_expires;
+        Ok((
+            latencies,
+            failures,
+            renewals,
+            format!("{reconnects} reconnections; expiry {first:?} → {last:?}"),
+        ))
+    };
+    println!("{seconds} s of requests, certificates renewing (ttl 10 s), then with no renewal due");
+    let (renewing, failed, renewals, note) = run(Duration::from_secs(10))?;
+    let (steady, failed_steady, _, _) = run(Duration::from_secs(30 * 24 * 3600))?;
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    println!(
+        "
+{renewals} renewals; {note}"
+    );
+    println!("| measure | renewing | no renewal (reference) |");
+    println!("| --- | --- | --- |");
+    println!("| requests | {} | {} |", renewing.len(), steady.len());
+    println!("| failed | {failed} | {failed_steady} |");
+    for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
+        println!(
+            "| {name} | {:.0} µs | {:.0} µs |",
+            us(percentile(&renewing, p)),
+            us(percentile(&steady, p))
+        );
+    }
+    Ok(())
 }
 
 /// An ONNX model of about `bytes` bytes: one Gemm with an n×n weight.

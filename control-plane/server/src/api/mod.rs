@@ -238,6 +238,7 @@ pub(crate) fn agent_view(shared: &Shared, record: AgentRecord, now_ms: u64) -> A
         desired_generation: desired.map(|d| d.generation),
         applied_generation: shared.reports.applied_generation(&record.id),
         refused: shared.reports.refused(&record.id),
+        warnings: shared.reports.warnings(&record.id),
         pipelines,
         gpus: record
             .capacity

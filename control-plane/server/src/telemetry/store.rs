@@ -537,6 +537,21 @@ mod tests {
         }
     }
 
+    /// Polls `open` until it succeeds (10 s at most).
+    fn reopened<T>(mut open: impl FnMut() -> Option<T>) -> T {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(value) = open() {
+                return value;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the store never reopened"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn refs(group: &[(String, TelemetryBatch)]) -> Vec<(&str, &TelemetryBatch)> {
         group.iter().map(|(a, b)| (a.as_str(), b)).collect()
     }
@@ -572,7 +587,9 @@ mod tests {
         assert_eq!((outcome.stored, outcome.duplicates), (1, 2));
         assert_eq!(stored, [false, false, true]);
         drop(store);
-        let store = SeriesStore::open(dir.path(), Duration::from_secs(90 * 86_400)).expect("open");
+        // sled's flusher thread lets go of the database's file lock a moment after the drop.
+        let store =
+            reopened(|| SeriesStore::open(dir.path(), Duration::from_secs(90 * 86_400)).ok());
         let (outcome, _) = store.ingest(&refs(&group), now).expect("ingest");
         assert_eq!(outcome.stored, 0);
         assert_eq!(requests(&store, now - DAY, now), 60);
