@@ -72,6 +72,15 @@ fn plant_release(
     Ok(())
 }
 
+/// `ternctl trust rotate` signed with the offline root key, with `args` changing it.
+fn rotate(fleet: &Fleet, args: &[&str]) -> anyhow::Result<String> {
+    let root = path_str(&fleet.publisher.key("root.key"))?;
+    let out = path_str(&fleet.tmp.path().join("trust-next.json"))?;
+    let mut all = vec!["trust", "rotate", "--root-key", &root, "--out", &out];
+    all.extend_from_slice(args);
+    fleet.cp.ternctl_ok(&all)
+}
+
 fn key(fleet: &Fleet, name: &str) -> anyhow::Result<SecretKey> {
     Ok(SecretKey::from_pem(&std::fs::read_to_string(
         fleet.publisher.key(&format!("{name}.key")),
@@ -118,20 +127,17 @@ fn rejects_release_with_fewer_signatures_than_the_threshold() -> anyhow::Result<
     fleet
         .cp
         .ternctl_ok(&["push", "--quiet", &path_str(&serving)?])?;
-    fleet.cp.ternctl_ok(&[
-        "trust",
-        "rotate",
-        "--root-key",
-        &path_str(&fleet.publisher.key("root.key"))?,
-        "--publisher",
-        &path_str(&fleet.publisher.key("publisher.pub"))?,
-        "--publisher",
-        &path_str(&fleet.publisher.key("second.pub"))?,
-        "--threshold",
-        "2",
-        "--out",
-        &path_str(&fleet.tmp.path().join("trust-v2.json"))?,
-    ])?;
+    rotate(
+        &fleet,
+        &[
+            "--publisher",
+            &path_str(&fleet.publisher.key("publisher.pub"))?,
+            "--publisher",
+            &path_str(&fleet.publisher.key("second.pub"))?,
+            "--threshold",
+            "2",
+        ],
+    )?;
     // The control plane itself refuses a release with one signature...
     let one = fleet.topk("one-signature", 0)?;
     let pushed = fleet
@@ -282,18 +288,13 @@ fn a_trust_rotation_that_drops_the_publisher_stops_what_it_signed() -> anyhow::R
         .cp
         .ternctl_ok(&["keys", "generate", "--out", &path_str(&second)?])?;
     // The offline root replaces the only publisher of `topk:1`.
-    fleet.cp.ternctl_ok(&[
-        "trust",
-        "rotate",
-        "--root-key",
-        &path_str(&fleet.publisher.key("root.key"))?,
-        "--publisher",
-        &path_str(&fleet.publisher.key("second.pub"))?,
-        "--threshold",
-        "1",
-        "--out",
-        &path_str(&fleet.tmp.path().join("trust-v2.json"))?,
-    ])?;
+    rotate(
+        &fleet,
+        &[
+            "--publisher",
+            &path_str(&fleet.publisher.key("second.pub"))?,
+        ],
+    )?;
     let reason = fleet.failure("edge-1", 1)?;
     assert!(reason.contains("no longer verifies"), "{reason}");
     assert!(reason.contains("signed by 0 trusted key"), "{reason}");
@@ -304,16 +305,7 @@ fn a_trust_rotation_that_drops_the_publisher_stops_what_it_signed() -> anyhow::R
 #[test]
 fn an_expired_trust_root_keeps_what_runs_and_refuses_new_releases() -> anyhow::Result<()> {
     let fleet = serving_fleet()?;
-    fleet.cp.ternctl_ok(&[
-        "trust",
-        "rotate",
-        "--root-key",
-        &path_str(&fleet.publisher.key("root.key"))?,
-        "--expires",
-        "12s",
-        "--out",
-        &path_str(&fleet.tmp.path().join("trust-v2.json"))?,
-    ])?;
+    rotate(&fleet, &["--expires", "12s"])?;
     let expires = fleet.cp.ternctl_ok(&["trust", "show"])?;
     assert!(!expires.contains("Expires:         never"), "{expires}");
     // Within 30 days of its expiry the agent warns, and `describe agent` shows it.

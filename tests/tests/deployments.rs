@@ -310,36 +310,8 @@ spec:
 
 #[test]
 fn a_full_queue_answers_429_and_the_agent_keeps_serving() -> anyhow::Result<()> {
-    let fleet = tern_e2e::Fleet::start(1)?;
-    let hostile = fleet.tmp.path().join("hostile.wasm");
-    std::fs::copy(component("hostile-fixture"), &hostile)?;
-    fleet
-        .publisher
-        .sign_and_push(&fleet.cp, &hostile, "plugin", "hostile", 1)?;
     // Each request spins until its 200 ms deadline: workers stay busy, and the queue fills.
-    let file = fleet.tmp.path().join("slow.yaml");
-    std::fs::write(
-        &file,
-        r#"apiVersion: tern.dev/v1alpha1
-kind: Pipeline
-metadata: { name: scores }
-spec:
-  steps:
-    - name: spin
-      plugin: hostile:1
-      config: { mode: input }
-      limits: { timeoutMs: 200 }
----
-apiVersion: tern.dev/v1alpha1
-kind: Deployment
-metadata: { name: scores }
-spec:
-  pipeline: scores
-  rollout: { healthWindowSeconds: 0 }
-"#,
-    )?;
-    fleet.cp.ternctl_ok(&["apply", "-f", &path_str(&file)?])?;
-    fleet.wait_serving("edge-1", 1)?;
+    let fleet = hostile_fleet("{ timeoutMs: 200 }")?;
     let api = fleet.agents[0].api_addr()?;
     let requests: Vec<_> = (0..120)
         .map(|_| {
@@ -376,8 +348,8 @@ spec:
     Ok(())
 }
 
-/// A pipeline of the hostile fixture (mode from each request's text) with a 32 MiB limit.
-fn hostile_fleet() -> anyhow::Result<tern_e2e::Fleet> {
+/// A pipeline of the hostile fixture (mode from each request's text) with `limits`, serving.
+fn hostile_fleet(limits: &str) -> anyhow::Result<tern_e2e::Fleet> {
     let fleet = tern_e2e::Fleet::start(1)?;
     let hostile = fleet.tmp.path().join("hostile.wasm");
     std::fs::copy(component("hostile-fixture"), &hostile)?;
@@ -387,23 +359,25 @@ fn hostile_fleet() -> anyhow::Result<tern_e2e::Fleet> {
     let file = fleet.tmp.path().join("hostile.yaml");
     std::fs::write(
         &file,
-        r#"apiVersion: tern.dev/v1alpha1
+        format!(
+            r#"apiVersion: tern.dev/v1alpha1
 kind: Pipeline
-metadata: { name: scores }
+metadata: {{ name: scores }}
 spec:
   steps:
     - name: mischief
       plugin: hostile:1
-      config: { mode: input }
-      limits: { timeoutMs: 5000, memoryMiB: 32 }
+      config: {{ mode: input }}
+      limits: {limits}
 ---
 apiVersion: tern.dev/v1alpha1
 kind: Deployment
-metadata: { name: scores }
+metadata: {{ name: scores }}
 spec:
   pipeline: scores
-  rollout: { healthWindowSeconds: 0 }
-"#,
+  rollout: {{ healthWindowSeconds: 0 }}
+"#
+        ),
     )?;
     fleet.cp.ternctl_ok(&["apply", "-f", &path_str(&file)?])?;
     fleet.wait_serving("edge-1", 1)?;
@@ -413,7 +387,7 @@ spec:
 #[test]
 fn a_plugins_aliased_output_fails_its_step_and_the_agents_memory_stays_bounded()
 -> anyhow::Result<()> {
-    let fleet = hostile_fleet()?;
+    let fleet = hostile_fleet("{ timeoutMs: 5000, memoryMiB: 32 }")?;
     let api = fleet.agents[0].api_addr()?;
     let pid = fleet.agents[0].process.pid();
     let send = |text: &[u8]| {
