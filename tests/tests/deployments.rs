@@ -526,3 +526,26 @@ fn a_broken_revision_applied_during_the_canary_of_the_first_rolls_back_to_it() -
     assert_eq!(scores.and_then(|p| p.desired), Some(1), "{view:?}");
     Ok(())
 }
+
+#[test]
+fn a_request_naming_a_foreign_host_is_refused() -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let fleet = tern_e2e::Fleet::start(1)?;
+    let api = fleet.agents[0].api_addr()?;
+    let status = |host: &str| -> anyhow::Result<String> {
+        let mut stream = std::net::TcpStream::connect(api)?;
+        write!(
+            stream,
+            "GET /v2/health/live HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        Ok(answer.lines().next().unwrap_or_default().to_owned())
+    };
+    // What a browser sends after DNS rebinding: the attacker's name, our address.
+    assert!(status("evil.example")?.contains("403"));
+    assert!(status(&format!("evil.example:{}", api.port()))?.contains("403"));
+    assert!(status(&format!("localhost:{}", api.port()))?.contains("200"));
+    assert!(status(&api.to_string())?.contains("200"));
+    Ok(())
+}

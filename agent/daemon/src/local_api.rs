@@ -9,6 +9,10 @@
 //! Requests run on the blocking pool, at most one per core at a time; up to [`MAX_WAITING`]
 //! more wait, and beyond that the answer is 429. A pipeline that is deployed but not loaded yet
 //! answers 503. Errors are `{"error": ...}` naming the step.
+//!
+//! A request whose `Host` is a name other than `localhost` is refused with 403: a web page
+//! that rebinds its own name to 127.0.0.1 (DNS rebinding) cannot reach the API through the
+//! browser, which sends the page's name.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -103,6 +107,7 @@ pub fn router(
         .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(refuse_foreign_hosts))
         .with_state(Arc::new(ApiState {
             info,
             link,
@@ -113,6 +118,41 @@ pub fn router(
                 waiting: AtomicUsize::new(0),
             },
         }))
+}
+
+/// Whether a request's `Host` may reach the local API: an IP address (the client dialled it)
+/// or `localhost`, with any port; a missing `Host` (HTTP/1.0) too. Any other name is what DNS
+/// rebinding looks like.
+pub fn host_allowed(host: Option<&str>) -> bool {
+    let Some(host) = host else {
+        return true;
+    };
+    let name = match host.strip_prefix('[') {
+        // `[v6]` or `[v6]:port`.
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name.parse::<std::net::IpAddr>().is_ok() || name == "localhost" || name.ends_with(".localhost")
+}
+
+async fn refuse_foreign_hosts(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    if host_allowed(host) {
+        return next.run(request).await;
+    }
+    tracing::warn!(host = ?host, "request with a foreign Host refused (DNS rebinding?)");
+    error(
+        StatusCode::FORBIDDEN,
+        "Host must be localhost or an IP address of this agent",
+    )
+    .into_response()
 }
 
 /// Ready when every deployed pipeline serves. Serving goes on while the control plane is away,
@@ -446,6 +486,44 @@ mod tests {
             .await
             .map(|r| r.status())
             .unwrap_or(StatusCode::IM_A_TEAPOT)
+    }
+
+    #[test]
+    fn only_local_names_and_addresses_pass_the_host_check() {
+        for host in [
+            "localhost",
+            "localhost:7480",
+            "LOCALHOST.",
+            "api.localhost:1",
+            "127.0.0.1:7480",
+            "10.1.2.3",
+            "[::1]:7480",
+            "[::1]",
+        ] {
+            assert!(host_allowed(Some(host)), "{host}");
+        }
+        assert!(host_allowed(None));
+        for host in [
+            "evil.example",
+            "evil.example:7480",
+            "localhost.evil.example",
+            "",
+            "\u{fffd}",
+        ] {
+            assert!(!host_allowed(Some(host)), "{host}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_foreign_host_is_refused() {
+        let router = api(Arc::new(ServingTable::default()));
+        let request = Request::builder()
+            .uri("/v2/health/live")
+            .header(header::HOST, "evil.example")
+            .body(Body::empty())
+            .expect("request");
+        let answer = router.oneshot(request).await.expect("answer");
+        assert_eq!(answer.status(), StatusCode::FORBIDDEN);
     }
 
     #[tokio::test]
