@@ -549,3 +549,24 @@ fn a_request_naming_a_foreign_host_is_refused() -> anyhow::Result<()> {
     assert!(status(&api.to_string())?.contains("200"));
     Ok(())
 }
+
+#[test]
+fn a_thousand_idle_connections_do_not_keep_a_real_request_out() -> anyhow::Result<()> {
+    let fleet = tern_e2e::Fleet::start(1)?;
+    fleet.push(&fleet.topk("one", 0)?, 1)?;
+    fleet.apply("topk:1", 2)?;
+    fleet.wait_phase(1, "Complete")?;
+    let api = fleet.agents[0].api_addr()?;
+    // Connections that say nothing, and one that sends half its headers.
+    let idle: Vec<std::net::TcpStream> = (0..1000)
+        .map(|_| std::net::TcpStream::connect(api))
+        .collect::<Result<_, _>>()?;
+    let mut slow = std::net::TcpStream::connect(api)?;
+    std::io::Write::write_all(
+        &mut slow,
+        b"POST /v1/pipelines/scores/infer HTTP/1.1\r\nHost: localhost\r\n",
+    )?;
+    assert_eq!(fleet.infer(0)?, 200, "a real request is served");
+    drop(idle);
+    Ok(())
+}
