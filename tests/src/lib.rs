@@ -729,25 +729,34 @@ fn dechunk(mut bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
 /// How long fleet tests wait for a state.
 pub const FLEET_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A pipeline of one `topk` step, `release` pinned, deployed everywhere at once.
-pub fn topk_manifest(release: &str, k: u32) -> String {
+/// The `scores` pipeline of one step (`step`: its YAML after `- name: NAME`, indented as a
+/// step's fields) and its deployment with `rollout` (YAML flow mapping).
+pub fn scores_manifest(name: &str, step: &str, rollout: &str) -> String {
     format!(
         r#"apiVersion: tern.dev/v1alpha1
 kind: Pipeline
 metadata: {{ name: scores }}
 spec:
   steps:
-    - name: post
-      plugin: {release}
-      config: {{ k: {k} }}
+    - name: {name}
+      {step}
 ---
 apiVersion: tern.dev/v1alpha1
 kind: Deployment
 metadata: {{ name: scores }}
 spec:
   pipeline: scores
-  rollout: {{ healthWindowSeconds: 0 }}
+  rollout: {rollout}
 "#
+    )
+}
+
+/// A pipeline of one `topk` step, `release` pinned, deployed everywhere at once.
+pub fn topk_manifest(release: &str, k: u32) -> String {
+    scores_manifest(
+        "post",
+        &format!("plugin: {release}\n      config: {{ k: {k} }}"),
+        "{ healthWindowSeconds: 0 }",
     )
 }
 
@@ -818,6 +827,14 @@ impl Fleet {
         let path = self.tmp.path().join(format!("topk-{tag}.wasm"));
         std::fs::write(&path, bytes)?;
         Ok(path)
+    }
+
+    /// `topk:1` pushed and deployed to every agent, its rollout complete.
+    pub fn serve_topk(&self) -> anyhow::Result<()> {
+        self.push(&self.topk("one", 0)?, 1)?;
+        self.apply("topk:1", 2)?;
+        self.wait_phase(1, "Complete")?;
+        Ok(())
     }
 
     pub fn push(&self, file: &Path, version: u64) -> anyhow::Result<()> {

@@ -10,9 +10,7 @@ use tern_proto::api::AgentStatus;
 fn tampered_artifact_bytes_are_refused_and_the_running_revision_keeps_serving() -> anyhow::Result<()>
 {
     let fleet = Fleet::start(1)?;
-    fleet.push(&fleet.topk("one", 0)?, 1)?;
-    fleet.apply("topk:1", 2)?;
-    fleet.wait_phase(1, "Complete")?;
+    fleet.serve_topk()?;
     assert_eq!(fleet.infer(0)?, 200);
 
     // The control plane's copy of a new artifact is altered after it was verified there.
@@ -78,9 +76,7 @@ fn release_below_the_version_floor_is_refused_also_after_the_agent_restarts() ->
 #[test]
 fn expired_release_is_refused_by_the_agent() -> anyhow::Result<()> {
     let fleet = Fleet::start(1)?;
-    fleet.push(&fleet.topk("one", 0)?, 1)?;
-    fleet.apply("topk:1", 2)?;
-    fleet.wait_phase(1, "Complete")?;
+    fleet.serve_topk()?;
 
     let short = fleet.topk("short", 0)?;
     fleet.cp.ternctl_ok(&[

@@ -20,9 +20,7 @@ use tern_proto::trust::TrustRoot;
 /// A fleet of one agent serving `topk:1` (committed).
 fn serving_fleet() -> anyhow::Result<Fleet> {
     let fleet = Fleet::start(1)?;
-    fleet.push(&fleet.topk("one", 0)?, 1)?;
-    fleet.apply("topk:1", 2)?;
-    fleet.wait_phase(1, "Complete")?;
+    fleet.serve_topk()?;
     assert_eq!(fleet.infer(0)?, 200);
     Ok(fleet)
 }
@@ -305,7 +303,8 @@ fn a_trust_rotation_that_drops_the_publisher_stops_what_it_signed() -> anyhow::R
 #[test]
 fn an_expired_trust_root_keeps_what_runs_and_refuses_new_releases() -> anyhow::Result<()> {
     let fleet = serving_fleet()?;
-    rotate(&fleet, &["--expires", "12s"])?;
+    // Long enough for the warning to be seen before the expiry on a loaded machine.
+    rotate(&fleet, &["--expires", "20s"])?;
     let expires = fleet.cp.ternctl_ok(&["trust", "show"])?;
     assert!(!expires.contains("Expires:         never"), "{expires}");
     // Within 30 days of its expiry the agent warns, and `describe agent` shows it.

@@ -357,27 +357,11 @@ fn hostile_fleet(limits: &str) -> anyhow::Result<tern_e2e::Fleet> {
         .publisher
         .sign_and_push(&fleet.cp, &hostile, "plugin", "hostile", 1)?;
     let file = fleet.tmp.path().join("hostile.yaml");
+    let step =
+        format!("plugin: hostile:1\n      config: {{ mode: input }}\n      limits: {limits}");
     std::fs::write(
         &file,
-        format!(
-            r#"apiVersion: tern.dev/v1alpha1
-kind: Pipeline
-metadata: {{ name: scores }}
-spec:
-  steps:
-    - name: mischief
-      plugin: hostile:1
-      config: {{ mode: input }}
-      limits: {limits}
----
-apiVersion: tern.dev/v1alpha1
-kind: Deployment
-metadata: {{ name: scores }}
-spec:
-  pipeline: scores
-  rollout: {{ healthWindowSeconds: 0 }}
-"#
-        ),
+        tern_e2e::scores_manifest("mischief", &step, "{ healthWindowSeconds: 0 }"),
     )?;
     fleet.cp.ternctl_ok(&["apply", "-f", &path_str(&file)?])?;
     fleet.wait_serving("edge-1", 1)?;
@@ -428,9 +412,7 @@ fn a_plugins_aliased_output_fails_its_step_and_the_agents_memory_stays_bounded()
 #[test]
 fn a_model_declaring_a_huge_tensor_is_refused_and_the_agent_keeps_serving() -> anyhow::Result<()> {
     let mut fleet = tern_e2e::Fleet::start(1)?;
-    fleet.push(&fleet.topk("one", 0)?, 1)?;
-    fleet.apply("topk:1", 2)?;
-    fleet.wait_phase(1, "Complete")?;
+    fleet.serve_topk()?;
     let model = fleet.tmp.path().join("huge.onnx");
     std::fs::write(&model, tern_e2e::assets::huge_tensor_model())?;
     fleet
@@ -473,25 +455,13 @@ spec:
     Ok(())
 }
 
-/// The `scores` pipeline running `step` (YAML of one step), in canary waves of 50 % with a
-/// health window long enough that wave 1 holds for the whole test.
+/// The `scores` pipeline running `step`, in canary waves of 50 % with a health window long
+/// enough that wave 1 holds for the whole test.
 fn slow_canary(step: &str) -> String {
-    format!(
-        r#"apiVersion: tern.dev/v1alpha1
-kind: Pipeline
-metadata: {{ name: scores }}
-spec:
-  steps:
-    - name: post
-      {step}
----
-apiVersion: tern.dev/v1alpha1
-kind: Deployment
-metadata: {{ name: scores }}
-spec:
-  pipeline: scores
-  rollout: {{ strategy: canary, waves: [50, 100], healthWindowSeconds: 600, autoRollback: true }}
-"#
+    tern_e2e::scores_manifest(
+        "post",
+        step,
+        "{ strategy: canary, waves: [50, 100], healthWindowSeconds: 600, autoRollback: true }",
     )
 }
 
@@ -553,9 +523,7 @@ fn a_request_naming_a_foreign_host_is_refused() -> anyhow::Result<()> {
 #[test]
 fn a_thousand_idle_connections_do_not_keep_a_real_request_out() -> anyhow::Result<()> {
     let fleet = tern_e2e::Fleet::start(1)?;
-    fleet.push(&fleet.topk("one", 0)?, 1)?;
-    fleet.apply("topk:1", 2)?;
-    fleet.wait_phase(1, "Complete")?;
+    fleet.serve_topk()?;
     let api = fleet.agents[0].api_addr()?;
     // Connections that say nothing, and one that sends half its headers.
     let idle: Vec<std::net::TcpStream> = (0..1000)

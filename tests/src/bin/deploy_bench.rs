@@ -136,9 +136,7 @@ fn revoke(agents: usize) -> anyhow::Result<()> {
 fn renewal(seconds: u64) -> anyhow::Result<()> {
     let run = |ttl: Duration| -> anyhow::Result<(Vec<Duration>, usize, usize, String)> {
         let fleet = tern_e2e::Fleet::start_tuned(1, &[], |config| config.agent_cert_ttl = ttl)?;
-        fleet.push(&fleet.topk("one", 0)?, 1)?;
-        fleet.apply("topk:1", 2)?;
-        fleet.wait_phase(1, "Complete")?;
+        fleet.serve_topk()?;
         let first = fleet.agent_view("edge-1")?.certificate_expires;
         let (mut latencies, mut failures) = (Vec::new(), 0);
         let end = Instant::now() + Duration::from_secs(seconds);
