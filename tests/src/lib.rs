@@ -636,9 +636,12 @@ pub fn path_str(path: &Path) -> anyhow::Result<String> {
 impl Agent {
     /// The address of the agent's local API (from its `agent.toml`).
     pub fn api_addr(&self) -> anyhow::Result<SocketAddr> {
-        Ok(tern_agent::AgentDataDir::new(&self.dir)
+        let address = tern_agent::AgentDataDir::new(&self.dir)
             .load_config()?
-            .listen_api)
+            .listen_api;
+        address
+            .tcp()
+            .ok_or_else(|| anyhow::anyhow!("the agent's local API is on {address}, not TCP"))
     }
 }
 

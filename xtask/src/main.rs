@@ -1,21 +1,24 @@
 //! Project tasks. `cargo xtask demo` runs the quickstart end to end; `cargo xtask test` runs every
-//! test; `cargo xtask lint` checks formatting and clippy.
+//! test; `cargo xtask lint` checks formatting and clippy; `cargo xtask fuzz` runs the fuzz targets.
 //!
 //! Every task uses the dev profile, so tests, the demo and CI share one build.
 
 mod demo;
+mod fuzz;
 
 use std::process::Command;
 
 use anyhow::{Context, bail};
 
-const USAGE: &str = "usage: cargo xtask <demo|test|lint|plugins>
+const USAGE: &str = "usage: cargo xtask <demo|test|lint|plugins|fuzz>
 
   demo   start a control plane and two agents in temporary directories, enroll them,
          show the fleet, and shut everything down
   test   build the binaries and run every test of the workspace
   lint     cargo fmt --check and cargo clippy --all-targets -D warnings
-  plugins  build the plugins as components and copy them to examples/plugins/";
+  plugins  build the plugins as components and copy them to examples/plugins/
+  fuzz [SECONDS] [TARGET...]
+           run each fuzz target for SECONDS (default 600) with nightly and cargo-fuzz";
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -24,6 +27,7 @@ fn main() -> std::process::ExitCode {
         Some("test") => test(&args[1..]),
         Some("lint") => lint(),
         Some("plugins") => plugins(),
+        Some("fuzz") => fuzz::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())

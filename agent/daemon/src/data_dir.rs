@@ -16,7 +16,6 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -36,8 +35,11 @@ pub struct AgentConfig {
     /// Labels recorded at enrollment.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    /// Where the local API listens.
-    pub listen_api: SocketAddr,
+    /// Where the local API listens: `HOST:PORT` or `unix:PATH`.
+    pub listen_api: crate::local_api::ApiAddress,
+    /// Bounds on the local API's connections.
+    #[serde(default)]
+    pub api: crate::local_api::ApiLimits,
     /// Telemetry interval and buffer.
     #[serde(default)]
     pub telemetry: crate::telemetry::TelemetryConfig,

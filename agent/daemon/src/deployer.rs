@@ -96,7 +96,7 @@ fn warmup_payload(warmup: &Warmup) -> Result<Payload, LoadFailure> {
                 .map(crate::oip::tensor_from_request)
                 .collect::<Result<Vec<_>, _>>()
                 .map(Payload::Tensors)
-                .map_err(LoadFailure::Sample)
+                .map_err(|e| LoadFailure::Sample(e.0))
         }
     }
 }

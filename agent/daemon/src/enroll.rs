@@ -9,7 +9,6 @@
 //! its artifacts, and gets a new key and certificate.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use tern_proto::api::{EnrollRequest, EnrollResponse};
@@ -31,7 +30,9 @@ pub struct JoinOptions {
     pub data_dir: PathBuf,
     pub name: String,
     pub labels: BTreeMap<String, String>,
-    pub listen_api: Option<SocketAddr>,
+    pub listen_api: Option<crate::local_api::ApiAddress>,
+    /// Bounds on the local API's connections.
+    pub api: crate::local_api::ApiLimits,
     /// A trust root given out of band, pinned instead of the control plane's.
     pub trust_root: Option<PathBuf>,
     pub telemetry: crate::telemetry::TelemetryConfig,
@@ -152,9 +153,12 @@ pub async fn join(options: &JoinOptions) -> Result<AgentConfig, JoinError> {
             agent_id: response.agent_id,
             name: options.name.clone(),
             labels: response.labels,
-            listen_api: options
-                .listen_api
-                .unwrap_or_else(|| DEFAULT_LISTEN_API.parse().expect("valid default address")),
+            listen_api: options.listen_api.clone().unwrap_or_else(|| {
+                crate::local_api::ApiAddress::Tcp(
+                    DEFAULT_LISTEN_API.parse().expect("valid default address"),
+                )
+            }),
+            api: options.api,
             telemetry: options.telemetry,
             limits: options.limits,
         },

@@ -1,6 +1,5 @@
 //! `tern-agent`: `join` a control plane once, then `run`.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -33,9 +32,18 @@ enum Command {
         /// Labels, k=v,k2=v2 (the token's labels win on conflict).
         #[arg(long, default_value = "", value_parser = tern_proto::labels::parse)]
         labels: std::collections::BTreeMap<String, String>,
-        /// Address of the local API [default: 127.0.0.1:7480].
+        /// Address of the local API, HOST:PORT or unix:PATH [default: 127.0.0.1:7480].
         #[arg(long)]
-        listen_api: Option<SocketAddr>,
+        listen_api: Option<tern_agent::local_api::ApiAddress>,
+        /// Most open connections to the local API; beyond it the longest-idle one is closed.
+        #[arg(long, default_value_t = tern_agent::local_api::ApiLimits::default().max_connections)]
+        api_max_connections: usize,
+        /// Longest time a client may take to send a request's head to the local API.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        api_header_timeout: std::time::Duration,
+        /// Longest time a client may take to send a request's body to the local API.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        api_body_timeout: std::time::Duration,
         /// Enroll and exit instead of running.
         #[arg(long)]
         no_run: bool,
@@ -194,6 +202,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 name,
                 labels,
                 listen_api,
+                api_max_connections,
+                api_header_timeout,
+                api_body_timeout,
                 no_run,
                 trust_root,
                 telemetry_interval,
@@ -209,6 +220,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     name,
                     labels,
                     listen_api,
+                    api: tern_agent::local_api::ApiLimits {
+                        max_connections: api_max_connections.max(1),
+                        header_timeout_ms: (api_header_timeout.as_millis() as u64).max(1),
+                        body_timeout_ms: (api_body_timeout.as_millis() as u64).max(1),
+                    },
                     trust_root,
                     telemetry: tern_agent::telemetry::TelemetryConfig {
                         interval_ms: (telemetry_interval.as_millis() as u64).max(1),

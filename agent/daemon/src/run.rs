@@ -1,11 +1,9 @@
 //! `tern-agent run`: start every part of an enrolled agent and stop them in order.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use std::sync::Arc;
-use tokio::net::TcpListener;
 
 use tern_plugin_host::{EngineOptions, PluginEngine};
 use tokio::sync::{mpsc, watch};
@@ -42,7 +40,7 @@ pub enum RunError {
     Identity(#[from] crate::identity::IdentityError),
     #[error("cannot listen for the local API on {addr}: {source}")]
     Bind {
-        addr: SocketAddr,
+        addr: local_api::ApiAddress,
         source: std::io::Error,
     },
     #[error(transparent)]
@@ -60,16 +58,12 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
         tern_transport::quic::agent_transport_config(LINK_IDLE_TIMEOUT, Some(LINK_KEEP_ALIVE));
     let credentials = Credentials::load(&dir, transport)?;
 
-    let listener = TcpListener::bind(config.listen_api)
-        .await
-        .map_err(|source| RunError::Bind {
-            addr: config.listen_api,
-            source,
-        })?;
-    let api_addr = listener.local_addr().map_err(|source| RunError::Bind {
-        addr: config.listen_api,
+    let bind_error = |source| RunError::Bind {
+        addr: config.listen_api.clone(),
         source,
-    })?;
+    };
+    let listener = config.listen_api.bind().await.map_err(bind_error)?;
+    let api_addr = listener.local_address().map_err(bind_error)?;
 
     let online_key_path = dir.online_key();
     let online_key = tern_proto::signing::PublicKey::from_text(&dir.read(&online_key_path)?)
@@ -109,6 +103,7 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
     let api = tokio::spawn(local_api::serve(
         listener,
         local_api::router(info, state_rx, serving.clone(), telemetry.clone()),
+        config.api,
         stop_rx.clone(),
     ));
     let (desired_tx, desired_rx) = watch::channel(None);

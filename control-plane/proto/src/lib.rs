@@ -16,11 +16,13 @@
 //! - [`drift`]: feature distributions, baselines and the population stability index.
 //! - [`prometheus`]: the Prometheus text format, for `/metrics`.
 //! - [`otlp`]: the same metrics as an OpenTelemetry (OTLP/HTTP JSON) export request.
+//! - [`inference`]: the Open Inference Protocol requests of the agent's local API.
 
 pub mod api;
 pub mod desired;
 pub mod drift;
 pub mod frame;
+pub mod inference;
 #[cfg(feature = "io")]
 pub mod io;
 pub mod labels;

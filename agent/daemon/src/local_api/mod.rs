@@ -13,28 +13,40 @@
 //! A request whose `Host` is a name other than `localhost` is refused with 403: a web page
 //! that rebinds its own name to 127.0.0.1 (DNS rebinding) cannot reach the API through the
 //! browser, which sends the page's name.
+//!
+//! A request is admitted (or answered 429) before its body is read; connections are capped and
+//! their heads and bodies have deadlines ([`connections`]); the API listens on TCP or on a Unix
+//! socket ([`address`]).
+
+pub mod address;
+pub mod connections;
+mod server;
+
+pub use address::{ApiAddress, ApiListener};
+pub use connections::ApiLimits;
+pub use server::{LocalSocket, serve};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tern_plugin_host::{Blob, Payload};
-use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tracing::{Instrument, info_span};
 
 use crate::link::LinkState;
-use crate::oip::{self, RequestTensor};
+use crate::oip;
 use crate::serving::{ServedPipeline, ServingTable};
 use crate::telemetry::{TelemetryState, exposition};
+use tern_proto::inference::InferRequest;
 
 /// Requests that may wait for a worker before new ones get 429.
 pub const MAX_WAITING: usize = 64;
@@ -140,6 +152,9 @@ async fn refuse_foreign_hosts(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    if request.extensions().get::<LocalSocket>().is_some() {
+        return next.run(request).await;
+    }
     let host = request
         .headers()
         .get(header::HOST)
@@ -208,24 +223,55 @@ fn lookup(state: &ApiState, name: &str) -> Result<Arc<ServedPipeline>, ApiError>
     }
 }
 
-/// One request in the waiting count, for as long as it lives.
-struct Waiting<'a> {
+/// An admitted request: counted as waiting (while its body is read and until a worker takes
+/// it), also when the client goes away and its future is dropped.
+struct Ticket<'a> {
     count: &'a AtomicUsize,
-    /// Requests that were waiting before this one.
-    ahead: usize,
+    arrived: Instant,
 }
 
-impl<'a> Waiting<'a> {
-    fn enter(count: &'a AtomicUsize) -> Self {
-        let ahead = count.fetch_add(1, Ordering::AcqRel);
-        Self { count, ahead }
+impl Admission {
+    /// Admits a request before its body is read, or answers 429 when [`MAX_WAITING`] already
+    /// wait.
+    fn admit(&self) -> Result<Ticket<'_>, ApiError> {
+        let ahead = self.waiting.fetch_add(1, Ordering::AcqRel);
+        let ticket = Ticket {
+            count: &self.waiting,
+            arrived: Instant::now(),
+        };
+        if ahead >= MAX_WAITING {
+            return Err(error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many requests are waiting; retry later",
+            ));
+        }
+        Ok(ticket)
     }
 }
 
-impl Drop for Waiting<'_> {
+impl Drop for Ticket<'_> {
     fn drop(&mut self) {
         self.count.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// The body of an admitted request, at most [`MAX_BODY`] bytes.
+async fn read_body(body: Body) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::to_bytes(body, MAX_BODY).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is larger than {MAX_BODY} bytes"),
+            )
+        } else {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the body: {e}"),
+            )
+        }
+    })
 }
 
 /// Header a client sets to keep its requests on one A/B variant (a user or session id).
@@ -254,31 +300,23 @@ fn request_key(headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Runs `payload` through `pipeline` (on the A/B arm `key` or chance picks) within the
-/// admission bounds.
+/// Runs `payload` through `pipeline` (on the A/B arm `key` or chance picks) on a worker.
 async fn run(
     state: &ApiState,
+    ticket: Ticket<'_>,
     pipeline: Arc<ServedPipeline>,
     key: Option<String>,
     payload: Payload,
 ) -> Result<Answer, ApiError> {
-    let admission = &state.admission;
-    // Counted while waiting, also when the client goes away and this future is dropped.
-    let waiting = Waiting::enter(&admission.waiting);
-    if waiting.ahead >= MAX_WAITING {
-        return Err(error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many requests are waiting; retry later",
-        ));
-    }
-    let arrived = Instant::now();
-    let permit = admission
+    let permit = state
+        .admission
         .workers
         .clone()
         .acquire_owned()
         .await
         .map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"))?;
-    drop(waiting);
+    let arrived = ticket.arrived;
+    drop(ticket);
     let span = info_span!("infer", pipeline = %pipeline.name, revision = pipeline.revision);
     let runner = pipeline.clone();
     let result = tokio::task::spawn_blocking(move || {
@@ -316,10 +354,18 @@ async fn infer_raw(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let pipeline = match lookup(&state, &name) {
         Ok(p) => p,
+        Err(response) => return response.into_response(),
+    };
+    let ticket = match state.admission.admit() {
+        Ok(t) => t,
+        Err(response) => return response.into_response(),
+    };
+    let body = match read_body(body).await {
+        Ok(b) => b,
         Err(response) => return response.into_response(),
     };
     let media_type = headers
@@ -332,8 +378,8 @@ async fn infer_raw(
         data: body.to_vec(),
     });
     let span = info_span!("request", path = "/v1/pipelines/{name}/infer", pipeline = %name);
-    async move {
-        match run(&state, pipeline, request_key(&headers), payload).await {
+    async {
+        match run(&state, ticket, pipeline, request_key(&headers), payload).await {
             Ok(Answer { payload, variant }) => with_variant(
                 variant.as_deref(),
                 match payload {
@@ -350,30 +396,28 @@ async fn infer_raw(
     .await
 }
 
-/// A v2 inference request.
-#[derive(Debug, Deserialize)]
-struct InferRequest {
-    #[serde(default)]
-    id: Option<String>,
-    inputs: Vec<RequestTensor>,
-}
-
 /// `POST /v2/models/{name}/infer`.
 async fn infer_v2(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
-    let request: InferRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return error(StatusCode::BAD_REQUEST, format!("invalid request: {e}")).into_response();
-        }
-    };
     let pipeline = match lookup(&state, &name) {
         Ok(p) => p,
         Err(response) => return response.into_response(),
+    };
+    let ticket = match state.admission.admit() {
+        Ok(t) => t,
+        Err(response) => return response.into_response(),
+    };
+    let request = match read_body(body).await {
+        Ok(body) => InferRequest::from_json(&body),
+        Err(response) => return response.into_response(),
+    };
+    let request = match request {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.0).into_response(),
     };
     let tensors = match request
         .inputs
@@ -382,13 +426,14 @@ async fn infer_v2(
         .collect::<Result<Vec<_>, _>>()
     {
         Ok(t) => t,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e).into_response(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.0).into_response(),
     };
     let revision = pipeline.revision;
     let span = info_span!("request", path = "/v2/models/{name}/infer", pipeline = %name);
-    async move {
+    async {
         match run(
             &state,
+            ticket,
             pipeline,
             request_key(&headers),
             Payload::Tensors(tensors),
@@ -426,19 +471,6 @@ async fn model_metadata(State(state): State<Arc<ApiState>>, Path(name): Path<Str
         .into_response(),
         Err(response) => response.into_response(),
     }
-}
-
-/// Serves the local API until `shutdown` turns true.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    mut shutdown: watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        })
-        .await
 }
 
 #[cfg(test)]
@@ -538,8 +570,8 @@ mod tests {
         );
         assert_eq!(
             status(&router, "POST", "/v2/models/colors/infer").await,
-            StatusCode::BAD_REQUEST,
-            "a malformed v2 body is refused before anything else"
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no body is read for a pipeline that cannot run it"
         );
         assert_eq!(
             status(&router, "GET", "/v2/health/ready").await,
@@ -558,5 +590,89 @@ mod tests {
             status(&router, "GET", "/v2/health/ready").await,
             StatusCode::OK
         );
+    }
+
+    /// Sends `request` on a fresh connection to `address` and reads the answer to its end.
+    async fn exchange(address: &ApiAddress, request: &[u8]) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut answer = Vec::new();
+        let io = async {
+            match address {
+                ApiAddress::Tcp(addr) => {
+                    let mut s = tokio::net::TcpStream::connect(addr).await?;
+                    s.write_all(request).await?;
+                    s.read_to_end(&mut answer).await
+                }
+                ApiAddress::Unix(path) => {
+                    let mut s = tokio::net::UnixStream::connect(path).await?;
+                    s.write_all(request).await?;
+                    s.read_to_end(&mut answer).await
+                }
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(20), io)
+            .await
+            .expect("an answer in time")
+            .expect("exchange");
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    async fn start(address: ApiAddress, serving: Arc<ServingTable>) -> ApiAddress {
+        let listener = address.bind().await.expect("bind");
+        let bound = listener.local_address().expect("address");
+        let (stop, stopped) = watch::channel(false);
+        let router = api(serving);
+        tokio::spawn(async move {
+            let _stop = stop;
+            let _ = serve(listener, router, ApiLimits::default(), stopped).await;
+        });
+        bound
+    }
+
+    #[tokio::test]
+    async fn serves_on_a_unix_socket_where_no_browser_reaches() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let address = start(
+            ApiAddress::Unix(dir.path().join("api.sock")),
+            Arc::new(ServingTable::default()),
+        )
+        .await;
+        let request =
+            b"GET /v2/health/live HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n";
+        let answer = exchange(&address, request).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains(r#"{"live":true}"#), "{answer}");
+        let tcp = start(
+            ApiAddress::Tcp(([127, 0, 0, 1], 0).into()),
+            Arc::new(ServingTable::default()),
+        )
+        .await;
+        let answer = exchange(&tcp, request).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 403"),
+            "over TCP the Host is checked: {answer}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_is_answered_before_its_body_is_read() {
+        let serving = Arc::new(ServingTable::default());
+        serving.set_pending(["colors".to_owned()].into());
+        let address = start(ApiAddress::Tcp(([127, 0, 0, 1], 0).into()), serving).await;
+        // A gigabyte announced and none sent: the answer cannot wait for the body.
+        for (path, status) in [
+            ("/v1/pipelines/colors/infer", "503"),
+            ("/v2/models/colors/infer", "503"),
+            ("/v1/pipelines/other/infer", "404"),
+        ] {
+            let request = format!(
+                "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000000000\r\n\r\n"
+            );
+            let answer = exchange(&address, request.as_bytes()).await;
+            assert!(
+                answer.starts_with(&format!("HTTP/1.1 {status}")),
+                "{path}: {answer}"
+            );
+        }
     }
 }

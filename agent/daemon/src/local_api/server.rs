@@ -1,0 +1,274 @@
+//! The local API's accept loop: HTTP/1.1 connections under the bounds of [`Connections`].
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use hyper::body::{Body as _, Incoming};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tower::Service as _;
+
+use super::address::{ApiListener, ApiStream};
+use super::connections::{ApiLimits, Connections, Slot, Watched, WatchedBody};
+
+/// Marks a request that came over the Unix socket: no browser reaches it, so the `Host` check
+/// against DNS rebinding does not apply.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalSocket;
+
+/// Serves `router` on `listener` until `shutdown` turns true; then lets the requests in
+/// progress finish.
+pub async fn serve(
+    listener: ApiListener,
+    router: Router,
+    limits: ApiLimits,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    serve_with(listener, router, Connections::new(limits), shutdown).await
+}
+
+/// [`serve`] with the connection table given, so that tests can watch it.
+async fn serve_with(
+    listener: ApiListener,
+    router: Router,
+    connections: std::sync::Arc<Connections>,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let limits = *connections.limits();
+    let keeper = tokio::spawn(connections.clone().keep(shutdown.clone()));
+    let mut tasks = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        };
+        while tasks.try_join_next().is_some() {}
+        let stream = match accepted {
+            Ok(stream) => stream,
+            Err(e) => {
+                // Out of file descriptors, or a connection reset before it was taken: keep
+                // serving the ones open, and try again shortly.
+                tracing::warn!(error = %e, "local API: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(slot) = connections.admit() else {
+            let refused = connections.stats.refused.load(Ordering::Relaxed);
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    refused,
+                    max = limits.max_connections,
+                    "local API: every connection is mid-request; a new one was closed"
+                );
+            }
+            continue;
+        };
+        let router = router.clone();
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            match stream {
+                ApiStream::Tcp(s) => connection(s, slot, router, false, stop).await,
+                ApiStream::Unix(s) => connection(s, slot, router, true, stop).await,
+            }
+        });
+    }
+    drop(listener);
+    while tasks.join_next().await.is_some() {}
+    keeper.abort();
+    Ok(())
+}
+
+/// Serves one connection until the client closes it, a deadline or an eviction closes it, or
+/// the API stops (then the request in progress finishes first).
+async fn connection<S>(
+    stream: S,
+    slot: Slot,
+    router: Router,
+    unix: bool,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let tracked = slot.tracked.clone();
+    let io = TokioIo::new(Watched::new(stream, tracked.clone()));
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let tracked = tracked.clone();
+        tracked.head_read(!request.body().is_end_stream());
+        let mut request =
+            request.map(|body| axum::body::Body::new(WatchedBody::new(body, tracked.clone())));
+        if unix {
+            request.extensions_mut().insert(LocalSocket);
+        }
+        let answer = router.clone().call(request);
+        async move {
+            let response = answer.await;
+            tracked.answered();
+            Ok::<_, Infallible>(match response {
+                Ok(response) => response,
+                Err(never) => match never {},
+            })
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.keep_alive(true).header_read_timeout(None);
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "local API connection ended");
+            }
+        }
+        _ = slot.tracked.closed() => {
+            tracing::debug!("local API connection closed: past its deadline, or evicted");
+        }
+        _ = async { stop.wait_for(|s| *s).await.is_ok() } => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+    drop(slot);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::body::Bytes;
+    use axum::routing::post;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpStream;
+
+    use super::*;
+    use crate::local_api::ApiAddress;
+    use crate::local_api::connections::Phase;
+
+    /// How long a test waits for something that happens in milliseconds.
+    const PATIENCE: Duration = Duration::from_secs(20);
+
+    async fn start(limits: ApiLimits) -> (std::net::SocketAddr, std::sync::Arc<Connections>) {
+        let listener = ApiAddress::Tcp(([127, 0, 0, 1], 0).into())
+            .bind()
+            .await
+            .expect("bind");
+        let addr = listener.local_address().expect("addr").tcp().expect("tcp");
+        let router = Router::new().route("/echo", post(|body: Bytes| async move { body }));
+        let table = Connections::new(limits);
+        let connections = table.clone();
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(async move {
+            let _stop = stop;
+            let _ = serve_with(listener, router, connections, stopped).await;
+        });
+        (addr, table)
+    }
+
+    const ECHO: &[u8] = b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\nhi";
+
+    /// Sends one whole request on `stream` and reads its answer (the echo's is short).
+    async fn echo(stream: &mut TcpStream) -> String {
+        stream.write_all(ECHO).await.expect("write");
+        let mut answer = vec![0; 4096];
+        let n = tokio::time::timeout(PATIENCE, stream.read(&mut answer))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        String::from_utf8_lossy(&answer[..n]).into_owned()
+    }
+
+    /// Whether the server closed `stream` (end of stream, or reset) without answering.
+    async fn closed_by_server(stream: &mut TcpStream) -> bool {
+        let mut byte = [0; 1];
+        matches!(
+            tokio::time::timeout(PATIENCE, stream.read(&mut byte)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+
+    async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while !done() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "waited too long for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slow_head_or_body_is_cut_off_and_an_idle_keep_alive_is_not() {
+        let (addr, _) = start(ApiLimits {
+            max_connections: 16,
+            header_timeout_ms: 300,
+            body_timeout_ms: 300,
+        })
+        .await;
+        let mut slow_head = TcpStream::connect(addr).await.expect("connect");
+        slow_head
+            .write_all(b"POST /echo HTTP/1.1\r\nHost: localhost\r\n")
+            .await
+            .expect("write");
+        let mut slow_body = TcpStream::connect(addr).await.expect("connect");
+        slow_body
+            .write_all(b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\nabc")
+            .await
+            .expect("write");
+        let mut keep_alive = TcpStream::connect(addr).await.expect("connect");
+        assert!(echo(&mut keep_alive).await.starts_with("HTTP/1.1 200"));
+        assert!(
+            closed_by_server(&mut slow_head).await,
+            "a head that never ends"
+        );
+        assert!(
+            closed_by_server(&mut slow_body).await,
+            "a body that never ends"
+        );
+        // Idle for longer than either deadline, between requests: still served.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(echo(&mut keep_alive).await.starts_with("HTTP/1.1 200"));
+    }
+
+    #[tokio::test]
+    async fn a_full_table_evicts_the_longest_idle_connection_and_refuses_when_none_is_idle() {
+        let (addr, table) = start(ApiLimits {
+            max_connections: 2,
+            header_timeout_ms: 60_000,
+            body_timeout_ms: 60_000,
+        })
+        .await;
+        let mut oldest = TcpStream::connect(addr).await.expect("connect");
+        assert!(echo(&mut oldest).await.starts_with("HTTP/1.1 200"));
+        let mut second = TcpStream::connect(addr).await.expect("connect");
+        assert!(echo(&mut second).await.starts_with("HTTP/1.1 200"));
+        let mut third = TcpStream::connect(addr).await.expect("connect");
+        assert!(
+            echo(&mut third).await.starts_with("HTTP/1.1 200"),
+            "a new connection is served when the table is full of idle ones"
+        );
+        assert!(
+            closed_by_server(&mut oldest).await,
+            "the longest-idle one made room"
+        );
+        for stream in [&mut second, &mut third] {
+            stream
+                .write_all(b"POST /echo HTTP/1.1\r\n")
+                .await
+                .expect("write");
+        }
+        wait_until("both connections mid-request", || {
+            table.count(Phase::Head) == 2
+        })
+        .await;
+        let mut refused = TcpStream::connect(addr).await.expect("connect");
+        assert!(
+            closed_by_server(&mut refused).await,
+            "no idle connection to evict: the new one is closed"
+        );
+        assert_eq!(table.open_count(), 2);
+    }
+}
