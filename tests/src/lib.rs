@@ -203,6 +203,8 @@ pub struct ControlPlane {
     pub process: Option<Process>,
     /// `TERN_LOG` of the serve process.
     pub log_filter: String,
+    /// Where the serve logs go (the data dir unless a test moves them).
+    pub log_dir: PathBuf,
 }
 
 impl ControlPlane {
@@ -227,6 +229,7 @@ impl ControlPlane {
         tune(&mut config);
         std::fs::write(data.config(), config.to_toml())?;
         Ok(Self {
+            log_dir: dir.clone(),
             dir,
             agent_addr,
             api_addr,
@@ -237,8 +240,8 @@ impl ControlPlane {
 
     /// Starts (or restarts) `tern-control-plane serve`.
     pub fn serve(&mut self) -> anyhow::Result<()> {
-        let n = std::fs::read_dir(&self.dir)?.count();
-        let log = self.dir.join(format!("serve-{n}.log"));
+        let n = std::fs::read_dir(&self.log_dir)?.count();
+        let log = self.log_dir.join(format!("serve-{n}.log"));
         let process = Process::spawn(
             Command::new(bin("tern-control-plane"))
                 .arg("serve")

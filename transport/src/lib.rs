@@ -8,10 +8,12 @@
 //!   verifier that authenticates a control plane by the CA hash in a token.
 //! - [`quic`]: QUIC endpoint and transport settings.
 //! - [`https`]: a small HTTPS server loop for axum routers and a JSON client.
+//! - [`storage`]: storage health (a probe, readiness, a restart when the disk keeps failing).
 
 pub mod https;
 pub mod pki;
 pub mod quic;
+pub mod storage;
 pub mod tls;
 
 pub use pki::{CertificateAuthority, IssuedCertificate, PkiError};

@@ -390,6 +390,7 @@ impl Deployer {
     fn spawn_fetch(&self, release: SignedRelease, events: mpsc::Sender<Event>) {
         let store = self.store.clone();
         let mut connection = self.connection.clone();
+        let keep_free = self.limits.min_free_disk_bytes;
         let release = release.signed;
         let span =
             info_span!("fetch", release = %release.reference(), digest = %release.digest.short());
@@ -408,7 +409,7 @@ impl Deployer {
                             .map_or(0, |m| m.len())
                     };
                     let before = kept();
-                    match fetch::fetch(&conn, &store, &release).await {
+                    match fetch::fetch(&conn, &store, &release, keep_free).await {
                         Err(e) if e.is_transient() && attempt < FETCH_ATTEMPTS => {
                             // Only attempts that got nothing count towards giving up.
                             attempt = if kept() > before { 1 } else { attempt + 1 };

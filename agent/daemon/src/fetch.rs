@@ -35,6 +35,11 @@ pub enum FetchError {
         path: String,
         source: std::io::Error,
     },
+    #[error(
+        "not enough disk for {needed} more bytes: {free} bytes free, and the agent keeps \
+         {keep} free (min-free-disk-bytes)"
+    )]
+    NoSpace { needed: u64, free: u64, keep: u64 },
 }
 
 impl FetchError {
@@ -51,11 +56,14 @@ fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ 
     }
 }
 
-/// Downloads `release`'s artifact into the store. Returns the bytes transferred this time.
+/// Downloads `release`'s artifact into the store, leaving at least `keep_free` bytes free on
+/// the disk. Returns the bytes transferred this time. A download that fails for want of space
+/// deletes what it wrote: a partial file must not keep the disk full.
 pub async fn fetch(
     conn: &quinn::Connection,
     store: &AgentStore,
     release: &Release,
+    keep_free: u64,
 ) -> Result<u64, FetchError> {
     let digest = release.digest;
     let partial = store.partial_path(&digest);
@@ -65,6 +73,47 @@ pub async fn fetch(
         std::fs::remove_file(&partial).map_err(io(&partial))?;
         have = 0;
     }
+    let needed = release.size - have;
+    if let Some(dir) = partial.parent()
+        && let Ok(free) = tern_transport::storage::free_space(dir)
+        && free < needed.saturating_add(keep_free)
+    {
+        let _ = std::fs::remove_file(&partial);
+        return Err(FetchError::NoSpace {
+            needed: release.size,
+            free: free + have,
+            keep: keep_free,
+        });
+    }
+    let result = download(conn, release, &partial, have).await;
+    if let Err(FetchError::Io { source, .. }) = &result
+        && tern_transport::storage::is_disk_full(source)
+    {
+        // Resuming would need the space that is missing: give the disk back.
+        let _ = std::fs::remove_file(&partial);
+    }
+    let received = result?;
+    let done = store.artifact_path(&digest);
+    std::fs::rename(&partial, &done).map_err(io(&done))?;
+    // The rename itself must survive a power cut, not only the bytes.
+    if let Some(dir) = done.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
+    }
+    debug!(%digest, bytes = received, "artifact verified and stored");
+    Ok(received)
+}
+
+/// Streams the artifact into `partial` from byte `have`, and checks the whole file's digest.
+async fn download(
+    conn: &quinn::Connection,
+    release: &Release,
+    partial: &std::path::Path,
+    have: u64,
+) -> Result<u64, FetchError> {
+    let digest = release.digest;
+    let partial = partial.to_owned();
     let stream = |e: &dyn std::fmt::Display| FetchError::Stream(e.to_string());
     let (mut send, mut recv) = conn.open_bi().await?;
     let request = FetchRequest {
@@ -141,14 +190,5 @@ pub async fn fetch(
         let _ = std::fs::remove_file(&partial);
         return Err(e.into());
     }
-    let done = store.artifact_path(&digest);
-    std::fs::rename(&partial, &done).map_err(io(&done))?;
-    // The rename itself must survive a power cut, not only the bytes.
-    if let Some(dir) = done.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(dir))?;
-    }
-    debug!(%digest, bytes = received, "artifact verified and stored");
     Ok(received)
 }

@@ -25,6 +25,18 @@ pub struct AgentLimits {
     /// Largest tensor a model may declare, in bytes; a model over it is refused at load.
     #[serde(default = "default_tensor")]
     pub max_tensor_bytes: u64,
+    /// Bytes the data directory's filesystem keeps free: a download that would leave less is
+    /// refused before a byte is written, so that the agent's own state and telemetry can
+    /// always be written.
+    #[serde(default = "default_min_free_disk")]
+    pub min_free_disk_bytes: u64,
+}
+
+/// Default of [`AgentLimits::min_free_disk_bytes`]: 32 MiB.
+pub const DEFAULT_MIN_FREE_DISK_BYTES: u64 = 32 << 20;
+
+fn default_min_free_disk() -> u64 {
+    DEFAULT_MIN_FREE_DISK_BYTES
 }
 
 fn default_timeout() -> u64 {
@@ -45,6 +57,7 @@ impl Default for AgentLimits {
             max_plugin_timeout_ms: default_timeout(),
             max_plugin_memory_mib: default_memory(),
             max_tensor_bytes: default_tensor(),
+            min_free_disk_bytes: DEFAULT_MIN_FREE_DISK_BYTES,
         }
     }
 }

@@ -64,6 +64,9 @@ enum Command {
         /// Most memory of one plugin instance in MiB, whatever its manifest says.
         #[arg(long, default_value_t = tern_agent::limits::DEFAULT_MAX_PLUGIN_MEMORY_MIB)]
         max_plugin_memory_mib: u64,
+        /// Bytes of disk the agent keeps free: a download that would leave less is refused.
+        #[arg(long, default_value_t = tern_agent::limits::DEFAULT_MIN_FREE_DISK_BYTES)]
+        min_free_disk_bytes: u64,
         /// Largest tensor a model may declare, in bytes; larger models are refused.
         #[arg(long, default_value_t = tern_infer_default_tensor_bytes())]
         max_tensor_bytes: u64,
@@ -182,7 +185,14 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            let restart = e
+                .downcast_ref::<tern_agent::RunError>()
+                .is_some_and(|e| matches!(e, tern_agent::RunError::Storage(_)));
+            if restart {
+                std::process::ExitCode::from(tern_transport::storage::EXIT_RESTART)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }
@@ -212,6 +222,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 max_plugin_timeout,
                 max_plugin_memory_mib,
                 max_tensor_bytes,
+                min_free_disk_bytes,
             } => {
                 let options = JoinOptions {
                     control_plane,
@@ -234,6 +245,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         max_plugin_timeout_ms: (max_plugin_timeout.as_millis() as u64).max(1),
                         max_plugin_memory_mib,
                         max_tensor_bytes,
+                        min_free_disk_bytes,
                     },
                 };
                 let config = tern_agent::join(&options)

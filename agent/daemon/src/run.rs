@@ -49,6 +49,8 @@ pub enum RunError {
     OnlineKey { path: String, reason: String },
     #[error("cannot start the plugin engine: {0}")]
     Engine(#[from] tern_plugin_host::LoadError),
+    #[error("storage keeps failing ({0}): stopped for the supervisor to restart the agent")]
+    Storage(String),
 }
 
 /// Runs the agent in `dir` until `shutdown` completes.
@@ -84,9 +86,15 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
             config.telemetry.buffer_bytes,
         )?),
         host: Default::default(),
+        storage: tern_transport::storage::StorageMonitor::new(dir.root()),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let storage_watch = tokio::spawn(tern_transport::storage::watch(
+        telemetry.storage.clone(),
+        storage_probe(store.db().clone()),
+        stop_rx.clone(),
+    ));
     let (capacity_tx, capacity_rx) = watch::channel(capacity::host_capacity(&dir));
     let (state_tx, state_rx) = watch::channel(LinkState::default());
 
@@ -161,7 +169,10 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
     });
     info!(agent = %config.name, id = %config.agent_id, local_api = %api_addr, "agent running");
 
-    shutdown.await;
+    let outcome = tokio::select! {
+        () = shutdown => Ok(()),
+        reason = telemetry.storage.restart_requested() => Err(RunError::Storage(reason)),
+    };
     info!("shutting down");
     let _ = stop_tx.send(true);
     probe.abort();
@@ -185,8 +196,21 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
     if let Err(e) = store.flush() {
         warn!(error = %e, "cannot flush the agent's state");
     }
+    storage_watch.abort();
     info!("agent stopped");
-    Ok(())
+    outcome
+}
+
+/// A write and a flush of the agent's database: fails while the disk is full, and for good once
+/// sled has latched an I/O error (then the agent exits for its supervisor to restart it).
+fn storage_probe(db: sled::Db) -> impl Fn() -> Result<(), String> + Send + Sync + 'static {
+    move || {
+        let now = tern_transport::unix_millis_now().to_be_bytes();
+        db.insert("storage_probe", &now)
+            .and_then(|_| db.flush())
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// Loads the revisions that were serving when the agent stopped, before it serves anything:

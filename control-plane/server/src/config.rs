@@ -61,6 +61,17 @@ pub struct ControlPlaneConfig {
     /// two thirds of it have passed, and one offline past it needs a new token.
     #[serde(with = "duration_text", default = "default_agent_cert_ttl")]
     pub agent_cert_ttl: Duration,
+    /// Bytes the data directory's filesystem keeps free: an artifact upload that would leave
+    /// less is refused (507) before a byte is written.
+    #[serde(default = "default_min_free_bytes")]
+    pub min_free_bytes: u64,
+}
+
+/// Default of `min_free_bytes`: 256 MiB.
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 256 << 20;
+
+fn default_min_free_bytes() -> u64 {
+    DEFAULT_MIN_FREE_BYTES
 }
 
 fn default_agent_cert_ttl() -> Duration {
@@ -141,6 +152,7 @@ impl Default for ControlPlaneConfig {
             otlp_endpoint: None,
             otlp_interval: DEFAULT_OTLP_INTERVAL,
             agent_cert_ttl: default_agent_cert_ttl(),
+            min_free_bytes: DEFAULT_MIN_FREE_BYTES,
         }
     }
 }

@@ -72,7 +72,7 @@ fn main() -> std::process::ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
@@ -80,7 +80,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     match cli.command {
         Command::Init {
             data_dir,
@@ -107,7 +107,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "next: tern-control-plane serve --data-dir {}",
                 data_dir.display()
             );
-            Ok(())
+            Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Credential {
             command: CredentialCommand::Create { data_dir, role },
@@ -123,7 +123,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("failed to create the credential")?;
             eprintln!("credential {} ({:?}); shown once:", record.id, record.role);
             println!("{secret}");
-            Ok(())
+            Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Serve {
             data_dir,
@@ -142,12 +142,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 })
                 .await
                 .context("failed to start the control plane")?;
-                shutdown_signal()
-                    .await
-                    .context("failed to wait for a shutdown signal")?;
-                tracing::info!("shutdown requested");
-                running.shutdown().await;
-                Ok(())
+                tokio::select! {
+                    signal = shutdown_signal() => {
+                        signal.context("failed to wait for a shutdown signal")?;
+                        tracing::info!("shutdown requested");
+                        running.shutdown().await;
+                        Ok(std::process::ExitCode::SUCCESS)
+                    }
+                    reason = running.restart_requested() => {
+                        tracing::error!(%reason, "storage keeps failing: stopping for the supervisor to restart the control plane");
+                        running.shutdown().await;
+                        Ok(std::process::ExitCode::from(tern_transport::storage::EXIT_RESTART))
+                    }
+                }
             })
         }
     }

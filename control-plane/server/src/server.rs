@@ -51,6 +51,8 @@ pub(crate) struct Shared {
     pub telemetry: crate::telemetry::Telemetry,
     /// Drift baselines and alerts.
     pub drift: crate::drift::Drift,
+    /// Free space and failures of the data directory's storage.
+    pub storage: Arc<tern_transport::storage::StorageMonitor>,
 }
 
 /// Options of `tern-control-plane serve`.
@@ -129,7 +131,10 @@ impl RunningControlPlane {
         for fingerprint in registry.revoked_certificates()? {
             revoked.revoke(fingerprint);
         }
+        let storage = tern_transport::storage::StorageMonitor::new(&options.data_dir);
+        let probe = storage_probe(registry.db().clone(), telemetry.store.db().clone());
         let shared = Arc::new(Shared {
+            storage: storage.clone(),
             drift,
             telemetry,
             registry,
@@ -199,6 +204,7 @@ impl RunningControlPlane {
                 telemetry_writer,
                 rx.clone(),
             )),
+            tokio::spawn(tern_transport::storage::watch(storage, probe, rx.clone())),
             tokio::spawn(housekeeping(shared.clone(), rx)),
         ];
         if let Some(endpoint) = &config.otlp_endpoint {
@@ -233,6 +239,12 @@ impl RunningControlPlane {
         self.api_addr
     }
 
+    /// Resolves with the reason when storage has failed for long enough that the process
+    /// should exit and be restarted by its supervisor (a latched store reopens cleanly).
+    pub async fn restart_requested(&self) -> String {
+        self.shared.storage.restart_requested().await
+    }
+
     /// Agents with an open connection.
     pub fn connected_agents(&self) -> usize {
         self.shared.presence.connected()
@@ -254,6 +266,23 @@ impl RunningControlPlane {
             warn!(error = %e, "telemetry flush failed at shutdown");
         }
         info!("control plane stopped");
+    }
+}
+
+/// A write and a flush of each database: fails while the disk is full, and for good once
+/// sled has latched an I/O error.
+fn storage_probe(
+    registry: sled::Db,
+    telemetry: sled::Db,
+) -> impl Fn() -> Result<(), String> + Send + Sync + 'static {
+    move || {
+        let now = tern_transport::unix_millis_now().to_be_bytes();
+        for (name, db) in [("registry", &registry), ("telemetry", &telemetry)] {
+            db.insert("storage_probe", &now)
+                .and_then(|_| db.flush())
+                .map_err(|e| format!("{name} store: {e}"))?;
+        }
+        Ok(())
     }
 }
 

@@ -173,6 +173,15 @@ async fn refuse_foreign_hosts(
 /// Ready when every deployed pipeline serves. Serving goes on while the control plane is away,
 /// so readiness does not depend on the link.
 async fn ready(State(state): State<Arc<ApiState>>) -> Response {
+    if let Some(reason) = state.telemetry.storage.not_ready() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(
+                serde_json::json!({ "ready": false, "reason": format!("storage fails: {reason}") }),
+            ),
+        )
+            .into_response();
+    }
     if state.serving.is_ready() {
         Json(serde_json::json!({ "ready": true })).into_response()
     } else {
@@ -497,6 +506,7 @@ mod tests {
                 crate::telemetry::buffer::TelemetryBuffer::open(&db, 1 << 20).expect("buffer"),
             ),
             host: Default::default(),
+            storage: tern_transport::storage::StorageMonitor::new(&std::env::temp_dir()),
         });
         router(
             info,

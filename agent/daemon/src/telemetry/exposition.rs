@@ -18,6 +18,25 @@ pub fn render(agent: &str, serving: &ServingTable, state: &TelemetryState) -> St
         "This agent and its version.",
     )
     .sample(&[("agent", agent), ("version", crate::VERSION)], 1.0);
+    page.family(
+        "tern_agent_storage_errors_total",
+        Kind::Counter,
+        "Failed storage probes and writes since the agent started.",
+    )
+    .sample(&a, state.storage.errors() as f64);
+    page.family(
+        "tern_agent_storage_ready",
+        Kind::Gauge,
+        "1 when the agent's storage works; 0 while it fails (the agent exits if it keeps failing).",
+    )
+    .sample(
+        &a,
+        if state.storage.not_ready().is_some() {
+            0.0
+        } else {
+            1.0
+        },
+    );
     let gauges: [(&str, &str, f64); 9] = [
         (
             "tern_host_cpu_percent",

@@ -63,6 +63,8 @@ pub struct TelemetryState {
     pub buffer: Arc<TelemetryBuffer>,
     /// The host as last sampled.
     pub host: Mutex<HostStats>,
+    /// Free space and failures of the data directory's storage.
+    pub storage: Arc<tern_transport::storage::StorageMonitor>,
 }
 
 /// Shrinks a batch that would not fit in one frame: custom observations go first, then

@@ -115,12 +115,33 @@ pub(crate) fn admin_router(shared: Arc<Shared>) -> Router {
         ));
     // The dashboard's files hold no data; what they show comes through the routes above.
     Router::new()
+        .route(
+            "/livez",
+            get(|| async { Json(serde_json::json!({ "live": true })) }),
+        )
+        .route("/readyz", get(readyz))
         .route("/", get(dashboard::page))
         .route("/dashboard.js", get(dashboard::script))
         .route("/dashboard.css", get(dashboard::style))
         .merge(protected)
         .layer(middleware::from_fn(request_span))
         .with_state(shared)
+}
+
+/// `GET /readyz`, for supervisors and load balancers (no credential): 503 with the reason while
+/// the control plane's storage fails.
+async fn readyz(State(shared): State<Arc<Shared>>) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    match shared.storage.not_ready() {
+        None => Json(serde_json::json!({ "ready": true })).into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(
+                serde_json::json!({ "ready": false, "reason": format!("storage fails: {reason}") }),
+            ),
+        )
+            .into_response(),
+    }
 }
 
 /// The enrollment API, served on the agents' TCP address.

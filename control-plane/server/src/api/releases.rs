@@ -11,7 +11,7 @@ use serde::Deserialize;
 use tern_proto::api::{ReleaseView, UploadProgress};
 use tern_proto::release::{Clocks, Digest, SignedRelease};
 use tern_proto::trust::{SignedTrustRoot, TrustUpdate};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{HttpError, blocking, internal};
 use crate::releases::{PutOutcome, ReleaseStoreError};
@@ -133,7 +133,26 @@ pub(crate) async fn upload(
     bytes: Bytes,
 ) -> Result<Json<UploadProgress>, HttpError> {
     let digest = digest(&text)?;
-    let progress = blocking(move || shared.releases.append(&digest, query.offset, &bytes)).await?;
+    let free = shared.storage.refresh_free_space();
+    let keep = shared.config.min_free_bytes;
+    if free.saturating_sub(bytes.len() as u64) < keep {
+        warn!(%digest, free, keep, "artifact upload refused: the disk is nearly full");
+        return Err(HttpError(
+            StatusCode::INSUFFICIENT_STORAGE,
+            format!(
+                "the control plane's disk has {free} bytes free and keeps {keep} free \
+                 (min_free_bytes); free space, then push again to resume"
+            ),
+        ));
+    }
+    let storage = shared.storage.clone();
+    let progress = blocking(move || shared.releases.append(&digest, query.offset, &bytes))
+        .await
+        .inspect_err(|e| {
+            if e.0 == StatusCode::INTERNAL_SERVER_ERROR {
+                storage.record_error();
+            }
+        })?;
     if progress.complete {
         info!(%digest, size = progress.size, "artifact stored");
     }

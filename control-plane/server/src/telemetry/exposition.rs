@@ -8,11 +8,48 @@ use tern_proto::prometheus::{Exposition, Kind, MetricsPage};
 use super::query::QueryError;
 use crate::server::Shared;
 
-/// The page.
+/// The page. The control plane's own storage comes first and is there even when the fleet's
+/// figures cannot be read (a failing disk is when it matters most).
 pub(crate) fn render(shared: &Shared, now_ms: u64) -> Result<String, QueryError> {
     let mut page = Exposition::default();
-    write(shared, now_ms, &mut page)?;
+    write_storage(shared, &mut page);
+    if let Err(e) = write(shared, now_ms, &mut page) {
+        if shared.storage.not_ready().is_none() {
+            return Err(e);
+        }
+        tracing::warn!(error = %e, "/metrics without the fleet's figures: storage fails");
+    }
     Ok(page.finish())
+}
+
+/// The control plane's storage: free space, errors, readiness.
+fn write_storage<P: MetricsPage>(shared: &Shared, page: &mut P) {
+    let storage = &shared.storage;
+    page.family(
+        "tern_control_plane_storage_free_bytes",
+        Kind::Gauge,
+        "Bytes free on the filesystem of the control plane's data directory.",
+    )
+    .sample(&[], storage.free_bytes() as f64);
+    page.family(
+        "tern_control_plane_storage_errors_total",
+        Kind::Counter,
+        "Failed storage probes and writes since the control plane started.",
+    )
+    .sample(&[], storage.errors() as f64);
+    page.family(
+        "tern_control_plane_ready",
+        Kind::Gauge,
+        "1 when the control plane's storage works (GET /readyz).",
+    )
+    .sample(
+        &[],
+        if storage.not_ready().is_some() {
+            0.0
+        } else {
+            1.0
+        },
+    );
 }
 
 /// The fleet's metrics, into any page (Prometheus text, OTLP).

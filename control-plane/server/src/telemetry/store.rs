@@ -186,6 +186,11 @@ pub struct SeriesStore {
 }
 
 impl SeriesStore {
+    /// The database, for the storage probe.
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
     pub fn open(path: &Path, retention: Duration) -> Result<Self, TelemetryStoreError> {
         let db = sled::Config::new()
             .path(path)

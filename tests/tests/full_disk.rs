@@ -1,0 +1,238 @@
+//! Full disks, end to end: a control plane and an agent whose data directories sit on a
+//! 48 MiB tmpfs, filled by a file and freed again. Mounting needs root (as CI runs); elsewhere
+//! these tests say so and pass without running.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use tern_e2e::{
+    Agent, ControlPlane, FLEET_TIMEOUT, Fleet, Publisher, fast_config, path_str, wait_for,
+};
+use tern_proto::api::AgentStatus;
+
+/// A small tmpfs mounted on a temporary directory, unmounted when dropped.
+struct SmallDisk {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl SmallDisk {
+    /// `None` when this process may not mount (not root).
+    fn mount(mib: u64) -> anyhow::Result<Option<Self>> {
+        let uid = std::fs::read_to_string("/proc/self/status")?
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1).map(str::to_owned));
+        if uid.as_deref() != Some("0") {
+            eprintln!("skipped: mounting a small filesystem needs root");
+            return Ok(None);
+        }
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("disk");
+        std::fs::create_dir(&path)?;
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(&path)
+            .status()?;
+        anyhow::ensure!(status.success(), "mount -t tmpfs failed ({status})");
+        Ok(Some(Self { _dir: dir, path }))
+    }
+
+    fn free(&self) -> anyhow::Result<u64> {
+        Ok(tern_transport::storage::free_space(&self.path)?)
+    }
+
+    /// Writes a file until no more than `leave` bytes are free (0: until the disk is full).
+    fn fill(&self, leave: u64) -> anyhow::Result<PathBuf> {
+        let filler = self.path.join("filler");
+        let mut file = std::fs::File::create(&filler)?;
+        let chunk = vec![0x5a; 256 << 10];
+        loop {
+            let free = self.free()?;
+            if free <= leave {
+                break;
+            }
+            let n = (free - leave).min(chunk.len() as u64) as usize;
+            match file.write_all(&chunk[..n]) {
+                Ok(()) => {}
+                Err(e) if tern_transport::storage::is_disk_full(&e) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let _ = file.sync_all();
+        Ok(filler)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+fn pipeline(name: &str, release: &str) -> String {
+    format!(
+        r#"apiVersion: tern.dev/v1alpha1
+kind: Pipeline
+metadata: {{ name: {name} }}
+spec:
+  steps:
+    - name: post
+      plugin: {release}
+      config: {{ k: 1 }}
+"#
+    )
+}
+
+/// `ternctl apply` of a pipeline named `name`; whether it worked.
+fn apply(cp: &ControlPlane, dir: &Path, name: &str) -> anyhow::Result<bool> {
+    let file = dir.join(format!("{name}.yaml"));
+    std::fs::write(&file, pipeline(name, "topk:1"))?;
+    Ok(cp
+        .ternctl(&["apply", "-f", &path_str(&file)?])
+        .status
+        .success())
+}
+
+#[test]
+fn a_control_plane_whose_disk_filled_and_was_freed_accepts_apply_and_push_again()
+-> anyhow::Result<()> {
+    let Some(disk) = SmallDisk::mount(48)? else {
+        return Ok(());
+    };
+    let tmp = tempfile::tempdir()?;
+    let mut cp = ControlPlane::init(&disk.path, |config| {
+        fast_config(config);
+        config.min_free_bytes = 1 << 20;
+    })?;
+    // The logs stay readable whatever happens to the small disk.
+    cp.log_dir = tmp.path().to_owned();
+    cp.serve()?;
+    let publisher = Publisher::generate(&cp, tmp.path())?;
+    publisher.trust_init(&cp)?;
+    let plugin = tmp.path().join("topk.wasm");
+    std::fs::copy(tern_e2e::component("topk"), &plugin)?;
+    publisher.sign_and_push(&cp, &plugin, "plugin", "topk", 1)?;
+    anyhow::ensure!(apply(&cp, tmp.path(), "before")?, "apply on a roomy disk");
+
+    let filler = disk.fill(0)?;
+    anyhow::ensure!(
+        !apply(&cp, tmp.path(), "while-full")?,
+        "apply must fail while the disk is full"
+    );
+    let second = tmp.path().join("topk-2.wasm");
+    std::fs::copy(&plugin, &second)?;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&second)?
+        .write_all(&[0; 1])?;
+    publisher.sign(&cp, "publisher", &second, "plugin", "topk", 2)?;
+    let refused = cp.ternctl_fails(&["push", "--quiet", &path_str(&second)?])?;
+    assert!(!refused.is_empty(), "push says why it failed");
+    // Not ready (or already gone for its supervisor to restart it) while storage fails.
+    wait_for(
+        FLEET_TIMEOUT,
+        "the control plane to say it is not ready",
+        || {
+            let exited = cp.process.as_mut().is_some_and(|p| p.exited());
+            let not_ready = cp
+                .admin_get("/readyz")
+                .err()
+                .is_some_and(|e| e.to_string().contains("storage fails"));
+            (exited || not_ready).then_some(())
+        },
+    )?;
+
+    std::fs::remove_file(&filler)?;
+    // A supervisor's job: start it again whenever it exits.
+    let mut restarts = 0;
+    wait_for(Duration::from_secs(90), "apply to work again", || {
+        if cp.process.as_mut().is_some_and(|p| p.exited()) {
+            restarts += 1;
+            cp.serve().ok()?;
+        }
+        apply(&cp, tmp.path(), "after").ok()?.then_some(())
+    })?;
+    cp.ternctl_ok(&["push", "--quiet", &path_str(&second)?])?;
+    eprintln!("apply and push work again after {restarts} restarts");
+    let metrics = cp.admin_get("/metrics")?;
+    let free = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tern_control_plane_storage_free_bytes "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .ok_or_else(|| anyhow::anyhow!("no free-space gauge in /metrics"))?;
+    assert!(
+        free > (8 << 20) as f64,
+        "{free} bytes free after the filler went"
+    );
+    assert!(metrics.contains("tern_control_plane_storage_errors_total"));
+    assert!(cp.admin_get("/readyz")?.contains("true"));
+    let logs: String = std::fs::read_dir(tmp.path())?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("serve-"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    assert!(
+        logs.contains("storage fails; not ready"),
+        "the failure was logged (restarts: {restarts})"
+    );
+    Ok(())
+}
+
+#[test]
+fn an_agent_short_of_disk_keeps_serving_says_why_and_keeps_its_disk() -> anyhow::Result<()> {
+    let Some(disk) = SmallDisk::mount(48)? else {
+        return Ok(());
+    };
+    let mut fleet = Fleet::start(0)?;
+    let token = fleet.cp.token("site=a", "10m")?;
+    let agent = Agent::join_with(
+        &fleet.cp,
+        &disk.path,
+        "edge-1",
+        &token,
+        "",
+        &["--min-free-disk-bytes", &(4u64 << 20).to_string()],
+    )?;
+    fleet.agents.push(agent);
+    fleet
+        .cp
+        .wait_status("edge-1", AgentStatus::Ready, FLEET_TIMEOUT)?;
+    fleet.serve_topk()?;
+    assert_eq!(fleet.infer(0)?, 200);
+
+    let filler = disk.fill(12 << 20)?;
+    let free_before = disk.free()?;
+    // Twice the room there is.
+    fleet.push(&fleet.topk("big", 24 << 20)?, 2)?;
+    fleet.apply("topk:2", 2)?;
+    let reason = fleet.failure("edge-1", 2)?;
+    assert!(reason.contains("not enough disk"), "{reason}");
+    fleet.wait_phase(2, "RolledBack")?;
+    fleet.wait_serving("edge-1", 1)?;
+    assert_eq!(fleet.infer(0)?, 200, "still serving what it served");
+    let partial = disk.path.join("edge-1/artifacts/partial");
+    let left: Vec<_> = std::fs::read_dir(&partial)?.collect();
+    assert!(left.is_empty(), "no partial download left: {left:?}");
+    assert!(
+        disk.free()? + (1 << 20) >= free_before,
+        "the disk is as free as before the download"
+    );
+    let (status, metrics) = tern_e2e::http(
+        fleet.agents[0].api_addr()?,
+        "GET",
+        "/metrics",
+        "text/plain",
+        b"",
+    )?;
+    assert_eq!(status, 200);
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains("tern_agent_storage_ready{agent=\"edge-1\"} 1"),
+        "{metrics}"
+    );
+    drop(filler);
+    Ok(())
+}
