@@ -177,6 +177,12 @@ impl Process {
         matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
+    /// The exit code, once the process has exited (`None` while it runs, or killed by a
+    /// signal).
+    pub fn exit_code(&mut self) -> Option<i32> {
+        self.child.try_wait().ok().flatten().and_then(|s| s.code())
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -182,6 +182,69 @@ fn a_control_plane_whose_disk_filled_and_was_freed_accepts_apply_and_push_again(
 }
 
 #[test]
+fn an_agent_whose_disk_filled_is_not_ready_then_serves_again_after_a_restart() -> anyhow::Result<()>
+{
+    let Some(disk) = SmallDisk::mount(48)? else {
+        return Ok(());
+    };
+    let mut fleet = Fleet::start(0)?;
+    let token = fleet.cp.token("site=a", "10m")?;
+    // The data dir and the log on the small disk: a log that cannot be written must not stop
+    // anything either.
+    let root = disk.path.clone();
+    let agent = Agent::join_with(&fleet.cp, &root, "edge-1", &token, "", &[])?;
+    fleet.agents.push(agent);
+    fleet
+        .cp
+        .wait_status("edge-1", AgentStatus::Ready, FLEET_TIMEOUT)?;
+    fleet.serve_topk()?;
+    let api = fleet.agents[0].api_addr()?;
+    let ready = || {
+        tern_e2e::http(api, "GET", "/v2/health/ready", "text/plain", b"")
+            .map(|(status, body)| (status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    assert_eq!(ready()?.0, 200);
+
+    let filler = disk.fill(0)?;
+    wait_for(FLEET_TIMEOUT, "the agent to say it is not ready", || {
+        let process = &mut fleet.agents[0].process;
+        if process.exited() {
+            return Some(());
+        }
+        let (status, body) = ready().ok()?;
+        (status == 503 && body.contains("storage fails")).then_some(())
+    })?;
+    // sled latches some write errors and not others: the agent exits for its supervisor
+    // once the failure lasts, or works again by itself once there is room.
+    std::thread::sleep(tern_transport::storage::RESTART_AFTER * 2);
+    std::fs::remove_file(&filler)?;
+    // A supervisor's job: start it again whenever it exits.
+    let mut exit_codes = Vec::new();
+    wait_for(FLEET_TIMEOUT, "the agent to serve again", || {
+        if fleet.agents[0].process.exited() {
+            exit_codes.push(fleet.agents[0].process.exit_code());
+            fleet.agents[0] = Agent::run(&root, "edge-1").ok()?;
+        }
+        (fleet.infer(0).ok()? == 200 && ready().ok()?.0 == 200).then_some(())
+    })
+    .map_err(|e| {
+        let log = fleet.agents[0].process.log_text();
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+        anyhow::anyhow!(
+            "{e}; ready: {:?}; infer: {:?}; log: {tail:#?}",
+            ready(),
+            fleet.infer(0)
+        )
+    })?;
+    let restart = Some(i32::from(tern_transport::storage::EXIT_RESTART));
+    assert!(
+        exit_codes.iter().all(|c| *c == restart),
+        "an agent stops only with status 75, asking its supervisor for a restart: {exit_codes:?}"
+    );
+    Ok(())
+}
+
+#[test]
 fn an_agent_short_of_disk_keeps_serving_says_why_and_keeps_its_disk() -> anyhow::Result<()> {
     let Some(disk) = SmallDisk::mount(48)? else {
         return Ok(());

@@ -22,6 +22,24 @@ pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 pub const RESTART_AFTER: Duration = Duration::from_secs(5);
 /// Exit status of a process that stops for its supervisor to restart it (`EX_TEMPFAIL`).
 pub const EXIT_RESTART: u8 = 75;
+/// A probe that takes longer than this counts as a failure (a hung disk is a failing one).
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest orderly stop after a restart was asked for; then the process exits regardless
+/// (a write stuck in a failing disk must not keep it alive).
+pub const STOP_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Makes sure the process exits with [`EXIT_RESTART`] within [`STOP_DEADLINE`] from now,
+/// whatever its orderly stop waits for.
+pub fn exit_for_restart_soon() {
+    std::thread::spawn(|| {
+        std::thread::sleep(STOP_DEADLINE);
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            b"the orderly stop took too long; exiting for a restart\n",
+        );
+        std::process::exit(i32::from(EXIT_RESTART));
+    });
+}
 
 /// What a probe result means for the process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,18 +177,29 @@ where
     let mut health = StorageHealth::default();
     let mut ticks = tokio::time::interval(PROBE_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A probe stuck in the disk is waited for, not started again.
+    let mut running: Option<tokio::task::JoinHandle<Result<(), String>>> = None;
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let (probe, watched) = (probe.clone(), monitor.clone());
-        let result = tokio::task::spawn_blocking(move || {
-            watched.refresh_free_space();
-            probe()
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("the storage probe failed: {e}")));
+        let handle = running.get_or_insert_with(|| {
+            let (probe, watched) = (probe.clone(), monitor.clone());
+            tokio::task::spawn_blocking(move || {
+                watched.refresh_free_space();
+                probe()
+            })
+        });
+        let result = match tokio::time::timeout(PROBE_TIMEOUT, handle).await {
+            Ok(joined) => {
+                running = None;
+                joined.unwrap_or_else(|e| Err(format!("the storage probe failed: {e}")))
+            }
+            Err(_) => Err(format!(
+                "a write and flush did not finish within {PROBE_TIMEOUT:?}"
+            )),
+        };
         let verdict = health.observe(result, crate::unix_millis_now());
         match &verdict {
             Verdict::Ready => {

@@ -1,5 +1,6 @@
 //! `tern-agent`: `join` a control plane once, then `run`.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -170,6 +171,9 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A log line that cannot be written (stderr on a full disk) is dropped; reporting it
+        // with `eprintln!` would panic the task that logged.
+        .log_internal_errors(false)
         .init();
     if let Command::RunLocal {
         manifest,
@@ -184,7 +188,8 @@ fn main() -> std::process::ExitCode {
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Not `eprintln!`: on a full disk its failure would panic.
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
             let restart = e
                 .downcast_ref::<tern_agent::RunError>()
                 .is_some_and(|e| matches!(e, tern_agent::RunError::Storage(_)));
@@ -203,7 +208,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("failed to start the async runtime")?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let data_dir = match cli.command {
             Command::Join {
                 control_plane,
@@ -263,7 +268,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         tern_agent::run(AgentDataDir::new(data_dir), shutdown_signal())
             .await
             .context("agent failed")
-    })
+    });
+    // A blocking task stuck in a failing disk must not keep the process alive.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    result
 }
 
 async fn shutdown_signal() {

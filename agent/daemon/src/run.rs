@@ -108,10 +108,17 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
         last_error: None,
         pipelines: Default::default(),
     };
+    let api_connections = local_api::Connections::new(config.api);
     let api = tokio::spawn(local_api::serve(
         listener,
-        local_api::router(info, state_rx, serving.clone(), telemetry.clone()),
-        config.api,
+        local_api::router(
+            info,
+            state_rx,
+            serving.clone(),
+            telemetry.clone(),
+            api_connections.clone(),
+        ),
+        api_connections,
         stop_rx.clone(),
     ));
     let (desired_tx, desired_rx) = watch::channel(None);
@@ -171,7 +178,10 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
 
     let outcome = tokio::select! {
         () = shutdown => Ok(()),
-        reason = telemetry.storage.restart_requested() => Err(RunError::Storage(reason)),
+        reason = telemetry.storage.restart_requested() => {
+            tern_transport::storage::exit_for_restart_soon();
+            Err(RunError::Storage(reason))
+        }
     };
     info!("shutting down");
     let _ = stop_tx.send(true);
@@ -193,7 +203,10 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
         Err(_) => warn!("local API did not stop in time"),
         _ => {}
     }
-    if let Err(e) = store.flush() {
+    // A failing store is not flushed: the write could hang in the disk.
+    if outcome.is_ok()
+        && let Err(e) = store.flush()
+    {
         warn!(error = %e, "cannot flush the agent's state");
     }
     storage_watch.abort();

@@ -1,5 +1,6 @@
 //! `tern-control-plane`: `init` a data dir, then `serve` it.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -70,11 +71,15 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A log line that cannot be written (stderr on a full disk) is dropped; reporting it
+        // with `eprintln!` would panic the task that logged.
+        .log_internal_errors(false)
         .init();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Not `eprintln!`: on a full disk its failure would panic.
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }
@@ -151,6 +156,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     }
                     reason = running.restart_requested() => {
                         tracing::error!(%reason, "storage keeps failing: stopping for the supervisor to restart the control plane");
+                        tern_transport::storage::exit_for_restart_soon();
                         running.shutdown().await;
                         Ok(std::process::ExitCode::from(tern_transport::storage::EXIT_RESTART))
                     }

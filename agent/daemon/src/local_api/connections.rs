@@ -224,6 +224,37 @@ impl Connections {
         &self.limits
     }
 
+    /// The connection gauges and counters for `/metrics`.
+    pub fn exposition(&self, agent: &str) -> String {
+        use tern_proto::prometheus::{Exposition, Kind};
+        let a = [("agent", agent)];
+        let mut page = Exposition::default();
+        page.family(
+            "tern_agent_api_connections",
+            Kind::Gauge,
+            "Open connections to the local API.",
+        )
+        .sample(&a, self.open_count() as f64);
+        page.family(
+            "tern_agent_api_connections_closed_total",
+            Kind::Counter,
+            "Local API connections the agent closed: evicted for a new one when all slots were \
+             taken, refused when none was idle, or past the head or body deadline.",
+        );
+        for (reason, counter) in [
+            ("evicted", &self.stats.evicted),
+            ("refused", &self.stats.refused),
+            ("head_timeout", &self.stats.head_timeouts),
+            ("body_timeout", &self.stats.body_timeouts),
+        ] {
+            page.sample(
+                &[("agent", agent), ("reason", reason)],
+                counter.load(Ordering::Relaxed) as f64,
+            );
+        }
+        page.finish()
+    }
+
     /// A slot for a new connection, evicting the longest-idle one when all are taken; `None`
     /// when all are taken by requests in progress.
     pub fn admit(self: &Arc<Self>) -> Option<Slot> {

@@ -23,7 +23,7 @@ pub mod connections;
 mod server;
 
 pub use address::{ApiAddress, ApiListener};
-pub use connections::ApiLimits;
+pub use connections::{ApiLimits, Connections};
 pub use server::{LocalSocket, serve};
 
 use std::collections::BTreeMap;
@@ -82,6 +82,7 @@ struct ApiState {
     serving: Arc<ServingTable>,
     telemetry: Arc<TelemetryState>,
     admission: Admission,
+    connections: Arc<Connections>,
 }
 
 /// An error answer: a status and `{"error": ...}`.
@@ -104,6 +105,7 @@ pub fn router(
     link: watch::Receiver<LinkState>,
     serving: Arc<ServingTable>,
     telemetry: Arc<TelemetryState>,
+    connections: Arc<Connections>,
 ) -> Router {
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     Router::new()
@@ -129,6 +131,7 @@ pub fn router(
                 workers: Arc::new(Semaphore::new(workers)),
                 waiting: AtomicUsize::new(0),
             },
+            connections,
         }))
 }
 
@@ -195,7 +198,8 @@ async fn ready(State(state): State<Arc<ApiState>>) -> Response {
 
 /// `GET /metrics`: this host and its pipelines for Prometheus.
 async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
-    let page = exposition::render(&state.info.name, &state.serving, &state.telemetry);
+    let mut page = exposition::render(&state.info.name, &state.serving, &state.telemetry);
+    page.push_str(&state.connections.exposition(&state.info.name));
     (
         [(header::CONTENT_TYPE, tern_proto::prometheus::CONTENT_TYPE)],
         page,
@@ -490,6 +494,10 @@ mod tests {
     use tower::ServiceExt;
 
     fn api(serving: Arc<ServingTable>) -> Router {
+        api_with(serving, Connections::new(ApiLimits::default()))
+    }
+
+    fn api_with(serving: Arc<ServingTable>, connections: Arc<Connections>) -> Router {
         let info = AgentInfo {
             id: "a".into(),
             name: "edge".into(),
@@ -513,6 +521,7 @@ mod tests {
             watch::channel(LinkState::default()).1,
             serving,
             telemetry,
+            connections,
         )
     }
 
@@ -631,10 +640,11 @@ mod tests {
         let listener = address.bind().await.expect("bind");
         let bound = listener.local_address().expect("address");
         let (stop, stopped) = watch::channel(false);
-        let router = api(serving);
+        let connections = Connections::new(ApiLimits::default());
+        let router = api_with(serving, connections.clone());
         tokio::spawn(async move {
             let _stop = stop;
-            let _ = serve(listener, router, ApiLimits::default(), stopped).await;
+            let _ = serve(listener, router, connections, stopped).await;
         });
         bound
     }

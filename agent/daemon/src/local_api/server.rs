@@ -12,26 +12,16 @@ use tokio::task::JoinSet;
 use tower::Service as _;
 
 use super::address::{ApiListener, ApiStream};
-use super::connections::{ApiLimits, Connections, Slot, Watched, WatchedBody};
+use super::connections::{Connections, Slot, Watched, WatchedBody};
 
 /// Marks a request that came over the Unix socket: no browser reaches it, so the `Host` check
 /// against DNS rebinding does not apply.
 #[derive(Debug, Clone, Copy)]
 pub struct LocalSocket;
 
-/// Serves `router` on `listener` until `shutdown` turns true; then lets the requests in
-/// progress finish.
+/// Serves `router` on `listener` within the bounds of `connections` until `shutdown` turns
+/// true; then lets the requests in progress finish.
 pub async fn serve(
-    listener: ApiListener,
-    router: Router,
-    limits: ApiLimits,
-    shutdown: watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    serve_with(listener, router, Connections::new(limits), shutdown).await
-}
-
-/// [`serve`] with the connection table given, so that tests can watch it.
-async fn serve_with(
     listener: ApiListener,
     router: Router,
     connections: std::sync::Arc<Connections>,
@@ -144,8 +134,8 @@ mod tests {
     use tokio::net::TcpStream;
 
     use super::*;
-    use crate::local_api::ApiAddress;
     use crate::local_api::connections::Phase;
+    use crate::local_api::{ApiAddress, ApiLimits};
 
     /// How long a test waits for something that happens in milliseconds.
     const PATIENCE: Duration = Duration::from_secs(20);
@@ -162,7 +152,7 @@ mod tests {
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(async move {
             let _stop = stop;
-            let _ = serve_with(listener, router, connections, stopped).await;
+            let _ = serve(listener, router, connections, stopped).await;
         });
         (addr, table)
     }
@@ -270,5 +260,16 @@ mod tests {
             "no idle connection to evict: the new one is closed"
         );
         assert_eq!(table.open_count(), 2);
+        let page = table.exposition("edge");
+        assert!(
+            page.contains(r#"tern_agent_api_connections{agent="edge"} 2"#),
+            "{page}"
+        );
+        for reason in ["evicted", "refused"] {
+            let line = format!(
+                r#"tern_agent_api_connections_closed_total{{agent="edge",reason="{reason}"}} 1"#
+            );
+            assert!(page.contains(&line), "{page}");
+        }
     }
 }
