@@ -362,6 +362,19 @@ async fn run(
     }
 }
 
+/// The serving revision of `name`, a place among the requests that wait, then the body: in that
+/// order, so that a request that cannot run is answered before its body is read.
+async fn admit<'a>(
+    state: &'a ApiState,
+    name: &str,
+    body: Body,
+) -> Result<(Arc<ServedPipeline>, Ticket<'a>, axum::body::Bytes), ApiError> {
+    let pipeline = lookup(state, name)?;
+    let ticket = state.admission.admit()?;
+    let body = read_body(body).await?;
+    Ok((pipeline, ticket, body))
+}
+
 /// `POST /v1/pipelines/{name}/infer`.
 async fn infer_raw(
     State(state): State<Arc<ApiState>>,
@@ -369,16 +382,8 @@ async fn infer_raw(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let pipeline = match lookup(&state, &name) {
-        Ok(p) => p,
-        Err(response) => return response.into_response(),
-    };
-    let ticket = match state.admission.admit() {
-        Ok(t) => t,
-        Err(response) => return response.into_response(),
-    };
-    let body = match read_body(body).await {
-        Ok(b) => b,
+    let (pipeline, ticket, body) = match admit(&state, &name, body).await {
+        Ok(admitted) => admitted,
         Err(response) => return response.into_response(),
     };
     let media_type = headers
@@ -416,19 +421,11 @@ async fn infer_v2(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let pipeline = match lookup(&state, &name) {
-        Ok(p) => p,
+    let (pipeline, ticket, body) = match admit(&state, &name, body).await {
+        Ok(admitted) => admitted,
         Err(response) => return response.into_response(),
     };
-    let ticket = match state.admission.admit() {
-        Ok(t) => t,
-        Err(response) => return response.into_response(),
-    };
-    let request = match read_body(body).await {
-        Ok(body) => InferRequest::from_json(&body),
-        Err(response) => return response.into_response(),
-    };
-    let request = match request {
+    let request = match InferRequest::from_json(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.0).into_response(),
     };
