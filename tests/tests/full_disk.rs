@@ -1,6 +1,7 @@
 //! Full disks, end to end: a control plane and an agent whose data directories sit on a
-//! 48 MiB tmpfs, filled by a file and freed again. Mounting needs root (as CI runs); elsewhere
-//! these tests say so and pass without running.
+//! 48 MiB tmpfs, filled by a file and freed again. Mounting needs root (as CI runs, with
+//! `TERN_REQUIRE_MOUNT=1` so that they cannot skip); elsewhere these tests say so and pass
+//! without running.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -26,6 +27,10 @@ impl SmallDisk {
             .find_map(|l| l.strip_prefix("Uid:"))
             .and_then(|ids| ids.split_whitespace().nth(1).map(str::to_owned));
         if uid.as_deref() != Some("0") {
+            anyhow::ensure!(
+                std::env::var_os("TERN_REQUIRE_MOUNT").is_none(),
+                "TERN_REQUIRE_MOUNT is set but this process is not root"
+            );
             eprintln!("skipped: mounting a small filesystem needs root");
             return Ok(None);
         }
