@@ -75,14 +75,20 @@ pub fn examples_dir() -> PathBuf {
         .join("../examples")
 }
 
-/// A loopback port free for both UDP and TCP (QUIC and enrollment share the number).
+/// A loopback port free for both UDP and TCP (QUIC and enrollment share the number), never
+/// handed out before in this process: tests run in parallel, and a port one test was given but
+/// has not bound yet is free again to the system. Two control planes on one port would let a
+/// test talk to another test's.
 pub fn free_port() -> u16 {
-    for _ in 0..100 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..1000 {
         let Ok(udp) = UdpSocket::bind("127.0.0.1:0") else {
             continue;
         };
         let Ok(addr) = udp.local_addr() else { continue };
-        if TcpListener::bind(addr).is_ok() {
+        if !given.contains(&addr.port()) && TcpListener::bind(addr).is_ok() {
+            given.push(addr.port());
             return addr.port();
         }
     }
@@ -258,9 +264,16 @@ impl ControlPlane {
         )?;
         self.process = Some(process);
         let api = self.api_addr;
-        wait_for(Duration::from_secs(20), "the control plane's API", || {
-            listening(api).then_some(())
+        // Answering with this control plane's CA: not another test's on the same port.
+        let started = wait_for(Duration::from_secs(20), "the control plane's API", || {
+            if self.process.as_mut().is_some_and(Process::exited) {
+                return Some(false);
+            }
+            (listening(api) && self.admin_get("/livez").is_ok()).then_some(true)
         })?;
+        if !started {
+            bail!("the control plane exited at start: {}", self.log_text());
+        }
         Ok(())
     }
 
