@@ -296,10 +296,18 @@ impl ControlPlane {
         let tls = tern_transport::tls::https_client(&config.ca_certificate)?;
         let client = tern_transport::https::HttpsClient::new(config.api.clone(), tls)
             .with_bearer(config.admin_token.clone());
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let body = runtime.block_on(client.send(hyper::Method::GET, path, None))?;
+        // On a thread of its own: callers may be inside a tokio runtime already.
+        let body = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    anyhow::Ok(runtime.block_on(client.send(hyper::Method::GET, path, None))?)
+                })
+                .join()
+                .map_err(|_| anyhow::anyhow!("the admin request's thread panicked"))?
+        })?;
         Ok(String::from_utf8_lossy(&body).into_owned())
     }
 
