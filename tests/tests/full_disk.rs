@@ -219,11 +219,10 @@ fn an_agent_whose_disk_filled_is_not_ready_then_serves_again_after_a_restart() -
         let (status, body) = ready().ok()?;
         (status == 503 && body.contains("storage fails")).then_some(())
     })?;
-    // sled latches some write errors and not others: the agent exits for its supervisor
-    // once the failure lasts, or works again by itself once there is room.
-    std::thread::sleep(tern_transport::storage::RESTART_AFTER * 2);
     std::fs::remove_file(&filler)?;
-    // A supervisor's job: start it again whenever it exits.
+    // sled latches some write errors and not others: the agent exits for its supervisor once
+    // the failure lasts (also after the room came back), or works again by itself. A
+    // supervisor's job: start it again whenever it exits.
     let mut exit_codes = Vec::new();
     wait_for(FLEET_TIMEOUT, "the agent to serve again", || {
         if fleet.agents[0].process.exited() {
