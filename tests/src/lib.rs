@@ -495,12 +495,27 @@ impl Agent {
 
 /// Resident memory of a process (VmRSS and its peak VmHWM), in bytes.
 pub fn resident_memory(pid: u32) -> anyhow::Result<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    Ok((status_bytes(pid, "VmRSS:")?, status_bytes(pid, "VmHWM:")?))
+}
+
+/// Resident memory of a process by kind (RssAnon: the process's own pages; RssFile: pages of
+/// mapped files, its code mostly), in bytes.
+pub fn resident_kinds(pid: u32) -> anyhow::Result<(u64, u64)> {
+    Ok((
+        status_bytes(pid, "RssAnon:")?,
+        status_bytes(pid, "RssFile:")?,
+    ))
+}
+
+/// A field of `/proc/PID/status` given in kB, in bytes.
+fn status_bytes(pid: u32, name: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("process {pid} is gone"))?;
     let field = |name: &str| -> anyhow::Result<u64> {
         let line = status
             .lines()
             .find(|l| l.starts_with(name))
-            .with_context(|| format!("no {name}"))?;
+            .with_context(|| format!("no {name}: process {pid} has exited"))?;
         let kb: u64 = line
             .split_whitespace()
             .nth(1)
@@ -508,7 +523,7 @@ pub fn resident_memory(pid: u32) -> anyhow::Result<(u64, u64)> {
             .parse()?;
         Ok(kb * 1024)
     };
-    Ok((field("VmRSS:")?, field("VmHWM:")?))
+    field(name)
 }
 
 /// CPU time (user + system) a process has used so far.

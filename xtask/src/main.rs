@@ -14,7 +14,8 @@ const USAGE: &str = "usage: cargo xtask <demo|test|lint|plugins|fuzz>
 
   demo   start a control plane and two agents in temporary directories, enroll them,
          show the fleet, and shut everything down
-  test   build the binaries and run every test of the workspace
+  test   build the binaries, run every test of the workspace and the smoke form of
+         every benchmark
   lint     cargo fmt --check and cargo clippy --all-targets -D warnings
   plugins  build the plugins as components and copy them to examples/plugins/
   fuzz [SECONDS] [TARGET...]
@@ -125,7 +126,44 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     cargo(&["build", "--locked", "--workspace", "--all-targets"])?;
     let mut args = vec!["test", "--locked", "--workspace"];
     args.extend(extra.iter().map(String::as_str));
-    cargo(&args)
+    cargo(&args)?;
+    bench_smoke()
+}
+
+/// The smoke form of every cargo bench and mode (criterion's `--test` runs each benchmark once;
+/// `models` takes `--test` for two runs a case), so the figures of BENCHMARKS.md stay
+/// reproducible. `fleet-bench` and `deploy-bench` are smoke-run by `tests/tests/benches.rs`.
+/// The ONNX Runtime reference (`models --ort`) needs Python's onnxruntime and is left out.
+fn bench_smoke() -> anyhow::Result<()> {
+    let bench = ["bench", "--locked", "--workspace", "--profile", "dev"];
+    let run = |extra: &[&str]| cargo(&[&bench[..], extra].concat());
+    run(&["--bench", "plugins", "--bench", "telemetry", "--", "--test"])?;
+    let fixtures = std::env::var_os("TERN_FIXTURES")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| manifest_dir().join("../../shared"));
+    let required = |var: &str| std::env::var(var).is_ok_and(|v| v == "1");
+    if !fixtures.join("models").is_dir() && !required("TERN_REQUIRE_FIXTURES") {
+        eprintln!(
+            "xtask: no model fixtures in {}: models bench skipped",
+            fixtures.display()
+        );
+        return Ok(());
+    }
+    run(&["--bench", "models", "--", "--test"])?;
+    let vulkan = std::fs::read_dir("/usr/share/vulkan/icd.d")
+        .is_ok_and(|mut drivers| drivers.next().is_some());
+    if !vulkan && !required("TERN_REQUIRE_GPU") {
+        eprintln!("xtask: no Vulkan driver installed: GPU benches skipped");
+        return Ok(());
+    }
+    // The GPU backend on the smallest fixture: on a software adapter the image models take
+    // minutes.
+    let mlp = fixtures.join("models/tabular_mlp");
+    let mlp = mlp.to_string_lossy();
+    run(&[
+        "--bench", "models", "--", "--test", "--gpu", "--models", &mlp,
+    ])?;
+    run(&["--bench", "models", "--", "--test", "--matmul", "64"])
 }
 
 fn lint() -> anyhow::Result<()> {

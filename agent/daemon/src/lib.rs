@@ -15,6 +15,7 @@
 //! - [`deployer`]: the async driver of the reconciler (verify, fetch, load, switch, report).
 //! - [`store`]: the agent's durable state in sled and its verified artifacts on disk.
 //! - [`telemetry`]: per-request meters, batches buffered in sled, shipped when connected.
+//! - [`working_set`]: gives back the pages of the binary's code that startup touched once.
 
 // Proving that futures holding loaded models are `Send` walks deep into wgpu's types.
 #![recursion_limit = "256"]
@@ -39,6 +40,7 @@ pub mod serving;
 pub mod store;
 pub mod telemetry;
 pub mod tensors;
+pub mod working_set;
 
 pub use data_dir::{AgentConfig, AgentDataDir};
 pub use enroll::{JoinError, JoinOptions, join};

@@ -164,6 +164,7 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
         }
         .run(reconciler, desired_rx, stop_rx.clone()),
     );
+    let code_release = tokio::spawn(crate::working_set::release_periodically(stop_rx.clone()));
     let probe_dir = dir.clone();
     let probe = tokio::spawn(async move {
         if let Some(gpus) = capacity::discover_gpus(&probe_dir).await {
@@ -186,6 +187,7 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
     info!("shutting down");
     let _ = stop_tx.send(true);
     probe.abort();
+    code_release.abort();
     deployer.abort();
     shipper.abort();
     // The last partial interval is stored before the state is flushed.

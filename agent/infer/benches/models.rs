@@ -9,6 +9,7 @@
 //!   --gpu             also run the GPU backend
 //!   --ort             also run ONNX Runtime (python3 with onnxruntime), one thread
 //!   --matmul N        GPU f32 matmul N×N×N: kernel time and TFLOP/s
+//!   --test            smoke form: 2 runs per case (what `cargo xtask test` runs)
 //! ```
 
 use std::path::PathBuf;
@@ -51,6 +52,7 @@ fn args() -> Args {
             "--gpu" => a.gpu = true,
             "--ort" => a.ort = true,
             "--matmul" => a.matmul = it.next().and_then(|v| v.parse().ok()),
+            "--test" => a.runs = 2,
             _ => {} // cargo bench passes --bench
         }
     }

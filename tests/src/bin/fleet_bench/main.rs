@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use tern_agent::AgentDataDir;
-use tern_e2e::{ControlPlane, bin, cpu_time, enroll, percentile, resident_memory, wait_for};
+use tern_e2e::{
+    ControlPlane, bin, cpu_time, enroll, percentile, resident_kinds, resident_memory, wait_for,
+};
 use tern_proto::api::{
     AgentStatus, AgentView, CliConfig, EnrollRequest, EnrollResponse, TokenRequest, TokenResponse,
 };
@@ -164,22 +166,30 @@ fn agent_idle(settle: Duration) -> anyhow::Result<()> {
     std::thread::sleep(settle);
     let (agent_rss, agent_hwm) = resident_memory(agent.id())?;
     let (bare_rss, bare_hwm) = resident_memory(bare.id())?;
+    let (agent_anon, agent_file) = resident_kinds(agent.id())?;
+    let (bare_anon, bare_file) = resident_kinds(bare.id())?;
     let gpus = cp
         .agents()?
         .into_iter()
         .find(|a| a.name == "idle-agent")
         .map(|a| a.gpus.len())
         .unwrap_or(0);
-    println!("| process | RSS idle (MiB) | peak RSS (MiB) |");
-    println!("| --- | --- | --- |");
     println!(
-        "| tern-agent (connected, idle, {gpus} GPU adapter(s) discovered) | {:.1} | {:.1} |",
+        "| process | RSS idle (MiB) | of which anonymous | of which files (code) | peak RSS (MiB) |"
+    );
+    println!("| --- | --- | --- | --- | --- |");
+    println!(
+        "| tern-agent (connected, idle, {gpus} GPU adapter(s) discovered) | {:.1} | {:.1} | {:.1} | {:.1} |",
         mib(agent_rss),
+        mib(agent_anon),
+        mib(agent_file),
         mib(agent_hwm)
     );
     println!(
-        "| bare mTLS QUIC client (reference) | {:.1} | {:.1} |",
+        "| bare mTLS QUIC client (reference) | {:.1} | {:.1} | {:.1} | {:.1} |",
         mib(bare_rss),
+        mib(bare_anon),
+        mib(bare_file),
         mib(bare_hwm)
     );
     println!(
@@ -355,11 +365,16 @@ async fn hold(shared: LoadShared, agent: SimAgent) -> anyhow::Result<()> {
     let (mut send, mut recv) = conn.open_bi().await?;
     say_hello(&mut send, &mut recv, &agent.id, &agent.name).await?;
     connected.fetch_add(1, Ordering::Relaxed);
+    // Read everything the control plane sends (desired states too, which a simulated agent
+    // leaves unapplied): a reader that stopped at the first non-ack would make the control plane
+    // close the stream.
     tokio::spawn(async move {
-        while let Ok(Some(ControlMessage::Ack(_))) =
+        while let Ok(Some(message)) =
             read_frame::<_, ControlMessage>(&mut recv, MAX_FRAME_LEN).await
         {
-            acks.fetch_add(1, Ordering::Relaxed);
+            if matches!(message, ControlMessage::Ack(_)) {
+                acks.fetch_add(1, Ordering::Relaxed);
+            }
         }
     });
     // Spread heartbeats evenly over the interval, as independent agents would be.
