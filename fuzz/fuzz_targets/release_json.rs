@@ -1,6 +1,6 @@
 #![no_main]
 
-#[path = "../../control-plane/proto/tests/untrusted/checks.rs"]
+#[path = "../../common/proto/tests/untrusted/checks.rs"]
 #[allow(dead_code)]
 mod checks;
 

@@ -259,7 +259,7 @@ fn certificates_renew_before_expiry_and_an_expired_one_needs_a_new_token() -> an
         tern_transport::pki::validity_of(&cert)?
     };
     wait_for(TIMEOUT, "the certificate to expire", || {
-        (tern_transport::unix_millis_now() > validity.1 + 1_000).then_some(())
+        (tern_clock::unix_millis_now() > validity.1 + 1_000).then_some(())
     })?;
     assert!(
         handshake_as(&cp, &dir)?.is_err(),

@@ -104,7 +104,7 @@ fn inject(fleet: &Fleet, start_ms: u64, count: u64) -> anyhow::Result<(u64, u64)
 }
 
 fn now_ms() -> u64 {
-    tern_transport::unix_millis_now()
+    tern_clock::unix_millis_now()
 }
 
 #[test]

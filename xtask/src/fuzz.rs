@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
 
-/// The targets in `fuzz/Cargo.toml`, each a check of `control-plane/proto/tests/untrusted`.
+/// The targets in `fuzz/Cargo.toml`, each a check of `common/proto/tests/untrusted`.
 pub const TARGETS: &[&str] = &[
     "frame",
     "desired_state",

@@ -252,7 +252,7 @@ impl Deployer {
                         .open(&self.online_key, &self.agent_id, reconciler.applied_generation())
                         .and_then(|state| {
                             info!(generation, pipelines = state.pipelines.len(), "desired state");
-                            reconciler.desired(state, tern_transport::unix_millis_now())
+                            reconciler.desired(state, tern_clock::unix_millis_now())
                         });
                     match opened {
                         Ok(actions) => {
@@ -307,7 +307,7 @@ impl Deployer {
                     if !pipelines.is_empty() {
                         let _ = self.outbox.try_send(AgentMessage::Health(HealthReport { pipelines }));
                     }
-                    if reconciler.warnings(tern_transport::unix_millis_now()) == reports.warned {
+                    if reconciler.warnings(tern_clock::unix_millis_now()) == reports.warned {
                         continue;
                     }
                     vec![Action::Report]
@@ -378,7 +378,7 @@ impl Deployer {
                     applied_generation: reconciler.applied_generation(),
                     pipelines: status,
                     refused: reports.refused.clone(),
-                    warnings: reconciler.warnings(tern_transport::unix_millis_now()),
+                    warnings: reconciler.warnings(tern_clock::unix_millis_now()),
                 };
                 reports.warned.clone_from(&report.warnings);
                 let _ = self.outbox.try_send(AgentMessage::Status(report));

@@ -181,7 +181,7 @@ fn expired_enrollment(
     let config = dir.load_config()?;
     let cert = tern_transport::pki::first_certificate(&dir.read(&dir.cert())?)?;
     let (_, not_after_ms) = tern_transport::pki::validity_of(&cert)?;
-    if tern_transport::unix_millis_now() < not_after_ms {
+    if tern_clock::unix_millis_now() < not_after_ms {
         return Err(JoinError::AlreadyEnrolled(
             options.data_dir.display().to_string(),
         ));

@@ -156,9 +156,9 @@ async fn establish(
     SessionError,
 > {
     let validity = link.credentials.validity();
-    if validity.expired(tern_transport::unix_millis_now()) {
+    if validity.expired(tern_clock::unix_millis_now()) {
         warn!(
-            expired = %tern_transport::rfc3339(validity.not_after_ms),
+            expired = %tern_clock::rfc3339(validity.not_after_ms),
             "this agent's certificate expired: enroll again with a new token (`tern-agent join --token ...` on this data dir)"
         );
     }
@@ -219,7 +219,7 @@ async fn session(
         }
     };
     backoff.reset();
-    let skew = tern_transport::unix_millis_now().abs_diff(welcome.server_time_ms);
+    let skew = tern_clock::unix_millis_now().abs_diff(welcome.server_time_ms);
     if skew > CLOCK_SKEW_WARNING.as_millis() as u64 {
         warn!(skew_ms = skew, "clock differs from the control plane's");
     }
@@ -267,7 +267,7 @@ async fn session(
 
 /// The instant (on tokio's clock) at unix time `at_ms`, or now if that has passed.
 fn instant_at(at_ms: u64) -> tokio::time::Instant {
-    let wait = at_ms.saturating_sub(tern_transport::unix_millis_now());
+    let wait = at_ms.saturating_sub(tern_clock::unix_millis_now());
     tokio::time::Instant::now() + Duration::from_millis(wait)
 }
 
@@ -361,7 +361,7 @@ fn renewed(
     match (answer, key) {
         (Ok(cert), Some(key)) => match link.credentials.install(&cert, &key) {
             Ok(validity) => {
-                info!(until = %tern_transport::rfc3339(validity.not_after_ms), "certificate renewed");
+                info!(until = %tern_clock::rfc3339(validity.not_after_ms), "certificate renewed");
                 instant_at(validity.renew_at_ms())
             }
             Err(e) => {

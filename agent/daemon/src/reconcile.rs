@@ -332,7 +332,7 @@ impl Reconciler {
             return Err(format!(
                 "trust root version {} expired at {}: no new release is accepted until the root signs a new one",
                 trust.signed.version,
-                tern_transport::rfc3339(expires_ms)
+                tern_clock::rfc3339(expires_ms)
             ));
         }
         let check = |release: &SignedRelease| {
@@ -534,11 +534,11 @@ impl Reconciler {
             Expiry::Valid => Vec::new(),
             Expiry::Soon { expires_ms } => vec![format!(
                 "trust root version {version} expires at {}: have the root sign a new one (`ternctl trust rotate`)",
-                tern_transport::rfc3339(expires_ms)
+                tern_clock::rfc3339(expires_ms)
             )],
             Expiry::Expired { expires_ms } => vec![format!(
                 "trust root version {version} expired at {}: new releases are refused; what runs keeps running",
-                tern_transport::rfc3339(expires_ms)
+                tern_clock::rfc3339(expires_ms)
             )],
         }
     }

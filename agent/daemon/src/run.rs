@@ -220,7 +220,7 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
 /// sled has latched an I/O error (then the agent exits for its supervisor to restart it).
 fn storage_probe(db: sled::Db) -> impl Fn() -> Result<(), String> + Send + Sync + 'static {
     move || {
-        let now = tern_transport::unix_millis_now().to_be_bytes();
+        let now = tern_clock::unix_millis_now().to_be_bytes();
         db.insert("storage_probe", &now)
             .and_then(|_| db.flush())
             .map(drop)

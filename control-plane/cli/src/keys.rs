@@ -130,7 +130,7 @@ pub fn sign(request: &SignRequest<'_>) -> anyhow::Result<(PathBuf, SignedRelease
         }
         existing
     } else {
-        let now = tern_transport::unix_millis_now();
+        let now = tern_clock::unix_millis_now();
         Signed::unsigned(Release {
             name: request.name.to_owned(),
             kind: request.kind,
@@ -166,7 +166,7 @@ pub fn trust_init(
     threshold: u32,
     expires: Option<std::time::Duration>,
 ) -> anyhow::Result<SignedTrustRoot> {
-    let now = tern_transport::unix_millis_now();
+    let now = tern_clock::unix_millis_now();
     let body = TrustRoot {
         version: 1,
         root_keys: root_keys.iter().map(SecretKey::public).collect(),
@@ -204,7 +204,7 @@ pub fn trust_rotate(
     rotation: Rotation,
 ) -> anyhow::Result<SignedTrustRoot> {
     let pinned = &current.signed;
-    let now = tern_transport::unix_millis_now();
+    let now = tern_clock::unix_millis_now();
     let body = TrustRoot {
         version: pinned.version + 1,
         root_keys: if rotation.new_root_keys.is_empty() {

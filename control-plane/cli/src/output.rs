@@ -286,7 +286,7 @@ pub fn trust_root(doc: &SignedTrustRoot, format: Format) -> anyhow::Result<Strin
         root.threshold,
         root.publishers.len(),
         root.expires_ms
-            .map_or_else(|| "never".to_owned(), tern_transport::rfc3339)
+            .map_or_else(|| "never".to_owned(), tern_clock::rfc3339)
     ))
 }
 

@@ -248,7 +248,7 @@ async fn session(
         return Err(SessionError::Refused(reason));
     }
 
-    let now = tern_transport::unix_millis_now();
+    let now = tern_clock::unix_millis_now();
     let (slot, mut desired) = watch::channel(None);
     shared.connections.replace(&record.id, conn, slot.clone());
     let connection = shared.presence.connect(&record.id, remote, now);
@@ -384,7 +384,7 @@ async fn handle(
 ) -> Result<(), SessionError> {
     match message {
         AgentMessage::Heartbeat(hb) => {
-            let now = tern_transport::unix_millis_now();
+            let now = tern_clock::unix_millis_now();
             if shared.presence.heartbeat(&record.id, connection, now) {
                 info!(agent = %record.name, "agent heard again after silence");
             }
@@ -416,7 +416,7 @@ async fn handle(
             }
             shared
                 .health
-                .record(&record.id, &report, tern_transport::unix_millis_now());
+                .record(&record.id, &report, tern_clock::unix_millis_now());
         }
         AgentMessage::Renew { csr_pem } => {
             let (work, id) = (shared.clone(), record.id.clone());

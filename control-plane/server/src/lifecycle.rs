@@ -105,6 +105,6 @@ pub(crate) fn renew(
         signed.key_sha256,
         signed.not_after_ms,
     )?;
-    info!(agent = %record.name, expires = %tern_transport::rfc3339(signed.not_after_ms), "certificate renewed");
+    info!(agent = %record.name, expires = %tern_clock::rfc3339(signed.not_after_ms), "certificate renewed");
     Ok(signed.cert_pem)
 }

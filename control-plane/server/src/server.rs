@@ -276,7 +276,7 @@ fn storage_probe(
     telemetry: sled::Db,
 ) -> impl Fn() -> Result<(), String> + Send + Sync + 'static {
     move || {
-        let now = tern_transport::unix_millis_now().to_be_bytes();
+        let now = tern_clock::unix_millis_now().to_be_bytes();
         for (name, db) in [("registry", &registry), ("telemetry", &telemetry)] {
             db.insert("storage_probe", &now)
                 .and_then(|_| db.flush())
@@ -297,7 +297,7 @@ async fn deployments(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         }
         let work = shared.clone();
         let result = tokio::task::spawn_blocking(move || {
-            crate::deploy::step(&work, tern_transport::unix_millis_now())
+            crate::deploy::step(&work, tern_clock::unix_millis_now())
         })
         .await;
         match result {
@@ -338,7 +338,7 @@ async fn housekeeping(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) 
 }
 
 fn mark_silent_agents(shared: &Shared) {
-    let now = tern_transport::unix_millis_now();
+    let now = tern_clock::unix_millis_now();
     let not_ready_after = shared.config.not_ready_after.as_millis() as u64;
     for id in shared.presence.take_newly_silent(now, not_ready_after) {
         match shared
@@ -354,16 +354,13 @@ fn mark_silent_agents(shared: &Shared) {
 
 fn judge_drift(shared: &Shared) {
     let _span = tracing::debug_span!("drift").entered();
-    if let Err(e) = crate::drift::evaluate(shared, tern_transport::unix_millis_now()) {
+    if let Err(e) = crate::drift::evaluate(shared, tern_clock::unix_millis_now()) {
         warn!(error = %e, "cannot judge drift");
     }
 }
 
 fn prune_tokens(shared: &Shared) {
-    match shared
-        .registry
-        .prune_tokens(tern_transport::unix_millis_now())
-    {
+    match shared.registry.prune_tokens(tern_clock::unix_millis_now()) {
         Ok(0) => {}
         Ok(n) => info!(tokens = n, "pruned used and expired enrollment tokens"),
         Err(e) => warn!(error = %e, "cannot prune enrollment tokens"),

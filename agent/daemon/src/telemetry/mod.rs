@@ -153,13 +153,13 @@ pub async fn collect(
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
-    let mut start_ms = tern_transport::unix_millis_now();
+    let mut start_ms = tern_clock::unix_millis_now();
     loop {
         let last = tokio::select! {
             _ = ticker.tick() => false,
             _ = crate::link::stopped(&mut shutdown) => true,
         };
-        let end_ms = tern_transport::unix_millis_now();
+        let end_ms = tern_clock::unix_millis_now();
         let (serving, state, sampler) = (serving.clone(), state.clone(), sampler.clone());
         let capacity = capacity.borrow().clone();
         let appended = tokio::task::spawn_blocking(move || {

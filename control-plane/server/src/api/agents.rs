@@ -47,7 +47,7 @@ pub(super) async fn revoke(
     State(shared): State<Arc<Shared>>,
     Path(name): Path<String>,
 ) -> Result<Json<AgentView>, HttpError> {
-    let now = tern_transport::unix_millis_now();
+    let now = tern_clock::unix_millis_now();
     blocking(move || {
         let record = crate::lifecycle::revoke(&shared, &name, now)?;
         Ok::<_, AgentChangeError>(Json(agent_view(&shared, record, now)))
@@ -60,7 +60,7 @@ pub(super) async fn decommission(
     State(shared): State<Arc<Shared>>,
     Path(name): Path<String>,
 ) -> Result<Json<AgentView>, HttpError> {
-    let now = tern_transport::unix_millis_now();
+    let now = tern_clock::unix_millis_now();
     blocking(move || {
         let view = shared
             .registry
@@ -80,7 +80,7 @@ pub(super) async fn relabel(
     body: Result<Json<LabelRequest>, JsonRejection>,
 ) -> Result<Json<AgentView>, HttpError> {
     let Json(request) = body?;
-    let now = tern_transport::unix_millis_now();
+    let now = tern_clock::unix_millis_now();
     blocking(move || {
         let current = shared
             .registry
@@ -111,8 +111,8 @@ fn token_view(record: TokenRecord, now_ms: u64) -> TokenView {
         expired: record.expires_ms <= now_ms,
         id: record.id,
         labels: record.labels,
-        created: tern_transport::rfc3339(record.created_ms),
-        expires: tern_transport::rfc3339(record.expires_ms),
+        created: tern_clock::rfc3339(record.created_ms),
+        expires: tern_clock::rfc3339(record.expires_ms),
     }
 }
 
@@ -120,7 +120,7 @@ fn token_view(record: TokenRecord, now_ms: u64) -> TokenView {
 pub(super) async fn tokens(
     State(shared): State<Arc<Shared>>,
 ) -> Result<Json<Vec<TokenView>>, HttpError> {
-    let now = tern_transport::unix_millis_now();
+    let now = tern_clock::unix_millis_now();
     blocking(move || shared.registry.unredeemed_tokens())
         .await
         .map(|list| Json(list.into_iter().map(|t| token_view(t, now)).collect()))
@@ -131,7 +131,7 @@ pub(super) async fn withdraw_token(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
 ) -> Result<Json<TokenView>, HttpError> {
-    let now = tern_transport::unix_millis_now();
+    let now = tern_clock::unix_millis_now();
     blocking(move || shared.registry.withdraw_token(&id))
         .await
         .map(|t| Json(token_view(t, now)))

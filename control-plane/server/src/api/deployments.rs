@@ -55,7 +55,7 @@ pub(crate) async fn apply(
             &shared.releases,
             &shared.drift,
             &request,
-            tern_transport::unix_millis_now(),
+            tern_clock::unix_millis_now(),
         )
     })
     .await?;
@@ -94,7 +94,7 @@ pub(crate) async fn pipelines(
                         name,
                         revision: p.revision,
                         steps: p.pinned,
-                        updated: tern_transport::rfc3339(p.applied_ms),
+                        updated: tern_clock::rfc3339(p.applied_ms),
                     }
                 })
                 .collect(),
@@ -155,11 +155,11 @@ pub(crate) fn deployment_view(
                 previous_revision: r.previous,
                 wave: r.wave + 1,
                 waves: r.policy.waves.len(),
-                started: tern_transport::rfc3339(r.started_ms),
+                started: tern_clock::rfc3339(r.started_ms),
                 history: r
                     .history
                     .iter()
-                    .map(|(at, t)| (tern_transport::rfc3339(*at), describe(t)))
+                    .map(|(at, t)| (tern_clock::rfc3339(*at), describe(t)))
                     .collect(),
                 agents,
             })
@@ -173,7 +173,7 @@ pub(crate) fn deployment_view(
             RolloutStrategy::AllAtOnce => "all-at-once".into(),
             RolloutStrategy::Canary => "canary".into(),
         },
-        updated: tern_transport::rfc3339(record.updated_ms),
+        updated: tern_clock::rfc3339(record.updated_ms),
         rollout,
     }
 }
@@ -238,7 +238,7 @@ pub(crate) async fn rollout(
             &shared.catalog,
             &name,
             command,
-            tern_transport::unix_millis_now(),
+            tern_clock::unix_millis_now(),
         )?;
         info!(deployment = %name, ?command, "rollout command");
         Ok::<_, ApplyError>(deployment_view(

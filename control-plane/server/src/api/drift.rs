@@ -35,7 +35,7 @@ pub(crate) async fn create_baseline(
 ) -> Result<Json<BaselineView>, HttpError> {
     let Json(request) = body?;
     let view = blocking(move || {
-        let now = tern_transport::unix_millis_now();
+        let now = tern_clock::unix_millis_now();
         let (baseline, source) = match (request.baseline, &request.pipeline) {
             (Some(baseline), None) => (baseline, "file".to_owned()),
             (None, Some(pipeline)) => {
@@ -82,7 +82,7 @@ pub(crate) async fn pipeline_drift(
     Path(name): Path<String>,
 ) -> Result<Json<PipelineDrift>, HttpError> {
     let drift =
-        blocking(move || drift::pipeline_drift(&shared, &name, tern_transport::unix_millis_now()))
+        blocking(move || drift::pipeline_drift(&shared, &name, tern_clock::unix_millis_now()))
             .await?;
     Ok(Json(drift))
 }

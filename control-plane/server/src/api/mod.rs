@@ -241,20 +241,20 @@ pub(crate) fn agent_view(shared: &Shared, record: AgentRecord, now_ms: u64) -> A
     let identity_problem = if let Some(at) = record.revoked_ms {
         Some(format!(
             "revoked at {}: its certificates are refused; `ternctl delete agent {}` forgets it",
-            tern_transport::rfc3339(at),
+            tern_clock::rfc3339(at),
             record.name
         ))
     } else if record.cert_expired(now_ms) {
         Some(format!(
             "its certificate expired at {}: it needs a new token (`ternctl token create`, then `tern-agent join --token ...` on its data dir)",
-            tern_transport::rfc3339(record.cert_expires_ms.unwrap_or_default())
+            tern_clock::rfc3339(record.cert_expires_ms.unwrap_or_default())
         ))
     } else {
         None
     };
     AgentView {
-        certificate_expires: record.cert_expires_ms.map(tern_transport::rfc3339),
-        revoked: record.revoked_ms.map(tern_transport::rfc3339),
+        certificate_expires: record.cert_expires_ms.map(tern_clock::rfc3339),
+        revoked: record.revoked_ms.map(tern_clock::rfc3339),
         identity_problem,
         desired_generation: desired.map(|d| d.generation),
         applied_generation: shared.reports.applied_generation(&record.id),
@@ -271,8 +271,8 @@ pub(crate) fn agent_view(shared: &Shared, record: AgentRecord, now_ms: u64) -> A
         name: record.name,
         labels: record.labels,
         status,
-        first_seen: tern_transport::rfc3339(record.first_seen_ms),
-        last_seen: tern_transport::rfc3339(last_seen),
+        first_seen: tern_clock::rfc3339(record.first_seen_ms),
+        last_seen: tern_clock::rfc3339(last_seen),
         version: record.version,
         capacity: record.capacity,
         address,
@@ -280,7 +280,7 @@ pub(crate) fn agent_view(shared: &Shared, record: AgentRecord, now_ms: u64) -> A
 }
 
 async fn list_agents(State(shared): State<Arc<Shared>>) -> Result<Json<Vec<AgentView>>, HttpError> {
-    let now = tern_transport::unix_millis_now();
+    let now = tern_clock::unix_millis_now();
     let records = shared.registry.agents().map_err(internal)?;
     Ok(Json(
         records
@@ -294,7 +294,7 @@ async fn get_agent(
     State(shared): State<Arc<Shared>>,
     Path(name): Path<String>,
 ) -> Result<Json<AgentView>, HttpError> {
-    let now = tern_transport::unix_millis_now();
+    let now = tern_clock::unix_millis_now();
     match shared.registry.agent_by_name(&name).map_err(internal)? {
         Some(record) => Ok(Json(agent_view(&shared, record, now))),
         None => Err(HttpError(
@@ -317,7 +317,7 @@ async fn create_token(
             format!("ttl must be between 1 second and {MAX_TOKEN_TTL_SECONDS} seconds"),
         ));
     }
-    let now = tern_transport::unix_millis_now();
+    let now = tern_clock::unix_millis_now();
     let (token, record) = tokio::task::spawn_blocking(move || {
         shared.registry.create_token(
             request.labels,
@@ -331,7 +331,7 @@ async fn create_token(
     .map_err(internal)?;
     Ok(Json(TokenResponse {
         token: token.to_string(),
-        expires_at: tern_transport::rfc3339(record.expires_ms),
+        expires_at: tern_clock::rfc3339(record.expires_ms),
     }))
 }
 
@@ -341,7 +341,7 @@ async fn enroll(
     body: Result<Json<EnrollRequest>, JsonRejection>,
 ) -> Result<Response, HttpError> {
     let Json(request) = body?;
-    let now = tern_transport::unix_millis_now();
+    let now = tern_clock::unix_millis_now();
     let name = request.name.clone();
     let result = tokio::task::spawn_blocking(move || {
         crate::enroll::enroll(&shared, &request, Some(peer), now)

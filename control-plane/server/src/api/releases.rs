@@ -45,8 +45,8 @@ pub(crate) fn view(shared: &Shared, signed: &SignedRelease) -> ReleaseView {
         version: release.version,
         digest: release.digest,
         size: release.size,
-        created: tern_transport::rfc3339(release.created_ms),
-        expires: release.expires_ms.map(tern_transport::rfc3339),
+        created: tern_clock::rfc3339(release.created_ms),
+        expires: release.expires_ms.map(tern_clock::rfc3339),
         signers: signed.signatures.iter().map(|s| s.key_id.clone()).collect(),
         uploaded: progress.map(|p| p.received).unwrap_or(0),
         complete: progress.is_some_and(|p| p.complete),
@@ -77,7 +77,7 @@ pub(crate) async fn publish(
                 "no trust root is pinned yet; run `ternctl trust init` first".into(),
             ))
         })?;
-        let now = tern_transport::unix_millis_now();
+        let now = tern_clock::unix_millis_now();
         let clocks = Clocks {
             local_ms: now,
             control_plane_ms: now,

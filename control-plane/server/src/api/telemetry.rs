@@ -37,24 +37,22 @@ pub(crate) async fn top_pipelines(
         ));
     }
     let window_ms = query.window.map(|s| s.saturating_mul(1000));
-    let rows = blocking(move || {
-        query::top_pipelines(&shared, window_ms, tern_transport::unix_millis_now())
-    })
-    .await?;
+    let rows =
+        blocking(move || query::top_pipelines(&shared, window_ms, tern_clock::unix_millis_now()))
+            .await?;
     Ok(Json(rows))
 }
 
 pub(crate) async fn top_agents(
     State(shared): State<Arc<Shared>>,
 ) -> Result<Json<Vec<AgentTop>>, HttpError> {
-    let rows =
-        blocking(move || query::top_agents(&shared, tern_transport::unix_millis_now())).await?;
+    let rows = blocking(move || query::top_agents(&shared, tern_clock::unix_millis_now())).await?;
     Ok(Json(rows))
 }
 
 pub(crate) async fn metrics(State(shared): State<Arc<Shared>>) -> Result<Response, HttpError> {
     let page = blocking(move || {
-        crate::telemetry::exposition::render(&shared, tern_transport::unix_millis_now())
+        crate::telemetry::exposition::render(&shared, tern_clock::unix_millis_now())
     })
     .await?;
     Ok((
@@ -73,7 +71,7 @@ pub(crate) async fn experiment(
     let window_ms = query.window.map(|s| s.max(1).saturating_mul(1000));
     let name = deployment.clone();
     let view = blocking(move || {
-        query::experiment(&shared, &name, window_ms, tern_transport::unix_millis_now())
+        query::experiment(&shared, &name, window_ms, tern_clock::unix_millis_now())
     })
     .await?;
     view.map(Json).ok_or_else(|| {
@@ -115,7 +113,7 @@ pub(crate) async fn pipeline_series(
             &name,
             window.saturating_mul(1000),
             step * 1000,
-            tern_transport::unix_millis_now(),
+            tern_clock::unix_millis_now(),
         )
     })
     .await?;

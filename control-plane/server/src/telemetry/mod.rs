@@ -288,7 +288,7 @@ pub(crate) async fn run_writer(
             },
             _ = compaction.tick() => {
                 let store = shared.telemetry.store.clone();
-                let now = tern_transport::unix_millis_now();
+                let now = tern_clock::unix_millis_now();
                 match tokio::task::spawn_blocking(move || store.compact(now)).await {
                     Ok(Ok(n)) if n > 0 => debug!(buckets = n, "telemetry downsampled"),
                     Ok(Ok(_)) => {}
@@ -322,7 +322,7 @@ pub(crate) async fn run_writer(
             }
         };
         let store = shared.telemetry.store.clone();
-        let now = tern_transport::unix_millis_now();
+        let now = tern_clock::unix_millis_now();
         let result = tokio::task::spawn_blocking(move || {
             let items: Vec<(&str, &TelemetryBatch)> =
                 group.iter().map(|i| (i.agent.as_str(), &i.batch)).collect();

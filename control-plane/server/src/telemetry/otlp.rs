@@ -20,7 +20,7 @@ pub(crate) async fn export(
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let started_ms = tern_transport::unix_millis_now();
+    let started_ms = tern_clock::unix_millis_now();
     let instance = shared.config.listen_api.to_string();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -35,8 +35,8 @@ pub(crate) async fn export(
             let shared = shared.clone();
             let instance = instance.clone();
             let body = tokio::task::spawn_blocking(move || {
-                let mut page = OtlpMetrics::new(started_ms, tern_transport::unix_millis_now());
-                super::exposition::write(&shared, tern_transport::unix_millis_now(), &mut page)
+                let mut page = OtlpMetrics::new(started_ms, tern_clock::unix_millis_now());
+                super::exposition::write(&shared, tern_clock::unix_millis_now(), &mut page)
                     .map(|()| page.finish("tern-control-plane", &instance))
             })
             .await

@@ -155,7 +155,7 @@ async fn push(
     // Everyone connects first, then everyone sends.
     let _ = go.wait_for(|go| *go).await;
     let points = template.points();
-    let base_ms = tern_transport::unix_millis_now() - 7 * DAY_MS;
+    let base_ms = tern_clock::unix_millis_now() - 7 * DAY_MS;
     let (mut sent, mut up_to) = (0u64, 0u64);
     loop {
         while sent < up_to + WINDOW {
@@ -183,8 +183,8 @@ fn reference(template: &TelemetryBatch, agents: usize, seconds: f64) -> anyhow::
     let tmp = tempfile::tempdir()?;
     let store = SeriesStore::open(tmp.path(), Duration::from_secs(90 * 86_400))?;
     let names: Vec<String> = (0..agents).map(|i| format!("agent-{i:05}")).collect();
-    let base_ms = tern_transport::unix_millis_now() - 7 * DAY_MS;
-    let now = tern_transport::unix_millis_now();
+    let base_ms = tern_clock::unix_millis_now() - 7 * DAY_MS;
+    let now = tern_clock::unix_millis_now();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

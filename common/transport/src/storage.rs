@@ -200,7 +200,7 @@ where
                 "a write and flush did not finish within {PROBE_TIMEOUT:?}"
             )),
         };
-        let verdict = health.observe(result, crate::unix_millis_now());
+        let verdict = health.observe(result, tern_clock::unix_millis_now());
         match &verdict {
             Verdict::Ready => {
                 if monitor.not_ready().is_some() {
