@@ -272,7 +272,11 @@ async fn session(
         // Its current desired state goes first (built on the blocking pool: storage, signing),
         // unless the driver already put a newer one in the slot.
         let (work, id) = (shared.clone(), record.id.clone());
-        match tokio::task::spawn_blocking(move || crate::deploy::current(&work, &id, now)).await {
+        match tokio::task::spawn_blocking(move || {
+            crate::deploy::current(&work.deploy_context(), &id, now)
+        })
+        .await
+        {
             Ok(Ok(Some(state))) => {
                 slot.send_if_modified(|current| {
                     let newer = current
@@ -407,9 +411,11 @@ async fn handle(
             })?;
         }
         AgentMessage::Health(mut report) => {
-            let foreign = shared.keep_given(&record.id, &mut report.pipelines, |p| {
-                (p.name.as_str(), p.revision)
-            });
+            let foreign = shared
+                .desired
+                .keep_given(&record.id, &mut report.pipelines, |p| {
+                    (p.name.as_str(), p.revision)
+                });
             if foreign > 0 {
                 debug!(agent = %record.name, foreign, "health of revisions the agent was never given: dropped");
                 shared.health.count_dropped(foreign);

@@ -108,7 +108,7 @@ fn pin(
 pub fn apply(
     catalog: &Catalog,
     releases: &ReleaseStore,
-    drift: &crate::drift::Drift,
+    drift: &crate::drift::DriftStore,
     request: &ApplyRequest,
     now_ms: u64,
 ) -> Result<Vec<Change>, ApplyError> {

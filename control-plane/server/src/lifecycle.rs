@@ -49,7 +49,7 @@ pub(crate) fn decommission(
     let _guard = shared.catalog.lock();
     let (record, fingerprints) = shared.registry.delete(name, now_ms)?;
     refuse(shared, &record, &fingerprints, "decommissioned");
-    if let Err(e) = shared.forget_desired_state(&record.id) {
+    if let Err(e) = shared.desired.forget(&record.id) {
         warn!(agent = %record.name, error = %e, "cannot forget the agent's desired state");
     }
     shared.health.forget(&record.id);

@@ -45,14 +45,41 @@ pub(crate) struct Shared {
     pub catalog: Catalog,
     pub reports: AgentReports,
     pub health: crate::health::HealthTracker,
-    /// Agent id → the last desired state given ([`crate::deploy::AgentDesired`]).
-    pub desired: sled::Tree,
+    /// Agent id → the last desired state given.
+    pub desired: crate::deploy::DesiredStore,
     pub online_key: tern_proto::signing::SecretKey,
     pub telemetry: crate::telemetry::Telemetry,
     /// Drift baselines and alerts.
-    pub drift: crate::drift::Drift,
+    pub drift: crate::drift::DriftStore,
     /// Free space and failures of the data directory's storage.
     pub storage: Arc<tern_transport::storage::StorageMonitor>,
+}
+
+impl Shared {
+    /// Drift monitoring's view of the stores.
+    pub(crate) fn drift_context(&self) -> crate::drift::DriftContext<'_> {
+        crate::drift::DriftContext {
+            catalog: &self.catalog,
+            registry: &self.registry,
+            series: &self.telemetry.store,
+            store: &self.drift,
+            window: self.config.drift_window,
+        }
+    }
+
+    /// The deployment driver's view of the stores.
+    pub(crate) fn deploy_context(&self) -> crate::deploy::DeployContext<'_> {
+        crate::deploy::DeployContext {
+            registry: &self.registry,
+            catalog: &self.catalog,
+            releases: &self.releases,
+            desired: &self.desired,
+            reports: &self.reports,
+            health: &self.health,
+            presence: &self.presence,
+            online_key: &self.online_key,
+        }
+    }
 }
 
 /// Options of `tern-control-plane serve`.
@@ -78,6 +105,8 @@ pub enum StartError {
     Catalog(#[from] CatalogError),
     #[error("cannot open the telemetry store: {0}")]
     Telemetry(#[from] crate::telemetry::store::TelemetryStoreError),
+    #[error("cannot open the desired-state store: {0}")]
+    Desired(#[from] crate::deploy::DesiredStoreError),
     #[error("cannot open the drift store: {0}")]
     Drift(crate::drift::DriftError),
     #[error(transparent)]
@@ -116,17 +145,14 @@ impl RunningControlPlane {
         let registry = Registry::open(&dir.registry())?;
         let releases = ReleaseStore::open(registry.db(), &dir.artifacts())?;
         let catalog = Catalog::open(registry.db())?;
-        let desired = registry
-            .db()
-            .open_tree("desired")
-            .map_err(|e| StartError::Registry(e.into()))?;
+        let desired = crate::deploy::DesiredStore::open(registry.db())?;
         let ca_pem = loaded.ca.cert_pem().to_owned();
         let series = crate::telemetry::store::SeriesStore::open(
             &dir.telemetry(),
             config.telemetry_retention,
         )?;
         let (telemetry, telemetry_writer) = crate::telemetry::Telemetry::new(series);
-        let drift = crate::drift::Drift::open(registry.db()).map_err(StartError::Drift)?;
+        let drift = crate::drift::DriftStore::open(registry.db()).map_err(StartError::Drift)?;
         let revoked = tern_transport::tls::RevokedCertificates::default();
         for fingerprint in registry.revoked_certificates()? {
             revoked.revoke(fingerprint);
@@ -297,7 +323,7 @@ async fn deployments(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         }
         let work = shared.clone();
         let result = tokio::task::spawn_blocking(move || {
-            crate::deploy::step(&work, tern_clock::unix_millis_now())
+            crate::deploy::step(&work.deploy_context(), tern_clock::unix_millis_now())
         })
         .await;
         match result {
@@ -354,7 +380,7 @@ fn mark_silent_agents(shared: &Shared) {
 
 fn judge_drift(shared: &Shared) {
     let _span = tracing::debug_span!("drift").entered();
-    if let Err(e) = crate::drift::evaluate(shared, tern_clock::unix_millis_now()) {
+    if let Err(e) = crate::drift::evaluate(&shared.drift_context(), tern_clock::unix_millis_now()) {
         warn!(error = %e, "cannot judge drift");
     }
 }

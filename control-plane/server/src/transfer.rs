@@ -82,7 +82,7 @@ async fn fetch(
 ) -> Result<(), TransferError> {
     let digest = Digest(request.digest);
     tracing::Span::current().record("digest", digest.short());
-    let allowed = match shared.desired_state(agent) {
+    let allowed = match shared.desired.get(agent) {
         Ok(desired) => desired.is_some_and(|d| d.may_fetch(&digest)),
         Err(e) => {
             warn!(agent, error = %e, "cannot read the agent's desired state");

@@ -11,7 +11,7 @@ use tern_proto::api::{AlertView, BaselineCreate, BaselineView, PipelineDrift};
 use tracing::info;
 
 use super::{HttpError, blocking, internal};
-use crate::drift::{self, DEFAULT_BINS, DriftError};
+use crate::drift::{self, AlertRecord, DEFAULT_BINS, DriftError};
 use crate::server::Shared;
 
 impl From<DriftError> for HttpError {
@@ -46,8 +46,13 @@ pub(crate) async fn create_baseline(
                     )));
                 }
                 let bins = request.bins.unwrap_or(DEFAULT_BINS);
-                let baseline =
-                    drift::baseline_from_window(&shared, pipeline, seconds * 1000, bins, now)?;
+                let baseline = drift::baseline_from_window(
+                    &shared.drift_context(),
+                    pipeline,
+                    seconds * 1000,
+                    bins,
+                    now,
+                )?;
                 (baseline, format!("pipeline {pipeline}, last {seconds}s"))
             }
             _ => {
@@ -74,15 +79,37 @@ pub(crate) async fn baselines(
 pub(crate) async fn alerts(
     State(shared): State<Arc<Shared>>,
 ) -> Result<Json<Vec<AlertView>>, HttpError> {
-    Ok(Json(blocking(move || shared.drift.alerts()).await?))
+    let alerts = blocking(move || shared.drift.alerts()).await?;
+    Ok(Json(alerts.into_iter().map(alert_view).collect()))
 }
 
 pub(crate) async fn pipeline_drift(
     State(shared): State<Arc<Shared>>,
     Path(name): Path<String>,
 ) -> Result<Json<PipelineDrift>, HttpError> {
-    let drift =
-        blocking(move || drift::pipeline_drift(&shared, &name, tern_clock::unix_millis_now()))
-            .await?;
+    let drift = blocking(move || {
+        drift::pipeline_drift(
+            &shared.drift_context(),
+            &name,
+            tern_clock::unix_millis_now(),
+        )
+    })
+    .await?;
     Ok(Json(drift))
+}
+
+/// An alert as the API shows it.
+fn alert_view(alert: AlertRecord) -> AlertView {
+    AlertView {
+        pipeline: alert.pipeline,
+        revision: alert.revision,
+        scope: alert.scope,
+        feature: alert.feature,
+        psi: alert.psi,
+        threshold: alert.threshold,
+        state: alert.state.as_str().to_owned(),
+        since_ms: alert.since_ms,
+        updated_ms: alert.updated_ms,
+        resolved_ms: alert.resolved_ms,
+    }
 }

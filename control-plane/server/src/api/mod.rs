@@ -207,7 +207,7 @@ pub(crate) fn agent_view(shared: &Shared, record: AgentRecord, now_ms: u64) -> A
         ),
         None => (record.last_seen_ms, record.address.clone()),
     };
-    let desired = shared.desired_state(&record.id).ok().flatten();
+    let desired = shared.desired.get(&record.id).ok().flatten();
     let mut pipelines: Vec<tern_proto::api::AgentPipelineView> = desired
         .iter()
         .flat_map(|d| d.pipelines.iter())

@@ -243,7 +243,7 @@ pub(crate) async fn receive(
         }
         last = batch.seq;
         sanitize(&mut batch);
-        let foreign = shared.keep_given(agent, &mut batch.pipelines, |p| {
+        let foreign = shared.desired.keep_given(agent, &mut batch.pipelines, |p| {
             (p.pipeline.as_str(), p.revision)
         });
         if foreign > 0 {

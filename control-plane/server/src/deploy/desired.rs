@@ -1,0 +1,253 @@
+//! What each agent was last given ([`AgentDesired`]) and where it is kept ([`DesiredStore`]).
+//!
+//! Tree `desired` (agent id → [`AgentDesired`], JSON) keeps the generation and what it held,
+//! so generations only ever grow, across restarts too. It also says what the agent may ask of
+//! the control plane: the artifacts of its current and previous generation, and health and
+//! telemetry only for the pipeline revisions it was given.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use tern_proto::manifest::VariantSpec;
+use tern_proto::release::Digest;
+use tracing::warn;
+
+use crate::records::{CorruptRecord, decode, encode};
+
+/// Why the desired-state store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DesiredStoreError {
+    #[error("desired-state storage failed: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("desired-state {0}")]
+    Corrupt(#[from] CorruptRecord),
+}
+
+/// What an agent was last given.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentDesired {
+    pub generation: u64,
+    /// Pipeline → (revision, committed).
+    pub pipelines: BTreeMap<String, (u64, bool)>,
+    /// Version of the trust root it carries.
+    pub trust_version: Option<u64>,
+    /// Pipeline → the A/B variants its deployment gives (absent: none).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub variants: BTreeMap<String, Vec<VariantSpec>>,
+    /// [`tern_proto::desired::DesiredState::content_digest`] of the generation as built and
+    /// sent (absent in records of older versions): one generation, one content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<Digest>,
+    /// The artifacts this generation names, and those the one before it named: the only ones
+    /// the agent may fetch.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub artifacts: BTreeSet<Digest>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub previous_artifacts: BTreeSet<Digest>,
+    /// Pipeline → the revisions this agent was ever given (the latest
+    /// [`GIVEN_REVISIONS`]): the only ones it may report health and telemetry for, also
+    /// late, after weeks offline.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub given: BTreeMap<String, BTreeSet<u64>>,
+}
+
+/// Revisions per pipeline remembered in [`AgentDesired::given`].
+pub const GIVEN_REVISIONS: usize = 16;
+/// Pipelines remembered in [`AgentDesired::given`]; past that, those the agent no longer runs
+/// are forgotten first.
+pub const GIVEN_PIPELINES: usize = 256;
+
+impl AgentDesired {
+    /// The generation after `previous` (the first when there is none), giving `pipelines`.
+    pub fn successor(
+        previous: Option<&AgentDesired>,
+        pipelines: BTreeMap<String, (u64, bool)>,
+        trust_version: Option<u64>,
+        variants: BTreeMap<String, Vec<VariantSpec>>,
+    ) -> Self {
+        let mut given = previous.map(|p| p.given.clone()).unwrap_or_default();
+        for (name, &(revision, _)) in &pipelines {
+            let revisions = given.entry(name.clone()).or_default();
+            revisions.insert(revision);
+            while revisions.len() > GIVEN_REVISIONS {
+                revisions.pop_first();
+            }
+        }
+        while given.len() > GIVEN_PIPELINES {
+            let Some(stale) = given.keys().find(|n| !pipelines.contains_key(*n)).cloned() else {
+                break;
+            };
+            given.remove(&stale);
+        }
+        Self {
+            generation: previous.map_or(0, |p| p.generation) + 1,
+            pipelines,
+            trust_version,
+            variants,
+            content: None,
+            artifacts: BTreeSet::new(),
+            previous_artifacts: previous.map(|p| p.artifacts.clone()).unwrap_or_default(),
+            given,
+        }
+    }
+
+    /// Whether it gives the same as `pipelines`, `trust_version` and `variants` would.
+    pub fn gives(
+        &self,
+        pipelines: &BTreeMap<String, (u64, bool)>,
+        trust_version: Option<u64>,
+        variants: &BTreeMap<String, Vec<VariantSpec>>,
+    ) -> bool {
+        self.pipelines == *pipelines
+            && self.trust_version == trust_version
+            && self.variants == *variants
+    }
+
+    /// Whether the agent may fetch `digest`: it is named in its current or previous generation.
+    pub fn may_fetch(&self, digest: &Digest) -> bool {
+        self.artifacts.contains(digest) || self.previous_artifacts.contains(digest)
+    }
+
+    /// Whether the agent may report on `pipeline`'s `revision`: it was given that revision.
+    pub fn may_report(&self, pipeline: &str, revision: u64) -> bool {
+        self.given
+            .get(pipeline)
+            .is_some_and(|revisions| revisions.contains(&revision))
+    }
+}
+
+/// Agent id → what it was last given, in the registry's database.
+#[derive(Debug, Clone)]
+pub struct DesiredStore {
+    tree: sled::Tree,
+}
+
+impl DesiredStore {
+    pub fn open(db: &sled::Db) -> Result<Self, DesiredStoreError> {
+        Ok(Self {
+            tree: db.open_tree("desired")?,
+        })
+    }
+
+    /// What `agent_id` was last given.
+    pub fn get(&self, agent_id: &str) -> Result<Option<AgentDesired>, DesiredStoreError> {
+        self.tree
+            .get(agent_id.as_bytes())?
+            .map(|v| decode(agent_id.as_bytes(), &v))
+            .transpose()
+    }
+
+    /// Records what `agent_id` is given now, durably.
+    pub fn put(&self, agent_id: &str, record: &AgentDesired) -> Result<(), DesiredStoreError> {
+        self.tree.insert(agent_id.as_bytes(), encode(record))?;
+        self.tree.flush()?;
+        Ok(())
+    }
+
+    /// Forgets a decommissioned agent's desired state.
+    pub fn forget(&self, agent_id: &str) -> Result<(), DesiredStoreError> {
+        self.tree.remove(agent_id.as_bytes())?;
+        self.tree.flush()?;
+        Ok(())
+    }
+
+    /// Keeps only the entries (of a health report or a telemetry batch) about pipeline
+    /// revisions `agent_id` was given, so that one agent cannot write into another pipeline's
+    /// figures or grow what the control plane keeps; returns how many it dropped.
+    pub fn keep_given<T>(
+        &self,
+        agent_id: &str,
+        entries: &mut Vec<T>,
+        key: impl Fn(&T) -> (&str, u64),
+    ) -> usize {
+        if entries.is_empty() {
+            return 0;
+        }
+        let desired = match self.get(agent_id) {
+            Ok(desired) => desired,
+            Err(e) => {
+                warn!(agent = agent_id, error = %e, "cannot read the agent's desired state");
+                None
+            }
+        };
+        let before = entries.len();
+        entries.retain(|entry| {
+            let (pipeline, revision) = key(entry);
+            desired
+                .as_ref()
+                .is_some_and(|d| d.may_report(pipeline, revision))
+        });
+        before - entries.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipelines(entries: &[(&str, u64)]) -> BTreeMap<String, (u64, bool)> {
+        entries
+            .iter()
+            .map(|&(name, revision)| (name.to_owned(), (revision, false)))
+            .collect()
+    }
+
+    #[test]
+    fn an_agent_may_fetch_its_current_and_previous_artifacts_only() {
+        let first = AgentDesired {
+            artifacts: [Digest::of(b"v1")].into(),
+            ..AgentDesired::successor(None, pipelines(&[("p", 1)]), None, BTreeMap::new())
+        };
+        let second = AgentDesired {
+            artifacts: [Digest::of(b"v2")].into(),
+            ..AgentDesired::successor(Some(&first), pipelines(&[("p", 2)]), None, BTreeMap::new())
+        };
+        assert_eq!(second.generation, 2);
+        assert!(second.may_fetch(&Digest::of(b"v2")));
+        assert!(second.may_fetch(&Digest::of(b"v1")), "a rollback target");
+        let third =
+            AgentDesired::successor(Some(&second), pipelines(&[("p", 3)]), None, BTreeMap::new());
+        assert!(!third.may_fetch(&Digest::of(b"v1")), "two generations back");
+        assert!(!third.may_fetch(&Digest::of(b"other")));
+    }
+
+    #[test]
+    fn an_agent_may_report_on_revisions_it_was_given_within_bounds() {
+        let mut record =
+            AgentDesired::successor(None, pipelines(&[("p", 1)]), None, BTreeMap::new());
+        for revision in 2..40 {
+            record = AgentDesired::successor(
+                Some(&record),
+                pipelines(&[("p", revision)]),
+                None,
+                BTreeMap::new(),
+            );
+        }
+        // Gone from the desired state, still reportable (telemetry arrives late).
+        record =
+            AgentDesired::successor(Some(&record), pipelines(&[("q", 1)]), None, BTreeMap::new());
+        assert!(record.may_report("p", 39));
+        assert!(record.may_report("q", 1));
+        assert!(
+            !record.may_report("p", 1),
+            "only the latest revisions are kept"
+        );
+        assert_eq!(record.given["p"].len(), GIVEN_REVISIONS);
+        assert!(!record.may_report("other", 1));
+        // The pipelines remembered are bounded; the ones it runs are never forgotten.
+        let many: Vec<(String, u64)> = (0..GIVEN_PIPELINES + 10)
+            .map(|i| (format!("p{i:04}"), 1))
+            .collect();
+        for (name, revision) in &many {
+            record = AgentDesired::successor(
+                Some(&record),
+                pipelines(&[(name.as_str(), *revision), ("q", 1)]),
+                None,
+                BTreeMap::new(),
+            );
+        }
+        assert!(record.given.len() <= GIVEN_PIPELINES);
+        assert!(record.may_report("q", 1));
+        assert!(record.may_report(&many[many.len() - 1].0, 1));
+    }
+}

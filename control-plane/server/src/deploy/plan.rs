@@ -1,0 +1,364 @@
+//! The deployment driver's planning, a pure core: deployments, agents, what agents are
+//! observed doing, what each was last given, and `now` in; rollouts moved and desired-state
+//! changes out. It reads no store and no clock (observations come through a function the
+//! caller gives), so a virtual clock drives it in tests and in the fleet simulation.
+
+use std::collections::{BTreeMap, HashMap};
+
+use tern_proto::manifest::VariantSpec;
+
+use crate::catalog::DeploymentRecord;
+use crate::deploy::desired::AgentDesired;
+use crate::registry::AgentRecord;
+use crate::rollout::{AgentObservation, Phase, Transition};
+
+/// Health window used when a deployment's is 0 (errors still roll back).
+pub const MIN_HEALTH_WINDOW_MS: u64 = 10_000;
+
+/// What the planner asks of one selected agent of an active rollout: the agent, the pipeline,
+/// the target revision and the health window (ms).
+pub type Observe<'a> = dyn Fn(&AgentRecord, &str, u64, u64) -> AgentObservation + 'a;
+
+/// A rollout that moved in this pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Moved {
+    pub deployment: String,
+    pub revision: u64,
+    pub transition: Transition,
+    /// The rollout's phase after the pass.
+    pub phase: Phase,
+}
+
+/// Two deployments give the same pipeline to one agent: the first (by deployment name) wins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// The deployment that was ignored for this agent.
+    pub deployment: String,
+    pub agent: String,
+    pub pipeline: String,
+}
+
+/// An agent's next desired state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub agent_id: String,
+    pub agent_name: String,
+    /// The next generation (its content and artifacts are filled in once it is built).
+    pub record: AgentDesired,
+}
+
+/// What one pass decided.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Deployments whose rollout changed: to be stored.
+    pub rollouts: Vec<DeploymentRecord>,
+    pub moved: Vec<Moved>,
+    pub conflicts: Vec<Conflict>,
+    /// Agents whose desired state changes, in the order of `agents`.
+    pub changes: Vec<Change>,
+}
+
+/// One pass: every active rollout observes its selected agents and steps; then each agent's
+/// desired state is recomputed from the rollouts' assignments and compared with what it was
+/// last given (`stored`, by agent id).
+pub fn plan(
+    deployments: Vec<DeploymentRecord>,
+    agents: &[AgentRecord],
+    stored: &HashMap<String, AgentDesired>,
+    trust_version: Option<u64>,
+    observe: &Observe<'_>,
+    now_ms: u64,
+) -> Plan {
+    let mut out = Plan::default();
+    let mut wanted: HashMap<&str, BTreeMap<String, (u64, bool)>> = HashMap::new();
+    let mut experiments: HashMap<&str, BTreeMap<String, Vec<VariantSpec>>> = HashMap::new();
+    for mut deployment in deployments {
+        let spec = deployment.manifest.spec.clone();
+        let name = deployment.manifest.metadata.name.clone();
+        let selected: Vec<&AgentRecord> = agents
+            .iter()
+            .filter(|a| tern_proto::labels::matches(&spec.selector, &a.labels))
+            .collect();
+        let Some(rollout) = deployment.rollout.as_mut() else {
+            continue;
+        };
+        let before = rollout.clone();
+        // A finished rollout observes nothing: its agents' state is not even gathered.
+        if rollout.is_active() {
+            let window = rollout.policy.health_window_ms.max(MIN_HEALTH_WINDOW_MS);
+            let observations: Vec<AgentObservation> = selected
+                .iter()
+                .map(|a| observe(a, &spec.pipeline, rollout.target, window))
+                .collect();
+            for transition in rollout.observe(&observations, now_ms) {
+                out.moved.push(Moved {
+                    deployment: name.clone(),
+                    revision: rollout.target,
+                    transition,
+                    phase: rollout.phase.clone(),
+                });
+            }
+        }
+        let stable = rollout.stable();
+        for agent in &selected {
+            let Some(revision) = rollout.assignment(&agent.name) else {
+                continue;
+            };
+            let entry = wanted.entry(agent.id.as_str()).or_default();
+            if entry.contains_key(&spec.pipeline) {
+                out.conflicts.push(Conflict {
+                    deployment: name.clone(),
+                    agent: agent.name.clone(),
+                    pipeline: spec.pipeline.clone(),
+                });
+                continue;
+            }
+            entry.insert(spec.pipeline.clone(), (revision, stable == Some(revision)));
+            if !spec.variants.is_empty() {
+                experiments
+                    .entry(agent.id.as_str())
+                    .or_default()
+                    .insert(spec.pipeline.clone(), spec.variants.clone());
+            }
+        }
+        if deployment.rollout.as_ref() != Some(&before) {
+            out.rollouts.push(deployment);
+        }
+    }
+
+    for agent in agents {
+        let pipelines = wanted.remove(agent.id.as_str()).unwrap_or_default();
+        let variants = experiments.remove(agent.id.as_str()).unwrap_or_default();
+        let previous = stored.get(&agent.id);
+        if previous.is_some_and(|s| s.gives(&pipelines, trust_version, &variants)) {
+            continue;
+        }
+        out.changes.push(Change {
+            agent_id: agent.id.clone(),
+            agent_name: agent.name.clone(),
+            record: AgentDesired::successor(previous, pipelines, trust_version, variants),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rollout::{Rollout, RolloutPolicy};
+    use tern_proto::manifest::Deployment;
+
+    const MINUTE: u64 = 60_000;
+
+    fn agent(name: &str, labels: &[(&str, &str)]) -> AgentRecord {
+        AgentRecord {
+            id: format!("id-{name}"),
+            name: name.to_owned(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            capacity: Default::default(),
+            version: String::new(),
+            first_seen_ms: 0,
+            last_seen_ms: 0,
+            status: tern_proto::api::AgentStatus::Ready,
+            address: None,
+            cert_sha256: String::new(),
+            previous_cert_sha256: None,
+            cert_expires_ms: None,
+            key_sha256: None,
+            revoked_ms: None,
+        }
+    }
+
+    fn deployment(name: &str, pipeline: &str, selector: &str, extra: &str) -> Deployment {
+        let yaml = format!(
+            "apiVersion: tern.dev/v1alpha1\nkind: Deployment\nmetadata: {{ name: {name} }}\nspec:\n  pipeline: {pipeline}\n  selector: {{ {selector} }}\n{extra}"
+        );
+        match tern_proto::manifest::parse_resources(&yaml, "test.yaml")
+            .expect("valid deployment")
+            .remove(0)
+        {
+            tern_proto::manifest::Resource::Deployment(d) => d,
+            other => panic!("not a deployment: {other:?}"),
+        }
+    }
+
+    fn record(manifest: Deployment, rollout: Rollout) -> DeploymentRecord {
+        DeploymentRecord {
+            manifest,
+            created_ms: 0,
+            updated_ms: 0,
+            rollout: Some(rollout),
+        }
+    }
+
+    fn policy(waves: &[u8]) -> RolloutPolicy {
+        RolloutPolicy {
+            waves: waves.to_vec(),
+            health_window_ms: MINUTE,
+            max_error_rate: 0.05,
+            auto_rollback: true,
+            progress_deadline_ms: 10 * MINUTE,
+        }
+    }
+
+    /// Every agent connected and serving `serving` without errors.
+    fn serving(serving: u64) -> impl Fn(&AgentRecord, &str, u64, u64) -> AgentObservation {
+        move |agent, _, _, _| AgentObservation {
+            agent: agent.name.clone(),
+            connected: true,
+            serving: Some(serving),
+            reported: Some((serving, None)),
+            requests: 100,
+            errors: 0,
+        }
+    }
+
+    #[test]
+    fn a_new_pipeline_reaches_the_first_wave_only_then_everyone_once_healthy() {
+        let agents: Vec<AgentRecord> = (1..=4)
+            .map(|i| agent(&format!("edge-{i}"), &[("site", "a")]))
+            .collect();
+        let d = record(
+            deployment("d", "p", "site: a", ""),
+            Rollout::new(1, None, policy(&[25, 100]), 0),
+        );
+        let first = plan(vec![d], &agents, &HashMap::new(), None, &serving(1), 0);
+        assert_eq!(first.rollouts.len(), 1, "the rollout moved: stored");
+        assert!(matches!(
+            first.moved[0].transition,
+            Transition::WaveStarted { wave: 0, .. }
+        ));
+        let given: Vec<&str> = first
+            .changes
+            .iter()
+            .filter(|c| !c.record.pipelines.is_empty())
+            .map(|c| c.agent_name.as_str())
+            .collect();
+        assert_eq!(given, ["edge-1"], "25% of 4 agents, in name order");
+        assert_eq!(
+            first.changes.len(),
+            4,
+            "the others get an empty first generation"
+        );
+        assert_eq!(first.changes[0].record.pipelines["p"], (1, false));
+
+        // The wave stays healthy for the window: the next one starts.
+        let stored: HashMap<String, AgentDesired> = first
+            .changes
+            .iter()
+            .map(|c| (c.agent_id.clone(), c.record.clone()))
+            .collect();
+        let d = first.rollouts.into_iter().next().expect("moved");
+        let healthy = plan(vec![d], &agents, &stored, None, &serving(1), MINUTE);
+        let d = healthy.rollouts.into_iter().next().expect("moved");
+        let after = plan(vec![d], &agents, &stored, None, &serving(1), 2 * MINUTE + 1);
+        let names: Vec<&str> = after
+            .changes
+            .iter()
+            .map(|c| c.agent_name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            ["edge-2", "edge-3", "edge-4"],
+            "edge-1 already has it"
+        );
+        assert!(after.changes.iter().all(|c| c.record.generation == 2));
+    }
+
+    #[test]
+    fn nothing_changes_for_an_agent_that_already_has_what_it_should() {
+        let agents = vec![agent("edge-1", &[("site", "a")])];
+        let mut complete = Rollout::new(3, Some(2), policy(&[100]), 0);
+        complete.phase = Phase::Complete;
+        let d = record(deployment("d", "p", "site: a", ""), complete);
+        let given = AgentDesired::successor(
+            None,
+            [("p".to_owned(), (3, true))].into(),
+            Some(1),
+            BTreeMap::new(),
+        );
+        let stored = HashMap::from([("id-edge-1".to_owned(), given.clone())]);
+        let observe = |_: &AgentRecord, _: &str, _: u64, _: u64| -> AgentObservation {
+            panic!("a finished rollout observes nothing")
+        };
+        let same = plan(vec![d.clone()], &agents, &stored, Some(1), &observe, MINUTE);
+        assert!(same.changes.is_empty() && same.rollouts.is_empty());
+
+        // A new trust root is a new generation with the same pipelines.
+        let rooted = plan(vec![d], &agents, &stored, Some(2), &observe, MINUTE);
+        assert_eq!(rooted.changes.len(), 1);
+        assert_eq!(rooted.changes[0].record.generation, given.generation + 1);
+        assert_eq!(rooted.changes[0].record.pipelines, given.pipelines);
+    }
+
+    #[test]
+    fn a_pipeline_two_deployments_give_one_agent_goes_to_the_first() {
+        let agents = vec![agent("edge-1", &[("site", "a"), ("tier", "x")])];
+        let mut one = Rollout::new(1, None, policy(&[100]), 0);
+        one.phase = Phase::Complete;
+        let mut two = Rollout::new(2, None, policy(&[100]), 0);
+        two.phase = Phase::Complete;
+        let out = plan(
+            vec![
+                record(deployment("a", "p", "site: a", ""), one),
+                record(deployment("b", "p", "tier: x", ""), two),
+            ],
+            &agents,
+            &HashMap::new(),
+            None,
+            &serving(1),
+            0,
+        );
+        assert_eq!(
+            out.conflicts,
+            [Conflict {
+                deployment: "b".into(),
+                agent: "edge-1".into(),
+                pipeline: "p".into()
+            }]
+        );
+        assert_eq!(out.changes[0].record.pipelines["p"], (1, true));
+    }
+
+    #[test]
+    fn errors_past_the_limit_roll_the_wave_back_to_the_stable_revision() {
+        let agents: Vec<AgentRecord> = (1..=2)
+            .map(|i| agent(&format!("edge-{i}"), &[("site", "a")]))
+            .collect();
+        let d = record(
+            deployment("d", "p", "site: a", ""),
+            Rollout::new(2, Some(1), policy(&[50, 100]), 0),
+        );
+        let first = plan(vec![d], &agents, &HashMap::new(), None, &serving(1), 0);
+        assert_eq!(first.changes[0].record.pipelines["p"], (2, false));
+        assert_eq!(first.changes[1].record.pipelines["p"], (1, true));
+        let stored: HashMap<String, AgentDesired> = first
+            .changes
+            .iter()
+            .map(|c| (c.agent_id.clone(), c.record.clone()))
+            .collect();
+        let failing = |agent: &AgentRecord, _: &str, target: u64, window: u64| {
+            assert_eq!(window, MINUTE, "the deployment's health window");
+            AgentObservation {
+                agent: agent.name.clone(),
+                connected: true,
+                serving: Some(target),
+                reported: Some((target, None)),
+                requests: 100,
+                errors: 50,
+            }
+        };
+        let d = first.rollouts.into_iter().next().expect("moved");
+        let back = plan(vec![d], &agents, &stored, None, &failing, 1_000);
+        assert!(matches!(
+            back.moved.last().map(|m| &m.phase),
+            Some(Phase::RolledBack { .. })
+        ));
+        assert_eq!(back.changes.len(), 1, "only the canary changes");
+        assert_eq!(back.changes[0].agent_name, "edge-1");
+        assert_eq!(back.changes[0].record.pipelines["p"], (1, true));
+    }
+}

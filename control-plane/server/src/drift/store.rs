@@ -1,0 +1,271 @@
+//! Where drift baselines and alerts are kept, in the registry's database.
+//!
+//! A baseline version, once stored, never changes (pipelines name it). Alerts are
+//! [`AlertRecord`]s keyed by (pipeline, scope, feature); a judgement's changes are written in
+//! one batch.
+
+use serde::{Deserialize, Serialize};
+use tern_proto::api::BaselineView;
+use tern_proto::drift::Baseline;
+
+use crate::drift::DriftError;
+use crate::drift::judge::AlertChange;
+use crate::records::{decode, encode, versioned_key};
+
+/// A baseline as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredBaseline {
+    baseline: Baseline,
+    created_ms: u64,
+    source: String,
+}
+
+/// Whether an alert is firing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertState {
+    Firing,
+    Resolved,
+}
+
+impl AlertState {
+    /// As the API and the CLI show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertState::Firing => "firing",
+            AlertState::Resolved => "resolved",
+        }
+    }
+}
+
+/// A drift alert as stored: one feature of one pipeline, on one agent or fleet-wide. (Records
+/// written before the state was typed hold the same JSON.)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertRecord {
+    pub pipeline: String,
+    pub revision: u64,
+    /// `fleet`, or the agent's name.
+    pub scope: String,
+    pub feature: String,
+    /// The latest PSI, and the threshold it is judged against.
+    pub psi: f64,
+    pub threshold: f64,
+    pub state: AlertState,
+    pub since_ms: u64,
+    pub updated_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_ms: Option<u64>,
+}
+
+impl AlertRecord {
+    pub fn key(&self) -> AlertKey {
+        AlertKey::new(&self.pipeline, &self.scope, &self.feature)
+    }
+
+    /// The alert resolved at `now_ms`, with the reading that resolved it if there was one.
+    pub fn resolve(mut self, psi: Option<f64>, now_ms: u64) -> Self {
+        if let Some(psi) = psi {
+            self.psi = psi;
+        }
+        self.state = AlertState::Resolved;
+        self.updated_ms = now_ms;
+        self.resolved_ms = Some(now_ms);
+        self
+    }
+}
+
+/// `pipeline\0scope\0feature`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AlertKey(Vec<u8>);
+
+impl AlertKey {
+    pub fn new(pipeline: &str, scope: &str, feature: &str) -> Self {
+        Self([pipeline, scope, feature].join("\0").into_bytes())
+    }
+}
+
+/// Baselines and alerts, in the registry's database.
+#[derive(Debug, Clone)]
+pub struct DriftStore {
+    /// `name\0version` → [`StoredBaseline`].
+    baselines: sled::Tree,
+    /// [`AlertKey`] → [`AlertRecord`].
+    alerts: sled::Tree,
+}
+
+impl DriftStore {
+    pub fn open(db: &sled::Db) -> Result<Self, DriftError> {
+        Ok(Self {
+            baselines: db.open_tree("baselines")?,
+            alerts: db.open_tree("alerts")?,
+        })
+    }
+
+    pub fn baseline(&self, name: &str, version: u64) -> Result<Option<Baseline>, DriftError> {
+        let key = versioned_key(name, version);
+        match self.baselines.get(&key)? {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(
+                decode::<StoredBaseline, DriftError>(&key, &bytes)?.baseline,
+            )),
+        }
+    }
+
+    /// Stores `baseline` as the next version of `name`.
+    pub fn add_baseline(
+        &self,
+        name: &str,
+        baseline: Baseline,
+        source: String,
+        now_ms: u64,
+    ) -> Result<BaselineView, DriftError> {
+        if !tern_proto::labels::valid_name(name) {
+            return Err(DriftError::BadRequest(
+                "a baseline name is 1-63 characters of a-z, 0-9, `-`, `.`, `_`".into(),
+            ));
+        }
+        baseline.validate()?;
+        let mut prefix = name.as_bytes().to_vec();
+        prefix.push(0);
+        let version = match self.baselines.scan_prefix(&prefix).last() {
+            Some(entry) => {
+                let (key, _) = entry?;
+                let bytes: [u8; 8] = key[prefix.len()..].try_into().unwrap_or([0; 8]);
+                u64::from_be_bytes(bytes) + 1
+            }
+            None => 1,
+        };
+        let stored = StoredBaseline {
+            baseline,
+            created_ms: now_ms,
+            source,
+        };
+        let key = versioned_key(name, version);
+        let fresh = self
+            .baselines
+            .compare_and_swap(&key, None::<&[u8]>, Some(encode(&stored)))?;
+        if fresh.is_err() {
+            return Err(DriftError::BadRequest(format!(
+                "baseline {name}:{version} was created at the same time; try again"
+            )));
+        }
+        self.baselines.flush()?;
+        Ok(view(name, version, stored, true))
+    }
+
+    /// Every stored baseline, by name then version.
+    pub fn baselines(&self) -> Result<Vec<BaselineView>, DriftError> {
+        let mut out = Vec::new();
+        for entry in self.baselines.iter() {
+            let (key, bytes) = entry?;
+            let Some(split) = key.iter().position(|b| *b == 0) else {
+                continue;
+            };
+            let name = String::from_utf8_lossy(&key[..split]).into_owned();
+            let version = key[split + 1..]
+                .try_into()
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            let stored: StoredBaseline = decode::<_, DriftError>(&key, &bytes)?;
+            out.push(view(&name, version, stored, false));
+        }
+        Ok(out)
+    }
+
+    /// Every alert: firing first, then by pipeline, scope and feature.
+    pub fn alerts(&self) -> Result<Vec<AlertRecord>, DriftError> {
+        let mut out = Vec::new();
+        for entry in self.alerts.iter() {
+            let (key, bytes) = entry?;
+            out.push(decode::<AlertRecord, DriftError>(&key, &bytes)?);
+        }
+        out.sort_by_key(|a| a.state != AlertState::Firing);
+        Ok(out)
+    }
+
+    /// Writes a judgement's changes in one batch, durably.
+    pub fn apply(&self, changes: &[AlertChange]) -> Result<(), DriftError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for change in changes {
+            match change {
+                AlertChange::Put(alert) => batch.insert(alert.key().0, encode(alert)),
+                AlertChange::Remove(key) => batch.remove(key.0.clone()),
+            }
+        }
+        self.alerts.apply_batch(batch)?;
+        self.alerts.flush()?;
+        Ok(())
+    }
+}
+
+fn view(name: &str, version: u64, stored: StoredBaseline, with_baseline: bool) -> BaselineView {
+    BaselineView {
+        name: name.to_owned(),
+        version,
+        features: stored.baseline.features.len(),
+        created_ms: stored.created_ms,
+        source: stored.source,
+        baseline: with_baseline.then_some(stored.baseline),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alerts_written_before_the_state_was_typed_still_read() {
+        let old = tern_proto::api::AlertView {
+            pipeline: "p".into(),
+            revision: 2,
+            scope: "fleet".into(),
+            feature: "f".into(),
+            psi: 0.4,
+            threshold: 0.2,
+            state: "firing".into(),
+            since_ms: 1,
+            updated_ms: 2,
+            resolved_ms: None,
+        };
+        let json = serde_json::to_vec(&old).expect("encode");
+        let record: AlertRecord = serde_json::from_slice(&json).expect("decode");
+        assert_eq!(record.state, AlertState::Firing);
+        assert_eq!(
+            serde_json::to_vec(&record).expect("encode"),
+            json,
+            "same JSON"
+        );
+    }
+
+    #[test]
+    fn a_judgement_is_applied_in_one_batch_and_read_back_firing_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = sled::open(dir.path()).expect("open");
+        let store = DriftStore::open(&db).expect("store");
+        let alert = |scope: &str, state| AlertRecord {
+            pipeline: "p".into(),
+            revision: 1,
+            scope: scope.into(),
+            feature: "f".into(),
+            psi: 0.5,
+            threshold: 0.2,
+            state,
+            since_ms: 0,
+            updated_ms: 0,
+            resolved_ms: None,
+        };
+        let (a, b) = (
+            alert("a", AlertState::Resolved),
+            alert("b", AlertState::Firing),
+        );
+        store
+            .apply(&[AlertChange::Put(a.clone()), AlertChange::Put(b.clone())])
+            .expect("apply");
+        assert_eq!(store.alerts().expect("read"), [b.clone(), a.clone()]);
+        store.apply(&[AlertChange::Remove(b.key())]).expect("apply");
+        assert_eq!(store.alerts().expect("read"), [a]);
+    }
+}
