@@ -1,22 +1,27 @@
 //! Project tasks. `cargo xtask demo` runs the quickstart end to end; `cargo xtask test` runs every
-//! test; `cargo xtask lint` checks formatting and clippy; `cargo xtask fuzz` runs the fuzz targets.
+//! test; `cargo xtask lint` checks formatting, clippy and the architecture (`cargo xtask tidy`);
+//! `cargo xtask fuzz` runs the fuzz targets.
 //!
 //! Every task uses the dev profile, so tests, the demo and CI share one build.
 
 mod demo;
 mod fuzz;
+mod tidy;
 
 use std::process::Command;
 
 use anyhow::{Context, bail};
 
-const USAGE: &str = "usage: cargo xtask <demo|test|lint|plugins|fuzz>
+const USAGE: &str = "usage: cargo xtask <demo|test|lint|tidy|plugins|fuzz>
 
   demo   start a control plane and two agents in temporary directories, enroll them,
          show the fleet, and shut everything down
   test   build the binaries, run every test of the workspace and the smoke form of
          every benchmark
-  lint     cargo fmt --check and cargo clippy --all-targets -D warnings
+  lint     cargo fmt --check, cargo clippy --all-targets -D warnings, and tidy
+  tidy     check ARCHITECTURE.md against the code: every crate named, every source file
+           with a module doc comment, the layer tables kept, no import cycles where none
+           may be; prints the modules in import cycles of each crate
   plugins  build the plugins as components and copy them to examples/plugins/
   fuzz [SECONDS] [TARGET...]
            run each fuzz target for SECONDS (default 600) with nightly and cargo-fuzz";
@@ -29,6 +34,7 @@ fn main() -> std::process::ExitCode {
         Some("lint") => lint(),
         Some("plugins") => plugins(),
         Some("fuzz") => fuzz::run(&args[1..]),
+        Some("tidy") => tidy::run(),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())
@@ -167,6 +173,7 @@ fn bench_smoke() -> anyhow::Result<()> {
 }
 
 fn lint() -> anyhow::Result<()> {
+    tidy::run()?;
     cargo(&["fmt", "--all", "--", "--check"])?;
     cargo(&[
         "clippy",

@@ -12,41 +12,13 @@
 //! D/artifacts/     verified artifacts by SHA-256 (downloads in progress under partial/)
 //! ```
 //!
-//! `agent.toml` is written last at enrollment: its presence means the agent is enrolled.
+//! `agent.toml` ([`crate::config::AgentConfig`]) is written last at enrollment: its presence
+//! means the agent is enrolled.
 
-use std::collections::BTreeMap;
+use crate::config::AgentConfig;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
-
-use serde::{Deserialize, Serialize};
-
-/// Default address of the local API.
-pub const DEFAULT_LISTEN_API: &str = "127.0.0.1:7480";
-
-/// `agent.toml`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AgentConfig {
-    /// `host:port` of the control plane.
-    pub control_plane: String,
-    /// Identity assigned by the control plane.
-    pub agent_id: String,
-    pub name: String,
-    /// Labels recorded at enrollment.
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    /// Where the local API listens: `HOST:PORT` or `unix:PATH`.
-    pub listen_api: crate::local_api::ApiAddress,
-    /// Bounds on the local API's connections.
-    #[serde(default)]
-    pub api: crate::local_api::ApiLimits,
-    /// Telemetry interval and buffer.
-    #[serde(default)]
-    pub telemetry: crate::telemetry::TelemetryConfig,
-    /// The agent's bounds on plugin and model limits.
-    #[serde(default)]
-    pub limits: crate::limits::AgentLimits,
-}
 
 /// Why the data dir could not be read or written.
 #[derive(Debug, thiserror::Error)]

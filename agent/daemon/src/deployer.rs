@@ -189,7 +189,8 @@ fn load_arm(
             .run(warmup_payload(warmup)?)
             .map_err(LoadFailure::Warmup)?;
         // What the warm-up measured (custom metrics, memory) is not traffic.
-        meter.discard(&pipeline);
+        pipeline.take_peak_memory();
+        meter.discard();
     }
     Ok(Arm {
         weight: variant.map_or(100, |v| v.weight),

@@ -19,7 +19,8 @@ use tern_transport::https::{HttpsClient, HttpsError};
 use tern_transport::{PkiError, TlsError};
 use tracing::info;
 
-use crate::data_dir::{AgentConfig, AgentDataDir, DEFAULT_LISTEN_API, DataDirError};
+use crate::config::{AgentConfig, DEFAULT_LISTEN_API};
+use crate::data_dir::{AgentDataDir, DataDirError};
 
 /// Options of `tern-agent join`.
 #[derive(Debug, Clone)]
@@ -35,7 +36,7 @@ pub struct JoinOptions {
     pub api: crate::local_api::ApiLimits,
     /// A trust root given out of band, pinned instead of the control plane's.
     pub trust_root: Option<PathBuf>,
-    pub telemetry: crate::telemetry::TelemetryConfig,
+    pub telemetry: crate::config::TelemetryConfig,
     /// The agent's bounds on plugin and model limits.
     pub limits: crate::limits::AgentLimits,
 }

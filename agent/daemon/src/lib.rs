@@ -5,6 +5,7 @@
 //! for as long as the control plane is away. It reports what its host offers ([`capacity`]) and
 //! serves local applications on a local HTTP address ([`local_api`]).
 //!
+//! - [`config`]: `agent.toml`: the agent's settings.
 //! - [`data_dir`]: the agent's files (identity, CA, `agent.toml`).
 //! - [`run_local`]: run a pipeline manifest once, without a control plane (`run-local`).
 //! - [`fetch`]: resumable, verified artifact downloads from the control plane.
@@ -22,6 +23,7 @@
 
 pub mod backoff;
 pub mod capacity;
+pub mod config;
 pub mod data_dir;
 pub mod deployer;
 pub mod enroll;
@@ -42,7 +44,8 @@ pub mod telemetry;
 pub mod tensors;
 pub mod working_set;
 
-pub use data_dir::{AgentConfig, AgentDataDir};
+pub use config::AgentConfig;
+pub use data_dir::AgentDataDir;
 pub use enroll::{JoinError, JoinOptions, join};
 pub use run::{RunError, run};
 

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::backoff::Backoff;
-use crate::data_dir::AgentConfig;
+use crate::config::AgentConfig;
 use crate::identity::Credentials;
 
 /// Time the control plane has to answer a hello.

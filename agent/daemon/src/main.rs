@@ -242,7 +242,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         body_timeout_ms: (api_body_timeout.as_millis() as u64).max(1),
                     },
                     trust_root,
-                    telemetry: tern_agent::telemetry::TelemetryConfig {
+                    telemetry: tern_agent::config::TelemetryConfig {
                         interval_ms: (telemetry_interval.as_millis() as u64).max(1),
                         buffer_bytes: telemetry_buffer_bytes,
                     },

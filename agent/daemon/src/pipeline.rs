@@ -210,6 +210,17 @@ pub struct LoadedPipeline {
 }
 
 impl LoadedPipeline {
+    /// Each step's peak memory since the last time this was asked (0 for model steps).
+    pub fn take_peak_memory(&self) -> Vec<u64> {
+        self.steps
+            .iter()
+            .map(|step| match step {
+                PipelineStep::Plugin(s) => s.take_peak_memory(),
+                PipelineStep::Model { .. } => 0,
+            })
+            .collect()
+    }
+
     /// Runs every step in order.
     pub fn run(&self, mut payload: Payload) -> Result<Payload, StepError> {
         for step in &self.steps {

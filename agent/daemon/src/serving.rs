@@ -113,7 +113,7 @@ impl ServedPipeline {
     pub fn take(&self) -> Vec<PipelineStats> {
         self.arms
             .iter()
-            .map(|arm| arm.meter.take(&arm.pipeline))
+            .map(|arm| arm.meter.take(&arm.pipeline.take_peak_memory()))
             .collect()
     }
 }

@@ -1,6 +1,6 @@
-//! The CPU backend: tract's optimized plans, one per input shape (tract's kernels are much
-//! faster on concrete shapes than on a symbolic batch), each with a pool of run states so that
-//! concurrent requests neither serialize on one state nor rebuild one per request.
+//! The CPU backend: tract's optimized plans, one per input shape ([`crate::plans`]), each with
+//! a pool of run states so that concurrent requests neither serialize on one state nor rebuild
+//! one per request.
 
 use std::sync::{Arc, Mutex};
 
@@ -8,16 +8,13 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::{SimplePlan, SimpleState};
 
 use crate::error::InferError;
-use crate::model::{bind_input_shapes, unit_shapes};
+use crate::plans::{PlanCache, bind_input_shapes, unit_shapes};
 
 /// States kept for reuse per plan; more concurrent requests than this build their own.
 const MAX_POOLED_STATES: usize = 16;
-/// Plans kept, one per set of input shapes.
-const MAX_PLANS: usize = 4;
 
 #[derive(Debug)]
 struct Plan {
-    shapes: Vec<Vec<usize>>,
     plan: Arc<TypedSimplePlan>,
     states: Mutex<Vec<TypedSimpleState>>,
 }
@@ -26,7 +23,7 @@ struct Plan {
 #[derive(Debug)]
 pub struct CpuBackend {
     model: TypedModel,
-    plans: Mutex<Vec<Arc<Plan>>>,
+    plans: PlanCache<Plan>,
 }
 
 impl CpuBackend {
@@ -35,41 +32,24 @@ impl CpuBackend {
     pub fn new(model: TypedModel) -> Result<CpuBackend, InferError> {
         let backend = CpuBackend {
             model,
-            plans: Mutex::new(Vec::new()),
+            plans: PlanCache::default(),
         };
         backend.plan_for(&unit_shapes(&backend.model)?)?;
         Ok(backend)
     }
 
     fn plan_for(&self, shapes: &[Vec<usize>]) -> Result<Arc<Plan>, InferError> {
-        {
-            let plans = self
-                .plans
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(p) = plans.iter().find(|p| p.shapes == shapes) {
-                return Ok(p.clone());
-            }
-        }
-        let optimized = bind_input_shapes(&self.model, shapes)?
-            .into_optimized()
-            .map_err(|e| InferError::InvalidModel(format!("{e:#}")))?;
-        let plan =
-            SimplePlan::new(optimized).map_err(|e| InferError::InvalidModel(format!("{e:#}")))?;
-        let plan = Arc::new(Plan {
-            shapes: shapes.to_vec(),
-            plan,
-            states: Mutex::new(Vec::new()),
-        });
-        let mut plans = self
-            .plans
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if plans.len() >= MAX_PLANS {
-            plans.remove(0);
-        }
-        plans.push(plan.clone());
-        Ok(plan)
+        self.plans.get_or_build(shapes, || {
+            let optimized = bind_input_shapes(&self.model, shapes)?
+                .into_optimized()
+                .map_err(|e| InferError::InvalidModel(format!("{e:#}")))?;
+            let plan = SimplePlan::new(optimized)
+                .map_err(|e| InferError::InvalidModel(format!("{e:#}")))?;
+            Ok(Plan {
+                plan,
+                states: Mutex::new(Vec::new()),
+            })
+        })
     }
 
     /// Runs one request. Inputs are in the model's input order.

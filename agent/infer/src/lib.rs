@@ -21,6 +21,7 @@ pub mod error;
 pub mod gpu;
 pub mod model;
 pub mod npy;
+pub mod plans;
 pub mod tensor;
 
 pub use adapters::{AdapterSummary, list_adapters};

@@ -1,10 +1,7 @@
-//! The wasmtime engine, its deadline ticker, the linker, and loading components.
+//! The plugin engine: configuring wasmtime and the linker, and loading components.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
-use std::time::Duration;
 
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine};
@@ -15,11 +12,10 @@ use crate::cache::CompileCache;
 use crate::error::{LoadError, StepFailure};
 use crate::limits::StepLimits;
 use crate::metrics::{MetricsSink, NoMetrics};
+use crate::runtime::EngineShared;
 use crate::state::StepState;
 use crate::step::Step;
 
-/// Granularity of deadlines: the engine's epoch advances this often.
-pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(2);
 /// Wasm stack a call may use before it traps.
 const MAX_WASM_STACK: usize = 1 << 20;
 
@@ -47,33 +43,6 @@ impl Default for EngineOptions {
 impl std::fmt::Debug for dyn MetricsSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("MetricsSink")
-    }
-}
-
-/// Advances the engine's epoch until dropped; that is what makes deadlines fire.
-struct EpochTicker {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl EpochTicker {
-    /// Without the ticker no deadline would ever fire, so failing to start it is an error.
-    fn start(engine: Engine) -> Result<Self, LoadError> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("tern-plugin-epoch".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
-                }
-            })
-            .map_err(|e| LoadError::Engine(format!("cannot start the deadline ticker: {e}")))?;
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-        })
     }
 }
 
@@ -105,24 +74,6 @@ fn forbid_timers(linker: &mut Linker<StepState>) -> wasmtime::Result<()> {
     )?;
     linker.allow_shadowing(false);
     Ok(())
-}
-
-impl Drop for EpochTicker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// What every step of every plugin shares.
-pub(crate) struct EngineShared {
-    pub engine: Engine,
-    pub linker: Linker<StepState>,
-    pub metrics: Arc<dyn MetricsSink>,
-    pub accel: Arc<dyn Accel>,
-    _ticker: EpochTicker,
 }
 
 /// Loads and runs plugins. Cheap to share (`Arc` inside); one per agent.
@@ -161,15 +112,13 @@ impl PluginEngine {
             Some(dir) => Some(Arc::new(CompileCache::open(dir, &engine)?)),
             None => None,
         };
-        let ticker = EpochTicker::start(engine.clone())?;
         Ok(Self {
-            shared: Arc::new(EngineShared {
+            shared: Arc::new(EngineShared::new(
                 engine,
                 linker,
-                metrics: options.metrics,
-                accel: options.accel,
-                _ticker: ticker,
-            }),
+                options.metrics,
+                options.accel,
+            )?),
             cache,
         })
     }

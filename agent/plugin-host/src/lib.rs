@@ -22,6 +22,7 @@ mod error;
 mod limits;
 mod metrics;
 mod output;
+mod runtime;
 mod state;
 mod stdio;
 mod step;

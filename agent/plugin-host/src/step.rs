@@ -9,11 +9,11 @@ use wasmtime::Store;
 use wasmtime_wasi::WasiCtxBuilder;
 
 use crate::bindings::{Plugin as Bindings, PluginPre};
-use crate::engine::{EPOCH_TICK, EngineShared};
 use crate::error::{FailureCause, StepFailure};
 use crate::limits::StepLimits;
 use crate::metrics::MetricsSink;
 use crate::output;
+use crate::runtime::{EPOCH_TICK, EngineShared};
 use crate::state::{MemoryCap, StepState};
 use crate::stdio::GuestOutput;
 use crate::{Payload, StepError};

@@ -4,9 +4,8 @@
 //! must also belong to an enrolled agent, open its control stream and say hello in time. Anything
 //! malformed closes that one connection, never the endpoint.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::{Connection, RecvStream, SendStream};
@@ -21,7 +20,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::registry::{AgentRecord, RegistryError};
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// Time a client has to complete the QUIC handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,64 +58,6 @@ impl SessionError {
             SessionError::Registry(_) => close::INTERNAL,
             _ => close::PROTOCOL,
         }
-    }
-}
-
-/// The newest desired state for one agent's control stream: only the latest matters, so a
-/// newer one replaces one not yet sent, and none is ever dropped for lack of room.
-type DesiredSlot = watch::Sender<Option<SignedDesiredState>>;
-
-/// The open connection of each agent, so that a newer one replaces (closes) an older one and an
-/// agent never holds more than one, with the slot for its desired state.
-#[derive(Debug, Default)]
-pub(crate) struct Connections(Mutex<HashMap<String, (Connection, DesiredSlot)>>);
-
-impl Connections {
-    fn replace(&self, agent: &str, conn: &Connection, outbox: DesiredSlot) {
-        let old = self
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(agent.to_owned(), (conn.clone(), outbox));
-        if let Some((old, _)) = old.filter(|(old, _)| old.stable_id() != conn.stable_id()) {
-            old.close(
-                close::REFUSED.into(),
-                b"replaced by a newer connection of this agent",
-            );
-        }
-    }
-
-    fn remove(&self, agent: &str, conn: &Connection) {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if map
-            .get(agent)
-            .is_some_and(|(c, _)| c.stable_id() == conn.stable_id())
-        {
-            map.remove(agent);
-        }
-    }
-
-    /// Closes the agent's connection, if it has one (it was revoked or decommissioned).
-    pub(crate) fn close(&self, agent: &str, reason: &str) {
-        let conn = self
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(agent)
-            .map(|(conn, _)| conn);
-        if let Some(conn) = conn {
-            conn.close(close::REFUSED.into(), reason.as_bytes());
-        }
-    }
-
-    /// Hands `state` to the agent's control stream. Without a connection it is not kept: the
-    /// agent gets its current desired state when it connects.
-    pub(crate) fn send(&self, agent: &str, state: SignedDesiredState) -> bool {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(agent).is_some_and(|(_, slot)| {
-            slot.send_replace(Some(state));
-            true
-        })
     }
 }
 
@@ -431,7 +372,8 @@ async fn handle(
                 let record = (work.registry.agent(&id))
                     .map_err(|e| e.to_string())?
                     .ok_or_else(|| format!("agent {id} is no longer enrolled"))?;
-                crate::lifecycle::renew(&work, &record, &csr_pem).map_err(|e| e.to_string())
+                crate::lifecycle::renew(&work.lifecycle_context(), &record, &csr_pem)
+                    .map_err(|e| e.to_string())
             })
             .await
             .unwrap_or_else(|e| Err(e.to_string()));

@@ -10,8 +10,19 @@ use tern_proto::{EnrollmentToken, TokenError};
 use tern_transport::PkiError;
 use tracing::info;
 
-use crate::registry::{NewAgent, RedeemError};
-use crate::server::Shared;
+use crate::registry::{NewAgent, RedeemError, Registry};
+use crate::releases::ReleaseStore;
+
+/// What enrollment reads and writes.
+#[derive(Debug, Clone, Copy)]
+pub struct EnrollContext<'a> {
+    pub registry: &'a Registry,
+    pub ca: &'a tern_transport::CertificateAuthority,
+    pub releases: &'a ReleaseStore,
+    pub online_key: &'a tern_proto::signing::SecretKey,
+    /// How long agent certificates live.
+    pub agent_cert_ttl: std::time::Duration,
+}
 
 /// Why an enrollment was refused.
 #[derive(Debug, thiserror::Error)]
@@ -50,13 +61,13 @@ impl EnrollError {
 
 /// Checks the request, signs the CSR and records the agent.
 pub(crate) fn enroll(
-    shared: &Shared,
+    cx: &EnrollContext<'_>,
     request: &EnrollRequest,
     peer: Option<SocketAddr>,
     now_ms: u64,
 ) -> Result<EnrollResponse, EnrollError> {
     let token = EnrollmentToken::parse(&request.token)?;
-    if token.ca_sha256 != shared.ca.sha256() {
+    if token.ca_sha256 != cx.ca.sha256() {
         return Err(EnrollError::WrongControlPlane);
     }
     if !labels::valid_name(&request.name) {
@@ -64,18 +75,17 @@ pub(crate) fn enroll(
     }
     labels::validate(&request.labels)?;
     // Only a live token buys CSR parsing and signing.
-    shared.registry.check_token(&token, now_ms)?;
+    cx.registry.check_token(&token, now_ms)?;
 
     let mut id = [0u8; 8];
     rand::rng().fill_bytes(&mut id);
     // An agent whose certificate expired enrolls again under its own id.
-    let agent_id = (shared.registry)
+    let agent_id = (cx.registry)
         .enrollment_id(&request.name, hex::encode(id), now_ms)
         .map_err(RedeemError::from)?;
-    let signed =
-        (shared.ca).sign_agent_csr(&request.csr_pem, &agent_id, shared.config.agent_cert_ttl)?;
+    let signed = (cx.ca).sign_agent_csr(&request.csr_pem, &agent_id, cx.agent_cert_ttl)?;
     let cert_der = tern_transport::pki::first_certificate(&signed.cert_pem)?;
-    let record = shared.registry.redeem(
+    let record = cx.registry.redeem(
         &token,
         NewAgent {
             id: agent_id.clone(),
@@ -92,9 +102,9 @@ pub(crate) fn enroll(
     Ok(EnrollResponse {
         agent_id,
         certificate_pem: signed.cert_pem,
-        ca_certificate_pem: shared.ca.cert_pem().to_owned(),
+        ca_certificate_pem: cx.ca.cert_pem().to_owned(),
         labels: record.labels,
-        online_key: Some(shared.online_key.public()),
-        trust_root: shared.releases.trust_root().ok().flatten(),
+        online_key: Some(cx.online_key.public()),
+        trust_root: cx.releases.trust_root().ok().flatten(),
     })
 }

@@ -25,6 +25,8 @@
 //! - [`lifecycle`]: revoking, decommissioning and relabelling agents; certificate renewal.
 //! - [`agents`]: the QUIC endpoint and the per-agent control stream.
 //! - [`api`]: the admin API and the enrollment API (axum routers).
+//! - [`sessions`]: each agent's live connection and the slot of its next desired state.
+//! - [`state`]: the state the adapters share; services get narrow views of it.
 //! - [`server`]: starts and stops all of it.
 
 pub mod agents;
@@ -46,6 +48,8 @@ pub mod releases;
 pub mod reports;
 pub mod rollout;
 pub mod server;
+pub mod sessions;
+pub mod state;
 pub mod telemetry;
 pub mod transfer;
 

@@ -8,8 +8,30 @@ use std::collections::BTreeMap;
 
 use tracing::{info, warn};
 
-use crate::registry::{AgentChangeError, AgentRecord};
-use crate::server::Shared;
+use crate::catalog::Catalog;
+use crate::deploy::DesiredStore;
+use crate::health::HealthTracker;
+use crate::presence::Presence;
+use crate::registry::{AgentChangeError, AgentRecord, Registry};
+use crate::reports::AgentReports;
+use crate::sessions::Connections;
+
+/// What the lifecycle of an agent reads and writes: the registry, what the QUIC endpoint
+/// refuses and holds open, and every store that keeps something of an agent.
+#[derive(Debug, Clone, Copy)]
+pub struct LifecycleContext<'a> {
+    pub registry: &'a Registry,
+    pub revoked: &'a tern_transport::tls::RevokedCertificates,
+    pub connections: &'a Connections,
+    pub catalog: &'a Catalog,
+    pub desired: &'a DesiredStore,
+    pub health: &'a HealthTracker,
+    pub reports: &'a AgentReports,
+    pub presence: &'a Presence,
+    pub ca: &'a tern_transport::CertificateAuthority,
+    /// How long agent certificates live.
+    pub agent_cert_ttl: std::time::Duration,
+}
 
 /// Why a renewal was refused (the agent is told).
 #[derive(Debug, thiserror::Error)]
@@ -29,12 +51,12 @@ pub enum RenewError {
 /// Revokes `name`: its certificates are refused in the handshake from now on, also after a
 /// restart, and its live connection is closed.
 pub(crate) fn revoke(
-    shared: &Shared,
+    cx: &LifecycleContext<'_>,
     name: &str,
     now_ms: u64,
 ) -> Result<AgentRecord, AgentChangeError> {
-    let (record, fingerprints) = shared.registry.revoke(name, now_ms)?;
-    refuse(shared, &record, &fingerprints, "revoked");
+    let (record, fingerprints) = cx.registry.revoke(name, now_ms)?;
+    refuse(cx, &record, &fingerprints, "revoked");
     info!(agent = %record.name, id = %record.id, "agent revoked");
     Ok(record)
 }
@@ -42,64 +64,63 @@ pub(crate) fn revoke(
 /// Decommissions `name`: revokes it, then forgets it in the registry, its desired state, health,
 /// reports and presence. The name may enroll again with a new token (and a new key).
 pub(crate) fn decommission(
-    shared: &Shared,
+    cx: &LifecycleContext<'_>,
     name: &str,
     now_ms: u64,
 ) -> Result<AgentRecord, AgentChangeError> {
-    let _guard = shared.catalog.lock();
-    let (record, fingerprints) = shared.registry.delete(name, now_ms)?;
-    refuse(shared, &record, &fingerprints, "decommissioned");
-    if let Err(e) = shared.desired.forget(&record.id) {
+    let _guard = cx.catalog.lock();
+    let (record, fingerprints) = cx.registry.delete(name, now_ms)?;
+    refuse(cx, &record, &fingerprints, "decommissioned");
+    if let Err(e) = cx.desired.forget(&record.id) {
         warn!(agent = %record.name, error = %e, "cannot forget the agent's desired state");
     }
-    shared.health.forget(&record.id);
-    shared.reports.forget(&record.id);
-    shared.presence.forget(&record.id);
+    cx.health.forget(&record.id);
+    cx.reports.forget(&record.id);
+    cx.presence.forget(&record.id);
     info!(agent = %record.name, id = %record.id, "agent decommissioned");
     Ok(record)
 }
 
 /// Refuses `fingerprints` in future handshakes and closes the agent's connection.
-fn refuse(shared: &Shared, record: &AgentRecord, fingerprints: &[[u8; 32]], why: &str) {
+fn refuse(cx: &LifecycleContext<'_>, record: &AgentRecord, fingerprints: &[[u8; 32]], why: &str) {
     for fingerprint in fingerprints {
-        shared.revoked.revoke(*fingerprint);
+        cx.revoked.revoke(*fingerprint);
     }
-    shared
-        .connections
+    cx.connections
         .close(&record.id, &format!("agent {} was {why}", record.name));
 }
 
 /// Sets and removes labels of `name` (kubectl's `k=v` and `k-`); deployments re-target on the
 /// next pass, without the agent reconnecting.
 pub(crate) fn relabel(
-    shared: &Shared,
+    cx: &LifecycleContext<'_>,
     name: &str,
     set: &BTreeMap<String, String>,
     remove: &[String],
 ) -> Result<AgentRecord, AgentChangeError> {
-    let record = shared.registry.relabel(name, set, remove)?;
+    let record = cx.registry.relabel(name, set, remove)?;
     info!(agent = %record.name, labels = %tern_proto::labels::format(&record.labels), "agent relabelled");
     Ok(record)
 }
 
 /// Signs a renewal CSR of connected agent `record` (a fresh key) and records the certificate.
 pub(crate) fn renew(
-    shared: &Shared,
+    cx: &LifecycleContext<'_>,
     record: &AgentRecord,
     csr_pem: &str,
 ) -> Result<String, RenewError> {
-    let signed = shared
+    let signed = cx
         .ca
-        .sign_agent_csr(csr_pem, &record.id, shared.config.agent_cert_ttl)?;
+        .sign_agent_csr(csr_pem, &record.id, cx.agent_cert_ttl)?;
     let key = hex::encode(signed.key_sha256);
     if record.key_sha256.as_deref() == Some(key.as_str()) {
         return Err(RenewError::SameKey);
     }
-    if shared.registry.is_key_revoked(&signed.key_sha256)? {
+    if cx.registry.is_key_revoked(&signed.key_sha256)? {
         return Err(RenewError::RevokedKey);
     }
     let cert = tern_transport::pki::first_certificate(&signed.cert_pem)?;
-    shared.registry.renew(
+    cx.registry.renew(
         &record.id,
         tern_transport::pki::fingerprint(&cert),
         signed.key_sha256,

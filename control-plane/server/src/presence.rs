@@ -117,6 +117,19 @@ impl Presence {
     }
 
     /// What is known about `agent`, if it connected since start.
+    /// Whether `agent` is Ready at `now_ms`: connected and heard within `not_ready_after_ms`.
+    pub fn status(&self, agent: &str, now_ms: u64, not_ready_after_ms: u64) -> AgentStatus {
+        match self.seen(agent) {
+            Some(seen) => status_at(
+                seen.connected,
+                seen.last_seen_ms,
+                now_ms,
+                not_ready_after_ms,
+            ),
+            None => AgentStatus::NotReady,
+        }
+    }
+
     pub fn seen(&self, agent: &str) -> Option<Seen> {
         self.lock().agents.get(agent).map(|l| Seen {
             connected: l.connected,

@@ -5,19 +5,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tern_transport::{CertificateAuthority, TlsError};
+use tern_transport::TlsError;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::catalog::{Catalog, CatalogError};
-use crate::config::ControlPlaneConfig;
 use crate::data_dir::{DataDir, LoadError};
 use crate::presence::Presence;
 use crate::registry::{Registry, RegistryError};
 use crate::releases::{ReleaseStore, ReleaseStoreError};
 use crate::reports::AgentReports;
+use crate::state::Shared;
 
 /// How often rollouts step and desired states are recomputed.
 const DEPLOY_INTERVAL: Duration = Duration::from_millis(500);
@@ -29,58 +29,6 @@ const PERSIST_INTERVAL: Duration = Duration::from_secs(10);
 const TOKEN_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 /// QUIC idle timeout: a dead agent's connection is dropped after this much silence.
 const AGENT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// State shared by every endpoint and task.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub registry: Registry,
-    pub presence: Presence,
-    pub connections: crate::agents::Connections,
-    pub config: ControlPlaneConfig,
-    pub ca: CertificateAuthority,
-    /// Certificates the QUIC endpoint refuses in the handshake (revoked agents').
-    pub revoked: tern_transport::tls::RevokedCertificates,
-    pub credentials: crate::credentials::Credentials,
-    pub releases: ReleaseStore,
-    pub catalog: Catalog,
-    pub reports: AgentReports,
-    pub health: crate::health::HealthTracker,
-    /// Agent id → the last desired state given.
-    pub desired: crate::deploy::DesiredStore,
-    pub online_key: tern_proto::signing::SecretKey,
-    pub telemetry: crate::telemetry::Telemetry,
-    /// Drift baselines and alerts.
-    pub drift: crate::drift::DriftStore,
-    /// Free space and failures of the data directory's storage.
-    pub storage: Arc<tern_transport::storage::StorageMonitor>,
-}
-
-impl Shared {
-    /// Drift monitoring's view of the stores.
-    pub(crate) fn drift_context(&self) -> crate::drift::DriftContext<'_> {
-        crate::drift::DriftContext {
-            catalog: &self.catalog,
-            registry: &self.registry,
-            series: &self.telemetry.store,
-            store: &self.drift,
-            window: self.config.drift_window,
-        }
-    }
-
-    /// The deployment driver's view of the stores.
-    pub(crate) fn deploy_context(&self) -> crate::deploy::DeployContext<'_> {
-        crate::deploy::DeployContext {
-            registry: &self.registry,
-            catalog: &self.catalog,
-            releases: &self.releases,
-            desired: &self.desired,
-            reports: &self.reports,
-            health: &self.health,
-            presence: &self.presence,
-            online_key: &self.online_key,
-        }
-    }
-}
 
 /// Options of `tern-control-plane serve`.
 #[derive(Debug, Clone)]
@@ -108,7 +56,7 @@ pub enum StartError {
     #[error("cannot open the desired-state store: {0}")]
     Desired(#[from] crate::deploy::DesiredStoreError),
     #[error("cannot open the drift store: {0}")]
-    Drift(crate::drift::DriftError),
+    Drift(crate::drift::DriftStoreError),
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("cannot listen for {what} on {addr}: {source}")]
@@ -225,7 +173,7 @@ impl RunningControlPlane {
                 stopped(rx.clone()),
             )),
             tokio::spawn(deployments(shared.clone(), rx.clone())),
-            tokio::spawn(crate::telemetry::run_writer(
+            tokio::spawn(crate::telemetry::ingest::run_writer(
                 shared.clone(),
                 telemetry_writer,
                 rx.clone(),

@@ -15,7 +15,7 @@ use tern_proto::release::Digest;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// Time an agent has to send its request after opening a transfer stream.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -68,7 +68,7 @@ async fn transfer(
     match open {
         StreamOpen::Fetch(request) => fetch(shared, agent, send, request).await,
         StreamOpen::Telemetry => {
-            crate::telemetry::receive(shared, agent, send, recv).await;
+            crate::telemetry::ingest::receive(shared, agent, send, recv).await;
             Ok(())
         }
     }

@@ -44,6 +44,7 @@ use tracing::{Instrument, info_span};
 
 use crate::link::LinkState;
 use crate::oip;
+use crate::pipeline::StepError;
 use crate::serving::{ServedPipeline, ServingTable};
 use crate::telemetry::{TelemetryState, exposition};
 use tern_proto::inference::InferRequest;
@@ -339,8 +340,11 @@ async fn run(
         let queued = started - arrived;
         let arm = runner.route(key.as_deref());
         let result = arm.pipeline.run_metered(payload, &arm.meter);
-        arm.meter
-            .record_request(queued, started.elapsed(), result.as_ref().err());
+        arm.meter.record_request(
+            queued,
+            started.elapsed(),
+            result.as_ref().err().map(StepError::kind),
+        );
         result.map(|payload| Answer {
             payload,
             variant: arm.variant().map(str::to_owned),

@@ -13,7 +13,6 @@ use tern_proto::telemetry::{
 };
 
 use super::features::FeatureMeter;
-use crate::pipeline::{LoadedPipeline, PipelineStep, StepError};
 
 /// Distinct custom metric names kept per step and interval; more are counted under
 /// [`OVERFLOW_METRIC`].
@@ -198,41 +197,38 @@ impl PipelineMeter {
     }
 
     /// Records one request: its wait for a worker, its time in the pipeline, and its error.
-    pub fn record_request(&self, queued: Duration, elapsed: Duration, error: Option<&StepError>) {
+    /// `error` is the failure's kind (`StepError::kind`).
+    pub fn record_request(&self, queued: Duration, elapsed: Duration, error: Option<&str>) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.queue.record_duration(queued);
         self.latency.record_duration(elapsed);
-        if let Some(error) = error {
-            count_into(&mut lock(&self.errors), error.kind(), 1);
+        if let Some(kind) = error {
+            count_into(&mut lock(&self.errors), kind, 1);
         }
     }
 
     /// Everything since the last take, as a batch entry; the running totals keep it.
-    pub fn take(&self, pipeline: &LoadedPipeline) -> PipelineStats {
+    /// `peak_memory` is each step's peak memory since the last take (the pipeline's
+    /// `take_peak_memory`).
+    pub fn take(&self, peak_memory: &[u64]) -> PipelineStats {
         // Under the totals lock, so `totals()` never sees the counts in neither place.
         let mut totals = lock(&self.totals);
-        let stats = self.take_stats(pipeline);
+        let stats = self.take_stats(peak_memory);
         totals.merge(&stats);
         stats
     }
 
     /// Forgets everything since the last take.
-    pub fn discard(&self, pipeline: &LoadedPipeline) {
-        self.take_stats(pipeline);
+    pub fn discard(&self) {
+        self.take_stats(&[]);
     }
 
-    fn take_stats(&self, pipeline: &LoadedPipeline) -> PipelineStats {
+    fn take_stats(&self, peak_memory: &[u64]) -> PipelineStats {
         let steps: Vec<StepStats> = self
             .steps
             .iter()
-            .zip(&pipeline.steps)
-            .map(|(meter, step)| {
-                let memory = match step {
-                    PipelineStep::Plugin(s) => s.take_peak_memory(),
-                    PipelineStep::Model { .. } => 0,
-                };
-                meter.take(memory)
-            })
+            .enumerate()
+            .map(|(i, meter)| meter.take(peak_memory.get(i).copied().unwrap_or(0)))
             .collect();
         PipelineStats {
             pipeline: self.pipeline.clone(),
@@ -300,21 +296,20 @@ mod tests {
             3,
             vec![Arc::new(StepMeter::new("s", StepKind::Plugin, ""))],
         );
-        let empty = LoadedPipeline { steps: Vec::new() };
         for ms in [1u64, 2, 3] {
             meter.record_request(Duration::from_micros(5), Duration::from_millis(ms), None);
             meter.record_step(0, Duration::from_millis(ms), None);
         }
-        let first = meter.take(&empty);
+        let first = meter.take(&[]);
         assert_eq!(first.requests, 3);
         assert_eq!(first.latency_us.count, 3);
         assert_eq!(first.queue_us.count, 3);
         meter.record_request(Duration::ZERO, Duration::from_millis(9), None);
         let totals = meter.totals();
         assert_eq!(totals.requests, 4, "totals include what was not taken yet");
-        let second = meter.take(&empty);
+        let second = meter.take(&[]);
         assert_eq!(second.requests, 1);
-        assert_eq!(meter.take(&empty).requests, 0);
+        assert_eq!(meter.take(&[]).requests, 0);
         assert_eq!(meter.totals().latency_us.count, 4);
     }
 

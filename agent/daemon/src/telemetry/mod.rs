@@ -16,7 +16,6 @@ pub mod shipper;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tern_proto::telemetry::{HostStats, TelemetryBatch};
 use tern_proto::{Capacity, MAX_FRAME_LEN};
 use tokio::sync::watch;
@@ -26,36 +25,6 @@ use buffer::TelemetryBuffer;
 use host::HostSampler;
 
 use crate::serving::ServingTable;
-
-/// Telemetry settings in `agent.toml` (`[telemetry]`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct TelemetryConfig {
-    /// Length of one batch's interval, in milliseconds.
-    #[serde(default = "default_interval_ms")]
-    pub interval_ms: u64,
-    /// Most bytes of batches kept while the control plane is unreachable; beyond it the oldest
-    /// are dropped (and counted).
-    #[serde(default = "default_buffer_bytes")]
-    pub buffer_bytes: u64,
-}
-
-fn default_interval_ms() -> u64 {
-    10_000
-}
-
-fn default_buffer_bytes() -> u64 {
-    buffer::DEFAULT_BUFFER_BYTES
-}
-
-impl Default for TelemetryConfig {
-    fn default() -> Self {
-        Self {
-            interval_ms: default_interval_ms(),
-            buffer_bytes: default_buffer_bytes(),
-        }
-    }
-}
 
 /// What the local API's `/metrics` shows besides the pipelines' totals.
 #[derive(Debug)]

@@ -4,7 +4,7 @@
 //! that graph, once shapes are concrete, into a [`program::Program`] of WGSL kernel dispatches;
 //! [`plan::Plan`] uploads the weights once, assigns activation buffers by liveness and records
 //! every dispatch of a run into one command buffer. A model with a symbolic batch gets one plan
-//! per batch size it sees (a few are kept).
+//! per batch size it sees (a few are kept: [`crate::plans`]).
 
 pub mod context;
 pub mod kernels;
@@ -21,21 +21,16 @@ use tract_onnx::prelude::*;
 pub use context::{GpuContext, gpu_busy, shared_context};
 
 use crate::error::InferError;
+use crate::plans::{PlanCache, bind_input_shapes, unit_shapes};
 use crate::tensor::Tensor as HostTensor;
 use plan::{Plan, WeightCache};
-
-/// Plans kept per model, one per set of input shapes.
-const MAX_PLANS: usize = 4;
-
-/// A plan and the input shapes it was built for.
-type PlanEntry = (Vec<Vec<usize>>, Arc<Plan>);
 
 /// A model lowered for the GPU.
 #[derive(Debug)]
 pub struct GpuBackend {
     context: Arc<GpuContext>,
     model: TypedModel,
-    plans: Mutex<Vec<PlanEntry>>,
+    plans: PlanCache<Plan>,
     weights: WeightCache,
 }
 
@@ -46,10 +41,10 @@ impl GpuBackend {
         let backend = GpuBackend {
             context,
             model: model.clone(),
-            plans: Mutex::new(Vec::new()),
+            plans: PlanCache::default(),
             weights: Mutex::new(HashMap::new()),
         };
-        let probe = crate::model::unit_shapes(model)?;
+        let probe = unit_shapes(model)?;
         backend.plan_for(&probe)?;
         Ok(backend)
     }
@@ -59,32 +54,16 @@ impl GpuBackend {
     }
 
     fn plan_for(&self, shapes: &[Vec<usize>]) -> Result<Arc<Plan>, InferError> {
-        {
-            let plans = self
-                .plans
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some((_, plan)) = plans.iter().find(|(s, _)| s == shapes) {
-                return Ok(plan.clone());
-            }
-        }
-        let concrete = crate::model::bind_input_shapes(&self.model, shapes)?;
-        let program = lower::lower(&concrete)?;
-        tracing::debug!(
-            steps = program.steps.len(),
-            buffers = program.buffers.len(),
-            "GPU plan built"
-        );
-        let plan = Arc::new(Plan::new(self.context.clone(), program, &self.weights)?);
-        let mut plans = self
-            .plans
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if plans.len() >= MAX_PLANS {
-            plans.remove(0);
-        }
-        plans.push((shapes.to_vec(), plan.clone()));
-        Ok(plan)
+        self.plans.get_or_build(shapes, || {
+            let concrete = bind_input_shapes(&self.model, shapes)?;
+            let program = lower::lower(&concrete)?;
+            tracing::debug!(
+                steps = program.steps.len(),
+                buffers = program.buffers.len(),
+                "GPU plan built"
+            );
+            Plan::new(self.context.clone(), program, &self.weights)
+        })
     }
 
     /// Time of one run's dispatches alone, averaged over `repeats` runs in one submission.

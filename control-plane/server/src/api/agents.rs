@@ -11,7 +11,7 @@ use tern_proto::api::{AgentView, LabelRequest, TokenView};
 
 use super::{HttpError, agent_view, blocking};
 use crate::registry::{AgentChangeError, TokenRecord, TokenWithdrawError};
-use crate::server::Shared;
+use crate::state::Shared;
 
 impl From<AgentChangeError> for HttpError {
     fn from(e: AgentChangeError) -> Self {
@@ -49,7 +49,7 @@ pub(super) async fn revoke(
 ) -> Result<Json<AgentView>, HttpError> {
     let now = tern_clock::unix_millis_now();
     blocking(move || {
-        let record = crate::lifecycle::revoke(&shared, &name, now)?;
+        let record = crate::lifecycle::revoke(&shared.lifecycle_context(), &name, now)?;
         Ok::<_, AgentChangeError>(Json(agent_view(&shared, record, now)))
     })
     .await
@@ -66,7 +66,7 @@ pub(super) async fn decommission(
             .registry
             .agent_by_name(&name)?
             .map(|record| agent_view(&shared, record, now));
-        crate::lifecycle::decommission(&shared, &name, now)?;
+        crate::lifecycle::decommission(&shared.lifecycle_context(), &name, now)?;
         view.map(Json)
             .ok_or_else(|| AgentChangeError::NotFound(name.clone()))
     })
@@ -100,7 +100,12 @@ pub(super) async fn relabel(
                 format!("agent {name} already has label {key}={old}; use --overwrite to change it"),
             ));
         }
-        let record = crate::lifecycle::relabel(&shared, &name, &request.set, &request.remove)?;
+        let record = crate::lifecycle::relabel(
+            &shared.lifecycle_context(),
+            &name,
+            &request.set,
+            &request.remove,
+        )?;
         Ok(Json(agent_view(&shared, record, now)))
     })
     .await

@@ -19,7 +19,7 @@ use crate::apply::{self, ApplyError, RolloutCommand};
 use crate::catalog::DeploymentRecord;
 use crate::registry::AgentRecord;
 use crate::rollout::{Phase, Transition};
-use crate::server::Shared;
+use crate::state::Shared;
 
 impl From<ApplyError> for HttpError {
     fn from(e: ApplyError) -> Self {

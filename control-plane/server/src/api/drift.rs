@@ -11,13 +11,19 @@ use tern_proto::api::{AlertView, BaselineCreate, BaselineView, PipelineDrift};
 use tracing::info;
 
 use super::{HttpError, blocking, internal};
-use crate::drift::{self, AlertRecord, DEFAULT_BINS, DriftError};
-use crate::server::Shared;
+use crate::drift::{self, AlertRecord, DEFAULT_BINS, DriftError, DriftStoreError};
+use crate::state::Shared;
 
 impl From<DriftError> for HttpError {
     fn from(e: DriftError) -> Self {
         let status = match &e {
-            DriftError::BadRequest(_) | DriftError::Baseline(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            DriftError::BadRequest(_)
+            | DriftError::Baseline(_)
+            | DriftError::Store(
+                DriftStoreError::Baseline(_)
+                | DriftStoreError::InvalidName
+                | DriftStoreError::Raced { .. },
+            ) => StatusCode::UNPROCESSABLE_ENTITY,
             DriftError::NotFound(_) => StatusCode::NOT_FOUND,
             _ => return internal(e),
         };
@@ -64,6 +70,7 @@ pub(crate) async fn create_baseline(
         shared
             .drift
             .add_baseline(&request.name, baseline, source, now)
+            .map_err(DriftError::from)
     })
     .await?;
     info!(name = %view.name, version = view.version, features = view.features, "baseline created");
@@ -73,13 +80,15 @@ pub(crate) async fn create_baseline(
 pub(crate) async fn baselines(
     State(shared): State<Arc<Shared>>,
 ) -> Result<Json<Vec<BaselineView>>, HttpError> {
-    Ok(Json(blocking(move || shared.drift.baselines()).await?))
+    Ok(Json(
+        blocking(move || shared.drift.baselines().map_err(DriftError::from)).await?,
+    ))
 }
 
 pub(crate) async fn alerts(
     State(shared): State<Arc<Shared>>,
 ) -> Result<Json<Vec<AlertView>>, HttpError> {
-    let alerts = blocking(move || shared.drift.alerts()).await?;
+    let alerts = blocking(move || shared.drift.alerts().map_err(DriftError::from)).await?;
     Ok(Json(alerts.into_iter().map(alert_view).collect()))
 }
 

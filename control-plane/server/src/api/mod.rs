@@ -21,9 +21,8 @@ use axum::{Json, Router};
 use tern_proto::api::{AgentView, ApiError, EnrollRequest, TokenRequest, TokenResponse};
 use tracing::{Instrument, info_span, warn};
 
-use crate::presence::status_at;
 use crate::registry::AgentRecord;
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// Longest token lifetime `POST /v1/tokens` accepts (30 days).
 pub const MAX_TOKEN_TTL_SECONDS: u64 = 30 * 24 * 3600;
@@ -191,10 +190,7 @@ async fn not_found() -> HttpError {
 /// Whether agent `id` is Ready now, from its live presence.
 pub(crate) fn agent_status(shared: &Shared, id: &str, now_ms: u64) -> tern_proto::api::AgentStatus {
     let not_ready_after = shared.config.not_ready_after.as_millis() as u64;
-    match shared.presence.seen(id) {
-        Some(seen) => status_at(seen.connected, seen.last_seen_ms, now_ms, not_ready_after),
-        None => tern_proto::api::AgentStatus::NotReady,
-    }
+    shared.presence.status(id, now_ms, not_ready_after)
 }
 
 /// An agent's record joined with its live presence.
@@ -344,7 +340,7 @@ async fn enroll(
     let now = tern_clock::unix_millis_now();
     let name = request.name.clone();
     let result = tokio::task::spawn_blocking(move || {
-        crate::enroll::enroll(&shared, &request, Some(peer), now)
+        crate::enroll::enroll(&shared.enroll_context(), &request, Some(peer), now)
     })
     .await
     .map_err(internal)?;

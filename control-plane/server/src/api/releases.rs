@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use super::{HttpError, blocking, internal};
 use crate::releases::{PutOutcome, ReleaseStoreError};
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// Largest chunk one upload request may carry.
 pub const MAX_UPLOAD_CHUNK: usize = 16 << 20;

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use tern_proto::api::{AgentTop, ExperimentView, PipelineSeries, PipelineTop};
 
 use super::{HttpError, blocking, internal};
-use crate::server::Shared;
+use crate::state::Shared;
 use crate::telemetry::query::{self, QueryError};
 
 impl From<QueryError> for HttpError {
@@ -37,22 +37,32 @@ pub(crate) async fn top_pipelines(
         ));
     }
     let window_ms = query.window.map(|s| s.saturating_mul(1000));
-    let rows =
-        blocking(move || query::top_pipelines(&shared, window_ms, tern_clock::unix_millis_now()))
-            .await?;
+    let rows = blocking(move || {
+        query::top_pipelines(
+            &shared.query_context(),
+            window_ms,
+            tern_clock::unix_millis_now(),
+        )
+    })
+    .await?;
     Ok(Json(rows))
 }
 
 pub(crate) async fn top_agents(
     State(shared): State<Arc<Shared>>,
 ) -> Result<Json<Vec<AgentTop>>, HttpError> {
-    let rows = blocking(move || query::top_agents(&shared, tern_clock::unix_millis_now())).await?;
+    let rows =
+        blocking(move || query::top_agents(&shared.query_context(), tern_clock::unix_millis_now()))
+            .await?;
     Ok(Json(rows))
 }
 
 pub(crate) async fn metrics(State(shared): State<Arc<Shared>>) -> Result<Response, HttpError> {
     let page = blocking(move || {
-        crate::telemetry::exposition::render(&shared, tern_clock::unix_millis_now())
+        crate::telemetry::exposition::render(
+            &shared.exposition_context(),
+            tern_clock::unix_millis_now(),
+        )
     })
     .await?;
     Ok((
@@ -71,7 +81,12 @@ pub(crate) async fn experiment(
     let window_ms = query.window.map(|s| s.max(1).saturating_mul(1000));
     let name = deployment.clone();
     let view = blocking(move || {
-        query::experiment(&shared, &name, window_ms, tern_clock::unix_millis_now())
+        query::experiment(
+            &shared.query_context(),
+            &name,
+            window_ms,
+            tern_clock::unix_millis_now(),
+        )
     })
     .await?;
     view.map(Json).ok_or_else(|| {
@@ -109,7 +124,7 @@ pub(crate) async fn pipeline_series(
     }
     let series = blocking(move || {
         query::pipeline_series(
-            &shared,
+            &shared.query_context(),
             &name,
             window.saturating_mul(1000),
             step * 1000,

@@ -12,8 +12,10 @@ use std::collections::BTreeMap;
 
 use tern_proto::api::PipelineDrift;
 
-use crate::drift::FLEET;
-use crate::drift::store::{AlertKey, AlertRecord, AlertState};
+use crate::drift::store::{AlertChange, AlertKey, AlertRecord, AlertState};
+
+/// Scope of fleet-wide alerts.
+pub const FLEET: &str = "fleet";
 
 /// Resolved alerts are kept this long for `ternctl get alerts`, then forgotten.
 pub const RESOLVED_KEPT_MS: u64 = 24 * 3_600_000;
@@ -48,13 +50,6 @@ pub fn readings(drift: &PipelineDrift) -> Vec<Reading> {
         }
     }
     out
-}
-
-/// What the store must do.
-#[derive(Debug, Clone, PartialEq)]
-pub enum AlertChange {
-    Put(AlertRecord),
-    Remove(AlertKey),
 }
 
 /// What a judgement decided: the changes to store, and the alerts that started and resolved

@@ -19,25 +19,21 @@ use tern_proto::manifest::{BaselineRef, MonitoringSpec};
 use tracing::{info, warn};
 
 pub use compute::MIN_REQUESTS;
-pub use store::{AlertRecord, AlertState, DriftStore};
+pub use judge::FLEET;
+pub use store::{AlertRecord, AlertState, DriftStore, DriftStoreError};
 
 use crate::catalog::{Catalog, CatalogError};
-use crate::records::CorruptRecord;
 use crate::registry::{Registry, RegistryError};
 use crate::telemetry::store::{AgentWindow, SeriesStore, TelemetryStoreError};
 
 /// Bins per feature of a baseline built without an explicit count.
 pub const DEFAULT_BINS: usize = 10;
-/// Scope of fleet-wide alerts.
-pub const FLEET: &str = "fleet";
 
 /// Why a drift operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DriftError {
-    #[error("drift storage failed: {0}")]
-    Storage(#[from] sled::Error),
     #[error(transparent)]
-    Corrupt(#[from] CorruptRecord),
+    Store(#[from] DriftStoreError),
     #[error(transparent)]
     Telemetry(#[from] TelemetryStoreError),
     #[error(transparent)]
@@ -175,7 +171,7 @@ pub(crate) fn evaluate(cx: &DriftContext<'_>, now_ms: u64) -> Result<(), DriftEr
     for a in &judgement.resolved {
         info!(pipeline = %a.pipeline, scope = %a.scope, feature = %a.feature, "drift alert resolved");
     }
-    cx.store.apply(&judgement.changes)
+    Ok(cx.store.apply(&judgement.changes)?)
 }
 
 /// A baseline from what agents running `pipeline` (its current revision) saw over the last

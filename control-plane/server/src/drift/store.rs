@@ -8,9 +8,29 @@ use serde::{Deserialize, Serialize};
 use tern_proto::api::BaselineView;
 use tern_proto::drift::Baseline;
 
-use crate::drift::DriftError;
-use crate::drift::judge::AlertChange;
-use crate::records::{decode, encode, versioned_key};
+use crate::records::{CorruptRecord, decode, encode, versioned_key};
+
+/// Why the drift store failed or refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DriftStoreError {
+    #[error("drift storage failed: {0}")]
+    Storage(#[from] sled::Error),
+    #[error(transparent)]
+    Corrupt(#[from] CorruptRecord),
+    #[error("invalid baseline: {0}")]
+    Baseline(#[from] tern_proto::drift::BaselineError),
+    #[error("a baseline name is 1-63 characters of a-z, 0-9, `-`, `.`, `_`")]
+    InvalidName,
+    #[error("baseline {name}:{version} was created at the same time; try again")]
+    Raced { name: String, version: u64 },
+}
+
+/// A change to the alerts, as a judgement decides it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AlertChange {
+    Put(AlertRecord),
+    Remove(AlertKey),
+}
 
 /// A baseline as stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -94,19 +114,19 @@ pub struct DriftStore {
 }
 
 impl DriftStore {
-    pub fn open(db: &sled::Db) -> Result<Self, DriftError> {
+    pub fn open(db: &sled::Db) -> Result<Self, DriftStoreError> {
         Ok(Self {
             baselines: db.open_tree("baselines")?,
             alerts: db.open_tree("alerts")?,
         })
     }
 
-    pub fn baseline(&self, name: &str, version: u64) -> Result<Option<Baseline>, DriftError> {
+    pub fn baseline(&self, name: &str, version: u64) -> Result<Option<Baseline>, DriftStoreError> {
         let key = versioned_key(name, version);
         match self.baselines.get(&key)? {
             None => Ok(None),
             Some(bytes) => Ok(Some(
-                decode::<StoredBaseline, DriftError>(&key, &bytes)?.baseline,
+                decode::<StoredBaseline, DriftStoreError>(&key, &bytes)?.baseline,
             )),
         }
     }
@@ -118,11 +138,9 @@ impl DriftStore {
         baseline: Baseline,
         source: String,
         now_ms: u64,
-    ) -> Result<BaselineView, DriftError> {
+    ) -> Result<BaselineView, DriftStoreError> {
         if !tern_proto::labels::valid_name(name) {
-            return Err(DriftError::BadRequest(
-                "a baseline name is 1-63 characters of a-z, 0-9, `-`, `.`, `_`".into(),
-            ));
+            return Err(DriftStoreError::InvalidName);
         }
         baseline.validate()?;
         let mut prefix = name.as_bytes().to_vec();
@@ -145,16 +163,17 @@ impl DriftStore {
             .baselines
             .compare_and_swap(&key, None::<&[u8]>, Some(encode(&stored)))?;
         if fresh.is_err() {
-            return Err(DriftError::BadRequest(format!(
-                "baseline {name}:{version} was created at the same time; try again"
-            )));
+            return Err(DriftStoreError::Raced {
+                name: name.to_owned(),
+                version,
+            });
         }
         self.baselines.flush()?;
         Ok(view(name, version, stored, true))
     }
 
     /// Every stored baseline, by name then version.
-    pub fn baselines(&self) -> Result<Vec<BaselineView>, DriftError> {
+    pub fn baselines(&self) -> Result<Vec<BaselineView>, DriftStoreError> {
         let mut out = Vec::new();
         for entry in self.baselines.iter() {
             let (key, bytes) = entry?;
@@ -166,25 +185,25 @@ impl DriftStore {
                 .try_into()
                 .map(u64::from_be_bytes)
                 .unwrap_or(0);
-            let stored: StoredBaseline = decode::<_, DriftError>(&key, &bytes)?;
+            let stored: StoredBaseline = decode::<_, DriftStoreError>(&key, &bytes)?;
             out.push(view(&name, version, stored, false));
         }
         Ok(out)
     }
 
     /// Every alert: firing first, then by pipeline, scope and feature.
-    pub fn alerts(&self) -> Result<Vec<AlertRecord>, DriftError> {
+    pub fn alerts(&self) -> Result<Vec<AlertRecord>, DriftStoreError> {
         let mut out = Vec::new();
         for entry in self.alerts.iter() {
             let (key, bytes) = entry?;
-            out.push(decode::<AlertRecord, DriftError>(&key, &bytes)?);
+            out.push(decode::<AlertRecord, DriftStoreError>(&key, &bytes)?);
         }
         out.sort_by_key(|a| a.state != AlertState::Firing);
         Ok(out)
     }
 
     /// Writes a judgement's changes in one batch, durably.
-    pub fn apply(&self, changes: &[AlertChange]) -> Result<(), DriftError> {
+    pub fn apply(&self, changes: &[AlertChange]) -> Result<(), DriftStoreError> {
         if changes.is_empty() {
             return Ok(());
         }

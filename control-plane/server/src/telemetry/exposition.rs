@@ -5,16 +5,26 @@
 use tern_proto::api::AgentStatus;
 use tern_proto::prometheus::{Exposition, Kind, MetricsPage};
 
-use super::query::QueryError;
-use crate::server::Shared;
+use super::Telemetry;
+use super::query::{QueryContext, QueryError};
+use crate::health::HealthTracker;
+
+/// What the fleet's metrics are made of.
+#[derive(Debug, Clone, Copy)]
+pub struct ExpositionContext<'a> {
+    pub query: QueryContext<'a>,
+    pub telemetry: &'a Telemetry,
+    pub health: &'a HealthTracker,
+    pub storage: &'a tern_transport::storage::StorageMonitor,
+}
 
 /// The page. The control plane's own storage comes first and is there even when the fleet's
 /// figures cannot be read (a failing disk is when it matters most).
-pub(crate) fn render(shared: &Shared, now_ms: u64) -> Result<String, QueryError> {
+pub(crate) fn render(cx: &ExpositionContext<'_>, now_ms: u64) -> Result<String, QueryError> {
     let mut page = Exposition::default();
-    write_storage(shared, &mut page);
-    if let Err(e) = write(shared, now_ms, &mut page) {
-        if shared.storage.not_ready().is_none() {
+    write_storage(cx, &mut page);
+    if let Err(e) = write(cx, now_ms, &mut page) {
+        if cx.storage.not_ready().is_none() {
             return Err(e);
         }
         tracing::warn!(error = %e, "/metrics without the fleet's figures: storage fails");
@@ -23,8 +33,8 @@ pub(crate) fn render(shared: &Shared, now_ms: u64) -> Result<String, QueryError>
 }
 
 /// The control plane's storage: free space, errors, readiness.
-fn write_storage<P: MetricsPage>(shared: &Shared, page: &mut P) {
-    let storage = &shared.storage;
+fn write_storage<P: MetricsPage>(cx: &ExpositionContext<'_>, page: &mut P) {
+    let storage = &cx.storage;
     page.family(
         "tern_control_plane_storage_free_bytes",
         Kind::Gauge,
@@ -54,11 +64,11 @@ fn write_storage<P: MetricsPage>(shared: &Shared, page: &mut P) {
 
 /// The fleet's metrics, into any page (Prometheus text, OTLP).
 pub(crate) fn write<P: MetricsPage>(
-    shared: &Shared,
+    cx: &ExpositionContext<'_>,
     now_ms: u64,
     page: &mut P,
 ) -> Result<(), QueryError> {
-    let agents = super::query::top_agents(shared, now_ms)?;
+    let agents = super::query::top_agents(&cx.query, now_ms)?;
     page.family("tern_agents", Kind::Gauge, "Enrolled agents by status.");
     for status in [AgentStatus::Ready, AgentStatus::NotReady] {
         let n = agents.iter().filter(|a| a.status == status).count();
@@ -145,7 +155,7 @@ pub(crate) fn write<P: MetricsPage>(
         page.sample(&[("agent", &a.name)], a.dropped_batches as f64);
     }
 
-    let totals = shared.telemetry.totals();
+    let totals = cx.telemetry.totals();
     page.family(
         "tern_pipeline_requests_total",
         Kind::Counter,
@@ -191,8 +201,8 @@ pub(crate) fn write<P: MetricsPage>(
         "Entries of health reports and telemetry batches about pipeline revisions the agent was never given, dropped.",
     );
     let dropped_telemetry =
-        (shared.telemetry.dropped_foreign).load(std::sync::atomic::Ordering::Relaxed);
-    page.sample(&[("source", "health")], shared.health.dropped() as f64);
+        (cx.telemetry.dropped_foreign).load(std::sync::atomic::Ordering::Relaxed);
+    page.sample(&[("source", "health")], cx.health.dropped() as f64);
     page.sample(&[("source", "telemetry")], dropped_telemetry as f64);
     let counters: [(&str, &str, u64); 3] = [
         (

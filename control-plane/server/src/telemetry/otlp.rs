@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::config::OtlpTarget;
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// Runs until `shutdown` turns true.
 pub(crate) async fn export(
@@ -36,8 +36,12 @@ pub(crate) async fn export(
             let instance = instance.clone();
             let body = tokio::task::spawn_blocking(move || {
                 let mut page = OtlpMetrics::new(started_ms, tern_clock::unix_millis_now());
-                super::exposition::write(&shared, tern_clock::unix_millis_now(), &mut page)
-                    .map(|()| page.finish("tern-control-plane", &instance))
+                super::exposition::write(
+                    &shared.exposition_context(),
+                    tern_clock::unix_millis_now(),
+                    &mut page,
+                )
+                .map(|()| page.finish("tern-control-plane", &instance))
             })
             .await
             .map_err(|e| e.to_string())?

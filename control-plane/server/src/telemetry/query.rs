@@ -11,8 +11,21 @@ use tern_proto::telemetry::{
     Counts, Histogram, PipelineStats, StepKind, StepStats, failures, merge_counts,
 };
 
-use super::store::TelemetryStoreError;
-use crate::server::Shared;
+use super::store::{SeriesStore, TelemetryStoreError};
+use crate::catalog::Catalog;
+use crate::presence::Presence;
+use crate::registry::Registry;
+
+/// What the queries read.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryContext<'a> {
+    pub catalog: &'a Catalog,
+    pub registry: &'a Registry,
+    pub series: &'a SeriesStore,
+    pub presence: &'a Presence,
+    /// Silence after which a connected agent is no longer Ready.
+    pub not_ready_after_ms: u64,
+}
 
 /// The span `top agents` looks back over.
 pub const AGENT_SPAN_MS: u64 = 5 * 60_000;
@@ -86,17 +99,17 @@ pub fn pipeline_top(
 /// Every pipeline of the catalog (and, with an explicit window, any other that reported in
 /// it), over `window_ms` or, without one, since its current revision was applied.
 pub(crate) fn top_pipelines(
-    shared: &Shared,
+    cx: &QueryContext<'_>,
     window_ms: Option<u64>,
     now_ms: u64,
 ) -> Result<Vec<PipelineTop>, QueryError> {
-    let current: BTreeMap<String, (u64, u64)> = shared
+    let current: BTreeMap<String, (u64, u64)> = cx
         .catalog
         .pipelines()?
         .into_iter()
         .map(|p| (p.manifest.metadata.name.clone(), (p.revision, p.applied_ms)))
         .collect();
-    let store = &shared.telemetry.store;
+    let store = &cx.series;
     let mut rows = Vec::new();
     match window_ms {
         Some(window) => {
@@ -131,14 +144,13 @@ pub(crate) fn top_pipelines(
 }
 
 /// Every enrolled agent with its latest host figures and its traffic over the last minutes.
-pub(crate) fn top_agents(shared: &Shared, now_ms: u64) -> Result<Vec<AgentTop>, QueryError> {
-    let marks = shared.telemetry.store.marks()?;
-    let windows = shared
-        .telemetry
-        .store
+pub(crate) fn top_agents(cx: &QueryContext<'_>, now_ms: u64) -> Result<Vec<AgentTop>, QueryError> {
+    let marks = cx.series.marks()?;
+    let windows = cx
+        .series
         .agents(now_ms.saturating_sub(AGENT_SPAN_MS), now_ms)?;
     let mut rows = Vec::new();
-    for record in shared.registry.agents()? {
+    for record in cx.registry.agents()? {
         let mark = marks.get(&record.id).cloned().unwrap_or_default();
         let window = windows.get(&record.id);
         let (mut requests, mut errors, mut latency) = (0u64, Counts::new(), Histogram::default());
@@ -151,7 +163,9 @@ pub(crate) fn top_agents(shared: &Shared, now_ms: u64) -> Result<Vec<AgentTop>, 
         let host = &mark.host;
         rows.push(AgentTop {
             name: record.name.clone(),
-            status: crate::api::agent_status(shared, &record.id, now_ms),
+            status: cx
+                .presence
+                .status(&record.id, now_ms, cx.not_ready_after_ms),
             labels: record.labels.clone(),
             reported_ms: mark.end_ms,
             cpu_percent: host.cpu_percent,
@@ -185,19 +199,19 @@ pub(crate) fn top_agents(shared: &Shared, now_ms: u64) -> Result<Vec<AgentTop>, 
 /// pipeline's current revision and the deployment's last change. `None`: no such deployment
 /// or no variants.
 pub(crate) fn experiment(
-    shared: &Shared,
+    cx: &QueryContext<'_>,
     deployment: &str,
     window_ms: Option<u64>,
     now_ms: u64,
 ) -> Result<Option<ExperimentView>, QueryError> {
-    let Some(record) = shared.catalog.deployment(deployment)? else {
+    let Some(record) = cx.catalog.deployment(deployment)? else {
         return Ok(None);
     };
     let spec = &record.manifest.spec;
     if spec.variants.is_empty() {
         return Ok(None);
     }
-    let (revision, applied_ms) = shared
+    let (revision, applied_ms) = cx
         .catalog
         .pipeline(&spec.pipeline)?
         .map_or((0, 0), |p| (p.revision, p.applied_ms));
@@ -205,10 +219,7 @@ pub(crate) fn experiment(
         Some(window) => now_ms.saturating_sub(window),
         None => applied_ms.max(record.updated_ms),
     };
-    let found = shared
-        .telemetry
-        .store
-        .pipelines(since, now_ms, Some(&spec.pipeline))?;
+    let found = cx.series.pipelines(since, now_ms, Some(&spec.pipeline))?;
     // Every revision in the window: after a rollback or during a canary the variants run on
     // whichever revision each agent serves.
     let series: Vec<&PipelineStats> = found
@@ -294,18 +305,15 @@ pub(crate) fn experiment(
 
 /// Pipeline `name` over the last `window_ms` in steps of `step_ms`, for charts.
 pub(crate) fn pipeline_series(
-    shared: &Shared,
+    cx: &QueryContext<'_>,
     name: &str,
     window_ms: u64,
     step_ms: u64,
     now_ms: u64,
 ) -> Result<PipelineSeries, QueryError> {
-    let steps = shared.telemetry.store.pipeline_series(
-        name,
-        now_ms.saturating_sub(window_ms),
-        now_ms,
-        step_ms,
-    )?;
+    let steps =
+        cx.series
+            .pipeline_series(name, now_ms.saturating_sub(window_ms), now_ms, step_ms)?;
     let seconds = (step_ms as f64 / 1000.0).max(1.0);
     Ok(PipelineSeries {
         pipeline: name.to_owned(),

@@ -1,0 +1,115 @@
+//! The control plane's state: every store, the live sessions and the keys, built once by
+//! `server` and shared by the adapters (admin API, agent sessions, transfers, telemetry
+//! ingest). Services never see it whole: each gets the narrow view it works on
+//! ([`crate::deploy::DeployContext`], [`crate::drift::DriftContext`], ...).
+
+use std::sync::Arc;
+
+use tern_transport::CertificateAuthority;
+
+use crate::catalog::Catalog;
+use crate::config::ControlPlaneConfig;
+use crate::presence::Presence;
+use crate::registry::Registry;
+use crate::releases::ReleaseStore;
+use crate::reports::AgentReports;
+
+/// State shared by every endpoint and task.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub registry: Registry,
+    pub presence: Presence,
+    pub connections: crate::sessions::Connections,
+    pub config: ControlPlaneConfig,
+    pub ca: CertificateAuthority,
+    /// Certificates the QUIC endpoint refuses in the handshake (revoked agents').
+    pub revoked: tern_transport::tls::RevokedCertificates,
+    pub credentials: crate::credentials::Credentials,
+    pub releases: ReleaseStore,
+    pub catalog: Catalog,
+    pub reports: AgentReports,
+    pub health: crate::health::HealthTracker,
+    /// Agent id → the last desired state given.
+    pub desired: crate::deploy::DesiredStore,
+    pub online_key: tern_proto::signing::SecretKey,
+    pub telemetry: crate::telemetry::Telemetry,
+    /// Drift baselines and alerts.
+    pub drift: crate::drift::DriftStore,
+    /// Free space and failures of the data directory's storage.
+    pub storage: Arc<tern_transport::storage::StorageMonitor>,
+}
+
+impl Shared {
+    /// Enrollment's view.
+    pub(crate) fn enroll_context(&self) -> crate::enroll::EnrollContext<'_> {
+        crate::enroll::EnrollContext {
+            registry: &self.registry,
+            ca: &self.ca,
+            releases: &self.releases,
+            online_key: &self.online_key,
+            agent_cert_ttl: self.config.agent_cert_ttl,
+        }
+    }
+
+    /// The view of an agent's lifecycle (revocation, decommissioning, relabelling, renewal).
+    pub(crate) fn lifecycle_context(&self) -> crate::lifecycle::LifecycleContext<'_> {
+        crate::lifecycle::LifecycleContext {
+            registry: &self.registry,
+            revoked: &self.revoked,
+            connections: &self.connections,
+            catalog: &self.catalog,
+            desired: &self.desired,
+            health: &self.health,
+            reports: &self.reports,
+            presence: &self.presence,
+            ca: &self.ca,
+            agent_cert_ttl: self.config.agent_cert_ttl,
+        }
+    }
+
+    /// The telemetry queries' view.
+    pub(crate) fn query_context(&self) -> crate::telemetry::query::QueryContext<'_> {
+        crate::telemetry::query::QueryContext {
+            catalog: &self.catalog,
+            registry: &self.registry,
+            series: &self.telemetry.store,
+            presence: &self.presence,
+            not_ready_after_ms: self.config.not_ready_after.as_millis() as u64,
+        }
+    }
+
+    /// The view the fleet's metrics are rendered from.
+    pub(crate) fn exposition_context(&self) -> crate::telemetry::exposition::ExpositionContext<'_> {
+        crate::telemetry::exposition::ExpositionContext {
+            query: self.query_context(),
+            telemetry: &self.telemetry,
+            health: &self.health,
+            storage: &self.storage,
+        }
+    }
+
+    /// Drift monitoring's view of the stores.
+    pub(crate) fn drift_context(&self) -> crate::drift::DriftContext<'_> {
+        crate::drift::DriftContext {
+            catalog: &self.catalog,
+            registry: &self.registry,
+            series: &self.telemetry.store,
+            store: &self.drift,
+            window: self.config.drift_window,
+        }
+    }
+
+    /// The deployment driver's view of the stores.
+    pub(crate) fn deploy_context(&self) -> crate::deploy::DeployContext<'_> {
+        crate::deploy::DeployContext {
+            registry: &self.registry,
+            catalog: &self.catalog,
+            releases: &self.releases,
+            desired: &self.desired,
+            reports: &self.reports,
+            health: &self.health,
+            presence: &self.presence,
+            online_key: &self.online_key,
+        }
+    }
+}
