@@ -2,9 +2,11 @@
 //! processes, talking QUIC and HTTPS on loopback, with sled on disk in temporary directories.
 //!
 //! The binaries must be built first (`cargo xtask test` does it); they are found next to the test
-//! executable's directory, in the same target profile.
+//! executable's directory, in the same target profile. [`sim`] is the other harness: a fleet
+//! in memory, on a virtual clock.
 
 pub mod assets;
+pub mod sim;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, UdpSocket};

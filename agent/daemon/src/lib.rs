@@ -16,6 +16,7 @@
 //! - [`deployer`]: the async driver of the reconciler (verify, fetch, load, switch, report).
 //! - [`store`]: the agent's durable state in sled and its verified artifacts on disk.
 //! - [`telemetry`]: per-request meters, batches buffered in sled, shipped when connected.
+//! - [`shutdown`]: the signals that stop the agent, and the order its parts stop in.
 //! - [`working_set`]: gives back the pages of the binary's code that startup touched once.
 
 // Proving that futures holding loaded models are `Send` walks deep into wgpu's types.
@@ -39,6 +40,7 @@ pub mod reconcile;
 pub mod run;
 pub mod run_local;
 pub mod serving;
+pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 pub mod tensors;

@@ -265,29 +265,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Run { data_dir } => data_dir,
             Command::GpuProbe | Command::RunLocal { .. } => return Ok(()),
         };
-        tern_agent::run(AgentDataDir::new(data_dir), shutdown_signal())
+        tern_agent::run(AgentDataDir::new(data_dir), tern_agent::shutdown::signal())
             .await
             .context("agent failed")
     });
     // A blocking task stuck in a failing disk must not keep the process alive.
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     result
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        else {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
 }

@@ -28,8 +28,6 @@ use tern_proto::desired::DesiredPipeline;
 const LINK_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// QUIC keep-alives, in case heartbeats are slowed down by configuration.
 const LINK_KEEP_ALIVE: Duration = Duration::from_secs(10);
-/// Longest an orderly shutdown waits for the link to close.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -186,32 +184,17 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
     };
     info!("shutting down");
     let _ = stop_tx.send(true);
-    probe.abort();
-    code_release.abort();
-    deployer.abort();
-    shipper.abort();
-    // The last partial interval is stored before the state is flushed.
-    if tokio::time::timeout(SHUTDOWN_GRACE, collector)
-        .await
-        .is_err()
-    {
-        warn!("telemetry did not store its last batch in time");
-    }
-    if tokio::time::timeout(SHUTDOWN_GRACE, link).await.is_err() {
-        warn!("control plane link did not close in time");
-    }
-    match tokio::time::timeout(SHUTDOWN_GRACE, api).await {
-        Ok(Ok(Err(e))) => warn!(error = %e, "local API ended with an error"),
-        Err(_) => warn!("local API did not stop in time"),
-        _ => {}
-    }
-    // A failing store is not flushed: the write could hang in the disk.
-    if outcome.is_ok()
-        && let Err(e) = store.flush()
-    {
-        warn!(error = %e, "cannot flush the agent's state");
-    }
-    storage_watch.abort();
+    crate::shutdown::stop_in_order(
+        crate::shutdown::Running {
+            aborted: vec![probe, deployer, shipper, code_release],
+            collector,
+            link,
+            api,
+            storage_watch,
+        },
+        (outcome.is_ok()).then_some(&store),
+    )
+    .await;
     info!("agent stopped");
     outcome
 }

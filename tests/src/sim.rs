@@ -1,0 +1,523 @@
+//! An in-memory fleet: the control plane's deployment core (`deploy::plan`, with the rollout
+//! planner inside) and N agents' reconcilers wired together on a virtual clock, with no socket,
+//! no disk and no sleep. Whole rollouts — canary waves, a failing wave rolled back, agents
+//! offline during an apply, pause and resume, A/B variants — run in milliseconds.
+//!
+//! What is real: the planner, the deployment plan, desired-state generations and the agents'
+//! reconcilers, which check every release against a real trust root (Ed25519 signatures,
+//! version floors). What is simulated: the network (a desired state reaches an online agent at
+//! the next step; an offline one gets the newest when it is back), fetching and loading (they
+//! succeed at once unless the scenario says a revision fails to load on an agent), and traffic
+//! (every online agent serves [`REQUESTS_PER_STEP`] requests a step, failing on the revisions
+//! the scenario marks bad for it).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use tern_agent::reconcile::{Action, Reconciler, Restored};
+use tern_control_plane::catalog::DeploymentRecord;
+use tern_control_plane::deploy::AgentDesired;
+use tern_control_plane::deploy::plan::{self, Plan};
+use tern_control_plane::registry::AgentRecord;
+use tern_control_plane::rollout::{AgentObservation, Phase, Rollout, RolloutPolicy};
+use tern_proto::api::AgentStatus;
+use tern_proto::desired::{DesiredPipeline, DesiredState, DesiredStep, DesiredVariant};
+use tern_proto::manifest::{Device, Resource, VariantSpec};
+use tern_proto::message::{PipelinePhase, PipelineStatus};
+use tern_proto::release::{ArtifactKind, Digest, Release, SignedRelease, VersionFloor};
+use tern_proto::signing::{SecretKey, Signed};
+use tern_proto::trust::{SignedTrustRoot, TrustRoot};
+
+/// Virtual time between two steps (the control plane's deployment interval).
+pub const STEP_MS: u64 = 500;
+/// Requests each online agent serves per step.
+pub const REQUESTS_PER_STEP: u64 = 10;
+/// The one pipeline of the simulation, and the model release its revisions pin (revision N
+/// runs `model` version N).
+pub const PIPELINE: &str = "p";
+const MODEL: &str = "model";
+
+/// What can go wrong on one agent.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Revisions that fail to load here.
+    pub load_fails: BTreeSet<u64>,
+    /// Revisions that answer every request with an error here.
+    pub errors_on: BTreeSet<u64>,
+    /// Steps (inclusive-exclusive) during which the agent is offline.
+    pub offline: Vec<(u64, u64)>,
+}
+
+/// One simulated agent.
+#[derive(Debug)]
+pub struct SimAgent {
+    pub record: AgentRecord,
+    pub faults: Faults,
+    reconciler: Reconciler,
+    /// The newest desired state the control plane sent, not yet delivered.
+    slot: Option<DesiredState>,
+    /// Pipeline → the run that answers requests.
+    pub serving: BTreeMap<String, DesiredPipeline>,
+    /// Release name → floor, as the agent persisted them.
+    pub floors: BTreeMap<String, VersionFloor>,
+    /// What the control plane last heard from it.
+    reported: BTreeMap<String, PipelineStatus>,
+    /// (step, revision, requests, errors) of the traffic it served.
+    traffic: Vec<(u64, u64, u64, u64)>,
+    online: bool,
+}
+
+impl SimAgent {
+    /// The revision of the pipeline this agent answers with.
+    pub fn serving_revision(&self) -> Option<u64> {
+        self.serving.get(PIPELINE).map(|p| p.revision)
+    }
+}
+
+/// Something that broke a rule of the fleet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Violation {
+    pub step: u64,
+    pub agent: String,
+    pub what: String,
+}
+
+/// The control plane's side and the agents.
+pub struct Fleet {
+    step: u64,
+    publisher: SecretKey,
+    trust: SignedTrustRoot,
+    pub deployment: DeploymentRecord,
+    desired: HashMap<String, AgentDesired>,
+    pub agents: Vec<SimAgent>,
+    /// Every rule broken so far.
+    pub violations: Vec<Violation>,
+    /// Every rollout transition so far, with its step.
+    pub transitions: Vec<(u64, plan::Moved)>,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("step", &self.step)
+            .field("agents", &self.agents.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn deployment_manifest(variants: &[VariantSpec]) -> tern_proto::manifest::Deployment {
+    let mut yaml = format!(
+        "apiVersion: tern.dev/v1alpha1\nkind: Deployment\nmetadata: {{ name: d }}\nspec:\n  pipeline: {PIPELINE}\n  selector: {{ fleet: sim }}\n"
+    );
+    if !variants.is_empty() {
+        yaml.push_str("  variants:\n");
+        for v in variants {
+            yaml.push_str(&format!(
+                "    - {{ model: \"{}\", weight: {} }}\n",
+                v.model, v.weight
+            ));
+        }
+    }
+    match tern_proto::manifest::parse_resources(&yaml, "sim.yaml")
+        .expect("the simulation's deployment is valid")
+        .remove(0)
+    {
+        Resource::Deployment(d) => d,
+        Resource::Pipeline(_) => unreachable!("a deployment was written"),
+    }
+}
+
+impl Fleet {
+    /// `agents` agents (`edge-00`, `edge-01`, ...), each with its faults, all selected by one
+    /// deployment of [`PIPELINE`] that has no rollout yet.
+    pub fn new(faults: Vec<Faults>) -> Self {
+        let (root, publisher) = (SecretKey::generate(), SecretKey::generate());
+        let mut trust = Signed::unsigned(TrustRoot {
+            version: 1,
+            root_keys: vec![root.public()],
+            root_threshold: 1,
+            publishers: vec![publisher.public()],
+            threshold: 1,
+            created_ms: 0,
+            expires_ms: None,
+        });
+        trust.sign(&root);
+        let agents = faults
+            .into_iter()
+            .enumerate()
+            .map(|(i, faults)| SimAgent {
+                record: agent_record(&format!("edge-{i:02}")),
+                faults,
+                reconciler: Reconciler::new(Restored::default()),
+                slot: None,
+                serving: BTreeMap::new(),
+                floors: BTreeMap::new(),
+                reported: BTreeMap::new(),
+                traffic: Vec::new(),
+                online: true,
+            })
+            .collect();
+        Self {
+            step: 0,
+            publisher,
+            trust,
+            deployment: DeploymentRecord {
+                manifest: deployment_manifest(&[]),
+                created_ms: 0,
+                updated_ms: 0,
+                rollout: None,
+            },
+            desired: HashMap::new(),
+            agents,
+            violations: Vec::new(),
+            transitions: Vec::new(),
+        }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.step * STEP_MS
+    }
+
+    /// Applies revision `revision` of the pipeline: a new rollout, from the stable revision of
+    /// the one before (as `ternctl apply` does).
+    pub fn apply(&mut self, revision: u64, policy: RolloutPolicy) {
+        let now = self.now_ms();
+        self.deployment.rollout = Some(match &self.deployment.rollout {
+            Some(old) => old.successor(revision, policy, now),
+            None => Rollout::new(revision, None, policy, now),
+        });
+    }
+
+    /// Gives the deployment A/B variants (model versions and weights).
+    pub fn set_variants(&mut self, variants: &[(u64, u32)]) {
+        let specs: Vec<VariantSpec> = variants
+            .iter()
+            .map(|&(version, weight)| VariantSpec {
+                model: format!("{MODEL}:{version}"),
+                weight,
+                step: None,
+            })
+            .collect();
+        self.deployment.manifest = deployment_manifest(&specs);
+    }
+
+    pub fn pause(&mut self) -> bool {
+        let now = self.now_ms();
+        self.rollout_mut().is_some_and(|r| r.pause(now))
+    }
+
+    pub fn resume(&mut self) -> bool {
+        let now = self.now_ms();
+        self.rollout_mut().is_some_and(|r| r.resume(now))
+    }
+
+    fn rollout_mut(&mut self) -> Option<&mut Rollout> {
+        self.deployment.rollout.as_mut()
+    }
+
+    pub fn rollout(&self) -> Option<&Rollout> {
+        self.deployment.rollout.as_ref()
+    }
+
+    /// The rollout's phase.
+    pub fn phase(&self) -> Option<&Phase> {
+        self.rollout().map(|r| &r.phase)
+    }
+
+    /// Steps until the rollout is no longer progressing (or `max_steps` pass); returns the
+    /// steps taken.
+    pub fn run_until_settled(&mut self, max_steps: u64) -> u64 {
+        for taken in 0..max_steps {
+            if !matches!(self.phase(), Some(Phase::Progressing)) {
+                return taken;
+            }
+            self.step();
+        }
+        max_steps
+    }
+
+    /// Runs `steps` steps.
+    pub fn run(&mut self, steps: u64) {
+        for _ in 0..steps {
+            self.step();
+        }
+    }
+
+    /// One step: agents come and go, the control plane plans and sends, agents apply what
+    /// reached them and serve traffic; then the rules are checked.
+    pub fn step(&mut self) {
+        let step = self.step;
+        for agent in &mut self.agents {
+            agent.online = !agent
+                .faults
+                .offline
+                .iter()
+                .any(|&(from, to)| (from..to).contains(&step));
+        }
+        let now = self.now_ms();
+        let plan = self.plan(now);
+        for moved in plan.moved {
+            self.transitions.push((step, moved));
+        }
+        if let Some(record) = plan.rollouts.into_iter().next() {
+            self.deployment = record;
+        }
+        for change in plan.changes {
+            let state = self.desired_state(&change.agent_id, &change.record, now);
+            self.desired.insert(change.agent_id.clone(), change.record);
+            if let Some(agent) = self
+                .agents
+                .iter_mut()
+                .find(|a| a.record.id == change.agent_id)
+            {
+                agent.slot = Some(state);
+            }
+        }
+        for agent in &mut self.agents {
+            if !agent.online {
+                continue;
+            }
+            if let Some(state) = agent.slot.take() {
+                let generation = state.generation;
+                match agent.reconciler.desired(state, now) {
+                    Ok(actions) => perform(agent, actions),
+                    Err(e) => self.violations.push(Violation {
+                        step,
+                        agent: agent.record.name.clone(),
+                        what: format!("generation {generation} refused: {e}"),
+                    }),
+                }
+            }
+            agent.reported = agent
+                .reconciler
+                .status()
+                .into_iter()
+                .map(|s| (s.name.clone(), s))
+                .collect();
+            if let Some(revision) = agent.serving_revision() {
+                let errors = if agent.faults.errors_on.contains(&revision) {
+                    REQUESTS_PER_STEP
+                } else {
+                    0
+                };
+                agent
+                    .traffic
+                    .push((step, revision, REQUESTS_PER_STEP, errors));
+            }
+        }
+        self.check(step);
+        self.step += 1;
+    }
+
+    fn plan(&self, now: u64) -> Plan {
+        let records: Vec<AgentRecord> = self.agents.iter().map(|a| a.record.clone()).collect();
+        let by_id: HashMap<&str, &SimAgent> = self
+            .agents
+            .iter()
+            .map(|a| (a.record.id.as_str(), a))
+            .collect();
+        let observe = |record: &AgentRecord, pipeline: &str, target: u64, window_ms: u64| {
+            let agent = by_id[record.id.as_str()];
+            let status = agent.reported.get(pipeline);
+            let since = now.saturating_sub(window_ms) / STEP_MS;
+            let (requests, errors) = agent
+                .traffic
+                .iter()
+                .filter(|(s, revision, _, _)| *s >= since && *revision == target)
+                .fold((0, 0), |(r, e), (_, _, req, err)| (r + req, e + err));
+            AgentObservation {
+                agent: record.name.clone(),
+                connected: agent.online,
+                serving: status.and_then(|s| s.serving),
+                reported: status.map(|s| {
+                    let failed = (s.phase == PipelinePhase::Failed).then(|| s.message.clone());
+                    (s.revision, failed)
+                }),
+                requests,
+                errors,
+            }
+        };
+        plan::plan(
+            vec![self.deployment.clone()],
+            &records,
+            &self.desired,
+            Some(self.trust.signed.version),
+            &observe,
+            now,
+        )
+    }
+
+    /// The desired state `record` describes, as the control plane builds and signs it.
+    fn desired_state(&self, agent_id: &str, record: &AgentDesired, now: u64) -> DesiredState {
+        let pipelines = record
+            .pipelines
+            .iter()
+            .map(|(name, &(revision, committed))| DesiredPipeline {
+                name: name.clone(),
+                revision,
+                committed,
+                warmup: None,
+                monitored_step: record.variants.get(name).map(|_| "infer".to_owned()),
+                variants: record
+                    .variants
+                    .get(name)
+                    .into_iter()
+                    .flatten()
+                    .map(|v| {
+                        let version = v
+                            .model
+                            .rsplit_once(':')
+                            .and_then(|(_, v)| v.parse().ok())
+                            .unwrap_or(1);
+                        DesiredVariant {
+                            name: v.model.clone(),
+                            weight: v.weight,
+                            step: "infer".into(),
+                            release: self.release(version),
+                        }
+                    })
+                    .collect(),
+                steps: vec![DesiredStep {
+                    name: "infer".into(),
+                    release: self.release(revision),
+                    config: "{}".into(),
+                    timeout_ms: None,
+                    memory_mib: None,
+                    device: Device::Auto,
+                }],
+            })
+            .collect();
+        DesiredState {
+            agent_id: agent_id.to_owned(),
+            generation: record.generation,
+            issued_ms: now,
+            trust_root: Some(self.trust.clone()),
+            pipelines,
+        }
+    }
+
+    /// The model release a revision runs, signed by the publisher.
+    fn release(&self, version: u64) -> SignedRelease {
+        let bytes = format!("{MODEL} {version}");
+        let mut release = Signed::unsigned(Release {
+            name: MODEL.into(),
+            kind: ArtifactKind::Model,
+            version,
+            digest: Digest::of(bytes.as_bytes()),
+            size: bytes.len() as u64,
+            created_ms: 0,
+            expires_ms: None,
+            annotations: Default::default(),
+        });
+        release.sign(&self.publisher);
+        release
+    }
+
+    /// The rules no step may break: an agent serves nothing below its floors, and what it
+    /// serves is a revision the control plane gave it.
+    fn check(&mut self, step: u64) {
+        for agent in &self.agents {
+            for run in agent.serving.values() {
+                let releases = run
+                    .steps
+                    .iter()
+                    .map(|s| &s.release)
+                    .chain(run.variants.iter().map(|v| &v.release));
+                for release in releases {
+                    let floor = agent.floors.get(&release.signed.name);
+                    if floor.is_some_and(|f| release.signed.version < f.version) {
+                        self.violations.push(Violation {
+                            step,
+                            agent: agent.record.name.clone(),
+                            what: format!(
+                                "serves {} {} below its floor {:?}",
+                                release.signed.name, release.signed.version, floor
+                            ),
+                        });
+                    }
+                }
+                let given = self
+                    .desired
+                    .get(&agent.record.id)
+                    .is_some_and(|d| d.may_report(&run.name, run.revision));
+                if !given {
+                    self.violations.push(Violation {
+                        step,
+                        agent: agent.record.name.clone(),
+                        what: format!("serves revision {} it was never given", run.revision),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Performs `actions` as an agent's driver would, at once: fetches succeed, loads succeed
+/// unless the revision fails to load on this agent.
+fn perform(agent: &mut SimAgent, actions: Vec<Action>) {
+    let mut queue: std::collections::VecDeque<Action> = actions.into();
+    while let Some(action) = queue.pop_front() {
+        let more = match action {
+            Action::PinTrustRoot(_) | Action::Record(_) | Action::Report => Vec::new(),
+            Action::Fetch(release) => agent.reconciler.artifact_stored(release.signed.digest),
+            Action::Load(desired) => {
+                if agent.faults.load_fails.contains(&desired.revision) {
+                    agent.reconciler.load_failed(
+                        &desired.name,
+                        desired.revision,
+                        "simulated load failure",
+                    )
+                } else {
+                    agent.reconciler.loaded(&desired.name, desired.revision)
+                }
+            }
+            Action::Activate(desired) => {
+                agent.serving.insert(desired.name.clone(), desired);
+                Vec::new()
+            }
+            Action::Remove(name) | Action::Stop(name) => {
+                agent.serving.remove(&name);
+                Vec::new()
+            }
+            Action::RaiseFloors(floors) => {
+                for (name, floor) in floors {
+                    let kept = agent.floors.entry(name).or_insert(floor);
+                    if floor.version > kept.version {
+                        *kept = floor;
+                    }
+                }
+                Vec::new()
+            }
+        };
+        queue.extend(more);
+    }
+}
+
+fn agent_record(name: &str) -> AgentRecord {
+    AgentRecord {
+        id: format!("id-{name}"),
+        name: name.to_owned(),
+        labels: [("fleet".to_owned(), "sim".to_owned())].into(),
+        capacity: Default::default(),
+        version: String::new(),
+        first_seen_ms: 0,
+        last_seen_ms: 0,
+        status: AgentStatus::Ready,
+        address: None,
+        cert_sha256: String::new(),
+        previous_cert_sha256: None,
+        cert_expires_ms: None,
+        key_sha256: None,
+        revoked_ms: None,
+    }
+}
+
+/// A rollout policy: cumulative waves, a health window, auto-rollback.
+pub fn policy(waves: &[u8], health_window_ms: u64) -> RolloutPolicy {
+    RolloutPolicy {
+        waves: waves.to_vec(),
+        health_window_ms,
+        max_error_rate: 0.05,
+        auto_rollback: true,
+        progress_deadline_ms: 10 * 60_000,
+    }
+}

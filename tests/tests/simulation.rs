@@ -1,0 +1,287 @@
+//! Whole rollouts on the in-memory fleet (`tern_e2e::sim`): the control plane's deployment core
+//! and the agents' reconcilers on a virtual clock. Each scenario is minutes of virtual time and
+//! milliseconds of real time; the property tests run hundreds of random fleets.
+
+use proptest::prelude::*;
+use tern_control_plane::rollout::{Phase, Transition};
+use tern_e2e::sim::{Faults, Fleet, STEP_MS, policy};
+
+/// Virtual minutes, in steps.
+fn minutes(n: u64) -> u64 {
+    n * 60_000 / STEP_MS
+}
+
+const WINDOW_MS: u64 = 10_000;
+
+fn healthy(n: usize) -> Vec<Faults> {
+    vec![Faults::default(); n]
+}
+
+/// Every agent serves `revision`.
+fn all_serve(fleet: &Fleet, revision: u64) -> bool {
+    !fleet.agents.is_empty()
+        && fleet
+            .agents
+            .iter()
+            .all(|a| a.serving_revision() == Some(revision))
+}
+
+fn waves_started(fleet: &Fleet) -> Vec<Vec<String>> {
+    fleet
+        .transitions
+        .iter()
+        .filter_map(|(_, m)| match &m.transition {
+            Transition::WaveStarted { agents, .. } => Some(agents.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn canary_waves_reach_everyone_in_order_and_commit() {
+    let mut fleet = Fleet::new(healthy(10));
+    fleet.apply(1, policy(&[100], WINDOW_MS));
+    fleet.run_until_settled(minutes(5));
+    assert_eq!(fleet.phase(), Some(&Phase::Complete));
+    assert!(all_serve(&fleet, 1));
+
+    fleet.apply(2, policy(&[10, 50, 100], WINDOW_MS));
+    let steps = fleet.run_until_settled(minutes(10));
+    assert_eq!(fleet.phase(), Some(&Phase::Complete), "after {steps} steps");
+    let waves = waves_started(&fleet);
+    let sizes: Vec<usize> = waves[1..].iter().map(Vec::len).collect();
+    assert_eq!(sizes, [1, 4, 5], "10%, 50%, 100% of 10 agents, cumulative");
+    assert_eq!(
+        waves[1],
+        ["edge-00"],
+        "the canary is the first agent by name"
+    );
+    // Each wave waited out the health window of the one before.
+    assert!(steps * STEP_MS >= 2 * WINDOW_MS, "{steps} steps");
+    fleet.run(2);
+    assert!(all_serve(&fleet, 2));
+    assert!(
+        fleet.agents.iter().all(|a| a.floors["model"].version == 2),
+        "committed: every floor rose"
+    );
+    assert_eq!(fleet.violations, []);
+}
+
+#[test]
+fn a_failing_canary_rolls_back_and_the_fleet_keeps_the_stable_revision() {
+    let mut faults = healthy(6);
+    faults[0].errors_on.insert(2);
+    let mut fleet = Fleet::new(faults);
+    fleet.apply(1, policy(&[100], WINDOW_MS));
+    fleet.run_until_settled(minutes(5));
+    fleet.apply(2, policy(&[20, 100], WINDOW_MS));
+    fleet.run_until_settled(minutes(10));
+    assert!(
+        matches!(
+            fleet.phase(),
+            Some(Phase::RolledBack { reason }) if reason.contains("edge-00 failed")
+        ),
+        "{:?}",
+        fleet.phase()
+    );
+    fleet.run(4);
+    assert!(all_serve(&fleet, 1), "the canary went back to 1");
+    assert!(
+        fleet
+            .agents
+            .iter()
+            .skip(1)
+            .all(|a| !a.serving.values().any(|p| p.revision == 2)),
+        "only the canary ever ran 2"
+    );
+    assert_eq!(fleet.violations, []);
+}
+
+#[test]
+fn a_revision_that_fails_to_load_rolls_back_without_taking_what_was_serving() {
+    let mut faults = healthy(4);
+    faults[0].load_fails.insert(2);
+    let mut fleet = Fleet::new(faults);
+    fleet.apply(1, policy(&[100], WINDOW_MS));
+    fleet.run_until_settled(minutes(5));
+    fleet.apply(2, policy(&[25, 100], WINDOW_MS));
+    fleet.run_until_settled(minutes(10));
+    assert!(matches!(fleet.phase(), Some(Phase::RolledBack { .. })));
+    fleet.run(4);
+    assert!(all_serve(&fleet, 1), "1 kept serving throughout");
+    assert_eq!(fleet.violations, []);
+}
+
+#[test]
+fn an_agent_offline_during_the_apply_converges_when_back() {
+    let mut faults = healthy(5);
+    faults[3].offline.push((minutes(5), minutes(30)));
+    let mut fleet = Fleet::new(faults);
+    fleet.apply(1, policy(&[100], WINDOW_MS));
+    fleet.run_until_settled(minutes(5));
+    fleet.run(minutes(5).saturating_sub(fleet_steps(&fleet)));
+    fleet.apply(2, policy(&[20, 60, 100], WINDOW_MS));
+    fleet.run_until_settled(minutes(20));
+    assert_eq!(
+        fleet.phase(),
+        Some(&Phase::Complete),
+        "an offline agent does not block a wave"
+    );
+    assert_eq!(fleet.agents[3].serving_revision(), Some(1), "still away");
+    fleet.run(minutes(31).saturating_sub(fleet_steps(&fleet)));
+    assert!(all_serve(&fleet, 2), "back, it converges");
+    assert_eq!(fleet.violations, []);
+}
+
+#[test]
+fn a_paused_rollout_starts_no_wave_until_resumed() {
+    let mut fleet = Fleet::new(healthy(10));
+    fleet.apply(1, policy(&[100], WINDOW_MS));
+    fleet.run_until_settled(minutes(5));
+    fleet.apply(2, policy(&[10, 100], WINDOW_MS));
+    fleet.run(2);
+    assert!(fleet.pause());
+    fleet.run(minutes(5));
+    assert_eq!(fleet.phase(), Some(&Phase::Paused));
+    let on_2 = fleet
+        .agents
+        .iter()
+        .filter(|a| a.serving_revision() == Some(2))
+        .count();
+    assert_eq!(on_2, 1, "only the canary, for as long as it is paused");
+    assert!(fleet.resume());
+    fleet.run_until_settled(minutes(5));
+    assert_eq!(fleet.phase(), Some(&Phase::Complete));
+    fleet.run(2);
+    assert!(all_serve(&fleet, 2));
+    assert_eq!(fleet.violations, []);
+}
+
+#[test]
+fn variants_reach_every_agent_with_their_releases() {
+    let mut fleet = Fleet::new(healthy(3));
+    fleet.set_variants(&[(1, 50), (2, 50)]);
+    fleet.apply(1, policy(&[100], WINDOW_MS));
+    fleet.run_until_settled(minutes(5));
+    fleet.run(2);
+    assert_eq!(fleet.phase(), Some(&Phase::Complete));
+    for agent in &fleet.agents {
+        let run = &agent.serving["p"];
+        let arms: Vec<(&str, u32)> = run
+            .variants
+            .iter()
+            .map(|v| (v.name.as_str(), v.weight))
+            .collect();
+        assert_eq!(
+            arms,
+            [("model:1", 50), ("model:2", 50)],
+            "{}",
+            agent.record.name
+        );
+    }
+    // A change of weights is a new generation, served without a new revision.
+    fleet.set_variants(&[(1, 90), (2, 10)]);
+    fleet.run(2);
+    assert!(
+        fleet
+            .agents
+            .iter()
+            .all(|a| a.serving["p"].variants[0].weight == 90)
+    );
+    assert_eq!(fleet.violations, []);
+}
+
+/// A random fleet: per agent, whether the new revision fails to load there, errors there, and
+/// an offline spell.
+fn fleet_faults() -> impl Strategy<Value = Vec<Faults>> {
+    prop::collection::vec(
+        (
+            prop::bool::weighted(0.1),
+            prop::bool::weighted(0.1),
+            prop::option::weighted(0.3, (0u64..minutes(6), 1u64..minutes(6))),
+        ),
+        1..16,
+    )
+    .prop_map(|agents| {
+        agents
+            .into_iter()
+            .map(|(load_fails, errors, offline)| Faults {
+                load_fails: if load_fails { [2].into() } else { [].into() },
+                errors_on: if errors { [2].into() } else { [].into() },
+                offline: offline
+                    .map(|(from, len)| vec![(minutes(5) + from, minutes(5) + from + len)])
+                    .unwrap_or_default(),
+            })
+            .collect()
+    })
+}
+
+fn waves() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::btree_set(1u8..100, 0..3).prop_map(|set| {
+        let mut waves: Vec<u8> = set.into_iter().collect();
+        waves.push(100);
+        waves
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// For random fleets and failures: no agent ever serves below its floor or a revision it
+    /// was not given, every rollout ends complete or rolled back (or paused, when it was), and
+    /// afterwards every agent that is online serves what the rollout says.
+    #[test]
+    fn every_rollout_ends_and_no_agent_serves_below_its_floor(
+        faults in fleet_faults(),
+        waves in waves(),
+        pause_at in prop::option::weighted(0.2, 0u64..20),
+    ) {
+        let mut fleet = Fleet::new(faults.clone());
+        fleet.apply(1, policy(&[100], WINDOW_MS));
+        fleet.run_until_settled(minutes(5));
+        prop_assert_eq!(fleet.phase(), Some(&Phase::Complete));
+        fleet.run(minutes(5).saturating_sub(fleet_steps(&fleet)));
+        fleet.apply(2, policy(&waves, WINDOW_MS));
+        if let Some(at) = pause_at {
+            fleet.run(at);
+            let paused = fleet.pause();
+            fleet.run(minutes(3));
+            if paused {
+                // Failures are still detected while paused.
+                let phase = fleet.phase();
+                prop_assert!(
+                    matches!(phase, Some(Phase::Paused | Phase::RolledBack { .. })),
+                    "paused, then {:?}", phase
+                );
+            }
+            fleet.resume();
+        }
+        fleet.run_until_settled(minutes(30));
+        let phase = fleet.phase().cloned();
+        prop_assert!(
+            matches!(phase, Some(Phase::Complete | Phase::RolledBack { .. })),
+            "ended {:?}", phase
+        );
+        // Every agent back online.
+        fleet.run(minutes(12));
+        let expected = match phase {
+            Some(Phase::Complete) => 2,
+            _ => 1,
+        };
+        for (agent, f) in fleet.agents.iter().zip(&faults) {
+            let can_run = expected == 1 || !f.load_fails.contains(&2);
+            if can_run {
+                prop_assert_eq!(
+                    agent.serving_revision(), Some(expected),
+                    "{} ({:?})", agent.record.name, f
+                );
+            }
+        }
+        prop_assert_eq!(&fleet.violations, &Vec::new());
+    }
+}
+
+/// Steps run so far (the virtual clock).
+fn fleet_steps(fleet: &Fleet) -> u64 {
+    fleet.now_ms() / STEP_MS
+}
