@@ -138,7 +138,7 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
 
 /// The smoke form of every cargo bench and mode (criterion's `--test` runs each benchmark once;
 /// `models` takes `--test` for two runs a case), so the figures of BENCHMARKS.md stay
-/// reproducible. `fleet-bench` and `deploy-bench` are smoke-run by `tests/tests/benches.rs`.
+/// reproducible. `fleet-bench` and `deploy-bench` are smoke-run by `tests/tests/all/benches.rs`.
 /// The ONNX Runtime reference (`models --ort`) needs Python's onnxruntime and is left out.
 fn bench_smoke() -> anyhow::Result<()> {
     let bench = ["bench", "--locked", "--workspace", "--profile", "dev"];

@@ -120,9 +120,12 @@ fn a_90_10_split_routes_by_weight_sticks_to_keys_and_compares_variants() -> anyh
     );
     assert!((7.0..=13.0).contains(&view.variants[1].share), "{view:?}");
     assert!(
-        view.variants
-            .iter()
-            .all(|v| v.errors == 0 && v.p50_ms > 0.0)
+        !view.variants.is_empty()
+            && view
+                .variants
+                .iter()
+                .all(|v| v.errors == 0 && v.p50_ms > 0.0),
+        "{view:?}"
     );
     // The same model under both names: the outputs are distributed alike.
     let output = view.variants[1]

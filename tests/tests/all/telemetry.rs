@@ -185,8 +185,11 @@ fn telemetry_reaches_top_and_prometheus() -> anyhow::Result<()> {
         );
     }
     assert!(
-        page.lines()
-            .all(|l| l.starts_with('#') || l.starts_with("tern_"))
+        page.lines().count() > 0
+            && page
+                .lines()
+                .all(|l| l.starts_with('#') || l.starts_with("tern_")),
+        "{page}"
     );
     Ok(())
 }

@@ -130,7 +130,7 @@ fn a_decommissioned_name_enrolls_again_with_a_new_token() -> anyhow::Result<()> 
     let out = cp.ternctl_ok(&["delete", "agent", "sold"])?;
     assert_eq!(out.trim(), "agent/sold deleted");
     let listed = cp.agents()?;
-    assert!(listed.iter().all(|a| a.name != "sold"), "{listed:?}");
+    assert!(!listed.iter().any(|a| a.name == "sold"), "{listed:?}");
     assert!(
         cp.ternctl_fails(&["describe", "agent", "sold"])?
             .contains("no agent named")

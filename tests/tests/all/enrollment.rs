@@ -73,12 +73,21 @@ fn agents_report_gpus_when_a_gpu_is_required() -> anyhow::Result<()> {
             .find(|a| a.name == "gpu-host" && !a.gpus.is_empty())
     })?;
     assert_eq!(view.gpus.len(), view.capacity.gpus.len());
+    // Hosts without an adapter report none; every one reported names a real backend.
     assert!(
         view.capacity
             .gpus
             .iter()
-            .all(|g| g.backend == "vulkan" || g.backend == "metal" || g.backend == "dx12")
+            .all(|g| g.backend == "vulkan" || g.backend == "metal" || g.backend == "dx12"),
+        "{:?}",
+        view.capacity.gpus
     );
+    if std::env::var("TERN_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+        assert!(
+            !view.capacity.gpus.is_empty(),
+            "TERN_REQUIRE_GPU=1: an adapter"
+        );
+    }
     Ok(())
 }
 
@@ -88,10 +97,14 @@ fn connected_agent_idles_without_burning_cpu() -> anyhow::Result<()> {
     let cp = ControlPlane::start(tmp.path(), fast_config)?;
     let agent = Agent::join(&cp, tmp.path(), "quiet", &cp.token("", "10m")?, "")?;
     cp.wait_status("quiet", AgentStatus::Ready, READY_TIMEOUT)?;
-    // Let GPU discovery finish: the busy loops worth catching start after it.
-    std::thread::sleep(Duration::from_secs(3));
+    // Let GPU discovery finish (its result is cached in the data dir): the busy loops worth
+    // catching start after it.
+    tern_e2e::wait_for(READY_TIMEOUT, "GPU discovery", || {
+        agent.dir.join("gpus.json").exists().then_some(())
+    })?;
     let pid = agent.process.pid();
     let before = tern_e2e::cpu_time(pid)?;
+    // The measurement window, not a wait for something to happen.
     std::thread::sleep(Duration::from_secs(3));
     let used = tern_e2e::cpu_time(pid)? - before;
     // Heartbeats every 200 ms cost microseconds; a spinning task costs a whole core.

@@ -59,7 +59,7 @@ fn agents_fetch_verify_and_serve_a_pushed_pipeline() -> anyhow::Result<()> {
     };
     let rollout = done.rollout.expect("rollout");
     assert!(
-        rollout.agents.iter().all(|a| a.serving == Some(1)),
+        !rollout.agents.is_empty() && rollout.agents.iter().all(|a| a.serving == Some(1)),
         "{rollout:?}"
     );
     // Each agent verified and stored the artifact under its digest.
@@ -237,11 +237,8 @@ fn a_plugin_that_traps_in_canary_wave_one_is_rolled_back_and_wave_two_never_star
     // edge-1 goes back to revision 1 and answers again; edge-2 never left it.
     tern_e2e::wait_for(TIMEOUT, "edge-1 back on revision 1", || {
         let d = cp.deployment("scores-canary").ok()?;
-        d.rollout?
-            .agents
-            .iter()
-            .all(|a| a.serving == Some(1))
-            .then_some(())
+        let agents = d.rollout?.agents;
+        (!agents.is_empty() && agents.iter().all(|a| a.serving == Some(1))).then_some(())
     })?;
     let (status, body) = http(
         api,

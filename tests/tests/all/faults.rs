@@ -20,8 +20,8 @@ fn control_plane_restart_keeps_registry_and_agents_come_back_ready() -> anyhow::
     let before = cp.agents()?;
 
     // SIGKILL: nothing gets flushed at the end.
+    // `kill` waits for the process to be gone, so its ports and locks are free.
     cp.process.as_mut().expect("running").kill();
-    std::thread::sleep(Duration::from_millis(500));
     cp.serve()?;
 
     let after = cp.agents()?;
@@ -103,7 +103,15 @@ fn agent_waits_for_an_absent_control_plane_and_connects_when_it_appears() -> any
     cp.stop()?;
 
     let mut agent = Agent::run(tmp.path(), "patient")?;
-    std::thread::sleep(Duration::from_secs(2));
+    tern_e2e::wait_for(TIMEOUT, "the agent to retry twice", || {
+        (agent
+            .process
+            .log_text()
+            .matches("link down; retrying")
+            .count()
+            >= 2)
+            .then_some(())
+    })?;
     assert!(
         !agent.process.exited(),
         "agent gave up:\n{}",
