@@ -103,14 +103,12 @@ fn agent_waits_for_an_absent_control_plane_and_connects_when_it_appears() -> any
     cp.stop()?;
 
     let mut agent = Agent::run(tmp.path(), "patient")?;
-    tern_e2e::wait_for(TIMEOUT, "the agent to retry twice", || {
-        (agent
-            .process
-            .log_text()
-            .matches("link down; retrying")
-            .count()
-            >= 2)
-            .then_some(())
+    // Up, serving its local API, and not connected: it waits rather than gives up.
+    let api = agent.api_addr()?;
+    tern_e2e::wait_for(TIMEOUT, "the agent's local API, not connected", || {
+        let (status, body) = tern_e2e::http(api, "GET", "/v1/agent", "text/plain", b"").ok()?;
+        let info: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        (status == 200 && info["connected"] == false).then_some(())
     })?;
     assert!(
         !agent.process.exited(),
