@@ -705,7 +705,7 @@ pub fn http(
 }
 
 /// Like [`http`], with extra request headers; also returns the answer's headers (names in
-/// lower case).
+/// lower case). Any status is an answer, not an error.
 pub fn http_with(
     addr: SocketAddr,
     method: &str,
@@ -714,66 +714,40 @@ pub fn http_with(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> anyhow::Result<(u16, BTreeMap<String, String>, Vec<u8>)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let extra: String = headers
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(5)))
+        .timeout_global(Some(Duration::from_secs(30)))
+        .allow_non_standard_methods(true)
+        .build()
+        .into();
+    let mut request = ureq::http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("content-type", content_type);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    // ureq refuses a body, even an empty one, on methods that take none (GET).
+    let mut answer = if body.is_empty() {
+        agent.run(request.body(())?)?
+    } else {
+        agent.run(request.body(body.to_vec())?)?
+    };
+    let answer_headers = answer
+        .headers()
         .iter()
-        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .map(|(name, value)| {
+            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            (name.as_str().to_owned(), value)
+        })
         .collect();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: {content_type}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )?;
-    stream.write_all(body)?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| anyhow::anyhow!("no HTTP header in the answer"))?;
-    let head = String::from_utf8_lossy(&response[..split]).into_owned();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("bad status line: {head}"))?;
-    let answer_headers: BTreeMap<String, String> = head
-        .lines()
-        .skip(1)
-        .filter_map(|line| line.split_once(':'))
-        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
-        .collect();
-    let mut body = response[split + 4..].to_vec();
-    if answer_headers
-        .get("transfer-encoding")
-        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-    {
-        body = dechunk(&body)?;
-    }
-    Ok((status, answer_headers, body))
-}
-
-fn dechunk(mut bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = bytes
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or_else(|| anyhow::anyhow!("bad chunk"))?;
-        let size = usize::from_str_radix(String::from_utf8_lossy(&bytes[..line_end]).trim(), 16)?;
-        bytes = &bytes[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        out.extend_from_slice(
-            bytes
-                .get(..size)
-                .ok_or_else(|| anyhow::anyhow!("short chunk"))?,
-        );
-        bytes = bytes.get(size + 2..).unwrap_or_default();
-    }
+    let body = answer
+        .body_mut()
+        .with_config()
+        .limit(u64::MAX)
+        .read_to_vec()?;
+    Ok((answer.status().as_u16(), answer_headers, body))
 }
 
 /// How long fleet tests wait for a state.

@@ -3,20 +3,23 @@
 //! no disk and no sleep. Whole rollouts — canary waves, a failing wave rolled back, agents
 //! offline during an apply, pause and resume, A/B variants — run in milliseconds.
 //!
-//! What is real: the planner, the deployment plan, desired-state generations and the agents'
-//! reconcilers, which check every release against a real trust root (Ed25519 signatures,
-//! version floors). What is simulated: the network (a desired state reaches an online agent at
-//! the next step; an offline one gets the newest when it is back), fetching and loading (they
-//! succeed at once unless the scenario says a revision fails to load on an agent), and traffic
-//! (every online agent serves [`REQUESTS_PER_STEP`] requests a step, failing on the revisions
-//! the scenario marks bad for it).
+//! What is real: the planner, the deployment plan, desired-state generations (kept in the
+//! control plane's `DesiredStore`, on the in-memory backend) and the agents' reconcilers,
+//! which check every release against a real trust root (Ed25519 signatures, version floors).
+//! What is simulated: the network (a desired state reaches an online agent at the next step;
+//! an offline one gets the newest when it is back), fetching and loading (they succeed at once
+//! unless the scenario says a revision fails to load on an agent), and traffic (every online
+//! agent serves [`REQUESTS_PER_STEP`] requests a step, failing on the revisions the scenario
+//! marks bad for it).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use tern_agent::reconcile::{Action, Reconciler, Restored};
+use tern_control_plane::backend::MemoryBackend;
 use tern_control_plane::catalog::DeploymentRecord;
-use tern_control_plane::deploy::AgentDesired;
 use tern_control_plane::deploy::plan::{self, Plan};
+use tern_control_plane::deploy::{AgentDesired, DesiredStore};
 use tern_control_plane::registry::AgentRecord;
 use tern_control_plane::rollout::{AgentObservation, Phase, Rollout, RolloutPolicy};
 use tern_proto::api::AgentStatus;
@@ -87,7 +90,9 @@ pub struct Fleet {
     publisher: SecretKey,
     trust: SignedTrustRoot,
     pub deployment: DeploymentRecord,
-    desired: HashMap<String, AgentDesired>,
+    /// What each agent was last given: the control plane's own store, on the in-memory
+    /// backend.
+    desired: DesiredStore,
     pub agents: Vec<SimAgent>,
     /// Every rule broken so far.
     pub violations: Vec<Violation>,
@@ -166,7 +171,7 @@ impl Fleet {
                 updated_ms: 0,
                 rollout: None,
             },
-            desired: HashMap::new(),
+            desired: DesiredStore::new(Arc::new(MemoryBackend::new())),
             agents,
             violations: Vec::new(),
             transitions: Vec::new(),
@@ -263,7 +268,11 @@ impl Fleet {
         }
         for change in plan.changes {
             let state = self.desired_state(&change.agent_id, &change.record, now);
-            self.desired.insert(change.agent_id.clone(), change.record);
+            let written = self
+                .desired
+                .put(&change.agent_id, &change.record)
+                .expect("the in-memory store does not fail");
+            assert!(written, "one writer never races itself");
             if let Some(agent) = self
                 .agents
                 .iter_mut()
@@ -336,14 +345,25 @@ impl Fleet {
                 errors,
             }
         };
+        let stored: HashMap<String, AgentDesired> = records
+            .iter()
+            .filter_map(|r| Some((r.id.clone(), self.given(&r.id)?)))
+            .collect();
         plan::plan(
             vec![self.deployment.clone()],
             &records,
-            &self.desired,
+            &stored,
             Some(self.trust.signed.version),
             &observe,
             now,
         )
+    }
+
+    /// What `agent_id` was last given.
+    fn given(&self, agent_id: &str) -> Option<AgentDesired> {
+        self.desired
+            .get(agent_id)
+            .expect("the in-memory store does not fail")
     }
 
     /// The desired state `record` describes, as the control plane builds and signs it.
@@ -436,8 +456,7 @@ impl Fleet {
                     }
                 }
                 let given = self
-                    .desired
-                    .get(&agent.record.id)
+                    .given(&agent.record.id)
                     .is_some_and(|d| d.may_report(&run.name, run.revision));
                 if !given {
                     self.violations.push(Violation {

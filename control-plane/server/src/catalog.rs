@@ -1,10 +1,11 @@
-//! Pipelines (every revision kept) and deployments (with their rollout), in sled.
+//! Pipelines (every revision kept) and deployments (with their rollout), in the control
+//! plane's backend.
 //!
-//! Trees: `pipelines` (name → latest [`PipelineRecord`]), `pipeline_revisions`
+//! Tables: `pipelines` (name → latest [`PipelineRecord`]), `pipeline_revisions`
 //! (`name\0revision` → [`PipelineRecord`] as applied), `deployments` (name →
 //! [`DeploymentRecord`]). Records are JSON. Applies are serialized by a lock; each resource is
-//! written in one step, and applying is idempotent, so an apply cut short is finished by
-//! running it again.
+//! written in one atomic write (a pipeline's revision and its latest entry together), and
+//! applying is idempotent, so an apply cut short is finished by running it again.
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -12,14 +13,19 @@ use serde::{Deserialize, Serialize};
 use tern_proto::api::PinnedStep;
 use tern_proto::manifest::{Deployment, Pipeline};
 
+use crate::backend::{BackendError, CommitError, KeyRange, Scan, SharedBackend, Table, Write};
 use crate::records::{CorruptRecord, decode, encode, versioned_key, versions_prefix};
+
+const PIPELINES: Table = Table("pipelines");
+const REVISIONS: Table = Table("pipeline_revisions");
+const DEPLOYMENTS: Table = Table("deployments");
 use crate::rollout::Rollout;
 
 /// A failure of the storage itself.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     #[error("catalog storage failed: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(#[from] BackendError),
     #[error("catalog {0}")]
     Corrupt(#[from] CorruptRecord),
 }
@@ -46,20 +52,16 @@ pub struct DeploymentRecord {
 /// Handle to the catalog.
 #[derive(Debug)]
 pub struct Catalog {
-    pipelines: sled::Tree,
-    revisions: sled::Tree,
-    deployments: sled::Tree,
+    backend: SharedBackend,
     changes: Mutex<()>,
 }
 
 impl Catalog {
-    pub fn open(db: &sled::Db) -> Result<Self, CatalogError> {
-        Ok(Self {
-            pipelines: db.open_tree("pipelines")?,
-            revisions: db.open_tree("pipeline_revisions")?,
-            deployments: db.open_tree("deployments")?,
+    pub fn new(backend: SharedBackend) -> Self {
+        Self {
+            backend,
             changes: Mutex::new(()),
-        })
+        }
     }
 
     /// Held while a change (apply, delete, rollout command, planner step) reads and writes.
@@ -67,12 +69,35 @@ impl Catalog {
         self.changes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        table: Table,
+        key: &[u8],
+    ) -> Result<Option<T>, CatalogError> {
+        self.backend
+            .get(table, key)?
+            .map(|v| decode(key, &v))
+            .transpose()
+    }
+
+    fn all<T: serde::de::DeserializeOwned>(&self, table: Table) -> Result<Vec<T>, CatalogError> {
+        self.backend
+            .range(table, &KeyRange::all(), Scan::All)?
+            .iter()
+            .map(|(k, v)| decode(k, v))
+            .collect()
+    }
+
+    fn commit(&self, write: Write) -> Result<(), CatalogError> {
+        self.backend
+            .commit(write)
+            .map_err(CommitError::into_backend)?;
+        Ok(())
+    }
+
     /// The latest revision of a pipeline.
     pub fn pipeline(&self, name: &str) -> Result<Option<PipelineRecord>, CatalogError> {
-        self.pipelines
-            .get(name.as_bytes())?
-            .map(|v| decode(name.as_bytes(), &v))
-            .transpose()
+        self.get(PIPELINES, name.as_bytes())
     }
 
     /// One revision of a pipeline.
@@ -81,89 +106,70 @@ impl Catalog {
         name: &str,
         revision: u64,
     ) -> Result<Option<PipelineRecord>, CatalogError> {
-        let key = versioned_key(name, revision);
-        self.revisions
-            .get(&key)?
-            .map(|v| decode(&key, &v))
-            .transpose()
+        self.get(REVISIONS, &versioned_key(name, revision))
     }
 
     /// The highest revision ever recorded for `name`, deleted or not: a pipeline applied again
     /// after a delete continues from it, so a revision number never names two contents.
     pub fn last_revision(&self, name: &str) -> Result<u64, CatalogError> {
-        match self
-            .revisions
-            .scan_prefix(versions_prefix(name))
-            .next_back()
-        {
-            Some(entry) => {
-                let (key, _) = entry?;
-                Ok(key
-                    .get(key.len().saturating_sub(8)..)
-                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                    .map(u64::from_be_bytes)
-                    .unwrap_or(0))
-            }
-            None => Ok(0),
-        }
+        let last = self.backend.range(
+            REVISIONS,
+            &KeyRange::prefix(versions_prefix(name)),
+            Scan::Last(1),
+        )?;
+        Ok(last
+            .first()
+            .and_then(|(key, _)| key.get(key.len().saturating_sub(8)..))
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map_or(0, u64::from_be_bytes))
     }
 
     /// Records a new latest revision.
     pub fn put_pipeline(&self, record: &PipelineRecord) -> Result<(), CatalogError> {
         let name = &record.manifest.metadata.name;
-        self.revisions
-            .insert(versioned_key(name, record.revision), encode(record))?;
-        self.pipelines.insert(name.as_bytes(), encode(record))?;
-        self.pipelines.flush()?;
-        Ok(())
+        self.commit(
+            Write::new()
+                .put(
+                    REVISIONS,
+                    versioned_key(name, record.revision),
+                    encode(record),
+                )
+                .put(PIPELINES, name.as_bytes(), encode(record)),
+        )
     }
 
     /// Removes a pipeline from the list (its revisions stay, for agents still running them
     /// and for history).
     pub fn delete_pipeline(&self, name: &str) -> Result<bool, CatalogError> {
-        let removed = self.pipelines.remove(name.as_bytes())?.is_some();
-        self.pipelines.flush()?;
-        Ok(removed)
+        let existed = self.backend.get(PIPELINES, name.as_bytes())?.is_some();
+        self.commit(Write::new().delete(PIPELINES, name.as_bytes()))?;
+        Ok(existed)
     }
 
     pub fn pipelines(&self) -> Result<Vec<PipelineRecord>, CatalogError> {
-        self.pipelines
-            .iter()
-            .map(|e| {
-                let (k, v) = e?;
-                decode(&k, &v)
-            })
-            .collect()
+        self.all(PIPELINES)
     }
 
     pub fn deployment(&self, name: &str) -> Result<Option<DeploymentRecord>, CatalogError> {
-        self.deployments
-            .get(name.as_bytes())?
-            .map(|v| decode(name.as_bytes(), &v))
-            .transpose()
+        self.get(DEPLOYMENTS, name.as_bytes())
     }
 
     pub fn put_deployment(&self, record: &DeploymentRecord) -> Result<(), CatalogError> {
-        self.deployments
-            .insert(record.manifest.metadata.name.as_bytes(), encode(record))?;
-        self.deployments.flush()?;
-        Ok(())
+        self.commit(Write::new().put(
+            DEPLOYMENTS,
+            record.manifest.metadata.name.as_bytes(),
+            encode(record),
+        ))
     }
 
     pub fn delete_deployment(&self, name: &str) -> Result<bool, CatalogError> {
-        let removed = self.deployments.remove(name.as_bytes())?.is_some();
-        self.deployments.flush()?;
-        Ok(removed)
+        let existed = self.backend.get(DEPLOYMENTS, name.as_bytes())?.is_some();
+        self.commit(Write::new().delete(DEPLOYMENTS, name.as_bytes()))?;
+        Ok(existed)
     }
 
     /// Every deployment, by name.
     pub fn deployments(&self) -> Result<Vec<DeploymentRecord>, CatalogError> {
-        self.deployments
-            .iter()
-            .map(|e| {
-                let (k, v) = e?;
-                decode(&k, &v)
-            })
-            .collect()
+        self.all(DEPLOYMENTS)
     }
 }

@@ -5,10 +5,12 @@
 //!
 //! - [`data_dir`]: the files `init` writes and `serve` reads.
 //! - [`config`]: `config.toml`, parsed once into typed settings.
-//! - [`records`]: how the stores keep records in sled (JSON values, versioned keys).
-//! - [`registry`]: enrolled agents and enrollment tokens, in sled.
+//! - [`backend`]: the storage interface the stores are written against (tables, atomic
+//!   writes with compare-and-set conditions, change notifications), on sled or in memory.
+//! - [`records`]: how the stores encode records (JSON values, versioned keys).
+//! - [`registry`]: enrolled agents and enrollment tokens.
 //! - [`releases`]: signed releases, their artifacts on disk, the pinned trust root.
-//! - [`catalog`]: pipelines with their revisions, deployments with their rollout, in sled.
+//! - [`catalog`]: pipelines with their revisions, deployments with their rollout.
 //! - [`apply`]: apply, diff and delete of manifests; rollout commands.
 //! - [`rollout`]: the rollout planner, a pure state machine.
 //! - [`reports`]: what agents last reported about their pipelines.
@@ -32,6 +34,7 @@
 pub mod agents;
 pub mod api;
 pub mod apply;
+pub mod backend;
 pub mod catalog;
 pub mod config;
 pub mod credentials;

@@ -1,8 +1,8 @@
 //! Which agents are connected and when each was last heard, kept in memory.
 //!
-//! Heartbeats arrive every few seconds from every agent; writing each to disk would make sled the
-//! bottleneck of a large fleet. Presence records them in memory, and the server persists
-//! `last_seen` on connect, on disconnect and periodically.
+//! Heartbeats arrive every few seconds from every agent; writing each to disk would make the
+//! store the bottleneck of a large fleet. Presence records them in memory, and the server
+//! persists `last_seen` on connect, on disconnect and periodically.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

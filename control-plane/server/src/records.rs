@@ -1,4 +1,4 @@
-//! How the control plane's stores keep records in sled: JSON values (fields can be added
+//! How the control plane's stores encode records: JSON values (fields can be added
 //! without a migration) and `name\0version` keys that sort by name, then version.
 
 use serde::Serialize;

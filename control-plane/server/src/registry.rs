@@ -1,28 +1,37 @@
-//! The durable registry: enrolled agents and enrollment tokens, in sled.
+//! The durable registry: enrolled agents and enrollment tokens, in the control plane's
+//! backend.
 //!
-//! Trees: `agents` (id → record), `agent_names` (name → id), `agent_certs` (certificate SHA-256 →
+//! Tables: `agents` (id → record), `agent_names` (name → id), `agent_certs` (certificate SHA-256 →
 //! id), `tokens` (token id → record), `revoked_certs` (certificate SHA-256 → agent id) and
 //! `revoked_keys` (public key SHA-256 → agent id). Records are JSON so that fields can be added
-//! without a migration. Enrollment touches the first four trees in one transaction, so a token is
+//! without a migration. Enrollment touches the first four tables in one transaction, so a token is
 //! redeemed exactly once and a name is never given twice. Revocation outlives the agent's record:
 //! a decommissioned agent's certificates and key stay refused.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
 use tern_proto::api::AgentStatus;
 use tern_proto::{Capacity, EnrollmentToken};
 
+use crate::backend::{
+    BackendError, Change, CommitError, KeyRange, Scan, SharedBackend, Table, Transaction, Write,
+    transact,
+};
 use crate::records::{CorruptRecord, decode, encode};
+
+const AGENTS: Table = Table("agents");
+const NAMES: Table = Table("agent_names");
+const CERTS: Table = Table("agent_certs");
+const TOKENS: Table = Table("tokens");
+const REVOKED_CERTS: Table = Table("revoked_certs");
+const REVOKED_KEYS: Table = Table("revoked_keys");
 
 /// A failure of the storage itself.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("registry storage failed: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(#[from] BackendError),
     #[error("registry {0}")]
     Corrupt(#[from] CorruptRecord),
 }
@@ -124,13 +133,7 @@ pub struct NewAgent {
 /// Handle to the registry; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Registry {
-    db: sled::Db,
-    agents: sled::Tree,
-    names: sled::Tree,
-    certs: sled::Tree,
-    tokens: sled::Tree,
-    revoked_certs: sled::Tree,
-    revoked_keys: sled::Tree,
+    backend: SharedBackend,
 }
 
 /// Why a change to an agent could not be made.
@@ -157,22 +160,49 @@ pub enum TokenWithdrawError {
     Registry(#[from] RegistryError),
 }
 
+/// Storage failures of the registry's changes are registry failures.
+macro_rules! storage_is_registry {
+    ($($error:ty),*) => {$(
+        impl From<BackendError> for $error {
+            fn from(e: BackendError) -> Self {
+                RegistryError::from(e).into()
+            }
+        }
+    )*};
+}
+storage_is_registry!(RedeemError, AgentChangeError, TokenWithdrawError);
+
+/// A record read inside a transaction.
+fn read<T: serde::de::DeserializeOwned>(
+    txn: &mut Transaction<'_>,
+    table: Table,
+    key: &[u8],
+) -> Result<Option<T>, RegistryError> {
+    txn.get(table, key)?.map(|v| decode(key, &v)).transpose()
+}
+
 impl Registry {
-    /// Opens (or creates) the registry at `path`.
-    pub fn open(path: &Path) -> Result<Self, RegistryError> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(16 << 20)
-            .open()?;
-        Ok(Self {
-            agents: db.open_tree("agents")?,
-            names: db.open_tree("agent_names")?,
-            certs: db.open_tree("agent_certs")?,
-            tokens: db.open_tree("tokens")?,
-            revoked_certs: db.open_tree("revoked_certs")?,
-            revoked_keys: db.open_tree("revoked_keys")?,
-            db,
-        })
+    pub fn new(backend: SharedBackend) -> Self {
+        Self { backend }
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        table: Table,
+        key: &[u8],
+    ) -> Result<Option<T>, RegistryError> {
+        self.backend
+            .get(table, key)?
+            .map(|v| decode(key, &v))
+            .transpose()
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenRecord>, RegistryError> {
+        self.backend
+            .range(TOKENS, &KeyRange::all(), Scan::All)?
+            .iter()
+            .map(|(k, v)| decode(k, v))
+            .collect()
     }
 
     /// Creates a token; returns its text form (shown once) and what was stored.
@@ -199,31 +229,19 @@ impl Registry {
             expires_ms: now_ms.saturating_add(ttl_ms),
             used_by: None,
         };
-        self.tokens.insert(record.id.as_bytes(), encode(&record))?;
-        self.tokens.flush()?;
+        self.backend
+            .commit(Write::new().put(TOKENS, record.id.as_bytes(), encode(&record)))
+            .map_err(CommitError::into_backend)?;
         Ok((token, record))
     }
 
     /// Checks a token without using it, so that a request with a bad token costs no signing.
     /// [`Self::redeem`] checks again, atomically.
     pub fn check_token(&self, token: &EnrollmentToken, now_ms: u64) -> Result<(), RedeemError> {
-        let id = token.id_hex();
-        let raw = self
-            .tokens
-            .get(id.as_bytes())
-            .map_err(RegistryError::from)?
+        let record: TokenRecord = self
+            .get(TOKENS, token.id_hex().as_bytes())?
             .ok_or(RedeemError::UnknownToken)?;
-        let record: TokenRecord = decode::<_, RegistryError>(id.as_bytes(), &raw)?;
-        if record.secret_sha256 != hex::encode(token.secret_sha256()) {
-            return Err(RedeemError::UnknownToken);
-        }
-        if record.used_by.is_some() {
-            return Err(RedeemError::Used);
-        }
-        if now_ms >= record.expires_ms {
-            return Err(RedeemError::Expired);
-        }
-        Ok(())
+        check(&record, token, now_ms)
     }
 
     /// Deletes tokens that were used or expired more than a day ago (until then, a late attempt
@@ -231,14 +249,22 @@ impl Registry {
     pub fn prune_tokens(&self, now_ms: u64) -> Result<usize, RegistryError> {
         const KEEP_MS: u64 = 24 * 3600 * 1000;
         let mut pruned = 0;
-        for entry in self.tokens.iter() {
-            let (k, v) = entry?;
-            let record: TokenRecord = decode::<_, RegistryError>(&k, &v)?;
+        for (key, value) in self.backend.range(TOKENS, &KeyRange::all(), Scan::All)? {
+            let record: TokenRecord = decode::<_, RegistryError>(&key, &value)?;
             let spent =
                 record.used_by.is_some() && now_ms.saturating_sub(record.created_ms) > KEEP_MS;
             let stale = now_ms.saturating_sub(record.expires_ms) > KEEP_MS;
-            if (spent || stale) && self.tokens.remove(&k)?.is_some() {
-                pruned += 1;
+            if !(spent || stale) {
+                continue;
+            }
+            // Only as it was read: a token redeemed meanwhile is judged again next time.
+            let write = Write::new()
+                .only_if(TOKENS, key.clone(), Some(value))
+                .delete(TOKENS, key);
+            match self.backend.commit(write) {
+                Ok(()) => pruned += 1,
+                Err(CommitError::Conflict) => {}
+                Err(CommitError::Backend(e)) => return Err(e.into()),
             }
         }
         Ok(pruned)
@@ -253,88 +279,63 @@ impl Registry {
         now_ms: u64,
     ) -> Result<AgentRecord, RedeemError> {
         let token_id = token.id_hex();
-        let secret_sha256 = hex::encode(token.secret_sha256());
         if self.is_key_revoked(&agent.key_sha256)? {
             return Err(RedeemError::RevokedKey);
         }
-        let result = (&self.tokens, &self.agents, &self.names, &self.certs).transaction(
-            |(tokens, agents, names, certs)| {
-                let abort = ConflictableTransactionError::Abort;
-                let raw = tokens
-                    .get(token_id.as_bytes())?
-                    .ok_or(abort(RedeemError::UnknownToken))?;
-                let mut record: TokenRecord = decode(token_id.as_bytes(), &raw)
-                    .map_err(|e| abort(RedeemError::Registry(e)))?;
-                if record.secret_sha256 != secret_sha256 {
-                    return Err(abort(RedeemError::UnknownToken));
-                }
-                if record.used_by.is_some() {
-                    return Err(abort(RedeemError::Used));
-                }
-                if now_ms >= record.expires_ms {
-                    return Err(abort(RedeemError::Expired));
-                }
-                // A name is given once, unless its agent's certificate expired: then the same
-                // agent (same id, same state on the host) enrolls again with a new token.
-                let existing: Option<AgentRecord> = match names.get(agent.name.as_bytes())? {
-                    Some(id) => agents
-                        .get(&id)?
-                        .map(|v| decode(&id, &v))
-                        .transpose()
-                        .map_err(|e| abort(RedeemError::Registry(e)))?,
-                    None => None,
-                };
-                if let Some(old) = &existing
-                    && (old.id != agent.id || old.revoked_ms.is_some() || !old.cert_expired(now_ms))
-                {
-                    return Err(abort(RedeemError::NameTaken(agent.name.clone())));
-                }
-                let mut labels = existing
+        transact(self.backend.as_ref(), |txn| {
+            let mut record: TokenRecord =
+                read(txn, TOKENS, token_id.as_bytes())?.ok_or(RedeemError::UnknownToken)?;
+            check(&record, token, now_ms)?;
+            // A name is given once, unless its agent's certificate expired: then the same
+            // agent (same id, same state on the host) enrolls again with a new token.
+            let existing: Option<AgentRecord> = match txn.get(NAMES, agent.name.as_bytes())? {
+                Some(id) => read(txn, AGENTS, &id)?,
+                None => None,
+            };
+            if let Some(old) = &existing
+                && (old.id != agent.id || old.revoked_ms.is_some() || !old.cert_expired(now_ms))
+            {
+                return Err(RedeemError::NameTaken(agent.name.clone()));
+            }
+            let mut labels = existing
+                .as_ref()
+                .map_or_else(|| agent.labels.clone(), |old| old.labels.clone());
+            labels.extend(record.labels.clone());
+            tern_proto::labels::validate(&labels)?;
+            let agent_record = AgentRecord {
+                id: agent.id.clone(),
+                name: agent.name.clone(),
+                labels,
+                capacity: existing
                     .as_ref()
-                    .map_or_else(|| agent.labels.clone(), |old| old.labels.clone());
-                labels.extend(record.labels.clone());
-                tern_proto::labels::validate(&labels).map_err(|e| abort(RedeemError::Labels(e)))?;
-                let agent_record = AgentRecord {
-                    id: agent.id.clone(),
-                    name: agent.name.clone(),
-                    labels,
-                    capacity: existing
-                        .as_ref()
-                        .map(|o| o.capacity.clone())
-                        .unwrap_or_default(),
-                    version: existing
-                        .as_ref()
-                        .map(|o| o.version.clone())
-                        .unwrap_or_default(),
-                    first_seen_ms: existing.as_ref().map_or(now_ms, |o| o.first_seen_ms),
-                    last_seen_ms: now_ms,
-                    status: AgentStatus::NotReady,
-                    address: agent.address.clone(),
-                    cert_sha256: hex::encode(agent.cert_sha256),
-                    previous_cert_sha256: None,
-                    cert_expires_ms: Some(agent.cert_expires_ms),
-                    key_sha256: Some(hex::encode(agent.key_sha256)),
-                    revoked_ms: None,
-                };
-                if let Some(old) = &existing {
-                    for fingerprint in old.cert_fingerprints() {
-                        certs.remove(&fingerprint[..])?;
-                    }
+                    .map(|o| o.capacity.clone())
+                    .unwrap_or_default(),
+                version: existing
+                    .as_ref()
+                    .map(|o| o.version.clone())
+                    .unwrap_or_default(),
+                first_seen_ms: existing.as_ref().map_or(now_ms, |o| o.first_seen_ms),
+                last_seen_ms: now_ms,
+                status: AgentStatus::NotReady,
+                address: agent.address.clone(),
+                cert_sha256: hex::encode(agent.cert_sha256),
+                previous_cert_sha256: None,
+                cert_expires_ms: Some(agent.cert_expires_ms),
+                key_sha256: Some(hex::encode(agent.key_sha256)),
+                revoked_ms: None,
+            };
+            if let Some(old) = &existing {
+                for fingerprint in old.cert_fingerprints() {
+                    txn.delete(CERTS, &fingerprint[..]);
                 }
-                record.used_by = Some(agent.id.clone());
-                tokens.insert(token_id.as_bytes(), encode(&record))?;
-                agents.insert(agent.id.as_bytes(), encode(&agent_record))?;
-                names.insert(agent.name.as_bytes(), agent.id.as_bytes())?;
-                certs.insert(&agent.cert_sha256[..], agent.id.as_bytes())?;
-                Ok(agent_record)
-            },
-        );
-        let record = result.map_err(|e| match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => RedeemError::Registry(e.into()),
-        })?;
-        self.db.flush().map_err(RegistryError::from)?;
-        Ok(record)
+            }
+            record.used_by = Some(agent.id.clone());
+            txn.put(TOKENS, token_id.as_bytes(), encode(&record));
+            txn.put(AGENTS, agent.id.as_bytes(), encode(&agent_record));
+            txn.put(NAMES, agent.name.as_bytes(), agent.id.as_bytes().to_vec());
+            txn.put(CERTS, &agent.cert_sha256[..], agent.id.as_bytes().to_vec());
+            Ok(agent_record)
+        })
     }
 
     /// The id to enroll `name` under: its own when it is enrolled and its certificate expired
@@ -353,19 +354,17 @@ impl Registry {
 
     /// Whether a public key belongs to a revoked agent.
     pub fn is_key_revoked(&self, key_sha256: &[u8; 32]) -> Result<bool, RegistryError> {
-        Ok(self.revoked_keys.contains_key(key_sha256)?)
+        Ok(self.backend.get(REVOKED_KEYS, key_sha256)?.is_some())
     }
 
     /// Every certificate revoked so far (the QUIC endpoint refuses them in the handshake).
     pub fn revoked_certificates(&self) -> Result<Vec<[u8; 32]>, RegistryError> {
-        let mut all = Vec::new();
-        for entry in self.revoked_certs.iter() {
-            let (k, _) = entry?;
-            if let Ok(fingerprint) = <[u8; 32]>::try_from(k.as_ref()) {
-                all.push(fingerprint);
-            }
-        }
-        Ok(all)
+        Ok(self
+            .backend
+            .range(REVOKED_CERTS, &KeyRange::all(), Scan::All)?
+            .iter()
+            .filter_map(|(k, _)| <[u8; 32]>::try_from(k.as_slice()).ok())
+            .collect())
     }
 
     /// Revokes `name`: its certificates and key are refused from now on. Returns the record and
@@ -375,56 +374,66 @@ impl Registry {
         name: &str,
         now_ms: u64,
     ) -> Result<(AgentRecord, Vec<[u8; 32]>), AgentChangeError> {
-        let record = self
-            .agent_by_name(name)?
-            .ok_or_else(|| AgentChangeError::NotFound(name.to_owned()))?;
-        let fingerprints = record.cert_fingerprints();
-        let mut batch = sled::Batch::default();
-        for fingerprint in &fingerprints {
-            batch.insert(&fingerprint[..], record.id.as_bytes());
-        }
-        self.revoked_certs
-            .apply_batch(batch)
-            .map_err(RegistryError::from)?;
-        if let Some(key) = record.key_sha256.as_ref().and_then(|k| hex::decode(k).ok()) {
-            (self.revoked_keys)
-                .insert(key, record.id.as_bytes())
-                .map_err(RegistryError::from)?;
-        }
-        let record = self
-            .update_agent(&record.id, |a| {
-                a.revoked_ms.get_or_insert(now_ms);
-            })?
-            .ok_or_else(|| AgentChangeError::NotFound(name.to_owned()))?;
-        self.db.flush().map_err(RegistryError::from)?;
-        Ok((record, fingerprints))
+        transact(self.backend.as_ref(), |txn| {
+            let record = self.by_name_in(txn, name)?;
+            let fingerprints = record.cert_fingerprints();
+            for fingerprint in &fingerprints {
+                txn.put(
+                    REVOKED_CERTS,
+                    &fingerprint[..],
+                    record.id.as_bytes().to_vec(),
+                );
+            }
+            if let Some(key) = record.key_sha256.as_ref().and_then(|k| hex::decode(k).ok()) {
+                txn.put(REVOKED_KEYS, key, record.id.as_bytes().to_vec());
+            }
+            let mut record = record;
+            record.revoked_ms.get_or_insert(now_ms);
+            txn.put(AGENTS, record.id.as_bytes(), encode(&record));
+            Ok((record, fingerprints))
+        })
     }
 
-    /// Decommissions `name`: revokes it, then forgets it (its name may enroll again with a new
-    /// token and a new key). Returns what it was and the certificates to refuse.
+    /// The record of `name`, read inside `txn`.
+    fn by_name_in(
+        &self,
+        txn: &mut Transaction<'_>,
+        name: &str,
+    ) -> Result<AgentRecord, AgentChangeError> {
+        let id = txn
+            .get(NAMES, name.as_bytes())
+            .map_err(RegistryError::from)?
+            .ok_or_else(|| AgentChangeError::NotFound(name.to_owned()))?;
+        read(txn, AGENTS, &id)?.ok_or_else(|| AgentChangeError::NotFound(name.to_owned()))
+    }
+
+    /// Decommissions `name`: revokes it and forgets it, in one change (its name may enroll
+    /// again with a new token and a new key). Returns what it was and the certificates to
+    /// refuse.
     pub fn delete(
         &self,
         name: &str,
         now_ms: u64,
     ) -> Result<(AgentRecord, Vec<[u8; 32]>), AgentChangeError> {
-        let (record, fingerprints) = self.revoke(name, now_ms)?;
-        let result =
-            (&self.agents, &self.names, &self.certs).transaction(|(agents, names, certs)| {
-                agents.remove(record.id.as_bytes())?;
-                if names.get(record.name.as_bytes())?.as_deref() == Some(record.id.as_bytes()) {
-                    names.remove(record.name.as_bytes())?;
-                }
-                for fingerprint in &fingerprints {
-                    certs.remove(&fingerprint[..])?;
-                }
-                Ok::<_, ConflictableTransactionError<RegistryError>>(())
-            });
-        result.map_err(|e| match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => e.into(),
-        })?;
-        self.db.flush().map_err(RegistryError::from)?;
-        Ok((record, fingerprints))
+        transact(self.backend.as_ref(), |txn| {
+            let mut record = self.by_name_in(txn, name)?;
+            let fingerprints = record.cert_fingerprints();
+            for fingerprint in &fingerprints {
+                txn.put(
+                    REVOKED_CERTS,
+                    &fingerprint[..],
+                    record.id.as_bytes().to_vec(),
+                );
+                txn.delete(CERTS, &fingerprint[..]);
+            }
+            if let Some(key) = record.key_sha256.as_ref().and_then(|k| hex::decode(k).ok()) {
+                txn.put(REVOKED_KEYS, key, record.id.as_bytes().to_vec());
+            }
+            record.revoked_ms.get_or_insert(now_ms);
+            txn.delete(AGENTS, record.id.as_bytes());
+            txn.delete(NAMES, record.name.as_bytes());
+            Ok((record, fingerprints))
+        })
     }
 
     /// Sets and removes labels of `name` (`set` wins over an existing value; `remove` names keys).
@@ -434,23 +443,19 @@ impl Registry {
         set: &BTreeMap<String, String>,
         remove: &[String],
     ) -> Result<AgentRecord, AgentChangeError> {
-        let record = self
-            .agent_by_name(name)?
-            .ok_or_else(|| AgentChangeError::NotFound(name.to_owned()))?;
-        if record.revoked_ms.is_some() {
-            return Err(AgentChangeError::Revoked(name.to_owned()));
-        }
-        let mut labels = record.labels.clone();
-        for key in remove {
-            labels.remove(key);
-        }
-        labels.extend(set.clone());
-        tern_proto::labels::validate(&labels)?;
-        let updated = self
-            .update_agent(&record.id, |a| a.labels = labels.clone())?
-            .ok_or_else(|| AgentChangeError::NotFound(name.to_owned()))?;
-        self.agents.flush().map_err(RegistryError::from)?;
-        Ok(updated)
+        transact(self.backend.as_ref(), |txn| {
+            let mut record = self.by_name_in(txn, name)?;
+            if record.revoked_ms.is_some() {
+                return Err(AgentChangeError::Revoked(name.to_owned()));
+            }
+            for key in remove {
+                record.labels.remove(key);
+            }
+            record.labels.extend(set.clone());
+            tern_proto::labels::validate(&record.labels)?;
+            txn.put(AGENTS, record.id.as_bytes(), encode(&record));
+            Ok(record)
+        })
     }
 
     /// Records a renewed certificate of agent `id`: the new one and the one it replaces are
@@ -462,71 +467,57 @@ impl Registry {
         key_sha256: [u8; 32],
         expires_ms: u64,
     ) -> Result<AgentRecord, AgentChangeError> {
-        let record = self
-            .agent(id)?
-            .ok_or_else(|| AgentChangeError::NotFound(id.to_owned()))?;
-        if record.revoked_ms.is_some() {
-            return Err(AgentChangeError::Revoked(record.name));
-        }
-        let stale = record.previous_cert_sha256.clone();
-        let updated = self
-            .update_agent(id, |a| {
-                a.previous_cert_sha256 = Some(std::mem::replace(
-                    &mut a.cert_sha256,
-                    hex::encode(cert_sha256),
-                ));
-                a.cert_expires_ms = Some(expires_ms);
-                a.key_sha256 = Some(hex::encode(key_sha256));
-            })?
-            .ok_or_else(|| AgentChangeError::NotFound(id.to_owned()))?;
-        (self.certs)
-            .insert(&cert_sha256[..], id.as_bytes())
-            .map_err(RegistryError::from)?;
-        if let Some(stale) = stale.and_then(|h| hex::decode(h).ok()) {
-            self.certs.remove(stale).map_err(RegistryError::from)?;
-        }
-        self.db.flush().map_err(RegistryError::from)?;
-        Ok(updated)
+        transact(self.backend.as_ref(), |txn| {
+            let mut record: AgentRecord = read(txn, AGENTS, id.as_bytes())?
+                .ok_or_else(|| AgentChangeError::NotFound(id.to_owned()))?;
+            if record.revoked_ms.is_some() {
+                return Err(AgentChangeError::Revoked(record.name));
+            }
+            if let Some(stale) = record
+                .previous_cert_sha256
+                .as_ref()
+                .and_then(|h| hex::decode(h).ok())
+            {
+                txn.delete(CERTS, stale);
+            }
+            record.previous_cert_sha256 = Some(std::mem::replace(
+                &mut record.cert_sha256,
+                hex::encode(cert_sha256),
+            ));
+            record.cert_expires_ms = Some(expires_ms);
+            record.key_sha256 = Some(hex::encode(key_sha256));
+            txn.put(CERTS, &cert_sha256[..], id.as_bytes().to_vec());
+            txn.put(AGENTS, id.as_bytes(), encode(&record));
+            Ok(record)
+        })
     }
 
     /// Tokens not redeemed yet (expired ones too, until they are pruned), oldest first.
     pub fn unredeemed_tokens(&self) -> Result<Vec<TokenRecord>, RegistryError> {
-        let mut all = Vec::new();
-        for entry in self.tokens.iter() {
-            let (k, v) = entry?;
-            let record: TokenRecord = decode::<_, RegistryError>(&k, &v)?;
-            if record.used_by.is_none() {
-                all.push(record);
-            }
-        }
+        let mut all: Vec<TokenRecord> = self
+            .tokens()?
+            .into_iter()
+            .filter(|t| t.used_by.is_none())
+            .collect();
         all.sort_by_key(|t| t.created_ms);
         Ok(all)
     }
 
     /// Withdraws an unredeemed token: it can no longer enroll anyone.
     pub fn withdraw_token(&self, id: &str) -> Result<TokenRecord, TokenWithdrawError> {
-        let raw = self
-            .tokens
-            .get(id.as_bytes())
-            .map_err(RegistryError::from)?
-            .ok_or_else(|| TokenWithdrawError::NotFound(id.to_owned()))?;
-        let record: TokenRecord = decode::<_, RegistryError>(id.as_bytes(), &raw)?;
-        if let Some(agent) = record.used_by.clone() {
-            return Err(TokenWithdrawError::Used {
-                id: id.to_owned(),
-                agent,
-            });
-        }
-        // Only if nobody redeemed it in between.
-        let swapped = self
-            .tokens
-            .compare_and_swap(id.as_bytes(), Some(raw), None::<&[u8]>)
-            .map_err(RegistryError::from)?;
-        if swapped.is_err() {
-            return Err(TokenWithdrawError::NotFound(id.to_owned()));
-        }
-        self.tokens.flush().map_err(RegistryError::from)?;
-        Ok(record)
+        transact(self.backend.as_ref(), |txn| {
+            // Only if nobody redeems it in between: the read is the commit's condition.
+            let record: TokenRecord = read(txn, TOKENS, id.as_bytes())?
+                .ok_or_else(|| TokenWithdrawError::NotFound(id.to_owned()))?;
+            if let Some(agent) = record.used_by.clone() {
+                return Err(TokenWithdrawError::Used {
+                    id: id.to_owned(),
+                    agent,
+                });
+            }
+            txn.delete(TOKENS, id.as_bytes());
+            Ok(record)
+        })
     }
 
     /// The agent a certificate was issued to.
@@ -534,21 +525,18 @@ impl Registry {
         &self,
         cert_sha256: &[u8; 32],
     ) -> Result<Option<AgentRecord>, RegistryError> {
-        match self.certs.get(cert_sha256)? {
+        match self.backend.get(CERTS, cert_sha256)? {
             Some(id) => self.agent(&String::from_utf8_lossy(&id)),
             None => Ok(None),
         }
     }
 
     pub fn agent(&self, id: &str) -> Result<Option<AgentRecord>, RegistryError> {
-        self.agents
-            .get(id.as_bytes())?
-            .map(|v| decode(id.as_bytes(), &v))
-            .transpose()
+        self.get(AGENTS, id.as_bytes())
     }
 
     pub fn agent_by_name(&self, name: &str) -> Result<Option<AgentRecord>, RegistryError> {
-        match self.names.get(name.as_bytes())? {
+        match self.backend.get(NAMES, name.as_bytes())? {
             Some(id) => self.agent(&String::from_utf8_lossy(&id)),
             None => Ok(None),
         }
@@ -556,60 +544,75 @@ impl Registry {
 
     /// Every agent, ordered by name.
     pub fn agents(&self) -> Result<Vec<AgentRecord>, RegistryError> {
-        let mut all = Vec::new();
-        for entry in self.agents.iter() {
-            let (k, v) = entry?;
-            all.push(decode::<AgentRecord, RegistryError>(&k, &v)?);
-        }
+        let mut all: Vec<AgentRecord> = self
+            .backend
+            .range(AGENTS, &KeyRange::all(), Scan::All)?
+            .iter()
+            .map(|(k, v)| decode::<AgentRecord, RegistryError>(k, v))
+            .collect::<Result<_, _>>()?;
         all.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(all)
     }
 
-    /// Changes one agent's record in place (read-modify-write, retried on conflict).
+    /// Changes one agent's record in place (read-modify-write, run again on conflict). Not
+    /// flushed at once: what changes here (presence, capacity, version) is written again on
+    /// the next connect or persist, and everything else flushes it soon.
     pub fn update_agent(
         &self,
         id: &str,
         change: impl Fn(&mut AgentRecord),
     ) -> Result<Option<AgentRecord>, RegistryError> {
-        let mut corrupt = None;
-        let updated = self.agents.update_and_fetch(id.as_bytes(), |old| {
-            let old = old?;
-            match serde_json::from_slice::<AgentRecord>(old) {
-                Ok(mut record) => {
-                    change(&mut record);
-                    Some(encode(&record))
-                }
-                Err(e) => {
-                    corrupt = Some(e);
-                    Some(old.to_vec())
-                }
-            }
-        })?;
-        if let Some(source) = corrupt {
-            return Err(CorruptRecord {
-                key: id.to_owned(),
-                source,
-            }
-            .into());
-        }
-        updated.map(|v| decode(id.as_bytes(), &v)).transpose()
-    }
-
-    /// The database, for stores that keep their own trees in it.
-    pub fn db(&self) -> &sled::Db {
-        &self.db
+        transact(self.backend.as_ref(), |txn| {
+            let Some(mut record) = read::<AgentRecord>(txn, AGENTS, id.as_bytes())? else {
+                return Ok(None);
+            };
+            change(&mut record);
+            txn.put(AGENTS, id.as_bytes(), encode(&record));
+            txn.lazily();
+            Ok(Some(record))
+        })
     }
 
     /// Writes everything to disk.
     pub fn flush(&self) -> Result<(), RegistryError> {
-        self.db.flush()?;
+        self.backend.flush()?;
         Ok(())
     }
+}
+
+/// The certificates a commit revoked, from the backend's change notifications: how a process
+/// learns of revocations that another one made.
+pub fn revoked_by(changes: &[Change]) -> Vec<[u8; 32]> {
+    changes
+        .iter()
+        .filter(|c| c.table == REVOKED_CERTS && c.value.is_some())
+        .filter_map(|c| <[u8; 32]>::try_from(c.key.as_slice()).ok())
+        .collect()
+}
+
+/// Whether `token` may redeem `record` at `now_ms`.
+fn check(record: &TokenRecord, token: &EnrollmentToken, now_ms: u64) -> Result<(), RedeemError> {
+    if record.secret_sha256 != hex::encode(token.secret_sha256()) {
+        return Err(RedeemError::UnknownToken);
+    }
+    if record.used_by.is_some() {
+        return Err(RedeemError::Used);
+    }
+    if now_ms >= record.expires_ms {
+        return Err(RedeemError::Expired);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A registry on a sled database at `path`.
+    fn open(path: &std::path::Path) -> Result<Registry, BackendError> {
+        let backend = crate::backend::SledBackend::open(path, 1 << 20)?;
+        Ok(Registry::new(std::sync::Arc::new(backend)))
+    }
 
     fn new_agent(id: &str, name: &str) -> NewAgent {
         NewAgent {
@@ -626,7 +629,7 @@ mod tests {
     #[test]
     fn token_is_redeemed_once_and_its_labels_win() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let reg = Registry::open(tmp.path()).expect("open");
+        let reg = open(tmp.path()).expect("open");
         let labels = tern_proto::labels::parse("site=b").expect("labels");
         let (token, _) = reg
             .create_token(labels, 60_000, [7; 32], 1_000)
@@ -651,7 +654,7 @@ mod tests {
     #[test]
     fn refuses_expired_forged_and_duplicate_name() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let reg = Registry::open(tmp.path()).expect("open");
+        let reg = open(tmp.path()).expect("open");
         let (token, _) = reg
             .create_token(BTreeMap::new(), 10, [7; 32], 1_000)
             .expect("token");
@@ -687,7 +690,7 @@ mod tests {
     #[test]
     fn prunes_only_tokens_spent_more_than_a_day_ago() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let reg = Registry::open(tmp.path()).expect("open");
+        let reg = open(tmp.path()).expect("open");
         let day = 24 * 3600 * 1000;
         let (used, _) = reg
             .create_token(BTreeMap::new(), day, [7; 32], 0)
@@ -712,7 +715,7 @@ mod tests {
     fn survives_reopen() {
         let tmp = tempfile::tempdir().expect("tempdir");
         {
-            let reg = Registry::open(tmp.path()).expect("open");
+            let reg = open(tmp.path()).expect("open");
             let (token, _) = reg
                 .create_token(BTreeMap::new(), 1_000, [7; 32], 0)
                 .expect("token");
@@ -725,7 +728,7 @@ mod tests {
         // sled's flusher thread lets go of the file lock a moment after the drop.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let reg = loop {
-            match Registry::open(tmp.path()) {
+            match open(tmp.path()) {
                 Ok(reg) => break reg,
                 Err(e) if std::time::Instant::now() > deadline => panic!("reopen: {e}"),
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
@@ -737,9 +740,32 @@ mod tests {
     }
 
     #[test]
+    fn subscribers_learn_of_revocations_from_the_changes() {
+        let backend: SharedBackend = std::sync::Arc::new(crate::backend::MemoryBackend::new());
+        let reg = Registry::new(backend.clone());
+        let (token, _) = reg
+            .create_token(BTreeMap::new(), 60_000, [7; 32], 0)
+            .expect("token");
+        reg.redeem(&token, new_agent("id1", "edge-1"), 1)
+            .expect("redeemed");
+        let mut changes = backend.subscribe();
+        reg.relabel(
+            "edge-1",
+            &tern_proto::labels::parse("a=b").expect("labels"),
+            &[],
+        )
+        .expect("relabel");
+        reg.revoke("edge-1", 5).expect("revoke");
+        let relabelled = changes.try_recv().expect("relabel commit");
+        assert!(revoked_by(&relabelled).is_empty());
+        let revoked = changes.try_recv().expect("revoke commit");
+        assert_eq!(revoked_by(&revoked), [tern_proto::sha256(b"id1")]);
+    }
+
+    #[test]
     fn revocation_and_deletion_outlive_the_record() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let reg = Registry::open(tmp.path()).expect("open");
+        let reg = open(tmp.path()).expect("open");
         let (token, _) = reg
             .create_token(BTreeMap::new(), 60_000, [7; 32], 0)
             .expect("token");
@@ -781,7 +807,7 @@ mod tests {
     #[test]
     fn an_expired_agent_enrolls_again_under_its_own_id() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let reg = Registry::open(tmp.path()).expect("open");
+        let reg = open(tmp.path()).expect("open");
         let (first, _) = reg
             .create_token(BTreeMap::new(), 60_000, [7; 32], 0)
             .expect("token");
@@ -820,7 +846,7 @@ mod tests {
     #[test]
     fn tokens_are_listed_until_redeemed_and_can_be_withdrawn() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let reg = Registry::open(tmp.path()).expect("open");
+        let reg = open(tmp.path()).expect("open");
         let (used, _) = reg
             .create_token(BTreeMap::new(), 60_000, [7; 32], 0)
             .expect("token");

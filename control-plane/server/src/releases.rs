@@ -1,14 +1,14 @@
 //! The release store: signed releases and their artifacts, content-addressed on disk, and the
 //! pinned trust root.
 //!
-//! Trees (in the registry's sled database): `releases` (`name\0version` → signed release JSON),
+//! Tables (in the control plane's backend): `releases` (`name\0version` → signed release JSON),
 //! `artifact_sizes` (digest → size, from the first release naming it), `trust` (`root` → signed
 //! trust root JSON). Artifacts live in `D/artifacts/<hex digest>` once complete and verified;
 //! uploads in progress in `D/artifacts/partial/<hex digest>`, so an interrupted push resumes
 //! where it stopped and no reader ever sees a half-written artifact.
 
 use std::fs::OpenOptions;
-use std::io::Write;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -16,13 +16,18 @@ use tern_proto::api::UploadProgress;
 use tern_proto::release::{Digest, SignedRelease};
 use tern_proto::trust::{SignedTrustRoot, TrustError, TrustUpdate};
 
+use crate::backend::{BackendError, CommitError, KeyRange, Scan, SharedBackend, Table, Write};
 use crate::records::{CorruptRecord, decode, encode, versioned_key};
+
+const RELEASES: Table = Table("releases");
+const SIZES: Table = Table("artifact_sizes");
+const TRUST: Table = Table("trust");
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReleaseStoreError {
     #[error("release storage failed: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(#[from] BackendError),
     #[error("artifact storage failed at {path}: {source}")]
     Io {
         path: PathBuf,
@@ -59,9 +64,7 @@ pub enum PutOutcome {
 /// Handle to the release store.
 #[derive(Debug)]
 pub struct ReleaseStore {
-    releases: sled::Tree,
-    sizes: sled::Tree,
-    trust: sled::Tree,
+    backend: SharedBackend,
     dir: PathBuf,
     /// Serializes appends, so two pushes of one artifact cannot interleave.
     uploads: Mutex<()>,
@@ -71,17 +74,15 @@ pub struct ReleaseStore {
 }
 
 impl ReleaseStore {
-    /// Opens the store in `db`, with artifacts under `dir`.
-    pub fn open(db: &sled::Db, dir: &Path) -> Result<Self, ReleaseStoreError> {
+    /// Opens the store on `backend`, with artifacts under `dir`.
+    pub fn open(backend: SharedBackend, dir: &Path) -> Result<Self, ReleaseStoreError> {
         let partial = dir.join("partial");
         std::fs::create_dir_all(&partial).map_err(|source| ReleaseStoreError::Io {
             path: partial,
             source,
         })?;
         Ok(Self {
-            releases: db.open_tree("releases")?,
-            sizes: db.open_tree("artifact_sizes")?,
-            trust: db.open_tree("trust")?,
+            backend,
             dir: dir.to_owned(),
             uploads: Mutex::new(()),
             changes: Mutex::new(()),
@@ -115,6 +116,7 @@ impl ReleaseStore {
         let _guard = self.changes.lock().unwrap_or_else(|p| p.into_inner());
         let release = &signed.signed;
         let k = versioned_key(&release.name, release.version);
+        let mut write = Write::new();
         let outcome = match self.release(&release.name, release.version)? {
             Some(mut existing) => {
                 if existing.signed != *release {
@@ -130,23 +132,24 @@ impl ReleaseStore {
                     }
                 }
                 if existing.signatures.len() != before {
-                    self.releases.insert(k, encode(&existing))?;
+                    write = write.put(RELEASES, k, encode(&existing));
                 }
                 PutOutcome::Unchanged
             }
             None => {
-                self.releases.insert(k, encode(signed))?;
+                write = write.put(RELEASES, k, encode(signed));
                 PutOutcome::Created
             }
         };
-        self.sizes
-            .compare_and_swap(
-                release.digest.0,
-                None as Option<&[u8]>,
-                Some(&release.size.to_be_bytes()[..]),
-            )?
-            .ok();
-        self.releases.flush()?;
+        // The first release naming an artifact gives its size; later ones never change it.
+        if self.backend.get(SIZES, &release.digest.0)?.is_none() {
+            write = write.put(SIZES, release.digest.0, release.size.to_be_bytes().to_vec());
+        }
+        if !write.is_empty() {
+            self.backend
+                .commit(write)
+                .map_err(CommitError::into_backend)?;
+        }
         Ok(outcome)
     }
 
@@ -157,27 +160,28 @@ impl ReleaseStore {
         version: u64,
     ) -> Result<Option<SignedRelease>, ReleaseStoreError> {
         let k = versioned_key(name, version);
-        self.releases.get(&k)?.map(|v| decode(&k, &v)).transpose()
+        self.backend
+            .get(RELEASES, &k)?
+            .map(|v| decode(&k, &v))
+            .transpose()
     }
 
     /// Every release, by name then version.
     pub fn releases(&self) -> Result<Vec<SignedRelease>, ReleaseStoreError> {
-        self.releases
+        self.backend
+            .range(RELEASES, &KeyRange::all(), Scan::All)?
             .iter()
-            .map(|entry| {
-                let (k, v) = entry?;
-                decode(&k, &v)
-            })
+            .map(|(k, v)| decode(k, v))
             .collect()
     }
 
     /// The size the releases give for `digest`.
     fn size_of(&self, digest: &Digest) -> Result<u64, ReleaseStoreError> {
         let raw = self
-            .sizes
-            .get(digest.0)?
+            .backend
+            .get(SIZES, &digest.0)?
             .ok_or(ReleaseStoreError::UnknownArtifact(*digest))?;
-        Ok(<[u8; 8]>::try_from(raw.as_ref())
+        Ok(<[u8; 8]>::try_from(raw.as_slice())
             .map(u64::from_be_bytes)
             .unwrap_or(0))
     }
@@ -269,8 +273,8 @@ impl ReleaseStore {
 
     /// The pinned trust root, if one was set.
     pub fn trust_root(&self) -> Result<Option<SignedTrustRoot>, ReleaseStoreError> {
-        self.trust
-            .get("root")?
+        self.backend
+            .get(TRUST, b"root")?
             .map(|v| decode(b"root", &v))
             .transpose()
     }
@@ -284,8 +288,9 @@ impl ReleaseStore {
         let current = self.trust_root()?;
         let update = offered.accept(current.as_ref())?;
         if update == TrustUpdate::Accepted {
-            self.trust.insert("root", encode(offered))?;
-            self.trust.flush()?;
+            self.backend
+                .commit(Write::new().put(TRUST, "root", encode(offered)))
+                .map_err(CommitError::into_backend)?;
         }
         Ok(update)
     }
@@ -313,8 +318,8 @@ mod tests {
     }
 
     fn store(tmp: &Path) -> ReleaseStore {
-        let db = sled::Config::new().temporary(true).open().expect("sled");
-        ReleaseStore::open(&db, &tmp.join("artifacts")).expect("store")
+        let backend = std::sync::Arc::new(crate::backend::MemoryBackend::new());
+        ReleaseStore::open(backend, &tmp.join("artifacts")).expect("store")
     }
 
     #[test]

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use tern_transport::TlsError;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::backend::{SharedBackend, SledBackend};
 use crate::catalog::{Catalog, CatalogError};
 use crate::data_dir::{DataDir, LoadError};
 use crate::presence::Presence;
@@ -27,6 +28,10 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 const PERSIST_INTERVAL: Duration = Duration::from_secs(10);
 /// How often used and expired enrollment tokens are deleted.
 const TOKEN_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+/// Page cache of the registry's database (agents, releases, pipelines, desired states).
+const REGISTRY_CACHE_BYTES: u64 = 16 << 20;
+/// Page cache of the telemetry database.
+pub const TELEMETRY_CACHE_BYTES: u64 = 64 << 20;
 /// QUIC idle timeout: a dead agent's connection is dropped after this much silence.
 const AGENT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -45,7 +50,12 @@ pub struct ServeOptions {
 pub enum StartError {
     #[error(transparent)]
     Load(#[from] LoadError),
-    #[error("cannot open the registry: {0}")]
+    #[error("cannot open the {what} database: {source}")]
+    Database {
+        what: &'static str,
+        source: crate::backend::BackendError,
+    },
+    #[error("cannot read the registry: {0}")]
     Registry(#[from] RegistryError),
     #[error("cannot open the release store: {0}")]
     Releases(#[from] ReleaseStoreError),
@@ -53,10 +63,6 @@ pub enum StartError {
     Catalog(#[from] CatalogError),
     #[error("cannot open the telemetry store: {0}")]
     Telemetry(#[from] crate::telemetry::store::TelemetryStoreError),
-    #[error("cannot open the desired-state store: {0}")]
-    Desired(#[from] crate::deploy::DesiredStoreError),
-    #[error("cannot open the drift store: {0}")]
-    Drift(crate::drift::DriftStoreError),
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("cannot listen for {what} on {addr}: {source}")]
@@ -90,23 +96,31 @@ impl RunningControlPlane {
         if let Some(addr) = options.listen_api {
             config.listen_api = addr;
         }
-        let registry = Registry::open(&dir.registry())?;
-        let releases = ReleaseStore::open(registry.db(), &dir.artifacts())?;
-        let catalog = Catalog::open(registry.db())?;
-        let desired = crate::deploy::DesiredStore::open(registry.db())?;
+        let database = |what, path: &std::path::Path, cache_bytes| {
+            SledBackend::open(path, cache_bytes)
+                .map(|backend| -> SharedBackend { Arc::new(backend) })
+                .map_err(|source| StartError::Database { what, source })
+        };
+        let backend = database("registry", &dir.registry(), REGISTRY_CACHE_BYTES)?;
+        let registry = Registry::new(backend.clone());
+        let releases = ReleaseStore::open(backend.clone(), &dir.artifacts())?;
+        let catalog = Catalog::new(backend.clone());
+        let desired = crate::deploy::DesiredStore::new(backend.clone());
         let ca_pem = loaded.ca.cert_pem().to_owned();
-        let series = crate::telemetry::store::SeriesStore::open(
-            &dir.telemetry(),
+        let series = crate::telemetry::store::SeriesStore::new(
+            database("telemetry", &dir.telemetry(), TELEMETRY_CACHE_BYTES)?,
             config.telemetry_retention,
-        )?;
+        );
         let (telemetry, telemetry_writer) = crate::telemetry::Telemetry::new(series);
-        let drift = crate::drift::DriftStore::open(registry.db()).map_err(StartError::Drift)?;
+        let drift = crate::drift::DriftStore::new(backend.clone());
         let revoked = tern_transport::tls::RevokedCertificates::default();
+        // Subscribed first, so that no revocation falls between the read and the follower.
+        let revocations = backend.subscribe();
         for fingerprint in registry.revoked_certificates()? {
             revoked.revoke(fingerprint);
         }
         let storage = tern_transport::storage::StorageMonitor::new(&options.data_dir);
-        let probe = storage_probe(registry.db().clone(), telemetry.store.db().clone());
+        let probe = storage_probe(backend.clone(), telemetry.store.backend().clone());
         let shared = Arc::new(Shared {
             storage: storage.clone(),
             drift,
@@ -173,6 +187,7 @@ impl RunningControlPlane {
                 stopped(rx.clone()),
             )),
             tokio::spawn(deployments(shared.clone(), rx.clone())),
+            tokio::spawn(follow_revocations(shared.clone(), revocations, rx.clone())),
             tokio::spawn(crate::telemetry::ingest::run_writer(
                 shared.clone(),
                 telemetry_writer,
@@ -243,20 +258,57 @@ impl RunningControlPlane {
     }
 }
 
-/// A write and a flush of each database: fails while the disk is full, and for good once
-/// sled has latched an I/O error.
+/// A durable write to each database: fails while the disk is full, and for good once the
+/// engine has latched an I/O error.
 fn storage_probe(
-    registry: sled::Db,
-    telemetry: sled::Db,
+    registry: SharedBackend,
+    telemetry: SharedBackend,
 ) -> impl Fn() -> Result<(), String> + Send + Sync + 'static {
     move || {
-        let now = tern_clock::unix_millis_now().to_be_bytes();
-        for (name, db) in [("registry", &registry), ("telemetry", &telemetry)] {
-            db.insert("storage_probe", &now)
-                .and_then(|_| db.flush())
+        let now = tern_clock::unix_millis_now();
+        for (name, backend) in [("registry", &registry), ("telemetry", &telemetry)] {
+            crate::backend::probe(backend.as_ref(), now)
                 .map_err(|e| format!("{name} store: {e}"))?;
         }
         Ok(())
+    }
+}
+
+/// Keeps the QUIC endpoint's refused certificates in step with the registry's revocations,
+/// whoever committed them (the admin API here, or another process on the same store), from
+/// the backend's change notifications. After falling behind, it reads them all again.
+async fn follow_revocations(
+    shared: Arc<Shared>,
+    mut changes: broadcast::Receiver<crate::backend::Changes>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let received = tokio::select! {
+            _ = shutdown.changed() => return,
+            received = changes.recv() => received,
+        };
+        match received {
+            Ok(changes) => {
+                for fingerprint in crate::registry::revoked_by(&changes) {
+                    shared.revoked.revoke(fingerprint);
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                warn!(
+                    missed,
+                    "fell behind the store's changes; reading revocations again"
+                );
+                let work = shared.clone();
+                match tokio::task::spawn_blocking(move || work.registry.revoked_certificates())
+                    .await
+                {
+                    Ok(Ok(all)) => all.into_iter().for_each(|f| shared.revoked.revoke(f)),
+                    Ok(Err(e)) => warn!(error = %e, "cannot read revocations"),
+                    Err(e) => warn!(error = %e, "revocation reader failed"),
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
     }
 }
 

@@ -96,7 +96,13 @@ fn expired_release_is_refused_by_the_agent() -> anyhow::Result<()> {
     fleet
         .cp
         .ternctl_ok(&["push", "--quiet", &path_str(&short)?])?;
-    std::thread::sleep(Duration::from_millis(2500));
+    let expires_ms = tern_e2e::Publisher::release(&short)?
+        .signed
+        .expires_ms
+        .ok_or_else(|| anyhow::anyhow!("the release has no expiry"))?;
+    tern_e2e::wait_for(FLEET_TIMEOUT, "the release's expiry", || {
+        (tern_clock::unix_millis_now() > expires_ms).then_some(())
+    })?;
     fleet.apply("topk:2", 2)?;
     let reason = fleet.failure("edge-1", 2)?;
     assert!(reason.contains("expired"), "{reason}");

@@ -4,13 +4,14 @@
 //! the agent refuses, reports why, and keeps serving.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use tern_control_plane::DataDir;
+use tern_control_plane::backend::{SharedBackend, SledBackend, Table, Write};
 use tern_control_plane::catalog::Catalog;
 use tern_control_plane::deploy::AgentDesired;
-use tern_control_plane::registry::Registry;
 use tern_control_plane::releases::ReleaseStore;
 use tern_e2e::{ControlPlane, FLEET_TIMEOUT, Fleet, path_str};
 use tern_proto::release::{ArtifactKind, Digest, Release};
@@ -28,17 +29,17 @@ fn serving_fleet() -> anyhow::Result<Fleet> {
 /// Stops the control plane, lets `tamper` change its storage, starts it again.
 fn tamper_with(
     cp: &mut ControlPlane,
-    tamper: impl FnOnce(&Registry, &ReleaseStore) -> anyhow::Result<()>,
+    tamper: impl FnOnce(&SharedBackend, &ReleaseStore) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     if let Some(process) = cp.process.as_mut() {
         process.terminate(Duration::from_secs(10))?;
     }
     {
         let dir = DataDir::new(&cp.dir);
-        let registry = Registry::open(&dir.registry())?;
-        let store = ReleaseStore::open(registry.db(), &dir.artifacts())?;
-        tamper(&registry, &store)?;
-        registry.flush()?;
+        let backend: SharedBackend = Arc::new(SledBackend::open(&dir.registry(), 1 << 20)?);
+        let store = ReleaseStore::open(backend.clone(), &dir.artifacts())?;
+        tamper(&backend, &store)?;
+        backend.flush()?;
     }
     cp.serve()
 }
@@ -178,12 +179,9 @@ fn rejects_trust_root_not_signed_by_the_current_root() -> anyhow::Result<()> {
         expires_ms: None,
     });
     forged.sign(&attacker);
-    tamper_with(&mut fleet.cp, |registry, _| {
-        registry
-            .db()
-            .open_tree("trust")?
-            .insert("root", serde_json::to_vec(&forged)?)?;
-        Ok(())
+    tamper_with(&mut fleet.cp, |backend, _| {
+        let write = Write::new().put(Table("trust"), "root", serde_json::to_vec(&forged)?);
+        Ok(backend.commit(write)?)
     })?;
     let reason = refusal(&fleet)?;
     assert!(
@@ -216,17 +214,14 @@ fn rejects_a_replayed_older_desired_state_generation() -> anyhow::Result<()> {
     let id = fleet.agent_view("edge-1")?.id;
     // The control plane's record is rolled back to an old generation that ran nothing: what it
     // sends next (generation 1, then 2 for the pipeline again) is older than what was applied.
-    tamper_with(&mut fleet.cp, |registry, _| {
+    tamper_with(&mut fleet.cp, |backend, _| {
         let old = AgentDesired {
             generation: 1,
             trust_version: Some(1),
             ..AgentDesired::default()
         };
-        registry
-            .db()
-            .open_tree("desired")?
-            .insert(id.as_bytes(), serde_json::to_vec(&old)?)?;
-        Ok(())
+        let write = Write::new().put(Table("desired"), id.as_bytes(), serde_json::to_vec(&old)?);
+        Ok(backend.commit(write)?)
     })?;
     let reason = refusal(&fleet)?;
     assert!(
@@ -255,10 +250,10 @@ fn rejects_a_changed_step_under_the_serving_revision_number() -> anyhow::Result<
     let file = fleet.topk("swapped", 0)?;
     let stranger = SecretKey::generate();
     // Revision 1, as stored, now runs a release nobody trusted signed: same number, other step.
-    tamper_with(&mut fleet.cp, |registry, store| {
+    tamper_with(&mut fleet.cp, |backend, store| {
         plant_release(store, &file, 2, &[&stranger])?;
         let digest = Digest::of(&std::fs::read(&file)?);
-        let catalog = Catalog::open(registry.db())?;
+        let catalog = Catalog::new(backend.clone());
         let mut record = catalog.revision("scores", 1)?.context("revision 1")?;
         record.manifest.spec.steps[0].plugin = Some("topk:2".into());
         record.pinned[0].reference = "topk:2".into();

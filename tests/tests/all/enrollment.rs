@@ -143,7 +143,15 @@ fn expired_token_is_refused() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let cp = ControlPlane::start(tmp.path(), fast_config)?;
     let token = cp.token("", "1s")?;
-    std::thread::sleep(Duration::from_millis(1100));
+    tern_e2e::wait_for(
+        READY_TIMEOUT,
+        "the control plane to list the token expired",
+        || {
+            let tokens: Vec<tern_proto::api::TokenView> =
+                serde_json::from_str(&cp.admin_get("/v1/tokens").ok()?).ok()?;
+            (!tokens.is_empty() && tokens.iter().all(|t| t.expired)).then_some(())
+        },
+    )?;
     let out = join_once(cp.agent_addr, tmp.path(), "late", &token);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);

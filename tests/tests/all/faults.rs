@@ -64,8 +64,15 @@ fn agent_killed_with_sigkill_turns_not_ready() -> anyhow::Result<()> {
     assert_eq!(steady.status, AgentStatus::Ready);
 
     // It comes back by itself when restarted.
-    let _again = Agent::run(tmp.path(), "doomed")?;
-    cp.wait_status("doomed", AgentStatus::Ready, TIMEOUT)?;
+    let again = Agent::run(tmp.path(), "doomed")?;
+    cp.wait_status("doomed", AgentStatus::Ready, TIMEOUT)
+        .map_err(|e| {
+            e.context(format!(
+                "agent log:\n{}\ncontrol plane log:\n{}",
+                again.process.log_text(),
+                cp.log_text()
+            ))
+        })?;
     Ok(())
 }
 

@@ -1,56 +1,53 @@
 //! The OpenTelemetry export: a control plane configured with `otlp_endpoint` pushes the fleet's
-//! metrics as OTLP/HTTP JSON to a collector (here a minimal HTTP receiver that keeps what it
+//! metrics as OTLP/HTTP JSON to a collector (here a small axum router that keeps what it
 //! gets), carrying the requests real agents served.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::routing::post;
 use serde_json::Value;
 use tern_e2e::{FLEET_TIMEOUT, Fleet, wait_for};
 
 /// Requests received: (path, JSON body).
 type Received = Arc<Mutex<Vec<(String, Value)>>>;
 
-/// Accepts POSTs on a loopback port, answers 200, and records each; returns the address.
+/// Keeps an OTLP/HTTP JSON export request; what is not JSON is refused (400).
+async fn record(
+    State(received): State<Received>,
+    uri: axum::http::Uri,
+    body: Bytes,
+) -> Result<&'static str, axum::http::StatusCode> {
+    let json = serde_json::from_slice(&body).map_err(|_| axum::http::StatusCode::BAD_REQUEST)?;
+    received
+        .lock()
+        .map_err(|_| axum::http::StatusCode::INTERNAL_SERVER_ERROR)?
+        .push((uri.path().to_owned(), json));
+    Ok("{}")
+}
+
+/// A collector on a loopback port: an axum router that answers `POST /v1/metrics` (the OTLP
+/// metrics path) with 200 and keeps each request; returns its address.
 fn collector() -> anyhow::Result<(String, Received)> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?.to_string();
     let received: Received = Arc::default();
-    let keep = received.clone();
+    let router = Router::new()
+        .route("/v1/metrics", post(record))
+        .with_state(received.clone());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let mut reader = BufReader::new(stream);
-            let (mut path, mut length) = (String::new(), 0usize);
-            let mut line = String::new();
-            while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
-                let header = line.trim_end().to_owned();
-                line.clear();
-                if header.is_empty() {
-                    break;
-                }
-                if let Some(rest) = header.strip_prefix("POST ") {
-                    path = rest.split(' ').next().unwrap_or_default().to_owned();
-                }
-                if let Some((name, value)) = header.split_once(':')
-                    && name.eq_ignore_ascii_case("content-length")
-                {
-                    length = value.trim().parse().unwrap_or(0);
-                }
+        runtime.block_on(async move {
+            if let Ok(listener) = tokio::net::TcpListener::from_std(listener) {
+                let _ = axum::serve(listener, router).await;
             }
-            let mut body = vec![0; length];
-            if reader.read_exact(&mut body).is_err() {
-                continue;
-            }
-            if let Ok(json) = serde_json::from_slice(&body) {
-                keep.lock().expect("lock").push((path, json));
-            }
-            let mut stream = reader.into_inner();
-            let _ = stream.write_all(
-                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
-            );
-        }
+        })
     });
     Ok((addr, received))
 }

@@ -1,6 +1,6 @@
 //! What each agent was last given ([`AgentDesired`]) and where it is kept ([`DesiredStore`]).
 //!
-//! Tree `desired` (agent id → [`AgentDesired`], JSON) keeps the generation and what it held,
+//! Table `desired` (agent id → [`AgentDesired`], JSON) keeps the generation and what it held,
 //! so generations only ever grow, across restarts too. It also says what the agent may ask of
 //! the control plane: the artifacts of its current and previous generation, and health and
 //! telemetry only for the pipeline revisions it was given.
@@ -12,13 +12,16 @@ use tern_proto::manifest::VariantSpec;
 use tern_proto::release::Digest;
 use tracing::warn;
 
+use crate::backend::{BackendError, SharedBackend, Table, Write, transact};
 use crate::records::{CorruptRecord, decode, encode};
+
+const DESIRED: Table = Table("desired");
 
 /// Why the desired-state store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DesiredStoreError {
     #[error("desired-state storage failed: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(#[from] BackendError),
     #[error("desired-state {0}")]
     Corrupt(#[from] CorruptRecord),
 }
@@ -116,38 +119,47 @@ impl AgentDesired {
     }
 }
 
-/// Agent id → what it was last given, in the registry's database.
+/// Agent id → what it was last given, in the control plane's backend.
 #[derive(Debug, Clone)]
 pub struct DesiredStore {
-    tree: sled::Tree,
+    backend: SharedBackend,
 }
 
 impl DesiredStore {
-    pub fn open(db: &sled::Db) -> Result<Self, DesiredStoreError> {
-        Ok(Self {
-            tree: db.open_tree("desired")?,
-        })
+    pub fn new(backend: SharedBackend) -> Self {
+        Self { backend }
     }
 
     /// What `agent_id` was last given.
     pub fn get(&self, agent_id: &str) -> Result<Option<AgentDesired>, DesiredStoreError> {
-        self.tree
-            .get(agent_id.as_bytes())?
+        self.backend
+            .get(DESIRED, agent_id.as_bytes())?
             .map(|v| decode(agent_id.as_bytes(), &v))
             .transpose()
     }
 
-    /// Records what `agent_id` is given now, durably.
-    pub fn put(&self, agent_id: &str, record: &AgentDesired) -> Result<(), DesiredStoreError> {
-        self.tree.insert(agent_id.as_bytes(), encode(record))?;
-        self.tree.flush()?;
-        Ok(())
+    /// Records what `agent_id` is given now, durably, if the generation stored is still the
+    /// one `record` succeeds (compare-and-set: two writers never give one generation twice).
+    /// `false`: another writer got there first, and nothing was written.
+    pub fn put(&self, agent_id: &str, record: &AgentDesired) -> Result<bool, DesiredStoreError> {
+        transact(self.backend.as_ref(), |txn| {
+            let stored = txn
+                .get(DESIRED, agent_id.as_bytes())?
+                .map(|v| decode::<AgentDesired, DesiredStoreError>(agent_id.as_bytes(), &v))
+                .transpose()?;
+            if stored.map_or(0, |s| s.generation) >= record.generation {
+                return Ok(false);
+            }
+            txn.put(DESIRED, agent_id, encode(record));
+            Ok(true)
+        })
     }
 
     /// Forgets a decommissioned agent's desired state.
     pub fn forget(&self, agent_id: &str) -> Result<(), DesiredStoreError> {
-        self.tree.remove(agent_id.as_bytes())?;
-        self.tree.flush()?;
+        self.backend
+            .commit(Write::new().delete(DESIRED, agent_id))
+            .map_err(crate::backend::CommitError::into_backend)?;
         Ok(())
     }
 
@@ -190,6 +202,23 @@ mod tests {
             .iter()
             .map(|&(name, revision)| (name.to_owned(), (revision, false)))
             .collect()
+    }
+
+    #[test]
+    fn a_generation_is_written_only_over_the_one_it_succeeds() {
+        let store = DesiredStore::new(std::sync::Arc::new(crate::backend::MemoryBackend::new()));
+        let first = AgentDesired::successor(None, pipelines(&[("p", 1)]), None, BTreeMap::new());
+        assert!(store.put("a", &first).expect("put"));
+        // A second writer that built generation 1 too, from nothing: refused, nothing written.
+        let rival = AgentDesired::successor(None, pipelines(&[("p", 9)]), None, BTreeMap::new());
+        assert!(!store.put("a", &rival).expect("put"));
+        assert_eq!(store.get("a").expect("get"), Some(first.clone()));
+        let second =
+            AgentDesired::successor(Some(&first), pipelines(&[("p", 2)]), None, BTreeMap::new());
+        assert!(store.put("a", &second).expect("put"));
+        assert_eq!(store.get("a").expect("get").map(|d| d.generation), Some(2));
+        store.forget("a").expect("forget");
+        assert_eq!(store.get("a").expect("get"), None);
     }
 
     #[test]

@@ -148,7 +148,10 @@ pub(crate) fn step(
         };
         record.content = Some(built.content);
         record.artifacts = built.artifacts;
-        cx.desired.put(&change.agent_id, &record)?;
+        if !cx.desired.put(&change.agent_id, &record)? {
+            warn!(agent = %change.agent_name, generation = record.generation, "another writer gave this generation first; the next pass plans again");
+            continue;
+        }
         info!(agent = %change.agent_name, generation = record.generation, pipelines = ?record.pipelines, "new desired state");
         out.push((change.agent_id, built.signed));
     }
@@ -317,7 +320,10 @@ pub(crate) fn current(
     let built = build(cx, agent_id, &record, trust.as_ref(), now_ms)?;
     record.content = Some(built.content);
     record.artifacts = built.artifacts;
-    cx.desired.put(agent_id, &record)?;
+    if !cx.desired.put(agent_id, &record)? {
+        // Another writer gave a newer generation meanwhile: that one is current.
+        return Ok(None);
+    }
     info!(
         agent = agent_id,
         generation = record.generation,

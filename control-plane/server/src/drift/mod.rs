@@ -4,7 +4,7 @@
 //!
 //! - [`compute`]: the PSI of each feature per agent and fleet-wide (pure).
 //! - [`judge`]: readings and alerts in, alert changes out (pure).
-//! - [`store`]: baselines and alerts in sled.
+//! - [`store`]: baselines and alerts.
 
 pub mod compute;
 pub mod judge;

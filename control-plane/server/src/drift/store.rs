@@ -1,4 +1,4 @@
-//! Where drift baselines and alerts are kept, in the registry's database.
+//! Where drift baselines and alerts are kept, in the control plane's backend.
 //!
 //! A baseline version, once stored, never changes (pipelines name it). Alerts are
 //! [`AlertRecord`]s keyed by (pipeline, scope, feature); a judgement's changes are written in
@@ -8,13 +8,19 @@ use serde::{Deserialize, Serialize};
 use tern_proto::api::BaselineView;
 use tern_proto::drift::Baseline;
 
-use crate::records::{CorruptRecord, decode, encode, versioned_key};
+use crate::backend::{BackendError, CommitError, KeyRange, Scan, SharedBackend, Table, Write};
+use crate::records::{CorruptRecord, decode, encode, versioned_key, versions_prefix};
+
+/// `name\0version` → [`StoredBaseline`].
+const BASELINES: Table = Table("baselines");
+/// [`AlertKey`] → [`AlertRecord`].
+const ALERTS: Table = Table("alerts");
 
 /// Why the drift store failed or refused.
 #[derive(Debug, thiserror::Error)]
 pub enum DriftStoreError {
     #[error("drift storage failed: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(#[from] BackendError),
     #[error(transparent)]
     Corrupt(#[from] CorruptRecord),
     #[error("invalid baseline: {0}")]
@@ -104,26 +110,20 @@ impl AlertKey {
     }
 }
 
-/// Baselines and alerts, in the registry's database.
+/// Baselines and alerts, in the control plane's backend.
 #[derive(Debug, Clone)]
 pub struct DriftStore {
-    /// `name\0version` → [`StoredBaseline`].
-    baselines: sled::Tree,
-    /// [`AlertKey`] → [`AlertRecord`].
-    alerts: sled::Tree,
+    backend: SharedBackend,
 }
 
 impl DriftStore {
-    pub fn open(db: &sled::Db) -> Result<Self, DriftStoreError> {
-        Ok(Self {
-            baselines: db.open_tree("baselines")?,
-            alerts: db.open_tree("alerts")?,
-        })
+    pub fn new(backend: SharedBackend) -> Self {
+        Self { backend }
     }
 
     pub fn baseline(&self, name: &str, version: u64) -> Result<Option<Baseline>, DriftStoreError> {
         let key = versioned_key(name, version);
-        match self.baselines.get(&key)? {
+        match self.backend.get(BASELINES, &key)? {
             None => Ok(None),
             Some(bytes) => Ok(Some(
                 decode::<StoredBaseline, DriftStoreError>(&key, &bytes)?.baseline,
@@ -131,7 +131,8 @@ impl DriftStore {
         }
     }
 
-    /// Stores `baseline` as the next version of `name`.
+    /// Stores `baseline` as the next version of `name` (created only if that version is
+    /// still free: a stored version never changes).
     pub fn add_baseline(
         &self,
         name: &str,
@@ -143,11 +144,12 @@ impl DriftStore {
             return Err(DriftStoreError::InvalidName);
         }
         baseline.validate()?;
-        let mut prefix = name.as_bytes().to_vec();
-        prefix.push(0);
-        let version = match self.baselines.scan_prefix(&prefix).last() {
-            Some(entry) => {
-                let (key, _) = entry?;
+        let prefix = versions_prefix(name);
+        let last =
+            self.backend
+                .range(BASELINES, &KeyRange::prefix(prefix.clone()), Scan::Last(1))?;
+        let version = match last.first() {
+            Some((key, _)) => {
                 let bytes: [u8; 8] = key[prefix.len()..].try_into().unwrap_or([0; 8]);
                 u64::from_be_bytes(bytes) + 1
             }
@@ -159,24 +161,24 @@ impl DriftStore {
             source,
         };
         let key = versioned_key(name, version);
-        let fresh = self
-            .baselines
-            .compare_and_swap(&key, None::<&[u8]>, Some(encode(&stored)))?;
-        if fresh.is_err() {
-            return Err(DriftStoreError::Raced {
+        let write =
+            Write::new()
+                .only_if(BASELINES, key.clone(), None)
+                .put(BASELINES, key, encode(&stored));
+        match self.backend.commit(write) {
+            Ok(()) => Ok(view(name, version, stored, true)),
+            Err(CommitError::Conflict) => Err(DriftStoreError::Raced {
                 name: name.to_owned(),
                 version,
-            });
+            }),
+            Err(CommitError::Backend(e)) => Err(e.into()),
         }
-        self.baselines.flush()?;
-        Ok(view(name, version, stored, true))
     }
 
     /// Every stored baseline, by name then version.
     pub fn baselines(&self) -> Result<Vec<BaselineView>, DriftStoreError> {
         let mut out = Vec::new();
-        for entry in self.baselines.iter() {
-            let (key, bytes) = entry?;
+        for (key, bytes) in self.backend.range(BASELINES, &KeyRange::all(), Scan::All)? {
             let Some(split) = key.iter().position(|b| *b == 0) else {
                 continue;
             };
@@ -194,28 +196,27 @@ impl DriftStore {
     /// Every alert: firing first, then by pipeline, scope and feature.
     pub fn alerts(&self) -> Result<Vec<AlertRecord>, DriftStoreError> {
         let mut out = Vec::new();
-        for entry in self.alerts.iter() {
-            let (key, bytes) = entry?;
+        for (key, bytes) in self.backend.range(ALERTS, &KeyRange::all(), Scan::All)? {
             out.push(decode::<AlertRecord, DriftStoreError>(&key, &bytes)?);
         }
         out.sort_by_key(|a| a.state != AlertState::Firing);
         Ok(out)
     }
 
-    /// Writes a judgement's changes in one batch, durably.
+    /// Writes a judgement's changes in one atomic write, durably.
     pub fn apply(&self, changes: &[AlertChange]) -> Result<(), DriftStoreError> {
         if changes.is_empty() {
             return Ok(());
         }
-        let mut batch = sled::Batch::default();
-        for change in changes {
-            match change {
-                AlertChange::Put(alert) => batch.insert(alert.key().0, encode(alert)),
-                AlertChange::Remove(key) => batch.remove(key.0.clone()),
-            }
-        }
-        self.alerts.apply_batch(batch)?;
-        self.alerts.flush()?;
+        let write = changes
+            .iter()
+            .fold(Write::new(), |write, change| match change {
+                AlertChange::Put(alert) => write.put(ALERTS, alert.key().0, encode(alert)),
+                AlertChange::Remove(key) => write.delete(ALERTS, key.0.clone()),
+            });
+        self.backend
+            .commit(write)
+            .map_err(CommitError::into_backend)?;
         Ok(())
     }
 }
@@ -261,9 +262,7 @@ mod tests {
 
     #[test]
     fn a_judgement_is_applied_in_one_batch_and_read_back_firing_first() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = sled::open(dir.path()).expect("open");
-        let store = DriftStore::open(&db).expect("store");
+        let store = DriftStore::new(std::sync::Arc::new(crate::backend::MemoryBackend::new()));
         let alert = |scope: &str, state| AlertRecord {
             pipeline: "p".into(),
             revision: 1,

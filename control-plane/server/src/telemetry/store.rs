@@ -1,6 +1,7 @@
-//! Time series of the fleet in sled (its own database under `D/telemetry`).
+//! Time series of the fleet, on a backend of their own (a sled database under `D/telemetry`
+//! when serving).
 //!
-//! One tree, three kinds of keys:
+//! One table, three kinds of keys:
 //! - `m` + agent id → [`AgentMark`]: the highest batch sequence stored (deduplication), the
 //!   agent's dropped-batch count, batches stored;
 //! - `a` + resolution + bucket start (big-endian ms) + agent id → [`AgentWindow`]: the host
@@ -10,16 +11,19 @@
 //! Resolutions are 10 s, 1 min and 1 h. Ingest writes 10 s buckets; compaction merges buckets
 //! older than a resolution's horizon into the next coarser one, and deletes 1 h buckets past
 //! the retention. Every change (a group of batches with their marks, or one compaction step) is
-//! one atomic sled batch, so a crash leaves each batch either wholly counted or not at all, and
+//! one atomic write, so a crash leaves each batch either wholly counted or not at all, and
 //! its mark says which.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tern_proto::telemetry::{HostStats, PipelineStats, TelemetryBatch, merge_into};
+
+use crate::backend::{BackendError, CommitError, KeyRange, Scan, SharedBackend, Table, Write};
+
+const SERIES: Table = Table("series");
 
 /// Windows are kept in postcard: compact, and fast to merge at ingest rates.
 mod records {
@@ -44,7 +48,7 @@ mod records {
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryStoreError {
     #[error("telemetry storage failed: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(#[from] BackendError),
     #[error("telemetry record `{key}` is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
 }
@@ -177,8 +181,7 @@ pub struct IngestOutcome {
 /// The telemetry database.
 #[derive(Debug, Clone)]
 pub struct SeriesStore {
-    db: sled::Db,
-    tree: sled::Tree,
+    backend: SharedBackend,
     resolutions: [Resolution; 3],
     /// Held exclusively while compaction moves buckets from one resolution to another, shared
     /// by queries, so that no query sees a bucket twice or not at all.
@@ -186,27 +189,34 @@ pub struct SeriesStore {
 }
 
 impl SeriesStore {
-    /// The database, for the storage probe.
-    pub fn db(&self) -> &sled::Db {
-        &self.db
-    }
-
-    pub fn open(path: &Path, retention: Duration) -> Result<Self, TelemetryStoreError> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(64 << 20)
-            .open()?;
-        Ok(Self {
-            tree: db.open_tree("series")?,
-            db,
+    pub fn new(backend: SharedBackend, retention: Duration) -> Self {
+        Self {
+            backend,
             resolutions: resolutions(retention),
             moving: Arc::default(),
-        })
+        }
+    }
+
+    /// The backend, for the storage probe.
+    pub fn backend(&self) -> &SharedBackend {
+        &self.backend
     }
 
     /// Makes everything written so far durable.
     pub async fn flush(&self) -> Result<(), TelemetryStoreError> {
-        self.db.flush_async().await?;
+        let backend = self.backend.clone();
+        tokio::task::spawn_blocking(move || backend.flush())
+            .await
+            .map_err(BackendError::storage)??;
+        Ok(())
+    }
+
+    fn commit(&self, write: Write) -> Result<(), TelemetryStoreError> {
+        if !write.is_empty() {
+            self.backend
+                .commit(write.lazily())
+                .map_err(CommitError::into_backend)?;
+        }
         Ok(())
     }
 
@@ -214,7 +224,7 @@ impl SeriesStore {
         &self,
         key: &[u8],
     ) -> Result<Option<T>, TelemetryStoreError> {
-        match self.tree.get(key)? {
+        match self.backend.get(SERIES, key)? {
             None => Ok(None),
             Some(bytes) => Ok(Some(records::decode(key, &bytes)?)),
         }
@@ -239,8 +249,10 @@ impl SeriesStore {
     /// Every agent's mark.
     pub fn marks(&self) -> Result<HashMap<String, AgentMark>, TelemetryStoreError> {
         let mut out = HashMap::new();
-        for entry in self.tree.scan_prefix([MARK]) {
-            let (key, bytes) = entry?;
+        for (key, bytes) in self
+            .backend
+            .range(SERIES, &KeyRange::prefix([MARK]), Scan::All)?
+        {
             let agent = String::from_utf8_lossy(&key[1..]).into_owned();
             match records::decode(&key, &bytes) {
                 Ok(mark) => {
@@ -310,17 +322,17 @@ impl SeriesStore {
                 }
             }
         }
-        let mut write = sled::Batch::default();
+        let mut write = Write::new();
         for (agent, mark) in &marks {
-            write.insert(mark_key(agent), records::encode(mark));
+            write = write.put(SERIES, mark_key(agent), records::encode(mark));
         }
         for (key, window) in agents {
-            write.insert(key, records::encode(&window));
+            write = write.put(SERIES, key, records::encode(&window));
         }
         for (key, window) in pipelines {
-            write.insert(key, records::encode(&window));
+            write = write.put(SERIES, key, records::encode(&window));
         }
-        self.tree.apply_batch(write)?;
+        self.commit(write)?;
         Ok((outcome, stored))
     }
 
@@ -341,16 +353,16 @@ impl SeriesStore {
         let last = self.resolutions[2];
         let cutoff = now_ms.saturating_sub(last.horizon_ms);
         for kind in [AGENT, PIPELINE] {
-            let mut write = sled::Batch::default();
-            for entry in self
-                .tree
-                .range(window_prefix(kind, last.id, 0)..window_prefix(kind, last.id, cutoff))
-            {
-                let (key, _) = entry?;
-                write.remove(key);
+            let expired = KeyRange::between(
+                window_prefix(kind, last.id, 0),
+                window_prefix(kind, last.id, cutoff),
+            );
+            let mut write = Write::new();
+            for (key, _) in self.backend.range(SERIES, &expired, Scan::All)? {
+                write = write.delete(SERIES, key);
                 moved += 1;
             }
-            self.tree.apply_batch(write)?;
+            self.commit(write)?;
         }
         Ok(moved)
     }
@@ -371,16 +383,15 @@ impl SeriesStore {
         let mut moved = 0;
         loop {
             let mut merged: BTreeMap<Vec<u8>, T> = BTreeMap::new();
-            let mut write = sled::Batch::default();
-            let mut n = 0;
-            for entry in self
-                .tree
-                .range(window_prefix(kind, fine.id, 0)..window_prefix(kind, fine.id, cutoff))
-                .take(SLICE)
-            {
-                let (key, bytes) = entry?;
-                n += 1;
-                write.remove(key.clone());
+            let mut write = Write::new();
+            let due = KeyRange::between(
+                window_prefix(kind, fine.id, 0),
+                window_prefix(kind, fine.id, cutoff),
+            );
+            let slice = self.backend.range(SERIES, &due, Scan::First(SLICE))?;
+            let n = slice.len();
+            for (key, bytes) in slice {
+                write = write.delete(SERIES, key.clone());
                 let Some((start, name)) = parse_window_key(&key) else {
                     continue;
                 };
@@ -406,10 +417,10 @@ impl SeriesStore {
                 }
             }
             for (key, window) in merged {
-                write.insert(key, records::encode(&window));
+                write = write.put(SERIES, key, records::encode(&window));
             }
             let _exclusive = self.moving.write().unwrap_or_else(|p| p.into_inner());
-            self.tree.apply_batch(write)?;
+            self.commit(write)?;
             moved += n as u64;
             if n < SLICE {
                 return Ok(moved);
@@ -431,15 +442,28 @@ impl SeriesStore {
         for resolution in self.resolutions {
             // A coarse bucket that began before `from_ms` still holds data inside the window.
             let first = from_ms / resolution.bucket_ms * resolution.bucket_ms;
-            let range = window_prefix(kind, resolution.id, first)
-                ..window_prefix(kind, resolution.id, to_ms.saturating_add(1));
-            for entry in self.tree.range(range) {
-                let (key, bytes) = entry?;
-                if let Some((start, name)) = parse_window_key(&key)
-                    && only.is_none_or(|o| o == name)
-                {
-                    each(start, name, records::decode(&key, &bytes)?);
-                }
+            let range = KeyRange::between(
+                window_prefix(kind, resolution.id, first),
+                window_prefix(kind, resolution.id, to_ms.saturating_add(1)),
+            );
+            let mut corrupt = None;
+            self.backend
+                .visit(SERIES, &range, false, &mut |key, bytes| {
+                    if let Some((start, name)) = parse_window_key(key)
+                        && only.is_none_or(|o| o == name)
+                    {
+                        match records::decode(key, bytes) {
+                            Ok(window) => each(start, name, window),
+                            Err(e) => {
+                                corrupt = Some(e);
+                                return false;
+                            }
+                        }
+                    }
+                    true
+                })?;
+            if let Some(e) = corrupt {
+                return Err(e);
             }
         }
         Ok(())
@@ -507,8 +531,12 @@ impl SeriesStore {
         let mut counts = [0u64; 3];
         for kind in [AGENT, PIPELINE] {
             for resolution in self.resolutions {
-                counts[resolution.id as usize] +=
-                    self.tree.scan_prefix([kind, resolution.id]).count() as u64;
+                counts[resolution.id as usize] += crate::backend::count(
+                    self.backend.as_ref(),
+                    SERIES,
+                    &KeyRange::prefix([kind, resolution.id]),
+                )
+                .expect("count");
             }
         }
         counts
@@ -519,6 +547,12 @@ impl SeriesStore {
 mod tests {
     use super::*;
     use tern_proto::telemetry::Histogram;
+
+    /// A store on a sled database at `path`.
+    fn open(path: &std::path::Path, retention: Duration) -> Result<SeriesStore, BackendError> {
+        let backend = crate::backend::SledBackend::open(path, 1 << 20)?;
+        Ok(SeriesStore::new(Arc::new(backend), retention))
+    }
 
     const DAY: u64 = 24 * 3_600_000;
 
@@ -573,7 +607,7 @@ mod tests {
     fn duplicates_are_skipped_across_groups_and_reopening() {
         let dir = tempfile::tempdir().expect("tempdir");
         let now = 100 * DAY;
-        let store = SeriesStore::open(dir.path(), Duration::from_secs(90 * 86_400)).expect("open");
+        let store = open(dir.path(), Duration::from_secs(90 * 86_400)).expect("open");
         let group: Vec<_> = (1..=5)
             .map(|s| {
                 (
@@ -593,8 +627,7 @@ mod tests {
         assert_eq!(stored, [false, false, true]);
         drop(store);
         // sled's flusher thread lets go of the database's file lock a moment after the drop.
-        let store =
-            reopened(|| SeriesStore::open(dir.path(), Duration::from_secs(90 * 86_400)).ok());
+        let store = reopened(|| open(dir.path(), Duration::from_secs(90 * 86_400)).ok());
         let (outcome, _) = store.ingest(&refs(&group), now).expect("ingest");
         assert_eq!(outcome.stored, 0);
         assert_eq!(requests(&store, now - DAY, now), 60);
@@ -605,7 +638,7 @@ mod tests {
     fn compaction_downsamples_keeps_totals_and_applies_retention() {
         let dir = tempfile::tempdir().expect("tempdir");
         let now = 100 * DAY;
-        let store = SeriesStore::open(dir.path(), Duration::from_secs(30 * 86_400)).expect("open");
+        let store = open(dir.path(), Duration::from_secs(30 * 86_400)).expect("open");
         // A week of 10 s batches ending an hour ago, and one from 40 days ago.
         let start = now - 7 * DAY - 3_600_000;
         let week: Vec<_> = (0..7 * 8640u64)

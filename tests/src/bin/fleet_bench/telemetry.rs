@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use tern_control_plane::backend::SledBackend;
+use tern_control_plane::server::TELEMETRY_CACHE_BYTES;
 use tern_control_plane::telemetry::store::SeriesStore;
 use tern_e2e::{ControlPlane, cpu_time, resident_memory, wait_for};
 use tern_proto::io::{read_frame, write_frame};
@@ -181,7 +183,9 @@ async fn push(
 /// The in-process reference: the same batches into a fresh store, in groups like the writer's.
 fn reference(template: &TelemetryBatch, agents: usize, seconds: f64) -> anyhow::Result<f64> {
     let tmp = tempfile::tempdir()?;
-    let store = SeriesStore::open(tmp.path(), Duration::from_secs(90 * 86_400))?;
+    // As the control plane opens it: sled, with the same page cache.
+    let backend = SledBackend::open(tmp.path(), TELEMETRY_CACHE_BYTES)?;
+    let store = SeriesStore::new(Arc::new(backend), Duration::from_secs(90 * 86_400));
     let names: Vec<String> = (0..agents).map(|i| format!("agent-{i:05}")).collect();
     let base_ms = tern_clock::unix_millis_now() - 7 * DAY_MS;
     let now = tern_clock::unix_millis_now();

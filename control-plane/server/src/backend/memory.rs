@@ -1,0 +1,111 @@
+//! A backend in memory: tables of ordered maps behind one lock, for tests and simulations.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+
+use tokio::sync::broadcast;
+
+use super::{
+    Backend, BackendError, Changes, CommitError, KeyRange, NOTIFY_CAPACITY, Op, Table, Write,
+};
+
+type Tables = BTreeMap<Table, BTreeMap<Vec<u8>, Vec<u8>>>;
+
+/// Everything in memory; gone when dropped.
+#[derive(Debug)]
+pub struct MemoryBackend {
+    tables: Mutex<Tables>,
+    changes: broadcast::Sender<Changes>,
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        Self {
+            tables: Mutex::default(),
+            changes: broadcast::channel(NOTIFY_CAPACITY).0,
+        }
+    }
+}
+
+impl MemoryBackend {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn tables(&self) -> MutexGuard<'_, Tables> {
+        self.tables.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
+        Ok(self
+            .tables()
+            .get(&table)
+            .and_then(|entries| entries.get(key))
+            .cloned())
+    }
+
+    fn visit(
+        &self,
+        table: Table,
+        range: &KeyRange,
+        reverse: bool,
+        each: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), BackendError> {
+        if range.is_empty() {
+            return Ok(());
+        }
+        let tables = self.tables();
+        let Some(entries) = tables.get(&table) else {
+            return Ok(());
+        };
+        let mut found = entries.range::<[u8], _>(range.bounds());
+        while let Some((k, v)) = if reverse {
+            found.next_back()
+        } else {
+            found.next()
+        } {
+            if !each(k, v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn commit(&self, write: Write) -> Result<(), CommitError> {
+        let mut tables = self.tables();
+        for condition in &write.conditions {
+            let current = tables
+                .get(&condition.table)
+                .and_then(|entries| entries.get(&condition.key));
+            if current != condition.expected.as_ref() {
+                return Err(CommitError::Conflict);
+            }
+        }
+        let changes: Changes = write.changes().into();
+        for op in write.ops {
+            match op {
+                Op::Put { table, key, value } => {
+                    tables.entry(table).or_default().insert(key, value);
+                }
+                Op::Delete { table, key } => {
+                    if let Some(entries) = tables.get_mut(&table) {
+                        entries.remove(&key);
+                    }
+                }
+            }
+        }
+        // Sent under the lock: subscribers see commits in the order they were applied.
+        let _ = self.changes.send(changes);
+        Ok(())
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Changes> {
+        self.changes.subscribe()
+    }
+
+    fn flush(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,90 @@
+//! Read-modify-write changes as optimistic transactions: what a [`Transaction`] reads becomes
+//! a condition of its [`Write`], so the write applies only if nothing it read has changed
+//! since; [`transact`] runs the body again when it raced.
+
+use std::collections::BTreeMap;
+
+use super::{Backend, BackendError, CommitError, Table, Write};
+
+/// How often [`transact`] runs a change that keeps racing others before it gives up.
+pub const MAX_ATTEMPTS: usize = 16;
+
+/// A change being built: reads see its own writes first.
+#[derive(Debug)]
+pub struct Transaction<'a> {
+    backend: &'a dyn Backend,
+    /// What this transaction wrote (`None`: deleted), by table and key.
+    written: BTreeMap<(Table, Vec<u8>), Option<Vec<u8>>>,
+    write: Write,
+}
+
+impl<'a> Transaction<'a> {
+    fn new(backend: &'a dyn Backend) -> Self {
+        Self {
+            backend,
+            written: BTreeMap::new(),
+            write: Write::new(),
+        }
+    }
+
+    /// The value of `key`: what this transaction wrote, else what the backend holds (which the
+    /// commit will expect to be unchanged).
+    pub fn get(&mut self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
+        if let Some(value) = self.written.get(&(table, key.to_vec())) {
+            return Ok(value.clone());
+        }
+        let value = self.backend.get(table, key)?;
+        let read = self
+            .write
+            .conditions
+            .iter()
+            .any(|c| c.table == table && c.key == key);
+        if !read {
+            self.write = std::mem::take(&mut self.write).only_if(table, key, value.clone());
+        }
+        Ok(value)
+    }
+
+    pub fn put(&mut self, table: Table, key: impl Into<Vec<u8>>, value: Vec<u8>) {
+        let key = key.into();
+        self.written
+            .insert((table, key.clone()), Some(value.clone()));
+        self.write = std::mem::take(&mut self.write).put(table, key, value);
+    }
+
+    pub fn delete(&mut self, table: Table, key: impl Into<Vec<u8>>) {
+        let key = key.into();
+        self.written.insert((table, key.clone()), None);
+        self.write = std::mem::take(&mut self.write).delete(table, key);
+    }
+
+    /// Commits without waiting for the disk.
+    pub fn lazily(&mut self) {
+        self.write.lazy = true;
+    }
+}
+
+/// Runs `body` and commits what it wrote, on the condition that what it read is unchanged;
+/// runs it again after a conflict, up to [`MAX_ATTEMPTS`] times. An error from `body` aborts:
+/// nothing is written.
+pub fn transact<T, E: From<BackendError>>(
+    backend: &dyn Backend,
+    mut body: impl FnMut(&mut Transaction<'_>) -> Result<T, E>,
+) -> Result<T, E> {
+    for _ in 0..MAX_ATTEMPTS {
+        let mut txn = Transaction::new(backend);
+        let value = body(&mut txn)?;
+        if txn.write.is_empty() {
+            return Ok(value);
+        }
+        match backend.commit(txn.write) {
+            Ok(()) => return Ok(value),
+            Err(CommitError::Conflict) => continue,
+            Err(CommitError::Backend(e)) => return Err(e.into()),
+        }
+    }
+    Err(BackendError::Contended {
+        attempts: MAX_ATTEMPTS,
+    }
+    .into())
+}
