@@ -14,8 +14,7 @@ pub fn target_dir() -> anyhow::Result<PathBuf> {
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
         return Ok(PathBuf::from(dir));
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
+    let out = crate::cargo_command()
         .args(["metadata", "--format-version", "1", "--no-deps"])
         .output()?;
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).context("cargo metadata")?;

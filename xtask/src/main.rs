@@ -53,13 +53,39 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// A `cargo` command without the variables `cargo run` set for this task (its manifest dir,
+/// package name and version): build scripts that watch them (ring's, through cc) would run
+/// again whenever their values change — from a direct `cargo build` to `cargo xtask`, and
+/// between checkouts sharing one target dir — and rebuild everything above them.
+pub fn cargo_command() -> Command {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(cargo);
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || matches!(
+                &*name,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_MANIFEST_LINKS"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "OUT_DIR"
+            )
+        {
+            command.env_remove(&*name);
+        }
+    }
+    command
+}
+
 /// Runs `cargo ARGS`, failing if it fails.
 pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(&cargo)
+    let status = cargo_command()
         .args(args)
         .status()
-        .with_context(|| format!("failed to run {cargo}"))?;
+        .context("failed to run cargo")?;
     if !status.success() {
         bail!("`cargo {}` failed ({status})", args.join(" "));
     }

@@ -375,20 +375,8 @@ impl Registry {
         now_ms: u64,
     ) -> Result<(AgentRecord, Vec<[u8; 32]>), AgentChangeError> {
         transact(self.backend.as_ref(), |txn| {
-            let record = self.by_name_in(txn, name)?;
-            let fingerprints = record.cert_fingerprints();
-            for fingerprint in &fingerprints {
-                txn.put(
-                    REVOKED_CERTS,
-                    &fingerprint[..],
-                    record.id.as_bytes().to_vec(),
-                );
-            }
-            if let Some(key) = record.key_sha256.as_ref().and_then(|k| hex::decode(k).ok()) {
-                txn.put(REVOKED_KEYS, key, record.id.as_bytes().to_vec());
-            }
-            let mut record = record;
-            record.revoked_ms.get_or_insert(now_ms);
+            let mut record = self.by_name_in(txn, name)?;
+            let fingerprints = revoke_in(txn, &mut record, now_ms);
             txn.put(AGENTS, record.id.as_bytes(), encode(&record));
             Ok((record, fingerprints))
         })
@@ -417,19 +405,10 @@ impl Registry {
     ) -> Result<(AgentRecord, Vec<[u8; 32]>), AgentChangeError> {
         transact(self.backend.as_ref(), |txn| {
             let mut record = self.by_name_in(txn, name)?;
-            let fingerprints = record.cert_fingerprints();
+            let fingerprints = revoke_in(txn, &mut record, now_ms);
             for fingerprint in &fingerprints {
-                txn.put(
-                    REVOKED_CERTS,
-                    &fingerprint[..],
-                    record.id.as_bytes().to_vec(),
-                );
                 txn.delete(CERTS, &fingerprint[..]);
             }
-            if let Some(key) = record.key_sha256.as_ref().and_then(|k| hex::decode(k).ok()) {
-                txn.put(REVOKED_KEYS, key, record.id.as_bytes().to_vec());
-            }
-            record.revoked_ms.get_or_insert(now_ms);
             txn.delete(AGENTS, record.id.as_bytes());
             txn.delete(NAMES, record.name.as_bytes());
             Ok((record, fingerprints))
@@ -588,6 +567,24 @@ pub fn revoked_by(changes: &[Change]) -> Vec<[u8; 32]> {
         .filter(|c| c.table == REVOKED_CERTS && c.value.is_some())
         .filter_map(|c| <[u8; 32]>::try_from(c.key.as_slice()).ok())
         .collect()
+}
+
+/// Refuses `record`'s certificates and key from now on (tables that outlive the record) and
+/// marks it revoked; returns the certificates. The caller writes or deletes the record.
+fn revoke_in(txn: &mut Transaction<'_>, record: &mut AgentRecord, now_ms: u64) -> Vec<[u8; 32]> {
+    let fingerprints = record.cert_fingerprints();
+    for fingerprint in &fingerprints {
+        txn.put(
+            REVOKED_CERTS,
+            &fingerprint[..],
+            record.id.as_bytes().to_vec(),
+        );
+    }
+    if let Some(key) = record.key_sha256.as_ref().and_then(|k| hex::decode(k).ok()) {
+        txn.put(REVOKED_KEYS, key, record.id.as_bytes().to_vec());
+    }
+    record.revoked_ms.get_or_insert(now_ms);
+    fingerprints
 }
 
 /// Whether `token` may redeem `record` at `now_ms`.
