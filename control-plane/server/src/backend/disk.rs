@@ -1,6 +1,7 @@
-//! The backend on disk: a sled database, one sled tree per table. A commit is one sled
-//! transaction over the trees it touches; commits are serialized by a lock so that they are
-//! announced in the order they were applied.
+//! The backend on disk: a sled database, one sled tree per table. Commits are serialized by
+//! a lock, so that conditions hold until the write lands and commits are announced in the
+//! order they were applied; a commit is one sled write, batch or transaction (whichever
+//! covers its keys atomically).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -70,9 +71,67 @@ impl SledBackend {
     }
 }
 
-/// Why a sled transaction stopped.
-enum Abort {
-    Conflict,
+impl SledBackend {
+    /// Applies `ops` (on `tables`, sorted and distinct) atomically, in the cheapest way sled
+    /// offers: one key is one insert or remove; one tree a batch; several trees a transaction.
+    /// (sled's batches and transactions wait for any flush in progress in the process; a
+    /// single-key write does not.)
+    fn apply(&self, tables: &[Table], ops: &[Op]) -> Result<(), BackendError> {
+        let storage = BackendError::storage;
+        match (tables, ops) {
+            (_, []) => Ok(()),
+            (_, [Op::Put { table, key, value }]) => {
+                self.tree(*table)?
+                    .insert(key.as_slice(), value.as_slice())
+                    .map_err(storage)?;
+                Ok(())
+            }
+            (_, [Op::Delete { table, key }]) => {
+                self.tree(*table)?.remove(key.as_slice()).map_err(storage)?;
+                Ok(())
+            }
+            ([table], _) => {
+                let mut batch = sled::Batch::default();
+                for op in ops {
+                    match op {
+                        Op::Put { key, value, .. } => {
+                            batch.insert(key.as_slice(), value.as_slice())
+                        }
+                        Op::Delete { key, .. } => batch.remove(key.as_slice()),
+                    }
+                }
+                self.tree(*table)?.apply_batch(batch).map_err(storage)
+            }
+            _ => {
+                let trees = tables
+                    .iter()
+                    .map(|t| self.tree(*t))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let at = |table: Table| tables.binary_search(&table).unwrap_or(0);
+                trees
+                    .as_slice()
+                    .transaction(|view| {
+                        for op in ops {
+                            match op {
+                                Op::Put { table, key, value } => {
+                                    view[at(*table)].insert(key.as_slice(), value.as_slice())?;
+                                }
+                                Op::Delete { table, key } => {
+                                    view[at(*table)].remove(key.as_slice())?;
+                                }
+                            }
+                        }
+                        Ok::<_, ConflictableTransactionError<()>>(())
+                    })
+                    .map_err(|e: TransactionError<()>| match e {
+                        TransactionError::Storage(e) => storage(e),
+                        TransactionError::Abort(()) => {
+                            BackendError::storage(std::io::Error::other("transaction aborted"))
+                        }
+                    })
+            }
+        }
+    }
 }
 
 impl Backend for SledBackend {
@@ -109,50 +168,24 @@ impl Backend for SledBackend {
     }
 
     fn commit(&self, write: Write) -> Result<(), CommitError> {
-        let mut tables: Vec<Table> = write
-            .conditions
-            .iter()
-            .map(|c| c.table)
-            .chain(write.ops.iter().map(|op| match op {
-                Op::Put { table, .. } | Op::Delete { table, .. } => *table,
-            }))
-            .collect();
+        let mut tables: Vec<Table> = write.ops.iter().map(Op::table).collect();
         tables.sort();
         tables.dedup();
-        let trees = tables
-            .iter()
-            .map(|t| self.tree(*t))
-            .collect::<Result<Vec<_>, _>>()?;
-        let at = |table: Table| tables.binary_search(&table).unwrap_or(0);
         let changes: Changes = write.changes().into();
         {
+            // Every write of this database goes through here: under this lock, what a
+            // condition reads cannot change before the write lands.
             let _order = self.commits.lock().unwrap_or_else(|p| p.into_inner());
-            let result = trees.as_slice().transaction(|view| {
-                for condition in &write.conditions {
-                    let current = view[at(condition.table)].get(&condition.key)?;
-                    if current.as_deref() != condition.expected.as_deref() {
-                        return Err(ConflictableTransactionError::Abort(Abort::Conflict));
-                    }
-                }
-                for op in &write.ops {
-                    match op {
-                        Op::Put { table, key, value } => {
-                            view[at(*table)].insert(key.as_slice(), value.as_slice())?;
-                        }
-                        Op::Delete { table, key } => {
-                            view[at(*table)].remove(key.as_slice())?;
-                        }
-                    }
-                }
-                Ok(())
-            });
-            match result {
-                Ok(()) => {}
-                Err(TransactionError::Abort(Abort::Conflict)) => return Err(CommitError::Conflict),
-                Err(TransactionError::Storage(e)) => {
-                    return Err(BackendError::storage(e).into());
+            for condition in &write.conditions {
+                let current = self
+                    .tree(condition.table)?
+                    .get(&condition.key)
+                    .map_err(BackendError::storage)?;
+                if current.as_deref() != condition.expected.as_deref() {
+                    return Err(CommitError::Conflict);
                 }
             }
+            self.apply(&tables, &write.ops)?;
             let _ = self.changes.send(changes);
         }
         if !write.lazy {

@@ -91,6 +91,14 @@ pub enum Op {
     },
 }
 
+impl Op {
+    pub fn table(&self) -> Table {
+        match self {
+            Op::Put { table, .. } | Op::Delete { table, .. } => *table,
+        }
+    }
+}
+
 /// What a key must hold for a [`Write`] to apply: `expected` (`None`: absent).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Condition {
