@@ -93,6 +93,10 @@ pub struct Fleet {
     /// What each agent was last given: the control plane's own store, on the in-memory
     /// backend.
     desired: DesiredStore,
+    /// What the store holds, as last written: every generation goes through the store's
+    /// compare-and-set, and the plan and the checks read this copy (decoding the store's
+    /// records at every step would be most of the simulation's time).
+    written: HashMap<String, AgentDesired>,
     pub agents: Vec<SimAgent>,
     /// Every rule broken so far.
     pub violations: Vec<Violation>,
@@ -172,6 +176,7 @@ impl Fleet {
                 rollout: None,
             },
             desired: DesiredStore::new(Arc::new(MemoryBackend::new())),
+            written: HashMap::new(),
             agents,
             violations: Vec::new(),
             transitions: Vec::new(),
@@ -273,6 +278,8 @@ impl Fleet {
                 .put(&change.agent_id, &change.record)
                 .expect("the in-memory store does not fail");
             assert!(written, "one writer never races itself");
+            self.written
+                .insert(change.agent_id.clone(), change.record.clone());
             if let Some(agent) = self
                 .agents
                 .iter_mut()
@@ -345,25 +352,14 @@ impl Fleet {
                 errors,
             }
         };
-        let stored: HashMap<String, AgentDesired> = records
-            .iter()
-            .filter_map(|r| Some((r.id.clone(), self.given(&r.id)?)))
-            .collect();
         plan::plan(
             vec![self.deployment.clone()],
             &records,
-            &stored,
+            &self.written,
             Some(self.trust.signed.version),
             &observe,
             now,
         )
-    }
-
-    /// What `agent_id` was last given.
-    fn given(&self, agent_id: &str) -> Option<AgentDesired> {
-        self.desired
-            .get(agent_id)
-            .expect("the in-memory store does not fail")
     }
 
     /// The desired state `record` describes, as the control plane builds and signs it.
@@ -456,7 +452,8 @@ impl Fleet {
                     }
                 }
                 let given = self
-                    .given(&agent.record.id)
+                    .written
+                    .get(&agent.record.id)
                     .is_some_and(|d| d.may_report(&run.name, run.revision));
                 if !given {
                     self.violations.push(Violation {

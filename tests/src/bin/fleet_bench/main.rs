@@ -341,6 +341,9 @@ struct LoadShared {
     connected: Arc<AtomicUsize>,
     acks: Arc<AtomicU64>,
     stop: watch::Receiver<bool>,
+    /// Handshakes in progress at once (agents of a fleet do not all dial in the same
+    /// millisecond; hundreds at once on two cores would outlast QUIC's Retry tokens).
+    handshakes: Arc<Semaphore>,
 }
 
 /// Holds one agent connection: hello, then heartbeats at `interval`, until `stop`.
@@ -353,17 +356,36 @@ async fn hold(shared: LoadShared, agent: SimAgent) -> anyhow::Result<()> {
         connected,
         acks,
         mut stop,
+        handshakes,
     } = shared;
-    let transport = tern_transport::quic::transport_config(
-        Duration::from_secs(30),
-        Some(Duration::from_secs(10)),
-    );
-    let client = tern_transport::tls::quic_client(&ca_pem, agent.identity, transport)?;
-    let conn = endpoint
-        .connect_with(client, cp, tern_proto::CONTROL_PLANE_SERVER_NAME)?
-        .await?;
-    let (mut send, mut recv) = conn.open_bi().await?;
-    say_hello(&mut send, &mut recv, &agent.id, &agent.name).await?;
+    let slot = handshakes.acquire_owned().await?;
+    let dial = || async {
+        let transport = tern_transport::quic::transport_config(
+            Duration::from_secs(30),
+            Some(Duration::from_secs(10)),
+        );
+        let client = tern_transport::tls::quic_client(&ca_pem, agent.identity.clone(), transport)?;
+        let conn = endpoint
+            .connect_with(client, cp, tern_proto::CONTROL_PLANE_SERVER_NAME)?
+            .await?;
+        let (mut send, mut recv) = conn.open_bi().await?;
+        say_hello(&mut send, &mut recv, &agent.id, &agent.name).await?;
+        anyhow::Ok((conn, send, recv))
+    };
+    // As a real agent does, a failed attempt is tried again after a pause (three times here).
+    let mut attempt = 1;
+    let (conn, mut send, mut recv) = loop {
+        match dial().await {
+            Ok(link) => break link,
+            Err(e) if attempt < 4 => {
+                eprintln!("simulated agent {} dials again: {e:#}", agent.name);
+                attempt += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    drop(slot);
     connected.fetch_add(1, Ordering::Relaxed);
     // Read everything the control plane sends (desired states too, which a simulated agent
     // leaves unapplied): a reader that stopped at the first non-ack would make the control plane
@@ -430,6 +452,7 @@ fn connections(levels: &[usize], window: Duration, heartbeat: Duration) -> anyho
         connected: connected.clone(),
         acks: acks.clone(),
         stop: stop_rx,
+        handshakes: Arc::new(Semaphore::new(16)),
     };
     let mut held = 0;
 
@@ -538,6 +561,7 @@ fn bare_client(dir: &Path) -> anyhow::Result<()> {
             connected,
             acks,
             stop: stop_rx,
+            handshakes: Arc::new(Semaphore::new(1)),
         };
         let held = hold(shared, agent);
         let result = held.await;
