@@ -410,6 +410,7 @@ impl ControlPlane {
                 .into_iter()
                 .find(|a| a.name == name && a.status == status)
         })
+        .map_err(|e| e.context(format!("control plane log:\n{}", self.log_text())))
     }
 
     pub fn log_text(&self) -> String {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use tern_e2e::{Agent, ControlPlane, fast_config};
 use tern_proto::api::AgentStatus;
 
-const TIMEOUT: Duration = Duration::from_secs(30);
+const TIMEOUT: Duration = tern_e2e::FLEET_TIMEOUT;
 
 #[test]
 fn control_plane_restart_keeps_registry_and_agents_come_back_ready() -> anyhow::Result<()> {
@@ -85,7 +85,8 @@ fn agent_shuts_down_cleanly_on_sigterm() -> anyhow::Result<()> {
         c.not_ready_after = Duration::from_secs(60);
     })?;
     let mut agent = Agent::join(&cp, tmp.path(), "polite", &cp.token("", "10m")?, "")?;
-    cp.wait_status("polite", AgentStatus::Ready, TIMEOUT)?;
+    cp.wait_status("polite", AgentStatus::Ready, TIMEOUT)
+        .map_err(|e| e.context(format!("agent log:\n{}", agent.process.log_text())))?;
     assert!(
         agent.process.terminate(Duration::from_secs(10))?,
         "agent exited with failure:\n{}",
