@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 use super::{Backend, BackendError, CommitError, Table, Write};
 
 /// How often [`transact`] runs a change that keeps racing others before it gives up.
-pub const MAX_ATTEMPTS: usize = 16;
+pub const MAX_ATTEMPTS: usize = 64;
+
+/// The longest pause between two attempts.
+const MAX_PAUSE: std::time::Duration = std::time::Duration::from_millis(4);
 
 /// A change being built: reads see its own writes first.
 #[derive(Debug)]
@@ -64,6 +67,15 @@ impl<'a> Transaction<'a> {
     }
 }
 
+/// After the `attempt`-th conflict: a random pause that doubles up to [`MAX_PAUSE`], so that
+/// writers racing for one key spread out instead of colliding again in step.
+fn pause(attempt: usize) {
+    use rand::Rng;
+    let ceiling = (std::time::Duration::from_micros(20) * (1 << attempt.min(8))).min(MAX_PAUSE);
+    let pause = rand::rng().random_range(std::time::Duration::ZERO..=ceiling);
+    std::thread::sleep(pause);
+}
+
 /// Runs `body` and commits what it wrote, on the condition that what it read is unchanged;
 /// runs it again after a conflict, up to [`MAX_ATTEMPTS`] times. An error from `body` aborts:
 /// nothing is written.
@@ -71,7 +83,7 @@ pub fn transact<T, E: From<BackendError>>(
     backend: &dyn Backend,
     mut body: impl FnMut(&mut Transaction<'_>) -> Result<T, E>,
 ) -> Result<T, E> {
-    for _ in 0..MAX_ATTEMPTS {
+    for attempt in 0..MAX_ATTEMPTS {
         let mut txn = Transaction::new(backend);
         let value = body(&mut txn)?;
         if txn.write.is_empty() {
@@ -79,7 +91,7 @@ pub fn transact<T, E: From<BackendError>>(
         }
         match backend.commit(txn.write) {
             Ok(()) => return Ok(value),
-            Err(CommitError::Conflict) => continue,
+            Err(CommitError::Conflict) => pause(attempt),
             Err(CommitError::Backend(e)) => return Err(e.into()),
         }
     }
