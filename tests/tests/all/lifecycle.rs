@@ -280,8 +280,9 @@ fn certificates_renew_before_expiry_and_an_expired_one_needs_a_new_token() -> an
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let _agent = Agent::run(tmp.path(), "edge")?;
-    cp.wait_status("edge", AgentStatus::Ready, TIMEOUT)?;
+    let agent = Agent::run(tmp.path(), "edge")?;
+    cp.wait_status("edge", AgentStatus::Ready, TIMEOUT)
+        .map_err(|e| e.context(format!("agent log:\n{}", agent.process.log_text())))?;
     assert_eq!(cp.agent("edge")?.id, id, "the same agent");
     cp.stop()?;
     Ok(())
