@@ -7,10 +7,12 @@ mod checks;
 use std::path::PathBuf;
 
 fn inputs(kind: &str, target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz")
-        .join(kind)
-        .join(target);
+    // Where cargo runs the test from now: a build may come from another checkout sharing the
+    // target dir, whose path `env!` would have kept.
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let dir = manifest_dir.join("../../fuzz").join(kind).join(target);
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return Vec::new();
     };
