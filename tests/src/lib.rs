@@ -81,9 +81,32 @@ pub fn examples_dir() -> PathBuf {
 /// handed out before in this process: tests run in parallel, and a port one test was given but
 /// has not bound yet is free again to the system. Two control planes on one port would let a
 /// test talk to another test's.
+///
+/// The port lies below the kernel's ephemeral range, where neither `connect` nor a bind to port
+/// 0 ever picks one: a port given here stays free until the process under test binds it, and
+/// again between that process's stop and its restart on the same port. (Inside the range, any
+/// outgoing connection, such as a test polling another agent's API, can take it as its source
+/// port, and the restarted agent or control plane then fails to bind.)
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let ephemeral = ephemeral_ports();
+    let below = FIRST_TEST_PORT..(*ephemeral.start()).max(FIRST_TEST_PORT);
+    let span = below.len();
+    if span >= 1024 {
+        // Start at a random place, so that a run beside another finds a free port at once.
+        let seed = std::process::id() as usize
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos() as usize);
+        for i in 0..span {
+            let port = below.start + (seed.wrapping_add(i) % span) as u16;
+            if !given.contains(&port) && bindable(port) {
+                given.push(port);
+                return port;
+            }
+        }
+    }
     for _ in 0..1000 {
         let Ok(udp) = UdpSocket::bind("127.0.0.1:0") else {
             continue;
@@ -95,6 +118,25 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("no free loopback port");
+}
+
+/// The lowest port [`free_port`] hands out (above the registered services most machines run).
+const FIRST_TEST_PORT: u16 = 20_000;
+
+/// The ports the kernel picks for outgoing connections and binds to port 0.
+fn ephemeral_ports() -> std::ops::RangeInclusive<u16> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut bounds = text.split_whitespace().map(str::parse::<u16>);
+            Some(bounds.next()?.ok()?..=bounds.next()?.ok()?)
+        })
+        .unwrap_or(32_768..=60_999)
+}
+
+/// Whether both a UDP socket and a TCP listener can bind `port` on loopback.
+fn bindable(port: u16) -> bool {
+    UdpSocket::bind(("127.0.0.1", port)).is_ok() && TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
 /// Polls `check` every 50 ms until it returns `Some` or `timeout` passes.
@@ -345,6 +387,24 @@ impl ControlPlane {
         Ok(String::from_utf8_lossy(&out.stderr).into_owned())
     }
 
+    /// Writes `manifest` to `file` and applies it with `ternctl apply -f`, which must succeed;
+    /// returns its output.
+    pub fn apply_manifest(
+        &self,
+        file: &Path,
+        manifest: impl AsRef<[u8]>,
+    ) -> anyhow::Result<String> {
+        std::fs::write(file, manifest)?;
+        self.ternctl_ok(&["apply", "-f", &path_str(file)?])
+    }
+
+    /// Writes `manifest` to `file` and applies it with `ternctl apply -f`, which must refuse it;
+    /// returns its stderr.
+    pub fn apply_refused(&self, file: &Path, manifest: impl AsRef<[u8]>) -> anyhow::Result<String> {
+        std::fs::write(file, manifest)?;
+        self.ternctl_fails(&["apply", "-f", &path_str(file)?])
+    }
+
     /// `ternctl token create`, returning the token.
     pub fn token(&self, labels: &str, ttl: &str) -> anyhow::Result<String> {
         let out = self.ternctl(&["token", "create", "--labels", labels, "--ttl", ttl]);
@@ -410,7 +470,40 @@ impl ControlPlane {
                 .into_iter()
                 .find(|a| a.name == name && a.status == status)
         })
-        .map_err(|e| e.context(format!("control plane log:\n{}", self.log_text())))
+        .map_err(|e| {
+            e.context(format!(
+                "control plane log:\n{}\n{}",
+                self.log_text(),
+                self.agent_logs(name)
+            ))
+        })
+    }
+
+    /// The logs of every process of agent `name` started beside this control plane
+    /// ([`Agent::join`] and [`Agent::run`] write them next to its data dir), oldest first.
+    pub fn agent_logs(&self, name: &str) -> String {
+        let Some(root) = self.dir.parent() else {
+            return String::new();
+        };
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|path| {
+                path.file_name().and_then(|f| f.to_str()).is_some_and(|f| {
+                    f == format!("{name}.log") || f.starts_with(&format!("{name}-run-"))
+                })
+            })
+            .collect();
+        logs.sort_by_key(|path| std::fs::metadata(path).and_then(|m| m.modified()).ok());
+        logs.iter()
+            .map(|path| {
+                let text = std::fs::read_to_string(path).unwrap_or_default();
+                format!("log of {}:\n{text}", path.display())
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     pub fn log_text(&self) -> String {
@@ -706,7 +799,8 @@ pub fn http(
 }
 
 /// Like [`http`], with extra request headers; also returns the answer's headers (names in
-/// lower case). Any status is an answer, not an error.
+/// lower case). Any status is an answer, not an error, and a redirect is not followed: tests see
+/// the status the server gave.
 pub fn http_with(
     addr: SocketAddr,
     method: &str,
@@ -720,6 +814,7 @@ pub fn http_with(
         .timeout_connect(Some(Duration::from_secs(5)))
         .timeout_global(Some(Duration::from_secs(30)))
         .allow_non_standard_methods(true)
+        .max_redirects(0)
         .build()
         .into();
     let mut request = ureq::http::Request::builder()
@@ -870,8 +965,7 @@ impl Fleet {
 
     pub fn apply(&self, release: &str, k: u32) -> anyhow::Result<()> {
         let path = self.tmp.path().join("scores.yaml");
-        std::fs::write(&path, topk_manifest(release, k))?;
-        self.cp.ternctl_ok(&["apply", "-f", &path_str(&path)?])?;
+        self.cp.apply_manifest(&path, topk_manifest(release, k))?;
         Ok(())
     }
 

@@ -28,7 +28,7 @@ use tern_proto::manifest::{Device, Resource, VariantSpec};
 use tern_proto::message::{PipelinePhase, PipelineStatus};
 use tern_proto::release::{ArtifactKind, Digest, Release, SignedRelease, VersionFloor};
 use tern_proto::signing::{SecretKey, Signed};
-use tern_proto::trust::{SignedTrustRoot, TrustRoot};
+use tern_proto::trust::SignedTrustRoot;
 
 /// Virtual time between two steps (the control plane's deployment interval).
 pub const STEP_MS: u64 = 500;
@@ -73,6 +73,15 @@ impl SimAgent {
     /// The revision of the pipeline this agent answers with.
     pub fn serving_revision(&self) -> Option<u64> {
         self.serving.get(PIPELINE).map(|p| p.revision)
+    }
+
+    /// Every revision this agent ever answered requests with, from its traffic: what it serves
+    /// now says nothing of what it served before a rollback.
+    pub fn revisions_served(&self) -> BTreeSet<u64> {
+        self.traffic
+            .iter()
+            .map(|(_, revision, _, _)| *revision)
+            .collect()
     }
 }
 
@@ -140,16 +149,7 @@ impl Fleet {
     /// deployment of [`PIPELINE`] that has no rollout yet.
     pub fn new(faults: Vec<Faults>) -> Self {
         let (root, publisher) = (SecretKey::generate(), SecretKey::generate());
-        let mut trust = Signed::unsigned(TrustRoot {
-            version: 1,
-            root_keys: vec![root.public()],
-            root_threshold: 1,
-            publishers: vec![publisher.public()],
-            threshold: 1,
-            created_ms: 0,
-            expires_ms: None,
-        });
-        trust.sign(&root);
+        let trust = SignedTrustRoot::single_keys(1, &root, publisher.public(), 0);
         let agents = faults
             .into_iter()
             .enumerate()

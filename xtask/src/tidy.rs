@@ -3,8 +3,9 @@
 //! - Every workspace crate is named in ARCHITECTURE.md (by its path).
 //! - Every Rust source file opens with a module doc comment (`//!`).
 //! - The layer tables of ARCHITECTURE.md hold: a module imports (names a `crate::` or
-//!   `super::` path of) only modules of its own layer or of the layers below it. Test modules
-//!   (`#[cfg(test)] mod tests`) are not checked.
+//!   `super::` path of, groups and names re-exported by the crate root included) only modules
+//!   of its own layer or of the layers below it. Test modules (`#[cfg(test)] mod tests`, inline
+//!   or in a file of their own) are not checked.
 //! - No crate has an import cycle between modules, other than between a module and its own
 //!   descendants (a parent and its children are one unit).
 //!
@@ -190,8 +191,9 @@ fn modules(src: &Path) -> anyhow::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for file in files {
         let relative = file.strip_prefix(src)?;
-        // A binary's own modules (src/bin/...) are not the library's.
-        if relative.starts_with("bin") {
+        // A binary's own modules (src/bin/...) are not the library's, and a test module in a
+        // file of its own (`#[cfg(test)] mod tests;`) is not checked.
+        if relative.starts_with("bin") || relative.file_stem().is_some_and(|s| s == "tests") {
             continue;
         }
         let mut parts: Vec<String> = relative
@@ -221,10 +223,16 @@ fn code(text: &str) -> String {
     while let Some(line) = lines.next() {
         let trimmed = line.trim();
         if trimmed == "#[cfg(test)]"
-            && lines
-                .peek()
-                .is_some_and(|next| next.trim().starts_with("mod tests"))
+            && let Some(next) = lines.peek().map(|next| next.trim())
+            && next.starts_with("mod tests")
         {
+            if next == "mod tests;" {
+                // Its own file is a module of its own, skipped as a test module; the rest of
+                // this file is code.
+                lines.next();
+                continue;
+            }
+            // An inline test module ends the file's code.
             break;
         }
         let line = match line.find("//") {
@@ -240,6 +248,10 @@ fn code(text: &str) -> String {
 /// Module → the other modules of the crate it names (`crate::` and `super::` paths).
 fn imports(modules: &BTreeMap<String, String>) -> BTreeMap<String, BTreeSet<String>> {
     let known: BTreeSet<&str> = modules.keys().map(String::as_str).collect();
+    let reexported = modules
+        .get("")
+        .map(|root| reexports(root))
+        .unwrap_or_default();
     let mut graph = BTreeMap::new();
     for (module, text) in modules {
         let code = code(text);
@@ -262,6 +274,14 @@ fn imports(modules: &BTreeMap<String, String>) -> BTreeMap<String, BTreeSet<Stri
                     } else {
                         format!("{base}::{path}")
                     };
+                    // A name the crate root re-exports stands for the module it comes from.
+                    let first = full.split("::").next().unwrap_or_default();
+                    let full = match reexported.get(first) {
+                        Some(source) if longest_module(&known, &full) == Some("") => {
+                            format!("{source}{}", &full[first.len()..])
+                        }
+                        _ => full,
+                    };
                     if let Some(target) = longest_module(&known, &full)
                         && target != module
                     {
@@ -273,6 +293,23 @@ fn imports(modules: &BTreeMap<String, String>) -> BTreeMap<String, BTreeSet<Stri
         graph.insert(module.clone(), targets);
     }
     graph
+}
+
+/// The names a crate root re-exports (`pub use a::b::X;`) → the paths they stand for.
+fn reexports(root: &str) -> BTreeMap<String, String> {
+    let code = code(root);
+    let mut out = BTreeMap::new();
+    let mut rest = code.as_str();
+    while let Some(i) = rest.find("pub use ") {
+        rest = &rest[i + "pub use ".len()..];
+        let tree = rest.strip_prefix("crate::").unwrap_or(rest);
+        for path in use_paths(tree) {
+            if let Some((_, name)) = path.rsplit_once("::") {
+                out.insert(name.to_owned(), path.clone());
+            }
+        }
+    }
+    out
 }
 
 fn parent(module: &str) -> String {
@@ -303,22 +340,15 @@ fn expand(text: &str, prefix: String, out: &mut Vec<String>) -> usize {
         path.push_str(ident);
     }
     let rest = &text[ident_len..];
+    if ident.is_empty()
+        && let Some(group) = rest.strip_prefix('{')
+    {
+        // `crate::{a::X, b::Y}`: a group right after the prefix.
+        return expand_group(group, path, out);
+    }
     if let Some(after) = rest.strip_prefix("::") {
         if let Some(group) = after.strip_prefix('{') {
-            // A group: trees separated by commas, up to the matching brace.
-            let mut inner = group;
-            loop {
-                inner = inner.trim_start_matches(|c: char| c.is_whitespace() || c == ',');
-                if inner.is_empty() || inner.starts_with('}') {
-                    break;
-                }
-                let n = expand(inner, path.clone(), out);
-                if n == 0 {
-                    break;
-                }
-                inner = &inner[n..];
-            }
-            return (text.len() - inner.len() + 1).min(text.len());
+            return ident_len + 2 + expand_group(group, path, out);
         }
         return ident_len + 2 + expand(after, path, out);
     }
@@ -326,6 +356,24 @@ fn expand(text: &str, prefix: String, out: &mut Vec<String>) -> usize {
         out.push(path);
     }
     ident_len
+}
+
+/// Expands the trees of a group (`group` starts after its `{`), separated by commas, up to the
+/// matching brace; returns how many bytes the group used, braces included.
+fn expand_group(group: &str, path: String, out: &mut Vec<String>) -> usize {
+    let mut inner = group;
+    loop {
+        inner = inner.trim_start_matches(|c: char| c.is_whitespace() || c == ',');
+        if inner.is_empty() || inner.starts_with('}') {
+            break;
+        }
+        let n = expand(inner, path.clone(), out);
+        if n == 0 {
+            break;
+        }
+        inner = &inner[n..];
+    }
+    (group.len() - inner.len() + 2).min(group.len() + 1)
 }
 
 /// The module `path` is in: the longest known prefix, else the crate root.
@@ -506,6 +554,29 @@ mod tests {
             ]
         );
         assert_eq!(use_paths("deploy::step(&cx, now)"), ["deploy::step"]);
+        assert_eq!(
+            use_paths("{a::X, b::{c, d::Y}};"),
+            ["a::X", "b::c", "b::d::Y"]
+        );
+    }
+
+    #[test]
+    fn groups_after_the_prefix_reexports_and_test_files_are_followed() {
+        let modules: BTreeMap<String, String> = [
+            (
+                "".into(),
+                "//! root\nmod a;\nmod b;\nmod c;\npub use c::Facade;\n".into(),
+            ),
+            (
+                "a".into(),
+                "//! a\n#[cfg(test)]\nmod tests;\nuse crate::{b::X, Facade};\n".into(),
+            ),
+            ("b".into(), "//! b\n".into()),
+            ("c".into(), "//! c\n".into()),
+        ]
+        .into();
+        let graph = imports(&modules);
+        assert_eq!(graph["a"], BTreeSet::from(["b".to_owned(), "c".to_owned()]));
     }
 
     #[test]

@@ -17,7 +17,8 @@
 //! - [`store`]: the agent's durable state in sled and its verified artifacts on disk.
 //! - [`telemetry`]: per-request meters, batches buffered in sled, shipped when connected.
 //! - [`shutdown`]: the signals that stop the agent, and the order its parts stop in.
-//! - [`working_set`]: gives back the pages of the binary's code that startup touched once.
+//! - `working_set` (Linux only): gives back the pages of the binary's code that startup touched
+//!   once.
 
 // Proving that futures holding loaded models are `Send` walks deep into wgpu's types.
 #![recursion_limit = "256"]
@@ -44,6 +45,8 @@ pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 pub mod tensors;
+// Uses `/proc/self/smaps` and Linux's `MADV_DONTNEED`; other targets keep their code resident.
+#[cfg(target_os = "linux")]
 pub mod working_set;
 
 pub use config::AgentConfig;

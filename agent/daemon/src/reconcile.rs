@@ -567,16 +567,7 @@ mod tests {
     impl World {
         fn new() -> Self {
             let (root, publisher) = (SecretKey::generate(), SecretKey::generate());
-            let mut trust = Signed::unsigned(TrustRoot {
-                version: 1,
-                root_keys: vec![root.public()],
-                root_threshold: 1,
-                publishers: vec![publisher.public()],
-                threshold: 1,
-                created_ms: 0,
-                expires_ms: None,
-            });
-            trust.sign(&root);
+            let trust = SignedTrustRoot::single_keys(1, &root, publisher.public(), 0);
             Self {
                 root,
                 publisher,
@@ -786,16 +777,7 @@ mod tests {
         let mut r = Reconciler::new(Restored::default());
         r.apply(w.state(1, vec![w.pipeline(1, 1, false)]), 1_000);
         let attacker = SecretKey::generate();
-        let mut forged = Signed::unsigned(TrustRoot {
-            version: 2,
-            root_keys: vec![attacker.public()],
-            root_threshold: 1,
-            publishers: vec![attacker.public()],
-            threshold: 1,
-            created_ms: 0,
-            expires_ms: None,
-        });
-        forged.sign(&attacker);
+        let forged = SignedTrustRoot::single_keys(2, &attacker, attacker.public(), 0);
         let mut state = w.state(2, vec![w.pipeline(1, 1, false)]);
         state.trust_root = Some(forged);
         let actions = r.apply(state, 1_000);

@@ -162,7 +162,14 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
         }
         .run(reconciler, desired_rx, stop_rx.clone()),
     );
-    let code_release = tokio::spawn(crate::working_set::release_periodically(stop_rx.clone()));
+    // Releasing the executable's code pages reads /proc/self/smaps and relies on Linux's
+    // MADV_DONTNEED; elsewhere there is no such task.
+    #[cfg(target_os = "linux")]
+    let code_release = Some(tokio::spawn(crate::working_set::release_periodically(
+        stop_rx.clone(),
+    )));
+    #[cfg(not(target_os = "linux"))]
+    let code_release: Option<tokio::task::JoinHandle<()>> = None;
     let probe_dir = dir.clone();
     let probe = tokio::spawn(async move {
         if let Some(gpus) = capacity::discover_gpus(&probe_dir).await {
@@ -186,7 +193,10 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
     let _ = stop_tx.send(true);
     crate::shutdown::stop_in_order(
         crate::shutdown::Running {
-            aborted: vec![probe, deployer, shipper, code_release],
+            aborted: [probe, deployer, shipper]
+                .into_iter()
+                .chain(code_release)
+                .collect(),
             collector,
             link,
             api,

@@ -12,6 +12,8 @@
 //! process, so no other mapping can take their addresses between reading the map and the
 //! `madvise`, and only those that hold no page of their own (relocated pages of RELRO are
 //! excluded by that).
+//!
+//! Linux only: it reads `/proc/self/smaps` and relies on what `MADV_DONTNEED` does there.
 
 use std::ops::Range;
 use std::time::Duration;
@@ -35,6 +37,9 @@ struct Mapping {
     /// Anonymous and swapped pages, in kB: copies the process owns (a relocated page, say).
     /// A dirty page of a file just written is the file's, not the process's.
     own_kb: u64,
+    /// Whether the entry said how many anonymous pages it holds: one that does not (a kernel
+    /// that words smaps differently) may hold some, so it is never released.
+    anonymous_known: bool,
     locked: bool,
 }
 
@@ -54,6 +59,7 @@ fn parse(smaps: &str) -> Vec<Mapping> {
                 perms,
                 path,
                 own_kb: 0,
+                anonymous_known: false,
                 locked: false,
             });
             continue;
@@ -63,6 +69,9 @@ fn parse(smaps: &str) -> Vec<Mapping> {
         };
         match first {
             "Anonymous:" | "Swap:" => {
+                if first == "Anonymous:" {
+                    current.anonymous_known = true;
+                }
                 let kb = words.next().and_then(|w| w.parse::<u64>().ok());
                 // Unreadable counts as owned: such a mapping is left alone.
                 current.own_kb = current.own_kb.saturating_add(kb.unwrap_or(u64::MAX));
@@ -75,7 +84,8 @@ fn parse(smaps: &str) -> Vec<Mapping> {
 }
 
 /// The ranges of `smaps` that can be released: private, read-only mappings of `executable` that
-/// hold no page of their own (anonymous or swapped) and are not locked.
+/// show explicitly that they hold no page of their own (`Anonymous: 0 kB`, no swap) and are not
+/// locked.
 fn releasable(smaps: &str, executable: &str) -> Vec<Range<usize>> {
     parse(smaps)
         .into_iter()
@@ -85,6 +95,7 @@ fn releasable(smaps: &str, executable: &str) -> Vec<Range<usize>> {
                 && perms.len() == 4
                 && perms[1] == b'-'
                 && perms[3] == b'p'
+                && m.anonymous_known
                 && m.own_kb == 0
                 && !m.locked
                 && !m.range.is_empty()
@@ -128,7 +139,7 @@ pub async fn release_periodically(mut stop: watch::Receiver<bool>) {
         match tokio::task::spawn_blocking(release_unused_code).await {
             Ok(Ok(bytes)) => debug!(bytes, "unused code released"),
             Ok(Err(e)) => {
-                // Not Linux, or /proc unreadable: nothing to do, now or later.
+                // /proc unreadable or madvise refused: nothing to do, now or later.
                 warn!(error = %e, "cannot release unused code");
                 return;
             }
@@ -201,6 +212,25 @@ Anonymous: 0 kB
             vec![0x3000..0x4000]
         );
         assert!(releasable("garbage\n\n-\nzz-yy r-xp\n", "/x").is_empty());
+    }
+
+    #[test]
+    fn a_mapping_without_an_anonymous_count_is_kept() {
+        let smaps = "\
+1000-2000 r-xp 00000000 fe:00 1 /opt/tern/tern-agent
+Rss: 4 kB
+Swap: 0 kB
+VmFlags: rd ex mr mw me sd
+3000-4000 r-xp 00000000 fe:00 1 /opt/tern/tern-agent
+Anonymous: 0 kB
+VmFlags: rd ex mr mw me sd
+5000-6000 r--p 00000000 fe:00 1 /opt/tern/tern-agent
+";
+        assert_eq!(
+            releasable(smaps, "/opt/tern/tern-agent"),
+            vec![0x3000..0x4000],
+            "only a mapping that reports `Anonymous: 0 kB` is released"
+        );
     }
 
     #[test]

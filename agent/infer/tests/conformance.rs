@@ -1,12 +1,20 @@
 //! The conformance suite on both backends: `../shared/models` and ONNX's backend test data.
-//! Prints one line per case and backend; fails on any `fail`, and when fewer cases pass than
-//! passed when the minimum was last raised (a case gone unsupported is a regression too). The GPU half runs wherever wgpu
-//! finds an adapter (CI installs a software Vulkan one and sets `TERN_REQUIRE_GPU=1`).
+//! Prints one line per case and backend; fails on any `fail`, and when more cases do not pass
+//! than did not when the maximum was last lowered (a case gone unsupported is a regression too)
+//! or, with the whole shared set, when fewer pass than passed then.
+//! The GPU half runs wherever wgpu finds an adapter (CI installs a software Vulkan one and sets
+//! `TERN_REQUIRE_GPU=1`).
 
 use tern_infer::conformance::{self, Outcome, Report};
 use tern_infer::{Device, list_adapters};
 
-/// Cases each backend passes (of 120 with the shared fixtures); raise when more pass.
+/// Cases each backend may leave unpassed (3 and 8 of the 120 shared fixtures); lower when more
+/// pass. A count of what does not pass, not of what does, so a smaller fixture set (a checkout
+/// without ONNX's test data, say) is judged by the same rule.
+const MAX_NOT_PASSING_CPU: usize = 3;
+const MAX_NOT_PASSING_GPU: usize = 8;
+/// Cases each backend passes with the whole shared set (`TERN_REQUIRE_FIXTURES=1`, as in CI):
+/// fewer means cases went missing, not only that some stopped passing.
 const MIN_PASS_CPU: usize = 117;
 const MIN_PASS_GPU: usize = 112;
 
@@ -69,7 +77,11 @@ fn run_suite(device: Device) -> Vec<Report> {
     reports
 }
 
-fn check(reports: &[Report], min_pass: usize) {
+/// Fails on any failing case, on more than `max_not_passing` cases that do not pass, on fewer
+/// than `min_pass` passing where the whole shared set is required, and on a shared model that
+/// does not run. No reports (no fixtures, and none required: [`run_suite`]
+/// fails when `TERN_REQUIRE_FIXTURES=1`) pass.
+fn check(reports: &[Report], max_not_passing: usize, min_pass: usize) {
     let fails: Vec<String> = reports
         .iter()
         .filter(|r| matches!(r.outcome, Outcome::Fail { .. }))
@@ -81,13 +93,22 @@ fn check(reports: &[Report], min_pass: usize) {
         fails.len(),
         fails.join("\n")
     );
-    let passed = reports
+    let not_passing: Vec<String> = reports
         .iter()
-        .filter(|r| matches!(r.outcome, Outcome::Pass { .. }))
-        .count();
+        .filter(|r| !matches!(r.outcome, Outcome::Pass { .. }))
+        .map(|r| format!("{}/{}: {}", r.suite, r.case, r.outcome))
+        .collect();
     assert!(
-        reports.is_empty() || passed >= min_pass,
-        "{passed} cases pass, fewer than the {min_pass} that passed before"
+        not_passing.len() <= max_not_passing,
+        "{} of {} cases do not pass, more than the {max_not_passing} that did not before:\n{}",
+        not_passing.len(),
+        reports.len(),
+        not_passing.join("\n")
+    );
+    let passed = reports.len() - not_passing.len();
+    assert!(
+        !require("TERN_REQUIRE_FIXTURES") || passed >= min_pass,
+        "{passed} cases pass, fewer than the {min_pass} of the whole shared set"
     );
     for r in reports.iter().filter(|r| r.suite == "models") {
         assert!(
@@ -102,7 +123,7 @@ fn check(reports: &[Report], min_pass: usize) {
 
 #[test]
 fn cpu_backend_conforms() {
-    check(&run_suite(Device::Cpu), MIN_PASS_CPU);
+    check(&run_suite(Device::Cpu), MAX_NOT_PASSING_CPU, MIN_PASS_CPU);
 }
 
 #[test]
@@ -115,5 +136,5 @@ fn gpu_backend_conforms() {
         eprintln!("conformance: no GPU adapter, GPU half skipped");
         return;
     }
-    check(&run_suite(Device::Gpu), MIN_PASS_GPU);
+    check(&run_suite(Device::Gpu), MAX_NOT_PASSING_GPU, MIN_PASS_GPU);
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::signing::{PublicKey, SignatureError, Signed, Statement};
+use crate::signing::{PublicKey, SecretKey, SignatureError, Signed, Statement};
 
 /// Most keys of either kind one trust root lists.
 pub const MAX_KEYS: usize = 64;
@@ -143,6 +143,27 @@ pub enum TrustUpdate {
 }
 
 impl SignedTrustRoot {
+    /// The smallest trust root: one root key, which signs it, and one publisher key, each
+    /// enough alone, made at `created_ms` and never expiring.
+    pub fn single_keys(
+        version: u64,
+        root: &SecretKey,
+        publisher: PublicKey,
+        created_ms: u64,
+    ) -> Self {
+        let mut doc = Signed::unsigned(TrustRoot {
+            version,
+            root_keys: vec![root.public()],
+            root_threshold: 1,
+            publishers: vec![publisher],
+            threshold: 1,
+            created_ms,
+            expires_ms: None,
+        });
+        doc.sign(root);
+        doc
+    }
+
     /// Decides whether this document may be pinned, given the one pinned now (`None`: the
     /// first, trusted on first use, which must be signed by a threshold of its own root keys).
     /// A successor needs a higher version and a threshold of the *current* root keys, so a

@@ -49,13 +49,15 @@ enum SessionError {
     Connection(#[from] quinn::ConnectionError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    #[error("registry task failed: {0}")]
+    RegistryTask(#[from] tokio::task::JoinError),
 }
 
 impl SessionError {
     fn close_code(&self) -> u32 {
         match self {
             SessionError::UnknownCertificate | SessionError::Refused(_) => close::REFUSED,
-            SessionError::Registry(_) => close::INTERNAL,
+            SessionError::Registry(_) | SessionError::RegistryTask(_) => close::INTERNAL,
             _ => close::PROTOCOL,
         }
     }
@@ -197,13 +199,15 @@ async fn session(
     let result = async {
         let capacity = clean_capacity(&hello.capacity);
         let version = clean(&hello.software_version);
-        shared.registry.update_agent(&record.id, |a| {
-            a.capacity = capacity.clone();
-            a.version = version.clone();
+        let (reported, reported_version) = (capacity.clone(), version.clone());
+        update_agent(shared, &record.id, move |a| {
+            a.capacity = reported.clone();
+            a.version = reported_version.clone();
             a.last_seen_ms = now;
             a.status = tern_proto::api::AgentStatus::Ready;
             a.address = Some(remote.to_string());
-        })?;
+        })
+        .await?;
         let welcome = Welcome {
             heartbeat_interval_ms: shared.config.heartbeat_interval.as_millis() as u64,
             server_time_ms: now,
@@ -260,10 +264,11 @@ async fn session(
             .seen(&record.id)
             .map(|s| s.last_seen_ms)
             .unwrap_or(now);
-        shared.registry.update_agent(&record.id, |a| {
+        update_agent(shared, &record.id, move |a| {
             a.status = tern_proto::api::AgentStatus::NotReady;
             a.last_seen_ms = last_seen;
-        })?;
+        })
+        .await?;
     }
     let reason = conn
         .close_reason()
@@ -271,6 +276,18 @@ async fn session(
         .unwrap_or_else(|| "stream closed".into());
     info!(agent = %record.name, %reason, "agent disconnected");
     result
+}
+
+/// Changes agent `id`'s registry record, on the blocking pool: the registry's transaction
+/// waits on the backend's commit lock and pauses between retries.
+async fn update_agent(
+    shared: &Arc<Shared>,
+    id: &str,
+    change: impl Fn(&mut AgentRecord) + Send + 'static,
+) -> Result<(), SessionError> {
+    let (work, id) = (shared.clone(), id.to_owned());
+    tokio::task::spawn_blocking(move || work.registry.update_agent(&id, change)).await??;
+    Ok(())
 }
 
 async fn control_loop(
@@ -345,11 +362,12 @@ async fn handle(
         AgentMessage::Capacity(capacity) => {
             let capacity = clean_capacity(&capacity);
             debug!(agent = %record.name, gpus = capacity.gpus.len(), "capacity update");
-            shared.registry.update_agent(&record.id, |a| {
+            update_agent(shared, &record.id, move |a| {
                 if a.capacity != capacity {
                     a.capacity = capacity.clone();
                 }
-            })?;
+            })
+            .await?;
         }
         AgentMessage::Health(mut report) => {
             let foreign = shared

@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 use tern_proto::api::PinnedStep;
 use tern_proto::manifest::{Deployment, Pipeline};
 
-use crate::backend::{BackendError, CommitError, KeyRange, Scan, SharedBackend, Table, Write};
+use crate::backend::{
+    BackendError, CommitError, KeyRange, Scan, SharedBackend, Table, Write, transact,
+};
 use crate::records::{CorruptRecord, decode, encode, versioned_key, versions_prefix};
 
 const PIPELINES: Table = Table("pipelines");
@@ -95,6 +97,17 @@ impl Catalog {
         Ok(())
     }
 
+    /// Deletes `name` from `table`; whether it was there. The read is a condition of the
+    /// delete (a change by another writer in between runs both again), so the answer is true
+    /// of what the delete removed.
+    fn delete(&self, table: Table, name: &str) -> Result<bool, CatalogError> {
+        transact(self.backend.as_ref(), |txn| {
+            let existed = txn.get(table, name.as_bytes())?.is_some();
+            txn.delete(table, name.as_bytes());
+            Ok(existed)
+        })
+    }
+
     /// The latest revision of a pipeline.
     pub fn pipeline(&self, name: &str) -> Result<Option<PipelineRecord>, CatalogError> {
         self.get(PIPELINES, name.as_bytes())
@@ -141,9 +154,7 @@ impl Catalog {
     /// Removes a pipeline from the list (its revisions stay, for agents still running them
     /// and for history).
     pub fn delete_pipeline(&self, name: &str) -> Result<bool, CatalogError> {
-        let existed = self.backend.get(PIPELINES, name.as_bytes())?.is_some();
-        self.commit(Write::new().delete(PIPELINES, name.as_bytes()))?;
-        Ok(existed)
+        self.delete(PIPELINES, name)
     }
 
     pub fn pipelines(&self) -> Result<Vec<PipelineRecord>, CatalogError> {
@@ -163,9 +174,7 @@ impl Catalog {
     }
 
     pub fn delete_deployment(&self, name: &str) -> Result<bool, CatalogError> {
-        let existed = self.backend.get(DEPLOYMENTS, name.as_bytes())?.is_some();
-        self.commit(Write::new().delete(DEPLOYMENTS, name.as_bytes()))?;
-        Ok(existed)
+        self.delete(DEPLOYMENTS, name)
     }
 
     /// Every deployment, by name.

@@ -23,10 +23,17 @@ pub enum Role {
     Read,
 }
 
+/// What a request does, as far as roles are concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+}
+
 impl Role {
-    /// Whether this role may make a request with `method`.
-    pub fn allows(self, method: &axum::http::Method) -> bool {
-        self == Role::Admin || matches!(*method, axum::http::Method::GET | axum::http::Method::HEAD)
+    /// Whether this role may make a request that does `access`.
+    pub fn allows(self, access: Access) -> bool {
+        self == Role::Admin || access == Access::Read
     }
 }
 
@@ -169,10 +176,9 @@ mod tests {
         let (secret, record) = create(tmp.path(), Role::Read, 1).expect("create");
         assert_eq!(record.role, Role::Read);
         assert_eq!(credentials.role(&secret), Some(Role::Read));
-        assert!(Role::Read.allows(&axum::http::Method::GET));
-        assert!(!Role::Read.allows(&axum::http::Method::POST));
-        assert!(!Role::Read.allows(&axum::http::Method::DELETE));
-        assert!(Role::Admin.allows(&axum::http::Method::PUT));
+        assert!(Role::Read.allows(Access::Read));
+        assert!(!Role::Read.allows(Access::Write));
+        assert!(Role::Admin.allows(Access::Write));
         let text = std::fs::read_to_string(tmp.path().join("credentials.json")).expect("file");
         assert!(!text.contains(&secret), "only the hash is stored");
     }

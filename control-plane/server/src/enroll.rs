@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 
-use axum::http::StatusCode;
 use rand::RngCore;
 use tern_proto::api::{EnrollRequest, EnrollResponse};
 use tern_proto::labels::{self, LabelError};
@@ -39,24 +38,6 @@ pub enum EnrollError {
     Csr(#[from] PkiError),
     #[error(transparent)]
     Redeem(#[from] RedeemError),
-}
-
-impl EnrollError {
-    /// The HTTP status the enrollment API answers with.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            EnrollError::Token(_) | EnrollError::WrongControlPlane => StatusCode::UNAUTHORIZED,
-            EnrollError::Redeem(RedeemError::UnknownToken) => StatusCode::UNAUTHORIZED,
-            EnrollError::Redeem(RedeemError::Used | RedeemError::Expired) => StatusCode::FORBIDDEN,
-            EnrollError::Redeem(RedeemError::NameTaken(_)) => StatusCode::CONFLICT,
-            EnrollError::Redeem(RedeemError::RevokedKey) => StatusCode::FORBIDDEN,
-            EnrollError::Redeem(RedeemError::Registry(_)) => StatusCode::INTERNAL_SERVER_ERROR,
-            EnrollError::Redeem(RedeemError::Labels(_)) => StatusCode::BAD_REQUEST,
-            EnrollError::Csr(PkiError::InvalidCsr(_)) => StatusCode::BAD_REQUEST,
-            EnrollError::Csr(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            EnrollError::InvalidName(_) | EnrollError::Labels(_) => StatusCode::BAD_REQUEST,
-        }
-    }
 }
 
 /// Checks the request, signs the CSR and records the agent.

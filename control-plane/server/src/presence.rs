@@ -116,7 +116,6 @@ impl Presence {
         self.lock().agents.remove(agent);
     }
 
-    /// What is known about `agent`, if it connected since start.
     /// Whether `agent` is Ready at `now_ms`: connected and heard within `not_ready_after_ms`.
     pub fn status(&self, agent: &str, now_ms: u64, not_ready_after_ms: u64) -> AgentStatus {
         match self.seen(agent) {
@@ -130,6 +129,7 @@ impl Presence {
         }
     }
 
+    /// What is known about `agent`, if it connected since start.
     pub fn seen(&self, agent: &str) -> Option<Seen> {
         self.lock().agents.get(agent).map(|l| Seen {
             connected: l.connected,

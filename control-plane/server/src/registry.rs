@@ -559,8 +559,8 @@ impl Registry {
     }
 }
 
-/// The certificates a commit revoked, from the backend's change notifications: how a process
-/// learns of revocations that another one made.
+/// The certificates a commit revoked, from the backend's change notifications: how the QUIC
+/// endpoint learns of revocations that another task made.
 pub fn revoked_by(changes: &[Change]) -> Vec<[u8; 32]> {
     changes
         .iter()

@@ -16,7 +16,9 @@ use tern_proto::api::UploadProgress;
 use tern_proto::release::{Digest, SignedRelease};
 use tern_proto::trust::{SignedTrustRoot, TrustError, TrustUpdate};
 
-use crate::backend::{BackendError, CommitError, KeyRange, Scan, SharedBackend, Table, Write};
+use crate::backend::{
+    BackendError, CommitError, KeyRange, Scan, SharedBackend, Table, Write, transact,
+};
 use crate::records::{CorruptRecord, decode, encode, versioned_key};
 
 const RELEASES: Table = Table("releases");
@@ -116,41 +118,43 @@ impl ReleaseStore {
         let _guard = self.changes.lock().unwrap_or_else(|p| p.into_inner());
         let release = &signed.signed;
         let k = versioned_key(&release.name, release.version);
-        let mut write = Write::new();
-        let outcome = match self.release(&release.name, release.version)? {
-            Some(mut existing) => {
-                if existing.signed != *release {
-                    return Err(ReleaseStoreError::Conflict {
-                        reference: release.reference(),
-                        existing: existing.signed.digest,
-                    });
-                }
-                let before = existing.signatures.len();
-                for entry in &signed.signatures {
-                    if !existing.signatures.contains(entry) {
-                        existing.signatures.push(entry.clone());
+        // What it reads becomes a condition of the write: a release or a size stored meanwhile
+        // (by another writer of the backend) runs this again.
+        transact(self.backend.as_ref(), |txn| {
+            let existing = txn
+                .get(RELEASES, &k)?
+                .map(|v| decode::<SignedRelease, ReleaseStoreError>(&k, &v))
+                .transpose()?;
+            let outcome = match existing {
+                Some(mut existing) => {
+                    if existing.signed != *release {
+                        return Err(ReleaseStoreError::Conflict {
+                            reference: release.reference(),
+                            existing: existing.signed.digest,
+                        });
                     }
+                    let before = existing.signatures.len();
+                    for entry in &signed.signatures {
+                        if !existing.signatures.contains(entry) {
+                            existing.signatures.push(entry.clone());
+                        }
+                    }
+                    if existing.signatures.len() != before {
+                        txn.put(RELEASES, k.clone(), encode(&existing));
+                    }
+                    PutOutcome::Unchanged
                 }
-                if existing.signatures.len() != before {
-                    write = write.put(RELEASES, k, encode(&existing));
+                None => {
+                    txn.put(RELEASES, k.clone(), encode(signed));
+                    PutOutcome::Created
                 }
-                PutOutcome::Unchanged
+            };
+            // The first release naming an artifact gives its size; later ones never change it.
+            if txn.get(SIZES, &release.digest.0)?.is_none() {
+                txn.put(SIZES, release.digest.0, release.size.to_be_bytes().to_vec());
             }
-            None => {
-                write = write.put(RELEASES, k, encode(signed));
-                PutOutcome::Created
-            }
-        };
-        // The first release naming an artifact gives its size; later ones never change it.
-        if self.backend.get(SIZES, &release.digest.0)?.is_none() {
-            write = write.put(SIZES, release.digest.0, release.size.to_be_bytes().to_vec());
-        }
-        if !write.is_empty() {
-            self.backend
-                .commit(write)
-                .map_err(CommitError::into_backend)?;
-        }
-        Ok(outcome)
+            Ok(outcome)
+        })
     }
 
     /// One release.

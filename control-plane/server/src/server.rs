@@ -275,8 +275,9 @@ fn storage_probe(
 }
 
 /// Keeps the QUIC endpoint's refused certificates in step with the registry's revocations,
-/// whoever committed them (the admin API here, or another process on the same store), from
-/// the backend's change notifications. After falling behind, it reads them all again.
+/// whichever task of this process committed them, from the backend's change notifications
+/// (on an engine that several processes shared, their commits would arrive here too). After
+/// falling behind, it reads them all again.
 async fn follow_revocations(
     shared: Arc<Shared>,
     mut changes: broadcast::Receiver<crate::backend::Changes>,

@@ -2,7 +2,7 @@
 //! own QUIC stream, content-addressed by digest and resumable from any offset (the agent asks
 //! for the bytes it does not have yet). An agent may fetch only the artifacts named in its own
 //! current or previous desired state; anything else is refused and logged. Telemetry streams
-//! go to [`crate::telemetry`].
+//! go to [`crate::telemetry::ingest`].
 
 use std::io::SeekFrom;
 use std::sync::Arc;

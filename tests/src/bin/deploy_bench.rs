@@ -488,7 +488,7 @@ fn local_api(requests: usize) -> anyhow::Result<()> {
         .publisher
         .sign_and_push(&fleet.cp, &plugin, "plugin", "echo", 1)?;
     let manifest = fleet.tmp.path().join("echo.yaml");
-    std::fs::write(
+    fleet.cp.apply_manifest(
         &manifest,
         r#"apiVersion: tern.dev/v1alpha1
 kind: Pipeline
@@ -507,9 +507,6 @@ spec:
   rollout: { healthWindowSeconds: 0 }
 "#,
     )?;
-    fleet
-        .cp
-        .ternctl_ok(&["apply", "-f", &path_str(&manifest)?])?;
     fleet.wait_serving("edge-1", 1)?;
     let agent = fleet.agents[0].api_addr()?;
     let echo = echo_server()?;

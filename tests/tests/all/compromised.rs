@@ -16,7 +16,7 @@ use tern_control_plane::releases::ReleaseStore;
 use tern_e2e::{ControlPlane, FLEET_TIMEOUT, Fleet, path_str};
 use tern_proto::release::{ArtifactKind, Digest, Release};
 use tern_proto::signing::{SecretKey, Signed};
-use tern_proto::trust::TrustRoot;
+use tern_proto::trust::SignedTrustRoot;
 
 /// A fleet of one agent serving `topk:1` (committed).
 fn serving_fleet() -> anyhow::Result<Fleet> {
@@ -169,16 +169,7 @@ fn rejects_release_with_fewer_signatures_than_the_threshold() -> anyhow::Result<
 fn rejects_trust_root_not_signed_by_the_current_root() -> anyhow::Result<()> {
     let mut fleet = serving_fleet()?;
     let attacker = SecretKey::generate();
-    let mut forged = Signed::unsigned(TrustRoot {
-        version: 2,
-        root_keys: vec![attacker.public()],
-        root_threshold: 1,
-        publishers: vec![attacker.public()],
-        threshold: 1,
-        created_ms: 0,
-        expires_ms: None,
-    });
-    forged.sign(&attacker);
+    let forged = SignedTrustRoot::single_keys(2, &attacker, attacker.public(), 0);
     tamper_with(&mut fleet.cp, |backend, _| {
         let write = Write::new().put(Table("trust"), "root", serde_json::to_vec(&forged)?);
         Ok(backend.commit(write)?)

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tern_e2e::{Agent, ControlPlane, Publisher, component, fast_config, http, path_str};
+use tern_e2e::{Agent, ControlPlane, Publisher, component, fast_config, http};
 use tern_proto::api::AgentStatus;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -42,8 +42,7 @@ fn agents_fetch_verify_and_serve_a_pushed_pipeline() -> anyhow::Result<()> {
         cp.wait_status(name, AgentStatus::Ready, TIMEOUT)?;
     }
     let manifest = tmp.path().join("scores.yaml");
-    std::fs::write(&manifest, TOPK)?;
-    cp.ternctl_ok(&["apply", "-f", &path_str(&manifest)?])?;
+    cp.apply_manifest(&manifest, TOPK)?;
 
     let done = tern_e2e::wait_for(TIMEOUT, "the rollout to complete", || {
         cp.deployment("scores-everywhere")
@@ -170,8 +169,7 @@ fn a_plugin_that_traps_in_canary_wave_one_is_rolled_back_and_wave_two_never_star
         cp.wait_status(name, AgentStatus::Ready, TIMEOUT)?;
     }
     let manifest = tmp.path().join("canary.yaml");
-    std::fs::write(&manifest, CANARY)?;
-    cp.ternctl_ok(&["apply", "-f", &path_str(&manifest)?])?;
+    cp.apply_manifest(&manifest, CANARY)?;
     tern_e2e::wait_for(TIMEOUT, "revision 1 everywhere", || {
         cp.deployment("scores-canary")
             .ok()
@@ -179,14 +177,13 @@ fn a_plugin_that_traps_in_canary_wave_one_is_rolled_back_and_wave_two_never_star
     })?;
 
     // Revision 2 swaps in a plugin that panics on every request.
-    std::fs::write(
+    cp.apply_manifest(
         &manifest,
         CANARY.replace(
             "plugin: topk:1\n      config: { k: 2 }",
             "plugin: hostile:1\n      config: { mode: panic }",
         ),
     )?;
-    cp.ternctl_ok(&["apply", "-f", &path_str(&manifest)?])?;
     let canary = tern_e2e::wait_for(TIMEOUT, "wave 1 to serve revision 2", || {
         let d = cp.deployment("scores-canary").ok()?;
         let r = d.rollout?;
@@ -285,12 +282,14 @@ spec:
         )
     };
     let file = fleet.tmp.path().join("warm.yaml");
-    std::fs::write(&file, manifest("topk:1", "{ k: 2 }"))?;
-    fleet.cp.ternctl_ok(&["apply", "-f", &path_str(&file)?])?;
+    fleet
+        .cp
+        .apply_manifest(&file, manifest("topk:1", "{ k: 2 }"))?;
     fleet.wait_phase(1, "Complete")?;
 
-    std::fs::write(&file, manifest("hostile:1", "{ mode: panic }"))?;
-    fleet.cp.ternctl_ok(&["apply", "-f", &path_str(&file)?])?;
+    fleet
+        .cp
+        .apply_manifest(&file, manifest("hostile:1", "{ mode: panic }"))?;
     let reason = fleet.failure("edge-1", 2)?;
     assert!(reason.contains("warm-up failed: step post"), "{reason}");
     let rolled = fleet.wait_phase(2, "RolledBack")?;
@@ -356,11 +355,10 @@ fn hostile_fleet(limits: &str) -> anyhow::Result<tern_e2e::Fleet> {
     let file = fleet.tmp.path().join("hostile.yaml");
     let step =
         format!("plugin: hostile:1\n      config: {{ mode: input }}\n      limits: {limits}");
-    std::fs::write(
+    fleet.cp.apply_manifest(
         &file,
         tern_e2e::scores_manifest("mischief", &step, "{ healthWindowSeconds: 0 }"),
     )?;
-    fleet.cp.ternctl_ok(&["apply", "-f", &path_str(&file)?])?;
     fleet.wait_serving("edge-1", 1)?;
     Ok(fleet)
 }
@@ -416,7 +414,7 @@ fn a_model_declaring_a_huge_tensor_is_refused_and_the_agent_keeps_serving() -> a
         .publisher
         .sign_and_push(&fleet.cp, &model, "model", "huge", 1)?;
     let file = fleet.tmp.path().join("huge.yaml");
-    std::fs::write(
+    fleet.cp.apply_manifest(
         &file,
         r#"apiVersion: tern.dev/v1alpha1
 kind: Pipeline
@@ -435,7 +433,6 @@ spec:
   rollout: { healthWindowSeconds: 0 }
 "#,
     )?;
-    fleet.cp.ternctl_ok(&["apply", "-f", &path_str(&file)?])?;
     let reason = tern_e2e::wait_for(tern_e2e::FLEET_TIMEOUT, "the refusal of huge", || {
         let view = fleet.agent_view("edge-1").ok()?;
         view.pipelines
@@ -474,16 +471,16 @@ fn a_broken_revision_applied_during_the_canary_of_the_first_rolls_back_to_it() -
         .sign_and_push(&fleet.cp, &hostile, "plugin", "hostile", 1)?;
     let file = fleet.tmp.path().join("canary.yaml");
     // Revision 1, a new pipeline: its canary (edge-1) serves it, edge-2 waits for wave 2.
-    std::fs::write(&file, slow_canary("plugin: topk:1\n      config: { k: 2 }"))?;
-    fleet.cp.ternctl_ok(&["apply", "-f", &path_str(&file)?])?;
+    fleet
+        .cp
+        .apply_manifest(&file, slow_canary("plugin: topk:1\n      config: { k: 2 }"))?;
     fleet.wait_serving("edge-1", 1)?;
     assert_eq!((fleet.infer(0)?, fleet.infer(1)?), (200, 404));
     // Revision 2 cannot even be configured, and is applied while revision 1 is in its window.
-    std::fs::write(
+    fleet.cp.apply_manifest(
         &file,
         slow_canary("plugin: hostile:1\n      config: { mode: configure-fail }"),
     )?;
-    fleet.cp.ternctl_ok(&["apply", "-f", &path_str(&file)?])?;
     fleet.wait_phase(2, "RolledBack")?;
     // The rollback returns edge-1 to what it served before revision 2: revision 1.
     fleet.wait_serving("edge-1", 1)?;

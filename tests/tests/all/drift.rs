@@ -127,18 +127,12 @@ fn shifted_inputs_raise_an_alert_and_unshifted_ones_do_not() -> anyhow::Result<(
 
     let manifest = fleet.tmp.path().join("churn.yaml");
     // A baseline that does not exist is refused at apply, naming the field.
-    std::fs::write(
+    let stderr = fleet.cp.apply_refused(
         &manifest,
         PIPELINE.replace("churn-inputs:1", "churn-inputs:9"),
     )?;
-    let stderr = fleet
-        .cp
-        .ternctl_fails(&["apply", "-f", &path_str(&manifest)?])?;
     assert!(stderr.contains("spec.monitoring.baseline"), "{stderr}");
-    std::fs::write(&manifest, PIPELINE)?;
-    fleet
-        .cp
-        .ternctl_ok(&["apply", "-f", &path_str(&manifest)?])?;
+    fleet.cp.apply_manifest(&manifest, PIPELINE)?;
     fleet.wait_deployment("churn", 1, "Complete")?;
 
     // edge-1 sees what the model was trained on; edge-2 sees inputs shifted by 1.5 sigma.
@@ -216,10 +210,7 @@ fn shifted_inputs_raise_an_alert_and_unshifted_ones_do_not() -> anyhow::Result<(
         let edge_2: Vec<_> = list.iter().filter(|a| a.scope == "edge-2").collect();
         (!edge_2.is_empty() && edge_2.iter().all(|a| a.state == "resolved")).then_some(())
     })?;
-    std::fs::write(&manifest, PIPELINE)?;
-    fleet
-        .cp
-        .ternctl_ok(&["apply", "-f", &path_str(&manifest)?])?;
+    fleet.cp.apply_manifest(&manifest, PIPELINE)?;
 
     // A baseline from what the fleet saw: every input and output feature, stored as version 1
     // of its own name.

@@ -6,6 +6,11 @@ use tern_e2e::{Agent, ControlPlane, fast_config, join_once};
 use tern_proto::api::AgentStatus;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long GPU discovery may take: the agent gives its probe child up to
+/// [`GPU_PROBE_TIMEOUT`](tern_agent::capacity::GPU_PROBE_TIMEOUT), and the agent must be up and
+/// have started it first.
+const GPU_DISCOVERY_TIMEOUT: Duration =
+    tern_agent::capacity::GPU_PROBE_TIMEOUT.saturating_add(Duration::from_secs(15));
 
 #[test]
 fn three_agents_enroll_and_are_listed_ready() -> anyhow::Result<()> {
@@ -65,15 +70,16 @@ fn agents_report_gpus_when_a_gpu_is_required() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let cp = ControlPlane::start(tmp.path(), fast_config)?;
     let token = cp.token("", "10m")?;
-    let _agent = Agent::join(&cp, tmp.path(), "gpu-host", &token, "")?;
-    let view = tern_e2e::wait_for(READY_TIMEOUT, "GPU discovery", || {
+    let agent = Agent::join(&cp, tmp.path(), "gpu-host", &token, "")?;
+    let view = tern_e2e::wait_for(GPU_DISCOVERY_TIMEOUT, "GPU discovery", || {
         cp.agents()
             .ok()?
             .into_iter()
             .find(|a| a.name == "gpu-host" && !a.gpus.is_empty())
-    })?;
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\nagent log:\n{}", agent.process.log_text()))?;
     assert_eq!(view.gpus.len(), view.capacity.gpus.len());
-    // Hosts without an adapter report none; every one reported names a real backend.
+    // At least one adapter (the wait required it); every one reported names a real backend.
     assert!(
         view.capacity
             .gpus
@@ -82,12 +88,6 @@ fn agents_report_gpus_when_a_gpu_is_required() -> anyhow::Result<()> {
         "{:?}",
         view.capacity.gpus
     );
-    if std::env::var("TERN_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-        assert!(
-            !view.capacity.gpus.is_empty(),
-            "TERN_REQUIRE_GPU=1: an adapter"
-        );
-    }
     Ok(())
 }
 
@@ -99,9 +99,11 @@ fn connected_agent_idles_without_burning_cpu() -> anyhow::Result<()> {
     cp.wait_status("quiet", AgentStatus::Ready, READY_TIMEOUT)?;
     // Let GPU discovery finish (its result is cached in the data dir): the busy loops worth
     // catching start after it.
-    tern_e2e::wait_for(READY_TIMEOUT, "GPU discovery", || {
+    // A probe that fails writes no gpus.json: the agent's log says why.
+    tern_e2e::wait_for(GPU_DISCOVERY_TIMEOUT, "GPU discovery", || {
         agent.dir.join("gpus.json").exists().then_some(())
-    })?;
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\nagent log:\n{}", agent.process.log_text()))?;
     let pid = agent.process.pid();
     let before = tern_e2e::cpu_time(pid)?;
     // The measurement window, not a wait for something to happen.

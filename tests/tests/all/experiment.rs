@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use tern_e2e::{FLEET_TIMEOUT, Fleet, http_with, path_str, wait_for};
+use tern_e2e::{FLEET_TIMEOUT, Fleet, http_with, wait_for};
 use tern_proto::api::ExperimentView;
 
 const REQUESTS: usize = 10_000;
@@ -65,15 +65,11 @@ fn a_90_10_split_routes_by_weight_sticks_to_keys_and_compares_variants() -> anyh
     }
     let manifest = fleet.tmp.path().join("churn.yaml");
     // A variant that is not pushed is refused, naming the field.
-    std::fs::write(&manifest, MANIFEST.replace("mlp:8", "mlp:9"))?;
     let stderr = fleet
         .cp
-        .ternctl_fails(&["apply", "-f", &path_str(&manifest)?])?;
+        .apply_refused(&manifest, MANIFEST.replace("mlp:8", "mlp:9"))?;
     assert!(stderr.contains("spec.variants[1].model"), "{stderr}");
-    std::fs::write(&manifest, MANIFEST)?;
-    fleet
-        .cp
-        .ternctl_ok(&["apply", "-f", &path_str(&manifest)?])?;
+    fleet.cp.apply_manifest(&manifest, MANIFEST)?;
     fleet.wait_deployment("churn-ab", 1, "Complete")?;
     let addr = fleet.agents[0].api_addr()?;
 

@@ -64,15 +64,8 @@ fn agent_killed_with_sigkill_turns_not_ready() -> anyhow::Result<()> {
     assert_eq!(steady.status, AgentStatus::Ready);
 
     // It comes back by itself when restarted.
-    let again = Agent::run(tmp.path(), "doomed")?;
-    cp.wait_status("doomed", AgentStatus::Ready, TIMEOUT)
-        .map_err(|e| {
-            e.context(format!(
-                "agent log:\n{}\ncontrol plane log:\n{}",
-                again.process.log_text(),
-                cp.log_text()
-            ))
-        })?;
+    let _again = Agent::run(tmp.path(), "doomed")?;
+    cp.wait_status("doomed", AgentStatus::Ready, TIMEOUT)?;
     Ok(())
 }
 
@@ -85,8 +78,7 @@ fn agent_shuts_down_cleanly_on_sigterm() -> anyhow::Result<()> {
         c.not_ready_after = Duration::from_secs(60);
     })?;
     let mut agent = Agent::join(&cp, tmp.path(), "polite", &cp.token("", "10m")?, "")?;
-    cp.wait_status("polite", AgentStatus::Ready, TIMEOUT)
-        .map_err(|e| e.context(format!("agent log:\n{}", agent.process.log_text())))?;
+    cp.wait_status("polite", AgentStatus::Ready, TIMEOUT)?;
     assert!(
         agent.process.terminate(Duration::from_secs(10))?,
         "agent exited with failure:\n{}",

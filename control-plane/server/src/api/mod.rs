@@ -13,15 +13,18 @@ use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use tern_proto::api::{AgentView, ApiError, EnrollRequest, TokenRequest, TokenResponse};
+use tern_transport::PkiError;
 use tracing::{Instrument, info_span, warn};
 
-use crate::registry::AgentRecord;
+use crate::credentials::Access;
+use crate::enroll::EnrollError;
+use crate::registry::{AgentRecord, RedeemError};
 use crate::state::Shared;
 
 /// Longest token lifetime `POST /v1/tokens` accepts (30 days).
@@ -40,6 +43,35 @@ impl IntoResponse for HttpError {
 impl From<JsonRejection> for HttpError {
     fn from(r: JsonRejection) -> Self {
         HttpError(StatusCode::BAD_REQUEST, r.body_text())
+    }
+}
+
+/// How the enrollment API answers a refused enrollment.
+impl From<EnrollError> for HttpError {
+    fn from(e: EnrollError) -> Self {
+        let status = match &e {
+            EnrollError::Token(_) | EnrollError::WrongControlPlane => StatusCode::UNAUTHORIZED,
+            EnrollError::Redeem(RedeemError::UnknownToken) => StatusCode::UNAUTHORIZED,
+            EnrollError::Redeem(RedeemError::Used | RedeemError::Expired) => StatusCode::FORBIDDEN,
+            EnrollError::Redeem(RedeemError::NameTaken(_)) => StatusCode::CONFLICT,
+            EnrollError::Redeem(RedeemError::RevokedKey) => StatusCode::FORBIDDEN,
+            EnrollError::Redeem(RedeemError::Registry(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+            EnrollError::Redeem(RedeemError::Labels(_)) => StatusCode::BAD_REQUEST,
+            EnrollError::Csr(PkiError::InvalidCsr(_)) => StatusCode::BAD_REQUEST,
+            EnrollError::Csr(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            EnrollError::InvalidName(_) | EnrollError::Labels(_) => StatusCode::BAD_REQUEST,
+        };
+        HttpError(status, e.to_string())
+    }
+}
+
+/// What a request with `method` does, for the credential's role to allow: `GET` and `HEAD`
+/// read, everything else writes.
+fn access(method: &Method) -> Access {
+    if matches!(*method, Method::GET | Method::HEAD) {
+        Access::Read
+    } else {
+        Access::Write
     }
 }
 
@@ -168,7 +200,7 @@ async fn require_admin(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match presented.map(|token| shared.credentials.role(token.trim())) {
-        Some(Some(role)) if role.allows(request.method()) => next.run(request).await,
+        Some(Some(role)) if role.allows(access(request.method())) => next.run(request).await,
         Some(Some(_)) => {
             HttpError(StatusCode::FORBIDDEN, "this credential is read-only".into()).into_response()
         }
@@ -348,7 +380,21 @@ async fn enroll(
         Ok(response) => Ok((StatusCode::CREATED, Json(response)).into_response()),
         Err(e) => {
             warn!(agent = %name, %peer, error = %e, "enrollment refused");
-            Err(HttpError(e.status(), e.to_string()))
+            Err(HttpError::from(e))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_get_and_head_read() {
+        assert_eq!(access(&Method::GET), Access::Read);
+        assert_eq!(access(&Method::HEAD), Access::Read);
+        for method in [Method::POST, Method::PUT, Method::DELETE, Method::PATCH] {
+            assert_eq!(access(&method), Access::Write, "{method}");
         }
     }
 }

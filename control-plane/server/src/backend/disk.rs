@@ -13,6 +13,7 @@ use tokio::sync::broadcast;
 
 use super::{
     Backend, BackendError, Changes, CommitError, KeyRange, NOTIFY_CAPACITY, Op, Table, Write,
+    conditions_hold,
 };
 
 /// A sled database; cheap to share behind an `Arc`.
@@ -171,22 +172,26 @@ impl Backend for SledBackend {
         let mut tables: Vec<Table> = write.ops.iter().map(Op::table).collect();
         tables.sort();
         tables.dedup();
-        let changes: Changes = write.changes().into();
+        // Built outside the lock, and only for someone to send it to.
+        let mut changes: Option<Changes> =
+            (self.changes.receiver_count() > 0).then(|| write.changes().into());
         {
             // Every write of this database goes through here: under this lock, what a
             // condition reads cannot change before the write lands.
             let _order = self.commits.lock().unwrap_or_else(|p| p.into_inner());
-            for condition in &write.conditions {
-                let current = self
-                    .tree(condition.table)?
-                    .get(&condition.key)
-                    .map_err(BackendError::storage)?;
-                if current.as_deref() != condition.expected.as_deref() {
-                    return Err(CommitError::Conflict);
-                }
+            let hold = conditions_hold(&write.conditions, |table, key| {
+                self.tree(table)?.get(key).map_err(BackendError::storage)
+            })?;
+            if !hold {
+                return Err(CommitError::Conflict);
             }
             self.apply(&tables, &write.ops)?;
-            let _ = self.changes.send(changes);
+            // Counted again after the write landed: readers do not take this lock, so one
+            // that subscribed since may have read the values this write replaced.
+            if self.changes.receiver_count() > 0 {
+                let changes = changes.take().unwrap_or_else(|| write.changes().into());
+                let _ = self.changes.send(changes);
+            }
         }
         if !write.lazy {
             self.db.flush().map_err(BackendError::storage)?;

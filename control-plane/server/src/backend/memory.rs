@@ -7,6 +7,7 @@ use tokio::sync::broadcast;
 
 use super::{
     Backend, BackendError, Changes, CommitError, KeyRange, NOTIFY_CAPACITY, Op, Table, Write,
+    conditions_hold,
 };
 
 type Tables = BTreeMap<Table, BTreeMap<Vec<u8>, Vec<u8>>>;
@@ -75,15 +76,16 @@ impl Backend for MemoryBackend {
 
     fn commit(&self, write: Write) -> Result<(), CommitError> {
         let mut tables = self.tables();
-        for condition in &write.conditions {
-            let current = tables
-                .get(&condition.table)
-                .and_then(|entries| entries.get(&condition.key));
-            if current != condition.expected.as_ref() {
-                return Err(CommitError::Conflict);
-            }
+        let hold = conditions_hold(&write.conditions, |table, key| {
+            Ok(tables.get(&table).and_then(|entries| entries.get(key)))
+        })?;
+        if !hold {
+            return Err(CommitError::Conflict);
         }
-        let changes: Changes = write.changes().into();
+        // Only for someone to send it to. Counted under the lock, which readers take too: one
+        // that subscribes later reads what this commit wrote.
+        let changes: Option<Changes> =
+            (self.changes.receiver_count() > 0).then(|| write.changes().into());
         for op in write.ops {
             match op {
                 Op::Put { table, key, value } => {
@@ -97,7 +99,9 @@ impl Backend for MemoryBackend {
             }
         }
         // Sent under the lock: subscribers see commits in the order they were applied.
-        let _ = self.changes.send(changes);
+        if let Some(changes) = changes {
+            let _ = self.changes.send(changes);
+        }
         Ok(())
     }
 

@@ -8,11 +8,15 @@
 //! the values it expects to find — that [`Backend::commit`] applies wholly or not at all.
 //! Read-modify-write changes run through [`transact`]: reads become conditions, and a change
 //! that raced another is run again. Every commit is announced to [`Backend::subscribe`]rs, in
-//! commit order, so that a process can follow changes another one made.
+//! commit order, so that a task can follow changes another one made. Both engines here
+//! notify only subscribers in their own process (a broadcast channel; sled's database is
+//! locked by one process); an engine that several processes share would announce their
+//! commits too.
 //!
 //! Two backends implement it: [`SledBackend`] (a sled database on disk, what `serve` runs)
-//! and [`MemoryBackend`] (tests and simulations). A replicated SQL store implements the same
-//! five methods: one `(table, key, value)` relation, a commit as one serializable transaction
+//! and [`MemoryBackend`] (tests and simulations). A replicated SQL store could implement the
+//! same five required methods (`get`, `visit`, `commit`, `subscribe`, `flush`; `range` has a
+//! default): one `(table, key, value)` relation, a commit as one serializable transaction
 //! that checks its conditions under row locks, notifications from `LISTEN`/`NOTIFY`.
 
 mod disk;
@@ -184,6 +188,22 @@ impl Write {
     }
 }
 
+/// Whether every one of `conditions` holds, `current` reading a key's value as the commit
+/// sees it (under the engine's commit lock).
+fn conditions_hold<V: AsRef<[u8]>>(
+    conditions: &[Condition],
+    mut current: impl FnMut(Table, &[u8]) -> Result<Option<V>, BackendError>,
+) -> Result<bool, BackendError> {
+    for condition in conditions {
+        let value = current(condition.table, &condition.key)?;
+        let held: Option<&[u8]> = value.as_ref().map(|v| v.as_ref());
+        if held != condition.expected.as_deref() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// One key's new value after a commit (`None`: deleted).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
@@ -306,7 +326,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     }
 
     /// Applies `write` atomically if all its conditions hold ([`CommitError::Conflict`]
-    /// otherwise, and nothing is written), durably unless it is lazy, then tells subscribers.
+    /// otherwise, and nothing is written). Subscribers hear of the change once readers can
+    /// see it, in commit order; then, unless the write is lazy, the commit waits until it is
+    /// on disk. A failed flush is reported as an error although the change is already visible
+    /// and announced.
     fn commit(&self, write: Write) -> Result<(), CommitError>;
 
     /// The changes of every commit from now on, in commit order.

@@ -138,9 +138,11 @@ impl DesiredStore {
             .transpose()
     }
 
-    /// Records what `agent_id` is given now, durably, if the generation stored is still the
-    /// one `record` succeeds (compare-and-set: two writers never give one generation twice).
-    /// `false`: another writer got there first, and nothing was written.
+    /// Records what `agent_id` is given now, durably, if `record`'s generation is higher than
+    /// the one stored (none stored counts as 0), checked and written in one transaction: two
+    /// writers never give one generation twice, and none goes back. `false`: the stored
+    /// generation is as high or higher (another writer got there first), and nothing was
+    /// written.
     pub fn put(&self, agent_id: &str, record: &AgentDesired) -> Result<bool, DesiredStoreError> {
         transact(self.backend.as_ref(), |txn| {
             let stored = txn

@@ -8,7 +8,7 @@
 pub mod desired;
 pub mod plan;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use tern_proto::MAX_FRAME_LEN;
 use tern_proto::desired::{DesiredPipeline, DesiredState, DesiredStep, DesiredVariant, Warmup};
@@ -103,9 +103,20 @@ pub(crate) fn step(
     let agents = cx.registry.agents()?;
     let trust = cx.releases.trust_root()?;
     let mut stored = HashMap::new();
+    // Agents whose record cannot be read get no new state this pass (planned as having none,
+    // they would be given generation 1 again); they still count in their rollouts, and one
+    // bad record does not hold up the other agents.
+    let mut unreadable = HashSet::new();
     for agent in &agents {
-        if let Some(record) = cx.desired.get(&agent.id)? {
-            stored.insert(agent.id.clone(), record);
+        match cx.desired.get(&agent.id) {
+            Ok(Some(record)) => {
+                stored.insert(agent.id.clone(), record);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!(agent = %agent.name, error = %e, "cannot read the desired state; the agent is left out of this pass");
+                unreadable.insert(agent.id.as_str());
+            }
         }
     }
     let plan = plan::plan(
@@ -136,6 +147,9 @@ pub(crate) fn step(
 
     let mut out = Vec::new();
     for change in plan.changes {
+        if unreadable.contains(change.agent_id.as_str()) {
+            continue;
+        }
         let mut record = change.record;
         // Built before it is recorded: a state that cannot be built or sent is not half-made,
         // and the next pass tries again. One agent's failure does not hold up the others.
