@@ -184,19 +184,19 @@ fn load_arm(
         let names = pipeline.steps[index].tensor_names();
         meter = meter.with_features(index, names);
     }
-    if let Some(warmup) = &desired.warmup {
-        pipeline
-            .run(warmup_payload(warmup)?)
-            .map_err(LoadFailure::Warmup)?;
-        // What the warm-up measured (custom metrics, memory) is not traffic.
-        pipeline.take_peak_memory();
-        meter.discard();
-    }
-    Ok(Arm {
+    let arm = Arm {
         weight: variant.map_or(100, |v| v.weight),
         pipeline,
         meter,
-    })
+    };
+    if let Some(warmup) = &desired.warmup {
+        arm.pipeline
+            .run(warmup_payload(warmup)?)
+            .map_err(LoadFailure::Warmup)?;
+        // What the warm-up measured (custom metrics, memory) is not traffic.
+        arm.discard();
+    }
+    Ok(arm)
 }
 
 /// Loads a pipeline revision from verified artifacts (blocking: compiles and plans), one arm

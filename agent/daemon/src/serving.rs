@@ -26,6 +26,18 @@ impl Arm {
     pub fn variant(&self) -> Option<&str> {
         self.meter.variant.as_deref()
     }
+
+    /// What this arm measured since the last take: its meter's counts, with the pipeline's
+    /// peak memory per step.
+    pub fn take(&self) -> PipelineStats {
+        self.meter.take(&self.pipeline.take_peak_memory())
+    }
+
+    /// Forgets what this arm measured since the last take (a warm-up is not traffic).
+    pub fn discard(&self) {
+        self.pipeline.take_peak_memory();
+        self.meter.discard();
+    }
 }
 
 /// One revision of a pipeline, loaded and answering requests, with its measurements.
@@ -111,10 +123,7 @@ impl ServedPipeline {
 
     /// What every arm measured since the last take.
     pub fn take(&self) -> Vec<PipelineStats> {
-        self.arms
-            .iter()
-            .map(|arm| arm.meter.take(&arm.pipeline.take_peak_memory()))
-            .collect()
+        self.arms.iter().map(Arm::take).collect()
     }
 }
 

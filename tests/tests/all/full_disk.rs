@@ -130,8 +130,10 @@ fn a_control_plane_whose_disk_filled_and_was_freed_accepts_apply_and_push_again(
     anyhow::ensure!(apply(&cp, tmp.path(), "before")?, "apply on a roomy disk");
 
     let filler = disk.fill(0)?;
-    // Bigger than the slack of the database's last written pages (a small record can still
-    // land in a page that is already there: that write is as durable as any).
+    // A small record can still land in a page the database already has. If that apply says it
+    // worked, it must keep its word through what follows (failing storage, restarts).
+    let small_while_full = apply(&cp, tmp.path(), "small-while-full")?;
+    // Bigger than the slack of the database's last written pages: this one cannot fit.
     anyhow::ensure!(
         !apply_padded(&cp, tmp.path(), "while-full", 64 << 10)?,
         "apply must fail while the disk is full"
@@ -170,7 +172,17 @@ fn a_control_plane_whose_disk_filled_and_was_freed_accepts_apply_and_push_again(
         apply(&cp, tmp.path(), "after").ok()?.then_some(())
     })?;
     cp.ternctl_ok(&["push", "--quiet", &path_str(&second)?])?;
-    eprintln!("apply and push work again after {restarts} restarts");
+    eprintln!(
+        "apply and push work again after {restarts} restarts (the small apply on the full disk {})",
+        if small_while_full { "worked" } else { "failed" }
+    );
+    if small_while_full {
+        let pipelines = cp.ternctl_ok(&["get", "pipelines"])?;
+        assert!(
+            pipelines.contains("small-while-full"),
+            "an apply that worked on the full disk was lost:\n{pipelines}"
+        );
+    }
     let metrics = cp.admin_get("/metrics")?;
     let free = metrics
         .lines()

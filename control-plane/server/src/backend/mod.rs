@@ -189,7 +189,7 @@ impl Write {
 }
 
 /// Whether every one of `conditions` holds, `current` reading a key's value as the commit
-/// sees it (under the engine's commit lock).
+/// sees it (under the engine's commit lock when a commit checks them).
 fn conditions_hold<V: AsRef<[u8]>>(
     conditions: &[Condition],
     mut current: impl FnMut(Table, &[u8]) -> Result<Option<V>, BackendError>,

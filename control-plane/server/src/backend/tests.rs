@@ -218,6 +218,42 @@ fn a_transaction_reads_its_own_writes_and_an_error_writes_nothing() {
 }
 
 #[test]
+fn an_error_decided_on_reads_that_changed_meanwhile_runs_again() {
+    for (name, backend) in backends() {
+        backend
+            .commit(Write::new().put(A, "record", b"old".to_vec()))
+            .expect("commit");
+        let mut attempts = 0;
+        let outcome = transact::<_, BackendError>(backend.as_ref(), |txn| {
+            attempts += 1;
+            let record = txn.get(A, b"record")?;
+            if attempts == 1 {
+                // Another writer changes what was read before this attempt decides.
+                backend
+                    .commit(Write::new().put(A, "record", b"new".to_vec()))
+                    .expect("the other writer");
+            }
+            match record.as_deref() {
+                Some(b"new") => Ok(()),
+                _ => Err(BackendError::Contended { attempts: 0 }),
+            }
+        });
+        assert!(outcome.is_ok(), "{name}: {outcome:?}");
+        assert_eq!(attempts, 2, "{name}");
+
+        // An error decided on reads that still hold is the answer, at once.
+        let mut attempts = 0;
+        let outcome = transact::<(), BackendError>(backend.as_ref(), |txn| {
+            attempts += 1;
+            txn.get(A, b"record")?;
+            Err(BackendError::Contended { attempts: 0 })
+        });
+        assert!(outcome.is_err(), "{name}");
+        assert_eq!(attempts, 1, "{name}");
+    }
+}
+
+#[test]
 fn sled_keeps_commits_across_reopening() {
     let dir = tempfile::tempdir().expect("tempdir");
     {

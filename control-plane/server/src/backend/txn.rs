@@ -78,14 +78,28 @@ fn pause(attempt: usize) {
 
 /// Runs `body` and commits what it wrote, on the condition that what it read is unchanged;
 /// runs it again after a conflict, up to [`MAX_ATTEMPTS`] times. An error from `body` aborts:
-/// nothing is written.
+/// nothing is written. Reads are not of one moment, so an error decided on reads that another
+/// writer changed meanwhile (a record and its index, each read before and after that writer)
+/// is not trusted: the body runs again.
 pub fn transact<T, E: From<BackendError>>(
     backend: &dyn Backend,
     mut body: impl FnMut(&mut Transaction<'_>) -> Result<T, E>,
 ) -> Result<T, E> {
     for attempt in 0..MAX_ATTEMPTS {
         let mut txn = Transaction::new(backend);
-        let value = body(&mut txn)?;
+        let value = match body(&mut txn) {
+            Ok(value) => value,
+            Err(e) => {
+                let still = super::conditions_hold(&txn.write.conditions, |table, key| {
+                    backend.get(table, key)
+                });
+                if still.unwrap_or(true) {
+                    return Err(e);
+                }
+                pause(attempt);
+                continue;
+            }
+        };
         if txn.write.is_empty() {
             return Ok(value);
         }
