@@ -491,9 +491,9 @@ impl ControlPlane {
             .flatten()
             .map(|entry| entry.path())
             .filter(|path| {
-                path.file_name().and_then(|f| f.to_str()).is_some_and(|f| {
-                    f == format!("{name}.log") || f.starts_with(&format!("{name}-run-"))
-                })
+                path.file_name()
+                    .and_then(|f| f.to_str())
+                    .is_some_and(|f| f == join_log(name) || f.starts_with(&run_log_prefix(name)))
             })
             .collect();
         logs.sort_by_key(|path| std::fs::metadata(path).and_then(|m| m.modified()).ok());
@@ -512,6 +512,16 @@ impl ControlPlane {
             .map(Process::log_text)
             .unwrap_or_default()
     }
+}
+
+/// The log of agent `name`'s `join`, in the directory that holds its data dir.
+fn join_log(name: &str) -> String {
+    format!("{name}.log")
+}
+
+/// How the logs of agent `name`'s `run`s begin (`NAME-run-N.log`), beside its `join` log.
+fn run_log_prefix(name: &str) -> String {
+    format!("{name}-run-")
 }
 
 /// An agent process.
@@ -544,7 +554,7 @@ impl Agent {
         extra: &[&str],
     ) -> anyhow::Result<Self> {
         let dir = root.join(name);
-        let log = root.join(format!("{name}.log"));
+        let log = root.join(join_log(name));
         let process = Process::spawn(
             Command::new(bin("tern-agent"))
                 .arg("join")
@@ -579,7 +589,7 @@ impl Agent {
                 .arg("run")
                 .arg("--data-dir")
                 .arg(&dir),
-            root.join(format!("{name}-run-{n}.log")),
+            root.join(format!("{}{n}.log", run_log_prefix(name))),
         )?;
         Ok(Self {
             name: name.to_owned(),
@@ -1073,5 +1083,31 @@ fn leb128(out: &mut Vec<u8>, mut value: u64) {
             return;
         }
         out.push(byte | 0x80);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_control_plane_finds_the_logs_of_every_process_of_one_agent() -> anyhow::Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let root = tmp.path();
+        std::fs::write(root.join(join_log("edge")), "joined")?;
+        std::fs::write(root.join(format!("{}3.log", run_log_prefix("edge"))), "ran")?;
+        std::fs::write(root.join(join_log("edge-2")), "another agent")?;
+        let cp = ControlPlane {
+            dir: root.join("control-plane"),
+            agent_addr: ([127, 0, 0, 1], 1).into(),
+            api_addr: ([127, 0, 0, 1], 2).into(),
+            process: None,
+            log_filter: String::new(),
+            log_dir: root.to_owned(),
+        };
+        let logs = cp.agent_logs("edge");
+        assert!(logs.contains("joined") && logs.contains("ran"), "{logs}");
+        assert!(!logs.contains("another agent"), "{logs}");
+        Ok(())
     }
 }
