@@ -132,6 +132,45 @@ pub fn color_model(version: u64) -> Vec<u8> {
     model.encode_to_vec()
 }
 
+/// An image tensor's first pixel: input `image` [1, 224, 224, 3] (NHWC) → Slice → `pixel`
+/// [1, 1, 1, 3]. No compute to speak of: what a request costs is the transport of 150,528
+/// floats.
+pub fn first_pixel_model() -> Vec<u8> {
+    let ints = |name: &str, values: &[i64]| pb::TensorProto {
+        name: name.into(),
+        dims: vec![values.len() as i64],
+        data_type: 7,
+        int64_data: values.to_vec(),
+        ..Default::default()
+    };
+    let model = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
+        graph: Some(pb::GraphProto {
+            name: "first-pixel".into(),
+            node: vec![node(
+                "Slice",
+                &["image", "starts", "ends", "axes"],
+                "pixel",
+                vec![],
+            )],
+            input: vec![info("image", &[1, 224, 224, 3])],
+            output: vec![info("pixel", &[1, 1, 1, 3])],
+            initializer: vec![
+                ints("starts", &[0, 0]),
+                ints("ends", &[1, 1]),
+                ints("axes", &[1, 2]),
+            ],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    model.encode_to_vec()
+}
+
 /// A model that declares a 100 GiB input (`Relu` of `[1, 25 Gi]` f32): a few hundred bytes
 /// that would make a careless loader allocate the host's memory away.
 pub fn huge_tensor_model() -> Vec<u8> {

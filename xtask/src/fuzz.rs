@@ -15,6 +15,7 @@ pub const TARGETS: &[&str] = &[
     "release_json",
     "trust_root_json",
     "inference_json",
+    "inference_binary",
     "manifest_yaml",
 ];
 

@@ -12,7 +12,7 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
-const USAGE: &str = "usage: cargo xtask <demo|test|lint|tidy|plugins|fuzz>
+const USAGE: &str = "usage: cargo xtask <demo|test|lint|tidy|plugins|fuzz|protogen>
 
   demo   start a control plane and two agents in temporary directories, enroll them,
          show the fleet, and shut everything down
@@ -24,7 +24,9 @@ const USAGE: &str = "usage: cargo xtask <demo|test|lint|tidy|plugins|fuzz>
            may be; prints the modules in import cycles of each crate
   plugins  build the plugins as components and copy them to examples/plugins/
   fuzz [SECONDS] [TARGET...]
-           run each fuzz target for SECONDS (default 600) with nightly and cargo-fuzz";
+           run each fuzz target for SECONDS (default 600) with nightly and cargo-fuzz
+  protogen regenerate the local API's gRPC code from proto/inference.proto (pure Rust,
+           no protoc; tools/protogen builds apart from the workspace)";
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -35,6 +37,7 @@ fn main() -> std::process::ExitCode {
         Some("plugins") => plugins(),
         Some("fuzz") => fuzz::run(&args[1..]),
         Some("tidy") => tidy::run(),
+        Some("protogen") => protogen(),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())
@@ -196,6 +199,24 @@ fn bench_smoke() -> anyhow::Result<()> {
         "--bench", "models", "--", "--test", "--gpu", "--models", &mlp,
     ])?;
     run(&["--bench", "models", "--", "--test", "--matmul", "64"])
+}
+
+/// Runs `tools/protogen` (its own lock file and target directory) on the repository.
+fn protogen() -> anyhow::Result<()> {
+    let root = manifest_dir().join("..");
+    let tool = root.join("tools/protogen");
+    let target = demo::target_dir()?.join("protogen");
+    let status = cargo_command()
+        .current_dir(&tool)
+        .env("CARGO_TARGET_DIR", &target)
+        .args(["run", "--quiet", "--locked", "--"])
+        .arg(&root)
+        .status()
+        .context("failed to run cargo")?;
+    if !status.success() {
+        bail!("tools/protogen failed ({status})");
+    }
+    cargo(&["fmt", "--all"])
 }
 
 fn lint() -> anyhow::Result<()> {

@@ -32,6 +32,8 @@ pub struct JoinOptions {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub listen_api: Option<crate::local_api::ApiAddress>,
+    /// Where the local API's gRPC form listens; none when absent.
+    pub listen_grpc: Option<std::net::SocketAddr>,
     /// Bounds on the local API's connections.
     pub api: crate::local_api::ApiLimits,
     /// A trust root given out of band, pinned instead of the control plane's.
@@ -159,6 +161,7 @@ pub async fn join(options: &JoinOptions) -> Result<AgentConfig, JoinError> {
                     DEFAULT_LISTEN_API.parse().expect("valid default address"),
                 )
             }),
+            listen_grpc: options.listen_grpc,
             api: options.api,
             telemetry: options.telemetry,
             limits: options.limits,

@@ -15,6 +15,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Enroll with a one-time token, then run.
@@ -36,6 +38,9 @@ enum Command {
         /// Address of the local API, HOST:PORT or unix:PATH [default: 127.0.0.1:7480].
         #[arg(long)]
         listen_api: Option<tern_agent::local_api::ApiAddress>,
+        /// Also serve the local API's KServe v2 gRPC form on HOST:PORT (off by default).
+        #[arg(long)]
+        listen_grpc: Option<std::net::SocketAddr>,
         /// Most open connections to the local API; beyond it the longest-idle one is closed.
         #[arg(long, default_value_t = tern_agent::local_api::ApiLimits::default().max_connections)]
         api_max_connections: usize,
@@ -217,6 +222,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 name,
                 labels,
                 listen_api,
+                listen_grpc,
                 api_max_connections,
                 api_header_timeout,
                 api_body_timeout,
@@ -236,6 +242,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     name,
                     labels,
                     listen_api,
+                    listen_grpc,
                     api: tern_agent::local_api::ApiLimits {
                         max_connections: api_max_connections.max(1),
                         header_timeout_ms: (api_header_timeout.as_millis() as u64).max(1),

@@ -64,6 +64,18 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
     };
     let listener = config.listen_api.bind().await.map_err(bind_error)?;
     let api_addr = listener.local_address().map_err(bind_error)?;
+    let grpc_listener = match config.listen_grpc {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| RunError::Bind {
+                    addr: local_api::ApiAddress::Tcp(addr),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    let grpc_addr = grpc_listener.as_ref().and_then(|l| l.local_addr().ok());
 
     let online_key_path = dir.online_key();
     let online_key = tern_proto::signing::PublicKey::from_text(&dir.read(&online_key_path)?)
@@ -107,18 +119,25 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
         pipelines: Default::default(),
     };
     let api_connections = local_api::Connections::new(config.api);
-    let api = tokio::spawn(local_api::serve(
-        listener,
-        local_api::router(
-            info,
-            state_rx,
-            serving.clone(),
-            telemetry.clone(),
-            api_connections.clone(),
-        ),
-        api_connections,
-        stop_rx.clone(),
-    ));
+    let local = local_api::LocalApi::new(
+        info,
+        state_rx,
+        serving.clone(),
+        telemetry.clone(),
+        api_connections.clone(),
+    );
+    let http = local_api::serve(listener, local.router(), api_connections, stop_rx.clone());
+    let grpc = grpc_listener.map(|l| local_api::serve_grpc(l, local.grpc(), stop_rx.clone()));
+    // One task for both forms: they stop together.
+    let api = tokio::spawn(async move {
+        match grpc {
+            None => http.await,
+            Some(grpc) => {
+                let (http, grpc) = tokio::join!(http, grpc);
+                http.and(grpc)
+            }
+        }
+    });
     let (desired_tx, desired_rx) = watch::channel(None);
     let (outbox_tx, outbox_rx) = mpsc::channel(64);
     let (connection_tx, connection_rx) = watch::channel(None);
@@ -180,7 +199,14 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
             });
         }
     });
-    info!(agent = %config.name, id = %config.agent_id, local_api = %api_addr, "agent running");
+    match grpc_addr {
+        Some(grpc) => {
+            info!(agent = %config.name, id = %config.agent_id, local_api = %api_addr, local_grpc = %grpc, "agent running")
+        }
+        None => {
+            info!(agent = %config.name, id = %config.agent_id, local_api = %api_addr, "agent running")
+        }
+    }
 
     let outcome = tokio::select! {
         () = shutdown => Ok(()),

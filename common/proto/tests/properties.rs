@@ -325,4 +325,29 @@ proptest! {
         let token = EnrollmentToken { id, secret, ca_sha256: ca };
         prop_assert_eq!(EnrollmentToken::parse(&token.to_string()), Ok(token));
     }
+
+    #[test]
+    fn binary_inference_bodies_read_back_what_was_sent_and_cut_ones_are_refused(
+        values in prop::collection::vec(any::<f32>(), 0..48),
+        blobs in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..24), 1..4),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        use tern_proto::inference::{encode_bytes_elements, read_request};
+        let floats: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bytes = encode_bytes_elements(blobs.iter().map(Vec::as_slice));
+        let header = serde_json::json!({"inputs": [
+            {"name": "x", "shape": [values.len()], "datatype": "FP32",
+             "parameters": {"binary_data_size": floats.len()}},
+            {"name": "s", "shape": [blobs.len()], "datatype": "BYTES",
+             "parameters": {"binary_data_size": bytes.len()}},
+        ]})
+        .to_string();
+        let length = header.len().to_string();
+        let body = [header.into_bytes(), floats.clone(), bytes.clone()].concat();
+        let (_, tensors) = read_request(&body, Some(&length)).expect("a well-formed body");
+        prop_assert_eq!(&tensors[0].data, &floats);
+        prop_assert_eq!(&tensors[1].data, &bytes);
+        let short = cut.index(body.len());
+        prop_assert!(read_request(&body[..short], Some(&length)).is_err());
+    }
 }

@@ -10,6 +10,9 @@
 //!   beside a plain admin API read (`GET /v1/agents/NAME`) in the same run.
 //! - `renewal`: requests to an agent's local API while its certificate renews every few
 //!   seconds: failures and latency, beside the same requests with no renewal due.
+//! - `triton`: the local API's latency through Triton's own Python clients (HTTP with JSON and
+//!   with binary tensors, gRPC) for the MLP and a 224×224×3 image tensor, beside a bare HTTP
+//!   client posting the same v2 bodies pre-encoded (`tests/python/triton_bench.py`).
 //!
 //! Run with `cargo run -p tern-e2e --bin deploy-bench -- <command>` after `cargo xtask test`
 //! built the binaries and plugins.
@@ -55,6 +58,13 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         seconds: u64,
     },
+    /// Latency through Triton's own clients (Python's tritonclient, HTTP JSON and binary, gRPC)
+    /// beside a bare HTTP client, for the MLP and a 224×224×3 image tensor.
+    Triton {
+        /// Requests per MLP case; the image cases take a tenth.
+        #[arg(long, default_value_t = 2000)]
+        requests: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -63,6 +73,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::LocalApi { requests } => local_api(requests),
         Cmd::Revoke { agents } => revoke(agents),
         Cmd::Renewal { seconds } => renewal(seconds),
+        Cmd::Triton { requests } => triton(requests),
     }
 }
 
@@ -546,6 +557,96 @@ spec:
             us(a),
             us(b),
             us(a) - us(b)
+        );
+    }
+    Ok(())
+}
+
+const TRITON_PIPELINES: &str = r#"apiVersion: tern.dev/v1alpha1
+kind: Pipeline
+metadata: { name: mlp }
+spec:
+  steps:
+    - { name: classify, model: mlp:1, device: cpu }
+---
+apiVersion: tern.dev/v1alpha1
+kind: Pipeline
+metadata: { name: pixels }
+spec:
+  steps:
+    - { name: mean, model: pixels:1, device: cpu }
+---
+apiVersion: tern.dev/v1alpha1
+kind: Deployment
+metadata: { name: mlp }
+spec:
+  pipeline: mlp
+  rollout: { healthWindowSeconds: 0 }
+---
+apiVersion: tern.dev/v1alpha1
+kind: Deployment
+metadata: { name: pixels }
+spec:
+  pipeline: pixels
+  rollout: { healthWindowSeconds: 0 }
+"#;
+
+fn triton(requests: usize) -> anyhow::Result<()> {
+    println!("starting a control plane and one agent with the gRPC API");
+    let grpc = format!("127.0.0.1:{}", tern_e2e::free_port());
+    let fleet = Fleet::start_with(1, &["--listen-grpc", &grpc])?;
+    let mlp = tern_e2e::examples_dir().join("models/mlp");
+    let model = fleet.tmp.path().join("mlp.onnx");
+    std::fs::copy(mlp.join("model.onnx"), &model)?;
+    fleet
+        .publisher
+        .sign_and_push(&fleet.cp, &model, "model", "mlp", 1)?;
+    let pixels = fleet.tmp.path().join("pixels.onnx");
+    std::fs::write(&pixels, assets::first_pixel_model())?;
+    fleet
+        .publisher
+        .sign_and_push(&fleet.cp, &pixels, "model", "pixels", 1)?;
+    let manifest = fleet.tmp.path().join("pipelines.yaml");
+    fleet.cp.apply_manifest(&manifest, TRITON_PIPELINES)?;
+    for name in ["mlp", "pixels"] {
+        fleet.wait_deployment(name, 1, "Complete")?;
+    }
+    let grpc_addr: SocketAddr = grpc.parse()?;
+    wait_for(FLEET_TIMEOUT, "the gRPC API", || {
+        tern_e2e::listening(grpc_addr).then_some(())
+    })?;
+    let script = tern_e2e::examples_dir().join("../tests/python/triton_bench.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .args(["--http", &fleet.agents[0].api_addr()?.to_string()])
+        .args(["--grpc", &grpc])
+        .args(["--mlp-input", &path_str(&mlp.join("input.npy"))?])
+        .args(["--requests", &requests.to_string()])
+        .output()
+        .context("python3 tests/python/triton_bench.py")?;
+    if !out.status.success() {
+        bail!(
+            "the tritonclient bench failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let results: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&out.stdout).context("the bench's JSON")?;
+    println!(
+        "\nOne keep-alive connection per client, requests one after another; MLP: [4, 32] FP32 \
+         ({requests} requests a case); pixels: [1, 224, 224, 3] FP32 ({} a case)",
+        (requests / 10).max(1)
+    );
+    println!("| case | p50 | p99 | requests |");
+    println!("| --- | --- | --- | --- |");
+    for (case, figures) in &results {
+        let us = |key: &str| figures[key].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "| {case} | {:.0} µs | {:.0} µs | {} |",
+            us("p50_us"),
+            us("p99_us"),
+            figures["requests"]
         );
     }
     Ok(())

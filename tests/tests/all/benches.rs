@@ -123,3 +123,28 @@ fn deploy_bench_renewal() {
     let out = run("deploy-bench", &["renewal", "--seconds", "1"]);
     assert_eq!(number(&out, "failed", 2), 0.0, "no request failed:\n{out}");
 }
+
+#[test]
+fn deploy_bench_triton() {
+    let clients = std::process::Command::new("python3")
+        .args(["-c", "import tritonclient.http, tritonclient.grpc, numpy"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !clients {
+        assert!(
+            !std::env::var("TERN_REQUIRE_TRITON").is_ok_and(|v| v == "1"),
+            "TERN_REQUIRE_TRITON=1 but python3 lacks tritonclient[http,grpc] or numpy"
+        );
+        eprintln!("deploy-bench triton: no tritonclient; skipped");
+        return;
+    }
+    let out = run("deploy-bench", &["triton", "--requests", "20"]);
+    for case in [
+        "mlp: tritonclient HTTP, JSON",
+        "mlp: tritonclient HTTP, binary",
+        "mlp: tritonclient gRPC",
+        "pixels: bare client, binary",
+    ] {
+        assert!(number(&out, case, 3) > 0.0, "{case}");
+    }
+}

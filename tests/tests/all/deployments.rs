@@ -85,7 +85,13 @@ fn agents_fetch_verify_and_serve_a_pushed_pipeline() -> anyhow::Result<()> {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["model_version"], "1");
     assert_eq!(answer["id"], "r1");
-    let top: Vec<u64> = answer["predictions"][0]
+    // The plugin's JSON answer is a blob: the BYTES output `output`, with its media type.
+    let output = &answer["outputs"][0];
+    assert_eq!(output["datatype"], "BYTES", "{answer}");
+    assert_eq!(output["parameters"]["content_type"], "application/json");
+    let blob: serde_json::Value =
+        serde_json::from_str(output["data"][0].as_str().unwrap_or_default())?;
+    let top: Vec<u64> = blob["predictions"][0]
         .as_array()
         .map(|p| p.iter().filter_map(|x| x["index"].as_u64()).collect())
         .unwrap_or_default();

@@ -22,3 +22,4 @@ mod releases;
 mod run_local;
 mod simulation;
 mod telemetry;
+mod triton;

@@ -2,8 +2,9 @@
 //!
 //! - `POST /v1/pipelines/{name}/infer`: the body is the input (its `Content-Type` the media
 //!   type); the answer is the final payload: a blob as itself, tensors as v2 JSON.
-//! - The Open Inference Protocol (KServe v2): `GET /v2/health/live|ready`,
-//!   `GET /v2/models/{name}`, `POST /v2/models/{name}/infer` (a pipeline is a model).
+//! - The Open Inference Protocol (KServe v2), as Triton's and KServe's clients speak it
+//!   ([`v2`]): health, server and model metadata, model readiness and inference, with the binary
+//!   tensor data extension; a pipeline is a model, its serving revision the model's version.
 //! - `GET /v1/agent`: who this agent is and whether its link is up.
 //!
 //! Requests run on the blocking pool, at most one per core at a time; up to [`MAX_WAITING`]
@@ -20,11 +21,13 @@
 
 pub mod address;
 pub mod connections;
+pub mod grpc;
 mod server;
+mod v2;
 
 pub use address::{ApiAddress, ApiListener};
 pub use connections::{ApiLimits, Connections};
-pub use server::{LocalSocket, serve};
+pub use server::{LocalSocket, serve, serve_grpc};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -47,7 +50,6 @@ use crate::oip;
 use crate::pipeline::StepError;
 use crate::serving::{ServedPipeline, ServingTable};
 use crate::telemetry::{TelemetryState, exposition};
-use tern_proto::inference::InferRequest;
 
 /// Requests that may wait for a worker before new ones get 429.
 pub const MAX_WAITING: usize = 64;
@@ -100,40 +102,73 @@ fn error(status: StatusCode, message: impl Into<String>) -> ApiError {
     ApiError(status, message.into())
 }
 
-/// The router of the local API.
-pub fn router(
-    info: AgentInfo,
-    link: watch::Receiver<LinkState>,
-    serving: Arc<ServingTable>,
-    telemetry: Arc<TelemetryState>,
-    connections: Arc<Connections>,
-) -> Router {
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    Router::new()
-        .route(
-            "/v2/health/live",
-            get(|| async { Json(serde_json::json!({ "live": true })) }),
-        )
-        .route("/v2/health/ready", get(ready))
-        .route("/v2/models/{name}", get(model_metadata))
-        .route("/v2/models/{name}/infer", post(infer_v2))
-        .route("/v1/pipelines/{name}/infer", post(infer_raw))
-        .route("/v1/agent", get(describe))
-        .route("/metrics", get(metrics))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(axum::middleware::from_fn(refuse_foreign_hosts))
-        .with_state(Arc::new(ApiState {
-            info,
-            link,
-            serving,
-            telemetry,
-            admission: Admission {
-                workers: Arc::new(Semaphore::new(workers)),
-                waiting: AtomicUsize::new(0),
-            },
-            connections,
-        }))
+/// The local API: the state its HTTP and gRPC forms serve from.
+#[derive(Debug, Clone)]
+pub struct LocalApi {
+    state: Arc<ApiState>,
+}
+
+impl LocalApi {
+    pub fn new(
+        info: AgentInfo,
+        link: watch::Receiver<LinkState>,
+        serving: Arc<ServingTable>,
+        telemetry: Arc<TelemetryState>,
+        connections: Arc<Connections>,
+    ) -> Self {
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self {
+            state: Arc::new(ApiState {
+                info,
+                link,
+                serving,
+                telemetry,
+                admission: Admission {
+                    workers: Arc::new(Semaphore::new(workers)),
+                    waiting: AtomicUsize::new(0),
+                },
+                connections,
+            }),
+        }
+    }
+
+    /// The HTTP router.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route(
+                "/v2/health/live",
+                get(|| async { Json(serde_json::json!({ "live": true })) }),
+            )
+            .route("/v2/health/ready", get(ready))
+            .route("/v2", get(v2::server_metadata))
+            .route("/v2/models/{name}", get(v2::model_metadata))
+            .route("/v2/models/{name}/ready", get(v2::model_ready))
+            .route("/v2/models/{name}/infer", post(v2::infer))
+            .route(
+                "/v2/models/{name}/versions/{version}",
+                get(v2::model_metadata_at),
+            )
+            .route(
+                "/v2/models/{name}/versions/{version}/ready",
+                get(v2::model_ready_at),
+            )
+            .route(
+                "/v2/models/{name}/versions/{version}/infer",
+                post(v2::infer_at),
+            )
+            .route("/v1/pipelines/{name}/infer", post(infer_raw))
+            .route("/v1/agent", get(describe))
+            .route("/metrics", get(metrics))
+            .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+            .layer(DefaultBodyLimit::max(MAX_BODY))
+            .layer(axum::middleware::from_fn(refuse_foreign_hosts))
+            .with_state(self.state.clone())
+    }
+
+    /// The gRPC service.
+    pub fn grpc(&self) -> grpc::InferenceService {
+        grpc::InferenceService::new(self.state.clone())
+    }
 }
 
 /// Whether a request's `Host` may reach the local API: an IP address (the client dialled it)
@@ -174,26 +209,24 @@ async fn refuse_foreign_hosts(
     .into_response()
 }
 
-/// Ready when every deployed pipeline serves. Serving goes on while the control plane is away,
-/// so readiness does not depend on the link.
-async fn ready(State(state): State<Arc<ApiState>>) -> Response {
+/// Why the agent is not ready, or `None` when every deployed pipeline serves. Serving goes on
+/// while the control plane is away, so readiness does not depend on the link.
+fn not_ready(state: &ApiState) -> Option<String> {
     if let Some(reason) = state.telemetry.storage.not_ready() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(
-                serde_json::json!({ "ready": false, "reason": format!("storage fails: {reason}") }),
-            ),
-        )
-            .into_response();
+        return Some(format!("storage fails: {reason}"));
     }
-    if state.serving.is_ready() {
-        Json(serde_json::json!({ "ready": true })).into_response()
-    } else {
-        (
+    (!state.serving.is_ready()).then(|| "a deployed pipeline is loading".to_owned())
+}
+
+/// `GET /v2/health/ready`.
+async fn ready(State(state): State<Arc<ApiState>>) -> Response {
+    match not_ready(&state) {
+        None => Json(serde_json::json!({ "ready": true })).into_response(),
+        Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({ "ready": false })),
+            Json(serde_json::json!({ "ready": false, "reason": reason })),
         )
-            .into_response()
+            .into_response(),
     }
 }
 
@@ -418,75 +451,6 @@ async fn infer_raw(
     .await
 }
 
-/// `POST /v2/models/{name}/infer`.
-async fn infer_v2(
-    State(state): State<Arc<ApiState>>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let (pipeline, ticket, body) = match admit(&state, &name, body).await {
-        Ok(admitted) => admitted,
-        Err(response) => return response.into_response(),
-    };
-    let request = match InferRequest::from_json(&body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.0).into_response(),
-    };
-    let tensors = match request
-        .inputs
-        .iter()
-        .map(oip::tensor_from_request)
-        .collect::<Result<Vec<_>, _>>()
-    {
-        Ok(t) => t,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.0).into_response(),
-    };
-    let revision = pipeline.revision;
-    let span = info_span!("request", path = "/v2/models/{name}/infer", pipeline = %name);
-    async {
-        match run(
-            &state,
-            ticket,
-            pipeline,
-            request_key(&headers),
-            Payload::Tensors(tensors),
-        )
-        .await
-        {
-            Ok(result) => {
-                let mut answer = oip::payload_json(&result.payload);
-                if let Some(object) = answer.as_object_mut() {
-                    object.insert("model_name".into(), name.clone().into());
-                    object.insert("model_version".into(), revision.to_string().into());
-                    if let Some(id) = request.id {
-                        object.insert("id".into(), id.into());
-                    }
-                }
-                with_variant(result.variant.as_deref(), Json(answer).into_response())
-            }
-            Err(response) => response.into_response(),
-        }
-    }
-    .instrument(span)
-    .await
-}
-
-/// `GET /v2/models/{name}`.
-async fn model_metadata(State(state): State<Arc<ApiState>>, Path(name): Path<String>) -> Response {
-    match lookup(&state, &name) {
-        Ok(p) => Json(serde_json::json!({
-            "name": p.name,
-            "versions": [p.revision.to_string()],
-            "platform": "tern",
-            "steps": p.arms[0].pipeline.steps.iter().map(|s| s.name()).collect::<Vec<_>>(),
-            "variants": p.arms.iter().filter_map(|a| a.variant()).collect::<Vec<_>>(),
-        }))
-        .into_response(),
-        Err(response) => response.into_response(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -517,13 +481,14 @@ mod tests {
             host: Default::default(),
             storage: tern_transport::storage::StorageMonitor::new(&std::env::temp_dir()),
         });
-        router(
+        LocalApi::new(
             info,
             watch::channel(LinkState::default()).1,
             serving,
             telemetry,
             connections,
         )
+        .router()
     }
 
     async fn status(router: &Router, method: &str, path: &str) -> StatusCode {

@@ -124,6 +124,25 @@ async fn connection<S>(
     drop(slot);
 }
 
+/// Serves the gRPC form of the local API on `listener` until `shutdown` turns true; then lets
+/// the calls in progress finish. Each connection runs at most [`super::MAX_WAITING`] calls at a
+/// time; beyond the workers, calls wait in the same admission queue as HTTP requests.
+pub async fn serve_grpc(
+    listener: tokio::net::TcpListener,
+    service: super::grpc::InferenceService,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(super::MAX_WAITING)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .serve_with_incoming_shutdown(service.into_server(), incoming, async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        })
+        .await
+        .map_err(std::io::Error::other)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

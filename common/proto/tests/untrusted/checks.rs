@@ -5,7 +5,7 @@
 
 use tern_proto::desired::DesiredState;
 use tern_proto::frame::{decode_frame, encode_frame};
-use tern_proto::inference::InferRequest;
+use tern_proto::inference::{InferRequest, read_request};
 use tern_proto::manifest::parse_sourced;
 use tern_proto::message::SignedDesiredState;
 use tern_proto::release::{Clocks, SignedRelease};
@@ -29,6 +29,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("release_json", release_json),
     ("trust_root_json", trust_root_json),
     ("inference_json", inference_json),
+    ("inference_binary", inference_binary),
     ("manifest_yaml", manifest_yaml),
 ];
 
@@ -118,6 +119,28 @@ pub fn inference_json(data: &[u8]) {
     for tensor in &request.inputs {
         if let Ok(checked) = tensor.check() {
             assert_eq!(checked.shape, tensor.shape);
+        }
+    }
+}
+
+/// A body of the binary tensor data extension: the first two bytes give the length of the
+/// JSON part (as `Inference-Header-Content-Length` would), the rest is the body. What is read
+/// matches what was declared: one tensor per input, each as many bytes as its shape and
+/// datatype make.
+pub fn inference_binary(data: &[u8]) {
+    let Some((length, body)) = data.split_first_chunk::<2>() else {
+        return;
+    };
+    let length = u16::from_le_bytes(*length).to_string();
+    let Ok((request, tensors)) = read_request(body, Some(&length)) else {
+        return;
+    };
+    assert_eq!(request.inputs.len(), tensors.len());
+    for (input, tensor) in request.inputs.iter().zip(&tensors) {
+        assert_eq!(input.shape, tensor.shape);
+        if let Some(size) = tensor.datatype.size() {
+            let count: u64 = tensor.shape.iter().product();
+            assert_eq!(tensor.data.len() as u64, count * size);
         }
     }
 }

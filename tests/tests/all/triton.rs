@@ -1,0 +1,185 @@
+//! Triton's and KServe's own clients against a real agent: `tritonclient[http]` and
+//! `tritonclient[grpc]` from PyPI, with their defaults, drive the local API's Open Inference
+//! Protocol (liveness, readiness, metadata, inference with JSON and binary tensors, errors) on
+//! the MLP and, with the model fixtures, an image pipeline (image-prep, then SqueezeNet 1.1);
+//! every answer is checked against ONNX Runtime (`tests/python/triton_clients.py`). Then the
+//! agent's telemetry must count what the clients sent, over both protocols.
+//!
+//! Skipped without Python's `tritonclient`, `onnxruntime` and `numpy`, unless
+//! `TERN_REQUIRE_TRITON=1` (CI installs them and sets it).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use tern_e2e::{FLEET_TIMEOUT, Fleet, component, free_port, path_str, wait_for};
+
+/// The Python that has the clients, or `None` (then the test skips, or fails where required).
+fn python() -> Option<&'static str> {
+    let found = Command::new("python3")
+        .args([
+            "-c",
+            "import tritonclient.http, tritonclient.grpc, onnxruntime, numpy",
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            !std::env::var("TERN_REQUIRE_TRITON").is_ok_and(|v| v == "1"),
+            "TERN_REQUIRE_TRITON=1 but python3 lacks tritonclient[http,grpc], onnxruntime or numpy"
+        );
+        eprintln!("triton: python3 lacks tritonclient, onnxruntime or numpy; skipped");
+    }
+    found.then_some("python3")
+}
+
+/// SqueezeNet 1.1 from the model fixtures, when they are there.
+fn squeezenet() -> Option<PathBuf> {
+    let model = tern_infer::conformance::fixtures_dir().join("models/squeezenet1_1/model.onnx");
+    if model.exists() {
+        return Some(model);
+    }
+    assert!(
+        !std::env::var("TERN_REQUIRE_FIXTURES").is_ok_and(|v| v == "1"),
+        "TERN_REQUIRE_FIXTURES=1 but {} is missing",
+        model.display()
+    );
+    None
+}
+
+fn manifest(image: bool) -> String {
+    let mut yaml = String::from(
+        r#"apiVersion: tern.dev/v1alpha1
+kind: Pipeline
+metadata: { name: mlp }
+spec:
+  steps:
+    - name: classify
+      model: mlp:1
+      device: cpu
+---
+apiVersion: tern.dev/v1alpha1
+kind: Deployment
+metadata: { name: mlp }
+spec:
+  pipeline: mlp
+  rollout: { healthWindowSeconds: 0 }
+"#,
+    );
+    if image {
+        yaml.push_str(
+            r#"---
+apiVersion: tern.dev/v1alpha1
+kind: Pipeline
+metadata: { name: image }
+spec:
+  steps:
+    - name: prep
+      plugin: image-prep:1
+      config: { size: 224, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225], tensor: input }
+    - name: classify
+      model: squeezenet:1
+      device: cpu
+---
+apiVersion: tern.dev/v1alpha1
+kind: Deployment
+metadata: { name: image }
+spec:
+  pipeline: image
+  rollout: { healthWindowSeconds: 0 }
+"#,
+        );
+    }
+    yaml
+}
+
+/// The value of the `tern_pipeline_requests_total` sample of `pipeline` on a metrics page.
+fn requests(page: &str, pipeline: &str) -> f64 {
+    let label = format!("pipeline=\"{pipeline}\"");
+    page.lines()
+        .filter(|l| l.starts_with("tern_pipeline_requests_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn tritonclient_http_and_grpc_infer_against_an_agent() -> anyhow::Result<()> {
+    let Some(python) = python() else {
+        return Ok(());
+    };
+    let image_model = squeezenet();
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let fleet = Fleet::start_with(1, &["--listen-grpc", &grpc])?;
+    let mlp = tern_e2e::examples_dir().join("models/mlp");
+    let model = fleet.tmp.path().join("mlp.onnx");
+    std::fs::copy(mlp.join("model.onnx"), &model)?;
+    fleet
+        .publisher
+        .sign_and_push(&fleet.cp, &model, "model", "mlp", 1)?;
+    if let Some(path) = &image_model {
+        let model = fleet.tmp.path().join("squeezenet.onnx");
+        std::fs::copy(path, &model)?;
+        fleet
+            .publisher
+            .sign_and_push(&fleet.cp, &model, "model", "squeezenet", 1)?;
+        let plugin = fleet.tmp.path().join("image_prep.wasm");
+        std::fs::copy(component("image-prep"), &plugin)?;
+        fleet
+            .publisher
+            .sign_and_push(&fleet.cp, &plugin, "plugin", "image-prep", 1)?;
+    }
+    let file = fleet.tmp.path().join("pipelines.yaml");
+    fleet
+        .cp
+        .apply_manifest(&file, manifest(image_model.is_some()))?;
+    for deployment in ["mlp", "image"]
+        .iter()
+        .take(if image_model.is_some() { 2 } else { 1 })
+    {
+        fleet.wait_deployment(deployment, 1, "Complete")?;
+    }
+    let http = fleet.agents[0].api_addr()?.to_string();
+    wait_for(FLEET_TIMEOUT, "the gRPC address to listen", || {
+        tern_e2e::listening(grpc.parse().ok()?).then_some(())
+    })?;
+
+    let mut command = Command::new(python);
+    command
+        .arg(tern_e2e::examples_dir().join("../tests/python/triton_clients.py"))
+        .args(["--http", &http, "--grpc", &grpc, "--mlp", &path_str(&mlp)?]);
+    if let Some(path) = &image_model {
+        command.args(["--image-model", &path_str(path)?]);
+    }
+    let out = command.output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.success(),
+        "the tritonclient suite failed:\n{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        fleet.agents[0].process.log_text()
+    );
+    let served: serde_json::Value = serde_json::from_str(stdout.trim())?;
+
+    // Both protocols reach the same pipelines and the same telemetry.
+    let (status, page) = tern_e2e::http(
+        fleet.agents[0].api_addr()?,
+        "GET",
+        "/metrics",
+        "text/plain",
+        b"",
+    )?;
+    assert_eq!(status, 200);
+    let page = String::from_utf8_lossy(&page);
+    for pipeline in ["mlp", "image"] {
+        let sent = served[pipeline].as_f64().unwrap_or_default();
+        assert!(
+            requests(&page, pipeline) >= sent,
+            "{pipeline}: {sent} requests succeeded, the agent counted {}",
+            requests(&page, pipeline)
+        );
+    }
+    assert!(
+        served["mlp"].as_f64().unwrap_or_default() >= 7.0,
+        "{served}"
+    );
+    Ok(())
+}
