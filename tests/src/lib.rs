@@ -419,9 +419,13 @@ impl ControlPlane {
 
     /// `ternctl rollout status NAME -o json`.
     pub fn deployment(&self, name: &str) -> anyhow::Result<DeploymentView> {
-        Ok(serde_json::from_str(
-            &self.ternctl_ok(&["rollout", "status", name, "-o", "json"])?,
-        )?)
+        Ok(serde_json::from_str(&self.ternctl_ok(&[
+            "get",
+            "deployment",
+            name,
+            "-o",
+            "json",
+        ])?)?)
     }
 
     /// `ternctl describe agent NAME -o json`.

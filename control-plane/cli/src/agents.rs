@@ -40,7 +40,8 @@ fn agent_path(name: &str) -> String {
 /// Prints `agent/NAME VERB`, or the agent in `format`.
 fn report(agent: &AgentView, verb: &str, format: Format) -> anyhow::Result<String> {
     Ok(match format {
-        Format::Table => format!("agent/{} {verb}\n", agent.name),
+        Format::Name => format!("agent/{}\n", agent.name),
+        table if table.is_table() => format!("agent/{} {verb}\n", agent.name),
         other => output::structured_any(agent, other)?,
     })
 }
@@ -76,14 +77,6 @@ pub async fn label(
     report(&agent, "labeled", format)
 }
 
-pub async fn tokens(api: &HttpsClient, format: Format) -> anyhow::Result<String> {
-    let tokens: Vec<TokenView> = api
-        .get("/v1/tokens")
-        .await
-        .context("failed to list tokens")?;
-    output::tokens(&tokens, format)
-}
-
 pub async fn withdraw_token(api: &HttpsClient, id: &str, format: Format) -> anyhow::Result<String> {
     let token: TokenView = api
         .send_json(
@@ -94,7 +87,8 @@ pub async fn withdraw_token(api: &HttpsClient, id: &str, format: Format) -> anyh
         .await
         .with_context(|| format!("failed to delete token `{id}`"))?;
     Ok(match format {
-        Format::Table => format!("token/{} deleted\n", token.id),
+        Format::Name => format!("token/{}\n", token.id),
+        table if table.is_table() => format!("token/{} deleted\n", token.id),
         other => output::structured_any(&token, other)?,
     })
 }

@@ -7,7 +7,42 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use tern_proto::labels::Selector;
+
 use crate::output::Format;
+use crate::resources::{KindArg, parse_selector};
+
+pub(crate) use crate::help::*;
+
+/// `-f FILE...` and `-R`: manifest files, directories of them, or `-` for standard input.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct FileArgs {
+    /// A manifest file, a directory of them (`.yaml`, `.yml`, `.json`), or `-` for standard
+    /// input; repeat for several.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Also read the directories' subdirectories.
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
+}
+
+/// `-f` and `-R` where files are one choice among others.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct OptionalFileArgs {
+    /// A manifest file, a directory of them, or `-`; repeat for several.
+    #[arg(short = 'f', long = "filename")]
+    pub filename: Vec<PathBuf>,
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
+}
+
+/// `--dry-run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum DryRun {
+    None,
+    Client,
+    Server,
+}
 
 /// Operate a Tern fleet.
 #[derive(Debug, Parser)]
@@ -16,6 +51,9 @@ pub(crate) struct Cli {
     /// ternctl.toml to use [default: ~/.config/tern/ternctl.toml].
     #[arg(long, global = true, env = "TERN_CONFIG")]
     pub config: Option<PathBuf>,
+    /// The control plane to talk to, of the config's contexts [default: the current one].
+    #[arg(long, global = true, env = "TERN_CONTEXT")]
+    pub context: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -23,37 +61,64 @@ pub(crate) struct Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Enrollment tokens.
+    #[command(after_help = TOKEN_EXAMPLES)]
     Token {
         #[command(subcommand)]
         command: TokenCommand,
     },
-    /// List resources.
+    /// List resources of a kind, or the ones named.
+    #[command(after_help = GET_EXAMPLES)]
     Get {
-        #[command(subcommand)]
-        what: GetCommand,
+        /// The kind: agents (ag), pipelines (pl), deployments (deploy, dep), releases (rel),
+        /// alerts, baselines (bl), tokens (tok); or KIND/NAME.
+        #[arg(value_parser = KindArg::parse)]
+        kind: KindArg,
+        /// Only these (a release or baseline is NAME:VERSION).
+        names: Vec<String>,
+        /// Only those whose labels match: `k=v`, `k!=v`, `k in (a,b)`, `k notin (a)`, `k`,
+        /// `!k`, comma-separated.
+        #[arg(short = 'l', long, value_parser = parse_selector)]
+        selector: Option<Selector>,
+        /// table, wide, name, json, yaml, or jsonpath=TEMPLATE.
+        #[arg(short = 'o', long, default_value = "table", value_parser = Format::parse)]
+        output: Format,
+        /// After listing, keep watching and print what changes (until interrupted).
+        #[arg(short = 'w', long)]
+        watch: bool,
     },
     /// Show one resource in detail.
+    #[command(after_help = DESCRIBE_EXAMPLES)]
     Describe {
-        #[command(subcommand)]
-        what: DescribeCommand,
+        /// The kind (as `get` takes it), or KIND/NAME.
+        #[arg(value_parser = KindArg::parse)]
+        kind: KindArg,
+        name: Option<String>,
+        #[arg(short = 'o', long, default_value = "table", value_parser = Format::parse)]
+        output: Format,
     },
     /// Publisher keys (Ed25519).
+    #[command(after_help = KEYS_EXAMPLES)]
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
     },
     /// The trust root: which publishers agents trust, signed by offline root keys.
+    #[command(after_help = TRUST_EXAMPLES)]
     Trust {
         #[command(subcommand)]
         command: TrustCommand,
     },
     /// Sign an artifact: writes FILE.release beside it (run again with another key to co-sign).
+    #[command(after_help = SIGN_EXAMPLES)]
     Sign {
-        /// The publisher's private key.
+        /// The publisher's private key: a PEM file, or `-` to read it from standard input.
+        #[arg(long, conflicts_with = "key_env", required_unless_present = "key_env")]
+        key: Option<PathBuf>,
+        /// Read the private key (PEM) from this environment variable (a CI secret).
         #[arg(long)]
-        key: PathBuf,
+        key_env: Option<String>,
         #[arg(long, value_enum)]
-        kind: KindArg,
+        kind: ArtifactKindArg,
         /// Release name, as pipelines refer to it (`name:version`).
         #[arg(long)]
         name: String,
@@ -69,66 +134,102 @@ pub(crate) enum Command {
         /// The artifact: a `.wasm` component or an `.onnx` model.
         file: PathBuf,
     },
-    /// Create or update the pipelines and deployments of a manifest file.
+    /// Create or update the pipelines and deployments of manifest files.
+    #[command(after_help = APPLY_EXAMPLES)]
     Apply {
-        #[arg(short = 'f', long = "filename")]
-        file: PathBuf,
-        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        #[command(flatten)]
+        files: FileArgs,
+        /// `server`: the control plane checks everything and says what would change, and
+        /// changes nothing; `client`: only check the files here; `none`: apply.
+        #[arg(long, value_enum, default_value_t = DryRun::None, num_args = 0..=1, default_missing_value = "client")]
+        dry_run: DryRun,
+        #[arg(short = 'o', long, default_value = "table", value_parser = Format::parse)]
         output: Format,
     },
-    /// Show what `apply -f` would change.
+    /// Show what `apply -f` would change. Exits 0 when nothing would, 1 when something would,
+    /// 2 on an error (kubectl's convention).
+    #[command(after_help = DIFF_EXAMPLES)]
     Diff {
-        #[arg(short = 'f', long = "filename")]
-        file: PathBuf,
+        #[command(flatten)]
+        files: FileArgs,
     },
-    /// Delete the pipelines and deployments a manifest file names (`-f`), decommission an
-    /// agent, or withdraw an enrollment token.
-    #[command(args_conflicts_with_subcommands = true, arg_required_else_help = true)]
+    /// Delete resources by kind and name, or the pipelines and deployments manifest files name.
+    /// Deleting an agent decommissions it (revoked and forgotten; its name can enroll again);
+    /// deleting a token withdraws it.
+    #[command(after_help = DELETE_EXAMPLES)]
     Delete {
-        #[arg(short = 'f', long = "filename")]
-        file: Option<PathBuf>,
-        #[command(subcommand)]
-        what: Option<DeleteCommand>,
+        #[command(flatten)]
+        files: OptionalFileArgs,
+        /// agent, token, pipeline or deployment (or KIND/NAME).
+        #[arg(value_parser = KindArg::parse, required_unless_present = "filename")]
+        kind: Option<KindArg>,
+        names: Vec<String>,
+        #[arg(short = 'o', long, default_value = "table", value_parser = Format::parse)]
+        output: Format,
     },
     /// Revoke an agent: its certificate is refused from now on and its connection closed.
+    #[command(after_help = REVOKE_EXAMPLES)]
     Revoke {
         #[command(subcommand)]
         what: RevokeCommand,
     },
     /// Set (`k=v`) or remove (`k-`) an agent's labels; deployments re-target on their next pass.
+    #[command(after_help = LABEL_EXAMPLES)]
     Label {
         #[command(subcommand)]
         what: LabelCommand,
     },
     /// What the fleet is doing, from the agents' telemetry.
+    #[command(after_help = TOP_EXAMPLES)]
     Top {
         #[command(subcommand)]
         what: TopCommand,
     },
     /// Drift baselines: what a model's inputs and outputs should look like.
+    #[command(after_help = BASELINE_EXAMPLES)]
     Baseline {
         #[command(subcommand)]
         command: BaselineCommand,
     },
     /// Drift of a monitored pipeline: PSI per feature, fleet-wide and per agent.
+    #[command(after_help = DRIFT_EXAMPLES)]
     Drift {
         pipeline: String,
-        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        #[arg(short = 'o', long, default_value = "table", value_parser = Format::parse)]
         output: Format,
     },
     /// Print the link to the fleet dashboard (it carries the admin token: keep it private).
+    #[command(after_help = DASHBOARD_EXAMPLES)]
     Dashboard,
     /// A/B experiments: a deployment's variants compared.
+    #[command(after_help = EXPERIMENT_EXAMPLES)]
     Experiment {
         #[command(subcommand)]
         command: ExperimentCommand,
     },
     /// Watch and steer a deployment's rollout.
+    #[command(after_help = ROLLOUT_EXAMPLES)]
     Rollout {
         #[command(subcommand)]
         command: RolloutCommand,
     },
+    /// The control planes ternctl knows (contexts) and which one it talks to.
+    #[command(after_help = CONFIG_EXAMPLES)]
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Print a shell completion script.
+    #[command(after_help = COMPLETION_EXAMPLES)]
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages for ternctl and each of its commands into DIR.
+    #[command(after_help = MAN_EXAMPLES)]
+    Man { dir: PathBuf },
     /// Upload FILE and FILE.release to the control plane (resumes an interrupted upload).
+    #[command(after_help = PUSH_EXAMPLES)]
     Push {
         file: PathBuf,
         /// No progress bar.
@@ -146,7 +247,7 @@ pub(crate) enum ExperimentCommand {
         /// How far back to look [default: since the experiment or the revision started].
         #[arg(long, value_parser = humantime::parse_duration)]
         window: Option<Duration>,
-        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        #[arg(short = 'o', long, default_value = "table", value_parser = Format::parse)]
         output: Format,
     },
 }
@@ -180,7 +281,7 @@ pub(crate) enum BaselineCommand {
         /// Also write the baseline's JSON here (for a manifest's `monitoring.baseline`).
         #[arg(long)]
         out: Option<PathBuf>,
-        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        #[arg(short = 'o', long, default_value = "table", value_parser = Format::parse)]
         output: Format,
     },
 }
@@ -189,7 +290,7 @@ pub(crate) enum BaselineCommand {
 pub(crate) enum TopCommand {
     /// Each agent's host (CPU, memory, disk, cache, GPUs) and traffic over the last minutes.
     Agents {
-        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        #[arg(short = 'o', long, default_value = "table", value_parser = Format::parse)]
         output: Format,
     },
     /// Each pipeline's requests, errors, throughput and latency percentiles, and its steps'.
@@ -197,18 +298,25 @@ pub(crate) enum TopCommand {
         /// How far back to look (e.g. 5m, 1h, 7d) [default: since each pipeline was applied].
         #[arg(long, value_parser = humantime::parse_duration)]
         window: Option<Duration>,
-        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        #[arg(short = 'o', long, default_value = "table", value_parser = Format::parse)]
         output: Format,
     },
 }
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum RolloutCommand {
-    /// Waves, agents and what each one runs.
+    /// Wait for a deployment's rollout to finish, printing its progress: exits 0 once it is
+    /// committed (Complete), 1 when it rolled back or failed, or when `--timeout` passes first.
+    #[command(after_help = ROLLOUT_STATUS_EXAMPLES)]
     Status {
         deployment: String,
-        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
-        output: Format,
+        /// Wait for the outcome (`--watch=false`: print the state once; the exit code still
+        /// says whether it is committed).
+        #[arg(short = 'w', long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+        watch: bool,
+        /// Give up after this long (e.g. 5m); 0 waits for ever.
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
     },
     /// Start no new wave until resumed.
     Pause {
@@ -224,7 +332,7 @@ pub(crate) enum RolloutCommand {
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub(crate) enum KindArg {
+pub(crate) enum ArtifactKindArg {
     Plugin,
     Model,
 }
@@ -306,7 +414,7 @@ pub(crate) enum TrustCommand {
     Push { file: PathBuf },
     /// Show the pinned trust root.
     Show {
-        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        #[arg(short = 'o', long, default_value = "table", value_parser = Format::parse)]
         output: Format,
     },
 }
@@ -325,66 +433,11 @@ pub(crate) enum TokenCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub(crate) enum GetCommand {
-    /// Enrolled agents and whether they are Ready.
-    Agents {
-        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
-        output: Format,
-    },
-    /// Pipelines, their latest revision and the releases it pins.
-    Pipelines {
-        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
-        output: Format,
-    },
-    /// Deployments and their rollouts.
-    Deployments {
-        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
-        output: Format,
-    },
-    /// Signed releases and whether their artifacts are uploaded.
-    Releases {
-        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
-        output: Format,
-    },
-    /// Drift alerts, firing first.
-    Alerts {
-        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
-        output: Format,
-    },
-    /// Stored drift baselines.
-    Baselines {
-        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
-        output: Format,
-    },
-    /// Enrollment tokens nobody redeemed yet.
-    Tokens {
-        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
-        output: Format,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub(crate) enum DeleteCommand {
-    /// Decommission an agent: revoke it and forget it (its name can enroll again).
-    Agent {
-        name: String,
-        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
-        output: Format,
-    },
-    /// Withdraw an enrollment token nobody redeemed yet.
-    Token {
-        id: String,
-        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
-        output: Format,
-    },
-}
-
-#[derive(Debug, Subcommand)]
 pub(crate) enum RevokeCommand {
     /// Refuse an agent's certificate from now on.
     Agent {
         name: String,
-        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        #[arg(short = 'o', long, default_value = "table", value_parser = Format::parse)]
         output: Format,
     },
 }
@@ -400,17 +453,57 @@ pub(crate) enum LabelCommand {
         /// Allow changing the value of a label the agent already has.
         #[arg(long)]
         overwrite: bool,
-        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        #[arg(short = 'o', long, default_value = "table", value_parser = Format::parse)]
         output: Format,
     },
 }
 
 #[derive(Debug, Subcommand)]
-pub(crate) enum DescribeCommand {
-    /// One agent: labels, capacity, GPUs, connection.
-    Agent {
-        name: String,
-        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+pub(crate) enum ConfigCommand {
+    /// List the contexts; `*` marks the current one.
+    GetContexts {
+        #[arg(short = 'o', long, default_value = "table", value_parser = Format::parse)]
         output: Format,
     },
+    /// Make NAME the current context.
+    UseContext { name: String },
+    /// Print the current context's name.
+    CurrentContext,
+    /// Add (or replace) the context NAME from a ternctl.toml that `tern-control-plane init`
+    /// wrote.
+    SetContext {
+        name: String,
+        #[arg(long)]
+        from: PathBuf,
+    },
+}
+
+/// The whole command tree as parsed, completed and documented, examples on every command.
+pub(crate) fn command() -> clap::Command {
+    with_examples(<Cli as clap::CommandFactory>::command())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_command_shows_examples() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in command.get_subcommands() {
+                let path = format!("{path} {}", sub.get_name());
+                let has = sub
+                    .get_after_help()
+                    .is_some_and(|h| h.to_string().contains("Examples:"));
+                if !has {
+                    missing.push(path.clone());
+                }
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::command(), "ternctl", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "no examples in the help of: {missing:?}"
+        );
+    }
 }

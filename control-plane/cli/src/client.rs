@@ -6,38 +6,46 @@ use anyhow::{Context, bail};
 use tern_proto::api::CliConfig;
 use tern_transport::https::HttpsClient;
 
+pub use crate::contexts::ConfigFile;
+
 /// `~/.config/tern/ternctl.toml`.
 fn default_config_path() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".config/tern/ternctl.toml"))
 }
 
-/// Reads the config (flag, then `TERN_CONFIG`, then the default path), applies
-/// `TERN_CONTROL_PLANE` and `TERN_ADMIN_TOKEN`, and builds a client.
-pub fn connect(explicit: Option<&Path>) -> anyhow::Result<HttpsClient> {
-    let (config, path) = load_config(explicit)?;
+/// Which config: the file (flag, then `TERN_CONFIG`, then the default path) and the context
+/// (`--context`, else the file's current one).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Target<'a> {
+    pub file: Option<&'a Path>,
+    pub context: Option<&'a str>,
+}
+
+/// Reads the config, applies `TERN_CONTROL_PLANE` and `TERN_ADMIN_TOKEN`, and builds a client.
+pub fn connect(target: Target<'_>) -> anyhow::Result<HttpsClient> {
+    let (config, path) = load_config(target)?;
     let tls = tern_transport::tls::https_client(&config.ca_certificate)
         .with_context(|| format!("invalid ca_certificate in {}", path.display()))?;
     Ok(HttpsClient::new(config.api, tls).with_bearer(config.admin_token))
 }
 
-/// The config (flag, then `TERN_CONFIG`, then the default path) with `TERN_CONTROL_PLANE` and
-/// `TERN_ADMIN_TOKEN` applied, and the file it came from.
-pub fn load_config(explicit: Option<&Path>) -> anyhow::Result<(CliConfig, PathBuf)> {
-    let path = match explicit {
-        Some(p) => p.to_owned(),
+/// The config file's path: the flag, then `TERN_CONFIG` (clap reads both), then the default.
+pub fn config_path(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    match explicit {
+        Some(p) => Ok(p.to_owned()),
         None => match default_config_path() {
-            Some(p) => p,
+            Some(p) => Ok(p),
             None => bail!("no --config given and HOME is not set"),
         },
-    };
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "failed to read {} (copy the ternctl.toml written by `tern-control-plane init`, or pass --config)",
-            path.display()
-        )
-    })?;
-    let mut config: CliConfig =
-        toml::from_str(&text).with_context(|| format!("failed to parse {}", path.display()))?;
+    }
+}
+
+/// The control plane `target` names, with `TERN_CONTROL_PLANE` and `TERN_ADMIN_TOKEN` applied,
+/// and the file it came from.
+pub fn load_config(target: Target<'_>) -> anyhow::Result<(CliConfig, PathBuf)> {
+    let path = config_path(target.file)?;
+    let file = ConfigFile::read(&path)?;
+    let mut config = file.context(target.context)?.1.clone();
     if let Ok(addr) = std::env::var("TERN_CONTROL_PLANE") {
         config.api = addr;
     }

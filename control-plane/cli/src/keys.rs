@@ -66,6 +66,48 @@ pub fn read_secret(path: &Path) -> anyhow::Result<SecretKey> {
     SecretKey::from_pem(&text).with_context(|| format!("{} is not a private key", path.display()))
 }
 
+/// Where `sign` reads the publisher's private key: a file, `-` (standard input), or an
+/// environment variable (a CI secret), never a command-line argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    File(PathBuf),
+    Stdin,
+    Env(String),
+}
+
+impl KeySource {
+    /// `--key FILE|-` or `--key-env VAR`.
+    pub fn from_args(key: Option<PathBuf>, key_env: Option<String>) -> anyhow::Result<Self> {
+        match (key, key_env) {
+            (Some(path), None) if path.as_os_str() == "-" => Ok(KeySource::Stdin),
+            (Some(path), None) => Ok(KeySource::File(path)),
+            (None, Some(var)) => Ok(KeySource::Env(var)),
+            _ => anyhow::bail!(
+                "sign needs one of --key FILE, --key - (standard input) or --key-env VAR"
+            ),
+        }
+    }
+
+    /// The private key.
+    pub fn read(&self) -> anyhow::Result<SecretKey> {
+        let (text, from) = match self {
+            KeySource::File(path) => return read_secret(path),
+            KeySource::Stdin => {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                    .context("failed to read the key from standard input")?;
+                (text, "standard input".to_owned())
+            }
+            KeySource::Env(var) => (
+                std::env::var(var)
+                    .with_context(|| format!("the environment variable {var} is not set"))?,
+                format!("${var}"),
+            ),
+        };
+        SecretKey::from_pem(&text).with_context(|| format!("{from} does not hold a private key"))
+    }
+}
+
 pub fn read_public(path: &Path) -> anyhow::Result<PublicKey> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("failed to read {}", path.display()))?;
@@ -93,7 +135,7 @@ pub fn read_trust_root(path: &Path) -> anyhow::Result<SignedTrustRoot> {
 /// What `ternctl sign` is asked to state.
 #[derive(Debug)]
 pub struct SignRequest<'a> {
-    pub key: &'a Path,
+    pub key: &'a KeySource,
     pub kind: ArtifactKind,
     pub name: &'a str,
     pub version: u64,
@@ -105,7 +147,7 @@ pub struct SignRequest<'a> {
 /// Signs `file`, writing `FILE.release`. When that file already states the same artifact, the
 /// signature is added to it (co-signing towards a threshold above one).
 pub fn sign(request: &SignRequest<'_>) -> anyhow::Result<(PathBuf, SignedRelease)> {
-    let key = read_secret(request.key)?;
+    let key = request.key.read()?;
     if !tern_proto::labels::valid_name(request.name) {
         bail!(
             "--name `{}` must be 1-63 characters of a-z, 0-9, `-`, `.`, `_`",
@@ -245,6 +287,7 @@ mod tests {
         std::fs::write(&file, b"model").expect("write");
         let (a, _, _) = generate(&tmp.path().join("a")).expect("a");
         let (b, _, _) = generate(&tmp.path().join("b")).expect("b");
+        let (a, b) = (KeySource::File(a), KeySource::File(b));
         assert!(generate(&tmp.path().join("a")).is_err(), "no overwrite");
         let request = |key| SignRequest {
             key,
@@ -263,6 +306,29 @@ mod tests {
             ..request(&a)
         };
         assert!(sign(&other).is_err());
+    }
+
+    #[test]
+    fn a_key_comes_from_a_file_or_an_environment_variable() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (path, _, id) = generate(&tmp.path().join("k")).expect("k");
+        // The environment's happy path runs in the end-to-end tests (`ternctl` as a process).
+        let not_a_key = KeySource::from_args(None, Some("PATH".into())).expect("env");
+        let refused = not_a_key.read().unwrap_err().to_string();
+        assert!(
+            refused.contains("$PATH does not hold a private key"),
+            "{refused}"
+        );
+        let var = format!("TERN_TEST_KEY_{}", std::process::id());
+        let from_file = KeySource::from_args(Some(path), None).expect("file");
+        assert_eq!(from_file.read().expect("reads").public().id(), id);
+        assert_eq!(
+            KeySource::from_args(Some("-".into()), None).expect("stdin"),
+            KeySource::Stdin
+        );
+        assert!(KeySource::from_args(None, None).is_err());
+        let unset = KeySource::Env(format!("{var}_UNSET")).read().unwrap_err();
+        assert!(unset.to_string().contains("not set"), "{unset}");
     }
 
     #[test]

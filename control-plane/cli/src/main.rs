@@ -3,26 +3,31 @@
 mod agents;
 mod args;
 mod client;
+mod config;
+mod contexts;
 mod drift;
+mod help;
+mod jsonpath;
 mod keys;
 mod manifests;
 mod output;
 mod push;
+mod resources;
+mod rollout;
 
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::Parser as _;
-use tern_proto::api::{AgentView, TokenRequest, TokenResponse};
+use tern_proto::api::{TokenRequest, TokenResponse};
 use tern_proto::release::ArtifactKind;
 use tern_proto::trust::SignedTrustRoot;
 
 use crate::args::{
-    BaselineCommand, Cli, Command, DeleteCommand, DescribeCommand, ExperimentCommand, GetCommand,
-    KeysCommand, KindArg, LabelCommand, RevokeCommand, RolloutCommand, TokenCommand, TopCommand,
-    TrustCommand,
+    ArtifactKindArg, BaselineCommand, Cli, Command, DryRun, ExperimentCommand, KeysCommand,
+    LabelCommand, RevokeCommand, RolloutCommand, TokenCommand, TopCommand, TrustCommand,
 };
 use crate::output::Format;
+use crate::resources::{Kind, Query};
 
 /// `GET path` on the admin API, then prints what `render` makes of the answer; `what` says
 /// what failed ("list agents").
@@ -40,25 +45,35 @@ async fn get_and_print<T: serde::de::DeserializeOwned>(
     Ok(())
 }
 
+/// Exit codes: 0 ok; 1 a failure, changes found by `diff`, or a rollout that did not commit;
+/// 2 a usage error (clap's), or an error during `diff` (kubectl's convention).
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let matches = args::command().get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let diff = matches!(cli.command, Command::Diff { .. });
     match run(cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(if diff { 2 } else { 1 })
         }
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<u8> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("failed to start the async runtime")?;
     runtime.block_on(async {
-        let config = cli.config.as_deref();
-        let api = || client::connect(config);
+        let target = client::Target {
+            file: cli.config.as_deref(),
+            context: cli.context.as_deref(),
+        };
+        let api = || client::connect(target);
         match cli.command {
             Command::Keys {
                 command: KeysCommand::Generate { out },
@@ -72,6 +87,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Command::Sign {
                 key,
+                key_env,
                 kind,
                 name,
                 version,
@@ -80,9 +96,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 file,
             } => {
                 let kind = match kind {
-                    KindArg::Plugin => ArtifactKind::Plugin,
-                    KindArg::Model => ArtifactKind::Model,
+                    ArtifactKindArg::Plugin => ArtifactKind::Plugin,
+                    ArtifactKindArg::Model => ArtifactKind::Model,
                 };
+                let key = keys::KeySource::from_args(key, key_env)?;
                 let (out, signed) = keys::sign(&keys::SignRequest {
                     key: &key,
                     kind,
@@ -109,38 +126,97 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             Command::Trust { command } => trust(command, api).await?,
-            Command::Apply { file, output } => {
-                let changes = manifests::apply(&api()?, &file, false).await?;
-                match output {
-                    Format::Table => print!("{}", manifests::summary(&changes)),
-                    other => print!("{}", output::structured_any(&changes, other)?),
+            Command::Apply {
+                files,
+                dry_run,
+                output,
+            } => {
+                let sources = manifests::sources(&files.files, files.recursive)?;
+                if dry_run == DryRun::Client {
+                    for name in manifests::check(&sources)? {
+                        println!("{name} valid (dry run: client)");
+                    }
+                    return Ok(0);
+                }
+                let server = dry_run == DryRun::Server;
+                let changes = manifests::apply(&api()?, &sources, server).await?;
+                if output.is_table() {
+                    let summary = manifests::summary(&changes);
+                    if server {
+                        for line in summary.lines() {
+                            println!("{line} (dry run: server)");
+                        }
+                    } else {
+                        print!("{summary}");
+                    }
+                } else {
+                    print!("{}", output::structured_any(&changes, output)?);
                 }
             }
-            Command::Diff { file } => {
-                let changes = manifests::apply(&api()?, &file, true).await?;
+            Command::Diff { files } => {
+                let sources = manifests::sources(&files.files, files.recursive)?;
+                let changes = manifests::apply(&api()?, &sources, true).await?;
                 let diff = manifests::diff(&changes);
                 if diff.is_empty() {
                     println!("no changes");
                 } else {
                     print!("{diff}");
+                    return Ok(1);
                 }
             }
             Command::Delete {
-                file: Some(file), ..
+                files,
+                kind,
+                names,
+                output,
             } => {
-                let changes = manifests::delete(&api()?, &file).await?;
-                print!("{}", manifests::summary(&changes));
-            }
-            Command::Delete {
-                what: Some(DeleteCommand::Agent { name, output }),
-                ..
-            } => print!("{}", agents::delete(&api()?, &name, output).await?),
-            Command::Delete {
-                what: Some(DeleteCommand::Token { id, output }),
-                ..
-            } => print!("{}", agents::withdraw_token(&api()?, &id, output).await?),
-            Command::Delete { .. } => {
-                anyhow::bail!("delete needs -f FILE, `agent NAME` or `token ID`")
+                let api = api()?;
+                if !files.filename.is_empty() {
+                    if kind.is_some() {
+                        anyhow::bail!("delete takes -f FILE or KIND NAME, not both");
+                    }
+                    let sources = manifests::sources(&files.filename, files.recursive)?;
+                    let changes = manifests::delete(&api, &sources).await?;
+                    print!("{}", manifests::summary(&changes));
+                    return Ok(0);
+                }
+                let Some(kind) = kind else {
+                    anyhow::bail!("delete needs -f FILE or KIND NAME");
+                };
+                let names: Vec<String> = kind.name.into_iter().chain(names).collect();
+                if names.is_empty() {
+                    anyhow::bail!("delete {} needs a NAME", kind.kind.singular());
+                }
+                match kind.kind {
+                    Kind::Agent => {
+                        for name in &names {
+                            print!("{}", agents::delete(&api, name, output).await?);
+                        }
+                    }
+                    Kind::Token => {
+                        for id in &names {
+                            print!("{}", agents::withdraw_token(&api, id, output).await?);
+                        }
+                    }
+                    Kind::Pipeline | Kind::Deployment => {
+                        let manifest_kind = match kind.kind {
+                            Kind::Pipeline => "Pipeline",
+                            _ => "Deployment",
+                        };
+                        let pairs = names
+                            .iter()
+                            .map(|n| (manifest_kind.to_owned(), n.clone()))
+                            .collect();
+                        let changes = manifests::delete_named(&api, pairs)
+                            .await
+                            .with_context(|| format!("failed to delete {}", names.join(", ")))?;
+                        print!("{}", manifests::summary(&changes));
+                    }
+                    other => anyhow::bail!(
+                        "{}s cannot be deleted; delete takes agent, token, pipeline or deployment",
+                        other.singular()
+                    ),
+                }
             }
             Command::Revoke {
                 what: RevokeCommand::Agent { name, output },
@@ -157,31 +233,54 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "{}",
                 agents::label(&api()?, &name, &changes, overwrite, output).await?
             ),
+            Command::Config { command } => config::run(target, command)?,
+            Command::Completion { shell } => {
+                let mut command = args::command();
+                clap_complete::generate(shell, &mut command, "ternctl", &mut std::io::stdout());
+            }
+            Command::Man { dir } => {
+                for page in config::man_pages(&dir)? {
+                    println!("{}", page.display());
+                }
+            }
             Command::Get {
-                what: GetCommand::Tokens { output },
-            } => print!("{}", agents::tokens(&api()?, output).await?),
+                kind,
+                names,
+                selector,
+                output,
+                watch,
+            } => {
+                let query = Query {
+                    names: kind.name.into_iter().chain(names).collect(),
+                    selector: selector.unwrap_or_default(),
+                    format: output,
+                };
+                resources::get_kind(&api()?, kind.kind, &query, watch).await?;
+            }
+            Command::Rollout {
+                command:
+                    RolloutCommand::Status {
+                        deployment,
+                        watch,
+                        timeout,
+                    },
+            } => return rollout::status(&api()?, &deployment, watch, timeout).await,
             Command::Rollout { command } => {
                 let (deployment, verb) = match &command {
-                    RolloutCommand::Status { deployment, .. } => (deployment, None),
-                    RolloutCommand::Pause { deployment } => (deployment, Some("pause")),
-                    RolloutCommand::Resume { deployment } => (deployment, Some("resume")),
-                    RolloutCommand::Undo { deployment } => (deployment, Some("undo")),
+                    RolloutCommand::Pause { deployment } => (deployment, "pause"),
+                    RolloutCommand::Resume { deployment } => (deployment, "resume"),
+                    RolloutCommand::Undo { deployment } => (deployment, "undo"),
+                    RolloutCommand::Status { .. } => unreachable!("handled above"),
                 };
-                let path = format!("/v1/deployments/{}", client::path_segment(deployment));
-                let view: tern_proto::api::DeploymentView = match verb {
-                    None => api()?.get(&path).await,
-                    Some(verb) => {
-                        api()?
-                            .post(&format!("{path}/rollout/{verb}"), &serde_json::json!({}))
-                            .await
-                    }
-                }
-                .with_context(|| format!("failed to reach the rollout of `{deployment}`"))?;
-                let output = match command {
-                    RolloutCommand::Status { output, .. } => output,
-                    _ => Format::Table,
-                };
-                print!("{}", output::rollout(&view, output)?);
+                let path = format!(
+                    "/v1/deployments/{}/rollout/{verb}",
+                    client::path_segment(deployment)
+                );
+                let view: tern_proto::api::DeploymentView = api()?
+                    .post(&path, &serde_json::json!({}))
+                    .await
+                    .with_context(|| format!("failed to reach the rollout of `{deployment}`"))?;
+                print!("{}", output::rollout(&view, Format::Table)?);
             }
             Command::Top {
                 what: TopCommand::Agents { output },
@@ -205,55 +304,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 })
                 .await?;
             }
-            Command::Get {
-                what: GetCommand::Pipelines { output },
-            } => {
-                get_and_print(
-                    &api()?,
-                    "/v1/pipelines",
-                    "list pipelines",
-                    |list: &Vec<_>| output::pipelines(list, output),
-                )
-                .await?;
-            }
-            Command::Get {
-                what: GetCommand::Deployments { output },
-            } => {
-                let read = "list deployments";
-                get_and_print(&api()?, "/v1/deployments", read, |list: &Vec<_>| {
-                    output::deployments(list, output)
-                })
-                .await?;
-            }
-            Command::Get {
-                what: GetCommand::Releases { output },
-            } => {
-                get_and_print(&api()?, "/v1/releases", "list releases", |list: &Vec<_>| {
-                    output::releases(list, output)
-                })
-                .await?;
-            }
-            Command::Get {
-                what: GetCommand::Alerts { output },
-            } => {
-                get_and_print(&api()?, "/v1/alerts", "list alerts", |list: &Vec<_>| {
-                    drift::alerts(list, output)
-                })
-                .await?;
-            }
-            Command::Get {
-                what: GetCommand::Baselines { output },
-            } => {
-                get_and_print(
-                    &api()?,
-                    "/v1/baselines",
-                    "list baselines",
-                    |list: &Vec<_>| drift::baselines(list, output),
-                )
-                .await?;
-            }
             Command::Dashboard => {
-                let (config, path) = client::load_config(config)?;
+                let (config, path) = client::load_config(target)?;
                 println!("https://{}/#token={}", config.api, config.admin_token);
                 eprintln!(
                     "The control plane's certificate is signed by its own CA: trust the \
@@ -318,7 +370,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         .with_context(|| format!("failed to write {}", path.display()))?;
                 }
                 match output {
-                    Format::Table => println!(
+                    table if table.is_table() => println!(
                         "baseline {}:{} created ({} features, from {})",
                         view.name, view.version, view.features, view.source
                     ),
@@ -340,25 +392,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .context("failed to create a token")?;
                 println!("{}", response.token);
             }
-            Command::Get {
-                what: GetCommand::Agents { output },
-            } => {
-                get_and_print(&api()?, "/v1/agents", "list agents", |list: &Vec<_>| {
-                    output::agents(list, output)
-                })
-                .await?;
-            }
-            Command::Describe {
-                what: DescribeCommand::Agent { name, output },
-            } => {
-                let agent: AgentView = api()?
-                    .get(&format!("/v1/agents/{}", client::path_segment(&name)))
-                    .await
-                    .with_context(|| format!("failed to describe agent `{name}`"))?;
-                print!("{}", output::agent(&agent, output)?);
+            Command::Describe { kind, name, output } => {
+                let Some(name) = kind.name.or(name) else {
+                    anyhow::bail!("describe {} needs a NAME", kind.kind.singular());
+                };
+                print!(
+                    "{}",
+                    resources::describe(&api()?, kind.kind, &name, output).await?
+                );
             }
         }
-        Ok(())
+        Ok(0)
     })
 }
 

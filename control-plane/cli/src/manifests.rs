@@ -1,24 +1,131 @@
 //! `ternctl apply|diff|delete -f FILE`: manifests validated here (errors name the file, the
 //! field and what was expected), then sent to the control plane, which checks references.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use tern_proto::api::{ApplyRequest, Change, ChangeAction, DeleteRequest};
 use tern_proto::manifest::{self, Resource};
 use tern_transport::https::HttpsClient;
 
-/// The resources of `file`, with the files they name (warm-up samples, baselines) read in:
-/// what `apply` and `diff` send.
-fn read(file: &Path) -> anyhow::Result<(Vec<String>, Vec<Resource>)> {
-    let (sources, mut resources): (Vec<String>, Vec<Resource>) =
-        manifest::resources_from_file(file)?.into_iter().unzip();
-    let base = file.parent().unwrap_or(Path::new("."));
-    for resource in &mut resources {
-        inline_warmup(resource, base)?;
-        inline_baseline(resource, base)?;
+/// One manifest file's text and where the files it names are relative to.
+#[derive(Debug)]
+pub struct Source {
+    /// How errors name it: its path, or `<stdin>`.
+    pub name: String,
+    pub text: String,
+    /// The directory its relative paths start from.
+    pub base: PathBuf,
+}
+
+fn is_manifest(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+}
+
+/// The manifest files in `dir` (sorted; below it too with `recursive`).
+fn directory(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("failed to read the directory {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            if recursive {
+                directory(&path, recursive, out)?;
+            }
+        } else if is_manifest(&path) {
+            out.push(path);
+        }
     }
-    Ok((sources, resources))
+    Ok(())
+}
+
+/// The sources `-f` names: files as they are, directories' manifest files, `-` standard input.
+pub fn sources(files: &[PathBuf], recursive: bool) -> anyhow::Result<Vec<Source>> {
+    let mut paths = Vec::new();
+    let mut sources = Vec::new();
+    for file in files {
+        if file.as_os_str() == "-" {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .context("failed to read the manifest from standard input")?;
+            sources.push(Source {
+                name: "<stdin>".to_owned(),
+                text,
+                base: PathBuf::from("."),
+            });
+        } else if file.is_dir() {
+            let before = paths.len();
+            directory(file, recursive, &mut paths)?;
+            if paths.len() == before {
+                anyhow::bail!(
+                    "{} holds no .yaml, .yml or .json files{}",
+                    file.display(),
+                    if recursive {
+                        ""
+                    } else {
+                        " (-R reads subdirectories)"
+                    }
+                );
+            }
+        } else {
+            paths.push(file.clone());
+        }
+    }
+    for path in paths {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("failed to read {}", path.display()))?;
+        sources.push(Source {
+            name: path.display().to_string(),
+            text,
+            base: path.parent().unwrap_or(Path::new(".")).to_owned(),
+        });
+    }
+    Ok(sources)
+}
+
+/// The resources of every source, each with the `file#N` it came from, and with the files
+/// they name (warm-up samples, baselines) read in: what `apply` and `diff` send.
+fn read(sources: &[Source]) -> anyhow::Result<(Vec<String>, Vec<Resource>)> {
+    let (mut names, mut all) = (Vec::new(), Vec::new());
+    for source in sources {
+        for (name, mut resource) in manifest::parse_sourced(&source.text, &source.name)? {
+            inline_warmup(&mut resource, &source.base)?;
+            inline_baseline(&mut resource, &source.base)?;
+            if all
+                .iter()
+                .any(|r: &Resource| r.kind() == resource.kind() && r.name() == resource.name())
+            {
+                anyhow::bail!(
+                    "{name}: {} `{}` is also in another file",
+                    resource.kind(),
+                    resource.name()
+                );
+            }
+            names.push(name);
+            all.push(resource);
+        }
+    }
+    Ok((names, all))
+}
+
+/// The sources' names, for messages.
+fn described(sources: &[Source]) -> String {
+    let names: Vec<&str> = sources.iter().map(|s| s.name.as_str()).collect();
+    names.join(", ")
+}
+
+/// What `apply --dry-run=client` checks: every file parses and validates here; gives the
+/// `kind/name` of each resource.
+pub fn check(sources: &[Source]) -> anyhow::Result<Vec<String>> {
+    let (_, resources) = read(sources)?;
+    Ok(resources
+        .iter()
+        .map(|r| format!("{}/{}", r.kind().to_lowercase(), r.name()))
+        .collect())
 }
 
 /// Reads a pipeline's `warmup.file` (relative to the manifest) into `dataBase64`.
@@ -76,32 +183,46 @@ fn inline_baseline(resource: &mut Resource, base: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `apply -f` (or `diff -f` with `dry_run`).
-pub async fn apply(api: &HttpsClient, file: &Path, dry_run: bool) -> anyhow::Result<Vec<Change>> {
-    let (sources, resources) = read(file)?;
+/// `apply -f` (or `diff -f` and `apply --dry-run=server` with `dry_run`).
+pub async fn apply(
+    api: &HttpsClient,
+    sources: &[Source],
+    dry_run: bool,
+) -> anyhow::Result<Vec<Change>> {
+    let (names, resources) = read(sources)?;
     api.post(
         "/v1/apply",
         &ApplyRequest {
-            file: file.display().to_string(),
+            file: described(sources),
             resources,
-            sources,
+            sources: names,
             dry_run,
         },
     )
     .await
-    .with_context(|| format!("failed to apply {}", file.display()))
+    .with_context(|| format!("failed to apply {}", described(sources)))
 }
 
 /// `delete -f`.
-pub async fn delete(api: &HttpsClient, file: &Path) -> anyhow::Result<Vec<Change>> {
+pub async fn delete(api: &HttpsClient, sources: &[Source]) -> anyhow::Result<Vec<Change>> {
     // Only names are sent: the files a manifest refers to are not read.
-    let resources = manifest::resources_from_file(file)?
-        .iter()
-        .map(|(_, r)| (r.kind().to_owned(), r.name().to_owned()))
-        .collect();
-    api.post("/v1/delete", &DeleteRequest { resources })
+    let mut resources = Vec::new();
+    for source in sources {
+        for (_, r) in manifest::parse_sourced(&source.text, &source.name)? {
+            resources.push((r.kind().to_owned(), r.name().to_owned()));
+        }
+    }
+    delete_named(api, resources)
         .await
-        .with_context(|| format!("failed to delete what {} describes", file.display()))
+        .with_context(|| format!("failed to delete what {} describes", described(sources)))
+}
+
+/// `delete pipeline|deployment NAME...`: `(kind, name)` pairs, kinds as manifests write them.
+pub async fn delete_named(
+    api: &HttpsClient,
+    resources: Vec<(String, String)>,
+) -> anyhow::Result<Vec<Change>> {
+    Ok(api.post("/v1/delete", &DeleteRequest { resources }).await?)
 }
 
 /// One line per change: `pipeline/defect-detector configured (revision 3)`.

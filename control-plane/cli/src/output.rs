@@ -8,12 +8,52 @@ use tern_proto::api::{
 };
 use tern_proto::trust::SignedTrustRoot;
 
-/// `-o table|json|yaml`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+use crate::jsonpath::Template;
+
+/// `-o table|wide|name|json|yaml|jsonpath=TEMPLATE`, as kubectl takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Table,
+    /// The table with more columns.
+    Wide,
+    /// `kind/name`, one per line.
+    Name,
     Json,
     Yaml,
+    /// A JSONPath template over the JSON (parsed once per process: `ternctl` runs one command).
+    JsonPath(&'static Template),
+}
+
+/// The formats `-o` takes.
+pub const FORMATS: &str = "table, wide, name, json, yaml, jsonpath=TEMPLATE";
+
+impl Format {
+    /// Reads `-o`'s value.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if let Some(template) = text
+            .strip_prefix("jsonpath=")
+            .or_else(|| text.strip_prefix("jsonpath:"))
+        {
+            let template = Template::parse(template).map_err(|e| e.to_string())?;
+            return Ok(Format::JsonPath(Box::leak(Box::new(template))));
+        }
+        match text {
+            "table" => Ok(Format::Table),
+            "wide" => Ok(Format::Wide),
+            "name" => Ok(Format::Name),
+            "json" => Ok(Format::Json),
+            "yaml" => Ok(Format::Yaml),
+            other => Err(format!(
+                "unknown output format `{other}`; choose one of {FORMATS}"
+            )),
+        }
+    }
+
+    /// Whether this is a table (`table` or `wide`; `name` falls back to a table where a
+    /// command has no names to print).
+    pub fn is_table(self) -> bool {
+        matches!(self, Format::Table | Format::Wide | Format::Name)
+    }
 }
 
 pub(crate) fn structured<T: Serialize + ?Sized>(
@@ -23,7 +63,18 @@ pub(crate) fn structured<T: Serialize + ?Sized>(
     Ok(match format {
         Format::Json => Some(serde_json::to_string_pretty(value)? + "\n"),
         Format::Yaml => Some(serde_yaml_ng::to_string(value)?),
-        Format::Table => None,
+        Format::JsonPath(template) => {
+            let json = serde_json::to_value(value)?;
+            // A list is seen as kubectl shows one: `{"kind": "List", "items": [...]}`.
+            let json = match json {
+                serde_json::Value::Array(items) => {
+                    serde_json::json!({ "kind": "List", "items": items })
+                }
+                single => single,
+            };
+            Some(template.render(&json))
+        }
+        Format::Table | Format::Wide | Format::Name => None,
     })
 }
 
@@ -32,6 +83,69 @@ pub(crate) fn table(header: &[&str]) -> Table {
     t.load_preset(presets::NOTHING);
     t.set_header(header.iter().map(|h| h.to_string()));
     t
+}
+
+/// `first_seen` as `First Seen`.
+fn title(key: &str) -> String {
+    key.split(['_', '-'])
+        .filter(|w| !w.is_empty())
+        .map(|w| {
+            let mut chars = w.chars();
+            chars
+                .next()
+                .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A JSON value as `describe` shows it: `Key:  value` lines, nested objects and lists of
+/// objects indented under their key.
+pub(crate) fn describe_value(value: &serde_json::Value, indent: usize, out: &mut String) {
+    use serde_json::Value;
+    let pad = " ".repeat(indent);
+    let scalar = |v: &Value| match v {
+        Value::String(s) => shown(s),
+        Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    };
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map {
+                match v {
+                    Value::Object(inner) if !inner.is_empty() => {
+                        out.push_str(&format!("{pad}{}:\n", title(key)));
+                        describe_value(v, indent + 2, out);
+                    }
+                    Value::Array(items) if items.iter().any(|i| i.is_object() || i.is_array()) => {
+                        out.push_str(&format!("{pad}{}:\n", title(key)));
+                        for item in items {
+                            out.push_str(&format!("{pad}  -\n"));
+                            describe_value(item, indent + 4, out);
+                        }
+                    }
+                    Value::Array(items) => {
+                        let list: Vec<String> = items.iter().map(scalar).collect();
+                        let list = if list.is_empty() {
+                            "-".to_owned()
+                        } else {
+                            list.join(", ")
+                        };
+                        out.push_str(&format!("{pad}{}:  {list}\n", title(key)));
+                    }
+                    Value::Object(_) => out.push_str(&format!("{pad}{}:  -\n", title(key))),
+                    v => out.push_str(&format!("{pad}{}:  {}\n", title(key), scalar(v))),
+                }
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                describe_value(item, indent, out);
+            }
+        }
+        v => out.push_str(&format!("{pad}{}\n", scalar(v))),
+    }
 }
 
 /// Text that came from an agent, safe for a terminal (no escape sequences).
@@ -94,9 +208,14 @@ pub fn agents(list: &[AgentView], format: Format) -> anyhow::Result<String> {
     if list.is_empty() {
         return Ok("No agents enrolled. Create a token with `ternctl token create` and run `tern-agent join`.\n".into());
     }
-    let mut t = table(&["NAME", "STATUS", "LABELS", "VERSION", "GPUS", "LAST SEEN"]);
+    let wide = format == Format::Wide;
+    let mut header = vec!["NAME", "STATUS", "LABELS", "VERSION", "GPUS", "LAST SEEN"];
+    if wide {
+        header.extend(["ID", "CORES", "MEMORY", "DISK FREE", "FIRST SEEN"]);
+    }
+    let mut t = table(&header);
     for a in list {
-        t.add_row(vec![
+        let mut row = vec![
             a.name.clone(),
             status(a),
             labels(a),
@@ -107,7 +226,17 @@ pub fn agents(list: &[AgentView], format: Format) -> anyhow::Result<String> {
             },
             gpus(a),
             age(&a.last_seen),
-        ]);
+        ];
+        if wide {
+            row.extend([
+                a.id.clone(),
+                a.capacity.cores.to_string(),
+                bytes(a.capacity.memory_bytes),
+                bytes(a.capacity.disk_free_bytes),
+                age(&a.first_seen),
+            ]);
+        }
+        t.add_row(row);
     }
     Ok(format!("{t}\n"))
 }

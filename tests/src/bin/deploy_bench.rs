@@ -305,7 +305,10 @@ spec:
         .cp
         .ternctl_ok(&["apply", "-f", &path_str(&manifest)?])?;
     if let Err(e) = fleet.wait_deployment("big", 1, "Complete") {
-        let status = fleet.cp.ternctl_ok(&["rollout", "status", "big"])?;
+        let out = fleet
+            .cp
+            .ternctl(&["rollout", "status", "big", "--watch=false"]);
+        let status = String::from_utf8_lossy(&out.stdout);
         bail!("{e}\n{status}");
     }
     let to_ready = applied.elapsed();

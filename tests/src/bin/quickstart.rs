@@ -78,6 +78,22 @@ impl Demo {
         Ok(out)
     }
 
+    /// Like [`Demo::ternctl`], where exit codes in `codes` say something other than failure
+    /// (`diff` exits 1 when there are changes, `rollout status` when not committed).
+    fn ternctl_allowing(&self, args: &[&str], codes: &[i32]) -> anyhow::Result<String> {
+        println!("$ ternctl {}", args.join(" "));
+        let out = self.cp.ternctl(args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        print!("{text}");
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        match out.status.code() {
+            Some(0) => {}
+            Some(code) if codes.contains(&code) => println!("(exit {code})"),
+            _ => anyhow::bail!("ternctl {} failed ({})", args.join(" "), out.status),
+        }
+        Ok(text)
+    }
+
     fn rollout(&self) -> anyhow::Result<DeploymentView> {
         self.cp.deployment(DEPLOYMENT)
     }
@@ -277,7 +293,7 @@ fn run(plugins: &Path) -> anyhow::Result<()> {
         "colors.yaml",
         &manifest("color-net:2", "topk:1", &topk_config(2)),
     )?;
-    demo.ternctl(&["diff", "-f", &file])?;
+    demo.ternctl_allowing(&["diff", "-f", &file], &[1])?;
     demo.ternctl(&["apply", "-f", &file])?;
     let phase = demo.follow(2, || Ok(()))?;
     println!("    rollout {phase}");
@@ -321,7 +337,7 @@ fn run(plugins: &Path) -> anyhow::Result<()> {
 
     say("the fleet and the rollout");
     demo.ternctl(&["get", "agents"])?;
-    demo.ternctl(&["rollout", "status", DEPLOYMENT])?;
+    demo.ternctl_allowing(&["rollout", "status", DEPLOYMENT, "--watch=false"], &[1])?;
 
     say("what the agents measured (store-and-forward telemetry)");
     wait_for(WAIT, "both agents' telemetry", || {

@@ -251,7 +251,16 @@ fn a_plugin_that_traps_in_canary_wave_one_is_rolled_back_and_wave_two_never_star
         &logits_request(),
     )?;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    let status_text = cp.ternctl_ok(&["rollout", "status", "scores-canary"])?;
+    // A rolled-back rollout is not committed: `rollout status` says why and exits 1.
+    let out = cp.ternctl(&["rollout", "status", "scores-canary"]);
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("rolled back") && said.contains("edge-1"),
+        "{said}"
+    );
+    let out = cp.ternctl(&["rollout", "status", "scores-canary", "--watch=false"]);
+    let status_text = String::from_utf8_lossy(&out.stdout);
     assert!(status_text.contains("RolledBack"), "{status_text}");
     Ok(())
 }

@@ -93,7 +93,10 @@ fn apply_pins_revisions_diff_shows_changes_and_delete_removes() -> anyhow::Resul
         "detector-v2.yaml",
         &MANIFEST.replace("topk:1", "topk:2"),
     )?;
-    let diff = cp.ternctl_ok(&["diff", "-f", &v2])?;
+    // Changes found: exit 1, as `kubectl diff` does.
+    let out = cp.ternctl(&["diff", "-f", &v2]);
+    assert_eq!(out.status.code(), Some(1));
+    let diff = String::from_utf8_lossy(&out.stdout);
     assert!(
         diff.contains("-    plugin: topk:1") && diff.contains("+    plugin: topk:2"),
         "{diff}"
@@ -256,10 +259,13 @@ fn canary_first_wave_reaches_one_agent_with_a_signed_desired_state() -> anyhow::
     let second = describe("edge-2")?;
     assert!(second.pipelines.is_empty(), "{second:?}");
     assert!(describe("other")?.pipelines.is_empty());
-    let status = cp.ternctl_ok(&["rollout", "status", "detector-edge"])?;
+    // Not committed yet: the state now, and exit 1.
+    let out = cp.ternctl(&["rollout", "status", "detector-edge", "--watch=false"]);
+    let status = String::from_utf8_lossy(&out.stdout);
     assert!(
         status.contains("wave 1 of 2") && status.contains("edge-1"),
         "{status}"
     );
+    assert_eq!(out.status.code(), Some(1), "{status}");
     Ok(())
 }

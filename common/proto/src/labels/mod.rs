@@ -1,4 +1,9 @@
-//! Agent labels (`site=berlin,tier=edge`): parsing and validation, shared by every entry point.
+//! Agent labels (`site=berlin,tier=edge`): parsing and validation, shared by every entry point;
+//! label selectors ([`selector`]) as kubectl and Kubernetes write them.
+
+pub mod selector;
+
+pub use selector::{Requirement, Selector, SelectorError};
 
 use std::collections::BTreeMap;
 
