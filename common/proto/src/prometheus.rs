@@ -10,7 +10,7 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Upper bounds of histogram buckets, in microseconds: powers of two from 64 µs to about 17 s,
 /// which are bucket boundaries of [`Histogram`] too, so each cumulative count is exactly the
-/// values below its bound (a value equal to a bound counts in the next bucket).
+/// values at or below its bound (`le` is inclusive, as Prometheus defines it).
 pub const LATENCY_BOUNDS_US: [u64; 19] = {
     let mut bounds = [0u64; 19];
     let mut i = 0;

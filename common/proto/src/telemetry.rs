@@ -28,6 +28,13 @@ pub fn bucket_of(value: u64) -> usize {
     ((exponent - 2) * SUB_BUCKETS) as usize + mantissa as usize
 }
 
+/// The bucket a value is recorded in: bucket `i` holds the values in
+/// `(bucket_floor(i), bucket_floor(i + 1)]`, so that the count at or below a bucket boundary is
+/// exact (a Prometheus `le` is inclusive) and 0 and 1 share bucket 0.
+pub fn bucket_for(value: u64) -> usize {
+    bucket_of(value.saturating_sub(1))
+}
+
 /// The smallest value in bucket `index`.
 pub fn bucket_floor(index: usize) -> u64 {
     if index < SUB_BUCKETS as usize {
@@ -79,7 +86,7 @@ impl Histogram {
 
     /// Records one value.
     pub fn record(&mut self, value: u64) {
-        let index = bucket_of(value) as u16;
+        let index = bucket_for(value) as u16;
         self.count = self.count.saturating_add(1);
         self.sum = self.sum.saturating_add(value);
         match self.buckets.binary_search_by_key(&index, |(i, _)| *i) {
@@ -137,13 +144,14 @@ impl Histogram {
             .map_or(0, |(i, _)| bucket_value(usize::from(*i).min(BUCKETS - 1)))
     }
 
-    /// Values at or below `bound` (counted by whole buckets whose floor is below `bound`).
+    /// Values at or below `bound`, counted by whole buckets (exact when `bound` is a bucket
+    /// boundary, as every Prometheus bound is).
     pub fn count_below(&self, bound: u64) -> u64 {
         self.buckets
             .iter()
             .filter(|(i, _)| {
                 let next = usize::from(*i) + 1;
-                next >= BUCKETS || bucket_floor(next) <= bound.saturating_add(1)
+                bound == u64::MAX || (next < BUCKETS && bucket_floor(next) <= bound)
             })
             .fold(0u64, |a, (_, c)| a.saturating_add(*c))
     }
@@ -441,5 +449,9 @@ mod tests {
         assert_eq!(h.count_below(1 << 10), 3);
         assert_eq!(h.count_below(1 << 7), 1);
         assert_eq!(h.count_below(u64::MAX), 4);
+        // A value on a bound counts at that bound (`le` is inclusive), not above it.
+        h.record(1 << 7);
+        assert_eq!(h.count_below(1 << 7), 2);
+        assert_eq!(h.count_below((1 << 7) - 1), 1);
     }
 }

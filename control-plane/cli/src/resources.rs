@@ -330,9 +330,23 @@ pub async fn describe(
     name: &str,
     format: Format,
 ) -> anyhow::Result<String> {
+    // Agents and deployments have an endpoint of their own (whose 404 names what is missing).
+    let direct = |path: &str| format!("{path}/{}", crate::client::path_segment(name));
     match kind {
-        Kind::Agent => output::agent(&one::<AgentView>(api, name).await?, format),
-        Kind::Deployment => output::rollout(&one::<DeploymentView>(api, name).await?, format),
+        Kind::Agent => {
+            let agent: AgentView = api
+                .get(&direct(AgentView::PATH))
+                .await
+                .with_context(|| format!("failed to describe agent `{name}`"))?;
+            output::agent(&agent, format)
+        }
+        Kind::Deployment => {
+            let deployment: DeploymentView = api
+                .get(&direct(DeploymentView::PATH))
+                .await
+                .with_context(|| format!("failed to describe deployment `{name}`"))?;
+            output::rollout(&deployment, format)
+        }
         Kind::Pipeline => described(&one::<PipelineView>(api, name).await?, kind, format),
         Kind::Release => described(&one::<ReleaseView>(api, name).await?, kind, format),
         Kind::Alert => described(&one::<AlertView>(api, name).await?, kind, format),

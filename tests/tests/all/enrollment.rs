@@ -203,7 +203,7 @@ fn ternctl_exit_codes_distinguish_usage_from_failure() -> anyhow::Result<()> {
     );
     let missing = cp.ternctl(&["describe", "agent", "nobody"]);
     assert_eq!(missing.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&missing.stderr).contains("agent `nobody` not found"));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no agent named `nobody`"));
 
     // A wrong admin credential is refused by the API.
     let out = std::process::Command::new(tern_e2e::bin("ternctl"))

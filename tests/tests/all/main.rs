@@ -14,6 +14,7 @@ mod experiment;
 mod faults;
 mod full_disk;
 mod handshake;
+mod install;
 mod kubectl;
 mod lifecycle;
 mod manifests;

@@ -89,16 +89,16 @@ fn the_control_plane_pushes_fleet_metrics_to_an_otlp_collector() -> anyhow::Resu
     let body = wait_for(FLEET_TIMEOUT, "an export carrying the 5 requests", || {
         let all = received.lock().ok()?.clone();
         all.into_iter().rev().find_map(|(path, body)| {
-            let requests = metric(&body, "tern_pipeline_requests_total")?;
+            let requests = metric(&body, "tern_fleet_pipeline_requests_total")?;
             let served = point(requests, "sum", "pipeline", "scores")?;
             (path == "/v1/metrics" && served["asDouble"] == 5.0).then_some(body)
         })
     })?;
     let resource = &body["resourceMetrics"][0]["resource"]["attributes"][0];
     assert_eq!(resource["value"]["stringValue"], "tern-control-plane");
-    let requests = metric(&body, "tern_pipeline_requests_total").expect("requests");
+    let requests = metric(&body, "tern_fleet_pipeline_requests_total").expect("requests");
     assert_eq!(requests["sum"]["isMonotonic"], true);
-    let latency = metric(&body, "tern_pipeline_latency_seconds").expect("latency");
+    let latency = metric(&body, "tern_fleet_pipeline_latency_seconds").expect("latency");
     let histogram = point(latency, "histogram", "pipeline", "scores").expect("histogram");
     assert_eq!(histogram["count"], "5");
     let up = metric(&body, "tern_agent_up").expect("agent gauge");

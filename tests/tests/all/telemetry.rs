@@ -170,13 +170,13 @@ fn telemetry_reaches_top_and_prometheus() -> anyhow::Result<()> {
 
     let page = wait_for(FLEET_TIMEOUT, "the fleet's /metrics", || {
         fleet.cp.admin_get("/metrics").ok().filter(|p| {
-            p.contains("tern_pipeline_requests_total{pipeline=\"scores\",revision=\"1\"} 40")
+            p.contains("tern_fleet_pipeline_requests_total{pipeline=\"scores\",revision=\"1\"} 40")
         })
     })?;
     for line in [
         "tern_agents{status=\"Ready\"} 1",
         "tern_agent_up{agent=\"edge-1\"} 1",
-        "tern_pipeline_latency_seconds_count{pipeline=\"scores\",revision=\"1\"} 40",
+        "tern_fleet_pipeline_latency_seconds_count{pipeline=\"scores\",revision=\"1\"} 40",
         "# TYPE tern_telemetry_points_total counter",
     ] {
         assert!(
@@ -190,6 +190,91 @@ fn telemetry_reaches_top_and_prometheus() -> anyhow::Result<()> {
                 .lines()
                 .all(|l| l.starts_with('#') || l.starts_with("tern_")),
         "{page}"
+    );
+    let agent_page = agent_metrics(&fleet, 0)?;
+    promtool_check("agent", &agent_page)?;
+    promtool_check("control plane", &page)?;
+    for (what, page) in [("agent", &agent_page), ("control plane", &page)] {
+        let mut seen = std::collections::BTreeSet::new();
+        for series in page.lines().filter(|l| !l.starts_with('#')) {
+            let key = series.rsplit_once(' ').map_or(series, |(k, _)| k);
+            assert!(seen.insert(key.to_owned()), "{what}: `{key}` twice");
+        }
+    }
+    // The alert rules and the dashboard in deploy/ name only families the control plane has.
+    let families: std::collections::BTreeSet<&str> = page
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let deploy = tern_e2e::examples_dir().join("../deploy");
+    for file in ["prometheus/tern-alerts.yml", "grafana/tern-fleet.json"] {
+        let text = std::fs::read_to_string(deploy.join(file))?;
+        for (at, _) in text.match_indices("tern_") {
+            let name: String = text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            let family = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(&name);
+            assert!(
+                families.contains(family),
+                "{file} names `{name}`, which the control plane does not serve"
+            );
+        }
+    }
+    // A family both pages have means the same on both.
+    let help = |page: &str| -> std::collections::BTreeMap<String, String> {
+        page.lines()
+            .filter_map(|l| l.strip_prefix("# HELP "))
+            .filter_map(|l| l.split_once(' '))
+            .map(|(name, text)| (name.to_owned(), text.to_owned()))
+            .collect()
+    };
+    let (agent_help, cp_help) = (help(&agent_page), help(&page));
+    for (name, text) in &agent_help {
+        if let Some(other) = cp_help.get(name) {
+            assert_eq!(
+                text, other,
+                "`{name}` means one thing on the agent, another on the control plane"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `promtool check metrics` (Prometheus's own linter) passes on `page`. Skipped without
+/// promtool unless `TERN_REQUIRE_PROMTOOL=1` (CI installs Debian's `prometheus` and sets it).
+fn promtool_check(what: &str, page: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let Ok(mut child) = child else {
+        assert!(
+            !std::env::var("TERN_REQUIRE_PROMTOOL").is_ok_and(|v| v == "1"),
+            "TERN_REQUIRE_PROMTOOL=1 but promtool is missing"
+        );
+        eprintln!("telemetry: no promtool; the {what} page is not linted");
+        return Ok(());
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(page.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    anyhow::ensure!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics on the {what}'s /metrics: {said}\n{page}"
     );
     Ok(())
 }

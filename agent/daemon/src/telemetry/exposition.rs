@@ -39,9 +39,9 @@ pub fn render(agent: &str, serving: &ServingTable, state: &TelemetryState) -> St
     );
     let gauges: [(&str, &str, f64); 9] = [
         (
-            "tern_host_cpu_percent",
-            "CPU busy over the last telemetry interval, percent of all cores.",
-            f64::from(host.cpu_percent),
+            "tern_host_cpu_ratio",
+            "CPU busy over the last telemetry interval, as a share of all cores (0-1).",
+            f64::from(host.cpu_percent) / 100.0,
         ),
         (
             "tern_host_memory_used_bytes",

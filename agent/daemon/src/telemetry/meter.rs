@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tern_plugin_host::MetricsSink;
 use tern_proto::telemetry::{
-    BUCKETS, Counts, Histogram, PipelineStats, StepKind, StepStats, bucket_of, failures,
+    BUCKETS, Counts, Histogram, PipelineStats, StepKind, StepStats, bucket_for, failures,
 };
 
 use super::features::FeatureMeter;
@@ -40,7 +40,7 @@ impl Default for AtomicHistogram {
 
 impl AtomicHistogram {
     pub fn record(&self, value: u64) {
-        self.buckets[bucket_of(value)].fetch_add(1, Ordering::Relaxed);
+        self.buckets[bucket_for(value)].fetch_add(1, Ordering::Relaxed);
         self.sum.fetch_add(value, Ordering::Relaxed);
     }
 

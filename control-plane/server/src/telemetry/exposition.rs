@@ -88,11 +88,11 @@ pub(crate) fn write<P: MetricsPage>(
         page.sample(&[("agent", &a.name)], up);
     }
     type Gauge = fn(&tern_proto::api::AgentTop) -> f64;
-    let gauges: [(&str, &str, Gauge); 7] = [
+    let gauges: [(&str, &str, Gauge); 6] = [
         (
-            "tern_agent_cpu_percent",
-            "CPU busy on the agent's host, percent, latest interval.",
-            |a| f64::from(a.cpu_percent),
+            "tern_agent_cpu_ratio",
+            "CPU busy on the agent's host, share of all cores (0-1), latest interval.",
+            |a| f64::from(a.cpu_percent) / 100.0,
         ),
         (
             "tern_agent_memory_used_bytes",
@@ -119,11 +119,6 @@ pub(crate) fn write<P: MetricsPage>(
             "Telemetry the agent held when it sent its latest batch.",
             |a| a.buffered_bytes as f64,
         ),
-        (
-            "tern_agent_requests_per_second",
-            "Requests per second over the last five minutes.",
-            |a| a.rps,
-        ),
     ];
     for (name, help, value) in gauges {
         page.family(name, Kind::Gauge, help);
@@ -132,16 +127,16 @@ pub(crate) fn write<P: MetricsPage>(
         }
     }
     page.family(
-        "tern_agent_gpu_busy_percent",
+        "tern_agent_gpu_busy_ratio",
         Kind::Gauge,
-        "Share of the latest interval the GPU spent on the agent's work (timestamp queries).",
+        "Share of the latest interval (0-1) the GPU spent on the agent's work (timestamp queries).",
     );
     for a in &agents {
         for (adapter, busy) in a.gpus.iter().zip(&a.gpu_busy_percent) {
             if let Some(busy) = busy {
                 page.sample(
                     &[("agent", &a.name), ("adapter", adapter)],
-                    f64::from(*busy),
+                    f64::from(*busy) / 100.0,
                 );
             }
         }
@@ -157,7 +152,7 @@ pub(crate) fn write<P: MetricsPage>(
 
     let totals = cx.telemetry.totals();
     page.family(
-        "tern_pipeline_requests_total",
+        "tern_fleet_pipeline_requests_total",
         Kind::Counter,
         "Requests served fleet-wide, per pipeline revision.",
     );
@@ -168,7 +163,7 @@ pub(crate) fn write<P: MetricsPage>(
         );
     }
     page.family(
-        "tern_pipeline_errors_total",
+        "tern_fleet_pipeline_errors_total",
         Kind::Counter,
         "Failed requests fleet-wide by kind (bad-input is the client's).",
     );
@@ -185,7 +180,7 @@ pub(crate) fn write<P: MetricsPage>(
         }
     }
     page.family(
-        "tern_pipeline_latency_seconds",
+        "tern_fleet_pipeline_latency_seconds",
         Kind::Histogram,
         "Time of a request in the pipeline, fleet-wide.",
     );
