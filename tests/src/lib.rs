@@ -53,6 +53,38 @@ pub fn component(name: &str) -> PathBuf {
     path
 }
 
+/// Whether a tool a test needs is here: `probe` runs and succeeds. When it is not, the test
+/// skips, unless the variable `required_by` is `1` (CI sets it where it installs the tool):
+/// then the test fails, naming `what` is missing.
+pub fn tool_available(probe: &mut Command, required_by: &str, what: &str) -> bool {
+    let found = probe
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            !std::env::var(required_by).is_ok_and(|v| v == "1"),
+            "{required_by}=1 but {what} is missing"
+        );
+        eprintln!("{what} is missing: skipped");
+    }
+    found
+}
+
+/// Python with Triton's clients, ONNX Runtime and NumPy (`pip install 'tritonclient[http,grpc]'
+/// onnxruntime numpy`), or a skip (a failure with `TERN_REQUIRE_TRITON=1`).
+pub fn triton_clients_available() -> bool {
+    tool_available(
+        Command::new("python3").args([
+            "-c",
+            "import tritonclient.http, tritonclient.grpc, onnxruntime, numpy",
+        ]),
+        "TERN_REQUIRE_TRITON",
+        "python3 with tritonclient[http,grpc], onnxruntime and numpy",
+    )
+}
+
 /// Whether something accepts TCP connections on `addr`. A connection whose two ends are the
 /// same address is a TCP self-connect (the kernel picked the target port as the source port while
 /// nothing listened), not a listener.

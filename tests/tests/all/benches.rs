@@ -126,16 +126,7 @@ fn deploy_bench_renewal() {
 
 #[test]
 fn deploy_bench_triton() {
-    let clients = std::process::Command::new("python3")
-        .args(["-c", "import tritonclient.http, tritonclient.grpc, numpy"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !clients {
-        assert!(
-            !std::env::var("TERN_REQUIRE_TRITON").is_ok_and(|v| v == "1"),
-            "TERN_REQUIRE_TRITON=1 but python3 lacks tritonclient[http,grpc] or numpy"
-        );
-        eprintln!("deploy-bench triton: no tritonclient; skipped");
+    if !tern_e2e::triton_clients_available() {
         return;
     }
     let out = run("deploy-bench", &["triton", "--requests", "20"]);

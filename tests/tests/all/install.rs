@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde::Deserialize as _;
-use tern_e2e::{bin, path_str};
+use tern_e2e::{bin, path_str, tool_available};
 
 fn deploy_dir() -> PathBuf {
     tern_e2e::examples_dir().join("../deploy")
@@ -26,16 +26,11 @@ fn bin_dir() -> PathBuf {
 
 #[test]
 fn systemd_units_verify_and_keep_their_sandbox() -> anyhow::Result<()> {
-    let found = Command::new("systemd-analyze")
-        .arg("--version")
-        .output()
-        .is_ok();
-    if !found {
-        assert!(
-            !std::env::var("TERN_REQUIRE_SYSTEMD").is_ok_and(|v| v == "1"),
-            "TERN_REQUIRE_SYSTEMD=1 but systemd-analyze is missing"
-        );
-        eprintln!("install: no systemd-analyze; units not verified");
+    if !tool_available(
+        Command::new("systemd-analyze").arg("--version"),
+        "TERN_REQUIRE_SYSTEMD",
+        "systemd-analyze",
+    ) {
         return Ok(());
     }
     let tmp = tempfile::tempdir()?;
@@ -277,13 +272,11 @@ fn alert_rules_pass_promtool_and_the_dashboard_has_a_query_per_panel() -> anyhow
             .collect();
         assert!(!exprs.is_empty(), "panel {} has no query", panel["title"]);
     }
-    let promtool = Command::new("promtool").arg("--version").output().is_ok();
-    if !promtool {
-        assert!(
-            !std::env::var("TERN_REQUIRE_PROMTOOL").is_ok_and(|v| v == "1"),
-            "TERN_REQUIRE_PROMTOOL=1 but promtool is missing"
-        );
-        eprintln!("install: no promtool; alert rules not checked");
+    if !tool_available(
+        Command::new("promtool").arg("--version"),
+        "TERN_REQUIRE_PROMTOOL",
+        "promtool",
+    ) {
         return Ok(());
     }
     let rules = deploy_dir().join("prometheus");

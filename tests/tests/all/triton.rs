@@ -13,25 +13,6 @@ use std::process::Command;
 
 use tern_e2e::{FLEET_TIMEOUT, Fleet, component, free_port, path_str, wait_for};
 
-/// The Python that has the clients, or `None` (then the test skips, or fails where required).
-fn python() -> Option<&'static str> {
-    let found = Command::new("python3")
-        .args([
-            "-c",
-            "import tritonclient.http, tritonclient.grpc, onnxruntime, numpy",
-        ])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            !std::env::var("TERN_REQUIRE_TRITON").is_ok_and(|v| v == "1"),
-            "TERN_REQUIRE_TRITON=1 but python3 lacks tritonclient[http,grpc], onnxruntime or numpy"
-        );
-        eprintln!("triton: python3 lacks tritonclient, onnxruntime or numpy; skipped");
-    }
-    found.then_some("python3")
-}
-
 /// SqueezeNet 1.1 from the model fixtures, when they are there.
 fn squeezenet() -> Option<PathBuf> {
     let model = tern_infer::conformance::fixtures_dir().join("models/squeezenet1_1/model.onnx");
@@ -103,9 +84,9 @@ fn requests(page: &str, pipeline: &str) -> f64 {
 
 #[test]
 fn tritonclient_http_and_grpc_infer_against_an_agent() -> anyhow::Result<()> {
-    let Some(python) = python() else {
+    if !tern_e2e::triton_clients_available() {
         return Ok(());
-    };
+    }
     let image_model = squeezenet();
     let grpc = format!("127.0.0.1:{}", free_port());
     let fleet = Fleet::start_with(1, &["--listen-grpc", &grpc])?;
@@ -142,7 +123,7 @@ fn tritonclient_http_and_grpc_infer_against_an_agent() -> anyhow::Result<()> {
         tern_e2e::listening(grpc.parse().ok()?).then_some(())
     })?;
 
-    let mut command = Command::new(python);
+    let mut command = Command::new("python3");
     command
         .arg(tern_e2e::examples_dir().join("../tests/python/triton_clients.py"))
         .args(["--http", &http, "--grpc", &grpc, "--mlp", &path_str(&mlp)?]);
