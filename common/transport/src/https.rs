@@ -303,6 +303,7 @@ pub async fn post_plain(
     addr: &str,
     path: &str,
     content_type: &str,
+    headers: &[(String, String)],
     body: Vec<u8>,
 ) -> Result<Bytes, HttpsError> {
     let exchange = async {
@@ -313,12 +314,15 @@ pub async fn post_plain(
                 addr: addr.to_owned(),
                 source,
             })?;
-        let request = hyper::Request::builder()
+        let mut request = hyper::Request::builder()
             .method(hyper::Method::POST)
             .uri(path)
             .header(hyper::header::HOST, addr)
-            .header(hyper::header::CONTENT_TYPE, content_type)
-            .body(Full::new(Bytes::from(body)))?;
+            .header(hyper::header::CONTENT_TYPE, content_type);
+        for (name, value) in headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        let request = request.body(Full::new(Bytes::from(body)))?;
         let (status, body) = send_on(tcp, request).await?;
         if !status.is_success() {
             return Err(HttpsError::Status {

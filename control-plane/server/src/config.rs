@@ -1,6 +1,7 @@
 //! `config.toml`: listen addresses and fleet timing. Parsed once at start; unknown keys and
 //! invalid values are errors naming the key.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -57,6 +58,9 @@ pub struct ControlPlaneConfig {
     /// How often the OTLP export runs.
     #[serde(with = "duration_text", default = "default_otlp_interval")]
     pub otlp_interval: Duration,
+    /// Headers sent with every OTLP export (a hosted collector's API key, a tenant).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub otlp_headers: BTreeMap<String, String>,
     /// Lifetime of the certificates agents get at enrollment and renewal; agents renew when
     /// two thirds of it have passed, and one offline past it needs a new token.
     #[serde(with = "duration_text", default = "default_agent_cert_ttl")]
@@ -95,6 +99,15 @@ pub struct OtlpTarget {
 impl OtlpTarget {
     /// `http://HOST:PORT[/BASE]` → the address and `BASE/v1/metrics`.
     pub fn parse(endpoint: &str) -> Result<Self, String> {
+        Self::parse_with(endpoint, true)
+    }
+
+    /// A metrics endpoint given whole (`OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`): its path as is.
+    pub fn parse_exact(endpoint: &str) -> Result<Self, String> {
+        Self::parse_with(endpoint, false)
+    }
+
+    fn parse_with(endpoint: &str, append: bool) -> Result<Self, String> {
         let rest = endpoint.strip_prefix("http://").ok_or_else(|| {
             "must start with `http://` (the OTLP/HTTP port of a collector, usually on the same host)"
                 .to_owned()
@@ -109,10 +122,140 @@ impl OtlpTarget {
         if !port_ok {
             return Err("expected `http://HOST:PORT`".into());
         }
+        let path = match (append, base) {
+            (true, base) => format!("{base}{}", tern_proto::otlp::METRICS_PATH),
+            (false, "") => "/".to_owned(),
+            (false, path) => path.to_owned(),
+        };
         Ok(Self {
             addr: addr.to_owned(),
-            path: format!("{base}{}", tern_proto::otlp::METRICS_PATH),
+            path,
         })
+    }
+}
+
+/// Where, how often and with which headers the OTLP export goes: `config.toml`'s `otlp_*`
+/// settings under OpenTelemetry's standard variables, as every OpenTelemetry exporter reads
+/// them (`OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT`, `..._HEADERS`, `..._PROTOCOL`,
+/// `OTEL_METRIC_EXPORT_INTERVAL`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpExport {
+    pub target: OtlpTarget,
+    pub headers: Vec<(String, String)>,
+    pub interval: Duration,
+}
+
+/// `k=v,k2=v2` with percent-encoded values, as `OTEL_EXPORTER_OTLP_HEADERS` writes them.
+fn parse_otel_headers(text: &str) -> Result<Vec<(String, String)>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("header `{pair}` is not key=value"))?;
+            Ok((k.trim().to_owned(), percent_decode(v.trim())?))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("`{text}` has a malformed %-escape"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("`{text}` is not UTF-8 once decoded"))
+}
+
+/// A header name (an HTTP token) and value (visible characters and spaces).
+fn check_header(name: &str, value: &str) -> Result<(), String> {
+    let token = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !token {
+        return Err(format!("`{name}` is not an HTTP header name"));
+    }
+    if value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+        return Err(format!(
+            "the value of header `{name}` has control characters"
+        ));
+    }
+    Ok(())
+}
+
+impl ControlPlaneConfig {
+    /// The OTLP export to run, or none; `env` reads the environment (a closure, so tests give
+    /// their own). An error says which setting is wrong.
+    pub fn otlp_export(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<OtlpExport>, String> {
+        let var = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+        for name in [
+            "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ] {
+            if let Some(protocol) = var(name) {
+                if protocol.trim() != "http/json" {
+                    return Err(format!(
+                        "{name}={protocol}: the control plane exports http/json only"
+                    ));
+                }
+                break;
+            }
+        }
+        let target = if let Some(url) = var("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") {
+            OtlpTarget::parse_exact(&url)
+                .map_err(|e| format!("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: {e}"))?
+        } else if let Some(url) = var("OTEL_EXPORTER_OTLP_ENDPOINT") {
+            OtlpTarget::parse(&url).map_err(|e| format!("OTEL_EXPORTER_OTLP_ENDPOINT: {e}"))?
+        } else if let Some(url) = &self.otlp_endpoint {
+            OtlpTarget::parse(url).map_err(|e| format!("otlp_endpoint: {e}"))?
+        } else {
+            return Ok(None);
+        };
+        let mut headers: BTreeMap<String, String> = self.otlp_headers.clone();
+        for name in [
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+        ] {
+            if let Some(text) = var(name) {
+                headers.extend(parse_otel_headers(&text).map_err(|e| format!("{name}: {e}"))?);
+            }
+        }
+        for (name, value) in &headers {
+            check_header(name, value)?;
+        }
+        let interval = match var("OTEL_METRIC_EXPORT_INTERVAL") {
+            Some(ms) => ms
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|&ms| ms >= 1000)
+                .map(Duration::from_millis)
+                .ok_or_else(|| {
+                    format!("OTEL_METRIC_EXPORT_INTERVAL={ms}: milliseconds, at least 1000")
+                })?,
+            None => self.otlp_interval,
+        };
+        Ok(Some(OtlpExport {
+            target,
+            headers: headers.into_iter().collect(),
+            interval,
+        }))
     }
 }
 
@@ -151,6 +294,7 @@ impl Default for ControlPlaneConfig {
             drift_interval: DEFAULT_DRIFT_INTERVAL,
             otlp_endpoint: None,
             otlp_interval: DEFAULT_OTLP_INTERVAL,
+            otlp_headers: BTreeMap::new(),
             agent_cert_ttl: default_agent_cert_ttl(),
             min_free_bytes: DEFAULT_MIN_FREE_BYTES,
         }
@@ -204,6 +348,9 @@ impl ControlPlaneConfig {
         }
         if let Some(endpoint) = &self.otlp_endpoint {
             OtlpTarget::parse(endpoint).map_err(|e| invalid("otlp_endpoint", &e))?;
+        }
+        for (name, value) in &self.otlp_headers {
+            check_header(name, value).map_err(|e| invalid("otlp_headers", &e))?;
         }
         if self.otlp_interval < Duration::from_secs(1) {
             return Err(invalid("otlp_interval", "must be at least 1s"));
@@ -284,5 +431,69 @@ mod tests {
         for bad in ["https://c:4318", "http://c", "http://:80"] {
             assert!(OtlpTarget::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn opentelemetrys_variables_override_the_config() {
+        let config = ControlPlaneConfig {
+            otlp_endpoint: Some("http://cfg:4318".into()),
+            otlp_headers: [("x-tenant".to_owned(), "from-config".to_owned())].into(),
+            ..ControlPlaneConfig::default()
+        };
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let plain = config.otlp_export(env(&[])).expect("valid").expect("on");
+        assert_eq!(plain.target.addr, "cfg:4318");
+        assert_eq!(plain.interval, config.otlp_interval);
+        let from_env = config
+            .otlp_export(env(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/base"),
+                (
+                    "OTEL_EXPORTER_OTLP_HEADERS",
+                    "api-key=s%3Dcret,x-tenant=fleet%207",
+                ),
+                ("OTEL_METRIC_EXPORT_INTERVAL", "15000"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ]))
+            .expect("valid")
+            .expect("on");
+        assert_eq!(
+            (from_env.target.addr.as_str(), from_env.target.path.as_str()),
+            ("collector:4318", "/base/v1/metrics")
+        );
+        assert_eq!(
+            from_env.headers,
+            [
+                ("api-key".to_owned(), "s=cret".to_owned()),
+                ("x-tenant".to_owned(), "fleet 7".to_owned())
+            ]
+        );
+        assert_eq!(from_env.interval, Duration::from_secs(15));
+        let exact = config
+            .otlp_export(env(&[(
+                "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                "http://c:4318/custom/metrics",
+            )]))
+            .expect("valid")
+            .expect("on");
+        assert_eq!(exact.target.path, "/custom/metrics");
+        for bad in [
+            &[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")][..],
+            &[("OTEL_EXPORTER_OTLP_HEADERS", "novalue")][..],
+            &[("OTEL_EXPORTER_OTLP_HEADERS", "k=%zz")][..],
+            &[("OTEL_EXPORTER_OTLP_HEADERS", "bad name=v")][..],
+            &[("OTEL_METRIC_EXPORT_INTERVAL", "10")][..],
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4318")][..],
+        ] {
+            let vars: &'static [(&'static str, &'static str)] = bad;
+            assert!(config.otlp_export(env(vars)).is_err(), "{bad:?}");
+        }
+        let off = ControlPlaneConfig::default();
+        assert_eq!(off.otlp_export(env(&[])), Ok(None));
     }
 }

@@ -50,6 +50,8 @@ pub struct ServeOptions {
 pub enum StartError {
     #[error(transparent)]
     Load(#[from] LoadError),
+    #[error("OpenTelemetry export: {0}")]
+    Otlp(String),
     #[error("cannot open the {what} database: {source}")]
     Database {
         what: &'static str,
@@ -196,17 +198,22 @@ impl RunningControlPlane {
             tokio::spawn(tern_transport::storage::watch(storage, probe, rx.clone())),
             tokio::spawn(housekeeping(shared.clone(), rx)),
         ];
-        if let Some(endpoint) = &config.otlp_endpoint {
-            // Validated when the config was read.
-            if let Ok(target) = crate::config::OtlpTarget::parse(endpoint) {
-                info!(endpoint, interval = ?config.otlp_interval, "OpenTelemetry export on");
-                tasks.push(tokio::spawn(crate::telemetry::otlp::export(
-                    shared.clone(),
-                    target,
-                    config.otlp_interval,
-                    shutdown.subscribe(),
-                )));
-            }
+        let otlp = config
+            .otlp_export(|name| std::env::var(name).ok())
+            .map_err(StartError::Otlp)?;
+        if let Some(export) = otlp {
+            info!(
+                endpoint = %export.target.addr,
+                path = %export.target.path,
+                headers = export.headers.len(),
+                interval = ?export.interval,
+                "OpenTelemetry export on"
+            );
+            tasks.push(tokio::spawn(crate::telemetry::otlp::export(
+                shared.clone(),
+                export,
+                shutdown.subscribe(),
+            )));
         }
         info!(agents = %agent_addr, api = %api_addr, "control plane serving");
         Ok(Self {

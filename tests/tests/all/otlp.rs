@@ -1,6 +1,6 @@
-//! The OpenTelemetry export: a control plane configured with `otlp_endpoint` pushes the fleet's
-//! metrics as OTLP/HTTP JSON to a collector (here a small axum router that keeps what it
-//! gets), carrying the requests real agents served.
+//! The OpenTelemetry export: a control plane configured with `otlp_endpoint` and `otlp_headers`
+//! pushes the fleet's metrics as OTLP/HTTP JSON, with the headers, to a collector (here a
+//! small axum router that keeps what it gets), carrying the requests real agents served.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,20 +12,25 @@ use axum::routing::post;
 use serde_json::Value;
 use tern_e2e::{FLEET_TIMEOUT, Fleet, wait_for};
 
-/// Requests received: (path, JSON body).
-type Received = Arc<Mutex<Vec<(String, Value)>>>;
+/// Requests received: (path, the `x-tenant` header, JSON body).
+type Received = Arc<Mutex<Vec<(String, Option<String>, Value)>>>;
 
 /// Keeps an OTLP/HTTP JSON export request; what is not JSON is refused (400).
 async fn record(
     State(received): State<Received>,
     uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Result<&'static str, axum::http::StatusCode> {
     let json = serde_json::from_slice(&body).map_err(|_| axum::http::StatusCode::BAD_REQUEST)?;
+    let tenant = headers
+        .get("x-tenant")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     received
         .lock()
         .map_err(|_| axum::http::StatusCode::INTERNAL_SERVER_ERROR)?
-        .push((uri.path().to_owned(), json));
+        .push((uri.path().to_owned(), tenant, json));
     Ok("{}")
 }
 
@@ -77,6 +82,7 @@ fn the_control_plane_pushes_fleet_metrics_to_an_otlp_collector() -> anyhow::Resu
     let fleet = Fleet::start_tuned(1, &["--telemetry-interval", "1s"], |config| {
         config.otlp_endpoint = Some(format!("http://{addr}"));
         config.otlp_interval = Duration::from_secs(1);
+        config.otlp_headers = [("x-tenant".to_owned(), "fleet 7".to_owned())].into();
     })?;
     let topk = fleet.topk("otlp", 0)?;
     fleet.push(&topk, 1)?;
@@ -88,10 +94,11 @@ fn the_control_plane_pushes_fleet_metrics_to_an_otlp_collector() -> anyhow::Resu
 
     let body = wait_for(FLEET_TIMEOUT, "an export carrying the 5 requests", || {
         let all = received.lock().ok()?.clone();
-        all.into_iter().rev().find_map(|(path, body)| {
+        all.into_iter().rev().find_map(|(path, tenant, body)| {
             let requests = metric(&body, "tern_fleet_pipeline_requests_total")?;
             let served = point(requests, "sum", "pipeline", "scores")?;
-            (path == "/v1/metrics" && served["asDouble"] == 5.0).then_some(body)
+            let ours = tenant.as_deref() == Some("fleet 7");
+            (path == "/v1/metrics" && ours && served["asDouble"] == 5.0).then_some(body)
         })
     })?;
     let resource = &body["resourceMetrics"][0]["resource"]["attributes"][0];

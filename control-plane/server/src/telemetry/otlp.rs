@@ -1,25 +1,30 @@
 //! The optional OpenTelemetry export: every `otlp_interval`, the fleet's metrics (the same
 //! families as `/metrics`) are POSTed as OTLP/HTTP JSON to `otlp_endpoint`. A collector that
 //! is down costs a warning per attempt and nothing else: the series are cumulative, so the
-//! next export carries everything.
+//! next export carries everything. Where, how often and with which headers come from
+//! `config.toml` under OpenTelemetry's `OTEL_EXPORTER_OTLP_*` variables
+//! ([`crate::config::OtlpExport`]).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tern_proto::otlp::{CONTENT_TYPE, OtlpMetrics};
 use tokio::sync::watch;
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::config::OtlpTarget;
+use crate::config::OtlpExport;
 use crate::state::Shared;
 
 /// Runs until `shutdown` turns true.
 pub(crate) async fn export(
     shared: Arc<Shared>,
-    target: OtlpTarget,
-    interval: Duration,
+    export: OtlpExport,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let OtlpExport {
+        target,
+        headers,
+        interval,
+    } = export;
     let started_ms = tern_clock::unix_millis_now();
     let instance = shared.config.listen_api.to_string();
     let mut tick = tokio::time::interval(interval);
@@ -48,9 +53,15 @@ pub(crate) async fn export(
             .map_err(|e| e.to_string())?;
             let bytes = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
             let size = bytes.len();
-            tern_transport::https::post_plain(&target.addr, &target.path, CONTENT_TYPE, bytes)
-                .await
-                .map_err(|e| e.to_string())?;
+            tern_transport::https::post_plain(
+                &target.addr,
+                &target.path,
+                CONTENT_TYPE,
+                &headers,
+                bytes,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
             Ok::<usize, String>(size)
         }
         .instrument(span)
