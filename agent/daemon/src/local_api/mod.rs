@@ -407,9 +407,18 @@ async fn admit<'a>(
     body: Body,
 ) -> Result<(Arc<ServedPipeline>, Ticket<'a>, axum::body::Bytes), ApiError> {
     let pipeline = lookup(state, name)?;
+    let (ticket, body) = admit_body(state, body).await?;
+    Ok((pipeline, ticket, body))
+}
+
+/// A place among the requests that wait, then the body, for a pipeline already looked up.
+async fn admit_body(
+    state: &ApiState,
+    body: Body,
+) -> Result<(Ticket<'_>, axum::body::Bytes), ApiError> {
     let ticket = state.admission.admit()?;
     let body = read_body(body).await?;
-    Ok((pipeline, ticket, body))
+    Ok((ticket, body))
 }
 
 /// `POST /v1/pipelines/{name}/infer`.

@@ -22,7 +22,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tracing::{Instrument, info_span};
 
-use super::{ApiError, ApiState, admit, error, lookup, request_key, run, with_variant};
+use super::{ApiError, ApiState, admit_body, error, lookup, request_key, run, with_variant};
 use crate::oip::{self, metadata};
 use crate::serving::ServedPipeline;
 
@@ -147,9 +147,11 @@ async fn infer_version(
     headers: &HeaderMap,
     body: Body,
 ) -> Response {
-    if let Err(response) = lookup_version(state, name, version) {
-        return response.into_response();
-    }
+    // The revision checked against `version` is the one that runs the request.
+    let pipeline = match lookup_version(state, name, version) {
+        Ok(pipeline) => pipeline,
+        Err(response) => return response.into_response(),
+    };
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .map(|v| v.to_str().unwrap_or("?").to_ascii_lowercase());
@@ -160,7 +162,7 @@ async fn infer_version(
         )
         .into_response();
     }
-    let (pipeline, ticket, body) = match admit(state, name, body).await {
+    let (ticket, body) = match admit_body(state, body).await {
         Ok(admitted) => admitted,
         Err(response) => return response.into_response(),
     };
