@@ -12,7 +12,7 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
-const USAGE: &str = "usage: cargo xtask <demo|test|lint|tidy|plugins|fuzz|protogen>
+const USAGE: &str = "usage: cargo xtask <demo|test|lint|tidy|plugins|fuzz|protogen|schemas>
 
   demo   start a control plane and two agents in temporary directories, enroll them,
          show the fleet, and shut everything down
@@ -26,7 +26,8 @@ const USAGE: &str = "usage: cargo xtask <demo|test|lint|tidy|plugins|fuzz|protog
   fuzz [SECONDS] [TARGET...]
            run each fuzz target for SECONDS (default 600) with nightly and cargo-fuzz
   protogen regenerate the local API's gRPC code from proto/inference.proto (pure Rust,
-           no protoc; tools/protogen builds apart from the workspace)";
+           no protoc; tools/protogen builds apart from the workspace)
+  schemas  regenerate the manifest kinds' JSON Schemas in schemas/ from their types";
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -38,6 +39,7 @@ fn main() -> std::process::ExitCode {
         Some("fuzz") => fuzz::run(&args[1..]),
         Some("tidy") => tidy::run(),
         Some("protogen") => protogen(),
+        Some("schemas") => schemas(),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())
@@ -217,6 +219,28 @@ fn protogen() -> anyhow::Result<()> {
         bail!("tools/protogen failed ({status})");
     }
     cargo(&["fmt", "--all"])
+}
+
+/// Writes `schemas/` from the manifest types: the test that checks them writes them instead
+/// with `TERN_WRITE_SCHEMAS=1`.
+fn schemas() -> anyhow::Result<()> {
+    let status = cargo_command()
+        .env("TERN_WRITE_SCHEMAS", "1")
+        .args([
+            "test",
+            "--locked",
+            "--workspace",
+            "--lib",
+            "--",
+            "--exact",
+            "manifest::schema::tests::the_published_schemas_are_current",
+        ])
+        .status()
+        .context("failed to run cargo")?;
+    if !status.success() {
+        bail!("writing the schemas failed ({status})");
+    }
+    Ok(())
 }
 
 fn lint() -> anyhow::Result<()> {

@@ -273,6 +273,12 @@ pub struct PinnedStep {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PipelineView {
     pub name: String,
+    /// `metadata.labels` of the manifest.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// `metadata.annotations` of the manifest.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
     /// The latest revision.
     pub revision: u64,
     pub steps: Vec<PinnedStep>,
@@ -320,8 +326,14 @@ pub struct RolloutAgentView {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeploymentView {
     pub name: String,
+    /// `metadata.labels` of the manifest.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// `metadata.annotations` of the manifest.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
     pub pipeline: String,
-    pub selector: BTreeMap<String, String>,
+    pub selector: crate::manifest::LabelSelector,
     /// all-at-once or canary.
     pub strategy: String,
     /// RFC 3339.

@@ -201,8 +201,9 @@ pub fn merge_features(into: &mut Vec<FeatureStats>, from: &[FeatureStats]) {
 }
 
 /// A feature's expected distribution: bin edges and the fraction of values in each bin.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct BaselineFeature {
+    /// `input:TENSOR[i]`, `output:TENSOR[i]` (or without `[i]` for a rank 0 or 1 tensor).
     pub feature: String,
     /// Inner edges, ascending: bin 0 takes values below `edges[0]`, bin `i` values in
     /// `[edges[i-1], edges[i])`, the last bin values at or above the last edge.
@@ -213,8 +214,9 @@ pub struct BaselineFeature {
 
 /// What a model's data should look like: the reference drift is measured against. JSON, as
 /// `ternctl baseline create` writes it and a Pipeline's `monitoring.baseline` reads it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Baseline {
+    /// Each watched feature's expected distribution.
     pub features: Vec<BaselineFeature>,
 }
 

@@ -297,10 +297,28 @@ async fn resolve(addr: &str) -> Result<SocketAddr, HttpsError> {
     })
 }
 
-/// One POST over plain HTTP/1.1 to `addr` (`host:port`), for receivers on the host or its
-/// network such as an OpenTelemetry collector; a non-2xx answer is [`HttpsError::Status`].
-pub async fn post_plain(
+/// TLS for a [`post_once`]: the client configuration and the name the server's certificate
+/// must carry.
+#[derive(Clone)]
+pub struct TlsTarget {
+    pub config: Arc<rustls::ClientConfig>,
+    pub server_name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for TlsTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsTarget")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One POST over HTTP/1.1 to `addr` (`host:port`), over TLS when `tls` is given, for
+/// receivers outside the fleet such as an OpenTelemetry collector; a non-2xx answer is
+/// [`HttpsError::Status`].
+pub async fn post_once(
     addr: &str,
+    tls: Option<&TlsTarget>,
     path: &str,
     content_type: &str,
     headers: &[(String, String)],
@@ -323,7 +341,19 @@ pub async fn post_plain(
             request = request.header(name.as_str(), value.as_str());
         }
         let request = request.body(Full::new(Bytes::from(body)))?;
-        let (status, body) = send_on(tcp, request).await?;
+        let (status, body) = match tls {
+            Some(tls) => {
+                let stream = TlsConnector::from(tls.config.clone())
+                    .connect(tls.server_name.clone(), tcp)
+                    .await
+                    .map_err(|source| HttpsError::Tls {
+                        addr: addr.to_owned(),
+                        source,
+                    })?;
+                send_on(stream, request).await?
+            }
+            None => send_on(tcp, request).await?,
+        };
         if !status.is_success() {
             return Err(HttpsError::Status {
                 status: status.as_u16(),

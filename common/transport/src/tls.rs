@@ -31,6 +31,8 @@ pub enum TlsError {
     Verifier(#[from] rustls::server::VerifierBuilderError),
     #[error("TLS configuration unusable for QUIC: {0}")]
     Quic(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
+    #[error("no usable root certificate on this system ({0}); name a CA file instead")]
+    NoSystemRoots(String),
 }
 
 /// The crypto provider every Tern connection uses.
@@ -216,6 +218,44 @@ pub fn https_client(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, TlsError>
         .with_no_client_auth();
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(tls))
+}
+
+/// An HTTPS client for a receiver outside the fleet (an OpenTelemetry collector): it trusts
+/// `ca_pem` when given, else the system's root certificates, and presents `identity` when the
+/// receiver asks for a client certificate.
+pub fn https_client_for(
+    ca_pem: Option<&str>,
+    identity: Option<Identity>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let roots = match ca_pem {
+        Some(pem) => roots(pem)?,
+        None => system_roots()?,
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let mut tls = match identity {
+        Some(identity) => builder.with_client_auth_cert(identity.chain, identity.key)?,
+        None => builder.with_no_client_auth(),
+    };
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(tls))
+}
+
+/// The system's trusted root certificates (`/etc/ssl/certs` and the like, or `SSL_CERT_FILE`).
+fn system_roots() -> Result<Arc<RootCertStore>, TlsError> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut store = RootCertStore::empty();
+    let (added, _) = store.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let why = found
+            .errors
+            .first()
+            .map(ToString::to_string)
+            .unwrap_or_else(|| "none found".to_owned());
+        return Err(TlsError::NoSystemRoots(why));
+    }
+    Ok(Arc::new(store))
 }
 
 /// HTTPS client for enrollment: the agent knows only the SHA-256 of the control plane's CA (from

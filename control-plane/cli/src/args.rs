@@ -96,6 +96,19 @@ pub(crate) enum Command {
         #[arg(short = 'o', long, default_value = "table", value_parser = Format::parse)]
         output: Format,
     },
+    /// The documentation of a manifest kind and its fields (from its JSON Schema).
+    #[command(after_help = EXPLAIN_EXAMPLES)]
+    Explain {
+        /// KIND or KIND.FIELD.FIELD...: pipelines (pl) or deployments (deploy, dep).
+        #[arg(value_parser = crate::explain::Target::parse)]
+        target: crate::explain::Target,
+        /// Show every field below, as a tree.
+        #[arg(long)]
+        recursive: bool,
+        /// `table` (text) or `json`/`yaml`: the field's JSON Schema.
+        #[arg(short = 'o', long, default_value = "table", value_parser = Format::parse)]
+        output: Format,
+    },
     /// Publisher keys (Ed25519).
     #[command(after_help = KEYS_EXAMPLES)]
     Keys {

@@ -13,6 +13,12 @@ pub(crate) const DESCRIBE_EXAMPLES: &str = "Examples:
   ternctl describe deployment/detector-edge
   ternctl describe release detector:3 -o json";
 
+pub(crate) const EXPLAIN_EXAMPLES: &str = "Examples:
+  ternctl explain deployment
+  ternctl explain deploy.spec.rollout.strategy
+  ternctl explain pipeline.spec --recursive
+  ternctl explain pipeline -o json > pipeline.schema.json";
+
 pub(crate) const APPLY_EXAMPLES: &str = "Examples:
   ternctl apply -f pipeline.yaml
   ternctl apply -f pipelines/ -R             # every .yaml, .yml and .json below

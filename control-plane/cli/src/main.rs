@@ -6,6 +6,7 @@ mod client;
 mod config;
 mod contexts;
 mod drift;
+mod explain;
 mod help;
 mod jsonpath;
 mod keys;
@@ -237,6 +238,21 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Command::Completion { shell } => {
                 let mut command = args::command();
                 clap_complete::generate(shell, &mut command, "ternctl", &mut std::io::stdout());
+            }
+            Command::Explain {
+                target,
+                recursive,
+                output,
+            } => {
+                if output.is_table() {
+                    print!(
+                        "{}",
+                        explain::explain(&target, recursive).map_err(anyhow::Error::msg)?
+                    );
+                } else {
+                    let schema = explain::schema_of(&target).map_err(anyhow::Error::msg)?;
+                    print!("{}", output::structured_any(&schema, output)?);
+                }
             }
             Command::Man { dir } => {
                 for page in config::man_pages(&dir)? {

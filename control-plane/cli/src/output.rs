@@ -154,11 +154,29 @@ pub(crate) fn shown(text: &str) -> String {
 }
 
 fn labels(view: &AgentView) -> String {
-    if view.labels.is_empty() {
+    label_list(&view.labels)
+}
+
+/// Labels as `k=v,k2=v2`, `-` when there are none.
+fn label_list(labels: &std::collections::BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
         "-".into()
     } else {
-        tern_proto::labels::format(&view.labels)
+        tern_proto::labels::format(labels)
     }
+}
+
+/// Annotations one per line under their heading, as `kubectl describe` shows them.
+fn annotation_lines(annotations: &std::collections::BTreeMap<String, String>) -> String {
+    if annotations.is_empty() {
+        return "-\n".into();
+    }
+    let mut lines = String::new();
+    for (i, (key, value)) in annotations.iter().enumerate() {
+        let pad = if i == 0 { "" } else { "             " };
+        lines.push_str(&format!("{pad}{key}: {}\n", shown(value)));
+    }
+    lines
 }
 
 fn gpus(view: &AgentView) -> String {
@@ -436,9 +454,14 @@ pub fn pipelines(list: &[PipelineView], format: Format) -> anyhow::Result<String
     if list.is_empty() {
         return Ok("No pipelines. Apply one with `ternctl apply -f FILE`.\n".into());
     }
-    let mut t = table(&["NAME", "REVISION", "STEPS", "DEPLOYMENTS", "UPDATED"]);
+    let wide = format == Format::Wide;
+    let mut header = vec!["NAME", "REVISION", "STEPS", "DEPLOYMENTS", "UPDATED"];
+    if wide {
+        header.push("LABELS");
+    }
+    let mut t = table(&header);
     for p in list {
-        t.add_row(vec![
+        let mut row = vec![
             p.name.clone(),
             p.revision.to_string(),
             p.steps
@@ -452,7 +475,11 @@ pub fn pipelines(list: &[PipelineView], format: Format) -> anyhow::Result<String
                 p.deployments.join(",")
             },
             age(&p.updated),
-        ]);
+        ];
+        if wide {
+            row.push(label_list(&p.labels));
+        }
+        t.add_row(row);
     }
     Ok(format!("{t}\n"))
 }
@@ -469,9 +496,14 @@ pub fn deployments(list: &[DeploymentView], format: Format) -> anyhow::Result<St
     if list.is_empty() {
         return Ok("No deployments. Apply one with `ternctl apply -f FILE`.\n".into());
     }
-    let mut t = table(&[
+    let wide = format == Format::Wide;
+    let mut header = vec![
         "NAME", "PIPELINE", "SELECTOR", "STRATEGY", "REVISION", "ROLLOUT", "WAVE", "SERVING",
-    ]);
+    ];
+    if wide {
+        header.push("LABELS");
+    }
+    let mut t = table(&header);
     for d in list {
         let (phase, target, wave, serving) = match &d.rollout {
             Some(r) => (
@@ -489,22 +521,46 @@ pub fn deployments(list: &[DeploymentView], format: Format) -> anyhow::Result<St
             ),
             None => ("-".into(), "-".into(), "-".into(), "-".into()),
         };
-        t.add_row(vec![
+        let mut row = vec![
             d.name.clone(),
             d.pipeline.clone(),
             if d.selector.is_empty() {
                 "(all)".into()
             } else {
-                tern_proto::labels::format(&d.selector)
+                d.selector.to_string()
             },
             d.strategy.clone(),
             target,
             phase,
             wave,
             serving,
-        ]);
+        ];
+        if wide {
+            row.push(label_list(&d.labels));
+        }
+        t.add_row(row);
     }
     Ok(format!("{t}\n"))
+}
+
+/// `ternctl describe deployment`: its labels, annotations and selector, then its rollout.
+pub fn deployment(d: &DeploymentView, format: Format) -> anyhow::Result<String> {
+    if let Some(text) = structured(d, format)? {
+        return Ok(text);
+    }
+    let selector = if d.selector.is_empty() {
+        "(every agent)".to_owned()
+    } else {
+        d.selector.to_string()
+    };
+    let mut out = format!(
+        "Name:        {}\nLabels:      {}\nAnnotations: {}Selector:    {selector}\n",
+        d.name,
+        label_list(&d.labels),
+        annotation_lines(&d.annotations),
+    );
+    out.push_str(&rollout(d, format)?);
+    Ok(out)
 }
 
 /// `ternctl rollout status|pause|resume|undo`.

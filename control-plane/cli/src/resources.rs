@@ -152,6 +152,9 @@ impl Resource for PipelineView {
     fn name(&self) -> String {
         self.name.clone()
     }
+    fn labels(&self) -> Option<&BTreeMap<String, String>> {
+        Some(&self.labels)
+    }
     fn table(list: &[Self], format: Format) -> anyhow::Result<String> {
         output::pipelines(list, format)
     }
@@ -162,6 +165,9 @@ impl Resource for DeploymentView {
     const PATH: &'static str = "/v1/deployments";
     fn name(&self) -> String {
         self.name.clone()
+    }
+    fn labels(&self) -> Option<&BTreeMap<String, String>> {
+        Some(&self.labels)
     }
     fn table(list: &[Self], format: Format) -> anyhow::Result<String> {
         output::deployments(list, format)
@@ -345,7 +351,7 @@ pub async fn describe(
                 .get(&direct(DeploymentView::PATH))
                 .await
                 .with_context(|| format!("failed to describe deployment `{name}`"))?;
-            output::rollout(&deployment, format)
+            output::deployment(&deployment, format)
         }
         Kind::Pipeline => described(&one::<PipelineView>(api, name).await?, kind, format),
         Kind::Release => described(&one::<ReleaseView>(api, name).await?, kind, format),

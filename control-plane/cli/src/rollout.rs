@@ -126,6 +126,8 @@ mod tests {
     fn view(phase: &str, reason: Option<&str>) -> DeploymentView {
         DeploymentView {
             name: "d".into(),
+            labels: Default::default(),
+            annotations: Default::default(),
             pipeline: "p".into(),
             selector: Default::default(),
             strategy: "canary".into(),

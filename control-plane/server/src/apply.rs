@@ -197,9 +197,12 @@ pub fn apply(
     Ok(changes)
 }
 
-/// The pipeline as agents see it: monitoring reduced to the watched step.
+/// The pipeline as agents see it: monitoring reduced to the watched step, no labels or
+/// annotations (they are for people and `get -l`).
 fn agent_facing(pipeline: &Pipeline) -> Pipeline {
     let mut facing = pipeline.clone();
+    facing.metadata.labels.clear();
+    facing.metadata.annotations.clear();
     if let Some(monitoring) = facing.spec.monitoring.as_mut() {
         monitoring.baseline = None;
         monitoring.baseline_data = None;

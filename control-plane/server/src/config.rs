@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -52,7 +53,8 @@ pub struct ControlPlaneConfig {
     #[serde(with = "duration_text", default = "default_drift_interval")]
     pub drift_interval: Duration,
     /// Where to push the fleet's metrics as OpenTelemetry (OTLP/HTTP JSON), e.g.
-    /// `http://127.0.0.1:4318` (a collector; `/v1/metrics` is appended). Off when absent.
+    /// `http://127.0.0.1:4318` or `https://otlp.example.com` (a collector; `/v1/metrics` is
+    /// appended). Off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub otlp_endpoint: Option<String>,
     /// How often the OTLP export runs.
@@ -61,6 +63,17 @@ pub struct ControlPlaneConfig {
     /// Headers sent with every OTLP export (a hosted collector's API key, a tenant).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub otlp_headers: BTreeMap<String, String>,
+    /// For an `https://` endpoint: a PEM file of the CA(s) that sign the collector's
+    /// certificate; the system's root certificates when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_certificate: Option<PathBuf>,
+    /// For an `https://` endpoint that asks for one: the client certificate chain (PEM) the
+    /// control plane presents, with `otlp_client_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_client_certificate: Option<PathBuf>,
+    /// The private key (PEM) of `otlp_client_certificate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_client_key: Option<PathBuf>,
     /// Lifetime of the certificates agents get at enrollment and renewal; agents renew when
     /// two thirds of it have passed, and one offline past it needs a new token.
     #[serde(with = "duration_text", default = "default_agent_cert_ttl")]
@@ -89,11 +102,14 @@ fn default_otlp_interval() -> Duration {
     DEFAULT_OTLP_INTERVAL
 }
 
-/// Where the OTLP export goes: `host:port` and the request path.
+/// Where the OTLP export goes: `host:port`, the request path, and whether over TLS (to
+/// `host`, the name the collector's certificate must carry).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OtlpTarget {
     pub addr: String,
+    pub host: String,
     pub path: String,
+    pub tls: bool,
 }
 
 impl OtlpTarget {
@@ -108,28 +124,47 @@ impl OtlpTarget {
     }
 
     fn parse_with(endpoint: &str, append: bool) -> Result<Self, String> {
-        let rest = endpoint.strip_prefix("http://").ok_or_else(|| {
-            "must start with `http://` (the OTLP/HTTP port of a collector, usually on the same host)"
-                .to_owned()
-        })?;
-        let (addr, base) = match rest.find('/') {
+        let (tls, rest) = if let Some(rest) = endpoint.strip_prefix("https://") {
+            (true, rest)
+        } else if let Some(rest) = endpoint.strip_prefix("http://") {
+            (false, rest)
+        } else {
+            return Err(
+                "must start with `http://` or `https://` (the OTLP/HTTP endpoint of a collector)"
+                    .to_owned(),
+            );
+        };
+        let (authority, base) = match rest.find('/') {
             Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
             None => (rest, ""),
         };
-        let port_ok = addr
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-        if !port_ok {
-            return Err("expected `http://HOST:PORT`".into());
+        // `host`, `host:port`, `[v6]` or `[v6]:port`; the scheme's port when none is given.
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, port)) if !authority.ends_with(']') => (host, Some(port)),
+            _ => (authority, None),
+        };
+        let port = match port {
+            Some(port) => port
+                .parse::<u16>()
+                .map_err(|_| format!("`{port}` is not a port"))?,
+            None if tls => 443,
+            None => 80,
+        };
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if bare.is_empty() || bare.contains(['[', ']', '@', ' ']) {
+            return Err("expected `http[s]://HOST[:PORT][/PATH]`".into());
         }
+        let addr = format!("{host}:{port}");
         let path = match (append, base) {
             (true, base) => format!("{base}{}", tern_proto::otlp::METRICS_PATH),
             (false, "") => "/".to_owned(),
             (false, path) => path.to_owned(),
         };
         Ok(Self {
-            addr: addr.to_owned(),
+            addr,
+            host: bare.to_owned(),
             path,
+            tls,
         })
     }
 }
@@ -143,6 +178,19 @@ pub struct OtlpExport {
     pub target: OtlpTarget,
     pub headers: Vec<(String, String)>,
     pub interval: Duration,
+    /// For an `https://` target: which CA and client certificate files to use.
+    pub tls: OtlpTlsFiles,
+}
+
+/// The files of an OTLP export over TLS (`OTEL_EXPORTER_OTLP_[METRICS_]CERTIFICATE`,
+/// `_CLIENT_CERTIFICATE`, `_CLIENT_KEY`, over `config.toml`'s `otlp_certificate`,
+/// `otlp_client_certificate`, `otlp_client_key`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OtlpTlsFiles {
+    /// The CA bundle; the system's roots when absent.
+    pub certificate: Option<PathBuf>,
+    /// The client certificate chain and its key, together or not at all.
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 /// `k=v,k2=v2` with percent-encoded values, as `OTEL_EXPORTER_OTLP_HEADERS` writes them.
@@ -251,10 +299,35 @@ impl ControlPlaneConfig {
                 })?,
             None => self.otlp_interval,
         };
+        // The signal's own variable, then the general one, then config.toml.
+        let file = |suffix: &str, configured: &Option<PathBuf>| {
+            var(&format!("OTEL_EXPORTER_OTLP_METRICS_{suffix}"))
+                .or_else(|| var(&format!("OTEL_EXPORTER_OTLP_{suffix}")))
+                .map(PathBuf::from)
+                .or_else(|| configured.clone())
+        };
+        let certificate = file("CERTIFICATE", &self.otlp_certificate);
+        let client = match (
+            file("CLIENT_CERTIFICATE", &self.otlp_client_certificate),
+            file("CLIENT_KEY", &self.otlp_client_key),
+        ) {
+            (Some(chain), Some(key)) => Some((chain, key)),
+            (None, None) => None,
+            _ => {
+                return Err(
+                    "a client certificate for the OTLP export needs both the certificate (otlp_client_certificate) and its key (otlp_client_key)"
+                        .into(),
+                );
+            }
+        };
         Ok(Some(OtlpExport {
             target,
             headers: headers.into_iter().collect(),
             interval,
+            tls: OtlpTlsFiles {
+                certificate,
+                client,
+            },
         }))
     }
 }
@@ -295,6 +368,9 @@ impl Default for ControlPlaneConfig {
             otlp_endpoint: None,
             otlp_interval: DEFAULT_OTLP_INTERVAL,
             otlp_headers: BTreeMap::new(),
+            otlp_certificate: None,
+            otlp_client_certificate: None,
+            otlp_client_key: None,
             agent_cert_ttl: default_agent_cert_ttl(),
             min_free_bytes: DEFAULT_MIN_FREE_BYTES,
         }
@@ -425,10 +501,33 @@ mod tests {
             OtlpTarget::parse("http://collector:4318/otel/"),
             Ok(OtlpTarget {
                 addr: "collector:4318".into(),
-                path: "/otel/v1/metrics".into()
+                host: "collector".into(),
+                path: "/otel/v1/metrics".into(),
+                tls: false,
             })
         );
-        for bad in ["https://c:4318", "http://c", "http://:80"] {
+        assert_eq!(
+            OtlpTarget::parse("https://otlp.example.com/v1/otlp"),
+            Ok(OtlpTarget {
+                addr: "otlp.example.com:443".into(),
+                host: "otlp.example.com".into(),
+                path: "/v1/otlp/v1/metrics".into(),
+                tls: true,
+            })
+        );
+        let v6 = OtlpTarget::parse("https://[::1]:4318").expect("an IPv6 address");
+        assert_eq!((v6.addr.as_str(), v6.host.as_str()), ("[::1]:4318", "::1"));
+        assert_eq!(
+            OtlpTarget::parse("http://c").map(|t| t.addr),
+            Ok("c:80".into())
+        );
+        for bad in [
+            "grpc://c:4317",
+            "c:4318",
+            "http://:80",
+            "http://c:port",
+            "http://u@c:1",
+        ] {
             assert!(OtlpTarget::parse(bad).is_err(), "{bad}");
         }
     }
@@ -488,11 +587,28 @@ mod tests {
             &[("OTEL_EXPORTER_OTLP_HEADERS", "k=%zz")][..],
             &[("OTEL_EXPORTER_OTLP_HEADERS", "bad name=v")][..],
             &[("OTEL_METRIC_EXPORT_INTERVAL", "10")][..],
-            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4318")][..],
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://c:4318")][..],
+            &[("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/k.pem")][..],
         ] {
             let vars: &'static [(&'static str, &'static str)] = bad;
             assert!(config.otlp_export(env(vars)).is_err(), "{bad:?}");
         }
+        let tls = config
+            .otlp_export(env(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318"),
+                ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/general-ca.pem"),
+                ("OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", "/metrics-ca.pem"),
+                ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "/client.pem"),
+                ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/client.key"),
+            ]))
+            .expect("valid")
+            .expect("on");
+        assert!(tls.target.tls);
+        assert_eq!(tls.tls.certificate, Some(PathBuf::from("/metrics-ca.pem")));
+        assert_eq!(
+            tls.tls.client,
+            Some((PathBuf::from("/client.pem"), PathBuf::from("/client.key")))
+        );
         let off = ControlPlaneConfig::default();
         assert_eq!(off.otlp_export(env(&[])), Ok(None));
     }

@@ -202,9 +202,11 @@ impl RunningControlPlane {
             .otlp_export(|name| std::env::var(name).ok())
             .map_err(StartError::Otlp)?;
         if let Some(export) = otlp {
+            let tls = crate::telemetry::otlp::tls_target(&export).map_err(StartError::Otlp)?;
             info!(
                 endpoint = %export.target.addr,
                 path = %export.target.path,
+                tls = export.target.tls,
                 headers = export.headers.len(),
                 interval = ?export.interval,
                 "OpenTelemetry export on"
@@ -212,6 +214,7 @@ impl RunningControlPlane {
             tasks.push(tokio::spawn(crate::telemetry::otlp::export(
                 shared.clone(),
                 export,
+                tls,
                 shutdown.subscribe(),
             )));
         }

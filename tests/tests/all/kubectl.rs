@@ -2,7 +2,7 @@
 //! control plane and agents: kinds by any of their names, label selectors, output formats,
 //! `--watch`, `rollout status` and `diff` exit codes, `apply` of several files, directories
 //! and standard input with dry runs, `delete KIND NAME`, `describe` of every kind, contexts,
-//! completion and man pages, and `sign` with a key from the environment.
+//! completion and man pages, `explain`, and `sign` with a key from the environment.
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::process::{Command, Stdio};
@@ -319,6 +319,34 @@ fn contexts_completion_man_pages_and_keys_from_the_environment() -> anyhow::Resu
     assert!(man.join("ternctl-get.1").exists() && man.join("ternctl.1").exists());
     let (_, help, _) = run(&["trust", "init", "--help"]);
     assert!(help.contains("Examples:"), "{help}");
+
+    // explain: a kind's fields and a field's documentation, from the published schema; its
+    // JSON Schema with -o json; an unknown kind is a usage error listing the valid ones.
+    let (code, out, _) = run(&["explain", "deploy.spec.rollout"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("KIND:       Deployment") && out.contains("waves\t<[]integer>"),
+        "{out}"
+    );
+    let (code, out, _) = run(&["explain", "pipeline", "-o", "json"]);
+    assert_eq!(code, Some(0));
+    let schema: serde_json::Value = serde_json::from_str(&out)?;
+    let published: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        tern_e2e::examples_dir().join("../schemas/pipeline.json"),
+    )?)?;
+    assert_eq!(schema, published, "explain -o json is the published schema");
+    let (code, _, err) = run(&["explain", "pods"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("pipelines (pl), deployments (deploy, dep)"),
+        "{err}"
+    );
+    let (code, _, err) = run(&["explain", "deployment.spec.replicas"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("`replicas`") && err.contains("selector"),
+        "{err}"
+    );
 
     // sign with the key in an environment variable (a CI secret).
     let key = fleet.publisher.key("publisher");

@@ -10,6 +10,7 @@ mod dashboard;
 mod deployments;
 mod drift;
 mod enrollment;
+mod examples;
 mod experiment;
 mod faults;
 mod full_disk;

@@ -17,7 +17,9 @@ pub const MAX_LABELS: usize = 32;
 pub enum LabelError {
     #[error("label `{0}` is not of the form key=value")]
     Form(String),
-    #[error("label key `{0}` must be 1-63 characters of a-z, A-Z, 0-9, `.`, `_`, `-`, `/`")]
+    #[error(
+        "label key `{0}` must be 1-63 characters of a-z, A-Z, 0-9, `.`, `_`, `-`, starting and ending with a letter or digit, after an optional DNS prefix and `/`"
+    )]
     Key(String),
     #[error("label value `{0}` must be at most 63 characters of a-z, A-Z, 0-9, `.`, `_`, `-`")]
     Value(String),
@@ -38,31 +40,57 @@ pub fn parse(text: &str) -> Result<BTreeMap<String, String>, LabelError> {
     Ok(labels)
 }
 
-/// Whether `labels` has every key of `selector` with the same value (an empty selector
-/// matches everything).
-pub fn matches(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-}
-
 /// Checks every key and value.
 pub fn validate(labels: &BTreeMap<String, String>) -> Result<(), LabelError> {
     if labels.len() > MAX_LABELS {
         return Err(LabelError::TooMany);
     }
-    let ok = |s: &str, extra: &[char]| {
+    let value_ok = |s: &str| {
         s.len() <= MAX_LABEL_LEN
             && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c) || extra.contains(&c))
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
     };
     for (k, v) in labels {
-        if k.is_empty() || !ok(k, &['/']) {
+        if !valid_key(k) {
             return Err(LabelError::Key(k.clone()));
         }
-        if !ok(v, &[]) {
+        if !value_ok(v) {
             return Err(LabelError::Value(v.clone()));
         }
     }
     Ok(())
+}
+
+/// Whether `key` is a label or annotation key as Kubernetes has them: a name of 1-63
+/// characters of a-z, A-Z, 0-9, `.`, `_`, `-`, starting and ending with a letter or digit,
+/// after an optional prefix (a DNS subdomain of at most 253 characters) and `/`.
+pub fn valid_key(key: &str) -> bool {
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    let prefix_ok =
+        prefix.is_none_or(|p| p.len() <= 253 && !p.is_empty() && p.split('.').all(dns_label));
+    let name_ok = !name.is_empty()
+        && name.len() <= MAX_LABEL_LEN
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    prefix_ok && name_ok
+}
+
+/// Whether `name` is a DNS-1123 label, as Kubernetes names most resources: 1-63 characters of
+/// a-z, 0-9 and `-`, starting and ending with a letter or digit.
+pub fn dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_LABEL_LEN
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 /// Formats labels as `k=v,k2=v2`.
@@ -102,6 +130,35 @@ mod tests {
         assert_eq!(parse("site"), Err(LabelError::Form("site".into())));
         assert_eq!(parse("=x"), Err(LabelError::Key(String::new())));
         assert_eq!(parse("a=b c"), Err(LabelError::Value("b c".into())));
+    }
+
+    #[test]
+    fn keys_and_names_follow_kubernetes() {
+        for good in [
+            "site",
+            "tern.dev/owner",
+            "a",
+            "app.kubernetes.io/name",
+            "a_b-c.d",
+        ] {
+            assert!(valid_key(good), "{good}");
+        }
+        for bad in [
+            "",
+            "-site",
+            "site-",
+            "/x",
+            "Tern..dev/x",
+            "a/b/c",
+            &"k".repeat(64),
+        ] {
+            assert!(!valid_key(bad), "{bad}");
+        }
+        assert!(dns_label("detector-factories"));
+        assert!(dns_label("v2"));
+        for bad in ["", "a.b", "a_b", "-a", "a-", "Upper", &"a".repeat(64)] {
+            assert!(!dns_label(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -149,12 +149,7 @@ fn split_top_level(text: &str) -> Result<Vec<&str>, String> {
 
 fn key(text: &str) -> Result<String, String> {
     let key = text.trim();
-    let valid = !key.is_empty()
-        && key.len() <= super::MAX_LABEL_LEN
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c));
-    if valid {
+    if super::valid_key(key) {
         Ok(key.to_owned())
     } else {
         Err(format!("`{key}` is not a label key"))

@@ -1,10 +1,9 @@
 //! `Deployment`: which agents run a pipeline, and how a new revision rolls out to them.
 
-use std::collections::BTreeMap;
-
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{ManifestError, Metadata, check_header, error};
+use super::{LabelSelector, ManifestError, Metadata, check_header, error};
 
 /// Health window when the manifest gives none.
 pub const DEFAULT_HEALTH_WINDOW_SECONDS: u64 = 60;
@@ -15,25 +14,36 @@ const MAX_HEALTH_WINDOW_SECONDS: u64 = 24 * 3600;
 /// Most waves a canary may have.
 const MAX_WAVES: usize = 20;
 
-/// A `Deployment` document.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A `Deployment`: which agents run a pipeline, and how each new revision of it rolls out to
+/// them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Deployment {
+    /// The API version of the manifest: `tern.dev/v1alpha1`.
+    #[schemars(extend("const" = super::API_VERSION))]
     pub api_version: String,
+    /// `Deployment`.
+    #[schemars(extend("const" = "Deployment"))]
     pub kind: String,
+    /// Name, labels and annotations.
     pub metadata: Metadata,
     pub spec: DeploymentSpec,
 }
 
-/// `spec` of a deployment.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What a deployment runs, on which agents, and how new revisions reach them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeploymentSpec {
     /// Name of the pipeline it runs.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub pipeline: String,
-    /// Agent labels; an agent is selected when it has all of them.
-    #[serde(default)]
-    pub selector: BTreeMap<String, String>,
+    /// The agents that run it, by their labels; absent or empty, every agent.
+    #[serde(default, skip_serializing_if = "LabelSelector::is_empty")]
+    pub selector: LabelSelector,
+    /// How a new revision of the pipeline reaches the selected agents.
     #[serde(default)]
     pub rollout: RolloutSpec,
     /// An A/B experiment: the pipeline's model step runs one of these models per request, by
@@ -46,12 +56,13 @@ pub struct DeploymentSpec {
 pub const MAX_VARIANTS: usize = 8;
 
 /// `spec.variants[]`: a model release and its share of requests.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VariantSpec {
     /// `name:version` of a model release.
     pub model: String,
     /// Percent of requests; the weights add up to 100.
+    #[schemars(range(min = 1, max = 100))]
     pub weight: u32,
     /// The model step it replaces; the pipeline's only model step when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -59,7 +70,7 @@ pub struct VariantSpec {
 }
 
 /// How a new pipeline revision reaches the selected agents.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RolloutStrategy {
     /// Every selected agent at once (still gated on health, for rollback).
@@ -69,20 +80,25 @@ pub enum RolloutStrategy {
     Canary,
 }
 
-/// `spec.rollout`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `spec.rollout`: how a new pipeline revision reaches the selected agents, and when it is
+/// rolled back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RolloutSpec {
+    /// `all-at-once`, or `canary` in `waves`.
     #[serde(default)]
     pub strategy: RolloutStrategy,
     /// Cumulative percentages of the selected agents, ending at 100 (canary only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20), inner(range(min = 1, max = 100)))]
     pub waves: Vec<u8>,
     /// How long each wave must stay healthy before the next starts.
     #[serde(default = "default_window")]
+    #[schemars(range(max = 86400))]
     pub health_window_seconds: u64,
     /// Errors per request above which a wave is unhealthy.
     #[serde(default = "default_error_rate")]
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub max_error_rate: f64,
     /// Return every agent to the previous revision when a wave fails.
     #[serde(default = "default_true")]
@@ -130,15 +146,16 @@ impl Deployment {
             file,
         )?;
         let spec = &self.spec;
-        if !crate::labels::valid_name(&spec.pipeline) {
+        if !crate::labels::dns_label(&spec.pipeline) {
             return Err(error(
                 file,
                 "spec.pipeline",
-                "expected a pipeline name: 1-63 characters of a-z, 0-9, `-`, `.`, `_`",
+                "expected a pipeline name: a DNS-1123 label (1-63 characters of a-z, 0-9 and `-`)",
             ));
         }
-        crate::labels::validate(&spec.selector)
-            .map_err(|e| error(file, "spec.selector", e.to_string()))?;
+        spec.selector
+            .validate()
+            .map_err(|(field, message)| error(file, format!("spec.selector.{field}"), message))?;
         let rollout = &spec.rollout;
         match rollout.strategy {
             RolloutStrategy::AllAtOnce if !rollout.waves.is_empty() => {
@@ -291,7 +308,7 @@ spec:
         };
         assert_eq!(d.spec.rollout.wave_percents(), [10, 50, 100]);
         assert_eq!(
-            d.spec.selector.get("site").map(String::as_str),
+            d.spec.selector.match_labels.get("site").map(String::as_str),
             Some("berlin")
         );
         // The JSON form (what ternctl sends) reads back as the same resources.
@@ -302,6 +319,36 @@ spec:
 
     fn err(yaml: &str) -> crate::manifest::ManifestError {
         parse_resources(yaml, "d.yaml").expect_err("invalid")
+    }
+
+    #[test]
+    fn kubernetes_selectors_labels_and_annotations_are_read() {
+        let yaml = BOTH
+            .replace(
+                "metadata: { name: detector-factories }",
+                "metadata:\n  name: detector-factories\n  labels: { team: vision, app.kubernetes.io/part-of: qa }\n  annotations: { tern.dev/ticket: 'QA-17: factory rollout' }",
+            )
+            .replace(
+                "selector: { site: berlin }",
+                "selector:\n    matchLabels: { tier: edge }\n    matchExpressions:\n      - { key: site, operator: NotIn, values: [oslo] }",
+            );
+        let resources = parse_resources(&yaml, "d.yaml").expect("valid");
+        let Resource::Deployment(d) = &resources[1] else {
+            panic!("expected a deployment")
+        };
+        assert_eq!(d.metadata.labels["team"], "vision");
+        assert_eq!(
+            d.metadata.annotations["tern.dev/ticket"],
+            "QA-17: factory rollout"
+        );
+        assert_eq!(d.spec.selector.to_string(), "tier=edge,site!=oslo");
+        let json = serde_json::to_string(&resources).expect("json");
+        let back: Vec<Resource> = serde_json::from_str(&json).expect("back");
+        assert_eq!(back, resources);
+        let e = err(&yaml.replace("team: vision", "team: 'vision team'"));
+        assert_eq!(e.path, "metadata.labels");
+        let e = err(&yaml.replace("tern.dev/ticket", "-ticket"));
+        assert_eq!(e.path, "metadata.annotations.-ticket");
     }
 
     #[test]
@@ -322,7 +369,17 @@ spec:
         let e = err(&BOTH.replace("strategy: canary", "strategy: all-at-once"));
         assert!(e.message.contains("all-at-once takes none"), "{e}");
         let e = err(&BOTH.replace("site: berlin", "site: Berlin!"));
-        assert_eq!(e.path, "spec.selector");
+        assert_eq!(e.path, "spec.selector.matchLabels");
+        let e = err(&BOTH.replace(
+            "{ site: berlin }",
+            "{ matchExpressions: [{ key: site, operator: In }] }",
+        ));
+        assert_eq!(e.path, "spec.selector.matchExpressions[0].values");
+        let e = err(&BOTH.replace("{ site: berlin }", "{ matchLabels: { site: 7 } }"));
+        assert_eq!(e.path, "spec.selector.matchLabels.site", "{e}");
+        let e = err(&BOTH.replace("name: detector-factories", "name: detector_factories"));
+        assert_eq!(e.path, "metadata.name");
+        assert!(e.message.contains("DNS-1123"), "{e}");
         let e = err(&BOTH.replace("kind: Deployment", "kind: Service"));
         assert_eq!((e.path.as_str(), e.file.as_str()), ("kind", "d.yaml#2"));
         let twice = format!(

@@ -1,12 +1,16 @@
 //! Manifests (design section 5): YAML documents, Kubernetes-style. This module parses and
 //! validates them; every error names the file, the path of the field and what was expected.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 mod deployment;
 mod pipeline;
+pub mod schema;
+mod selector;
 
 pub use deployment::{
     DEFAULT_HEALTH_WINDOW_SECONDS, DEFAULT_MAX_ERROR_RATE, Deployment, DeploymentSpec,
@@ -16,6 +20,7 @@ pub use pipeline::{
     ArtifactRef, BaselineRef, DEFAULT_ALERT_PSI, Device, MAX_WARMUP_BYTES, MonitoringSpec,
     Pipeline, PipelineSpec, StepKind, StepLimitsSpec, StepSpec, WarmupSpec, model_step,
 };
+pub use selector::{LabelSelector, MatchExpression, Operator};
 
 /// The only API version this release reads.
 pub const API_VERSION: &str = "tern.dev/v1alpha1";
@@ -30,15 +35,43 @@ pub struct ManifestError {
     pub message: String,
 }
 
-/// `metadata`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Most bytes of all annotations of one resource, keys and values together (Kubernetes'
+/// limit).
+pub const MAX_ANNOTATION_BYTES: usize = 256 << 10;
+
+/// `metadata`: the name, and labels and annotations as Kubernetes has them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Metadata {
+    /// Unique among resources of its kind: a DNS-1123 label (1-63 characters of a-z, 0-9 and
+    /// `-`, starting and ending with a letter or digit).
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
+    /// Identifying key/value pairs: `ternctl get -l` selects by them. Changing them changes
+    /// nothing on the agents.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Free-form key/value notes for people and tools (owner, ticket, git commit); not used
+    /// to select.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Metadata {
+    /// Metadata with only a name.
+    pub fn named(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            ..Self::default()
+        }
+    }
 }
 
 /// One document of a manifest file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum Resource {
     Pipeline(Pipeline),
@@ -54,9 +87,13 @@ impl Resource {
     }
 
     pub fn name(&self) -> &str {
+        &self.metadata().name
+    }
+
+    pub fn metadata(&self) -> &Metadata {
         match self {
-            Resource::Pipeline(p) => &p.metadata.name,
-            Resource::Deployment(d) => &d.metadata.name,
+            Resource::Pipeline(p) => &p.metadata,
+            Resource::Deployment(d) => &d.metadata,
         }
     }
 
@@ -174,7 +211,7 @@ fn error(file: &str, path: impl Into<String>, message: impl Into<String>) -> Man
     }
 }
 
-/// Checks `apiVersion` and `metadata.name`.
+/// Checks `apiVersion` and `metadata`.
 fn check_header(
     api_version: &str,
     kind: (&str, &str),
@@ -195,11 +232,34 @@ fn check_header(
             format!("expected `{API_VERSION}`, got `{api_version}`"),
         ));
     }
-    if !crate::labels::valid_name(&metadata.name) {
+    if !crate::labels::dns_label(&metadata.name) {
         return Err(error(
             file,
             "metadata.name",
-            "expected 1-63 characters of a-z, 0-9, `-`, `.`, `_`",
+            format!(
+                "expected a DNS-1123 label (1-63 characters of a-z, 0-9 and `-`, starting and ending with a letter or digit), got `{}`",
+                metadata.name
+            ),
+        ));
+    }
+    crate::labels::validate(&metadata.labels)
+        .map_err(|e| error(file, "metadata.labels", e.to_string()))?;
+    let mut size = 0;
+    for (key, value) in &metadata.annotations {
+        if !crate::labels::valid_key(key) {
+            return Err(error(
+                file,
+                format!("metadata.annotations.{key}"),
+                "expected a key of 1-63 characters of a-z, A-Z, 0-9, `.`, `_`, `-`, with an optional `prefix/`",
+            ));
+        }
+        size += key.len() + value.len();
+    }
+    if size > MAX_ANNOTATION_BYTES {
+        return Err(error(
+            file,
+            "metadata.annotations",
+            format!("expected at most {MAX_ANNOTATION_BYTES} bytes in all, got {size}"),
         ));
     }
     Ok(())

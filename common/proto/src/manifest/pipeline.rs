@@ -4,24 +4,33 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{ManifestError, Metadata, check_header, documents, error, typed};
 
-/// A `Pipeline` document.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A `Pipeline`: the steps a request runs through (plugins and models, with their limits),
+/// warm-up and drift monitoring. Each change to what agents run makes a new revision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Pipeline {
+    /// The API version of the manifest: `tern.dev/v1alpha1`.
+    #[schemars(extend("const" = super::API_VERSION))]
     pub api_version: String,
+    /// `Pipeline`.
+    #[schemars(extend("const" = "Pipeline"))]
     pub kind: String,
+    /// Name, labels and annotations.
     pub metadata: Metadata,
     pub spec: PipelineSpec,
 }
 
-/// `spec` of a pipeline.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What the pipeline runs: its steps in order, a warm-up sample and drift monitoring.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineSpec {
+    /// The steps in order: each one's output is the next one's input.
+    #[schemars(length(min = 1))]
     pub steps: Vec<StepSpec>,
     /// A sample input run once through every new revision before it takes traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -37,7 +46,7 @@ pub const DEFAULT_ALERT_PSI: f64 = 0.2;
 /// `spec.monitoring`: agents stream per-feature distributions of a model step's inputs and
 /// outputs; with a baseline, the control plane raises an alert for each feature whose PSI
 /// goes above `alertPsi`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MonitoringSpec {
     /// `name:version` of a baseline stored on the control plane (`ternctl baseline create`),
@@ -45,9 +54,12 @@ pub struct MonitoringSpec {
     /// inline as `baselineData`. Without one, distributions are collected but not judged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline: Option<String>,
+    /// A baseline given inline (what `ternctl` sends for a `baseline` file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline_data: Option<crate::drift::Baseline>,
+    /// The population stability index above which a feature raises a drift alert.
     #[serde(default = "default_alert_psi")]
+    #[schemars(range(min = 0.0))]
     pub alert_psi: f64,
     /// The model step watched; the first model step when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -150,13 +162,16 @@ pub const MAX_WARMUP_BYTES: usize = 256 << 10;
 
 /// `spec.warmup`: a blob (`mediaType` with `dataBase64`, or with `file`, which `ternctl`
 /// reads relative to the manifest and sends inline) or Open Inference Protocol `inputs`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct WarmupSpec {
+    /// The media type of a blob sample (`image/png`, `text/csv`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub media_type: Option<String>,
+    /// The blob sample, base64-encoded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_base64: Option<String>,
+    /// The blob sample as a file, relative to the manifest (`ternctl` reads it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
     /// v2 request tensors: `[{name, shape, datatype, data}]`.
@@ -218,19 +233,24 @@ impl WarmupSpec {
 }
 
 /// Where a model step runs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Device {
+    /// The GPU when the host has one, else the CPU.
     #[default]
     Auto,
+    /// The CPU.
     Cpu,
+    /// The GPU; the step fails to load on a host without one.
     Gpu,
 }
 
-/// One step: a plugin or a model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One step: a plugin or a model (exactly one of the two).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StepSpec {
+    /// Unique within the pipeline: 1-63 characters of a-z, 0-9, `-`, `.`, `_`.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9][-a-z0-9._]*$"))]
     pub name: String,
     /// `name:version` of a plugin release (or, in `run-local`, a path to a `.wasm`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -241,19 +261,25 @@ pub struct StepSpec {
     /// The plugin's configuration, handed to it as JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<serde_json::Value>,
+    /// Hard limits of a plugin step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<StepLimitsSpec>,
+    /// Where a model step runs: `auto`, `cpu` or `gpu`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<Device>,
 }
 
 /// `limits` of a plugin step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct StepLimitsSpec {
+    /// Longest time one call may take, in milliseconds; the call is cut off after it.
     #[serde(default, rename = "timeoutMs", skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub timeout_ms: Option<u64>,
+    /// Most linear memory the plugin may grow to, in MiB.
     #[serde(default, rename = "memoryMiB", skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub memory_mib: Option<u64>,
 }
 

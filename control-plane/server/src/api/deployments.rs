@@ -91,6 +91,8 @@ pub(crate) async fn pipelines(
                             .filter(|d| d.manifest.spec.pipeline == name)
                             .map(|d| d.manifest.metadata.name.clone())
                             .collect(),
+                        labels: p.manifest.metadata.labels.clone(),
+                        annotations: p.manifest.metadata.annotations.clone(),
                         name,
                         revision: p.revision,
                         steps: p.pinned,
@@ -130,7 +132,7 @@ pub(crate) fn deployment_view(
         Some(r) => {
             let agents = agents
                 .iter()
-                .filter(|a| tern_proto::labels::matches(&spec.selector, &a.labels))
+                .filter(|a| spec.selector.matches(&a.labels))
                 .map(|a| {
                     let status = shared.reports.pipeline(&a.id, &spec.pipeline);
                     let connected = shared.presence.seen(&a.id).is_some_and(|s| s.connected);
@@ -167,6 +169,8 @@ pub(crate) fn deployment_view(
     };
     DeploymentView {
         name: record.manifest.metadata.name.clone(),
+        labels: record.manifest.metadata.labels.clone(),
+        annotations: record.manifest.metadata.annotations.clone(),
         pipeline: spec.pipeline.clone(),
         selector: spec.selector.clone(),
         strategy: match spec.rollout.strategy {

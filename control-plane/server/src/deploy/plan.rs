@@ -77,7 +77,7 @@ pub fn plan(
         let name = deployment.manifest.metadata.name.clone();
         let selected: Vec<&AgentRecord> = agents
             .iter()
-            .filter(|a| tern_proto::labels::matches(&spec.selector, &a.labels))
+            .filter(|a| spec.selector.matches(&a.labels))
             .collect();
         let Some(rollout) = deployment.rollout.as_mut() else {
             continue;

@@ -3,27 +3,71 @@
 //! is down costs a warning per attempt and nothing else: the series are cumulative, so the
 //! next export carries everything. Where, how often and with which headers come from
 //! `config.toml` under OpenTelemetry's `OTEL_EXPORTER_OTLP_*` variables
-//! ([`crate::config::OtlpExport`]).
+//! ([`crate::config::OtlpExport`]); an `https://` endpoint is reached over TLS, verified
+//! against a given CA or the system's roots, with a client certificate where one is set.
 
+use std::path::Path;
 use std::sync::Arc;
 
+use rustls::pki_types::ServerName;
 use tern_proto::otlp::{CONTENT_TYPE, OtlpMetrics};
+use tern_transport::https::TlsTarget;
+use tern_transport::tls::Identity;
 use tokio::sync::watch;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::config::OtlpExport;
 use crate::state::Shared;
 
+/// The TLS of an `https://` export, built from its files; none for `http://`. Read once at
+/// start: a missing or malformed file stops the start, naming it.
+pub(crate) fn tls_target(export: &OtlpExport) -> Result<Option<TlsTarget>, String> {
+    if !export.target.tls {
+        return Ok(None);
+    }
+    let read = |path: &Path, what: &str| {
+        std::fs::read_to_string(path).map_err(|e| format!("{what} {}: {e}", path.display()))
+    };
+    let ca = match &export.tls.certificate {
+        Some(path) => Some(read(path, "the OTLP CA certificate")?),
+        None => None,
+    };
+    let identity = match &export.tls.client {
+        Some((chain, key)) => Some(
+            Identity::from_pem(
+                &read(chain, "the OTLP client certificate")?,
+                &read(key, "the OTLP client key")?,
+            )
+            .map_err(|e| format!("the OTLP client certificate: {e}"))?,
+        ),
+        None => None,
+    };
+    let config = tern_transport::tls::https_client_for(ca.as_deref(), identity)
+        .map_err(|e| format!("the OTLP export's TLS: {e}"))?;
+    let server_name = ServerName::try_from(export.target.host.clone()).map_err(|e| {
+        format!(
+            "`{}` is not a name a certificate can carry: {e}",
+            export.target.host
+        )
+    })?;
+    Ok(Some(TlsTarget {
+        config,
+        server_name,
+    }))
+}
+
 /// Runs until `shutdown` turns true.
 pub(crate) async fn export(
     shared: Arc<Shared>,
     export: OtlpExport,
+    tls: Option<TlsTarget>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let OtlpExport {
         target,
         headers,
         interval,
+        tls: _,
     } = export;
     let started_ms = tern_clock::unix_millis_now();
     let instance = shared.config.listen_api.to_string();
@@ -53,8 +97,9 @@ pub(crate) async fn export(
             .map_err(|e| e.to_string())?;
             let bytes = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
             let size = bytes.len();
-            tern_transport::https::post_plain(
+            tern_transport::https::post_once(
                 &target.addr,
+                tls.as_ref(),
                 &target.path,
                 CONTENT_TYPE,
                 &headers,
