@@ -60,16 +60,6 @@ pub struct Metadata {
     pub annotations: BTreeMap<String, String>,
 }
 
-impl Metadata {
-    /// Metadata with only a name.
-    pub fn named(name: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            ..Self::default()
-        }
-    }
-}
-
 /// One document of a manifest file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
