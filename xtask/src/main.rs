@@ -12,7 +12,8 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
-const USAGE: &str = "usage: cargo xtask <demo|test|lint|tidy|plugins|fuzz|protogen|schemas>
+const USAGE: &str =
+    "usage: cargo xtask <demo|test|lint|tidy|plugins|fuzz|protogen|schemas|fixtures>
 
   demo   start a control plane and two agents in temporary directories, enroll them,
          show the fleet, and shut everything down
@@ -27,7 +28,9 @@ const USAGE: &str = "usage: cargo xtask <demo|test|lint|tidy|plugins|fuzz|protog
            run each fuzz target for SECONDS (default 600) with nightly and cargo-fuzz
   protogen regenerate the local API's gRPC code from proto/inference.proto (pure Rust,
            no protoc; tools/protogen builds apart from the workspace)
-  schemas  regenerate the manifest kinds' JSON Schemas in schemas/ from their types";
+  schemas  regenerate the manifest kinds' JSON Schemas in schemas/ from their types
+  fixtures rebuild the generated model fixtures in agent/infer/fixtures/models (python3 with
+           onnx, onnxruntime and numpy)";
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -40,6 +43,7 @@ fn main() -> std::process::ExitCode {
         Some("tidy") => tidy::run(),
         Some("protogen") => protogen(),
         Some("schemas") => schemas(),
+        Some("fixtures") => fixtures(),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())
@@ -239,6 +243,21 @@ fn schemas() -> anyhow::Result<()> {
         .context("failed to run cargo")?;
     if !status.success() {
         bail!("writing the schemas failed ({status})");
+    }
+    Ok(())
+}
+
+/// Rebuilds the conformance suite's generated fixtures: seeded models written with ONNX's
+/// helpers, outputs from ONNX Runtime.
+fn fixtures() -> anyhow::Result<()> {
+    let dir = manifest_dir().join("../agent/infer/fixtures");
+    let status = Command::new("python3")
+        .arg(dir.join("make_models.py"))
+        .arg(dir.join("models"))
+        .status()
+        .context("failed to run python3")?;
+    if !status.success() {
+        bail!("make_models.py failed ({status}); it needs `pip install onnx onnxruntime numpy`");
     }
     Ok(())
 }

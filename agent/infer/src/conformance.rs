@@ -1,9 +1,14 @@
 //! The conformance suite: real models and ONNX's own backend test data, run through the public
 //! API on a chosen backend, with a verdict per case: pass, unsupported (and why), or fail.
 //!
-//! Suites live outside the repository (`TERN_FIXTURES`, default `../shared` beside the checkout):
-//! - `models/*/{model.onnx,input.npy,expected_output.npy}`: max abs difference ≤ 1e-4;
-//! - `onnx-backend-tests/*/*/{model.onnx,test_data_set_0/{input,output}_N.pb}`: every element
+//! Suites:
+//! - `generated`: the project's own fixtures, `agent/infer/fixtures/models/*` (common
+//!   architectures built by `fixtures/make_models.py` with ONNX's helpers, seeded weights and
+//!   ONNX Runtime's outputs; `cargo xtask fixtures` rebuilds them): every element within
+//!   `1e-4 + 1e-3·|expected|`;
+//! - outside the repository (`TERN_FIXTURES`, default `../shared` beside the checkout):
+//!   `models/*/{model.onnx,input.npy,expected_output.npy}`: max abs difference ≤ 1e-4;
+//!   `onnx-backend-tests/*/*/{model.onnx,test_data_set_0/{input,output}_N.pb}`: every element
 //!   within `atol + rtol·|expected|` with rtol 1e-3, atol 1e-5 (ONNX's defaults).
 
 use std::fmt;
@@ -79,6 +84,31 @@ fn subdirs(dir: &Path) -> Vec<PathBuf> {
     dirs
 }
 
+/// The project's own fixtures (`agent/infer/fixtures/models`).
+pub fn generated_dir() -> PathBuf {
+    manifest_dir().join("fixtures/models")
+}
+
+/// The project's own fixtures (see the module docs).
+pub fn discover_generated() -> Vec<Case> {
+    subdirs(&generated_dir())
+        .into_iter()
+        .filter(|dir| dir.join("model.onnx").is_file())
+        .map(|dir| Case {
+            suite: "generated".into(),
+            name: dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            dir,
+            tolerance: Tolerance::Relative {
+                rtol: 1e-3,
+                atol: 1e-4,
+            },
+        })
+        .collect()
+}
+
 /// Every case under `root` (see the module docs for the layout).
 pub fn discover(root: &Path) -> Vec<Case> {
     let mut cases = vec![];
@@ -139,7 +169,7 @@ fn load_pb(path: &Path) -> Result<Tensor, String> {
 
 /// Inputs and expected outputs of a case.
 fn data(case: &Case) -> Result<(Vec<Tensor>, Vec<Tensor>), String> {
-    if case.suite == "models" {
+    if case.dir.join("input.npy").is_file() {
         let input =
             npy::parse("input", &read(&case.dir.join("input.npy"))?).map_err(|e| e.to_string())?;
         let expected = npy::parse("output", &read(&case.dir.join("expected_output.npy"))?)

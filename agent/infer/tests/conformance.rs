@@ -1,5 +1,7 @@
-//! The conformance suite on both backends: `../shared/models` and ONNX's backend test data.
-//! Prints one line per case and backend; fails on any `fail`, and when more cases do not pass
+//! The conformance suite on both backends: the project's generated fixtures (common
+//! architectures), `../shared/models` and ONNX's backend test data.
+//! Prints a table of every case with its verdict on each backend; fails on any `fail`, on a
+//! generated fixture or shared model that does not pass, and when more cases do not pass
 //! than did not when the maximum was last lowered (a case gone unsupported is a regression too)
 //! or, with the whole shared set, when fewer pass than passed then.
 //! The GPU half runs wherever wgpu finds an adapter (CI installs a software Vulkan one and sets
@@ -8,15 +10,15 @@
 use tern_infer::conformance::{self, Outcome, Report};
 use tern_infer::{Device, list_adapters};
 
-/// Cases each backend may leave unpassed (3 and 8 of the 120 shared fixtures); lower when more
-/// pass. A count of what does not pass, not of what does, so a smaller fixture set (a checkout
+/// Cases each backend may leave unpassed (3 and 8 of 127: the 7 generated fixtures and the 120
+/// shared ones); lower when more pass. A count of what does not pass, not of what does, so a smaller fixture set (a checkout
 /// without ONNX's test data, say) is judged by the same rule.
 const MAX_NOT_PASSING_CPU: usize = 3;
 const MAX_NOT_PASSING_GPU: usize = 8;
 /// Cases each backend passes with the whole shared set (`TERN_REQUIRE_FIXTURES=1`, as in CI):
 /// fewer means cases went missing, not only that some stopped passing.
-const MIN_PASS_CPU: usize = 117;
-const MIN_PASS_GPU: usize = 112;
+const MIN_PASS_CPU: usize = 124;
+const MIN_PASS_GPU: usize = 119;
 
 fn require(var: &str) -> bool {
     std::env::var(var).is_ok_and(|v| v == "1")
@@ -24,8 +26,8 @@ fn require(var: &str) -> bool {
 
 fn run_suite(device: Device) -> Vec<Report> {
     let root = conformance::fixtures_dir();
-    let cases = conformance::discover(&root);
-    if cases.is_empty() {
+    let shared = conformance::discover(&root);
+    if shared.is_empty() {
         assert!(
             !require("TERN_REQUIRE_FIXTURES"),
             "no conformance fixtures under {}",
@@ -35,8 +37,14 @@ fn run_suite(device: Device) -> Vec<Report> {
             "conformance: no fixtures under {}; set TERN_FIXTURES",
             root.display()
         );
-        return vec![];
     }
+    let mut cases = conformance::discover_generated();
+    assert!(
+        cases.len() >= 7,
+        "the generated fixtures are missing from {}",
+        conformance::generated_dir().display()
+    );
+    cases.extend(shared);
     let reports: Vec<Report> = std::thread::scope(|s| {
         let chunks: Vec<_> = cases.chunks(cases.len().div_ceil(2)).collect();
         let handles: Vec<_> = chunks
@@ -55,26 +63,59 @@ fn run_suite(device: Device) -> Vec<Report> {
             .flat_map(|h| h.join().expect("suite thread"))
             .collect()
     });
-    let (mut pass, mut unsupported, mut fail) = (0, 0, 0);
-    for r in &reports {
-        match r.outcome {
-            Outcome::Pass { .. } => pass += 1,
-            Outcome::Unsupported { .. } => unsupported += 1,
-            Outcome::Fail { .. } => fail += 1,
-        }
+    reports
+}
+
+/// A verdict in a table cell: `pass`, `unsupported (why)` or `FAIL (why)`.
+fn cell(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Pass { max_abs_diff } => format!("pass ({max_abs_diff:.1e})"),
+        Outcome::Unsupported { reason } => format!("unsupported: {reason}"),
+        Outcome::Fail { reason } => format!("FAIL: {reason}"),
+    }
+}
+
+/// The report: one row per case, one column per backend, then each backend's totals.
+fn print_table(backends: &[&[Report]]) {
+    let Some(first) = backends.first() else {
+        return;
+    };
+    let names: Vec<String> = backends
+        .iter()
+        .filter_map(|r| r.first())
+        .map(|r| format!("{:?}", r.device).to_lowercase())
+        .collect();
+    println!("| suite | case | {} |", names.join(" | "));
+    println!("| --- | --- |{}", " --- |".repeat(names.len()));
+    for (i, report) in first.iter().enumerate() {
+        let cells: Vec<String> = backends
+            .iter()
+            .map(|reports| {
+                reports
+                    .get(i)
+                    .map_or_else(String::new, |r| cell(&r.outcome))
+            })
+            .collect();
         println!(
-            "{:<6} {:<20} {:<48} {}",
-            format!("{:?}", r.device).to_lowercase(),
-            r.suite,
-            r.case,
-            r.outcome
+            "| {} | {} | {} |",
+            report.suite,
+            report.case,
+            cells.join(" | ")
         );
     }
-    println!(
-        "{device:?}: {pass} pass, {unsupported} unsupported, {fail} fail of {}",
-        reports.len()
-    );
-    reports
+    for reports in backends {
+        let count = |f: fn(&Outcome) -> bool| reports.iter().filter(|r| f(&r.outcome)).count();
+        let device = reports
+            .first()
+            .map_or_else(String::new, |r| format!("{:?}", r.device).to_lowercase());
+        println!(
+            "{device}: {} pass, {} unsupported, {} fail of {}",
+            count(|o| matches!(o, Outcome::Pass { .. })),
+            count(|o| matches!(o, Outcome::Unsupported { .. })),
+            count(|o| matches!(o, Outcome::Fail { .. })),
+            reports.len()
+        );
+    }
 }
 
 /// Fails on any failing case, on more than `max_not_passing` cases that do not pass, on fewer
@@ -110,7 +151,10 @@ fn check(reports: &[Report], max_not_passing: usize, min_pass: usize) {
         !require("TERN_REQUIRE_FIXTURES") || passed >= min_pass,
         "{passed} cases pass, fewer than the {min_pass} of the whole shared set"
     );
-    for r in reports.iter().filter(|r| r.suite == "models") {
+    for r in reports
+        .iter()
+        .filter(|r| r.suite == "models" || r.suite == "generated")
+    {
         assert!(
             matches!(r.outcome, Outcome::Pass { .. }),
             "model {} must run on {:?}: {}",
@@ -121,20 +165,89 @@ fn check(reports: &[Report], max_not_passing: usize, min_pass: usize) {
     }
 }
 
+/// Both backends over the same cases (at once: each also splits its cases in two), one table.
 #[test]
-fn cpu_backend_conforms() {
-    check(&run_suite(Device::Cpu), MAX_NOT_PASSING_CPU, MIN_PASS_CPU);
-}
-
-#[test]
-fn gpu_backend_conforms() {
-    if list_adapters().is_empty() {
+fn both_backends_conform() {
+    let gpu = !list_adapters().is_empty();
+    if !gpu {
         assert!(
             !require("TERN_REQUIRE_GPU"),
             "TERN_REQUIRE_GPU=1 but there is no adapter"
         );
         eprintln!("conformance: no GPU adapter, GPU half skipped");
+    }
+    let (cpu, gpu) = std::thread::scope(|s| {
+        let cpu = s.spawn(|| run_suite(Device::Cpu));
+        let gpu = gpu.then(|| s.spawn(|| run_suite(Device::Gpu)));
+        (
+            cpu.join().expect("cpu suite"),
+            gpu.map(|h| h.join().expect("gpu suite")),
+        )
+    });
+    let mut backends: Vec<&[Report]> = vec![&cpu];
+    if let Some(gpu) = &gpu {
+        backends.push(gpu);
+    }
+    print_table(&backends);
+    check(&cpu, MAX_NOT_PASSING_CPU, MIN_PASS_CPU);
+    if let Some(gpu) = &gpu {
+        check(gpu, MAX_NOT_PASSING_GPU, MIN_PASS_GPU);
+    }
+}
+
+/// The generated fixtures in the repository are what `fixtures/make_models.py` builds: the
+/// same model and input bytes, and outputs within 1e-6 (ONNX Runtime may round differently
+/// from one release to the next). Needs python3 with onnx, onnxruntime and numpy (CI installs
+/// them and sets `TERN_REQUIRE_ONNX=1`); skipped without.
+#[test]
+fn the_generated_fixtures_are_what_the_script_builds() {
+    let found = std::process::Command::new("python3")
+        .args(["-c", "import onnx, onnxruntime, numpy"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            !require("TERN_REQUIRE_ONNX"),
+            "TERN_REQUIRE_ONNX=1 but python3 with onnx, onnxruntime and numpy is missing"
+        );
+        eprintln!("python3 with onnx is missing: skipped");
         return;
     }
-    check(&run_suite(Device::Gpu), MAX_NOT_PASSING_GPU, MIN_PASS_GPU);
+    let out = tempfile::tempdir().expect("a temporary directory");
+    let script = conformance::manifest_dir().join("fixtures/make_models.py");
+    let status = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(out.path())
+        .status()
+        .expect("python3 runs");
+    assert!(status.success(), "make_models.py failed");
+    let committed = conformance::discover_generated();
+    assert!(!committed.is_empty());
+    for case in &committed {
+        let built = out.path().join(&case.name);
+        for file in ["model.onnx", "input.npy"] {
+            let a = std::fs::read(case.dir.join(file)).expect("committed file");
+            let b = std::fs::read(built.join(file)).expect("built file");
+            assert!(
+                a == b,
+                "{}/{file} differs from what make_models.py builds; run `cargo xtask fixtures`",
+                case.name
+            );
+        }
+        let read = |dir: &std::path::Path| {
+            let bytes = std::fs::read(dir.join("expected_output.npy")).expect("outputs");
+            tern_infer::npy::parse("output", &bytes).expect("an npy file")
+        };
+        let diff = conformance::compare(
+            &read(&built),
+            &read(&case.dir),
+            conformance::Tolerance::MaxAbs(1e-6),
+        );
+        assert!(diff.is_ok(), "{}: {diff:?}", case.name);
+    }
+    let built: Vec<String> = std::fs::read_dir(out.path())
+        .expect("built fixtures")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    assert_eq!(built.len(), committed.len(), "{built:?}");
 }

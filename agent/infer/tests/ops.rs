@@ -567,3 +567,56 @@ fn integer_ops_and_narrowing_casts_match_tract() {
         );
     }
 }
+
+/// Long rows go to the kernels with a workgroup per row (a strided share per invocation, then
+/// a tree): rows that are not a multiple of the workgroup, softmax along an inner axis, several
+/// reduced axes, and more rows than one grid dimension holds.
+#[test]
+fn long_rows_reduce_and_softmax_with_a_workgroup_each() {
+    if list_adapters().is_empty() {
+        assert!(
+            !std::env::var("TERN_REQUIRE_GPU").is_ok_and(|v| v == "1"),
+            "TERN_REQUIRE_GPU=1 but there is no adapter"
+        );
+        return;
+    }
+    for (shape, axis) in [(&[3usize, 1000][..], -1), (&[2, 300, 5][..], 1)] {
+        for op in ["Softmax", "LogSoftmax"] {
+            check(
+                op,
+                &x(shape),
+                &[("y", shape)],
+                vec![attr_i("axis", axis)],
+                vec![],
+            );
+        }
+    }
+    check(
+        "ReduceMax",
+        &x(&[4, 30, 50]),
+        &[("y", &[4, 1, 1])],
+        vec![attr_ints("axes", &[1, 2])],
+        vec![],
+    );
+    check(
+        "ReduceMean",
+        &x(&[2, 700, 3]),
+        &[("y", &[2, 1, 3])],
+        vec![attr_ints("axes", &[1])],
+        vec![],
+    );
+    check(
+        "ReduceSum",
+        &x(&[66_000, 64]),
+        &[("y", &[66_000])],
+        vec![attr_i("keepdims", 0)],
+        vec![i64_init("axes", &[1])],
+    );
+    check(
+        "ReduceMin",
+        &x(&[5, 257]),
+        &[("y", &[5, 1])],
+        vec![attr_ints("axes", &[1])],
+        vec![],
+    );
+}

@@ -12,7 +12,11 @@ pub enum Kernel {
     Cast,
     Gather,
     Reduce,
+    /// A reduction with a workgroup per output element (long reductions).
+    ReduceRows,
     Softmax,
+    /// Softmax with a workgroup per row (long rows).
+    SoftmaxRows,
     Pool,
     ConvDirect,
     Select,
@@ -39,7 +43,9 @@ impl Kernel {
             Kernel::Cast => "cast",
             Kernel::Gather => "gather",
             Kernel::Reduce => "reduce",
+            Kernel::ReduceRows => "reduce_rows",
             Kernel::Softmax => "softmax",
+            Kernel::SoftmaxRows => "softmax_rows",
             Kernel::Pool => "pool",
             Kernel::ConvDirect => "conv_direct",
             Kernel::Select => "select",
@@ -61,7 +67,9 @@ impl Kernel {
             Kernel::Cast => include_str!("wgsl/cast.wgsl").to_owned(),
             Kernel::Gather => include_str!("wgsl/gather.wgsl").to_owned(),
             Kernel::Reduce => include_str!("wgsl/reduce.wgsl").to_owned(),
+            Kernel::ReduceRows => include_str!("wgsl/reduce_rows.wgsl").to_owned(),
             Kernel::Softmax => include_str!("wgsl/softmax.wgsl").to_owned(),
+            Kernel::SoftmaxRows => include_str!("wgsl/softmax_rows.wgsl").to_owned(),
             Kernel::Pool => include_str!("wgsl/pool.wgsl").to_owned(),
             Kernel::ConvDirect => include_str!("wgsl/conv_direct.wgsl").to_owned(),
             Kernel::Select => include_str!("wgsl/select.wgsl").to_owned(),
@@ -94,6 +102,19 @@ pub fn gemm_tile(m: usize, n: usize) -> u32 {
     } else {
         2
     }
+}
+
+/// From how many elements a reduction or softmax row gets a workgroup of its own rather than
+/// one invocation: below it, a thread per row keeps the device full with many short rows.
+pub const ROW_PER_WORKGROUP_FROM: usize = 64;
+
+/// Workgroups for `rows` rows of a kernel with a workgroup per row, as a 2-D grid under the
+/// 65,535 limit (the kernel skips those past the end).
+pub fn grid_rows(rows: usize) -> (u32, u32, u32) {
+    let rows = rows.max(1);
+    let x = rows.min(65_535);
+    let y = rows.div_ceil(x);
+    (x as u32, y as u32, 1)
 }
 
 /// Workgroups for `n` invocations of a 256-wide kernel, as a 2-D grid under the 65,535 limit.

@@ -1,8 +1,96 @@
-//! Linear algebra: einsum (matmul, GEMM), convolution, deconvolution and pooling.
+//! Linear algebra: einsum (matmul, GEMM, and any contraction reshaped into a batched GEMM),
+//! convolution, deconvolution and pooling.
 
+use super::movement::SourceMap;
 use super::*;
 
+/// One axis of a contraction: its position in A, in B and in the output (absent where the
+/// operand or the output lacks it).
+type AxisPlaces = (Option<usize>, Option<usize>, Option<usize>);
+
 impl Lowering<'_> {
+    /// `v` with its axes in `order`: a contiguous copy, or `v` itself when already in order.
+    fn permuted(
+        &mut self,
+        node: &TypedNode,
+        v: &GpuVal,
+        order: &[usize],
+    ) -> Result<GpuVal, InferError> {
+        if order.iter().enumerate().all(|(i, &p)| i == p) {
+            return Ok(v.clone());
+        }
+        let shape: Vec<usize> = order.iter().map(|&p| v.shape[p]).collect();
+        let strides = contiguous_strides(&v.shape);
+        let from: Vec<usize> = order.iter().map(|&p| strides[p]).collect();
+        let out = self.activation(&shape, v.word);
+        let to = contiguous_strides(&shape);
+        self.copy(node, v, &out, &shape, &from, 0, &to, 0, SourceMap::Direct)?;
+        Ok(out)
+    }
+
+    /// A contraction over several summed axes as one over a single axis: each operand's
+    /// summed axes moved last (in one order for both, copying an operand whose axes are not
+    /// there already) and merged into one, so that the batched GEMM sums over their product.
+    /// The axes are rewritten to the new positions.
+    fn merge_summed_axes(
+        &mut self,
+        node: &TypedNode,
+        (a, b): (GpuVal, GpuVal),
+        axes: Vec<AxisPlaces>,
+    ) -> Result<(GpuVal, GpuVal, Vec<AxisPlaces>), InferError> {
+        let mut summed: Vec<(usize, usize)> = axes
+            .iter()
+            .filter_map(|&(pa, pb, pc)| match (pa, pb, pc) {
+                (Some(pa), Some(pb), None) if a.shape[pa] != 1 || b.shape[pb] != 1 => {
+                    Some((pa, pb))
+                }
+                _ => None,
+            })
+            .collect();
+        if summed.len() < 2 {
+            return Ok((a, b, axes));
+        }
+        if summed.iter().any(|&(pa, pb)| a.shape[pa] != b.shape[pb]) {
+            return Err(unsupported(node, "summed axes differ"));
+        }
+        summed.sort_unstable();
+        let is_summed_a = |p: usize| summed.iter().any(|&(pa, _)| pa == p);
+        let is_summed_b = |p: usize| summed.iter().any(|&(_, pb)| pb == p);
+        let kept_a: Vec<usize> = (0..a.shape.len()).filter(|&p| !is_summed_a(p)).collect();
+        let kept_b: Vec<usize> = (0..b.shape.len()).filter(|&p| !is_summed_b(p)).collect();
+        let order_a: Vec<usize> = kept_a
+            .iter()
+            .copied()
+            .chain(summed.iter().map(|s| s.0))
+            .collect();
+        let order_b: Vec<usize> = kept_b
+            .iter()
+            .copied()
+            .chain(summed.iter().map(|s| s.1))
+            .collect();
+        let k: usize = summed.iter().map(|&(pa, _)| a.shape[pa]).product();
+        // The permuted operand, viewed as its kept axes (in their order) and the merged one.
+        let merge = |permuted: GpuVal, original: &GpuVal, kept: &[usize]| {
+            let mut shape: Vec<usize> = kept.iter().map(|&p| original.shape[p]).collect();
+            shape.push(k);
+            GpuVal { shape, ..permuted }
+        };
+        let a2 = self.permuted(node, &a, &order_a)?;
+        let b2 = self.permuted(node, &b, &order_b)?;
+        let (a2, b2) = (merge(a2, &a, &kept_a), merge(b2, &b, &kept_b));
+        let place =
+            |kept: &[usize], p: Option<usize>| p.and_then(|p| kept.iter().position(|&q| q == p));
+        let mut rewritten: Vec<AxisPlaces> = axes
+            .iter()
+            // The summed axes become the merged one; summed axes of size 1 on both sides
+            // (kept in place) add nothing.
+            .filter(|&&(pa, pb, pc)| pc.is_some() || !(pa.is_some() && pb.is_some()))
+            .map(|&(pa, pb, pc)| (place(&kept_a, pa), place(&kept_b, pb), pc))
+            .collect();
+        rewritten.push((Some(kept_a.len()), Some(kept_b.len()), None));
+        Ok((a2, b2, rewritten))
+    }
+
     pub(super) fn einsum(&mut self, node: &TypedNode, op: &EinSum) -> Result<(), InferError> {
         if op.q_params.is_some() || node.inputs.len() != 2 || !is_float(op.operating_dt) {
             return Err(unsupported(node, "only float matmuls"));
@@ -10,11 +98,6 @@ impl Lowering<'_> {
         let a = self.gpu_input(node, node.inputs[0])?;
         let b = self.gpu_input(node, node.inputs[1])?;
         let c_shape = self.out_shape(node, 0)?;
-        let (sa, sb, sc) = (
-            contiguous_strides(&a.shape),
-            contiguous_strides(&b.shape),
-            contiguous_strides(&c_shape),
-        );
         let one = |v: &[usize]| -> Result<Option<usize>, InferError> {
             match v.len() {
                 0 => Ok(None),
@@ -22,17 +105,23 @@ impl Lowering<'_> {
                 _ => Err(unsupported(node, "repeated axis")),
             }
         };
-        let mut k_axis: Option<(usize, usize)> = None;
-        let mut m_axis: Option<(Option<usize>, usize)> = None; // (pos in a, pos in c)
-        let mut n_axis: Option<(Option<usize>, usize)> = None;
-        let mut others: Vec<(Option<usize>, Option<usize>, usize)> = vec![];
-        let mut all: Vec<(Option<usize>, Option<usize>, Option<usize>)> = vec![];
+        let mut all: Vec<AxisPlaces> = vec![];
         for axis in op.axes.iter_all_axes() {
             let pa = one(&axis.inputs[0])?;
             let pb = one(&axis.inputs[1])?;
             let pc = one(&axis.outputs[0])?;
             all.push((pa, pb, pc));
         }
+        let (a, b, mut all) = self.merge_summed_axes(node, (a, b), all)?;
+        let (sa, sb, sc) = (
+            contiguous_strides(&a.shape),
+            contiguous_strides(&b.shape),
+            contiguous_strides(&c_shape),
+        );
+        let mut k_axis: Option<(usize, usize)> = None;
+        let mut m_axis: Option<(Option<usize>, usize)> = None; // (pos in a, pos in c)
+        let mut n_axis: Option<(Option<usize>, usize)> = None;
+        let mut others: Vec<(Option<usize>, Option<usize>, usize)> = vec![];
         // the rightmost output axis that only A has is m; the rightmost that only B has is n
         all.sort_by_key(|&(_, _, pc)| pc);
         for &(pa, pb, pc) in &all {

@@ -43,7 +43,7 @@ use tract_onnx::tract_core::ops::nn::{DataFormat, Reduce, Reducer, Softmax, Soft
 use tract_onnx::tract_core::ops::source::TypedSource;
 
 use crate::error::InferError;
-use crate::gpu::kernels::{Kernel, gemm_tile, grid_1d};
+use crate::gpu::kernels::{Kernel, ROW_PER_WORKGROUP_FROM, gemm_tile, grid_1d, grid_rows};
 use crate::gpu::program::{
     BufId, BufferKind, BufferSpec, InputSpec, OutputSpec, Program, Step, Word,
 };

@@ -38,10 +38,27 @@ impl Lowering<'_> {
         params.extend(pad8(&red_shape, 1));
         params.extend(pad8(&red_strides, 0));
         if n > 0 {
-            self.push(node, Kernel::Reduce, params, vec![x.buf, y.buf], grid_1d(n));
+            self.push_reduce(node, params, vec![x.buf, y.buf], n, count);
         }
         self.set(node, 0, y);
         Ok(())
+    }
+
+    /// A reduction of `n` outputs of `count` elements each: a workgroup per output for long
+    /// ones, an invocation per output for short ones (same parameters).
+    fn push_reduce(
+        &mut self,
+        node: &TypedNode,
+        params: Vec<u32>,
+        buffers: Vec<BufId>,
+        n: usize,
+        count: usize,
+    ) {
+        if count >= ROW_PER_WORKGROUP_FROM {
+            self.push(node, Kernel::ReduceRows, params, buffers, grid_rows(n));
+        } else {
+            self.push(node, Kernel::Reduce, params, buffers, grid_1d(n));
+        }
     }
 
     pub(super) fn softmax(&mut self, node: &TypedNode, op: &Softmax) -> Result<(), InferError> {
@@ -56,13 +73,13 @@ impl Lowering<'_> {
         let y = self.activation(&x.shape, Word::F32);
         let log = u32::from(op.kind == SoftmaxKind::LogSoftmax);
         if rows > 0 {
-            self.push(
-                node,
-                Kernel::Softmax,
-                vec![u(rows), u(len), u(inner.max(1)), log],
-                vec![x.buf, y.buf],
-                grid_1d(rows),
-            );
+            let params = vec![u(rows), u(len), u(inner.max(1)), log];
+            let buffers = vec![x.buf, y.buf];
+            if len >= ROW_PER_WORKGROUP_FROM {
+                self.push(node, Kernel::SoftmaxRows, params, buffers, grid_rows(rows));
+            } else {
+                self.push(node, Kernel::Softmax, params, buffers, grid_1d(rows));
+            }
         }
         self.set(node, 0, y);
         Ok(())
@@ -92,7 +109,7 @@ impl Lowering<'_> {
         if n == 0 {
             return Err(unsupported(node, "empty tensor"));
         }
-        self.push(node, Kernel::Reduce, params, vec![x.buf, r.buf], grid_1d(n));
+        self.push_reduce(node, params, vec![x.buf, r.buf], n, count);
         let inv = self.unary_step(node, &r, 38, eps, 0.0);
         let shape = x.shape.clone();
         let out = self.activation(&shape, Word::F32);
