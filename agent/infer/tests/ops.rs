@@ -62,6 +62,15 @@ fn attr_ints(name: &str, ints: &[i64]) -> pb::AttributeProto {
     }
 }
 
+fn attr_s(name: &str, s: &str) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: 3,
+        s: s.as_bytes().to_vec(),
+        ..Default::default()
+    }
+}
+
 fn f32_init(name: &str, shape: &[usize], seed: u64) -> pb::TensorProto {
     let values = random(shape.iter().product(), seed);
     pb::TensorProto {
@@ -619,4 +628,57 @@ fn long_rows_reduce_and_softmax_with_a_workgroup_each() {
         vec![attr_ints("axes", &[1])],
         vec![],
     );
+}
+
+/// Einsum in its general forms, each lowered as one batched GEMM: several summed axes (merged),
+/// an axis only one operand has (summed first), and more batch axes than the kernel's four
+/// (neighbours merged).
+#[test]
+fn general_contractions_match_tract() {
+    if list_adapters().is_empty() {
+        assert!(
+            !std::env::var("TERN_REQUIRE_GPU").is_ok_and(|v| v == "1"),
+            "TERN_REQUIRE_GPU=1 but there is no adapter"
+        );
+        return;
+    }
+    let two = |a: &[usize], b: &[usize]| {
+        vec![
+            Input {
+                name: "a",
+                shape: a.to_vec(),
+                elem: 1,
+            },
+            Input {
+                name: "b",
+                shape: b.to_vec(),
+                elem: 1,
+            },
+        ]
+    };
+    for (equation, a, b, y) in [
+        (
+            "bhqk,hkc->bqc",
+            &[2usize, 3, 4, 5][..],
+            &[3usize, 5, 6][..],
+            &[2usize, 4, 6][..],
+        ),
+        ("nchw,kcwh->nk", &[2, 3, 4, 5], &[7, 3, 5, 4], &[2, 7]),
+        ("ij,jk->k", &[3, 4], &[4, 5], &[5]),
+        ("ij,kj->i", &[3, 4], &[5, 4], &[3]),
+        (
+            "abcdehi,abcdeij->abcdehj",
+            &[2, 2, 2, 3, 2, 3, 4],
+            &[2, 2, 2, 3, 2, 4, 3],
+            &[2, 2, 2, 3, 2, 3, 3],
+        ),
+    ] {
+        check(
+            "Einsum",
+            &two(a, b),
+            &[("y", y)],
+            vec![attr_s("equation", equation)],
+            vec![],
+        );
+    }
 }

@@ -28,6 +28,103 @@ impl Lowering<'_> {
         Ok(out)
     }
 
+    /// `v` summed over its axes `axes` (which then leave the shape): a reduction, for an
+    /// axis only one operand of a contraction has and the output lacks.
+    fn summed_over(
+        &mut self,
+        node: &TypedNode,
+        v: &GpuVal,
+        axes: &[usize],
+    ) -> Result<GpuVal, InferError> {
+        if v.word != Word::F32 || v.shape.len() > MAX_RANK {
+            return Err(unsupported(node, "non-float or rank over 8"));
+        }
+        let strides = contiguous_strides(&v.shape);
+        let mut kept_shape = v.shape.clone();
+        for &a in axes {
+            kept_shape[a] = 1;
+        }
+        let red_shape: Vec<usize> = axes.iter().map(|&a| v.shape[a]).collect();
+        let red_strides: Vec<usize> = axes.iter().map(|&a| strides[a]).collect();
+        let count: usize = red_shape.iter().product();
+        let n: usize = kept_shape.iter().product();
+        let out = self.activation(&kept_shape, Word::F32);
+        let mut params = vec![
+            u(n),
+            0,
+            u(kept_shape.len()),
+            u(axes.len()),
+            u(count),
+            0,
+            0,
+            0,
+        ];
+        params.extend(pad8(&kept_shape, 1));
+        params.extend(pad8(&strides, 0));
+        params.extend(pad8(&red_shape, 1));
+        params.extend(pad8(&red_strides, 0));
+        if n > 0 {
+            self.push_reduce(node, params, vec![v.buf, out.buf], n, count);
+        }
+        let shape = (0..v.shape.len())
+            .filter(|p| !axes.contains(p))
+            .map(|p| v.shape[p])
+            .collect();
+        Ok(GpuVal { shape, ..out })
+    }
+
+    /// A contraction whose operand has axes that neither the other operand nor the output
+    /// has: those are summed first (in that operand alone), and the axes rewritten.
+    fn sum_lone_axes(
+        &mut self,
+        node: &TypedNode,
+        (a, b): (GpuVal, GpuVal),
+        axes: Vec<AxisPlaces>,
+    ) -> Result<(GpuVal, GpuVal, Vec<AxisPlaces>), InferError> {
+        let lone_a: Vec<usize> = axes
+            .iter()
+            .filter_map(|&(pa, pb, pc)| match (pa, pb, pc) {
+                (Some(pa), None, None) if a.shape[pa] != 1 => Some(pa),
+                _ => None,
+            })
+            .collect();
+        let lone_b: Vec<usize> = axes
+            .iter()
+            .filter_map(|&(pa, pb, pc)| match (pa, pb, pc) {
+                (None, Some(pb), None) if b.shape[pb] != 1 => Some(pb),
+                _ => None,
+            })
+            .collect();
+        if lone_a.is_empty() && lone_b.is_empty() {
+            return Ok((a, b, axes));
+        }
+        let a = if lone_a.is_empty() {
+            a
+        } else {
+            self.summed_over(node, &a, &lone_a)?
+        };
+        let b = if lone_b.is_empty() {
+            b
+        } else {
+            self.summed_over(node, &b, &lone_b)?
+        };
+        // A position after the removed axes before it.
+        let moved = |p: Option<usize>, gone: &[usize]| {
+            p.map(|p| p - gone.iter().filter(|&&g| g < p).count())
+        };
+        let rewritten = axes
+            .into_iter()
+            .filter(|&(pa, pb, pc)| {
+                let lone = pc.is_none()
+                    && ((pb.is_none() && pa.is_some_and(|p| lone_a.contains(&p)))
+                        || (pa.is_none() && pb.is_some_and(|p| lone_b.contains(&p))));
+                !lone
+            })
+            .map(|(pa, pb, pc)| (moved(pa, &lone_a), moved(pb, &lone_b), pc))
+            .collect();
+        Ok((a, b, rewritten))
+    }
+
     /// A contraction over several summed axes as one over a single axis: each operand's
     /// summed axes moved last (in one order for both, copying an operand whose axes are not
     /// there already) and merged into one, so that the batched GEMM sums over their product.
@@ -112,6 +209,7 @@ impl Lowering<'_> {
             let pc = one(&axis.outputs[0])?;
             all.push((pa, pb, pc));
         }
+        let (a, b, all) = self.sum_lone_axes(node, (a, b), all)?;
         let (a, b, mut all) = self.merge_summed_axes(node, (a, b), all)?;
         let (sa, sb, sc) = (
             contiguous_strides(&a.shape),
@@ -159,15 +257,38 @@ impl Lowering<'_> {
                 (pa, pb, Some(pc)) => others.push((pa, pb, pc)),
             }
         }
-        if others.len() > 4 {
-            return Err(unsupported(node, "more than four batch axes"));
-        }
         let stride = |shape: &[usize], strides: &[usize], p: Option<usize>| -> usize {
             match p {
                 Some(p) if shape[p] != 1 => strides[p],
                 _ => 0,
             }
         };
+        // Batch axes as (extent, A, B and output strides), outer first; neighbours that
+        // every operand walks as one run (or broadcasts both) merge, so that any number of
+        // them fits the kernel's four.
+        let mut batch: Vec<[usize; 4]> = Vec::new();
+        others.sort_by_key(|&(_, _, pc)| pc);
+        for &(pa, pb, pc) in &others {
+            let axis = [
+                c_shape[pc],
+                stride(&a.shape, &sa, pa),
+                stride(&b.shape, &sb, pb),
+                sc[pc],
+            ];
+            match batch.last_mut() {
+                Some(outer) if (1..4).all(|i| outer[i] == axis[i] * axis[0]) => {
+                    outer[0] *= axis[0];
+                    outer[1..].copy_from_slice(&axis[1..]);
+                }
+                _ => batch.push(axis),
+            }
+        }
+        if batch.len() > 4 {
+            return Err(unsupported(
+                node,
+                "more than four batch axes that cannot merge",
+            ));
+        }
         let m = m_axis.map_or(1, |(_, pc)| c_shape[pc]);
         let n = n_axis.map_or(1, |(_, pc)| c_shape[pc]);
         let k = k_axis.map_or(1, |(pa, pb)| a.shape[pa].max(b.shape[pb]).max(1));
@@ -175,12 +296,12 @@ impl Lowering<'_> {
         let mut a_batch = [0usize; 4];
         let mut b_batch = [0usize; 4];
         let mut c_batch = [0usize; 4];
-        let lead = 4 - others.len();
-        for (i, &(pa, pb, pc)) in others.iter().enumerate() {
-            batch_shape[lead + i] = c_shape[pc];
-            a_batch[lead + i] = stride(&a.shape, &sa, pa);
-            b_batch[lead + i] = stride(&b.shape, &sb, pb);
-            c_batch[lead + i] = sc[pc];
+        let lead = 4 - batch.len();
+        for (i, &[extent, in_a, in_b, in_c]) in batch.iter().enumerate() {
+            batch_shape[lead + i] = extent;
+            a_batch[lead + i] = in_a;
+            b_batch[lead + i] = in_b;
+            c_batch[lead + i] = in_c;
         }
         let batches: usize = batch_shape.iter().product();
         if batches > 65_535 {

@@ -46,7 +46,7 @@ impl Lowering<'_> {
 
     /// A reduction of `n` outputs of `count` elements each: a workgroup per output for long
     /// ones, an invocation per output for short ones (same parameters).
-    fn push_reduce(
+    pub(super) fn push_reduce(
         &mut self,
         node: &TypedNode,
         params: Vec<u32>,
