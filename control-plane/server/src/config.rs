@@ -32,6 +32,10 @@ pub const DEFAULT_DRIFT_INTERVAL: Duration = Duration::from_secs(30);
 pub struct ControlPlaneConfig {
     /// Where agents connect: QUIC on this UDP address, enrollment over HTTPS on the same TCP port.
     pub listen_agents: SocketAddr,
+    /// Where the control plane's records live: a PostgreSQL URL (`postgres://user@host/db`),
+    /// or, when absent, sled databases in the data directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
     /// Where the HTTPS admin API listens.
     pub listen_api: SocketAddr,
     /// How often agents send heartbeats.
@@ -359,6 +363,7 @@ impl Default for ControlPlaneConfig {
                 .parse()
                 .expect("valid default address"),
             listen_api: DEFAULT_LISTEN_API.parse().expect("valid default address"),
+            store: None,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             not_ready_after: DEFAULT_NOT_READY_AFTER,
             max_agent_connections: DEFAULT_MAX_AGENT_CONNECTIONS,
@@ -436,6 +441,14 @@ impl ControlPlaneConfig {
         }
         if self.max_agent_connections == 0 {
             return Err(invalid("max_agent_connections", "must be at least 1"));
+        }
+        if let Some(store) = &self.store
+            && !(store.starts_with("postgres://") || store.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "store",
+                "must be a PostgreSQL URL (postgres://user@host:port/database); leave it out for sled",
+            ));
         }
         Ok(())
     }

@@ -11,7 +11,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::backend::{SharedBackend, SledBackend};
+use crate::backend::{PostgresBackend, SharedBackend, SledBackend};
 use crate::catalog::{Catalog, CatalogError};
 use crate::data_dir::{DataDir, LoadError};
 use crate::presence::Presence;
@@ -30,6 +30,8 @@ const PERSIST_INTERVAL: Duration = Duration::from_secs(10);
 const TOKEN_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 /// Page cache of the registry's database (agents, releases, pipelines, desired states).
 const REGISTRY_CACHE_BYTES: u64 = 16 << 20;
+/// Connections to PostgreSQL per database (registry, telemetry) when `store` names one.
+const POSTGRES_CONNECTIONS: usize = 4;
 /// Page cache of the telemetry database.
 pub const TELEMETRY_CACHE_BYTES: u64 = 64 << 20;
 /// QUIC idle timeout: a dead agent's connection is dropped after this much silence.
@@ -98,10 +100,18 @@ impl RunningControlPlane {
         if let Some(addr) = options.listen_api {
             config.listen_api = addr;
         }
-        let database = |what, path: &std::path::Path, cache_bytes| {
-            SledBackend::open(path, cache_bytes)
+        // sled databases in the data directory, or namespaces of one PostgreSQL database.
+        let store = config.store.clone();
+        let database = |what: &'static str, path: &std::path::Path, cache_bytes| match &store {
+            Some(url) => PostgresBackend::connect(url, what, POSTGRES_CONNECTIONS)
                 .map(|backend| -> SharedBackend { Arc::new(backend) })
-                .map_err(|source| StartError::Database { what, source })
+                .map_err(|e| StartError::Database {
+                    what,
+                    source: crate::backend::BackendError::storage(e),
+                }),
+            None => SledBackend::open(path, cache_bytes)
+                .map(|backend| -> SharedBackend { Arc::new(backend) })
+                .map_err(|source| StartError::Database { what, source }),
         };
         let backend = database("registry", &dir.registry(), REGISTRY_CACHE_BYTES)?;
         let registry = Registry::new(backend.clone());

@@ -20,6 +20,7 @@ mod kubectl;
 mod lifecycle;
 mod manifests;
 mod otlp;
+mod postgres_store;
 mod recovery;
 mod releases;
 mod run_local;

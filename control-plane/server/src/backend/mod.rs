@@ -21,6 +21,7 @@
 
 mod disk;
 mod memory;
+pub mod postgres;
 #[cfg(test)]
 mod tests;
 mod txn;
@@ -30,6 +31,7 @@ use std::sync::Arc;
 
 pub use disk::SledBackend;
 pub use memory::MemoryBackend;
+pub use postgres::PostgresBackend;
 pub use txn::{Transaction, transact};
 
 /// A table's name. Tables exist once written to; reading one that never was finds nothing.

@@ -7,11 +7,23 @@ use super::*;
 const A: Table = Table("a");
 const B: Table = Table("b");
 
-fn backends() -> Vec<(&'static str, Arc<dyn Backend>)> {
-    vec![
+/// A backend and what the assertions call it.
+type Named = (&'static str, Arc<dyn Backend>);
+
+/// Every backend, empty: PostgreSQL's on a server shared by the tests running at once (each
+/// backend in a namespace of its own), which stays up while the guard is held.
+fn backends() -> (Vec<Named>, Option<Arc<postgres::testing::TestPostgres>>) {
+    let mut all: Vec<Named> = vec![
         ("memory", Arc::new(MemoryBackend::new())),
         ("sled", Arc::new(SledBackend::temporary().expect("sled"))),
-    ]
+    ];
+    let server = postgres::testing::shared();
+    if let Some(server) = &server {
+        let backend = PostgresBackend::connect(&server.url, &postgres::testing::namespace(), 4)
+            .expect("connect to PostgreSQL");
+        all.push(("postgres", Arc::new(backend)));
+    }
+    (all, server)
 }
 
 fn keys(entries: &[Entry]) -> Vec<&[u8]> {
@@ -20,7 +32,8 @@ fn keys(entries: &[Entry]) -> Vec<&[u8]> {
 
 #[test]
 fn reads_what_was_committed_in_key_order() {
-    for (name, backend) in backends() {
+    let (all, _server) = backends();
+    for (name, backend) in all {
         assert_eq!(backend.get(A, b"k").expect("get"), None, "{name}");
         backend
             .commit(
@@ -64,7 +77,8 @@ fn reads_what_was_committed_in_key_order() {
 
 #[test]
 fn a_failed_condition_writes_nothing_in_any_table() {
-    for (name, backend) in backends() {
+    let (all, _server) = backends();
+    for (name, backend) in all {
         backend
             .commit(Write::new().put(A, "k", b"1".to_vec()))
             .expect("commit");
@@ -110,7 +124,8 @@ fn a_failed_condition_writes_nothing_in_any_table() {
 
 #[test]
 fn subscribers_see_every_commit_in_order_and_nothing_of_a_conflict() {
-    for (name, backend) in backends() {
+    let (all, _server) = backends();
+    for (name, backend) in all {
         let mut changes = backend.subscribe();
         backend
             .commit(
@@ -158,7 +173,8 @@ fn subscribers_see_every_commit_in_order_and_nothing_of_a_conflict() {
 
 #[test]
 fn transactions_run_again_when_they_raced_and_never_lose_an_update() {
-    for (name, backend) in backends() {
+    let (all, _server) = backends();
+    for (name, backend) in all {
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let backend = backend.clone();
@@ -190,7 +206,8 @@ fn transactions_run_again_when_they_raced_and_never_lose_an_update() {
 
 #[test]
 fn a_transaction_reads_its_own_writes_and_an_error_writes_nothing() {
-    for (name, backend) in backends() {
+    let (all, _server) = backends();
+    for (name, backend) in all {
         let seen = transact::<_, BackendError>(backend.as_ref(), |txn| {
             txn.put(A, "k", b"mine".to_vec());
             txn.get(A, b"k")
@@ -219,7 +236,8 @@ fn a_transaction_reads_its_own_writes_and_an_error_writes_nothing() {
 
 #[test]
 fn an_error_decided_on_reads_that_changed_meanwhile_runs_again() {
-    for (name, backend) in backends() {
+    let (all, _server) = backends();
+    for (name, backend) in all {
         backend
             .commit(Write::new().put(A, "record", b"old".to_vec()))
             .expect("commit");
@@ -272,6 +290,61 @@ fn sled_keeps_commits_across_reopening() {
         })
         .expect("reopen");
     assert_eq!(reopened.get(A, b"k").expect("get"), Some(b"kept".to_vec()));
+}
+
+#[test]
+fn postgres_pages_long_ranges_shares_state_and_refuses_a_newer_schema() {
+    let Some(server) = postgres::testing::shared() else {
+        return;
+    };
+    let namespace = postgres::testing::namespace();
+    let one = PostgresBackend::connect(&server.url, &namespace, 2).expect("connect");
+    // More entries than one page of a scan, written lazily, then flushed.
+    let mut write = Write::new().lazily();
+    for i in 0u32..600 {
+        write = write.put(A, i.to_be_bytes().to_vec(), i.to_le_bytes().to_vec());
+    }
+    one.commit(write).expect("commit");
+    one.flush().expect("flush");
+    // Another process's view of the same database (a replica) reads what the first wrote.
+    let two = PostgresBackend::connect(&server.url, &namespace, 1).expect("connect");
+    let all = two.range(A, &KeyRange::all(), Scan::All).expect("range");
+    assert_eq!(all.len(), 600);
+    assert!(
+        all.windows(2).all(|w| w[0].0 < w[1].0),
+        "key order across pages"
+    );
+    let last = two
+        .range(A, &KeyRange::all(), Scan::Last(300))
+        .expect("range");
+    assert_eq!(last.len(), 300);
+    assert_eq!(last[0].0, 599u32.to_be_bytes());
+    assert_eq!(last[299].0, 300u32.to_be_bytes());
+    let between = two
+        .range(
+            A,
+            &KeyRange::between(10u32.to_be_bytes(), 20u32.to_be_bytes()),
+            Scan::All,
+        )
+        .expect("range");
+    assert_eq!(between.len(), 10);
+    // A namespace is apart from the others.
+    let other =
+        PostgresBackend::connect(&server.url, &postgres::testing::namespace(), 1).expect("connect");
+    assert_eq!(other.get(A, &0u32.to_be_bytes()).expect("get"), None);
+
+    // A database whose schema is newer than this build is refused, naming both versions.
+    let url = server.database(&format!("newer_{}", namespace.replace('-', "_")));
+    drop(PostgresBackend::connect(&url, "x", 1).expect("migrates an empty database"));
+    postgres::testing::execute(&url, "UPDATE tern_schema SET version = version + 1")
+        .expect("bump the schema");
+    let refused = PostgresBackend::connect(&url, "x", 1).expect_err("a newer schema");
+    assert!(
+        refused
+            .to_string()
+            .contains("newer than this control plane"),
+        "{refused}"
+    );
 }
 
 #[test]

@@ -1,0 +1,169 @@
+//! Test support (used by this crate's tests and the end-to-end ones; nothing in `serve` calls
+//! it): a PostgreSQL server for tests, `initdb` and `postgres` from the machine's packages
+//! (`/usr/lib/postgresql/*/bin`, or `TERN_POSTGRES_BIN`), in a temporary directory, on a free
+//! loopback port, run as an unprivileged user when the tests run as root (`initdb` refuses
+//! root). Without the binaries the caller skips, unless `TERN_REQUIRE_POSTGRES=1`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+/// The server the tests running at once share (started by the first, stopped with the last),
+/// or `None` (a skip) where PostgreSQL is not installed.
+pub fn shared() -> Option<Arc<TestPostgres>> {
+    static SHARED: Mutex<Weak<TestPostgres>> = Mutex::new(Weak::new());
+    let mut slot = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(server) = slot.upgrade() {
+        return Some(server);
+    }
+    let server = Arc::new(TestPostgres::start()?);
+    *slot = Arc::downgrade(&server);
+    Some(server)
+}
+
+/// A namespace no other backend of this test run uses.
+pub fn namespace() -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "t{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A running server, stopped and deleted when dropped.
+#[derive(Debug)]
+pub struct TestPostgres {
+    pub url: String,
+    child: Child,
+    bin: PathBuf,
+    data: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// The directory of PostgreSQL's server binaries, if the machine has them.
+fn binaries() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("TERN_POSTGRES_BIN") {
+        return Some(PathBuf::from(dir));
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|bin| bin.join("initdb").is_file())
+        .collect();
+    versions.sort();
+    versions.pop()
+}
+
+/// `program` run as the unprivileged `nobody` when we are root, else as ourselves.
+fn as_unprivileged(program: &Path) -> Command {
+    // Root is uid 0: the owner of this process's own /proc entry.
+    let root = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
+    if root {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "nobody", "--"]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+impl TestPostgres {
+    /// Starts a server, or `None` (a skip) where PostgreSQL is not installed.
+    pub fn start() -> Option<Self> {
+        let Some(bin) = binaries() else {
+            assert!(
+                !std::env::var("TERN_REQUIRE_POSTGRES").is_ok_and(|v| v == "1"),
+                "TERN_REQUIRE_POSTGRES=1 but PostgreSQL's server binaries are missing"
+            );
+            eprintln!("PostgreSQL is not installed: skipped");
+            return None;
+        };
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let data = dir.path().join("data");
+        // The unprivileged user must own the directory it works in.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .expect("chmod");
+        let status = as_unprivileged(&bin.join("initdb"))
+            .args(["-D"])
+            .arg(&data)
+            .args(["-U", "tern", "--auth=trust", "--no-sync", "-E", "UTF8"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("initdb runs");
+        assert!(status.success(), "initdb failed");
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+            listener.local_addr().expect("its address").port()
+        };
+        let child = as_unprivileged(&bin.join("postgres"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+            .arg("-c")
+            .arg(format!("unix_socket_directories={}", dir.path().display()))
+            .args(["-c", "fsync=off", "-c", "max_connections=200"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("postgres starts");
+        let server = Self {
+            url: format!("postgres://tern@127.0.0.1:{port}/postgres"),
+            child,
+            bin,
+            data,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "PostgreSQL did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(server)
+    }
+
+    /// A new database of the server, for a test that must start empty; its URL.
+    pub fn database(&self, name: &str) -> String {
+        execute(&self.url, &format!("CREATE DATABASE {name}")).expect("CREATE DATABASE");
+        self.url.replace("/postgres", &format!("/{name}"))
+    }
+}
+
+/// Runs `sql` on a connection of its own to `url`.
+pub fn execute(url: &str, sql: &str) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .map_err(|e| e.to_string())?;
+        let driver = tokio::spawn(connection);
+        let result = client.batch_execute(sql).await.map_err(|e| e.to_string());
+        drop(client);
+        let _ = driver.await;
+        result
+    })
+}
+
+impl Drop for TestPostgres {
+    fn drop(&mut self) {
+        let _ = as_unprivileged(&self.bin.join("pg_ctl"))
+            .args(["stop", "-m", "immediate", "-D"])
+            .arg(&self.data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
