@@ -89,63 +89,45 @@ pub fn generated_dir() -> PathBuf {
     manifest_dir().join("fixtures/models")
 }
 
-/// The project's own fixtures (see the module docs).
-pub fn discover_generated() -> Vec<Case> {
-    subdirs(&generated_dir())
+/// The cases of `parent`: each subdirectory with a `model.onnx`, named after it.
+fn cases_in(parent: &Path, suite: &str, tolerance: Tolerance) -> Vec<Case> {
+    subdirs(parent)
         .into_iter()
         .filter(|dir| dir.join("model.onnx").is_file())
         .map(|dir| Case {
-            suite: "generated".into(),
-            name: dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
+            suite: suite.to_owned(),
+            name: file_name(&dir),
             dir,
-            tolerance: Tolerance::Relative {
-                rtol: 1e-3,
-                atol: 1e-4,
-            },
+            tolerance,
         })
         .collect()
 }
 
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The project's own fixtures (see the module docs).
+pub fn discover_generated() -> Vec<Case> {
+    let tolerance = Tolerance::Relative {
+        rtol: 1e-3,
+        atol: 1e-4,
+    };
+    cases_in(&generated_dir(), "generated", tolerance)
+}
+
 /// Every case under `root` (see the module docs for the layout).
 pub fn discover(root: &Path) -> Vec<Case> {
-    let mut cases = vec![];
-    for dir in subdirs(&root.join("models")) {
-        if dir.join("model.onnx").is_file() {
-            cases.push(Case {
-                suite: "models".into(),
-                name: dir
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                dir,
-                tolerance: Tolerance::MaxAbs(1e-4),
-            });
-        }
-    }
+    let mut cases = cases_in(&root.join("models"), "models", Tolerance::MaxAbs(1e-4));
+    // ONNX's defaults.
+    let onnx = Tolerance::Relative {
+        rtol: 1e-3,
+        atol: 1e-5,
+    };
     for group in subdirs(&root.join("onnx-backend-tests")) {
-        let suite = group
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        for dir in subdirs(&group) {
-            if dir.join("model.onnx").is_file() {
-                cases.push(Case {
-                    suite: suite.clone(),
-                    name: dir
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default(),
-                    dir,
-                    tolerance: Tolerance::Relative {
-                        rtol: 1e-3,
-                        atol: 1e-5,
-                    },
-                });
-            }
-        }
+        cases.extend(cases_in(&group, &file_name(&group), onnx));
     }
     cases
 }

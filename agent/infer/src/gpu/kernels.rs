@@ -1,6 +1,10 @@
 //! The WGSL kernels and how their sources are put together.
 
 const COMMON: &str = include_str!("wgsl/common.wgsl");
+/// The reductions' parameters, ops and indexing.
+const REDUCE_COMMON: &str = include_str!("wgsl/reduce_common.wgsl");
+/// A workgroup combining one value per invocation.
+const TREE: &str = include_str!("wgsl/workgroup_tree.wgsl");
 
 /// A compute kernel; GEMM kernels come in tile sizes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -66,10 +70,16 @@ impl Kernel {
             Kernel::Fill => include_str!("wgsl/fill.wgsl").to_owned(),
             Kernel::Cast => include_str!("wgsl/cast.wgsl").to_owned(),
             Kernel::Gather => include_str!("wgsl/gather.wgsl").to_owned(),
-            Kernel::Reduce => include_str!("wgsl/reduce.wgsl").to_owned(),
-            Kernel::ReduceRows => include_str!("wgsl/reduce_rows.wgsl").to_owned(),
+            Kernel::Reduce => format!("{REDUCE_COMMON}\n{}", include_str!("wgsl/reduce.wgsl")),
+            Kernel::ReduceRows => format!(
+                "{REDUCE_COMMON}\n{TREE}\n{}",
+                include_str!("wgsl/reduce_rows.wgsl")
+            ),
             Kernel::Softmax => include_str!("wgsl/softmax.wgsl").to_owned(),
-            Kernel::SoftmaxRows => include_str!("wgsl/softmax_rows.wgsl").to_owned(),
+            Kernel::SoftmaxRows => format!(
+                "{REDUCE_COMMON}\n{TREE}\n{}",
+                include_str!("wgsl/softmax_rows.wgsl")
+            ),
             Kernel::Pool => include_str!("wgsl/pool.wgsl").to_owned(),
             Kernel::ConvDirect => include_str!("wgsl/conv_direct.wgsl").to_owned(),
             Kernel::Select => include_str!("wgsl/select.wgsl").to_owned(),

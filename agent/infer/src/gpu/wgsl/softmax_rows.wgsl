@@ -1,27 +1,10 @@
 // Softmax (or log-softmax) along one axis with one 256-wide workgroup per row: the row's
 // maximum and sum of exponentials are each folded by the whole workgroup (a strided share per
 // invocation, then a tree), then every invocation writes its share. For long rows (the
-// lowering picks it from 64 elements on). p: [rows, axis_len, inner, log]
+// lowering picks it from 64 elements on); the tree is workgroup_tree.wgsl's.
+// p: [rows, axis_len, inner, log]
 @group(0) @binding(1) var<storage, read> x: array<u32>;
 @group(0) @binding(2) var<storage, read_write> y: array<u32>;
-
-var<workgroup> partial: array<f32, 256>;
-
-// The workgroup's combined value of `v` (its maximum with `is_max`, else its sum).
-fn combine_all(v: f32, lid: u32, is_max: bool) -> f32 {
-    partial[lid] = v;
-    workgroupBarrier();
-    for (var s = 128u; s > 0u; s = s >> 1u) {
-        if (lid < s) {
-            let other = partial[lid + s];
-            partial[lid] = select(partial[lid] + other, max(partial[lid], other), is_max);
-        }
-        workgroupBarrier();
-    }
-    let total = partial[0];
-    workgroupBarrier();
-    return total;
-}
 
 @compute @workgroup_size(256)
 fn main(
@@ -38,12 +21,12 @@ fn main(
     for (var j = lid; j < len; j += 256u) {
         mx = max(mx, bitcast<f32>(x[base + j * inner]));
     }
-    mx = combine_all(mx, lid, true);
+    mx = fold_tree(mx, lid, 2u);
     var sum = 0.0;
     for (var j = lid; j < len; j += 256u) {
         sum += exp(bitcast<f32>(x[base + j * inner]) - mx);
     }
-    sum = combine_all(sum, lid, false);
+    sum = fold_tree(sum, lid, 0u);
     let log_sum = log(sum);
     for (var j = lid; j < len; j += 256u) {
         let v = bitcast<f32>(x[base + j * inner]) - mx;
