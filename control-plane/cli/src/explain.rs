@@ -92,18 +92,23 @@ fn reference(schema: &Value) -> Option<&str> {
     direct.or_else(nested).and_then(|r| r.rsplit('/').next())
 }
 
-/// The properties of an object schema (after [`resolve`]), including an array's items'.
-fn properties<'a>(root: &'a Value, schema: &'a Value) -> Option<&'a Map<String, Value>> {
+/// The object a field holds: its schema resolved, or its items' for a list (as kubectl walks
+/// into arrays).
+fn object<'a>(root: &'a Value, schema: &'a Value) -> &'a Value {
     let schema = resolve(root, schema);
-    let schema = match schema.get("items") {
+    match schema.get("items") {
         Some(items) => resolve(root, items),
         None => schema,
-    };
-    schema
+    }
+}
+
+/// The properties of the object a field holds (the selector: its full form's).
+fn properties<'a>(root: &'a Value, schema: &'a Value) -> Option<&'a Map<String, Value>> {
+    let object = object(root, schema);
+    object
         .get("properties")
         .or_else(|| {
-            // The selector: its full form's properties.
-            schema
+            object
                 .get("anyOf")
                 .and_then(|a| a.get(0))
                 .and_then(|s| s.get("properties"))
@@ -208,12 +213,7 @@ fn fields(root: &Value, schema: &Value, recursive: bool, indent: usize, out: &mu
     let Some(properties) = properties(root, schema) else {
         return;
     };
-    let resolved = resolve(root, schema);
-    let resolved = resolved
-        .get("items")
-        .map(|i| resolve(root, i))
-        .unwrap_or(resolved);
-    let required: Vec<&str> = resolved
+    let required: Vec<&str> = object(root, schema)
         .get("required")
         .and_then(Value::as_array)
         .map(|r| r.iter().filter_map(Value::as_str).collect())
@@ -240,21 +240,18 @@ fn fields(root: &Value, schema: &Value, recursive: bool, indent: usize, out: &mu
     }
 }
 
-/// What `explain` prints for `target`: the kind, the field's type and description, its
-/// values or default where it has them, and its fields.
-pub fn explain(target: &Target, recursive: bool) -> Result<String, String> {
-    let root = schema::for_kind(target.kind)
-        .ok_or_else(|| format!("no schema for kind {}", target.kind))?;
-    let mut schema = &root;
-    let mut walked: Vec<&str> = Vec::new();
-    for field in &target.fields {
-        let found = properties(&root, schema).and_then(|p| p.get(field));
-        let Some(found) = found else {
-            let known: Vec<String> = properties(&root, schema)
-                .map(|p| p.keys().cloned().collect())
+/// The schema of the field `target` names (the kind's own for none), or which fields there
+/// are where a name does not match.
+fn walk<'a>(root: &'a Value, target: &Target) -> Result<&'a Value, String> {
+    let mut schema = root;
+    for (depth, field) in target.fields.iter().enumerate() {
+        let properties = properties(root, schema);
+        let Some(found) = properties.and_then(|p| p.get(field)) else {
+            let known: Vec<&str> = properties
+                .map(|p| p.keys().map(String::as_str).collect())
                 .unwrap_or_default();
             let at = std::iter::once(target.kind)
-                .chain(walked.iter().copied())
+                .chain(target.fields[..depth].iter().map(String::as_str))
                 .collect::<Vec<_>>()
                 .join(".");
             return Err(if known.is_empty() {
@@ -267,10 +264,21 @@ pub fn explain(target: &Target, recursive: bool) -> Result<String, String> {
             });
         };
         schema = found;
-        walked.push(field);
     }
+    Ok(schema)
+}
+
+fn kind_schema(target: &Target) -> Result<Value, String> {
+    schema::for_kind(target.kind).ok_or_else(|| format!("no schema for kind {}", target.kind))
+}
+
+/// What `explain` prints for `target`: the kind, the field's type and description, its
+/// values or default where it has them, and its fields.
+pub fn explain(target: &Target, recursive: bool) -> Result<String, String> {
+    let root = kind_schema(target)?;
+    let schema = walk(&root, target)?;
     let mut out = format!("KIND:       {}\nVERSION:    {API_VERSION}\n\n", target.kind);
-    if let Some(last) = walked.last() {
+    if let Some(last) = target.fields.last() {
         out.push_str(&format!("FIELD: {last} <{}>\n\n", type_name(&root, schema)));
     }
     out.push_str("DESCRIPTION:\n");
@@ -292,17 +300,11 @@ pub fn explain(target: &Target, recursive: bool) -> Result<String, String> {
 /// The JSON Schema of `target` (`-o json`): the kind's whole schema, or the field's with
 /// its references followed.
 pub fn schema_of(target: &Target) -> Result<Value, String> {
-    let root = schema::for_kind(target.kind)
-        .ok_or_else(|| format!("no schema for kind {}", target.kind))?;
+    let root = kind_schema(target)?;
     if target.fields.is_empty() {
         return Ok(root);
     }
-    let mut schema = &root;
-    for field in &target.fields {
-        schema = properties(&root, schema)
-            .and_then(|p| p.get(field))
-            .ok_or_else(|| format!("field `{field}` does not exist"))?;
-    }
+    let schema = walk(&root, target)?;
     Ok(resolve(&root, schema).clone())
 }
 

@@ -153,10 +153,6 @@ pub(crate) fn shown(text: &str) -> String {
     text.chars().filter(|c| !c.is_control()).collect()
 }
 
-fn labels(view: &AgentView) -> String {
-    label_list(&view.labels)
-}
-
 /// Labels as `k=v,k2=v2`, `-` when there are none.
 fn label_list(labels: &std::collections::BTreeMap<String, String>) -> String {
     if labels.is_empty() {
@@ -236,7 +232,7 @@ pub fn agents(list: &[AgentView], format: Format) -> anyhow::Result<String> {
         let mut row = vec![
             a.name.clone(),
             status(a),
-            labels(a),
+            label_list(&a.labels),
             if a.version.is_empty() {
                 "-".into()
             } else {
@@ -309,7 +305,7 @@ pub fn agent(a: &AgentView, format: Format) -> anyhow::Result<String> {
     line("Name:", a.name.clone());
     line("ID:", a.id.clone());
     line("Status:", status(a));
-    line("Labels:", labels(a));
+    line("Labels:", label_list(&a.labels));
     line("Version:", shown(&a.version));
     line("Address:", a.address.clone().unwrap_or_else(|| "-".into()));
     line("First seen:", a.first_seen.clone());

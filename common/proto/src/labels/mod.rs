@@ -45,20 +45,23 @@ pub fn validate(labels: &BTreeMap<String, String>) -> Result<(), LabelError> {
     if labels.len() > MAX_LABELS {
         return Err(LabelError::TooMany);
     }
-    let value_ok = |s: &str| {
-        s.len() <= MAX_LABEL_LEN
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-    };
     for (k, v) in labels {
         if !valid_key(k) {
             return Err(LabelError::Key(k.clone()));
         }
-        if !value_ok(v) {
+        if !valid_value(v) {
             return Err(LabelError::Value(v.clone()));
         }
     }
     Ok(())
+}
+
+/// Whether `value` is a label value: at most 63 characters of a-z, A-Z, 0-9, `.`, `_`, `-`.
+pub fn valid_value(value: &str) -> bool {
+    value.len() <= MAX_LABEL_LEN
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
 }
 
 /// Whether `key` is a label or annotation key as Kubernetes has them: a name of 1-63

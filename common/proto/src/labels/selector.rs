@@ -158,11 +158,7 @@ fn key(text: &str) -> Result<String, String> {
 
 fn value(text: &str) -> Result<String, String> {
     let value = text.trim();
-    let valid = value.len() <= super::MAX_LABEL_LEN
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-    if valid {
+    if super::valid_value(value) {
         Ok(value.to_owned())
     } else {
         Err(format!("`{value}` is not a label value"))

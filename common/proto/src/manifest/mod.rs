@@ -40,7 +40,7 @@ pub struct ManifestError {
 pub const MAX_ANNOTATION_BYTES: usize = 256 << 10;
 
 /// `metadata`: the name, and labels and annotations as Kubernetes has them.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Metadata {
     /// Unique among resources of its kind: a DNS-1123 label (1-63 characters of a-z, 0-9 and

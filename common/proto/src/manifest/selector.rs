@@ -8,7 +8,7 @@ use schemars::JsonSchema;
 use serde::de::{Error as _, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::labels::{self, Requirement, Selector};
+use crate::labels::{self, LabelError, Requirement, Selector};
 
 /// Which agents a deployment runs on: every requirement must hold; empty, every agent.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -64,7 +64,8 @@ impl LabelSelector {
         Selector(requirements)
     }
 
-    /// Whether an agent with `labels` is selected.
+    /// Whether an agent with `labels` is selected (for many agents, build [`Self::selector`]
+    /// once and match with it).
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.selector().matches(labels)
     }
@@ -78,8 +79,10 @@ impl LabelSelector {
         labels::validate(&self.match_labels).map_err(|e| ("matchLabels".into(), e.to_string()))?;
         for (i, expression) in self.match_expressions.iter().enumerate() {
             let at = |field: &str| format!("matchExpressions[{i}]{field}");
-            let check = BTreeMap::from([(expression.key.clone(), String::new())]);
-            labels::validate(&check).map_err(|e| (at(".key"), e.to_string()))?;
+            if !labels::valid_key(&expression.key) {
+                let error = LabelError::Key(expression.key.clone());
+                return Err((at(".key"), error.to_string()));
+            }
             let with_values = matches!(expression.operator, Operator::In | Operator::NotIn);
             if with_values && expression.values.is_empty() {
                 return Err((
@@ -94,9 +97,10 @@ impl LabelSelector {
                 ));
             }
             for (j, value) in expression.values.iter().enumerate() {
-                let check = BTreeMap::from([("k".to_owned(), value.clone())]);
-                labels::validate(&check)
-                    .map_err(|e| (at(&format!(".values[{j}]")), e.to_string()))?;
+                if !labels::valid_value(value) {
+                    let error = LabelError::Value(value.clone());
+                    return Err((at(&format!(".values[{j}]")), error.to_string()));
+                }
             }
         }
         Ok(())

@@ -130,9 +130,10 @@ pub(crate) fn deployment_view(
     let rollout = match &record.rollout {
         None => None,
         Some(r) => {
+            let selector = spec.selector.selector();
             let agents = agents
                 .iter()
-                .filter(|a| spec.selector.matches(&a.labels))
+                .filter(|a| selector.matches(&a.labels))
                 .map(|a| {
                     let status = shared.reports.pipeline(&a.id, &spec.pipeline);
                     let connected = shared.presence.seen(&a.id).is_some_and(|s| s.connected);

@@ -75,9 +75,11 @@ pub fn plan(
     for mut deployment in deployments {
         let spec = deployment.manifest.spec.clone();
         let name = deployment.manifest.metadata.name.clone();
+        // Built once per deployment, not once per agent.
+        let selector = spec.selector.selector();
         let selected: Vec<&AgentRecord> = agents
             .iter()
-            .filter(|a| spec.selector.matches(&a.labels))
+            .filter(|a| selector.matches(&a.labels))
             .collect();
         let Some(rollout) = deployment.rollout.as_mut() else {
             continue;

@@ -36,36 +36,7 @@ impl Lowering<'_> {
         v: &GpuVal,
         axes: &[usize],
     ) -> Result<GpuVal, InferError> {
-        if v.word != Word::F32 || v.shape.len() > MAX_RANK {
-            return Err(unsupported(node, "non-float or rank over 8"));
-        }
-        let strides = contiguous_strides(&v.shape);
-        let mut kept_shape = v.shape.clone();
-        for &a in axes {
-            kept_shape[a] = 1;
-        }
-        let red_shape: Vec<usize> = axes.iter().map(|&a| v.shape[a]).collect();
-        let red_strides: Vec<usize> = axes.iter().map(|&a| strides[a]).collect();
-        let count: usize = red_shape.iter().product();
-        let n: usize = kept_shape.iter().product();
-        let out = self.activation(&kept_shape, Word::F32);
-        let mut params = vec![
-            u(n),
-            0,
-            u(kept_shape.len()),
-            u(axes.len()),
-            u(count),
-            0,
-            0,
-            0,
-        ];
-        params.extend(pad8(&kept_shape, 1));
-        params.extend(pad8(&strides, 0));
-        params.extend(pad8(&red_shape, 1));
-        params.extend(pad8(&red_strides, 0));
-        if n > 0 {
-            self.push_reduce(node, params, vec![v.buf, out.buf], n, count);
-        }
+        let out = self.reduced(node, v, axes, 0)?;
         let shape = (0..v.shape.len())
             .filter(|p| !axes.contains(p))
             .map(|p| v.shape[p])

@@ -13,13 +13,31 @@ impl Lowering<'_> {
             ref other => return Err(unsupported(node, format!("{other:?}"))),
         };
         let x = self.gpu_input(node, node.inputs[0])?;
+        let y = self.reduced(node, &x, &op.axes, code)?;
+        let shape = self.out_shape(node, 0)?;
+        self.set(node, 0, GpuVal { shape, ..y });
+        Ok(())
+    }
+
+    /// `x` reduced over `axes` with the reduce kernels' op `code`; the reduced axes stay, with
+    /// extent 1.
+    pub(super) fn reduced(
+        &mut self,
+        node: &TypedNode,
+        x: &GpuVal,
+        axes: &[usize],
+        code: u32,
+    ) -> Result<GpuVal, InferError> {
         if x.word != Word::F32 || x.shape.len() > MAX_RANK {
             return Err(unsupported(node, "non-float or rank over 8"));
         }
-        let y_shape = self.out_shape(node, 0)?;
         let strides = contiguous_strides(&x.shape);
-        let red_shape: Vec<usize> = op.axes.iter().map(|&a| x.shape[a]).collect();
-        let red_strides: Vec<usize> = op.axes.iter().map(|&a| strides[a]).collect();
+        let mut y_shape = x.shape.clone();
+        for &a in axes {
+            y_shape[a] = 1;
+        }
+        let red_shape: Vec<usize> = axes.iter().map(|&a| x.shape[a]).collect();
+        let red_strides: Vec<usize> = axes.iter().map(|&a| strides[a]).collect();
         let count: usize = red_shape.iter().product();
         let n: usize = y_shape.iter().product();
         let y = self.activation(&y_shape, Word::F32);
@@ -40,13 +58,12 @@ impl Lowering<'_> {
         if n > 0 {
             self.push_reduce(node, params, vec![x.buf, y.buf], n, count);
         }
-        self.set(node, 0, y);
-        Ok(())
+        Ok(y)
     }
 
     /// A reduction of `n` outputs of `count` elements each: a workgroup per output for long
     /// ones, an invocation per output for short ones (same parameters).
-    pub(super) fn push_reduce(
+    fn push_reduce(
         &mut self,
         node: &TypedNode,
         params: Vec<u32>,
@@ -95,21 +112,16 @@ impl Lowering<'_> {
             .eps
             .cast_to_scalar::<f32>()
             .map_err(|e| unsupported(node, e))?;
-        let strides = contiguous_strides(&x.shape);
-        let mut r_shape = x.shape.clone();
-        r_shape[op.axis] = 1;
-        let count = x.shape[op.axis];
-        let n: usize = r_shape.iter().product();
-        let r = self.activation(&r_shape, Word::F32);
-        let mut params = vec![u(n), 5, u(r_shape.len()), 1, u(count), 0, 0, 0];
-        params.extend(pad8(&r_shape, 1));
-        params.extend(pad8(&strides, 0));
-        params.extend(pad8(&[count], 1));
-        params.extend(pad8(&[strides[op.axis]], 0));
-        if n == 0 {
+        let rows: usize = (0..x.shape.len())
+            .filter(|&a| a != op.axis)
+            .map(|a| x.shape[a])
+            .product();
+        if rows == 0 {
             return Err(unsupported(node, "empty tensor"));
         }
-        self.push_reduce(node, params, vec![x.buf, r.buf], n, count);
+        let r = self.reduced(node, &x, &[op.axis], 5)?;
+        let strides = contiguous_strides(&x.shape);
+        let r_shape = r.shape.clone();
         let inv = self.unary_step(node, &r, 38, eps, 0.0);
         let shape = x.shape.clone();
         let out = self.activation(&shape, Word::F32);

@@ -1,7 +1,7 @@
 //! Test support (used by this crate's tests and the end-to-end ones; nothing in `serve` calls
 //! it): a PostgreSQL server for tests, `initdb` and `postgres` from the machine's packages
-//! (`/usr/lib/postgresql/*/bin`, or `TERN_POSTGRES_BIN`), in a temporary directory, on a free
-//! loopback port, run as an unprivileged user when the tests run as root (`initdb` refuses
+//! (`/usr/lib/postgresql/*/bin`, or `TERN_POSTGRES_BIN`), in a temporary directory, reached
+//! through a Unix socket there, run as an unprivileged user when the tests run as root (`initdb` refuses
 //! root). Without the binaries the caller skips, unless `TERN_REQUIRE_POSTGRES=1`.
 
 use std::path::{Path, PathBuf};
@@ -100,14 +100,13 @@ impl TestPostgres {
             .status()
             .expect("initdb runs");
         assert!(status.success(), "initdb failed");
-        let port = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
-            listener.local_addr().expect("its address").port()
-        };
+        // A Unix socket in the temporary directory, no TCP port: nothing another test or
+        // process binds can be taken for this server.
+        const PORT: u16 = 5432;
         let child = as_unprivileged(&bin.join("postgres"))
             .arg("-D")
             .arg(&data)
-            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+            .args(["-p", &PORT.to_string(), "-c", "listen_addresses="])
             .arg("-c")
             .arg(format!("unix_socket_directories={}", dir.path().display()))
             .args(["-c", "fsync=off", "-c", "max_connections=200"])
@@ -115,16 +114,21 @@ impl TestPostgres {
             .stderr(Stdio::null())
             .spawn()
             .expect("postgres starts");
+        let socket_dir = dir.path().display().to_string().replace('/', "%2F");
         let server = Self {
-            url: format!("postgres://tern@127.0.0.1:{port}/postgres"),
+            url: format!("postgres://tern@{socket_dir}:{PORT}/postgres"),
             child,
             bin,
             data,
             _dir: dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "PostgreSQL did not start");
+        // Ready once it answers a query: it accepts connections while it is still starting.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while let Err(error) = execute(&server.url, "SELECT 1") {
+            assert!(
+                Instant::now() < deadline,
+                "PostgreSQL did not start: {error}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Some(server)
@@ -133,7 +137,8 @@ impl TestPostgres {
     /// A new database of the server, for a test that must start empty; its URL.
     pub fn database(&self, name: &str) -> String {
         execute(&self.url, &format!("CREATE DATABASE {name}")).expect("CREATE DATABASE");
-        self.url.replace("/postgres", &format!("/{name}"))
+        let server = self.url.trim_end_matches("/postgres");
+        format!("{server}/{name}")
     }
 }
 
