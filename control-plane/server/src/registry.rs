@@ -753,9 +753,13 @@ mod tests {
         )
         .expect("relabel");
         reg.revoke("edge-1", 5).expect("revoke");
-        let relabelled = changes.try_recv().expect("relabel commit");
+        let committed = |notice| match notice {
+            Ok(crate::backend::Notice::Committed(changes)) => changes,
+            other => panic!("{other:?}"),
+        };
+        let relabelled = committed(changes.try_recv());
         assert!(revoked_by(&relabelled).is_empty());
-        let revoked = changes.try_recv().expect("revoke commit");
+        let revoked = committed(changes.try_recv());
         assert_eq!(revoked_by(&revoked), [tern_proto::sha256(b"id1")]);
     }
 

@@ -11,7 +11,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::backend::{PostgresBackend, SharedBackend, SledBackend};
+use crate::backend::{Notice, PostgresBackend, SharedBackend, SledBackend};
 use crate::catalog::{Catalog, CatalogError};
 use crate::data_dir::{DataDir, LoadError};
 use crate::presence::Presence;
@@ -300,7 +300,7 @@ fn storage_probe(
 /// falling behind, it reads them all again.
 async fn follow_revocations(
     shared: Arc<Shared>,
-    mut changes: broadcast::Receiver<crate::backend::Changes>,
+    mut changes: broadcast::Receiver<crate::backend::Notice>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -308,27 +308,24 @@ async fn follow_revocations(
             _ = shutdown.changed() => return,
             received = changes.recv() => received,
         };
-        match received {
-            Ok(changes) => {
+        let missed = match received {
+            Ok(Notice::Committed(changes)) => {
                 for fingerprint in crate::registry::revoked_by(&changes) {
                     shared.revoked.revoke(fingerprint);
                 }
+                false
             }
-            Err(broadcast::error::RecvError::Lagged(missed)) => {
-                warn!(
-                    missed,
-                    "fell behind the store's changes; reading revocations again"
-                );
-                let work = shared.clone();
-                match tokio::task::spawn_blocking(move || work.registry.revoked_certificates())
-                    .await
-                {
-                    Ok(Ok(all)) => all.into_iter().for_each(|f| shared.revoked.revoke(f)),
-                    Ok(Err(e)) => warn!(error = %e, "cannot read revocations"),
-                    Err(e) => warn!(error = %e, "revocation reader failed"),
-                }
-            }
+            Ok(Notice::Missed) | Err(broadcast::error::RecvError::Lagged(_)) => true,
             Err(broadcast::error::RecvError::Closed) => return,
+        };
+        if missed {
+            warn!("fell behind the store's changes; reading revocations again");
+            let work = shared.clone();
+            match tokio::task::spawn_blocking(move || work.registry.revoked_certificates()).await {
+                Ok(Ok(all)) => all.into_iter().for_each(|f| shared.revoked.revoke(f)),
+                Ok(Err(e)) => warn!(error = %e, "cannot read revocations"),
+                Err(e) => warn!(error = %e, "revocation reader failed"),
+            }
         }
     }
 }

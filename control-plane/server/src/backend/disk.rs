@@ -12,8 +12,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use tokio::sync::broadcast;
 
 use super::{
-    Backend, BackendError, Changes, CommitError, KeyRange, NOTIFY_CAPACITY, Op, Table, Write,
-    conditions_hold,
+    Backend, BackendError, Changes, CommitError, KeyRange, NOTIFY_CAPACITY, Notice, Op, Table,
+    Write, conditions_hold,
 };
 
 /// A sled database; cheap to share behind an `Arc`.
@@ -22,7 +22,7 @@ pub struct SledBackend {
     db: sled::Db,
     trees: RwLock<HashMap<Table, sled::Tree>>,
     commits: Mutex<()>,
-    changes: broadcast::Sender<Changes>,
+    changes: broadcast::Sender<Notice>,
 }
 
 impl SledBackend {
@@ -190,7 +190,7 @@ impl Backend for SledBackend {
             // that subscribed since may have read the values this write replaced.
             if self.changes.receiver_count() > 0 {
                 let changes = changes.take().unwrap_or_else(|| write.changes().into());
-                let _ = self.changes.send(changes);
+                let _ = self.changes.send(Notice::Committed(changes));
             }
         }
         if !write.lazy {
@@ -199,7 +199,7 @@ impl Backend for SledBackend {
         Ok(())
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<Changes> {
+    fn subscribe(&self) -> broadcast::Receiver<Notice> {
         self.changes.subscribe()
     }
 

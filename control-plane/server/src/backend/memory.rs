@@ -6,8 +6,8 @@ use std::sync::{Mutex, MutexGuard};
 use tokio::sync::broadcast;
 
 use super::{
-    Backend, BackendError, Changes, CommitError, KeyRange, NOTIFY_CAPACITY, Op, Table, Write,
-    conditions_hold,
+    Backend, BackendError, Changes, CommitError, KeyRange, NOTIFY_CAPACITY, Notice, Op, Table,
+    Write, conditions_hold,
 };
 
 type Tables = BTreeMap<Table, BTreeMap<Vec<u8>, Vec<u8>>>;
@@ -16,7 +16,7 @@ type Tables = BTreeMap<Table, BTreeMap<Vec<u8>, Vec<u8>>>;
 #[derive(Debug)]
 pub struct MemoryBackend {
     tables: Mutex<Tables>,
-    changes: broadcast::Sender<Changes>,
+    changes: broadcast::Sender<Notice>,
 }
 
 impl Default for MemoryBackend {
@@ -100,12 +100,12 @@ impl Backend for MemoryBackend {
         }
         // Sent under the lock: subscribers see commits in the order they were applied.
         if let Some(changes) = changes {
-            let _ = self.changes.send(changes);
+            let _ = self.changes.send(Notice::Committed(changes));
         }
         Ok(())
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<Changes> {
+    fn subscribe(&self) -> broadcast::Receiver<Notice> {
         self.changes.subscribe()
     }
 

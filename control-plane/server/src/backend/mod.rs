@@ -217,6 +217,16 @@ pub struct Change {
 /// The changes of one commit, in the order of its operations.
 pub type Changes = Arc<[Change]>;
 
+/// What a subscriber hears.
+#[derive(Debug, Clone)]
+pub enum Notice {
+    /// The changes of one commit.
+    Committed(Changes),
+    /// Commits may have gone unheard (an engine shared by several processes lost its feed
+    /// of them for a while): a subscriber reads what it follows again, as after lagging.
+    Missed,
+}
+
 /// How many commits a subscriber may fall behind before it is told it lagged (and must read
 /// what it follows again).
 pub const NOTIFY_CAPACITY: usize = 1024;
@@ -334,8 +344,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// and announced.
     fn commit(&self, write: Write) -> Result<(), CommitError>;
 
-    /// The changes of every commit from now on, in commit order.
-    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Changes>;
+    /// The changes of every commit from now on, in commit order (on an engine that several
+    /// processes share, theirs too).
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Notice>;
 
     /// Puts everything committed so far on disk (lazy writes too).
     fn flush(&self) -> Result<(), BackendError>;

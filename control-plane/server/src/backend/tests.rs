@@ -140,7 +140,11 @@ fn subscribers_see_every_commit_in_order_and_nothing_of_a_conflict() {
                 .put(A, "k", b"x".to_vec()),
         );
         backend.commit(Write::new().delete(A, "k")).expect("commit");
-        let first = changes.try_recv().expect("first commit");
+        let mut committed = || match changes.try_recv() {
+            Ok(Notice::Committed(changes)) => changes,
+            other => panic!("{name}: {other:?}"),
+        };
+        let first = committed();
         assert_eq!(
             first.as_ref(),
             [
@@ -157,7 +161,7 @@ fn subscribers_see_every_commit_in_order_and_nothing_of_a_conflict() {
             ],
             "{name}"
         );
-        let second = changes.try_recv().expect("second commit");
+        let second = committed();
         assert_eq!(
             second.as_ref(),
             [Change {
@@ -345,6 +349,112 @@ fn postgres_pages_long_ranges_shares_state_and_refuses_a_newer_schema() {
             .contains("newer than this control plane"),
         "{refused}"
     );
+}
+
+/// The next notice `heard` gets within ten seconds.
+fn next_notice(heard: &mut tokio::sync::broadcast::Receiver<Notice>) -> Notice {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match heard.try_recv() {
+            Ok(notice) => return notice,
+            Err(tokio::sync::broadcast::error::TryRecvError::Empty)
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(e) => panic!("no notice: {e}"),
+        }
+    }
+}
+
+fn committed(notice: Notice) -> Vec<Change> {
+    match notice {
+        Notice::Committed(changes) => changes.to_vec(),
+        Notice::Missed => panic!("a commit, not a gap"),
+    }
+}
+
+#[test]
+fn postgres_tells_every_process_of_every_commit_in_order_and_reconnects_after_a_restart() {
+    let Some(mut server) = postgres::testing::TestPostgres::start() else {
+        return;
+    };
+    let namespace = postgres::testing::namespace();
+    // Two processes' views of one database: replicas.
+    let one = PostgresBackend::connect(&server.url, &namespace, 2).expect("connect");
+    let two = PostgresBackend::connect(&server.url, &namespace, 2).expect("connect");
+    let mut heard_by_two = two.subscribe();
+    let mut heard_by_one = one.subscribe();
+    let big = vec![7u8; 20_000];
+    one.commit(Write::new().put(A, "k", b"1".to_vec()))
+        .expect("commit");
+    two.commit(Write::new().put(A, "k", b"2".to_vec()))
+        .expect("commit");
+    assert!(matches!(
+        one.commit(
+            Write::new()
+                .only_if(A, "k", None)
+                .put(A, "k", b"x".to_vec())
+        ),
+        Err(CommitError::Conflict)
+    ));
+    // Over the notification payload's limit: the changes travel through a table.
+    one.commit(Write::new().put(B, "big", big.clone()).delete(A, "k"))
+        .expect("commit");
+    for heard in [&mut heard_by_two, &mut heard_by_one] {
+        let values: Vec<Vec<Change>> = (0..3).map(|_| committed(next_notice(heard))).collect();
+        assert_eq!(values[0][0].value.as_deref(), Some(&b"1"[..]));
+        assert_eq!(
+            values[1][0].value.as_deref(),
+            Some(&b"2"[..]),
+            "in commit order"
+        );
+        assert_eq!(
+            values[2],
+            [
+                Change {
+                    table: B,
+                    key: b"big".to_vec(),
+                    value: Some(big.clone())
+                },
+                Change {
+                    table: A,
+                    key: b"k".to_vec(),
+                    value: None
+                }
+            ]
+        );
+        assert!(heard.try_recv().is_err(), "the conflict announced nothing");
+    }
+
+    // The server restarts: connections are opened again, subscribers are told they may have
+    // missed commits, and then hear the new ones.
+    server.restart();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !(one.hears_changes() && two.hears_changes()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the feeds did not come back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    one.commit(Write::new().put(A, "after", b"3".to_vec()))
+        .expect("a commit after the restart, on a connection opened again");
+    assert_eq!(
+        two.get(A, b"after").expect("a read after the restart"),
+        Some(b"3".to_vec())
+    );
+    let mut gap = false;
+    loop {
+        match next_notice(&mut heard_by_two) {
+            Notice::Missed => gap = true,
+            Notice::Committed(changes) => {
+                assert!(gap, "the lost feed was told before later commits");
+                assert_eq!(changes[0].key, b"after");
+                break;
+            }
+        }
+    }
 }
 
 #[test]

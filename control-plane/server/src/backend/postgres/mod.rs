@@ -1,83 +1,85 @@
 //! The backend on PostgreSQL (`store = "postgres://..."`), for control planes whose state
-//! must outlive one machine: every table of every store in one relation `tern_entries`
-//! (`tbl`, `key`, `value`), keyed by a namespace and the table's name, in bytewise key order.
-//! A commit is one serializable transaction that reads its conditions under row locks
-//! (`FOR UPDATE`), so a condition cannot change before the write lands, and a serialization
-//! failure is retried; a lazy write commits without waiting for the WAL flush.
+//! must outlive one machine and replicas that share it: every table of every store in one
+//! relation `tern_entries` (`tbl`, `key`, `value`), keyed by a namespace and the table's
+//! name, in bytewise key order. A commit is one serializable transaction that reads its
+//! conditions under row locks (`FOR UPDATE`), so a condition cannot change before the write
+//! lands, and a serialization failure is retried; a lazy write commits without waiting for
+//! the WAL flush.
 //!
-//! `tokio-postgres` connections are driven by a runtime on a thread of their own, so that the
-//! blocking methods of [`Backend`] can wait on them from any thread (an async one included)
-//! without nesting runtimes. Commits are announced to this process's subscribers, in the
-//! order this process made them; other processes' commits are not announced yet.
+//! - `pool`: the connections, driven on a thread of their own and opened again when lost.
+//! - `feed`: every process's commits, heard through `LISTEN`/`NOTIFY` in commit order.
+//! - `schema`: versioned migrations, a newer schema refused.
 
+mod feed;
+mod pool;
 mod schema;
 pub mod testing;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures_executor::block_on;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::broadcast;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, IsolationLevel, NoTls};
-use tracing::warn;
+use tokio_postgres::{Client, IsolationLevel};
 
+pub use pool::ConnectError;
 pub use schema::SchemaError;
 
 use super::{
-    Backend, BackendError, Changes, CommitError, KeyRange, NOTIFY_CAPACITY, Op, Table, Write,
+    Backend, BackendError, CommitError, KeyRange, NOTIFY_CAPACITY, Notice, Op, Table, Write,
 };
+use feed::{Body, Feed, Stamp};
+use pool::{Driver, Pool};
 
 /// Rows fetched per page of a range scan.
 const PAGE: i64 = 256;
 /// Attempts at a commit that keeps failing serialization before giving up.
 const MAX_ATTEMPTS: usize = 8;
+/// How long opening waits for the change feed to listen.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a commit waits to hear itself back before telling subscribers they missed it.
+const HEARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Notices kept in `tern_notices` are pruned after every this many stored ones.
+const PRUNE_NOTICES_EVERY: u64 = 256;
+/// Longest namespace (it names a notification channel, at most 63 bytes).
+const MAX_NAMESPACE: usize = 40;
 
 /// Why the backend could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error("cannot connect to PostgreSQL: {0}")]
-    Connect(#[source] tokio_postgres::Error),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     #[error("cannot start the PostgreSQL driver thread: {0}")]
     Thread(#[source] std::io::Error),
     #[error(transparent)]
     Schema(#[from] SchemaError),
-}
-
-/// The thread that drives the connections; stopping it closes them.
-#[derive(Debug)]
-struct Driver {
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
+    #[error("namespace {0:?}: use at most 40 of a-z, 0-9, `_` and `-`")]
+    Namespace(String),
+    #[error("the PostgreSQL change feed did not start listening within {0:?}")]
+    Listen(Duration),
 }
 
 /// A PostgreSQL database; cheap to share behind an `Arc`.
 pub struct PostgresBackend {
     /// Prefix of every table's name: stores that used to be separate databases stay apart.
     namespace: String,
-    clients: Vec<Mutex<Client>>,
-    next: AtomicUsize,
-    commits: Mutex<()>,
-    changes: broadcast::Sender<Changes>,
-    _driver: Driver,
+    channel: String,
+    pool: Pool,
+    /// This backend's commits, in order: the stamp's sequence, taken under the lock.
+    commits: Mutex<u64>,
+    origin: u64,
+    stored_notices: AtomicU64,
+    feed: Arc<Feed>,
+    driver: Driver,
 }
 
 impl std::fmt::Debug for PostgresBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresBackend")
             .field("namespace", &self.namespace)
-            .field("connections", &self.clients.len())
+            .field("pool", &self.pool)
             .finish_non_exhaustive()
     }
 }
@@ -91,80 +93,51 @@ fn retryable(error: &tokio_postgres::Error) -> bool {
     )
 }
 
+fn valid_namespace(namespace: &str) -> bool {
+    !namespace.is_empty()
+        && namespace.len() <= MAX_NAMESPACE
+        && namespace
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
 impl PostgresBackend {
     /// Connects `connections` times to `url` (`postgres://user@host:port/db`), brings the
-    /// schema up to date (refusing a newer one) and keeps `namespace`'s tables apart from
-    /// others in the same database.
+    /// schema up to date (refusing a newer one), starts hearing every process's commits and
+    /// keeps `namespace`'s tables apart from others in the same database.
     pub fn connect(url: &str, namespace: &str, connections: usize) -> Result<Self, OpenError> {
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let url = url.to_owned();
-        let count = connections.max(1);
-        let thread = std::thread::Builder::new()
-            .name("postgres-driver".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(OpenError::Thread(e)));
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    let mut clients = Vec::with_capacity(count);
-                    for _ in 0..count {
-                        match tokio_postgres::connect(&url, NoTls).await {
-                            Ok((client, connection)) => {
-                                tokio::spawn(async move {
-                                    if let Err(error) = connection.await {
-                                        warn!(%error, "a PostgreSQL connection ended");
-                                    }
-                                });
-                                clients.push(client);
-                            }
-                            Err(e) => {
-                                let _ = ready_tx.send(Err(OpenError::Connect(e)));
-                                return;
-                            }
-                        }
-                    }
-                    let _ = ready_tx.send(Ok(clients));
-                    let _ = stop_rx.await;
-                });
-            })
-            .map_err(OpenError::Thread)?;
-        let driver = Driver {
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        };
-        let mut clients = match ready_rx.recv() {
-            Ok(result) => result?,
-            Err(_) => {
-                return Err(OpenError::Thread(std::io::Error::other(
-                    "the driver thread ended before connecting",
-                )));
-            }
-        };
-        if let Some(first) = clients.first_mut() {
-            block_on(schema::migrate(first))?;
+        if !valid_namespace(namespace) {
+            return Err(OpenError::Namespace(namespace.to_owned()));
+        }
+        let driver = Driver::start().map_err(OpenError::Thread)?;
+        let pool = Pool::open(&driver, url, connections)?;
+        {
+            let mut first = pool.get(&driver)?;
+            block_on(schema::migrate(first.client()))?;
+        }
+        let origin = rand::random::<u64>();
+        let feed = Arc::new(Feed::new(origin, NOTIFY_CAPACITY));
+        let channel = feed::channel(namespace);
+        driver.spawn(feed::listen(url.to_owned(), channel.clone(), feed.clone()));
+        if !feed.wait_listening(LISTEN_TIMEOUT) {
+            return Err(OpenError::Listen(LISTEN_TIMEOUT));
         }
         Ok(Self {
             namespace: namespace.to_owned(),
-            clients: clients.into_iter().map(Mutex::new).collect(),
-            next: AtomicUsize::new(0),
-            commits: Mutex::new(()),
-            changes: broadcast::channel(NOTIFY_CAPACITY).0,
-            _driver: driver,
+            channel,
+            pool,
+            commits: Mutex::new(0),
+            origin,
+            stored_notices: AtomicU64::new(0),
+            feed,
+            driver,
         })
     }
 
-    /// A connection of the pool, taken in turn.
-    fn client(&self) -> MutexGuard<'_, Client> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
-        self.clients[i].lock().unwrap_or_else(|p| p.into_inner())
+    /// Whether commits of other processes are heard now (not while the change feed's
+    /// connection is being opened again).
+    pub fn hears_changes(&self) -> bool {
+        self.feed.listening()
     }
 
     /// The stored name of `table`.
@@ -172,12 +145,37 @@ impl PostgresBackend {
         format!("{}/{}", self.namespace, table.0)
     }
 
-    /// Runs `write` in one serializable transaction: `Ok(false)` when a condition did not hold
-    /// (nothing written).
+    /// Runs `query` on a connection of the pool; once more on a fresh connection when the
+    /// one it ran on had closed (the server restarted since).
+    fn read<T>(
+        &self,
+        mut query: impl FnMut(&mut Client) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<T, BackendError> {
+        let mut again = true;
+        loop {
+            let mut lease = self.pool.get(&self.driver).map_err(BackendError::storage)?;
+            match query(lease.client()) {
+                Ok(value) => return Ok(value),
+                Err(e) => {
+                    let closed = lease.client().is_closed();
+                    lease.check();
+                    if !(closed && again) {
+                        return Err(BackendError::storage(e));
+                    }
+                    again = false;
+                }
+            }
+        }
+    }
+
+    /// Runs `write` in one serializable transaction that also notifies every listener:
+    /// `Ok(false)` when a condition did not hold (nothing written).
     async fn apply(
+        &self,
         client: &mut Client,
-        name: impl Fn(Table) -> String,
         write: &Write,
+        stamp: Stamp,
+        changes: &[u8],
     ) -> Result<bool, tokio_postgres::Error> {
         let tx = client
             .build_transaction()
@@ -192,7 +190,7 @@ impl PostgresBackend {
             let row = tx
                 .query_opt(
                     "SELECT value FROM tern_entries WHERE tbl = $1 AND key = $2 FOR UPDATE",
-                    &[&name(condition.table), &condition.key],
+                    &[&self.name(condition.table), &condition.key],
                 )
                 .await?;
             let held: Option<Vec<u8>> = row.map(|r| r.get(0));
@@ -207,18 +205,43 @@ impl PostgresBackend {
                     tx.execute(
                         "INSERT INTO tern_entries (tbl, key, value) VALUES ($1, $2, $3) \
                          ON CONFLICT (tbl, key) DO UPDATE SET value = EXCLUDED.value",
-                        &[&name(*table), key, value],
+                        &[&self.name(*table), key, value],
                     )
                     .await?;
                 }
                 Op::Delete { table, key } => {
                     tx.execute(
                         "DELETE FROM tern_entries WHERE tbl = $1 AND key = $2",
-                        &[&name(*table), key],
+                        &[&self.name(*table), key],
                     )
                     .await?;
                 }
             }
+        }
+        if !write.ops.is_empty() {
+            let body = if changes.len() <= feed::INLINE_LIMIT {
+                Body::Inline(changes.to_vec())
+            } else {
+                if self.stored_notices.fetch_add(1, Ordering::Relaxed) % PRUNE_NOTICES_EVERY == 0 {
+                    tx.execute(
+                        "DELETE FROM tern_notices WHERE created < now() - interval '1 hour'",
+                        &[],
+                    )
+                    .await?;
+                }
+                let row = tx
+                    .query_one(
+                        "INSERT INTO tern_notices (body) VALUES ($1) RETURNING id",
+                        &[&changes],
+                    )
+                    .await?;
+                Body::Stored(row.get(0))
+            };
+            tx.execute(
+                "SELECT pg_notify($1, $2)",
+                &[&self.channel, &feed::payload(stamp, &body)],
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(true)
@@ -227,12 +250,13 @@ impl PostgresBackend {
 
 impl Backend for PostgresBackend {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
-        let client = self.client();
-        let row = block_on(client.query_opt(
-            "SELECT value FROM tern_entries WHERE tbl = $1 AND key = $2",
-            &[&self.name(table), &key],
-        ))
-        .map_err(BackendError::storage)?;
+        let name = self.name(table);
+        let row = self.read(|client| {
+            block_on(client.query_opt(
+                "SELECT value FROM tern_entries WHERE tbl = $1 AND key = $2",
+                &[&name, &key],
+            ))
+        })?;
         Ok(row.map(|r| r.get(0)))
     }
 
@@ -258,14 +282,10 @@ impl Backend for PostgresBackend {
                 if upper.is_some() { " AND key < $3" } else { "" },
                 if reverse { "DESC" } else { "ASC" },
             );
-            let rows = {
-                let client = self.client();
-                match &upper {
-                    Some(upper) => block_on(client.query(&sql, &[&name, &lower, upper])),
-                    None => block_on(client.query(&sql, &[&name, &lower])),
-                }
-                .map_err(BackendError::storage)?
-            };
+            let rows = self.read(|client| match &upper {
+                Some(upper) => block_on(client.query(&sql, &[&name, &lower, upper])),
+                None => block_on(client.query(&sql, &[&name, &lower])),
+            })?;
             let full = rows.len() as i64 == PAGE;
             for row in &rows {
                 let key: &[u8] = row.get(0);
@@ -281,22 +301,36 @@ impl Backend for PostgresBackend {
         }
     }
 
+    /// Subscribers hear of the commit from the change feed, in the order every process's
+    /// commits were made; the commit waits (briefly) until they have.
     fn commit(&self, write: Write) -> Result<(), CommitError> {
-        // Commits of this process are applied and announced one at a time, in order.
-        let _order = self.commits.lock().unwrap_or_else(|p| p.into_inner());
-        let mut client = self.client();
-        let name = |table: Table| self.name(table);
+        // Commits of this backend are made one at a time, in the order of their stamps.
+        let mut sequence = self.commits.lock().unwrap_or_else(|p| p.into_inner());
+        *sequence += 1;
+        let stamp = Stamp {
+            origin: self.origin,
+            seq: *sequence,
+        };
+        let changes = feed::encode_changes(&write.changes());
+        let mut lease = self
+            .pool
+            .get(&self.driver)
+            .map_err(|e| CommitError::Backend(BackendError::storage(e)))?;
         for _ in 0..MAX_ATTEMPTS {
-            match block_on(Self::apply(&mut client, name, &write)) {
+            match block_on(self.apply(lease.client(), &write, stamp, &changes)) {
                 Ok(true) => {
-                    if self.changes.receiver_count() > 0 {
-                        let _ = self.changes.send(write.changes().into());
+                    drop(lease);
+                    if !write.ops.is_empty() && self.feed.notices.receiver_count() > 0 {
+                        self.feed.wait_heard(stamp.seq, HEARD_TIMEOUT);
                     }
                     return Ok(());
                 }
                 Ok(false) => return Err(CommitError::Conflict),
                 Err(e) if retryable(&e) => continue,
-                Err(e) => return Err(CommitError::Backend(BackendError::storage(e))),
+                Err(e) => {
+                    lease.check();
+                    return Err(CommitError::Backend(BackendError::storage(e)));
+                }
             }
         }
         Err(CommitError::Backend(BackendError::Contended {
@@ -304,15 +338,13 @@ impl Backend for PostgresBackend {
         }))
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<Changes> {
-        self.changes.subscribe()
+    fn subscribe(&self) -> broadcast::Receiver<Notice> {
+        self.feed.notices.subscribe()
     }
 
     /// Lazy commits reach the disk with the next synchronous commit record (the WAL is one
     /// sequence): a transaction that takes a transaction id writes one and waits for it.
     fn flush(&self) -> Result<(), BackendError> {
-        let client = self.client();
-        block_on(client.batch_execute("SELECT pg_catalog.txid_current()"))
-            .map_err(BackendError::storage)
+        self.read(|client| block_on(client.batch_execute("SELECT pg_catalog.txid_current()")))
     }
 }

@@ -6,7 +6,10 @@
 use tokio_postgres::Client;
 
 /// The migrations, in order: version `i + 1` is `MIGRATIONS[i]`.
-pub const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_entries.sql")];
+pub const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_entries.sql"),
+    include_str!("migrations/0002_notices.sql"),
+];
 
 /// The schema version this build writes.
 pub fn current() -> i32 {

@@ -40,7 +40,7 @@ pub struct TestPostgres {
     child: Child,
     bin: PathBuf,
     data: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 /// The directory of PostgreSQL's server binaries, if the machine has them.
@@ -100,38 +100,48 @@ impl TestPostgres {
             .status()
             .expect("initdb runs");
         assert!(status.success(), "initdb failed");
-        // A Unix socket in the temporary directory, no TCP port: nothing another test or
-        // process binds can be taken for this server.
-        const PORT: u16 = 5432;
-        let child = as_unprivileged(&bin.join("postgres"))
-            .arg("-D")
-            .arg(&data)
-            .args(["-p", &PORT.to_string(), "-c", "listen_addresses="])
-            .arg("-c")
-            .arg(format!("unix_socket_directories={}", dir.path().display()))
-            .args(["-c", "fsync=off", "-c", "max_connections=200"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("postgres starts");
+        let child = spawn(&bin, &data, dir.path());
         let socket_dir = dir.path().display().to_string().replace('/', "%2F");
         let server = Self {
             url: format!("postgres://tern@{socket_dir}:{PORT}/postgres"),
             child,
             bin,
             data,
-            _dir: dir,
+            dir,
         };
-        // Ready once it answers a query: it accepts connections while it is still starting.
+        server.wait_ready();
+        Some(server)
+    }
+
+    /// Ready once it answers a query: it accepts connections while it is still starting.
+    fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
-        while let Err(error) = execute(&server.url, "SELECT 1") {
+        while let Err(error) = execute(&self.url, "SELECT 1") {
             assert!(
                 Instant::now() < deadline,
                 "PostgreSQL did not start: {error}"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Some(server)
+    }
+
+    /// Stops the server at once (every connection drops, as in a crash) and starts it again
+    /// on the same data and socket.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = spawn(&self.bin, &self.data, self.dir.path());
+        self.wait_ready();
+    }
+
+    fn stop(&mut self) {
+        let _ = as_unprivileged(&self.bin.join("pg_ctl"))
+            .args(["stop", "-m", "immediate", "-D"])
+            .arg(&self.data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// A new database of the server, for a test that must start empty; its URL.
@@ -162,13 +172,25 @@ pub fn execute(url: &str, sql: &str) -> Result<(), String> {
 
 impl Drop for TestPostgres {
     fn drop(&mut self) {
-        let _ = as_unprivileged(&self.bin.join("pg_ctl"))
-            .args(["stop", "-m", "immediate", "-D"])
-            .arg(&self.data)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
+}
+
+/// The port in the socket's name (`.s.PGSQL.5432`); no TCP port is opened.
+const PORT: u16 = 5432;
+
+/// Starts `postgres` on `data`, listening on a Unix socket in `dir` only: nothing another
+/// test or process binds can be taken for this server.
+fn spawn(bin: &Path, data: &Path, dir: &Path) -> Child {
+    as_unprivileged(&bin.join("postgres"))
+        .arg("-D")
+        .arg(data)
+        .args(["-p", &PORT.to_string(), "-c", "listen_addresses="])
+        .arg("-c")
+        .arg(format!("unix_socket_directories={}", dir.display()))
+        .args(["-c", "fsync=off", "-c", "max_connections=200"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("postgres starts")
 }

@@ -1,0 +1,161 @@
+//! Connections to PostgreSQL that come back: a runtime on a thread of its own drives them
+//! (so that blocking callers on any thread, async ones included, can wait on them without
+//! nesting runtimes), and a connection found closed — the server restarted, the network
+//! dropped it — is opened again on next use.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use futures_executor::block_on;
+use tokio::sync::oneshot;
+use tokio_postgres::{Client, NoTls};
+use tracing::{info, warn};
+
+/// The thread that drives the connections; stopping it closes them.
+#[derive(Debug)]
+pub(super) struct Driver {
+    runtime: tokio::runtime::Handle,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Driver {
+    pub(super) fn start() -> std::io::Result<Self> {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("postgres-driver".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(runtime.handle().clone()));
+                runtime.block_on(async move {
+                    let _ = stop_rx.await;
+                });
+            })?;
+        let runtime = ready_rx
+            .recv()
+            .map_err(|_| std::io::Error::other("the driver thread ended before it started"))??;
+        Ok(Self {
+            runtime,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Runs `work` on the driver's runtime and waits for it.
+    pub(super) fn run<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = T> + Send + 'static,
+    ) -> Option<T> {
+        block_on(self.runtime.spawn(work)).ok()
+    }
+
+    /// Starts `work` on the driver's runtime; it ends with the driver.
+    pub(super) fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
+        drop(self.runtime.spawn(work));
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Why no connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot connect to PostgreSQL: {0}")]
+    Connect(#[source] tokio_postgres::Error),
+    #[error("the PostgreSQL driver thread has stopped")]
+    Stopped,
+}
+
+/// Opens one connection on the driver's runtime and waits for it.
+pub(super) fn connect(driver: &Driver, url: &str) -> Result<Client, ConnectError> {
+    driver
+        .run(open(url.to_owned()))
+        .ok_or(ConnectError::Stopped)?
+        .map_err(ConnectError::Connect)
+}
+
+/// Opens one connection, driven by a task of the current runtime.
+pub(super) async fn open(url: String) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(&url, NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            warn!(%error, "a PostgreSQL connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// A fixed number of connections, taken in turn, each opened again once found closed.
+#[derive(Debug)]
+pub(super) struct Pool {
+    url: String,
+    slots: Vec<Mutex<Option<Client>>>,
+    next: AtomicUsize,
+}
+
+/// One connection of the pool, held until dropped.
+pub(super) struct Lease<'a>(MutexGuard<'a, Option<Client>>);
+
+impl Lease<'_> {
+    pub(super) fn client(&mut self) -> &mut Client {
+        self.0
+            .as_mut()
+            .expect("a lease is only handed out with an open connection")
+    }
+
+    /// Drops the connection if it closed, so the next use opens a new one.
+    pub(super) fn check(&mut self) {
+        if self.0.as_ref().is_some_and(Client::is_closed) {
+            *self.0 = None;
+        }
+    }
+}
+
+impl Pool {
+    /// Opens `size` connections to `url` (at least one).
+    pub(super) fn open(driver: &Driver, url: &str, size: usize) -> Result<Self, ConnectError> {
+        let mut slots = Vec::new();
+        for _ in 0..size.max(1) {
+            let client = connect(driver, url)?;
+            slots.push(Mutex::new(Some(client)));
+        }
+        Ok(Self {
+            url: url.to_owned(),
+            slots,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// The next connection in turn, opened again first if it had closed.
+    pub(super) fn get(&self, driver: &Driver) -> Result<Lease<'_>, ConnectError> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let mut slot = self.slots[i].lock().unwrap_or_else(|p| p.into_inner());
+        if slot.as_ref().is_none_or(Client::is_closed) {
+            *slot = None;
+            let client = connect(driver, &self.url)?;
+            info!("connected to PostgreSQL again");
+            *slot = Some(client);
+        }
+        Ok(Lease(slot))
+    }
+}
