@@ -312,7 +312,7 @@ impl ControlPlane {
         let mut config = data.init(&InitOptions {
             listen_agents: Some(agent_addr),
             listen_api: Some(api_addr),
-            server_names: vec![],
+            ..InitOptions::default()
         })?;
         tune(&mut config);
         std::fs::write(data.config(), config.to_toml())?;
@@ -323,6 +323,38 @@ impl ControlPlane {
             api_addr,
             process: None,
             log_filter: "info,tern_control_plane=debug".into(),
+        })
+    }
+
+    /// Another replica of `first` (`tern-control-plane replica init --from`) in `root/name`,
+    /// on addresses of its own; not yet serving.
+    pub fn replica(root: &Path, name: &str, first: &ControlPlane) -> anyhow::Result<Self> {
+        let dir = root.join(name);
+        let agent_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let api_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let output = Command::new(bin("tern-control-plane"))
+            .args(["replica", "init", "--from"])
+            .arg(&first.dir)
+            .arg("--data-dir")
+            .arg(&dir)
+            .arg("--listen-agents")
+            .arg(agent_addr.to_string())
+            .arg("--listen-api")
+            .arg(api_addr.to_string())
+            .output()?;
+        if !output.status.success() {
+            bail!(
+                "replica init failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(Self {
+            log_dir: dir.clone(),
+            dir,
+            agent_addr,
+            api_addr,
+            process: None,
+            log_filter: first.log_filter.clone(),
         })
     }
 

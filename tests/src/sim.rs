@@ -519,6 +519,7 @@ fn agent_record(name: &str) -> AgentRecord {
         last_seen_ms: 0,
         status: AgentStatus::Ready,
         address: None,
+        replica: None,
         cert_sha256: String::new(),
         previous_cert_sha256: None,
         cert_expires_ms: None,

@@ -200,12 +200,14 @@ async fn session(
         let capacity = clean_capacity(&hello.capacity);
         let version = clean(&hello.software_version);
         let (reported, reported_version) = (capacity.clone(), version.clone());
+        let replica = shared.replica.name.clone();
         update_agent(shared, &record.id, move |a| {
             a.capacity = reported.clone();
             a.version = reported_version.clone();
             a.last_seen_ms = now;
             a.status = tern_proto::api::AgentStatus::Ready;
             a.address = Some(remote.to_string());
+            a.replica = Some(replica.clone());
         })
         .await?;
         let welcome = Welcome {
@@ -264,9 +266,13 @@ async fn session(
             .seen(&record.id)
             .map(|s| s.last_seen_ms)
             .unwrap_or(now);
+        let work = shared.clone();
         update_agent(shared, &record.id, move |a| {
-            a.status = tern_proto::api::AgentStatus::NotReady;
-            a.last_seen_ms = last_seen;
+            // Unless it connected to another replica meanwhile.
+            if work.replica.may_mark(a) {
+                a.status = tern_proto::api::AgentStatus::NotReady;
+                a.last_seen_ms = last_seen;
+            }
         })
         .await?;
     }
@@ -356,6 +362,7 @@ async fn handle(
         AgentMessage::Status(report) => {
             debug!(agent = %record.name, generation = report.applied_generation, "status report");
             let ack = ControlMessage::Ack(tern_proto::message::Ack { seq: report.seq });
+            share(shared, &record.id, Report::Status(report.clone())).await;
             shared.reports.record(&record.id, report);
             write_frame(send, &ack, MAX_FRAME_LEN).await?;
         }
@@ -379,6 +386,7 @@ async fn handle(
                 debug!(agent = %record.name, foreign, "health of revisions the agent was never given: dropped");
                 shared.health.count_dropped(foreign);
             }
+            share(shared, &record.id, Report::Health(report.clone())).await;
             shared
                 .health
                 .record(&record.id, &report, tern_clock::unix_millis_now());
@@ -406,6 +414,34 @@ async fn handle(
         }
     }
     Ok(())
+}
+
+/// A report to share with the other replicas.
+enum Report {
+    Status(tern_proto::message::StatusReport),
+    Health(tern_proto::message::HealthReport),
+}
+
+/// Shares an agent's report with the replicas that do not hold it (when there are any), in
+/// the order the agent sent them; a lost one is replaced by the agent's next.
+async fn share(shared: &Arc<Shared>, agent: &str, report: Report) {
+    if !shared.replica.peers {
+        return;
+    }
+    let (work, agent) = (shared.clone(), agent.to_owned());
+    let shared_it = tokio::task::spawn_blocking(move || {
+        let me = &work.replica.name;
+        let written = match &report {
+            Report::Status(r) => work.shared_reports.status(me, &agent, r),
+            Report::Health(r) => work.shared_reports.health(me, &agent, r),
+        };
+        if let Err(e) = written {
+            warn!(%agent, error = %e, "cannot share the agent's report with the other replicas");
+        }
+    });
+    if let Err(e) = shared_it.await {
+        warn!(error = %e, "report sharing task failed");
+    }
 }
 
 async fn refuse(send: &mut SendStream, reason: &str) {

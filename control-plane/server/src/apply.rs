@@ -8,7 +8,7 @@ use tern_proto::api::{ApplyRequest, Change, ChangeAction, PinnedStep};
 use tern_proto::manifest::{ArtifactRef, Deployment, ManifestError, Pipeline, Resource, StepKind};
 use tern_proto::release::ArtifactKind;
 
-use crate::catalog::{Catalog, CatalogError, DeploymentRecord, PipelineRecord};
+use crate::catalog::{Catalog, CatalogError, CatalogLock, DeploymentRecord, PipelineRecord};
 use crate::releases::{ReleaseStore, ReleaseStoreError};
 use crate::rollout::{Rollout, RolloutPolicy};
 
@@ -112,7 +112,7 @@ pub fn apply(
     request: &ApplyRequest,
     now_ms: u64,
 ) -> Result<Vec<Change>, ApplyError> {
-    let _guard = catalog.lock();
+    let lock = catalog.lock()?;
     let source = |i: usize| request.sources.get(i).unwrap_or(&request.file).as_str();
     for (i, resource) in request.resources.iter().enumerate() {
         resource.validate(source(i))?;
@@ -160,7 +160,7 @@ pub fn apply(
         };
         pending.insert(name.clone(), revision);
         if action != ChangeAction::Unchanged && !request.dry_run {
-            catalog.put_pipeline(&PipelineRecord {
+            lock.put_pipeline(&PipelineRecord {
                 manifest: pipeline.clone(),
                 revision,
                 pinned,
@@ -170,7 +170,7 @@ pub fn apply(
                 },
             })?;
             if !in_place {
-                roll_out_revision(catalog, &name, revision, now_ms)?;
+                roll_out_revision(catalog, &lock, &name, revision, now_ms)?;
             }
         }
         changes.push(Change {
@@ -187,7 +187,7 @@ pub fn apply(
             continue;
         };
         changes.push(apply_deployment(
-            (catalog, releases),
+            (catalog, &lock, releases),
             deployment,
             &pending,
             (source(i), request.dry_run),
@@ -214,6 +214,7 @@ fn agent_facing(pipeline: &Pipeline) -> Pipeline {
 /// Starts a rollout of `revision` in every deployment of pipeline `name`.
 fn roll_out_revision(
     catalog: &Catalog,
+    lock: &CatalogLock<'_>,
     name: &str,
     revision: u64,
     now_ms: u64,
@@ -230,7 +231,7 @@ fn roll_out_revision(
             None => Some(Rollout::new(revision, None, policy, now_ms)),
         };
         record.updated_ms = now_ms;
-        catalog.put_deployment(&record)?;
+        lock.put_deployment(&record)?;
     }
     Ok(())
 }
@@ -325,7 +326,7 @@ fn check_variants(
 }
 
 fn apply_deployment(
-    (catalog, releases): (&Catalog, &ReleaseStore),
+    (catalog, lock, releases): (&Catalog, &CatalogLock<'_>, &ReleaseStore),
     deployment: &Deployment,
     pending: &BTreeMap<String, u64>,
     (file, dry_run): (&str, bool),
@@ -370,7 +371,7 @@ fn apply_deployment(
             Some(rollout) => rollout.successor(latest, policy, now_ms),
             None => Rollout::new(latest, None, policy, now_ms),
         };
-        catalog.put_deployment(&DeploymentRecord {
+        lock.put_deployment(&DeploymentRecord {
             manifest: deployment.clone(),
             created_ms: existing.as_ref().map(|o| o.created_ms).unwrap_or(now_ms),
             updated_ms: now_ms,
@@ -392,7 +393,7 @@ pub fn delete(
     catalog: &Catalog,
     resources: &[(String, String)],
 ) -> Result<Vec<Change>, ApplyError> {
-    let _guard = catalog.lock();
+    let lock = catalog.lock()?;
     let mut changes = Vec::new();
     for (kind, _) in resources {
         match kind.as_str() {
@@ -431,13 +432,13 @@ pub fn delete(
     };
     for (kind, name) in resources.iter().filter(|(k, _)| k == "Deployment") {
         let before = catalog.deployment(name)?;
-        let removed = catalog.delete_deployment(name)?;
+        let removed = lock.delete_deployment(name)?;
         let before = before.map(|b| Resource::Deployment(b.manifest));
         changes.push(change(kind, name, removed, None, before));
     }
     for (kind, name) in resources.iter().filter(|(k, _)| k == "Pipeline") {
         let before = catalog.pipeline(name)?;
-        let removed = catalog.delete_pipeline(name)?;
+        let removed = lock.delete_pipeline(name)?;
         let revision = before.as_ref().map(|b| b.revision);
         let before = before.map(|b| Resource::Pipeline(b.manifest));
         changes.push(change(kind, name, removed, revision, before));
@@ -460,7 +461,7 @@ pub fn rollout_command(
     command: RolloutCommand,
     now_ms: u64,
 ) -> Result<DeploymentRecord, ApplyError> {
-    let _guard = catalog.lock();
+    let lock = catalog.lock()?;
     let mut record = catalog
         .deployment(deployment)?
         .ok_or_else(|| ApplyError::NotFound {
@@ -492,6 +493,6 @@ pub fn rollout_command(
         )));
     }
     record.updated_ms = now_ms;
-    catalog.put_deployment(&record)?;
+    lock.put_deployment(&record)?;
     Ok(record)
 }

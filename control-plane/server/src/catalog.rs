@@ -3,24 +3,28 @@
 //!
 //! Tables: `pipelines` (name → latest [`PipelineRecord`]), `pipeline_revisions`
 //! (`name\0revision` → [`PipelineRecord`] as applied), `deployments` (name →
-//! [`DeploymentRecord`]). Records are JSON. Applies are serialized by a lock; each resource is
+//! [`DeploymentRecord`]), `catalog_meta` (`generation`: how many changes the catalog has had).
+//! Records are JSON. Changes are made under a [`CatalogLock`]: one at a time in a process, and
+//! across the replicas that share a store each write holds only if the catalog's generation is
+//! still the one the lock read (else [`CatalogError::Changed`], and nothing is written), so a
+//! change decided on what another replica has since changed never lands. Each resource is
 //! written in one atomic write (a pipeline's revision and its latest entry together), and
 //! applying is idempotent, so an apply cut short is finished by running it again.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 use tern_proto::api::PinnedStep;
 use tern_proto::manifest::{Deployment, Pipeline};
 
-use crate::backend::{
-    BackendError, CommitError, KeyRange, Scan, SharedBackend, Table, Write, transact,
-};
+use crate::backend::{BackendError, CommitError, KeyRange, Scan, SharedBackend, Table, Write};
 use crate::records::{CorruptRecord, decode, encode, versioned_key, versions_prefix};
 
 const PIPELINES: Table = Table("pipelines");
 const REVISIONS: Table = Table("pipeline_revisions");
 const DEPLOYMENTS: Table = Table("deployments");
+const META: Table = Table("catalog_meta");
+const GENERATION: &[u8] = b"generation";
 use crate::rollout::Rollout;
 
 /// A failure of the storage itself.
@@ -30,6 +34,10 @@ pub enum CatalogError {
     Storage(#[from] BackendError),
     #[error("catalog {0}")]
     Corrupt(#[from] CorruptRecord),
+    #[error(
+        "the catalog changed meanwhile (another replica applied a change); nothing was written: try again"
+    )]
+    Changed,
 }
 
 /// One revision of a pipeline: the manifest as applied and the releases it pins.
@@ -55,20 +63,38 @@ pub struct DeploymentRecord {
 #[derive(Debug)]
 pub struct Catalog {
     backend: SharedBackend,
-    changes: Mutex<()>,
+    /// Held by a [`CatalogLock`]; shared with the catalogs [`Catalog::on`] makes.
+    changes: Arc<Mutex<()>>,
 }
 
 impl Catalog {
     pub fn new(backend: SharedBackend) -> Self {
         Self {
             backend,
-            changes: Mutex::new(()),
+            changes: Arc::default(),
         }
     }
 
-    /// Held while a change (apply, delete, rollout command, planner step) reads and writes.
-    pub fn lock(&self) -> MutexGuard<'_, ()> {
-        self.changes.lock().unwrap_or_else(|p| p.into_inner())
+    /// The same catalog through another handle on its backend (one whose writes are fenced),
+    /// sharing this one's lock.
+    pub fn on(&self, backend: SharedBackend) -> Self {
+        Self {
+            backend,
+            changes: self.changes.clone(),
+        }
+    }
+
+    /// Holds the catalog for a change (apply, delete, rollout command, planner step): what is
+    /// read from now on is what the change is decided on, and its writes hold only if nobody
+    /// changed the catalog meanwhile.
+    pub fn lock(&self) -> Result<CatalogLock<'_>, CatalogError> {
+        let held = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        let generation = self.backend.get(META, GENERATION)?;
+        Ok(CatalogLock {
+            catalog: self,
+            _held: held,
+            generation: std::cell::RefCell::new(generation),
+        })
     }
 
     fn get<T: serde::de::DeserializeOwned>(
@@ -90,25 +116,6 @@ impl Catalog {
             .collect()
     }
 
-    fn commit(&self, write: Write) -> Result<(), CatalogError> {
-        self.backend
-            .commit(write)
-            .map_err(CommitError::into_backend)?;
-        Ok(())
-    }
-
-    /// Deletes `name` from `table`; whether it was there. The read is a condition of the
-    /// delete (a change by another writer in between runs both again), so the answer is true
-    /// of what the delete removed.
-    fn delete(&self, table: Table, name: &str) -> Result<bool, CatalogError> {
-        transact(self.backend.as_ref(), |txn| {
-            let existed = txn.get(table, name.as_bytes())?.is_some();
-            txn.delete(table, name.as_bytes());
-            Ok(existed)
-        })
-    }
-
-    /// The latest revision of a pipeline.
     pub fn pipeline(&self, name: &str) -> Result<Option<PipelineRecord>, CatalogError> {
         self.get(PIPELINES, name.as_bytes())
     }
@@ -138,6 +145,72 @@ impl Catalog {
     }
 
     /// Records a new latest revision.
+    pub fn pipelines(&self) -> Result<Vec<PipelineRecord>, CatalogError> {
+        self.all(PIPELINES)
+    }
+
+    pub fn deployment(&self, name: &str) -> Result<Option<DeploymentRecord>, CatalogError> {
+        self.get(DEPLOYMENTS, name.as_bytes())
+    }
+
+    /// Every deployment, by name.
+    pub fn deployments(&self) -> Result<Vec<DeploymentRecord>, CatalogError> {
+        self.all(DEPLOYMENTS)
+    }
+}
+
+/// The catalog held for one change ([`Catalog::lock`]); its writes are the catalog's only ones.
+#[derive(Debug)]
+pub struct CatalogLock<'a> {
+    catalog: &'a Catalog,
+    _held: MutexGuard<'a, ()>,
+    /// The generation the change is decided on (`None`: the catalog never changed).
+    generation: std::cell::RefCell<Option<Vec<u8>>>,
+}
+
+impl CatalogLock<'_> {
+    /// Applies `write` if the catalog is still at the generation this change read, and moves
+    /// it to the next.
+    fn commit(&self, write: Write) -> Result<(), CatalogError> {
+        let read = self.generation.take();
+        let next = read
+            .as_deref()
+            .and_then(|v| <[u8; 8]>::try_from(v).ok())
+            .map_or(0, u64::from_be_bytes)
+            + 1;
+        let next = next.to_be_bytes().to_vec();
+        let result =
+            self.catalog
+                .backend
+                .commit(write.only_if(META, GENERATION, read.clone()).put(
+                    META,
+                    GENERATION,
+                    next.clone(),
+                ));
+        match result {
+            Ok(()) => {
+                self.generation.replace(Some(next));
+                Ok(())
+            }
+            Err(CommitError::Conflict) => {
+                self.generation.replace(read);
+                Err(CatalogError::Changed)
+            }
+            Err(CommitError::Backend(e)) => {
+                self.generation.replace(read);
+                Err(e.into())
+            }
+        }
+    }
+
+    fn delete(&self, table: Table, name: &str) -> Result<bool, CatalogError> {
+        let existed = self.catalog.backend.get(table, name.as_bytes())?.is_some();
+        if existed {
+            self.commit(Write::new().delete(table, name.as_bytes()))?;
+        }
+        Ok(existed)
+    }
+
     pub fn put_pipeline(&self, record: &PipelineRecord) -> Result<(), CatalogError> {
         let name = &record.manifest.metadata.name;
         self.commit(
@@ -157,14 +230,6 @@ impl Catalog {
         self.delete(PIPELINES, name)
     }
 
-    pub fn pipelines(&self) -> Result<Vec<PipelineRecord>, CatalogError> {
-        self.all(PIPELINES)
-    }
-
-    pub fn deployment(&self, name: &str) -> Result<Option<DeploymentRecord>, CatalogError> {
-        self.get(DEPLOYMENTS, name.as_bytes())
-    }
-
     pub fn put_deployment(&self, record: &DeploymentRecord) -> Result<(), CatalogError> {
         self.commit(Write::new().put(
             DEPLOYMENTS,
@@ -175,10 +240,5 @@ impl Catalog {
 
     pub fn delete_deployment(&self, name: &str) -> Result<bool, CatalogError> {
         self.delete(DEPLOYMENTS, name)
-    }
-
-    /// Every deployment, by name.
-    pub fn deployments(&self) -> Result<Vec<DeploymentRecord>, CatalogError> {
-        self.all(DEPLOYMENTS)
     }
 }

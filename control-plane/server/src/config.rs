@@ -36,6 +36,15 @@ pub struct ControlPlaneConfig {
     /// or, when absent, sled databases in the data directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<String>,
+    /// Where artifacts live: a directory (absolute), which replicas of one control plane
+    /// share (a network filesystem); `artifacts/` in the data directory when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<PathBuf>,
+    /// How long the lease on the work that must happen once (rollouts, drift, compaction,
+    /// exports) outlives its holder's last renewal: when the holder dies, another replica
+    /// takes the work over after this long. Replicas' clocks must agree well within it.
+    #[serde(with = "duration_text", default = "default_lease_ttl")]
+    pub lease_ttl: Duration,
     /// Where the HTTPS admin API listens.
     pub listen_api: SocketAddr,
     /// How often agents send heartbeats.
@@ -336,6 +345,13 @@ impl ControlPlaneConfig {
     }
 }
 
+/// Default lifetime of the work lease.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+
+fn default_lease_ttl() -> Duration {
+    DEFAULT_LEASE_TTL
+}
+
 fn default_drift_window() -> Duration {
     DEFAULT_DRIFT_WINDOW
 }
@@ -364,6 +380,8 @@ impl Default for ControlPlaneConfig {
                 .expect("valid default address"),
             listen_api: DEFAULT_LISTEN_API.parse().expect("valid default address"),
             store: None,
+            artifacts: None,
+            lease_ttl: DEFAULT_LEASE_TTL,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             not_ready_after: DEFAULT_NOT_READY_AFTER,
             max_agent_connections: DEFAULT_MAX_AGENT_CONNECTIONS,
@@ -406,7 +424,7 @@ impl ControlPlaneConfig {
         Ok(config)
     }
 
-    fn validate(&self, path: &str) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self, path: &str) -> Result<(), ConfigError> {
         let invalid = |field, problem: &str| ConfigError::Invalid {
             path: path.to_owned(),
             field,
@@ -426,6 +444,16 @@ impl ControlPlaneConfig {
         }
         if self.drift_interval < Duration::from_secs(1) {
             return Err(invalid("drift_interval", "must be at least 1s"));
+        }
+        if self.lease_ttl < Duration::from_secs(1) {
+            return Err(invalid("lease_ttl", "must be at least 1s"));
+        }
+        if self
+            .artifacts
+            .as_ref()
+            .is_some_and(|dir| !dir.is_absolute())
+        {
+            return Err(invalid("artifacts", "must be an absolute path"));
         }
         if let Some(endpoint) = &self.otlp_endpoint {
             OtlpTarget::parse(endpoint).map_err(|e| invalid("otlp_endpoint", &e))?;

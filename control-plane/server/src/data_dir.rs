@@ -30,6 +30,17 @@ pub struct InitOptions {
     /// Extra DNS names or IP addresses for the server certificate (what agents dial is not
     /// checked against it; see [`tern_proto::CONTROL_PLANE_SERVER_NAME`]).
     pub server_names: Vec<String>,
+    /// `store` of config.toml: a PostgreSQL URL that replicas share.
+    pub store: Option<String>,
+    /// `artifacts` of config.toml: a directory every replica reaches.
+    pub artifacts: Option<PathBuf>,
+}
+
+/// Options of `tern-control-plane replica init`.
+#[derive(Debug, Clone, Default)]
+pub struct ReplicaOptions {
+    pub listen_agents: Option<SocketAddr>,
+    pub listen_api: Option<SocketAddr>,
 }
 
 /// Why `init` failed.
@@ -44,6 +55,15 @@ pub enum InitError {
     },
     #[error(transparent)]
     Pki(#[from] PkiError),
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+    #[error("{0} is not a control plane data dir: {1}")]
+    First(PathBuf, Box<LoadError>),
+    #[error("{path}: {problem}; replicas share both (set them with `init --store --artifacts`)")]
+    NotShared {
+        path: PathBuf,
+        problem: &'static str,
+    },
 }
 
 /// Why a data dir cannot be loaded.
@@ -142,6 +162,9 @@ impl DataDir {
         if let Some(addr) = options.listen_api {
             config.listen_api = addr;
         }
+        config.store = options.store.clone();
+        config.artifacts = options.artifacts.clone();
+        config.validate(&self.config().display().to_string())?;
 
         let ca = CertificateAuthority::generate("Tern control plane CA")?;
         let mut names = options.server_names.clone();
@@ -175,6 +198,76 @@ impl DataDir {
             admin_token,
             ca_certificate: ca.cert_pem().to_owned(),
         };
+        let cli_text = toml::to_string_pretty(&cli).expect("the CLI config always serializes");
+        write_file(&self.ternctl_config(), cli_text.as_bytes(), true)
+            .map_err(io(&self.ternctl_config()))?;
+        Ok(config)
+    }
+
+    /// Prepares another replica of the control plane in `first`: its CA, server identity,
+    /// admin credential and online key (copied file to file: they never pass through the
+    /// store), its store and artifacts, and addresses of its own. Refuses a directory that
+    /// exists and is not empty, and a first control plane whose store replicas cannot share.
+    pub fn init_replica(
+        &self,
+        first: &DataDir,
+        options: &ReplicaOptions,
+    ) -> Result<ControlPlaneConfig, InitError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| InitError::Io { path, source }
+        };
+        if let Ok(mut entries) = std::fs::read_dir(&self.root)
+            && entries.next().is_some()
+        {
+            return Err(InitError::Exists(self.root.clone()));
+        }
+        let loaded = first
+            .load()
+            .map_err(|e| InitError::First(first.root.clone(), Box::new(e)))?;
+        let not_shared = |problem| InitError::NotShared {
+            path: first.config(),
+            problem,
+        };
+        let mut config = loaded.config;
+        if config.store.is_none() {
+            return Err(not_shared(
+                "its records are in sled, on its own disk (no `store`)",
+            ));
+        }
+        if config.artifacts.is_none() {
+            return Err(not_shared(
+                "its artifacts are in its data directory (no `artifacts`)",
+            ));
+        }
+        if let Some(addr) = options.listen_agents {
+            config.listen_agents = addr;
+        }
+        if let Some(addr) = options.listen_api {
+            config.listen_api = addr;
+        }
+        std::fs::create_dir_all(&self.root).map_err(io(&self.root))?;
+        let copies = [
+            (first.ca_cert(), self.ca_cert(), false),
+            (first.ca_key(), self.ca_key(), true),
+            (first.server_cert(), self.server_cert(), false),
+            (first.server_key(), self.server_key(), true),
+            (first.admin_token_hash(), self.admin_token_hash(), true),
+            (first.online_key(), self.online_key(), true),
+        ];
+        for (from, to, secret) in copies {
+            let bytes = std::fs::read(&from).map_err(io(&from))?;
+            write_file(&to, &bytes, secret).map_err(io(&to))?;
+        }
+        write_file(&self.config(), config.to_toml().as_bytes(), false)
+            .map_err(io(&self.config()))?;
+        let cli_text =
+            std::fs::read_to_string(first.ternctl_config()).map_err(io(&first.ternctl_config()))?;
+        let mut cli: CliConfig = toml::from_str(&cli_text).map_err(|e| InitError::Io {
+            path: first.ternctl_config(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })?;
+        cli.api = dialable(config.listen_api).to_string();
         let cli_text = toml::to_string_pretty(&cli).expect("the CLI config always serializes");
         write_file(&self.ternctl_config(), cli_text.as_bytes(), true)
             .map_err(io(&self.ternctl_config()))?;

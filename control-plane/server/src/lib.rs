@@ -15,12 +15,17 @@
 //! - [`rollout`]: the rollout planner, a pure state machine.
 //! - [`reports`]: what agents last reported about their pipelines.
 //! - [`health`]: request counters of pipeline revisions on agents, for rollout gates.
+//! - [`lease`]: leases on the work that must happen once among replicas, with fencing epochs.
+//! - `leadership`: whether this replica holds the work lease, and its fenced stores.
 //! - [`deploy`]: the deployment driver: planners → each agent's signed desired state.
 //! - [`transfer`]: the streams agents open: artifact fetches (resumable, content-addressed)
 //!   and telemetry.
 //! - [`telemetry`]: telemetry ingest (deduplicated, acknowledged when durable), time series
 //!   with downsampling and retention, `top` queries and the fleet's `/metrics`.
 //! - [`drift`]: drift baselines, PSI per feature per agent and fleet-wide, alerts.
+//! - [`replica`]: this replica among others sharing its store, and the agents' reports they
+//!   share.
+//! - `follow`: what a control plane learns from the store's change notifications.
 //! - [`presence`]: which agents are connected and when they were last heard (in memory).
 //! - [`credentials`]: the admin credential and read-only ones.
 //! - [`enroll`]: redeeming a token for a certificate.
@@ -42,12 +47,16 @@ pub mod data_dir;
 pub mod deploy;
 pub mod drift;
 pub mod enroll;
+pub(crate) mod follow;
 pub mod health;
+pub(crate) mod leadership;
+pub mod lease;
 pub mod lifecycle;
 pub mod presence;
 pub mod records;
 pub mod registry;
 pub mod releases;
+pub mod replica;
 pub mod reports;
 pub mod rollout;
 pub mod server;
@@ -57,5 +66,5 @@ pub mod telemetry;
 pub mod transfer;
 
 pub use config::ControlPlaneConfig;
-pub use data_dir::{DataDir, InitOptions};
+pub use data_dir::{DataDir, InitOptions, ReplicaOptions};
 pub use server::{RunningControlPlane, ServeOptions, StartError};

@@ -68,7 +68,10 @@ pub(crate) fn decommission(
     name: &str,
     now_ms: u64,
 ) -> Result<AgentRecord, AgentChangeError> {
-    let _guard = cx.catalog.lock();
+    // No desired state is planned for the agent while it is being forgotten.
+    let _lock = cx.catalog.lock().map_err(|e| {
+        crate::registry::RegistryError::Storage(crate::backend::BackendError::storage(e))
+    })?;
     let (record, fingerprints) = cx.registry.delete(name, now_ms)?;
     refuse(cx, &record, &fingerprints, "decommissioned");
     if let Err(e) = cx.desired.forget(&record.id) {

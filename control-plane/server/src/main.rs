@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tern_control_plane::{DataDir, InitOptions, RunningControlPlane, ServeOptions};
+use tern_control_plane::{DataDir, InitOptions, ReplicaOptions, RunningControlPlane, ServeOptions};
 
 /// The Tern control plane.
 #[derive(Debug, Parser)]
@@ -31,6 +31,19 @@ enum Command {
         /// Extra DNS name or IP address for the server certificate (repeatable).
         #[arg(long = "server-name")]
         server_names: Vec<String>,
+        /// Keep the records in PostgreSQL (`postgres://user@host:port/db`), which replicas
+        /// share [default: sled databases in the data dir].
+        #[arg(long)]
+        store: Option<String>,
+        /// Keep artifacts in this directory, which every replica reaches [default:
+        /// artifacts/ in the data dir].
+        #[arg(long)]
+        artifacts: Option<PathBuf>,
+    },
+    /// Replicas of a control plane whose store and artifacts they share.
+    Replica {
+        #[command(subcommand)]
+        command: ReplicaCommand,
     },
     /// Admin API credentials.
     Credential {
@@ -45,6 +58,26 @@ enum Command {
         #[arg(long)]
         listen_agents: Option<SocketAddr>,
         /// Overrides listen_api of config.toml.
+        #[arg(long)]
+        listen_api: Option<SocketAddr>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ReplicaCommand {
+    /// Prepare another replica from the first one's data dir: the CA, server identity, admin
+    /// credential and online key are copied file to file (copy FIRST_DATA_DIR to this machine
+    /// first; keys never travel through the database), the store and artifacts are shared.
+    Init {
+        /// The data dir of a replica made with `init --store --artifacts`.
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long, env = "TERN_DATA_DIR")]
+        data_dir: PathBuf,
+        /// UDP (QUIC) and TCP (enrollment) address for agents [default: the first's].
+        #[arg(long)]
+        listen_agents: Option<SocketAddr>,
+        /// Address of the HTTPS admin API [default: the first's].
         #[arg(long)]
         listen_api: Option<SocketAddr>,
     },
@@ -92,6 +125,8 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             listen_agents,
             listen_api,
             server_names,
+            store,
+            artifacts,
         } => {
             let dir = DataDir::new(&data_dir);
             let config = dir
@@ -99,6 +134,8 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     listen_agents,
                     listen_api,
                     server_names,
+                    store,
+                    artifacts,
                 })
                 .with_context(|| format!("failed to initialize {}", data_dir.display()))?;
             println!("initialized control plane in {}", data_dir.display());
@@ -108,6 +145,40 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             );
             println!("  admin API           https://{}", config.listen_api);
             println!("  ternctl config      {}", dir.ternctl_config().display());
+            println!(
+                "next: tern-control-plane serve --data-dir {}",
+                data_dir.display()
+            );
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Replica {
+            command:
+                ReplicaCommand::Init {
+                    from,
+                    data_dir,
+                    listen_agents,
+                    listen_api,
+                },
+        } => {
+            let dir = DataDir::new(&data_dir);
+            let config = dir
+                .init_replica(
+                    &DataDir::new(&from),
+                    &ReplicaOptions {
+                        listen_agents,
+                        listen_api,
+                    },
+                )
+                .with_context(|| {
+                    format!("failed to prepare a replica in {}", data_dir.display())
+                })?;
+            println!(
+                "prepared a replica of {} in {}",
+                from.display(),
+                data_dir.display()
+            );
+            println!("  agents connect to   {}", config.listen_agents);
+            println!("  admin API           https://{}", config.listen_api);
             println!(
                 "next: tern-control-plane serve --data-dir {}",
                 data_dir.display()

@@ -71,6 +71,9 @@ pub struct AgentRecord {
     pub status: AgentStatus,
     #[serde(default)]
     pub address: Option<String>,
+    /// The control-plane replica that holds (or last held) its connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
     /// Hex SHA-256 of the agent's certificate.
     pub cert_sha256: String,
     /// The certificate before the last renewal, still accepted until it expires (the agent may
@@ -318,6 +321,7 @@ impl Registry {
                 last_seen_ms: now_ms,
                 status: AgentStatus::NotReady,
                 address: agent.address.clone(),
+                replica: None,
                 cert_sha256: hex::encode(agent.cert_sha256),
                 previous_cert_sha256: None,
                 cert_expires_ms: Some(agent.cert_expires_ms),

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use tern_transport::TlsError;
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::backend::{Notice, PostgresBackend, SharedBackend, SledBackend};
+use crate::backend::{PostgresBackend, SharedBackend, SledBackend};
 use crate::catalog::{Catalog, CatalogError};
 use crate::data_dir::{DataDir, LoadError};
 use crate::presence::Presence;
@@ -115,7 +115,8 @@ impl RunningControlPlane {
         };
         let backend = database("registry", &dir.registry(), REGISTRY_CACHE_BYTES)?;
         let registry = Registry::new(backend.clone());
-        let releases = ReleaseStore::open(backend.clone(), &dir.artifacts())?;
+        let artifacts = config.artifacts.clone().unwrap_or_else(|| dir.artifacts());
+        let releases = ReleaseStore::open(backend.clone(), &artifacts)?;
         let catalog = Catalog::new(backend.clone());
         let desired = crate::deploy::DesiredStore::new(backend.clone());
         let ca_pem = loaded.ca.cert_pem().to_owned();
@@ -126,14 +127,31 @@ impl RunningControlPlane {
         let (telemetry, telemetry_writer) = crate::telemetry::Telemetry::new(series);
         let drift = crate::drift::DriftStore::new(backend.clone());
         let revoked = tern_transport::tls::RevokedCertificates::default();
-        // Subscribed first, so that no revocation falls between the read and the follower.
+        // Subscribed first, so that no change falls between the reads and the follower.
         let revocations = backend.subscribe();
         for fingerprint in registry.revoked_certificates()? {
             revoked.revoke(fingerprint);
         }
         let storage = tern_transport::storage::StorageMonitor::new(&options.data_dir);
         let probe = storage_probe(backend.clone(), telemetry.store.backend().clone());
+        let replica = crate::replica::Replica {
+            name: replica_name(),
+            peers: store.is_some(),
+        };
+        let leadership = crate::leadership::Leadership::new(replica.name.clone());
         let shared = Arc::new(Shared {
+            shared_reports: crate::replica::SharedReports::new(backend.clone()),
+            replica,
+            leases: crate::lease::LeaseStore::new(
+                backend.clone(),
+                if store.is_some() {
+                    crate::lease::Contenders::Shared
+                } else {
+                    crate::lease::Contenders::Sole
+                },
+            ),
+            backend,
+            leadership,
             storage: storage.clone(),
             drift,
             telemetry,
@@ -198,8 +216,13 @@ impl RunningControlPlane {
                 crate::api::admin_router(shared.clone()),
                 stopped(rx.clone()),
             )),
+            tokio::spawn(hold_work_lease(shared.clone(), rx.clone())),
             tokio::spawn(deployments(shared.clone(), rx.clone())),
-            tokio::spawn(follow_revocations(shared.clone(), revocations, rx.clone())),
+            tokio::spawn(crate::follow::follow(
+                shared.clone(),
+                revocations,
+                rx.clone(),
+            )),
             tokio::spawn(crate::telemetry::ingest::run_writer(
                 shared.clone(),
                 telemetry_writer,
@@ -274,6 +297,13 @@ impl RunningControlPlane {
         if let Err(e) = self.shared.telemetry.store.flush().await {
             warn!(error = %e, "telemetry flush failed at shutdown");
         }
+        let work = self.shared.clone();
+        let released = tokio::task::spawn_blocking(move || {
+            crate::leadership::release(&work.leadership, &work.leases);
+        });
+        if let Err(e) = released.await {
+            warn!(error = %e, "releasing the work lease failed");
+        }
         info!("control plane stopped");
     }
 }
@@ -294,43 +324,49 @@ fn storage_probe(
     }
 }
 
-/// Keeps the QUIC endpoint's refused certificates in step with the registry's revocations,
-/// whichever task of this process committed them, from the backend's change notifications
-/// (on an engine that several processes shared, their commits would arrive here too). After
-/// falling behind, it reads them all again.
-async fn follow_revocations(
-    shared: Arc<Shared>,
-    mut changes: broadcast::Receiver<crate::backend::Notice>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// This process, as a lease names its holder: the host, the process and a random part (a
+/// restarted replica is another holder, and waits for its former lease to lapse).
+fn replica_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!(
+        "{host}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
+}
+
+/// Takes and renews the work lease three times per `lease_ttl`; lets it go at shutdown.
+async fn hold_work_lease(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let ttl = shared.config.lease_ttl;
+    let mut tick = tokio::time::interval(ttl / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let received = tokio::select! {
+        tokio::select! {
             _ = shutdown.changed() => return,
-            received = changes.recv() => received,
-        };
-        let missed = match received {
-            Ok(Notice::Committed(changes)) => {
-                for fingerprint in crate::registry::revoked_by(&changes) {
-                    shared.revoked.revoke(fingerprint);
-                }
-                false
-            }
-            Ok(Notice::Missed) | Err(broadcast::error::RecvError::Lagged(_)) => true,
-            Err(broadcast::error::RecvError::Closed) => return,
-        };
-        if missed {
-            warn!("fell behind the store's changes; reading revocations again");
-            let work = shared.clone();
-            match tokio::task::spawn_blocking(move || work.registry.revoked_certificates()).await {
-                Ok(Ok(all)) => all.into_iter().for_each(|f| shared.revoked.revoke(f)),
-                Ok(Err(e)) => warn!(error = %e, "cannot read revocations"),
-                Err(e) => warn!(error = %e, "revocation reader failed"),
-            }
+            _ = tick.tick() => {}
+        }
+        let work = shared.clone();
+        let renewed = tokio::task::spawn_blocking(move || {
+            let source = crate::leadership::TermSource {
+                registry_backend: &work.backend,
+                telemetry_backend: work.telemetry.store.backend(),
+                catalog: &work.catalog,
+                series: &work.telemetry.store,
+            };
+            crate::leadership::renew(&work.leadership, &work.leases, source, ttl);
+        });
+        if let Err(e) = renewed.await {
+            warn!(error = %e, "work lease task failed");
         }
     }
 }
 
-/// Runs the deployment driver every [`DEPLOY_INTERVAL`] and sends the desired states it makes.
+/// Runs the deployment driver every [`DEPLOY_INTERVAL`] while this replica holds the work
+/// lease, and sends the desired states it makes.
 async fn deployments(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(DEPLOY_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -339,9 +375,12 @@ async fn deployments(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             _ = shutdown.changed() => return,
             _ = tick.tick() => {}
         }
+        let Some(term) = shared.leadership.term() else {
+            continue;
+        };
         let work = shared.clone();
         let result = tokio::task::spawn_blocking(move || {
-            crate::deploy::step(&work.deploy_context(), tern_clock::unix_millis_now())
+            crate::deploy::step(&work.driver_context(&term), tern_clock::unix_millis_now())
         })
         .await;
         match result {
@@ -385,10 +424,12 @@ fn mark_silent_agents(shared: &Shared) {
     let now = tern_clock::unix_millis_now();
     let not_ready_after = shared.config.not_ready_after.as_millis() as u64;
     for id in shared.presence.take_newly_silent(now, not_ready_after) {
-        match shared
-            .registry
-            .update_agent(&id, |a| a.status = tern_proto::api::AgentStatus::NotReady)
-        {
+        // Unless the agent moved to another replica meanwhile: that one marks it.
+        match shared.registry.update_agent(&id, |a| {
+            if shared.replica.may_mark(a) {
+                a.status = tern_proto::api::AgentStatus::NotReady;
+            }
+        }) {
             Ok(Some(a)) => warn!(agent = %a.name, "agent missed its heartbeats; NotReady"),
             Ok(None) => {}
             Err(e) => warn!(error = %e, "cannot record agent status"),
@@ -397,14 +438,21 @@ fn mark_silent_agents(shared: &Shared) {
 }
 
 fn judge_drift(shared: &Shared) {
+    let Some(term) = shared.leadership.term() else {
+        return;
+    };
     let _span = tracing::debug_span!("drift").entered();
-    if let Err(e) = crate::drift::evaluate(&shared.drift_context(), tern_clock::unix_millis_now()) {
+    let now = tern_clock::unix_millis_now();
+    if let Err(e) = crate::drift::evaluate(&shared.judge_context(&term), now) {
         warn!(error = %e, "cannot judge drift");
     }
 }
 
 fn prune_tokens(shared: &Shared) {
-    match shared.registry.prune_tokens(tern_clock::unix_millis_now()) {
+    let Some(term) = shared.leadership.term() else {
+        return;
+    };
+    match term.registry.prune_tokens(tern_clock::unix_millis_now()) {
         Ok(0) => {}
         Ok(n) => info!(tokens = n, "pruned used and expired enrollment tokens"),
         Err(e) => warn!(error = %e, "cannot prune enrollment tokens"),

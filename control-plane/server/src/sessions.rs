@@ -57,13 +57,35 @@ impl Connections {
         }
     }
 
-    /// Hands `state` to the agent's control stream. Without a connection it is not kept: the
-    /// agent gets its current desired state when it connects.
+    /// Hands `state` to the agent's control stream, unless the stream has that generation or
+    /// a newer one already; whether it did. Without a connection it is not kept: the agent
+    /// gets its current desired state when it connects.
     pub(crate) fn send(&self, agent: &str, state: SignedDesiredState) -> bool {
         let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         map.get(agent).is_some_and(|(_, slot)| {
-            slot.send_replace(Some(state));
-            true
+            slot.send_if_modified(|current| {
+                let newer = current
+                    .as_ref()
+                    .is_some_and(|c| c.generation >= state.generation);
+                if !newer {
+                    *current = Some(state);
+                }
+                !newer
+            })
         })
+    }
+
+    /// Whether the agent has a connection here.
+    pub(crate) fn holds(&self, agent: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(agent)
+    }
+
+    /// The agents with a connection here.
+    pub(crate) fn held(&self) -> Vec<String> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.keys().cloned().collect()
     }
 }

@@ -37,6 +37,15 @@ pub(crate) struct Shared {
     pub drift: crate::drift::DriftStore,
     /// Free space and failures of the data directory's storage.
     pub storage: Arc<tern_transport::storage::StorageMonitor>,
+    /// This replica, and whether others share its store.
+    pub replica: crate::replica::Replica,
+    /// Agents' reports, shared with the other replicas (when there are any).
+    pub shared_reports: crate::replica::SharedReports,
+    /// The backend of the registry's namespace (where leases are kept).
+    pub backend: crate::backend::SharedBackend,
+    pub leases: crate::lease::LeaseStore,
+    /// Whether this replica holds the work lease, with its fenced stores.
+    pub leadership: crate::leadership::Leadership,
 }
 
 impl Shared {
@@ -74,6 +83,7 @@ impl Shared {
             registry: &self.registry,
             series: &self.telemetry.store,
             presence: &self.presence,
+            replica: &self.replica,
             not_ready_after_ms: self.config.not_ready_after.as_millis() as u64,
         }
     }
@@ -85,6 +95,10 @@ impl Shared {
             telemetry: &self.telemetry,
             health: &self.health,
             storage: &self.storage,
+            replica: crate::telemetry::exposition::ReplicaGauges {
+                work_lease_epoch: self.leadership.epoch(),
+                agents_connected: self.presence.connected(),
+            },
         }
     }
 
@@ -99,7 +113,30 @@ impl Shared {
         }
     }
 
-    /// The deployment driver's view of the stores.
+    /// The drift evaluator's view: alerts written through `term`'s store.
+    pub(crate) fn judge_context<'a>(
+        &'a self,
+        term: &'a crate::leadership::Term,
+    ) -> crate::drift::DriftContext<'a> {
+        crate::drift::DriftContext {
+            store: &term.drift,
+            ..self.drift_context()
+        }
+    }
+
+    /// The deployment driver's view of the stores, writing through `term`'s.
+    pub(crate) fn driver_context<'a>(
+        &'a self,
+        term: &'a crate::leadership::Term,
+    ) -> crate::deploy::DeployContext<'a> {
+        crate::deploy::DeployContext {
+            catalog: &term.catalog,
+            desired: &term.desired,
+            ..self.deploy_context()
+        }
+    }
+
+    /// The view agent sessions build desired states in (an agent's current one on connect).
     pub(crate) fn deploy_context(&self) -> crate::deploy::DeployContext<'_> {
         crate::deploy::DeployContext {
             registry: &self.registry,
@@ -110,6 +147,7 @@ impl Shared {
             health: &self.health,
             presence: &self.presence,
             online_key: &self.online_key,
+            replica: &self.replica,
         }
     }
 }

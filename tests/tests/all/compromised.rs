@@ -249,7 +249,7 @@ fn rejects_a_changed_step_under_the_serving_revision_number() -> anyhow::Result<
         record.manifest.spec.steps[0].plugin = Some("topk:2".into());
         record.pinned[0].reference = "topk:2".into();
         record.pinned[0].digest = digest;
-        catalog.put_pipeline(&record)?;
+        catalog.lock()?.put_pipeline(&record)?;
         Ok(())
     })?;
     let reason = fleet.failure("edge-1", 1)?;

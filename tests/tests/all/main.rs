@@ -23,6 +23,7 @@ mod otlp;
 mod postgres_store;
 mod recovery;
 mod releases;
+mod replicas;
 mod run_local;
 mod simulation;
 mod telemetry;

@@ -136,7 +136,7 @@ pub(crate) fn deployment_view(
                 .filter(|a| selector.matches(&a.labels))
                 .map(|a| {
                     let status = shared.reports.pipeline(&a.id, &spec.pipeline);
-                    let connected = shared.presence.seen(&a.id).is_some_and(|s| s.connected);
+                    let connected = shared.replica.connected(&shared.presence, a);
                     RolloutAgentView {
                         desired: r.assignment(&a.name),
                         serving: status.as_ref().and_then(|s| s.serving),

@@ -219,16 +219,15 @@ async fn not_found() -> HttpError {
     HttpError(StatusCode::NOT_FOUND, "no such endpoint".into())
 }
 
-/// Whether agent `id` is Ready now, from its live presence.
-pub(crate) fn agent_status(shared: &Shared, id: &str, now_ms: u64) -> tern_proto::api::AgentStatus {
-    let not_ready_after = shared.config.not_ready_after.as_millis() as u64;
-    shared.presence.status(id, now_ms, not_ready_after)
-}
-
-/// An agent's record joined with its live presence.
+/// An agent's record joined with its live presence (or, when another replica holds it, with
+/// what its record says).
 pub(crate) fn agent_view(shared: &Shared, record: AgentRecord, now_ms: u64) -> AgentView {
-    let status = agent_status(shared, &record.id, now_ms);
-    let (last_seen, address) = match shared.presence.seen(&record.id) {
+    let not_ready_after = shared.config.not_ready_after.as_millis() as u64;
+    let status = (shared.replica).status(&shared.presence, &record, now_ms, not_ready_after);
+    let here = (!shared.replica.held_elsewhere(&record))
+        .then(|| shared.presence.seen(&record.id))
+        .flatten();
+    let (last_seen, address) = match here {
         Some(seen) => (
             seen.last_seen_ms.max(record.last_seen_ms),
             Some(seen.address.to_string()),

@@ -20,6 +20,7 @@
 //! that checks its conditions under row locks, notifications from `LISTEN`/`NOTIFY`.
 
 mod disk;
+mod fenced;
 mod memory;
 pub mod postgres;
 #[cfg(test)]
@@ -30,6 +31,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 pub use disk::SledBackend;
+pub use fenced::{EPOCHS, FencedBackend, epoch_bytes, stored_epoch};
 pub use memory::MemoryBackend;
 pub use postgres::PostgresBackend;
 pub use txn::{Transaction, transact};
@@ -55,6 +57,11 @@ pub enum BackendError {
     Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("a change kept racing others ({attempts} attempts); try again")]
     Contended { attempts: usize },
+    /// A write fenced by a lease's epoch after the lease moved on (see [`FencedBackend`]).
+    #[error(
+        "the {lease} lease moved past epoch {epoch}: this replica no longer holds it, and its write was refused"
+    )]
+    Fenced { lease: &'static str, epoch: u64 },
 }
 
 impl BackendError {

@@ -17,6 +17,14 @@ use crate::records::{CorruptRecord, decode, encode};
 
 const DESIRED: Table = Table("desired");
 
+/// The agents whose desired state `changes` gave a new generation.
+pub fn changed_agents(changes: &[crate::backend::Change]) -> impl Iterator<Item = String> + '_ {
+    changes
+        .iter()
+        .filter(|c| c.table == DESIRED && c.value.is_some())
+        .filter_map(|c| String::from_utf8(c.key.clone()).ok())
+}
+
 /// Why the desired-state store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DesiredStoreError {

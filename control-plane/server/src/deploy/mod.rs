@@ -41,6 +41,8 @@ pub struct DeployContext<'a> {
     pub health: &'a HealthTracker,
     pub presence: &'a Presence,
     pub online_key: &'a SecretKey,
+    /// This replica: whose presence knows an agent held here; another's is in its record.
+    pub replica: &'a crate::replica::Replica,
 }
 
 /// A desired state built for sending, with what the record keeps of it.
@@ -82,7 +84,7 @@ fn observe(
         .window(&agent.id, pipeline, target, window_ms, now_ms);
     AgentObservation {
         agent: agent.name.clone(),
-        connected: cx.presence.seen(&agent.id).is_some_and(|s| s.connected),
+        connected: cx.replica.connected(cx.presence, agent),
         serving: status.as_ref().and_then(|s| s.serving),
         reported: status.map(|s| {
             let failed = (s.phase == PipelinePhase::Failed).then_some(s.message);
@@ -99,7 +101,7 @@ pub(crate) fn step(
     cx: &DeployContext<'_>,
     now_ms: u64,
 ) -> Result<Vec<(String, SignedDesiredState)>, DeployError> {
-    let _guard = cx.catalog.lock();
+    let lock = cx.catalog.lock()?;
     let agents = cx.registry.agents()?;
     let trust = cx.releases.trust_root()?;
     let mut stored = HashMap::new();
@@ -142,7 +144,7 @@ pub(crate) fn step(
         warn!(deployment = %c.deployment, agent = %c.agent, pipeline = %c.pipeline, "another deployment already runs this pipeline on this agent; ignored");
     }
     for deployment in &plan.rollouts {
-        cx.catalog.put_deployment(deployment)?;
+        lock.put_deployment(deployment)?;
     }
 
     let mut out = Vec::new();
@@ -316,7 +318,7 @@ pub(crate) fn current(
     agent_id: &str,
     now_ms: u64,
 ) -> Result<Option<SignedDesiredState>, DeployError> {
-    let _guard = cx.catalog.lock();
+    let _lock = cx.catalog.lock()?;
     let Some(stored) = cx.desired.get(agent_id)? else {
         return Ok(None);
     };

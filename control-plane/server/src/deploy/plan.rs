@@ -166,6 +166,7 @@ mod tests {
             last_seen_ms: 0,
             status: tern_proto::api::AgentStatus::Ready,
             address: None,
+            replica: None,
             cert_sha256: String::new(),
             previous_cert_sha256: None,
             cert_expires_ms: None,

@@ -16,6 +16,15 @@ pub struct ExpositionContext<'a> {
     pub telemetry: &'a Telemetry,
     pub health: &'a HealthTracker,
     pub storage: &'a tern_transport::storage::StorageMonitor,
+    /// This replica's part: the epoch of the work lease it holds (0: none), agents connected.
+    pub replica: ReplicaGauges,
+}
+
+/// What `/metrics` says of this replica of the control plane.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReplicaGauges {
+    pub work_lease_epoch: u64,
+    pub agents_connected: usize,
 }
 
 /// The page. The control plane's own storage comes first and is there even when the fleet's
@@ -60,6 +69,25 @@ fn write_storage<P: MetricsPage>(cx: &ExpositionContext<'_>, page: &mut P) {
             1.0
         },
     );
+    let replica = cx.replica;
+    page.family(
+        "tern_control_plane_work_lease_held",
+        Kind::Gauge,
+        "1 when this replica holds the work lease (runs rollouts, drift, compaction, exports).",
+    )
+    .sample(&[], f64::from(u8::from(replica.work_lease_epoch > 0)));
+    page.family(
+        "tern_control_plane_work_lease_epoch",
+        Kind::Gauge,
+        "The epoch of the work lease this replica holds (0: it holds none).",
+    )
+    .sample(&[], replica.work_lease_epoch as f64);
+    page.family(
+        "tern_control_plane_agents_connected",
+        Kind::Gauge,
+        "Agents connected to this replica.",
+    )
+    .sample(&[], replica.agents_connected as f64);
 }
 
 /// The fleet's metrics, into any page (Prometheus text, OTLP).

@@ -194,9 +194,12 @@ pub(crate) async fn run_writer(
                 None => return,
             },
             _ = compaction.tick() => {
-                let store = shared.telemetry.store.clone();
+                // Once for the fleet: by the holder of the work lease, fenced by its epoch.
+                let Some(term) = shared.leadership.term() else {
+                    continue;
+                };
                 let now = tern_clock::unix_millis_now();
-                match tokio::task::spawn_blocking(move || store.compact(now)).await {
+                match tokio::task::spawn_blocking(move || term.series.compact(now)).await {
                     Ok(Ok(n)) if n > 0 => debug!(buckets = n, "telemetry downsampled"),
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => warn!(error = %e, "telemetry compaction failed"),

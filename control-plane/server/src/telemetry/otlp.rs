@@ -79,6 +79,10 @@ pub(crate) async fn export(
             _ = shutdown.changed() => return,
             _ = tick.tick() => {}
         }
+        // Once for the fleet: by the holder of the work lease.
+        if shared.leadership.term().is_none() {
+            continue;
+        }
         let span = info_span!("otlp export", endpoint = %target.addr);
         let result = async {
             let shared = shared.clone();

@@ -23,6 +23,7 @@ pub struct QueryContext<'a> {
     pub registry: &'a Registry,
     pub series: &'a SeriesStore,
     pub presence: &'a Presence,
+    pub replica: &'a crate::replica::Replica,
     /// Silence after which a connected agent is no longer Ready.
     pub not_ready_after_ms: u64,
 }
@@ -164,8 +165,8 @@ pub(crate) fn top_agents(cx: &QueryContext<'_>, now_ms: u64) -> Result<Vec<Agent
         rows.push(AgentTop {
             name: record.name.clone(),
             status: cx
-                .presence
-                .status(&record.id, now_ms, cx.not_ready_after_ms),
+                .replica
+                .status(cx.presence, &record, now_ms, cx.not_ready_after_ms),
             labels: record.labels.clone(),
             reported_ms: mark.end_ms,
             cpu_percent: host.cpu_percent,

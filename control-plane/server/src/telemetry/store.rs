@@ -197,6 +197,16 @@ impl SeriesStore {
         }
     }
 
+    /// The same series through another handle on their backend (one whose writes are
+    /// fenced), sharing this store's lock against queries.
+    pub fn on(&self, backend: SharedBackend) -> Self {
+        Self {
+            backend,
+            resolutions: self.resolutions,
+            moving: self.moving.clone(),
+        }
+    }
+
     /// The backend, for the storage probe.
     pub fn backend(&self) -> &SharedBackend {
         &self.backend

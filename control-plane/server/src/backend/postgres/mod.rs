@@ -222,7 +222,11 @@ impl PostgresBackend {
             let body = if changes.len() <= feed::INLINE_LIMIT {
                 Body::Inline(changes.to_vec())
             } else {
-                if self.stored_notices.fetch_add(1, Ordering::Relaxed) % PRUNE_NOTICES_EVERY == 0 {
+                if self
+                    .stored_notices
+                    .fetch_add(1, Ordering::Relaxed)
+                    .is_multiple_of(PRUNE_NOTICES_EVERY)
+                {
                     tx.execute(
                         "DELETE FROM tern_notices WHERE created < now() - interval '1 hour'",
                         &[],

@@ -1,0 +1,116 @@
+//! What a control plane learns from its store's change notifications: certificates revoked
+//! by any task (or replica), and — among replicas sharing a store — the desired states the
+//! work lease's holder made for agents this replica holds, and the reports of agents the
+//! others hold. After a gap in the notifications it reads what it follows again.
+
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, watch};
+use tracing::{debug, warn};
+
+use crate::backend::Notice;
+use crate::replica::Heard;
+use crate::state::Shared;
+
+/// Follows `notices` until `shutdown`.
+pub(crate) async fn follow(
+    shared: Arc<Shared>,
+    mut notices: broadcast::Receiver<Notice>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let received = tokio::select! {
+            _ = shutdown.changed() => return,
+            received = notices.recv() => received,
+        };
+        match received {
+            Ok(Notice::Committed(changes)) => {
+                for fingerprint in crate::registry::revoked_by(&changes) {
+                    shared.revoked.revoke(fingerprint);
+                }
+                if !shared.replica.peers {
+                    continue;
+                }
+                for heard in crate::replica::heard(&changes, &shared.replica.name) {
+                    record(&shared, heard);
+                }
+                let agents: Vec<String> = crate::deploy::desired::changed_agents(&changes)
+                    .filter(|agent| shared.connections.holds(agent))
+                    .collect();
+                if !agents.is_empty() {
+                    send_current(&shared, agents).await;
+                }
+            }
+            Ok(Notice::Missed) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                warn!("fell behind the store's changes; reading what this replica follows again");
+                read_again(&shared).await;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// A report another replica heard, as if this one had.
+fn record(shared: &Shared, heard: Heard) {
+    match heard {
+        Heard::Status { agent, report } => shared.reports.record(&agent, report),
+        Heard::Health { agent, report } => {
+            shared
+                .health
+                .record(&agent, &report, tern_clock::unix_millis_now());
+        }
+    }
+}
+
+/// Sends each of `agents` (held here) its current desired state, unless it has it already.
+async fn send_current(shared: &Arc<Shared>, agents: Vec<String>) {
+    let work = shared.clone();
+    let sent = tokio::task::spawn_blocking(move || {
+        let now = tern_clock::unix_millis_now();
+        for agent in agents {
+            match crate::deploy::current(&work.deploy_context(), &agent, now) {
+                Ok(Some(state)) => {
+                    let generation = state.generation;
+                    if work.connections.send(&agent, state) {
+                        debug!(%agent, generation, "desired state from the store sent");
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => warn!(%agent, error = %e, "cannot build the desired state"),
+            }
+        }
+    });
+    if let Err(e) = sent.await {
+        warn!(error = %e, "desired-state task failed");
+    }
+}
+
+/// Reads revocations again and, among replicas, the shared reports and the desired states of
+/// the agents held here.
+async fn read_again(shared: &Arc<Shared>) {
+    let work = shared.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        match work.registry.revoked_certificates() {
+            Ok(all) => all.into_iter().for_each(|f| work.revoked.revoke(f)),
+            Err(e) => warn!(error = %e, "cannot read revocations"),
+        }
+        if work.replica.peers {
+            match work.shared_reports.statuses() {
+                Ok(all) => {
+                    for (agent, report) in all {
+                        if !work.connections.holds(&agent) {
+                            work.reports.record(&agent, report);
+                        }
+                    }
+                }
+                Err(e) => warn!(error = %e, "cannot read the agents' shared reports"),
+            }
+        }
+    });
+    if let Err(e) = read.await {
+        warn!(error = %e, "revocation reader failed");
+    }
+    if shared.replica.peers {
+        send_current(shared, shared.connections.held()).await;
+    }
+}

@@ -1,0 +1,255 @@
+//! Control-plane replicas on one PostgreSQL (a real server from the machine's packages) and
+//! one artifact directory: the second replica is made with `replica init --from`, an agent
+//! enrolls at it with a token made at the first, and what is pushed and applied through the
+//! first reaches the agent through the second — the first holds the work lease and plans the
+//! rollout from the reports the second shares. Then the first is killed (SIGKILL): the second
+//! takes the lease once it lapses and rolls the next revision out. And the faults: one token
+//! redeemed at both replicas at once enrolls one agent; a holder paused (SIGSTOP) past its
+//! lease and resumed writes nothing; a replica refuses a store whose schema is newer.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use tern_control_plane::backend::postgres::testing;
+use tern_e2e::{
+    Agent, ControlPlane, FLEET_TIMEOUT, Fleet, Publisher, fast_config, join_once, wait_for,
+};
+use tern_proto::api::AgentStatus;
+
+/// The lease lapses this long after its holder's last renewal.
+const LEASE_TTL: Duration = Duration::from_secs(2);
+
+/// The value of an unlabelled gauge on a replica's `/metrics`.
+fn gauge(cp: &ControlPlane, name: &str) -> Option<f64> {
+    let page = cp.admin_get("/metrics").ok()?;
+    page.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Sends `signal` (`STOP`, `CONT`) to a process.
+fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -{signal} {pid} failed");
+    Ok(())
+}
+
+/// Two replicas on one new database of `server` and one artifact directory under `root`: the
+/// first holds the work lease. Returns them with the database's URL.
+fn two_replicas(
+    server: &testing::TestPostgres,
+    root: &Path,
+    database: &str,
+) -> anyhow::Result<(ControlPlane, ControlPlane, String)> {
+    let url = server.database(&format!("{database}_{}", std::process::id()));
+    let artifacts = root.join("shared-artifacts");
+    let store = url.clone();
+    let first = ControlPlane::start(&root.join("a"), |config| {
+        fast_config(config);
+        config.store = Some(store);
+        config.artifacts = Some(artifacts);
+        config.lease_ttl = LEASE_TTL;
+    })?;
+    wait_for(
+        FLEET_TIMEOUT,
+        "the first replica holding the work lease",
+        || (gauge(&first, "tern_control_plane_work_lease_held") == Some(1.0)).then_some(()),
+    )?;
+    let mut second = ControlPlane::replica(root, "b", &first)?;
+    second.serve()?;
+    assert_eq!(
+        gauge(&second, "tern_control_plane_work_lease_held"),
+        Some(0.0),
+        "one holder at a time"
+    );
+    Ok((first, second, url))
+}
+
+#[test]
+fn replicas_share_one_store_and_the_work_moves_when_its_holder_dies() -> anyhow::Result<()> {
+    let Some(server) = testing::shared() else {
+        return Ok(());
+    };
+    let tmp = tempfile::tempdir()?;
+    let (first, mut second, _) = two_replicas(&server, tmp.path(), "replicas")?;
+
+    // A token made at the first is redeemed at the second: one store.
+    let token = first.token("site=a", "10m")?;
+    let agent = Agent::join(&second, tmp.path(), "edge-1", &token, "")?;
+    second.wait_status("edge-1", AgentStatus::Ready, FLEET_TIMEOUT)?;
+    // The first knows it is connected (to the second) from its record.
+    first.wait_status("edge-1", AgentStatus::Ready, FLEET_TIMEOUT)?;
+    assert_eq!(
+        gauge(&second, "tern_control_plane_agents_connected"),
+        Some(1.0)
+    );
+    assert_eq!(
+        gauge(&first, "tern_control_plane_agents_connected"),
+        Some(0.0)
+    );
+
+    let publisher = Publisher::generate(&first, tmp.path())?;
+    publisher.trust_init(&first)?;
+    let mut fleet = Fleet {
+        tmp,
+        cp: first,
+        publisher,
+        agents: vec![agent],
+    };
+    // Pushed and applied through the first; the agent is served by the second.
+    fleet.serve_topk()?;
+    let pipelines = second.ternctl_ok(&["get", "pipelines", "-o", "name"])?;
+    assert_eq!(
+        pipelines.trim(),
+        "pipeline/scores",
+        "an apply through one replica is seen through the other"
+    );
+    fleet.wait_serving("edge-1", 1)?;
+    assert_eq!(fleet.infer(0)?, 200);
+
+    // The holder dies: the second takes the work once the lease lapses, and runs the next
+    // rollout; the agent, held by the second, serves throughout.
+    if let Some(process) = fleet.cp.process.as_mut() {
+        process.kill();
+    }
+    std::mem::swap(&mut fleet.cp, &mut second);
+    wait_for(
+        FLEET_TIMEOUT,
+        "the second replica taking the work lease",
+        || (gauge(&fleet.cp, "tern_control_plane_work_lease_held") == Some(1.0)).then_some(()),
+    )?;
+    assert_eq!(
+        gauge(&fleet.cp, "tern_control_plane_work_lease_epoch"),
+        Some(2.0),
+        "a new epoch fences the former holder's writes"
+    );
+    assert_eq!(fleet.infer(0)?, 200);
+    fleet.push(&fleet.topk("two", 0)?, 2)?;
+    fleet.apply("topk:2", 2)?;
+    fleet.wait_phase(2, "Complete")?;
+    fleet.wait_serving("edge-1", 2)?;
+    assert_eq!(fleet.infer(0)?, 200);
+    // `fleet` goes before `server` (declared after it): the replicas stop first.
+    drop(fleet);
+    drop(second);
+    Ok(())
+}
+
+#[test]
+fn a_token_enrolls_once_a_paused_holder_writes_nothing_and_a_newer_schema_is_refused()
+-> anyhow::Result<()> {
+    let Some(server) = testing::shared() else {
+        return Ok(());
+    };
+    let tmp = tempfile::tempdir()?;
+    let (first, mut second, url) = two_replicas(&server, tmp.path(), "replica_faults")?;
+
+    // One token, redeemed at both replicas at once: exactly one agent enrolls.
+    let token = first.token("site=a", "10m")?;
+    let (at_first, at_second) = std::thread::scope(|scope| {
+        let a = scope.spawn(|| join_once(first.agent_addr, tmp.path(), "twin-a", &token));
+        let b = scope.spawn(|| join_once(second.agent_addr, tmp.path(), "twin-b", &token));
+        (a.join(), b.join())
+    });
+    let (at_first, at_second) = (
+        at_first.map_err(|_| anyhow::anyhow!("join thread"))?,
+        at_second.map_err(|_| anyhow::anyhow!("join thread"))?,
+    );
+    assert_eq!(
+        u8::from(at_first.status.success()) + u8::from(at_second.status.success()),
+        1,
+        "exactly one enrollment: {} / {}",
+        String::from_utf8_lossy(&at_first.stderr),
+        String::from_utf8_lossy(&at_second.stderr)
+    );
+    let names = second.ternctl_ok(&["get", "agents", "-o", "name"])?;
+    assert_eq!(names.lines().count(), 1, "{names}");
+
+    // An agent held by the second; a rollout planned by the first.
+    let agent = Agent::join(&second, tmp.path(), "edge-1", &first.token("", "10m")?, "")?;
+    first.wait_status("edge-1", AgentStatus::Ready, FLEET_TIMEOUT)?;
+    let publisher = Publisher::generate(&first, tmp.path())?;
+    publisher.trust_init(&first)?;
+    let mut fleet = Fleet {
+        tmp,
+        cp: first,
+        publisher,
+        agents: vec![agent],
+    };
+    fleet.serve_topk()?;
+    fleet.wait_serving("edge-1", 1)?;
+
+    // The holder is paused past its lease: the second takes over and rolls revision 2 out.
+    let paused = fleet
+        .cp
+        .process
+        .as_ref()
+        .map(|p| p.pid())
+        .ok_or_else(|| anyhow::anyhow!("the first replica runs"))?;
+    signal(paused, "STOP")?;
+    std::mem::swap(&mut fleet.cp, &mut second);
+    let resume = scopeguard_cont(paused);
+    wait_for(
+        FLEET_TIMEOUT,
+        "the second replica taking the work lease",
+        || (gauge(&fleet.cp, "tern_control_plane_work_lease_held") == Some(1.0)).then_some(()),
+    )?;
+    fleet.push(&fleet.topk("two", 0)?, 2)?;
+    fleet.apply("topk:2", 2)?;
+    fleet.wait_phase(2, "Complete")?;
+    fleet.wait_serving("edge-1", 2)?;
+    let given = fleet.agent_view("edge-1")?.desired_generation;
+
+    // Resumed, the former holder finds its term over and writes nothing.
+    let before = second.log_text().len();
+    drop(resume);
+    wait_for(FLEET_TIMEOUT, "the former holder answering again", || {
+        gauge(&second, "tern_control_plane_work_lease_held")
+    })?;
+    std::thread::sleep(LEASE_TTL);
+    assert_eq!(
+        gauge(&second, "tern_control_plane_work_lease_held"),
+        Some(0.0)
+    );
+    assert_eq!(
+        gauge(&fleet.cp, "tern_control_plane_work_lease_epoch"),
+        Some(2.0)
+    );
+    let after = second.log_text();
+    let resumed = after.get(before..).unwrap_or_default();
+    assert!(
+        !resumed.contains("new desired state") && !resumed.contains("rollout deployment"),
+        "the former holder wrote after resuming:\n{resumed}"
+    );
+    assert_eq!(fleet.agent_view("edge-1")?.desired_generation, given);
+    fleet.wait_serving("edge-1", 2)?;
+
+    // A replica started on a store whose schema is newer than it knows refuses to start.
+    testing::execute(&url, "UPDATE tern_schema SET version = version + 1")
+        .map_err(anyhow::Error::msg)?;
+    let mut third = ControlPlane::replica(fleet.tmp.path(), "c", &fleet.cp)?;
+    let refused = third.serve().expect_err("a newer schema");
+    assert!(
+        refused
+            .to_string()
+            .contains("newer than this control plane"),
+        "{refused}"
+    );
+    drop(fleet);
+    drop(second);
+    Ok(())
+}
+
+/// Sends SIGCONT to `pid` when dropped: a paused process never outlives a failed test.
+fn scopeguard_cont(pid: u32) -> impl Drop {
+    struct Cont(u32);
+    impl Drop for Cont {
+        fn drop(&mut self) {
+            let _ = signal(self.0, "CONT");
+        }
+    }
+    Cont(pid)
+}
