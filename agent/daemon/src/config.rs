@@ -13,8 +13,12 @@ pub const DEFAULT_LISTEN_API: &str = "127.0.0.1:7480";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
-    /// `host:port` of the control plane.
+    /// `host:port` of the control plane (a name may resolve to several replicas).
     pub control_plane: String,
+    /// Other replicas of the control plane (`host:port`), tried in turn when the one in use is
+    /// unreachable; learned at enrollment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<String>,
     /// Identity assigned by the control plane.
     pub agent_id: String,
     pub name: String,

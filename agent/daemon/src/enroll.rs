@@ -144,15 +144,22 @@ pub async fn join(options: &JoinOptions) -> Result<AgentConfig, JoinError> {
         let text = serde_json::to_string_pretty(&root).unwrap_or_default();
         dir.write(&dir.trust_root(), text.as_bytes(), false)?;
     }
+    // The control plane's other replicas, for failing over (the one dialled comes first).
+    let replicas: Vec<String> = (response.replicas.iter())
+        .filter(|r| **r != options.control_plane)
+        .cloned()
+        .collect();
     let config = match expired {
         // Enrolled again: its own settings stay.
         Some(old) => AgentConfig {
             control_plane: options.control_plane.clone(),
+            replicas: replicas.clone(),
             labels: response.labels,
             ..old
         },
         None => AgentConfig {
             control_plane: options.control_plane.clone(),
+            replicas,
             agent_id: response.agent_id,
             name: options.name.clone(),
             labels: response.labels,

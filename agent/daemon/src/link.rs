@@ -91,18 +91,29 @@ pub async fn maintain(
 ) {
     let mut backoff = Backoff::default();
     let mut failures = 0u32;
+    // Which of the control plane's addresses the next attempt dials: after a failure or a
+    // lost connection, the next one (another replica), so a dead replica is not waited on.
+    let mut turn = 0usize;
     loop {
-        let span = info_span!("link", control_plane = %link.agent.control_plane);
-        let result = session(
-            &link,
-            capacity.clone(),
-            &state,
-            &mut deploy,
-            &mut backoff,
-            shutdown.clone(),
-        )
-        .instrument(span)
-        .await;
+        let result = match resolve_all(&targets(&link.agent)).await {
+            Ok(addrs) => {
+                let addr = addrs[turn % addrs.len()];
+                let span = info_span!("link", control_plane = %addr);
+                session(
+                    &link,
+                    addr,
+                    capacity.clone(),
+                    &state,
+                    &mut deploy,
+                    &mut backoff,
+                    shutdown.clone(),
+                )
+                .instrument(span)
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        turn = turn.wrapping_add(1);
         deploy.connection.send_replace(None);
         state.send_modify(|s| s.connected = false);
         match result {
@@ -128,16 +139,44 @@ pub async fn maintain(
     }
 }
 
-async fn resolve(addr: &str) -> Result<SocketAddr, SessionError> {
-    let mut addrs = tokio::net::lookup_host(addr)
-        .await
-        .map_err(|e| SessionError::Resolve(addr.to_owned(), e))?;
-    addrs.next().ok_or_else(|| {
-        SessionError::Resolve(
-            addr.to_owned(),
-            std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),
-        )
-    })
+/// The control plane's addresses, in the order they are tried: the one enrolled with, then
+/// the other replicas it named.
+fn targets(agent: &crate::config::AgentConfig) -> Vec<&str> {
+    let mut all = vec![agent.control_plane.as_str()];
+    for replica in &agent.replicas {
+        if !all.contains(&replica.as_str()) {
+            all.push(replica);
+        }
+    }
+    all
+}
+
+/// Every address `targets` resolve to (a name may have several: one per replica), in order,
+/// without repeats. Names that do not resolve are skipped while another does.
+async fn resolve_all(targets: &[&str]) -> Result<Vec<SocketAddr>, SessionError> {
+    let mut addrs = Vec::new();
+    let mut failed = None;
+    for target in targets {
+        match tokio::net::lookup_host(*target).await {
+            Ok(found) => {
+                for addr in found {
+                    if !addrs.contains(&addr) {
+                        addrs.push(addr);
+                    }
+                }
+            }
+            Err(e) => failed = Some(SessionError::Resolve((*target).to_owned(), e)),
+        }
+    }
+    if addrs.is_empty() {
+        return Err(failed.unwrap_or_else(|| {
+            SessionError::Resolve(
+                targets.join(", "),
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),
+            )
+        }));
+    }
+    Ok(addrs)
 }
 
 /// Dials, opens the control stream, says hello and waits for the welcome.
@@ -193,13 +232,13 @@ async fn establish(
 /// One connection, from dial to its end. `Ok(())` only on shutdown.
 async fn session(
     link: &LinkConfig,
+    addr: SocketAddr,
     mut capacity: watch::Receiver<Capacity>,
     state: &watch::Sender<LinkState>,
     deploy: &mut DeployChannels,
     backoff: &mut Backoff,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), SessionError> {
-    let addr = resolve(&link.agent.control_plane).await?;
     let endpoint = tern_transport::quic::client_endpoint(addr)
         .map_err(|e| SessionError::Resolve(link.agent.control_plane.clone(), e))?;
     let hello = Hello {

@@ -82,6 +82,29 @@ pub struct TokenView {
     pub expired: bool,
 }
 
+/// `GET /v1/replicas`: one replica of the control plane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaView {
+    pub name: String,
+    /// Where agents reach it (`host:port`; empty when it listens on every interface and has
+    /// no `advertise_agents`).
+    pub agents_address: String,
+    pub api_address: String,
+    /// Whether it holds the work lease (rollouts, drift, compaction, exports).
+    pub leader: bool,
+    /// The lease's epoch, on the leader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    pub agents_connected: u64,
+    /// `Ready` while it renews its record, `Lost` once it stopped for three lease lifetimes.
+    pub status: String,
+    /// How long ago it last renewed its record, in milliseconds.
+    pub lag_ms: u64,
+    /// RFC 3339.
+    pub started: String,
+    pub version: String,
+}
+
 /// `POST /v1/agents/{name}/labels`: kubectl's `k=v` (set) and `k-` (remove).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LabelRequest {
@@ -154,6 +177,10 @@ pub struct EnrollResponse {
     /// was given one out of band).
     #[serde(default)]
     pub trust_root: Option<crate::trust::SignedTrustRoot>,
+    /// Where agents reach every replica of the control plane (`host:port`), for failing over;
+    /// empty for a control plane alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<String>,
 }
 
 /// Error body of every API.

@@ -4,7 +4,7 @@ use comfy_table::{Table, presets};
 use serde::Serialize;
 use tern_proto::api::{
     AgentTop, AgentView, DeploymentView, ExperimentView, PipelineTop, PipelineView, ReleaseView,
-    TokenView,
+    ReplicaView, TokenView,
 };
 use tern_proto::trust::SignedTrustRoot;
 
@@ -291,6 +291,46 @@ pub fn tokens(list: &[TokenView], format: Format) -> anyhow::Result<String> {
                 token.expires.clone()
             },
         ]);
+    }
+    Ok(format!("{t}\n"))
+}
+
+/// `ternctl get replicas`: address, leader or not, agents connected, lag.
+pub fn replicas(list: &[ReplicaView], format: Format) -> anyhow::Result<String> {
+    if let Some(text) = structured(list, format)? {
+        return Ok(text);
+    }
+    if list.is_empty() {
+        return Ok("No replicas have announced themselves.\n".into());
+    }
+    let wide = format == Format::Wide;
+    let mut header = vec!["NAME", "STATUS", "LEADER", "AGENTS", "ADDRESS", "LAG"];
+    if wide {
+        header.extend(["API", "EPOCH", "VERSION", "AGE"]);
+    }
+    let mut t = table(&header);
+    for r in list {
+        let mut row = vec![
+            r.name.clone(),
+            r.status.clone(),
+            if r.leader { "yes" } else { "-" }.into(),
+            r.agents_connected.to_string(),
+            if r.agents_address.is_empty() {
+                "-".into()
+            } else {
+                r.agents_address.clone()
+            },
+            format!("{:.1}s", r.lag_ms as f64 / 1000.0),
+        ];
+        if wide {
+            row.extend([
+                r.api_address.clone(),
+                r.epoch.map_or("-".into(), |e| e.to_string()),
+                r.version.clone(),
+                age(&r.started),
+            ]);
+        }
+        t.add_row(row);
     }
     Ok(format!("{t}\n"))
 }

@@ -9,7 +9,8 @@ use anyhow::Context as _;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tern_proto::api::{
-    AgentView, AlertView, BaselineView, DeploymentView, PipelineView, ReleaseView, TokenView,
+    AgentView, AlertView, BaselineView, DeploymentView, PipelineView, ReleaseView, ReplicaView,
+    TokenView,
 };
 use tern_proto::labels::Selector;
 use tern_transport::https::HttpsClient;
@@ -26,10 +27,11 @@ pub enum Kind {
     Alert,
     Baseline,
     Token,
+    Replica,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Agent,
         Kind::Pipeline,
         Kind::Deployment,
@@ -37,6 +39,7 @@ impl Kind {
         Kind::Alert,
         Kind::Baseline,
         Kind::Token,
+        Kind::Replica,
     ];
 
     /// Singular, plural, short names.
@@ -49,6 +52,7 @@ impl Kind {
             Kind::Alert => ("alert", "alerts", &[]),
             Kind::Baseline => ("baseline", "baselines", &["bl"]),
             Kind::Token => ("token", "tokens", &["tok"]),
+            Kind::Replica => ("replica", "replicas", &["rep"]),
         }
     }
 
@@ -221,6 +225,17 @@ impl Resource for TokenView {
     }
 }
 
+impl Resource for ReplicaView {
+    const KIND: Kind = Kind::Replica;
+    const PATH: &'static str = "/v1/replicas";
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+    fn table(list: &[Self], format: Format) -> anyhow::Result<String> {
+        output::replicas(list, format)
+    }
+}
+
 /// What `get` was asked for.
 #[derive(Debug, Clone)]
 pub struct Query {
@@ -313,6 +328,7 @@ pub async fn get_kind(
         Kind::Alert => get::<AlertView>(api, query, watch).await,
         Kind::Baseline => get::<BaselineView>(api, query, watch).await,
         Kind::Token => get::<TokenView>(api, query, watch).await,
+        Kind::Replica => get::<ReplicaView>(api, query, watch).await,
     }
 }
 
@@ -358,6 +374,7 @@ pub async fn describe(
         Kind::Alert => described(&one::<AlertView>(api, name).await?, kind, format),
         Kind::Baseline => described(&one::<BaselineView>(api, name).await?, kind, format),
         Kind::Token => described(&one::<TokenView>(api, name).await?, kind, format),
+        Kind::Replica => described(&one::<ReplicaView>(api, name).await?, kind, format),
     }
 }
 

@@ -36,6 +36,10 @@ pub struct ControlPlaneConfig {
     /// or, when absent, sled databases in the data directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<String>,
+    /// Where agents reach this replica (`host:port`), handed to agents at enrollment so they
+    /// can fail over to it; `listen_agents` when that names one interface.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise_agents: Option<String>,
     /// Where artifacts live: a directory (absolute), which replicas of one control plane
     /// share (a network filesystem); `artifacts/` in the data directory when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -381,6 +385,7 @@ impl Default for ControlPlaneConfig {
             listen_api: DEFAULT_LISTEN_API.parse().expect("valid default address"),
             store: None,
             artifacts: None,
+            advertise_agents: None,
             lease_ttl: DEFAULT_LEASE_TTL,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             not_ready_after: DEFAULT_NOT_READY_AFTER,

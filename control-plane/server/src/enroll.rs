@@ -21,6 +21,10 @@ pub struct EnrollContext<'a> {
     pub online_key: &'a tern_proto::signing::SecretKey,
     /// How long agent certificates live.
     pub agent_cert_ttl: std::time::Duration,
+    /// This replica, and every replica's address for agents to fail over to.
+    pub replica: &'a crate::replica::Replica,
+    pub replicas: &'a crate::replica::ReplicaRegistry,
+    pub lease_ttl: std::time::Duration,
 }
 
 /// Why an enrollment was refused.
@@ -87,5 +91,12 @@ pub(crate) fn enroll(
         labels: record.labels,
         online_key: Some(cx.online_key.public()),
         trust_root: cx.releases.trust_root().ok().flatten(),
+        replicas: if cx.replica.peers {
+            (cx.replicas)
+                .agent_addresses(now_ms, cx.lease_ttl.as_millis() as u64)
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        },
     })
 }

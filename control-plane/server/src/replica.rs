@@ -14,6 +14,8 @@ use crate::backend::{
 use crate::presence::Presence;
 use crate::registry::AgentRecord;
 
+/// Replica name → [`ReplicaRecord`].
+const REPLICAS: Table = Table("replicas");
 /// Agent id → [`Observed`] status report.
 const REPORTS: Table = Table("agent_reports");
 /// Agent id → [`Observed`] health report.
@@ -64,6 +66,90 @@ impl Replica {
     /// nobody else does.
     pub fn may_mark(&self, record: &AgentRecord) -> bool {
         !self.held_elsewhere(record)
+    }
+}
+
+/// A replica as it announces itself (every third of `lease_ttl`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaRecord {
+    pub name: String,
+    /// Where agents reach it, when it knows (`advertise_agents`, or a specific listen address).
+    pub agents_address: Option<String>,
+    pub api_address: String,
+    pub started_ms: u64,
+    /// When it last announced itself.
+    pub seen_ms: u64,
+    pub agents_connected: u64,
+    pub version: String,
+}
+
+impl ReplicaRecord {
+    /// Whether it announced itself within three lease lifetimes of `now_ms`.
+    pub fn live(&self, now_ms: u64, lease_ttl_ms: u64) -> bool {
+        now_ms.saturating_sub(self.seen_ms) <= lease_ttl_ms.saturating_mul(3)
+    }
+}
+
+/// How long a replica that stopped announcing itself stays listed (as `Lost`).
+const FORGET_LOST_AFTER_MS: u64 = 24 * 3_600_000;
+
+/// The replicas of the control plane, in the store.
+#[derive(Debug, Clone)]
+pub struct ReplicaRegistry {
+    backend: SharedBackend,
+}
+
+impl ReplicaRegistry {
+    pub fn new(backend: SharedBackend) -> Self {
+        Self { backend }
+    }
+
+    /// Writes this replica's record (lazily: the next announcement replaces a lost one).
+    pub fn announce(&self, record: &ReplicaRecord) -> Result<(), BackendError> {
+        let value = serde_json::to_vec(record).unwrap_or_default();
+        self.backend
+            .commit(
+                Write::new()
+                    .put(REPLICAS, record.name.as_str(), value)
+                    .lazily(),
+            )
+            .map_err(CommitError::into_backend)
+    }
+
+    /// Every replica that announced itself in the last day, by name.
+    pub fn all(&self, now_ms: u64) -> Result<Vec<ReplicaRecord>, BackendError> {
+        let mut out = Vec::new();
+        let mut lost = Vec::new();
+        for (key, value) in self.backend.range(REPLICAS, &KeyRange::all(), Scan::All)? {
+            match serde_json::from_slice::<ReplicaRecord>(&value) {
+                Ok(r) if now_ms.saturating_sub(r.seen_ms) > FORGET_LOST_AFTER_MS => lost.push(key),
+                Ok(r) => out.push(r),
+                Err(e) => tracing::warn!(error = %e, "an unreadable replica record"),
+            }
+        }
+        if !lost.is_empty() {
+            let forget = lost
+                .into_iter()
+                .fold(Write::new(), |w, k| w.delete(REPLICAS, k));
+            self.backend
+                .commit(forget)
+                .map_err(CommitError::into_backend)?;
+        }
+        Ok(out)
+    }
+
+    /// Where agents reach the live replicas, for enrollment to hand out.
+    pub fn agent_addresses(
+        &self,
+        now_ms: u64,
+        lease_ttl_ms: u64,
+    ) -> Result<Vec<String>, BackendError> {
+        Ok(self
+            .all(now_ms)?
+            .into_iter()
+            .filter(|r| r.live(now_ms, lease_ttl_ms))
+            .filter_map(|r| r.agents_address)
+            .collect())
     }
 }
 

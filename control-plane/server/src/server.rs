@@ -123,6 +123,11 @@ impl RunningControlPlane {
         let series = crate::telemetry::store::SeriesStore::new(
             database("telemetry", &dir.telemetry(), TELEMETRY_CACHE_BYTES)?,
             config.telemetry_retention,
+            if store.is_some() {
+                crate::telemetry::store::Writers::Many
+            } else {
+                crate::telemetry::store::Writers::One
+            },
         );
         let (telemetry, telemetry_writer) = crate::telemetry::Telemetry::new(series);
         let drift = crate::drift::DriftStore::new(backend.clone());
@@ -141,6 +146,7 @@ impl RunningControlPlane {
         let leadership = crate::leadership::Leadership::new(replica.name.clone());
         let shared = Arc::new(Shared {
             shared_reports: crate::replica::SharedReports::new(backend.clone()),
+            replicas: crate::replica::ReplicaRegistry::new(backend.clone()),
             replica,
             leases: crate::lease::LeaseStore::new(
                 backend.clone(),
@@ -216,7 +222,17 @@ impl RunningControlPlane {
                 crate::api::admin_router(shared.clone()),
                 stopped(rx.clone()),
             )),
-            tokio::spawn(hold_work_lease(shared.clone(), rx.clone())),
+            tokio::spawn(hold_work_lease(
+                shared.clone(),
+                Announcement {
+                    agents_address: config.advertise_agents.clone().or_else(|| {
+                        (!agent_addr.ip().is_unspecified()).then(|| agent_addr.to_string())
+                    }),
+                    api_address: api_addr.to_string(),
+                    started_ms: tern_clock::unix_millis_now(),
+                },
+                rx.clone(),
+            )),
             tokio::spawn(deployments(shared.clone(), rx.clone())),
             tokio::spawn(crate::follow::follow(
                 shared.clone(),
@@ -339,8 +355,21 @@ fn replica_name() -> String {
     )
 }
 
-/// Takes and renews the work lease three times per `lease_ttl`; lets it go at shutdown.
-async fn hold_work_lease(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+/// What this replica says of itself in its record.
+#[derive(Debug, Clone)]
+struct Announcement {
+    agents_address: Option<String>,
+    api_address: String,
+    started_ms: u64,
+}
+
+/// Announces this replica and takes or renews the work lease, three times per `lease_ttl`;
+/// lets the lease go at shutdown.
+async fn hold_work_lease(
+    shared: Arc<Shared>,
+    me: Announcement,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let ttl = shared.config.lease_ttl;
     let mut tick = tokio::time::interval(ttl / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -350,7 +379,20 @@ async fn hold_work_lease(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool
             _ = tick.tick() => {}
         }
         let work = shared.clone();
+        let me = me.clone();
         let renewed = tokio::task::spawn_blocking(move || {
+            let record = crate::replica::ReplicaRecord {
+                name: work.replica.name.clone(),
+                agents_address: me.agents_address,
+                api_address: me.api_address,
+                started_ms: me.started_ms,
+                seen_ms: tern_clock::unix_millis_now(),
+                agents_connected: work.presence.connected() as u64,
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            };
+            if let Err(e) = work.replicas.announce(&record) {
+                warn!(error = %e, "cannot announce this replica");
+            }
             let source = crate::leadership::TermSource {
                 registry_backend: &work.backend,
                 telemetry_backend: work.telemetry.store.backend(),

@@ -39,6 +39,8 @@ pub(crate) struct Shared {
     pub storage: Arc<tern_transport::storage::StorageMonitor>,
     /// This replica, and whether others share its store.
     pub replica: crate::replica::Replica,
+    /// Every replica's record (address, agents, when last seen).
+    pub replicas: crate::replica::ReplicaRegistry,
     /// Agents' reports, shared with the other replicas (when there are any).
     pub shared_reports: crate::replica::SharedReports,
     /// The backend of the registry's namespace (where leases are kept).
@@ -57,6 +59,9 @@ impl Shared {
             releases: &self.releases,
             online_key: &self.online_key,
             agent_cert_ttl: self.config.agent_cert_ttl,
+            replica: &self.replica,
+            replicas: &self.replicas,
+            lease_ttl: self.config.lease_ttl,
         }
     }
 

@@ -5,7 +5,8 @@
 //! rollout from the reports the second shares. Then the first is killed (SIGKILL): the second
 //! takes the lease once it lapses and rolls the next revision out. And the faults: one token
 //! redeemed at both replicas at once enrolls one agent; a holder paused (SIGSTOP) past its
-//! lease and resumed writes nothing; a replica refuses a store whose schema is newer.
+//! lease and resumed writes nothing; a replica refuses a store whose schema is newer; agents
+//! whose replica dies fail over to another, keep serving, and their telemetry is counted once.
 
 use std::path::Path;
 use std::process::Command;
@@ -15,7 +16,7 @@ use tern_control_plane::backend::postgres::testing;
 use tern_e2e::{
     Agent, ControlPlane, FLEET_TIMEOUT, Fleet, Publisher, fast_config, join_once, wait_for,
 };
-use tern_proto::api::AgentStatus;
+use tern_proto::api::{AgentStatus, PipelineTop};
 
 /// The lease lapses this long after its holder's last renewal.
 const LEASE_TTL: Duration = Duration::from_secs(2);
@@ -252,4 +253,125 @@ fn scopeguard_cont(pid: u32) -> impl Drop {
         }
     }
     Cont(pid)
+}
+
+/// Requests of pipeline `scores` stored by the fleet, through `cp`.
+fn stored_requests(cp: &ControlPlane) -> Option<u64> {
+    let text = cp.ternctl_ok(&["top", "pipelines", "-o", "json"]).ok()?;
+    let rows: Vec<PipelineTop> = serde_json::from_str(&text).ok()?;
+    Some(rows.into_iter().find(|p| p.pipeline == "scores")?.requests)
+}
+
+fn infer_ok(fleet: &Fleet, agent: usize, n: u64) -> anyhow::Result<()> {
+    for _ in 0..n {
+        anyhow::ensure!(
+            fleet.infer(agent)? == 200,
+            "a request to agent {agent} failed"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn agents_of_a_dead_replica_fail_over_keep_serving_and_are_counted_once() -> anyhow::Result<()> {
+    let Some(server) = testing::shared() else {
+        return Ok(());
+    };
+    let tmp = tempfile::tempdir()?;
+    let (first, second, _) = two_replicas(&server, tmp.path(), "replica_failover")?;
+    // Both agents enroll at the first, and learn where the second is.
+    let mut agents = Vec::new();
+    for name in ["edge-1", "edge-2"] {
+        let token = first.token("site=a", "10m")?;
+        let agent = Agent::join_with(
+            &first,
+            tmp.path(),
+            name,
+            &token,
+            "",
+            &["--telemetry-interval", "200ms"],
+        )?;
+        first.wait_status(name, AgentStatus::Ready, FLEET_TIMEOUT)?;
+        let config = std::fs::read_to_string(agent.dir.join("agent.toml"))?;
+        assert!(
+            config.contains(&second.agent_addr.to_string()),
+            "enrollment named the other replica:\n{config}"
+        );
+        agents.push(agent);
+    }
+    assert_eq!(
+        gauge(&first, "tern_control_plane_agents_connected"),
+        Some(2.0)
+    );
+    let publisher = Publisher::generate(&first, tmp.path())?;
+    publisher.trust_init(&first)?;
+    let mut fleet = Fleet {
+        tmp,
+        cp: first,
+        publisher,
+        agents,
+    };
+    fleet.serve_topk()?;
+    for agent in ["edge-1", "edge-2"] {
+        fleet.wait_serving(agent, 1)?;
+    }
+    infer_ok(&fleet, 0, 10)?;
+    wait_for(FLEET_TIMEOUT, "the first requests stored", || {
+        stored_requests(&fleet.cp).filter(|n| *n == 10)
+    })?;
+
+    // The replica holding both agents dies; they serve throughout and move to the other.
+    if let Some(process) = fleet.cp.process.as_mut() {
+        process.kill();
+    }
+    let mut second = second;
+    std::mem::swap(&mut fleet.cp, &mut second);
+    infer_ok(&fleet, 0, 5)?;
+    infer_ok(&fleet, 1, 5)?;
+    wait_for(
+        FLEET_TIMEOUT,
+        "both agents connected to the second replica",
+        || (gauge(&fleet.cp, "tern_control_plane_agents_connected") == Some(2.0)).then_some(()),
+    )?;
+    infer_ok(&fleet, 0, 5)?;
+    // Every request counted once across the switch: batches sent to the dead replica and
+    // sent again to the living one are stored once.
+    wait_for(FLEET_TIMEOUT, "every request stored", || {
+        stored_requests(&fleet.cp).filter(|n| *n >= 25)
+    })?;
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        stored_requests(&fleet.cp),
+        Some(25),
+        "nothing lost, nothing twice"
+    );
+
+    // The second holds the work now: the next revision reaches both agents through it.
+    wait_for(
+        FLEET_TIMEOUT,
+        "the second replica taking the work lease",
+        || (gauge(&fleet.cp, "tern_control_plane_work_lease_held") == Some(1.0)).then_some(()),
+    )?;
+    fleet.push(&fleet.topk("two", 0)?, 2)?;
+    fleet.apply("topk:2", 2)?;
+    fleet.wait_phase(2, "Complete")?;
+    for agent in ["edge-1", "edge-2"] {
+        fleet.wait_serving(agent, 2)?;
+    }
+    // `get replicas`: the dead one turns Lost after three lease lifetimes; the living leads.
+    let replicas = wait_for(FLEET_TIMEOUT, "the dead replica shown as Lost", || {
+        let table = fleet.cp.ternctl_ok(&["get", "replicas"]).ok()?;
+        table.contains("Lost").then_some(table)
+    })?;
+    let leader = replicas
+        .lines()
+        .find(|l| l.contains(" yes "))
+        .unwrap_or_default();
+    assert!(
+        leader.contains("Ready") && leader.contains(&fleet.cp.agent_addr.to_string()),
+        "the living replica leads:\n{replicas}"
+    );
+    drop(fleet);
+    drop(second);
+    Ok(())
 }

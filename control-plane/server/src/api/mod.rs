@@ -6,6 +6,7 @@ mod dashboard;
 mod deployments;
 mod drift;
 mod releases;
+mod replicas;
 mod telemetry;
 
 use std::net::SocketAddr;
@@ -105,6 +106,7 @@ pub(crate) fn admin_router(shared: Arc<Shared>) -> Router {
         .route("/v1/agents/{name}/labels", post(agents::relabel))
         .route("/v1/tokens", post(create_token).get(agents::tokens))
         .route("/v1/tokens/{id}", delete(agents::withdraw_token))
+        .route("/v1/replicas", get(replicas::list))
         .route("/v1/releases", get(releases::list).post(releases::publish))
         .route(
             "/v1/artifacts/{digest}",

@@ -186,14 +186,33 @@ pub struct SeriesStore {
     /// Held exclusively while compaction moves buckets from one resolution to another, shared
     /// by queries, so that no query sees a bucket twice or not at all.
     moving: Arc<RwLock<()>>,
+    writers: Writers,
 }
 
+/// Who writes the series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writers {
+    /// One task of one process (a control plane alone on its store): no write can race another.
+    One,
+    /// Replicas sharing the store: every change holds only if what it read is unchanged, and
+    /// runs again when it raced (two replicas merging into one bucket, an agent's batches
+    /// arriving at two replicas around a failover).
+    Many,
+}
+
+/// How often a change that keeps racing others runs before giving up.
+const MAX_ATTEMPTS: usize = 16;
+
+/// The values a change read (`None`: absent), which it expects unchanged when it commits.
+type Reads = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
 impl SeriesStore {
-    pub fn new(backend: SharedBackend, retention: Duration) -> Self {
+    pub fn new(backend: SharedBackend, retention: Duration, writers: Writers) -> Self {
         Self {
             backend,
             resolutions: resolutions(retention),
             moving: Arc::default(),
+            writers,
         }
     }
 
@@ -204,6 +223,7 @@ impl SeriesStore {
             backend,
             resolutions: self.resolutions,
             moving: self.moving.clone(),
+            writers: self.writers,
         }
     }
 
@@ -230,14 +250,39 @@ impl SeriesStore {
         Ok(())
     }
 
-    fn get<T: serde::de::DeserializeOwned>(
-        &self,
-        key: &[u8],
-    ) -> Result<Option<T>, TelemetryStoreError> {
-        match self.backend.get(SERIES, key)? {
-            None => Ok(None),
-            Some(bytes) => Ok(Some(records::decode(key, &bytes)?)),
+    /// Commits `write` on the condition that `reads` are unchanged (with several writers);
+    /// `Ok(false)` when they changed and nothing was written.
+    fn commit_checked(&self, mut write: Write, reads: Reads) -> Result<bool, TelemetryStoreError> {
+        if write.is_empty() {
+            return Ok(true);
         }
+        if self.writers == Writers::Many {
+            for (key, value) in reads {
+                write = write.only_if(SERIES, key, value);
+            }
+        }
+        match self.backend.commit(write.lazily()) {
+            Ok(()) => Ok(true),
+            Err(CommitError::Conflict) => Ok(false),
+            Err(CommitError::Backend(e)) => Err(e.into()),
+        }
+    }
+
+    /// Runs `attempt` until its change commits on what it read.
+    fn until_committed<T>(
+        &self,
+        mut attempt: impl FnMut() -> Result<Option<T>, TelemetryStoreError>,
+    ) -> Result<T, TelemetryStoreError> {
+        for _ in 0..MAX_ATTEMPTS {
+            if let Some(done) = attempt()? {
+                return Ok(done);
+            }
+            std::thread::sleep(Duration::from_micros(rand::random_range(50..2_000)));
+        }
+        Err(BackendError::Contended {
+            attempts: MAX_ATTEMPTS,
+        }
+        .into())
     }
 
     /// A record to merge into: a corrupt one is logged and started afresh, so that one bad
@@ -245,15 +290,20 @@ impl SeriesStore {
     fn get_or_fresh<T: serde::de::DeserializeOwned + Default>(
         &self,
         key: &[u8],
+        reads: &mut Reads,
     ) -> Result<T, TelemetryStoreError> {
-        match self.get(key) {
-            Ok(found) => Ok(found.unwrap_or_default()),
-            Err(TelemetryStoreError::Corrupt { key, reason }) => {
+        let bytes = self.backend.get(SERIES, key)?;
+        let value = match bytes.as_deref().map(|b| records::decode(key, b)) {
+            None => Ok(T::default()),
+            Some(Ok(found)) => Ok(found),
+            Some(Err(TelemetryStoreError::Corrupt { key, reason })) => {
                 tracing::warn!(%key, %reason, "corrupt telemetry record replaced");
                 Ok(T::default())
             }
-            Err(e) => Err(e),
-        }
+            Some(Err(e)) => Err(e),
+        };
+        reads.push((key.to_vec(), bytes));
+        value
     }
 
     /// Every agent's mark.
@@ -281,6 +331,16 @@ impl SeriesStore {
         group: &[(&str, &TelemetryBatch)],
         now_ms: u64,
     ) -> Result<(IngestOutcome, Vec<bool>), TelemetryStoreError> {
+        self.until_committed(|| self.try_ingest(group, now_ms))
+    }
+
+    /// One attempt at [`SeriesStore::ingest`]: `None` when it raced another writer.
+    fn try_ingest(
+        &self,
+        group: &[(&str, &TelemetryBatch)],
+        now_ms: u64,
+    ) -> Result<Option<(IngestOutcome, Vec<bool>)>, TelemetryStoreError> {
+        let mut reads = Reads::new();
         let raw = self.resolutions[0];
         let mut marks: HashMap<&str, AgentMark> = HashMap::new();
         let mut agents: BTreeMap<Vec<u8>, AgentWindow> = BTreeMap::new();
@@ -291,7 +351,7 @@ impl SeriesStore {
             let mark = match marks.entry(agent) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(self.get_or_fresh(&mark_key(agent))?)
+                    e.insert(self.get_or_fresh(&mark_key(agent), &mut reads)?)
                 }
             };
             if batch.seq <= mark.seq {
@@ -315,7 +375,7 @@ impl SeriesStore {
             let start = batch.start_ms.min(now_ms) / raw.bucket_ms * raw.bucket_ms;
             let key = window_key(AGENT, raw.id, start, agent);
             if !agents.contains_key(&key) {
-                let existing = self.get_or_fresh(&key)?;
+                let existing = self.get_or_fresh(&key, &mut reads)?;
                 agents.insert(key.clone(), existing);
             }
             if let Some(window) = agents.get_mut(&key) {
@@ -324,7 +384,7 @@ impl SeriesStore {
             for stats in &batch.pipelines {
                 let key = window_key(PIPELINE, raw.id, start, &stats.pipeline);
                 if !pipelines.contains_key(&key) {
-                    let existing = self.get_or_fresh(&key)?;
+                    let existing = self.get_or_fresh(&key, &mut reads)?;
                     pipelines.insert(key.clone(), existing);
                 }
                 if let Some(window) = pipelines.get_mut(&key) {
@@ -342,8 +402,9 @@ impl SeriesStore {
         for (key, window) in pipelines {
             write = write.put(SERIES, key, records::encode(&window));
         }
-        self.commit(write)?;
-        Ok((outcome, stored))
+        Ok(self
+            .commit_checked(write, reads)?
+            .then_some((outcome, stored)))
     }
 
     /// Merges buckets past each resolution's horizon into the next coarser one and deletes
@@ -392,45 +453,49 @@ impl SeriesStore {
         const SLICE: usize = 4096;
         let mut moved = 0;
         loop {
-            let mut merged: BTreeMap<Vec<u8>, T> = BTreeMap::new();
-            let mut write = Write::new();
-            let due = KeyRange::between(
-                window_prefix(kind, fine.id, 0),
-                window_prefix(kind, fine.id, cutoff),
-            );
-            let slice = self.backend.range(SERIES, &due, Scan::First(SLICE))?;
-            let n = slice.len();
-            for (key, bytes) in slice {
-                write = write.delete(SERIES, key.clone());
-                let Some((start, name)) = parse_window_key(&key) else {
-                    continue;
-                };
-                let window: T = match records::decode(&key, &bytes) {
-                    Ok(window) => window,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "corrupt telemetry bucket dropped");
-                        continue;
-                    }
-                };
-                let target = window_key(
-                    kind,
-                    coarse.id,
-                    start / coarse.bucket_ms * coarse.bucket_ms,
-                    name,
+            let n = self.until_committed(|| {
+                let mut merged: BTreeMap<Vec<u8>, T> = BTreeMap::new();
+                let mut reads = Reads::new();
+                let mut write = Write::new();
+                let due = KeyRange::between(
+                    window_prefix(kind, fine.id, 0),
+                    window_prefix(kind, fine.id, cutoff),
                 );
-                if !merged.contains_key(&target) {
-                    let existing = self.get_or_fresh(&target)?;
-                    merged.insert(target.clone(), existing);
+                let slice = self.backend.range(SERIES, &due, Scan::First(SLICE))?;
+                let n = slice.len();
+                for (key, bytes) in slice {
+                    write = write.delete(SERIES, key.clone());
+                    reads.push((key.clone(), Some(bytes.clone())));
+                    let Some((start, name)) = parse_window_key(&key) else {
+                        continue;
+                    };
+                    let window: T = match records::decode(&key, &bytes) {
+                        Ok(window) => window,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "corrupt telemetry bucket dropped");
+                            continue;
+                        }
+                    };
+                    let target = window_key(
+                        kind,
+                        coarse.id,
+                        start / coarse.bucket_ms * coarse.bucket_ms,
+                        name,
+                    );
+                    if !merged.contains_key(&target) {
+                        let existing = self.get_or_fresh(&target, &mut reads)?;
+                        merged.insert(target.clone(), existing);
+                    }
+                    if let Some(into) = merged.get_mut(&target) {
+                        merge(into, &window);
+                    }
                 }
-                if let Some(into) = merged.get_mut(&target) {
-                    merge(into, &window);
+                for (key, window) in merged {
+                    write = write.put(SERIES, key, records::encode(&window));
                 }
-            }
-            for (key, window) in merged {
-                write = write.put(SERIES, key, records::encode(&window));
-            }
-            let _exclusive = self.moving.write().unwrap_or_else(|p| p.into_inner());
-            self.commit(write)?;
+                let _exclusive = self.moving.write().unwrap_or_else(|p| p.into_inner());
+                Ok(self.commit_checked(write, reads)?.then_some(n))
+            })?;
             moved += n as u64;
             if n < SLICE {
                 return Ok(moved);
@@ -561,7 +626,7 @@ mod tests {
     /// A store on a sled database at `path`.
     fn open(path: &std::path::Path, retention: Duration) -> Result<SeriesStore, BackendError> {
         let backend = crate::backend::SledBackend::open(path, 1 << 20)?;
-        Ok(SeriesStore::new(Arc::new(backend), retention))
+        Ok(SeriesStore::new(Arc::new(backend), retention, Writers::One))
     }
 
     const DAY: u64 = 24 * 3_600_000;
@@ -611,6 +676,36 @@ mod tests {
             .expect("query")
             .get("scores")
             .map_or(0, |(_, s)| s.iter().map(|p| p.requests).sum())
+    }
+
+    #[test]
+    fn replicas_writing_one_bucket_at_once_lose_nothing_and_count_a_batch_once() {
+        let backend: SharedBackend = Arc::new(crate::backend::MemoryBackend::new());
+        let retention = Duration::from_secs(90 * 86_400);
+        let replicas: Vec<SeriesStore> = (0..2)
+            .map(|_| SeriesStore::new(backend.clone(), retention, Writers::Many))
+            .collect();
+        let now = 100 * DAY;
+        // Agents' batches all land in one pipeline bucket; each batch arrives at both replicas
+        // (an agent that switched replicas sends its backlog again).
+        std::thread::scope(|scope| {
+            for store in &replicas {
+                scope.spawn(move || {
+                    for agent in 0..8 {
+                        for seq in 1..=5u64 {
+                            let batch = batch(seq, now - 50_000 + seq, 3);
+                            let name = format!("agent-{agent}");
+                            store.ingest(&[(&name, &batch)], now).expect("ingest");
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(
+            requests(&replicas[0], now - DAY, now),
+            8 * 5 * 3,
+            "every batch counted once, none lost to a race"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use tern_control_plane::backend::SledBackend;
 use tern_control_plane::server::TELEMETRY_CACHE_BYTES;
-use tern_control_plane::telemetry::store::SeriesStore;
+use tern_control_plane::telemetry::store::{SeriesStore, Writers};
 use tern_e2e::{ControlPlane, cpu_time, resident_memory, wait_for};
 use tern_proto::io::{read_frame, write_frame};
 use tern_proto::message::{StreamOpen, TelemetryAck};
@@ -185,7 +185,11 @@ fn reference(template: &TelemetryBatch, agents: usize, seconds: f64) -> anyhow::
     let tmp = tempfile::tempdir()?;
     // As the control plane opens it: sled, with the same page cache.
     let backend = SledBackend::open(tmp.path(), TELEMETRY_CACHE_BYTES)?;
-    let store = SeriesStore::new(Arc::new(backend), Duration::from_secs(90 * 86_400));
+    let store = SeriesStore::new(
+        Arc::new(backend),
+        Duration::from_secs(90 * 86_400),
+        Writers::One,
+    );
     let names: Vec<String> = (0..agents).map(|i| format!("agent-{i:05}")).collect();
     let base_ms = tern_clock::unix_millis_now() - 7 * DAY_MS;
     let now = tern_clock::unix_millis_now();
