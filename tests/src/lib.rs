@@ -293,6 +293,8 @@ pub struct ControlPlane {
     pub log_filter: String,
     /// Where the serve logs go (the data dir unless a test moves them).
     pub log_dir: PathBuf,
+    /// More environment variables of the serve process (the object store's `AWS_*`).
+    pub env: Vec<(String, String)>,
 }
 
 impl ControlPlane {
@@ -323,6 +325,7 @@ impl ControlPlane {
             api_addr,
             process: None,
             log_filter: "info,tern_control_plane=debug".into(),
+            env: Vec::new(),
         })
     }
 
@@ -355,6 +358,7 @@ impl ControlPlane {
             api_addr,
             process: None,
             log_filter: first.log_filter.clone(),
+            env: first.env.clone(),
         })
     }
 
@@ -367,7 +371,8 @@ impl ControlPlane {
                 .arg("serve")
                 .arg("--data-dir")
                 .arg(&self.dir)
-                .env("TERN_LOG", &self.log_filter),
+                .env("TERN_LOG", &self.log_filter)
+                .envs(self.env.iter().map(|(k, v)| (k, v))),
             log,
         )?;
         self.process = Some(process);
@@ -1172,6 +1177,7 @@ mod tests {
             process: None,
             log_filter: String::new(),
             log_dir: root.to_owned(),
+            env: Vec::new(),
         };
         let logs = cp.agent_logs("edge");
         assert!(logs.contains("joined") && logs.contains("ran"), "{logs}");

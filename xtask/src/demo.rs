@@ -1,4 +1,5 @@
-//! `cargo xtask demo`: the quickstart, end to end on loopback.
+//! `cargo xtask demo`: the quickstart, end to end on loopback (`--replicas N`: the replicas
+//! demo).
 //!
 //! Builds the workspace (the same build as the tests) and the plugins, then runs the
 //! `quickstart` binary: a control plane and two agents, keys and a trust root, signed plugins
@@ -24,19 +25,29 @@ pub fn target_dir() -> anyhow::Result<PathBuf> {
         .context("cargo metadata has no target_directory")
 }
 
-pub fn run() -> anyhow::Result<()> {
+/// `replicas`: with `--replicas N`, the replicas demo instead: PostgreSQL and SeaweedFS's S3
+/// server on loopback, N control-plane replicas, four agents, the leader killed mid-rollout.
+pub fn run(replicas: Option<usize>) -> anyhow::Result<()> {
     println!("==> building the workspace and the plugins");
     // The same selection as `cargo xtask test`, so both share one build of everything.
     crate::cargo(&["build", "--locked", "--workspace", "--all-targets"])?;
     crate::build_plugins()?;
     let target = target_dir()?;
-    let status = Command::new(target.join("debug").join("quickstart"))
+    let mut command = match replicas {
+        Some(n) => {
+            let mut command = Command::new(target.join("debug").join("replicas-demo"));
+            command.args(["--replicas", &n.to_string()]);
+            command
+        }
+        None => Command::new(target.join("debug").join("quickstart")),
+    };
+    let status = command
         .arg("--plugins")
         .arg(target.join("wasm32-wasip2").join("debug"))
         .status()
-        .context("failed to run the quickstart")?;
+        .context("failed to run the demo")?;
     if !status.success() {
-        bail!("the quickstart failed ({status})");
+        bail!("the demo failed ({status})");
     }
     Ok(())
 }

@@ -15,8 +15,11 @@ use anyhow::{Context, bail};
 const USAGE: &str =
     "usage: cargo xtask <demo|test|lint|tidy|plugins|fuzz|protogen|schemas|fixtures>
 
-  demo   start a control plane and two agents in temporary directories, enroll them,
-         show the fleet, and shut everything down
+  demo [--replicas N]
+         start a control plane and two agents in temporary directories, enroll them,
+         show the fleet, and shut everything down; with --replicas N, N control-plane
+         replicas on PostgreSQL and SeaweedFS's S3 server (both started on loopback),
+         four agents, and the replica holding the work lease killed mid-rollout
   test   build the binaries, run every test of the workspace and the smoke form of
          every benchmark
   lint     cargo fmt --check, cargo clippy --all-targets -D warnings, and tidy
@@ -35,7 +38,14 @@ const USAGE: &str =
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("demo") => demo::run(),
+        Some("demo") => match args.get(1).map(String::as_str) {
+            None => demo::run(None),
+            Some("--replicas") => match args.get(2).and_then(|n| n.parse().ok()) {
+                Some(n) if n >= 2 => demo::run(Some(n)),
+                _ => Err(anyhow::anyhow!("--replicas takes a number of at least 2")),
+            },
+            Some(other) => Err(anyhow::anyhow!("demo: unknown argument {other}\n{USAGE}")),
+        },
         Some("test") => test(&args[1..]),
         Some("lint") => lint(),
         Some("plugins") => plugins(),

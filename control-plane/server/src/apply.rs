@@ -84,7 +84,7 @@ fn pin(
                 ),
             ));
         }
-        if !releases.is_complete(&release.digest) {
+        if !releases.is_complete(&release.digest)? {
             return Err(manifest_error(
                 file,
                 path,
@@ -309,7 +309,7 @@ fn check_variants(
                     ),
                 ));
             }
-            Some(r) if !releases.is_complete(&r.digest) => {
+            Some(r) if !releases.is_complete(&r.digest)? => {
                 return Err(manifest_error(
                     file,
                     path,

@@ -40,10 +40,11 @@ pub struct ControlPlaneConfig {
     /// can fail over to it; `listen_agents` when that names one interface.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advertise_agents: Option<String>,
-    /// Where artifacts live: a directory (absolute), which replicas of one control plane
-    /// share (a network filesystem); `artifacts/` in the data directory when absent.
+    /// Where artifacts live: `s3://bucket/prefix` (an S3-compatible store; endpoint and
+    /// credentials from the `AWS_*` environment variables) or an absolute directory, which
+    /// replicas of one control plane share; `artifacts/` in the data directory when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub artifacts: Option<PathBuf>,
+    pub artifacts: Option<String>,
     /// How long the lease on the work that must happen once (rollouts, drift, compaction,
     /// exports) outlives its holder's last renewal: when the holder dies, another replica
     /// takes the work over after this long. Replicas' clocks must agree well within it.
@@ -453,12 +454,8 @@ impl ControlPlaneConfig {
         if self.lease_ttl < Duration::from_secs(1) {
             return Err(invalid("lease_ttl", "must be at least 1s"));
         }
-        if self
-            .artifacts
-            .as_ref()
-            .is_some_and(|dir| !dir.is_absolute())
-        {
-            return Err(invalid("artifacts", "must be an absolute path"));
+        if let Some(artifacts) = &self.artifacts {
+            ArtifactLocation::parse(artifacts).map_err(|e| invalid("artifacts", &e))?;
         }
         if let Some(endpoint) = &self.otlp_endpoint {
             OtlpTarget::parse(endpoint).map_err(|e| invalid("otlp_endpoint", &e))?;
@@ -489,6 +486,46 @@ impl ControlPlaneConfig {
     /// The text of `config.toml`.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("the config always serializes")
+    }
+}
+
+/// Where artifacts are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArtifactLocation {
+    /// A directory on this machine (or a network filesystem).
+    Dir(PathBuf),
+    /// An S3-compatible bucket, under `prefix`.
+    S3 { bucket: String, prefix: String },
+}
+
+impl ArtifactLocation {
+    /// Reads `artifacts` of `config.toml`: an absolute path, `file:///path` or
+    /// `s3://bucket[/prefix]`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if let Some(rest) = text.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err("an s3:// location names a bucket: s3://bucket/prefix".into());
+            }
+            return Ok(Self::S3 {
+                bucket: bucket.to_owned(),
+                prefix: prefix.trim_matches('/').to_owned(),
+            });
+        }
+        let path = PathBuf::from(text.strip_prefix("file://").unwrap_or(text));
+        if !path.is_absolute() {
+            return Err("must be an absolute directory, file:///dir or s3://bucket/prefix".into());
+        }
+        Ok(Self::Dir(path))
+    }
+}
+
+impl std::fmt::Display for ArtifactLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Dir(dir) => write!(f, "{}", dir.display()),
+            Self::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+        }
     }
 }
 

@@ -32,8 +32,8 @@ pub struct InitOptions {
     pub server_names: Vec<String>,
     /// `store` of config.toml: a PostgreSQL URL that replicas share.
     pub store: Option<String>,
-    /// `artifacts` of config.toml: a directory every replica reaches.
-    pub artifacts: Option<PathBuf>,
+    /// `artifacts` of config.toml: `s3://bucket/prefix` or a directory every replica reaches.
+    pub artifacts: Option<String>,
 }
 
 /// Options of `tern-control-plane replica init`.

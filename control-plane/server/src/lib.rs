@@ -9,7 +9,8 @@
 //!   writes with compare-and-set conditions, change notifications), on sled or in memory.
 //! - [`records`]: how the stores encode records (JSON values, versioned keys).
 //! - [`registry`]: enrolled agents and enrollment tokens.
-//! - [`releases`]: signed releases, their artifacts on disk, the pinned trust root.
+//! - [`releases`]: signed releases, their artifacts, the pinned trust root.
+//! - [`artifacts`]: artifacts by digest in an object store (a directory, or S3-compatible).
 //! - [`catalog`]: pipelines with their revisions, deployments with their rollout.
 //! - [`apply`]: apply, diff and delete of manifests; rollout commands.
 //! - [`rollout`]: the rollout planner, a pure state machine.
@@ -39,6 +40,7 @@
 pub mod agents;
 pub mod api;
 pub mod apply;
+pub mod artifacts;
 pub mod backend;
 pub mod catalog;
 pub mod config;

@@ -35,10 +35,11 @@ enum Command {
         /// share [default: sled databases in the data dir].
         #[arg(long)]
         store: Option<String>,
-        /// Keep artifacts in this directory, which every replica reaches [default:
-        /// artifacts/ in the data dir].
+        /// Keep artifacts in `s3://bucket/prefix` (endpoint and credentials from `AWS_*`
+        /// variables) or a directory every replica reaches [default: artifacts/ in the data
+        /// dir].
         #[arg(long)]
-        artifacts: Option<PathBuf>,
+        artifacts: Option<String>,
     },
     /// Replicas of a control plane whose store and artifacts they share.
     Replica {

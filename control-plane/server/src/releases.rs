@@ -3,19 +3,17 @@
 //!
 //! Tables (in the control plane's backend): `releases` (`name\0version` → signed release JSON),
 //! `artifact_sizes` (digest → size, from the first release naming it), `trust` (`root` → signed
-//! trust root JSON). Artifacts live in `D/artifacts/<hex digest>` once complete and verified;
-//! uploads in progress in `D/artifacts/partial/<hex digest>`, so an interrupted push resumes
-//! where it stopped and no reader ever sees a half-written artifact.
+//! trust root JSON). Artifacts are in an [`ArtifactStore`] (a directory, or an S3-compatible
+//! store that replicas share): an interrupted push resumes where it stopped, and no reader ever
+//! sees a half-written or unverified artifact.
 
-use std::fs::OpenOptions;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use tern_proto::api::UploadProgress;
 use tern_proto::release::{Digest, SignedRelease};
 use tern_proto::trust::{SignedTrustRoot, TrustError, TrustUpdate};
 
+use crate::artifacts::{ArtifactError, ArtifactLocation, ArtifactStore, Assembled};
 use crate::backend::{
     BackendError, CommitError, KeyRange, Scan, SharedBackend, Table, Write, transact,
 };
@@ -30,11 +28,8 @@ const TRUST: Table = Table("trust");
 pub enum ReleaseStoreError {
     #[error("release storage failed: {0}")]
     Storage(#[from] BackendError),
-    #[error("artifact storage failed at {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Artifacts(#[from] ArtifactError),
     #[error("release store {0}")]
     Corrupt(#[from] CorruptRecord),
     #[error("{reference} already exists with other content ({existing}); publish a new version")]
@@ -67,7 +62,7 @@ pub enum PutOutcome {
 #[derive(Debug)]
 pub struct ReleaseStore {
     backend: SharedBackend,
-    dir: PathBuf,
+    artifacts: ArtifactStore,
     /// Serializes appends, so two pushes of one artifact cannot interleave.
     uploads: Mutex<()>,
     /// Serializes read-then-write changes of releases and the trust root, so two publishers
@@ -76,40 +71,27 @@ pub struct ReleaseStore {
 }
 
 impl ReleaseStore {
-    /// Opens the store on `backend`, with artifacts under `dir`.
-    pub fn open(backend: SharedBackend, dir: &Path) -> Result<Self, ReleaseStoreError> {
-        let partial = dir.join("partial");
-        std::fs::create_dir_all(&partial).map_err(|source| ReleaseStoreError::Io {
-            path: partial,
-            source,
-        })?;
+    /// Opens the store on `backend`, with artifacts at `artifacts`.
+    pub fn open(
+        backend: SharedBackend,
+        artifacts: &ArtifactLocation,
+    ) -> Result<Self, ReleaseStoreError> {
         Ok(Self {
             backend,
-            dir: dir.to_owned(),
+            artifacts: ArtifactStore::open(artifacts)?,
             uploads: Mutex::new(()),
             changes: Mutex::new(()),
         })
     }
 
-    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReleaseStoreError + '_ {
-        move |source| ReleaseStoreError::Io {
-            path: path.to_owned(),
-            source,
-        }
-    }
-
-    /// Where a complete artifact lives.
-    pub fn artifact_path(&self, digest: &Digest) -> PathBuf {
-        self.dir.join(digest.hex())
-    }
-
-    fn partial_path(&self, digest: &Digest) -> PathBuf {
-        self.dir.join("partial").join(digest.hex())
+    /// The artifacts themselves.
+    pub fn artifacts(&self) -> &ArtifactStore {
+        &self.artifacts
     }
 
     /// Whether the whole artifact is stored and verified.
-    pub fn is_complete(&self, digest: &Digest) -> bool {
-        self.artifact_path(digest).is_file()
+    pub fn is_complete(&self, digest: &Digest) -> Result<bool, ReleaseStoreError> {
+        Ok(self.artifacts.size(digest)?.is_some())
     }
 
     /// Records a release (its signatures are checked by the caller). The same `name:version`
@@ -193,18 +175,15 @@ impl ReleaseStore {
     /// How much of `digest` is stored.
     pub fn progress(&self, digest: &Digest) -> Result<UploadProgress, ReleaseStoreError> {
         let size = self.size_of(digest)?;
-        if self.is_complete(digest) {
+        if self.is_complete(digest)? {
             return Ok(UploadProgress {
                 received: size,
                 size,
                 complete: true,
             });
         }
-        let received = std::fs::metadata(self.partial_path(digest))
-            .map(|m| m.len())
-            .unwrap_or(0);
         Ok(UploadProgress {
-            received,
+            received: self.artifacts.received(digest)?,
             size,
             complete: false,
         })
@@ -237,42 +216,26 @@ impl ReleaseStore {
                 size: progress.size,
             });
         }
-        let partial = self.partial_path(digest);
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&partial)
-            .map_err(Self::io(&partial))?;
-        file.write_all(bytes).map_err(Self::io(&partial))?;
+        if !bytes.is_empty() {
+            (self.artifacts).put_chunk(digest, offset, bytes::Bytes::copy_from_slice(bytes))?;
+        }
         if end < progress.size {
             return Ok(UploadProgress {
                 received: end,
                 ..progress
             });
         }
-        file.sync_all().map_err(Self::io(&partial))?;
-        let actual = std::fs::File::open(&partial)
-            .and_then(Digest::of_reader)
-            .map_err(Self::io(&partial))?
-            .1;
-        if actual != *digest {
-            let _ = std::fs::remove_file(&partial);
-            return Err(ReleaseStoreError::DigestMismatch {
+        match self.artifacts.assemble(digest, progress.size)? {
+            Assembled::Complete => Ok(UploadProgress {
+                received: end,
+                size: progress.size,
+                complete: true,
+            }),
+            Assembled::Mismatch(actual) => Err(ReleaseStoreError::DigestMismatch {
                 expected: *digest,
                 actual,
-            });
+            }),
         }
-        let done = self.artifact_path(digest);
-        std::fs::rename(&partial, &done).map_err(Self::io(&done))?;
-        // The rename itself must survive a power cut, not only the bytes.
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(Self::io(&self.dir))?;
-        Ok(UploadProgress {
-            received: end,
-            size: progress.size,
-            complete: true,
-        })
     }
 
     /// The pinned trust root, if one was set.
@@ -321,9 +284,9 @@ mod tests {
         s
     }
 
-    fn store(tmp: &Path) -> ReleaseStore {
+    fn store(tmp: &std::path::Path) -> ReleaseStore {
         let backend = std::sync::Arc::new(crate::backend::MemoryBackend::new());
-        ReleaseStore::open(backend, &tmp.join("artifacts")).expect("store")
+        ReleaseStore::open(backend, &ArtifactLocation::Dir(tmp.join("artifacts"))).expect("store")
     }
 
     #[test]
@@ -354,8 +317,9 @@ mod tests {
         let p = store.append(&digest, 700, &bytes[700..]).expect("rest");
         assert!(p.complete);
         assert_eq!(
-            std::fs::read(store.artifact_path(&digest)).expect("read"),
-            bytes
+            std::fs::read(tmp.path().join("artifacts").join(digest.hex())).expect("read"),
+            bytes,
+            "a complete artifact under its digest in the directory"
         );
         assert!(store.progress(&digest).expect("progress").complete);
     }

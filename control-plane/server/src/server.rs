@@ -115,7 +115,12 @@ impl RunningControlPlane {
         };
         let backend = database("registry", &dir.registry(), REGISTRY_CACHE_BYTES)?;
         let registry = Registry::new(backend.clone());
-        let artifacts = config.artifacts.clone().unwrap_or_else(|| dir.artifacts());
+        // Validated when the config was read.
+        let artifacts = match &config.artifacts {
+            Some(text) => crate::config::ArtifactLocation::parse(text)
+                .unwrap_or_else(|_| crate::config::ArtifactLocation::Dir(dir.artifacts())),
+            None => crate::config::ArtifactLocation::Dir(dir.artifacts()),
+        };
         let releases = ReleaseStore::open(backend.clone(), &artifacts)?;
         let catalog = Catalog::new(backend.clone());
         let desired = crate::deploy::DesiredStore::new(backend.clone());

@@ -4,7 +4,6 @@
 //! current or previous desired state; anything else is refused and logged. Telemetry streams
 //! go to [`crate::telemetry::ingest`].
 
-use std::io::SeekFrom;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +11,6 @@ use quinn::{Connection, RecvStream, SendStream};
 use tern_proto::io::{read_frame, write_frame};
 use tern_proto::message::{FetchRequest, FetchResponse, StreamOpen};
 use tern_proto::release::Digest;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::state::Shared;
@@ -96,17 +94,23 @@ async fn fetch(
         let _ = send.finish();
         return Ok(());
     }
-    let path = shared.releases.artifact_path(&digest);
-    let mut file = match tokio::fs::File::open(&path).await {
-        // Only complete, verified artifacts are at this path (uploads are renamed into place).
-        Ok(file) => file,
-        Err(_) => {
+    let artifacts = shared.releases.artifacts();
+    // Only complete, verified artifacts are under their digest (uploads are assembled apart).
+    let size = match artifacts.stored_size(&digest).await {
+        Ok(Some(size)) => size,
+        Ok(None) => {
             write_frame(&mut send, &FetchResponse::NotFound, 1024).await?;
             let _ = send.finish();
             return Ok(());
         }
+        Err(e) => {
+            warn!(%digest, error = %e, "cannot reach the artifact store");
+            let reason = "the control plane cannot reach its artifact store; try again".to_owned();
+            write_frame(&mut send, &FetchResponse::Refused { reason }, 1024).await?;
+            let _ = send.finish();
+            return Ok(());
+        }
     };
-    let size = file.metadata().await?.len();
     if request.offset > size {
         let reason = format!("offset {} is past the end ({size} bytes)", request.offset);
         write_frame(&mut send, &FetchResponse::Refused { reason }, 1024).await?;
@@ -114,18 +118,24 @@ async fn fetch(
         return Ok(());
     }
     write_frame(&mut send, &FetchResponse::Sending { size }, 1024).await?;
-    file.seek(SeekFrom::Start(request.offset)).await?;
-    let mut buf = vec![0u8; CHUNK];
     let mut sent = request.offset;
     let started = std::time::Instant::now();
     while sent < size {
-        let n = file.read(&mut buf).await?;
-        if n == 0 {
+        let end = sent.saturating_add(CHUNK as u64).min(size);
+        let bytes = match artifacts.read(&digest, sent..end).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                // The agent resumes from what it has, here or at another replica.
+                warn!(%digest, error = %e, "artifact read failed mid-transfer");
+                break;
+            }
+        };
+        if bytes.is_empty() {
             warn!(%digest, "artifact shorter than when it was stored");
             break;
         }
-        send.write_all(&buf[..n]).await?;
-        sent += n as u64;
+        send.write_all(&bytes).await?;
+        sent += bytes.len() as u64;
     }
     let _ = send.finish();
     debug!(%digest, from = request.offset, bytes = sent - request.offset, elapsed_ms = started.elapsed().as_millis() as u64, "artifact sent");

@@ -37,7 +37,10 @@ fn tamper_with(
     {
         let dir = DataDir::new(&cp.dir);
         let backend: SharedBackend = Arc::new(SledBackend::open(&dir.registry(), 1 << 20)?);
-        let store = ReleaseStore::open(backend.clone(), &dir.artifacts())?;
+        let store = ReleaseStore::open(
+            backend.clone(),
+            &tern_control_plane::artifacts::ArtifactLocation::Dir(dir.artifacts()),
+        )?;
         tamper(&backend, &store)?;
         backend.flush()?;
     }

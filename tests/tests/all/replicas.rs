@@ -12,6 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use tern_control_plane::artifacts::testing as s3_testing;
 use tern_control_plane::backend::postgres::testing;
 use tern_e2e::{
     Agent, ControlPlane, FLEET_TIMEOUT, Fleet, Publisher, fast_config, join_once, wait_for,
@@ -38,22 +39,29 @@ fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Two replicas on one new database of `server` and one artifact directory under `root`: the
-/// first holds the work lease. Returns them with the database's URL.
+/// Two replicas on one new database of `server` and a new bucket of `s3` (a directory under
+/// `root` where SeaweedFS is not installed): the first holds the work lease. Returns them
+/// with the database's URL.
 fn two_replicas(
     server: &testing::TestPostgres,
+    s3: Option<&s3_testing::TestS3>,
     root: &Path,
     database: &str,
 ) -> anyhow::Result<(ControlPlane, ControlPlane, String)> {
     let url = server.database(&format!("{database}_{}", std::process::id()));
-    let artifacts = root.join("shared-artifacts");
+    let artifacts = match s3 {
+        Some(s3) => format!("s3://{}/artifacts", s3.bucket()),
+        None => root.join("shared-artifacts").display().to_string(),
+    };
     let store = url.clone();
-    let first = ControlPlane::start(&root.join("a"), |config| {
+    let mut first = ControlPlane::init(&root.join("a"), |config| {
         fast_config(config);
         config.store = Some(store);
         config.artifacts = Some(artifacts);
         config.lease_ttl = LEASE_TTL;
     })?;
+    first.env = s3.map(|s3| s3.aws_env()).unwrap_or_default();
+    first.serve()?;
     wait_for(
         FLEET_TIMEOUT,
         "the first replica holding the work lease",
@@ -75,7 +83,8 @@ fn replicas_share_one_store_and_the_work_moves_when_its_holder_dies() -> anyhow:
         return Ok(());
     };
     let tmp = tempfile::tempdir()?;
-    let (first, mut second, _) = two_replicas(&server, tmp.path(), "replicas")?;
+    let s3 = s3_testing::shared();
+    let (first, mut second, _) = two_replicas(&server, s3.as_deref(), tmp.path(), "replicas")?;
 
     // A token made at the first is redeemed at the second: one store.
     let token = first.token("site=a", "10m")?;
@@ -146,7 +155,9 @@ fn a_token_enrolls_once_a_paused_holder_writes_nothing_and_a_newer_schema_is_ref
         return Ok(());
     };
     let tmp = tempfile::tempdir()?;
-    let (first, mut second, url) = two_replicas(&server, tmp.path(), "replica_faults")?;
+    let s3 = s3_testing::shared();
+    let (first, mut second, url) =
+        two_replicas(&server, s3.as_deref(), tmp.path(), "replica_faults")?;
 
     // One token, redeemed at both replicas at once: exactly one agent enrolls.
     let token = first.token("site=a", "10m")?;
@@ -278,7 +289,8 @@ fn agents_of_a_dead_replica_fail_over_keep_serving_and_are_counted_once() -> any
         return Ok(());
     };
     let tmp = tempfile::tempdir()?;
-    let (first, second, _) = two_replicas(&server, tmp.path(), "replica_failover")?;
+    let s3 = s3_testing::shared();
+    let (first, second, _) = two_replicas(&server, s3.as_deref(), tmp.path(), "replica_failover")?;
     // Both agents enroll at the first, and learn where the second is.
     let mut agents = Vec::new();
     for name in ["edge-1", "edge-2"] {
@@ -371,6 +383,54 @@ fn agents_of_a_dead_replica_fail_over_keep_serving_and_are_counted_once() -> any
         leader.contains("Ready") && leader.contains(&fleet.cp.agent_addr.to_string()),
         "the living replica leads:\n{replicas}"
     );
+    drop(fleet);
+    drop(second);
+    Ok(())
+}
+
+#[test]
+fn a_push_while_the_object_store_is_down_fails_clearly_and_resumes_later() -> anyhow::Result<()> {
+    let Some(server) = testing::shared() else {
+        return Ok(());
+    };
+    // A server of its own: this test stops it.
+    let Some(s3) = s3_testing::TestS3::start() else {
+        return Ok(());
+    };
+    let tmp = tempfile::tempdir()?;
+    let (first, second, _) = two_replicas(&server, Some(&s3), tmp.path(), "replica_s3_down")?;
+    let agent = Agent::join(&second, tmp.path(), "edge-1", &first.token("", "10m")?, "")?;
+    first.wait_status("edge-1", AgentStatus::Ready, FLEET_TIMEOUT)?;
+    let publisher = Publisher::generate(&first, tmp.path())?;
+    publisher.trust_init(&first)?;
+    let fleet = Fleet {
+        tmp,
+        cp: first,
+        publisher,
+        agents: vec![agent],
+    };
+    let file = fleet.topk("through-s3", 1 << 20)?;
+    fleet
+        .publisher
+        .sign(&fleet.cp, "publisher", &file, "plugin", "topk", 1)?;
+    let path = tern_e2e::path_str(&file)?;
+
+    s3.stop();
+    let refused = fleet.cp.ternctl(&["push", "--quiet", &path]);
+    let said = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(
+        !refused.status.success(),
+        "a push with the store down fails"
+    );
+    assert!(said.contains("artifact store"), "and says why: {said}");
+
+    s3.start_again();
+    fleet.cp.ternctl_ok(&["push", "--quiet", &path])?;
+    fleet.apply("topk:1", 2)?;
+    fleet.wait_phase(1, "Complete")?;
+    // The agent, held by the second replica, fetched the artifact from the store through it.
+    fleet.wait_serving("edge-1", 1)?;
+    assert_eq!(fleet.infer(0)?, 200);
     drop(fleet);
     drop(second);
     Ok(())

@@ -28,6 +28,10 @@ impl From<ApplyError> for HttpError {
             ApplyError::UnknownKind(_) => StatusCode::BAD_REQUEST,
             ApplyError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApplyError::InUse { .. } | ApplyError::Rollout { .. } => StatusCode::CONFLICT,
+            ApplyError::Catalog(crate::catalog::CatalogError::Changed) => StatusCode::CONFLICT,
+            ApplyError::Releases(crate::releases::ReleaseStoreError::Artifacts(_)) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApplyError::Catalog(_) | ApplyError::Releases(_) | ApplyError::Registry(_) => {
                 return internal(e);
             }

@@ -30,6 +30,8 @@ impl From<ReleaseStoreError> for HttpError {
             ReleaseStoreError::TooLong { .. }
             | ReleaseStoreError::DigestMismatch { .. }
             | ReleaseStoreError::Trust(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            // The push resumes from what is stored once the store answers again.
+            ReleaseStoreError::Artifacts(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => return internal(e),
         };
         HttpError(status, e.to_string())

@@ -20,6 +20,7 @@
 //! that checks its conditions under row locks, notifications from `LISTEN`/`NOTIFY`.
 
 mod disk;
+pub mod driver;
 mod fenced;
 mod memory;
 pub mod postgres;

@@ -27,11 +27,12 @@ use tokio_postgres::{Client, IsolationLevel};
 pub use pool::ConnectError;
 pub use schema::SchemaError;
 
+use super::driver::Driver;
 use super::{
     Backend, BackendError, CommitError, KeyRange, NOTIFY_CAPACITY, Notice, Op, Table, Write,
 };
 use feed::{Body, Feed, Stamp};
-use pool::{Driver, Pool};
+use pool::Pool;
 
 /// Rows fetched per page of a range scan.
 const PAGE: i64 = 256;
@@ -109,7 +110,7 @@ impl PostgresBackend {
         if !valid_namespace(namespace) {
             return Err(OpenError::Namespace(namespace.to_owned()));
         }
-        let driver = Driver::start().map_err(OpenError::Thread)?;
+        let driver = Driver::start("postgres-driver").map_err(OpenError::Thread)?;
         let pool = Pool::open(&driver, url, connections)?;
         {
             let mut first = pool.get(&driver)?;

@@ -1,81 +1,14 @@
-//! Connections to PostgreSQL that come back: a runtime on a thread of its own drives them
-//! (so that blocking callers on any thread, async ones included, can wait on them without
-//! nesting runtimes), and a connection found closed — the server restarted, the network
-//! dropped it — is opened again on next use.
+//! Connections to PostgreSQL that come back: a [`Driver`] runtime drives them (so that
+//! blocking callers on any thread, async ones included, can wait on them), and a connection
+//! found closed — the server restarted, the network dropped it — is opened again on next use.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use futures_executor::block_on;
-use tokio::sync::oneshot;
 use tokio_postgres::{Client, NoTls};
 use tracing::{info, warn};
 
-/// The thread that drives the connections; stopping it closes them.
-#[derive(Debug)]
-pub(super) struct Driver {
-    runtime: tokio::runtime::Handle,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Driver {
-    pub(super) fn start() -> std::io::Result<Self> {
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("postgres-driver".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
-                let _ = ready_tx.send(Ok(runtime.handle().clone()));
-                runtime.block_on(async move {
-                    let _ = stop_rx.await;
-                });
-            })?;
-        let runtime = ready_rx
-            .recv()
-            .map_err(|_| std::io::Error::other("the driver thread ended before it started"))??;
-        Ok(Self {
-            runtime,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        })
-    }
-
-    /// Runs `work` on the driver's runtime and waits for it.
-    pub(super) fn run<T: Send + 'static>(
-        &self,
-        work: impl Future<Output = T> + Send + 'static,
-    ) -> Option<T> {
-        block_on(self.runtime.spawn(work)).ok()
-    }
-
-    /// Starts `work` on the driver's runtime; it ends with the driver.
-    pub(super) fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
-        drop(self.runtime.spawn(work));
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
+use super::super::driver::Driver;
 
 /// Why no connection could be had.
 #[derive(Debug, thiserror::Error)]
