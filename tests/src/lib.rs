@@ -991,11 +991,24 @@ impl Fleet {
         agent_args: &[&str],
         tune: impl FnOnce(&mut ControlPlaneConfig),
     ) -> anyhow::Result<Self> {
+        Self::start_tuned_env(agents, agent_args, tune, Vec::new())
+    }
+
+    /// Like [`Fleet::start_tuned`], with more environment variables for the control plane
+    /// (the object store's `AWS_*`).
+    pub fn start_tuned_env(
+        agents: usize,
+        agent_args: &[&str],
+        tune: impl FnOnce(&mut ControlPlaneConfig),
+        env: Vec<(String, String)>,
+    ) -> anyhow::Result<Self> {
         let tmp = tempfile::tempdir()?;
-        let cp = ControlPlane::start(tmp.path(), |config| {
+        let mut cp = ControlPlane::init(tmp.path(), |config| {
             fast_config(config);
             tune(config);
         })?;
+        cp.env = env;
+        cp.serve()?;
         let publisher = Publisher::generate(&cp, tmp.path())?;
         publisher.trust_init(&cp)?;
         let mut fleet = Self {

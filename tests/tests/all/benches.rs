@@ -88,14 +88,55 @@ fn fleet_bench_telemetry() {
     );
 }
 
+/// Whether a server the bench starts itself is required here (`TERN_REQUIRE_...=1`, as in
+/// CI); elsewhere that bench's smoke run is skipped.
+fn required(variable: &str) -> bool {
+    let required = std::env::var(variable).is_ok_and(|v| v == "1");
+    if !required {
+        eprintln!("{variable} is not 1: skipped");
+    }
+    required
+}
+
+#[test]
+fn fleet_bench_telemetry_on_postgresql() {
+    if !required("TERN_REQUIRE_POSTGRES") {
+        return;
+    }
+    let out = run(
+        "fleet-bench",
+        &["telemetry", "--agents", "4", "--window", "1s", "--postgres"],
+    );
+    assert!(out.contains("PostgreSQL (conditional writes"), "{out}");
+}
+
+#[test]
+fn fleet_bench_failover() {
+    if !required("TERN_REQUIRE_POSTGRES") {
+        return;
+    }
+    let out = run(
+        "fleet-bench",
+        &["failover", "--runs", "1", "--lease-ttl", "1s"],
+    );
+    assert!(
+        number(&out, "1.0 s", 5) == 1.0,
+        "one run measured in:\n{out}"
+    );
+}
+
 #[test]
 fn deploy_bench_push() {
-    let out = run(
-        "deploy-bench",
-        &["push", "--agents", "1", "--megabytes", "1"],
-    );
-    let applied = rows(&out, "apply → all 1 agents serving");
-    assert_eq!(applied.len(), 1, "the rollout's time in:\n{out}");
+    let s3 = std::env::var("TERN_REQUIRE_S3").is_ok_and(|v| v == "1");
+    let mut args = vec!["push", "--agents", "1", "--megabytes", "1"];
+    if s3 {
+        args.push("--s3");
+    }
+    let out = run("deploy-bench", &args);
+    assert_eq!(rows(&out, "data directory").len(), 1, "{out}");
+    if s3 {
+        assert_eq!(rows(&out, "S3 (SeaweedFS)").len(), 1, "{out}");
+    }
 }
 
 #[test]

@@ -5,6 +5,9 @@
 //! - `agent-start`: process start to Ready (the control plane's welcome), agent and bare client.
 //! - `connections`: one control plane holding N agent connections with heartbeats; its CPU and
 //!   memory at each N.
+//! - `telemetry`: ingest from N agents over QUIC, beside the store written in-process.
+//! - `failover`: replicas on PostgreSQL; the work lease's holder killed → the next desired
+//!   state sent by another, beside the lease's TTL.
 //!
 //! Run with `cargo run -p tern-e2e --bin fleet-bench -- <command>` after `cargo xtask test` built
 //! the binaries.
@@ -73,6 +76,18 @@ enum Cmd {
         /// Measurement window.
         #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
         window: Duration,
+        /// Keep the control plane's records in PostgreSQL (started here), as replicas do.
+        #[arg(long)]
+        postgres: bool,
+    },
+    /// Control-plane replicas on one PostgreSQL: the replica holding the work lease killed,
+    /// until the next desired state reaches an agent held by another, beside the lease's TTL.
+    Failover {
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// `lease_ttl` of the replicas.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        lease_ttl: Duration,
     },
     /// The reference client: holds one agent connection with heartbeats, prints "connected".
     #[command(hide = true)]
@@ -91,11 +106,17 @@ fn main() -> anyhow::Result<()> {
             window,
             heartbeat,
         } => connections(&agents, window, heartbeat),
-        Cmd::Telemetry { agents, window } => telemetry::run(agents, window),
+        Cmd::Telemetry {
+            agents,
+            window,
+            postgres,
+        } => telemetry::run(agents, window, postgres),
+        Cmd::Failover { runs, lease_ttl } => failover::run(runs, lease_ttl),
         Cmd::BareClient { data_dir } => bare_client(&data_dir),
     }
 }
 
+mod failover;
 mod telemetry;
 
 fn mib(bytes: u64) -> f64 {

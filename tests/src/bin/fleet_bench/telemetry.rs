@@ -2,14 +2,18 @@
 //! flight to one control plane (QUIC, mutual TLS, the real telemetry stream); the control plane
 //! stores them durably before acknowledging. Measured: points acknowledged per second, the
 //! control plane's CPU and memory. Reference, in the same run: the same batches written
-//! straight into the telemetry store in-process (no network, no protocol).
+//! straight into the telemetry store in-process (no network, no protocol). With `--postgres`
+//! the control plane keeps its records in PostgreSQL (started here, as the tests do), as
+//! replicas do, and the in-process reference is taken on both engines: sled with one writer
+//! (what a single control plane runs) and PostgreSQL with conditional writes (replicas).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use tern_control_plane::backend::SledBackend;
+use tern_control_plane::backend::postgres::testing::TestPostgres;
+use tern_control_plane::backend::{PostgresBackend, SledBackend};
 use tern_control_plane::server::TELEMETRY_CACHE_BYTES;
 use tern_control_plane::telemetry::store::{SeriesStore, Writers};
 use tern_e2e::{ControlPlane, cpu_time, resident_memory, wait_for};
@@ -180,16 +184,51 @@ async fn push(
     }
 }
 
-/// The in-process reference: the same batches into a fresh store, in groups like the writer's.
+/// The in-process reference on sled: the same batches into a fresh store, in groups like the
+/// writer's.
 fn reference(template: &TelemetryBatch, agents: usize, seconds: f64) -> anyhow::Result<f64> {
     let tmp = tempfile::tempdir()?;
     // As the control plane opens it: sled, with the same page cache.
     let backend = SledBackend::open(tmp.path(), TELEMETRY_CACHE_BYTES)?;
-    let store = SeriesStore::new(
-        Arc::new(backend),
-        Duration::from_secs(90 * 86_400),
-        Writers::One,
-    );
+    ingest_for(
+        SeriesStore::new(
+            Arc::new(backend),
+            Duration::from_secs(90 * 86_400),
+            Writers::One,
+        ),
+        template,
+        agents,
+        seconds,
+    )
+}
+
+/// The in-process reference on PostgreSQL, as replicas write: conditional writes.
+fn reference_postgres(
+    url: &str,
+    template: &TelemetryBatch,
+    agents: usize,
+    seconds: f64,
+) -> anyhow::Result<f64> {
+    let backend = PostgresBackend::connect(url, "bench-telemetry", 4)?;
+    ingest_for(
+        SeriesStore::new(
+            Arc::new(backend),
+            Duration::from_secs(90 * 86_400),
+            Writers::Many,
+        ),
+        template,
+        agents,
+        seconds,
+    )
+}
+
+/// Points per second `store` takes in groups like the writer's, for `seconds`.
+fn ingest_for(
+    store: SeriesStore,
+    template: &TelemetryBatch,
+    agents: usize,
+    seconds: f64,
+) -> anyhow::Result<f64> {
     let names: Vec<String> = (0..agents).map(|i| format!("agent-{i:05}")).collect();
     let base_ms = tern_clock::unix_millis_now() - 7 * DAY_MS;
     let now = tern_clock::unix_millis_now();
@@ -212,11 +251,17 @@ fn reference(template: &TelemetryBatch, agents: usize, seconds: f64) -> anyhow::
     Ok(points as f64 / started.elapsed().as_secs_f64())
 }
 
-pub fn run(agents: usize, window: Duration) -> anyhow::Result<()> {
+pub fn run(agents: usize, window: Duration, postgres: bool) -> anyhow::Result<()> {
+    let server = if postgres {
+        Some(TestPostgres::start().context("PostgreSQL's server binaries are needed")?)
+    } else {
+        None
+    };
     let tmp = tempfile::tempdir()?;
     let mut cp = ControlPlane::init(tmp.path(), |c| {
         c.heartbeat_interval = Duration::from_secs(5);
         c.not_ready_after = Duration::from_secs(60);
+        c.store = server.as_ref().map(|s| s.url.clone());
     })?;
     cp.log_filter = "warn".into();
     cp.serve()?;
@@ -286,6 +331,10 @@ pub fn run(agents: usize, window: Duration) -> anyhow::Result<()> {
     drop(cp);
 
     let reference = reference(&template, agents, 10.0)?;
+    let on_postgres = match &server {
+        Some(server) => Some(reference_postgres(&server.url, &template, agents, 10.0)?),
+        None => None,
+    };
     println!(
         "{agents} agents, {} points ({bytes} bytes) per batch, {WINDOW} batches in flight each, window {window:?}\n",
         template.points()
@@ -303,5 +352,11 @@ pub fn run(agents: usize, window: Duration) -> anyhow::Result<()> {
         mib(disk),
         points / reference,
     );
+    if let Some(pg) = on_postgres {
+        println!(
+            "\nthe control plane's records in PostgreSQL; in-process, the same batches: sled (one writer) {reference:.0} points/s, PostgreSQL (conditional writes, as replicas) {pg:.0} points/s: {:.2}× sled",
+            pg / reference
+        );
+    }
     Ok(())
 }
