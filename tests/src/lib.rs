@@ -329,6 +329,46 @@ impl ControlPlane {
         })
     }
 
+    /// The value of an unlabelled gauge on its `/metrics`.
+    pub fn gauge(&self, name: &str) -> Option<f64> {
+        let page = self.admin_get("/metrics").ok()?;
+        page.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// Whether it holds the work lease (its `/metrics` says so).
+    pub fn holds_work_lease(&self) -> bool {
+        self.gauge("tern_control_plane_work_lease_held") == Some(1.0)
+    }
+
+    /// Two replicas serving one store (`store`, a PostgreSQL URL) and one artifact store
+    /// (`artifacts`; `env`: its `AWS_*` settings), in `root/a` and `root/b`, with
+    /// `lease_ttl`: the first, once it holds the work lease, then the second.
+    pub fn replica_pair(
+        root: &Path,
+        store: &str,
+        artifacts: String,
+        env: Vec<(String, String)>,
+        lease_ttl: Duration,
+    ) -> anyhow::Result<(Self, Self)> {
+        let mut first = Self::init(&root.join("a"), |config| {
+            fast_config(config);
+            config.store = Some(store.to_owned());
+            config.artifacts = Some(artifacts);
+            config.lease_ttl = lease_ttl;
+        })?;
+        first.env = env;
+        first.serve()?;
+        wait_for(
+            FLEET_TIMEOUT,
+            "the first replica holding the work lease",
+            || first.holds_work_lease().then_some(()),
+        )?;
+        let mut second = Self::replica(root, "b", &first)?;
+        second.serve()?;
+        Ok((first, second))
+    }
+
     /// Another replica of `first` (`tern-control-plane replica init --from`) in `root/name`,
     /// on addresses of its own; not yet serving.
     pub fn replica(root: &Path, name: &str, first: &ControlPlane) -> anyhow::Result<Self> {

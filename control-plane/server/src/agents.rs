@@ -225,15 +225,7 @@ async fn session(
         .await
         {
             Ok(Ok(Some(state))) => {
-                slot.send_if_modified(|current| {
-                    let newer = current
-                        .as_ref()
-                        .is_some_and(|c| c.generation >= state.generation);
-                    if !newer {
-                        *current = Some(state);
-                    }
-                    !newer
-                });
+                crate::sessions::offer(&slot, state);
             }
             Ok(Ok(None)) => {}
             Ok(Err(e)) => warn!(agent = %record.name, error = %e, "cannot build the desired state"),
@@ -377,11 +369,18 @@ async fn handle(
             .await?;
         }
         AgentMessage::Health(mut report) => {
-            let foreign = shared
+            let foreign = match shared
                 .desired
                 .keep_given(&record.id, &mut report.pipelines, |p| {
                     (p.name.as_str(), p.revision)
-                });
+                }) {
+                Ok(foreign) => foreign,
+                Err(e) => {
+                    // Counters are cumulative: the next report carries these requests too.
+                    warn!(agent = %record.name, error = %e, "cannot check a health report; skipped");
+                    return Ok(());
+                }
+            };
             if foreign > 0 {
                 debug!(agent = %record.name, foreign, "health of revisions the agent was never given: dropped");
                 shared.health.count_dropped(foreign);

@@ -14,6 +14,20 @@ use tokio::sync::watch;
 /// newer one replaces one not yet sent, and none is ever dropped for lack of room.
 pub(crate) type DesiredSlot = watch::Sender<Option<SignedDesiredState>>;
 
+/// Puts `state` in `slot` unless the slot holds that generation or a newer one; whether it
+/// did.
+pub(crate) fn offer(slot: &DesiredSlot, state: SignedDesiredState) -> bool {
+    slot.send_if_modified(|current| {
+        let newer = current
+            .as_ref()
+            .is_some_and(|c| c.generation >= state.generation);
+        if !newer {
+            *current = Some(state);
+        }
+        !newer
+    })
+}
+
 /// The open connection of each agent, so that a newer one replaces (closes) an older one and an
 /// agent never holds more than one, with the slot for its desired state.
 #[derive(Debug, Default)]
@@ -62,17 +76,7 @@ impl Connections {
     /// gets its current desired state when it connects.
     pub(crate) fn send(&self, agent: &str, state: SignedDesiredState) -> bool {
         let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(agent).is_some_and(|(_, slot)| {
-            slot.send_if_modified(|current| {
-                let newer = current
-                    .as_ref()
-                    .is_some_and(|c| c.generation >= state.generation);
-                if !newer {
-                    *current = Some(state);
-                }
-                !newer
-            })
-        })
+        map.get(agent).is_some_and(|(_, slot)| offer(slot, state))
     }
 
     /// Whether the agent has a connection here.

@@ -14,9 +14,7 @@ use std::time::Duration;
 
 use tern_control_plane::artifacts::testing as s3_testing;
 use tern_control_plane::backend::postgres::testing;
-use tern_e2e::{
-    Agent, ControlPlane, FLEET_TIMEOUT, Fleet, Publisher, fast_config, join_once, wait_for,
-};
+use tern_e2e::{Agent, ControlPlane, FLEET_TIMEOUT, Fleet, Publisher, join_once, wait_for};
 use tern_proto::api::{AgentStatus, PipelineTop};
 
 /// The lease lapses this long after its holder's last renewal.
@@ -24,9 +22,7 @@ const LEASE_TTL: Duration = Duration::from_secs(2);
 
 /// The value of an unlabelled gauge on a replica's `/metrics`.
 fn gauge(cp: &ControlPlane, name: &str) -> Option<f64> {
-    let page = cp.admin_get("/metrics").ok()?;
-    page.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    cp.gauge(name)
 }
 
 /// Sends `signal` (`STOP`, `CONT`) to a process.
@@ -49,26 +45,14 @@ fn two_replicas(
     database: &str,
 ) -> anyhow::Result<(ControlPlane, ControlPlane, String)> {
     let url = server.database(&format!("{database}_{}", std::process::id()));
-    let artifacts = match s3 {
-        Some(s3) => format!("s3://{}/artifacts", s3.bucket()),
-        None => root.join("shared-artifacts").display().to_string(),
+    let (artifacts, env) = match s3 {
+        Some(s3) => (format!("s3://{}/artifacts", s3.bucket()), s3.aws_env()),
+        None => (
+            root.join("shared-artifacts").display().to_string(),
+            Vec::new(),
+        ),
     };
-    let store = url.clone();
-    let mut first = ControlPlane::init(&root.join("a"), |config| {
-        fast_config(config);
-        config.store = Some(store);
-        config.artifacts = Some(artifacts);
-        config.lease_ttl = LEASE_TTL;
-    })?;
-    first.env = s3.map(|s3| s3.aws_env()).unwrap_or_default();
-    first.serve()?;
-    wait_for(
-        FLEET_TIMEOUT,
-        "the first replica holding the work lease",
-        || (gauge(&first, "tern_control_plane_work_lease_held") == Some(1.0)).then_some(()),
-    )?;
-    let mut second = ControlPlane::replica(root, "b", &first)?;
-    second.serve()?;
+    let (first, second) = ControlPlane::replica_pair(root, &url, artifacts, env, LEASE_TTL)?;
     assert_eq!(
         gauge(&second, "tern_control_plane_work_lease_held"),
         Some(0.0),
@@ -431,6 +415,172 @@ fn a_push_while_the_object_store_is_down_fails_clearly_and_resumes_later() -> an
     // The agent, held by the second replica, fetched the artifact from the store through it.
     fleet.wait_serving("edge-1", 1)?;
     assert_eq!(fleet.infer(0)?, 200);
+    drop(fleet);
+    drop(second);
+    Ok(())
+}
+
+#[test]
+fn the_leader_killed_mid_canary_hands_the_rollout_over_without_a_wave_skipped_or_run_twice()
+-> anyhow::Result<()> {
+    let Some(server) = testing::shared() else {
+        return Ok(());
+    };
+    let s3 = s3_testing::shared();
+    let tmp = tempfile::tempdir()?;
+    let (first, mut second, _) =
+        two_replicas(&server, s3.as_deref(), tmp.path(), "replica_canary")?;
+    // Four agents, held by the replica that survives.
+    let mut agents = Vec::new();
+    for name in ["edge-1", "edge-2", "edge-3", "edge-4"] {
+        agents.push(Agent::join(
+            &second,
+            tmp.path(),
+            name,
+            &first.token("", "10m")?,
+            "",
+        )?);
+        first.wait_status(name, AgentStatus::Ready, FLEET_TIMEOUT)?;
+    }
+    let publisher = Publisher::generate(&first, tmp.path())?;
+    publisher.trust_init(&first)?;
+    let mut fleet = Fleet {
+        tmp,
+        cp: first,
+        publisher,
+        agents,
+    };
+    fleet.serve_topk()?;
+    fleet.push(&fleet.topk("two", 0)?, 2)?;
+    let canary = tern_e2e::scores_manifest(
+        "top",
+        "plugin: topk:2\n      config: { k: 2 }",
+        "{ strategy: canary, waves: [25, 50, 100], healthWindowSeconds: 2 }",
+    );
+    fleet
+        .cp
+        .apply_manifest(&fleet.tmp.path().join("canary.yaml"), canary)?;
+    wait_for(FLEET_TIMEOUT, "the canary's second wave", || {
+        fleet
+            .rollout()
+            .ok()?
+            .rollout
+            .filter(|r| r.target_revision == 2 && r.wave >= 1)
+    })?;
+    // The holder dies between waves; the survivor takes over and finishes.
+    if let Some(process) = fleet.cp.process.as_mut() {
+        process.kill();
+    }
+    std::mem::swap(&mut fleet.cp, &mut second);
+    let done = fleet.wait_phase(2, "Complete")?;
+    let rollout = done.rollout.expect("the rollout");
+    let waves: Vec<&str> = rollout
+        .history
+        .iter()
+        .map(|(_, what)| what.as_str())
+        .filter(|what| what.starts_with("wave "))
+        .collect();
+    assert_eq!(
+        waves.len(),
+        3,
+        "three waves, each once: {:#?}",
+        rollout.history
+    );
+    for (i, wave) in waves.iter().enumerate() {
+        assert!(
+            wave.starts_with(&format!("wave {} started", i + 1)),
+            "in order, none skipped: {:#?}",
+            rollout.history
+        );
+    }
+    for agent in ["edge-1", "edge-2", "edge-3", "edge-4"] {
+        fleet.wait_serving(agent, 2)?;
+    }
+    drop(fleet);
+    drop(second);
+    Ok(())
+}
+
+#[test]
+fn replicas_reconnect_after_postgresql_restarts_under_load_and_go_on() -> anyhow::Result<()> {
+    // A server of its own: this test restarts it.
+    let Some(mut server) = testing::TestPostgres::start() else {
+        return Ok(());
+    };
+    let tmp = tempfile::tempdir()?;
+    let (first, second, _) = two_replicas(&server, None, tmp.path(), "replica_pg_restart")?;
+    let mut agents = Vec::new();
+    for (name, at) in [("edge-1", &first), ("edge-2", &second)] {
+        agents.push(Agent::join_with(
+            at,
+            tmp.path(),
+            name,
+            &first.token("", "10m")?,
+            "",
+            &["--telemetry-interval", "200ms"],
+        )?);
+        first.wait_status(name, AgentStatus::Ready, FLEET_TIMEOUT)?;
+    }
+    let publisher = Publisher::generate(&first, tmp.path())?;
+    publisher.trust_init(&first)?;
+    let fleet = Fleet {
+        tmp,
+        cp: first,
+        publisher,
+        agents,
+    };
+    fleet.serve_topk()?;
+    infer_ok(&fleet, 0, 10)?;
+    infer_ok(&fleet, 1, 10)?;
+    wait_for(FLEET_TIMEOUT, "the first requests stored", || {
+        stored_requests(&fleet.cp).filter(|n| *n == 20)
+    })?;
+
+    // The database goes away and comes back while agents serve and report.
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let traffic = scope.spawn(|| -> anyhow::Result<()> {
+            for _ in 0..10 {
+                infer_ok(&fleet, 0, 1)?;
+                infer_ok(&fleet, 1, 1)?;
+                std::thread::sleep(Duration::from_millis(150));
+            }
+            Ok(())
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        if std::env::var("NO_RESTART").is_err() {
+            server.restart();
+        }
+        traffic
+            .join()
+            .map_err(|_| anyhow::anyhow!("traffic thread"))??;
+        Ok(())
+    })?;
+    // Both replicas work again: telemetry flows, and what is sent from now on is stored
+    // once. (Requests made while the server restarts can go missing from the series today:
+    // an open defect, see the notes.)
+    let settled = wait_for(FLEET_TIMEOUT, "telemetry flowing again", || {
+        let first = stored_requests(&fleet.cp)?;
+        std::thread::sleep(Duration::from_millis(1500));
+        (stored_requests(&fleet.cp)? == first && first >= 30).then_some(first)
+    })?;
+    infer_ok(&fleet, 0, 5)?;
+    infer_ok(&fleet, 1, 5)?;
+    wait_for(
+        FLEET_TIMEOUT,
+        "the requests after the restart stored",
+        || stored_requests(&fleet.cp).filter(|n| *n >= settled + 10),
+    )?;
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(stored_requests(&fleet.cp), Some(settled + 10), "once each");
+    assert_eq!(
+        stored_requests(&second),
+        Some(settled + 10),
+        "the same through the other"
+    );
+    // And the work goes on: a new revision rolls out.
+    fleet.push(&fleet.topk("after", 0)?, 2)?;
+    fleet.apply("topk:2", 2)?;
+    fleet.wait_phase(2, "Complete")?;
     drop(fleet);
     drop(second);
     Ok(())

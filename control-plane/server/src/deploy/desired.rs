@@ -10,7 +10,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use tern_proto::manifest::VariantSpec;
 use tern_proto::release::Digest;
-use tracing::warn;
 
 use crate::backend::{BackendError, SharedBackend, Table, Write, transact};
 use crate::records::{CorruptRecord, decode, encode};
@@ -175,23 +174,19 @@ impl DesiredStore {
 
     /// Keeps only the entries (of a health report or a telemetry batch) about pipeline
     /// revisions `agent_id` was given, so that one agent cannot write into another pipeline's
-    /// figures or grow what the control plane keeps; returns how many it dropped.
+    /// figures or grow what the control plane keeps; returns how many it dropped. When the
+    /// desired state cannot be read, nothing is dropped and the error is returned: the caller
+    /// must not take the entries (an agent sends a batch again until it is acknowledged).
     pub fn keep_given<T>(
         &self,
         agent_id: &str,
         entries: &mut Vec<T>,
         key: impl Fn(&T) -> (&str, u64),
-    ) -> usize {
+    ) -> Result<usize, DesiredStoreError> {
         if entries.is_empty() {
-            return 0;
+            return Ok(0);
         }
-        let desired = match self.get(agent_id) {
-            Ok(desired) => desired,
-            Err(e) => {
-                warn!(agent = agent_id, error = %e, "cannot read the agent's desired state");
-                None
-            }
-        };
+        let desired = self.get(agent_id)?;
         let before = entries.len();
         entries.retain(|entry| {
             let (pipeline, revision) = key(entry);
@@ -199,7 +194,7 @@ impl DesiredStore {
                 .as_ref()
                 .is_some_and(|d| d.may_report(pipeline, revision))
         });
-        before - entries.len()
+        Ok(before - entries.len())
     }
 }
 

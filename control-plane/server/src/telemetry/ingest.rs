@@ -150,9 +150,16 @@ pub(crate) async fn receive(
         }
         last = batch.seq;
         sanitize(&mut batch);
-        let foreign = shared.desired.keep_given(agent, &mut batch.pipelines, |p| {
+        let foreign = match shared.desired.keep_given(agent, &mut batch.pipelines, |p| {
             (p.pipeline.as_str(), p.revision)
-        });
+        }) {
+            Ok(foreign) => foreign,
+            Err(e) => {
+                // Not taken: the agent sends it again on a new stream.
+                warn!(agent, error = %e, "cannot check a telemetry batch; closing the stream");
+                break;
+            }
+        };
         if foreign > 0 {
             debug!(
                 agent,

@@ -9,18 +9,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tern_control_plane::backend::postgres::testing::TestPostgres;
-use tern_e2e::{Agent, ControlPlane, FLEET_TIMEOUT, Fleet, Publisher, fast_config, wait_for};
+use tern_e2e::{Agent, ControlPlane, FLEET_TIMEOUT, Fleet, Publisher};
 use tern_proto::api::AgentStatus;
 
-/// The value of an unlabelled gauge on a replica's `/metrics`.
-fn gauge(cp: &ControlPlane, name: &str) -> Option<f64> {
-    let page = cp.admin_get("/metrics").ok()?;
-    page.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
-
 fn holds_lease(cp: &ControlPlane) -> bool {
-    gauge(cp, "tern_control_plane_work_lease_held") == Some(1.0)
+    cp.holds_work_lease()
 }
 
 /// Polls `done` every 10 ms; the time from `since` when it first holds.
@@ -35,20 +28,9 @@ fn until(since: Instant, what: &str, mut done: impl FnMut() -> bool) -> anyhow::
 pub fn run(runs: usize, lease_ttl: Duration) -> anyhow::Result<()> {
     let server = TestPostgres::start().context("PostgreSQL's server binaries are needed")?;
     let tmp = tempfile::tempdir()?;
-    let artifacts = tmp.path().join("shared-artifacts");
-    let mut first = ControlPlane::init(&tmp.path().join("a"), |config| {
-        fast_config(config);
-        config.store = Some(server.url.clone());
-        config.artifacts = Some(artifacts.display().to_string());
-        config.lease_ttl = lease_ttl;
-    })?;
-    first.log_filter = "warn".into();
-    first.serve()?;
-    wait_for(FLEET_TIMEOUT, "the first replica holding the lease", || {
-        holds_lease(&first).then_some(())
-    })?;
-    let mut second = ControlPlane::replica(tmp.path(), "b", &first)?;
-    second.serve()?;
+    let artifacts = tmp.path().join("shared-artifacts").display().to_string();
+    let (first, mut second) =
+        ControlPlane::replica_pair(tmp.path(), &server.url, artifacts, Vec::new(), lease_ttl)?;
     let agent = Agent::join(&second, tmp.path(), "edge-1", &first.token("", "10m")?, "")?;
     first.wait_status("edge-1", AgentStatus::Ready, FLEET_TIMEOUT)?;
     let publisher = Publisher::generate(&first, tmp.path())?;

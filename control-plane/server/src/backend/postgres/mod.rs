@@ -72,6 +72,10 @@ pub struct PostgresBackend {
     commits: Mutex<u64>,
     origin: u64,
     stored_notices: AtomicU64,
+    /// The pool's reopen count when the oldest lazy commit not yet flushed was made: a flush
+    /// after the connections were opened again (the server may have restarted and lost it)
+    /// cannot vouch for it.
+    unflushed: Mutex<Option<u64>>,
     feed: Arc<Feed>,
     driver: Driver,
 }
@@ -130,6 +134,7 @@ impl PostgresBackend {
             commits: Mutex::new(0),
             origin,
             stored_notices: AtomicU64::new(0),
+            unflushed: Mutex::new(None),
             feed,
             driver,
         })
@@ -321,10 +326,16 @@ impl Backend for PostgresBackend {
             .pool
             .get(&self.driver)
             .map_err(|e| CommitError::Backend(BackendError::storage(e)))?;
+        let incarnation = self.pool.reopened();
         for _ in 0..MAX_ATTEMPTS {
             match block_on(self.apply(lease.client(), &write, stamp, &changes)) {
                 Ok(true) => {
                     drop(lease);
+                    if write.lazy {
+                        let mut unflushed =
+                            self.unflushed.lock().unwrap_or_else(|p| p.into_inner());
+                        unflushed.get_or_insert(incarnation);
+                    }
                     if !write.ops.is_empty() && self.feed.notices.receiver_count() > 0 {
                         self.feed.wait_heard(stamp.seq, HEARD_TIMEOUT);
                     }
@@ -348,8 +359,31 @@ impl Backend for PostgresBackend {
     }
 
     /// Lazy commits reach the disk with the next synchronous commit record (the WAL is one
-    /// sequence): a transaction that takes a transaction id writes one and waits for it.
+    /// sequence): a transaction that takes a transaction id writes one and waits for it. On
+    /// the server the lazy commits were made on: when connections had to be opened again since
+    /// (the server may have restarted and lost them), the flush fails, so that nothing is
+    /// acknowledged as durable that may not be (the writers send it again).
     fn flush(&self) -> Result<(), BackendError> {
-        self.read(|client| block_on(client.batch_execute("SELECT pg_catalog.txid_current()")))
+        let pending = self
+            .unflushed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let mut lease = self.pool.get(&self.driver).map_err(BackendError::storage)?;
+        let flushed = block_on(
+            lease
+                .client()
+                .batch_execute("SELECT pg_catalog.txid_current()"),
+        );
+        lease.check();
+        flushed.map_err(BackendError::storage)?;
+        match pending {
+            Some(incarnation) if self.pool.reopened() != incarnation => {
+                Err(BackendError::storage(std::io::Error::other(
+                    "the connection to PostgreSQL was lost since writes made without waiting for the disk; they may be lost",
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! blocking callers on any thread, async ones included, can wait on them), and a connection
 //! found closed — the server restarted, the network dropped it — is opened again on next use.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use tokio_postgres::{Client, NoTls};
@@ -44,6 +44,9 @@ pub(super) struct Pool {
     url: String,
     slots: Vec<Mutex<Option<Client>>>,
     next: AtomicUsize,
+    /// Connections opened again so far: a server restart (which may lose commits made
+    /// without waiting for the WAL) shows as a change of it.
+    reopened: AtomicU64,
 }
 
 /// One connection of the pool, held until dropped.
@@ -76,7 +79,13 @@ impl Pool {
             url: url.to_owned(),
             slots,
             next: AtomicUsize::new(0),
+            reopened: AtomicU64::new(0),
         })
+    }
+
+    /// How many connections were opened again so far.
+    pub(super) fn reopened(&self) -> u64 {
+        self.reopened.load(Ordering::SeqCst)
     }
 
     /// The next connection in turn, opened again first if it had closed.
@@ -86,6 +95,7 @@ impl Pool {
         if slot.as_ref().is_none_or(Client::is_closed) {
             *slot = None;
             let client = connect(driver, &self.url)?;
+            self.reopened.fetch_add(1, Ordering::SeqCst);
             info!("connected to PostgreSQL again");
             *slot = Some(client);
         }
