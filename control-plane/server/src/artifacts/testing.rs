@@ -94,8 +94,9 @@ impl TestS3 {
             "-s3.port.iceberg=0".into(),
             "-s3.port.lance=0".into(),
             "-metricsPort=0".into(),
-            "-volume.max=8".into(),
-            "-master.volumeSizeLimitMB=64".into(),
+            // Every bucket is a collection with volumes of its own: room for many.
+            "-volume.max=500".into(),
+            "-master.volumeSizeLimitMB=32".into(),
         ];
         args.extend(
             ports
