@@ -1070,6 +1070,23 @@ impl Fleet {
         Ok(fleet)
     }
 
+    /// A fleet around `cp` and `agents` already enrolled (replicas' tests enroll agents at
+    /// other replicas): a publisher's keys in `tmp` and the trust root pinned through `cp`.
+    pub fn around(
+        tmp: tempfile::TempDir,
+        cp: ControlPlane,
+        agents: Vec<Agent>,
+    ) -> anyhow::Result<Self> {
+        let publisher = Publisher::generate(&cp, tmp.path())?;
+        publisher.trust_init(&cp)?;
+        Ok(Self {
+            tmp,
+            cp,
+            publisher,
+            agents,
+        })
+    }
+
     /// A copy of the `topk` component, made distinct by a custom section named `tag` holding
     /// `padding` bytes (a valid component of any size).
     pub fn topk(&self, tag: &str, padding: usize) -> anyhow::Result<PathBuf> {

@@ -8,7 +8,8 @@
 //! D/admin-token.sha256   hash of the admin credential
 //! D/online.key           Ed25519 key that signs desired states (mode 0600)
 //! D/registry/            sled: agents, enrollment tokens, releases, pipelines, deployments
-//! D/artifacts/           artifacts by SHA-256 (uploads in progress under partial/)
+//! D/artifacts/           artifacts by SHA-256 (uploads in progress under uploads/), unless
+//!                        `artifacts` in config.toml puts them elsewhere (a shared store)
 //! ```
 
 use std::io::Write;

@@ -9,12 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tern_control_plane::backend::postgres::testing::TestPostgres;
-use tern_e2e::{Agent, ControlPlane, FLEET_TIMEOUT, Fleet, Publisher};
+use tern_e2e::{Agent, ControlPlane, FLEET_TIMEOUT, Fleet};
 use tern_proto::api::AgentStatus;
-
-fn holds_lease(cp: &ControlPlane) -> bool {
-    cp.holds_work_lease()
-}
 
 /// Polls `done` every 10 ms; the time from `since` when it first holds.
 fn until(since: Instant, what: &str, mut done: impl FnMut() -> bool) -> anyhow::Result<Duration> {
@@ -33,14 +29,7 @@ pub fn run(runs: usize, lease_ttl: Duration) -> anyhow::Result<()> {
         ControlPlane::replica_pair(tmp.path(), &server.url, artifacts, Vec::new(), lease_ttl)?;
     let agent = Agent::join(&second, tmp.path(), "edge-1", &first.token("", "10m")?, "")?;
     first.wait_status("edge-1", AgentStatus::Ready, FLEET_TIMEOUT)?;
-    let publisher = Publisher::generate(&first, tmp.path())?;
-    publisher.trust_init(&first)?;
-    let mut fleet = Fleet {
-        tmp,
-        cp: first,
-        publisher,
-        agents: vec![agent],
-    };
+    let mut fleet = Fleet::around(tmp, first, vec![agent])?;
     fleet.serve_topk()?;
     for version in 2..=runs as u64 + 1 {
         fleet.push(&fleet.topk(&format!("v{version}"), 0)?, version)?;
@@ -48,10 +37,10 @@ pub fn run(runs: usize, lease_ttl: Duration) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for run in 1..=runs {
         // `fleet.cp` holds the lease; `second` is the survivor-to-be.
-        if !holds_lease(&fleet.cp) {
+        if !fleet.cp.holds_work_lease() {
             std::mem::swap(&mut fleet.cp, &mut second);
         }
-        anyhow::ensure!(holds_lease(&fleet.cp), "one replica holds the lease");
+        anyhow::ensure!(fleet.cp.holds_work_lease(), "one replica holds the lease");
         let generation = second.agent("edge-1")?.desired_generation;
         let killed = Instant::now();
         if let Some(process) = fleet.cp.process.as_mut() {
@@ -61,7 +50,7 @@ pub fn run(runs: usize, lease_ttl: Duration) -> anyhow::Result<()> {
         let revision = run as u64 + 1;
         fleet.apply(&format!("topk:{revision}"), 2)?;
         let lease = until(killed, "the survivor taking the lease", || {
-            holds_lease(&fleet.cp)
+            fleet.cp.holds_work_lease()
         })?;
         let sent = until(killed, "the next desired state", || {
             fleet
