@@ -6,7 +6,8 @@
 //! - [`data_dir`]: the files `init` writes and `serve` reads.
 //! - [`config`]: `config.toml`, parsed once into typed settings.
 //! - [`backend`]: the storage interface the stores are written against (tables, atomic
-//!   writes with compare-and-set conditions, change notifications), on sled or in memory.
+//!   writes with compare-and-set conditions, change notifications), on sled, PostgreSQL or
+//!   in memory.
 //! - [`records`]: how the stores encode records (JSON values, versioned keys).
 //! - [`registry`]: enrolled agents and enrollment tokens.
 //! - [`releases`]: signed releases, their artifacts, the pinned trust root.

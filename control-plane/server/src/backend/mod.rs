@@ -8,16 +8,17 @@
 //! the values it expects to find — that [`Backend::commit`] applies wholly or not at all.
 //! Read-modify-write changes run through [`transact`]: reads become conditions, and a change
 //! that raced another is run again. Every commit is announced to [`Backend::subscribe`]rs, in
-//! commit order, so that a task can follow changes another one made. Both engines here
-//! notify only subscribers in their own process (a broadcast channel; sled's database is
-//! locked by one process); an engine that several processes share would announce their
-//! commits too.
+//! commit order, so that a task can follow changes another one made: sled and memory tell
+//! their own process (a broadcast channel; sled's database is locked by one process);
+//! PostgreSQL tells every process that shares it, through `LISTEN`/`NOTIFY`, and says when
+//! commits may have gone unheard ([`Notice::Missed`]).
 //!
-//! Two backends implement it: [`SledBackend`] (a sled database on disk, what `serve` runs)
-//! and [`MemoryBackend`] (tests and simulations). A replicated SQL store could implement the
-//! same five required methods (`get`, `visit`, `commit`, `subscribe`, `flush`; `range` has a
-//! default): one `(table, key, value)` relation, a commit as one serializable transaction
-//! that checks its conditions under row locks, notifications from `LISTEN`/`NOTIFY`.
+//! Three backends implement the five required methods (`get`, `visit`, `commit`,
+//! `subscribe`, `flush`; `range` has a default): [`SledBackend`] (a sled database on disk,
+//! what a single control plane runs), [`PostgresBackend`] (`store = "postgres://..."`, what
+//! replicas share) and [`MemoryBackend`] (tests and simulations); one contract suite tests
+//! them all. [`FencedBackend`] wraps any of them for the holder of a lease. `driver` runs the
+//! clients whose futures the blocking methods wait on.
 
 mod disk;
 pub mod driver;
