@@ -144,7 +144,7 @@ pub fn apply(
             })?;
         }
         let pinned = pin(releases, pipeline, source(i))?;
-        let existing = catalog.pipeline(&name)?;
+        let existing = lock.pipeline(&name)?;
         // Only what agents run makes a revision: a new baseline or threshold is the control
         // plane's business, applied in place without a rollout.
         let in_place = existing.as_ref().is_some_and(|old| {
@@ -156,7 +156,7 @@ pub fn apply(
             }
             Some(old) if in_place => (ChangeAction::Configured, old.revision),
             Some(old) => (ChangeAction::Configured, old.revision + 1),
-            None => (ChangeAction::Created, catalog.last_revision(&name)? + 1),
+            None => (ChangeAction::Created, lock.last_revision(&name)? + 1),
         };
         pending.insert(name.clone(), revision);
         if action != ChangeAction::Unchanged && !request.dry_run {
@@ -168,9 +168,9 @@ pub fn apply(
                     Some(old) if in_place => old.applied_ms,
                     _ => now_ms,
                 },
-            })?;
+            });
             if !in_place {
-                roll_out_revision(catalog, &lock, &name, revision, now_ms)?;
+                roll_out_revision(&lock, &name, revision, now_ms)?;
             }
         }
         changes.push(Change {
@@ -187,13 +187,15 @@ pub fn apply(
             continue;
         };
         changes.push(apply_deployment(
-            (catalog, &lock, releases),
+            (&lock, releases),
             deployment,
             &pending,
             (source(i), request.dry_run),
             now_ms,
         )?);
     }
+    // The whole file in one atomic write, or nothing of it.
+    lock.commit()?;
     Ok(changes)
 }
 
@@ -213,13 +215,12 @@ fn agent_facing(pipeline: &Pipeline) -> Pipeline {
 
 /// Starts a rollout of `revision` in every deployment of pipeline `name`.
 fn roll_out_revision(
-    catalog: &Catalog,
     lock: &CatalogLock<'_>,
     name: &str,
     revision: u64,
     now_ms: u64,
 ) -> Result<(), ApplyError> {
-    for mut record in catalog.deployments()? {
+    for mut record in lock.deployments()? {
         if record.manifest.spec.pipeline != name {
             continue;
         }
@@ -231,7 +232,7 @@ fn roll_out_revision(
             None => Some(Rollout::new(revision, None, policy, now_ms)),
         };
         record.updated_ms = now_ms;
-        lock.put_deployment(&record)?;
+        lock.put_deployment(&record);
     }
     Ok(())
 }
@@ -239,7 +240,7 @@ fn roll_out_revision(
 /// An experiment's models are pushed, complete model releases, and replace a model step of the
 /// pipeline revision it runs.
 fn check_variants(
-    catalog: &Catalog,
+    lock: &CatalogLock<'_>,
     releases: &ReleaseStore,
     deployment: &Deployment,
     revision: u64,
@@ -249,9 +250,9 @@ fn check_variants(
         return Ok(());
     };
     // The revision may be one this same request creates: it is not stored yet on a dry run.
-    let pipeline = catalog
+    let pipeline = lock
         .revision(&deployment.spec.pipeline, revision)?
-        .or(catalog.pipeline(&deployment.spec.pipeline)?);
+        .or(lock.pipeline(&deployment.spec.pipeline)?);
     if let Some(pipeline) = pipeline {
         let steps = &pipeline.manifest.spec.steps;
         let models: Vec<&str> = steps
@@ -326,7 +327,7 @@ fn check_variants(
 }
 
 fn apply_deployment(
-    (catalog, lock, releases): (&Catalog, &CatalogLock<'_>, &ReleaseStore),
+    (lock, releases): (&CatalogLock<'_>, &ReleaseStore),
     deployment: &Deployment,
     pending: &BTreeMap<String, u64>,
     (file, dry_run): (&str, bool),
@@ -336,7 +337,7 @@ fn apply_deployment(
     let pipeline = &deployment.spec.pipeline;
     let latest = match pending.get(pipeline) {
         Some(&revision) => revision,
-        None => catalog
+        None => lock
             .pipeline(pipeline)?
             .map(|p| p.revision)
             .ok_or_else(|| {
@@ -349,8 +350,8 @@ fn apply_deployment(
                 )
             })?,
     };
-    check_variants(catalog, releases, deployment, latest, file)?;
-    let existing = catalog.deployment(&name)?;
+    check_variants(lock, releases, deployment, latest, file)?;
+    let existing = lock.deployment(&name)?;
     let action = match &existing {
         Some(old) if old.manifest == *deployment => ChangeAction::Unchanged,
         Some(_) => ChangeAction::Configured,
@@ -376,7 +377,7 @@ fn apply_deployment(
             created_ms: existing.as_ref().map(|o| o.created_ms).unwrap_or(now_ms),
             updated_ms: now_ms,
             rollout: Some(rollout),
-        })?;
+        });
     }
     Ok(Change {
         kind: "Deployment".into(),
@@ -404,7 +405,7 @@ pub fn delete(
     let deleting = |kind: &str, name: &str| resources.iter().any(|(k, n)| k == kind && n == name);
     // Refuse before deleting anything: a pipeline still run by a deployment that stays.
     for (_, name) in resources.iter().filter(|(k, _)| k == "Pipeline") {
-        let users: Vec<String> = catalog
+        let users: Vec<String> = lock
             .deployments()?
             .into_iter()
             .filter(|d| d.manifest.spec.pipeline == *name)
@@ -431,18 +432,19 @@ pub fn delete(
         after: None,
     };
     for (kind, name) in resources.iter().filter(|(k, _)| k == "Deployment") {
-        let before = catalog.deployment(name)?;
+        let before = lock.deployment(name)?;
         let removed = lock.delete_deployment(name)?;
         let before = before.map(|b| Resource::Deployment(b.manifest));
         changes.push(change(kind, name, removed, None, before));
     }
     for (kind, name) in resources.iter().filter(|(k, _)| k == "Pipeline") {
-        let before = catalog.pipeline(name)?;
+        let before = lock.pipeline(name)?;
         let removed = lock.delete_pipeline(name)?;
         let revision = before.as_ref().map(|b| b.revision);
         let before = before.map(|b| Resource::Pipeline(b.manifest));
         changes.push(change(kind, name, removed, revision, before));
     }
+    lock.commit()?;
     Ok(changes)
 }
 
@@ -462,7 +464,7 @@ pub fn rollout_command(
     now_ms: u64,
 ) -> Result<DeploymentRecord, ApplyError> {
     let lock = catalog.lock()?;
-    let mut record = catalog
+    let mut record = lock
         .deployment(deployment)?
         .ok_or_else(|| ApplyError::NotFound {
             kind: "Deployment".into(),
@@ -493,6 +495,7 @@ pub fn rollout_command(
         )));
     }
     record.updated_ms = now_ms;
-    lock.put_deployment(&record)?;
+    lock.put_deployment(&record);
+    lock.commit()?;
     Ok(record)
 }

@@ -1,17 +1,25 @@
 //! Admin API credentials: the admin credential made at `init` (its hash in
 //! `D/admin-token.sha256`) and read-only ones for scrapers and the dashboard, made with
-//! `tern-control-plane credential create --role read` (hashes in `D/credentials.json`). The file
-//! is read again whenever it changes, so a credential made while the control plane runs works at
-//! once. A read-only credential may only read (`GET`, `HEAD`).
+//! `tern-control-plane credential create --role read`. A control plane alone keeps their hashes
+//! in `D/credentials.json`, read again whenever it changes, so a credential made while the
+//! control plane runs works at once. Replicas (`store` set) keep them in the store they share
+//! (table `credentials`, hash → [`CredentialRecord`]): every replica holds them in memory,
+//! follows the store's changes, and accepts a credential made through any of them at once. A
+//! read-only credential may only read (`GET`, `HEAD`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use std::time::SystemTime;
 
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
+
+use crate::backend::{Backend, BackendError, Change, CommitError, KeyRange, Scan, Table, Write};
+
+/// Credentials replicas share: hash (hex) → [`CredentialRecord`] (JSON).
+const CREDENTIALS: Table = Table("credentials");
 
 /// What a credential may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -59,6 +67,8 @@ pub enum CredentialError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error("cannot store the credential: {0}")]
+    Storage(#[from] BackendError),
 }
 
 fn read_records(path: &Path) -> Result<Vec<CredentialRecord>, CredentialError> {
@@ -75,6 +85,22 @@ fn read_records(path: &Path) -> Result<Vec<CredentialRecord>, CredentialError> {
     }
 }
 
+/// A new credential's secret (shown once) and its record.
+fn make(role: Role, now_ms: u64) -> (String, CredentialRecord) {
+    let mut secret = [0u8; 32];
+    rand::rng().fill_bytes(&mut secret);
+    let secret = hex::encode(secret);
+    let mut id = [0u8; 4];
+    rand::rng().fill_bytes(&mut id);
+    let record = CredentialRecord {
+        id: hex::encode(id),
+        role,
+        sha256: hex::encode(tern_proto::sha256(secret.as_bytes())),
+        created_ms: now_ms,
+    };
+    (secret, record)
+}
+
 /// Makes a credential with `role` in the data dir at `root`; returns the secret (shown once).
 pub fn create(
     root: &Path,
@@ -87,17 +113,7 @@ pub fn create(
         source,
     };
     let mut records = read_records(&path)?;
-    let mut secret = [0u8; 32];
-    rand::rng().fill_bytes(&mut secret);
-    let secret = hex::encode(secret);
-    let mut id = [0u8; 4];
-    rand::rng().fill_bytes(&mut id);
-    let record = CredentialRecord {
-        id: hex::encode(id),
-        role,
-        sha256: hex::encode(tern_proto::sha256(secret.as_bytes())),
-        created_ms: now_ms,
-    };
+    let (secret, record) = make(role, now_ms);
     records.push(record.clone());
     let mut tmp = tempfile::NamedTempFile::new_in(root).map_err(io)?;
     std::io::Write::write_all(
@@ -108,6 +124,27 @@ pub fn create(
     tmp.as_file().sync_all().map_err(io)?;
     tmp.persist(&path).map_err(|e| io(e.error))?;
     Ok((secret, record))
+}
+
+/// Makes a credential with `role` in the store replicas share; returns the secret (shown once).
+pub fn create_shared(
+    backend: &dyn Backend,
+    role: Role,
+    now_ms: u64,
+) -> Result<(String, CredentialRecord), CredentialError> {
+    let (secret, record) = make(role, now_ms);
+    let value = serde_json::to_vec(&record).unwrap_or_default();
+    backend
+        .commit(Write::new().put(CREDENTIALS, record.sha256.clone(), value))
+        .map_err(CommitError::into_backend)?;
+    Ok((secret, record))
+}
+
+/// A stored credential's hash and role; `None` for what is not one.
+fn shared_role(key: &[u8], value: &[u8]) -> Option<([u8; 32], Role)> {
+    let record: CredentialRecord = serde_json::from_slice(value).ok()?;
+    let hash = hex::decode(key).ok()?;
+    Some((<[u8; 32]>::try_from(hash.as_slice()).ok()?, record.role))
 }
 
 /// `credentials.json` as last read: its modification time and the roles by secret hash.
@@ -123,6 +160,8 @@ pub struct Credentials {
     admin_sha256: [u8; 32],
     path: PathBuf,
     others: Mutex<Loaded>,
+    /// Those in the store replicas share, as last read and followed.
+    shared: RwLock<HashMap<[u8; 32], Role>>,
 }
 
 impl Credentials {
@@ -131,6 +170,43 @@ impl Credentials {
             admin_sha256,
             path: root.join("credentials.json"),
             others: Mutex::default(),
+            shared: RwLock::default(),
+        }
+    }
+
+    /// Reads the credentials of the shared store again (at start, and after changes may
+    /// have gone unheard).
+    pub fn read_shared(&self, backend: &dyn Backend) -> Result<(), BackendError> {
+        let roles = backend
+            .range(CREDENTIALS, &KeyRange::all(), Scan::All)?
+            .iter()
+            .filter_map(|(key, value)| shared_role(key, value))
+            .collect();
+        *self.shared.write().unwrap_or_else(|p| p.into_inner()) = roles;
+        Ok(())
+    }
+
+    /// Follows a commit of the shared store: credentials made (or removed) through any replica.
+    pub fn heard(&self, changes: &[Change]) {
+        let mut shared = self.shared.write().unwrap_or_else(|p| p.into_inner());
+        for change in changes.iter().filter(|c| c.table == CREDENTIALS) {
+            match change
+                .value
+                .as_deref()
+                .and_then(|v| shared_role(&change.key, v))
+            {
+                Some((hash, role)) => {
+                    shared.insert(hash, role);
+                }
+                None => {
+                    if let Some(hash) = hex::decode(&change.key)
+                        .ok()
+                        .and_then(|h| <[u8; 32]>::try_from(h.as_slice()).ok())
+                    {
+                        shared.remove(&hash);
+                    }
+                }
+            }
         }
     }
 
@@ -159,7 +235,15 @@ impl Credentials {
                 Err(e) => warn!(error = %e, "cannot read the credentials"),
             }
         }
-        others.roles.get(&hash).copied()
+        if let Some(role) = others.roles.get(&hash) {
+            return Some(*role);
+        }
+        drop(others);
+        self.shared
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&hash)
+            .copied()
     }
 }
 
@@ -181,5 +265,37 @@ mod tests {
         assert!(Role::Admin.allows(Access::Write));
         let text = std::fs::read_to_string(tmp.path().join("credentials.json")).expect("file");
         assert!(!text.contains(&secret), "only the hash is stored");
+    }
+
+    #[test]
+    fn a_credential_made_through_one_replica_is_accepted_by_another() {
+        let store = crate::backend::MemoryBackend::new();
+        let mut heard = store.subscribe();
+        let (one, other) = (
+            tempfile::tempdir().expect("tempdir"),
+            tempfile::tempdir().expect("tempdir"),
+        );
+        let first = Credentials::new(tern_proto::sha256(b"admin"), one.path());
+        let second = Credentials::new(tern_proto::sha256(b"admin"), other.path());
+        let (old, _) = create_shared(&store, Role::Read, 1).expect("create");
+        first.read_shared(&store).expect("read");
+        second.read_shared(&store).expect("read");
+        assert_eq!(second.role(&old), Some(Role::Read), "read at start");
+        // Made through the first while both run: the second hears the commit.
+        let (new, record) = create_shared(&store, Role::Admin, 2).expect("create");
+        assert_eq!(second.role(&new), None);
+        while let Ok(crate::backend::Notice::Committed(changes)) = heard.try_recv() {
+            second.heard(&changes);
+        }
+        assert_eq!(second.role(&new), Some(Role::Admin));
+        assert_eq!(first.role("nobody"), None);
+        let stored = store
+            .get(CREDENTIALS, record.sha256.as_bytes())
+            .expect("get")
+            .expect("stored");
+        assert!(
+            !String::from_utf8_lossy(&stored).contains(&new),
+            "only the hash is stored"
+        );
     }
 }

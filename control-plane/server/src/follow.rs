@@ -28,6 +28,7 @@ pub(crate) async fn follow(
                 for fingerprint in crate::registry::revoked_by(&changes) {
                     shared.revoked.revoke(fingerprint);
                 }
+                shared.credentials.heard(&changes);
                 if !shared.replica.peers {
                     continue;
                 }
@@ -94,6 +95,9 @@ async fn read_again(shared: &Arc<Shared>) {
             Ok(all) => all.into_iter().for_each(|f| work.revoked.revoke(f)),
             Err(e) => warn!(error = %e, "cannot read revocations"),
         }
+        if let Err(e) = work.credentials.read_shared(work.backend.as_ref()) {
+            warn!(error = %e, "cannot read the shared credentials");
+        }
         if work.replica.peers {
             match work.shared_reports.statuses() {
                 Ok(all) => {
@@ -111,6 +115,30 @@ async fn read_again(shared: &Arc<Shared>) {
         warn!(error = %e, "revocation reader failed");
     }
     if shared.replica.peers {
-        send_current(shared, shared.connections.held()).await;
+        // The desired states in one scan: only agents whose stored generation is newer than
+        // what their stream was handed get theirs again (no read per agent held).
+        let work = shared.clone();
+        let behind = tokio::task::spawn_blocking(move || match work.desired.all() {
+            Ok(all) => all
+                .into_iter()
+                .filter(|(agent, record)| {
+                    work.connections.holds(agent)
+                        && record.as_ref().map_or(true, |r| {
+                            // A record that cannot be read: `current` says why.
+                            work.connections
+                                .generation(agent)
+                                .is_none_or(|handed| handed < r.generation)
+                        })
+                })
+                .map(|(agent, _)| agent)
+                .collect(),
+            Err(e) => {
+                warn!(error = %e, "cannot read the desired states; sending each held agent its own");
+                work.connections.held()
+            }
+        })
+        .await
+        .unwrap_or_default();
+        send_current(shared, behind).await;
     }
 }

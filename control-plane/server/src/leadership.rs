@@ -89,18 +89,14 @@ fn open_term(
         WORK,
         epoch,
     )?);
-    let telemetry: SharedBackend = Arc::new(FencedBackend::claim(
-        source.telemetry_backend.clone(),
-        WORK,
-        epoch,
-    )?);
+    let telemetry = FencedBackend::claim(source.telemetry_backend.clone(), WORK, epoch)?;
     Ok(Term {
         epoch,
         catalog: source.catalog.on(registry.clone()),
         desired: DesiredStore::new(registry.clone()),
         drift: DriftStore::new(registry.clone()),
         registry: Registry::new(registry),
-        series: source.series.on(telemetry),
+        series: source.series.fenced(telemetry),
         valid_until: Mutex::new(valid_until),
     })
 }

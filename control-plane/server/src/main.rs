@@ -189,16 +189,34 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Credential {
             command: CredentialCommand::Create { data_dir, role },
         } => {
-            DataDir::new(&data_dir).load().with_context(|| {
+            let loaded = DataDir::new(&data_dir).load().with_context(|| {
                 format!("{} is not a control plane data dir", data_dir.display())
             })?;
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0);
-            let (secret, record) = tern_control_plane::credentials::create(&data_dir, role, now)
-                .context("failed to create the credential")?;
-            eprintln!("credential {} ({:?}); shown once:", record.id, record.role);
+            // Replicas share their credentials through the store; one alone keeps a file.
+            let (secret, record) = match &loaded.config.store {
+                Some(url) => {
+                    let store =
+                        tern_control_plane::backend::PostgresBackend::connect(url, "registry", 1)
+                            .context("cannot reach the store")?;
+                    tern_control_plane::credentials::create_shared(&store, role, now)
+                }
+                None => tern_control_plane::credentials::create(&data_dir, role, now),
+            }
+            .context("failed to create the credential")?;
+            eprintln!(
+                "credential {} ({:?}){}; shown once:",
+                record.id,
+                record.role,
+                if loaded.config.store.is_some() {
+                    ", accepted by every replica"
+                } else {
+                    ""
+                }
+            );
             println!("{secret}");
             Ok(std::process::ExitCode::SUCCESS)
         }

@@ -556,6 +556,42 @@ impl Registry {
         })
     }
 
+    /// Changes many agents' records (`each`: id and what to apply) in transactions of a few
+    /// hundred, read in one query each; not flushed at once, as [`Registry::update_agent`].
+    /// Agents without a record, or with one that cannot be read, are skipped.
+    pub fn update_agents<T>(
+        &self,
+        each: &[(String, T)],
+        change: impl Fn(&mut AgentRecord, &T),
+    ) -> Result<(), RegistryError> {
+        const CHUNK: usize = 256;
+        for chunk in each.chunks(CHUNK) {
+            let keys: Vec<Vec<u8>> = chunk.iter().map(|(id, _)| id.as_bytes().to_vec()).collect();
+            transact(self.backend.as_ref(), |txn| {
+                for ((key, value), (_, input)) in
+                    keys.iter().zip(txn.get_many(AGENTS, &keys)?).zip(chunk)
+                {
+                    let Some(value) = value else {
+                        continue;
+                    };
+                    // One agent's bad record does not hold up the others.
+                    let mut record = match decode::<AgentRecord, RegistryError>(key, &value) {
+                        Ok(record) => record,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "agent record skipped");
+                            continue;
+                        }
+                    };
+                    change(&mut record, input);
+                    txn.put(AGENTS, key.clone(), encode(&record));
+                }
+                txn.lazily();
+                Ok::<_, RegistryError>(())
+            })?;
+        }
+        Ok(())
+    }
+
     /// Writes everything to disk.
     pub fn flush(&self) -> Result<(), RegistryError> {
         self.backend.flush()?;

@@ -125,15 +125,24 @@ impl RunningControlPlane {
         let catalog = Catalog::new(backend.clone());
         let desired = crate::deploy::DesiredStore::new(backend.clone());
         let ca_pem = loaded.ca.cert_pem().to_owned();
-        let series = crate::telemetry::store::SeriesStore::new(
-            database("telemetry", &dir.telemetry(), TELEMETRY_CACHE_BYTES)?,
-            config.telemetry_retention,
-            if store.is_some() {
-                crate::telemetry::store::Writers::Many
-            } else {
-                crate::telemetry::store::Writers::One
-            },
-        );
+        // Replicas share the series in PostgreSQL's partitioned tables; one alone, in sled.
+        let series = match &store {
+            Some(url) => {
+                let backend = PostgresBackend::connect(url, "telemetry", POSTGRES_CONNECTIONS)
+                    .map_err(|e| StartError::Database {
+                        what: "telemetry",
+                        source: crate::backend::BackendError::storage(e),
+                    })?;
+                crate::telemetry::store::SeriesStore::partitioned(
+                    Arc::new(backend),
+                    config.telemetry_retention,
+                )?
+            }
+            None => crate::telemetry::store::SeriesStore::new(
+                database("telemetry", &dir.telemetry(), TELEMETRY_CACHE_BYTES)?,
+                config.telemetry_retention,
+            ),
+        };
         let (telemetry, telemetry_writer) = crate::telemetry::Telemetry::new(series);
         let drift = crate::drift::DriftStore::new(backend.clone());
         let revoked = tern_transport::tls::RevokedCertificates::default();
@@ -183,6 +192,14 @@ impl RunningControlPlane {
                 &options.data_dir,
             ),
         });
+        // Credentials replicas share (subscribed above, so none made meanwhile is missed).
+        shared
+            .credentials
+            .read_shared(shared.backend.as_ref())
+            .map_err(|source| StartError::Database {
+                what: "credentials",
+                source,
+            })?;
 
         let transport = tern_transport::quic::transport_config(AGENT_IDLE_TIMEOUT, None);
         let quic_config = tern_transport::tls::quic_server(
@@ -507,12 +524,10 @@ fn prune_tokens(shared: &Shared) {
 }
 
 fn persist_last_seen(shared: &Shared) {
-    for (id, last_seen) in shared.presence.take_dirty() {
-        if let Err(e) = shared
-            .registry
-            .update_agent(&id, |a| a.last_seen_ms = a.last_seen_ms.max(last_seen))
-        {
-            warn!(error = %e, "cannot persist last_seen");
-        }
+    let dirty = shared.presence.take_dirty();
+    if let Err(e) = shared.registry.update_agents(&dirty, |a, last_seen| {
+        a.last_seen_ms = a.last_seen_ms.max(*last_seen)
+    }) {
+        warn!(error = %e, "cannot persist last_seen");
     }
 }

@@ -107,7 +107,32 @@ fn fleet_bench_telemetry_on_postgresql() {
         "fleet-bench",
         &["telemetry", "--agents", "4", "--window", "1s", "--postgres"],
     );
-    assert!(out.contains("PostgreSQL (conditional writes"), "{out}");
+    assert!(out.contains("PostgreSQL (partitioned tables"), "{out}");
+}
+
+#[test]
+fn fleet_bench_connections_over_replicas() {
+    if !required("TERN_REQUIRE_POSTGRES") {
+        return;
+    }
+    let out = run(
+        "fleet-bench",
+        &[
+            "connections",
+            "--replicas",
+            "2",
+            "--agents",
+            "4",
+            "--window",
+            "1s",
+        ],
+    );
+    assert_eq!(number(&out, "4", 0), 4.0, "4 agents listed Ready");
+    let spread = &rows(&out, "4")[0][1];
+    assert!(
+        spread.starts_with("2, ") && spread.contains(" / 2, "),
+        "two agents held by each replica: {spread}"
+    );
 }
 
 #[test]

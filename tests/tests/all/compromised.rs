@@ -252,7 +252,9 @@ fn rejects_a_changed_step_under_the_serving_revision_number() -> anyhow::Result<
         record.manifest.spec.steps[0].plugin = Some("topk:2".into());
         record.pinned[0].reference = "topk:2".into();
         record.pinned[0].digest = digest;
-        catalog.lock()?.put_pipeline(&record)?;
+        let lock = catalog.lock()?;
+        lock.put_pipeline(&record);
+        lock.commit()?;
         Ok(())
     })?;
     let reason = fleet.failure("edge-1", 1)?;

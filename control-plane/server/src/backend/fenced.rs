@@ -62,6 +62,11 @@ impl FencedBackend {
         })
     }
 
+    /// The lease writes are fenced by.
+    pub fn lease(&self) -> &'static str {
+        self.lease
+    }
+
     /// The epoch writes are fenced by.
     pub fn epoch(&self) -> u64 {
         self.epoch
@@ -79,6 +84,14 @@ impl FencedBackend {
 impl Backend for FencedBackend {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
         self.inner.get(table, key)
+    }
+
+    fn get_many(
+        &self,
+        table: Table,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
+        self.inner.get_many(table, keys)
     }
 
     fn visit(

@@ -14,7 +14,7 @@
 //! commits may have gone unheard ([`Notice::Missed`]).
 //!
 //! Three backends implement the five required methods (`get`, `visit`, `commit`,
-//! `subscribe`, `flush`; `range` has a default): [`SledBackend`] (a sled database on disk,
+//! `subscribe`, `flush`; `get_many` and `range` have defaults): [`SledBackend`] (a sled database on disk,
 //! what a single control plane runs), [`PostgresBackend`] (`store = "postgres://..."`, what
 //! replicas share) and [`MemoryBackend`] (tests and simulations); one contract suite tests
 //! them all. [`FencedBackend`] wraps any of them for the holder of a lease. `driver` runs the
@@ -313,6 +313,16 @@ pub enum Scan {
 pub trait Backend: Send + Sync + std::fmt::Debug {
     /// The value of `key` in `table`.
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError>;
+
+    /// The values of `keys` in `table`, in their order (engines that pay a round trip per
+    /// read answer them all in one).
+    fn get_many(
+        &self,
+        table: Table,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
+        keys.iter().map(|key| self.get(table, key)).collect()
+    }
 
     /// Calls `each` with the entries of `table` in `range`, in key order (`reverse`: from the
     /// end), until it returns `false`. `each` must not call the backend.

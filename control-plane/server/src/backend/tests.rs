@@ -76,6 +76,67 @@ fn reads_what_was_committed_in_key_order() {
 }
 
 #[test]
+fn the_last_operation_on_a_key_wins_and_many_keys_read_at_once() {
+    let (all, _server) = backends();
+    for (name, backend) in all {
+        backend
+            .commit(Write::new().put(A, "gone", b"0".to_vec()))
+            .expect("commit");
+        backend
+            .commit(
+                Write::new()
+                    .only_if(A, "gone", Some(b"0".to_vec()))
+                    .only_if(A, "never", None)
+                    .put(A, "k", b"1".to_vec())
+                    .put(A, "k", b"2".to_vec())
+                    .delete(A, "gone")
+                    .put(A, "back", b"x".to_vec())
+                    .delete(A, "back")
+                    .put(A, "back", b"3".to_vec())
+                    .put(B, "k", b"b".to_vec()),
+            )
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let keys: Vec<Vec<u8>> = ["k", "gone", "back", "absent", "k"]
+            .iter()
+            .map(|k| k.as_bytes().to_vec())
+            .collect();
+        assert_eq!(
+            backend.get_many(A, &keys).expect("get_many"),
+            [
+                Some(b"2".to_vec()),
+                None,
+                Some(b"3".to_vec()),
+                None,
+                Some(b"2".to_vec())
+            ],
+            "{name}"
+        );
+        assert_eq!(
+            backend.get(B, b"k").expect("get"),
+            Some(b"b".to_vec()),
+            "{name}"
+        );
+        // Read together in a transaction, the keys are its conditions.
+        let raced = transact(backend.as_ref(), |txn| {
+            let values = txn.get_many(A, &keys[..2])?;
+            if values[0].as_deref() == Some(b"2") {
+                backend
+                    .commit(Write::new().put(A, "k", b"raced".to_vec()))
+                    .map_err(CommitError::into_backend)?;
+            }
+            txn.put(A, "seen", values[0].clone().unwrap_or_default());
+            Ok::<_, BackendError>(())
+        });
+        raced.expect("ran again after the race");
+        assert_eq!(
+            backend.get(A, b"seen").expect("get"),
+            Some(b"raced".to_vec()),
+            "{name}: the write decided on the first read did not land"
+        );
+    }
+}
+
+#[test]
 fn a_failed_condition_writes_nothing_in_any_table() {
     let (all, _server) = backends();
     for (name, backend) in all {
@@ -463,4 +524,41 @@ fn key_ranges_end_after_every_key_of_a_prefix() {
     assert_eq!(prefix_end(&[b'a', 0xff]), Some(b"b".to_vec()));
     assert_eq!(prefix_end(&[0xff, 0xff]), None);
     assert!(KeyRange::between("b", "a").is_empty());
+}
+
+#[test]
+fn postgres_flush_makes_lazy_commits_survive_a_crash() {
+    let Some(mut server) = postgres::testing::TestPostgres::start() else {
+        return;
+    };
+    let namespace = postgres::testing::namespace();
+    let backend = PostgresBackend::connect(&server.url, &namespace, 1).expect("connect");
+    for round in 0..3u8 {
+        for i in 0..40u8 {
+            backend
+                .commit(Write::new().put(A, [round, i].to_vec(), vec![i]).lazily())
+                .expect("commit");
+        }
+        backend.flush().expect("flush");
+        // Killed at once: only what reached the WAL on disk survives.
+        server.restart();
+        let stored = backend
+            .range(A, &KeyRange::prefix([round]), Scan::All)
+            .expect("read after the restart");
+        assert_eq!(stored.len(), 40, "round {round}: every flushed commit kept");
+    }
+    // A lazy commit the server may have lost before a flush: the flush says so.
+    backend
+        .commit(Write::new().put(A, "unsure", vec![1]).lazily())
+        .expect("commit");
+    server.restart();
+    assert!(
+        backend.get(A, b"probe").is_ok(),
+        "reads go on after the restart"
+    );
+    assert!(
+        backend.flush().is_err(),
+        "a flush cannot vouch for a commit made before the server restarted"
+    );
+    backend.flush().expect("later flushes succeed again");
 }

@@ -2,7 +2,7 @@
 //! a condition of its [`Write`], so the write applies only if nothing it read has changed
 //! since; [`transact`] runs the body again when it raced.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Backend, BackendError, CommitError, Table, Write};
 
@@ -18,6 +18,8 @@ pub struct Transaction<'a> {
     backend: &'a dyn Backend,
     /// What this transaction wrote (`None`: deleted), by table and key.
     written: BTreeMap<(Table, Vec<u8>), Option<Vec<u8>>>,
+    /// Keys read from the backend (each a condition of the write once).
+    read: BTreeSet<(Table, Vec<u8>)>,
     write: Write,
 }
 
@@ -26,6 +28,7 @@ impl<'a> Transaction<'a> {
         Self {
             backend,
             written: BTreeMap::new(),
+            read: BTreeSet::new(),
             write: Write::new(),
         }
     }
@@ -37,15 +40,43 @@ impl<'a> Transaction<'a> {
             return Ok(value.clone());
         }
         let value = self.backend.get(table, key)?;
-        let read = self
-            .write
-            .conditions
-            .iter()
-            .any(|c| c.table == table && c.key == key);
-        if !read {
+        if self.read.insert((table, key.to_vec())) {
             self.write = std::mem::take(&mut self.write).only_if(table, key, value.clone());
         }
         Ok(value)
+    }
+
+    /// The values of `keys`, as [`Transaction::get`] reads each, the backend asked once.
+    pub fn get_many(
+        &mut self,
+        table: Table,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
+        let unread: Vec<Vec<u8>> = keys
+            .iter()
+            .filter(|key| !self.written.contains_key(&(table, key.to_vec())))
+            .cloned()
+            .collect();
+        let mut stored: BTreeMap<Vec<u8>, Option<Vec<u8>>> = unread
+            .iter()
+            .cloned()
+            .zip(self.backend.get_many(table, &unread)?)
+            .collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(value) = self.written.get(&(table, key.clone())) {
+                out.push(value.clone());
+                continue;
+            }
+            let value = stored.remove(key).flatten();
+            if !self.read.contains(&(table, key.clone())) {
+                self.read.insert((table, key.clone()));
+                self.write =
+                    std::mem::take(&mut self.write).only_if(table, key.clone(), value.clone());
+            }
+            out.push(value);
+        }
+        Ok(out)
     }
 
     pub fn put(&mut self, table: Table, key: impl Into<Vec<u8>>, value: Vec<u8>) {

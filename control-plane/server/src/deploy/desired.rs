@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tern_proto::manifest::VariantSpec;
 use tern_proto::release::Digest;
 
-use crate::backend::{BackendError, SharedBackend, Table, Write, transact};
+use crate::backend::{BackendError, KeyRange, Scan, SharedBackend, Table, Write, transact};
 use crate::records::{CorruptRecord, decode, encode};
 
 const DESIRED: Table = Table("desired");
@@ -145,6 +145,20 @@ impl DesiredStore {
             .transpose()
     }
 
+    /// What every agent was last given, by agent id, in one scan (a pass over the fleet
+    /// reads them all); a record that cannot be decoded is its agent's error alone.
+    pub fn all(&self) -> Result<Vec<(String, Readable)>, DesiredStoreError> {
+        Ok(self
+            .backend
+            .range(DESIRED, &KeyRange::all(), Scan::All)?
+            .into_iter()
+            .map(|(key, value)| {
+                let record = decode(&key, &value);
+                (String::from_utf8_lossy(&key).into_owned(), record)
+            })
+            .collect())
+    }
+
     /// Records what `agent_id` is given now, durably, if `record`'s generation is higher than
     /// the one stored (none stored counts as 0), checked and written in one transaction: two
     /// writers never give one generation twice, and none goes back. `false`: the stored
@@ -186,17 +200,44 @@ impl DesiredStore {
         if entries.is_empty() {
             return Ok(0);
         }
-        let desired = self.get(agent_id)?;
-        let before = entries.len();
-        entries.retain(|entry| {
+        self.keep_given_seen(agent_id, &mut Seen::default(), entries, key)
+    }
+
+    /// As [`DesiredStore::keep_given`], with what the agent was given read once per `seen`
+    /// (a stream of batches) and again only when an entry names a revision the copy lacks
+    /// (a desired state given since): one read per stream, not one per batch.
+    pub fn keep_given_seen<T>(
+        &self,
+        agent_id: &str,
+        seen: &mut Seen,
+        entries: &mut Vec<T>,
+        key: impl Fn(&T) -> (&str, u64),
+    ) -> Result<usize, DesiredStoreError> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let allowed = |seen: &Seen, entry: &T| {
             let (pipeline, revision) = key(entry);
-            desired
+            seen.0
                 .as_ref()
+                .and_then(Option::as_ref)
                 .is_some_and(|d| d.may_report(pipeline, revision))
-        });
+        };
+        if seen.0.is_none() || !entries.iter().all(|e| allowed(seen, e)) {
+            seen.0 = Some(self.get(agent_id)?);
+        }
+        let before = entries.len();
+        entries.retain(|entry| allowed(seen, entry));
         Ok(before - entries.len())
     }
 }
+
+/// One agent's stored desired state, or why it cannot be read.
+pub type Readable = Result<AgentDesired, DesiredStoreError>;
+
+/// What an agent was given, as a stream last read it (`None`: not read yet).
+#[derive(Debug, Default)]
+pub struct Seen(Option<Option<AgentDesired>>);
 
 #[cfg(test)]
 mod tests {
@@ -207,6 +248,37 @@ mod tests {
             .iter()
             .map(|&(name, revision)| (name.to_owned(), (revision, false)))
             .collect()
+    }
+
+    #[test]
+    fn a_stream_reads_what_was_given_once_and_again_for_a_revision_given_since() {
+        let store = DesiredStore::new(std::sync::Arc::new(crate::backend::MemoryBackend::new()));
+        let first = AgentDesired::successor(None, pipelines(&[("p", 1)]), None, BTreeMap::new());
+        assert!(store.put("a", &first).expect("put"));
+        let mut seen = Seen::default();
+        fn key<'e>(entry: &'e (&'static str, u64)) -> (&'e str, u64) {
+            (entry.0, entry.1)
+        }
+        let mut batch = vec![("p", 1), ("p", 2), ("q", 1)];
+        assert_eq!(
+            store
+                .keep_given_seen("a", &mut seen, &mut batch, key)
+                .expect("keep"),
+            2
+        );
+        assert_eq!(batch, [("p", 1)]);
+        // Revision 2 is given while the stream is open: a batch naming it reads again.
+        let second =
+            AgentDesired::successor(Some(&first), pipelines(&[("p", 2)]), None, BTreeMap::new());
+        assert!(store.put("a", &second).expect("put"));
+        let mut batch = vec![("p", 1), ("p", 2), ("q", 1)];
+        assert_eq!(
+            store
+                .keep_given_seen("a", &mut seen, &mut batch, key)
+                .expect("keep"),
+            1
+        );
+        assert_eq!(batch, [("p", 1), ("p", 2)], "both revisions given");
     }
 
     #[test]

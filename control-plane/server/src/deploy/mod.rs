@@ -109,15 +109,19 @@ pub(crate) fn step(
     // they would be given generation 1 again); they still count in their rollouts, and one
     // bad record does not hold up the other agents.
     let mut unreadable = HashSet::new();
-    for agent in &agents {
-        match cx.desired.get(&agent.id) {
-            Ok(Some(record)) => {
-                stored.insert(agent.id.clone(), record);
+    let known: HashSet<&str> = agents.iter().map(|a| a.id.as_str()).collect();
+    // One scan, not a read per agent: a pass over a fleet of thousands stays a few queries.
+    for (agent_id, record) in cx.desired.all()? {
+        if !known.contains(agent_id.as_str()) {
+            continue;
+        }
+        match record {
+            Ok(record) => {
+                stored.insert(agent_id, record);
             }
-            Ok(None) => {}
             Err(e) => {
-                warn!(agent = %agent.name, error = %e, "cannot read the desired state; the agent is left out of this pass");
-                unreadable.insert(agent.id.as_str());
+                warn!(agent = %agent_id, error = %e, "cannot read the desired state; the agent is left out of this pass");
+                unreadable.insert(agent_id);
             }
         }
     }
@@ -144,8 +148,10 @@ pub(crate) fn step(
         warn!(deployment = %c.deployment, agent = %c.agent, pipeline = %c.pipeline, "another deployment already runs this pipeline on this agent; ignored");
     }
     for deployment in &plan.rollouts {
-        lock.put_deployment(deployment)?;
+        lock.put_deployment(deployment);
     }
+    // Every rollout this pass moved, at once: desired states follow only a plan that landed.
+    lock.commit()?;
 
     let mut out = Vec::new();
     for change in plan.changes {

@@ -130,6 +130,8 @@ pub(crate) async fn receive(
         }
     });
     let mut last = 0u64;
+    // What the agent was given, read once for the stream (again when a batch names more).
+    let mut given = crate::deploy::desired::Seen::default();
     loop {
         let mut batch = match read_frame::<_, TelemetryBatch>(&mut recv, MAX_FRAME_LEN).await {
             Ok(Some(batch)) => batch,
@@ -150,16 +152,19 @@ pub(crate) async fn receive(
         }
         last = batch.seq;
         sanitize(&mut batch);
-        let foreign = match shared.desired.keep_given(agent, &mut batch.pipelines, |p| {
-            (p.pipeline.as_str(), p.revision)
-        }) {
-            Ok(foreign) => foreign,
-            Err(e) => {
-                // Not taken: the agent sends it again on a new stream.
-                warn!(agent, error = %e, "cannot check a telemetry batch; closing the stream");
-                break;
-            }
-        };
+        let foreign =
+            match shared
+                .desired
+                .keep_given_seen(agent, &mut given, &mut batch.pipelines, |p| {
+                    (p.pipeline.as_str(), p.revision)
+                }) {
+                Ok(foreign) => foreign,
+                Err(e) => {
+                    // Not taken: the agent sends it again on a new stream.
+                    warn!(agent, error = %e, "cannot check a telemetry batch; closing the stream");
+                    break;
+                }
+            };
         if foreign > 0 {
             debug!(
                 agent,

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use tern_agent::AgentDataDir;
+use tern_control_plane::backend::postgres::testing::{TestPostgres, execute, query_text};
 use tern_e2e::{
     ControlPlane, bin, cpu_time, enroll, percentile, resident_kinds, resident_memory, wait_for,
 };
@@ -67,6 +68,10 @@ enum Cmd {
         /// Heartbeat interval of every agent.
         #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
         heartbeat: Duration,
+        /// Replicas on one PostgreSQL (started here) to spread the agents over; 0: one
+        /// control plane on sled.
+        #[arg(long, default_value_t = 0)]
+        replicas: usize,
     },
     /// A control plane ingesting telemetry from many agents at once; beside it, the same
     /// batches written straight into the telemetry store in-process.
@@ -105,7 +110,8 @@ fn main() -> anyhow::Result<()> {
             agents,
             window,
             heartbeat,
-        } => connections(&agents, window, heartbeat),
+            replicas,
+        } => connections(&agents, window, heartbeat, replicas),
         Cmd::Telemetry {
             agents,
             window,
@@ -303,6 +309,8 @@ fn agent_start(runs: usize) -> anyhow::Result<()> {
 
 /// An enrolled identity held in memory.
 struct SimAgent {
+    /// Its place in the fleet: which replica it dials.
+    index: usize,
     id: String,
     name: String,
     identity: Identity,
@@ -339,6 +347,7 @@ async fn enroll_many(cp: &ControlPlane, from: usize, to: usize) -> anyhow::Resul
             let response: EnrollResponse = enroll.post("/v1/enroll", &request).await?;
             let identity = Identity::from_pem(&response.certificate_pem, &csr.key_pem)?;
             anyhow::Ok(SimAgent {
+                index: i,
                 id: response.agent_id,
                 name,
                 identity,
@@ -356,7 +365,8 @@ async fn enroll_many(cp: &ControlPlane, from: usize, to: usize) -> anyhow::Resul
 #[derive(Clone)]
 struct LoadShared {
     endpoint: quinn::Endpoint,
-    cp: std::net::SocketAddr,
+    /// The control planes' agent addresses: agent `i` dials the `i % n`th.
+    cps: Arc<[std::net::SocketAddr]>,
     ca_pem: Arc<str>,
     interval: Duration,
     connected: Arc<AtomicUsize>,
@@ -371,7 +381,7 @@ struct LoadShared {
 async fn hold(shared: LoadShared, agent: SimAgent) -> anyhow::Result<()> {
     let LoadShared {
         endpoint,
-        cp,
+        cps,
         ca_pem,
         interval,
         connected,
@@ -380,6 +390,7 @@ async fn hold(shared: LoadShared, agent: SimAgent) -> anyhow::Result<()> {
         handshakes,
     } = shared;
     let slot = handshakes.acquire_owned().await?;
+    let cp = cps[agent.index % cps.len()];
     let dial = || async {
         let transport = tern_transport::quic::transport_config(
             Duration::from_secs(30),
@@ -443,18 +454,125 @@ fn rand_fraction() -> f64 {
     (RandomState::new().hash_one(Instant::now()) % 10_000) as f64 / 10_000.0
 }
 
-fn connections(levels: &[usize], window: Duration, heartbeat: Duration) -> anyhow::Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let mut cp = ControlPlane::init(tmp.path(), |c| {
+/// The control planes agents connect to: one on sled, or `replicas` on one PostgreSQL
+/// (started here, as the tests do; `None` without replicas) sharing a directory of artifacts.
+fn serve_control_planes(
+    root: &Path,
+    replicas: usize,
+    heartbeat: Duration,
+) -> anyhow::Result<(Vec<ControlPlane>, Option<TestPostgres>)> {
+    let server = if replicas > 0 {
+        let mut server =
+            TestPostgres::start().context("PostgreSQL's server binaries are needed")?;
+        // Statement statistics, to say what the store spends its transactions on.
+        execute(
+            &server.url,
+            "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'",
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        server.restart();
+        execute(
+            &server.url,
+            "CREATE EXTENSION IF NOT EXISTS pg_stat_statements",
+        )
+        .map_err(|e| anyhow::anyhow!("pg_stat_statements: {e}"))?;
+        Some(server)
+    } else {
+        None
+    };
+    let store = server.as_ref().map(|s| s.url.clone());
+    let artifacts = root.join("shared-artifacts").display().to_string();
+    let mut first = ControlPlane::init(root, |c| {
         c.heartbeat_interval = heartbeat;
         c.not_ready_after = heartbeat * 5;
+        if let Some(store) = store {
+            c.store = Some(store);
+            c.artifacts = Some(artifacts);
+        }
     })?;
-    cp.log_filter = "warn".into();
-    cp.serve()?;
-    let pid = cp.process.as_ref().context("serving")?.pid();
+    first.log_filter = "warn".into();
+    first.serve()?;
+    let mut cps = vec![first];
+    if replicas > 0 {
+        wait_for(
+            Duration::from_secs(60),
+            "the first replica holding the work lease",
+            || cps[0].holds_work_lease().then_some(()),
+        )?;
+    }
+    for n in 1..replicas {
+        let mut replica = ControlPlane::replica(root, &format!("replica-{n}"), &cps[0])?;
+        replica.log_filter = "warn".into();
+        replica.serve()?;
+        cps.push(replica);
+    }
+    Ok((cps, server))
+}
+
+/// CPU time of PostgreSQL: every `postgres` process on the machine (the bench's server is
+/// the only one; its backends exit and start with connections, so the sum is of those alive).
+fn postgres_cpu() -> anyhow::Result<Duration> {
+    let mut total = Duration::ZERO;
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let command = stat
+            .split_once('(')
+            .and_then(|(_, rest)| rest.rsplit_once(')'))
+            .map(|(name, _)| name);
+        if command == Some("postgres") {
+            total += cpu_time(pid).unwrap_or_default();
+        }
+    }
+    Ok(total)
+}
+
+/// The statements PostgreSQL ran most often since the last reset, with their calls.
+fn busiest_statements(server: &TestPostgres) -> anyhow::Result<Vec<String>> {
+    query_text(
+        &server.url,
+        "SELECT calls || ' × ' || regexp_replace(left(query, 110), '\\s+', ' ', 'g') \
+         FROM pg_stat_statements ORDER BY calls DESC LIMIT 6",
+    )
+    .map_err(|e| anyhow::anyhow!("pg_stat_statements: {e}"))
+}
+
+/// Transactions committed and rolled back in the whole server so far.
+fn postgres_transactions(server: &TestPostgres) -> anyhow::Result<i64> {
+    tern_control_plane::backend::postgres::testing::query_number(
+        &server.url,
+        "SELECT sum(xact_commit + xact_rollback)::bigint FROM pg_stat_database",
+    )
+    .map_err(|e| anyhow::anyhow!("pg_stat_database: {e}"))
+}
+
+fn connections(
+    levels: &[usize],
+    window: Duration,
+    heartbeat: Duration,
+    replicas: usize,
+) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (cps, server) = serve_control_planes(tmp.path(), replicas, heartbeat)?;
+    let cp = &cps[0];
+    let pids: Vec<u32> = cps
+        .iter()
+        .map(|cp| cp.process.as_ref().map(|p| p.pid()).context("serving"))
+        .collect::<anyhow::Result<_>>()?;
     let ca_pem = std::fs::read_to_string(cp.dir.join("ca.crt"))?;
     std::thread::sleep(Duration::from_secs(1));
-    let (idle_rss, _) = resident_memory(pid)?;
+    let idle_rss: Vec<u64> = pids
+        .iter()
+        .map(|pid| resident_memory(*pid).map(|(rss, _)| rss))
+        .collect::<anyhow::Result<_>>()?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -467,7 +585,7 @@ fn connections(levels: &[usize], window: Duration, heartbeat: Duration) -> anyho
     let (stop_tx, stop_rx) = watch::channel(false);
     let shared = LoadShared {
         endpoint,
-        cp: cp.agent_addr,
+        cps: cps.iter().map(|cp| cp.agent_addr).collect(),
         ca_pem: ca_pem.into(),
         interval: heartbeat,
         connected: connected.clone(),
@@ -477,19 +595,37 @@ fn connections(levels: &[usize], window: Duration, heartbeat: Duration) -> anyho
     };
     let mut held = 0;
 
+    let idle: Vec<String> = idle_rss
+        .iter()
+        .map(|rss| format!("{:.1}", mib(*rss)))
+        .collect();
     println!(
-        "control plane idle RSS: {:.1} MiB; heartbeat every {heartbeat:?}; window {window:?}\n",
-        mib(idle_rss)
+        "control plane{} idle RSS: {} MiB; heartbeat every {heartbeat:?}; window {window:?}\n",
+        if cps.len() > 1 { "s'" } else { "" },
+        idle.join(" / ")
     );
-    println!(
-        "| connections | control plane CPU (% of one core) | RSS (MiB) | RSS per connection (KiB) | heartbeats acked/s | load generator CPU (% of one core) |"
-    );
-    println!("| --- | --- | --- | --- | --- | --- |");
+    if server.is_some() {
+        println!(
+            "| connections | per replica: connections, CPU (% of one core), RSS (MiB) | PostgreSQL CPU (% of one core) | PostgreSQL transactions/s | heartbeats acked/s | load generator CPU (% of one core) |"
+        );
+        println!("| --- | --- | --- | --- | --- | --- |");
+    } else {
+        println!(
+            "| connections | control plane CPU (% of one core) | RSS (MiB) | RSS per connection (KiB) | heartbeats acked/s | load generator CPU (% of one core) |"
+        );
+        println!("| --- | --- | --- | --- | --- | --- |");
+    }
     for &level in levels {
         if level <= held {
             continue;
         }
-        let agents = runtime.block_on(enroll_many(&cp, held, level))?;
+        let enrolling = Instant::now();
+        let agents = runtime.block_on(enroll_many(cp, held, level))?;
+        eprintln!(
+            "{} agents enrolled in {:.1} s",
+            level - held,
+            enrolling.elapsed().as_secs_f64()
+        );
         for agent in agents {
             let task = hold(shared.clone(), agent);
             runtime.spawn(async move {
@@ -500,12 +636,12 @@ fn connections(levels: &[usize], window: Duration, heartbeat: Duration) -> anyho
         }
         held = level;
         wait_for(
-            Duration::from_secs(120),
+            Duration::from_secs(600),
             "every simulated agent to connect",
             || (connected.load(Ordering::Relaxed) >= level).then_some(()),
         )?;
         let ready = wait_for(
-            Duration::from_secs(30),
+            Duration::from_secs(120),
             "the control plane to list them Ready",
             || {
                 let agents: Vec<AgentView> = cp.agents().ok()?;
@@ -518,27 +654,68 @@ fn connections(levels: &[usize], window: Duration, heartbeat: Duration) -> anyho
         )?;
         std::thread::sleep(Duration::from_secs(5));
 
-        let (cp_cpu0, gen_cpu0, acks0, t0) = (
-            cpu_time(pid)?,
-            cpu_time(std::process::id())?,
-            acks.load(Ordering::Relaxed),
-            Instant::now(),
-        );
+        let cpu0: Vec<Duration> = pids
+            .iter()
+            .map(|pid| cpu_time(*pid))
+            .collect::<anyhow::Result<_>>()?;
+        let gen_cpu0 = cpu_time(std::process::id())?;
+        let pg0 = match &server {
+            Some(server) => {
+                query_text(&server.url, "SELECT pg_stat_statements_reset()::text")
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                Some((postgres_cpu()?, postgres_transactions(server)?))
+            }
+            None => None,
+        };
+        let (acks0, t0) = (acks.load(Ordering::Relaxed), Instant::now());
         std::thread::sleep(window);
         let elapsed = t0.elapsed().as_secs_f64();
-        let cp_cpu = (cpu_time(pid)? - cp_cpu0).as_secs_f64() / elapsed * 100.0;
-        let gen_cpu = (cpu_time(std::process::id())? - gen_cpu0).as_secs_f64() / elapsed * 100.0;
+        let percent = |d: Duration| d.as_secs_f64() / elapsed * 100.0;
+        let cpu: Vec<f64> = pids
+            .iter()
+            .zip(&cpu0)
+            .map(|(pid, before)| Ok(percent(cpu_time(*pid)? - *before)))
+            .collect::<anyhow::Result<_>>()?;
+        let gen_cpu = percent(cpu_time(std::process::id())? - gen_cpu0);
         let acked = (acks.load(Ordering::Relaxed) - acks0) as f64 / elapsed;
-        let (rss, _) = resident_memory(pid)?;
-        println!(
-            "| {ready} | {cp_cpu:.1} | {:.1} | {:.1} | {acked:.0} | {gen_cpu:.1} |",
-            mib(rss),
-            (rss.saturating_sub(idle_rss)) as f64 / 1024.0 / ready as f64
-        );
+        let rss: Vec<u64> = pids
+            .iter()
+            .map(|pid| resident_memory(*pid).map(|(rss, _)| rss))
+            .collect::<anyhow::Result<_>>()?;
+        match (&server, pg0) {
+            (Some(server), Some((pg_cpu0, tx0))) => {
+                let pg_cpu = percent(postgres_cpu()? - pg_cpu0);
+                let tx = (postgres_transactions(server)? - tx0) as f64 / elapsed;
+                let per_replica: Vec<String> = cps
+                    .iter()
+                    .zip(cpu.iter().zip(&rss))
+                    .map(|(cp, (cpu, rss))| {
+                        let held = cp
+                            .gauge("tern_control_plane_agents_connected")
+                            .unwrap_or(0.0);
+                        format!("{held:.0}, {cpu:.1}%, {:.1}", mib(*rss))
+                    })
+                    .collect();
+                println!(
+                    "| {ready} | {} | {pg_cpu:.1} | {tx:.0} | {acked:.0} | {gen_cpu:.1} |",
+                    per_replica.join(" / ")
+                );
+                for line in busiest_statements(server)? {
+                    eprintln!("  {line}");
+                }
+            }
+            _ => println!(
+                "| {ready} | {:.1} | {:.1} | {:.1} | {acked:.0} | {gen_cpu:.1} |",
+                cpu[0],
+                mib(rss[0]),
+                (rss[0].saturating_sub(idle_rss[0])) as f64 / 1024.0 / ready as f64
+            ),
+        }
     }
     let _ = stop_tx.send(true);
     runtime.block_on(async { tokio::time::sleep(Duration::from_millis(500)).await });
-    drop(cp);
+    drop(cps);
+    drop(server);
     Ok(())
 }
 
@@ -570,13 +747,14 @@ fn bare_client(dir: &Path) -> anyhow::Result<()> {
             })
         };
         let agent = SimAgent {
+            index: 0,
             id: config.agent_id,
             name: config.name,
             identity,
         };
         let shared = LoadShared {
             endpoint,
-            cp: addr,
+            cps: Arc::new([addr]),
             ca_pem: ca_pem.into(),
             interval: Duration::from_secs(5),
             connected,

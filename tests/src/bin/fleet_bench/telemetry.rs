@@ -5,7 +5,7 @@
 //! straight into the telemetry store in-process (no network, no protocol). With `--postgres`
 //! the control plane keeps its records in PostgreSQL (started here, as the tests do), as
 //! replicas do, and the in-process reference is taken on both engines: sled with one writer
-//! (what a single control plane runs) and PostgreSQL with conditional writes (replicas).
+//! (what a single control plane runs) and PostgreSQL's partitioned series tables (replicas).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -15,7 +15,7 @@ use anyhow::{Context, bail};
 use tern_control_plane::backend::postgres::testing::TestPostgres;
 use tern_control_plane::backend::{PostgresBackend, SledBackend};
 use tern_control_plane::server::TELEMETRY_CACHE_BYTES;
-use tern_control_plane::telemetry::store::{SeriesStore, Writers};
+use tern_control_plane::telemetry::store::SeriesStore;
 use tern_e2e::{ControlPlane, cpu_time, resident_memory, wait_for};
 use tern_proto::io::{read_frame, write_frame};
 use tern_proto::message::{StreamOpen, TelemetryAck};
@@ -191,18 +191,14 @@ fn reference(template: &TelemetryBatch, agents: usize, seconds: f64) -> anyhow::
     // As the control plane opens it: sled, with the same page cache.
     let backend = SledBackend::open(tmp.path(), TELEMETRY_CACHE_BYTES)?;
     ingest_for(
-        SeriesStore::new(
-            Arc::new(backend),
-            Duration::from_secs(90 * 86_400),
-            Writers::One,
-        ),
+        SeriesStore::new(Arc::new(backend), Duration::from_secs(90 * 86_400)),
         template,
         agents,
         seconds,
     )
 }
 
-/// The in-process reference on PostgreSQL, as replicas write: conditional writes.
+/// The in-process reference on PostgreSQL, as replicas write: the partitioned tables.
 fn reference_postgres(
     url: &str,
     template: &TelemetryBatch,
@@ -211,11 +207,7 @@ fn reference_postgres(
 ) -> anyhow::Result<f64> {
     let backend = PostgresBackend::connect(url, "bench-telemetry", 4)?;
     ingest_for(
-        SeriesStore::new(
-            Arc::new(backend),
-            Duration::from_secs(90 * 86_400),
-            Writers::Many,
-        ),
+        SeriesStore::partitioned(Arc::new(backend), Duration::from_secs(90 * 86_400))?,
         template,
         agents,
         seconds,
@@ -303,7 +295,7 @@ pub fn run(agents: usize, window: Duration, postgres: bool) -> anyhow::Result<()
         });
     }
     wait_for(
-        Duration::from_secs(180),
+        Duration::from_secs(600),
         "every simulated agent to connect",
         || (connected.load(Ordering::Relaxed) >= agents).then_some(()),
     )?;
@@ -354,7 +346,7 @@ pub fn run(agents: usize, window: Duration, postgres: bool) -> anyhow::Result<()
     );
     if let Some(pg) = on_postgres {
         println!(
-            "\nthe control plane's records in PostgreSQL; in-process, the same batches: sled (one writer) {reference:.0} points/s, PostgreSQL (conditional writes, as replicas) {pg:.0} points/s: {:.2}× sled",
+            "\nthe control plane's records in PostgreSQL; in-process, the same batches: sled (one writer) {reference:.0} points/s, PostgreSQL (partitioned tables, as replicas) {pg:.0} points/s: {:.2}× sled",
             pg / reference
         );
     }

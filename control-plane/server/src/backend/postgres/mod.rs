@@ -4,7 +4,9 @@
 //! name, in bytewise key order. A commit is one serializable transaction that reads its
 //! conditions under row locks (`FOR UPDATE`), so a condition cannot change before the write
 //! lands, and a serialization failure is retried; a lazy write commits without waiting for
-//! the WAL flush.
+//! the WAL flush. A commit is a few statements whatever its size (its conditions in one query,
+//! its puts in one multi-row upsert, its deletes in one), and [`Backend::get_many`] reads many
+//! keys in one.
 //!
 //! - `pool`: the connections, driven on a thread of their own and opened again when lost.
 //! - `feed`: every process's commits, heard through `LISTEN`/`NOTIFY` in commit order.
@@ -15,6 +17,7 @@ mod pool;
 mod schema;
 pub mod testing;
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -89,8 +92,24 @@ impl std::fmt::Debug for PostgresBackend {
     }
 }
 
+/// Rows of one statement, as its array parameters.
+#[derive(Default)]
+struct Columns<'a> {
+    tables: Vec<String>,
+    keys: Vec<&'a [u8]>,
+    values: Vec<&'a [u8]>,
+}
+
+impl<'a> Columns<'a> {
+    fn push(&mut self, table: String, key: &'a [u8], value: &'a [u8]) {
+        self.tables.push(table);
+        self.keys.push(key);
+        self.values.push(value);
+    }
+}
+
 /// Whether a failed transaction may succeed when run again.
-fn retryable(error: &tokio_postgres::Error) -> bool {
+pub fn retryable(error: &tokio_postgres::Error) -> bool {
     matches!(
         error.code(),
         Some(code) if *code == SqlState::T_R_SERIALIZATION_FAILURE
@@ -119,6 +138,13 @@ impl PostgresBackend {
         {
             let mut first = pool.get(&driver)?;
             block_on(schema::migrate(first.client()))?;
+            // Rows of processes long gone (each process writes one under a random origin).
+            block_on(
+                first
+                    .client()
+                    .batch_execute("DELETE FROM tern_flushes WHERE at < now() - interval '1 day'"),
+            )
+            .map_err(SchemaError::from)?;
         }
         let origin = rand::random::<u64>();
         let feed = Arc::new(Feed::new(origin, NOTIFY_CAPACITY));
@@ -146,9 +172,38 @@ impl PostgresBackend {
         self.feed.listening()
     }
 
-    /// The stored name of `table`.
-    fn name(&self, table: Table) -> String {
+    /// The namespace this backend's tables are kept apart in.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The stored name of `table` (the `tbl` column of `tern_entries`).
+    pub fn name(&self, table: Table) -> String {
         format!("{}/{}", self.namespace, table.0)
+    }
+
+    /// Runs `work` once on a connection of the pool, for stores with tables of their own
+    /// (`work` drives the client's futures with `futures_executor::block_on`; the driver
+    /// thread runs the connections). A connection found closed is opened again for the next.
+    pub fn once<T>(
+        &self,
+        work: impl FnOnce(&mut Client) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<T, BackendError> {
+        let mut lease = self.pool.get(&self.driver).map_err(BackendError::storage)?;
+        let result = work(lease.client());
+        if result.is_err() {
+            lease.check();
+        }
+        result.map_err(BackendError::storage)
+    }
+
+    /// Like [`PostgresBackend::once`], and once more on a fresh connection when the one it
+    /// ran on had closed (the server restarted since): for work that may run twice.
+    pub fn run<T>(
+        &self,
+        work: impl FnMut(&mut Client) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<T, BackendError> {
+        self.read(work)
     }
 
     /// Runs `query` on a connection of the pool; once more on a fresh connection when the
@@ -192,37 +247,69 @@ impl PostgresBackend {
             tx.batch_execute("SET LOCAL synchronous_commit = off")
                 .await?;
         }
-        for condition in &write.conditions {
-            let row = tx
-                .query_opt(
-                    "SELECT value FROM tern_entries WHERE tbl = $1 AND key = $2 FOR UPDATE",
-                    &[&self.name(condition.table), &condition.key],
+        // Conditions in one query, their rows locked until the commit.
+        if !write.conditions.is_empty() {
+            let tables: Vec<String> = write
+                .conditions
+                .iter()
+                .map(|c| self.name(c.table))
+                .collect();
+            let keys: Vec<&[u8]> = write.conditions.iter().map(|c| c.key.as_slice()).collect();
+            let rows = tx
+                .query(
+                    "SELECT e.tbl, e.key, e.value FROM tern_entries e \
+                     JOIN unnest($1::text[], $2::bytea[]) AS c(tbl, key) \
+                     ON e.tbl = c.tbl AND e.key = c.key FOR UPDATE OF e",
+                    &[&tables, &keys],
                 )
                 .await?;
-            let held: Option<Vec<u8>> = row.map(|r| r.get(0));
-            if held.as_deref() != condition.expected.as_deref() {
+            let held: HashMap<(&str, &[u8]), &[u8]> = rows
+                .iter()
+                .map(|row| ((row.get(0), row.get(1)), row.get(2)))
+                .collect();
+            let holds = write.conditions.iter().zip(&tables).all(|(c, table)| {
+                held.get(&(table.as_str(), c.key.as_slice())).copied() == c.expected.as_deref()
+            });
+            if !holds {
                 tx.rollback().await?;
                 return Ok(false);
             }
         }
+        // The operations' outcome per key (the last one wins), in one statement per kind.
+        let mut outcome: BTreeMap<(String, &[u8]), Option<&[u8]>> = BTreeMap::new();
         for op in &write.ops {
             match op {
                 Op::Put { table, key, value } => {
-                    tx.execute(
-                        "INSERT INTO tern_entries (tbl, key, value) VALUES ($1, $2, $3) \
-                         ON CONFLICT (tbl, key) DO UPDATE SET value = EXCLUDED.value",
-                        &[&self.name(*table), key, value],
-                    )
-                    .await?;
+                    outcome.insert((self.name(*table), key), Some(value));
                 }
                 Op::Delete { table, key } => {
-                    tx.execute(
-                        "DELETE FROM tern_entries WHERE tbl = $1 AND key = $2",
-                        &[&self.name(*table), key],
-                    )
-                    .await?;
+                    outcome.insert((self.name(*table), key), None);
                 }
             }
+        }
+        let (mut put, mut deleted) = (Columns::default(), Columns::default());
+        for ((table, key), value) in outcome {
+            match value {
+                Some(value) => put.push(table, key, value),
+                None => deleted.push(table, key, &[]),
+            }
+        }
+        if !put.tables.is_empty() {
+            tx.execute(
+                "INSERT INTO tern_entries (tbl, key, value) \
+                 SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[]) \
+                 ON CONFLICT (tbl, key) DO UPDATE SET value = EXCLUDED.value",
+                &[&put.tables, &put.keys, &put.values],
+            )
+            .await?;
+        }
+        if !deleted.tables.is_empty() {
+            tx.execute(
+                "DELETE FROM tern_entries e USING unnest($1::text[], $2::bytea[]) AS d(tbl, key) \
+                 WHERE e.tbl = d.tbl AND e.key = d.key",
+                &[&deleted.tables, &deleted.keys],
+            )
+            .await?;
         }
         if !write.ops.is_empty() {
             let body = if changes.len() <= feed::INLINE_LIMIT {
@@ -268,6 +355,30 @@ impl Backend for PostgresBackend {
             ))
         })?;
         Ok(row.map(|r| r.get(0)))
+    }
+
+    /// One query for every key.
+    fn get_many(
+        &self,
+        table: Table,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let name = self.name(table);
+        let rows = self.read(|client| {
+            block_on(client.query(
+                "SELECT key, value FROM tern_entries WHERE tbl = $1 AND key = ANY($2)",
+                &[&name, &keys],
+            ))
+        })?;
+        let found: HashMap<&[u8], &[u8]> =
+            rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+        Ok(keys
+            .iter()
+            .map(|key| found.get(key.as_slice()).map(|v| v.to_vec()))
+            .collect())
     }
 
     fn visit(
@@ -359,7 +470,9 @@ impl Backend for PostgresBackend {
     }
 
     /// Lazy commits reach the disk with the next synchronous commit record (the WAL is one
-    /// sequence): a transaction that takes a transaction id writes one and waits for it. On
+    /// sequence). PostgreSQL waits for the disk only at the commit of a transaction that wrote
+    /// WAL (an id alone is not enough), so a flush updates this process's row of
+    /// `tern_flushes` and commits synchronously. On
     /// the server the lazy commits were made on: when connections had to be opened again since
     /// (the server may have restarted and lost them), the flush fails, so that nothing is
     /// acknowledged as durable that may not be (the writers send it again).
@@ -370,11 +483,18 @@ impl Backend for PostgresBackend {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         let mut lease = self.pool.get(&self.driver).map_err(BackendError::storage)?;
-        let flushed = block_on(
-            lease
-                .client()
-                .batch_execute("SELECT pg_catalog.txid_current()"),
-        );
+        let flushed = block_on(async {
+            let tx = lease.client().transaction().await?;
+            tx.batch_execute("SET LOCAL synchronous_commit = on")
+                .await?;
+            tx.execute(
+                "INSERT INTO tern_flushes (origin, at) VALUES ($1, now()) \
+                 ON CONFLICT (origin) DO UPDATE SET at = EXCLUDED.at",
+                &[&(self.origin as i64)],
+            )
+            .await?;
+            tx.commit().await
+        });
         lease.check();
         flushed.map_err(BackendError::storage)?;
         match pending {

@@ -9,6 +9,7 @@ use tokio_postgres::Client;
 pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_entries.sql"),
     include_str!("migrations/0002_notices.sql"),
+    include_str!("migrations/0003_flushes.sql"),
 ];
 
 /// The schema version this build writes.

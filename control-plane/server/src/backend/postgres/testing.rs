@@ -152,8 +152,14 @@ impl TestPostgres {
     }
 }
 
-/// Runs `sql` on a connection of its own to `url`.
-pub fn execute(url: &str, sql: &str) -> Result<(), String> {
+/// Runs `work` on a connection of its own to `url`, on a runtime of its own.
+fn on_connection<T, F>(
+    url: &str,
+    work: impl FnOnce(tokio_postgres::Client) -> F,
+) -> Result<T, String>
+where
+    F: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+{
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -163,10 +169,35 @@ pub fn execute(url: &str, sql: &str) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?;
         let driver = tokio::spawn(connection);
-        let result = client.batch_execute(sql).await.map_err(|e| e.to_string());
-        drop(client);
+        let result = work(client).await.map_err(|e| e.to_string());
         let _ = driver.await;
         result
+    })
+}
+
+/// Runs `sql` on a connection of its own to `url`.
+pub fn execute(url: &str, sql: &str) -> Result<(), String> {
+    on_connection(url, |client| async move { client.batch_execute(sql).await })
+}
+
+/// The first column of every row `sql` returns on a connection of its own to `url`, as text
+/// (for benches reading the server's statistics).
+pub fn query_text(url: &str, sql: &str) -> Result<Vec<String>, String> {
+    on_connection(url, |client| async move {
+        client
+            .query(sql, &[])
+            .await?
+            .iter()
+            .map(|row| row.try_get::<_, String>(0))
+            .collect()
+    })
+}
+
+/// The first column of the first row `sql` returns on a connection of its own to `url`, as
+/// a number (for benches reading the server's statistics).
+pub fn query_number(url: &str, sql: &str) -> Result<i64, String> {
+    on_connection(url, |client| async move {
+        client.query_one(sql, &[]).await?.try_get::<_, i64>(0)
     })
 }
 
