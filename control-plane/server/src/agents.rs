@@ -308,6 +308,8 @@ async fn control_loop(
             }
         }
     });
+    // What the agent was given, read once for the session (again when a report names more).
+    let mut given = crate::deploy::desired::Seen::default();
     let result = async {
         loop {
             let frame = tokio::select! {
@@ -327,7 +329,7 @@ async fn control_loop(
                 Some(Err(FrameError::Io(_))) if conn.close_reason().is_some() => return Ok(()),
                 Some(Err(e)) => return Err(e.into()),
             };
-            handle(shared, record, connection, send, message).await?;
+            handle(shared, (record, connection), &mut given, send, message).await?;
         }
     }
     .await;
@@ -337,8 +339,8 @@ async fn control_loop(
 
 async fn handle(
     shared: &Arc<Shared>,
-    record: &AgentRecord,
-    connection: u64,
+    (record, connection): (&AgentRecord, u64),
+    given: &mut crate::deploy::desired::Seen,
     send: &mut SendStream,
     message: AgentMessage,
 ) -> Result<(), SessionError> {
@@ -369,11 +371,12 @@ async fn handle(
             .await?;
         }
         AgentMessage::Health(mut report) => {
-            let foreign = match shared
-                .desired
-                .keep_given(&record.id, &mut report.pipelines, |p| {
-                    (p.name.as_str(), p.revision)
-                }) {
+            let foreign = match shared.desired.keep_given(
+                &record.id,
+                given,
+                &mut report.pipelines,
+                |p| (p.name.as_str(), p.revision),
+            ) {
                 Ok(foreign) => foreign,
                 Err(e) => {
                     // Counters are cumulative: the next report carries these requests too.

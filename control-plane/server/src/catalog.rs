@@ -19,9 +19,7 @@ use serde::{Deserialize, Serialize};
 use tern_proto::api::PinnedStep;
 use tern_proto::manifest::{Deployment, Pipeline};
 
-use crate::backend::{
-    BackendError, CommitError, Entry, KeyRange, Scan, SharedBackend, Table, Write,
-};
+use crate::backend::{BackendError, CommitError, KeyRange, Scan, SharedBackend, Table, Write};
 use crate::records::{CorruptRecord, decode, encode, versioned_key, versions_prefix};
 
 const PIPELINES: Table = Table("pipelines");
@@ -88,6 +86,12 @@ impl Catalog {
         }
     }
 
+    /// Holds the catalog against changes in this process, for work that only reads it (the
+    /// generation is not read: nothing is committed through this).
+    pub fn hold(&self) -> MutexGuard<'_, ()> {
+        self.changes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Holds the catalog for a change (apply, delete, rollout command, planner step): what is
     /// read from now on is what the change is decided on, and its writes hold only if nobody
     /// changed the catalog meanwhile.
@@ -121,6 +125,7 @@ impl Catalog {
             .collect()
     }
 
+    /// The latest revision of a pipeline.
     pub fn pipeline(&self, name: &str) -> Result<Option<PipelineRecord>, CatalogError> {
         self.get(PIPELINES, name.as_bytes())
     }
@@ -148,7 +153,7 @@ impl Catalog {
             .unwrap_or(0))
     }
 
-    /// Records a new latest revision.
+    /// Every pipeline's latest revision, by name.
     pub fn pipelines(&self) -> Result<Vec<PipelineRecord>, CatalogError> {
         self.all(PIPELINES)
     }
@@ -232,25 +237,26 @@ impl CatalogLock<'_> {
         }
     }
 
-    /// A range of `table` as this change sees it, in key order.
-    fn range(&self, table: Table, range: &KeyRange) -> Result<Vec<Entry>, CatalogError> {
+    /// Every record of `table` as this change sees it, in key order.
+    fn all<T: serde::de::DeserializeOwned>(&self, table: Table) -> Result<Vec<T>, CatalogError> {
         let mut entries: BTreeMap<Vec<u8>, Vec<u8>> = self
             .catalog
             .backend
-            .range(table, range, Scan::All)?
+            .range(table, &KeyRange::all(), Scan::All)?
             .into_iter()
             .collect();
-        for ((t, key), value) in self.staged.borrow().iter() {
-            let inside = *key >= range.start && range.end.as_ref().is_none_or(|end| key < end);
-            if *t != table || !inside {
-                continue;
-            }
+        for ((_, key), value) in self
+            .staged
+            .borrow()
+            .iter()
+            .filter(|((t, _), _)| *t == table)
+        {
             match value {
                 Some(value) => entries.insert(key.clone(), value.clone()),
                 None => entries.remove(key),
             };
         }
-        Ok(entries.into_iter().collect())
+        entries.iter().map(|(k, v)| decode(k, v)).collect()
     }
 
     pub fn pipeline(&self, name: &str) -> Result<Option<PipelineRecord>, CatalogError> {
@@ -286,10 +292,7 @@ impl CatalogLock<'_> {
 
     /// Every deployment, by name.
     pub fn deployments(&self) -> Result<Vec<DeploymentRecord>, CatalogError> {
-        self.range(DEPLOYMENTS, &KeyRange::all())?
-            .iter()
-            .map(|(k, v)| decode(k, v))
-            .collect()
+        self.all(DEPLOYMENTS)
     }
 
     fn delete(&self, table: Table, name: &str) -> Result<bool, CatalogError> {

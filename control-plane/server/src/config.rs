@@ -483,6 +483,13 @@ impl ControlPlaneConfig {
         Ok(())
     }
 
+    /// Where artifacts are kept: `artifacts`, else `default` (the data directory's).
+    pub fn artifact_location(&self, default: PathBuf) -> Result<ArtifactLocation, String> {
+        self.artifacts
+            .as_deref()
+            .map_or(Ok(ArtifactLocation::Dir(default)), ArtifactLocation::parse)
+    }
+
     /// The text of `config.toml`.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("the config always serializes")

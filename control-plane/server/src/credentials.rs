@@ -140,11 +140,15 @@ pub fn create_shared(
     Ok((secret, record))
 }
 
+/// A secret's SHA-256 from its hex text; `None` for what is not one.
+fn hash_of(hex_text: impl AsRef<[u8]>) -> Option<[u8; 32]> {
+    <[u8; 32]>::try_from(hex::decode(hex_text).ok()?.as_slice()).ok()
+}
+
 /// A stored credential's hash and role; `None` for what is not one.
 fn shared_role(key: &[u8], value: &[u8]) -> Option<([u8; 32], Role)> {
     let record: CredentialRecord = serde_json::from_slice(value).ok()?;
-    let hash = hex::decode(key).ok()?;
-    Some((<[u8; 32]>::try_from(hash.as_slice()).ok()?, record.role))
+    Some((hash_of(key)?, record.role))
 }
 
 /// `credentials.json` as last read: its modification time and the roles by secret hash.
@@ -199,10 +203,7 @@ impl Credentials {
                     shared.insert(hash, role);
                 }
                 None => {
-                    if let Some(hash) = hex::decode(&change.key)
-                        .ok()
-                        .and_then(|h| <[u8; 32]>::try_from(h.as_slice()).ok())
-                    {
+                    if let Some(hash) = hash_of(&change.key) {
                         shared.remove(&hash);
                     }
                 }
@@ -225,10 +226,7 @@ impl Credentials {
                 Ok(records) => {
                     others.roles = records
                         .into_iter()
-                        .filter_map(|r| {
-                            let hash = hex::decode(&r.sha256).ok()?;
-                            Some((<[u8; 32]>::try_from(hash.as_slice()).ok()?, r.role))
-                        })
+                        .filter_map(|r| Some((hash_of(&r.sha256)?, r.role)))
                         .collect();
                     others.modified = modified;
                 }

@@ -247,6 +247,8 @@ impl DataDir {
         if let Some(addr) = options.listen_api {
             config.listen_api = addr;
         }
+        // The first's advertised address is the first's: this replica announces its own.
+        config.advertise_agents = None;
         std::fs::create_dir_all(&self.root).map_err(io(&self.root))?;
         let copies = [
             (first.ca_cert(), self.ca_cert(), false),

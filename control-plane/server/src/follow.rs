@@ -35,8 +35,16 @@ pub(crate) async fn follow(
                 for heard in crate::replica::heard(&changes, &shared.replica.name) {
                     record(&shared, heard);
                 }
+                // Held here and not handed yet (this replica's own driver sends what it makes at
+                // once; a record that cannot be read goes to `current`, which says why).
                 let agents: Vec<String> = crate::deploy::desired::changed_agents(&changes)
-                    .filter(|agent| shared.connections.holds(agent))
+                    .filter(|(agent, generation)| {
+                        shared.connections.holds(agent)
+                            && generation.is_none_or(|g| {
+                                shared.connections.generation(agent).is_none_or(|h| h < g)
+                            })
+                    })
+                    .map(|(agent, _)| agent)
                     .collect();
                 if !agents.is_empty() {
                     send_current(&shared, agents).await;

@@ -27,6 +27,7 @@ pub struct LifecycleContext<'a> {
     pub desired: &'a DesiredStore,
     pub health: &'a HealthTracker,
     pub reports: &'a AgentReports,
+    pub shared_reports: &'a crate::replica::SharedReports,
     pub presence: &'a Presence,
     pub ca: &'a tern_transport::CertificateAuthority,
     /// How long agent certificates live.
@@ -69,9 +70,7 @@ pub(crate) fn decommission(
     now_ms: u64,
 ) -> Result<AgentRecord, AgentChangeError> {
     // No desired state is planned for the agent while it is being forgotten.
-    let _lock = cx.catalog.lock().map_err(|e| {
-        crate::registry::RegistryError::Storage(crate::backend::BackendError::storage(e))
-    })?;
+    let _held = cx.catalog.hold();
     let (record, fingerprints) = cx.registry.delete(name, now_ms)?;
     refuse(cx, &record, &fingerprints, "decommissioned");
     if let Err(e) = cx.desired.forget(&record.id) {
@@ -79,6 +78,10 @@ pub(crate) fn decommission(
     }
     cx.health.forget(&record.id);
     cx.reports.forget(&record.id);
+    // And what replicas share of them, so that no replica reads them back after a gap.
+    if let Err(e) = cx.shared_reports.forget(&record.id) {
+        warn!(agent = %record.name, error = %e, "cannot forget the agent's shared reports");
+    }
     cx.presence.forget(&record.id);
     info!(agent = %record.name, id = %record.id, "agent decommissioned");
     Ok(record)

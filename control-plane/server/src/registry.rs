@@ -549,9 +549,13 @@ impl Registry {
             let Some(mut record) = read::<AgentRecord>(txn, AGENTS, id.as_bytes())? else {
                 return Ok(None);
             };
+            let before = record.clone();
             change(&mut record);
-            txn.put(AGENTS, id.as_bytes(), encode(&record));
-            txn.lazily();
+            // A change that changed nothing writes nothing.
+            if record != before {
+                txn.put(AGENTS, id.as_bytes(), encode(&record));
+                txn.lazily();
+            }
             Ok(Some(record))
         })
     }

@@ -116,26 +116,46 @@ impl ReplicaRegistry {
             .map_err(CommitError::into_backend)
     }
 
-    /// Every replica that announced itself in the last day, by name.
-    pub fn all(&self, now_ms: u64) -> Result<Vec<ReplicaRecord>, BackendError> {
+    /// Every replica record stored, with its key.
+    fn stored(&self) -> Result<Vec<(Vec<u8>, ReplicaRecord)>, BackendError> {
         let mut out = Vec::new();
-        let mut lost = Vec::new();
         for (key, value) in self.backend.range(REPLICAS, &KeyRange::all(), Scan::All)? {
             match serde_json::from_slice::<ReplicaRecord>(&value) {
-                Ok(r) if now_ms.saturating_sub(r.seen_ms) > FORGET_LOST_AFTER_MS => lost.push(key),
-                Ok(r) => out.push(r),
+                Ok(record) => out.push((key, record)),
                 Err(e) => tracing::warn!(error = %e, "an unreadable replica record"),
             }
         }
+        Ok(out)
+    }
+
+    /// Every replica that announced itself in the last day, by name (reads only).
+    pub fn all(&self, now_ms: u64) -> Result<Vec<ReplicaRecord>, BackendError> {
+        Ok(self
+            .stored()?
+            .into_iter()
+            .map(|(_, record)| record)
+            .filter(|r| now_ms.saturating_sub(r.seen_ms) <= FORGET_LOST_AFTER_MS)
+            .collect())
+    }
+
+    /// Deletes the records of replicas silent for a day (housekeeping, by the holder of the
+    /// work lease); how many.
+    pub fn forget_lost(&self, now_ms: u64) -> Result<usize, BackendError> {
+        let lost: Vec<Vec<u8>> = self
+            .stored()?
+            .into_iter()
+            .filter(|(_, r)| now_ms.saturating_sub(r.seen_ms) > FORGET_LOST_AFTER_MS)
+            .map(|(key, _)| key)
+            .collect();
         if !lost.is_empty() {
             let forget = lost
-                .into_iter()
-                .fold(Write::new(), |w, k| w.delete(REPLICAS, k));
+                .iter()
+                .fold(Write::new(), |w, k| w.delete(REPLICAS, k.clone()));
             self.backend
                 .commit(forget)
                 .map_err(CommitError::into_backend)?;
         }
-        Ok(out)
+        Ok(lost.len())
     }
 
     /// Where agents reach the live replicas, for enrollment to hand out.
@@ -257,6 +277,48 @@ mod tests {
 
     use super::*;
     use crate::backend::{MemoryBackend, Notice};
+
+    #[test]
+    fn a_replica_silent_for_a_day_is_left_out_of_reads_and_forgotten_by_housekeeping() {
+        let backend: SharedBackend = Arc::new(MemoryBackend::new());
+        let replicas = ReplicaRegistry::new(backend.clone());
+        let record = |name: &str, seen_ms| ReplicaRecord {
+            name: name.into(),
+            agents_address: None,
+            api_address: "127.0.0.1:1".into(),
+            started_ms: 0,
+            seen_ms,
+            agents_connected: 0,
+            version: "0".into(),
+        };
+        let now = 10 * FORGET_LOST_AFTER_MS;
+        replicas
+            .announce(&record("gone", now - FORGET_LOST_AFTER_MS - 1))
+            .expect("announce");
+        replicas
+            .announce(&record("here", now - 1))
+            .expect("announce");
+        let names =
+            |all: Vec<ReplicaRecord>| -> Vec<String> { all.into_iter().map(|r| r.name).collect() };
+        assert_eq!(names(replicas.all(now).expect("all")), ["here"]);
+        assert_eq!(
+            backend
+                .range(REPLICAS, &KeyRange::all(), Scan::All)
+                .expect("range")
+                .len(),
+            2,
+            "a read writes nothing"
+        );
+        assert_eq!(replicas.forget_lost(now).expect("forget"), 1);
+        assert_eq!(
+            backend
+                .range(REPLICAS, &KeyRange::all(), Scan::All)
+                .expect("range")
+                .len(),
+            1
+        );
+        assert_eq!(names(replicas.all(now).expect("all")), ["here"]);
+    }
 
     #[test]
     fn a_replica_hears_the_reports_of_agents_others_hold_and_not_its_own() {

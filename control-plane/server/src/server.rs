@@ -63,6 +63,8 @@ pub enum StartError {
     Registry(#[from] RegistryError),
     #[error("cannot open the release store: {0}")]
     Releases(#[from] ReleaseStoreError),
+    #[error("artifacts: {0}")]
+    Artifacts(String),
     #[error("cannot open the catalog: {0}")]
     Catalog(#[from] CatalogError),
     #[error("cannot open the telemetry store: {0}")]
@@ -115,12 +117,9 @@ impl RunningControlPlane {
         };
         let backend = database("registry", &dir.registry(), REGISTRY_CACHE_BYTES)?;
         let registry = Registry::new(backend.clone());
-        // Validated when the config was read.
-        let artifacts = match &config.artifacts {
-            Some(text) => crate::config::ArtifactLocation::parse(text)
-                .unwrap_or_else(|_| crate::config::ArtifactLocation::Dir(dir.artifacts())),
-            None => crate::config::ArtifactLocation::Dir(dir.artifacts()),
-        };
+        let artifacts = config
+            .artifact_location(dir.artifacts())
+            .map_err(StartError::Artifacts)?;
         let releases = ReleaseStore::open(backend.clone(), &artifacts)?;
         let catalog = Catalog::new(backend.clone());
         let desired = crate::deploy::DesiredStore::new(backend.clone());
@@ -459,7 +458,8 @@ async fn deployments(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-/// Marks silent agents NotReady, persists `last_seen` and prunes spent tokens, periodically.
+/// Marks silent agents NotReady, persists `last_seen`, prunes spent tokens and lost replicas and
+/// judges drift, periodically.
 /// Storage work runs on the blocking pool, off the threads that serve agents.
 async fn housekeeping(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
@@ -475,7 +475,7 @@ async fn housekeeping(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) 
             _ = sweep.tick() => mark_silent_agents,
             _ = drift.tick() => judge_drift,
             _ = persist.tick() => persist_last_seen,
-            _ = prune.tick() => prune_tokens,
+            _ = prune.tick() => prune_spent,
         };
         let shared = shared.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || work(&shared)).await {
@@ -494,8 +494,10 @@ fn mark_silent_agents(shared: &Shared) {
                 a.status = tern_proto::api::AgentStatus::NotReady;
             }
         }) {
-            Ok(Some(a)) => warn!(agent = %a.name, "agent missed its heartbeats; NotReady"),
-            Ok(None) => {}
+            Ok(Some(a)) if shared.replica.may_mark(&a) => {
+                warn!(agent = %a.name, "agent missed its heartbeats; NotReady")
+            }
+            Ok(_) => {}
             Err(e) => warn!(error = %e, "cannot record agent status"),
         }
     }
@@ -512,14 +514,22 @@ fn judge_drift(shared: &Shared) {
     }
 }
 
-fn prune_tokens(shared: &Shared) {
+/// Deletes spent enrollment tokens and the records of replicas silent for a day, once for the
+/// fleet (by the holder of the work lease).
+fn prune_spent(shared: &Shared) {
     let Some(term) = shared.leadership.term() else {
         return;
     };
-    match term.registry.prune_tokens(tern_clock::unix_millis_now()) {
+    let now = tern_clock::unix_millis_now();
+    match term.registry.prune_tokens(now) {
         Ok(0) => {}
         Ok(n) => info!(tokens = n, "pruned used and expired enrollment tokens"),
         Err(e) => warn!(error = %e, "cannot prune enrollment tokens"),
+    }
+    match shared.replicas.forget_lost(now) {
+        Ok(0) => {}
+        Ok(n) => info!(replicas = n, "forgot replicas silent for a day"),
+        Err(e) => warn!(error = %e, "cannot forget lost replicas"),
     }
 }
 

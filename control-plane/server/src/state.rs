@@ -75,6 +75,7 @@ impl Shared {
             desired: &self.desired,
             health: &self.health,
             reports: &self.reports,
+            shared_reports: &self.shared_reports,
             presence: &self.presence,
             ca: &self.ca,
             agent_cert_ttl: self.config.agent_cert_ttl,

@@ -57,7 +57,7 @@ impl<'a> Transaction<'a> {
             .filter(|key| !self.written.contains_key(&(table, key.to_vec())))
             .cloned()
             .collect();
-        let mut stored: BTreeMap<Vec<u8>, Option<Vec<u8>>> = unread
+        let stored: BTreeMap<Vec<u8>, Option<Vec<u8>>> = unread
             .iter()
             .cloned()
             .zip(self.backend.get_many(table, &unread)?)
@@ -68,7 +68,7 @@ impl<'a> Transaction<'a> {
                 out.push(value.clone());
                 continue;
             }
-            let value = stored.remove(key).flatten();
+            let value = stored.get(key).cloned().flatten();
             if !self.read.contains(&(table, key.clone())) {
                 self.read.insert((table, key.clone()));
                 self.write =

@@ -16,12 +16,21 @@ use crate::records::{CorruptRecord, decode, encode};
 
 const DESIRED: Table = Table("desired");
 
-/// The agents whose desired state `changes` gave a new generation.
-pub fn changed_agents(changes: &[crate::backend::Change]) -> impl Iterator<Item = String> + '_ {
+/// The agents whose desired state `changes` gave a new generation, with that generation
+/// (`None`: the record cannot be read).
+pub fn changed_agents(
+    changes: &[crate::backend::Change],
+) -> impl Iterator<Item = (String, Option<u64>)> + '_ {
     changes
         .iter()
-        .filter(|c| c.table == DESIRED && c.value.is_some())
-        .filter_map(|c| String::from_utf8(c.key.clone()).ok())
+        .filter(|c| c.table == DESIRED)
+        .filter_map(|c| {
+            let value = c.value.as_deref()?;
+            let generation = decode::<AgentDesired, DesiredStoreError>(&c.key, value)
+                .ok()
+                .map(|d| d.generation);
+            Some((String::from_utf8(c.key.clone()).ok()?, generation))
+        })
 }
 
 /// Why the desired-state store failed.
@@ -188,25 +197,12 @@ impl DesiredStore {
 
     /// Keeps only the entries (of a health report or a telemetry batch) about pipeline
     /// revisions `agent_id` was given, so that one agent cannot write into another pipeline's
-    /// figures or grow what the control plane keeps; returns how many it dropped. When the
-    /// desired state cannot be read, nothing is dropped and the error is returned: the caller
-    /// must not take the entries (an agent sends a batch again until it is acknowledged).
+    /// figures or grow what the control plane keeps; returns how many it dropped. What the
+    /// agent was given is read once per `seen` (a session, a telemetry stream) and again only
+    /// when an entry names a revision the copy lacks (a desired state given since). When it
+    /// cannot be read, nothing is dropped and the error is returned: the caller must not take
+    /// the entries (an agent sends a batch again until it is acknowledged).
     pub fn keep_given<T>(
-        &self,
-        agent_id: &str,
-        entries: &mut Vec<T>,
-        key: impl Fn(&T) -> (&str, u64),
-    ) -> Result<usize, DesiredStoreError> {
-        if entries.is_empty() {
-            return Ok(0);
-        }
-        self.keep_given_seen(agent_id, &mut Seen::default(), entries, key)
-    }
-
-    /// As [`DesiredStore::keep_given`], with what the agent was given read once per `seen`
-    /// (a stream of batches) and again only when an entry names a revision the copy lacks
-    /// (a desired state given since): one read per stream, not one per batch.
-    pub fn keep_given_seen<T>(
         &self,
         agent_id: &str,
         seen: &mut Seen,
@@ -262,7 +258,7 @@ mod tests {
         let mut batch = vec![("p", 1), ("p", 2), ("q", 1)];
         assert_eq!(
             store
-                .keep_given_seen("a", &mut seen, &mut batch, key)
+                .keep_given("a", &mut seen, &mut batch, key)
                 .expect("keep"),
             2
         );
@@ -274,7 +270,7 @@ mod tests {
         let mut batch = vec![("p", 1), ("p", 2), ("q", 1)];
         assert_eq!(
             store
-                .keep_given_seen("a", &mut seen, &mut batch, key)
+                .keep_given("a", &mut seen, &mut batch, key)
                 .expect("keep"),
             1
         );

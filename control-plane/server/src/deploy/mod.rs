@@ -324,7 +324,7 @@ pub(crate) fn current(
     agent_id: &str,
     now_ms: u64,
 ) -> Result<Option<SignedDesiredState>, DeployError> {
-    let _lock = cx.catalog.lock()?;
+    let _held = cx.catalog.hold();
     let Some(stored) = cx.desired.get(agent_id)? else {
         return Ok(None);
     };

@@ -155,7 +155,7 @@ pub(crate) async fn receive(
         let foreign =
             match shared
                 .desired
-                .keep_given_seen(agent, &mut given, &mut batch.pipelines, |p| {
+                .keep_given(agent, &mut given, &mut batch.pipelines, |p| {
                     (p.pipeline.as_str(), p.revision)
                 }) {
                 Ok(foreign) => foreign,

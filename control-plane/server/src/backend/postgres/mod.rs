@@ -201,15 +201,6 @@ impl PostgresBackend {
     /// ran on had closed (the server restarted since): for work that may run twice.
     pub fn run<T>(
         &self,
-        work: impl FnMut(&mut Client) -> Result<T, tokio_postgres::Error>,
-    ) -> Result<T, BackendError> {
-        self.read(work)
-    }
-
-    /// Runs `query` on a connection of the pool; once more on a fresh connection when the
-    /// one it ran on had closed (the server restarted since).
-    fn read<T>(
-        &self,
         mut query: impl FnMut(&mut Client) -> Result<T, tokio_postgres::Error>,
     ) -> Result<T, BackendError> {
         let mut again = true;
@@ -348,7 +339,7 @@ impl PostgresBackend {
 impl Backend for PostgresBackend {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
         let name = self.name(table);
-        let row = self.read(|client| {
+        let row = self.run(|client| {
             block_on(client.query_opt(
                 "SELECT value FROM tern_entries WHERE tbl = $1 AND key = $2",
                 &[&name, &key],
@@ -367,7 +358,7 @@ impl Backend for PostgresBackend {
             return Ok(Vec::new());
         }
         let name = self.name(table);
-        let rows = self.read(|client| {
+        let rows = self.run(|client| {
             block_on(client.query(
                 "SELECT key, value FROM tern_entries WHERE tbl = $1 AND key = ANY($2)",
                 &[&name, &keys],
@@ -403,7 +394,7 @@ impl Backend for PostgresBackend {
                 if upper.is_some() { " AND key < $3" } else { "" },
                 if reverse { "DESC" } else { "ASC" },
             );
-            let rows = self.read(|client| match &upper {
+            let rows = self.run(|client| match &upper {
                 Some(upper) => block_on(client.query(&sql, &[&name, &lower, upper])),
                 None => block_on(client.query(&sql, &[&name, &lower])),
             })?;
@@ -477,11 +468,9 @@ impl Backend for PostgresBackend {
     /// (the server may have restarted and lost them), the flush fails, so that nothing is
     /// acknowledged as durable that may not be (the writers send it again).
     fn flush(&self) -> Result<(), BackendError> {
-        let pending = self
-            .unflushed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        // Looked at, and cleared only once the flush ran (a flush that failed vouches for
+        // nothing, and the next one judges the same commits).
+        let pending = *self.unflushed.lock().unwrap_or_else(|p| p.into_inner());
         let mut lease = self.pool.get(&self.driver).map_err(BackendError::storage)?;
         let flushed = block_on(async {
             let tx = lease.client().transaction().await?;
@@ -497,6 +486,12 @@ impl Backend for PostgresBackend {
         });
         lease.check();
         flushed.map_err(BackendError::storage)?;
+        {
+            let mut unflushed = self.unflushed.lock().unwrap_or_else(|p| p.into_inner());
+            if *unflushed == pending {
+                *unflushed = None;
+            }
+        }
         match pending {
             Some(incarnation) if self.pool.reopened() != incarnation => {
                 Err(BackendError::storage(std::io::Error::other(

@@ -10,12 +10,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
-use serde::Serialize;
 use tern_proto::telemetry::TelemetryBatch;
 
 use super::{
     AgentMark, AgentWindow, IngestOutcome, Kind, PipelineWindow, Resolution, TelemetryStoreError,
-    collect_marks, fold, records,
+    Window, collect_marks, fold, records,
 };
 use crate::backend::{BackendError, CommitError, KeyRange, Scan, SharedBackend, Table, Write};
 
@@ -171,12 +170,8 @@ impl EntrySeries {
         for pair in resolutions.windows(2) {
             let (fine, coarse) = (pair[0], pair[1]);
             let cutoff = now_ms.saturating_sub(fine.horizon_ms);
-            moved +=
-                self.downsample::<AgentWindow>(AGENT, fine, coarse, cutoff, |a, b| a.merge(b))?;
-            moved +=
-                self.downsample::<PipelineWindow>(PIPELINE, fine, coarse, cutoff, |a, b| {
-                    a.merge(b)
-                })?;
+            moved += self.downsample::<AgentWindow>(AGENT, fine, coarse, cutoff)?;
+            moved += self.downsample::<PipelineWindow>(PIPELINE, fine, coarse, cutoff)?;
         }
         let last = resolutions[2];
         let cutoff = now_ms.saturating_sub(last.horizon_ms);
@@ -195,17 +190,13 @@ impl EntrySeries {
         Ok(moved)
     }
 
-    fn downsample<T>(
+    fn downsample<T: Window>(
         &self,
         kind: u8,
         fine: Resolution,
         coarse: Resolution,
         cutoff: u64,
-        merge: impl Fn(&mut T, &T),
-    ) -> Result<u64, TelemetryStoreError>
-    where
-        T: Default + Serialize + serde::de::DeserializeOwned,
-    {
+    ) -> Result<u64, TelemetryStoreError> {
         // In slices, so one compaction never holds a huge write in memory.
         const SLICE: usize = 4096;
         let mut moved = 0;
@@ -241,7 +232,7 @@ impl EntrySeries {
                     merged.insert(target.clone(), existing);
                 }
                 if let Some(into) = merged.get_mut(&target) {
-                    merge(into, &window);
+                    into.merge(&window);
                 }
             }
             for (key, window) in merged {

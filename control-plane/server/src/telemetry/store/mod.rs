@@ -116,10 +116,6 @@ pub struct AgentWindow {
 }
 
 impl AgentWindow {
-    fn merge(&mut self, other: &AgentWindow) {
-        self.add(other.end_ms, &other.host, &other.pipelines);
-    }
-
     /// Adds one interval of the agent: the newest host wins, pipelines merge.
     fn add(&mut self, end_ms: u64, host: &HostStats, pipelines: &[PipelineStats]) {
         if end_ms >= self.end_ms {
@@ -136,14 +132,6 @@ impl AgentWindow {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PipelineWindow {
     pub series: Vec<PipelineStats>,
-}
-
-impl PipelineWindow {
-    fn merge(&mut self, other: &PipelineWindow) {
-        for p in &other.series {
-            merge_into(&mut self.series, p);
-        }
-    }
 }
 
 /// Every agent's mark from what is stored (agent, bytes; empty: a mark not written yet);
@@ -250,13 +238,15 @@ trait Window: Default + Serialize + serde::de::DeserializeOwned {
 
 impl Window for AgentWindow {
     fn merge(&mut self, other: &Self) {
-        AgentWindow::merge(self, other);
+        self.add(other.end_ms, &other.host, &other.pipelines);
     }
 }
 
 impl Window for PipelineWindow {
     fn merge(&mut self, other: &Self) {
-        PipelineWindow::merge(self, other);
+        for p in &other.series {
+            merge_into(&mut self.series, p);
+        }
     }
 }
 
