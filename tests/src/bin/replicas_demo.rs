@@ -62,7 +62,7 @@ spec:
     )
 }
 
-/// What runs once when a rollout's second wave starts.
+/// What runs once while a rollout is under way (its first wave started, not finished).
 type Midway<'a> = dyn FnMut(&mut Demo) -> anyhow::Result<()> + 'a;
 
 struct Demo {

@@ -142,11 +142,20 @@ fn fleet_bench_failover() {
     }
     let out = run(
         "fleet-bench",
-        &["failover", "--runs", "1", "--lease-ttl", "1s"],
+        &["failover", "--runs", "1", "--lease-ttl", "2s"],
     );
     assert!(
-        number(&out, "1.0 s", 5) == 1.0,
+        number(&out, "2.0 s", 5) == 1.0,
         "one run measured in:\n{out}"
+    );
+    let lease = &rows(&out, "2.0 s")[0][1];
+    assert!(
+        lease
+            .split(' ')
+            .next()
+            .and_then(|p50| p50.parse::<f64>().ok())
+            .is_some_and(|p50| p50 > 0.0),
+        "the takeover timed: {lease}"
     );
 }
 

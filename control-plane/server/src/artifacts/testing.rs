@@ -50,12 +50,25 @@ fn binary() -> Option<PathBuf> {
     found.then(|| PathBuf::from("weed"))
 }
 
-/// A loopback port nothing listens on now.
+/// A loopback port nothing listens on now, from 10000-19999: below the kernel's ephemeral
+/// range (where an outgoing connection of a test running beside could take it while the
+/// server is stopped and started again) and below the ports the end-to-end harness hands out
+/// (20000 and up). Each port is handed out once per process.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    const PORTS: std::ops::Range<u16> = 10_000..20_000;
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    let span = PORTS.len();
+    let seed = std::process::id() as usize
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() as usize);
+    let port = (0..span)
+        .map(|i| PORTS.start + (seed.wrapping_add(i) % span) as u16)
+        .find(|port| !given.contains(port) && TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        .expect("a free port in 10000-19999");
+    given.push(port);
+    port
 }
 
 impl TestS3 {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tern_control_plane::backend::postgres::testing::TestPostgres;
-use tern_e2e::{Agent, ControlPlane, FLEET_TIMEOUT, Fleet};
+use tern_e2e::{Agent, ControlPlane, FLEET_TIMEOUT, Fleet, wait_for};
 use tern_proto::api::AgentStatus;
 
 /// Polls `done` every 10 ms; the time from `since` when it first holds.
@@ -36,7 +36,11 @@ pub fn run(runs: usize, lease_ttl: Duration) -> anyhow::Result<()> {
     }
     let mut rows = Vec::new();
     for run in 1..=runs {
-        // `fleet.cp` holds the lease; `second` is the survivor-to-be.
+        // `fleet.cp` holds the lease; `second` is the survivor-to-be. (Waited for: the killed
+        // replica, started again, may be taking the lease back just now.)
+        wait_for(FLEET_TIMEOUT, "one replica holding the lease", || {
+            (fleet.cp.holds_work_lease() || second.holds_work_lease()).then_some(())
+        })?;
         if !fleet.cp.holds_work_lease() {
             std::mem::swap(&mut fleet.cp, &mut second);
         }

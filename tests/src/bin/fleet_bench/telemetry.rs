@@ -322,9 +322,11 @@ pub fn run(agents: usize, window: Duration, postgres: bool) -> anyhow::Result<()
     let disk = tern_agent::telemetry::host::dir_bytes(&cp.dir.join("telemetry"));
     drop(cp);
 
-    let reference = reference(&template, agents, 10.0)?;
+    // As long as the window, 10 s at most (a short smoke run stays short).
+    let seconds = window.as_secs_f64().min(10.0);
+    let reference = reference(&template, agents, seconds)?;
     let on_postgres = match &server {
-        Some(server) => Some(reference_postgres(&server.url, &template, agents, 10.0)?),
+        Some(server) => Some(reference_postgres(&server.url, &template, agents, seconds)?),
         None => None,
     };
     println!(
