@@ -356,7 +356,11 @@ async fn handle(
         AgentMessage::Status(report) => {
             debug!(agent = %record.name, generation = report.applied_generation, "status report");
             let ack = ControlMessage::Ack(tern_proto::message::Ack { seq: report.seq });
-            share(shared, &record.id, Report::Status(report.clone())).await;
+            // Shared with the replicas that do not hold the agent: staged, and written with
+            // others' by the report writer (see `replica::SharedReports`).
+            if shared.replica.peers {
+                (shared.shared_reports).status(&shared.replica.name, &record.id, &report);
+            }
             shared.reports.record(&record.id, report);
             write_frame(send, &ack, MAX_FRAME_LEN).await?;
         }
@@ -388,7 +392,9 @@ async fn handle(
                 debug!(agent = %record.name, foreign, "health of revisions the agent was never given: dropped");
                 shared.health.count_dropped(foreign);
             }
-            share(shared, &record.id, Report::Health(report.clone())).await;
+            if shared.replica.peers {
+                (shared.shared_reports).health(&shared.replica.name, &record.id, &report);
+            }
             shared
                 .health
                 .record(&record.id, &report, tern_clock::unix_millis_now());
@@ -416,34 +422,6 @@ async fn handle(
         }
     }
     Ok(())
-}
-
-/// A report to share with the other replicas.
-enum Report {
-    Status(tern_proto::message::StatusReport),
-    Health(tern_proto::message::HealthReport),
-}
-
-/// Shares an agent's report with the replicas that do not hold it (when there are any), in
-/// the order the agent sent them; a lost one is replaced by the agent's next.
-async fn share(shared: &Arc<Shared>, agent: &str, report: Report) {
-    if !shared.replica.peers {
-        return;
-    }
-    let (work, agent) = (shared.clone(), agent.to_owned());
-    let shared_it = tokio::task::spawn_blocking(move || {
-        let me = &work.replica.name;
-        let written = match &report {
-            Report::Status(r) => work.shared_reports.status(me, &agent, r),
-            Report::Health(r) => work.shared_reports.health(me, &agent, r),
-        };
-        if let Err(e) = written {
-            warn!(%agent, error = %e, "cannot share the agent's report with the other replicas");
-        }
-    });
-    if let Err(e) = shared_it.await {
-        warn!(error = %e, "report sharing task failed");
-    }
 }
 
 async fn refuse(send: &mut SendStream, reason: &str) {

@@ -1,8 +1,11 @@
 //! This replica among others that share its store: its name, and what it shares with them of
 //! the agents it holds — their status and health reports, which the holder of the work lease
-//! plans rollouts on, and every replica's API shows. Replicas write them to the store
-//! (lazily: the next report replaces a lost one) and hear each other's through the store's
-//! change notifications ([`heard`]). A control plane alone on its store shares nothing.
+//! plans rollouts on, and every replica's API shows. Replicas stage them in memory and write
+//! the latest of each agent's in batches (lazily: the next report replaces a lost one), and
+//! hear each other's through the store's change notifications ([`heard`]). A control plane alone on its store shares nothing.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use tern_proto::api::AgentStatus;
@@ -222,29 +225,66 @@ pub fn heard(changes: &[Change], me: &str) -> Vec<Heard> {
     out
 }
 
-/// The reports replicas share, in the store.
+/// Reports staged for the store, by table and agent: the latest of each.
+type Staged = BTreeMap<(Table, String), Vec<u8>>;
+
+/// Reports written per commit, at most.
+const REPORTS_PER_WRITE: usize = 256;
+
+/// The reports replicas share, in the store: an agent's latest status and health reports,
+/// staged in memory as they arrive (nothing waits on the store on an agent's control stream)
+/// and written in batches by [`SharedReports::write_staged`]. A later report replaces one
+/// not written yet: status is state, and health counters are cumulative.
 #[derive(Debug, Clone)]
 pub struct SharedReports {
     backend: SharedBackend,
+    staged: Arc<Mutex<Staged>>,
 }
 
 impl SharedReports {
     pub fn new(backend: SharedBackend) -> Self {
-        Self { backend }
+        Self {
+            backend,
+            staged: Arc::default(),
+        }
     }
 
-    fn put(&self, table: Table, agent: &str, value: Vec<u8>) -> Result<(), BackendError> {
-        self.backend
-            .commit(Write::new().put(table, agent, value).lazily())
-            .map_err(CommitError::into_backend)
+    fn stage(&self, table: Table, agent: &str, value: Vec<u8>) {
+        self.staged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((table, agent.to_owned()), value);
     }
 
-    pub fn status(&self, me: &str, agent: &str, report: &StatusReport) -> Result<(), BackendError> {
-        self.put(REPORTS, agent, encode(me, report))
+    pub fn status(&self, me: &str, agent: &str, report: &StatusReport) {
+        self.stage(REPORTS, agent, encode(me, report));
     }
 
-    pub fn health(&self, me: &str, agent: &str, report: &HealthReport) -> Result<(), BackendError> {
-        self.put(HEALTH, agent, encode(me, report))
+    pub fn health(&self, me: &str, agent: &str, report: &HealthReport) {
+        self.stage(HEALTH, agent, encode(me, report));
+    }
+
+    /// Writes the reports staged since the last call, [`REPORTS_PER_WRITE`] per commit;
+    /// how many. Those a failed commit did not write are staged again (unless a newer one
+    /// came meanwhile).
+    pub fn write_staged(&self) -> Result<usize, BackendError> {
+        let staged = std::mem::take(&mut *self.staged.lock().unwrap_or_else(|p| p.into_inner()));
+        let entries: Vec<((Table, String), Vec<u8>)> = staged.into_iter().collect();
+        for (written, chunk) in entries.chunks(REPORTS_PER_WRITE).enumerate() {
+            let write = chunk
+                .iter()
+                .fold(Write::new().lazily(), |w, ((table, agent), value)| {
+                    w.put(*table, agent.as_str(), value.clone())
+                });
+            if let Err(e) = self.backend.commit(write) {
+                let mut again = self.staged.lock().unwrap_or_else(|p| p.into_inner());
+                for (key, value) in &entries[written * REPORTS_PER_WRITE..] {
+                    again.entry(key.clone()).or_insert_with(|| value.clone());
+                }
+                return Err(e.into_backend());
+            }
+        }
+        Ok(entries.len())
     }
 
     /// Every agent's latest status report, by whichever replica heard it (after a gap in the
@@ -265,6 +305,10 @@ impl SharedReports {
 
     /// Forgets a decommissioned agent's reports.
     pub fn forget(&self, agent: &str) -> Result<(), BackendError> {
+        self.staged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(_, staged), _| staged != agent);
         self.backend
             .commit(Write::new().delete(REPORTS, agent).delete(HEALTH, agent))
             .map_err(CommitError::into_backend)
@@ -335,8 +379,9 @@ mod tests {
         let health = HealthReport {
             pipelines: Vec::new(),
         };
-        shared.status("a", "agent-1", &status).expect("status");
-        shared.health("b", "agent-2", &health).expect("health");
+        shared.status("a", "agent-1", &status);
+        shared.health("b", "agent-2", &health);
+        assert_eq!(shared.write_staged().expect("write"), 2, "in one batch");
         let mut heard_by = |me: &str| -> Vec<Heard> {
             let mut all = Vec::new();
             while let Ok(Notice::Committed(changes)) = notices.try_recv() {

@@ -255,6 +255,7 @@ impl RunningControlPlane {
                 rx.clone(),
             )),
             tokio::spawn(deployments(shared.clone(), rx.clone())),
+            tokio::spawn(write_shared_reports(shared.clone(), rx.clone())),
             tokio::spawn(crate::follow::follow(
                 shared.clone(),
                 revocations,
@@ -454,6 +455,36 @@ async fn deployments(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             }
             Ok(Err(e)) => warn!(error = %e, "deployment driver failed"),
             Err(e) => warn!(error = %e, "deployment driver task failed"),
+        }
+    }
+}
+
+/// How often the agents' reports staged for the other replicas are written.
+const SHARE_REPORTS_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Writes the reports of the agents held here for the other replicas, in batches, until
+/// `shutdown` (then once more). Among replicas only.
+async fn write_shared_reports(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    if !shared.replica.peers {
+        return;
+    }
+    let mut tick = tokio::time::interval(SHARE_REPORTS_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = tokio::select! {
+            _ = shutdown.changed() => true,
+            _ = tick.tick() => false,
+        };
+        let work = shared.clone();
+        match tokio::task::spawn_blocking(move || work.shared_reports.write_staged()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                warn!(error = %e, "cannot share the agents' reports with the other replicas")
+            }
+            Err(e) => warn!(error = %e, "report writer failed"),
+        }
+        if stopping {
+            return;
         }
     }
 }

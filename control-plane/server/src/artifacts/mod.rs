@@ -72,6 +72,22 @@ fn chunk_key(digest: &Digest, offset: u64) -> Key {
     uploads_of(digest).clone().join(format!("{offset:020}"))
 }
 
+/// Of an upload's chunks (offset, size, key; by offset), those that follow each other from
+/// the start without a gap, and where they end. A chunk that begins inside one before it is
+/// passed over.
+fn contiguous(chunks: Vec<(u64, u64, Key)>) -> (u64, Vec<Key>) {
+    let (mut end, mut keys) = (0, Vec::new());
+    for (offset, size, key) in chunks {
+        if offset == end {
+            end += size;
+            keys.push(key);
+        } else if offset > end {
+            break;
+        }
+    }
+    (end, keys)
+}
+
 impl ArtifactStore {
     /// Opens the store at `location` (a directory is created if missing), an S3 store with
     /// the settings of this process's `AWS_*` environment variables.
@@ -193,15 +209,7 @@ impl ArtifactStore {
 
     /// How many bytes of `digest`'s upload are stored, from the start without a gap.
     pub fn received(&self, digest: &Digest) -> Result<u64, ArtifactError> {
-        let mut end = 0;
-        for (offset, size, _) in self.chunks(digest)? {
-            if offset == end {
-                end += size;
-            } else if offset > end {
-                break;
-            }
-        }
-        Ok(end)
+        Ok(contiguous(self.chunks(digest)?).0)
     }
 
     /// Stores the chunk of `digest`'s upload that starts at `offset`.
@@ -218,28 +226,28 @@ impl ArtifactStore {
     /// Reads the chunks of `digest`'s upload in order, hashing them into a multipart upload to
     /// its key that is completed only if they hash to `digest`; deletes the chunks either way.
     pub fn assemble(&self, digest: &Digest, size: u64) -> Result<Assembled, ArtifactError> {
-        let chunks: Vec<Key> = self
-            .chunks(digest)?
-            .into_iter()
-            .scan(0u64, |end, (offset, len, key)| {
-                (offset == *end).then(|| {
-                    *end += len;
-                    key
-                })
-            })
-            .collect();
+        let (_, chunks) = contiguous(self.chunks(digest)?);
         let (store, key, expected) = (self.store.clone(), artifact_key(digest), *digest);
         let keys = chunks.clone();
         let assembled = self.run(async move {
             let mut upload = WriteMultipart::new(store.put_multipart(&key).await?);
             let mut hasher = sha2::Sha256::new();
             let mut written = 0u64;
-            for chunk in &keys {
-                let bytes = store.get(chunk).await?.bytes().await?;
-                hasher.update(&bytes);
-                written += bytes.len() as u64;
-                upload.wait_for_capacity(4).await?;
-                upload.put(bytes);
+            let copied: Result<(), object_store::Error> = async {
+                for chunk in &keys {
+                    let bytes = store.get(chunk).await?.bytes().await?;
+                    hasher.update(&bytes);
+                    written += bytes.len() as u64;
+                    upload.wait_for_capacity(4).await?;
+                    upload.put(bytes);
+                }
+                Ok(())
+            }
+            .await;
+            if let Err(e) = copied {
+                // No half-made multipart upload left behind in the store.
+                let _ = upload.abort().await;
+                return Err(e);
             }
             let actual = Digest(hasher.finalize().into());
             if actual == expected && written == size {
