@@ -164,6 +164,8 @@ fn rejects_release_with_fewer_signatures_than_the_threshold() -> anyhow::Result<
         "{reason}"
     );
     fleet.wait_phase(2, "RolledBack")?;
+    // The rollout's phase is the control plane's; the agent follows its next desired state.
+    fleet.wait_serving("edge-1", 1)?;
     assert_eq!(fleet.infer(0)?, 200);
     Ok(())
 }
