@@ -193,6 +193,69 @@ pub fn huge_tensor_model() -> Vec<u8> {
     model.encode_to_vec()
 }
 
+/// The counter of the crash-loop tests, input `n` [1] → `out` [1]. Version 1 doubles `n`;
+/// version 2 sums `0, 1, ..., n - 1` through `Range`, a tensor whose size the request decides
+/// (a data-dependent shape): `n = 3` answers 3, and a large `n` makes the process allocate and
+/// fill `4·n` bytes, which under a memory cgroup's limit gets it killed by the kernel.
+pub fn counter_model(version: u64) -> Vec<u8> {
+    let scalar = |name: &str, value: f32| pb::TensorProto {
+        name: name.into(),
+        dims: vec![],
+        data_type: 1,
+        float_data: vec![value],
+        ..Default::default()
+    };
+    let (nodes, initializer) = if version == 1 {
+        (
+            vec![node("Mul", &["n", "two"], "out", vec![])],
+            vec![floats("two", &[1], vec![2.0])],
+        )
+    } else {
+        let keepdims = pb::AttributeProto {
+            name: "keepdims".into(),
+            r#type: 2,
+            i: 1,
+            ..Default::default()
+        };
+        (
+            vec![
+                node("Squeeze", &["n", "axes"], "limit", vec![]),
+                node("Range", &["zero", "limit", "one"], "seq", vec![]),
+                node("ReduceSum", &["seq"], "out", vec![keepdims]),
+            ],
+            vec![
+                scalar("zero", 0.0),
+                scalar("one", 1.0),
+                pb::TensorProto {
+                    name: "axes".into(),
+                    dims: vec![1],
+                    data_type: 7,
+                    int64_data: vec![0],
+                    ..Default::default()
+                },
+            ],
+        )
+    };
+    let model = pb::ModelProto {
+        ir_version: 8,
+        model_version: version as i64,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
+        graph: Some(pb::GraphProto {
+            name: format!("counter-v{version}"),
+            node: nodes,
+            input: vec![info("n", &[1])],
+            output: vec![info("out", &[1])],
+            initializer,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    model.encode_to_vec()
+}
+
 /// A 64×64 PNG of `rgb` with a little deterministic noise, like a photo of a coloured part.
 pub fn sample_png(rgb: [u8; 3]) -> Vec<u8> {
     let mut image = image::RgbImage::new(64, 64);

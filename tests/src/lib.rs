@@ -6,7 +6,9 @@
 //! in memory, on a virtual clock.
 
 pub mod assets;
+pub mod counter;
 pub mod sim;
+pub mod supervise;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, UdpSocket};

@@ -8,24 +8,31 @@
 //! which check every release against a real trust root (Ed25519 signatures, version floors).
 //! What is simulated: the network (a desired state reaches an online agent at the next step;
 //! an offline one gets the newest when it is back), fetching and loading (they succeed at once
-//! unless the scenario says a revision fails to load on an agent), and traffic (every online
+//! unless the scenario says a revision fails to load on an agent), traffic (every online
 //! agent serves [`REQUESTS_PER_STEP`] requests a step, failing on the revisions the scenario
-//! marks bad for it).
+//! marks bad for it), and crashes: an agent serving a revision the scenario says kills it dies
+//! in that step and its supervisor starts it again at once. The restart is real where it
+//! matters: the agent's exit ledger counts the death and puts the revision aside after
+//! repeated ones, the reconciler starts anew from what the agent persisted (serving the
+//! last-known-good revision instead of one put aside), and the control plane hears the exits
+//! through its own report store.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
+use tern_agent::exits::{ExitLedger, ExitPolicy};
 use tern_agent::reconcile::{Action, Reconciler, Restored};
 use tern_control_plane::backend::MemoryBackend;
 use tern_control_plane::catalog::DeploymentRecord;
 use tern_control_plane::deploy::plan::{self, Plan};
 use tern_control_plane::deploy::{AgentDesired, DesiredStore};
 use tern_control_plane::registry::AgentRecord;
+use tern_control_plane::reports::AgentReports;
 use tern_control_plane::rollout::{AgentObservation, Phase, Rollout, RolloutPolicy};
 use tern_proto::api::AgentStatus;
 use tern_proto::desired::{DesiredPipeline, DesiredState, DesiredStep, DesiredVariant};
 use tern_proto::manifest::{Device, Resource, VariantSpec};
-use tern_proto::message::{PipelinePhase, PipelineStatus};
+use tern_proto::message::{PipelinePhase, PipelineStatus, RunningRevision, UncleanExit};
 use tern_proto::release::{ArtifactKind, Digest, Release, SignedRelease, VersionFloor};
 use tern_proto::signing::{SecretKey, Signed};
 use tern_proto::trust::SignedTrustRoot;
@@ -48,6 +55,8 @@ pub struct Faults {
     pub errors_on: BTreeSet<u64>,
     /// Steps (inclusive-exclusive) during which the agent is offline.
     pub offline: Vec<(u64, u64)>,
+    /// Revisions under which the agent process dies (at every step it serves them).
+    pub crashes_on: BTreeSet<u64>,
 }
 
 /// One simulated agent.
@@ -67,6 +76,14 @@ pub struct SimAgent {
     /// (step, revision, requests, errors) of the traffic it served.
     traffic: Vec<(u64, u64, u64, u64)>,
     online: bool,
+    /// The step it went offline at, while it is.
+    offline_since: Option<u64>,
+    /// Its unclean exits and the revisions it put aside, as the agent persists them.
+    pub exits: ExitLedger,
+    /// Pipeline → the run it served before the serving one (its last-known-good).
+    good: BTreeMap<String, DesiredPipeline>,
+    /// How many times it died.
+    pub deaths: u32,
 }
 
 impl SimAgent {
@@ -111,6 +128,10 @@ pub struct Fleet {
     pub violations: Vec<Violation>,
     /// Every rollout transition so far, with its step.
     pub transitions: Vec<(u64, plan::Moved)>,
+    /// What agents reported of their exits, in the control plane's own store.
+    reports: AgentReports,
+    /// When agents put a revision aside.
+    pub exit_policy: ExitPolicy,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -163,6 +184,10 @@ impl Fleet {
                 reported: BTreeMap::new(),
                 traffic: Vec::new(),
                 online: true,
+                offline_since: None,
+                exits: ExitLedger::default(),
+                good: BTreeMap::new(),
+                deaths: 0,
             })
             .collect();
         Self {
@@ -180,6 +205,8 @@ impl Fleet {
             agents,
             violations: Vec::new(),
             transitions: Vec::new(),
+            reports: AgentReports::default(),
+            exit_policy: ExitPolicy::default(),
         }
     }
 
@@ -262,6 +289,10 @@ impl Fleet {
                 .offline
                 .iter()
                 .any(|&(from, to)| (from..to).contains(&step));
+            agent.offline_since = match (agent.online, agent.offline_since) {
+                (true, _) => None,
+                (false, since) => Some(since.unwrap_or(step)),
+            };
         }
         let now = self.now_ms();
         let plan = self.plan(now);
@@ -309,6 +340,22 @@ impl Fleet {
                 .into_iter()
                 .map(|s| (s.name.clone(), s))
                 .collect();
+            if let Some(revision) = agent.serving_revision()
+                && agent.faults.crashes_on.contains(&revision)
+            {
+                let state = self.written.get(&agent.record.id).map(|record| {
+                    desired_state(&self.publisher, &self.trust, &agent.record.id, record, now)
+                });
+                crash(
+                    agent,
+                    &self.trust,
+                    self.exit_policy,
+                    &self.reports,
+                    state,
+                    now,
+                );
+                continue;
+            }
             if let Some(revision) = agent.serving_revision() {
                 let errors = if agent.faults.errors_on.contains(&revision) {
                     REQUESTS_PER_STEP
@@ -343,6 +390,10 @@ impl Fleet {
             AgentObservation {
                 agent: record.name.clone(),
                 connected: agent.online,
+                offline_ms: agent
+                    .offline_since
+                    .map_or(0, |since| now.saturating_sub(since * STEP_MS)),
+                exits: self.reports.exits_serving(&record.id, pipeline, target),
                 serving: status.and_then(|s| s.serving),
                 reported: status.map(|s| {
                     let failed = (s.phase == PipelinePhase::Failed).then(|| s.message.clone());
@@ -364,70 +415,84 @@ impl Fleet {
 
     /// The desired state `record` describes, as the control plane builds and signs it.
     fn desired_state(&self, agent_id: &str, record: &AgentDesired, now: u64) -> DesiredState {
-        let pipelines = record
-            .pipelines
-            .iter()
-            .map(|(name, &(revision, committed))| DesiredPipeline {
-                name: name.clone(),
-                revision,
-                committed,
-                warmup: None,
-                monitored_step: record.variants.get(name).map(|_| "infer".to_owned()),
-                variants: record
-                    .variants
-                    .get(name)
-                    .into_iter()
-                    .flatten()
-                    .map(|v| {
-                        let version = v
-                            .model
-                            .rsplit_once(':')
-                            .and_then(|(_, v)| v.parse().ok())
-                            .unwrap_or(1);
-                        DesiredVariant {
-                            name: v.model.clone(),
-                            weight: v.weight,
-                            step: "infer".into(),
-                            release: self.release(version),
-                        }
-                    })
-                    .collect(),
-                steps: vec![DesiredStep {
-                    name: "infer".into(),
-                    release: self.release(revision),
-                    config: "{}".into(),
-                    timeout_ms: None,
-                    memory_mib: None,
-                    device: Device::Auto,
-                }],
-            })
-            .collect();
-        DesiredState {
-            agent_id: agent_id.to_owned(),
-            generation: record.generation,
-            issued_ms: now,
-            trust_root: Some(self.trust.clone()),
-            pipelines,
-        }
+        desired_state(&self.publisher, &self.trust, agent_id, record, now)
     }
+}
 
-    /// The model release a revision runs, signed by the publisher.
-    fn release(&self, version: u64) -> SignedRelease {
-        let bytes = format!("{MODEL} {version}");
-        let mut release = Signed::unsigned(Release {
-            name: MODEL.into(),
-            kind: ArtifactKind::Model,
-            version,
-            digest: Digest::of(bytes.as_bytes()),
-            size: bytes.len() as u64,
-            created_ms: 0,
-            expires_ms: None,
-            annotations: Default::default(),
-        });
-        release.sign(&self.publisher);
-        release
+/// The desired state `record` describes, as the control plane builds and signs it.
+fn desired_state(
+    publisher: &SecretKey,
+    trust: &SignedTrustRoot,
+    agent_id: &str,
+    record: &AgentDesired,
+    now: u64,
+) -> DesiredState {
+    let release = |version| release(publisher, version);
+    let pipelines = record
+        .pipelines
+        .iter()
+        .map(|(name, &(revision, committed))| DesiredPipeline {
+            name: name.clone(),
+            revision,
+            committed,
+            warmup: None,
+            monitored_step: record.variants.get(name).map(|_| "infer".to_owned()),
+            variants: record
+                .variants
+                .get(name)
+                .into_iter()
+                .flatten()
+                .map(|v| {
+                    let version = v
+                        .model
+                        .rsplit_once(':')
+                        .and_then(|(_, v)| v.parse().ok())
+                        .unwrap_or(1);
+                    DesiredVariant {
+                        name: v.model.clone(),
+                        weight: v.weight,
+                        step: "infer".into(),
+                        release: release(version),
+                    }
+                })
+                .collect(),
+            steps: vec![DesiredStep {
+                name: "infer".into(),
+                release: release(revision),
+                config: "{}".into(),
+                timeout_ms: None,
+                memory_mib: None,
+                device: Device::Auto,
+            }],
+        })
+        .collect();
+    DesiredState {
+        agent_id: agent_id.to_owned(),
+        generation: record.generation,
+        issued_ms: now,
+        trust_root: Some(trust.clone()),
+        pipelines,
     }
+}
 
+/// The model release a revision runs, signed by the publisher.
+fn release(publisher: &SecretKey, version: u64) -> SignedRelease {
+    let bytes = format!("{MODEL} {version}");
+    let mut release = Signed::unsigned(Release {
+        name: MODEL.into(),
+        kind: ArtifactKind::Model,
+        version,
+        digest: Digest::of(bytes.as_bytes()),
+        size: bytes.len() as u64,
+        created_ms: 0,
+        expires_ms: None,
+        annotations: Default::default(),
+    });
+    release.sign(publisher);
+    release
+}
+
+impl Fleet {
     /// The rules no step may break: an agent serves nothing below its floors, and what it
     /// serves is a revision the control plane gave it.
     fn check(&mut self, step: u64) {
@@ -487,7 +552,16 @@ fn perform(agent: &mut SimAgent, actions: Vec<Action>) {
                 }
             }
             Action::Activate(desired) => {
-                agent.serving.insert(desired.name.clone(), desired);
+                let name = desired.name.clone();
+                if let Some(before) = agent.serving.insert(name.clone(), desired)
+                    && agent.exits.count(&name, before.revision) == 0
+                {
+                    agent.good.insert(name, before);
+                }
+                Vec::new()
+            }
+            Action::ClearPutAside(name) => {
+                agent.exits.clear(&name);
                 Vec::new()
             }
             Action::Remove(name) | Action::Stop(name) => {
@@ -506,6 +580,64 @@ fn perform(agent: &mut SimAgent, actions: Vec<Action>) {
         };
         queue.extend(more);
     }
+}
+
+/// The agent dies while it serves what it serves; its supervisor starts it again at once. The
+/// new run records the exit (and may put the revision aside), starts from what the agent
+/// persisted, tells the control plane its exits, and gets the current desired state again on
+/// its new connection.
+fn crash(
+    agent: &mut SimAgent,
+    trust: &SignedTrustRoot,
+    policy: ExitPolicy,
+    reports: &AgentReports,
+    current: Option<DesiredState>,
+    now: u64,
+) {
+    agent.deaths += 1;
+    let exit = UncleanExit {
+        run: format!("{}-{}", agent.record.name, agent.deaths),
+        started_ms: now,
+        detected_ms: now,
+        serving: (agent.serving.values())
+            .map(|p| RunningRevision {
+                pipeline: p.name.clone(),
+                revision: p.revision,
+            })
+            .collect(),
+        loading: Vec::new(),
+        reason: "simulated crash".into(),
+    };
+    agent.exits.record(exit, policy, now);
+    // What a restart serves: the revision it served, or the one before it when put aside.
+    let names: Vec<String> = agent.serving.keys().cloned().collect();
+    for name in names {
+        let aside = agent.exits.put_aside(&name).map(|a| a.revision);
+        if agent.serving.get(&name).map(|p| p.revision) == aside {
+            match agent.good.get(&name).cloned() {
+                Some(good) => {
+                    agent.serving.insert(name, good);
+                }
+                None => {
+                    agent.serving.remove(&name);
+                }
+            }
+        }
+    }
+    let before = &agent.reconciler;
+    agent.reconciler = Reconciler::new(Restored {
+        trust: Some(trust.clone()),
+        floors: agent.floors.clone(),
+        artifacts: Default::default(),
+        applied_generation: before.applied_generation(),
+        applied_content: before.applied_content(),
+        serving: agent.serving.values().cloned().collect(),
+        put_aside: agent.exits.all_put_aside().clone(),
+    });
+    if let Some(report) = agent.exits.report(&agent.record.name, policy, now) {
+        reports.record_exits(&agent.record.id, report);
+    }
+    agent.slot = current;
 }
 
 fn agent_record(name: &str) -> AgentRecord {
@@ -536,5 +668,9 @@ pub fn policy(waves: &[u8], health_window_ms: u64) -> RolloutPolicy {
         max_error_rate: 0.05,
         auto_rollback: true,
         progress_deadline_ms: 10 * 60_000,
+        offline_grace_ms: OFFLINE_GRACE_MS,
     }
 }
+
+/// How long an offline member holds its wave in [`policy`].
+pub const OFFLINE_GRACE_MS: u64 = 60_000;

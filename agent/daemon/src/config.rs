@@ -39,6 +39,13 @@ pub struct AgentConfig {
     /// The agent's bounds on plugin and model limits.
     #[serde(default)]
     pub limits: crate::limits::AgentLimits,
+    /// When a revision under which the agent keeps dying is put aside (`[exits]`).
+    #[serde(default, skip_serializing_if = "is_default_exits")]
+    pub exits: crate::exits::ExitPolicy,
+}
+
+fn is_default_exits(policy: &crate::exits::ExitPolicy) -> bool {
+    *policy == crate::exits::ExitPolicy::default()
 }
 
 /// Telemetry settings in `agent.toml` (`[telemetry]`).

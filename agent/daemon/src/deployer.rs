@@ -61,6 +61,10 @@ pub struct Deployer {
     pub connection: watch::Receiver<Option<quinn::Connection>>,
     /// Status and health reports for the link to send.
     pub outbox: mpsc::Sender<AgentMessage>,
+    /// This run of the agent, its marker, and when a revision counts as crash-looping.
+    pub run: String,
+    pub exits: crate::exits::ExitPolicy,
+    pub marker: Arc<crate::exits::RunMarker>,
 }
 
 /// Why a revision could not be loaded.
@@ -316,7 +320,9 @@ impl Deployer {
                 changed = connection.changed() => {
                     if changed.is_err() { return; }
                     // A new connection: the control plane may have restarted and forgotten us.
-                    if connection.borrow_and_update().is_some() { vec![Action::Report] } else { continue }
+                    if connection.borrow_and_update().is_none() { continue }
+                    self.report_exits();
+                    vec![Action::Report]
                 }
             };
             for action in actions {
@@ -327,6 +333,31 @@ impl Deployer {
                 }
             }
         }
+    }
+
+    /// Sends the unclean exits within the window, if there are any.
+    fn report_exits(&self) {
+        let ledger = match self.store.exit_ledger() {
+            Ok(ledger) => ledger,
+            Err(e) => {
+                warn!(error = %e, "cannot read the exit ledger");
+                return;
+            }
+        };
+        if let Some(report) = ledger.report(&self.run, self.exits, tern_clock::unix_millis_now()) {
+            let _ = self.outbox.try_send(AgentMessage::Exits(report));
+        }
+    }
+
+    /// Whether the revision `pipeline` serves now may become its last-known-good one: the
+    /// agent never died under it within the window.
+    fn serving_is_good(&self, pipeline: &str) -> bool {
+        let Some(serving) = self.serving.get(pipeline) else {
+            return false;
+        };
+        self.store
+            .exit_ledger()
+            .is_ok_and(|ledger| ledger.count(pipeline, serving.revision) == 0)
     }
 
     fn perform(
@@ -347,22 +378,33 @@ impl Deployer {
             Action::Load(desired) => self.spawn_load(desired, events.clone()),
             Action::Activate(desired) => {
                 // Persisted first: after a crash the agent restarts on this revision.
-                self.store.activate(&desired)?;
+                self.store
+                    .activate(&desired, self.serving_is_good(&desired.name))?;
                 if let Some(pipeline) = loaded.take() {
                     self.serving.switch(pipeline);
+                    self.marker.serving(&desired.name, Some(desired.revision));
                     info!(pipeline = %desired.name, revision = desired.revision, "now serving");
                 }
             }
             Action::Remove(name) => {
                 self.store.remove(&name)?;
                 self.serving.remove(&name);
+                self.marker.serving(&name, None);
                 info!(pipeline = %name, "removed");
             }
-            Action::Record(desired) => self.store.activate(&desired)?,
+            Action::Record(desired) => self.store.activate(&desired, false)?,
             Action::Stop(name) => {
                 self.store.remove(&name)?;
                 self.serving.remove(&name);
+                self.marker.serving(&name, None);
                 warn!(pipeline = %name, "stopped serving: the revision no longer verifies");
+            }
+            Action::ClearPutAside(name) => {
+                let mut ledger = self.store.exit_ledger()?;
+                if ledger.clear(&name) {
+                    self.store.put_exit_ledger(&ledger)?;
+                    info!(pipeline = %name, "desired states no longer name the revision put aside: the mark is dropped");
+                }
             }
             Action::Report => {
                 let status = reconciler.status();
@@ -426,9 +468,12 @@ impl Deployer {
     }
 
     fn spawn_load(&self, desired: DesiredPipeline, events: mpsc::Sender<Event>) {
+        // A load that kills the agent counts against the revision as serving would.
+        self.marker.loading(&desired.name, desired.revision, true);
         let store = self.store.clone();
         let engine = self.engine.clone();
         let limits = self.limits;
+        let marker = self.marker.clone();
         let span = info_span!("load", pipeline = %desired.name, revision = desired.revision);
         tokio::spawn(
             async move {
@@ -438,6 +483,7 @@ impl Deployer {
                         .await
                         .map_err(|e| LoadFailure::Task(e.to_string()))
                         .and_then(|r| r.map(Arc::new));
+                marker.loading(&wanted.name, wanted.revision, false);
                 let _ = events.send(Event::Loaded(wanted, result)).await;
             }
             .instrument(span),

@@ -172,6 +172,7 @@ pub async fn join(options: &JoinOptions) -> Result<AgentConfig, JoinError> {
             api: options.api,
             telemetry: options.telemetry,
             limits: options.limits,
+            exits: Default::default(),
         },
     };
     dir.save_config(&config)?;

@@ -15,6 +15,7 @@
 //! - [`serving`]: the pipelines served right now, switched atomically, with request counters.
 //! - [`deployer`]: the async driver of the reconciler (verify, fetch, load, switch, report).
 //! - [`store`]: the agent's durable state in sled and its verified artifacts on disk.
+//! - [`exits`]: runs that died: the run marker, the exit ledger, revisions put aside.
 //! - [`telemetry`]: per-request meters, batches buffered in sled, shipped when connected.
 //! - [`shutdown`]: the signals that stop the agent, and the order its parts stop in.
 //! - `working_set` (Linux only): gives back the pages of the binary's code that startup touched
@@ -29,6 +30,7 @@ pub mod config;
 pub mod data_dir;
 pub mod deployer;
 pub mod enroll;
+pub mod exits;
 pub mod fetch;
 pub mod identity;
 pub mod limits;

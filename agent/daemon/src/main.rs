@@ -105,6 +105,13 @@ enum Command {
     /// Print the GPU adapters wgpu finds, as JSON (the agent runs this in a child process).
     #[command(hide = true)]
     GpuProbe,
+    /// Record how the agent's last run ended, from the supervisor's variables (systemd's
+    /// `$SERVICE_RESULT`, `$EXIT_CODE`, `$EXIT_STATUS`): run it as `ExecStopPost=`, and the
+    /// next run reports a crash with the reason.
+    RecordExit {
+        #[arg(long, env = "TERN_DATA_DIR")]
+        data_dir: PathBuf,
+    },
 }
 
 fn tern_infer_default_tensor_bytes() -> u64 {
@@ -168,6 +175,21 @@ fn main() -> std::process::ExitCode {
     if let Command::GpuProbe = cli.command {
         println!("{}", tern_agent::capacity::gpu_probe_json());
         return std::process::ExitCode::SUCCESS;
+    }
+    if let Command::RecordExit { data_dir } = &cli.command {
+        use tern_agent::exits::marker::{SupervisorWord, record_exit};
+        let word = SupervisorWord::from_env(tern_clock::unix_millis_now());
+        return match record_exit(&AgentDataDir::new(data_dir), &word) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "error: cannot record the exit in {}: {e}",
+                    data_dir.display()
+                );
+                std::process::ExitCode::FAILURE
+            }
+        };
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -270,7 +292,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 data_dir
             }
             Command::Run { data_dir } => data_dir,
-            Command::GpuProbe | Command::RunLocal { .. } => return Ok(()),
+            Command::GpuProbe | Command::RunLocal { .. } | Command::RecordExit { .. } => {
+                return Ok(());
+            }
         };
         tern_agent::run(AgentDataDir::new(data_dir), tern_agent::shutdown::signal())
             .await

@@ -22,6 +22,9 @@
 //!   the same as before, apart from its signing time.
 //! - Serving revisions are verified again at every start and after every trust-root rotation;
 //!   one that no longer verifies stops serving and is reported.
+//! - A revision put aside for the agent's deaths under it ([`crate::exits`]) is neither loaded
+//!   nor served while desired states name it: it is reported failed with why. A desired state
+//!   that names another revision of the pipeline, or not the pipeline, drops the mark.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -29,6 +32,8 @@ use tern_proto::desired::{DesiredPipeline, DesiredState, DesiredStateError};
 use tern_proto::message::{PipelinePhase, PipelineStatus};
 use tern_proto::release::{Clocks, Digest, SignedRelease, VersionFloor};
 use tern_proto::trust::{Expiry, SignedTrustRoot, TrustUpdate};
+
+use crate::exits::PutAside;
 
 /// What the driver must do.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +59,8 @@ pub enum Action {
     RaiseFloors(Vec<(String, VersionFloor)>),
     /// The status changed: report it to the control plane.
     Report,
+    /// Forget that this pipeline's revision was put aside: desired states no longer name it.
+    ClearPutAside(String),
 }
 
 /// Where a pipeline's newest revision stands.
@@ -87,6 +94,8 @@ pub struct Reconciler {
     pipelines: BTreeMap<String, Slot>,
     /// Why the last trust root offered was refused.
     trust_error: Option<String>,
+    /// Revisions put aside for the agent's deaths under them, by pipeline.
+    put_aside: BTreeMap<String, PutAside>,
 }
 
 /// What the agent had persisted when it started.
@@ -99,12 +108,15 @@ pub struct Restored {
     /// The content digest of that generation (absent in state written by older agents).
     pub applied_content: Option<Digest>,
     /// The revisions that were serving; [`Reconciler::reverify`] says which may serve again.
+    /// None of them is put aside: the driver serves the last-known-good one instead.
     pub serving: Vec<DesiredPipeline>,
+    /// Revisions put aside for the agent's deaths under them, by pipeline.
+    pub put_aside: BTreeMap<String, PutAside>,
 }
 
 impl Reconciler {
     pub fn new(restored: Restored) -> Self {
-        Self {
+        let mut reconciler = Self {
             trust: restored.trust,
             floors: restored.floors,
             artifacts: restored.artifacts,
@@ -126,7 +138,19 @@ impl Reconciler {
                 })
                 .collect(),
             trust_error: None,
+            put_aside: BTreeMap::new(),
+        };
+        for (name, aside) in restored.put_aside {
+            // Reported failed until a desired state names this revision or another.
+            let slot = reconciler.pipelines.entry(name.clone()).or_insert(Slot {
+                serving: None,
+                target: None,
+                work: Work::Serving,
+            });
+            slot.work = Work::Failed(aside.reason.clone());
+            reconciler.put_aside.insert(name, aside);
         }
+        reconciler
     }
 
     /// The generation last applied (desired states below it are replays).
@@ -239,6 +263,9 @@ impl Reconciler {
             .collect();
         for name in gone {
             self.pipelines.remove(&name);
+            if self.put_aside.remove(&name).is_some() {
+                actions.push(Action::ClearPutAside(name.clone()));
+            }
             actions.push(Action::Remove(name));
         }
         if rotated {
@@ -253,6 +280,14 @@ impl Reconciler {
 
     fn want(&mut self, pipeline: DesiredPipeline, clocks: Clocks, actions: &mut Vec<Action>) {
         let name = pipeline.name.clone();
+        if self
+            .put_aside
+            .get(&name)
+            .is_some_and(|aside| aside.revision != pipeline.revision)
+        {
+            self.put_aside.remove(&name);
+            actions.push(Action::ClearPutAside(name.clone()));
+        }
         let slot = self.pipelines.entry(name.clone()).or_insert(Slot {
             serving: None,
             target: None,
@@ -282,7 +317,10 @@ impl Reconciler {
             target.committed = pipeline.committed;
             return;
         }
-        let verdict = self.check(&pipeline, clocks);
+        let verdict = match self.put_aside.get(&name) {
+            Some(aside) => Err(aside.reason.clone()),
+            None => self.check(&pipeline, clocks),
+        };
         let slot = self.pipelines.get_mut(&name).expect("inserted above");
         slot.target = Some(pipeline.clone());
         match verdict {
@@ -494,10 +532,12 @@ impl Reconciler {
             .iter()
             .map(|(name, slot)| {
                 let serving = slot.serving.as_ref().map(|s| s.revision);
+                let aside = self.put_aside.get(name).map(|a| a.revision);
                 let revision = slot
                     .target
                     .as_ref()
                     .map(|t| t.revision)
+                    .or(aside)
                     .or(serving)
                     .unwrap_or(0);
                 let (phase, message) = match &slot.work {

@@ -12,6 +12,7 @@ use tracing::{info, warn};
 use crate::capacity;
 use crate::data_dir::{AgentDataDir, DataDirError};
 use crate::deployer::Deployer;
+use crate::exits::{ExitLedger, ExitPolicy, RunMarker};
 use crate::identity::Credentials;
 use crate::limits::AgentLimits;
 use crate::link::{self, DeployChannels, LinkConfig, LinkState};
@@ -49,6 +50,11 @@ pub enum RunError {
     Engine(#[from] tern_plugin_host::LoadError),
     #[error("storage keeps failing ({0}): stopped for the supervisor to restart the agent")]
     Storage(String),
+    #[error("cannot write the run marker in {path}: {source}")]
+    Marker {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// Runs the agent in `dir` until `shutdown` completes.
@@ -88,8 +94,20 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
         cache_dir: Some(dir.compiled()),
         ..EngineOptions::default()
     })?);
+    let run_id = format!("{:016x}", rand::random::<u64>());
+    let (marker, ledger) = start_run(&dir, &store, &run_id, config.exits)?;
+    let marker = Arc::new(marker);
     let serving = Arc::new(ServingTable::default());
-    let reconciler = restore(&dir, &store, &engine, &config.limits, &serving).await?;
+    let reconciler = restore(
+        &dir,
+        &store,
+        &engine,
+        &config.limits,
+        &serving,
+        &ledger,
+        &marker,
+    )
+    .await?;
     let telemetry = Arc::new(TelemetryState {
         buffer: Arc::new(TelemetryBuffer::open(
             store.db(),
@@ -178,6 +196,9 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
             serving: serving.clone(),
             connection: connection_rx,
             outbox: outbox_tx,
+            run: run_id.clone(),
+            exits: config.exits,
+            marker: marker.clone(),
         }
         .run(reconciler, desired_rx, stop_rx.clone()),
     );
@@ -201,10 +222,10 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
     });
     match grpc_addr {
         Some(grpc) => {
-            info!(agent = %config.name, id = %config.agent_id, local_api = %api_addr, local_grpc = %grpc, "agent running")
+            info!(agent = %config.name, id = %config.agent_id, run = %run_id, local_api = %api_addr, local_grpc = %grpc, "agent running")
         }
         None => {
-            info!(agent = %config.name, id = %config.agent_id, local_api = %api_addr, "agent running")
+            info!(agent = %config.name, id = %config.agent_id, run = %run_id, local_api = %api_addr, "agent running")
         }
     }
 
@@ -231,8 +252,39 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
         (outcome.is_ok()).then_some(&store),
     )
     .await;
+    // An orderly stop, also the one that asks the supervisor for a restart: no run died.
+    marker.finish();
     info!("agent stopped");
     outcome
+}
+
+/// Starts this run's marker; when the previous run died, records its exit in the ledger (and
+/// puts aside the revisions it died under too often).
+fn start_run(
+    dir: &AgentDataDir,
+    store: &AgentStore,
+    run: &str,
+    policy: ExitPolicy,
+) -> Result<(RunMarker, ExitLedger), RunError> {
+    crate::exits::marker::record_panics(dir);
+    let now = tern_clock::unix_millis_now();
+    let (marker, exit) = RunMarker::start(dir, run, now).map_err(|source| RunError::Marker {
+        path: dir.root().display().to_string(),
+        source,
+    })?;
+    let mut ledger = store.exit_ledger()?;
+    if let Some(exit) = exit {
+        let revisions: Vec<String> = (exit.serving.iter().chain(&exit.loading))
+            .map(|r| format!("{}:{}", r.pipeline, r.revision))
+            .collect();
+        warn!(run = %exit.run, revisions = ?revisions, reason = %exit.reason, "the previous run of the agent exited uncleanly");
+        for (pipeline, aside) in ledger.record(exit, policy, now) {
+            warn!(%pipeline, revision = aside.revision, reason = %aside.reason, "revision put aside");
+        }
+    }
+    ledger.prune(policy, now);
+    store.put_exit_ledger(&ledger)?;
+    Ok((marker, ledger))
 }
 
 /// A write and a flush of the agent's database: fails while the disk is full, and for good once
@@ -255,8 +307,38 @@ async fn restore(
     engine: &Arc<PluginEngine>,
     limits: &AgentLimits,
     serving: &Arc<ServingTable>,
+    ledger: &ExitLedger,
+    marker: &RunMarker,
 ) -> Result<Reconciler, RunError> {
     let mut restored = store.restore()?;
+    // A revision put aside does not serve again: the one before it does, when the agent kept
+    // one it never died under.
+    let mut kept = Vec::new();
+    for pipeline in std::mem::take(&mut restored.serving) {
+        let Some(aside) = ledger
+            .put_aside(&pipeline.name)
+            .filter(|a| a.revision == pipeline.revision)
+        else {
+            kept.push(pipeline);
+            continue;
+        };
+        match store.last_good(&pipeline.name)? {
+            Some(good)
+                if good.revision != aside.revision
+                    && ledger.count(&good.name, good.revision) == 0 =>
+            {
+                warn!(pipeline = %pipeline.name, put_aside = aside.revision, serving = good.revision, "serving the last-known-good revision instead");
+                store.activate(&good, false)?;
+                kept.push(good);
+            }
+            _ => {
+                warn!(pipeline = %pipeline.name, put_aside = aside.revision, "no last-known-good revision: not serving");
+                store.remove(&pipeline.name)?;
+            }
+        }
+    }
+    restored.serving = kept;
+    restored.put_aside = ledger.all_put_aside().clone();
     if restored.trust.is_none()
         && let Ok(text) = std::fs::read_to_string(dir.trust_root())
         && let Ok(root) = serde_json::from_str::<tern_proto::trust::SignedTrustRoot>(&text)
@@ -277,13 +359,17 @@ async fn restore(
     let wanted: Vec<DesiredPipeline> = reconciler.serving().cloned().collect();
     for desired in wanted {
         let (copy, engine, d, limits) = (store.clone(), engine.clone(), desired.clone(), *limits);
+        // A load that kills the agent counts against the revision as serving would.
+        marker.loading(&desired.name, desired.revision, true);
         let result =
             tokio::task::spawn_blocking(move || crate::deployer::load(&copy, &engine, &limits, &d))
                 .await;
+        marker.loading(&desired.name, desired.revision, false);
         let error = match result {
             Ok(Ok(pipeline)) => {
                 info!(pipeline = %desired.name, revision = desired.revision, "serving again after restart");
                 serving.switch(Arc::new(pipeline));
+                marker.serving(&desired.name, Some(desired.revision));
                 continue;
             }
             Ok(Err(e)) => e.to_string(),

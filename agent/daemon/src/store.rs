@@ -3,8 +3,9 @@
 //!
 //! Trees: `trust` (`root` → signed trust root, JSON), `floors` (release name → version floor,
 //! JSON), `meta` (`generation` → the applied desired-state generation, `content` → its
-//! content digest), `active` (pipeline →
-//! the serving revision, postcard). Each is written in one step, so a kill -9 leaves either the
+//! content digest, `exits` → the exit ledger, JSON), `active` (pipeline → the serving
+//! revision, postcard), `good` (pipeline → the revision it served before, under which the
+//! agent never died: what it falls back to when the serving one is put aside). Each is written in one step, so a kill -9 leaves either the
 //! old or the new value. Artifacts are written to `partial/<digest>` and renamed into place
 //! only after their size and digest matched the release: nothing unverified is ever at
 //! `artifacts/<digest>`.
@@ -40,6 +41,7 @@ pub struct AgentStore {
     floors: sled::Tree,
     meta: sled::Tree,
     active: sled::Tree,
+    good: sled::Tree,
     artifacts: PathBuf,
 }
 
@@ -67,6 +69,7 @@ impl AgentStore {
             floors: db.open_tree("floors")?,
             meta: db.open_tree("meta")?,
             active: db.open_tree("active")?,
+            good: db.open_tree("good")?,
             artifacts: artifacts.to_owned(),
             db,
         })
@@ -108,6 +111,7 @@ impl AgentStore {
             applied_generation,
             applied_content,
             serving,
+            put_aside: BTreeMap::new(),
         })
     }
 
@@ -167,12 +171,47 @@ impl AgentStore {
         Ok(())
     }
 
-    /// Records `pipeline` as the serving revision of its name.
-    pub fn activate(&self, pipeline: &DesiredPipeline) -> Result<(), StoreError> {
-        let bytes =
-            postcard::to_stdvec(pipeline).map_err(|e| corrupt(pipeline.name.as_bytes(), e))?;
-        self.active.insert(pipeline.name.as_bytes(), bytes)?;
+    /// Records `pipeline` as the serving revision of its name. With `keep_good`, the revision
+    /// it replaces (another revision number) becomes the pipeline's last-known-good one.
+    pub fn activate(&self, pipeline: &DesiredPipeline, keep_good: bool) -> Result<(), StoreError> {
+        let key = pipeline.name.as_bytes();
+        let bytes = postcard::to_stdvec(pipeline).map_err(|e| corrupt(key, e))?;
+        if keep_good
+            && let Some(before) = self.active.get(key)?
+            && postcard::from_bytes::<DesiredPipeline>(&before)
+                .is_ok_and(|b| b.revision != pipeline.revision)
+        {
+            // Written first: a crash in between leaves the old revision active and good.
+            self.good.insert(key, before)?;
+            self.good.flush()?;
+        }
+        self.active.insert(key, bytes)?;
         self.active.flush()?;
+        Ok(())
+    }
+
+    /// The revision `pipeline` served before the one serving now, if the agent kept one.
+    pub fn last_good(&self, pipeline: &str) -> Result<Option<DesiredPipeline>, StoreError> {
+        self.good
+            .get(pipeline.as_bytes())?
+            .map(|v| postcard::from_bytes(&v).map_err(|e| corrupt(pipeline.as_bytes(), e)))
+            .transpose()
+    }
+
+    /// The exit ledger (empty when none was kept).
+    pub fn exit_ledger(&self) -> Result<crate::exits::ExitLedger, StoreError> {
+        self.meta
+            .get("exits")?
+            .map(|v| serde_json::from_slice(&v).map_err(|e| corrupt(b"exits", e)))
+            .transpose()
+            .map(Option::unwrap_or_default)
+    }
+
+    /// Persists the exit ledger.
+    pub fn put_exit_ledger(&self, ledger: &crate::exits::ExitLedger) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(ledger).map_err(|e| corrupt(b"exits", e))?;
+        self.meta.insert("exits", bytes)?;
+        self.meta.flush()?;
         Ok(())
     }
 
@@ -228,15 +267,18 @@ mod tests {
                 .set_applied_generation(7, Some(Digest::of(b"state")))
                 .expect("generation");
             store
-                .activate(&DesiredPipeline {
-                    name: "p".into(),
-                    revision: 4,
-                    steps: vec![],
-                    committed: true,
-                    warmup: None,
-                    monitored_step: None,
-                    variants: vec![],
-                })
+                .activate(
+                    &DesiredPipeline {
+                        name: "p".into(),
+                        revision: 4,
+                        steps: vec![],
+                        committed: true,
+                        warmup: None,
+                        monitored_step: None,
+                        variants: vec![],
+                    },
+                    true,
+                )
                 .expect("activate");
             let digest = Digest::of(b"x");
             std::fs::write(store.artifact_path(&digest), b"x").expect("artifact");

@@ -347,6 +347,20 @@ pub struct RolloutAgentView {
     /// Its phase on the revision it works on (Fetching, Ready, Failed, ...).
     pub phase: Option<String>,
     pub message: String,
+    /// Its unclean exits (crashes, OOM kills) while it served the target revision, as it
+    /// reported them within its window.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub exits: u32,
+    /// The last one's reason, where the system gave one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub exit_reason: String,
+    /// Offline past the rollout's grace: left out of the wave's health, never counted healthy.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub left_out: bool,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A deployment as `ternctl get deployments` shows it.

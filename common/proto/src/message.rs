@@ -25,6 +25,10 @@ pub enum AgentMessage {
     /// A CSR for a fresh key, to renew the agent's certificate before it expires (the key never
     /// leaves the agent).
     Renew { csr_pem: String },
+    /// The agent's runs that ended without an orderly stop (a crash, an OOM kill), within its
+    /// window; sent on every connection while there are any, so that a control plane that
+    /// restarted, or another replica, learns them too.
+    Exits(ExitReport),
 }
 
 /// What the control plane sends on an agent's control stream.
@@ -73,6 +77,46 @@ pub struct PipelineHealth {
     pub requests: u64,
     /// Requests that failed in a step (bad input refused before the pipeline is not counted).
     pub errors: u64,
+}
+
+/// Most unclean exits one [`ExitReport`] carries (the newest are kept).
+pub const MAX_REPORTED_EXITS: usize = 32;
+
+/// The agent's recent unclean exits: runs of the agent process that ended without an orderly
+/// stop, as the next run found them at start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitReport {
+    /// The run sending this report.
+    pub run: String,
+    /// How far back the agent counts exits (its window), in milliseconds.
+    pub window_ms: u64,
+    /// Oldest first, at most [`MAX_REPORTED_EXITS`].
+    pub exits: Vec<UncleanExit>,
+}
+
+/// One run of the agent that ended without an orderly stop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UncleanExit {
+    /// The run that died.
+    pub run: String,
+    /// When it started, and when the next run found it had died (the agent's clock, unix ms):
+    /// it died in between.
+    pub started_ms: u64,
+    pub detected_ms: u64,
+    /// The revisions it served when it died.
+    pub serving: Vec<RunningRevision>,
+    /// The revisions it was loading when it died.
+    pub loading: Vec<RunningRevision>,
+    /// Why, where the system said (the supervisor's exit status, the kernel's OOM killer, a
+    /// panic message); empty when nothing said.
+    pub reason: String,
+}
+
+/// A pipeline revision a run served or was loading.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RunningRevision {
+    pub pipeline: String,
+    pub revision: u64,
 }
 
 /// Resources of an agent's host.

@@ -177,7 +177,41 @@ fn agent_message() -> impl Strategy<Value = AgentMessage> {
         any::<u64>().prop_map(|seq| AgentMessage::Ack(Ack { seq })),
         capacity().prop_map(AgentMessage::Capacity),
         ".{0,80}".prop_map(|csr_pem| AgentMessage::Renew { csr_pem }),
+        exits().prop_map(AgentMessage::Exits),
     ]
+}
+
+fn exits() -> impl Strategy<Value = ExitReport> {
+    let revision = ("[a-z]{1,8}", any::<u64>())
+        .prop_map(|(pipeline, revision)| RunningRevision { pipeline, revision });
+    let exit = (
+        "[0-9a-f]{1,16}",
+        any::<u64>(),
+        any::<u64>(),
+        prop::collection::vec(revision.clone(), 0..3),
+        prop::collection::vec(revision, 0..2),
+        ".{0,40}",
+    )
+        .prop_map(
+            |(run, started_ms, detected_ms, serving, loading, reason)| UncleanExit {
+                run,
+                started_ms,
+                detected_ms,
+                serving,
+                loading,
+                reason,
+            },
+        );
+    (
+        "[0-9a-f]{1,16}",
+        any::<u64>(),
+        prop::collection::vec(exit, 0..4),
+    )
+        .prop_map(|(run, window_ms, exits)| ExitReport {
+            run,
+            window_ms,
+            exits,
+        })
 }
 
 fn control_message() -> impl Strategy<Value = ControlMessage> {

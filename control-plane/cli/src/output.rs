@@ -630,16 +630,32 @@ pub fn rollout(d: &DeploymentView, format: Format) -> anyhow::Result<String> {
         "DESIRED",
         "SERVING",
         "PHASE",
+        "EXITS",
         "MESSAGE",
     ]);
     for a in &r.agents {
+        let message = if a.left_out {
+            format!("left out: offline past the grace. {}", a.message)
+        } else if a.exits > 0 && a.message.is_empty() {
+            format!(
+                "exited {} times on revision {}: {}",
+                a.exits, r.target_revision, a.exit_reason
+            )
+        } else {
+            a.message.clone()
+        };
         t.add_row(vec![
             a.name.clone(),
             if a.connected { "yes" } else { "no" }.into(),
             revision(a.desired),
             revision(a.serving),
             a.phase.clone().unwrap_or_else(|| "-".into()),
-            shown(&a.message),
+            if a.exits > 0 {
+                a.exits.to_string()
+            } else {
+                "-".into()
+            },
+            shown(message.trim()),
         ]);
     }
     out.push_str(&format!("{t}\n"));

@@ -416,6 +416,16 @@ async fn handle(
             }
             write_frame(send, &ControlMessage::Renewed(answer), MAX_FRAME_LEN).await?;
         }
+        AgentMessage::Exits(report) => {
+            let report = crate::reports::bounded_exits(report);
+            if let Some(last) = report.exits.last() {
+                warn!(agent = %record.name, exits = report.exits.len(), last_run = %last.run, reason = %last.reason, "the agent reports unclean exits");
+            }
+            if shared.replica.peers {
+                (shared.shared_reports).exits(&shared.replica.name, &record.id, &report);
+            }
+            shared.reports.record_exits(&record.id, report);
+        }
         AgentMessage::Ack(_) => {}
         AgentMessage::Hello(_) => {
             return Err(SessionError::Protocol("hello sent twice".into()));

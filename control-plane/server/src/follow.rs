@@ -68,6 +68,7 @@ fn record(shared: &Shared, heard: Heard) {
                 .health
                 .record(&agent, &report, tern_clock::unix_millis_now());
         }
+        Heard::Exits { agent, report } => shared.reports.record_exits(&agent, report),
     }
 }
 
@@ -116,6 +117,16 @@ async fn read_again(shared: &Arc<Shared>) {
                     }
                 }
                 Err(e) => warn!(error = %e, "cannot read the agents' shared reports"),
+            }
+            match work.shared_reports.exits_all() {
+                Ok(all) => {
+                    for (agent, report) in all {
+                        if !work.connections.holds(&agent) {
+                            work.reports.record_exits(&agent, report);
+                        }
+                    }
+                }
+                Err(e) => warn!(error = %e, "cannot read the agents' shared exit reports"),
             }
         }
     });

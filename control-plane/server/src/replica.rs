@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use tern_proto::api::AgentStatus;
-use tern_proto::message::{HealthReport, StatusReport};
+use tern_proto::message::{ExitReport, HealthReport, StatusReport};
 
 use crate::backend::{
     BackendError, Change, CommitError, KeyRange, Scan, SharedBackend, Table, Write,
@@ -23,6 +23,8 @@ const REPLICAS: Table = Table("replicas");
 const REPORTS: Table = Table("agent_reports");
 /// Agent id → [`Observed`] health report.
 const HEALTH: Table = Table("agent_health");
+/// Agent id → [`Observed`] exit report.
+const EXITS: Table = Table("agent_exits");
 
 /// This replica.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,6 +190,7 @@ struct Observed<R, T> {
 pub enum Heard {
     Status { agent: String, report: StatusReport },
     Health { agent: String, report: HealthReport },
+    Exits { agent: String, report: ExitReport },
 }
 
 fn encode<T: Serialize>(replica: &str, report: &T) -> Vec<u8> {
@@ -219,6 +222,15 @@ pub fn heard(changes: &[Change], me: &str) -> Vec<Heard> {
                 }),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(%agent, error = %e, "an unreadable shared health report"),
+            }
+        } else if change.table == EXITS {
+            match postcard::from_bytes::<Observed<String, ExitReport>>(value) {
+                Ok(o) if o.replica != me => out.push(Heard::Exits {
+                    agent,
+                    report: o.report,
+                }),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(%agent, error = %e, "an unreadable shared exit report"),
             }
         }
     }
@@ -264,6 +276,10 @@ impl SharedReports {
         self.stage(HEALTH, agent, encode(me, report));
     }
 
+    pub fn exits(&self, me: &str, agent: &str, report: &ExitReport) {
+        self.stage(EXITS, agent, encode(me, report));
+    }
+
     /// Writes the reports staged since the last call, [`REPORTS_PER_WRITE`] per commit;
     /// how many. Those a failed commit did not write are staged again (unless a newer one
     /// came meanwhile).
@@ -290,14 +306,25 @@ impl SharedReports {
     /// Every agent's latest status report, by whichever replica heard it (after a gap in the
     /// change notifications, or at start).
     pub fn statuses(&self) -> Result<Vec<(String, StatusReport)>, BackendError> {
+        self.all(REPORTS)
+    }
+
+    /// Every agent's latest exit report, like [`SharedReports::statuses`].
+    pub fn exits_all(&self) -> Result<Vec<(String, ExitReport)>, BackendError> {
+        self.all(EXITS)
+    }
+
+    fn all<T: serde::de::DeserializeOwned>(
+        &self,
+        table: Table,
+    ) -> Result<Vec<(String, T)>, BackendError> {
         Ok(self
             .backend
-            .range(REPORTS, &KeyRange::all(), Scan::All)?
+            .range(table, &KeyRange::all(), Scan::All)?
             .into_iter()
             .filter_map(|(key, value)| {
                 let agent = String::from_utf8(key).ok()?;
-                let observed =
-                    postcard::from_bytes::<Observed<String, StatusReport>>(&value).ok()?;
+                let observed = postcard::from_bytes::<Observed<String, T>>(&value).ok()?;
                 Some((agent, observed.report))
             })
             .collect())
@@ -310,7 +337,12 @@ impl SharedReports {
             .unwrap_or_else(|p| p.into_inner())
             .retain(|(_, staged), _| staged != agent);
         self.backend
-            .commit(Write::new().delete(REPORTS, agent).delete(HEALTH, agent))
+            .commit(
+                Write::new()
+                    .delete(REPORTS, agent)
+                    .delete(HEALTH, agent)
+                    .delete(EXITS, agent),
+            )
             .map_err(CommitError::into_backend)
     }
 }

@@ -9,13 +9,19 @@
 //! Rules:
 //! - Wave *k* covers the first ⌈n·wavesₖ/100⌉ of the n selected agents (in the driver's stable
 //!   order), at least one; agents never leave a wave once in it.
-//! - A wave is healthy when every connected agent of it serves the target revision and is
-//!   Ready, at least one of them does, and none has an error rate over `maxErrorRate`. Agents
-//!   that are offline do not hold a rollout back (edge hosts can be away for days): they
-//!   converge when they return.
+//! - A wave is healthy when every member of it is connected and serves the target revision,
+//!   and none has an error rate over `maxErrorRate`. A member offline for longer than the
+//!   offline grace (`offlineGraceSeconds`) is left out of that rule and listed
+//!   ([`Rollout::left_out`]): edge hosts can be away for days, and converge when they return.
+//!   A member left out never counts as healthy: at least one member must be connected and
+//!   serving; the next selected agent takes its place in the wave. Until its grace has
+//!   passed, an offline member holds the wave.
 //! - A wave must stay healthy for the whole health window before the next one starts.
 //! - A wave fails when an agent reports that it could not install the target, when an agent's
-//!   error rate exceeds the limit, or when it is not healthy within the progress deadline. With
+//!   error rate exceeds the limit, when a member's process exited uncleanly while it served
+//!   the target (a crash, an OOM kill: a revision that kills the agent is not healthy however
+//!   quickly its supervisor restarts it), or when it is not healthy within the progress
+//!   deadline. With
 //!   `autoRollback` every agent goes back to what it ran before the rollout began; without it,
 //!   the rollout stops where it is until an operator undoes it or applies a new revision.
 //! - A rollout that replaces one still in progress starts from the stable revision, and each
@@ -41,6 +47,13 @@ pub struct RolloutPolicy {
     pub max_error_rate: f64,
     pub auto_rollback: bool,
     pub progress_deadline_ms: u64,
+    /// How long an offline member holds its wave before it is left out.
+    #[serde(default = "default_offline_grace_ms")]
+    pub offline_grace_ms: u64,
+}
+
+fn default_offline_grace_ms() -> u64 {
+    tern_proto::manifest::DEFAULT_OFFLINE_GRACE_SECONDS * 1000
 }
 
 impl From<&RolloutSpec> for RolloutPolicy {
@@ -51,6 +64,7 @@ impl From<&RolloutSpec> for RolloutPolicy {
             max_error_rate: spec.max_error_rate,
             auto_rollback: spec.auto_rollback,
             progress_deadline_ms: DEFAULT_PROGRESS_DEADLINE_MS,
+            offline_grace_ms: spec.offline_grace_seconds.saturating_mul(1000),
         }
     }
 }
@@ -110,6 +124,11 @@ pub enum Transition {
 pub struct AgentObservation {
     pub agent: String,
     pub connected: bool,
+    /// How long it has been offline (0 while connected).
+    pub offline_ms: u64,
+    /// Its unclean exits while it served the target revision, as it reported them: how many,
+    /// and the last one's reason.
+    pub exits: Option<(u32, String)>,
     /// The revision of this deployment's pipeline the agent answers requests with.
     pub serving: Option<u64>,
     /// The revision it reports working on, and whether installing it failed (with why).
@@ -138,6 +157,10 @@ pub struct Rollout {
     /// replaced had moved them): they run it until they join, and return to it on a rollback.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub returns: BTreeMap<String, u64>,
+    /// Members of the current wave offline past the grace at the last step: left out of its
+    /// health, never counted healthy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<String>,
     /// Recent transitions with their time (unix ms), oldest first.
     pub history: Vec<(u64, Transition)>,
 }
@@ -156,6 +179,7 @@ impl Rollout {
             healthy_since_ms: None,
             members: Vec::new(),
             returns: BTreeMap::new(),
+            left_out: Vec::new(),
             history: Vec::new(),
         }
     }
@@ -223,12 +247,17 @@ impl Rollout {
     }
 
     /// Adds selected agents, in order, until the current wave is full; returns those added.
+    /// Members left out (offline past the grace) do not fill it: the next agents take their
+    /// place, so a canary of an agent that is away does not stall the rollout.
     fn fill_wave(&mut self, agents: &[AgentObservation]) -> Vec<String> {
         let wanted = self.wave_size(self.wave, agents.len());
+        let present = (self.members.iter())
+            .filter(|m| !self.left_out.contains(m))
+            .count();
         let joined: Vec<String> = agents
             .iter()
             .filter(|a| !self.members.contains(&a.agent))
-            .take(wanted.saturating_sub(self.members.len()))
+            .take(wanted.saturating_sub(present))
             .map(|a| a.agent.clone())
             .collect();
         self.members.extend(joined.iter().cloned());
@@ -269,10 +298,15 @@ impl Rollout {
         if self.phase == Phase::Paused {
             return out;
         }
-        let serving = |a: &&AgentObservation| a.serving == Some(self.target);
-        let healthy = !members.is_empty()
-            && members.iter().any(serving)
-            && members.iter().filter(|a| a.connected).all(serving);
+        let grace = self.policy.offline_grace_ms;
+        let (left_out, counted): (Vec<&AgentObservation>, Vec<&AgentObservation>) = members
+            .iter()
+            .partition(|a| !a.connected && a.offline_ms > grace);
+        self.left_out = left_out.iter().map(|a| a.agent.clone()).collect();
+        let healthy = !counted.is_empty()
+            && counted
+                .iter()
+                .all(|a| a.connected && a.serving == Some(self.target));
         if !healthy {
             self.healthy_since_ms = None;
             return out;
@@ -306,6 +340,19 @@ impl Rollout {
     /// Why the current wave failed, if it did.
     fn failure(&self, members: &[&AgentObservation], now_ms: u64) -> Option<String> {
         for a in members {
+            if let Some((count, reason)) = &a.exits
+                && *count > 0
+            {
+                let why = if reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (last: {reason})")
+                };
+                return Some(format!(
+                    "agent {} exited {count} times on revision {}{why}",
+                    a.agent, self.target
+                ));
+            }
             if let Some((revision, Some(message))) = &a.reported
                 && *revision == self.target
             {
@@ -405,6 +452,7 @@ mod tests {
             max_error_rate: 0.02,
             auto_rollback: true,
             progress_deadline_ms: 60_000,
+            offline_grace_ms: 10_000,
         }
     }
 
@@ -414,6 +462,8 @@ mod tests {
             .map(|i| AgentObservation {
                 agent: format!("agent-{i:02}"),
                 connected: true,
+                offline_ms: 0,
+                exits: None,
                 serving: serving(i),
                 reported: serving(i).map(|r| (r, None)),
                 requests: 0,
@@ -505,16 +555,78 @@ mod tests {
     }
 
     #[test]
-    fn offline_agents_do_not_hold_a_wave_but_someone_must_serve() {
+    fn an_offline_member_holds_its_wave_until_the_grace_then_is_left_out_and_listed() {
         let mut r = Rollout::new(2, None, policy(&[100], 0), 0);
         r.observe(&fleet(3, |_| None), 0);
         let mut seen = fleet(3, |_| None);
         seen[2].connected = false;
-        assert!(r.observe(&seen, 1).is_empty(), "nobody serves yet");
+        seen[2].offline_ms = 5_000;
         seen[0].serving = Some(2);
         seen[1].serving = Some(2);
+        assert!(
+            r.observe(&seen, 1).is_empty(),
+            "within the grace it holds the wave"
+        );
+        assert!(r.left_out.is_empty());
+        seen[2].offline_ms = 10_001;
         assert_eq!(r.observe(&seen, 2), [Transition::Completed]);
+        assert_eq!(r.left_out, ["agent-02"]);
         assert_eq!(r.assignment("agent-02"), Some(2), "converges when back");
+    }
+
+    #[test]
+    fn members_left_out_never_count_as_healthy() {
+        let mut r = Rollout::new(2, None, policy(&[100], 0), 0);
+        r.observe(&fleet(2, |_| None), 0);
+        let mut seen = fleet(2, |_| Some(2));
+        for a in &mut seen {
+            a.connected = false;
+            a.offline_ms = 60_000;
+        }
+        assert!(r.observe(&seen, 1).is_empty(), "nobody connected serves");
+        assert_eq!(r.left_out.len(), 2);
+        assert!(matches!(r.phase, Phase::Progressing));
+    }
+
+    #[test]
+    fn a_member_that_died_on_the_target_fails_the_wave_even_when_it_serves_again() {
+        let mut r = Rollout::new(3, Some(2), policy(&[50, 100], 60_000), 0);
+        r.observe(&fleet(4, |_| Some(2)), 0);
+        // The canary restarted after a crash and serves the target again, connected: before
+        // this rule the wave passed and the crash spread.
+        let mut seen = converged(&r, 4);
+        seen[0].exits = Some((1, "killed by signal KILL".into()));
+        let t = r.observe(&seen, 1_000);
+        assert!(
+            matches!(&t[..], [Transition::RolledBack { reason }]
+                if reason == "agent agent-00 exited 1 times on revision 3 (last: killed by signal KILL)"),
+            "{t:?}"
+        );
+        assert!((0..4).all(|i| r.assignment(&format!("agent-{i:02}")) == Some(2)));
+    }
+
+    #[test]
+    fn a_member_that_dropped_off_while_serving_the_target_holds_the_wave() {
+        let mut r = Rollout::new(3, Some(2), policy(&[50, 100], 1_000), 0);
+        r.observe(&fleet(2, |_| Some(2)), 0);
+        let mut seen = converged(&r, 2);
+        assert!(r.observe(&seen, 1).is_empty());
+        // It drops off mid-window: the window starts over when it is back, not before.
+        seen[0].connected = false;
+        seen[0].offline_ms = 500;
+        assert!(r.observe(&seen, 900).is_empty());
+        assert!(
+            r.observe(&seen, 2_000).is_empty(),
+            "not healthy while it is away"
+        );
+        assert_eq!(r.healthy_since_ms, None);
+        seen[0].connected = true;
+        seen[0].offline_ms = 0;
+        assert!(r.observe(&seen, 2_500).is_empty());
+        assert!(matches!(
+            &r.observe(&seen, 3_500)[..],
+            [Transition::WaveStarted { wave: 1, .. }]
+        ));
     }
 
     #[test]

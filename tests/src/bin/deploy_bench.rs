@@ -14,6 +14,11 @@
 //!   with binary tensors, gRPC) for the MLP and a 224×224×3 image tensor, beside a bare HTTP
 //!   client posting the same v2 bodies pre-encoded (`tests/python/triton_bench.py`).
 //!
+//! - `crash`: a canary whose agent dies (SIGKILL to the run serving it, under a restart loop as
+//!   systemd runs one): from the death to the rollout rolled back, and to every agent serving
+//!   the previous revision again; beside a plain restart of an agent on the stable revision
+//!   (its death to its next run answering), in the same run.
+//!
 //! Run with `cargo run -p tern-e2e --bin deploy-bench -- <command>` after `cargo xtask test`
 //! built the binaries and plugins.
 
@@ -69,6 +74,15 @@ enum Cmd {
         #[arg(long, default_value_t = 2000)]
         requests: usize,
     },
+    /// A canary whose agent dies: its death to the rollback everywhere, beside a plain restart.
+    Crash {
+        /// Agents per fleet (the canary wave is the first of them).
+        #[arg(long, default_value_t = 4)]
+        agents: usize,
+        /// Fleets started, one death each.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -82,7 +96,104 @@ fn main() -> anyhow::Result<()> {
         Cmd::Revoke { agents } => revoke(agents),
         Cmd::Renewal { seconds } => renewal(seconds),
         Cmd::Triton { requests } => triton(requests),
+        Cmd::Crash { agents, runs } => crash(agents.max(2), runs.max(1)),
     }
+}
+
+/// One fleet under supervisors: a plain restart of the last agent on revision 1 (the
+/// reference), then the canary killed while it serves revision 2. Returns (restart, rolled
+/// back, every agent on revision 1 again).
+fn crash_once(agents: usize) -> anyhow::Result<(Duration, Duration, Duration)> {
+    use tern_e2e::counter;
+    use tern_e2e::supervise::Supervised;
+    let mut fleet = Fleet::start(agents)?;
+    counter::serve_version_one(&fleet)?;
+    let mut supervised = Vec::new();
+    for agent in &mut fleet.agents {
+        agent.process.terminate(Duration::from_secs(20))?;
+        supervised.push(Supervised::start(
+            &agent.dir,
+            None,
+            fleet.tmp.path(),
+            &agent.name,
+            Duration::from_millis(100),
+        ));
+    }
+    let addrs = (fleet.agents.iter())
+        .map(|a| a.api_addr())
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for addr in &addrs {
+        counter::wait_revision(*addr, 1, "revision 1 under the supervisor")?;
+    }
+    let kill = |s: &Supervised| -> anyhow::Result<Instant> {
+        let pid = s.pid();
+        anyhow::ensure!(pid != 0, "no run is up");
+        let t = Instant::now();
+        std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()?;
+        Ok(t)
+    };
+    // The reference: the same death on the stable revision, back when it answers again.
+    let last = agents - 1;
+    let t = kill(&supervised[last])?;
+    wait_for(FLEET_TIMEOUT, "the restarted agent's answer", || {
+        (supervised[last].exit_count() > 0 && counter::revision(addrs[last]) == Some(1))
+            .then_some(())
+    })?;
+    let restart = t.elapsed();
+    counter::apply(
+        &fleet,
+        "counter:2",
+        "{ strategy: canary, waves: [1, 100], healthWindowSeconds: 600 }",
+    )?;
+    counter::wait_revision(addrs[0], 2, "the canary serving revision 2")?;
+    let t = kill(&supervised[0])?;
+    fleet.wait_deployment("count", 2, "RolledBack")?;
+    let rolled_back = t.elapsed();
+    wait_for(FLEET_TIMEOUT, "every agent on revision 1", || {
+        addrs
+            .iter()
+            .all(|a| counter::revision(*a) == Some(1))
+            .then_some(())
+    })?;
+    let everywhere = t.elapsed();
+    for s in &mut supervised {
+        s.stop();
+    }
+    Ok((restart, rolled_back, everywhere))
+}
+
+fn crash(agents: usize, runs: usize) -> anyhow::Result<()> {
+    let (mut restart, mut rolled_back, mut everywhere) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 1..=runs {
+        println!("run {run} of {runs}: a control plane and {agents} agents under supervisors");
+        let (r, b, e) = crash_once(agents)?;
+        restart.push(r);
+        rolled_back.push(b);
+        everywhere.push(e);
+    }
+    for v in [&mut restart, &mut rolled_back, &mut everywhere] {
+        v.sort();
+    }
+    let s = |d: Duration| d.as_secs_f64();
+    println!(
+        "
+{runs} canaries killed (SIGKILL while serving the new revision; restart after 100 ms), {agents} agents each"
+    );
+    println!(
+        "| measure | death → rollout rolled back | death → every agent on the previous revision | plain restart: death → answering again (reference) |"
+    );
+    println!("| --- | --- | --- | --- |");
+    for (name, p) in [("p50", 0.5), ("max", 1.0)] {
+        println!(
+            "| {name} | {:.2} s | {:.2} s | {:.2} s |",
+            s(percentile(&rolled_back, p)),
+            s(percentile(&everywhere, p)),
+            s(percentile(&restart, p))
+        );
+    }
+    Ok(())
 }
 
 /// The admin API client of `fleet`'s control plane, and a runtime to drive it.

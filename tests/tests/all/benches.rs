@@ -194,6 +194,16 @@ fn deploy_bench_revoke() {
 }
 
 #[test]
+fn deploy_bench_crash() {
+    let out = run("deploy-bench", &["crash", "--agents", "2", "--runs", "1"]);
+    let p50 = rows(&out, "p50");
+    assert!(
+        p50.len() == 1 && p50[0][1..].iter().all(|cell| cell.ends_with(" s")),
+        "death to rollback, to every agent back, and a plain restart in:\n{out}"
+    );
+}
+
+#[test]
 fn deploy_bench_renewal() {
     let out = run("deploy-bench", &["renewal", "--seconds", "1"]);
     assert_eq!(number(&out, "failed", 2), 0.0, "no request failed:\n{out}");

@@ -52,6 +52,14 @@ fn systemd_units_verify_and_keep_their_sandbox() -> anyhow::Result<()> {
             text.lines().any(|l| l.starts_with("User=tern")),
             "{unit} runs as its own user"
         );
+        if unit == "tern-agent.service" {
+            // How a run ended reaches the next one, which reports a crash with its reason.
+            assert!(
+                text.lines().any(|l| l.starts_with("ExecStopPost=")
+                    && l.contains("tern-agent record-exit --data-dir /var/lib/tern-agent")),
+                "{unit} records how each run ended"
+            );
+        }
         // The binaries live where this build put them, not in /usr/local/bin.
         let local = text.replace("/usr/local/bin/", &format!("{}/", path_str(&bin_dir())?));
         let path = tmp.path().join(unit);

@@ -6,6 +6,7 @@
 mod attacks;
 mod benches;
 mod compromised;
+mod crash_loop;
 mod dashboard;
 mod deployments;
 mod drift;

@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 use tern_control_plane::rollout::{Phase, Transition};
-use tern_e2e::sim::{Faults, Fleet, STEP_MS, policy};
+use tern_e2e::sim::{Faults, Fleet, OFFLINE_GRACE_MS, PIPELINE, STEP_MS, policy};
 
 /// Virtual minutes, in steps.
 fn minutes(n: u64) -> u64 {
@@ -134,8 +134,10 @@ fn an_agent_offline_during_the_apply_converges_when_back() {
     assert_eq!(
         fleet.phase(),
         Some(&Phase::Complete),
-        "an offline agent does not block a wave"
+        "an agent offline past the grace does not block a wave"
     );
+    let rollout = fleet.rollout().expect("a rollout");
+    assert_eq!(rollout.left_out, ["edge-03"], "and it is listed");
     assert_eq!(fleet.agents[3].serving_revision(), Some(1), "still away");
     fleet.run(minutes(31).saturating_sub(fleet_steps(&fleet)));
     assert!(all_serve(&fleet, 2), "back, it converges");
@@ -208,15 +210,17 @@ fn fleet_faults() -> impl Strategy<Value = Vec<Faults>> {
             prop::bool::weighted(0.1),
             prop::bool::weighted(0.1),
             prop::option::weighted(0.3, (0u64..minutes(6), 1u64..minutes(6))),
+            prop::bool::weighted(0.05),
         ),
         1..16,
     )
     .prop_map(|agents| {
         agents
             .into_iter()
-            .map(|(load_fails, errors, offline)| Faults {
+            .map(|(load_fails, errors, offline, crashes)| Faults {
                 load_fails: if load_fails { [2].into() } else { [].into() },
                 errors_on: if errors { [2].into() } else { [].into() },
+                crashes_on: if crashes { [2].into() } else { [].into() },
                 offline: offline
                     .map(|(from, len)| vec![(minutes(5) + from, minutes(5) + from + len)])
                     .unwrap_or_default(),
@@ -278,7 +282,8 @@ proptest! {
             _ => 1,
         };
         for (agent, f) in fleet.agents.iter().zip(&faults) {
-            let can_run = expected == 1 || !f.load_fails.contains(&2);
+            let can_run =
+                expected == 1 || !(f.load_fails.contains(&2) || f.crashes_on.contains(&2));
             if can_run {
                 prop_assert_eq!(
                     agent.serving_revision(), Some(expected),
@@ -293,4 +298,124 @@ proptest! {
 /// Steps run so far (the virtual clock).
 fn fleet_steps(fleet: &Fleet) -> u64 {
     fleet.now_ms() / STEP_MS
+}
+
+#[test]
+fn an_agent_that_dies_on_the_canary_rolls_it_back_before_the_crash_spreads() {
+    let faults = vec![
+        Faults {
+            crashes_on: [2].into(),
+            ..Faults::default()
+        };
+        10
+    ];
+    let mut fleet = Fleet::new(faults);
+    fleet.apply(1, policy(&[100], WINDOW_MS));
+    fleet.run_until_settled(minutes(5));
+    assert!(all_serve(&fleet, 1));
+    fleet.apply(2, policy(&[10, 50, 100], WINDOW_MS));
+    fleet.run_until_settled(minutes(10));
+    // The canary restarts at once and serves the target again, connected: its death alone
+    // fails the wave.
+    match fleet.phase() {
+        Some(Phase::RolledBack { reason }) => assert!(
+            reason.starts_with("agent edge-00 exited 1 times on revision 2"),
+            "{reason}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    fleet.run(4);
+    assert!(all_serve(&fleet, 1), "rolled back everywhere");
+    let deaths: u32 = fleet.agents.iter().map(|a| a.deaths).sum();
+    assert_eq!(deaths, 1, "only the canary ever ran it");
+    assert!(
+        fleet.agents[1..]
+            .iter()
+            .all(|a| !a.revisions_served().contains(&2))
+    );
+    assert_eq!(fleet.violations, []);
+}
+
+#[test]
+fn without_auto_rollback_each_agent_puts_aside_what_kills_it_and_serves_the_last_good() {
+    let faults = vec![
+        Faults {
+            crashes_on: [2].into(),
+            ..Faults::default()
+        };
+        3
+    ];
+    let mut fleet = Fleet::new(faults);
+    fleet.apply(1, policy(&[100], WINDOW_MS));
+    fleet.run_until_settled(minutes(5));
+    let mut held = policy(&[100], WINDOW_MS);
+    held.auto_rollback = false;
+    fleet.apply(2, held);
+    fleet.run_until_settled(minutes(10));
+    assert!(
+        matches!(fleet.phase(), Some(Phase::Failed { .. })),
+        "{:?}",
+        fleet.phase()
+    );
+    // The control plane holds them on 2; each agent dies under it until it puts it aside.
+    fleet.run(minutes(1));
+    for agent in &fleet.agents {
+        assert_eq!(agent.deaths, 3, "{}", agent.record.name);
+        assert_eq!(agent.serving_revision(), Some(1), "{}", agent.record.name);
+        let aside = agent.exits.put_aside(PIPELINE).expect("put aside");
+        assert_eq!(aside.revision, 2);
+        assert!(aside.reason.contains("exited 3 times"), "{}", aside.reason);
+    }
+    // An operator's undo names revision 1: the mark is dropped, and 2 may be tried anew later.
+    let now = fleet.now_ms();
+    assert!(
+        fleet
+            .deployment
+            .rollout
+            .as_mut()
+            .is_some_and(|r| r.undo(now))
+    );
+    fleet.run(4);
+    assert!(all_serve(&fleet, 1));
+    assert!(
+        fleet
+            .agents
+            .iter()
+            .all(|a| a.exits.put_aside(PIPELINE).is_none())
+    );
+    assert_eq!(fleet.violations, []);
+}
+
+#[test]
+fn an_offline_member_holds_its_wave_for_the_grace_only() {
+    let mut faults = healthy(4);
+    faults[0].offline.push((minutes(6), minutes(40)));
+    let mut fleet = Fleet::new(faults);
+    fleet.apply(1, policy(&[100], WINDOW_MS));
+    fleet.run_until_settled(minutes(5));
+    fleet.run(minutes(6).saturating_sub(fleet_steps(&fleet)) + 1);
+    fleet.apply(2, policy(&[25, 100], 0));
+    // The canary is the agent that is away: the wave waits for it, then leaves it out and
+    // the next agent takes its place.
+    let waited = fleet.run_until_settled(minutes(10));
+    assert_eq!(fleet.phase(), Some(&Phase::Complete));
+    assert!(waited * STEP_MS >= OFFLINE_GRACE_MS, "{waited} steps");
+    let waves = waves_started(&fleet);
+    assert_eq!(waves[1], ["edge-00"], "the canary it waited for");
+    assert!(fleet.transitions.iter().any(|(_, m)| matches!(
+        &m.transition,
+        Transition::AgentsJoined { agents } if agents == &["edge-01"]
+    )));
+    assert!(
+        fleet.agents[1..]
+            .iter()
+            .all(|a| a.serving_revision() == Some(2))
+    );
+    assert_eq!(
+        fleet.rollout().map(|r| r.left_out.clone()),
+        Some(vec!["edge-00".to_owned()])
+    );
+    fleet.run(minutes(41).saturating_sub(fleet_steps(&fleet)));
+    assert!(all_serve(&fleet, 2), "back, it converges");
+    assert_eq!(fleet.violations, []);
 }

@@ -11,6 +11,10 @@ pub const DEFAULT_HEALTH_WINDOW_SECONDS: u64 = 60;
 pub const DEFAULT_MAX_ERROR_RATE: f64 = 0.02;
 /// Longest health window accepted (a day).
 const MAX_HEALTH_WINDOW_SECONDS: u64 = 24 * 3600;
+/// How long a wave waits for a member that is offline when the manifest does not say.
+pub const DEFAULT_OFFLINE_GRACE_SECONDS: u64 = 300;
+/// Longest offline grace accepted (a week).
+const MAX_OFFLINE_GRACE_SECONDS: u64 = 7 * 24 * 3600;
 /// Most waves a canary may have.
 const MAX_WAVES: usize = 20;
 
@@ -103,6 +107,22 @@ pub struct RolloutSpec {
     /// Return every agent to the previous revision when a wave fails.
     #[serde(default = "default_true")]
     pub auto_rollback: bool,
+    /// How long a wave waits for a member that is offline: until then the wave is not
+    /// healthy; after it the member is left out of the wave's health (and listed), never
+    /// counted as healthy.
+    #[serde(
+        default = "default_offline_grace",
+        skip_serializing_if = "is_default_offline_grace"
+    )]
+    #[schemars(range(max = 604800))]
+    pub offline_grace_seconds: u64,
+}
+
+fn default_offline_grace() -> u64 {
+    DEFAULT_OFFLINE_GRACE_SECONDS
+}
+fn is_default_offline_grace(seconds: &u64) -> bool {
+    *seconds == DEFAULT_OFFLINE_GRACE_SECONDS
 }
 
 fn default_window() -> u64 {
@@ -123,6 +143,7 @@ impl Default for RolloutSpec {
             health_window_seconds: DEFAULT_HEALTH_WINDOW_SECONDS,
             max_error_rate: DEFAULT_MAX_ERROR_RATE,
             auto_rollback: true,
+            offline_grace_seconds: DEFAULT_OFFLINE_GRACE_SECONDS,
         }
     }
 }
@@ -202,6 +223,13 @@ impl Deployment {
                 file,
                 "spec.rollout.healthWindowSeconds",
                 format!("expected 0 to {MAX_HEALTH_WINDOW_SECONDS}"),
+            ));
+        }
+        if rollout.offline_grace_seconds > MAX_OFFLINE_GRACE_SECONDS {
+            return Err(error(
+                file,
+                "spec.rollout.offlineGraceSeconds",
+                format!("expected 0 to {MAX_OFFLINE_GRACE_SECONDS}"),
             ));
         }
         if !(0.0..=1.0).contains(&rollout.max_error_rate) {

@@ -13,8 +13,8 @@ pub mod schema;
 mod selector;
 
 pub use deployment::{
-    DEFAULT_HEALTH_WINDOW_SECONDS, DEFAULT_MAX_ERROR_RATE, Deployment, DeploymentSpec,
-    MAX_VARIANTS, RolloutSpec, RolloutStrategy, VariantSpec,
+    DEFAULT_HEALTH_WINDOW_SECONDS, DEFAULT_MAX_ERROR_RATE, DEFAULT_OFFLINE_GRACE_SECONDS,
+    Deployment, DeploymentSpec, MAX_VARIANTS, RolloutSpec, RolloutStrategy, VariantSpec,
 };
 pub use pipeline::{
     ArtifactRef, BaselineRef, DEFAULT_ALERT_PSI, Device, MAX_WARMUP_BYTES, MonitoringSpec,

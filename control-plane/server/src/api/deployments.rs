@@ -141,6 +141,10 @@ pub(crate) fn deployment_view(
                 .map(|a| {
                     let status = shared.reports.pipeline(&a.id, &spec.pipeline);
                     let connected = shared.replica.connected(&shared.presence, a);
+                    let (exits, exit_reason) = shared
+                        .reports
+                        .exits_serving(&a.id, &spec.pipeline, r.target)
+                        .unwrap_or_default();
                     RolloutAgentView {
                         desired: r.assignment(&a.name),
                         serving: status.as_ref().and_then(|s| s.serving),
@@ -148,6 +152,9 @@ pub(crate) fn deployment_view(
                         message: status.map(|s| s.message).unwrap_or_default(),
                         name: a.name.clone(),
                         connected,
+                        exits,
+                        exit_reason,
+                        left_out: r.left_out.contains(&a.name),
                     }
                 })
                 .collect();

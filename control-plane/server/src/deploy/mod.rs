@@ -82,9 +82,22 @@ fn observe(
     let (requests, errors) = cx
         .health
         .window(&agent.id, pipeline, target, window_ms, now_ms);
+    let connected = cx.replica.connected(cx.presence, agent);
+    // This replica's presence knows best when an agent held here was last heard.
+    let last_seen_ms = (cx.presence.seen(&agent.id))
+        .filter(|_| !cx.replica.held_elsewhere(agent))
+        .map_or(agent.last_seen_ms, |s| {
+            s.last_seen_ms.max(agent.last_seen_ms)
+        });
     AgentObservation {
         agent: agent.name.clone(),
-        connected: cx.replica.connected(cx.presence, agent),
+        connected,
+        offline_ms: if connected {
+            0
+        } else {
+            now_ms.saturating_sub(last_seen_ms)
+        },
+        exits: cx.reports.exits_serving(&agent.id, pipeline, target),
         serving: status.as_ref().and_then(|s| s.serving),
         reported: status.map(|s| {
             let failed = (s.phase == PipelinePhase::Failed).then_some(s.message);

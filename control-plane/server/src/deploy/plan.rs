@@ -204,6 +204,7 @@ mod tests {
             max_error_rate: 0.05,
             auto_rollback: true,
             progress_deadline_ms: 10 * MINUTE,
+            offline_grace_ms: 0,
         }
     }
 
@@ -212,6 +213,8 @@ mod tests {
         move |agent, _, _, _| AgentObservation {
             agent: agent.name.clone(),
             connected: true,
+            offline_ms: 0,
+            exits: None,
             serving: Some(serving),
             reported: Some((serving, None)),
             requests: 100,
@@ -348,6 +351,8 @@ mod tests {
             AgentObservation {
                 agent: agent.name.clone(),
                 connected: true,
+                offline_ms: 0,
+                exits: None,
                 serving: Some(target),
                 reported: Some((target, None)),
                 requests: 100,
