@@ -998,10 +998,18 @@ spec:
 
 /// A pipeline of one `topk` step, `release` pinned, deployed everywhere at once.
 pub fn topk_manifest(release: &str, k: u32) -> String {
+    topk_manifest_with(release, k, TOPK_ROLLOUT)
+}
+
+/// The rollout of [`topk_manifest`].
+pub const TOPK_ROLLOUT: &str = "{ healthWindowSeconds: 0 }";
+
+/// [`topk_manifest`] with another rollout (YAML flow mapping).
+pub fn topk_manifest_with(release: &str, k: u32, rollout: &str) -> String {
     scores_manifest(
         "post",
         &format!("plugin: {release}\n      config: {{ k: {k} }}"),
-        "{ healthWindowSeconds: 0 }",
+        rollout,
     )
 }
 
@@ -1013,6 +1021,8 @@ pub struct Fleet {
     pub cp: ControlPlane,
     pub publisher: Publisher,
     pub agents: Vec<Agent>,
+    /// The rollout [`Fleet::apply`] gives the `scores` deployment.
+    pub rollout: String,
 }
 
 impl Fleet {
@@ -1058,6 +1068,7 @@ impl Fleet {
             cp,
             publisher,
             agents: Vec::new(),
+            rollout: TOPK_ROLLOUT.to_owned(),
         };
         for i in 1..=agents {
             let name = format!("edge-{i}");
@@ -1086,6 +1097,7 @@ impl Fleet {
             cp,
             publisher,
             agents,
+            rollout: TOPK_ROLLOUT.to_owned(),
         })
     }
 
@@ -1120,7 +1132,8 @@ impl Fleet {
 
     pub fn apply(&self, release: &str, k: u32) -> anyhow::Result<()> {
         let path = self.tmp.path().join("scores.yaml");
-        self.cp.apply_manifest(&path, topk_manifest(release, k))?;
+        self.cp
+            .apply_manifest(&path, topk_manifest_with(release, k, &self.rollout))?;
         Ok(())
     }
 

@@ -403,10 +403,14 @@ impl Fleet {
                 errors,
             }
         };
+        let applied: HashMap<String, u64> = (self.agents.iter())
+            .map(|a| (a.record.id.clone(), a.reconciler.applied_generation()))
+            .collect();
         plan::plan(
             vec![self.deployment.clone()],
             &records,
             &self.written,
+            &applied,
             Some(self.trust.signed.version),
             &observe,
             now,

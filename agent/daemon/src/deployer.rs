@@ -65,6 +65,8 @@ pub struct Deployer {
     pub run: String,
     pub exits: crate::exits::ExitPolicy,
     pub marker: Arc<crate::exits::RunMarker>,
+    /// The control plane's trust roots, oldest first (from its last connection).
+    pub trust_chain: watch::Receiver<Vec<tern_proto::trust::SignedTrustRoot>>,
 }
 
 /// Why a revision could not be loaded.
@@ -244,6 +246,7 @@ impl Deployer {
         let mut health = tokio::time::interval(HEALTH_INTERVAL);
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut connection = self.connection.clone();
+        let mut chain = self.trust_chain.clone();
         let mut reports = Reports::default();
         loop {
             let mut loaded: Option<Arc<ServedPipeline>> = None;
@@ -252,6 +255,9 @@ impl Deployer {
                 changed = desired.changed() => {
                     if changed.is_err() { return; }
                     let Some(signed) = desired.borrow_and_update().clone() else { continue };
+                    // The roots the control plane sent before this state come first: the
+                    // state's own root may be several rotations ahead of the pinned one.
+                    let walked = self.walk_chain(&mut reconciler, &mut chain, &mut reports);
                     let generation = signed.generation;
                     let opened = signed
                         .open(&self.online_key, &self.agent_id, reconciler.applied_generation())
@@ -267,12 +273,12 @@ impl Deployer {
                             if let Err(e) = self.store.set_applied_generation(generation, content) {
                                 warn!(error = %e, "cannot persist the applied generation");
                             }
-                            actions
+                            walked.into_iter().chain(actions).collect()
                         }
                         Err(e) => {
                             warn!(generation, error = %e, "desired state refused");
                             reports.refused = Some(e.to_string());
-                            vec![Action::Report]
+                            walked.into_iter().chain([Action::Report]).collect()
                         }
                     }
                 }
@@ -317,6 +323,12 @@ impl Deployer {
                     }
                     vec![Action::Report]
                 }
+                changed = chain.changed() => {
+                    if changed.is_err() { return; }
+                    let walked = self.walk_chain(&mut reconciler, &mut chain, &mut reports);
+                    if walked.is_empty() { continue }
+                    walked
+                }
                 changed = connection.changed() => {
                     if changed.is_err() { return; }
                     // A new connection: the control plane may have restarted and forgotten us.
@@ -333,6 +345,22 @@ impl Deployer {
                 }
             }
         }
+    }
+
+    /// Pins the roots of the control plane's chain the pinned one leads to, one by one; the
+    /// actions that follow (pins, serving revisions checked again, a report).
+    fn walk_chain(
+        &self,
+        reconciler: &mut Reconciler,
+        chain: &mut watch::Receiver<Vec<tern_proto::trust::SignedTrustRoot>>,
+        reports: &mut Reports,
+    ) -> Vec<Action> {
+        let roots = chain.borrow_and_update().clone();
+        let actions = reconciler.walk_trust_chain(&roots);
+        if !actions.is_empty() {
+            reports.refused = reconciler.trust_error().map(str::to_owned);
+        }
+        actions
     }
 
     /// Sends the unclean exits within the window, if there are any.

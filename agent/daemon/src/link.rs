@@ -77,6 +77,9 @@ pub struct LinkConfig {
 pub struct DeployChannels {
     /// The newest desired state received (an older one not yet taken is superseded).
     pub desired: watch::Sender<Option<tern_proto::message::SignedDesiredState>>,
+    /// The control plane's trust roots, oldest first, as its last connection sent them: set
+    /// before the desired state that follows them, so the deployer walks them first.
+    pub trust_chain: watch::Sender<Vec<tern_proto::trust::SignedTrustRoot>>,
     pub outbox: mpsc::Receiver<AgentMessage>,
     pub connection: watch::Sender<Option<quinn::Connection>>,
 }
@@ -353,6 +356,12 @@ async fn control_loop(
                 }
                 Some(Ok(Some(ControlMessage::Renewed(answer)))) => {
                     renew_at = renewed(link, answer, renewing.take());
+                }
+                Some(Ok(Some(ControlMessage::TrustChain(mut chain)))) => {
+                    let excess = chain.len().saturating_sub(tern_proto::message::MAX_TRUST_CHAIN);
+                    chain.drain(..excess);
+                    debug!(roots = chain.len(), "trust chain received");
+                    deploy.trust_chain.send_replace(chain);
                 }
                 Some(Ok(None)) | None => {
                     return Err(conn.close_reason().map(SessionError::Connection).unwrap_or(SessionError::Closed));

@@ -217,6 +217,49 @@ impl Reconciler {
         self.trust.as_ref()
     }
 
+    /// Walks the control plane's chain of trust roots (any order; the control plane sends
+    /// them oldest first) from the pinned one: each root one version above the pinned one is
+    /// pinned if it passes design section 2's checks against it, until one is refused or the
+    /// chain ends. Serving revisions are checked again after a rotation. Nothing is pinned
+    /// without a root to start from (the first comes with enrollment).
+    pub fn walk_trust_chain(&mut self, chain: &[SignedTrustRoot]) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let Some(mut pinned) = self.trust.clone() else {
+            return actions;
+        };
+        let mut ahead: Vec<&SignedTrustRoot> = chain
+            .iter()
+            .filter(|r| r.signed.version > pinned.signed.version)
+            .collect();
+        ahead.sort_by_key(|r| r.signed.version);
+        let mut refused = None;
+        for root in ahead {
+            match root.accept(Some(&pinned)) {
+                Ok(TrustUpdate::Accepted) => {
+                    pinned = root.clone();
+                    actions.push(Action::PinTrustRoot(root.clone()));
+                }
+                Ok(TrustUpdate::Unchanged) => {}
+                Err(e) => {
+                    refused = Some(format!("trust root refused: {e}"));
+                    break;
+                }
+            }
+        }
+        if actions.is_empty() {
+            if refused.is_some() {
+                self.trust_error = refused;
+                actions.push(Action::Report);
+            }
+            return actions;
+        }
+        self.trust = Some(pinned);
+        self.trust_error = refused;
+        actions.extend(self.reverify());
+        actions.push(Action::Report);
+        actions
+    }
+
     /// Applies a desired state whose signature, agent and generation the driver checked
     /// ([`tern_proto::message::SignedDesiredState::open`]). A state of the generation already
     /// applied with other content is refused, changing nothing.
@@ -836,6 +879,117 @@ mod tests {
         let mut state = w.state(3, vec![w.pipeline(1, 1, false)]);
         state.trust_root = Some(rotated);
         assert!(matches!(r.apply(state, 1_000)[0], Action::PinTrustRoot(_)));
+    }
+
+    #[test]
+    fn an_agent_behind_by_three_rotations_walks_the_chain_to_the_newest_root() {
+        let w = World::new();
+        let mut r = Reconciler::new(Restored::default());
+        serve(&mut r, &w, 1, &w.pipeline(1, 1, false));
+        // Three rotations, each to new root keys, each signed by the one before.
+        let mut chain = vec![w.trust.clone()];
+        let keys: Vec<SecretKey> = (2..=4).map(|_| SecretKey::generate()).collect();
+        for (i, key) in keys.iter().enumerate() {
+            let mut next = Signed::unsigned(TrustRoot {
+                version: i as u64 + 2,
+                root_keys: vec![key.public()],
+                ..w.trust.signed.clone()
+            });
+            next.sign(key);
+            next.sign(if i == 0 { &w.root } else { &keys[i - 1] });
+            chain.push(next);
+        }
+        // The newest alone is a jump the agent refuses.
+        let mut state = w.state(2, vec![w.pipeline(1, 1, false)]);
+        state.trust_root = chain.last().cloned();
+        r.apply(state, 1_000);
+        assert!(
+            r.trust_error()
+                .is_some_and(|e| e.contains("skips versions")),
+            "{:?}",
+            r.trust_error()
+        );
+        // The chain (in any order), each checked against the one before.
+        let mut shuffled = chain.clone();
+        shuffled.reverse();
+        let actions = r.walk_trust_chain(&shuffled);
+        let pinned: Vec<u64> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::PinTrustRoot(root) => Some(root.signed.version),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(pinned, [2, 3, 4]);
+        assert_eq!(r.trust_root().map(|t| t.signed.version), Some(4));
+        assert_eq!(r.trust_error(), None);
+        assert_eq!(r.serving().count(), 1, "what runs still verifies");
+        assert!(
+            r.walk_trust_chain(&chain).is_empty(),
+            "nothing left to walk"
+        );
+    }
+
+    #[test]
+    fn a_chain_stops_at_the_first_root_the_one_before_did_not_sign() {
+        let w = World::new();
+        let mut r = Reconciler::new(Restored::default());
+        serve(&mut r, &w, 1, &w.pipeline(1, 1, false));
+        let mut v2 = Signed::unsigned(TrustRoot {
+            version: 2,
+            ..w.trust.signed.clone()
+        });
+        v2.sign(&w.root);
+        let attacker = SecretKey::generate();
+        let forged = SignedTrustRoot::single_keys(3, &attacker, attacker.public(), 0);
+        let actions = r.walk_trust_chain(&[w.trust.clone(), v2, forged]);
+        assert!(matches!(&actions[0], Action::PinTrustRoot(root) if root.signed.version == 2));
+        assert_eq!(r.trust_root().map(|t| t.signed.version), Some(2));
+        assert!(
+            r.trust_error()
+                .is_some_and(|e| e.contains("version 3 is not signed by the current root")),
+            "{:?}",
+            r.trust_error()
+        );
+    }
+
+    #[test]
+    fn a_revision_put_aside_is_not_loaded_while_named_and_is_forgotten_once_not() {
+        let w = World::new();
+        let (v1, v2) = (w.pipeline(1, 1, false), w.pipeline(2, 2, false));
+        // At start the agent serves v1 instead of v2, which it put aside.
+        let aside = PutAside {
+            revision: 2,
+            reason: "revision 2 put aside: the agent exited 3 times".into(),
+        };
+        let mut r = Reconciler::new(Restored {
+            trust: Some(w.trust.clone()),
+            applied_generation: 4,
+            serving: vec![v1.clone()],
+            put_aside: [("p".to_owned(), aside.clone())].into(),
+            ..Restored::default()
+        });
+        let status = &r.status()[0];
+        assert_eq!(
+            (status.phase, status.revision, status.serving),
+            (PipelinePhase::Failed, 2, Some(1))
+        );
+        assert_eq!(status.message, aside.reason);
+        // The control plane still names v2: nothing is fetched or loaded.
+        let actions = r.apply(w.state(5, vec![v2.clone()]), 1_000);
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, Action::Fetch(_) | Action::Load(_))),
+            "{actions:?}"
+        );
+        assert_eq!(r.status()[0].message, aside.reason);
+        // A rollback names v1: the mark goes, and a later state may name v2 anew.
+        let actions = r.apply(w.state(6, vec![v1.clone()]), 1_000);
+        assert!(actions.contains(&Action::ClearPutAside("p".into())));
+        assert_eq!(r.status()[0].phase, PipelinePhase::Ready);
+        let actions = r.apply(w.state(7, vec![v2]), 1_000);
+        assert!(actions.iter().any(|a| matches!(a, Action::Fetch(_))));
     }
 
     #[test]

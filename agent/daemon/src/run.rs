@@ -157,6 +157,7 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
         }
     });
     let (desired_tx, desired_rx) = watch::channel(None);
+    let (chain_tx, chain_rx) = watch::channel(Vec::new());
     let (outbox_tx, outbox_rx) = mpsc::channel(64);
     let (connection_tx, connection_rx) = watch::channel(None);
     let collector = tokio::spawn(telemetry::collect(
@@ -181,6 +182,7 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
         state_tx,
         DeployChannels {
             desired: desired_tx,
+            trust_chain: chain_tx,
             outbox: outbox_rx,
             connection: connection_tx,
         },
@@ -199,6 +201,7 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
             run: run_id.clone(),
             exits: config.exits,
             marker: marker.clone(),
+            trust_chain: chain_rx,
         }
         .run(reconciler, desired_rx, stop_rx.clone()),
     );

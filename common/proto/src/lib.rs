@@ -44,7 +44,7 @@ pub use token::{EnrollmentToken, TokenError};
 
 /// Version of the control-stream protocol, sent in [`Hello`]. The control plane refuses agents
 /// that speak a version it does not know.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// ALPN protocol identifier of agent connections over QUIC.
 pub const ALPN: &[u8] = b"tern/1";

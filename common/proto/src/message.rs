@@ -44,7 +44,14 @@ pub enum ControlMessage {
     DesiredState(SignedDesiredState),
     /// Answer to [`AgentMessage::Renew`]: the new certificate (PEM), or why there is none.
     Renewed(Result<String, String>),
+    /// Every trust root the control plane pinned, oldest first (at most [`MAX_TRUST_CHAIN`]),
+    /// sent after the welcome and before any desired state: an agent offline across several
+    /// rotations takes them one by one, each checked against the one before.
+    TrustChain(Vec<crate::trust::SignedTrustRoot>),
 }
+
+/// Most trust roots a [`ControlMessage::TrustChain`] carries (the newest).
+pub const MAX_TRUST_CHAIN: usize = 32;
 
 /// The first message of an agent connection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

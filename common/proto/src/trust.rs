@@ -104,6 +104,13 @@ pub enum TrustError {
         version: u64,
         source: SignatureError,
     },
+    /// Each root is checked against the one before it: an agent behind by several rotations
+    /// takes the chain of them, never a jump (old root keys cannot sign a root far ahead).
+    #[error(
+        "trust root version {offered} skips versions: the pinned version is {current}, so only {} may follow it",
+        current + 1
+    )]
+    SkipsVersions { current: u64, offered: u64 },
 }
 
 fn distinct(keys: &[PublicKey], what: &str, threshold: u32) -> Result<(), TrustError> {
@@ -191,6 +198,12 @@ impl SignedTrustRoot {
         }
         if offered.version < pinned.version {
             return Err(TrustError::NotNewer {
+                current: pinned.version,
+                offered: offered.version,
+            });
+        }
+        if offered.version != pinned.version + 1 {
+            return Err(TrustError::SkipsVersions {
                 current: pinned.version,
                 offered: offered.version,
             });
@@ -308,6 +321,44 @@ pub(crate) mod tests {
             same_version.accept(Some(&pinned)),
             Err(TrustError::Conflict { version: 1 })
         ));
+    }
+
+    #[test]
+    fn a_root_that_skips_versions_is_refused_and_the_chain_is_taken_one_by_one() {
+        let keys: Vec<SecretKey> = (0..4).map(|_| SecretKey::generate()).collect();
+        let publisher = SecretKey::generate();
+        // Version N has root key N-1; each rotation is signed by the old root and the new one.
+        let chain: Vec<SignedTrustRoot> = (1..=4u64)
+            .map(|version| {
+                let key = &keys[version as usize - 1];
+                let body = TrustRoot {
+                    version,
+                    root_keys: vec![key.public()],
+                    ..root_with(&[publisher.public()], 1)
+                };
+                let mut signers = vec![key];
+                if version > 1 {
+                    signers.push(&keys[version as usize - 2]);
+                }
+                signed(body, &signers)
+            })
+            .collect();
+        // Version 3 signed by version 1's keys too: still a jump.
+        let mut jump = chain[2].clone();
+        jump.sign(&keys[0]);
+        assert_eq!(
+            jump.accept(Some(&chain[0])),
+            Err(TrustError::SkipsVersions {
+                current: 1,
+                offered: 3
+            })
+        );
+        let mut pinned = chain[0].clone();
+        for next in &chain[1..] {
+            assert_eq!(next.accept(Some(&pinned)), Ok(TrustUpdate::Accepted));
+            pinned = next.clone();
+        }
+        assert_eq!(pinned.signed.version, 4);
     }
 
     #[test]

@@ -227,6 +227,7 @@ fn control_message() -> impl Strategy<Value = ControlMessage> {
         (any::<bool>(), ".{0,80}").prop_map(|(ok, text)| {
             ControlMessage::Renewed(if ok { Ok(text) } else { Err(text) })
         }),
+        Just(ControlMessage::TrustChain(Vec::new())),
         (
             any::<u64>(),
             prop::collection::vec(any::<u8>(), 0..256),

@@ -216,6 +216,17 @@ async fn session(
         };
         write_frame(&mut send, &ControlMessage::Welcome(welcome), MAX_FRAME_LEN).await?;
         info!(agent = %record.name, %version, gpus = capacity.gpus.len(), "agent connected");
+        // Every trust root pinned, before any desired state: an agent that missed rotations
+        // walks them one by one to the root its next desired state names.
+        let work = shared.clone();
+        match tokio::task::spawn_blocking(move || work.releases.trust_chain()).await {
+            Ok(Ok(chain)) if !chain.is_empty() => {
+                write_frame(&mut send, &ControlMessage::TrustChain(chain), MAX_FRAME_LEN).await?;
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(agent = %record.name, error = %e, "cannot read the trust roots"),
+            Err(e) => warn!(agent = %record.name, error = %e, "trust-root task failed"),
+        }
         // Its current desired state goes first (built on the blocking pool: storage, signing),
         // unless the driver already put a newer one in the slot.
         let (work, id) = (shared.clone(), record.id.clone());

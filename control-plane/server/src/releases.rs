@@ -2,14 +2,15 @@
 //! pinned trust root.
 //!
 //! Tables (in the control plane's backend): `releases` (`name\0version` → signed release JSON),
-//! `artifact_sizes` (digest → size, from the first release naming it), `trust` (`root` → signed
-//! trust root JSON). Artifacts are in an [`ArtifactStore`] (a directory, or an S3-compatible
+//! `artifact_sizes` (digest → size, from the first release naming it), `trust` (`root` → the
+//! pinned trust root, `v/<version>` → every one pinned, JSON). Artifacts are in an [`ArtifactStore`] (a directory, or an S3-compatible
 //! store that replicas share): an interrupted push resumes where it stopped, and no reader ever
 //! sees a half-written or unverified artifact.
 
 use std::sync::Mutex;
 
 use tern_proto::api::UploadProgress;
+use tern_proto::message::MAX_TRUST_CHAIN;
 use tern_proto::release::{Digest, SignedRelease};
 use tern_proto::trust::{SignedTrustRoot, TrustError, TrustUpdate};
 
@@ -22,6 +23,11 @@ use crate::records::{CorruptRecord, decode, encode, versioned_key};
 const RELEASES: Table = Table("releases");
 const SIZES: Table = Table("artifact_sizes");
 const TRUST: Table = Table("trust");
+
+/// The history key of trust root `version`: zero-padded, so keys sort by version.
+fn history_key(version: u64) -> String {
+    format!("v/{version:020}")
+}
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -246,7 +252,8 @@ impl ReleaseStore {
             .transpose()
     }
 
-    /// Pins `offered` if it is the first trust root or a valid successor of the pinned one.
+    /// Pins `offered` if it is the first trust root or a valid successor of the pinned one;
+    /// every root pinned is kept (`v/<version>`), for agents that missed rotations.
     pub fn set_trust_root(
         &self,
         offered: &SignedTrustRoot,
@@ -255,11 +262,38 @@ impl ReleaseStore {
         let current = self.trust_root()?;
         let update = offered.accept(current.as_ref())?;
         if update == TrustUpdate::Accepted {
+            let mut write = Write::new().put(TRUST, "root", encode(offered)).put(
+                TRUST,
+                history_key(offered.signed.version),
+                encode(offered),
+            );
+            // A store from before the history kept only the pinned root: it joins it now.
+            if let Some(current) = &current {
+                write = write.put(TRUST, history_key(current.signed.version), encode(current));
+            }
             self.backend
-                .commit(Write::new().put(TRUST, "root", encode(offered)))
+                .commit(write)
                 .map_err(CommitError::into_backend)?;
         }
         Ok(update)
+    }
+
+    /// The trust roots pinned so far, oldest first: the newest [`MAX_TRUST_CHAIN`], each
+    /// signed by the root keys of the one before.
+    pub fn trust_chain(&self) -> Result<Vec<SignedTrustRoot>, ReleaseStoreError> {
+        let range = KeyRange::prefix(b"v/");
+        let mut chain: Vec<SignedTrustRoot> = self
+            .backend
+            .range(TRUST, &range, Scan::All)?
+            .iter()
+            .map(|(key, value)| decode(key, value))
+            .collect::<Result<_, ReleaseStoreError>>()?;
+        if chain.is_empty() {
+            chain.extend(self.trust_root()?);
+        }
+        let excess = chain.len().saturating_sub(MAX_TRUST_CHAIN);
+        chain.drain(..excess);
+        Ok(chain)
     }
 }
 

@@ -13,7 +13,8 @@ use tern_control_plane::backend::{SharedBackend, SledBackend, Table, Write};
 use tern_control_plane::catalog::Catalog;
 use tern_control_plane::deploy::AgentDesired;
 use tern_control_plane::releases::ReleaseStore;
-use tern_e2e::{ControlPlane, FLEET_TIMEOUT, Fleet, path_str};
+use tern_e2e::{Agent, ControlPlane, FLEET_TIMEOUT, Fleet, path_str};
+use tern_proto::api::AgentStatus;
 use tern_proto::release::{ArtifactKind, Digest, Release};
 use tern_proto::signing::{SecretKey, Signed};
 use tern_proto::trust::SignedTrustRoot;
@@ -328,5 +329,71 @@ fn an_expired_trust_root_keeps_what_runs_and_refuses_new_releases() -> anyhow::R
     let reason = fleet.failure("edge-1", 2)?;
     assert!(reason.contains("expired"), "{reason}");
     assert_eq!(fleet.infer(0)?, 200);
+    Ok(())
+}
+
+#[test]
+fn an_agent_offline_across_three_rotations_takes_the_chain_of_roots() -> anyhow::Result<()> {
+    let mut fleet = serving_fleet()?;
+    fleet.agents[0].process.terminate(Duration::from_secs(10))?;
+    fleet
+        .cp
+        .wait_status("edge-1", AgentStatus::NotReady, FLEET_TIMEOUT)?;
+    // Three rotations while it is away, each to new root keys (signed by the root before and
+    // the new one); the last also replaces the publisher.
+    let mut current = fleet.publisher.key("root.key");
+    for n in 2..=4 {
+        let next = fleet.publisher.key(&format!("root{n}"));
+        fleet
+            .cp
+            .ternctl_ok(&["keys", "generate", "--out", &path_str(&next)?])?;
+        let out = path_str(&fleet.tmp.path().join(format!("trust-{n}.json")))?;
+        let (current_key, next_key) = (path_str(&current)?, path_str(&next.with_extension("key"))?);
+        let mut args = vec![
+            "trust",
+            "rotate",
+            "--root-key",
+            &current_key,
+            "--new-root-key",
+            &next_key,
+            "--out",
+            &out,
+        ];
+        let successor = fleet.publisher.key("successor");
+        let successor_pub = path_str(&successor.with_extension("pub"))?;
+        if n == 4 {
+            fleet
+                .cp
+                .ternctl_ok(&["keys", "generate", "--out", &path_str(&successor)?])?;
+            args.extend(["--publisher", &successor_pub]);
+        }
+        fleet.cp.ternctl_ok(&args)?;
+        current = next.with_extension("key");
+    }
+    let shown = fleet.cp.ternctl_ok(&["trust", "show"])?;
+    assert!(shown.contains('4'), "{shown}");
+
+    // Back, it walks versions 2, 3 and 4, each checked against the one before, and runs a
+    // release only the newest root's publisher signed.
+    fleet.agents[0] = Agent::run(fleet.tmp.path(), "edge-1")?;
+    let file = fleet.topk("successor", 0)?;
+    fleet
+        .publisher
+        .sign(&fleet.cp, "successor", &file, "plugin", "topk", 2)?;
+    fleet
+        .cp
+        .ternctl_ok(&["push", "--quiet", &path_str(&file)?])?;
+    fleet.apply("topk:2", 2)?;
+    fleet.wait_phase(2, "Complete")?;
+    assert_eq!(fleet.infer(0)?, 200);
+    let view = fleet.agent_view("edge-1")?;
+    assert_eq!(view.refused, None, "{view:?}");
+    let log = fleet.cp.agent_logs("edge-1");
+    for version in 2..=4 {
+        assert!(
+            log.contains(&format!("trust root pinned version={version}")),
+            "version {version} pinned in turn:\n{log}"
+        );
+    }
     Ok(())
 }

@@ -28,9 +28,16 @@ fn an_agent_offline_during_apply_converges_when_it_returns() -> anyhow::Result<(
         .cp
         .wait_status("edge-2", AgentStatus::NotReady, FLEET_TIMEOUT)?;
     fleet.push(&fleet.topk("one", 0)?, 1)?;
+    fleet.rollout = "{ healthWindowSeconds: 0, offlineGraceSeconds: 1 }".into();
     fleet.apply("topk:1", 2)?;
-    // The agent that is away does not hold the rollout back.
-    fleet.wait_phase(1, "Complete")?;
+    // The agent away past the grace does not hold the rollout back, and is listed.
+    let view = fleet.wait_phase(1, "Complete")?;
+    let left_out: Vec<String> = (view.rollout.iter())
+        .flat_map(|r| &r.agents)
+        .filter(|a| a.left_out)
+        .map(|a| a.name.clone())
+        .collect();
+    assert_eq!(left_out, ["edge-2"]);
     assert_eq!(fleet.infer(0)?, 200);
 
     fleet.agents[1] = Agent::run(fleet.tmp.path(), "edge-2")?;
@@ -116,6 +123,57 @@ fn agents_keep_serving_while_the_control_plane_is_away() -> anyhow::Result<()> {
         .cp
         .wait_status("edge-1", AgentStatus::Ready, FLEET_TIMEOUT)?;
     fleet.wait_serving("edge-1", 1)?;
+    assert_eq!(fleet.infer(0)?, 200);
+    Ok(())
+}
+
+/// Copies the directory tree `from` to `to`.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_control_plane_restored_from_an_older_backup_catches_up_with_its_agents_generations()
+-> anyhow::Result<()> {
+    let mut fleet = Fleet::start(1)?;
+    fleet.serve_topk()?;
+    // A backup of the control plane's data dir, taken while it is stopped.
+    fleet.cp.stop()?;
+    let backup = fleet.tmp.path().join("backup");
+    copy_tree(&fleet.cp.dir, &backup)?;
+    fleet.cp.serve()?;
+    // Generations the backup will not know.
+    for (k, revision) in [(3, 2), (4, 3)] {
+        fleet.apply("topk:1", k)?;
+        fleet.wait_phase(revision, "Complete")?;
+    }
+    let held = fleet.cp.wait_applied("edge-1", FLEET_TIMEOUT)?;
+    let held = held.applied_generation.unwrap_or(0);
+
+    // The control plane comes back from the backup: it would give generations the agent
+    // already holds, which it refuses as replays.
+    fleet.cp.stop()?;
+    std::fs::remove_dir_all(&fleet.cp.dir)?;
+    copy_tree(&backup, &fleet.cp.dir)?;
+    fleet.cp.serve()?;
+    fleet.push(&fleet.topk("two", 0)?, 2)?;
+    fleet.apply("topk:2", 2)?;
+    fleet.wait_phase(2, "Complete")?;
+    let view = fleet.agent_view("edge-1")?;
+    assert!(
+        view.applied_generation.unwrap_or(0) > held,
+        "the agent applied a generation above the {held} it held: {view:?}"
+    );
     assert_eq!(fleet.infer(0)?, 200);
     Ok(())
 }

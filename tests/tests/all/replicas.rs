@@ -198,6 +198,8 @@ fn a_token_enrolls_once_a_paused_holder_writes_nothing_and_a_newer_schema_is_ref
     let agent = Agent::join(&second, tmp.path(), "edge-1", &first.token("", "10m")?, "")?;
     first.wait_status("edge-1", AgentStatus::Ready, FLEET_TIMEOUT)?;
     let mut fleet = Fleet::around(tmp, first, vec![agent])?;
+    // The twin that enrolled never runs: rollouts leave it out at once.
+    fleet.rollout = "{ healthWindowSeconds: 0, offlineGraceSeconds: 0 }".into();
     fleet.serve_topk()?;
     fleet.wait_serving("edge-1", 1)?;
 

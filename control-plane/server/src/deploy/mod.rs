@@ -138,10 +138,15 @@ pub(crate) fn step(
             }
         }
     }
+    // What each agent says it holds: a store restored from an older backup catches up.
+    let applied: HashMap<String, u64> = (agents.iter())
+        .filter_map(|a| Some((a.id.clone(), cx.reports.applied_generation(&a.id)?)))
+        .collect();
     let plan = plan::plan(
         cx.catalog.deployments()?,
         &agents,
         &stored,
+        &applied,
         trust.as_ref().map(|t| t.signed.version),
         &|agent, pipeline, target, window_ms| {
             observe(cx, agent, pipeline, target, window_ms, now_ms)

@@ -61,10 +61,15 @@ pub struct Plan {
 /// One pass: every active rollout observes its selected agents and steps; then each agent's
 /// desired state is recomputed from the rollouts' assignments and compared with what it was
 /// last given (`stored`, by agent id).
+///
+/// An agent that reports a generation above the one stored for it (`applied`, by agent id:
+/// the store was restored from an older backup, or lost a write in a failover) gets its state
+/// again under a generation above the one it holds: it refuses anything at or below it.
 pub fn plan(
     deployments: Vec<DeploymentRecord>,
     agents: &[AgentRecord],
     stored: &HashMap<String, AgentDesired>,
+    applied: &HashMap<String, u64>,
     trust_version: Option<u64>,
     observe: &Observe<'_>,
     now_ms: u64,
@@ -132,13 +137,17 @@ pub fn plan(
         let pipelines = wanted.remove(agent.id.as_str()).unwrap_or_default();
         let variants = experiments.remove(agent.id.as_str()).unwrap_or_default();
         let previous = stored.get(&agent.id);
-        if previous.is_some_and(|s| s.gives(&pipelines, trust_version, &variants)) {
+        let holds = applied.get(&agent.id).copied().unwrap_or(0);
+        let behind = holds > previous.map_or(0, |p| p.generation);
+        if !behind && previous.is_some_and(|s| s.gives(&pipelines, trust_version, &variants)) {
             continue;
         }
+        let mut record = AgentDesired::successor(previous, pipelines, trust_version, variants);
+        record.generation = record.generation.max(holds + 1);
         out.changes.push(Change {
             agent_id: agent.id.clone(),
             agent_name: agent.name.clone(),
-            record: AgentDesired::successor(previous, pipelines, trust_version, variants),
+            record,
         });
     }
     out
@@ -231,7 +240,15 @@ mod tests {
             deployment("d", "p", "site: a", ""),
             Rollout::new(1, None, policy(&[25, 100]), 0),
         );
-        let first = plan(vec![d], &agents, &HashMap::new(), None, &serving(1), 0);
+        let first = plan(
+            vec![d],
+            &agents,
+            &HashMap::new(),
+            &HashMap::new(),
+            None,
+            &serving(1),
+            0,
+        );
         assert_eq!(first.rollouts.len(), 1, "the rollout moved: stored");
         assert!(matches!(
             first.moved[0].transition,
@@ -258,9 +275,25 @@ mod tests {
             .map(|c| (c.agent_id.clone(), c.record.clone()))
             .collect();
         let d = first.rollouts.into_iter().next().expect("moved");
-        let healthy = plan(vec![d], &agents, &stored, None, &serving(1), MINUTE);
+        let healthy = plan(
+            vec![d],
+            &agents,
+            &stored,
+            &HashMap::new(),
+            None,
+            &serving(1),
+            MINUTE,
+        );
         let d = healthy.rollouts.into_iter().next().expect("moved");
-        let after = plan(vec![d], &agents, &stored, None, &serving(1), 2 * MINUTE + 1);
+        let after = plan(
+            vec![d],
+            &agents,
+            &stored,
+            &HashMap::new(),
+            None,
+            &serving(1),
+            2 * MINUTE + 1,
+        );
         let names: Vec<&str> = after
             .changes
             .iter()
@@ -290,14 +323,50 @@ mod tests {
         let observe = |_: &AgentRecord, _: &str, _: u64, _: u64| -> AgentObservation {
             panic!("a finished rollout observes nothing")
         };
-        let same = plan(vec![d.clone()], &agents, &stored, Some(1), &observe, MINUTE);
+        let same = plan(
+            vec![d.clone()],
+            &agents,
+            &stored,
+            &HashMap::new(),
+            Some(1),
+            &observe,
+            MINUTE,
+        );
         assert!(same.changes.is_empty() && same.rollouts.is_empty());
 
         // A new trust root is a new generation with the same pipelines.
-        let rooted = plan(vec![d], &agents, &stored, Some(2), &observe, MINUTE);
+        let rooted = plan(
+            vec![d.clone()],
+            &agents,
+            &stored,
+            &HashMap::new(),
+            Some(2),
+            &observe,
+            MINUTE,
+        );
         assert_eq!(rooted.changes.len(), 1);
         assert_eq!(rooted.changes[0].record.generation, given.generation + 1);
         assert_eq!(rooted.changes[0].record.pipelines, given.pipelines);
+
+        // The agent holds what it was given: nothing to do.
+        let holds = HashMap::from([("id-edge-1".to_owned(), given.generation)]);
+        let caught_up = plan(
+            vec![d.clone()],
+            &agents,
+            &stored,
+            &holds,
+            Some(1),
+            &observe,
+            MINUTE,
+        );
+        assert!(caught_up.changes.is_empty());
+        // The store went back (a restored backup): the agent holds generation 7, above the
+        // stored one. The same content comes again above what it holds.
+        let ahead = HashMap::from([("id-edge-1".to_owned(), 7)]);
+        let again = plan(vec![d], &agents, &stored, &ahead, Some(1), &observe, MINUTE);
+        assert_eq!(again.changes.len(), 1);
+        assert_eq!(again.changes[0].record.generation, 8);
+        assert_eq!(again.changes[0].record.pipelines, given.pipelines);
     }
 
     #[test]
@@ -313,6 +382,7 @@ mod tests {
                 record(deployment("b", "p", "tier: x", ""), two),
             ],
             &agents,
+            &HashMap::new(),
             &HashMap::new(),
             None,
             &serving(1),
@@ -338,7 +408,15 @@ mod tests {
             deployment("d", "p", "site: a", ""),
             Rollout::new(2, Some(1), policy(&[50, 100]), 0),
         );
-        let first = plan(vec![d], &agents, &HashMap::new(), None, &serving(1), 0);
+        let first = plan(
+            vec![d],
+            &agents,
+            &HashMap::new(),
+            &HashMap::new(),
+            None,
+            &serving(1),
+            0,
+        );
         assert_eq!(first.changes[0].record.pipelines["p"], (2, false));
         assert_eq!(first.changes[1].record.pipelines["p"], (1, true));
         let stored: HashMap<String, AgentDesired> = first
@@ -360,7 +438,15 @@ mod tests {
             }
         };
         let d = first.rollouts.into_iter().next().expect("moved");
-        let back = plan(vec![d], &agents, &stored, None, &failing, 1_000);
+        let back = plan(
+            vec![d],
+            &agents,
+            &stored,
+            &HashMap::new(),
+            None,
+            &failing,
+            1_000,
+        );
         assert!(matches!(
             back.moved.last().map(|m| &m.phase),
             Some(Phase::RolledBack { .. })

@@ -13,8 +13,8 @@ use std::sync::{Arc, RwLock};
 use tern_proto::telemetry::TelemetryBatch;
 
 use super::{
-    AgentMark, AgentWindow, IngestOutcome, Kind, PipelineWindow, Resolution, TelemetryStoreError,
-    Window, collect_marks, fold, records,
+    Accepted, AgentMark, AgentWindow, IngestOutcome, Kind, PipelineWindow, Resolution,
+    TelemetryStoreError, Window, collect_marks, fold, records,
 };
 use crate::backend::{BackendError, CommitError, KeyRange, Scan, SharedBackend, Table, Write};
 
@@ -135,10 +135,10 @@ impl EntrySeries {
     pub(super) fn ingest(
         &self,
         group: &[(&str, &TelemetryBatch)],
-        now_ms: u64,
+        accepted: Accepted,
         raw: Resolution,
     ) -> Result<(IngestOutcome, Vec<bool>), TelemetryStoreError> {
-        let folded = fold(group, now_ms, raw, |agent| {
+        let folded = fold(group, accepted, raw, |agent| {
             self.get_or_fresh::<AgentMark>(&mark_key(agent))
         })?;
         let mut write = Write::new();

@@ -91,6 +91,30 @@ pub fn resolutions(retention: Duration) -> [Resolution; 3] {
     ]
 }
 
+/// The times the series take from agents at a moment: from the start of the retention to
+/// now. A batch's times are clamped into it, so no agent's clock decides which partitions or
+/// buckets exist (a day past the retention, or ahead of now).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    pub oldest_ms: u64,
+    pub now_ms: u64,
+}
+
+impl Accepted {
+    /// At `now_ms`, with `resolutions`' coarsest horizon as the retention.
+    pub fn at(now_ms: u64, resolutions: &[Resolution; 3]) -> Self {
+        Self {
+            oldest_ms: now_ms.saturating_sub(resolutions[2].horizon_ms),
+            now_ms,
+        }
+    }
+
+    /// `t`, clamped into the accepted times.
+    pub fn clamp(&self, t: u64) -> u64 {
+        t.clamp(self.oldest_ms, self.now_ms)
+    }
+}
+
 /// Per-agent bookkeeping.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AgentMark {
@@ -179,10 +203,11 @@ struct Folded<'a> {
 
 /// Folds a group of batches (agent id, batch), in order, into the windows they add at `raw`
 /// resolution, skipping those at or below their agent's mark (`mark_of` reads a mark the first
-/// time an agent appears). `now_ms` bounds timestamps from agents whose clock runs ahead.
+/// time an agent appears). `accepted` bounds timestamps from agents whose clock runs ahead or
+/// far behind.
 fn fold<'a, E>(
     group: &[(&'a str, &'a TelemetryBatch)],
-    now_ms: u64,
+    accepted: Accepted,
     raw: Resolution,
     mut mark_of: impl FnMut(&'a str) -> Result<AgentMark, E>,
 ) -> Result<Folded<'a>, E> {
@@ -203,9 +228,9 @@ fn fold<'a, E>(
         mark.seq = batch.seq;
         mark.dropped = mark.dropped.max(batch.dropped_batches);
         mark.batches += 1;
-        let end_ms = batch.end_ms.min(now_ms);
+        let end_ms = accepted.clamp(batch.end_ms);
         if end_ms >= mark.end_ms {
-            mark.start_ms = batch.start_ms.min(end_ms);
+            mark.start_ms = accepted.clamp(batch.start_ms).min(end_ms);
             mark.end_ms = end_ms;
             mark.host = batch.host.clone();
         }
@@ -213,7 +238,7 @@ fn fold<'a, E>(
         folded.outcome.points += batch.points();
         folded.stored.push(true);
 
-        let start = batch.start_ms.min(now_ms) / raw.bucket_ms * raw.bucket_ms;
+        let start = accepted.clamp(batch.start_ms) / raw.bucket_ms * raw.bucket_ms;
         folded
             .agents
             .entry((start, agent))
@@ -334,16 +359,18 @@ impl SeriesStore {
     }
 
     /// Stores a group of batches (agent id, batch), in order, skipping those already stored,
-    /// in one atomic write. `now_ms` bounds timestamps from agents whose clock runs ahead.
+    /// in one atomic write. Timestamps are clamped to the retention before `now_ms` and to
+    /// `now_ms` itself ([`Accepted`]).
     pub fn ingest(
         &self,
         group: &[(&str, &TelemetryBatch)],
         now_ms: u64,
     ) -> Result<(IngestOutcome, Vec<bool>), TelemetryStoreError> {
         let raw = self.resolutions[0];
+        let accepted = Accepted::at(now_ms, &self.resolutions);
         match &self.engine {
-            Engine::Entries(entries) => entries.ingest(group, now_ms, raw),
-            Engine::Partitioned(partitioned) => partitioned.ingest(group, now_ms, raw),
+            Engine::Entries(entries) => entries.ingest(group, accepted, raw),
+            Engine::Partitioned(partitioned) => partitioned.ingest(group, accepted, raw),
         }
     }
 
@@ -561,17 +588,54 @@ mod tests {
     }
 
     #[test]
+    fn an_agents_clock_decides_no_partition_past_the_retention_or_ahead_of_now() {
+        for place in places() {
+            let now = 20_000 * DAY;
+            let store = place.open(Duration::from_secs(30 * 86_400));
+            // Batches claiming each of 2,000 past days, the epoch, and next year.
+            let group: Vec<_> = (0..2_000u64)
+                .map(|d| ("a".to_owned(), batch(d + 1, now - (d + 100) * DAY, 1)))
+                .chain([
+                    ("a".to_owned(), batch(2_001, 0, 1)),
+                    ("a".to_owned(), batch(2_002, now + 365 * DAY, 1)),
+                ])
+                .collect();
+            let (outcome, _) = store.ingest(&refs(&group), now).expect("ingest");
+            assert_eq!(outcome.stored, 2_002, "every batch is taken, clamped");
+            let oldest = now - 30 * DAY;
+            assert_eq!(requests(&store, oldest - DAY, now + DAY), 2_002);
+            assert_eq!(
+                requests(&store, 0, oldest - 1),
+                0,
+                "nothing before the retention"
+            );
+            if let Engine::Partitioned(partitioned) = &store.engine {
+                let days = partitioned.partition_days();
+                let (first, last) = (oldest as i64 / DAY as i64, now as i64 / DAY as i64);
+                assert!(
+                    !days.is_empty() && days.iter().all(|d| (first..=last).contains(d)),
+                    "partitions only within the retention: {days:?}"
+                );
+                assert!(days.len() <= 2, "{days:?}");
+            }
+        }
+    }
+
+    #[test]
     fn compaction_downsamples_keeps_totals_and_applies_retention() {
         for place in places() {
             let now = 100 * DAY;
             let store = place.open(Duration::from_secs(30 * 86_400));
-            // A week of 10 s batches ending an hour ago, and one from 40 days ago.
+            // A week of 10 s batches ending an hour ago, and one from 40 days ago (stored
+            // then: a batch older than the retention when it arrives is clamped into it).
             let start = now - 7 * DAY - 3_600_000;
             let week: Vec<_> = (0..7 * 8640u64)
                 .map(|i| ("a".to_owned(), batch(i + 2, start + i * 10_000, 1)))
                 .collect();
             let old = vec![("a".to_owned(), batch(1, now - 40 * DAY, 7))];
-            store.ingest(&refs(&old), now).expect("ingest");
+            store
+                .ingest(&refs(&old), now - 40 * DAY + 60_000)
+                .expect("ingest");
             for chunk in week.chunks(1000) {
                 store.ingest(&refs(chunk), now).expect("ingest");
             }

@@ -26,8 +26,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient, IsolationLevel, Row, Transaction};
 
 use super::{
-    AgentMark, AgentWindow, IngestOutcome, Kind, PipelineWindow, Resolution, TelemetryStoreError,
-    Window, collect_marks, fold, records,
+    Accepted, AgentMark, AgentWindow, IngestOutcome, Kind, PipelineWindow, Resolution,
+    TelemetryStoreError, Window, collect_marks, fold, records,
 };
 use crate::backend::postgres::retryable;
 use crate::backend::{BackendError, EPOCHS, PostgresBackend, stored_epoch};
@@ -306,7 +306,7 @@ impl PartitionedSeries {
     pub(super) fn ingest(
         &self,
         group: &[(&str, &TelemetryBatch)],
-        now_ms: u64,
+        accepted: Accepted,
         raw: Resolution,
     ) -> Result<(IngestOutcome, Vec<bool>), TelemetryStoreError> {
         let mut agents: Vec<&str> = group.iter().map(|(agent, _)| *agent).collect();
@@ -314,11 +314,11 @@ impl PartitionedSeries {
         agents.dedup();
         let days: BTreeSet<i64> = group
             .iter()
-            .map(|(_, batch)| ms(batch.start_ms.min(now_ms)).div_euclid(DAY_MS))
+            .map(|(_, batch)| ms(accepted.clamp(batch.start_ms)).div_euclid(DAY_MS))
             .collect();
         self.step(
             || self.ensure(&days),
-            |client| block_on(self.try_ingest(client, group, &agents, now_ms, raw)),
+            |client| block_on(self.try_ingest(client, group, &agents, accepted, raw)),
         )
     }
 
@@ -327,7 +327,7 @@ impl PartitionedSeries {
         client: &mut Client,
         group: &[(&str, &TelemetryBatch)],
         agents: &[&str],
-        now_ms: u64,
+        accepted: Accepted,
         raw: Resolution,
     ) -> Result<Step<(IngestOutcome, Vec<bool>)>, tokio_postgres::Error> {
         let marks_table = &self.names.marks;
@@ -362,7 +362,7 @@ impl PartitionedSeries {
             };
             stored.insert(agent, mark);
         }
-        let folded = match fold(group, now_ms, raw, |agent| {
+        let folded = match fold(group, accepted, raw, |agent| {
             Ok::<_, std::convert::Infallible>(stored.remove(agent).unwrap_or_default())
         }) {
             Ok(folded) => folded,
