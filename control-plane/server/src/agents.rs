@@ -355,6 +355,13 @@ async fn handle(
     send: &mut SendStream,
     message: AgentMessage,
 ) -> Result<(), SessionError> {
+    // A status report held back for the agent's rate budget lands once the budget allows.
+    if let Some(held) = (shared.reports).release_held(&record.id, tern_clock::unix_millis_now()) {
+        if shared.replica.peers {
+            (shared.shared_reports).status(&shared.replica.name, &record.id, &held);
+        }
+        shared.reports.record(&record.id, held);
+    }
     match message {
         AgentMessage::Heartbeat(hb) => {
             let now = tern_clock::unix_millis_now();
@@ -367,12 +374,18 @@ async fn handle(
         AgentMessage::Status(report) => {
             debug!(agent = %record.name, generation = report.applied_generation, "status report");
             let ack = ControlMessage::Ack(tern_proto::message::Ack { seq: report.seq });
-            // Shared with the replicas that do not hold the agent: staged, and written with
-            // others' by the report writer (see `replica::SharedReports`).
-            if shared.replica.peers {
-                (shared.shared_reports).status(&shared.replica.name, &record.id, &report);
+            // Cut to the bounds, and within the agent's budget (else held back, counted).
+            let now = tern_clock::unix_millis_now();
+            if let Some(report) = shared.reports.admit_status(&record.id, report, now) {
+                // Shared with the replicas that do not hold the agent: staged, and written
+                // with others' by the report writer (see `replica::SharedReports`).
+                if shared.replica.peers {
+                    (shared.shared_reports).status(&shared.replica.name, &record.id, &report);
+                }
+                shared.reports.record(&record.id, report);
+            } else {
+                debug!(agent = %record.name, "status report over the agent's rate: held back");
             }
-            shared.reports.record(&record.id, report);
             write_frame(send, &ack, MAX_FRAME_LEN).await?;
         }
         AgentMessage::Capacity(capacity) => {
@@ -385,7 +398,12 @@ async fn handle(
             })
             .await?;
         }
-        AgentMessage::Health(mut report) => {
+        AgentMessage::Health(report) => {
+            let now = tern_clock::unix_millis_now();
+            let Some(mut report) = shared.reports.admit_health(&record.id, report, now) else {
+                debug!(agent = %record.name, "health report over the agent's rate: refused");
+                return Ok(());
+            };
             let foreign = match shared.desired.keep_given(
                 &record.id,
                 given,
@@ -428,7 +446,7 @@ async fn handle(
             write_frame(send, &ControlMessage::Renewed(answer), MAX_FRAME_LEN).await?;
         }
         AgentMessage::Exits(report) => {
-            let report = crate::reports::bounded_exits(report);
+            let report = crate::reports::bounds::exits(report);
             if let Some(last) = report.exits.last() {
                 warn!(agent = %record.name, exits = report.exits.len(), last_run = %last.run, reason = %last.reason, "the agent reports unclean exits");
             }

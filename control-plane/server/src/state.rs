@@ -100,6 +100,7 @@ impl Shared {
             query: self.query_context(),
             telemetry: &self.telemetry,
             health: &self.health,
+            reports: &self.reports,
             storage: &self.storage,
             replica: crate::telemetry::exposition::ReplicaGauges {
                 work_lease_epoch: self.leadership.epoch(),

@@ -267,3 +267,83 @@ async fn an_agent_may_fetch_only_artifacts_of_its_own_desired_state() -> anyhow:
     assert!(log.contains("fetch refused"), "the refusal is logged");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_oversized_status_reports_is_cut_held_to_a_rate_and_counted()
+-> anyhow::Result<()> {
+    use tern_proto::message::{PipelinePhase, PipelineStatus, StatusReport};
+    let tmp = tempfile::tempdir()?;
+    let cp = ControlPlane::start(tmp.path(), fast_config)?;
+    let bystander = Agent::join(&cp, tmp.path(), "bystander", &cp.token("", "10m")?, "")?;
+    let mallory = enroll(&cp, tmp.path(), "mallory")?;
+    tokio::task::block_in_place(|| cp.wait_status("bystander", AgentStatus::Ready, TIMEOUT))?;
+    let conn = connect_as(&cp, &mallory).await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let hello = AgentMessage::Hello(Hello {
+        protocol_version: PROTOCOL_VERSION,
+        agent_id: mallory.load_config()?.agent_id,
+        name: "mallory".into(),
+        labels: Default::default(),
+        capacity: Capacity::default(),
+        software_version: "0".into(),
+    });
+    tern_proto::io::write_frame(&mut send, &hello, MAX_FRAME_LEN).await?;
+    // Reads whatever the control plane sends (welcome, acks), so the stream never blocks.
+    let reader = tokio::spawn(async move {
+        while let Ok(Some(_)) =
+            tern_proto::io::read_frame::<_, tern_proto::ControlMessage>(&mut recv, MAX_FRAME_LEN)
+                .await
+        {}
+    });
+    // Five reports of almost a megabyte each (a message of 100,000 characters in each of 9
+    // pipelines), then 400 small ones as fast as the link takes them (the rate's unit test
+    // pins the budget itself; 400 at once is ten times its burst).
+    for seq in 1..=405u64 {
+        let (pipelines, length) = if seq <= 5 { (9, 100_000) } else { (1, 10) };
+        let report = AgentMessage::Status(StatusReport {
+            seq,
+            applied_generation: 0,
+            pipelines: (0..pipelines)
+                .map(|i| PipelineStatus {
+                    name: format!("p{i}"),
+                    revision: seq,
+                    phase: PipelinePhase::Failed,
+                    message: "m".repeat(length),
+                    serving: None,
+                })
+                .collect(),
+            refused: None,
+            warnings: vec![],
+        });
+        tern_proto::io::write_frame(&mut send, &report, MAX_FRAME_LEN).await?;
+    }
+    let counter = |reason: &str| {
+        let metrics = cp.admin_get("/metrics").unwrap_or_default();
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("tern_agent_reports_refused_total{")
+                    && l.contains("kind=\"status\"")
+                    && l.contains(&format!("reason=\"{reason}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    tokio::task::block_in_place(|| {
+        tern_e2e::wait_for(TIMEOUT, "the reports counted", || {
+            (counter("size") >= 5.0 && counter("rate") > 0.0).then_some(())
+        })
+    })?;
+    assert_eq!(counter("size"), 5.0, "only the oversized ones are cut");
+    // What is kept is cut to its bounds, and the bystander is served as before.
+    let view = tokio::task::block_in_place(|| cp.agent("mallory"))?;
+    assert!(
+        view.pipelines.iter().all(|p| p.message.len() <= 512),
+        "messages kept short"
+    );
+    let by = tokio::task::block_in_place(|| cp.agent("bystander"))?;
+    assert_eq!(by.status, AgentStatus::Ready);
+    reader.abort();
+    drop(bystander);
+    Ok(())
+}

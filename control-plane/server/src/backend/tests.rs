@@ -413,6 +413,46 @@ fn postgres_pages_long_ranges_shares_state_and_refuses_a_newer_schema() {
     );
 }
 
+#[test]
+fn postgres_keeps_few_notices_whatever_writes_them() {
+    let Some(server) = postgres::testing::shared() else {
+        return;
+    };
+    // A database of its own: other tests' notices do not count here.
+    let url = server.database(&format!(
+        "notices_{}",
+        postgres::testing::namespace().replace('-', "_")
+    ));
+    let one = PostgresBackend::connect(&url, "n", 2).expect("connect");
+    let mut heard = one.subscribe();
+    // Commits too large for a notification's payload: each leaves a notice row.
+    let big = vec![7u8; 8_000];
+    for i in 0u32..200 {
+        one.commit(Write::new().put(A, i.to_be_bytes().to_vec(), big.clone()))
+            .expect("commit");
+    }
+    let kept =
+        postgres::testing::query_number(&url, "SELECT count(*) FROM tern_notices").expect("count");
+    assert!(
+        kept <= MAX_NOTICES_IN_TESTS + 64,
+        "{kept} notices kept of 200"
+    );
+    // Listeners still hear every commit, the last one too.
+    let mut last = None;
+    loop {
+        match heard.try_recv() {
+            Ok(Notice::Committed(changes)) => last = changes.last().map(|c| c.key.clone()),
+            Ok(Notice::Missed) => panic!("a commit was missed"),
+            Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => continue,
+            Err(_) => break,
+        }
+    }
+    assert_eq!(last, Some(199u32.to_be_bytes().to_vec()));
+}
+
+/// `MAX_NOTICES` as the test build has it.
+const MAX_NOTICES_IN_TESTS: i64 = 32;
+
 /// The next notice `heard` gets within ten seconds.
 fn next_notice(heard: &mut tokio::sync::broadcast::Receiver<Notice>) -> Notice {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

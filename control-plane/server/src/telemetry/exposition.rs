@@ -8,6 +8,7 @@ use tern_proto::prometheus::{Exposition, Kind, MetricsPage};
 use super::Telemetry;
 use super::query::{QueryContext, QueryError};
 use crate::health::HealthTracker;
+use crate::reports::{AgentReports, Refusal, ReportKind};
 
 /// What the fleet's metrics are made of.
 #[derive(Debug, Clone, Copy)]
@@ -15,6 +16,8 @@ pub struct ExpositionContext<'a> {
     pub query: QueryContext<'a>,
     pub telemetry: &'a Telemetry,
     pub health: &'a HealthTracker,
+    /// What agents reported, and the reports refused or cut.
+    pub reports: &'a AgentReports,
     pub storage: &'a tern_transport::storage::StorageMonitor,
     /// This replica's part: the epoch of the work lease it holds (0: none), agents connected.
     pub replica: ReplicaGauges,
@@ -227,6 +230,19 @@ pub(crate) fn write<P: MetricsPage>(
         (cx.telemetry.dropped_foreign).load(std::sync::atomic::Ordering::Relaxed);
     page.sample(&[("source", "health")], cx.health.dropped() as f64);
     page.sample(&[("source", "telemetry")], dropped_telemetry as f64);
+    page.family(
+        "tern_agent_reports_refused_total",
+        Kind::Counter,
+        "Agents' status and health reports refused for their rate (over 10 a second per agent after a burst of 40), or cut to the bounds (size).",
+    );
+    for kind in [ReportKind::Status, ReportKind::Health] {
+        for why in [Refusal::Rate, Refusal::Size] {
+            page.sample(
+                &[("kind", kind.label()), ("reason", why.label())],
+                cx.reports.refusals(kind, why) as f64,
+            );
+        }
+    }
     let counters: [(&str, &str, u64); 3] = [
         (
             "tern_telemetry_batches_total",

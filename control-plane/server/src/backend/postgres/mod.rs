@@ -46,7 +46,10 @@ const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a commit waits to hear itself back before telling subscribers they missed it.
 const HEARD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Notices kept in `tern_notices` are pruned after every this many stored ones.
-const PRUNE_NOTICES_EVERY: u64 = 256;
+const PRUNE_NOTICES_EVERY: u64 = 64;
+/// Most notices kept in `tern_notices` (the newest; with the age bound, the table stays small
+/// whatever writes it); a listener that falls further behind hears it missed them.
+const MAX_NOTICES: i64 = if cfg!(test) { 32 } else { 4096 };
 /// Longest namespace (it names a notification channel, at most 63 bytes).
 const MAX_NAMESPACE: usize = 40;
 
@@ -312,8 +315,9 @@ impl PostgresBackend {
                     .is_multiple_of(PRUNE_NOTICES_EVERY)
                 {
                     tx.execute(
-                        "DELETE FROM tern_notices WHERE created < now() - interval '1 hour'",
-                        &[],
+                        "DELETE FROM tern_notices WHERE created < now() - interval '10 minutes' \
+                         OR id <= (SELECT max(id) FROM tern_notices) - $1",
+                        &[&MAX_NOTICES],
                     )
                     .await?;
                 }
