@@ -1,12 +1,14 @@
 //! What a control plane learns from its store's change notifications: certificates revoked
-//! by any task (or replica), and — among replicas sharing a store — the desired states the
-//! work lease's holder made for agents this replica holds, and the reports of agents the
-//! others hold. After a gap in the notifications it reads what it follows again.
+//! by any task (or replica) — refused from the next handshake, and the agent's session here
+//! closed — and, among replicas sharing a store, the desired states the work lease's holder
+//! made for agents this replica holds, the reports of agents the others hold, and agents that
+//! connected to another replica (one live session per agent: the newest connection's, so the
+//! one here is closed). After a gap in the notifications it reads what it follows again.
 
 use std::sync::Arc;
 
 use tokio::sync::{broadcast, watch};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::backend::Notice;
 use crate::replica::Heard;
@@ -28,9 +30,26 @@ pub(crate) async fn follow(
                 for fingerprint in crate::registry::revoked_by(&changes) {
                     shared.revoked.revoke(fingerprint);
                 }
+                for agent in crate::registry::revoked_agents(&changes) {
+                    if shared.connections.holds(&agent) {
+                        info!(%agent, "revoked: its session here is closed");
+                        shared.connections.close(&agent, "the agent was revoked");
+                    }
+                }
                 shared.credentials.heard(&changes);
                 if !shared.replica.peers {
                     continue;
+                }
+                for (agent, holder) in crate::registry::holders(&changes) {
+                    if holder != shared.replica.name && shared.connections.holds(&agent) {
+                        info!(%agent, %holder, "the agent connected to another replica: its older session here is closed");
+                        shared.connections.close(
+                            &agent,
+                            &format!(
+                                "superseded by a newer connection of this agent at replica {holder}"
+                            ),
+                        );
+                    }
                 }
                 for heard in crate::replica::heard(&changes, &shared.replica.name) {
                     record(&shared, heard);

@@ -613,6 +613,28 @@ pub fn revoked_by(changes: &[Change]) -> Vec<[u8; 32]> {
         .collect()
 }
 
+/// The agents (by id) whose certificates a commit revoked: every replica closes their
+/// sessions, whichever revoked them.
+pub fn revoked_agents(changes: &[Change]) -> std::collections::BTreeSet<String> {
+    changes
+        .iter()
+        .filter(|c| c.table == REVOKED_CERTS)
+        .filter_map(|c| String::from_utf8(c.value.as_ref()?.clone()).ok())
+        .collect()
+}
+
+/// The connected agents (id, replica holding the connection) whose records a commit wrote:
+/// one live session per agent across replicas, the newest connection's.
+pub fn holders(changes: &[Change]) -> Vec<(String, String)> {
+    changes
+        .iter()
+        .filter(|c| c.table == AGENTS)
+        .filter_map(|c| decode::<AgentRecord, RegistryError>(&c.key, c.value.as_deref()?).ok())
+        .filter(|a| a.status == AgentStatus::Ready)
+        .filter_map(|a| Some((a.id, a.replica?)))
+        .collect()
+}
+
 /// Refuses `record`'s certificates and key from now on (tables that outlive the record) and
 /// marks it revoked; returns the certificates. The caller writes or deletes the record.
 fn revoke_in(txn: &mut Transaction<'_>, record: &mut AgentRecord, now_ms: u64) -> Vec<[u8; 32]> {

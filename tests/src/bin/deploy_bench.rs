@@ -7,7 +7,9 @@
 //! - `local-api`: latency of a pipeline with one trivial plugin (echo) on an agent's local API,
 //!   beside a bare HTTP echo on the same server stack (axum on hyper), requests interleaved.
 //! - `revoke`: from the admin API's revoke call to the agent seeing its connection closed,
-//!   beside a plain admin API read (`GET /v1/agents/NAME`) in the same run.
+//!   beside a plain admin API read (`GET /v1/agents/NAME`) in the same run; with
+//!   `--replicas`, two replicas on one PostgreSQL (started by the bench), the agents held by
+//!   the second and revoked through the first.
 //! - `renewal`: requests to an agent's local API while its certificate renews every few
 //!   seconds: failures and latency, beside the same requests with no renewal due.
 //! - `triton`: the local API's latency through Triton's own Python clients (HTTP with JSON and
@@ -61,6 +63,9 @@ enum Cmd {
     Revoke {
         #[arg(long, default_value_t = 5)]
         agents: usize,
+        /// Agents held by one replica, revoked through another (PostgreSQL is started).
+        #[arg(long)]
+        replicas: bool,
     },
     /// Local API requests while the agent's certificate renews.
     Renewal {
@@ -93,7 +98,7 @@ fn main() -> anyhow::Result<()> {
             s3,
         } => push(agents, megabytes, s3),
         Cmd::LocalApi { requests } => local_api(requests),
-        Cmd::Revoke { agents } => revoke(agents),
+        Cmd::Revoke { agents, replicas } => revoke(agents, replicas),
         Cmd::Renewal { seconds } => renewal(seconds),
         Cmd::Triton { requests } => triton(requests),
         Cmd::Crash { agents, runs } => crash(agents.max(2), runs.max(1)),
@@ -220,9 +225,43 @@ fn link_up(api: SocketAddr) -> anyhow::Result<bool> {
     Ok(info["connected"].as_bool().unwrap_or(false))
 }
 
-fn revoke(agents: usize) -> anyhow::Result<()> {
-    println!("starting a control plane and {agents} agents");
-    let fleet = Fleet::start(agents)?;
+fn revoke(agents: usize, replicas: bool) -> anyhow::Result<()> {
+    // With replicas: the database goes last (declared first), after the replicas stopped.
+    let mut _server = None;
+    let (fleet, _held_by) = if replicas {
+        use tern_control_plane::backend::postgres::testing::TestPostgres;
+        println!(
+            "starting PostgreSQL, two control-plane replicas and {agents} agents at the second"
+        );
+        let server = TestPostgres::start().context("PostgreSQL's server binaries are needed")?;
+        let tmp = tempfile::tempdir()?;
+        let artifacts = tmp.path().join("shared-artifacts").display().to_string();
+        let (first, second) = tern_e2e::ControlPlane::replica_pair(
+            tmp.path(),
+            &server.url,
+            artifacts,
+            Vec::new(),
+            Duration::from_secs(4),
+        )?;
+        let mut joined = Vec::new();
+        for i in 1..=agents {
+            let name = format!("edge-{i}");
+            let token = first.token("", "10m")?;
+            joined.push(tern_e2e::Agent::join(
+                &second,
+                tmp.path(),
+                &name,
+                &token,
+                "",
+            )?);
+            first.wait_status(&name, tern_proto::api::AgentStatus::Ready, FLEET_TIMEOUT)?;
+        }
+        _server = Some(server);
+        (Fleet::around(tmp, first, joined)?, Some(second))
+    } else {
+        println!("starting a control plane and {agents} agents");
+        (Fleet::start(agents)?, None)
+    };
     let (runtime, client) = admin(&fleet)?;
     let (mut closed, mut reads) = (Vec::new(), Vec::new());
     for (i, agent) in fleet.agents.iter().enumerate() {
@@ -247,9 +286,14 @@ fn revoke(agents: usize) -> anyhow::Result<()> {
     closed.sort();
     reads.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let held = if replicas {
+        ", each held by the second replica and revoked through the first"
+    } else {
+        ""
+    };
     println!(
         "
-{agents} agents revoked one after another (agent side polled every 2 ms)"
+{agents} agents revoked one after another{held} (agent side polled every 2 ms)"
     );
     println!("| measure | revoke → agent's connection closed | admin API read (reference) |");
     println!("| --- | --- | --- |");

@@ -204,6 +204,19 @@ fn deploy_bench_crash() {
 }
 
 #[test]
+fn deploy_bench_revoke_across_replicas() {
+    if !required("TERN_REQUIRE_POSTGRES") {
+        return;
+    }
+    let out = run("deploy-bench", &["revoke", "--agents", "1", "--replicas"]);
+    let p50 = rows(&out, "p50");
+    assert!(
+        p50.len() == 1 && p50[0][1].ends_with(" ms"),
+        "revocation at one replica to the connection closed at the other in:\n{out}"
+    );
+}
+
+#[test]
 fn deploy_bench_renewal() {
     let out = run("deploy-bench", &["renewal", "--seconds", "1"]);
     assert_eq!(number(&out, "failed", 2), 0.0, "no request failed:\n{out}");

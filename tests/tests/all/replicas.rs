@@ -594,3 +594,121 @@ fn replicas_reconnect_after_postgresql_restarts_under_load_and_go_on() -> anyhow
     drop(second);
     Ok(())
 }
+
+/// A control stream at `addr` with the identity in `dir`, after a hello: the connection, and
+/// a task reading what the control plane sends.
+async fn session_as(
+    addr: std::net::SocketAddr,
+    dir: &tern_agent::AgentDataDir,
+    name: &str,
+) -> anyhow::Result<quinn::Connection> {
+    use tern_proto::{AgentMessage, Capacity, Hello, MAX_FRAME_LEN, PROTOCOL_VERSION};
+    let identity =
+        tern_transport::Identity::from_pem(&dir.read(&dir.cert())?, &dir.read(&dir.key())?)?;
+    let transport = tern_transport::quic::transport_config(Duration::from_secs(30), None);
+    let client = tern_transport::tls::quic_client(&dir.read(&dir.ca())?, identity, transport)?;
+    let endpoint = tern_transport::quic::client_endpoint(addr)?;
+    let conn = endpoint
+        .connect_with(client, addr, tern_proto::CONTROL_PLANE_SERVER_NAME)?
+        .await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let hello = AgentMessage::Hello(Hello {
+        protocol_version: PROTOCOL_VERSION,
+        agent_id: dir.load_config()?.agent_id,
+        name: name.into(),
+        labels: Default::default(),
+        capacity: Capacity::default(),
+        software_version: "0".into(),
+    });
+    tern_proto::io::write_frame(&mut send, &hello, MAX_FRAME_LEN).await?;
+    let welcome: Option<tern_proto::ControlMessage> =
+        tern_proto::io::read_frame(&mut recv, MAX_FRAME_LEN).await?;
+    anyhow::ensure!(
+        matches!(welcome, Some(tern_proto::ControlMessage::Welcome(_))),
+        "no welcome: {welcome:?}"
+    );
+    tokio::spawn(async move {
+        let _send = send;
+        while let Ok(Some(_)) =
+            tern_proto::io::read_frame::<_, tern_proto::ControlMessage>(&mut recv, MAX_FRAME_LEN)
+                .await
+        {}
+    });
+    Ok(conn)
+}
+
+/// Why `conn` was closed by the control plane.
+async fn closed_reason(conn: &quinn::Connection) -> anyhow::Result<String> {
+    let ended = tokio::time::timeout(FLEET_TIMEOUT, conn.closed()).await?;
+    Ok(match ended {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            String::from_utf8_lossy(&c.reason).into_owned()
+        }
+        other => other.to_string(),
+    })
+}
+
+#[test]
+fn one_session_per_agent_across_replicas_and_a_revoke_anywhere_closes_it_everywhere()
+-> anyhow::Result<()> {
+    let Some(server) = testing::shared() else {
+        return Ok(());
+    };
+    let tmp = tempfile::tempdir()?;
+    let (first, second, _url) = two_replicas(&server, None, tmp.path(), "replica_sessions")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+
+    // One identity, connected at the second, then at the first: the newest session stands,
+    // the one at the second is closed and says why.
+    let twin = tern_e2e::enroll(&first, tmp.path(), "twin")?;
+    let at_second = runtime.block_on(session_as(second.agent_addr, &twin, "twin"))?;
+    first.wait_status("twin", AgentStatus::Ready, FLEET_TIMEOUT)?;
+    let at_first = runtime.block_on(session_as(first.agent_addr, &twin, "twin"))?;
+    let reason = runtime.block_on(closed_reason(&at_second))?;
+    assert!(
+        reason.contains("superseded by a newer connection of this agent at replica"),
+        "{reason}"
+    );
+    assert!(
+        at_first.close_reason().is_none(),
+        "the newest session stands"
+    );
+    drop(at_first);
+
+    // A real agent held by the second, revoked through the first: its session at the second
+    // closes, and it is refused everywhere from then on.
+    let agent = Agent::join(&second, tmp.path(), "edge-1", &first.token("", "10m")?, "")?;
+    first.wait_status("edge-1", AgentStatus::Ready, FLEET_TIMEOUT)?;
+    let api = agent.api_addr()?;
+    let link_up = || -> Option<bool> {
+        let (_, body) = tern_e2e::http(api, "GET", "/v1/agent", "text/plain", b"").ok()?;
+        let info: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        info["connected"].as_bool()
+    };
+    wait_for(FLEET_TIMEOUT, "the agent's link up", || {
+        (link_up() == Some(true)).then_some(())
+    })?;
+    first.ternctl_ok(&["revoke", "agent", "edge-1"])?;
+    wait_for(
+        FLEET_TIMEOUT,
+        "the agent's session closed at the second",
+        || (link_up() == Some(false)).then_some(()),
+    )?;
+    wait_for(FLEET_TIMEOUT, "no replica holding it", || {
+        (second.gauge("tern_control_plane_agents_connected") == Some(0.0)
+            && first.gauge("tern_control_plane_agents_connected") == Some(0.0))
+        .then_some(())
+    })?;
+    // It keeps trying and is refused at both: still down a while later.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(link_up(), Some(false));
+    let log = agent.process.log_text();
+    assert!(log.contains("revoked"), "the agent was told why:\n{log}");
+    drop(agent);
+    drop(first);
+    drop(second);
+    Ok(())
+}

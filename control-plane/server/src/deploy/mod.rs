@@ -115,7 +115,11 @@ pub(crate) fn step(
     now_ms: u64,
 ) -> Result<Vec<(String, SignedDesiredState)>, DeployError> {
     let lock = cx.catalog.lock()?;
-    let agents = cx.registry.agents()?;
+    // A revoked agent is given nothing: it is refused at the handshake, and no rollout waits
+    // on it.
+    let agents: Vec<AgentRecord> = (cx.registry.agents()?.into_iter())
+        .filter(|a| a.revoked_ms.is_none())
+        .collect();
     let trust = cx.releases.trust_root()?;
     let mut stored = HashMap::new();
     // Agents whose record cannot be read get no new state this pass (planned as having none,
