@@ -110,3 +110,82 @@ fn expired_release_is_refused_by_the_agent() -> anyhow::Result<()> {
     assert_eq!(fleet.infer(0)?, 200);
     Ok(())
 }
+
+/// Each way a path climbs out of a name: plain, percent-encoded, and encoded twice.
+const CLIMBS: [&str; 5] = [
+    "..",
+    "..%2F..%2Fetc%2Fpasswd",
+    "%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+    "..%252F..%252Fetc",
+    "x%2F..%2F..%2Fca.key",
+];
+
+#[test]
+fn names_that_climb_out_of_a_path_are_refused_everywhere_a_request_carries_one()
+-> anyhow::Result<()> {
+    let fleet = Fleet::start(1)?;
+    fleet.serve_topk()?;
+    let text = std::fs::read_to_string(fleet.cp.ternctl_config())?;
+    let config: tern_proto::api::CliConfig = toml::from_str(&text)?;
+    let client = tern_transport::https::HttpsClient::new(
+        config.api.clone(),
+        tern_transport::tls::https_client(&config.ca_certificate)?,
+    )
+    .with_bearer(config.admin_token);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // Every name a request to the admin API carries.
+    let admin = |climb: &str| -> Vec<(hyper::Method, String)> {
+        use hyper::Method;
+        vec![
+            (Method::GET, format!("/v1/agents/{climb}")),
+            (Method::POST, format!("/v1/agents/{climb}/revoke")),
+            (Method::POST, format!("/v1/agents/{climb}/labels")),
+            (Method::DELETE, format!("/v1/tokens/{climb}")),
+            (Method::GET, format!("/v1/deployments/{climb}")),
+            (
+                Method::POST,
+                format!("/v1/deployments/{climb}/rollout/{climb}"),
+            ),
+            (Method::GET, format!("/v1/drift/{climb}")),
+            (Method::GET, format!("/v1/experiments/{climb}")),
+            (Method::GET, format!("/v1/series/pipelines/{climb}")),
+            (Method::GET, format!("/v1/artifacts/{climb}")),
+            (Method::PUT, format!("/v1/artifacts/{climb}")),
+            (Method::GET, format!("/v1/releases?name={climb}")),
+        ]
+    };
+    for climb in CLIMBS {
+        for (method, path) in admin(climb) {
+            let answer = runtime.block_on(client.send(method.clone(), &path, Some(b"{}".to_vec())));
+            match answer {
+                Err(tern_transport::https::HttpsError::Status { status, .. }) => {
+                    assert!((400..500).contains(&status), "{method} {path}: {status}")
+                }
+                Ok(body) => assert!(
+                    !String::from_utf8_lossy(&body).contains("PRIVATE KEY"),
+                    "{method} {path} answered with a key"
+                ),
+                Err(e) => panic!("{method} {path}: {e}"),
+            }
+        }
+    }
+    // The agent's local API: pipeline and model names.
+    let api = fleet.agents[0].api_addr()?;
+    for climb in CLIMBS {
+        for (method, path) in [
+            ("POST", format!("/v1/pipelines/{climb}/infer")),
+            ("POST", format!("/v2/models/{climb}/infer")),
+            ("GET", format!("/v2/models/{climb}")),
+            ("GET", format!("/v2/models/{climb}/ready")),
+        ] {
+            let (status, _) = tern_e2e::http(api, method, &path, "application/json", b"{}")?;
+            assert!((400..500).contains(&status), "{method} {path}: {status}");
+        }
+    }
+    // Both still serve what they serve.
+    assert_eq!(fleet.infer(0)?, 200);
+    assert!(fleet.cp.agents()?.iter().any(|a| a.name == "edge-1"));
+    Ok(())
+}

@@ -306,3 +306,93 @@ fn alert_rules_pass_promtool_and_the_dashboard_has_a_query_per_panel() -> anyhow
     }
     Ok(())
 }
+
+#[test]
+fn kubernetes_gives_each_node_its_own_token_and_nothing_of_anothers() -> anyhow::Result<()> {
+    if !tool_available(
+        Command::new("kubectl").args(["version", "--client"]),
+        "TERN_REQUIRE_KUBECTL",
+        "kubectl (its kustomize)",
+    ) {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let tokens = tmp.path().join("tokens");
+    std::fs::create_dir(&tokens)?;
+    std::fs::write(tokens.join("node-a"), "token-of-a")?;
+    std::fs::write(tokens.join("node-b"), "token-of-b")?;
+    let out = tmp.path().join("agents");
+    let made = Command::new("sh")
+        .arg(deploy_dir().join("kubernetes/agent/nodes.sh"))
+        .arg(&out)
+        .args(["node-a", "node-b"])
+        .env("TERN_TOKEN_DIR", &tokens)
+        .output()?;
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let build = |dir: &Path| -> anyhow::Result<Vec<serde_yaml_ng::Value>> {
+        let built = Command::new("kubectl").arg("kustomize").arg(dir).output()?;
+        anyhow::ensure!(
+            built.status.success(),
+            "{}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        let text = String::from_utf8(built.stdout)?;
+        Ok(serde_yaml_ng::Deserializer::from_str(&text)
+            .map(serde_yaml_ng::Value::deserialize)
+            .collect::<Result<_, _>>()?)
+    };
+    use base64::Engine as _;
+    for (node, other) in [("node-a", "node-b"), ("node-b", "node-a")] {
+        let objects = build(&out.join(node))?;
+        let secrets: Vec<&serde_yaml_ng::Value> =
+            objects.iter().filter(|o| o["kind"] == "Secret").collect();
+        assert_eq!(secrets.len(), 1, "one Secret for {node}");
+        let secret = secrets[0];
+        assert_eq!(
+            secret["metadata"]["name"],
+            format!("tern-agent-token-{node}").as_str()
+        );
+        let token = base64::engine::general_purpose::STANDARD
+            .decode(secret["data"]["token"].as_str().unwrap_or_default())?;
+        assert_eq!(token, format!("token-of-{}", &node[5..]).as_bytes());
+        let daemonset = objects
+            .iter()
+            .find(|o| o["kind"] == "DaemonSet")
+            .ok_or_else(|| anyhow::anyhow!("no DaemonSet for {node}"))?;
+        let spec = &daemonset["spec"]["template"]["spec"];
+        assert_eq!(spec["nodeSelector"]["kubernetes.io/hostname"], node);
+        assert_eq!(
+            daemonset["spec"]["selector"]["matchLabels"]["tern.dev/node"],
+            node
+        );
+        let secrets_named: Vec<&str> = spec["volumes"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v["secret"]["secretName"].as_str())
+            .collect();
+        assert_eq!(secrets_named, [format!("tern-agent-token-{node}")]);
+        // Nothing of the other node's token or Secret anywhere in this node's objects.
+        let text = serde_yaml_ng::to_string(&objects)?;
+        assert!(
+            !text.contains(&format!("tern-agent-token-{other}")),
+            "{text}"
+        );
+        let other_token =
+            base64::engine::general_purpose::STANDARD.encode(format!("token-of-{}", &other[5..]));
+        assert!(!text.contains(&other_token));
+    }
+    // Both nodes at once, as `kubectl apply -k` takes them.
+    assert_eq!(
+        build(&out)?
+            .iter()
+            .filter(|o| o["kind"] == "DaemonSet")
+            .count(),
+        2
+    );
+    Ok(())
+}
