@@ -6,8 +6,11 @@
 //! [`PROBE_INTERVAL`]. The pure [`StorageHealth`] judges the results: the first failure makes
 //! the process not ready; a failure that lasts [`RESTART_AFTER`] asks the process to exit so
 //! that its supervisor (systemd's `Restart=on-failure`, a Kubernetes restart policy) starts it
-//! again on a store that reopens cleanly. The [`StorageMonitor`] keeps what `/metrics` and the
-//! readiness endpoints show: free bytes, errors counted, the reason it is not ready.
+//! again on a store that reopens cleanly. A store reached over the network (PostgreSQL) is
+//! watched by a [`StorageMonitor::remote`]: while it fails the process is not ready, however
+//! long, and never asks for a restart (a restart would not bring the server back, and would
+//! drop every agent). The [`StorageMonitor`] keeps what `/metrics` and the readiness endpoints
+//! show: free bytes, errors counted, the reason it is not ready.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -90,6 +93,9 @@ pub fn free_space(path: &Path) -> std::io::Result<u64> {
 /// What the storage probe found, for `/metrics` and readiness.
 #[derive(Debug)]
 pub struct StorageMonitor {
+    /// Whether a lasting failure asks for a restart (a local disk), or only makes the process
+    /// not ready (a database server that is away: a restart would not bring it back).
+    restarts: bool,
     path: PathBuf,
     free_bytes: AtomicU64,
     errors: AtomicU64,
@@ -100,7 +106,18 @@ pub struct StorageMonitor {
 impl StorageMonitor {
     /// A monitor of the data directory `path`.
     pub fn new(path: &Path) -> Arc<Self> {
+        Self::with_restarts(path, true)
+    }
+
+    /// A monitor of a store reached over the network (PostgreSQL): while it fails the process
+    /// is not ready, however long; it never asks for a restart.
+    pub fn remote(path: &Path) -> Arc<Self> {
+        Self::with_restarts(path, false)
+    }
+
+    fn with_restarts(path: &Path, restarts: bool) -> Arc<Self> {
         let monitor = Arc::new(Self {
+            restarts,
             path: path.to_owned(),
             free_bytes: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -153,6 +170,12 @@ impl StorageMonitor {
     }
 
     fn apply(&self, verdict: &Verdict) {
+        let verdict = &match verdict {
+            Verdict::Restart { reason } if !self.restarts => Verdict::NotReady {
+                reason: reason.clone(),
+            },
+            other => other.clone(),
+        };
         let reason = match verdict {
             Verdict::Ready => None,
             Verdict::NotReady { reason } | Verdict::Restart { reason } => Some(reason.clone()),
@@ -200,7 +223,10 @@ where
                 "a write and flush did not finish within {PROBE_TIMEOUT:?}"
             )),
         };
-        let verdict = health.observe(result, tern_clock::unix_millis_now());
+        let verdict = match health.observe(result, tern_clock::unix_millis_now()) {
+            Verdict::Restart { reason } if !monitor.restarts => Verdict::NotReady { reason },
+            verdict => verdict,
+        };
         match &verdict {
             Verdict::Ready => {
                 if monitor.not_ready().is_some() {
@@ -265,6 +291,24 @@ mod tests {
         });
         assert_eq!(monitor.restart_requested().await, "still full");
         assert_eq!(monitor.errors(), 2);
+        monitor.apply(&Verdict::Ready);
+        assert_eq!(monitor.not_ready(), None);
+    }
+
+    #[tokio::test]
+    async fn a_remote_store_that_stays_away_is_not_ready_and_never_asks_for_a_restart() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let monitor = StorageMonitor::remote(dir.path());
+        monitor.apply(&Verdict::Restart {
+            reason: "connection refused".into(),
+        });
+        assert_eq!(monitor.not_ready().as_deref(), Some("connection refused"));
+        let asked = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            monitor.restart_requested(),
+        )
+        .await;
+        assert!(asked.is_err(), "no restart is asked for");
         monitor.apply(&Verdict::Ready);
         assert_eq!(monitor.not_ready(), None);
     }

@@ -151,7 +151,25 @@ impl RunningControlPlane {
             revoked.revoke(fingerprint);
         }
         let storage = tern_transport::storage::StorageMonitor::new(&options.data_dir);
-        let probe = storage_probe(backend.clone(), telemetry.store.backend().clone());
+        // On PostgreSQL the local disk's failure still asks for a restart, the database's
+        // only makes the replica not ready: it stays up, keeps its agents and refuses writes
+        // until the server is back.
+        let (probe, store_health): (Probe, _) = match store {
+            Some(_) => (
+                Box::new(disk_probe(options.data_dir.clone())),
+                Some((
+                    tern_transport::storage::StorageMonitor::remote(&options.data_dir),
+                    storage_probe(backend.clone(), telemetry.store.backend().clone()),
+                )),
+            ),
+            None => (
+                Box::new(storage_probe(
+                    backend.clone(),
+                    telemetry.store.backend().clone(),
+                )),
+                None,
+            ),
+        };
         let replica = crate::replica::Replica {
             name: replica_name(),
             peers: store.is_some(),
@@ -172,6 +190,7 @@ impl RunningControlPlane {
             backend,
             leadership,
             storage: storage.clone(),
+            store_health: store_health.as_ref().map(|(monitor, _)| monitor.clone()),
             drift,
             telemetry,
             registry,
@@ -226,6 +245,7 @@ impl RunningControlPlane {
         let https = tern_transport::tls::https_server(loaded.server_identity)?;
 
         let (shutdown, rx) = watch::channel(false);
+        let stopped_rx = rx.clone();
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
@@ -267,6 +287,11 @@ impl RunningControlPlane {
                 rx.clone(),
             )),
             tokio::spawn(tern_transport::storage::watch(storage, probe, rx.clone())),
+            tokio::spawn(async move {
+                if let Some((monitor, probe)) = store_health {
+                    tern_transport::storage::watch(monitor, probe, stopped_rx).await;
+                }
+            }),
             tokio::spawn(housekeeping(shared.clone(), rx)),
         ];
         let otlp = config
@@ -346,8 +371,26 @@ impl RunningControlPlane {
     }
 }
 
+/// A storage probe: `Ok` while the storage it checks works.
+type Probe = Box<dyn Fn() -> Result<(), String> + Send + Sync + 'static>;
+
+/// A durable write to the data directory's disk (a replica on PostgreSQL keeps its
+/// credentials, keys and uploads there): fails while the disk is full or failing.
+fn disk_probe(dir: std::path::PathBuf) -> impl Fn() -> Result<(), String> + Send + Sync + 'static {
+    move || {
+        use std::io::Write as _;
+        let path = dir.join(".storage-probe");
+        let write = || -> std::io::Result<()> {
+            let mut file = std::fs::File::create(&path)?;
+            file.write_all(&tern_clock::unix_millis_now().to_be_bytes())?;
+            file.sync_all()
+        };
+        write().map_err(|e| format!("data directory {}: {e}", dir.display()))
+    }
+}
+
 /// A durable write to each database: fails while the disk is full, and for good once the
-/// engine has latched an I/O error.
+/// engine has latched an I/O error; on PostgreSQL, while the server cannot be reached.
 fn storage_probe(
     registry: SharedBackend,
     telemetry: SharedBackend,

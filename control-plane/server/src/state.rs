@@ -37,6 +37,8 @@ pub(crate) struct Shared {
     pub drift: crate::drift::DriftStore,
     /// Free space and failures of the data directory's storage.
     pub storage: Arc<tern_transport::storage::StorageMonitor>,
+    /// Whether the store reached over the network (PostgreSQL) answers; `None` on sled.
+    pub store_health: Option<Arc<tern_transport::storage::StorageMonitor>>,
     /// This replica, and whether others share its store.
     pub replica: crate::replica::Replica,
     /// Every replica's record (address, agents, when last seen).
@@ -51,6 +53,16 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Why this process is not ready, if it is not: its disk fails, or its store is
+    /// unreachable.
+    pub(crate) fn not_ready(&self) -> Option<String> {
+        if let Some(reason) = self.storage.not_ready() {
+            return Some(format!("storage fails: {reason}"));
+        }
+        let store = self.store_health.as_ref()?.not_ready()?;
+        Some(format!("the store (PostgreSQL) is unreachable: {store}"))
+    }
+
     /// Enrollment's view.
     pub(crate) fn enroll_context(&self) -> crate::enroll::EnrollContext<'_> {
         crate::enroll::EnrollContext {
@@ -101,6 +113,7 @@ impl Shared {
             telemetry: &self.telemetry,
             health: &self.health,
             reports: &self.reports,
+            store_not_ready: (self.store_health.as_ref()).is_some_and(|s| s.not_ready().is_some()),
             storage: &self.storage,
             replica: crate::telemetry::exposition::ReplicaGauges {
                 work_lease_epoch: self.leadership.epoch(),

@@ -712,3 +712,114 @@ fn one_session_per_agent_across_replicas_and_a_revoke_anywhere_closes_it_everywh
     drop(second);
     Ok(())
 }
+
+/// How many times the agent's runs connected to a control plane, from its logs.
+fn connections(fleet: &Fleet, agent: &str) -> usize {
+    fleet
+        .cp
+        .agent_logs(agent)
+        .matches("connected to control plane")
+        .count()
+}
+
+#[test]
+fn a_postgresql_outage_of_30_seconds_is_ridden_out_without_an_exit_or_a_reconnect()
+-> anyhow::Result<()> {
+    // A server of its own: this test takes it down.
+    let Some(mut server) = testing::TestPostgres::start() else {
+        return Ok(());
+    };
+    let tmp = tempfile::tempdir()?;
+    let (first, mut second, _) = two_replicas(&server, None, tmp.path(), "replica_pg_outage")?;
+    let mut agents = Vec::new();
+    for (name, at) in [("edge-1", &first), ("edge-2", &second)] {
+        agents.push(Agent::join_with(
+            at,
+            tmp.path(),
+            name,
+            &first.token("", "10m")?,
+            "",
+            &["--telemetry-interval", "200ms"],
+        )?);
+        first.wait_status(name, AgentStatus::Ready, FLEET_TIMEOUT)?;
+    }
+    let mut fleet = Fleet::around(tmp, first, agents)?;
+    fleet.serve_topk()?;
+    infer_ok(&fleet, 0, 10)?;
+    infer_ok(&fleet, 1, 10)?;
+    wait_for(FLEET_TIMEOUT, "the first requests stored", || {
+        stored_requests(&fleet.cp).filter(|n| *n == 20)
+    })?;
+    let before = [connections(&fleet, "edge-1"), connections(&fleet, "edge-2")];
+
+    // The database is away for 30 s while the agents serve and report.
+    server.down();
+    let outage = std::time::Instant::now();
+    // Both replicas say why they are not ready, and refuse changes clearly.
+    for cp in [&fleet.cp, &second] {
+        let said = wait_for(FLEET_TIMEOUT, "readyz naming the store", || {
+            cp.admin_get("/readyz")
+                .err()
+                .map(|e| e.to_string())
+                .filter(|e| e.contains("PostgreSQL"))
+        })?;
+        assert!(
+            said.contains("503") || said.contains("unreachable"),
+            "{said}"
+        );
+    }
+    let refused = fleet
+        .cp
+        .ternctl_fails(&["token", "create", "--labels", "site=b"])?;
+    assert!(
+        refused.contains("the store (PostgreSQL) is unreachable, so nothing was changed"),
+        "{refused}"
+    );
+    let mut made = 0;
+    while outage.elapsed() < Duration::from_secs(30) {
+        infer_ok(&fleet, 0, 1)?;
+        infer_ok(&fleet, 1, 1)?;
+        made += 2;
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    server.up();
+
+    // No replica exited, no agent connected again, and every request of the outage is
+    // stored once.
+    for cp in [&mut fleet.cp, &mut second] {
+        let process = cp
+            .process
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("a replica"))?;
+        assert!(
+            !process.exited(),
+            "a replica exited:\n{}",
+            process.log_text()
+        );
+    }
+    let expected = 20 + made;
+    wait_for(FLEET_TIMEOUT, "the outage's telemetry stored", || {
+        stored_requests(&fleet.cp).filter(|n| *n >= expected)
+    })?;
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        stored_requests(&fleet.cp),
+        Some(expected),
+        "each request once"
+    );
+    assert_eq!(
+        [connections(&fleet, "edge-1"), connections(&fleet, "edge-2")],
+        before,
+        "no agent connected again"
+    );
+    // Changes are taken again within seconds.
+    wait_for(FLEET_TIMEOUT, "the first replica ready", || {
+        fleet.cp.admin_get("/readyz").ok()
+    })?;
+    fleet.push(&fleet.topk("after", 0)?, 2)?;
+    fleet.apply("topk:2", 2)?;
+    fleet.wait_phase(2, "Complete")?;
+    drop(fleet);
+    drop(second);
+    Ok(())
+}

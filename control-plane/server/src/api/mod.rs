@@ -165,13 +165,11 @@ pub(crate) fn admin_router(shared: Arc<Shared>) -> Router {
 /// the control plane's storage fails.
 async fn readyz(State(shared): State<Arc<Shared>>) -> axum::response::Response {
     use axum::response::IntoResponse as _;
-    match shared.storage.not_ready() {
+    match shared.not_ready() {
         None => Json(serde_json::json!({ "ready": true })).into_response(),
         Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(
-                serde_json::json!({ "ready": false, "reason": format!("storage fails: {reason}") }),
-            ),
+            Json(serde_json::json!({ "ready": false, "reason": reason })),
         )
             .into_response(),
     }
@@ -202,7 +200,21 @@ async fn require_admin(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match presented.map(|token| shared.credentials.role(token.trim())) {
-        Some(Some(role)) if role.allows(access(request.method())) => next.run(request).await,
+        Some(Some(role)) if role.allows(access(request.method())) => {
+            // A change the store cannot take is refused before it starts: nothing half-made.
+            if access(request.method()) == Access::Write
+                && let Some(reason) = shared.store_health.as_ref().and_then(|s| s.not_ready())
+            {
+                return HttpError(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "the store (PostgreSQL) is unreachable, so nothing was changed; try again once GET /readyz is ready: {reason}"
+                    ),
+                )
+                .into_response();
+            }
+            next.run(request).await
+        }
         Some(Some(_)) => {
             HttpError(StatusCode::FORBIDDEN, "this credential is read-only".into()).into_response()
         }

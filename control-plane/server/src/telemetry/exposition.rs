@@ -18,6 +18,8 @@ pub struct ExpositionContext<'a> {
     pub health: &'a HealthTracker,
     /// What agents reported, and the reports refused or cut.
     pub reports: &'a AgentReports,
+    /// Whether the store reached over the network (PostgreSQL) fails to answer.
+    pub store_not_ready: bool,
     pub storage: &'a tern_transport::storage::StorageMonitor,
     /// This replica's part: the epoch of the work lease it holds (0: none), agents connected.
     pub replica: ReplicaGauges,
@@ -36,7 +38,7 @@ pub(crate) fn render(cx: &ExpositionContext<'_>, now_ms: u64) -> Result<String, 
     let mut page = Exposition::default();
     write_storage(cx, &mut page);
     if let Err(e) = write(cx, now_ms, &mut page) {
-        if cx.storage.not_ready().is_none() {
+        if cx.storage.not_ready().is_none() && !cx.store_not_ready {
             return Err(e);
         }
         tracing::warn!(error = %e, "/metrics without the fleet's figures: storage fails");
@@ -62,11 +64,11 @@ fn write_storage<P: MetricsPage>(cx: &ExpositionContext<'_>, page: &mut P) {
     page.family(
         "tern_control_plane_ready",
         Kind::Gauge,
-        "1 when the control plane's storage works (GET /readyz).",
+        "1 when the control plane's storage works and its store answers (GET /readyz).",
     )
     .sample(
         &[],
-        if storage.not_ready().is_some() {
+        if storage.not_ready().is_some() || cx.store_not_ready {
             0.0
         } else {
             1.0

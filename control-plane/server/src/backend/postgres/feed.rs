@@ -229,7 +229,7 @@ async fn listen_once(
     feed: &Feed,
     heard_before: bool,
 ) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = tokio_postgres::connect(url, NoTls).await?;
+    let (client, mut connection) = super::pool::settings(url)?.connect(NoTls).await?;
     let (tx, mut notifications) = mpsc::unbounded_channel();
     let _pump = AbortOnDrop(tokio::spawn(async move {
         loop {

@@ -27,9 +27,25 @@ pub(super) fn connect(driver: &Driver, url: &str) -> Result<Client, ConnectError
         .map_err(ConnectError::Connect)
 }
 
+/// How long opening a connection may take when the URL does not say (`connect_timeout`): a
+/// server that is away must not hold a request or a probe for the operating system's TCP
+/// timeout.
+pub(super) const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `url` as a connection's settings, with [`CONNECT_TIMEOUT`] and TCP keepalives unless the
+/// URL sets them.
+pub(super) fn settings(url: &str) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
+    let mut config: tokio_postgres::Config = url.parse()?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    config.keepalives(true);
+    Ok(config)
+}
+
 /// Opens one connection, driven by a task of the current runtime.
 pub(super) async fn open(url: String) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(&url, NoTls).await?;
+    let (client, connection) = settings(&url)?.connect(NoTls).await?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             warn!(%error, "a PostgreSQL connection ended");

@@ -129,6 +129,16 @@ impl TestPostgres {
     /// on the same data and socket.
     pub fn restart(&mut self) {
         self.stop();
+        self.up();
+    }
+
+    /// Stops the server at once, for an outage: [`TestPostgres::up`] ends it.
+    pub fn down(&mut self) {
+        self.stop();
+    }
+
+    /// Starts the stopped server again on the same data and socket.
+    pub fn up(&mut self) {
         self.child = spawn(&self.bin, &self.data, self.dir.path());
         self.wait_ready();
     }
