@@ -50,6 +50,8 @@ pub enum RunError {
     Engine(#[from] tern_plugin_host::LoadError),
     #[error("storage keeps failing ({0}): stopped for the supervisor to restart the agent")]
     Storage(String),
+    #[error("cannot make the data dir the owner's alone: {0}")]
+    Permissions(std::io::Error),
     #[error("cannot write the run marker in {path}: {source}")]
     Marker {
         path: String,
@@ -60,6 +62,12 @@ pub enum RunError {
 /// Runs the agent in `dir` until `shutdown` completes.
 pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     let config = dir.load_config()?;
+    // The agent's key is its identity: the data dir and the key are the owner's alone.
+    for change in tern_transport::secrets::tighten(dir.root(), &[&dir.key()])
+        .map_err(RunError::Permissions)?
+    {
+        warn!("{change}");
+    }
     let transport =
         tern_transport::quic::agent_transport_config(LINK_IDLE_TIMEOUT, Some(LINK_KEEP_ALIVE));
     let credentials = Credentials::load(&dir, transport)?;

@@ -9,10 +9,12 @@
 //! - [`quic`]: QUIC endpoint and transport settings.
 //! - [`https`]: a small HTTPS server loop for axum routers and a JSON client.
 //! - [`storage`]: storage health (a probe, readiness, a restart when the disk keeps failing).
+//! - [`secrets`]: permissions of the data directories and the files that hold secrets.
 
 pub mod https;
 pub mod pki;
 pub mod quic;
+pub mod secrets;
 pub mod storage;
 pub mod tls;
 

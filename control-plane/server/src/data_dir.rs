@@ -155,6 +155,8 @@ impl DataDir {
             return Err(InitError::Exists(self.root.clone()));
         }
         std::fs::create_dir_all(&self.root).map_err(io(&self.root))?;
+        tern_transport::secrets::tighten(&self.root, &[]).map_err(io(&self.root))?;
+        tern_transport::secrets::tighten(&self.root, &[]).map_err(io(&self.root))?;
 
         let mut config = ControlPlaneConfig::default();
         if let Some(addr) = options.listen_agents {
@@ -190,7 +192,8 @@ impl DataDir {
         let token_hash = hex::encode(tern_proto::sha256(admin_token.as_bytes()));
         write_file(&self.admin_token_hash(), token_hash.as_bytes(), true)
             .map_err(io(&self.admin_token_hash()))?;
-        write_file(&self.config(), config.to_toml().as_bytes(), false)
+        // The store's settings may name a password file or carry a user: the owner's alone.
+        write_file(&self.config(), config.to_toml().as_bytes(), true)
             .map_err(io(&self.config()))?;
         self.ensure_online_key().map_err(io(&self.online_key()))?;
 
@@ -250,6 +253,7 @@ impl DataDir {
         // The first's advertised address is the first's: this replica announces its own.
         config.advertise_agents = None;
         std::fs::create_dir_all(&self.root).map_err(io(&self.root))?;
+        tern_transport::secrets::tighten(&self.root, &[]).map_err(io(&self.root))?;
         let copies = [
             (first.ca_cert(), self.ca_cert(), false),
             (first.ca_key(), self.ca_key(), true),
@@ -262,7 +266,7 @@ impl DataDir {
             let bytes = std::fs::read(&from).map_err(io(&from))?;
             write_file(&to, &bytes, secret).map_err(io(&to))?;
         }
-        write_file(&self.config(), config.to_toml().as_bytes(), false)
+        write_file(&self.config(), config.to_toml().as_bytes(), true)
             .map_err(io(&self.config()))?;
         let cli_text =
             std::fs::read_to_string(first.ternctl_config()).map_err(io(&first.ternctl_config()))?;
@@ -287,6 +291,26 @@ impl DataDir {
             SecretKey::generate().to_pem().as_bytes(),
             true,
         )
+    }
+
+    /// Tightens the data dir to 0700 and its secret files (keys, the admin credential's hash,
+    /// read-only credentials, `config.toml`, `ternctl.toml`) to 0600 where they are looser;
+    /// says which it changed.
+    pub fn tighten(&self) -> Result<Vec<String>, LoadError> {
+        let secrets = [
+            self.config(),
+            self.ternctl_config(),
+            self.ca_key(),
+            self.server_key(),
+            self.admin_token_hash(),
+            self.online_key(),
+            self.root.join("credentials.json"),
+        ];
+        let refs: Vec<&Path> = secrets.iter().map(PathBuf::as_path).collect();
+        tern_transport::secrets::tighten(&self.root, &refs).map_err(|source| LoadError::Io {
+            path: self.root.clone(),
+            source,
+        })
     }
 
     /// Loads what `serve` needs.
@@ -396,11 +420,20 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.ca_key())
-                .expect("meta")
-                .permissions()
-                .mode();
-            assert_eq!(mode & 0o777, 0o600);
+            let mode =
+                |path: &Path| std::fs::metadata(path).expect("meta").permissions().mode() & 0o777;
+            assert_eq!(mode(&dir.ca_key()), 0o600);
+            assert_eq!(mode(&dir.config()), 0o600, "config.toml is the owner's");
+            assert_eq!(mode(dir.root()), 0o700, "so is the data dir");
+            // Opened up by hand: the next start closes it again, and says so.
+            std::fs::set_permissions(dir.config(), std::fs::Permissions::from_mode(0o644))
+                .expect("chmod");
+            let said = dir.tighten().expect("tighten");
+            assert!(
+                said[0].contains("config.toml") && said[0].contains("(644)"),
+                "{said:?}"
+            );
+            assert_eq!(mode(&dir.config()), 0o600);
         }
     }
 }

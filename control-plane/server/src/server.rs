@@ -94,6 +94,9 @@ impl RunningControlPlane {
     /// Starts every endpoint. Returns once all sockets are bound.
     pub async fn start(options: ServeOptions) -> Result<Self, StartError> {
         let dir = DataDir::new(&options.data_dir);
+        for change in dir.tighten()? {
+            warn!("{change}");
+        }
         let loaded = dir.load()?;
         let mut config = loaded.config;
         if let Some(addr) = options.listen_agents {
