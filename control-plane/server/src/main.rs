@@ -93,7 +93,46 @@ enum CredentialCommand {
         data_dir: PathBuf,
         #[arg(long, value_enum)]
         role: tern_control_plane::credentials::Role,
+        /// How long it is accepted (e.g. 30d); for ever when absent.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
     },
+    /// List the credentials made with `create` (not the admin credential of `init`): id, role,
+    /// when made, when they expire, when last used.
+    List {
+        #[arg(long, env = "TERN_DATA_DIR")]
+        data_dir: PathBuf,
+        /// `table` or `json`.
+        #[arg(short = 'o', long, default_value = "table")]
+        output: String,
+    },
+    /// Revoke a credential by id: it is accepted no more (by every replica).
+    Revoke {
+        #[arg(long, env = "TERN_DATA_DIR")]
+        data_dir: PathBuf,
+        id: String,
+    },
+}
+
+/// Where a data dir's credentials live: the store replicas share, or its own file.
+fn credential_store(
+    data_dir: &std::path::Path,
+) -> anyhow::Result<Option<tern_control_plane::backend::PostgresBackend>> {
+    let loaded = DataDir::new(data_dir)
+        .load()
+        .with_context(|| format!("{} is not a control plane data dir", data_dir.display()))?;
+    loaded
+        .config
+        .store
+        .map(|url| {
+            tern_control_plane::backend::PostgresBackend::connect(&url, "registry", 1)
+                .context("cannot reach the store")
+        })
+        .transpose()
+}
+
+fn when(ms: Option<u64>) -> String {
+    ms.map_or_else(|| "-".to_owned(), tern_clock::rfc3339)
 }
 
 fn main() -> std::process::ExitCode {
@@ -187,37 +226,81 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Credential {
-            command: CredentialCommand::Create { data_dir, role },
+            command:
+                CredentialCommand::Create {
+                    data_dir,
+                    role,
+                    ttl,
+                },
         } => {
-            let loaded = DataDir::new(&data_dir).load().with_context(|| {
-                format!("{} is not a control plane data dir", data_dir.display())
-            })?;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
+            use tern_control_plane::credentials;
+            let store = credential_store(&data_dir)?;
+            let now = tern_clock::unix_millis_now();
+            let ttl_ms = ttl.map(|t| t.as_millis() as u64);
             // Replicas share their credentials through the store; one alone keeps a file.
-            let (secret, record) = match &loaded.config.store {
-                Some(url) => {
-                    let store =
-                        tern_control_plane::backend::PostgresBackend::connect(url, "registry", 1)
-                            .context("cannot reach the store")?;
-                    tern_control_plane::credentials::create_shared(&store, role, now)
-                }
-                None => tern_control_plane::credentials::create(&data_dir, role, now),
+            let (secret, record) = match &store {
+                Some(store) => credentials::create_shared(store, role, now, ttl_ms),
+                None => credentials::create(&data_dir, role, now, ttl_ms),
             }
             .context("failed to create the credential")?;
             eprintln!(
-                "credential {} ({:?}){}; shown once:",
+                "credential {} ({:?}){}{}; shown once:",
                 record.id,
                 record.role,
-                if loaded.config.store.is_some() {
+                record
+                    .expires_ms
+                    .map(|at| format!(", expires {}", tern_clock::rfc3339(at)))
+                    .unwrap_or_default(),
+                if store.is_some() {
                     ", accepted by every replica"
                 } else {
                     ""
                 }
             );
             println!("{secret}");
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Credential {
+            command: CredentialCommand::List { data_dir, output },
+        } => {
+            use tern_control_plane::credentials;
+            let views = match credential_store(&data_dir)? {
+                Some(store) => credentials::list_shared(&store),
+                None => credentials::list(&data_dir),
+            }
+            .context("failed to list the credentials")?;
+            match output.as_str() {
+                "json" => println!("{}", serde_json::to_string_pretty(&views)?),
+                "table" => {
+                    println!(
+                        "{:<10} {:<6} {:<24} {:<24} {:<24}",
+                        "ID", "ROLE", "CREATED", "EXPIRES", "LAST USED"
+                    );
+                    for v in &views {
+                        println!(
+                            "{:<10} {:<6} {:<24} {:<24} {:<24}",
+                            v.record.id,
+                            format!("{:?}", v.record.role).to_lowercase(),
+                            when(Some(v.record.created_ms)),
+                            when(v.record.expires_ms),
+                            when(v.last_used_ms)
+                        );
+                    }
+                }
+                other => anyhow::bail!("-o {other}: expected table or json"),
+            }
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Credential {
+            command: CredentialCommand::Revoke { data_dir, id },
+        } => {
+            use tern_control_plane::credentials;
+            let record = match credential_store(&data_dir)? {
+                Some(store) => credentials::revoke_shared(&store, &id),
+                None => credentials::revoke(&data_dir, &id),
+            }
+            .context("failed to revoke the credential")?;
+            eprintln!("credential {} ({:?}) revoked", record.id, record.role);
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Serve {

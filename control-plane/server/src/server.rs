@@ -551,13 +551,34 @@ async fn housekeeping(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) 
             _ = shutdown.changed() => return,
             _ = sweep.tick() => mark_silent_agents,
             _ = drift.tick() => judge_drift,
-            _ = persist.tick() => persist_last_seen,
+            _ = persist.tick() => persist_last_seen_and_uses,
             _ = prune.tick() => prune_spent,
         };
         let shared = shared.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || work(&shared)).await {
             warn!(error = %e, "housekeeping task failed");
         }
+    }
+}
+
+/// Writes down agents' last heartbeats and when each credential was last accepted.
+fn persist_last_seen_and_uses(shared: &Shared) {
+    persist_last_seen(shared);
+    let uses = shared.credentials.take_uses();
+    if uses.is_empty() {
+        return;
+    }
+    let written = if shared.replica.peers {
+        crate::credentials::Credentials::record_uses_shared(
+            shared.backend.as_ref(),
+            &shared.replica.name,
+            uses,
+        )
+    } else {
+        crate::credentials::Credentials::record_uses(shared.credentials.data_dir(), uses)
+    };
+    if let Err(e) = written {
+        warn!(error = %e, "cannot write down when credentials were last used");
     }
 }
 

@@ -126,6 +126,53 @@ fn replicas_share_one_store_and_the_work_moves_when_its_holder_dies() -> anyhow:
         "a read-only credential made a token"
     );
     assert!(String::from_utf8_lossy(&refused.stderr).contains("read-only"));
+    // Listed at any replica's data dir with when it was last used, and revoked through the
+    // first: the second refuses it from then on.
+    let id = String::from_utf8_lossy(&made.stderr)
+        .lines()
+        .find_map(|l| l.strip_prefix("credential "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_default()
+        .to_owned();
+    let credential = |args: &[&str], dir: &Path| {
+        Command::new(tern_e2e::bin("tern-control-plane"))
+            .arg("credential")
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir)
+            .output()
+    };
+    let listed = wait_for(
+        FLEET_TIMEOUT,
+        "the credential's last use written down",
+        || {
+            let out = credential(&["list", "-o", "json"], &second.dir).ok()?;
+            let views: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).ok()?;
+            views
+                .into_iter()
+                .find(|v| v["id"] == id.as_str() && v["last_used_ms"].is_u64())
+        },
+    )
+    .map_err(|e| {
+        let out = credential(&["list", "-o", "json"], &second.dir);
+        anyhow::anyhow!("{e}: credential {id}: {out:?}")
+    })?;
+    assert_eq!(listed["role"], "read");
+    let revoked = credential(&["revoke", &id], &fleet.cp.dir)?;
+    assert!(
+        revoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
+    wait_for(
+        FLEET_TIMEOUT,
+        "the second refusing the revoked credential",
+        || {
+            reader(&["get", "agents"])
+                .ok()
+                .filter(|o| String::from_utf8_lossy(&o.stderr).contains("invalid admin credential"))
+        },
+    )?;
 
     // The holder dies: the second takes the work once the lease lapses, and runs the next
     // rollout; the agent, held by the second, serves throughout.

@@ -199,7 +199,8 @@ async fn require_admin(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    match presented.map(|token| shared.credentials.role(token.trim())) {
+    let now = tern_clock::unix_millis_now();
+    match presented.map(|token| shared.credentials.role(token.trim(), now)) {
         Some(Some(role)) if role.allows(access(request.method())) => {
             // A change the store cannot take is refused before it starts: nothing half-made.
             if access(request.method()) == Access::Write
