@@ -105,6 +105,11 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
     let run_id = format!("{:016x}", rand::random::<u64>());
     let (marker, ledger) = start_run(&dir, &store, &run_id, config.exits)?;
     let marker = Arc::new(marker);
+    // A start that fails on its storage is an orderly stop, not a death of what it serves.
+    let stopped = |e: RunError| {
+        marker.finish();
+        e
+    };
     let serving = Arc::new(ServingTable::default());
     let reconciler = restore(
         &dir,
@@ -115,12 +120,12 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
         &ledger,
         &marker,
     )
-    .await?;
+    .await
+    .map_err(stopped)?;
+    let buffer = TelemetryBuffer::open(store.db(), config.telemetry.buffer_bytes)
+        .map_err(|e| stopped(e.into()))?;
     let telemetry = Arc::new(TelemetryState {
-        buffer: Arc::new(TelemetryBuffer::open(
-            store.db(),
-            config.telemetry.buffer_bytes,
-        )?),
+        buffer: Arc::new(buffer),
         host: Default::default(),
         storage: tern_transport::storage::StorageMonitor::new(dir.root()),
     });
