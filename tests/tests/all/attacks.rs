@@ -189,3 +189,28 @@ fn names_that_climb_out_of_a_path_are_refused_everywhere_a_request_carries_one()
     assert!(fleet.cp.agents()?.iter().any(|a| a.name == "edge-1"));
     Ok(())
 }
+
+#[test]
+fn a_real_precompiled_cwasm_pushed_as_a_plugin_is_refused_and_the_running_revision_keeps_serving()
+-> anyhow::Result<()> {
+    let fleet = Fleet::start(1)?;
+    fleet.serve_topk()?;
+    // The agent's own compile cache holds wasmtime's serialized form of the plugin it runs:
+    // native code that must never come from the network.
+    let compiled = fleet.agents[0].dir.join("compiled");
+    let cwasm = std::fs::read_dir(&compiled)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .ok_or_else(|| anyhow::anyhow!("no .cwasm in {}", compiled.display()))?;
+    let pushed = fleet.tmp.path().join("topk.cwasm");
+    std::fs::copy(&cwasm, &pushed)?;
+    fleet.push(&pushed, 2)?;
+    fleet.apply("topk:2", 2)?;
+    let reason = fleet.failure("edge-1", 2)?;
+    assert!(reason.contains("not WebAssembly"), "{reason}");
+    fleet.wait_phase(2, "RolledBack")?;
+    fleet.wait_serving("edge-1", 1)?;
+    assert_eq!(fleet.infer(0)?, 200);
+    Ok(())
+}
