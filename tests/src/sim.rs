@@ -638,6 +638,13 @@ fn crash(
         serving: agent.serving.values().cloned().collect(),
         put_aside: agent.exits.all_put_aside().clone(),
     });
+    // As the agent's start does: what no longer verifies (the last-known-good revision below a
+    // floor the one put aside raised) does not serve.
+    for action in agent.reconciler.reverify() {
+        if let Action::Stop(name) = action {
+            agent.serving.remove(&name);
+        }
+    }
     if let Some(report) = agent.exits.report(&agent.record.name, policy, now) {
         reports.record_exits(&agent.record.id, report);
     }

@@ -419,3 +419,26 @@ fn an_offline_member_holds_its_wave_for_the_grace_only() {
     assert!(all_serve(&fleet, 2), "back, it converges");
     assert_eq!(fleet.violations, []);
 }
+
+#[test]
+fn an_agent_that_returns_to_a_committed_revision_it_dies_under_serves_nothing_below_its_floor() {
+    // Away during the rollout of revision 2, back once it is committed: revision 2 kills it
+    // three times and is put aside, and revision 1, its last-known-good, is below the floor
+    // revision 2 raised. It serves nothing rather than anything below its floor.
+    let mut faults = healthy(2);
+    faults[1].offline.push((600, 1019));
+    faults[1].crashes_on.insert(2);
+    let mut fleet = Fleet::new(faults);
+    fleet.apply(1, policy(&[100], WINDOW_MS));
+    fleet.run_until_settled(minutes(5));
+    fleet.run(minutes(5).saturating_sub(fleet_steps(&fleet)));
+    fleet.apply(2, policy(&[100], WINDOW_MS));
+    fleet.run_until_settled(minutes(30));
+    assert_eq!(fleet.phase(), Some(&Phase::Complete));
+    fleet.run(minutes(12));
+    assert_eq!(fleet.agents[0].serving_revision(), Some(2));
+    let returned = &fleet.agents[1];
+    assert_eq!(returned.deaths, 3);
+    assert_eq!(returned.serving_revision(), None);
+    assert_eq!(fleet.violations, []);
+}
