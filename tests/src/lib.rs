@@ -444,13 +444,20 @@ impl ControlPlane {
         self.dir.join("ternctl.toml")
     }
 
-    /// `GET path` on the admin API with the admin token; the body as text.
-    pub fn admin_get(&self, path: &str) -> anyhow::Result<String> {
+    /// A client of the admin API with the admin token, from `ternctl.toml`.
+    pub fn admin_client(&self) -> anyhow::Result<tern_transport::https::HttpsClient> {
         let text = std::fs::read_to_string(self.ternctl_config())?;
         let config: tern_proto::api::CliConfig = toml::from_str(&text)?;
         let tls = tern_transport::tls::https_client(&config.ca_certificate)?;
-        let client = tern_transport::https::HttpsClient::new(config.api.clone(), tls)
-            .with_bearer(config.admin_token.clone());
+        Ok(
+            tern_transport::https::HttpsClient::new(config.api.clone(), tls)
+                .with_bearer(config.admin_token),
+        )
+    }
+
+    /// `GET path` on the admin API with the admin token; the body as text.
+    pub fn admin_get(&self, path: &str) -> anyhow::Result<String> {
+        let client = self.admin_client()?;
         // On a thread of its own: callers may be inside a tokio runtime already.
         let body = std::thread::scope(|scope| {
             scope

@@ -205,13 +205,7 @@ fn crash(agents: usize, runs: usize) -> anyhow::Result<()> {
 fn admin(
     fleet: &Fleet,
 ) -> anyhow::Result<(tokio::runtime::Runtime, tern_transport::https::HttpsClient)> {
-    let text = std::fs::read_to_string(fleet.cp.ternctl_config())?;
-    let config: tern_proto::api::CliConfig = toml::from_str(&text)?;
-    let client = tern_transport::https::HttpsClient::new(
-        config.api.clone(),
-        tern_transport::tls::https_client(&config.ca_certificate)?,
-    )
-    .with_bearer(config.admin_token);
+    let client = fleet.cp.admin_client()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -125,13 +125,7 @@ fn names_that_climb_out_of_a_path_are_refused_everywhere_a_request_carries_one()
 -> anyhow::Result<()> {
     let fleet = Fleet::start(1)?;
     fleet.serve_topk()?;
-    let text = std::fs::read_to_string(fleet.cp.ternctl_config())?;
-    let config: tern_proto::api::CliConfig = toml::from_str(&text)?;
-    let client = tern_transport::https::HttpsClient::new(
-        config.api.clone(),
-        tern_transport::tls::https_client(&config.ca_certificate)?,
-    )
-    .with_bearer(config.admin_token);
+    let client = fleet.cp.admin_client()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -338,6 +338,37 @@ fn stored_requests(cp: &ControlPlane) -> Option<u64> {
     Some(rows.into_iter().find(|p| p.pipeline == "scores")?.requests)
 }
 
+/// Two replicas on a new database of `server`, an agent held by each (telemetry every 200 ms)
+/// serving `topk:1`, and 10 requests to each stored: the fleet (around the first) and the
+/// second replica.
+fn serving_pair(
+    server: &testing::TestPostgres,
+    database: &str,
+) -> anyhow::Result<(Fleet, ControlPlane)> {
+    let tmp = tempfile::tempdir()?;
+    let (first, second, _) = two_replicas(server, None, tmp.path(), database)?;
+    let mut agents = Vec::new();
+    for (name, at) in [("edge-1", &first), ("edge-2", &second)] {
+        agents.push(Agent::join_with(
+            at,
+            tmp.path(),
+            name,
+            &first.token("", "10m")?,
+            "",
+            &["--telemetry-interval", "200ms"],
+        )?);
+        first.wait_status(name, AgentStatus::Ready, FLEET_TIMEOUT)?;
+    }
+    let fleet = Fleet::around(tmp, first, agents)?;
+    fleet.serve_topk()?;
+    infer_ok(&fleet, 0, 10)?;
+    infer_ok(&fleet, 1, 10)?;
+    wait_for(FLEET_TIMEOUT, "the first requests stored", || {
+        stored_requests(&fleet.cp).filter(|n| *n == 20)
+    })?;
+    Ok((fleet, second))
+}
+
 fn infer_ok(fleet: &Fleet, agent: usize, n: u64) -> anyhow::Result<()> {
     for _ in 0..n {
         anyhow::ensure!(
@@ -567,27 +598,7 @@ fn replicas_reconnect_after_postgresql_restarts_under_load_and_go_on() -> anyhow
     let Some(mut server) = testing::TestPostgres::start() else {
         return Ok(());
     };
-    let tmp = tempfile::tempdir()?;
-    let (first, second, _) = two_replicas(&server, None, tmp.path(), "replica_pg_restart")?;
-    let mut agents = Vec::new();
-    for (name, at) in [("edge-1", &first), ("edge-2", &second)] {
-        agents.push(Agent::join_with(
-            at,
-            tmp.path(),
-            name,
-            &first.token("", "10m")?,
-            "",
-            &["--telemetry-interval", "200ms"],
-        )?);
-        first.wait_status(name, AgentStatus::Ready, FLEET_TIMEOUT)?;
-    }
-    let fleet = Fleet::around(tmp, first, agents)?;
-    fleet.serve_topk()?;
-    infer_ok(&fleet, 0, 10)?;
-    infer_ok(&fleet, 1, 10)?;
-    wait_for(FLEET_TIMEOUT, "the first requests stored", || {
-        stored_requests(&fleet.cp).filter(|n| *n == 20)
-    })?;
+    let (fleet, second) = serving_pair(&server, "replica_pg_restart")?;
 
     // The database goes away and comes back while agents serve and report.
     std::thread::scope(|scope| -> anyhow::Result<()> {
@@ -776,27 +787,7 @@ fn a_postgresql_outage_of_30_seconds_is_ridden_out_without_an_exit_or_a_reconnec
     let Some(mut server) = testing::TestPostgres::start() else {
         return Ok(());
     };
-    let tmp = tempfile::tempdir()?;
-    let (first, mut second, _) = two_replicas(&server, None, tmp.path(), "replica_pg_outage")?;
-    let mut agents = Vec::new();
-    for (name, at) in [("edge-1", &first), ("edge-2", &second)] {
-        agents.push(Agent::join_with(
-            at,
-            tmp.path(),
-            name,
-            &first.token("", "10m")?,
-            "",
-            &["--telemetry-interval", "200ms"],
-        )?);
-        first.wait_status(name, AgentStatus::Ready, FLEET_TIMEOUT)?;
-    }
-    let mut fleet = Fleet::around(tmp, first, agents)?;
-    fleet.serve_topk()?;
-    infer_ok(&fleet, 0, 10)?;
-    infer_ok(&fleet, 1, 10)?;
-    wait_for(FLEET_TIMEOUT, "the first requests stored", || {
-        stored_requests(&fleet.cp).filter(|n| *n == 20)
-    })?;
+    let (mut fleet, mut second) = serving_pair(&server, "replica_pg_outage")?;
     let before = [connections(&fleet, "edge-1"), connections(&fleet, "edge-2")];
 
     // The database is away for 30 s while the agents serve and report.
