@@ -74,7 +74,8 @@ impl Identity {
     }
 }
 
-fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>, TlsError> {
+/// The certificates of `ca_pem` as trust anchors (at least one).
+pub fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in pki::certificates(ca_pem)? {
         roots.add(cert)?;
@@ -243,7 +244,7 @@ pub fn https_client_for(
 }
 
 /// The system's trusted root certificates (`/etc/ssl/certs` and the like, or `SSL_CERT_FILE`).
-fn system_roots() -> Result<Arc<RootCertStore>, TlsError> {
+pub fn system_roots() -> Result<Arc<RootCertStore>, TlsError> {
     let found = rustls_native_certs::load_native_certs();
     let mut store = RootCertStore::empty();
     let (added, _) = store.add_parsable_certificates(found.certs);

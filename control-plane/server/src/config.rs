@@ -32,10 +32,15 @@ pub const DEFAULT_DRIFT_INTERVAL: Duration = Duration::from_secs(30);
 pub struct ControlPlaneConfig {
     /// Where agents connect: QUIC on this UDP address, enrollment over HTTPS on the same TCP port.
     pub listen_agents: SocketAddr,
-    /// Where the control plane's records live: a PostgreSQL URL (`postgres://user@host/db`),
-    /// or, when absent, sled databases in the data directory.
+    /// Where the control plane's records live: a PostgreSQL URL (`postgres://user@host/db`,
+    /// with libpq's `sslmode`, `sslrootcert`, `sslcert`, `sslkey` and `passfile`, but never a
+    /// password), or, when absent, sled databases in the data directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<String>,
+    /// A file (mode 0600) whose first line is the store's password; else `PGPASSWORD`, else a
+    /// password file (`passfile=`, `PGPASSFILE`, `~/.pgpass`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_password_file: Option<PathBuf>,
     /// Where agents reach this replica (`host:port`), handed to agents at enrollment so they
     /// can fail over to it; `listen_agents` when that names one interface.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -385,6 +390,7 @@ impl Default for ControlPlaneConfig {
                 .expect("valid default address"),
             listen_api: DEFAULT_LISTEN_API.parse().expect("valid default address"),
             store: None,
+            store_password_file: None,
             artifacts: None,
             advertise_agents: None,
             lease_ttl: DEFAULT_LEASE_TTL,
@@ -472,12 +478,19 @@ impl ControlPlaneConfig {
         if self.max_agent_connections == 0 {
             return Err(invalid("max_agent_connections", "must be at least 1"));
         }
-        if let Some(store) = &self.store
-            && !(store.starts_with("postgres://") || store.starts_with("postgresql://"))
-        {
+        if let Some(store) = &self.store {
+            if !(store.starts_with("postgres://") || store.starts_with("postgresql://")) {
+                return Err(invalid(
+                    "store",
+                    "must be a PostgreSQL URL (postgres://user@host:port/database); leave it out for sled",
+                ));
+            }
+            crate::backend::postgres::check_url(store).map_err(|e| invalid("store", &e))?;
+        }
+        if self.store_password_file.is_some() && self.store.is_none() {
             return Err(invalid(
-                "store",
-                "must be a PostgreSQL URL (postgres://user@host:port/database); leave it out for sled",
+                "store_password_file",
+                "is the password of a PostgreSQL `store`, and there is none",
             ));
         }
         Ok(())

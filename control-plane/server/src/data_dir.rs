@@ -33,6 +33,8 @@ pub struct InitOptions {
     pub server_names: Vec<String>,
     /// `store` of config.toml: a PostgreSQL URL that replicas share.
     pub store: Option<String>,
+    /// `store_password_file` of config.toml: where the store's password is kept.
+    pub store_password_file: Option<PathBuf>,
     /// `artifacts` of config.toml: `s3://bucket/prefix` or a directory every replica reaches.
     pub artifacts: Option<String>,
 }
@@ -166,6 +168,7 @@ impl DataDir {
             config.listen_api = addr;
         }
         config.store = options.store.clone();
+        config.store_password_file = options.store_password_file.clone();
         config.artifacts = options.artifacts.clone();
         config.validate(&self.config().display().to_string())?;
 

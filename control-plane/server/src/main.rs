@@ -35,6 +35,10 @@ enum Command {
         /// share [default: sled databases in the data dir].
         #[arg(long)]
         store: Option<String>,
+        /// A file (mode 0600) holding the store's password [default: `PGPASSWORD`, else
+        /// `~/.pgpass`]; the URL itself must not hold one.
+        #[arg(long, requires = "store")]
+        store_password_file: Option<PathBuf>,
         /// Keep artifacts in `s3://bucket/prefix` (endpoint and credentials from `AWS_*`
         /// variables) or a directory every replica reaches [default: artifacts/ in the data
         /// dir].
@@ -121,11 +125,14 @@ fn credential_store(
     let loaded = DataDir::new(data_dir)
         .load()
         .with_context(|| format!("{} is not a control plane data dir", data_dir.display()))?;
-    loaded
-        .config
+    let config = loaded.config;
+    config
         .store
         .map(|url| {
-            tern_control_plane::backend::PostgresBackend::connect(&url, "registry", 1)
+            use tern_control_plane::backend::postgres::{Link, Secrets};
+            let secrets = Secrets::from_env(config.store_password_file.as_deref());
+            let link = Link::parse(&url, &secrets).context("the store's settings")?;
+            tern_control_plane::backend::PostgresBackend::open(&link, "registry", 1)
                 .context("cannot reach the store")
         })
         .transpose()
@@ -166,6 +173,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             listen_api,
             server_names,
             store,
+            store_password_file,
             artifacts,
         } => {
             let dir = DataDir::new(&data_dir);
@@ -175,6 +183,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     listen_api,
                     server_names,
                     store,
+                    store_password_file,
                     artifacts,
                 })
                 .with_context(|| format!("failed to initialize {}", data_dir.display()))?;

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::backend::postgres::{Link, Secrets};
 use crate::backend::{PostgresBackend, SharedBackend, SledBackend};
 use crate::catalog::{Catalog, CatalogError};
 use crate::data_dir::{DataDir, LoadError};
@@ -106,9 +107,19 @@ impl RunningControlPlane {
             config.listen_api = addr;
         }
         // sled databases in the data directory, or namespaces of one PostgreSQL database.
-        let store = config.store.clone();
+        let store = config
+            .store
+            .as_deref()
+            .map(|url| {
+                let secrets = Secrets::from_env(config.store_password_file.as_deref());
+                Link::parse(url, &secrets).map_err(|e| StartError::Database {
+                    what: "registry",
+                    source: crate::backend::BackendError::storage(e),
+                })
+            })
+            .transpose()?;
         let database = |what: &'static str, path: &std::path::Path, cache_bytes| match &store {
-            Some(url) => PostgresBackend::connect(url, what, POSTGRES_CONNECTIONS)
+            Some(link) => PostgresBackend::open(link, what, POSTGRES_CONNECTIONS)
                 .map(|backend| -> SharedBackend { Arc::new(backend) })
                 .map_err(|e| StartError::Database {
                     what,
@@ -129,8 +140,8 @@ impl RunningControlPlane {
         let ca_pem = loaded.ca.cert_pem().to_owned();
         // Replicas share the series in PostgreSQL's partitioned tables; one alone, in sled.
         let series = match &store {
-            Some(url) => {
-                let backend = PostgresBackend::connect(url, "telemetry", POSTGRES_CONNECTIONS)
+            Some(link) => {
+                let backend = PostgresBackend::open(link, "telemetry", POSTGRES_CONNECTIONS)
                     .map_err(|e| StartError::Database {
                         what: "telemetry",
                         source: crate::backend::BackendError::storage(e),

@@ -22,6 +22,7 @@ mod lifecycle;
 mod manifests;
 mod otlp;
 mod postgres_store;
+mod postgres_tls;
 mod recovery;
 mod releases;
 mod replicas;

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use tokio::sync::{broadcast, mpsc};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tracing::{info, warn};
 
 use super::super::{Change, Notice, Table};
@@ -190,11 +190,11 @@ impl Feed {
 
 /// Listens on `channel` until the driver stops, connecting again whenever the connection is
 /// lost, with a pause that doubles up to [`RECONNECT_MOST`].
-pub(super) async fn listen(url: String, channel: String, feed: Arc<Feed>) {
+pub(super) async fn listen(link: super::Link, channel: String, feed: Arc<Feed>) {
     let mut pause = RECONNECT_FIRST;
     let mut heard_before = false;
     loop {
-        match listen_once(&url, &channel, &feed, heard_before).await {
+        match listen_once(&link, &channel, &feed, heard_before).await {
             Ok(()) => warn!(%channel, "the PostgreSQL change feed closed; listening again"),
             Err(error) => warn!(%channel, %error, "the PostgreSQL change feed failed"),
         }
@@ -224,12 +224,12 @@ impl Drop for AbortOnDrop {
 }
 
 async fn listen_once(
-    url: &str,
+    link: &super::Link,
     channel: &str,
     feed: &Feed,
     heard_before: bool,
 ) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = super::pool::settings(url)?.connect(NoTls).await?;
+    let (client, mut connection) = super::pool::settings(link).connect(link.tls()).await?;
     let (tx, mut notifications) = mpsc::unbounded_channel();
     let _pump = AbortOnDrop(tokio::spawn(async move {
         loop {

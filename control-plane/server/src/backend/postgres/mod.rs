@@ -13,9 +13,12 @@
 //! - `schema`: versioned migrations, a newer schema refused.
 
 mod feed;
+mod link;
+mod passfile;
 mod pool;
 mod schema;
 pub mod testing;
+mod tls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +30,7 @@ use tokio::sync::broadcast;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, IsolationLevel};
 
+pub use link::{Link, LinkError, Secrets, TlsMode, check_url};
 pub use pool::ConnectError;
 pub use schema::SchemaError;
 
@@ -66,6 +70,8 @@ pub enum OpenError {
     Namespace(String),
     #[error("the PostgreSQL change feed did not start listening within {0:?}")]
     Listen(Duration),
+    #[error(transparent)]
+    Link(#[from] LinkError),
 }
 
 /// A PostgreSQL database; cheap to share behind an `Arc`.
@@ -133,11 +139,20 @@ impl PostgresBackend {
     /// schema up to date (refusing a newer one), starts hearing every process's commits and
     /// keeps `namespace`'s tables apart from others in the same database.
     pub fn connect(url: &str, namespace: &str, connections: usize) -> Result<Self, OpenError> {
+        Self::open(
+            &Link::parse(url, &Secrets::default())?,
+            namespace,
+            connections,
+        )
+    }
+
+    /// As [`PostgresBackend::connect`], over `link` (its TLS and password settled).
+    pub fn open(link: &Link, namespace: &str, connections: usize) -> Result<Self, OpenError> {
         if !valid_namespace(namespace) {
             return Err(OpenError::Namespace(namespace.to_owned()));
         }
         let driver = Driver::start("postgres-driver").map_err(OpenError::Thread)?;
-        let pool = Pool::open(&driver, url, connections)?;
+        let pool = Pool::open(&driver, link, connections)?;
         {
             let mut first = pool.get(&driver)?;
             block_on(schema::migrate(first.client()))?;
@@ -152,7 +167,7 @@ impl PostgresBackend {
         let origin = rand::random::<u64>();
         let feed = Arc::new(Feed::new(origin, NOTIFY_CAPACITY));
         let channel = feed::channel(namespace);
-        driver.spawn(feed::listen(url.to_owned(), channel.clone(), feed.clone()));
+        driver.spawn(feed::listen(link.clone(), channel.clone(), feed.clone()));
         if !feed.wait_listening(LISTEN_TIMEOUT) {
             return Err(OpenError::Listen(LISTEN_TIMEOUT));
         }

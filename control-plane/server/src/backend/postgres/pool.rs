@@ -5,24 +5,39 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tracing::{info, warn};
 
 use super::super::driver::Driver;
+use super::link::Link;
 
 /// Why no connection could be had.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("cannot connect to PostgreSQL: {0}")]
-    Connect(#[source] tokio_postgres::Error),
+    /// With its causes: tokio-postgres's own text names the kind only ("error performing TLS
+    /// handshake"), its source why.
+    #[error("cannot connect to PostgreSQL: {}", with_causes(.0))]
+    Connect(tokio_postgres::Error),
     #[error("the PostgreSQL driver thread has stopped")]
     Stopped,
 }
 
+/// `error` and each of its sources, `: `-separated.
+fn with_causes(error: &tokio_postgres::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Opens one connection on the driver's runtime and waits for it.
-pub(super) fn connect(driver: &Driver, url: &str) -> Result<Client, ConnectError> {
+pub(super) fn connect(driver: &Driver, link: &Link) -> Result<Client, ConnectError> {
     driver
-        .run(open(url.to_owned()))
+        .run(open(link.clone()))
         .ok_or(ConnectError::Stopped)?
         .map_err(ConnectError::Connect)
 }
@@ -32,20 +47,20 @@ pub(super) fn connect(driver: &Driver, url: &str) -> Result<Client, ConnectError
 /// timeout.
 pub(super) const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// `url` as a connection's settings, with [`CONNECT_TIMEOUT`] and TCP keepalives unless the
-/// URL sets them.
-pub(super) fn settings(url: &str) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
-    let mut config: tokio_postgres::Config = url.parse()?;
+/// `link`'s settings for a connection, with [`CONNECT_TIMEOUT`] and TCP keepalives unless
+/// the URL sets them.
+pub(super) fn settings(link: &Link) -> tokio_postgres::Config {
+    let mut config = link.config().clone();
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
     config.keepalives(true);
-    Ok(config)
+    config
 }
 
 /// Opens one connection, driven by a task of the current runtime.
-pub(super) async fn open(url: String) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = settings(&url)?.connect(NoTls).await?;
+pub(super) async fn open(link: Link) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = settings(&link).connect(link.tls()).await?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             warn!(%error, "a PostgreSQL connection ended");
@@ -57,7 +72,7 @@ pub(super) async fn open(url: String) -> Result<Client, tokio_postgres::Error> {
 /// A fixed number of connections, taken in turn, each opened again once found closed.
 #[derive(Debug)]
 pub(super) struct Pool {
-    url: String,
+    link: Link,
     slots: Vec<Mutex<Option<Client>>>,
     next: AtomicUsize,
     /// Connections opened again so far: a server restart (which may lose commits made
@@ -84,15 +99,15 @@ impl Lease<'_> {
 }
 
 impl Pool {
-    /// Opens `size` connections to `url` (at least one).
-    pub(super) fn open(driver: &Driver, url: &str, size: usize) -> Result<Self, ConnectError> {
+    /// Opens `size` connections over `link` (at least one).
+    pub(super) fn open(driver: &Driver, link: &Link, size: usize) -> Result<Self, ConnectError> {
         let mut slots = Vec::new();
         for _ in 0..size.max(1) {
-            let client = connect(driver, url)?;
+            let client = connect(driver, link)?;
             slots.push(Mutex::new(Some(client)));
         }
         Ok(Self {
-            url: url.to_owned(),
+            link: link.clone(),
             slots,
             next: AtomicUsize::new(0),
             reopened: AtomicU64::new(0),
@@ -110,7 +125,7 @@ impl Pool {
         let mut slot = self.slots[i].lock().unwrap_or_else(|p| p.into_inner());
         if slot.as_ref().is_none_or(Client::is_closed) {
             *slot = None;
-            let client = connect(driver, &self.url)?;
+            let client = connect(driver, &self.link)?;
             self.reopened.fetch_add(1, Ordering::SeqCst);
             info!("connected to PostgreSQL again");
             *slot = Some(client);

@@ -41,6 +41,22 @@ pub struct TestPostgres {
     bin: PathBuf,
     data: PathBuf,
     dir: tempfile::TempDir,
+    /// The port of its socket, and of its TCP listener when it has one.
+    port: u16,
+    /// Settings beyond [`spawn`]'s own (`-c name=value` pairs).
+    settings: Vec<String>,
+}
+
+/// A server that also listens on loopback TCP with TLS: see [`TestPostgres::start_tls`].
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// The TCP port on 127.0.0.1.
+    pub port: u16,
+    /// The server's certificate chain and key (PEM).
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// The password of the `tern` role, which TCP clients must give (SCRAM).
+    pub password: String,
 }
 
 /// The directory of PostgreSQL's server binaries, if the machine has them.
@@ -75,6 +91,16 @@ fn as_unprivileged(program: &Path) -> Command {
 impl TestPostgres {
     /// Starts a server, or `None` (a skip) where PostgreSQL is not installed.
     pub fn start() -> Option<Self> {
+        Self::start_with(None)
+    }
+
+    /// Starts a server that, besides its socket, listens on `127.0.0.1:port` for TLS only:
+    /// `hostssl` with SCRAM for the `tern` role, any TCP connection without TLS refused.
+    pub fn start_tls(tls: &TlsSettings) -> Option<Self> {
+        Self::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<&TlsSettings>) -> Option<Self> {
         let Some(bin) = binaries() else {
             assert!(
                 !std::env::var("TERN_REQUIRE_POSTGRES").is_ok_and(|v| v == "1"),
@@ -100,16 +126,40 @@ impl TestPostgres {
             .status()
             .expect("initdb runs");
         assert!(status.success(), "initdb failed");
-        let child = spawn(&bin, &data, dir.path());
+        let (port, settings) = match tls {
+            None => (PORT, vec!["listen_addresses=".to_owned()]),
+            Some(tls) => {
+                install_tls(dir.path(), &data, tls);
+                let settings = [
+                    "listen_addresses=127.0.0.1",
+                    "ssl=on",
+                    "ssl_cert_file=server.crt",
+                    "ssl_key_file=server.key",
+                    "password_encryption=scram-sha-256",
+                ];
+                (tls.port, settings.map(str::to_owned).to_vec())
+            }
+        };
+        let child = spawn(&bin, &data, dir.path(), port, &settings);
         let socket_dir = dir.path().display().to_string().replace('/', "%2F");
         let server = Self {
-            url: format!("postgres://tern@{socket_dir}:{PORT}/postgres"),
+            url: format!("postgres://tern@{socket_dir}:{port}/postgres"),
             child,
             bin,
             data,
             dir,
+            port,
+            settings,
         };
         server.wait_ready();
+        if let Some(tls) = tls {
+            let password = tls.password.replace('\'', "''");
+            execute(
+                &server.url,
+                &format!("ALTER ROLE tern PASSWORD '{password}'"),
+            )
+            .expect("the role's password is set");
+        }
         Some(server)
     }
 
@@ -139,7 +189,13 @@ impl TestPostgres {
 
     /// Starts the stopped server again on the same data and socket.
     pub fn up(&mut self) {
-        self.child = spawn(&self.bin, &self.data, self.dir.path());
+        self.child = spawn(
+            &self.bin,
+            &self.data,
+            self.dir.path(),
+            self.port,
+            &self.settings,
+        );
         self.wait_ready();
     }
 
@@ -220,18 +276,47 @@ impl Drop for TestPostgres {
 /// The port in the socket's name (`.s.PGSQL.5432`); no TCP port is opened.
 const PORT: u16 = 5432;
 
-/// Starts `postgres` on `data`, listening on a Unix socket in `dir` only: nothing another
-/// test or process binds can be taken for this server.
-fn spawn(bin: &Path, data: &Path, dir: &Path) -> Child {
-    as_unprivileged(&bin.join("postgres"))
+/// Starts `postgres` on `data`, listening on a Unix socket in `dir` (and where `settings`
+/// say): without a TCP listener, nothing another test or process binds can be taken for it.
+fn spawn(bin: &Path, data: &Path, dir: &Path, port: u16, settings: &[String]) -> Child {
+    let mut command = as_unprivileged(&bin.join("postgres"));
+    command
         .arg("-D")
         .arg(data)
-        .args(["-p", &PORT.to_string(), "-c", "listen_addresses="])
+        .args(["-p", &port.to_string()])
         .arg("-c")
         .arg(format!("unix_socket_directories={}", dir.display()))
-        .args(["-c", "fsync=off", "-c", "max_connections=200"])
+        .args(["-c", "fsync=off", "-c", "max_connections=200"]);
+    for setting in settings {
+        command.arg("-c").arg(setting);
+    }
+    command
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("postgres starts")
+}
+
+/// Puts the server's certificate and key in `data` (the key 0600, owned by the user the
+/// server runs as, as it demands) and lets TCP clients in with TLS and a password only.
+fn install_tls(dir: &Path, data: &Path, tls: &TlsSettings) {
+    let hba = "local all all trust\n\
+               hostssl all tern 127.0.0.1/32 scram-sha-256\n\
+               hostnossl all all 127.0.0.1/32 reject\n";
+    for (name, text) in [
+        ("server.crt", tls.cert_pem.as_str()),
+        ("server.key", &tls.key_pem),
+        ("pg_hba.conf", hba),
+    ] {
+        let staged = dir.join(name);
+        std::fs::write(&staged, text).expect("stage the file");
+        let status = as_unprivileged(Path::new("/usr/bin/install"))
+            .args(["-m", "600"])
+            .arg(&staged)
+            .arg(data.join(name))
+            .status()
+            .expect("install runs");
+        assert!(status.success(), "install {name} failed");
+        std::fs::remove_file(&staged).expect("remove the staged file");
+    }
 }
