@@ -177,6 +177,15 @@ def grpc_suite(url, mlp_input, mlp_want, image):
     short = grpcclient.InferInput("input", [4, 33], "FP32")
     short.set_data_from_numpy(np.zeros((4, 33), dtype=np.float32))
     expect_error(lambda: client.infer("mlp", [short]), "INVALID_ARGUMENT", "gRPC bad input")
+    # More than any served pipeline accepts (the MLP's batch is symbolic: the local API's
+    # largest body): refused as it arrives, before it is decoded.
+    huge = grpcclient.InferInput("input", [(64 << 20) // 128 + 1, 32], "FP32")
+    huge.set_data_from_numpy(np.zeros(((64 << 20) // 128 + 1, 32), dtype=np.float32))
+    message = expect_error(lambda: client.infer("mlp", [huge]), "RESOURCE_EXHAUSTED", "gRPC huge input")
+    check("served pipelines accept" in message, f"gRPC huge input: {message}")
+    result = client.infer("mlp", [x])
+    close(result.as_numpy("output"), mlp_want, 1e-4, "gRPC mlp after a refusal")
+    served["mlp"] += 1
 
     if image is not None:
         picture, want = image

@@ -27,9 +27,9 @@ pub struct AgentConfig {
     pub labels: BTreeMap<String, String>,
     /// Where the local API listens: `HOST:PORT` or `unix:PATH`.
     pub listen_api: crate::local_api::address::ApiAddress,
-    /// Where the local API's gRPC form listens (`HOST:PORT`); none when absent.
+    /// Where the local API's gRPC form listens (`HOST:PORT` or `unix:PATH`); none when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub listen_grpc: Option<std::net::SocketAddr>,
+    pub listen_grpc: Option<crate::local_api::address::ApiAddress>,
     /// Bounds on the local API's connections.
     #[serde(default)]
     pub api: crate::local_api::connections::ApiLimits,

@@ -33,7 +33,7 @@ pub struct JoinOptions {
     pub labels: BTreeMap<String, String>,
     pub listen_api: Option<crate::local_api::ApiAddress>,
     /// Where the local API's gRPC form listens; none when absent.
-    pub listen_grpc: Option<std::net::SocketAddr>,
+    pub listen_grpc: Option<crate::local_api::ApiAddress>,
     /// Bounds on the local API's connections.
     pub api: crate::local_api::ApiLimits,
     /// A trust root given out of band, pinned instead of the control plane's.
@@ -168,7 +168,7 @@ pub async fn join(options: &JoinOptions) -> Result<AgentConfig, JoinError> {
                     DEFAULT_LISTEN_API.parse().expect("valid default address"),
                 )
             }),
-            listen_grpc: options.listen_grpc,
+            listen_grpc: options.listen_grpc.clone(),
             api: options.api,
             telemetry: options.telemetry,
             limits: options.limits,

@@ -38,9 +38,10 @@ enum Command {
         /// Address of the local API, HOST:PORT or unix:PATH [default: 127.0.0.1:7480].
         #[arg(long)]
         listen_api: Option<tern_agent::local_api::ApiAddress>,
-        /// Also serve the local API's KServe v2 gRPC form on HOST:PORT (off by default).
+        /// Also serve the local API's KServe v2 gRPC form on HOST:PORT or unix:PATH (off by
+        /// default).
         #[arg(long)]
-        listen_grpc: Option<std::net::SocketAddr>,
+        listen_grpc: Option<tern_agent::local_api::ApiAddress>,
         /// Most open connections to the local API; beyond it the longest-idle one is closed.
         #[arg(long, default_value_t = tern_agent::local_api::ApiLimits::default().max_connections)]
         api_max_connections: usize,

@@ -78,18 +78,14 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
     };
     let listener = config.listen_api.bind().await.map_err(bind_error)?;
     let api_addr = listener.local_address().map_err(bind_error)?;
-    let grpc_listener = match config.listen_grpc {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| RunError::Bind {
-                    addr: local_api::ApiAddress::Tcp(addr),
-                    source,
-                })?,
-        ),
+    let grpc_listener = match &config.listen_grpc {
+        Some(addr) => Some(addr.bind().await.map_err(|source| RunError::Bind {
+            addr: addr.clone(),
+            source,
+        })?),
         None => None,
     };
-    let grpc_addr = grpc_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let grpc_addr = grpc_listener.as_ref().and_then(|l| l.local_address().ok());
 
     let online_key_path = dir.online_key();
     let online_key = tern_proto::signing::PublicKey::from_text(&dir.read(&online_key_path)?)

@@ -2,8 +2,10 @@
 //! `tritonclient[grpc]` from PyPI, with their defaults, drive the local API's Open Inference
 //! Protocol (liveness, readiness, metadata, inference with JSON and binary tensors, errors) on
 //! the MLP and, with the model fixtures, an image pipeline (image-prep, then SqueezeNet 1.1);
-//! every answer is checked against ONNX Runtime (`tests/python/triton_clients.py`). Then the
-//! agent's telemetry must count what the clients sent, over both protocols.
+//! every answer is checked against ONNX Runtime (`tests/python/triton_clients.py`), while 200
+//! idle connections and a stalled HTTP/2 preface sit on the gRPC port, and a gRPC message
+//! larger than the served pipelines accept is refused. Then the agent's telemetry must count
+//! what the clients sent, over both protocols.
 //!
 //! Skipped without Python's `tritonclient`, `onnxruntime` and `numpy`, unless
 //! `TERN_REQUIRE_TRITON=1` (CI installs them and sets it).
@@ -123,6 +125,15 @@ fn tritonclient_http_and_grpc_infer_against_an_agent() -> anyhow::Result<()> {
         tern_e2e::listening(grpc.parse().ok()?).then_some(())
     })?;
 
+    // Idle connections and a preface that never ends, held while the clients run: the
+    // gRPC form's connection table makes room, and its head deadline cuts the slow one.
+    let grpc_addr: std::net::SocketAddr = grpc.parse()?;
+    let idle: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| std::net::TcpStream::connect(grpc_addr))
+        .collect::<Result<_, _>>()?;
+    let mut slow = std::net::TcpStream::connect(grpc_addr)?;
+    std::io::Write::write_all(&mut slow, b"PRI * HTTP/2.0\r\n")?;
+
     let mut command = Command::new("python3");
     command
         .arg(tern_e2e::examples_dir().join("../tests/python/triton_clients.py"))
@@ -139,6 +150,7 @@ fn tritonclient_http_and_grpc_infer_against_an_agent() -> anyhow::Result<()> {
         fleet.agents[0].process.log_text()
     );
     let served: serde_json::Value = serde_json::from_str(stdout.trim())?;
+    drop(idle);
 
     // Both protocols reach the same pipelines and the same telemetry.
     let (status, page) = tern_e2e::http(

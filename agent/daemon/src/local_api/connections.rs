@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -119,6 +119,11 @@ pub struct Tracked {
     clock: Arc<CoarseClock>,
     /// Woken when the connection must close.
     close: Notify,
+    /// HTTP/2: calls open on the connection (its phase is `Busy` while there are any), and
+    /// whether one was ever opened (from then on bytes alone, pings and window updates, do
+    /// not start a head).
+    streams: AtomicUsize,
+    multiplexed: AtomicBool,
 }
 
 impl Tracked {
@@ -133,7 +138,7 @@ impl Tracked {
 
     /// Bytes arrived: an idle connection starts reading a request's head.
     fn bytes_arrived(&self) {
-        if self.phase() == Phase::Idle {
+        if self.phase() == Phase::Idle && !self.multiplexed.load(Ordering::Relaxed) {
             self.enter(Phase::Head);
         }
     }
@@ -153,6 +158,21 @@ impl Tracked {
     }
 
     /// Resolves when the sweeper or an eviction closes this connection.
+    /// HTTP/2: a call's head arrived (its body has a deadline of its own); the connection is
+    /// busy until its last call ends.
+    pub fn stream_opened(&self) {
+        self.multiplexed.store(true, Ordering::Relaxed);
+        self.streams.fetch_add(1, Ordering::AcqRel);
+        self.enter(Phase::Busy);
+    }
+
+    /// HTTP/2: a call ended, answered or dropped; the last one leaves the connection idle.
+    pub fn stream_closed(&self) {
+        if self.streams.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.enter(Phase::Idle);
+        }
+    }
+
     pub async fn closed(&self) {
         self.close.notified().await;
     }
@@ -224,37 +244,6 @@ impl Connections {
         &self.limits
     }
 
-    /// The connection gauges and counters for `/metrics`.
-    pub fn exposition(&self, agent: &str) -> String {
-        use tern_proto::prometheus::{Exposition, Kind};
-        let a = [("agent", agent)];
-        let mut page = Exposition::default();
-        page.family(
-            "tern_agent_api_connections",
-            Kind::Gauge,
-            "Open connections to the local API.",
-        )
-        .sample(&a, self.open_count() as f64);
-        page.family(
-            "tern_agent_api_connections_closed_total",
-            Kind::Counter,
-            "Local API connections the agent closed: evicted for a new one when all slots were \
-             taken, refused when none was idle, or past the head or body deadline.",
-        );
-        for (reason, counter) in [
-            ("evicted", &self.stats.evicted),
-            ("refused", &self.stats.refused),
-            ("head_timeout", &self.stats.head_timeouts),
-            ("body_timeout", &self.stats.body_timeouts),
-        ] {
-            page.sample(
-                &[("agent", agent), ("reason", reason)],
-                counter.load(Ordering::Relaxed) as f64,
-            );
-        }
-        page.finish()
-    }
-
     /// A slot for a new connection, evicting the longest-idle one when all are taken; `None`
     /// when all are taken by requests in progress.
     pub fn admit(self: &Arc<Self>) -> Option<Slot> {
@@ -277,6 +266,8 @@ impl Connections {
             since_ms: AtomicU64::new(self.clock.now()),
             clock: self.clock.clone(),
             close: Notify::new(),
+            streams: AtomicUsize::new(0),
+            multiplexed: AtomicBool::new(false),
         });
         open.insert(id, tracked.clone());
         Some(Slot {
@@ -418,6 +409,41 @@ impl Body for WatchedBody {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// The connection gauges and counters of each form of the local API (`api`: `http`,
+/// `grpc`) for `/metrics`.
+pub fn exposition(agent: &str, tables: &[(&str, &Connections)]) -> String {
+    use tern_proto::prometheus::{Exposition, Kind};
+    let mut page = Exposition::default();
+    page.family(
+        "tern_agent_api_connections",
+        Kind::Gauge,
+        "Open connections to the local API.",
+    );
+    for (api, table) in tables {
+        page.sample(&[("agent", agent), ("api", api)], table.open_count() as f64);
+    }
+    page.family(
+        "tern_agent_api_connections_closed_total",
+        Kind::Counter,
+        "Local API connections the agent closed: evicted for a new one when all slots were \
+         taken, refused when none was idle, or past the head or body deadline.",
+    );
+    for (api, table) in tables {
+        for (reason, counter) in [
+            ("evicted", &table.stats.evicted),
+            ("refused", &table.stats.refused),
+            ("head_timeout", &table.stats.head_timeouts),
+            ("body_timeout", &table.stats.body_timeouts),
+        ] {
+            page.sample(
+                &[("agent", agent), ("api", api), ("reason", reason)],
+                counter.load(Ordering::Relaxed) as f64,
+            );
+        }
+    }
+    page.finish()
 }
 
 #[cfg(test)]

@@ -75,7 +75,7 @@ pub struct AgentInfo {
 #[derive(Debug)]
 struct Admission {
     workers: Arc<Semaphore>,
-    waiting: AtomicUsize,
+    waiting: Arc<AtomicUsize>,
 }
 
 #[derive(Debug)]
@@ -86,6 +86,8 @@ struct ApiState {
     telemetry: Arc<TelemetryState>,
     admission: Admission,
     connections: Arc<Connections>,
+    /// The gRPC form's connections: the same limits, a table of their own.
+    grpc_connections: Arc<Connections>,
 }
 
 /// An error answer: a status and `{"error": ...}`.
@@ -125,8 +127,9 @@ impl LocalApi {
                 telemetry,
                 admission: Admission {
                     workers: Arc::new(Semaphore::new(workers)),
-                    waiting: AtomicUsize::new(0),
+                    waiting: Arc::new(AtomicUsize::new(0)),
                 },
+                grpc_connections: Connections::new(*connections.limits()),
                 connections,
             }),
         }
@@ -165,9 +168,9 @@ impl LocalApi {
             .with_state(self.state.clone())
     }
 
-    /// The gRPC service.
-    pub fn grpc(&self) -> grpc::InferenceService {
-        grpc::InferenceService::new(self.state.clone())
+    /// The gRPC service, behind the admission the HTTP form has (see [`grpc::guard`]).
+    pub fn grpc(&self) -> grpc::GrpcApi {
+        grpc::GrpcApi::new(self.state.clone())
     }
 }
 
@@ -233,7 +236,13 @@ async fn ready(State(state): State<Arc<ApiState>>) -> Response {
 /// `GET /metrics`: this host and its pipelines for Prometheus.
 async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
     let mut page = exposition::render(&state.info.name, &state.serving, &state.telemetry);
-    page.push_str(&state.connections.exposition(&state.info.name));
+    page.push_str(&connections::exposition(
+        &state.info.name,
+        &[
+            ("http", &state.connections),
+            ("grpc", &state.grpc_connections),
+        ],
+    ));
     (
         [(header::CONTENT_TYPE, tern_proto::prometheus::CONTENT_TYPE)],
         page,
@@ -272,18 +281,19 @@ fn lookup(state: &ApiState, name: &str) -> Result<Arc<ServedPipeline>, ApiError>
 
 /// An admitted request: counted as waiting (while its body is read and until a worker takes
 /// it), also when the client goes away and its future is dropped.
-struct Ticket<'a> {
-    count: &'a AtomicUsize,
+#[derive(Debug)]
+struct Ticket {
+    count: Arc<AtomicUsize>,
     arrived: Instant,
 }
 
 impl Admission {
     /// Admits a request before its body is read, or answers 429 when [`MAX_WAITING`] already
     /// wait.
-    fn admit(&self) -> Result<Ticket<'_>, ApiError> {
+    fn admit(&self) -> Result<Ticket, ApiError> {
         let ahead = self.waiting.fetch_add(1, Ordering::AcqRel);
         let ticket = Ticket {
-            count: &self.waiting,
+            count: self.waiting.clone(),
             arrived: Instant::now(),
         };
         if ahead >= MAX_WAITING {
@@ -296,7 +306,7 @@ impl Admission {
     }
 }
 
-impl Drop for Ticket<'_> {
+impl Drop for Ticket {
     fn drop(&mut self) {
         self.count.fetch_sub(1, Ordering::AcqRel);
     }
@@ -350,7 +360,7 @@ fn request_key(headers: &HeaderMap) -> Option<String> {
 /// Runs `payload` through `pipeline` (on the A/B arm `key` or chance picks) on a worker.
 async fn run(
     state: &ApiState,
-    ticket: Ticket<'_>,
+    ticket: Ticket,
     pipeline: Arc<ServedPipeline>,
     key: Option<String>,
     payload: Payload,
@@ -401,21 +411,18 @@ async fn run(
 
 /// The serving revision of `name`, a place among the requests that wait, then the body: in that
 /// order, so that a request that cannot run is answered before its body is read.
-async fn admit<'a>(
-    state: &'a ApiState,
+async fn admit(
+    state: &ApiState,
     name: &str,
     body: Body,
-) -> Result<(Arc<ServedPipeline>, Ticket<'a>, axum::body::Bytes), ApiError> {
+) -> Result<(Arc<ServedPipeline>, Ticket, axum::body::Bytes), ApiError> {
     let pipeline = lookup(state, name)?;
     let (ticket, body) = admit_body(state, body).await?;
     Ok((pipeline, ticket, body))
 }
 
 /// A place among the requests that wait, then the body, for a pipeline already looked up.
-async fn admit_body(
-    state: &ApiState,
-    body: Body,
-) -> Result<(Ticket<'_>, axum::body::Bytes), ApiError> {
+async fn admit_body(state: &ApiState, body: Body) -> Result<(Ticket, axum::body::Bytes), ApiError> {
     let ticket = state.admission.admit()?;
     let body = read_body(body).await?;
     Ok((ticket, body))
@@ -472,6 +479,11 @@ mod tests {
     }
 
     fn api_with(serving: Arc<ServingTable>, connections: Arc<Connections>) -> Router {
+        local_api(serving, connections).router()
+    }
+
+    /// The local API over `serving`, for this module's tests and the gRPC form's.
+    pub(super) fn local_api(serving: Arc<ServingTable>, connections: Arc<Connections>) -> LocalApi {
         let info = AgentInfo {
             id: "a".into(),
             name: "edge".into(),
@@ -497,7 +509,6 @@ mod tests {
             telemetry,
             connections,
         )
-        .router()
     }
 
     async fn status(router: &Router, method: &str, path: &str) -> StatusCode {

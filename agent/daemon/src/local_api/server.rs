@@ -1,4 +1,5 @@
-//! The local API's accept loop: HTTP/1.1 connections under the bounds of [`Connections`].
+//! The local API's accept loops: HTTP/1.1 connections, and the gRPC form's HTTP/2 ones, under
+//! the bounds of [`Connections`].
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -25,8 +26,37 @@ pub async fn serve(
     listener: ApiListener,
     router: Router,
     connections: std::sync::Arc<Connections>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
+    accept(
+        listener,
+        connections,
+        shutdown,
+        move |stream, slot, stop| {
+            let router = router.clone();
+            async move {
+                match stream {
+                    ApiStream::Tcp(s) => connection(s, slot, router, false, stop).await,
+                    ApiStream::Unix(s) => connection(s, slot, router, true, stop).await,
+                }
+            }
+        },
+    )
+    .await
+}
+
+/// Accepts connections on `listener` within the bounds of `connections` and runs `serve_one`
+/// on each until `shutdown` turns true; then waits for the connections to finish.
+async fn accept<F, Fut>(
+    listener: ApiListener,
+    connections: std::sync::Arc<Connections>,
+    mut shutdown: watch::Receiver<bool>,
+    serve_one: F,
+) -> std::io::Result<()>
+where
+    F: Fn(ApiStream, Slot, watch::Receiver<bool>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let limits = *connections.limits();
     let keeper = tokio::spawn(connections.clone().keep(shutdown.clone()));
     let mut tasks = JoinSet::new();
@@ -57,14 +87,7 @@ pub async fn serve(
             }
             continue;
         };
-        let router = router.clone();
-        let stop = shutdown.clone();
-        tasks.spawn(async move {
-            match stream {
-                ApiStream::Tcp(s) => connection(s, slot, router, false, stop).await,
-                ApiStream::Unix(s) => connection(s, slot, router, true, stop).await,
-            }
-        });
+        tasks.spawn(serve_one(stream, slot, shutdown.clone()));
     }
     drop(listener);
     while tasks.join_next().await.is_some() {}
@@ -124,23 +147,89 @@ async fn connection<S>(
     drop(slot);
 }
 
-/// Serves the gRPC form of the local API on `listener` until `shutdown` turns true; then lets
-/// the calls in progress finish. Each connection runs at most [`super::MAX_WAITING`] calls at a
-/// time; beyond the workers, calls wait in the same admission queue as HTTP requests.
+/// Serves the gRPC form of the local API (HTTP/2 without TLS, as gRPC clients speak it to
+/// a local server) on `listener`, under the HTTP form's rules: the connection cap and
+/// eviction, a head deadline from a connection's first byte to its first call, a body
+/// deadline per call, and the admission of [`super::grpc::guard`]. Until `shutdown` turns
+/// true; then the calls in progress finish.
 pub async fn serve_grpc(
-    listener: tokio::net::TcpListener,
-    service: super::grpc::InferenceService,
-    mut shutdown: watch::Receiver<bool>,
+    listener: ApiListener,
+    api: super::grpc::GrpcApi,
+    shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
-        .concurrency_limit_per_connection(super::MAX_WAITING)
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        .serve_with_incoming_shutdown(service.into_server(), incoming, async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        })
-        .await
-        .map_err(std::io::Error::other)
+    let connections = api.connections();
+    accept(
+        listener,
+        connections,
+        shutdown,
+        move |stream, slot, stop| {
+            let api = api.clone();
+            async move {
+                match stream {
+                    ApiStream::Tcp(s) => grpc_connection(s, slot, api, stop).await,
+                    ApiStream::Unix(s) => grpc_connection(s, slot, api, stop).await,
+                }
+            }
+        },
+    )
+    .await
+}
+
+/// Ends a call's hold on its connection however the call ends (answered, or dropped when
+/// the client reset it).
+struct OpenStream(std::sync::Arc<super::connections::Tracked>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.stream_closed();
+    }
+}
+
+/// Serves one HTTP/2 connection until the client closes it, a deadline or an eviction
+/// closes it, or the API stops (then the calls in progress finish first).
+async fn grpc_connection<S>(
+    stream: S,
+    slot: Slot,
+    api: super::grpc::GrpcApi,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let tracked = slot.tracked.clone();
+    let io = TokioIo::new(Watched::new(stream, tracked.clone()));
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        tracked.stream_opened();
+        let open = OpenStream(tracked.clone());
+        let api = api.clone();
+        async move {
+            let response = api.call(request).await;
+            drop(open);
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let mut builder =
+        hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .max_concurrent_streams(u32::try_from(super::MAX_WAITING).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
+        .timer(hyper_util::rt::TokioTimer::new());
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "gRPC connection ended");
+            }
+        }
+        _ = slot.tracked.closed() => {
+            tracing::debug!("gRPC connection closed: past its deadline, or evicted");
+        }
+        _ = async { stop.wait_for(|s| *s).await.is_ok() } => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+    drop(slot);
 }
 
 #[cfg(test)]
@@ -279,14 +368,14 @@ mod tests {
             "no idle connection to evict: the new one is closed"
         );
         assert_eq!(table.open_count(), 2);
-        let page = table.exposition("edge");
+        let page = crate::local_api::connections::exposition("edge", &[("http", &table)]);
         assert!(
-            page.contains(r#"tern_agent_api_connections{agent="edge"} 2"#),
+            page.contains(r#"tern_agent_api_connections{agent="edge",api="http"} 2"#),
             "{page}"
         );
         for reason in ["evicted", "refused"] {
             let line = format!(
-                r#"tern_agent_api_connections_closed_total{{agent="edge",reason="{reason}"}} 1"#
+                r#"tern_agent_api_connections_closed_total{{agent="edge",api="http",reason="{reason}"}} 1"#
             );
             assert!(page.contains(&line), "{page}");
         }

@@ -14,6 +14,7 @@ mod convert;
     clippy::unwrap_used
 )]
 pub mod generated;
+pub mod guard;
 
 use std::sync::Arc;
 
@@ -25,6 +26,7 @@ use super::{ApiError, ApiState, run};
 use crate::oip::{self, metadata};
 use generated::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use generated::*;
+pub use guard::GrpcApi;
 
 /// The status of an error answer.
 fn status(e: ApiError) -> Status {
@@ -51,7 +53,8 @@ impl InferenceService {
         Self { state }
     }
 
-    /// The tonic service, taking messages as large as the HTTP form's bodies.
+    /// The tonic service, taking messages as large as the HTTP form's bodies (the guard cuts
+    /// them to what the served pipelines accept before tonic sees them).
     pub fn into_server(self) -> GrpcInferenceServiceServer<Self> {
         GrpcInferenceServiceServer::new(self)
             .max_decoding_message_size(super::MAX_BODY)
@@ -147,10 +150,18 @@ impl GrpcInferenceService for InferenceService {
             .get(super::KEY_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        // Taken from the call's head, before its message was read (see [`guard`]).
+        let admitted = request
+            .extensions()
+            .get::<guard::Admitted>()
+            .and_then(guard::Admitted::take);
         let request = request.into_inner();
         let name = request.model_name.clone();
         let pipeline = self.lookup(&name, &request.model_version)?;
-        let ticket = self.state.admission.admit().map_err(status)?;
+        let ticket = match admitted {
+            Some(ticket) => ticket,
+            None => self.state.admission.admit().map_err(status)?,
+        };
         let (inputs, wanted) = convert::inputs(request.inputs, request.raw_input_contents)
             .map_err(|e| Status::invalid_argument(e.0))
             .map(|inputs| {
@@ -186,3 +197,6 @@ impl GrpcInferenceService for InferenceService {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod hardening_tests;
