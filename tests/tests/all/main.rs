@@ -16,6 +16,7 @@ mod experiment;
 mod faults;
 mod full_disk;
 mod handshake;
+mod impostors;
 mod install;
 mod kubectl;
 mod lifecycle;
