@@ -7,6 +7,7 @@
 
 pub mod assets;
 pub mod counter;
+pub mod proxy;
 pub mod sim;
 pub mod supervise;
 

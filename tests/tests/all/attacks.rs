@@ -37,6 +37,52 @@ fn tampered_artifact_bytes_are_refused_and_the_running_revision_keeps_serving() 
 }
 
 #[test]
+fn a_download_longer_than_its_release_is_refused_and_no_partial_file_is_kept() -> anyhow::Result<()>
+{
+    let fleet = Fleet::start(1)?;
+    fleet.serve_topk()?;
+    let two = fleet.topk("two", 0)?;
+    fleet.push(&two, 2)?;
+    let release = tern_e2e::Publisher::release(&two)?;
+    let digest = release.signed.digest.hex();
+    // The control plane's copy grows past what the release signs.
+    let stored = fleet.cp.dir.join("artifacts").join(&digest);
+    let mut bytes = std::fs::read(&stored)?;
+    bytes.extend_from_slice(&[0x5a; 4096]);
+    std::fs::write(&stored, &bytes)?;
+    // And the agent holds a partial download already longer than the release.
+    let partial = fleet.agents[0]
+        .dir
+        .join("artifacts")
+        .join("partial")
+        .join(&digest);
+    std::fs::create_dir_all(partial.parent().expect("a parent"))?;
+    std::fs::write(&partial, &bytes)?;
+
+    fleet.apply("topk:2", 2)?;
+    let reason = fleet.failure("edge-1", 2)?;
+    assert!(
+        reason.contains(&format!(
+            "offers {} bytes; the release says {}",
+            bytes.len(),
+            release.signed.size
+        )),
+        "{reason}"
+    );
+    fleet.wait_phase(2, "RolledBack")?;
+    assert!(
+        !partial.exists(),
+        "the partial file longer than the release is deleted"
+    );
+    assert!(
+        !fleet.agents[0].dir.join("artifacts").join(&digest).exists(),
+        "nothing is stored under the digest"
+    );
+    assert_eq!(fleet.infer(0)?, 200, "revision 1 keeps serving");
+    Ok(())
+}
+
+#[test]
 fn release_below_the_version_floor_is_refused_also_after_the_agent_restarts() -> anyhow::Result<()>
 {
     let mut fleet = Fleet::start(1)?;

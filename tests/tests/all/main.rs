@@ -22,6 +22,7 @@ mod kubectl;
 mod lifecycle;
 mod manifests;
 mod otlp;
+mod partition;
 mod postgres_store;
 mod postgres_tls;
 mod recovery;
