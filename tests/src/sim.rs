@@ -30,9 +30,13 @@ use tern_control_plane::registry::AgentRecord;
 use tern_control_plane::reports::AgentReports;
 use tern_control_plane::rollout::{AgentObservation, Phase, Rollout, RolloutPolicy};
 use tern_proto::api::AgentStatus;
-use tern_proto::desired::{DesiredPipeline, DesiredState, DesiredStep, DesiredVariant};
+use tern_proto::desired::{
+    DesiredPipeline, DesiredState, DesiredStateError, DesiredStep, DesiredVariant,
+};
 use tern_proto::manifest::{Device, Resource, VariantSpec};
-use tern_proto::message::{PipelinePhase, PipelineStatus, RunningRevision, UncleanExit};
+use tern_proto::message::{
+    PipelinePhase, PipelineStatus, RunningRevision, SignedDesiredState, UncleanExit,
+};
 use tern_proto::release::{ArtifactKind, Digest, Release, SignedRelease, VersionFloor};
 use tern_proto::signing::{SecretKey, Signed};
 use tern_proto::trust::SignedTrustRoot;
@@ -57,6 +61,12 @@ pub struct Faults {
     pub offline: Vec<(u64, u64)>,
     /// Revisions under which the agent process dies (at every step it serves them).
     pub crashes_on: BTreeSet<u64>,
+    /// Steps every message takes, both ways: desired states to the agent, its reports (status,
+    /// applied generation, traffic) to the control plane.
+    pub delay: u64,
+    /// Desired states overtake each other (as over two links, or two replicas): those of odd
+    /// generations take [`OVERTAKEN_BY`] steps more, and those due at once arrive newest first.
+    pub reorder: bool,
 }
 
 /// One simulated agent.
@@ -65,14 +75,21 @@ pub struct SimAgent {
     pub record: AgentRecord,
     pub faults: Faults,
     reconciler: Reconciler,
-    /// The newest desired state the control plane sent, not yet delivered.
-    slot: Option<DesiredState>,
+    /// Desired states the control plane sent, signed, with the step each arrives at.
+    in_flight: Vec<(u64, SignedDesiredState)>,
+    /// Older generations that arrived after newer ones and were refused as replays.
+    pub stale_refused: u64,
+    /// (step, status, applied generation) the agent reported, as they travel to the control
+    /// plane.
+    sent_reports: std::collections::VecDeque<(u64, BTreeMap<String, PipelineStatus>, u64)>,
     /// Pipeline → the run that answers requests.
     pub serving: BTreeMap<String, DesiredPipeline>,
     /// Release name → floor, as the agent persisted them.
     pub floors: BTreeMap<String, VersionFloor>,
     /// What the control plane last heard from it.
     reported: BTreeMap<String, PipelineStatus>,
+    /// The generation it last said it applied, as the control plane heard it.
+    reported_generation: u64,
     /// (step, revision, requests, errors) of the traffic it served.
     traffic: Vec<(u64, u64, u64, u64)>,
     online: bool,
@@ -114,6 +131,8 @@ pub struct Violation {
 pub struct Fleet {
     step: u64,
     publisher: SecretKey,
+    /// The control plane's online key, which signs desired states.
+    online_key: SecretKey,
     trust: SignedTrustRoot,
     pub deployment: DeploymentRecord,
     /// What each agent was last given: the control plane's own store, on the in-memory
@@ -178,10 +197,13 @@ impl Fleet {
                 record: agent_record(&format!("edge-{i:02}")),
                 faults,
                 reconciler: Reconciler::new(Restored::default()),
-                slot: None,
+                in_flight: Vec::new(),
+                stale_refused: 0,
+                sent_reports: std::collections::VecDeque::new(),
                 serving: BTreeMap::new(),
                 floors: BTreeMap::new(),
                 reported: BTreeMap::new(),
+                reported_generation: 0,
                 traffic: Vec::new(),
                 online: true,
                 offline_since: None,
@@ -193,6 +215,7 @@ impl Fleet {
         Self {
             step: 0,
             publisher,
+            online_key: SecretKey::generate(),
             trust,
             deployment: DeploymentRecord {
                 manifest: deployment_manifest(&[]),
@@ -316,17 +339,23 @@ impl Fleet {
                 .iter_mut()
                 .find(|a| a.record.id == change.agent_id)
             {
-                agent.slot = Some(state);
+                send(agent, state.sign(&self.online_key), step);
             }
         }
+        let online_key = self.online_key.public();
         for agent in &mut self.agents {
             if !agent.online {
                 continue;
             }
-            if let Some(state) = agent.slot.take() {
-                let generation = state.generation;
-                match agent.reconciler.desired(state, now) {
+            for signed in arrived(agent, step) {
+                let generation = signed.generation;
+                let applied = agent.reconciler.applied_generation();
+                let opened = signed
+                    .open(&online_key, &agent.record.id, applied)
+                    .and_then(|state| agent.reconciler.desired(state, now));
+                match opened {
                     Ok(actions) => perform(agent, actions),
+                    Err(DesiredStateError::Replay { .. }) => agent.stale_refused += 1,
                     Err(e) => self.violations.push(Violation {
                         step,
                         agent: agent.record.name.clone(),
@@ -334,12 +363,28 @@ impl Fleet {
                     }),
                 }
             }
-            agent.reported = agent
+            let status = agent
                 .reconciler
                 .status()
                 .into_iter()
                 .map(|s| (s.name.clone(), s))
                 .collect();
+            let applied = agent.reconciler.applied_generation();
+            agent.sent_reports.push_back((step, status, applied));
+            // What has reached the control plane by now, the newest of it.
+            while agent
+                .sent_reports
+                .get(1)
+                .is_some_and(|(sent, _, _)| sent + agent.faults.delay <= step)
+            {
+                agent.sent_reports.pop_front();
+            }
+            if let Some((sent, status, applied)) = agent.sent_reports.front()
+                && sent + agent.faults.delay <= step
+            {
+                agent.reported = status.clone();
+                agent.reported_generation = *applied;
+            }
             if let Some(revision) = agent.serving_revision()
                 && agent.faults.crashes_on.contains(&revision)
             {
@@ -352,6 +397,7 @@ impl Fleet {
                     self.exit_policy,
                     &self.reports,
                     state,
+                    (&self.online_key, step),
                     now,
                 );
                 continue;
@@ -382,10 +428,12 @@ impl Fleet {
             let agent = by_id[record.id.as_str()];
             let status = agent.reported.get(pipeline);
             let since = now.saturating_sub(window_ms) / STEP_MS;
+            // Traffic reaches the control plane as late as the agent's reports do.
+            let heard = (now / STEP_MS).saturating_sub(agent.faults.delay);
             let (requests, errors) = agent
                 .traffic
                 .iter()
-                .filter(|(s, revision, _, _)| *s >= since && *revision == target)
+                .filter(|(s, revision, _, _)| *s >= since && *s <= heard && *revision == target)
                 .fold((0, 0), |(r, e), (_, _, req, err)| (r + req, e + err));
             AgentObservation {
                 agent: record.name.clone(),
@@ -404,7 +452,7 @@ impl Fleet {
             }
         };
         let applied: HashMap<String, u64> = (self.agents.iter())
-            .map(|a| (a.record.id.clone(), a.reconciler.applied_generation()))
+            .map(|a| (a.record.id.clone(), a.reported_generation))
             .collect();
         plan::plan(
             vec![self.deployment.clone()],
@@ -596,6 +644,7 @@ fn crash(
     policy: ExitPolicy,
     reports: &AgentReports,
     current: Option<DesiredState>,
+    (online_key, step): (&SecretKey, u64),
     now: u64,
 ) {
     agent.deaths += 1;
@@ -648,7 +697,37 @@ fn crash(
     if let Some(report) = agent.exits.report(&agent.record.name, policy, now) {
         reports.record_exits(&agent.record.id, report);
     }
-    agent.slot = current;
+    if let Some(state) = current {
+        send(agent, state.sign(online_key), step);
+    }
+}
+
+/// Steps more a reordering link holds a desired state of an odd generation.
+pub const OVERTAKEN_BY: u64 = 3;
+
+/// Puts `signed` on its way to `agent` at `step`.
+fn send(agent: &mut SimAgent, signed: SignedDesiredState, step: u64) {
+    let held = if agent.faults.reorder && signed.generation % 2 == 1 {
+        OVERTAKEN_BY
+    } else {
+        0
+    };
+    agent
+        .in_flight
+        .push((step + agent.faults.delay + held, signed));
+}
+
+/// The desired states that reach `agent` at `step`, in the order they arrive.
+fn arrived(agent: &mut SimAgent, step: u64) -> Vec<SignedDesiredState> {
+    let (mut due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut agent.in_flight)
+        .into_iter()
+        .partition(|(at, _)| *at <= step);
+    agent.in_flight = later;
+    due.sort_by_key(|(at, signed)| (*at, signed.generation));
+    if agent.faults.reorder {
+        due.reverse();
+    }
+    due.into_iter().map(|(_, signed)| signed).collect()
 }
 
 fn agent_record(name: &str) -> AgentRecord {

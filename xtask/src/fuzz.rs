@@ -8,7 +8,8 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
 
-/// The targets in `fuzz/Cargo.toml`, each a check of `common/proto/tests/untrusted`.
+/// The targets in `fuzz/Cargo.toml`, each a check of `common/proto/tests/untrusted`, and
+/// `accel_calls`, a hostile guest's host calls (`agent/plugin-host/tests/support`).
 pub const TARGETS: &[&str] = &[
     "frame",
     "desired_state",
@@ -17,6 +18,7 @@ pub const TARGETS: &[&str] = &[
     "inference_json",
     "inference_binary",
     "manifest_yaml",
+    "accel_calls",
 ];
 
 /// What one target's run did.
@@ -132,6 +134,11 @@ fn fuzz_one(
     let mut command = nightly_cargo();
     command.args(["fuzz", "run", "-O"]);
     common(&mut command);
+    // The component `accel_calls` drives, as `cargo xtask test` builds it.
+    command.env(
+        "TERN_HOSTILE_FIXTURE",
+        crate::demo::target_dir()?.join("wasm32-wasip2/debug/hostile_fixture.wasm"),
+    );
     command
         .arg(target)
         .arg(&corpus)

@@ -5,6 +5,7 @@
 //! Every task uses the dev profile, so tests, the demo and CI share one build.
 
 mod demo;
+mod deny;
 mod fuzz;
 mod tidy;
 
@@ -283,7 +284,8 @@ fn lint() -> anyhow::Result<()> {
         "--",
         "-D",
         "warnings",
-    ])
+    ])?;
+    deny::run()
 }
 
 /// This package's directory: where cargo says it is now (the build may come from a checkout

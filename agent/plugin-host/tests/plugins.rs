@@ -13,6 +13,9 @@ use tern_plugin_host::{
 mod components;
 use components::component;
 
+#[path = "support/accel_calls.rs"]
+mod accel_calls;
+
 fn engine() -> PluginEngine {
     PluginEngine::new(EngineOptions::default()).expect("engine")
 }
@@ -506,4 +509,42 @@ fn concurrency_beyond_the_instance_cap_waits_instead_of_failing() {
         t.join().expect("thread");
     }
     assert!(step.idle_instances() <= 2);
+}
+
+/// What the fuzzer kept for the `accel_calls` target (its seeds, and any input that once
+/// broke the host).
+fn kept_accel_inputs() -> Vec<Vec<u8>> {
+    let fuzz = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
+    ["seeds", "regressions"]
+        .iter()
+        .filter_map(|kind| std::fs::read_dir(fuzz.join(kind).join("accel_calls")).ok())
+        .flatten()
+        .filter_map(|entry| std::fs::read(entry.ok()?.path()).ok())
+        .collect()
+}
+
+#[test]
+fn a_hostile_guest_calling_accel_with_any_arguments_gets_an_answer_or_an_error() {
+    use proptest::prelude::*;
+    let engine = engine();
+    let step = hostile(&engine, "accel", limits(2_000, 64)).expect("step");
+    for data in accel_calls::edge_cases() {
+        accel_calls::check(&step, &data);
+    }
+    let kept = kept_accel_inputs();
+    assert!(!kept.is_empty(), "the fuzz target's seeds are missing");
+    for data in kept {
+        accel_calls::check(&step, &data);
+    }
+    let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+        cases: 48,
+        failure_persistence: None,
+        ..Default::default()
+    });
+    runner
+        .run(&proptest::collection::vec(any::<u8>(), 0..160), |data| {
+            accel_calls::check(&step, &data);
+            Ok(())
+        })
+        .expect("every call answered or refused");
 }

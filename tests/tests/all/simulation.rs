@@ -203,7 +203,7 @@ fn variants_reach_every_agent_with_their_releases() {
 }
 
 /// A random fleet: per agent, whether the new revision fails to load there, errors there, and
-/// an offline spell.
+/// an offline spell; how late its messages arrive, and whether out of order.
 fn fleet_faults() -> impl Strategy<Value = Vec<Faults>> {
     prop::collection::vec(
         (
@@ -211,20 +211,26 @@ fn fleet_faults() -> impl Strategy<Value = Vec<Faults>> {
             prop::bool::weighted(0.1),
             prop::option::weighted(0.3, (0u64..minutes(6), 1u64..minutes(6))),
             prop::bool::weighted(0.05),
+            prop::option::weighted(0.3, 1u64..6),
+            prop::bool::weighted(0.2),
         ),
         1..16,
     )
     .prop_map(|agents| {
         agents
             .into_iter()
-            .map(|(load_fails, errors, offline, crashes)| Faults {
-                load_fails: if load_fails { [2].into() } else { [].into() },
-                errors_on: if errors { [2].into() } else { [].into() },
-                crashes_on: if crashes { [2].into() } else { [].into() },
-                offline: offline
-                    .map(|(from, len)| vec![(minutes(5) + from, minutes(5) + from + len)])
-                    .unwrap_or_default(),
-            })
+            .map(
+                |(load_fails, errors, offline, crashes, delay, reorder)| Faults {
+                    delay: delay.unwrap_or(0),
+                    reorder,
+                    load_fails: if load_fails { [2].into() } else { [].into() },
+                    errors_on: if errors { [2].into() } else { [].into() },
+                    crashes_on: if crashes { [2].into() } else { [].into() },
+                    offline: offline
+                        .map(|(from, len)| vec![(minutes(5) + from, minutes(5) + from + len)])
+                        .unwrap_or_default(),
+                },
+            )
             .collect()
     })
 }
@@ -440,5 +446,41 @@ fn an_agent_that_returns_to_a_committed_revision_it_dies_under_serves_nothing_be
     let returned = &fleet.agents[1];
     assert_eq!(returned.deaths, 3);
     assert_eq!(returned.serving_revision(), None);
+    assert_eq!(fleet.violations, []);
+}
+
+#[test]
+fn delayed_and_reordered_messages_still_roll_out_in_order_and_stale_states_are_refused() {
+    // Every agent's messages take 1 to 4 steps each way; half of them get theirs out of order.
+    let faults: Vec<Faults> = (0..8u64)
+        .map(|i| Faults {
+            delay: 1 + i % 4,
+            reorder: i % 2 == 0,
+            ..Faults::default()
+        })
+        .collect();
+    let mut fleet = Fleet::new(faults);
+    fleet.apply(1, policy(&[100], WINDOW_MS));
+    fleet.run_until_settled(minutes(5));
+    assert_eq!(fleet.phase(), Some(&Phase::Complete));
+    fleet.apply(2, policy(&[25, 100], WINDOW_MS));
+    fleet.run_until_settled(minutes(10));
+    assert_eq!(fleet.phase(), Some(&Phase::Complete));
+    let sizes: Vec<usize> = waves_started(&fleet)[1..].iter().map(Vec::len).collect();
+    assert_eq!(sizes, [2, 6], "the waves in order, late replies and all");
+
+    // Two applies in quick succession: both states are in flight at once.
+    fleet.apply(3, policy(&[100], WINDOW_MS));
+    fleet.run(1);
+    fleet.apply(4, policy(&[100], WINDOW_MS));
+    fleet.run_until_settled(minutes(10));
+    assert_eq!(fleet.phase(), Some(&Phase::Complete));
+    fleet.run(10);
+    assert!(all_serve(&fleet, 4));
+    let stale: u64 = fleet.agents.iter().map(|a| a.stale_refused).sum();
+    assert!(
+        stale > 0,
+        "older states arrived after newer ones, and were refused"
+    );
     assert_eq!(fleet.violations, []);
 }
