@@ -20,6 +20,7 @@ mod impostors;
 mod install;
 mod kubectl;
 mod lifecycle;
+mod lost_writes;
 mod manifests;
 mod otlp;
 mod partition;

@@ -33,6 +33,14 @@ impl MemoryBackend {
         Self::default()
     }
 
+    /// A copy of everything in it now, with no subscribers.
+    pub(super) fn duplicate(&self) -> Self {
+        Self {
+            tables: Mutex::new(self.tables().clone()),
+            changes: broadcast::channel(NOTIFY_CAPACITY).0,
+        }
+    }
+
     fn tables(&self) -> MutexGuard<'_, Tables> {
         self.tables.lock().unwrap_or_else(|p| p.into_inner())
     }

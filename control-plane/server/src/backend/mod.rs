@@ -17,12 +17,14 @@
 //! `subscribe`, `flush`; `get_many` and `range` have defaults): [`SledBackend`] (a sled database on disk,
 //! what a single control plane runs), [`PostgresBackend`] (`store = "postgres://..."`, what
 //! replicas share) and [`MemoryBackend`] (tests and simulations); one contract suite tests
-//! them all. [`FencedBackend`] wraps any of them for the holder of a lease. `driver` runs the
+//! them all. [`FencedBackend`] wraps any of them for the holder of a lease; `lossy` (tests
+//! only) loses what was not synced at a crash and fails operations on command. `driver` runs the
 //! clients whose futures the blocking methods wait on.
 
 mod disk;
 pub mod driver;
 mod fenced;
+pub mod lossy;
 mod memory;
 pub mod postgres;
 #[cfg(test)]

@@ -16,6 +16,8 @@ fn backends() -> (Vec<Named>, Option<Arc<postgres::testing::TestPostgres>>) {
     let mut all: Vec<Named> = vec![
         ("memory", Arc::new(MemoryBackend::new())),
         ("sled", Arc::new(SledBackend::temporary().expect("sled"))),
+        // Without faults or crashes, the lossy one keeps the contract too.
+        ("lossy", Arc::new(lossy::LossyBackend::new())),
     ];
     let server = postgres::testing::shared();
     if let Some(server) = &server {
