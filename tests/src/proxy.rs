@@ -1,5 +1,5 @@
 //! A UDP proxy on loopback between one client and a server, for network faults made to
-//! happen: it forwards datagrams both ways after a delay, and partitions the link (drops
+//! happen: it forwards datagrams both ways, in order, after a delay, and partitions the link (drops
 //! everything, both ways) on command or once the server has sent a given number of bytes
 //! through it.
 
@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 /// What the proxy does and has done; shared with the test.
 #[derive(Debug, Default)]
@@ -24,6 +26,12 @@ pub struct Link {
     pub downstream_bytes: AtomicU64,
     /// Datagrams dropped while partitioned.
     pub dropped: AtomicU64,
+}
+
+impl Link {
+    fn delay(&self) -> Duration {
+        Duration::from_micros(self.delay_us.load(Ordering::Relaxed))
+    }
 }
 
 /// A running proxy; stops when dropped.
@@ -51,14 +59,19 @@ impl UdpProxy {
         })?;
         let addr = client_side.local_addr()?;
         let client: Arc<std::sync::Mutex<Option<SocketAddr>>> = Arc::default();
-        // Client → server.
+        // Client → server: datagrams go out in the order they came, each after the delay.
+        let (upstream, mut to_server) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
         {
-            let (from, to, link, client) = (
-                client_side.clone(),
-                server_side.clone(),
-                link.clone(),
-                client.clone(),
-            );
+            let to = server_side.clone();
+            runtime.spawn(async move {
+                while let Some((due, datagram)) = to_server.recv().await {
+                    tokio::time::sleep_until(due).await;
+                    let _ = to.send(&datagram).await;
+                }
+            });
+        }
+        {
+            let (from, link, client) = (client_side.clone(), link.clone(), client.clone());
             runtime.spawn(async move {
                 let mut buf = vec![0u8; 65_536];
                 while let Ok((n, peer)) = from.recv_from(&mut buf).await {
@@ -67,18 +80,29 @@ impl UdpProxy {
                         link.dropped.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    let (to, datagram) = (to.clone(), buf[..n].to_vec());
-                    let delay = Duration::from_micros(link.delay_us.load(Ordering::Relaxed));
-                    tokio::spawn(async move {
-                        tokio::time::sleep(delay).await;
-                        let _ = to.send(&datagram).await;
-                    });
+                    let due = Instant::now() + link.delay();
+                    if upstream.send((due, buf[..n].to_vec())).is_err() {
+                        return;
+                    }
                 }
             });
         }
-        // Server → client.
+        // Server → client, the same way.
+        let (downstream, mut to_client) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
         {
-            let (from, to, link) = (server_side, client_side, link.clone());
+            let (to, client) = (client_side, client.clone());
+            runtime.spawn(async move {
+                while let Some((due, datagram)) = to_client.recv().await {
+                    tokio::time::sleep_until(due).await;
+                    let peer = *client.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(peer) = peer {
+                        let _ = to.send_to(&datagram, peer).await;
+                    }
+                }
+            });
+        }
+        {
+            let (from, link) = (server_side, link.clone());
             runtime.spawn(async move {
                 let mut buf = vec![0u8; 65_536];
                 while let Ok(n) = from.recv(&mut buf).await {
@@ -88,18 +112,14 @@ impl UdpProxy {
                         link.partition_after_bytes.store(0, Ordering::Relaxed);
                         link.partitioned.store(true, Ordering::Relaxed);
                     }
-                    let peer = *client.lock().unwrap_or_else(|p| p.into_inner());
-                    let Some(peer) = peer else { continue };
                     if link.partitioned.load(Ordering::Relaxed) {
                         link.dropped.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    let (to, datagram) = (to.clone(), buf[..n].to_vec());
-                    let delay = Duration::from_micros(link.delay_us.load(Ordering::Relaxed));
-                    tokio::spawn(async move {
-                        tokio::time::sleep(delay).await;
-                        let _ = to.send_to(&datagram, peer).await;
-                    });
+                    let due = Instant::now() + link.delay();
+                    if downstream.send((due, buf[..n].to_vec())).is_err() {
+                        return;
+                    }
                 }
             });
         }

@@ -75,8 +75,12 @@ pub struct SimAgent {
     pub record: AgentRecord,
     pub faults: Faults,
     reconciler: Reconciler,
-    /// Desired states the control plane sent, signed, with the step each arrives at.
-    in_flight: Vec<(u64, SignedDesiredState)>,
+    /// Desired states the control plane sent, signed, with the step each arrives at and the
+    /// order it was sent in.
+    in_flight: Vec<(u64, u64, SignedDesiredState)>,
+    /// States sent to it so far, and the send order of the one it applied last.
+    sent: u64,
+    applied_sent: u64,
     /// Older generations that arrived after newer ones and were refused as replays.
     pub stale_refused: u64,
     /// (step, status, applied generation) the agent reported, as they travel to the control
@@ -198,6 +202,8 @@ impl Fleet {
                 faults,
                 reconciler: Reconciler::new(Restored::default()),
                 in_flight: Vec::new(),
+                sent: 0,
+                applied_sent: 0,
                 stale_refused: 0,
                 sent_reports: std::collections::VecDeque::new(),
                 serving: BTreeMap::new(),
@@ -347,15 +353,22 @@ impl Fleet {
             if !agent.online {
                 continue;
             }
-            for signed in arrived(agent, step) {
+            for (order, signed) in arrived(agent, step) {
                 let generation = signed.generation;
                 let applied = agent.reconciler.applied_generation();
                 let opened = signed
                     .open(&online_key, &agent.record.id, applied)
                     .and_then(|state| agent.reconciler.desired(state, now));
                 match opened {
-                    Ok(actions) => perform(agent, actions),
-                    Err(DesiredStateError::Replay { .. }) => agent.stale_refused += 1,
+                    Ok(actions) => {
+                        agent.applied_sent = order;
+                        perform(agent, actions);
+                    }
+                    // Refused as older than what it applied: right only for a state sent
+                    // before that one (overtaken on the way), never for one sent after it.
+                    Err(DesiredStateError::Replay { .. }) if order < agent.applied_sent => {
+                        agent.stale_refused += 1;
+                    }
                     Err(e) => self.violations.push(Violation {
                         step,
                         agent: agent.record.name.clone(),
@@ -712,22 +725,26 @@ fn send(agent: &mut SimAgent, signed: SignedDesiredState, step: u64) {
     } else {
         0
     };
+    agent.sent += 1;
     agent
         .in_flight
-        .push((step + agent.faults.delay + held, signed));
+        .push((step + agent.faults.delay + held, agent.sent, signed));
 }
 
-/// The desired states that reach `agent` at `step`, in the order they arrive.
-fn arrived(agent: &mut SimAgent, step: u64) -> Vec<SignedDesiredState> {
+/// The desired states that reach `agent` at `step`, in the order they arrive, with the order
+/// they were sent in.
+fn arrived(agent: &mut SimAgent, step: u64) -> Vec<(u64, SignedDesiredState)> {
     let (mut due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut agent.in_flight)
         .into_iter()
-        .partition(|(at, _)| *at <= step);
+        .partition(|(at, _, _)| *at <= step);
     agent.in_flight = later;
-    due.sort_by_key(|(at, signed)| (*at, signed.generation));
+    due.sort_by_key(|(at, order, _)| (*at, *order));
     if agent.faults.reorder {
         due.reverse();
     }
-    due.into_iter().map(|(_, signed)| signed).collect()
+    due.into_iter()
+        .map(|(_, order, signed)| (order, signed))
+        .collect()
 }
 
 fn agent_record(name: &str) -> AgentRecord {

@@ -249,9 +249,11 @@ impl AgentStore {
 mod tests {
     use super::*;
 
-    /// The state directory as a power cut leaves it: the store is abandoned without a flush
-    /// (sled writing nothing on its own: no background flush) and its files copied; what was
-    /// written but not synced is gone. The copy opens as the agent's next start would.
+    /// The state directory as a crash leaves it when nothing was written since the last
+    /// flush: the store is abandoned unflushed (sled writing nothing on its own: no background
+    /// flush) and its files copied, so what the store did not flush is gone. The copy opens as
+    /// the agent's next start would. (A flush is sled's write and fsync in one; what the
+    /// kernel had not put on disk is beyond a copy.)
     fn crash_image(store: AgentStore, state: &Path, to: &Path) -> AgentStore {
         std::mem::forget(store);
         std::fs::create_dir_all(to).expect("image dir");

@@ -17,7 +17,7 @@ use tern_e2e::{Agent, ControlPlane, Fleet, bin, enroll, fast_config};
 use tern_proto::api::AgentStatus;
 use tern_transport::{CertificateAuthority, Identity};
 
-const TIMEOUT: Duration = Duration::from_secs(30);
+const TIMEOUT: Duration = tern_e2e::FLEET_TIMEOUT;
 
 fn transport() -> Arc<quinn::TransportConfig> {
     tern_transport::quic::transport_config(Duration::from_secs(10), None)
@@ -223,10 +223,23 @@ fn impostor_https(
     let config = tern_transport::tls::https_server(identity)?;
     let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
     let addr = listener.local_addr()?;
+    listener.set_nonblocking(true)?;
     let seen = std::thread::spawn(move || {
-        let Ok((mut tcp, _)) = listener.accept() else {
-            return "no connection".to_owned();
+        // Waits a while for the one client; one that never comes leaves "no connection".
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        let mut tcp = loop {
+            match listener.accept() {
+                Ok((tcp, _)) => break tcp,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if std::time::Instant::now() > deadline {
+                        return "no connection".to_owned();
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return format!("accept failed: {e}"),
+            }
         };
+        let _ = tcp.set_nonblocking(false);
         let _ = tcp.set_read_timeout(Some(TIMEOUT));
         let Ok(mut tls) = rustls::ServerConnection::new(config) else {
             return "no TLS state".to_owned();
@@ -281,8 +294,8 @@ fn ternctl_refuses_an_admin_api_impostor_before_sending_its_token() -> anyhow::R
             .join()
             .map_err(|_| anyhow::anyhow!("the impostor panicked"))?;
         assert!(
-            !seen.starts_with("request bytes"),
-            "{what}: the impostor read {seen}"
+            seen.starts_with("refused") || seen.starts_with("closed"),
+            "{what}: ternctl reached the impostor and it {seen}"
         );
     }
     Ok(())
@@ -297,11 +310,12 @@ fn a_flood_of_handshakes_does_not_keep_a_real_agent_out() -> anyhow::Result<()> 
     let attempts = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ca_pem = std::fs::read_to_string(fleet.cp.dir.join("ca.crt"))?;
-    // 32 clients at once, each handshaking over and over with a certificate of another CA.
+    // 16 clients at once, each handshaking over and over with a certificate of another CA
+    // (a pause of 5 ms between tries keeps two cores from being all the flood's).
     let rogue_ca = CertificateAuthority::generate("rogue")?;
     let rogue = rogue_ca.issue_agent("flood")?;
     let identity = Identity::from_pem(&rogue.cert_pem, &rogue.key_pem)?;
-    let flooders: Vec<_> = (0..32)
+    let flooders: Vec<_> = (0..16)
         .map(|_| {
             let (attempts, stop) = (attempts.clone(), stop.clone());
             let client = tern_transport::tls::quic_client(&ca_pem, identity.clone(), transport());
@@ -319,6 +333,7 @@ fn a_flood_of_handshakes_does_not_keep_a_real_agent_out() -> anyhow::Result<()> 
                         let _ = tokio::time::timeout(Duration::from_secs(2), connecting).await;
                     }
                     attempts.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             })
         })

@@ -125,6 +125,21 @@ fn check(registry: &Registry, model: &mut Model) -> Result<(), TestCaseError> {
             .cloned(),
     );
     model.maybe_enrolled.retain(|n| names.contains(n));
+    // The same for revocations that failed: those that survived are durable now.
+    let revoked: BTreeSet<String> = agents
+        .iter()
+        .filter(|a| a.revoked_ms.is_some())
+        .map(|a| a.name.clone())
+        .collect();
+    model.revoked.extend(
+        model
+            .maybe_revoked
+            .iter()
+            .filter(|n| revoked.contains(*n))
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    model.maybe_revoked.clear();
     model.seen = agents
         .iter()
         .map(|a| (a.name.clone(), a.last_seen_ms))

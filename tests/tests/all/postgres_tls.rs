@@ -203,6 +203,14 @@ fn each_sslmode_checks_what_it_says_and_a_wrong_link_is_refused_naming_why() {
         Link::parse(&url("sslmode=verify-everything"), &good),
         Err(LinkError::Mode(_))
     ));
+    // The system's roots trust every public CA: only with the host name checked.
+    assert!(matches!(
+        Link::parse(&url("sslmode=require&sslrootcert=system"), &good),
+        Err(LinkError::WeakSystemRoots("require"))
+    ));
+    // A key spelled in percent-encoding is still the key (no silent downgrade to `prefer`).
+    let error = open(&url("ssl%6Dode=disable"), &good).expect_err("still sslmode=disable");
+    assert!(error.contains("no encryption"), "{error}");
 
     // config.toml never holds a password, in the user part or as a parameter.
     for bad in [

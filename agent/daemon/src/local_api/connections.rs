@@ -119,12 +119,19 @@ pub struct Tracked {
     clock: Arc<CoarseClock>,
     /// Woken when the connection must close.
     close: Notify,
-    /// HTTP/2: calls open on the connection (its phase is `Busy` while there are any), and
-    /// whether one was ever opened (from then on bytes alone, pings and window updates, do
-    /// not start a head).
-    streams: AtomicUsize,
+    /// HTTP/2 (multiplexed): the calls open on the connection (it is `Busy` while there are
+    /// any; counted and phased under one lock, as calls end on other threads), and the
+    /// bytes of the connection preface still to come (its head: from then on, bytes alone —
+    /// pings, window updates — start nothing).
+    streams: Mutex<usize>,
+    preface_left: AtomicUsize,
     multiplexed: AtomicBool,
+    /// Told to close: the sweeper counts it once, however long its closing takes.
+    closing: AtomicBool,
 }
+
+/// The client's HTTP/2 connection preface and the header of the SETTINGS frame after it.
+pub const HTTP2_PREFACE: usize = 24 + 9;
 
 impl Tracked {
     fn phase(&self) -> Phase {
@@ -136,9 +143,29 @@ impl Tracked {
         self.phase.store(phase as u8, Ordering::Release);
     }
 
-    /// Bytes arrived: an idle connection starts reading a request's head.
-    fn bytes_arrived(&self) {
-        if self.phase() == Phase::Idle && !self.multiplexed.load(Ordering::Relaxed) {
+    fn streams(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `n` bytes arrived: an idle connection starts reading a request's head (HTTP/2: its
+    /// preface; once the preface is in, it waits for calls as an idle one does).
+    fn bytes_arrived(&self, n: usize) {
+        if !self.multiplexed.load(Ordering::Relaxed) {
+            if self.phase() == Phase::Idle {
+                self.enter(Phase::Head);
+            }
+            return;
+        }
+        let left = self.preface_left.load(Ordering::Relaxed);
+        if left == 0 {
+            return;
+        }
+        let rest = left.saturating_sub(n);
+        self.preface_left.store(rest, Ordering::Relaxed);
+        let streams = self.streams();
+        if rest == 0 && *streams == 0 {
+            self.enter(Phase::Idle);
+        } else if rest > 0 && self.phase() == Phase::Idle {
             self.enter(Phase::Head);
         }
     }
@@ -157,22 +184,44 @@ impl Tracked {
         self.enter(Phase::Idle);
     }
 
-    /// Resolves when the sweeper or an eviction closes this connection.
-    /// HTTP/2: a call's head arrived (its body has a deadline of its own); the connection is
-    /// busy until its last call ends.
-    pub fn stream_opened(&self) {
+    /// The connection speaks HTTP/2: its head is the connection preface, then calls come
+    /// and go on it.
+    pub fn expect_http2(&self) {
+        self.preface_left.store(HTTP2_PREFACE, Ordering::Relaxed);
         self.multiplexed.store(true, Ordering::Relaxed);
-        self.streams.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// HTTP/2: a call's head arrived (its message has a deadline of its own); the connection
+    /// is busy until its last call ends.
+    pub fn stream_opened(&self) {
+        let mut streams = self.streams();
+        *streams += 1;
+        self.preface_left.store(0, Ordering::Relaxed);
         self.enter(Phase::Busy);
     }
 
     /// HTTP/2: a call ended, answered or dropped; the last one leaves the connection idle.
     pub fn stream_closed(&self) {
-        if self.streams.fetch_sub(1, Ordering::AcqRel) == 1 {
+        let mut streams = self.streams();
+        *streams = streams.saturating_sub(1);
+        if *streams == 0 {
             self.enter(Phase::Idle);
         }
     }
 
+    /// Closes the connection (a call's message past its deadline: as HTTP/1.1's body
+    /// deadline closes its connection).
+    pub fn close_now(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+        self.close.notify_one();
+    }
+
+    /// Whether calls are open on it (HTTP/2).
+    pub fn has_streams(&self) -> bool {
+        *self.streams() > 0
+    }
+
+    /// Resolves when the sweeper or an eviction closes this connection.
     pub async fn closed(&self) {
         self.close.notified().await;
     }
@@ -257,7 +306,7 @@ impl Connections {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
                 return None;
             };
-            victim.close.notify_one();
+            victim.close_now();
             self.stats.evicted.fetch_add(1, Ordering::Relaxed);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -266,8 +315,10 @@ impl Connections {
             since_ms: AtomicU64::new(self.clock.now()),
             clock: self.clock.clone(),
             close: Notify::new(),
-            streams: AtomicUsize::new(0),
+            streams: Mutex::new(0),
+            preface_left: AtomicUsize::new(0),
             multiplexed: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
         });
         open.insert(id, tracked.clone());
         Some(Slot {
@@ -283,6 +334,9 @@ impl Connections {
         let open = self.lock();
         let mut closed = 0;
         for tracked in open.values() {
+            if tracked.closing.load(Ordering::Relaxed) {
+                continue;
+            }
             let since = tracked.since_ms.load(Ordering::Relaxed);
             let Some(why) = overdue(tracked.phase(), since, now, &self.limits) else {
                 continue;
@@ -292,7 +346,7 @@ impl Connections {
                 Overdue::Body => &self.stats.body_timeouts,
             };
             counter.fetch_add(1, Ordering::Relaxed);
-            tracked.close.notify_one();
+            tracked.close_now();
             closed += 1;
         }
         closed
@@ -338,7 +392,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.tracked.bytes_arrived();
+            self.tracked.bytes_arrived(buf.filled().len() - before);
         }
         polled
     }
@@ -502,7 +556,7 @@ mod tests {
         let connections = Connections::new(limits());
         let first = connections.admit().expect("slot");
         let second = connections.admit().expect("slot");
-        second.tracked.bytes_arrived();
+        second.tracked.bytes_arrived(1);
         let third = connections.admit().expect("the idle first one makes room");
         assert_eq!(connections.open_count(), 2);
         assert_eq!(connections.stats.evicted.load(Ordering::Relaxed), 1);

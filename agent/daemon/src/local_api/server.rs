@@ -196,13 +196,14 @@ async fn grpc_connection<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let tracked = slot.tracked.clone();
+    tracked.expect_http2();
     let io = TokioIo::new(Watched::new(stream, tracked.clone()));
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         tracked.stream_opened();
         let open = OpenStream(tracked.clone());
-        let api = api.clone();
+        let (api, tracked) = (api.clone(), tracked.clone());
         async move {
-            let response = api.call(request).await;
+            let response = api.call(request, &tracked).await;
             drop(open);
             Ok::<_, Infallible>(response)
         }
@@ -222,7 +223,13 @@ async fn grpc_connection<S>(
             }
         }
         _ = slot.tracked.closed() => {
-            tracing::debug!("gRPC connection closed: past its deadline, or evicted");
+            tracing::debug!("gRPC connection closed: past a deadline, or evicted");
+            // With calls open (a message past its deadline among them), GOAWAY: the answers
+            // made still go out, and the others get a moment to end. Without, at once.
+            if slot.tracked.has_streams() {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(GOAWAY_GRACE, conn.as_mut()).await;
+            }
         }
         _ = async { stop.wait_for(|s| *s).await.is_ok() } => {
             conn.as_mut().graceful_shutdown();
@@ -231,6 +238,9 @@ async fn grpc_connection<S>(
     }
     drop(slot);
 }
+
+/// How long a gRPC connection closed for a deadline or an eviction lets its calls end.
+const GOAWAY_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {

@@ -142,7 +142,14 @@ impl Backend for LossyBackend {
 
     fn commit(&self, write: Write) -> Result<(), CommitError> {
         let mut state = self.state();
-        let strike = Self::strikes(&mut state);
+        // A lazy commit has no sync to fail at: its failure is the write's.
+        let strike = Self::strikes(&mut state).map(|strike| {
+            if write.lazy {
+                Strike::BeforeWrite
+            } else {
+                strike
+            }
+        });
         if strike == Some(Strike::BeforeWrite) {
             self.injected.fetch_add(1, Ordering::Relaxed);
             return Err(injected().into());

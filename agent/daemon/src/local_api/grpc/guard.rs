@@ -2,8 +2,9 @@
 //! requests that wait from its head, before a byte of its message is read or decoded (a full
 //! queue is answered RESOURCE_EXHAUSTED at once); every call's message must arrive within the
 //! body deadline (DEADLINE_EXCEEDED) and be no larger than the served pipelines accept
-//! (RESOURCE_EXHAUSTED), so the memory calls can hold while they are read is bounded by the
-//! queue's length times that size.
+//! (RESOURCE_EXHAUSTED), so the memory `ModelInfer` calls hold while they are read is bounded
+//! by the queue's length times that size. A message past its deadline also closes its
+//! connection, as the HTTP form's body deadline does.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -15,7 +16,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tonic::Status;
 use tower::ServiceExt as _;
 
-use super::super::connections::Connections;
+use super::super::connections::{Connections, Tracked};
 use super::super::{ApiState, MAX_BODY, Ticket};
 use super::InferenceService;
 use super::generated::grpc_inference_service_server::GrpcInferenceServiceServer;
@@ -24,8 +25,10 @@ use crate::serving::{ServedPipeline, ServingTable};
 
 /// The path of the one call that runs a pipeline.
 pub const INFER_PATH: &str = "/inference.GRPCInferenceService/ModelInfer";
-/// Largest message of the other calls (readiness, metadata: names and versions).
-pub const SMALL_MESSAGE: usize = 64 << 10;
+/// Largest message of the other calls (readiness, metadata: a name and a version), which
+/// take no place in the queue: what they can hold is this per call, on at most
+/// [`super::super::MAX_WAITING`] calls per connection.
+pub const SMALL_MESSAGE: usize = 4 << 10;
 /// Room for a message's framing, names and parameters beside its tensors.
 const FRAMING: usize = 64 << 10;
 /// Typed `contents` may take more room than raw bytes: a negative INT8 is a 10-byte varint.
@@ -65,10 +68,11 @@ impl GrpcApi {
         self.server.clone()
     }
 
-    /// Answers one call.
+    /// Answers one call on the connection `tracked` follows.
     pub async fn call(
         &self,
         request: axum::http::Request<Incoming>,
+        tracked: &Arc<Tracked>,
     ) -> axum::http::Response<tonic::body::Body> {
         let infer = request.uri().path() == INFER_PATH;
         let (mut parts, body) = request.into_parts();
@@ -87,7 +91,7 @@ impl GrpcApi {
         };
         let connections = self.state.grpc_connections.clone();
         let timeout = Duration::from_millis(connections.limits().body_timeout_ms);
-        let body = Bounded::new(body, limit, timeout, connections);
+        let body = Bounded::new(body, limit, timeout, connections, tracked.clone());
         let request = axum::http::Request::from_parts(parts, body);
         match self.server.clone().oneshot(request).await {
             Ok(response) => response,
@@ -154,6 +158,8 @@ struct Bounded {
     deadline: Pin<Box<tokio::time::Sleep>>,
     done: bool,
     connections: Arc<Connections>,
+    /// The connection, closed when the message misses its deadline.
+    tracked: Arc<Tracked>,
 }
 
 impl Bounded {
@@ -162,6 +168,7 @@ impl Bounded {
         limit: usize,
         timeout: Duration,
         connections: Arc<Connections>,
+        tracked: Arc<Tracked>,
     ) -> Self {
         let done = inner.is_end_stream();
         Self {
@@ -173,6 +180,7 @@ impl Bounded {
             deadline: Box::pin(tokio::time::sleep(timeout)),
             done,
             connections,
+            tracked,
         }
     }
 }
@@ -191,6 +199,7 @@ impl Body for Bounded {
                 .stats
                 .body_timeouts
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.tracked.close_now();
             let message = format!(
                 "the request's message did not arrive within {} ms",
                 self.timeout.as_millis()

@@ -171,6 +171,24 @@ async fn closed_by_server(stream: &mut TcpStream) -> bool {
     }
 }
 
+/// Whether `client`'s connection is gone: a new call on it fails.
+async fn is_closed(client: &Client) -> bool {
+    let Ok(Ok(mut ready)) = tokio::time::timeout(PATIENCE, client.clone().ready()).await else {
+        return true;
+    };
+    let request = axum::http::Request::post(format!("http://localhost{LIVE_PATH}"))
+        .header("content-type", "application/grpc")
+        .body(())
+        .expect("request");
+    match ready.send_request(request, true) {
+        Err(_) => true,
+        Ok((response, _)) => matches!(
+            tokio::time::timeout(PATIENCE, response).await,
+            Ok(Err(_)) | Err(_)
+        ),
+    }
+}
+
 #[tokio::test]
 async fn a_slow_head_or_message_is_cut_off_and_an_idle_connection_is_not() {
     let server = start(limits(16, 300), false).await;
@@ -183,12 +201,14 @@ async fn a_slow_head_or_message_is_cut_off_and_an_idle_connection_is_not() {
         .write_all(b"PRI * HTTP/2.0\r\n")
         .await
         .expect("write");
-    // A call whose message never ends; the same connection serves another call meanwhile.
-    let client = connect(&server.address).await;
-    let (response, mut send) = open_call(&client, INFER_PATH).await;
+    // A whole preface, then no call for longer than either deadline: idle, not cut.
+    let waiting = connect(&server.address).await;
+    // A call whose message never ends: refused at its deadline, and its connection closed,
+    // as the HTTP form's body deadline closes its connection.
+    let stalled = connect(&server.address).await;
+    let (response, mut send) = open_call(&stalled, INFER_PATH).await;
     send.send_data(Bytes::from_static(&[0, 0, 0, 0, 9, 1]), false)
         .expect("send");
-    assert_eq!(live(&client).await, "0", "another call on the connection");
     let (status, message) = finish(response).await;
     assert_eq!(status, "4", "DEADLINE_EXCEEDED: {message}");
     assert!(
@@ -199,9 +219,18 @@ async fn a_slow_head_or_message_is_cut_off_and_an_idle_connection_is_not() {
         closed_by_server(&mut slow_head).await,
         "a preface that never ends"
     );
-    // Idle for longer than either deadline, between calls: still served.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(live(&client).await, "0");
+    assert_eq!(live(&waiting).await, "0", "a first call after a long wait");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        live(&waiting).await,
+        "0",
+        "idle between calls: still served"
+    );
+    assert!(
+        is_closed(&stalled).await,
+        "the stalled message's connection"
+    );
     let page = super::super::connections::exposition("edge", &[("grpc", &server.table)]);
     for reason in ["head_timeout", "body_timeout"] {
         let line = format!(

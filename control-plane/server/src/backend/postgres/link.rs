@@ -19,7 +19,7 @@ pub enum LinkError {
     #[error("the store's URL: {0}")]
     Url(#[source] tokio_postgres::Error),
     #[error(
-        "the store's URL: sslmode={0:?} is not one of disable, prefer, require, verify-ca, verify-full"
+        "the store's URL: sslmode={0:?} is not one of disable, allow, prefer, require, verify-ca, verify-full"
     )]
     Mode(String),
     #[error(
@@ -28,6 +28,10 @@ pub enum LinkError {
     NoRoots(&'static str),
     #[error("the store's URL: sslcert and sslkey go together")]
     HalfIdentity,
+    #[error(
+        "the store's URL: sslrootcert=system trusts every public CA, so it needs sslmode=verify-full (sslmode={0} would accept any certificate such a CA signed)"
+    )]
+    WeakSystemRoots(&'static str),
     #[error("cannot read {path}: {source}")]
     Read {
         path: PathBuf,
@@ -59,7 +63,8 @@ impl TlsMode {
     fn parse(text: &str) -> Result<Self, LinkError> {
         Ok(match text {
             "disable" => Self::Disable,
-            "prefer" => Self::Prefer,
+            // libpq's `allow` tries without TLS first; TLS first is the safer reading.
+            "allow" | "prefer" => Self::Prefer,
             "require" => Self::Require,
             "verify-ca" => Self::VerifyCa,
             "verify-full" => Self::VerifyFull,
@@ -123,8 +128,10 @@ fn split(url: &str) -> Result<Parts, LinkError> {
     let mut kept = Vec::new();
     let mut ours = std::collections::BTreeMap::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if OURS.contains(&key) {
+        let (raw_key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        // Keys are percent-decoded as tokio-postgres decodes them: `ssl%6Dode` is `sslmode`.
+        let decoded = percent_decode_str(raw_key).decode_utf8_lossy();
+        if let Some(&key) = OURS.iter().find(|ours| **ours == decoded) {
             ours.insert(
                 key,
                 percent_decode_str(value).decode_utf8_lossy().into_owned(),
@@ -166,6 +173,9 @@ pub fn check_url(url: &str) -> Result<(), String> {
     if matches!(parts.mode, TlsMode::VerifyCa | TlsMode::VerifyFull) && parts.root_cert.is_none() {
         return Err(LinkError::NoRoots(parts.mode.name()).to_string());
     }
+    if parts.root_cert.as_deref() == Some("system") && parts.mode != TlsMode::VerifyFull {
+        return Err(LinkError::WeakSystemRoots(parts.mode.name()).to_string());
+    }
     Ok(())
 }
 
@@ -198,7 +208,13 @@ impl Link {
             key,
             passfile,
         } = split(url)?;
+        // As libpq: a Unix socket carries no TLS, whatever `sslmode` says.
+        let sockets_only = config
+            .get_hosts()
+            .iter()
+            .all(|h| !matches!(h, Host::Tcp(_)));
         config.ssl_mode(match mode {
+            _ if sockets_only => SslMode::Disable,
             TlsMode::Disable => SslMode::Disable,
             TlsMode::Prefer => SslMode::Prefer,
             _ => SslMode::Require,
@@ -210,6 +226,9 @@ impl Link {
         }
         let roots = match root_cert.as_deref() {
             None => None,
+            Some("system") if mode != TlsMode::VerifyFull => {
+                return Err(LinkError::WeakSystemRoots(mode.name()));
+            }
             Some("system") => {
                 Some(
                     tern_transport::tls::system_roots().map_err(|source| LinkError::Tls {
@@ -244,7 +263,7 @@ impl Link {
         let identity = match (cert, key) {
             (None, None) => None,
             (Some(cert), Some(key)) => {
-                let key_pem = read_secret(&key)?;
+                let key_pem = read_secret(&key, Owners::RootMayShare)?;
                 Some(
                     tern_transport::tls::Identity::from_pem(&read(&cert)?, &key_pem).map_err(
                         |source| LinkError::Tls {
@@ -292,7 +311,7 @@ fn password(
     url_passfile: Option<&Path>,
 ) -> Result<Option<String>, LinkError> {
     if let Some(path) = &secrets.password_file {
-        let text = read_secret(path)?;
+        let text = read_secret(path, Owners::OwnerOnly)?;
         return Ok(Some(text.lines().next().unwrap_or_default().to_owned()));
     }
     if let Some(password) = &secrets.password {
@@ -301,16 +320,29 @@ fn password(
     let Some(path) = url_passfile.or(secrets.passfile.as_deref()) else {
         return Ok(None);
     };
-    // libpq ignores a missing password file; one named in the URL must be there.
-    if url_passfile.is_none() && !path.exists() {
-        return Ok(None);
-    }
-    let text = read_secret(path)?;
+    let text = match read_secret(path, Owners::OwnerOnly) {
+        Ok(text) => text,
+        // One named in the URL must be there and private.
+        Err(e) if url_passfile.is_some() => return Err(e),
+        // The implicit one (`PGPASSFILE`, `~/.pgpass`) as libpq treats it: missing, not a
+        // file, or readable by others, it is passed over (the last with a warning).
+        Err(e) => {
+            if matches!(e, LinkError::Exposed { .. }) {
+                tracing::warn!(error = %e, "password file passed over");
+            }
+            return Ok(None);
+        }
+    };
     let user = config.get_user().unwrap_or_default();
+    let socket;
     let target = passfile::Target {
         host: match config.get_hosts().first() {
             Some(Host::Tcp(host)) => host,
-            // libpq matches a Unix socket as `localhost`.
+            // libpq matches the default socket directory as `localhost`, another by its path.
+            Some(Host::Unix(path)) if path != Path::new(DEFAULT_SOCKET_DIR) => {
+                socket = path.display().to_string();
+                &socket
+            }
             _ => "localhost",
         },
         port: config.get_ports().first().copied().unwrap_or(5432),
@@ -327,14 +359,38 @@ fn read(path: &Path) -> Result<String, LinkError> {
     })
 }
 
+/// Where PostgreSQL's packages put the server's socket (libpq's `DEFAULT_PGSOCKET_DIR`).
+const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
+
+/// Who else may read a secret file, as libpq allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owners {
+    /// Its owner alone (0600 or less): password files.
+    OwnerOnly,
+    /// Its owner; when that is root, its group too (0640): private keys.
+    RootMayShare,
+}
+
 /// Reads a file that holds a secret, refusing one that others can read.
-fn read_secret(path: &Path) -> Result<String, LinkError> {
+fn read_secret(path: &Path, owners: Owners) -> Result<String, LinkError> {
+    use std::os::unix::fs::MetadataExt;
     let metadata = std::fs::metadata(path).map_err(|source| LinkError::Read {
         path: path.to_owned(),
         source,
     })?;
+    if !metadata.is_file() {
+        return Err(LinkError::Read {
+            path: path.to_owned(),
+            source: std::io::Error::other("not a regular file"),
+        });
+    }
     let mode = metadata.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
+    let others = if owners == Owners::RootMayShare && metadata.uid() == 0 {
+        0o037
+    } else {
+        0o077
+    };
+    if mode & others != 0 {
         return Err(LinkError::Exposed {
             path: path.to_owned(),
             mode,

@@ -23,25 +23,44 @@ pub fn lookup(text: &str, target: &Target<'_>) -> Option<String> {
             fields[..4]
                 .iter()
                 .zip(wanted)
-                .all(|(field, wanted)| field == "*" || field == wanted)
+                .all(|(field, wanted)| field.wildcard || field.text == wanted)
         })
-        .map(|mut fields| fields.swap_remove(4))
+        .map(|mut fields| fields.swap_remove(4).text)
 }
 
-/// The five fields of a line, unescaped; `None` for a line with fewer.
-fn fields(line: &str) -> Option<Vec<String>> {
-    let mut fields = vec![String::new()];
+/// One field of a line: its text unescaped, and whether it was a bare `*` (`\*` is a star).
+#[derive(Debug)]
+struct Field {
+    text: String,
+    wildcard: bool,
+}
+
+/// The five fields of a line, as libpq reads them (each ends at an unescaped `:`, the
+/// password too); `None` for a line with fewer.
+fn fields(line: &str) -> Option<Vec<Field>> {
+    let mut fields = Vec::with_capacity(5);
     let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => {
-                if let Some(next) = chars.next() {
-                    fields.last_mut()?.push(next);
+    while fields.len() < 5 {
+        let (mut text, mut escaped, mut ended) = (String::new(), false, false);
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some(next) = chars.next() {
+                        text.push(next);
+                        escaped = true;
+                    }
                 }
+                ':' => {
+                    ended = true;
+                    break;
+                }
+                c => text.push(c),
             }
-            // The password is the rest of the line, colons and all.
-            ':' if fields.len() < 5 => fields.push(String::new()),
-            c => fields.last_mut()?.push(c),
+        }
+        let wildcard = text == "*" && !escaped;
+        fields.push(Field { text, wildcard });
+        if !ended {
+            break;
         }
     }
     (fields.len() == 5).then_some(fields)
@@ -78,10 +97,13 @@ mod tests {
             host: "a:b",
             ..TARGET
         };
+        // The password ends at the first unescaped colon, as libpq reads it.
         assert_eq!(
-            lookup("a\\:b:5432:tern:tern:p\\\\w:x", &target).as_deref(),
+            lookup("a\\:b:5432:tern:tern:p\\\\w\\:x:ignored", &target).as_deref(),
             Some("p\\w:x")
         );
+        // An escaped star is a star, not a wildcard.
+        assert_eq!(lookup("\\*:5432:tern:tern:no", &TARGET), None);
     }
 
     proptest::proptest! {
