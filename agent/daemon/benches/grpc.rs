@@ -21,37 +21,25 @@ use prost::Message as _;
 use tern_agent::local_api::grpc::generated::ModelInferRequest;
 use tern_agent::local_api::grpc::generated::model_infer_request::InferInputTensor;
 use tern_agent::local_api::{AgentInfo, ApiAddress, ApiLimits, Connections, LocalApi};
-use tern_agent::pipeline::{LoadedPipeline, PipelineStep};
+use tern_agent::pipeline::LoadedPipeline;
 use tern_agent::serving::{Arm, ServedPipeline, ServingTable};
 use tern_agent::telemetry::TelemetryState;
-use tern_agent::telemetry::meter::{PipelineMeter, StepMeter};
-use tern_proto::manifest::Device;
-use tern_proto::telemetry::StepKind;
 use tokio::sync::watch;
 
+#[path = "support/mlp.rs"]
+mod mlp;
+
 fn local_api() -> LocalApi {
-    let dir =
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/models/mlp");
-    let step = PipelineStep::model_file(
-        "classify",
-        &dir.join("model.onnx"),
-        Device::Cpu,
-        tern_infer::DEFAULT_MAX_TENSOR_BYTES,
-    )
-    .expect("the MLP example loads");
-    let meter = PipelineMeter::new(
-        "mlp",
-        1,
-        vec![Arc::new(StepMeter::new("classify", StepKind::Model, "cpu"))],
-    );
     let serving = Arc::new(ServingTable::default());
     serving.switch(Arc::new(ServedPipeline::new(
         "mlp",
         1,
         vec![Arm {
             weight: 100,
-            pipeline: LoadedPipeline { steps: vec![step] },
-            meter,
+            pipeline: LoadedPipeline {
+                steps: vec![mlp::step()],
+            },
+            meter: mlp::meter(),
         }],
     )));
     let db = sled::Config::new().temporary(true).open().expect("db");

@@ -13,39 +13,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use tern_agent::pipeline::{LoadedPipeline, PipelineStep};
+
+#[path = "support/mlp.rs"]
+mod mlp;
+
+use tern_agent::pipeline::LoadedPipeline;
 use tern_agent::telemetry::meter::{PipelineMeter, StepMeter};
 use tern_plugin_host::Payload;
-use tern_proto::manifest::Device;
 use tern_proto::telemetry::StepKind;
 
 fn mlp() -> (LoadedPipeline, Payload) {
-    let dir = std::env::var_os("CARGO_MANIFEST_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
-        .join("../../examples/models/mlp");
-    let step = PipelineStep::model_file(
-        "classify",
-        &dir.join("model.onnx"),
-        Device::Cpu,
-        tern_infer::DEFAULT_MAX_TENSOR_BYTES,
-    )
-    .expect("the MLP example loads");
-    let input = std::fs::read(dir.join("input.npy")).expect("input.npy");
+    let input = std::fs::read(mlp::dir().join("input.npy")).expect("input.npy");
     let tensor = tern_agent::npy::parse("input", &input).expect("input parses");
     (
-        LoadedPipeline { steps: vec![step] },
+        LoadedPipeline {
+            steps: vec![mlp::step()],
+        },
         Payload::Tensors(vec![tensor]),
     )
 }
 
 fn telemetry(c: &mut Criterion) {
     let (pipeline, payload) = mlp();
-    let meter = PipelineMeter::new(
-        "mlp",
-        1,
-        vec![Arc::new(StepMeter::new("classify", StepKind::Model, "cpu"))],
-    );
+    let meter = mlp::meter();
     let mut group = c.benchmark_group("request");
     group.measurement_time(Duration::from_secs(10));
     group.bench_function("without telemetry", |b| {

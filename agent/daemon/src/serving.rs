@@ -196,6 +196,17 @@ impl ServingTable {
         std::mem::take(&mut *self.2.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// The largest of `measure` over the served pipelines, read in place (no copy of the
+    /// table: a request's path may ask).
+    pub fn largest(&self, measure: impl Fn(&ServedPipeline) -> usize) -> Option<usize> {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|pipeline| measure(pipeline))
+            .max()
+    }
+
     /// Every served pipeline.
     pub fn all(&self) -> Vec<Arc<ServedPipeline>> {
         self.0

@@ -267,7 +267,7 @@ pub fn https_client_pinned_by_ca_hash(
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let verifier = Arc::new(CaHashVerifier {
         ca_sha256,
-        provider: provider(),
+        signatures: HandshakeSignatures(provider()),
     });
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
@@ -278,10 +278,49 @@ pub fn https_client_pinned_by_ca_hash(
     Ok(Arc::new(tls))
 }
 
+/// The half of a server certificate verifier that checks the handshake's signatures with
+/// the provider's algorithms, whatever the other half does with the certificate itself.
+#[derive(Debug, Clone)]
+pub struct HandshakeSignatures(pub Arc<CryptoProvider>);
+
+impl HandshakeSignatures {
+    pub fn tls12(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    pub fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    pub fn schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 #[derive(Debug)]
 struct CaHashVerifier {
     ca_sha256: [u8; 32],
-    provider: Arc<CryptoProvider>,
+    signatures: HandshakeSignatures,
 }
 
 impl ServerCertVerifier for CaHashVerifier {
@@ -304,7 +343,7 @@ impl ServerCertVerifier for CaHashVerifier {
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
         let inner =
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.signatures.0.clone())
                 .build()
                 .map_err(|e| rustls::Error::General(e.to_string()))?;
         inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
@@ -316,12 +355,7 @@ impl ServerCertVerifier for CaHashVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -330,17 +364,10 @@ impl ServerCertVerifier for CaHashVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.schemes()
     }
 }

@@ -482,6 +482,21 @@ mod tests {
         local_api(serving, connections).router()
     }
 
+    /// How long a test waits for something that happens in milliseconds.
+    pub(super) const PATIENCE: std::time::Duration = std::time::Duration::from_secs(20);
+
+    /// Waits (at most [`PATIENCE`]) until `done`.
+    pub(super) async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while !done() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "waited too long for {what}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// The local API over `serving`, for this module's tests and the gRPC form's.
     pub(super) fn local_api(serving: Arc<ServingTable>, connections: Arc<Connections>) -> LocalApi {
         let info = AgentInfo {

@@ -253,10 +253,8 @@ mod tests {
 
     use super::*;
     use crate::local_api::connections::Phase;
+    use crate::local_api::tests::{PATIENCE, wait_until};
     use crate::local_api::{ApiAddress, ApiLimits};
-
-    /// How long a test waits for something that happens in milliseconds.
-    const PATIENCE: Duration = Duration::from_secs(20);
 
     async fn start(limits: ApiLimits) -> (std::net::SocketAddr, std::sync::Arc<Connections>) {
         let listener = ApiAddress::Tcp(([127, 0, 0, 1], 0).into())
@@ -295,17 +293,6 @@ mod tests {
             tokio::time::timeout(PATIENCE, stream.read(&mut byte)).await,
             Ok(Ok(0) | Err(_))
         )
-    }
-
-    async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        while !done() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "waited too long for {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
     }
 
     #[tokio::test]

@@ -6,7 +6,6 @@
 //! I/O error, in one of two ways a real disk fails: before the write (nothing changed), or at
 //! the sync after it (the change is visible but not durable) — until [`LossyBackend::heal`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::broadcast;
@@ -43,10 +42,6 @@ struct State {
 pub struct LossyBackend {
     state: Mutex<State>,
     changes: broadcast::Sender<Notice>,
-    /// Writes and flushes that failed by injection.
-    pub injected: AtomicU64,
-    /// Writes dropped by crashes.
-    pub lost: AtomicU64,
 }
 
 impl Default for LossyBackend {
@@ -54,8 +49,6 @@ impl Default for LossyBackend {
         Self {
             state: Mutex::default(),
             changes: broadcast::channel(NOTIFY_CAPACITY).0,
-            injected: AtomicU64::new(0),
-            lost: AtomicU64::new(0),
         }
     }
 }
@@ -99,8 +92,7 @@ impl LossyBackend {
     /// The power goes: what was not made durable is gone, and readers see the durable state.
     pub fn crash(&self) {
         let mut state = self.state();
-        let lost = std::mem::take(&mut state.unsynced);
-        self.lost.fetch_add(lost.len() as u64, Ordering::Relaxed);
+        state.unsynced.clear();
         state.live = state.durable.duplicate();
     }
 
@@ -151,7 +143,6 @@ impl Backend for LossyBackend {
             }
         });
         if strike == Some(Strike::BeforeWrite) {
-            self.injected.fetch_add(1, Ordering::Relaxed);
             return Err(injected().into());
         }
         let kept = unconditional(&write);
@@ -161,7 +152,6 @@ impl Backend for LossyBackend {
         state.unsynced.push(kept);
         let _ = self.changes.send(Notice::Committed(changes.into()));
         if strike == Some(Strike::AtSync) {
-            self.injected.fetch_add(1, Ordering::Relaxed);
             return Err(injected().into());
         }
         if !lazy {
@@ -177,7 +167,6 @@ impl Backend for LossyBackend {
     fn flush(&self) -> Result<(), BackendError> {
         let mut state = self.state();
         if Self::strikes(&mut state).is_some() {
-            self.injected.fetch_add(1, Ordering::Relaxed);
             return Err(injected());
         }
         Self::sync(&mut state);

@@ -103,10 +103,7 @@ impl GrpcApi {
 /// The most bytes a `ModelInfer` message may take: what the largest served pipeline accepts.
 pub fn accepted_bytes(serving: &ServingTable) -> usize {
     serving
-        .all()
-        .iter()
-        .map(|pipeline| accepts(pipeline))
-        .max()
+        .largest(accepts)
         .unwrap_or(SMALL_MESSAGE)
         .min(MAX_BODY)
 }

@@ -13,12 +13,11 @@ use tokio::sync::watch;
 
 use super::super::address::ApiAddress;
 use super::super::connections::{Connections, Phase};
-use super::super::tests::local_api;
+use super::super::tests::{PATIENCE, local_api, wait_until};
 use super::super::{ApiLimits, LocalApi, MAX_WAITING, serve_grpc};
 use super::guard::{INFER_PATH, SMALL_MESSAGE};
 use crate::serving::ServingTable;
 
-const PATIENCE: Duration = Duration::from_secs(20);
 const LIVE_PATH: &str = "/inference.GRPCInferenceService/ServerLive";
 
 struct Server {
@@ -145,17 +144,6 @@ async fn live(client: &Client) -> String {
     let (response, mut send) = open_call(client, LIVE_PATH).await;
     send.send_data(framed(&[]), true).expect("send");
     finish(response).await.0
-}
-
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "waited too long for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// Whether the server closed `stream` without answering.

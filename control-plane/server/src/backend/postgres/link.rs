@@ -51,7 +51,7 @@ pub enum LinkError {
 
 /// libpq's `sslmode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsMode {
+enum TlsMode {
     Disable,
     Prefer,
     Require,
@@ -184,7 +184,6 @@ pub fn check_url(url: &str) -> Result<(), String> {
 pub struct Link {
     config: tokio_postgres::Config,
     tls: MakeRustlsConnect,
-    mode: TlsMode,
 }
 
 impl std::fmt::Debug for Link {
@@ -192,7 +191,6 @@ impl std::fmt::Debug for Link {
         // tokio-postgres's own Debug redacts the password.
         f.debug_struct("Link")
             .field("config", &self.config)
-            .field("mode", &self.mode)
             .finish_non_exhaustive()
     }
 }
@@ -284,7 +282,6 @@ impl Link {
         Ok(Self {
             config,
             tls: MakeRustlsConnect::new(client),
-            mode,
         })
     }
 
@@ -296,11 +293,6 @@ impl Link {
     /// The TLS connector for [`tokio_postgres::Config::connect`].
     pub fn tls(&self) -> MakeRustlsConnect {
         self.tls.clone()
-    }
-
-    /// The `sslmode` in force.
-    pub fn mode(&self) -> TlsMode {
-        self.mode
     }
 }
 

@@ -30,7 +30,7 @@ use tokio::sync::broadcast;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, IsolationLevel};
 
-pub use link::{Link, LinkError, Secrets, TlsMode, check_url};
+pub use link::{Link, LinkError, Secrets, check_url};
 pub use pool::ConnectError;
 pub use schema::SchemaError;
 

@@ -6,10 +6,9 @@ use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
-use tern_transport::tls::{Identity, TlsError, provider};
+use tern_transport::tls::{HandshakeSignatures, Identity, TlsError, provider};
 
 /// What is checked of the server's certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,9 +32,7 @@ pub fn client(
 ) -> Result<rustls::ClientConfig, TlsError> {
     let provider = provider();
     let verifier: Arc<dyn ServerCertVerifier> = match (check, roots) {
-        (ServerCheck::Nothing, _) => Arc::new(Anything {
-            provider: provider.clone(),
-        }),
+        (ServerCheck::Nothing, _) => Arc::new(Anything(HandshakeSignatures(provider.clone()))),
         (check, Some(roots)) => {
             let inner = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
                 .build()
@@ -118,9 +115,7 @@ impl ServerCertVerifier for Checked {
 /// Any certificate: the handshake's signatures are still checked, so the link is encrypted
 /// to whoever holds the key of the certificate shown.
 #[derive(Debug)]
-struct Anything {
-    provider: Arc<CryptoProvider>,
-}
+struct Anything(HandshakeSignatures);
 
 impl ServerCertVerifier for Anything {
     fn verify_server_cert(
@@ -140,12 +135,7 @@ impl ServerCertVerifier for Anything {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.0.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -154,17 +144,10 @@ impl ServerCertVerifier for Anything {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.0.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.0.schemes()
     }
 }
