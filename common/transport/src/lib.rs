@@ -15,6 +15,7 @@ pub mod https;
 pub mod pki;
 pub mod quic;
 pub mod secrets;
+pub mod server_check;
 pub mod storage;
 pub mod tls;
 

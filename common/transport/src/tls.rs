@@ -281,10 +281,10 @@ pub fn https_client_pinned_by_ca_hash(
 /// The half of a server certificate verifier that checks the handshake's signatures with
 /// the provider's algorithms, whatever the other half does with the certificate itself.
 #[derive(Debug, Clone)]
-pub struct HandshakeSignatures(pub Arc<CryptoProvider>);
+pub(crate) struct HandshakeSignatures(pub(crate) Arc<CryptoProvider>);
 
 impl HandshakeSignatures {
-    pub fn tls12(
+    pub(crate) fn tls12(
         &self,
         message: &[u8],
         cert: &CertificateDer<'_>,
@@ -298,7 +298,7 @@ impl HandshakeSignatures {
         )
     }
 
-    pub fn tls13(
+    pub(crate) fn tls13(
         &self,
         message: &[u8],
         cert: &CertificateDer<'_>,
@@ -312,7 +312,7 @@ impl HandshakeSignatures {
         )
     }
 
-    pub fn schemes(&self) -> Vec<SignatureScheme> {
+    pub(crate) fn schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }

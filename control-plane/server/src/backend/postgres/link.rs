@@ -11,7 +11,7 @@ use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::passfile;
-use super::tls::{self, ServerCheck};
+use tern_transport::server_check::{self, ServerCheck};
 
 /// Why the store's settings cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -274,11 +274,12 @@ impl Link {
             }
             _ => return Err(LinkError::HalfIdentity),
         };
-        let client = tls::client(check, roots, identity).map_err(|source| LinkError::Tls {
-            what: "TLS settings",
-            path: PathBuf::new(),
-            source,
-        })?;
+        let client =
+            server_check::client(check, roots, identity).map_err(|source| LinkError::Tls {
+                what: "TLS settings",
+                path: PathBuf::new(),
+                source,
+            })?;
         Ok(Self {
             config,
             tls: MakeRustlsConnect::new(client),

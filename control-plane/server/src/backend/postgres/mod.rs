@@ -18,7 +18,6 @@ mod passfile;
 mod pool;
 mod schema;
 pub mod testing;
-mod tls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,14 +1,15 @@
-//! TLS to PostgreSQL as libpq's `sslmode` asks for it: encryption alone (`prefer`, `require`),
-//! the server's chain checked against a CA (`verify-ca`), or the chain and the host name
-//! (`verify-full`). On the workspace's rustls provider.
+//! TLS clients for servers outside the fleet that check the server as much as asked (the
+//! control plane's link to PostgreSQL, as libpq's `sslmode` asks): encryption alone
+//! (`prefer`, `require`), the server's chain checked against a CA (`verify-ca`), or the
+//! chain and the host name (`verify-full`).
 
 use std::sync::Arc;
 
+use crate::tls::{HandshakeSignatures, Identity, TlsError, provider};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
-use tern_transport::tls::{HandshakeSignatures, Identity, TlsError, provider};
 
 /// What is checked of the server's certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +56,7 @@ pub fn client(
 }
 
 fn pki_none() -> TlsError {
-    TlsError::Pki(tern_transport::pki::PkiError::NoCertificate)
+    TlsError::Pki(crate::pki::PkiError::NoCertificate)
 }
 
 /// The CA's verdict, less the host name where only the chain is asked for.
