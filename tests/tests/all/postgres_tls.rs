@@ -1,6 +1,7 @@
 //! The control plane's link to PostgreSQL under TLS and a password: a real server from the
 //! machine's packages that takes TCP clients with TLS and SCRAM only. A control plane whose
-//! `config.toml` names `sslmode=verify-full` and a password file serves its fleet over it;
+//! `config.toml` names `sslmode=verify-full` and a password file serves its fleet over it,
+//! also after the server restarts;
 //! each libpq mode checks what it says, and every way of getting it wrong is refused with
 //! a message that names why.
 
@@ -10,7 +11,7 @@ use std::path::{Path, PathBuf};
 use tern_control_plane::backend::PostgresBackend;
 use tern_control_plane::backend::postgres::testing::{self, TestPostgres, TlsSettings};
 use tern_control_plane::backend::postgres::{Link, LinkError, Secrets, check_url};
-use tern_e2e::{Fleet, free_port};
+use tern_e2e::{FLEET_TIMEOUT, Fleet, free_port, wait_for};
 use tern_transport::pki::CertificateAuthority;
 
 const PASSWORD: &str = "s3cret: with 'quotes' and \\ too";
@@ -64,7 +65,7 @@ fn open(url: &str, secrets: &Secrets) -> Result<(), String> {
 fn a_control_plane_serves_its_fleet_over_verified_tls_with_the_password_in_a_file()
 -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let Some(server) = start(tmp.path()) else {
+    let Some(mut server) = start(tmp.path()) else {
         return Ok(());
     };
     let password_file = secret_file(&tmp.path().join("pg-password"), PASSWORD, 0o600);
@@ -91,21 +92,40 @@ fn a_control_plane_serves_its_fleet_over_verified_tls_with_the_password_in_a_fil
     assert_eq!(mode & 0o077, 0, "config.toml is the owner's alone");
 
     // Every TCP connection the server holds is the control plane's, and under TLS.
-    let count = |ssl: bool| {
+    let connections = |url: &str, ssl: bool| {
         testing::query_number(
-            &server.postgres.url,
+            url,
             &format!(
                 "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
                  WHERE a.client_addr IS NOT NULL AND s.ssl = {ssl}"
             ),
         )
+        .map_err(anyhow::Error::msg)
     };
     assert!(
-        count(true).map_err(anyhow::Error::msg)? > 0,
-        "the control plane's connections"
+        connections(&server.postgres.url, true)? > 0,
+        "the control plane's"
     );
     assert_eq!(
-        count(false).map_err(anyhow::Error::msg)?,
+        connections(&server.postgres.url, false)?,
+        0,
+        "none in clear"
+    );
+
+    // The server restarts (every connection drops at once): the control plane connects again,
+    // over TLS and with its password, without a restart of its own, and writes again.
+    server.postgres.restart();
+    let agents = wait_for(FLEET_TIMEOUT, "the store to answer again", || {
+        fleet.cp.ternctl_ok(&["get", "agents", "-o", "name"]).ok()
+    })?;
+    assert_eq!(agents.trim(), "agent/edge-1");
+    fleet.push(&fleet.topk("two", 0)?, 2)?;
+    assert!(
+        connections(&server.postgres.url, true)? > 0,
+        "connected again"
+    );
+    assert_eq!(
+        connections(&server.postgres.url, false)?,
         0,
         "none in clear"
     );
