@@ -128,6 +128,8 @@ pub struct Tracked {
     multiplexed: AtomicBool,
     /// Told to close: the sweeper counts it once, however long its closing takes.
     closing: AtomicBool,
+    /// Told to close after the answers already made have gone out (HTTP/2's GOAWAY).
+    graceful: AtomicBool,
 }
 
 /// The client's HTTP/2 connection preface and the header of the SETTINGS frame after it.
@@ -209,16 +211,22 @@ impl Tracked {
         }
     }
 
-    /// Closes the connection (a call's message past its deadline: as HTTP/1.1's body
-    /// deadline closes its connection).
+    /// Closes the connection at once (past its head deadline, evicted).
     pub fn close_now(&self) {
         self.closing.store(true, Ordering::Relaxed);
         self.close.notify_one();
     }
 
-    /// Whether calls are open on it (HTTP/2).
-    pub fn has_streams(&self) -> bool {
-        *self.streams() > 0
+    /// Closes the connection once the answers already made have gone out (HTTP/2: a call's
+    /// message past its deadline, as HTTP/1.1's body deadline closes its connection).
+    pub fn close_gracefully(&self) {
+        self.graceful.store(true, Ordering::Relaxed);
+        self.close_now();
+    }
+
+    /// Whether it is to close after its answers go out.
+    pub fn graceful(&self) -> bool {
+        self.graceful.load(Ordering::Relaxed)
     }
 
     /// Resolves when the sweeper or an eviction closes this connection.
@@ -319,6 +327,7 @@ impl Connections {
             preface_left: AtomicUsize::new(0),
             multiplexed: AtomicBool::new(false),
             closing: AtomicBool::new(false),
+            graceful: AtomicBool::new(false),
         });
         open.insert(id, tracked.clone());
         Some(Slot {

@@ -224,9 +224,9 @@ async fn grpc_connection<S>(
         }
         _ = slot.tracked.closed() => {
             tracing::debug!("gRPC connection closed: past a deadline, or evicted");
-            // With calls open (a message past its deadline among them), GOAWAY: the answers
-            // made still go out, and the others get a moment to end. Without, at once.
-            if slot.tracked.has_streams() {
+            // A message past its deadline: GOAWAY, so that its answer (and the others made)
+            // still go out and calls in progress get a moment to end. Otherwise at once.
+            if slot.tracked.graceful() {
                 conn.as_mut().graceful_shutdown();
                 let _ = tokio::time::timeout(GOAWAY_GRACE, conn.as_mut()).await;
             }

@@ -196,7 +196,7 @@ impl Body for Bounded {
                 .stats
                 .body_timeouts
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.tracked.close_now();
+            self.tracked.close_gracefully();
             let message = format!(
                 "the request's message did not arrive within {} ms",
                 self.timeout.as_millis()
