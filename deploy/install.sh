@@ -54,7 +54,7 @@ if [ "$role" = agent ] && [ -z "$root" ]; then
     [ -n "$control_plane" ] || { echo "install.sh: agent needs --control-plane HOST:PORT" >&2; exit 2; }
     [ -n "$token" ] || { echo "install.sh: agent needs a token (--token or TERN_TOKEN)" >&2; exit 2; }
 fi
-[ -x "$from/$binary" ] || { echo "install.sh: $from/$binary not found (build with cargo build --release, or pass --from DIR)" >&2; exit 1; }
+[ -x "$from/$binary" ] || { echo "install.sh: $from/$binary not found (build with cargo build --release --locked -p tern-control-plane -p ternctl -p tern-agent, or pass --from DIR)" >&2; exit 1; }
 
 echo "==> binaries into $root/usr/local/bin"
 install -d "$root/usr/local/bin"

@@ -7,7 +7,9 @@ when the model fixtures are there, `image` (image-prep then SqueezeNet 1.1):
     python3 tests/python/triton_clients.py --http 127.0.0.1:7480 --grpc 127.0.0.1:7481 \
         --mlp examples/models/mlp [--image-model ../shared/models/squeezenet1_1/model.onnx]
 
-Prints one JSON line: the inference requests that succeeded per pipeline.
+Prints one JSON line: per pipeline, the inference requests that succeeded (`served`) and those
+that reached the pipeline (`reached`: the successes, plus the refusals made after the pipeline
+ran or by the pipeline itself), which the agent's `tern_pipeline_requests_total` must equal.
 """
 
 import argparse
@@ -28,6 +30,13 @@ STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 SIDE = 224
 
 served = {"mlp": 0, "image": 0}
+# Requests that ran in the pipeline, failed or not: what the agent's telemetry counts.
+reached = {"mlp": 0, "image": 0}
+
+
+def succeeded(pipeline):
+    served[pipeline] += 1
+    reached[pipeline] += 1
 
 
 def check(condition, what):
@@ -101,13 +110,13 @@ def http_suite(url, mlp_input, mlp_want, image):
             result = client.infer("mlp", [x], outputs=outputs, request_id="r1")
             close(result.as_numpy("output"), mlp_want, 1e-4, f"HTTP mlp in={binary_in} out={binary_out}")
             check(result.get_response()["id"] == "r1", "HTTP: the id comes back")
-            served["mlp"] += 1
+            succeeded("mlp")
     # No outputs named: all of them, as binary data (the client's default).
     x = httpclient.InferInput("input", list(mlp_input.shape), "FP32")
     x.set_data_from_numpy(mlp_input)
     result = client.infer("mlp", [x], model_version=version)
     close(result.as_numpy("output"), mlp_want, 1e-4, "HTTP mlp defaults")
-    served["mlp"] += 1
+    succeeded("mlp")
 
     expect_error(lambda: client.infer("no-such-pipeline", [x]), "404", "HTTP unknown model")
     missing = expect_error(
@@ -116,6 +125,8 @@ def http_suite(url, mlp_input, mlp_want, image):
         "HTTP unknown output",
     )
     check("logits" in missing, f"HTTP: the unknown output is named: {missing}")
+    # Outputs are picked from what the pipeline gave: it ran.
+    reached["mlp"] += 1
 
     # A binary tensor whose size does not match its shape: 400 naming the input.
     header = json.dumps(
@@ -144,7 +155,7 @@ def http_suite(url, mlp_input, mlp_want, image):
             outputs = [httpclient.InferRequestedOutput("output", binary_data=binary_out)]
             result = client.infer("image", [x], outputs=outputs)
             close(result.as_numpy("output"), want, 1e-3, f"HTTP image out={binary_out}")
-            served["image"] += 1
+            succeeded("image")
         meta = client.get_model_metadata("image")
         check(
             meta["inputs"] == [{"name": "input", "datatype": "BYTES", "shape": [1]}],
@@ -169,14 +180,16 @@ def grpc_suite(url, mlp_input, mlp_want, image):
     result = client.infer("mlp", [x], request_id="g1")
     close(result.as_numpy("output"), mlp_want, 1e-4, "gRPC mlp")
     check(result.get_response().id == "g1", "gRPC: the id comes back")
-    served["mlp"] += 1
+    succeeded("mlp")
     result = client.infer("mlp", [x], outputs=[grpcclient.InferRequestedOutput("output")])
     close(result.as_numpy("output"), mlp_want, 1e-4, "gRPC mlp, output named")
-    served["mlp"] += 1
+    succeeded("mlp")
     expect_error(lambda: client.infer("no-such-pipeline", [x]), "NOT_FOUND", "gRPC unknown model")
     short = grpcclient.InferInput("input", [4, 33], "FP32")
     short.set_data_from_numpy(np.zeros((4, 33), dtype=np.float32))
     expect_error(lambda: client.infer("mlp", [short]), "INVALID_ARGUMENT", "gRPC bad input")
+    # The model step refuses it (a bad-input error of the pipeline): it ran.
+    reached["mlp"] += 1
     # More than any served pipeline accepts (the MLP's batch is symbolic: the local API's
     # largest body): refused as it arrives, before it is decoded.
     huge = grpcclient.InferInput("input", [(64 << 20) // 128 + 1, 32], "FP32")
@@ -185,7 +198,7 @@ def grpc_suite(url, mlp_input, mlp_want, image):
     check("served pipelines accept" in message, f"gRPC huge input: {message}")
     result = client.infer("mlp", [x])
     close(result.as_numpy("output"), mlp_want, 1e-4, "gRPC mlp after a refusal")
-    served["mlp"] += 1
+    succeeded("mlp")
 
     if image is not None:
         picture, want = image
@@ -193,7 +206,7 @@ def grpc_suite(url, mlp_input, mlp_want, image):
         x.set_data_from_numpy(np.array([picture], dtype=np.object_))
         result = client.infer("image", [x])
         close(result.as_numpy("output"), want, 1e-3, "gRPC image")
-        served["image"] += 1
+        succeeded("image")
 
 
 def main():
@@ -219,7 +232,7 @@ def main():
 
     http_suite(args.http, mlp_input, mlp_want, image)
     grpc_suite(args.grpc, mlp_input, mlp_want, image)
-    print(json.dumps(served))
+    print(json.dumps({"served": served, "reached": reached}))
 
 
 if __name__ == "__main__":

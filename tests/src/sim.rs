@@ -50,8 +50,8 @@ pub const REQUESTS_PER_STEP: u64 = 10;
 pub const PIPELINE: &str = "p";
 const MODEL: &str = "model";
 
-/// What can go wrong on one agent.
-#[derive(Debug, Clone, Default)]
+/// What can go wrong on one agent; `Faults::default()` is an agent with nothing wrong.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Faults {
     /// Revisions that fail to load here.
     pub load_fails: BTreeSet<u64>,

@@ -34,7 +34,7 @@ impl MemoryCgroup {
                 Err(e.context("TERN_REQUIRE_CGROUP=1 but no memory cgroup can be made"))
             }
             Err(e) => {
-                eprintln!("skipped: no memory cgroup can be made here ({e:#})");
+                tern_skips::skip(format!("no memory cgroup can be made here ({e:#})"));
                 Ok(None)
             }
         }

@@ -7,6 +7,7 @@
 mod demo;
 mod deny;
 mod fuzz;
+mod suite;
 mod tidy;
 
 use std::process::Command;
@@ -33,8 +34,8 @@ const USAGE: &str =
   protogen regenerate the local API's gRPC code from proto/inference.proto (pure Rust,
            no protoc; tools/protogen builds apart from the workspace)
   schemas  regenerate the manifest kinds' JSON Schemas in schemas/ from their types
-  fixtures rebuild the generated model fixtures in agent/infer/fixtures/models (python3 with
-           onnx, onnxruntime and numpy)";
+  fixtures rebuild the generated model fixtures in agent/infer/fixtures/models and the example
+           models' expected outputs (python3 with onnx, onnxruntime and numpy)";
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -176,37 +177,65 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     build_plugins()?;
     // The end-to-end tests run the real binaries: build them in the same profile first.
     cargo(&["build", "--locked", "--workspace", "--all-targets"])?;
-    let mut args = vec!["test", "--locked", "--workspace"];
+    let log = suite::fresh_log(&demo::target_dir()?)?;
+    // Every binary runs even after one fails, so the account at the end is whole.
+    let mut args = vec!["test", "--locked", "--workspace", "--no-fail-fast"];
     args.extend(extra.iter().map(String::as_str));
-    cargo(&args)?;
-    bench_smoke()
+    let mut tally = suite::Tally::default();
+    let passed = suite::run_tests(&args, &log, &mut tally)?;
+    if passed {
+        bench_smoke(&log)?;
+    } else if tally.failed.is_empty() {
+        // A build or a harness failed before any test could: nothing to add up.
+        bail!("`cargo {}` failed", args.join(" "));
+    }
+    let allowed = manifest_dir().join("../.ci/allowed-skips");
+    let deny = tern_skips::required("TERN_DENY_SKIPS").then_some(allowed.as_path());
+    suite::conclude(&tally, &suite::skips(&log)?, deny)
 }
 
 /// The smoke form of every cargo bench and mode (criterion's `--test` runs each benchmark once;
 /// `models` takes `--test` for two runs a case), so the figures of BENCHMARKS.md stay
 /// reproducible. `fleet-bench` and `deploy-bench` are smoke-run by `tests/tests/all/benches.rs`.
 /// The ONNX Runtime reference (`models --ort`) needs Python's onnxruntime and is left out.
-fn bench_smoke() -> anyhow::Result<()> {
+/// A mode left out for want of fixtures or a Vulkan driver is recorded in `log` as a skip.
+fn bench_smoke(log: &std::path::Path) -> anyhow::Result<()> {
     let bench = ["bench", "--locked", "--workspace", "--profile", "dev"];
     let run = |extra: &[&str]| cargo(&[&bench[..], extra].concat());
+    let skip = |test: &str, reason: String| {
+        suite::record(
+            log,
+            &tern_skips::Skip {
+                binary: "xtask".into(),
+                test: test.into(),
+                reason,
+            },
+        )
+    };
     run(&["--bench", "plugins", "--bench", "telemetry", "--", "--test"])?;
     let fixtures = std::env::var_os("TERN_FIXTURES")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| manifest_dir().join("../../shared"));
-    let required = |var: &str| std::env::var(var).is_ok_and(|v| v == "1");
-    if !fixtures.join("models").is_dir() && !required("TERN_REQUIRE_FIXTURES") {
-        eprintln!(
-            "xtask: no model fixtures in {}: models bench skipped",
-            fixtures.display()
+    if !fixtures.join("models").is_dir() {
+        if tern_skips::required("TERN_REQUIRE_FIXTURES") {
+            bail!(
+                "TERN_REQUIRE_FIXTURES=1 but {} has no models",
+                fixtures.display()
+            );
+        }
+        return skip(
+            "bench-models",
+            format!("no model fixtures in {}", fixtures.display()),
         );
-        return Ok(());
     }
     run(&["--bench", "models", "--", "--test"])?;
     let vulkan = std::fs::read_dir("/usr/share/vulkan/icd.d")
         .is_ok_and(|mut drivers| drivers.next().is_some());
-    if !vulkan && !required("TERN_REQUIRE_GPU") {
-        eprintln!("xtask: no Vulkan driver installed: GPU benches skipped");
-        return Ok(());
+    if !vulkan {
+        if tern_skips::required("TERN_REQUIRE_GPU") {
+            bail!("TERN_REQUIRE_GPU=1 but no Vulkan driver is installed");
+        }
+        return skip("bench-models-gpu", "no Vulkan driver installed".into());
     }
     // The GPU backend on the smallest fixture: on a software adapter the image models take
     // minutes.
@@ -220,6 +249,12 @@ fn bench_smoke() -> anyhow::Result<()> {
 
 /// Runs `tools/protogen` (its own lock file and target directory) on the repository.
 fn protogen() -> anyhow::Result<()> {
+    run_protogen(None)?;
+    cargo(&["fmt", "--all"])
+}
+
+/// The gRPC code `tools/protogen` generates, in the tree or at `out` (unformatted).
+fn run_protogen(out: Option<&std::path::Path>) -> anyhow::Result<()> {
     let root = manifest_dir().join("..");
     let tool = root.join("tools/protogen");
     let target = demo::target_dir()?.join("protogen");
@@ -228,12 +263,13 @@ fn protogen() -> anyhow::Result<()> {
         .env("CARGO_TARGET_DIR", &target)
         .args(["run", "--quiet", "--locked", "--"])
         .arg(&root)
+        .args(out)
         .status()
         .context("failed to run cargo")?;
     if !status.success() {
         bail!("tools/protogen failed ({status})");
     }
-    cargo(&["fmt", "--all"])
+    Ok(())
 }
 
 /// Writes `schemas/` from the manifest types: the test that checks them writes them instead
@@ -258,13 +294,15 @@ fn schemas() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Rebuilds the conformance suite's generated fixtures: seeded models written with ONNX's
-/// helpers, outputs from ONNX Runtime.
+/// Rebuilds the conformance suite's generated fixtures (seeded models written with ONNX's
+/// helpers, outputs from ONNX Runtime) and the example models' expected outputs (ONNX
+/// Runtime's, for their committed model and input).
 fn fixtures() -> anyhow::Result<()> {
     let dir = manifest_dir().join("../agent/infer/fixtures");
     let status = Command::new("python3")
         .arg(dir.join("make_models.py"))
         .arg(dir.join("models"))
+        .arg(manifest_dir().join("../examples/models"))
         .status()
         .context("failed to run python3")?;
     if !status.success() {
@@ -294,4 +332,32 @@ fn manifest_dir() -> std::path::PathBuf {
     std::env::var_os("CARGO_MANIFEST_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The committed gRPC code is what `cargo xtask protogen` writes from the proto and the
+    /// generator in the tree: regenerated (`tools/protogen`, formatted as `cargo fmt` does) and
+    /// compared byte for byte, so a stale file or a hand edit fails.
+    #[test]
+    fn the_generated_grpc_code_is_what_protogen_writes_from_the_tree() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let fresh = dir.path().join("generated.rs");
+        run_protogen(Some(&fresh))?;
+        let status = Command::new("rustfmt")
+            .args(["--edition", "2024"])
+            .arg(&fresh)
+            .status()
+            .context("failed to run rustfmt")?;
+        anyhow::ensure!(status.success(), "rustfmt failed ({status})");
+        let committed = manifest_dir().join("../agent/daemon/src/local_api/grpc/generated.rs");
+        assert!(
+            std::fs::read_to_string(&fresh)? == std::fs::read_to_string(&committed)?,
+            "{} is not what `cargo xtask protogen` writes from the tree: run it",
+            committed.display()
+        );
+        Ok(())
+    }
 }

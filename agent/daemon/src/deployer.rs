@@ -3,6 +3,7 @@
 //! reports to the control plane. The serving table keeps answering throughout, also while the
 //! control plane is away.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +29,11 @@ use tern_proto::telemetry::StepKind;
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// Attempts of a download that keeps failing for transient reasons, before it is reported.
 const FETCH_ATTEMPTS: u32 = 8;
+/// Test hook, for end-to-end tests only (never set it on a real agent): the path `P` of a
+/// gate file. See [`Deployer::hold_load`].
+pub const HOLD_LOAD_VAR: &str = "TERN_TEST_HOLD_LOAD";
+/// How often a load held by the test hook looks at its gate again.
+const HOLD_LOAD_POLL: Duration = Duration::from_millis(20);
 
 /// What the deployer's tasks report back.
 #[derive(Debug)]
@@ -67,6 +73,11 @@ pub struct Deployer {
     pub marker: Arc<crate::exits::RunMarker>,
     /// The control plane's trust roots, oldest first (from its last connection).
     pub trust_chain: watch::Receiver<Vec<tern_proto::trust::SignedTrustRoot>>,
+    /// Test hook, from [`HOLD_LOAD_VAR`] (`None` on every real agent): a gate file `P`. Each
+    /// load a desired state starts is marked loading in the run marker, then writes
+    /// `P.loading` (`PIPELINE REVISION`) and waits while `P` exists, so that an end-to-end
+    /// test can kill the agent while a revision is loading. Loads at start are not held.
+    pub hold_load: Option<PathBuf>,
 }
 
 /// Why a revision could not be loaded.
@@ -203,6 +214,22 @@ fn load_arm(
         arm.discard();
     }
     Ok(arm)
+}
+
+/// The [`HOLD_LOAD_VAR`] test hook (blocking, on the loading thread): says which revision is
+/// loading in `gate.loading`, then waits while `gate` exists.
+fn hold_load(gate: &Path, desired: &DesiredPipeline) {
+    let mut marker = gate.as_os_str().to_owned();
+    marker.push(".loading");
+    let marker = PathBuf::from(marker);
+    let what = format!("{} {}\n", desired.name, desired.revision);
+    if let Err(e) = std::fs::write(&marker, what) {
+        warn!(marker = %marker.display(), error = %e, "test hook: cannot write the loading marker");
+    }
+    warn!(gate = %gate.display(), "test hook: the load waits while the gate exists");
+    while gate.exists() {
+        std::thread::sleep(HOLD_LOAD_POLL);
+    }
 }
 
 /// Loads a pipeline revision from verified artifacts (blocking: compiles and plans), one arm
@@ -502,15 +529,20 @@ impl Deployer {
         let engine = self.engine.clone();
         let limits = self.limits;
         let marker = self.marker.clone();
+        let hold = self.hold_load.clone();
         let span = info_span!("load", pipeline = %desired.name, revision = desired.revision);
         tokio::spawn(
             async move {
                 let wanted = desired.clone();
-                let result =
-                    tokio::task::spawn_blocking(move || load(&store, &engine, &limits, &desired))
-                        .await
-                        .map_err(|e| LoadFailure::Task(e.to_string()))
-                        .and_then(|r| r.map(Arc::new));
+                let result = tokio::task::spawn_blocking(move || {
+                    if let Some(gate) = &hold {
+                        hold_load(gate, &desired);
+                    }
+                    load(&store, &engine, &limits, &desired)
+                })
+                .await
+                .map_err(|e| LoadFailure::Task(e.to_string()))
+                .and_then(|r| r.map(Arc::new));
                 marker.loading(&wanted.name, wanted.revision, false);
                 let _ = events.send(Event::Loaded(wanted, result)).await;
             }

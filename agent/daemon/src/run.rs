@@ -211,6 +211,10 @@ pub async fn run(dir: AgentDataDir, shutdown: impl Future<Output = ()>) -> Resul
             exits: config.exits,
             marker: marker.clone(),
             trust_chain: chain_rx,
+            // Read here once; set only by end-to-end tests.
+            hold_load: std::env::var_os(crate::deployer::HOLD_LOAD_VAR)
+                .filter(|gate| !gate.is_empty())
+                .map(std::path::PathBuf::from),
         }
         .run(reconciler, desired_rx, stop_rx.clone()),
     );

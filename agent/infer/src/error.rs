@@ -1,5 +1,18 @@
 //! Why loading or running a model failed.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Panics [`guarded`] has caught in this process, since it started.
+static PANICS_CAUGHT: AtomicU64 = AtomicU64::new(0);
+
+/// How many panics inside the inference engine this process has caught and turned into
+/// [`InferError::Panicked`], since it started. Process-wide and only ever growing: each one is a
+/// model tract could not handle, worth a metric and a bug report upstream. Concurrent loads
+/// and runs all add to it, so compare two readings for growth, not for an exact difference.
+pub fn panics_caught() -> u64 {
+    PANICS_CAUGHT.load(Ordering::Relaxed)
+}
+
 /// Errors of the inference API. Every failure of a model (malformed bytes, a panic inside tract,
 /// an op a backend lacks) ends here; none takes the process down.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -56,6 +69,7 @@ pub(crate) fn guarded<T>(
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(result) => result,
         Err(payload) => {
+            PANICS_CAUGHT.fetch_add(1, Ordering::Relaxed);
             let message = payload
                 .downcast_ref::<&str>()
                 .map(|s| (*s).to_owned())

@@ -25,7 +25,7 @@ pub mod plans;
 pub mod tensor;
 
 pub use adapters::{AdapterSummary, list_adapters};
-pub use error::InferError;
+pub use error::{InferError, panics_caught};
 pub use gpu::gpu_busy;
 pub use model::{
     DEFAULT_MAX_TENSOR_BYTES, Device, Dim, IoSpec, Model, ModelOptions, Placement, parse_onnx,

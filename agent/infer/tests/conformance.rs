@@ -20,22 +20,17 @@ const MAX_NOT_PASSING_GPU: usize = 8;
 const MIN_PASS_CPU: usize = 124;
 const MIN_PASS_GPU: usize = 119;
 
-fn require(var: &str) -> bool {
-    std::env::var(var).is_ok_and(|v| v == "1")
-}
-
 fn run_suite(device: Device) -> Vec<Report> {
     let root = conformance::fixtures_dir();
     let shared = conformance::discover(&root);
     if shared.is_empty() {
-        assert!(
-            !require("TERN_REQUIRE_FIXTURES"),
-            "no conformance fixtures under {}",
-            root.display()
-        );
-        eprintln!(
-            "conformance: no fixtures under {}; set TERN_FIXTURES",
-            root.display()
+        // Only the generated cases run: a partial skip, shown as one.
+        tern_skips::skip_unless_required(
+            "TERN_REQUIRE_FIXTURES",
+            format!(
+                "no shared fixtures under {} (set TERN_FIXTURES): the generated cases only",
+                root.display()
+            ),
         );
     }
     let mut cases = conformance::discover_generated();
@@ -148,7 +143,7 @@ fn check(reports: &[Report], max_not_passing: usize, min_pass: usize) {
     );
     let passed = reports.len() - not_passing.len();
     assert!(
-        !require("TERN_REQUIRE_FIXTURES") || passed >= min_pass,
+        !tern_skips::required("TERN_REQUIRE_FIXTURES") || passed >= min_pass,
         "{passed} cases pass, fewer than the {min_pass} of the whole shared set"
     );
     for r in reports
@@ -170,11 +165,10 @@ fn check(reports: &[Report], max_not_passing: usize, min_pass: usize) {
 fn both_backends_conform() {
     let gpu = !list_adapters().is_empty();
     if !gpu {
-        assert!(
-            !require("TERN_REQUIRE_GPU"),
-            "TERN_REQUIRE_GPU=1 but there is no adapter"
+        tern_skips::skip_unless_required(
+            "TERN_REQUIRE_GPU",
+            "there is no GPU adapter: the CPU half only",
         );
-        eprintln!("conformance: no GPU adapter, GPU half skipped");
     }
     let (cpu, gpu) = std::thread::scope(|s| {
         let cpu = s.spawn(|| run_suite(Device::Cpu));
@@ -197,7 +191,8 @@ fn both_backends_conform() {
 
 /// The generated fixtures in the repository are what `fixtures/make_models.py` builds: the
 /// same model and input bytes, and outputs within 1e-6 (ONNX Runtime may round differently
-/// from one release to the next). Needs python3 with onnx, onnxruntime and numpy (CI installs
+/// from one release to the next); so are the example models' expected outputs
+/// (`examples/models/*`, whose models come from PyTorch). Needs python3 with onnx, onnxruntime and numpy (CI installs
 /// them and sets `TERN_REQUIRE_ONNX=1`); skipped without.
 #[test]
 fn the_generated_fixtures_are_what_the_script_builds() {
@@ -206,21 +201,26 @@ fn the_generated_fixtures_are_what_the_script_builds() {
         .status()
         .is_ok_and(|s| s.success());
     if !found {
-        assert!(
-            !require("TERN_REQUIRE_ONNX"),
-            "TERN_REQUIRE_ONNX=1 but python3 with onnx, onnxruntime and numpy is missing"
+        tern_skips::skip_unless_required(
+            "TERN_REQUIRE_ONNX",
+            "python3 with onnx, onnxruntime and numpy is missing",
         );
-        eprintln!("python3 with onnx is missing: skipped");
         return;
     }
     let out = tempfile::tempdir().expect("a temporary directory");
+    let examples_out = tempfile::tempdir().expect("a temporary directory");
     let script = conformance::manifest_dir().join("fixtures/make_models.py");
     let status = std::process::Command::new("python3")
         .arg(&script)
         .arg(out.path())
+        .arg(examples_out.path())
         .status()
         .expect("python3 runs");
     assert!(status.success(), "make_models.py failed");
+    let read = |dir: &std::path::Path| {
+        let bytes = std::fs::read(dir.join("expected_output.npy")).expect("outputs");
+        tern_infer::npy::parse("output", &bytes).expect("an npy file")
+    };
     let committed = conformance::discover_generated();
     assert!(!committed.is_empty());
     for case in &committed {
@@ -234,10 +234,6 @@ fn the_generated_fixtures_are_what_the_script_builds() {
                 case.name
             );
         }
-        let read = |dir: &std::path::Path| {
-            let bytes = std::fs::read(dir.join("expected_output.npy")).expect("outputs");
-            tern_infer::npy::parse("output", &bytes).expect("an npy file")
-        };
         let diff = conformance::compare(
             &read(&built),
             &read(&case.dir),
@@ -250,4 +246,28 @@ fn the_generated_fixtures_are_what_the_script_builds() {
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
         .collect();
     assert_eq!(built.len(), committed.len(), "{built:?}");
+    let examples = conformance::manifest_dir().join("../../examples/models");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&examples).expect("the example models") {
+        let dir = entry.expect("an example model").path();
+        if !dir.join("model.onnx").is_file() {
+            continue;
+        }
+        let name = dir
+            .file_name()
+            .expect("a directory name")
+            .to_string_lossy()
+            .into_owned();
+        let diff = conformance::compare(
+            &read(&examples_out.path().join(&name)),
+            &read(&dir),
+            conformance::Tolerance::MaxAbs(1e-6),
+        );
+        assert!(
+            diff.is_ok(),
+            "examples/models/{name}: {diff:?}; run `cargo xtask fixtures`"
+        );
+        checked += 1;
+    }
+    assert!(checked > 0, "no example model in {}", examples.display());
 }

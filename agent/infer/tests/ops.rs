@@ -211,10 +211,7 @@ fn x(shape: &[usize]) -> Vec<Input> {
 #[test]
 fn every_listed_operator_matches_tract() {
     if list_adapters().is_empty() {
-        assert!(
-            !std::env::var("TERN_REQUIRE_GPU").is_ok_and(|v| v == "1"),
-            "TERN_REQUIRE_GPU=1 but there is no adapter"
-        );
+        tern_skips::skip_unless_required("TERN_REQUIRE_GPU", "there is no GPU adapter");
         return;
     }
     let s = [2usize, 3, 4, 5];
@@ -508,6 +505,7 @@ fn every_listed_operator_matches_tract() {
 #[test]
 fn integer_ops_and_narrowing_casts_match_tract() {
     if list_adapters().is_empty() {
+        tern_skips::skip_unless_required("TERN_REQUIRE_GPU", "there is no GPU adapter");
         return;
     }
     let node = |op: &str, inputs: &[&str], output: &str, attribute: Vec<pb::AttributeProto>| {
@@ -583,10 +581,7 @@ fn integer_ops_and_narrowing_casts_match_tract() {
 #[test]
 fn long_rows_reduce_and_softmax_with_a_workgroup_each() {
     if list_adapters().is_empty() {
-        assert!(
-            !std::env::var("TERN_REQUIRE_GPU").is_ok_and(|v| v == "1"),
-            "TERN_REQUIRE_GPU=1 but there is no adapter"
-        );
+        tern_skips::skip_unless_required("TERN_REQUIRE_GPU", "there is no GPU adapter");
         return;
     }
     for (shape, axis) in [(&[3usize, 1000][..], -1), (&[2, 300, 5][..], 1)] {
@@ -636,10 +631,7 @@ fn long_rows_reduce_and_softmax_with_a_workgroup_each() {
 #[test]
 fn general_contractions_match_tract() {
     if list_adapters().is_empty() {
-        assert!(
-            !std::env::var("TERN_REQUIRE_GPU").is_ok_and(|v| v == "1"),
-            "TERN_REQUIRE_GPU=1 but there is no adapter"
-        );
+        tern_skips::skip_unless_required("TERN_REQUIRE_GPU", "there is no GPU adapter");
         return;
     }
     let two = |a: &[usize], b: &[usize]| {

@@ -1,6 +1,6 @@
 //! A configured step and its pool of instances.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -46,6 +46,33 @@ impl wasmtime_wasi::HostMonotonicClock for Frozen {
 struct Live {
     store: Store<StepState>,
     bindings: Bindings,
+    _counted: Counted,
+}
+
+/// The instances of one step that exist, counted by the instances themselves rather than by
+/// the pool's admission bookkeeping (`Step::alive`), so that a slip in that bookkeeping shows.
+#[derive(Debug, Default)]
+struct InstanceCount {
+    now: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+/// One instance's place in its step's [`InstanceCount`], from the creation of its store until
+/// it is dropped.
+struct Counted(Arc<InstanceCount>);
+
+impl Counted {
+    fn new(count: &Arc<InstanceCount>) -> Self {
+        let now = count.now.fetch_add(1, Ordering::SeqCst) + 1;
+        count.peak.fetch_max(now, Ordering::SeqCst);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// One pipeline step: a plugin, its configuration and limits, and warm instances.
@@ -61,6 +88,8 @@ pub struct Step {
     /// Instances alive (idle or busy).
     alive: Mutex<usize>,
     released: Condvar,
+    /// Instances that exist, as they count themselves.
+    instances: Arc<InstanceCount>,
     /// Where this step's custom metrics go.
     metrics: Arc<dyn MetricsSink>,
     /// Largest linear memory an instance had after a call, since [`Step::take_peak_memory`].
@@ -96,6 +125,7 @@ impl Step {
             idle: Mutex::new(Vec::new()),
             alive: Mutex::new(1),
             released: Condvar::new(),
+            instances: Arc::default(),
         };
         let first = step.instantiate()?;
         step.give_back(first);
@@ -153,6 +183,8 @@ impl Step {
 
     /// A fresh instance, configured. The caller has counted it in `alive`.
     fn instantiate(&self) -> Result<Live, StepFailure> {
+        // Counted from its store on: that is where its memory lives, configured or not.
+        let counted = Counted::new(&self.instances);
         let mut store = Store::new(&self.shared.engine, self.new_state());
         store.limiter(|state| &mut state.memory);
         // What wasmtime copies out of the guest in one call (its output) is bounded by the
@@ -174,7 +206,11 @@ impl Step {
             .tern_pipeline_step()
             .call_configure(&mut store, &self.config)
         {
-            Ok(Ok(())) => Ok(Live { store, bindings }),
+            Ok(Ok(())) => Ok(Live {
+                store,
+                bindings,
+                _counted: counted,
+            }),
             Ok(Err(StepError { kind, message })) => {
                 Err(self.fail(FailureCause::Configure { kind, message }))
             }
@@ -191,6 +227,8 @@ impl Step {
             self.released.notify_one();
         } else {
             drop(idle);
+            // Gone before its slot frees, so that the next instance never overlaps it.
+            drop(live);
             self.retire();
         }
     }
@@ -272,6 +310,12 @@ impl Step {
     /// last time this was asked, in bytes; resets to 0.
     pub fn take_peak_memory(&self) -> u64 {
         self.peak_memory.swap(0, Ordering::Relaxed)
+    }
+
+    /// The most instances this step has had at once (busy, idle, or being configured) since it
+    /// was made. Never above [`StepLimits::max_instances`]: the cap bounds the step's memory.
+    pub fn peak_live_instances(&self) -> usize {
+        self.instances.peak.load(Ordering::SeqCst)
     }
 
     /// Instances kept warm right now.

@@ -15,11 +15,7 @@ use components::component;
 fn gpu() -> Option<GpuAccel> {
     let gpu = GpuAccel::detect();
     if gpu.is_none() {
-        assert!(
-            !std::env::var("TERN_REQUIRE_GPU").is_ok_and(|v| v == "1"),
-            "TERN_REQUIRE_GPU=1 but there is no adapter"
-        );
-        eprintln!("no GPU adapter: GPU accel tests skipped");
+        tern_skips::skip_unless_required("TERN_REQUIRE_GPU", "there is no GPU adapter");
     }
     gpu
 }

@@ -482,25 +482,39 @@ fn sleeping_is_refused_instead_of_blocking_the_host() {
     echoes(&step);
 }
 
+/// More concurrent requests than `max_instances` wait for an instance instead of failing, and
+/// the instances alive at once (busy, idle or being made) never exceed the cap. Each thread
+/// first sends a request that spins to its deadline, holding an instance at least that long,
+/// so that the threads really contend; those instances are discarded and others made.
 #[test]
 fn concurrency_beyond_the_instance_cap_waits_instead_of_failing() {
+    const CAP: usize = 2;
+    const THREADS: usize = 6;
     let engine = engine();
+    let deadline = Duration::from_millis(200);
     let capped = StepLimits {
-        max_instances: 2,
-        max_idle_instances: 2,
+        timeout: deadline,
+        max_instances: CAP,
+        // Below the cap, so that instances are also retired under load, not only kept.
+        max_idle_instances: 1,
         ..StepLimits::default()
     };
-    let step = Arc::new(hostile(&engine, "echo", capped).expect("step"));
-    let threads: Vec<_> = (0..6)
-        .map(|i| {
-            let step = step.clone();
+    let step = Arc::new(hostile(&engine, "input", capped).expect("step"));
+    let start = Arc::new(std::sync::Barrier::new(THREADS));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let (step, start) = (step.clone(), start.clone());
             std::thread::spawn(move || {
+                start.wait();
+                let err = step
+                    .process(&text("loop"))
+                    .expect_err("spins until its deadline");
+                assert_eq!(err.cause, FailureCause::Timeout(deadline), "{err}");
                 for _ in 0..20 {
-                    let payload = text(&format!("request {i}"));
-                    let Payload::Bytes(out) = step.process(&payload).expect("served") else {
+                    let Payload::Bytes(out) = step.process(&text("echo")).expect("served") else {
                         panic!("blob")
                     };
-                    assert_eq!(out.data, format!("request {i}").into_bytes());
+                    assert_eq!(out.data, b"echo");
                 }
             })
         })
@@ -508,16 +522,27 @@ fn concurrency_beyond_the_instance_cap_waits_instead_of_failing() {
     for t in threads {
         t.join().expect("thread");
     }
-    assert!(step.idle_instances() <= 2);
+    let peak = step.peak_live_instances();
+    assert!(
+        peak <= CAP,
+        "{peak} instances alive at once, over the cap of {CAP}"
+    );
+    assert_eq!(peak, CAP, "the requests never ran side by side");
+    assert!(step.idle_instances() <= 1);
 }
 
-/// What the fuzzer kept for the `accel_calls` target (its seeds, and any input that once
-/// broke the host).
-fn kept_accel_inputs() -> Vec<Vec<u8>> {
-    let fuzz = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
-    ["seeds", "regressions"]
-        .iter()
-        .filter_map(|kind| std::fs::read_dir(fuzz.join(kind).join("accel_calls")).ok())
+/// What the fuzzer kept for the `accel_calls` target under `fuzz/<kind>/accel_calls/`: its
+/// seeds (`seeds`), or the inputs that once broke the host (`regressions`).
+fn kept_accel_inputs(kind: &str) -> Vec<Vec<u8>> {
+    // Where cargo runs the test: a build is shared between checkouts at different paths.
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .join("../../fuzz")
+        .join(kind)
+        .join("accel_calls");
+    std::fs::read_dir(dir)
+        .into_iter()
         .flatten()
         .filter_map(|entry| std::fs::read(entry.ok()?.path()).ok())
         .collect()
@@ -531,9 +556,12 @@ fn a_hostile_guest_calling_accel_with_any_arguments_gets_an_answer_or_an_error()
     for data in accel_calls::edge_cases() {
         accel_calls::check(&step, &data);
     }
-    let kept = kept_accel_inputs();
-    assert!(!kept.is_empty(), "the fuzz target's seeds are missing");
-    for data in kept {
+    let seeds = kept_accel_inputs("seeds");
+    assert!(
+        !seeds.is_empty(),
+        "accel_calls: no seed under fuzz/seeds/accel_calls/"
+    );
+    for data in seeds.into_iter().chain(kept_accel_inputs("regressions")) {
         accel_calls::check(&step, &data);
     }
     let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {

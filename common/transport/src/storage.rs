@@ -277,22 +277,84 @@ mod tests {
         ));
     }
 
+    /// Polls `done` (the watch runs on the probe's own real-time pace) for at most `limit`.
+    async fn within(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !done() {
+            if tokio::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     #[tokio::test]
-    async fn the_monitor_shows_the_reason_and_asks_for_a_restart() {
+    async fn the_watch_shows_what_the_probe_found_and_asks_for_a_restart_when_it_lasts() {
         let dir = tempfile::tempdir().expect("tmp");
         let monitor = StorageMonitor::new(dir.path());
-        assert!(monitor.free_bytes() > 0);
-        monitor.apply(&Verdict::NotReady {
-            reason: "full".into(),
-        });
-        assert_eq!(monitor.not_ready().as_deref(), Some("full"));
-        monitor.apply(&Verdict::Restart {
-            reason: "still full".into(),
-        });
-        assert_eq!(monitor.restart_requested().await, "still full");
-        assert_eq!(monitor.errors(), 2);
-        monitor.apply(&Verdict::Ready);
-        assert_eq!(monitor.not_ready(), None);
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let probe = {
+            let failing = failing.clone();
+            move || {
+                if failing.load(Ordering::SeqCst) {
+                    Err("No space left on device".to_owned())
+                } else {
+                    Ok(())
+                }
+            }
+        };
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let started = tokio::time::Instant::now();
+        let watcher = tokio::spawn(watch(monitor.clone(), probe, stop_rx));
+
+        // The first failed probe: not ready at once, with the probe's reason; no restart yet.
+        assert!(
+            within(PROBE_INTERVAL * 3, || monitor.not_ready().is_some()).await,
+            "a failing probe makes the process not ready"
+        );
+        assert_eq!(
+            monitor.not_ready().as_deref(),
+            Some("No space left on device")
+        );
+        assert!(monitor.errors() >= 1, "the failed probe is counted");
+        assert!(monitor.restart.borrow().is_none(), "no restart at once");
+        assert!(
+            monitor.free_bytes() > 0,
+            "the data dir's free space is known"
+        );
+
+        // Still failing after `RESTART_AFTER`: the process is asked to exit for a restart.
+        let reason = tokio::time::timeout(
+            RESTART_AFTER + PROBE_INTERVAL * 5,
+            monitor.restart_requested(),
+        )
+        .await
+        .expect("a lasting failure asks for a restart");
+        assert_eq!(reason, "No space left on device");
+        assert!(
+            started.elapsed() + Duration::from_millis(100) >= RESTART_AFTER,
+            "the restart came after {:?}, before the failure lasted {RESTART_AFTER:?}",
+            started.elapsed()
+        );
+        let probes = RESTART_AFTER.as_secs() / PROBE_INTERVAL.as_secs() + 1;
+        assert!(
+            monitor.errors() >= probes,
+            "every failed probe counts: {} errors",
+            monitor.errors()
+        );
+
+        // The probe works again: ready again.
+        failing.store(false, Ordering::SeqCst);
+        assert!(
+            within(PROBE_INTERVAL * 3, || monitor.not_ready().is_none()).await,
+            "a working probe makes the process ready again"
+        );
+        stop_tx.send(true).expect("the watch listens");
+        tokio::time::timeout(PROBE_INTERVAL * 3, watcher)
+            .await
+            .expect("the watch stops when told")
+            .expect("the watch task");
     }
 
     #[tokio::test]

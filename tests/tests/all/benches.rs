@@ -91,9 +91,9 @@ fn fleet_bench_telemetry() {
 /// Whether a server the bench starts itself is required here (`TERN_REQUIRE_...=1`, as in
 /// CI); elsewhere that bench's smoke run is skipped.
 fn required(variable: &str) -> bool {
-    let required = std::env::var(variable).is_ok_and(|v| v == "1");
+    let required = tern_skips::required(variable);
     if !required {
-        eprintln!("{variable} is not 1: skipped");
+        tern_skips::skip(format!("{variable} is not 1"));
     }
     required
 }

@@ -51,11 +51,7 @@ fn headless(browser: &Path, profile: &Path, url: &str, args: &[&str]) -> anyhow:
 #[test]
 fn the_dashboard_shows_the_fleet_and_charts_in_a_browser() -> anyhow::Result<()> {
     let Some(browser) = chromium() else {
-        assert!(
-            !std::env::var("TERN_REQUIRE_BROWSER").is_ok_and(|v| v == "1"),
-            "TERN_REQUIRE_BROWSER=1 but no chromium was found"
-        );
-        eprintln!("dashboard: no chromium, skipped");
+        tern_skips::skip_unless_required("TERN_REQUIRE_BROWSER", "no chromium was found");
         return Ok(());
     };
     let fleet = Fleet::start_with(2, &["--telemetry-interval", "1s"])?;

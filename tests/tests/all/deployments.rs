@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use anyhow::Context as _;
 use tern_e2e::{Agent, ControlPlane, Publisher, component, fast_config, http};
 use tern_proto::api::AgentStatus;
 
@@ -126,6 +127,7 @@ fn agents_fetch_verify_and_serve_a_pushed_pipeline() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Canary waves of 50 % with no health window: revision 1 rolls out at once.
 const CANARY: &str = r#"apiVersion: tern.dev/v1alpha1
 kind: Pipeline
 metadata: { name: scores }
@@ -144,9 +146,26 @@ spec:
   rollout:
     strategy: canary
     waves: [50, 100]
-    healthWindowSeconds: 2
+    healthWindowSeconds: 0
     maxErrorRate: 0.05
 "#;
+
+/// Revision 2 of [`CANARY`]: a plugin that panics on every request, under a health window far
+/// longer than the test, so that wave 1 can only end by failing: the errors always arrive
+/// before its window could pass.
+fn trapping_canary() -> String {
+    let manifest = CANARY
+        .replace(
+            "plugin: topk:1\n      config: { k: 2 }",
+            "plugin: hostile:1\n      config: { mode: panic }",
+        )
+        .replace("healthWindowSeconds: 0", "healthWindowSeconds: 600");
+    assert!(
+        manifest.contains("hostile:1") && manifest.contains("healthWindowSeconds: 600"),
+        "{manifest}"
+    );
+    manifest
+}
 
 fn logits_request() -> Vec<u8> {
     serde_json::json!({
@@ -183,59 +202,62 @@ fn a_plugin_that_traps_in_canary_wave_one_is_rolled_back_and_wave_two_never_star
     })?;
 
     // Revision 2 swaps in a plugin that panics on every request.
-    cp.apply_manifest(
-        &manifest,
-        CANARY.replace(
-            "plugin: topk:1\n      config: { k: 2 }",
-            "plugin: hostile:1\n      config: { mode: panic }",
-        ),
-    )?;
+    cp.apply_manifest(&manifest, trapping_canary())?;
     let canary = tern_e2e::wait_for(TIMEOUT, "wave 1 to serve revision 2", || {
-        let d = cp.deployment("scores-canary").ok()?;
-        let r = d.rollout?;
-        r.agents
-            .iter()
-            .find(|a| a.serving == Some(2))
-            .map(|a| a.name.clone())
+        let r = cp.deployment("scores-canary").ok()?.rollout?;
+        let serving = r.agents.iter().find(|a| a.serving == Some(2))?;
+        (r.target_revision == 2).then(|| serving.name.clone())
     })?;
     assert_eq!(
         canary, "edge-1",
         "the first wave is the first agent by name"
     );
+    // No error has been reported yet, and the window holds wave 1: the rollout cannot move on.
+    let waiting = cp.deployment("scores-canary")?.rollout.context("rollout")?;
+    let edge_2 = waiting.agents.iter().find(|a| a.name == "edge-2");
+    assert!(
+        waiting.phase == "Progressing"
+            && waiting.wave == 1
+            && edge_2.is_some_and(|a| a.desired == Some(1) && a.serving == Some(1)),
+        "{waiting:?}"
+    );
+    // One request, one error: whenever the health report carries it, it is 1 of 1.
     let api = agents[0].api_addr()?;
-    let mut failures = 0;
-    for _ in 0..10 {
-        let (status, _) = http(
-            api,
-            "POST",
-            "/v2/models/scores/infer",
-            "application/json",
-            &logits_request(),
-        )?;
-        if status == 500 {
-            failures += 1;
-        }
-    }
-    assert!(failures > 0, "the canary must fail requests");
+    let (status, body) = http(
+        api,
+        "POST",
+        "/v2/models/scores/infer",
+        "application/json",
+        &logits_request(),
+    )?;
+    assert_eq!(status, 500, "{}", String::from_utf8_lossy(&body));
 
     let rolled = tern_e2e::wait_for(TIMEOUT, "the automatic rollback", || {
-        cp.deployment("scores-canary")
-            .ok()
-            .filter(|d| d.rollout.as_ref().is_some_and(|r| r.phase == "RolledBack"))
+        cp.deployment("scores-canary").ok().filter(|d| {
+            d.rollout
+                .as_ref()
+                .is_some_and(|r| r.target_revision == 2 && r.phase == "RolledBack")
+        })
     })?;
-    let rollout = rolled.rollout.expect("rollout");
+    let rollout = rolled.rollout.context("rollout")?;
     let reason = rollout.reason.clone().unwrap_or_default();
-    assert!(
-        reason.contains("edge-1") && reason.contains("requests"),
-        "{reason}"
+    assert_eq!(
+        reason,
+        "agent edge-1 failed 1 of 1 requests on revision 2 (100% > 5%)"
     );
-    assert!(
-        !rollout
-            .history
-            .iter()
-            .any(|(_, what)| what.contains("wave 2")),
-        "wave 2 must never start: {:?}",
-        rollout.history
+    // Rolled back in wave 1, for that reason; wave 2 never started.
+    assert_eq!((rollout.wave, rollout.waves), (1, 2), "{rollout:?}");
+    let history: Vec<String> = rollout
+        .history
+        .iter()
+        .map(|(_, what)| what.clone())
+        .collect();
+    assert_eq!(
+        history,
+        [
+            "wave 1 started: edge-1".to_owned(),
+            format!("rolled back: {reason}")
+        ]
     );
     // edge-1 goes back to revision 1 and answers again; edge-2 never left it.
     tern_e2e::wait_for(TIMEOUT, "edge-1 back on revision 1", || {
@@ -255,10 +277,8 @@ fn a_plugin_that_traps_in_canary_wave_one_is_rolled_back_and_wave_two_never_star
     let out = cp.ternctl(&["rollout", "status", "scores-canary"]);
     assert_eq!(out.status.code(), Some(1));
     let said = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        said.contains("rolled back") && said.contains("edge-1"),
-        "{said}"
-    );
+    let why = format!("deployment \"scores-canary\" rolled back: {reason}");
+    assert!(said.contains(&why), "{said}");
     let out = cp.ternctl(&["rollout", "status", "scores-canary", "--watch=false"]);
     let status_text = String::from_utf8_lossy(&out.stdout);
     assert!(status_text.contains("RolledBack"), "{status_text}");

@@ -64,7 +64,9 @@ fn three_agents_enroll_and_are_listed_ready() -> anyhow::Result<()> {
 
 #[test]
 fn agents_report_gpus_when_a_gpu_is_required() -> anyhow::Result<()> {
-    if std::env::var_os("TERN_REQUIRE_GPU").is_none_or(|v| v != "1") {
+    // Where no adapter is required the agent may find none: nothing would be shown.
+    if !tern_skips::required("TERN_REQUIRE_GPU") {
+        tern_skips::skip("TERN_REQUIRE_GPU is not 1: an adapter is not known to be there");
         return Ok(());
     }
     let tmp = tempfile::tempdir()?;

@@ -88,7 +88,10 @@ async fn connection_without_client_certificate_is_refused_in_the_handshake() -> 
 }
 
 /// A QUIC connection with an enrolled agent's identity.
-async fn connect_as(cp: &ControlPlane, dir: &AgentDataDir) -> anyhow::Result<quinn::Connection> {
+pub(crate) async fn connect_as(
+    cp: &ControlPlane,
+    dir: &AgentDataDir,
+) -> anyhow::Result<quinn::Connection> {
     let identity = Identity::from_pem(&dir.read(&dir.cert())?, &dir.read(&dir.key())?)?;
     let client = tern_transport::tls::quic_client(&dir.read(&dir.ca())?, identity, transport())?;
     let endpoint = tern_transport::quic::client_endpoint(cp.agent_addr)?;

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use tern_e2e::{ControlPlane, Publisher, path_str};
 use tern_proto::api::{Change, ChangeAction, DeploymentView, PipelineView, ReleaseView};
+use tern_proto::message::SignedDesiredState;
 
 const MANIFEST: &str = r#"apiVersion: tern.dev/v1alpha1
 kind: Pipeline
@@ -211,7 +212,8 @@ fn invalid_manifests_name_the_file_the_field_and_the_expectation() -> anyhow::Re
 fn canary_first_wave_reaches_one_agent_with_a_signed_desired_state() -> anyhow::Result<()> {
     use tern_e2e::{Agent, fast_config};
     use tern_proto::api::AgentStatus;
-    use tern_proto::signing::PublicKey;
+    use tern_proto::desired::DesiredStateError;
+    use tern_proto::signing::{PublicKey, SecretKey};
     use tern_proto::trust::SignedTrustRoot;
 
     let tmp = tempfile::tempdir()?;
@@ -267,5 +269,121 @@ fn canary_first_wave_reaches_one_agent_with_a_signed_desired_state() -> anyhow::
         "{status}"
     );
     assert_eq!(out.status.code(), Some(1), "{status}");
+
+    // What edge-1 is sent must open with the control plane's own online key (the one the agent
+    // pinned at enrollment), say what the control plane says edge-1 should run, and stop
+    // opening once changed or signed by another key.
+    let online_key =
+        SecretKey::from_pem(&std::fs::read_to_string(cp.dir.join("online.key"))?)?.public();
+    agents[0]
+        .process
+        .terminate(std::time::Duration::from_secs(10))?;
+    let data = tern_agent::AgentDataDir::new(&agents[0].dir);
+    assert_eq!(
+        PublicKey::from_text(&data.read(&data.online_key())?)?,
+        online_key,
+        "enrollment pinned the control plane's online key"
+    );
+    let agent_id = data.load_config()?.agent_id;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    // The rollout may move on meanwhile (the wave can fail on the made-up model): a state is
+    // compared with the view only when no new generation came while it was fetched.
+    let (signed, view) = tern_e2e::wait_for(
+        std::time::Duration::from_secs(30),
+        "a desired state of the generation the control plane shows",
+        || {
+            let before = describe("edge-1").ok()?.desired_generation;
+            let signed = runtime
+                .block_on(desired_state_sent_to(&cp, &data))
+                .map_err(|e| eprintln!("no desired state: {e:#}"))
+                .ok()?;
+            let after = describe("edge-1").ok()?;
+            (before == Some(signed.generation) && after.desired_generation == before)
+                .then_some((signed, after))
+        },
+    )?;
+    let state = signed.open(&online_key, &agent_id, 0)?;
+    let mut sent: Vec<(String, u64)> = state
+        .pipelines
+        .iter()
+        .map(|p| (p.name.clone(), p.revision))
+        .collect();
+    let mut shown: Vec<(String, u64)> = view
+        .pipelines
+        .iter()
+        .filter_map(|p| Some((p.name.clone(), p.desired?)))
+        .collect();
+    sent.sort();
+    shown.sort();
+    assert_eq!(
+        sent, shown,
+        "the signed state is the one the control plane shows"
+    );
+    assert_eq!(
+        state.trust_root.as_ref(),
+        Some(&pinned),
+        "it pins trust root 1"
+    );
+    // Another revision, and no trust root: a forgery the agent must not run.
+    let mut forged = state.clone();
+    forged.trust_root = None;
+    for pipeline in &mut forged.pipelines {
+        pipeline.revision += 1;
+    }
+    let tampered = SignedDesiredState {
+        body: postcard::to_stdvec(&forged)?,
+        ..signed.clone()
+    };
+    assert_eq!(
+        tampered.open(&online_key, &agent_id, 0),
+        Err(DesiredStateError::BadSignature {
+            generation: signed.generation
+        }),
+        "a changed body keeps no signature"
+    );
+    let stranger = state.sign(&SecretKey::generate());
+    assert_eq!(
+        stranger.open(&online_key, &agent_id, 0),
+        Err(DesiredStateError::BadSignature {
+            generation: signed.generation
+        }),
+        "only the control plane's key signs desired states"
+    );
     Ok(())
+}
+
+/// The desired state the control plane sends to a session with the identity of the stopped
+/// agent whose data dir is `dir` (it sends the current one, signed afresh, to each session).
+async fn desired_state_sent_to(
+    cp: &ControlPlane,
+    dir: &tern_agent::AgentDataDir,
+) -> anyhow::Result<SignedDesiredState> {
+    use tern_proto::{AgentMessage, Capacity, ControlMessage, Hello, MAX_FRAME_LEN};
+    let conn = crate::handshake::connect_as(cp, dir).await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let hello = AgentMessage::Hello(Hello {
+        protocol_version: tern_proto::PROTOCOL_VERSION,
+        agent_id: dir.load_config()?.agent_id,
+        name: "edge-1".into(),
+        labels: Default::default(),
+        capacity: Capacity::default(),
+        software_version: "0".into(),
+    });
+    tern_proto::io::write_frame(&mut send, &hello, MAX_FRAME_LEN).await?;
+    // The welcome and the trust chain come first.
+    let desired = async {
+        loop {
+            let frame: Option<ControlMessage> =
+                tern_proto::io::read_frame(&mut recv, MAX_FRAME_LEN).await?;
+            match frame {
+                Some(ControlMessage::DesiredState(signed)) => break Ok::<_, anyhow::Error>(signed),
+                Some(_) => {}
+                None => break Err(anyhow::anyhow!("the stream ended before a desired state")),
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), desired).await?
 }

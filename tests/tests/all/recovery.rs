@@ -2,10 +2,11 @@
 //! SIGKILL while downloading or loading, converge when they come back, and the revision they
 //! served keeps answering in between.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
-use tern_e2e::{Agent, FLEET_TIMEOUT, Fleet};
+use tern_e2e::{Agent, FLEET_TIMEOUT, Fleet, Process};
 use tern_proto::api::AgentStatus;
 
 /// The digest of the release beside `file`.
@@ -81,6 +82,56 @@ fn sigkill_during_download_resumes_and_the_old_revision_serves_meanwhile() -> an
     Ok(())
 }
 
+/// `tern-agent run` of agent `name` under the agent's test hook
+/// ([`HOLD_LOAD_VAR`](tern_agent::deployer::HOLD_LOAD_VAR)): each load a desired state starts
+/// writes `GATE.loading` and waits while `gate` exists.
+fn run_holding_loads(root: &Path, name: &str, gate: &Path) -> anyhow::Result<Agent> {
+    let dir = root.join(name);
+    let process = Process::spawn(
+        Command::new(tern_e2e::bin("tern-agent"))
+            .arg("run")
+            .arg("--data-dir")
+            .arg(&dir)
+            .env(tern_agent::deployer::HOLD_LOAD_VAR, gate),
+        root.join(format!("{name}-run-held.log")),
+    )?;
+    Ok(Agent {
+        name: name.to_owned(),
+        dir,
+        process,
+    })
+}
+
+/// The pipeline revisions that the run marker of the agent in `dir` (`D/run.json`, rewritten
+/// atomically) lists under `field`: `serving` or `loading`.
+fn run_marker(dir: &Path, field: &str) -> anyhow::Result<Vec<(String, u64)>> {
+    let marker: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("run.json"))?)?;
+    let listed = marker[field]
+        .as_array()
+        .ok_or_else(|| anyhow::anyhow!("run.json lists no `{field}`: {marker}"))?;
+    listed
+        .iter()
+        .map(|r| {
+            r["pipeline"]
+                .as_str()
+                .zip(r["revision"].as_u64())
+                .map(|(pipeline, revision)| (pipeline.to_owned(), revision))
+                .ok_or_else(|| anyhow::anyhow!("run.json: unexpected entry {r}"))
+        })
+        .collect()
+}
+
+/// The revisions the stopped agent in `dir` has persisted as serving, and the exit ledger's
+/// count of its deaths while it served or loaded `scores` revision 2.
+fn persisted(dir: &Path) -> anyhow::Result<(Vec<(String, u64)>, u32)> {
+    let data = tern_agent::AgentDataDir::new(dir);
+    let store = tern_agent::store::AgentStore::open(&data.state(), &data.artifacts())?;
+    let serving: Vec<(String, u64)> = (store.restore()?.serving.iter())
+        .map(|p| (p.name.clone(), p.revision))
+        .collect();
+    Ok((serving, store.exit_ledger()?.count("scores", 2)))
+}
+
 #[test]
 fn sigkill_while_loading_a_revision_converges_after_restart() -> anyhow::Result<()> {
     let mut fleet = Fleet::start(1)?;
@@ -88,20 +139,73 @@ fn sigkill_while_loading_a_revision_converges_after_restart() -> anyhow::Result<
     fleet.apply("topk:1", 2)?;
     fleet.wait_phase(1, "Complete")?;
 
+    // The agent again, under the test hook: the load of a new revision waits while the gate
+    // exists (loads at start do not).
+    let root = fleet.tmp.path().to_owned();
+    let gate = root.join("hold-load");
+    let held = root.join("hold-load.loading");
+    std::fs::write(&gate, "")?;
+    assert!(
+        fleet.agents[0].process.terminate(Duration::from_secs(10))?,
+        "{}",
+        fleet.agents[0].process.log_text()
+    );
+    fleet.agents[0] = run_holding_loads(&root, "edge-1", &gate)?;
+    let dir = fleet.agents[0].dir.clone();
+
     let two = fleet.topk("two", 0)?;
     fleet.push(&two, 2)?;
-    let artifact = fleet.agents[0].dir.join("artifacts").join(digest_of(&two)?);
+    let digest = digest_of(&two)?;
     fleet.apply("topk:2", 2)?;
-    // The artifact is verified and in place: loading and activation follow.
-    poll("the download to finish", FLEET_TIMEOUT, || {
-        artifact.exists()
-    })?;
+    // Downloaded and verified, and the load of revision 2 has begun: it cannot finish.
+    tern_e2e::wait_for(FLEET_TIMEOUT, "the held load of revision 2", || {
+        (std::fs::read_to_string(&held).ok()? == "scores 2\n").then_some(())
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", fleet.cp.agent_logs("edge-1")))?;
+    let scores = |revision: u64| vec![("scores".to_owned(), revision)];
+    assert_eq!(
+        run_marker(&dir, "loading")?,
+        scores(2),
+        "the kill lands mid-load"
+    );
+    assert_eq!(run_marker(&dir, "serving")?, scores(1));
     fleet.agents[0].process.kill();
 
-    fleet.agents[0] = Agent::run(fleet.tmp.path(), "edge-1")?;
+    // The dead run activated nothing: revision 1 stays the one to serve (its death is counted
+    // at the next start); 2's artifact is whole.
+    assert_eq!(persisted(&dir)?, (scores(1), 0));
+    let artifacts = dir.join("artifacts");
+    assert!(
+        artifacts.join(&digest).exists() && !artifacts.join("partial").join(&digest).exists(),
+        "revision 2's artifact is verified and in place"
+    );
+
+    // Restarted without the hook: it loads revision 2 again, from the start.
+    fleet.agents[0] = Agent::run(&root, "edge-1")?;
     fleet.wait_serving("edge-1", 2)?;
     fleet.wait_phase(2, "Complete")?;
-    assert_eq!(fleet.infer(0)?, 200);
+    let request = serde_json::json!({
+        "inputs": [{"name": "logits", "shape": [3], "datatype": "FP32", "data": [0.5, 2.0, 1.0]}]
+    });
+    let (status, body) = tern_e2e::http(
+        fleet.agents[0].api_addr()?,
+        "POST",
+        "/v2/models/scores/infer",
+        "application/json",
+        request.to_string().as_bytes(),
+    )?;
+    let answer: serde_json::Value = serde_json::from_slice(&body)?;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["model_version"], "2", "{answer}");
+    // Nothing is left half-loaded, and the death was counted against the revision it loaded.
+    assert!(run_marker(&dir, "loading")?.is_empty());
+    assert_eq!(run_marker(&dir, "serving")?, scores(2));
+    assert!(
+        fleet.agents[0].process.terminate(Duration::from_secs(10))?,
+        "{}",
+        fleet.agents[0].process.log_text()
+    );
+    assert_eq!(persisted(&dir)?, (scores(2), 1));
     Ok(())
 }
 

@@ -11,16 +11,26 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tern_control_plane::artifacts::testing as s3_testing;
 use tern_control_plane::backend::postgres::testing;
+use tern_control_plane::catalog::DeploymentRecord;
+use tern_control_plane::deploy::AgentDesired;
+use tern_control_plane::lease::{LeaseRecord, WORK};
+use tern_control_plane::replica::ReplicaRecord;
+use tern_control_plane::rollout::{Phase, Rollout, Transition};
 use tern_e2e::{Agent, ControlPlane, FLEET_TIMEOUT, Fleet, join_once, wait_for};
 use tern_proto::api::{AgentStatus, PipelineTop};
 
 /// The lease lapses this long after its holder's last renewal (renewed three times a lifetime:
 /// long enough that a loaded machine does not let a live holder's lease lapse).
 const LEASE_TTL: Duration = Duration::from_secs(4);
+
+/// An agent's pause before it opens a telemetry stream again on the same connection (`RETRY`
+/// of `tern-agent`'s shipper; on a new connection it sends at once): a batch the control plane
+/// did not acknowledge is sent again within this long of its stream failing.
+const RESEND_PAUSE: Duration = Duration::from_secs(1);
 
 /// Sends `signal` (`STOP`, `CONT`) to a process.
 fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
@@ -251,6 +261,7 @@ fn a_token_enrolls_once_a_paused_holder_writes_nothing_and_a_newer_schema_is_ref
     fleet.wait_serving("edge-1", 1)?;
 
     // The holder is paused past its lease: the second takes over and rolls revision 2 out.
+    let held = work_lease(&url)?;
     let paused = fleet
         .cp
         .process
@@ -265,41 +276,86 @@ fn a_token_enrolls_once_a_paused_holder_writes_nothing_and_a_newer_schema_is_ref
         "the second replica taking the work lease",
         || (fleet.cp.holds_work_lease()).then_some(()),
     )?;
-    let taken = fleet
-        .cp
-        .gauge("tern_control_plane_work_lease_epoch")
-        .unwrap_or_default();
+    // In the store: the lease is the successor's at a later epoch, and every namespace the
+    // holder writes (the registry's, the telemetry's) fences writes at that epoch, so that
+    // nothing the paused holder sends under its own can land.
+    let taken = work_lease(&url)?;
+    assert_eq!(
+        taken.holder,
+        replica_record(&url, &fleet.cp)?.name,
+        "the successor holds the lease"
+    );
+    assert!(
+        taken.epoch > held.epoch,
+        "a new epoch ({} after {})",
+        taken.epoch,
+        held.epoch
+    );
+    for namespace in ["registry", "telemetry"] {
+        assert_eq!(
+            stored_epoch(&url, namespace)?,
+            Some(taken.epoch),
+            "the {namespace} namespace fences writes at the successor's epoch"
+        );
+    }
     fleet.push(&fleet.topk("two", 0)?, 2)?;
     fleet.apply("topk:2", 2)?;
     fleet.wait_phase(2, "Complete")?;
     fleet.wait_serving("edge-1", 2)?;
     let given = fleet.agent_view("edge-1")?.desired_generation;
-
-    // Resumed, the former holder finds its term over and writes nothing (its held gauge
-    // follows its own clock; what fencing refuses is checked in `lease`'s and the telemetry
-    // store's unit tests, and here by what it logs and the agent's generation).
-    let before = second.log_text().len();
-    drop(resume);
-    wait_for(FLEET_TIMEOUT, "the former holder answering again", || {
-        second.gauge("tern_control_plane_work_lease_held")
+    // The successor's work is done once every desired state gives revision 2 as the stable
+    // one (they are written after the rollout that completes): from here on, nothing writes
+    // the work's rows unless the former holder does.
+    wait_for(FLEET_TIMEOUT, "every desired state on revision 2", || {
+        stored::<AgentDesired>(&url, "registry/desired", None)
+            .ok()?
+            .iter()
+            .all(|d| d.pipelines.get("scores").is_none_or(|p| *p == (2, true)))
+            .then_some(())
     })?;
-    std::thread::sleep(LEASE_TTL);
+    let work = work_rows(&url)?;
+    let announced = replica_record(&url, &second)?.seen_ms;
+
+    // Resumed, the former holder finds its term over and writes nothing. Once it has
+    // announced itself twice, its lease task has run a whole round after the pause (and its
+    // driver with it); the store is then as the successor left it: the lease and its epochs
+    // the successor's, and not one row of the work's tables changed.
+    drop(resume);
+    let mut seen = announced;
+    for _ in 0..2 {
+        let before = seen;
+        seen = wait_for(
+            FLEET_TIMEOUT,
+            "the former holder announcing itself again",
+            || {
+                replica_record(&url, &second)
+                    .ok()
+                    .map(|r| r.seen_ms)
+                    .filter(|at| *at > before)
+            },
+        )?;
+    }
     assert_eq!(
         second.gauge("tern_control_plane_work_lease_held"),
         Some(0.0)
     );
-    // The epoch stays at or past the successor's: the resumed holder's (older) term is over.
-    assert!(
-        fleet
-            .cp
-            .gauge("tern_control_plane_work_lease_epoch")
-            .is_some_and(|epoch| epoch >= taken)
+    let lease = work_lease(&url)?;
+    assert_eq!(
+        (&lease.holder, lease.epoch),
+        (&taken.holder, taken.epoch),
+        "the former holder took the lease back"
     );
-    let after = second.log_text();
-    let resumed = after.get(before..).unwrap_or_default();
-    assert!(
-        !resumed.contains("new desired state") && !resumed.contains("rollout deployment"),
-        "the former holder wrote after resuming:\n{resumed}"
+    for namespace in ["registry", "telemetry"] {
+        assert_eq!(
+            stored_epoch(&url, namespace)?,
+            Some(taken.epoch),
+            "the {namespace} namespace's fence moved after the former holder resumed"
+        );
+    }
+    assert_eq!(
+        work_rows(&url)?,
+        work,
+        "the former holder wrote its work's rows after resuming"
     );
     assert_eq!(fleet.agent_view("edge-1")?.desired_generation, given);
     fleet.wait_serving("edge-1", 2)?;
@@ -331,11 +387,122 @@ fn scopeguard_cont(pid: u32) -> impl Drop {
     Cont(pid)
 }
 
+/// The records of `table` (`namespace/table`, as `tern_entries` names it) in the store at
+/// `url`, read from PostgreSQL itself rather than through a replica: those under `key`, or
+/// all of them, in key order. Records are JSON.
+fn stored<T: serde::de::DeserializeOwned>(
+    url: &str,
+    table: &str,
+    key: Option<&str>,
+) -> anyhow::Result<Vec<T>> {
+    let filter = key
+        .map(|key| format!(" AND key = convert_to('{key}', 'UTF8')"))
+        .unwrap_or_default();
+    let rows = testing::query_text(
+        url,
+        &format!(
+            "SELECT convert_from(value, 'UTF8') FROM tern_entries \
+             WHERE tbl = '{table}'{filter} ORDER BY key"
+        ),
+    )
+    .map_err(anyhow::Error::msg)?;
+    rows.iter()
+        .map(|json| serde_json::from_str(json).map_err(anyhow::Error::from))
+        .collect()
+}
+
+/// The work lease as stored at `url`.
+fn work_lease(url: &str) -> anyhow::Result<LeaseRecord> {
+    stored::<LeaseRecord>(url, "registry/leases", Some(WORK))?
+        .pop()
+        .ok_or_else(|| anyhow::anyhow!("no work lease stored"))
+}
+
+/// The epoch writes to `namespace` at `url` are fenced by (`None`: none stored). Each namespace
+/// the holder writes keeps its own, raised by every new holder before its first write there.
+fn stored_epoch(url: &str, namespace: &str) -> anyhow::Result<Option<u64>> {
+    let rows = testing::query_text(
+        url,
+        &format!(
+            "SELECT encode(value, 'hex') FROM tern_entries \
+             WHERE tbl = '{namespace}/lease_epochs' AND key = convert_to('{WORK}', 'UTF8')"
+        ),
+    )
+    .map_err(anyhow::Error::msg)?;
+    Ok(rows
+        .first()
+        .map(|hex| u64::from_str_radix(hex, 16))
+        .transpose()?)
+}
+
+/// The record `cp` announces itself with (every third of a lease lifetime), as stored at `url`.
+fn replica_record(url: &str, cp: &ControlPlane) -> anyhow::Result<ReplicaRecord> {
+    let api = cp.api_addr.to_string();
+    stored::<ReplicaRecord>(url, "registry/replicas", None)?
+        .into_iter()
+        .find(|r| r.api_address == api)
+        .ok_or_else(|| anyhow::anyhow!("no record of the replica at {api}"))
+}
+
+/// The tables of the registry's namespace that the work lease's holder writes through its
+/// term: rollouts (`deployments`, with the catalog's generation in `catalog_meta`), desired
+/// states, drift alerts and pruned enrollment tokens.
+const WORK_TABLES: [&str; 5] = ["deployments", "catalog_meta", "desired", "alerts", "tokens"];
+
+/// Every row of [`WORK_TABLES`] at `url`, as `table key digest-of-value`, in order.
+fn work_rows(url: &str) -> anyhow::Result<Vec<String>> {
+    let tables = WORK_TABLES.map(|t| format!("'registry/{t}'")).join(", ");
+    testing::query_text(
+        url,
+        &format!(
+            "SELECT tbl || ' ' || encode(key, 'escape') || ' ' || md5(value) \
+             FROM tern_entries WHERE tbl IN ({tables}) ORDER BY tbl, key"
+        ),
+    )
+    .map_err(anyhow::Error::msg)
+}
+
+/// The rollout of deployment `scores` as stored at `url`.
+fn stored_rollout(url: &str) -> anyhow::Result<Rollout> {
+    stored::<DeploymentRecord>(url, "registry/deployments", Some("scores"))?
+        .pop()
+        .and_then(|d| d.rollout)
+        .ok_or_else(|| anyhow::anyhow!("no rollout of deployment scores stored"))
+}
+
+/// The waves (0-based, as rollouts keep them) whose start `history` records, in order.
+fn wave_starts(history: &[(u64, Transition)]) -> Vec<usize> {
+    history
+        .iter()
+        .filter_map(|(_, transition)| match transition {
+            Transition::WaveStarted { wave, .. } => Some(*wave),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Requests of pipeline `scores` stored by the fleet, through `cp`.
 fn stored_requests(cp: &ControlPlane) -> Option<u64> {
     let text = cp.ternctl_ok(&["top", "pipelines", "-o", "json"]).ok()?;
     let rows: Vec<PipelineTop> = serde_json::from_str(&text).ok()?;
     Some(rows.into_iter().find(|p| p.pipeline == "scores")?.requests)
+}
+
+/// [`stored_requests`] through `cp` once the count has held still for longer than twice the
+/// agents' [`RESEND_PAUSE`]: a batch sent again after its stream failed has landed by then.
+fn settled_requests(cp: &ControlPlane) -> anyhow::Result<u64> {
+    let quiet = 2 * RESEND_PAUSE;
+    let mut last: Option<(u64, Instant)> = None;
+    wait_for(FLEET_TIMEOUT, "the stored requests holding still", || {
+        let count = stored_requests(cp)?;
+        match last {
+            Some((held, since)) if held == count => (since.elapsed() > quiet).then_some(count),
+            _ => {
+                last = Some((count, Instant::now()));
+                None
+            }
+        }
+    })
 }
 
 /// Two replicas on a new database of `server`, an agent held by each (telemetry every 200 ms)
@@ -436,14 +603,14 @@ fn agents_of_a_dead_replica_fail_over_keep_serving_and_are_counted_once() -> any
     )?;
     infer_ok(&fleet, 0, 5)?;
     // Every request counted once across the switch: batches sent to the dead replica and
-    // sent again to the living one are stored once.
+    // sent again to the living one are stored once. Counted once all have arrived and the
+    // count has then held still for longer than the agents take to send a batch again.
     wait_for(FLEET_TIMEOUT, "every request stored", || {
         stored_requests(&fleet.cp).filter(|n| *n >= 25)
     })?;
-    std::thread::sleep(Duration::from_secs(1));
     assert_eq!(
-        stored_requests(&fleet.cp),
-        Some(25),
+        settled_requests(&fleet.cp)?,
+        25,
         "nothing lost, nothing twice"
     );
 
@@ -526,7 +693,7 @@ fn the_leader_killed_mid_canary_hands_the_rollout_over_without_a_wave_skipped_or
     };
     let s3 = s3_testing::shared();
     let tmp = tempfile::tempdir()?;
-    let (first, mut second, _) =
+    let (first, mut second, url) =
         two_replicas(&server, s3.as_deref(), tmp.path(), "replica_canary")?;
     // Four agents, held by the replica that survives.
     let mut agents = Vec::new();
@@ -551,17 +718,39 @@ fn the_leader_killed_mid_canary_hands_the_rollout_over_without_a_wave_skipped_or
     fleet
         .cp
         .apply_manifest(&fleet.tmp.path().join("canary.yaml"), canary)?;
-    wait_for(FLEET_TIMEOUT, "the canary under way", || {
-        fleet
-            .rollout()
-            .ok()?
-            .rollout
-            .filter(|r| r.target_revision == 2 && r.wave >= 1 && r.phase == "Progressing")
+    // The kill is an event: the canary seen in the store in its first wave, and no further.
+    // That wave (one agent of four) stays healthy for 2 s before the next starts, dozens of
+    // polls long; a rollout seen past it fails the test.
+    let seen = wait_for(FLEET_TIMEOUT, "the canary under way", || {
+        stored_rollout(&url)
+            .ok()
+            .filter(|r| r.target == 2 && !r.history.is_empty())
     })?;
-    // The holder dies in the first wave; the survivor takes over and runs the others.
+    anyhow::ensure!(
+        seen.phase == Phase::Progressing && seen.wave == 0,
+        "the canary got past its first wave before the kill: {seen:#?}"
+    );
+    // The holder dies in the first wave. The survivor is held (SIGSTOP) across the kill, so
+    // that the store, read right after, holds all the dead holder wrote and nothing else.
+    let survivor = second
+        .process
+        .as_ref()
+        .map(|p| p.pid())
+        .ok_or_else(|| anyhow::anyhow!("the second replica runs"))?;
+    signal(survivor, "STOP")?;
+    let resume = scopeguard_cont(survivor);
     if let Some(process) = fleet.cp.process.as_mut() {
         process.kill();
     }
+    let at_kill = stored_rollout(&url)?;
+    drop(resume);
+    assert!(
+        at_kill.phase == Phase::Progressing
+            && at_kill.wave == 0
+            && wave_starts(&at_kill.history) == [0],
+        "the kill landed in wave 1, the only one started: {at_kill:#?}"
+    );
+    // The survivor takes over and runs the others.
     std::mem::swap(&mut fleet.cp, &mut second);
     let done = fleet.wait_phase(2, "Complete")?;
     let rollout = done.rollout.expect("the rollout");
@@ -584,6 +773,22 @@ fn the_leader_killed_mid_canary_hands_the_rollout_over_without_a_wave_skipped_or
             rollout.history
         );
     }
+    // The survivor went on with the rollout as the holder left it (its history then is the
+    // start of the history now) and started waves 2 and 3, once each: wave 1 was completed
+    // once, by the survivor, and not run again.
+    let finished = stored_rollout(&url)?;
+    assert!(
+        finished.history.starts_with(&at_kill.history),
+        "the survivor went on from where the holder died: {:#?}\nthen: {:#?}",
+        finished.history,
+        at_kill.history
+    );
+    assert_eq!(
+        wave_starts(&finished.history[at_kill.history.len()..]),
+        [1, 2],
+        "the survivor's waves: {:#?}",
+        finished.history
+    );
     for agent in ["edge-1", "edge-2", "edge-3", "edge-4"] {
         fleet.wait_serving(agent, 2)?;
     }
@@ -619,13 +824,12 @@ fn replicas_reconnect_after_postgresql_restarts_under_load_and_go_on() -> anyhow
     })?;
     // Both replicas work again, and nothing acknowledged was lost: every request, those
     // made while the server was down included, is stored once.
-    // (Waited for as long as agents take to send again after the restart; then a pause
-    // longer than an agent's resend pause, 1 s, shows nothing more arrives.)
+    // (Waited for as long as agents take to send again after the restart, then until the
+    // count holds still for longer than an agent's resend pause.)
     wait_for(FLEET_TIMEOUT, "telemetry flowing again", || {
         stored_requests(&fleet.cp).filter(|n| *n >= 40)
     })?;
-    std::thread::sleep(Duration::from_secs(3));
-    let settled = stored_requests(&fleet.cp).unwrap_or_default();
+    let settled = settled_requests(&fleet.cp)?;
     assert_eq!(
         settled, 40,
         "the 20 requests made around the restart, each once"
@@ -637,8 +841,7 @@ fn replicas_reconnect_after_postgresql_restarts_under_load_and_go_on() -> anyhow
         "the requests after the restart stored",
         || stored_requests(&fleet.cp).filter(|n| *n >= settled + 10),
     )?;
-    std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(stored_requests(&fleet.cp), Some(settled + 10), "once each");
+    assert_eq!(settled_requests(&fleet.cp)?, settled + 10, "once each");
     assert_eq!(
         stored_requests(&second),
         Some(settled + 10),
@@ -839,12 +1042,7 @@ fn a_postgresql_outage_of_30_seconds_is_ridden_out_without_an_exit_or_a_reconnec
     wait_for(FLEET_TIMEOUT, "the outage's telemetry stored", || {
         stored_requests(&fleet.cp).filter(|n| *n >= expected)
     })?;
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(
-        stored_requests(&fleet.cp),
-        Some(expected),
-        "each request once"
-    );
+    assert_eq!(settled_requests(&fleet.cp)?, expected, "each request once");
     assert_eq!(
         [connections(&fleet, "edge-1"), connections(&fleet, "edge-2")],
         before,

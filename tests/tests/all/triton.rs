@@ -15,16 +15,16 @@ use std::process::Command;
 
 use tern_e2e::{FLEET_TIMEOUT, Fleet, component, free_port, path_str, wait_for};
 
-/// SqueezeNet 1.1 from the model fixtures, when they are there.
+/// SqueezeNet 1.1 from the model fixtures, when they are there (else the image half of the
+/// test is a skip, shown as one).
 fn squeezenet() -> Option<PathBuf> {
     let model = tern_infer::conformance::fixtures_dir().join("models/squeezenet1_1/model.onnx");
     if model.exists() {
         return Some(model);
     }
-    assert!(
-        !std::env::var("TERN_REQUIRE_FIXTURES").is_ok_and(|v| v == "1"),
-        "TERN_REQUIRE_FIXTURES=1 but {} is missing",
-        model.display()
+    tern_skips::skip_unless_required(
+        "TERN_REQUIRE_FIXTURES",
+        format!("{} is missing: the image model's half", model.display()),
     );
     None
 }
@@ -75,11 +75,12 @@ spec:
     yaml
 }
 
-/// The value of the `tern_pipeline_requests_total` sample of `pipeline` on a metrics page.
-fn requests(page: &str, pipeline: &str) -> f64 {
-    let label = format!("pipeline=\"{pipeline}\"");
+/// The sum of the samples of `family` on a metrics page whose labels include every one of
+/// `labels` (each written `name="value"`).
+fn samples(page: &str, family: &str, labels: &[&str]) -> f64 {
+    let head = format!("{family}{{");
     page.lines()
-        .filter(|l| l.starts_with("tern_pipeline_requests_total{") && l.contains(&label))
+        .filter(|l| l.starts_with(&head) && labels.iter().all(|label| l.contains(label)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -149,8 +150,17 @@ fn tritonclient_http_and_grpc_infer_against_an_agent() -> anyhow::Result<()> {
         String::from_utf8_lossy(&out.stderr),
         fleet.agents[0].process.log_text()
     );
-    let served: serde_json::Value = serde_json::from_str(stdout.trim())?;
+    let report: serde_json::Value = serde_json::from_str(stdout.trim())?;
     drop(idle);
+    let count = |side: &str, pipeline: &str| report[side][pipeline].as_f64().unwrap_or(-1.0);
+    // The script's requests, fixed: 5 over HTTP and 3 over gRPC succeed on the MLP; the HTTP
+    // request naming an unknown output and the gRPC one of the wrong width run in it too.
+    // The image pipeline serves 2 over HTTP and 1 over gRPC when its model is there.
+    let image = if image_model.is_some() { 3.0 } else { 0.0 };
+    assert_eq!(count("served", "mlp"), 8.0, "{report}");
+    assert_eq!(count("reached", "mlp"), 10.0, "{report}");
+    assert_eq!(count("served", "image"), image, "{report}");
+    assert_eq!(count("reached", "image"), image, "{report}");
 
     // Both protocols reach the same pipelines and the same telemetry.
     let (status, page) = tern_e2e::http(
@@ -162,17 +172,30 @@ fn tritonclient_http_and_grpc_infer_against_an_agent() -> anyhow::Result<()> {
     )?;
     assert_eq!(status, 200);
     let page = String::from_utf8_lossy(&page);
+    // Only the script sends inference requests to this agent (rollouts gate on counters,
+    // not on probes), so its counts are the agent's, exactly.
     for pipeline in ["mlp", "image"] {
-        let sent = served[pipeline].as_f64().unwrap_or_default();
-        assert!(
-            requests(&page, pipeline) >= sent,
-            "{pipeline}: {sent} requests succeeded, the agent counted {}",
-            requests(&page, pipeline)
+        let label = format!("pipeline=\"{pipeline}\"");
+        assert_eq!(
+            samples(&page, "tern_pipeline_requests_total", &[label.as_str()]),
+            count("reached", pipeline),
+            "{pipeline}: the agent's count of the requests that ran, from {report}:\n{page}"
         );
     }
-    assert!(
-        served["mlp"].as_f64().unwrap_or_default() >= 7.0,
-        "{served}"
+    // Of those, the wrong width alone failed in the pipeline: the client's fault.
+    assert_eq!(
+        samples(&page, "tern_pipeline_errors_total", &["pipeline=\"mlp\""]),
+        1.0,
+        "{page}"
+    );
+    assert_eq!(
+        samples(
+            &page,
+            "tern_pipeline_errors_total",
+            &["pipeline=\"mlp\"", "kind=\"bad-input\""]
+        ),
+        1.0,
+        "{page}"
     );
     Ok(())
 }

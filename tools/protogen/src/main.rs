@@ -2,7 +2,8 @@
 //! and tonic-prost-build, and writes it with a header that records the proto's SHA-256 (a unit
 //! test of the agent compares it with the proto in the tree).
 //!
-//! Usage: `tern-protogen REPO_ROOT`.
+//! Usage: `tern-protogen REPO_ROOT [OUT]`: the code goes to OUT instead of its place in the tree
+//! when given (`xtask`'s test regenerates it there and compares).
 
 use std::path::PathBuf;
 
@@ -12,7 +13,9 @@ const PROTO: &str = "proto/inference.proto";
 const OUT: &str = "agent/daemon/src/local_api/grpc/generated.rs";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(std::env::args().nth(1).ok_or("usage: tern-protogen REPO_ROOT")?);
+    let mut args = std::env::args().skip(1);
+    let root = PathBuf::from(args.next().ok_or("usage: tern-protogen REPO_ROOT [OUT]")?);
+    let out = args.next().map_or_else(|| root.join(OUT), PathBuf::from);
     let proto = root.join(PROTO);
     let digest = hex::encode(Sha256::digest(std::fs::read(&proto)?));
     let descriptors = protox::compile([PROTO], [&root])?;
@@ -31,7 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
          //! `cargo xtask protogen` from {PROTO}; do not edit.\n\
          // proto sha256: {digest}\n"
     );
-    std::fs::write(root.join(OUT), header + &code)?;
-    println!("wrote {OUT} from {PROTO} ({digest})");
+    std::fs::write(&out, header + &code)?;
+    println!("wrote {} from {PROTO} ({digest})", out.display());
     Ok(())
 }

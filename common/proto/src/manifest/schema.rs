@@ -63,9 +63,13 @@ pub fn files() -> Vec<(String, String)> {
 mod tests {
     use super::*;
 
-    /// `schemas/` of the repository.
+    /// `schemas/` of the repository: found from where cargo runs the test, since a build is
+    /// shared between checkouts at different paths (where it was built comes last).
     fn published() -> std::path::PathBuf {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas")
+        std::env::var_os("CARGO_MANIFEST_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+            .join("../../schemas")
     }
 
     /// The files in `schemas/` are what the types generate; with `TERN_WRITE_SCHEMAS=1`

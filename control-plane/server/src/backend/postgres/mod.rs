@@ -17,6 +17,7 @@ mod link;
 mod passfile;
 mod pool;
 mod schema;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 use std::collections::{BTreeMap, HashMap};

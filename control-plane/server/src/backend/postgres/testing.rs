@@ -102,11 +102,10 @@ impl TestPostgres {
 
     fn start_with(tls: Option<&TlsSettings>) -> Option<Self> {
         let Some(bin) = binaries() else {
-            assert!(
-                !std::env::var("TERN_REQUIRE_POSTGRES").is_ok_and(|v| v == "1"),
-                "TERN_REQUIRE_POSTGRES=1 but PostgreSQL's server binaries are missing"
+            tern_skips::skip_unless_required(
+                "TERN_REQUIRE_POSTGRES",
+                "PostgreSQL's server binaries are missing",
             );
-            eprintln!("PostgreSQL is not installed: skipped");
             return None;
         };
         let dir = tempfile::tempdir().expect("a temporary directory");
