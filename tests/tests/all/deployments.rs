@@ -223,13 +223,16 @@ fn a_plugin_that_traps_in_canary_wave_one_is_rolled_back_and_wave_two_never_star
     );
     // One request, one error: whenever the health report carries it, it is 1 of 1.
     let api = agents[0].api_addr()?;
-    let (status, body) = http(
-        api,
-        "POST",
-        "/v2/models/scores/infer",
-        "application/json",
-        &logits_request(),
-    )?;
+    let infer = || {
+        http(
+            api,
+            "POST",
+            "/v2/models/scores/infer",
+            "application/json",
+            &logits_request(),
+        )
+    };
+    let (status, body) = infer()?;
     assert_eq!(status, 500, "{}", String::from_utf8_lossy(&body));
 
     let rolled = tern_e2e::wait_for(TIMEOUT, "the automatic rollback", || {
@@ -265,13 +268,7 @@ fn a_plugin_that_traps_in_canary_wave_one_is_rolled_back_and_wave_two_never_star
         let agents = d.rollout?.agents;
         (!agents.is_empty() && agents.iter().all(|a| a.serving == Some(1))).then_some(())
     })?;
-    let (status, body) = http(
-        api,
-        "POST",
-        "/v2/models/scores/infer",
-        "application/json",
-        &logits_request(),
-    )?;
+    let (status, body) = infer()?;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     // A rolled-back rollout is not committed: `rollout status` says why and exits 1.
     let out = cp.ternctl(&["rollout", "status", "scores-canary"]);

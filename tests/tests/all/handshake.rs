@@ -87,6 +87,23 @@ async fn connection_without_client_certificate_is_refused_in_the_handshake() -> 
     Ok(())
 }
 
+/// The hello an agent opens its session with: unlabelled, no capacity.
+pub(crate) fn hello(
+    protocol_version: u32,
+    agent_id: String,
+    name: &str,
+    software_version: &str,
+) -> AgentMessage {
+    AgentMessage::Hello(Hello {
+        protocol_version,
+        agent_id,
+        name: name.into(),
+        labels: Default::default(),
+        capacity: Capacity::default(),
+        software_version: software_version.into(),
+    })
+}
+
 /// A QUIC connection with an enrolled agent's identity.
 pub(crate) async fn connect_as(
     cp: &ControlPlane,
@@ -144,14 +161,7 @@ async fn oversized_frames_and_garbage_close_only_that_connection() -> anyhow::Re
     assert!(closed_for(&ended, "malformed frame"), "{ended:?}");
 
     // A proper hello, then garbage.
-    let hello = AgentMessage::Hello(Hello {
-        protocol_version: PROTOCOL_VERSION,
-        agent_id: mallory_id,
-        name: "mallory".into(),
-        labels: Default::default(),
-        capacity: Capacity::default(),
-        software_version: "0".into(),
-    });
+    let hello = hello(PROTOCOL_VERSION, mallory_id, "mallory", "0");
     let mut bytes = tern_proto::frame::encode_frame(&hello, MAX_FRAME_LEN)?;
     bytes.extend([0, 0, 0, 3, 0x42, 0x42, 0x42]);
     let ended = send_raw(&cp, &mallory, bytes).await?;
@@ -177,14 +187,12 @@ async fn hello_with_wrong_protocol_version_is_refused_with_a_reason() -> anyhow:
     let dir = enroll(&cp, tmp.path(), "future")?;
     let conn = connect_as(&cp, &dir).await?;
     let (mut send, mut recv) = conn.open_bi().await?;
-    let hello = AgentMessage::Hello(Hello {
-        protocol_version: PROTOCOL_VERSION + 1,
-        agent_id: dir.load_config()?.agent_id,
-        name: "future".into(),
-        labels: Default::default(),
-        capacity: Capacity::default(),
-        software_version: "9".into(),
-    });
+    let hello = hello(
+        PROTOCOL_VERSION + 1,
+        dir.load_config()?.agent_id,
+        "future",
+        "9",
+    );
     tern_proto::io::write_frame(&mut send, &hello, MAX_FRAME_LEN).await?;
     let answer: Option<tern_proto::ControlMessage> =
         tern_proto::io::read_frame(&mut recv, MAX_FRAME_LEN).await?;
@@ -238,14 +246,7 @@ async fn an_agent_may_fetch_only_artifacts_of_its_own_desired_state() -> anyhow:
     let dir = AgentDataDir::new(&agent.dir);
     let conn = connect_as(&fleet.cp, &dir).await?;
     let (mut send, mut recv) = conn.open_bi().await?;
-    let hello = AgentMessage::Hello(Hello {
-        protocol_version: PROTOCOL_VERSION,
-        agent_id: dir.load_config()?.agent_id,
-        name: "edge-1".into(),
-        labels: Default::default(),
-        capacity: Capacity::default(),
-        software_version: "0".into(),
-    });
+    let hello = hello(PROTOCOL_VERSION, dir.load_config()?.agent_id, "edge-1", "0");
     tern_proto::io::write_frame(&mut send, &hello, MAX_FRAME_LEN).await?;
     let _welcome: Option<tern_proto::ControlMessage> =
         tern_proto::io::read_frame(&mut recv, MAX_FRAME_LEN).await?;
@@ -282,14 +283,12 @@ async fn a_flood_of_oversized_status_reports_is_cut_held_to_a_rate_and_counted()
     tokio::task::block_in_place(|| cp.wait_status("bystander", AgentStatus::Ready, TIMEOUT))?;
     let conn = connect_as(&cp, &mallory).await?;
     let (mut send, mut recv) = conn.open_bi().await?;
-    let hello = AgentMessage::Hello(Hello {
-        protocol_version: PROTOCOL_VERSION,
-        agent_id: mallory.load_config()?.agent_id,
-        name: "mallory".into(),
-        labels: Default::default(),
-        capacity: Capacity::default(),
-        software_version: "0".into(),
-    });
+    let hello = hello(
+        PROTOCOL_VERSION,
+        mallory.load_config()?.agent_id,
+        "mallory",
+        "0",
+    );
     tern_proto::io::write_frame(&mut send, &hello, MAX_FRAME_LEN).await?;
     // Reads whatever the control plane sends (welcome, acks), so the stream never blocks.
     let reader = tokio::spawn(async move {

@@ -361,17 +361,15 @@ async fn desired_state_sent_to(
     cp: &ControlPlane,
     dir: &tern_agent::AgentDataDir,
 ) -> anyhow::Result<SignedDesiredState> {
-    use tern_proto::{AgentMessage, Capacity, ControlMessage, Hello, MAX_FRAME_LEN};
+    use tern_proto::{ControlMessage, MAX_FRAME_LEN};
     let conn = crate::handshake::connect_as(cp, dir).await?;
     let (mut send, mut recv) = conn.open_bi().await?;
-    let hello = AgentMessage::Hello(Hello {
-        protocol_version: tern_proto::PROTOCOL_VERSION,
-        agent_id: dir.load_config()?.agent_id,
-        name: "edge-1".into(),
-        labels: Default::default(),
-        capacity: Capacity::default(),
-        software_version: "0".into(),
-    });
+    let hello = crate::handshake::hello(
+        tern_proto::PROTOCOL_VERSION,
+        dir.load_config()?.agent_id,
+        "edge-1",
+        "0",
+    );
     tern_proto::io::write_frame(&mut send, &hello, MAX_FRAME_LEN).await?;
     // The welcome and the trust chain come first.
     let desired = async {
