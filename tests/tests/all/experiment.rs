@@ -100,6 +100,7 @@ fn a_90_10_split_routes_by_weight_sticks_to_keys_and_compares_variants() -> anyh
 
     // Telemetry kept per variant: the control plane counts what the agent answered.
     let keyed = 40 * 4;
+    let mut last = String::new();
     let view = wait_for(FLEET_TIMEOUT, "every request in the experiment", || {
         let text = fleet
             .cp
@@ -107,7 +108,16 @@ fn a_90_10_split_routes_by_weight_sticks_to_keys_and_compares_variants() -> anyh
             .ok()?;
         let view: ExperimentView = serde_json::from_str(&text).ok()?;
         let total: u64 = view.variants.iter().map(|v| v.requests).sum();
+        last = text;
         (total == (REQUESTS + keyed) as u64).then_some(view)
+    })
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "{e}: {} expected, last seen:\n{last}\nagent log:\n{}\ncontrol plane log:\n{}",
+            REQUESTS + keyed,
+            fleet.agents[0].process.log_text(),
+            fleet.cp.log_text()
+        )
     })?;
     assert_eq!(view.variants[0].variant, "mlp:7");
     assert_eq!(
