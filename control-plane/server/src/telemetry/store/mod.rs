@@ -238,7 +238,11 @@ fn fold<'a, E>(
         folded.outcome.points += batch.points();
         folded.stored.push(true);
 
-        let start = accepted.clamp(batch.start_ms) / raw.bucket_ms * raw.bucket_ms;
+        // Filed in the bucket of its last millisecond: a batch spans an interval (more when
+        // the agent's ticks stall), and one that began before a window's start but holds
+        // traffic after it must be read by that window, never left out with its first bucket.
+        let last_ms = end_ms.saturating_sub(1).max(accepted.clamp(batch.start_ms));
+        let start = last_ms / raw.bucket_ms * raw.bucket_ms;
         folded
             .agents
             .entry((start, agent))
@@ -551,6 +555,31 @@ mod tests {
             .expect("query")
             .get("scores")
             .map_or(0, |(_, s)| s.iter().map(|p| p.requests).sum())
+    }
+
+    /// A query from just past a bucket's start reads a batch that began in the bucket before
+    /// and ended after that time: its traffic may be after the query's start (an experiment
+    /// counted from its apply once missed the first second of its requests so).
+    #[test]
+    fn a_batch_across_a_bucket_boundary_is_read_from_its_end() {
+        for place in places() {
+            let now = 100 * DAY;
+            let store = place.open(Duration::from_secs(90 * 86_400));
+            let boundary = now - 60_000;
+            let mut across = batch(1, boundary - 500, 35);
+            across.end_ms = boundary + 500;
+            let after = batch(2, boundary + 500, 10);
+            let group = [
+                ("agent-1".to_owned(), across),
+                ("agent-1".to_owned(), after),
+            ];
+            store.ingest(&refs(&group), now).expect("ingest");
+            assert_eq!(requests(&store, boundary + 42, now), 45);
+            assert_eq!(
+                store.agents(boundary + 42, now).expect("agents")["agent-1"].pipelines[0].requests,
+                45
+            );
+        }
     }
 
     #[test]
