@@ -314,7 +314,7 @@ impl PartitionedSeries {
         agents.dedup();
         let days: BTreeSet<i64> = group
             .iter()
-            .map(|(_, batch)| ms(accepted.clamp(batch.start_ms)).div_euclid(DAY_MS))
+            .map(|(_, batch)| ms(super::filed_at(batch, accepted)).div_euclid(DAY_MS))
             .collect();
         self.step(
             || self.ensure(&days),
