@@ -91,6 +91,34 @@ pub(crate) fn check_graph(graph: &pb::GraphProto, max_tensor_bytes: u64) -> Resu
     Ok(())
 }
 
+/// Every output of the model's graph names a value the graph has: an input, an initializer,
+/// or a node's output. tract indexes its values by these names and panics on one it lacks.
+pub(crate) fn check_outputs(graph: &pb::GraphProto) -> Result<(), InferError> {
+    let known: std::collections::HashSet<&str> = graph
+        .input
+        .iter()
+        .map(|i| i.name.as_str())
+        .chain(graph.initializer.iter().map(|t| t.name.as_str()))
+        .chain(
+            graph
+                .node
+                .iter()
+                .flat_map(|n| n.output.iter().map(String::as_str)),
+        )
+        .collect();
+    match graph
+        .output
+        .iter()
+        .find(|o| !known.contains(o.name.as_str()))
+    {
+        Some(output) => Err(InferError::InvalidModel(format!(
+            "graph output `{}` is no input, initializer or node output",
+            output.name
+        ))),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -132,6 +132,7 @@ pub fn parse_onnx(bytes: &[u8], options: &ModelOptions) -> Result<TypedModel, In
             .map_err(|e| InferError::InvalidModel(format!("{e:#}")))?;
         if let Some(graph) = &proto.graph {
             crate::admission::check_graph(graph, options.max_tensor_bytes)?;
+            crate::admission::check_outputs(graph)?;
         }
         let inference = onnx
             .model_for_proto_model(&proto)

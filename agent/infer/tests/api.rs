@@ -558,6 +558,21 @@ fn nodes_with_too_few_operands_are_refused() {
     }
 }
 
+/// A graph output that names no value of the graph (one corrupted byte of a name does it) is
+/// refused plainly; tract looked it up and panicked.
+#[test]
+fn a_graph_output_that_names_no_value_is_refused() {
+    let mut model = relu_model();
+    if let Some(graph) = model.graph.as_mut() {
+        graph.output[0].name = "nowhere".into();
+    }
+    let err = load(&model.encode_to_vec(), Device::Cpu).expect_err("refused");
+    assert!(
+        matches!(&err, InferError::InvalidModel(m) if m.contains("`nowhere`")),
+        "{err}"
+    );
+}
+
 /// The process survives a panic inside tract: a panic tract still has (a STRING initializer
 /// given as raw bytes: "unimplemented") is caught as an error and counted, and the next model
 /// loads in the same process. The fuzz tests above pin the other side: bad bytes never reach a
