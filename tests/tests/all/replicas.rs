@@ -713,14 +713,14 @@ fn the_leader_killed_mid_canary_hands_the_rollout_over_without_a_wave_skipped_or
     let canary = tern_e2e::scores_manifest(
         "top",
         "plugin: topk:2\n      config: { k: 2 }",
-        "{ strategy: canary, waves: [25, 50, 100], healthWindowSeconds: 2 }",
+        "{ strategy: canary, waves: [25, 50, 100], healthWindowSeconds: 5 }",
     );
     fleet
         .cp
         .apply_manifest(&fleet.tmp.path().join("canary.yaml"), canary)?;
     // The kill is an event: the canary seen in the store in its first wave, and no further.
-    // That wave (one agent of four) stays healthy for 2 s before the next starts, dozens of
-    // polls long; a rollout seen past it fails the test.
+    // That wave (one agent of four) stays healthy for 5 s before the next starts, a hundred
+    // polls long, time enough for a loaded machine to stop one process and kill another; a rollout seen past it fails the test.
     let seen = wait_for(FLEET_TIMEOUT, "the canary under way", || {
         stored_rollout(&url)
             .ok()

@@ -2,9 +2,15 @@
 //! database (tree `telemetry`), so that they survive restarts and weeks offline.
 //!
 //! Keys: `b` + sequence number (big-endian) → the batch (postcard); `m/next` → the next
-//! sequence number; `m/dropped` → batches dropped for the cap so far. A batch, the counters and
-//! any drops it causes are written in one atomic sled batch. When the buffer would grow past
-//! its cap, the oldest batches go first and are counted; the count travels in every later batch.
+//! sequence number; `m/dropped` → batches dropped for the cap so far; `m/shipped` → the highest
+//! sequence number handed to the control plane. A batch, the counters and any drops it causes
+//! are written in one atomic sled batch. When the buffer would grow past its cap, the oldest
+//! batches go first and are counted; the count travels in every later batch, the batch whose
+//! append made the drops included, so that a sequence number is always the batches delivered or
+//! kept plus the batches dropped. A batch once handed to the control plane is never dropped: it
+//! may have arrived, and counting it dropped as well would count it twice. It stays until
+//! acknowledged, and the oldest batches not yet handed over go instead; the shipper hands over
+//! at most a window of unacknowledged batches, so that is all the buffer exceeds its cap by.
 
 use std::sync::Mutex;
 
@@ -17,6 +23,7 @@ use crate::store::StoreError;
 const BATCH_PREFIX: u8 = b'b';
 const NEXT_KEY: &[u8] = b"m/next";
 const DROPPED_KEY: &[u8] = b"m/dropped";
+const SHIPPED_KEY: &[u8] = b"m/shipped";
 
 /// Default cap on buffered telemetry: about a month of 10 s batches of a busy agent.
 pub const DEFAULT_BUFFER_BYTES: u64 = 256 << 20;
@@ -52,6 +59,8 @@ fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<u64, StoreError> {
 struct Counters {
     next_seq: u64,
     dropped: u64,
+    /// The highest sequence number handed to the control plane.
+    shipped: u64,
     bytes: u64,
     batches: u64,
 }
@@ -81,12 +90,14 @@ impl TelemetryBuffer {
         }
         let next_seq = read_u64(&tree, NEXT_KEY)?.max(1);
         let dropped = read_u64(&tree, DROPPED_KEY)?;
+        let shipped = read_u64(&tree, SHIPPED_KEY)?;
         Ok(Self {
             tree,
             cap_bytes,
             counters: Mutex::new(Counters {
                 next_seq,
                 dropped,
+                shipped,
                 bytes,
                 batches,
             }),
@@ -99,30 +110,41 @@ impl TelemetryBuffer {
     }
 
     /// Numbers `batch`, stores it, and drops the oldest batches if the cap requires. Returns
-    /// its sequence number.
+    /// its sequence number. The batch counts the drops made to fit it, so that its sequence
+    /// number is always the batches kept or delivered plus the batches dropped.
     pub fn append(&self, mut batch: TelemetryBatch) -> Result<u64, StoreError> {
         let mut counters = self.counters();
         let seq = counters.next_seq;
         batch.seq = seq;
-        batch.dropped_batches = counters.dropped;
         batch.host.buffered_bytes = counters.bytes;
-        let encoded = postcard::to_stdvec(&batch).map_err(|e| StoreError::Corrupt {
-            key: format!("telemetry batch {seq}"),
-            reason: e.to_string(),
-        })?;
         let mut write = sled::Batch::default();
         let (mut freed, mut dropped_now) = (0u64, 0u64);
-        if counters.bytes + encoded.len() as u64 > self.cap_bytes {
-            for entry in self.tree.scan_prefix([BATCH_PREFIX]) {
-                if counters.bytes - freed + encoded.len() as u64 <= self.cap_bytes {
-                    break;
-                }
-                let (key, value) = entry?;
-                freed += value.len() as u64;
-                dropped_now += 1;
-                write.remove(key);
+        // The oldest not yet handed to the control plane go first.
+        let mut oldest = self
+            .tree
+            .range(batch_key(counters.shipped.saturating_add(1))..=batch_key(u64::MAX));
+        // Each drop may lengthen the count's encoding, so encode again until the batch fits.
+        let encoded = loop {
+            batch.dropped_batches = counters.dropped + dropped_now;
+            let encoded = postcard::to_stdvec(&batch).map_err(|e| StoreError::Corrupt {
+                key: format!("telemetry batch {seq}"),
+                reason: e.to_string(),
+            })?;
+            if counters.bytes - freed + encoded.len() as u64 <= self.cap_bytes {
+                break encoded;
             }
-        }
+            match oldest.next() {
+                Some(entry) => {
+                    let (key, value) = entry?;
+                    freed += value.len() as u64;
+                    dropped_now += 1;
+                    write.remove(key);
+                }
+                // Nothing is left to drop but the batches handed to the control plane: over
+                // the cap until they are acknowledged (or, alone, a batch larger than the cap).
+                None => break encoded,
+            }
+        };
         write.insert(&batch_key(seq), encoded.as_slice());
         write.insert(NEXT_KEY, &(seq + 1).to_be_bytes());
         write.insert(DROPPED_KEY, &(counters.dropped + dropped_now).to_be_bytes());
@@ -155,6 +177,17 @@ impl TelemetryBuffer {
             }
         }
         Ok(out)
+    }
+
+    /// Notes that every batch up to and including `seq` was handed to the control plane: they
+    /// are no longer dropped for the cap, only deleted by an acknowledgement.
+    pub fn shipped(&self, seq: u64) -> Result<(), StoreError> {
+        let mut counters = self.counters();
+        if seq > counters.shipped {
+            self.tree.insert(SHIPPED_KEY, &seq.to_be_bytes())?;
+            counters.shipped = seq;
+        }
+        Ok(())
     }
 
     /// Deletes every batch up to and including `up_to`: the control plane has it.
@@ -249,9 +282,9 @@ mod tests {
         let dropped = 10 - left.len() as u64;
         assert_eq!(buffer.dropped(), dropped);
         let newest = decode(&buffer.after(9, 1).expect("read")[0]);
-        assert!(
-            newest.dropped_batches >= dropped - 1,
-            "each batch carries the count so far"
+        assert_eq!(
+            newest.dropped_batches, dropped,
+            "the newest batch carries the count so far"
         );
         assert!(buffer.pending().0 <= size * 3 + 2);
         drop(buffer);
@@ -260,6 +293,66 @@ mod tests {
                 .expect("reopen")
                 .dropped(),
             dropped
+        );
+    }
+
+    #[test]
+    fn every_batch_counts_the_drops_its_own_append_made() {
+        // The control plane checks `batches received + dropped == last seq` against the
+        // newest batch; that holds only if a batch counts the drops that made room for it.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = sled::open(dir.path()).expect("db");
+        let size = postcard::to_stdvec(&batch(1)).expect("encodes").len() as u64;
+        let buffer = TelemetryBuffer::open(&db, size * 3 + 2).expect("open");
+        for r in 1..=10 {
+            let seq = buffer.append(batch(r)).expect("append");
+            let newest = decode(&buffer.after(seq - 1, 1).expect("read")[0]);
+            assert_eq!(newest.dropped_batches, buffer.dropped(), "batch {seq}");
+            assert_eq!(
+                newest.dropped_batches + buffer.pending().1,
+                seq,
+                "kept + dropped = sequence after batch {seq}"
+            );
+        }
+        assert!(buffer.dropped() > 0, "the cap made drops");
+    }
+
+    #[test]
+    fn a_batch_handed_to_the_control_plane_is_kept_until_acknowledged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = sled::open(dir.path()).expect("db");
+        let size = postcard::to_stdvec(&batch(1)).expect("encodes").len() as u64;
+        let buffer = TelemetryBuffer::open(&db, size * 3 + 2).expect("open");
+        for r in 1..=3 {
+            buffer.append(batch(r)).expect("append");
+        }
+        buffer.shipped(2).expect("shipped");
+        drop(buffer);
+        // The mark survives a restart of the agent.
+        let buffer = TelemetryBuffer::open(&db, size * 3 + 2).expect("reopen");
+        for r in 4..=6 {
+            buffer.append(batch(r)).expect("append");
+        }
+        let seqs = |buffer: &TelemetryBuffer| -> Vec<u64> {
+            let stored = buffer.after(0, 100).expect("read");
+            stored.iter().map(|b| b.0).collect()
+        };
+        assert_eq!(
+            seqs(&buffer),
+            [1, 2, 6],
+            "1 and 2 may have arrived: 3 to 5 went"
+        );
+        assert_eq!(buffer.dropped(), 3);
+        buffer.ack(2).expect("ack");
+        for r in 7..=9 {
+            buffer.append(batch(r)).expect("append");
+        }
+        assert_eq!(seqs(&buffer), [7, 8, 9], "the oldest go again");
+        assert_eq!(buffer.dropped(), 4);
+        assert_eq!(
+            2 + buffer.dropped() + buffer.pending().1,
+            9,
+            "delivered + dropped + kept"
         );
     }
 }

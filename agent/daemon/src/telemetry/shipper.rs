@@ -93,6 +93,8 @@ async fn session(buffer: &TelemetryBuffer, conn: &quinn::Connection) -> Result<(
             added.as_mut().enable();
             if in_flight.len() < WINDOW {
                 for (seq, bytes) in buffer.after(sent_up_to, WINDOW - in_flight.len())? {
+                    // Marked first: from the first byte on the wire it may arrive.
+                    buffer.shipped(seq)?;
                     // Stored encoded: only the length prefix is added.
                     send.write_all(&frame::header(bytes.len(), MAX_FRAME_LEN)?)
                         .await?;
