@@ -7,6 +7,7 @@
 mod demo;
 mod deny;
 mod fuzz;
+mod io_free;
 mod suite;
 mod tidy;
 

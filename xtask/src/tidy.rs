@@ -8,6 +8,8 @@
 //!   or in a file of their own) are not checked.
 //! - No crate has an import cycle between modules, other than between a module and its own
 //!   descendants (a parent and its children are one unit).
+//! - The I/O-free crates ([`crate::io_free`]) pull in no runtime, network, HTTP or database
+//!   crate.
 //!
 //! It also prints, per crate, the modules caught in import cycles: the architecture's measure
 //! of how knotted a crate is.
@@ -109,6 +111,8 @@ pub fn run() -> anyhow::Result<()> {
             }
         }
     }
+
+    problems.extend(crate::io_free::check()?);
 
     if problems.is_empty() {
         println!("\ntidy: ARCHITECTURE.md holds");

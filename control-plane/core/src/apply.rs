@@ -108,7 +108,7 @@ fn pin(
 pub fn apply(
     catalog: &Catalog,
     releases: &ReleaseStore,
-    drift: &crate::drift::DriftStore,
+    drift: &crate::drift::store::DriftStore,
     request: &ApplyRequest,
     now_ms: u64,
 ) -> Result<Vec<Change>, ApplyError> {
@@ -139,7 +139,7 @@ pub fn apply(
             ));
         }
         if let Some(monitoring) = &pipeline.spec.monitoring {
-            crate::drift::check_reference(drift, monitoring).map_err(|message| {
+            crate::drift::store::check_reference(drift, monitoring).map_err(|message| {
                 manifest_error(source(i), "spec.monitoring.baseline".into(), message)
             })?;
         }

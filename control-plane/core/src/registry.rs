@@ -671,10 +671,8 @@ fn check(record: &TokenRecord, token: &EnrollmentToken, now_ms: u64) -> Result<(
 mod tests {
     use super::*;
 
-    /// A registry on a sled database at `path`.
-    fn open(path: &std::path::Path) -> Result<Registry, BackendError> {
-        let backend = crate::backend::SledBackend::open(path, 1 << 20)?;
-        Ok(Registry::new(std::sync::Arc::new(backend)))
+    fn registry() -> Registry {
+        Registry::new(std::sync::Arc::new(crate::backend::MemoryBackend::new()))
     }
 
     fn new_agent(id: &str, name: &str) -> NewAgent {
@@ -691,8 +689,7 @@ mod tests {
 
     #[test]
     fn token_is_redeemed_once_and_its_labels_win() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let reg = open(tmp.path()).expect("open");
+        let reg = registry();
         let labels = tern_proto::labels::parse("site=b").expect("labels");
         let (token, _) = reg
             .create_token(labels, 60_000, [7; 32], 1_000)
@@ -716,8 +713,7 @@ mod tests {
 
     #[test]
     fn refuses_expired_forged_and_duplicate_name() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let reg = open(tmp.path()).expect("open");
+        let reg = registry();
         let (token, _) = reg
             .create_token(BTreeMap::new(), 10, [7; 32], 1_000)
             .expect("token");
@@ -752,8 +748,7 @@ mod tests {
 
     #[test]
     fn prunes_only_tokens_spent_more_than_a_day_ago() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let reg = open(tmp.path()).expect("open");
+        let reg = registry();
         let day = 24 * 3600 * 1000;
         let (used, _) = reg
             .create_token(BTreeMap::new(), day, [7; 32], 0)
@@ -775,28 +770,19 @@ mod tests {
     }
 
     #[test]
-    fn survives_reopen() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        {
-            let reg = open(tmp.path()).expect("open");
-            let (token, _) = reg
-                .create_token(BTreeMap::new(), 1_000, [7; 32], 0)
-                .expect("token");
-            reg.redeem(&token, new_agent("id1", "edge-1"), 1)
-                .expect("redeemed");
-            reg.update_agent("id1", |a| a.version = "9.9.9".into())
-                .expect("update");
-            reg.flush().expect("flush");
-        }
-        // sled's flusher thread lets go of the file lock a moment after the drop.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let reg = loop {
-            match open(tmp.path()) {
-                Ok(reg) => break reg,
-                Err(e) if std::time::Instant::now() > deadline => panic!("reopen: {e}"),
-                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
-            }
-        };
+    fn what_was_flushed_survives_a_crash() {
+        let backend = std::sync::Arc::new(crate::backend::lossy::LossyBackend::new());
+        let reg = Registry::new(backend.clone());
+        let (token, _) = reg
+            .create_token(BTreeMap::new(), 1_000, [7; 32], 0)
+            .expect("token");
+        reg.redeem(&token, new_agent("id1", "edge-1"), 1)
+            .expect("redeemed");
+        reg.update_agent("id1", |a| a.version = "9.9.9".into())
+            .expect("update");
+        reg.flush().expect("flush");
+        backend.crash();
+        let reg = Registry::new(backend);
         let agents = reg.agents().expect("list");
         assert_eq!(agents.len(), 1);
         assert_eq!(agents[0].version, "9.9.9");
@@ -831,8 +817,7 @@ mod tests {
 
     #[test]
     fn revocation_and_deletion_outlive_the_record() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let reg = open(tmp.path()).expect("open");
+        let reg = registry();
         let (token, _) = reg
             .create_token(BTreeMap::new(), 60_000, [7; 32], 0)
             .expect("token");
@@ -873,8 +858,7 @@ mod tests {
 
     #[test]
     fn an_expired_agent_enrolls_again_under_its_own_id() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let reg = open(tmp.path()).expect("open");
+        let reg = registry();
         let (first, _) = reg
             .create_token(BTreeMap::new(), 60_000, [7; 32], 0)
             .expect("token");
@@ -912,8 +896,7 @@ mod tests {
 
     #[test]
     fn tokens_are_listed_until_redeemed_and_can_be_withdrawn() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let reg = open(tmp.path()).expect("open");
+        let reg = registry();
         let (used, _) = reg
             .create_token(BTreeMap::new(), 60_000, [7; 32], 0)
             .expect("token");

@@ -1,20 +1,21 @@
-//! The release store: signed releases and their artifacts, content-addressed on disk, and the
-//! pinned trust root.
+//! The release store: signed releases and their artifacts, content-addressed, and the pinned
+//! trust root.
 //!
 //! Tables (in the control plane's backend): `releases` (`name\0version` → signed release JSON),
 //! `artifact_sizes` (digest → size, from the first release naming it), `trust` (`root` → the
-//! pinned trust root, `v/<version>` → every one pinned, JSON). Artifacts are in an [`ArtifactStore`] (a directory, or an S3-compatible
-//! store that replicas share): an interrupted push resumes where it stopped, and no reader ever
-//! sees a half-written or unverified artifact.
+//! pinned trust root, `v/<version>` → every one pinned, JSON). The artifacts' bytes are kept by
+//! an [`ArtifactBlobs`]: the server's object store (a directory, or an S3-compatible store
+//! that replicas share), or [`MemoryBlobs`] in tests and simulations. An interrupted push
+//! resumes where it stopped, and no reader ever sees a half-written or unverified artifact.
 
-use std::sync::Mutex;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use tern_proto::api::UploadProgress;
 use tern_proto::message::MAX_TRUST_CHAIN;
 use tern_proto::release::{Digest, SignedRelease};
 use tern_proto::trust::{SignedTrustRoot, TrustError, TrustUpdate};
 
-use crate::artifacts::{ArtifactError, ArtifactLocation, ArtifactStore, Assembled};
 use crate::backend::{
     BackendError, CommitError, KeyRange, Scan, SharedBackend, Table, Write, transact,
 };
@@ -27,6 +28,120 @@ const TRUST: Table = Table("trust");
 /// The history key of trust root `version`: zero-padded, so keys sort by version.
 fn history_key(version: u64) -> String {
     format!("v/{version:020}")
+}
+
+/// The store of the artifacts' bytes failed (it is down, or refused a request); its text is
+/// the store's own.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct ArtifactError(Box<dyn std::error::Error + Send + Sync>);
+
+impl ArtifactError {
+    pub fn new(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self(Box::new(error))
+    }
+}
+
+/// The result of assembling an upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Assembled {
+    /// Verified and stored under its digest.
+    Complete,
+    /// The bytes hash to another digest: the upload was discarded.
+    Mismatch(Digest),
+}
+
+/// Where the artifacts' bytes are kept: complete artifacts under their digest, and the chunks
+/// of uploads under way. Blocking, like [`crate::backend::Backend`].
+pub trait ArtifactBlobs: Send + Sync + std::fmt::Debug {
+    /// The size of the complete artifact, if it is stored.
+    fn size(&self, digest: &Digest) -> Result<Option<u64>, ArtifactError>;
+    /// How many bytes of `digest`'s upload are stored, from the start without a gap.
+    fn received(&self, digest: &Digest) -> Result<u64, ArtifactError>;
+    /// Stores the chunk of `digest`'s upload that starts at `offset`.
+    fn put_chunk(&self, digest: &Digest, offset: u64, bytes: &[u8]) -> Result<(), ArtifactError>;
+    /// Joins the upload's chunks into the artifact if they hash to `digest` and are `size`
+    /// bytes long; discards the chunks either way.
+    fn assemble(&self, digest: &Digest, size: u64) -> Result<Assembled, ArtifactError>;
+}
+
+/// Artifacts in memory, for tests and simulations.
+#[derive(Debug, Default)]
+pub struct MemoryBlobs {
+    state: Mutex<Blobs>,
+}
+
+#[derive(Debug, Default)]
+struct Blobs {
+    complete: BTreeMap<Digest, Vec<u8>>,
+    /// Per upload: chunks by offset.
+    uploads: BTreeMap<Digest, BTreeMap<u64, Vec<u8>>>,
+}
+
+impl MemoryBlobs {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The bytes of a complete artifact.
+    pub fn artifact(&self, digest: &Digest) -> Option<Vec<u8>> {
+        self.blobs().complete.get(digest).cloned()
+    }
+
+    fn blobs(&self) -> std::sync::MutexGuard<'_, Blobs> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The bytes of `chunks` that follow on from offset 0 without a gap.
+fn contiguous(chunks: &BTreeMap<u64, Vec<u8>>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (offset, bytes) in chunks {
+        if *offset != out.len() as u64 {
+            break;
+        }
+        out.extend_from_slice(bytes);
+    }
+    out
+}
+
+impl ArtifactBlobs for MemoryBlobs {
+    fn size(&self, digest: &Digest) -> Result<Option<u64>, ArtifactError> {
+        Ok(self.blobs().complete.get(digest).map(|b| b.len() as u64))
+    }
+
+    fn received(&self, digest: &Digest) -> Result<u64, ArtifactError> {
+        let blobs = self.blobs();
+        Ok(blobs
+            .uploads
+            .get(digest)
+            .map_or(0, |chunks| contiguous(chunks).len() as u64))
+    }
+
+    fn put_chunk(&self, digest: &Digest, offset: u64, bytes: &[u8]) -> Result<(), ArtifactError> {
+        self.blobs()
+            .uploads
+            .entry(*digest)
+            .or_default()
+            .insert(offset, bytes.to_vec());
+        Ok(())
+    }
+
+    fn assemble(&self, digest: &Digest, size: u64) -> Result<Assembled, ArtifactError> {
+        let mut blobs = self.blobs();
+        let bytes = blobs
+            .uploads
+            .remove(digest)
+            .map(|chunks| contiguous(&chunks))
+            .unwrap_or_default();
+        let actual = Digest::of(&bytes);
+        if actual == *digest && bytes.len() as u64 == size {
+            blobs.complete.insert(*digest, bytes);
+            Ok(Assembled::Complete)
+        } else {
+            Ok(Assembled::Mismatch(actual))
+        }
+    }
 }
 
 /// Why a store operation failed.
@@ -68,7 +183,7 @@ pub enum PutOutcome {
 #[derive(Debug)]
 pub struct ReleaseStore {
     backend: SharedBackend,
-    artifacts: ArtifactStore,
+    artifacts: Arc<dyn ArtifactBlobs>,
     /// Serializes appends, so two pushes of one artifact cannot interleave.
     uploads: Mutex<()>,
     /// Serializes read-then-write changes of releases and the trust root, so two publishers
@@ -77,22 +192,14 @@ pub struct ReleaseStore {
 }
 
 impl ReleaseStore {
-    /// Opens the store on `backend`, with artifacts at `artifacts`.
-    pub fn open(
-        backend: SharedBackend,
-        artifacts: &ArtifactLocation,
-    ) -> Result<Self, ReleaseStoreError> {
-        Ok(Self {
+    /// The store on `backend`, with the artifacts' bytes in `artifacts`.
+    pub fn new(backend: SharedBackend, artifacts: Arc<dyn ArtifactBlobs>) -> Self {
+        Self {
             backend,
-            artifacts: ArtifactStore::open(artifacts)?,
+            artifacts,
             uploads: Mutex::new(()),
             changes: Mutex::new(()),
-        })
-    }
-
-    /// The artifacts themselves.
-    pub fn artifacts(&self) -> &ArtifactStore {
-        &self.artifacts
+        }
     }
 
     /// Whether the whole artifact is stored and verified.
@@ -223,7 +330,7 @@ impl ReleaseStore {
             });
         }
         if !bytes.is_empty() {
-            (self.artifacts).put_chunk(digest, offset, bytes::Bytes::copy_from_slice(bytes))?;
+            self.artifacts.put_chunk(digest, offset, bytes)?;
         }
         if end < progress.size {
             return Ok(UploadProgress {
@@ -318,15 +425,15 @@ mod tests {
         s
     }
 
-    fn store(tmp: &std::path::Path) -> ReleaseStore {
-        let backend = std::sync::Arc::new(crate::backend::MemoryBackend::new());
-        ReleaseStore::open(backend, &ArtifactLocation::Dir(tmp.join("artifacts"))).expect("store")
+    fn store() -> (ReleaseStore, Arc<MemoryBlobs>) {
+        let backend = Arc::new(crate::backend::MemoryBackend::new());
+        let blobs = Arc::new(MemoryBlobs::new());
+        (ReleaseStore::new(backend, blobs.clone()), blobs)
     }
 
     #[test]
     fn resumes_an_upload_and_completes_on_the_digest() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let store = store(tmp.path());
+        let (store, blobs) = store();
         let key = SecretKey::generate();
         let bytes = b"0123456789abcdef".repeat(100);
         let release = signed(1, &bytes, &key);
@@ -351,17 +458,16 @@ mod tests {
         let p = store.append(&digest, 700, &bytes[700..]).expect("rest");
         assert!(p.complete);
         assert_eq!(
-            std::fs::read(tmp.path().join("artifacts").join(digest.hex())).expect("read"),
-            bytes,
-            "a complete artifact under its digest in the directory"
+            blobs.artifact(&digest),
+            Some(bytes),
+            "a complete artifact under its digest"
         );
         assert!(store.progress(&digest).expect("progress").complete);
     }
 
     #[test]
     fn discards_an_upload_that_does_not_match_its_digest() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let store = store(tmp.path());
+        let (store, _) = store();
         let release = signed(1, b"good bytes", &SecretKey::generate());
         let digest = release.signed.digest;
         store.put_release(&release).expect("put");
@@ -384,8 +490,7 @@ mod tests {
 
     #[test]
     fn refuses_a_second_content_under_one_version_and_merges_signatures() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let store = store(tmp.path());
+        let (store, _) = store();
         let (a, b) = (SecretKey::generate(), SecretKey::generate());
         let first = signed(2, b"one", &a);
         store.put_release(&first).expect("put");

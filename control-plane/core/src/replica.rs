@@ -144,23 +144,27 @@ impl ReplicaRegistry {
     }
 
     /// Deletes the records of replicas silent for a day (housekeeping, by the holder of the
-    /// work lease); how many.
+    /// work lease, through its fenced backend); how many. Each only as it was read: a replica
+    /// that announced itself meanwhile is kept.
     pub fn forget_lost(&self, now_ms: u64) -> Result<usize, BackendError> {
-        let lost: Vec<Vec<u8>> = self
-            .stored()?
-            .into_iter()
-            .filter(|(_, r)| now_ms.saturating_sub(r.seen_ms) > FORGET_LOST_AFTER_MS)
-            .map(|(key, _)| key)
-            .collect();
-        if !lost.is_empty() {
-            let forget = lost
-                .iter()
-                .fold(Write::new(), |w, k| w.delete(REPLICAS, k.clone()));
-            self.backend
-                .commit(forget)
-                .map_err(CommitError::into_backend)?;
+        let mut forgotten = 0;
+        for (key, value) in self.backend.range(REPLICAS, &KeyRange::all(), Scan::All)? {
+            let Ok(record) = serde_json::from_slice::<ReplicaRecord>(&value) else {
+                continue;
+            };
+            if now_ms.saturating_sub(record.seen_ms) <= FORGET_LOST_AFTER_MS {
+                continue;
+            }
+            let forget = Write::new()
+                .only_if(REPLICAS, key.clone(), Some(value))
+                .delete(REPLICAS, key);
+            match self.backend.commit(forget) {
+                Ok(()) => forgotten += 1,
+                Err(CommitError::Conflict) => {}
+                Err(CommitError::Backend(e)) => return Err(e),
+            }
         }
-        Ok(lost.len())
+        Ok(forgotten)
     }
 
     /// Where agents reach the live replicas, for enrollment to hand out.

@@ -7,17 +7,17 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::backend::Notice;
+use crate::backend::{Notice, RecvError, Subscription};
 use crate::replica::Heard;
 use crate::state::Shared;
 
 /// Follows `notices` until `shutdown`.
 pub(crate) async fn follow(
     shared: Arc<Shared>,
-    mut notices: broadcast::Receiver<Notice>,
+    mut notices: Subscription,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -69,11 +69,11 @@ pub(crate) async fn follow(
                     send_current(&shared, agents).await;
                 }
             }
-            Ok(Notice::Missed) | Err(broadcast::error::RecvError::Lagged(_)) => {
+            Ok(Notice::Missed) | Err(RecvError::Lagged(_)) => {
                 warn!("fell behind the store's changes; reading what this replica follows again");
                 read_again(&shared).await;
             }
-            Err(broadcast::error::RecvError::Closed) => return,
+            Err(RecvError::Closed) => return,
         }
     }
 }

@@ -16,6 +16,7 @@ use crate::deploy::desired::DesiredStore;
 use crate::drift::store::DriftStore;
 use crate::lease::{LeaseStore, Standing, WORK};
 use crate::registry::Registry;
+use crate::replica::ReplicaRegistry;
 use crate::telemetry::store::SeriesStore;
 
 /// The part of the lease's lifetime a holder gives up to clock drift and a slow renewal: it
@@ -30,6 +31,9 @@ pub(crate) struct Term {
     pub desired: DesiredStore,
     pub drift: DriftStore,
     pub registry: Registry,
+    /// For forgetting lost replicas: a paused former holder must not delete a record a
+    /// live replica just wrote again.
+    pub replicas: ReplicaRegistry,
     pub series: SeriesStore,
     /// Until when this replica may act on the term (its own monotonic clock).
     valid_until: Mutex<Instant>,
@@ -95,6 +99,7 @@ fn open_term(
         catalog: source.catalog.on(registry.clone()),
         desired: DesiredStore::new(registry.clone()),
         drift: DriftStore::new(registry.clone()),
+        replicas: ReplicaRegistry::new(registry.clone()),
         registry: Registry::new(registry),
         series: source.series.fenced(telemetry),
         valid_until: Mutex::new(valid_until),
@@ -152,5 +157,60 @@ pub(crate) fn release(leadership: &Leadership, leases: &LeaseStore) {
             Ok(()) => info!(epoch = term.epoch, "released the work lease"),
             Err(e) => warn!(error = %e, "cannot release the work lease"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::MemoryBackend;
+    use crate::replica::ReplicaRecord;
+
+    const DAY_MS: u64 = 24 * 3_600_000;
+
+    fn term(backend: &SharedBackend, epoch: u64) -> Result<Term, BackendError> {
+        let catalog = Catalog::new(backend.clone());
+        let series = SeriesStore::new(backend.clone(), Duration::from_secs(3_600));
+        let source = TermSource {
+            registry_backend: backend,
+            telemetry_backend: backend,
+            catalog: &catalog,
+            series: &series,
+        };
+        open_term(source, epoch, Instant::now() + Duration::from_secs(60))
+    }
+
+    fn replica(name: &str, seen_ms: u64) -> ReplicaRecord {
+        ReplicaRecord {
+            name: name.into(),
+            agents_address: None,
+            api_address: "127.0.0.1:1".into(),
+            started_ms: 0,
+            seen_ms,
+            agents_connected: 0,
+            version: "test".into(),
+        }
+    }
+
+    #[test]
+    fn a_paused_former_holder_forgets_no_replica() {
+        let backend: SharedBackend = Arc::new(MemoryBackend::new());
+        let unfenced = ReplicaRegistry::new(backend.clone());
+        unfenced.announce(&replica("gone", 0)).expect("announce");
+        let former = term(&backend, 1).expect("term 1");
+        // The holder pauses; the lease moves on, and the successor fences its epoch.
+        let successor = term(&backend, 2).expect("term 2");
+        let refused = former.replicas.forget_lost(2 * DAY_MS);
+        assert!(
+            matches!(refused, Err(BackendError::Fenced { epoch: 1, .. })),
+            "{refused:?}"
+        );
+        assert_eq!(unfenced.all(DAY_MS).expect("read").len(), 1, "kept");
+        assert_eq!(
+            successor.replicas.forget_lost(2 * DAY_MS).expect("forget"),
+            1,
+            "the holder forgets it"
+        );
+        assert!(unfenced.all(0).expect("read").is_empty());
     }
 }

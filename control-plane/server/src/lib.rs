@@ -40,10 +40,8 @@
 
 pub mod agents;
 pub mod api;
-pub mod apply;
 pub mod artifacts;
 pub mod backend;
-pub mod catalog;
 pub mod config;
 pub mod credentials;
 pub mod data_dir;
@@ -51,22 +49,18 @@ pub mod deploy;
 pub mod drift;
 pub mod enroll;
 pub(crate) mod follow;
-pub mod health;
 pub(crate) mod leadership;
-pub mod lease;
 pub mod lifecycle;
-pub mod presence;
-pub mod records;
-pub mod registry;
-pub mod releases;
-pub mod replica;
-pub mod reports;
-pub mod rollout;
 pub mod server;
 pub mod sessions;
 pub mod state;
 pub mod telemetry;
 pub mod transfer;
+
+// The fleet core's modules, under the paths they had here.
+pub use tern_fleet_core::{
+    apply, catalog, health, lease, presence, records, registry, releases, replica, reports, rollout,
+};
 
 pub use config::ControlPlaneConfig;
 pub use data_dir::{DataDir, InitOptions, ReplicaOptions};

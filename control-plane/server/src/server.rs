@@ -17,7 +17,7 @@ use crate::catalog::{Catalog, CatalogError};
 use crate::data_dir::{DataDir, LoadError};
 use crate::presence::Presence;
 use crate::registry::{Registry, RegistryError};
-use crate::releases::{ReleaseStore, ReleaseStoreError};
+use crate::releases::ReleaseStoreError;
 use crate::reports::AgentReports;
 use crate::state::Shared;
 
@@ -134,7 +134,8 @@ impl RunningControlPlane {
         let artifacts = config
             .artifact_location(dir.artifacts())
             .map_err(StartError::Artifacts)?;
-        let releases = ReleaseStore::open(backend.clone(), &artifacts)?;
+        let (releases, artifacts) = crate::artifacts::open_releases(backend.clone(), &artifacts)
+            .map_err(|e| StartError::Artifacts(e.to_string()))?;
         let catalog = Catalog::new(backend.clone());
         let desired = crate::deploy::DesiredStore::new(backend.clone());
         let ca_pem = loaded.ca.cert_pem().to_owned();
@@ -214,6 +215,7 @@ impl RunningControlPlane {
             desired,
             online_key: loaded.online_key,
             releases,
+            artifacts,
             presence: Presence::default(),
             connections: Default::default(),
             config: config.clone(),
@@ -635,7 +637,7 @@ fn prune_spent(shared: &Shared) {
         Ok(n) => info!(tokens = n, "pruned used and expired enrollment tokens"),
         Err(e) => warn!(error = %e, "cannot prune enrollment tokens"),
     }
-    match shared.replicas.forget_lost(now) {
+    match term.replicas.forget_lost(now) {
         Ok(0) => {}
         Ok(n) => info!(replicas = n, "forgot replicas silent for a day"),
         Err(e) => warn!(error = %e, "cannot forget lost replicas"),

@@ -26,6 +26,8 @@ pub(crate) struct Shared {
     pub revoked: tern_transport::tls::RevokedCertificates,
     pub credentials: crate::credentials::Credentials,
     pub releases: ReleaseStore,
+    /// The artifacts' bytes, which the release store also writes (transfers read them).
+    pub artifacts: std::sync::Arc<crate::artifacts::ArtifactStore>,
     pub catalog: Catalog,
     pub reports: AgentReports,
     pub health: crate::health::HealthTracker,

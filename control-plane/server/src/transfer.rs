@@ -94,7 +94,7 @@ async fn fetch(
         let _ = send.finish();
         return Ok(());
     }
-    let artifacts = shared.releases.artifacts();
+    let artifacts = &shared.artifacts;
     // Only complete, verified artifacts are under their digest (uploads are assembled apart).
     let size = match artifacts.stored_size(&digest).await {
         Ok(Some(size)) => size,

@@ -38,7 +38,7 @@ fn tamper_with(
     {
         let dir = DataDir::new(&cp.dir);
         let backend: SharedBackend = Arc::new(SledBackend::open(&dir.registry(), 1 << 20)?);
-        let store = ReleaseStore::open(
+        let (store, _) = tern_control_plane::artifacts::open_releases(
             backend.clone(),
             &tern_control_plane::artifacts::ArtifactLocation::Dir(dir.artifacts()),
         )?;

@@ -7,11 +7,9 @@
 //! the lease is kept, and [`FencedBackend::claim`] raises it in any other backend before the
 //! first fenced write there.
 
-use tokio::sync::broadcast;
-
 use super::{
-    Backend, BackendError, CommitError, Condition, KeyRange, Notice, SharedBackend, Table, Write,
-    transact,
+    Backend, BackendError, CommitError, Condition, KeyRange, SharedBackend, Subscription, Table,
+    Write, transact,
 };
 
 /// Table of lease epochs: lease name → epoch (u64, big-endian).
@@ -123,7 +121,7 @@ impl Backend for FencedBackend {
         }
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<Notice> {
+    fn subscribe(&self) -> Subscription {
         self.inner.subscribe()
     }
 

@@ -8,11 +8,9 @@
 
 use std::sync::{Mutex, MutexGuard};
 
-use tokio::sync::broadcast;
-
 use super::{
-    Backend, BackendError, CommitError, KeyRange, MemoryBackend, NOTIFY_CAPACITY, Notice, Table,
-    Write,
+    Backend, BackendError, CommitError, KeyRange, MemoryBackend, NOTIFY_CAPACITY, Notice, Notifier,
+    Subscription, Table, Write,
 };
 
 /// Where an injected failure strikes.
@@ -41,14 +39,14 @@ struct State {
 #[derive(Debug)]
 pub struct LossyBackend {
     state: Mutex<State>,
-    changes: broadcast::Sender<Notice>,
+    changes: Notifier,
 }
 
 impl Default for LossyBackend {
     fn default() -> Self {
         Self {
             state: Mutex::default(),
-            changes: broadcast::channel(NOTIFY_CAPACITY).0,
+            changes: Notifier::new(NOTIFY_CAPACITY),
         }
     }
 }
@@ -150,7 +148,7 @@ impl Backend for LossyBackend {
         let changes = write.changes();
         state.live.commit(write)?;
         state.unsynced.push(kept);
-        let _ = self.changes.send(Notice::Committed(changes.into()));
+        self.changes.send(Notice::Committed(changes.into()));
         if strike == Some(Strike::AtSync) {
             return Err(injected().into());
         }
@@ -160,7 +158,7 @@ impl Backend for LossyBackend {
         Ok(())
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<Notice> {
+    fn subscribe(&self) -> Subscription {
         self.changes.subscribe()
     }
 

@@ -3,11 +3,9 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
-use tokio::sync::broadcast;
-
 use super::{
-    Backend, BackendError, Changes, CommitError, KeyRange, NOTIFY_CAPACITY, Notice, Op, Table,
-    Write, conditions_hold,
+    Backend, BackendError, Changes, CommitError, KeyRange, NOTIFY_CAPACITY, Notice, Notifier, Op,
+    Subscription, Table, Write, conditions_hold,
 };
 
 type Tables = BTreeMap<Table, BTreeMap<Vec<u8>, Vec<u8>>>;
@@ -16,14 +14,14 @@ type Tables = BTreeMap<Table, BTreeMap<Vec<u8>, Vec<u8>>>;
 #[derive(Debug)]
 pub struct MemoryBackend {
     tables: Mutex<Tables>,
-    changes: broadcast::Sender<Notice>,
+    changes: Notifier,
 }
 
 impl Default for MemoryBackend {
     fn default() -> Self {
         Self {
             tables: Mutex::default(),
-            changes: broadcast::channel(NOTIFY_CAPACITY).0,
+            changes: Notifier::new(NOTIFY_CAPACITY),
         }
     }
 }
@@ -37,7 +35,7 @@ impl MemoryBackend {
     pub(super) fn duplicate(&self) -> Self {
         Self {
             tables: Mutex::new(self.tables().clone()),
-            changes: broadcast::channel(NOTIFY_CAPACITY).0,
+            changes: Notifier::new(NOTIFY_CAPACITY),
         }
     }
 
@@ -93,7 +91,7 @@ impl Backend for MemoryBackend {
         // Only for someone to send it to. Counted under the lock, which readers take too: one
         // that subscribes later reads what this commit wrote.
         let changes: Option<Changes> =
-            (self.changes.receiver_count() > 0).then(|| write.changes().into());
+            (self.changes.subscribers() > 0).then(|| write.changes().into());
         for op in write.ops {
             match op {
                 Op::Put { table, key, value } => {
@@ -108,12 +106,12 @@ impl Backend for MemoryBackend {
         }
         // Sent under the lock: subscribers see commits in the order they were applied.
         if let Some(changes) = changes {
-            let _ = self.changes.send(Notice::Committed(changes));
+            self.changes.send(Notice::Committed(changes));
         }
         Ok(())
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<Notice> {
+    fn subscribe(&self) -> Subscription {
         self.changes.subscribe()
     }
 

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 use tern_proto::api::BaselineView;
 use tern_proto::drift::Baseline;
+use tern_proto::manifest::{BaselineRef, MonitoringSpec};
 
 use crate::backend::{BackendError, CommitError, KeyRange, Scan, SharedBackend, Table, Write};
 use crate::records::{CorruptRecord, decode, encode, versioned_key, versions_prefix};
@@ -229,6 +230,24 @@ fn view(name: &str, version: u64, stored: StoredBaseline, with_baseline: bool) -
         created_ms: stored.created_ms,
         source: stored.source,
         baseline: with_baseline.then_some(stored.baseline),
+    }
+}
+
+/// Whether a stored baseline `monitoring` names exists (checked when a pipeline is applied).
+pub fn check_reference(drift: &DriftStore, monitoring: &MonitoringSpec) -> Result<(), String> {
+    match monitoring.baseline.as_deref().and_then(BaselineRef::parse) {
+        Some(BaselineRef::Stored { name, version }) => match drift.baseline(&name, version) {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(format!(
+                "baseline `{name}:{version}` does not exist (create it with `ternctl baseline create`)"
+            )),
+            Err(e) => Err(e.to_string()),
+        },
+        Some(BaselineRef::File(_)) => Err(
+            "a local file cannot be read here; send the baseline as `baselineData` (ternctl does)"
+                .into(),
+        ),
+        None => Ok(()),
     }
 }
 

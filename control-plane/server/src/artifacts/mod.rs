@@ -29,6 +29,8 @@ use tern_proto::release::Digest;
 
 use crate::backend::driver::Driver;
 pub use crate::config::ArtifactLocation;
+use crate::releases::ArtifactBlobs;
+pub use crate::releases::Assembled;
 
 /// The artifact store failed (it is down, refused a request, or its driver stopped).
 #[derive(Debug, thiserror::Error)]
@@ -43,15 +45,6 @@ pub enum ArtifactError {
     Thread(String, #[source] std::io::Error),
     #[error("artifact store {0}: its client thread stopped")]
     Stopped(String),
-}
-
-/// The result of assembling an upload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Assembled {
-    /// Verified and stored under its digest.
-    Complete,
-    /// The bytes hash to another digest: the upload was discarded.
-    Mismatch(Digest),
 }
 
 /// Artifacts in an object store.
@@ -298,6 +291,48 @@ impl ArtifactStore {
             .await
             .map_err(|_| ArtifactError::Stopped(self.location.clone()))?
             .map_err(|e| self.error(e))
+    }
+}
+
+/// Opens the release store on `backend` with the artifacts' bytes at `location`. The artifact
+/// store comes back too, for those who read artifacts (transfers to agents).
+pub fn open_releases(
+    backend: crate::backend::SharedBackend,
+    location: &ArtifactLocation,
+) -> Result<(crate::releases::ReleaseStore, Arc<ArtifactStore>), ArtifactError> {
+    let artifacts = Arc::new(ArtifactStore::open(location)?);
+    Ok((
+        crate::releases::ReleaseStore::new(backend, artifacts.clone()),
+        artifacts,
+    ))
+}
+
+/// The release store keeps its artifacts here; the store's errors keep their text.
+impl ArtifactBlobs for ArtifactStore {
+    fn size(&self, digest: &Digest) -> Result<Option<u64>, crate::releases::ArtifactError> {
+        ArtifactStore::size(self, digest).map_err(crate::releases::ArtifactError::new)
+    }
+
+    fn received(&self, digest: &Digest) -> Result<u64, crate::releases::ArtifactError> {
+        ArtifactStore::received(self, digest).map_err(crate::releases::ArtifactError::new)
+    }
+
+    fn put_chunk(
+        &self,
+        digest: &Digest,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<(), crate::releases::ArtifactError> {
+        ArtifactStore::put_chunk(self, digest, offset, Bytes::copy_from_slice(bytes))
+            .map_err(crate::releases::ArtifactError::new)
+    }
+
+    fn assemble(
+        &self,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<Assembled, crate::releases::ArtifactError> {
+        ArtifactStore::assemble(self, digest, size).map_err(crate::releases::ArtifactError::new)
     }
 }
 

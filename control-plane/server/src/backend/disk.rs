@@ -9,11 +9,10 @@ use std::sync::{Mutex, RwLock};
 
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
-use tokio::sync::broadcast;
 
 use super::{
-    Backend, BackendError, Changes, CommitError, KeyRange, NOTIFY_CAPACITY, Notice, Op, Table,
-    Write, conditions_hold,
+    Backend, BackendError, Changes, CommitError, KeyRange, NOTIFY_CAPACITY, Notice, Notifier, Op,
+    Subscription, Table, Write, conditions_hold,
 };
 
 /// A sled database; cheap to share behind an `Arc`.
@@ -22,7 +21,7 @@ pub struct SledBackend {
     db: sled::Db,
     trees: RwLock<HashMap<Table, sled::Tree>>,
     commits: Mutex<()>,
-    changes: broadcast::Sender<Notice>,
+    changes: Notifier,
 }
 
 impl SledBackend {
@@ -50,7 +49,7 @@ impl SledBackend {
             db,
             trees: RwLock::default(),
             commits: Mutex::new(()),
-            changes: broadcast::channel(NOTIFY_CAPACITY).0,
+            changes: Notifier::new(NOTIFY_CAPACITY),
         }
     }
 
@@ -174,7 +173,7 @@ impl Backend for SledBackend {
         tables.dedup();
         // Built outside the lock, and only for someone to send it to.
         let mut changes: Option<Changes> =
-            (self.changes.receiver_count() > 0).then(|| write.changes().into());
+            (self.changes.subscribers() > 0).then(|| write.changes().into());
         {
             // Every write of this database goes through here: under this lock, what a
             // condition reads cannot change before the write lands.
@@ -188,9 +187,9 @@ impl Backend for SledBackend {
             self.apply(&tables, &write.ops)?;
             // Counted again after the write landed: readers do not take this lock, so one
             // that subscribed since may have read the values this write replaced.
-            if self.changes.receiver_count() > 0 {
+            if self.changes.subscribers() > 0 {
                 let changes = changes.take().unwrap_or_else(|| write.changes().into());
-                let _ = self.changes.send(Notice::Committed(changes));
+                self.changes.send(Notice::Committed(changes));
             }
         }
         if !write.lazy {
@@ -199,7 +198,7 @@ impl Backend for SledBackend {
         Ok(())
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<Notice> {
+    fn subscribe(&self) -> Subscription {
         self.changes.subscribe()
     }
 

@@ -445,7 +445,7 @@ fn postgres_keeps_few_notices_whatever_writes_them() {
         match heard.try_recv() {
             Ok(Notice::Committed(changes)) => last = changes.last().map(|c| c.key.clone()),
             Ok(Notice::Missed) => panic!("a commit was missed"),
-            Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => continue,
+            Err(TryRecvError::Lagged(_)) => continue,
             Err(_) => break,
         }
     }
@@ -456,14 +456,12 @@ fn postgres_keeps_few_notices_whatever_writes_them() {
 const MAX_NOTICES_IN_TESTS: i64 = 32;
 
 /// The next notice `heard` gets within ten seconds.
-fn next_notice(heard: &mut tokio::sync::broadcast::Receiver<Notice>) -> Notice {
+fn next_notice(heard: &mut Subscription) -> Notice {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         match heard.try_recv() {
             Ok(notice) => return notice,
-            Err(tokio::sync::broadcast::error::TryRecvError::Empty)
-                if std::time::Instant::now() < deadline =>
-            {
+            Err(TryRecvError::Empty) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
             Err(e) => panic!("no notice: {e}"),
@@ -559,14 +557,6 @@ fn postgres_tells_every_process_of_every_commit_in_order_and_reconnects_after_a_
             }
         }
     }
-}
-
-#[test]
-fn key_ranges_end_after_every_key_of_a_prefix() {
-    assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
-    assert_eq!(prefix_end(&[b'a', 0xff]), Some(b"b".to_vec()));
-    assert_eq!(prefix_end(&[0xff, 0xff]), None);
-    assert!(KeyRange::between("b", "a").is_empty());
 }
 
 #[test]

@@ -7,8 +7,8 @@
 //! - [`store`]: baselines and alerts.
 
 pub mod compute;
-pub mod judge;
-pub mod store;
+// The judge and the store are the fleet core's.
+pub use tern_fleet_core::drift::{judge, store};
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 pub use compute::MIN_REQUESTS;
 pub use judge::FLEET;
-pub use store::{AlertRecord, AlertState, DriftStore, DriftStoreError};
+pub use store::{AlertRecord, AlertState, DriftStore, DriftStoreError, check_reference};
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::registry::{Registry, RegistryError};
@@ -72,24 +72,6 @@ fn resolve(
             .baseline(&name, version)?
             .map(|b| (format!("{name}:{version}"), b))),
         _ => Ok(None),
-    }
-}
-
-/// Whether a stored baseline `monitoring` names exists (checked when a pipeline is applied).
-pub fn check_reference(drift: &DriftStore, monitoring: &MonitoringSpec) -> Result<(), String> {
-    match monitoring.baseline.as_deref().and_then(BaselineRef::parse) {
-        Some(BaselineRef::Stored { name, version }) => match drift.baseline(&name, version) {
-            Ok(Some(_)) => Ok(()),
-            Ok(None) => Err(format!(
-                "baseline `{name}:{version}` does not exist (create it with `ternctl baseline create`)"
-            )),
-            Err(e) => Err(e.to_string()),
-        },
-        Some(BaselineRef::File(_)) => Err(
-            "a local file cannot be read here; send the baseline as `baselineData` (ternctl does)"
-                .into(),
-        ),
-        None => Ok(()),
     }
 }
 

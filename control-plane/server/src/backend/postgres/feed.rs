@@ -13,11 +13,11 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_postgres::AsyncMessage;
 use tracing::{info, warn};
 
-use super::super::{Change, Notice, Table};
+use super::super::{Change, Notice, Notifier, Table};
 
 /// Largest changes sent inside a notification (PostgreSQL's payload limit is 8,000 bytes).
 pub(super) const INLINE_LIMIT: usize = 6000;
@@ -127,7 +127,7 @@ struct Heard {
 /// Where heard commits go: this process's subscribers.
 #[derive(Debug)]
 pub(super) struct Feed {
-    pub notices: broadcast::Sender<Notice>,
+    pub notices: Notifier,
     origin: u64,
     heard: Mutex<Heard>,
     changed: Condvar,
@@ -136,7 +136,7 @@ pub(super) struct Feed {
 impl Feed {
     pub(super) fn new(origin: u64, capacity: usize) -> Self {
         Self {
-            notices: broadcast::channel(capacity).0,
+            notices: Notifier::new(capacity),
             origin,
             heard: Mutex::default(),
             changed: Condvar::new(),
@@ -144,8 +144,8 @@ impl Feed {
     }
 
     fn announce(&self, notice: Notice) {
-        if self.notices.receiver_count() > 0 {
-            let _ = self.notices.send(notice);
+        if self.notices.subscribers() > 0 {
+            self.notices.send(notice);
         }
     }
 

@@ -26,7 +26,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_executor::block_on;
-use tokio::sync::broadcast;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, IsolationLevel};
 
@@ -36,7 +35,7 @@ pub use schema::SchemaError;
 
 use super::driver::Driver;
 use super::{
-    Backend, BackendError, CommitError, KeyRange, NOTIFY_CAPACITY, Notice, Op, Table, Write,
+    Backend, BackendError, CommitError, KeyRange, NOTIFY_CAPACITY, Op, Subscription, Table, Write,
 };
 use feed::{Body, Feed, Stamp};
 use pool::Pool;
@@ -457,7 +456,7 @@ impl Backend for PostgresBackend {
                             self.unflushed.lock().unwrap_or_else(|p| p.into_inner());
                         unflushed.get_or_insert(incarnation);
                     }
-                    if !write.ops.is_empty() && self.feed.notices.receiver_count() > 0 {
+                    if !write.ops.is_empty() && self.feed.notices.subscribers() > 0 {
                         self.feed.wait_heard(stamp.seq, HEARD_TIMEOUT);
                     }
                     return Ok(());
@@ -475,7 +474,7 @@ impl Backend for PostgresBackend {
         }))
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<Notice> {
+    fn subscribe(&self) -> Subscription {
         self.feed.notices.subscribe()
     }
 
