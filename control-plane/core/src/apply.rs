@@ -499,3 +499,114 @@ pub fn rollout_command(
     lock.commit()?;
     Ok(record)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{Stores, manifest};
+
+    fn actions(changes: &[Change]) -> Vec<(String, ChangeAction, Option<u64>)> {
+        changes
+            .iter()
+            .map(|c| (c.kind.clone(), c.action, c.revision))
+            .collect()
+    }
+
+    fn rollout(stores: &Stores) -> crate::rollout::Rollout {
+        (stores.catalog.deployment("scores").expect("read"))
+            .and_then(|d| d.rollout)
+            .expect("a rollout")
+    }
+
+    #[test]
+    fn an_apply_pins_releases_and_a_second_one_changes_nothing() {
+        let stores = Stores::new();
+        stores.push("topk", 2, ArtifactKind::Plugin, true);
+        let first = stores
+            .apply(&manifest("topk:2", 2), false, 10)
+            .expect("apply");
+        assert_eq!(
+            actions(&first),
+            [
+                ("Pipeline".into(), ChangeAction::Created, Some(1)),
+                ("Deployment".into(), ChangeAction::Created, None),
+            ]
+        );
+        let pipeline = stores
+            .catalog
+            .pipeline("scores")
+            .expect("read")
+            .expect("kept");
+        assert_eq!(pipeline.revision, 1);
+        assert_eq!(pipeline.pinned[0].reference, "topk:2");
+        assert_eq!(
+            (rollout(&stores).target, rollout(&stores).started_ms),
+            (1, 10)
+        );
+
+        let again = stores
+            .apply(&manifest("topk:2", 2), false, 20)
+            .expect("apply");
+        assert!(
+            again.iter().all(|c| c.action == ChangeAction::Unchanged),
+            "{again:?}"
+        );
+        assert_eq!(
+            rollout(&stores).started_ms,
+            10,
+            "the same rollout, not a new one"
+        );
+    }
+
+    #[test]
+    fn a_changed_pipeline_is_a_new_revision_and_a_new_rollout_but_not_on_a_dry_run() {
+        let stores = Stores::new();
+        stores.push("topk", 2, ArtifactKind::Plugin, true);
+        stores
+            .apply(&manifest("topk:2", 2), false, 10)
+            .expect("apply");
+        let diff = stores
+            .apply(&manifest("topk:2", 3), true, 20)
+            .expect("diff");
+        assert_eq!(diff[0].action, ChangeAction::Configured);
+        assert_eq!(diff[0].revision, Some(2), "what it would be");
+        let revision = |stores: &Stores| {
+            let pipeline = stores.catalog.pipeline("scores").expect("read");
+            pipeline.map(|p| p.revision)
+        };
+        assert_eq!(revision(&stores), Some(1), "a dry run writes nothing");
+        stores
+            .apply(&manifest("topk:2", 3), false, 30)
+            .expect("apply");
+        assert_eq!(revision(&stores), Some(2));
+        let rollout = rollout(&stores);
+        assert_eq!(
+            (rollout.target, rollout.started_ms),
+            (2, 30),
+            "a new rollout"
+        );
+    }
+
+    #[test]
+    fn a_step_naming_a_missing_wrong_or_unfinished_release_is_refused_and_nothing_lands() {
+        let stores = Stores::new();
+        stores.push("model", 1, ArtifactKind::Model, true);
+        stores.push("half", 1, ArtifactKind::Plugin, false);
+        for (step, says) in [
+            ("topk:9", "is not pushed"),
+            ("model:1", "a plugin step needs a plugin"),
+            ("half:1", "not completely uploaded"),
+        ] {
+            let refused = stores
+                .apply(&manifest(step, 2), false, 10)
+                .expect_err("refused");
+            assert!(refused.to_string().contains(says), "{step}: {refused}");
+            assert!(
+                refused.to_string().contains("spec.steps[0].plugin"),
+                "{refused}"
+            );
+        }
+        assert!(stores.catalog.pipelines().expect("read").is_empty());
+        assert!(stores.catalog.deployments().expect("read").is_empty());
+    }
+}

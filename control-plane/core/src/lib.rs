@@ -10,12 +10,15 @@
 //! - [`registry`]: enrolled agents and enrollment tokens.
 //! - [`catalog`]: pipelines with their revisions, deployments with their rollout.
 //! - [`lease`]: leases on the work that must happen once among replicas, with fencing epochs.
+//! - [`leadership`]: whether this replica holds the work lease, and its fenced stores.
 //! - [`replica`]: replicas sharing a store, and the agents' reports they share.
 //! - [`releases`]: signed releases, their artifacts (behind [`releases::ArtifactBlobs`]), the
 //!   pinned trust root.
 //! - [`apply`]: apply, diff and delete of manifests; rollout commands.
 //! - [`deploy`]: the deployment driver: planners → each agent's signed desired state.
-//! - [`drift`]: drift baselines and alerts; the alert judge.
+//! - [`drift`]: drift baselines, PSI per feature per agent and fleet-wide, alerts.
+//! - [`telemetry`]: the fleet's time series, with downsampling and retention, and the `top`
+//!   queries over them.
 //! - [`rollout`]: the rollout planner, a pure state machine.
 //! - [`reports`]: what agents last reported about their pipelines.
 //! - [`health`]: request counters of pipeline revisions on agents, for rollout gates.
@@ -27,6 +30,7 @@ pub mod catalog;
 pub mod deploy;
 pub mod drift;
 pub mod health;
+pub mod leadership;
 pub mod lease;
 pub mod presence;
 pub mod records;
@@ -35,3 +39,6 @@ pub mod releases;
 pub mod replica;
 pub mod reports;
 pub mod rollout;
+pub mod telemetry;
+#[cfg(test)]
+mod testing;

@@ -49,7 +49,6 @@ pub mod deploy;
 pub mod drift;
 pub mod enroll;
 pub(crate) mod follow;
-pub(crate) mod leadership;
 pub mod lifecycle;
 pub mod server;
 pub mod sessions;
@@ -59,7 +58,8 @@ pub mod transfer;
 
 // The fleet core's modules, under the paths they had here.
 pub use tern_fleet_core::{
-    apply, catalog, health, lease, presence, records, registry, releases, replica, reports, rollout,
+    apply, catalog, health, leadership, lease, presence, records, registry, releases, replica,
+    reports, rollout,
 };
 
 pub use config::ControlPlaneConfig;

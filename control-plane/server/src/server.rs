@@ -147,7 +147,7 @@ impl RunningControlPlane {
                         what: "telemetry",
                         source: crate::backend::BackendError::storage(e),
                     })?;
-                crate::telemetry::store::SeriesStore::partitioned(
+                crate::telemetry::partitioned::series(
                     Arc::new(backend),
                     config.telemetry_retention,
                 )?
@@ -373,7 +373,11 @@ impl RunningControlPlane {
         if let Err(e) = self.shared.registry.flush() {
             warn!(error = %e, "registry flush failed at shutdown");
         }
-        if let Err(e) = self.shared.telemetry.store.flush().await {
+        let store = self.shared.telemetry.store.clone();
+        let flushed = tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .unwrap_or_else(|e| Err(crate::backend::BackendError::storage(e).into()));
+        if let Err(e) = flushed {
             warn!(error = %e, "telemetry flush failed at shutdown");
         }
         let work = self.shared.clone();
@@ -480,7 +484,8 @@ async fn hold_work_lease(
                 catalog: &work.catalog,
                 series: &work.telemetry.store,
             };
-            crate::leadership::renew(&work.leadership, &work.leases, source, ttl);
+            let now = (std::time::Instant::now(), tern_clock::unix_millis_now());
+            crate::leadership::renew(&work.leadership, &work.leases, source, ttl, now);
         });
         if let Err(e) = renewed.await {
             warn!(error = %e, "work lease task failed");

@@ -375,3 +375,141 @@ pub fn current(
     );
     Ok(Some(built.signed))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use tern_proto::release::ArtifactKind;
+
+    use super::*;
+    use crate::registry::NewAgent;
+    use crate::replica::Replica;
+    use crate::testing::{Stores, manifest};
+
+    /// What a control plane alone keeps in memory beside its stores.
+    struct Observed {
+        reports: AgentReports,
+        health: HealthTracker,
+        presence: Presence,
+        replica: Replica,
+        key: SecretKey,
+    }
+
+    fn observed() -> Observed {
+        Observed {
+            reports: AgentReports::default(),
+            health: HealthTracker::default(),
+            presence: Presence::default(),
+            replica: Replica {
+                name: "cp".into(),
+                peers: false,
+            },
+            key: SecretKey::generate(),
+        }
+    }
+
+    fn context<'a>(stores: &'a Stores, seen: &'a Observed) -> DeployContext<'a> {
+        DeployContext {
+            registry: &stores.registry,
+            catalog: &stores.catalog,
+            releases: &stores.releases,
+            desired: &stores.desired,
+            reports: &seen.reports,
+            health: &seen.health,
+            presence: &seen.presence,
+            online_key: &seen.key,
+            replica: &seen.replica,
+        }
+    }
+
+    /// Enrolls and connects agents `id0`… named `edge-1`….
+    fn enroll(stores: &Stores, seen: &Observed, agents: u8) {
+        for i in 0..agents {
+            let (token, _) = stores
+                .registry
+                .create_token(BTreeMap::new(), 60_000, [7; 32], 0)
+                .expect("token");
+            let agent = NewAgent {
+                id: format!("id{i}"),
+                name: format!("edge-{}", i + 1),
+                labels: BTreeMap::new(),
+                cert_sha256: [i; 32],
+                cert_expires_ms: u64::MAX,
+                key_sha256: [i + 100; 32],
+                address: None,
+            };
+            stores.registry.redeem(&token, agent, 1).expect("redeem");
+            let address = std::net::SocketAddr::from(([127, 0, 0, 1], 1000 + u16::from(i)));
+            seen.presence.connect(&format!("id{i}"), address, 1);
+        }
+    }
+
+    #[test]
+    fn a_pass_gives_the_first_wave_the_pipeline_signed_and_the_next_pass_nothing_new() {
+        let (stores, seen) = (Stores::new(), observed());
+        enroll(&stores, &seen, 2);
+        stores.push("topk", 2, ArtifactKind::Plugin, true);
+        stores
+            .apply(&manifest("topk:2", 2), false, 10)
+            .expect("apply");
+
+        let mut sent = step(&context(&stores, &seen), 20).expect("a pass");
+        sent.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut given = Vec::new();
+        for (agent, signed) in &sent {
+            let state = signed
+                .open(&seen.key.public(), agent, 0)
+                .expect("signed by the online key, for that agent");
+            assert!(signed.open(&seen.key.public(), "another", 0).is_err());
+            assert_eq!(state.generation, 1);
+            let recorded = stores.desired.get(agent).expect("read").expect("recorded");
+            assert_eq!(
+                (recorded.generation, recorded.content),
+                (1, Some(state.content_digest()))
+            );
+            let pipelines: Vec<(String, u64)> = (state.pipelines.iter())
+                .map(|p| (p.name.clone(), p.revision))
+                .collect();
+            given.push((agent.clone(), pipelines));
+        }
+        assert_eq!(
+            given,
+            [
+                ("id0".to_owned(), vec![("scores".to_owned(), 1)]),
+                ("id1".to_owned(), vec![]),
+            ],
+            "the first wave (half of two agents) runs revision 1; the second waits"
+        );
+        let rollout = (stores.catalog.deployment("scores").expect("read"))
+            .and_then(|d| d.rollout)
+            .expect("the rollout");
+        assert_eq!(
+            (rollout.wave, rollout.members),
+            (0, vec!["edge-1".to_owned()])
+        );
+        assert!(
+            step(&context(&stores, &seen), 30)
+                .expect("a pass")
+                .is_empty(),
+            "nothing changed: nothing sent again"
+        );
+    }
+
+    #[test]
+    fn a_revoked_agent_is_given_nothing() {
+        let (stores, seen) = (Stores::new(), observed());
+        enroll(&stores, &seen, 1);
+        stores.registry.revoke("edge-1", 5).expect("revoke");
+        stores.push("topk", 2, ArtifactKind::Plugin, true);
+        stores
+            .apply(&manifest("topk:2", 2), false, 10)
+            .expect("apply");
+        assert!(
+            step(&context(&stores, &seen), 20)
+                .expect("a pass")
+                .is_empty()
+        );
+        assert!(stores.desired.get("id0").expect("read").is_none());
+    }
+}

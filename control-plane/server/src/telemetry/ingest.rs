@@ -267,7 +267,11 @@ pub(crate) async fn run_writer(
                 continue;
             }
         };
-        if let Err(e) = shared.telemetry.store.flush().await {
+        let store = shared.telemetry.store.clone();
+        let flushed = tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .unwrap_or_else(|e| Err(crate::backend::BackendError::storage(e).into()));
+        if let Err(e) = flushed {
             warn!(error = %e, "cannot flush telemetry");
             fail(&streams);
             continue;

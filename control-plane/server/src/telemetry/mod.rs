@@ -10,8 +10,11 @@
 pub mod exposition;
 pub mod ingest;
 pub mod otlp;
-pub mod query;
-pub mod store;
+pub mod partitioned;
+#[cfg(test)]
+mod series_tests;
+// The series and the queries over them are the fleet core's.
+pub use tern_fleet_core::telemetry::{query, store};
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64};

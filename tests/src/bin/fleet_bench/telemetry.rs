@@ -207,7 +207,10 @@ fn reference_postgres(
 ) -> anyhow::Result<f64> {
     let backend = PostgresBackend::connect(url, "bench-telemetry", 4)?;
     ingest_for(
-        SeriesStore::partitioned(Arc::new(backend), Duration::from_secs(90 * 86_400))?,
+        tern_control_plane::telemetry::partitioned::series(
+            Arc::new(backend),
+            Duration::from_secs(90 * 86_400),
+        )?,
         template,
         agents,
         seconds,
@@ -224,9 +227,6 @@ fn ingest_for(
     let names: Vec<String> = (0..agents).map(|i| format!("agent-{i:05}")).collect();
     let base_ms = tern_clock::unix_millis_now() - 7 * DAY_MS;
     let now = tern_clock::unix_millis_now();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let (started, mut points, mut seq) = (Instant::now(), 0u64, 0u64);
     while started.elapsed().as_secs_f64() < seconds {
         seq += 1;
@@ -236,7 +236,7 @@ fn ingest_for(
             let group: Vec<(&str, &TelemetryBatch)> =
                 chunk.iter().map(|(a, b)| (a.as_str(), *b)).collect();
             let (outcome, _) = store.ingest(&group, now)?;
-            runtime.block_on(store.flush())?;
+            store.flush()?;
             points += outcome.points;
         }
     }

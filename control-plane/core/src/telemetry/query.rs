@@ -99,7 +99,7 @@ pub fn pipeline_top(
 
 /// Every pipeline of the catalog (and, with an explicit window, any other that reported in
 /// it), over `window_ms` or, without one, since its current revision was applied.
-pub(crate) fn top_pipelines(
+pub fn top_pipelines(
     cx: &QueryContext<'_>,
     window_ms: Option<u64>,
     now_ms: u64,
@@ -145,7 +145,7 @@ pub(crate) fn top_pipelines(
 }
 
 /// Every enrolled agent with its latest host figures and its traffic over the last minutes.
-pub(crate) fn top_agents(cx: &QueryContext<'_>, now_ms: u64) -> Result<Vec<AgentTop>, QueryError> {
+pub fn top_agents(cx: &QueryContext<'_>, now_ms: u64) -> Result<Vec<AgentTop>, QueryError> {
     let marks = cx.series.marks()?;
     let windows = cx
         .series
@@ -199,7 +199,7 @@ pub(crate) fn top_agents(cx: &QueryContext<'_>, now_ms: u64) -> Result<Vec<Agent
 /// An A/B experiment's variants over `window_ms`, or, without one, since the later of the
 /// pipeline's current revision and the deployment's last change. `None`: no such deployment
 /// or no variants.
-pub(crate) fn experiment(
+pub fn experiment(
     cx: &QueryContext<'_>,
     deployment: &str,
     window_ms: Option<u64>,
@@ -305,7 +305,7 @@ pub(crate) fn experiment(
 }
 
 /// Pipeline `name` over the last `window_ms` in steps of `step_ms`, for charts.
-pub(crate) fn pipeline_series(
+pub fn pipeline_series(
     cx: &QueryContext<'_>,
     name: &str,
     window_ms: u64,

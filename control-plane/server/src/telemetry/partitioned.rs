@@ -25,9 +25,9 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient, IsolationLevel, Row, Transaction};
 
-use super::{
-    Accepted, AgentMark, AgentWindow, IngestOutcome, Kind, PipelineWindow, Resolution,
-    TelemetryStoreError, Window, collect_marks, fold, records,
+use super::store::{
+    Accepted, AgentMark, AgentWindow, EachWindow, IngestOutcome, Kind, PipelineWindow, Resolution,
+    SeriesEngine, SeriesStore, TelemetryStoreError, Window, collect_marks, fold, records,
 };
 use crate::backend::postgres::retryable;
 use crate::backend::{BackendError, EPOCHS, PostgresBackend, stored_epoch};
@@ -42,7 +42,7 @@ const PAGE: i32 = 4096;
 /// Rows moved per compaction transaction, about (whole coarse buckets up to this many).
 const ROWS: i64 = 16_384;
 #[cfg(test)]
-pub(super) const SLICE_ROWS: usize = ROWS as usize;
+pub(crate) const SLICE_ROWS: usize = ROWS as usize;
 /// Names (agents, pipelines) moved per transaction from a coarse bucket of more rows.
 const SLICE: i64 = 1024;
 /// A 10 s pipeline bucket's rows are merged into one once this long past its end (batches
@@ -118,7 +118,7 @@ fn sorted<T>(
 
 /// The partitioned engine.
 #[derive(Debug, Clone)]
-pub(super) struct PartitionedSeries {
+pub struct PartitionedSeries {
     backend: Arc<PostgresBackend>,
     names: Arc<Names>,
     /// Days whose partition is known to exist.
@@ -173,7 +173,7 @@ fn merge_rows(kind: Kind, rows: &[Row], into: Resolution) -> BTreeMap<(i64, Stri
 
 impl PartitionedSeries {
     /// Creates the namespace's tables where missing and learns its partitions.
-    pub(super) fn open(backend: Arc<PostgresBackend>) -> Result<Self, TelemetryStoreError> {
+    pub fn open(backend: Arc<PostgresBackend>) -> Result<Self, TelemetryStoreError> {
         let names = Names::new(&backend);
         let days = backend.run(|client| {
             block_on(async {
@@ -206,7 +206,7 @@ impl PartitionedSeries {
     }
 
     /// The same series, compaction fenced by `lease` at `epoch`.
-    pub(super) fn fenced(&self, lease: &'static str, epoch: u64) -> Self {
+    fn fenced(&self, lease: &'static str, epoch: u64) -> Self {
         Self {
             fence: Some((lease, epoch)),
             ..self.clone()
@@ -293,7 +293,7 @@ impl PartitionedSeries {
         Ok((stored_epoch(stored.as_deref()) == epoch).then_some(tx))
     }
 
-    pub(super) fn marks(&self) -> Result<HashMap<String, AgentMark>, TelemetryStoreError> {
+    fn marks(&self) -> Result<HashMap<String, AgentMark>, TelemetryStoreError> {
         let sql = format!("SELECT agent, body FROM {}", self.names.marks);
         let rows = self
             .backend
@@ -303,7 +303,7 @@ impl PartitionedSeries {
         })))
     }
 
-    pub(super) fn ingest(
+    fn ingest(
         &self,
         group: &[(&str, &TelemetryBatch)],
         accepted: Accepted,
@@ -314,7 +314,7 @@ impl PartitionedSeries {
         agents.dedup();
         let days: BTreeSet<i64> = group
             .iter()
-            .map(|(_, batch)| ms(super::filed_at(batch, accepted)).div_euclid(DAY_MS))
+            .map(|(_, batch)| ms(super::store::filed_at(batch, accepted)).div_euclid(DAY_MS))
             .collect();
         self.step(
             || self.ensure(&days),
@@ -394,7 +394,7 @@ impl PartitionedSeries {
         Ok(Step::Done((folded.outcome, folded.stored)))
     }
 
-    pub(super) fn compact(
+    fn compact(
         &self,
         resolutions: &[Resolution; 3],
         now_ms: u64,
@@ -627,13 +627,13 @@ impl PartitionedSeries {
         Ok(moved)
     }
 
-    pub(super) fn windows<T: serde::de::DeserializeOwned>(
+    fn windows_of(
         &self,
         resolutions: &[Resolution; 3],
         kind: Kind,
         (from_ms, to_ms): (u64, u64),
         only: Option<&str>,
-        mut each: impl FnMut(u64, &str, T),
+        each: &mut EachWindow<'_>,
     ) -> Result<(), TelemetryStoreError> {
         let code = kind_code(kind);
         let sql = format!(
@@ -667,14 +667,9 @@ impl PartitionedSeries {
                         for row in &rows {
                             let (bucket, name, body): (i64, &str, &[u8]) =
                                 (row.get(0), row.get(1), row.get(2));
-                            match records::decode(name.as_bytes(), body) {
-                                Ok(window) => {
-                                    each(u64::try_from(bucket).unwrap_or(0), name, window);
-                                }
-                                Err(e) => {
-                                    corrupt = Some(e);
-                                    return tx.commit().await;
-                                }
+                            if let Err(e) = each(u64::try_from(bucket).unwrap_or(0), name, body) {
+                                corrupt = Some(e);
+                                return tx.commit().await;
                             }
                         }
                         if rows.len() < PAGE as usize {
@@ -691,9 +686,8 @@ impl PartitionedSeries {
         }
     }
 
-    /// Rows of the series table, per resolution (tests).
-    #[cfg(test)]
-    pub(super) fn window_counts(&self, resolutions: &[Resolution; 3]) -> [u64; 3] {
+    /// Rows of the series table, per resolution.
+    fn rows_per_resolution(&self, resolutions: &[Resolution; 3]) -> [u64; 3] {
         let mut counts = [0u64; 3];
         for resolution in resolutions {
             let sql = format!(
@@ -713,7 +707,7 @@ impl PartitionedSeries {
 
     /// The days whose partition exists (tests).
     #[cfg(test)]
-    pub(super) fn partition_days(&self) -> Vec<i64> {
+    pub(crate) fn partition_days(&self) -> Vec<i64> {
         self.backend
             .run(|client| block_on(partitions(client, &self.names)))
             .expect("partitions")
@@ -787,5 +781,61 @@ impl<'a> WindowRows<'a> {
         )
         .await?;
         Ok(())
+    }
+}
+
+/// The series of `backend`'s namespace in partitioned tables (created when missing), which any
+/// number of replicas write at once.
+pub fn series(
+    backend: Arc<PostgresBackend>,
+    retention: Duration,
+) -> Result<SeriesStore, TelemetryStoreError> {
+    let engine = Arc::new(PartitionedSeries::open(backend.clone())?);
+    Ok(SeriesStore::on_engine(engine, backend, retention))
+}
+
+impl SeriesEngine for PartitionedSeries {
+    fn marks(&self) -> Result<HashMap<String, AgentMark>, TelemetryStoreError> {
+        PartitionedSeries::marks(self)
+    }
+
+    fn ingest(
+        &self,
+        group: &[(&str, &TelemetryBatch)],
+        accepted: Accepted,
+        raw: Resolution,
+    ) -> Result<(IngestOutcome, Vec<bool>), TelemetryStoreError> {
+        PartitionedSeries::ingest(self, group, accepted, raw)
+    }
+
+    fn compact(
+        &self,
+        resolutions: &[Resolution; 3],
+        now_ms: u64,
+    ) -> Result<u64, TelemetryStoreError> {
+        PartitionedSeries::compact(self, resolutions, now_ms)
+    }
+
+    fn windows(
+        &self,
+        resolutions: &[Resolution; 3],
+        kind: Kind,
+        span: (u64, u64),
+        only: Option<&str>,
+        each: &mut EachWindow<'_>,
+    ) -> Result<(), TelemetryStoreError> {
+        self.windows_of(resolutions, kind, span, only, each)
+    }
+
+    fn fenced(&self, lease: &'static str, epoch: u64) -> Arc<dyn SeriesEngine> {
+        Arc::new(PartitionedSeries::fenced(self, lease, epoch))
+    }
+
+    fn window_counts(&self, resolutions: &[Resolution; 3]) -> [u64; 3] {
+        self.rows_per_resolution(resolutions)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }

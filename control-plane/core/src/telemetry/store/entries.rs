@@ -13,10 +13,10 @@ use std::sync::{Arc, RwLock};
 use tern_proto::telemetry::TelemetryBatch;
 
 use super::{
-    Accepted, AgentMark, AgentWindow, IngestOutcome, Kind, PipelineWindow, Resolution,
+    Accepted, AgentMark, AgentWindow, EachWindow, IngestOutcome, Kind, PipelineWindow, Resolution,
     TelemetryStoreError, Window, collect_marks, fold, records,
 };
-use crate::backend::{BackendError, CommitError, KeyRange, Scan, SharedBackend, Table, Write};
+use crate::backend::{CommitError, KeyRange, Scan, SharedBackend, Table, Write};
 
 const SERIES: Table = Table("series");
 
@@ -84,12 +84,8 @@ impl EntrySeries {
         }
     }
 
-    pub(super) async fn flush(&self) -> Result<(), TelemetryStoreError> {
-        let backend = self.backend.clone();
-        tokio::task::spawn_blocking(move || backend.flush())
-            .await
-            .map_err(BackendError::storage)??;
-        Ok(())
+    pub(super) fn flush(&self) -> Result<(), TelemetryStoreError> {
+        Ok(self.backend.flush()?)
     }
 
     fn commit(&self, write: Write) -> Result<(), TelemetryStoreError> {
@@ -249,13 +245,13 @@ impl EntrySeries {
         }
     }
 
-    pub(super) fn windows<T: serde::de::DeserializeOwned>(
+    pub(super) fn windows(
         &self,
         resolutions: &[Resolution; 3],
         kind: Kind,
         (from_ms, to_ms): (u64, u64),
         only: Option<&str>,
-        mut each: impl FnMut(u64, &str, T),
+        each: &mut EachWindow<'_>,
     ) -> Result<(), TelemetryStoreError> {
         let kind = kind_byte(kind);
         // Compaction moves buckets between resolutions: not while a query reads them.
@@ -272,14 +268,10 @@ impl EntrySeries {
                 .visit(SERIES, &range, false, &mut |key, bytes| {
                     if let Some((start, name)) = parse_window_key(key)
                         && only.is_none_or(|o| o == name)
+                        && let Err(e) = each(start, name, bytes)
                     {
-                        match records::decode(key, bytes) {
-                            Ok(window) => each(start, name, window),
-                            Err(e) => {
-                                corrupt = Some(e);
-                                return false;
-                            }
-                        }
+                        corrupt = Some(e);
+                        return false;
                     }
                     true
                 })?;
@@ -291,7 +283,6 @@ impl EntrySeries {
     }
 
     /// Number of windows stored per resolution (agents and pipelines).
-    #[cfg(test)]
     pub(super) fn window_counts(&self, resolutions: &[Resolution; 3]) -> [u64; 3] {
         let mut counts = [0u64; 3];
         for kind in [AGENT, PIPELINE] {

@@ -4,10 +4,9 @@
 //! the lease from its first renewal on; replicas sharing a store hand it over when the holder
 //! stops (at once) or dies (after `lease_ttl`).
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::backend::{BackendError, FencedBackend, SharedBackend};
@@ -25,7 +24,7 @@ const MARGIN_DIVISOR: u32 = 5;
 
 /// The stores the once-only work writes, fenced by one epoch of the work lease.
 #[derive(Debug)]
-pub(crate) struct Term {
+pub struct Term {
     pub epoch: u64,
     pub catalog: Catalog,
     pub desired: DesiredStore,
@@ -47,24 +46,37 @@ impl Term {
 
 /// What the once-only tasks ask: whether this replica may work now, and with which stores.
 #[derive(Debug)]
-pub(crate) struct Leadership {
+pub struct Leadership {
     /// This process, as the lease names its holder (the replica's name).
     pub me: String,
-    term: watch::Sender<Option<Arc<Term>>>,
+    term: RwLock<Option<Arc<Term>>>,
 }
 
 impl Leadership {
     pub fn new(me: String) -> Self {
         Self {
             me,
-            term: watch::channel(None).0,
+            term: RwLock::new(None),
         }
     }
 
     /// The term this replica holds now, if any.
     pub fn term(&self) -> Option<Arc<Term>> {
-        let term = self.term.borrow().clone()?;
+        let term = self.held()?;
         term.valid(Instant::now()).then_some(term)
+    }
+
+    /// The term held, valid or not.
+    fn held(&self) -> Option<Arc<Term>> {
+        self.term.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Holds `term` from now on; the one held before.
+    fn replace(&self, term: Option<Arc<Term>>) -> Option<Arc<Term>> {
+        std::mem::replace(
+            &mut *self.term.write().unwrap_or_else(|p| p.into_inner()),
+            term,
+        )
     }
 
     /// The epoch held now (0: none), for `/metrics`.
@@ -76,7 +88,7 @@ impl Leadership {
 /// What a term's stores are built from: the unfenced stores (whose in-process locks the
 /// fenced ones share) and the backends.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct TermSource<'a> {
+pub struct TermSource<'a> {
     pub registry_backend: &'a SharedBackend,
     pub telemetry_backend: &'a SharedBackend,
     pub catalog: &'a Catalog,
@@ -108,15 +120,16 @@ fn open_term(
 
 /// One attempt at holding the lease (the server makes three per `ttl`): renews the term held,
 /// opens a new one when the lease was taken, ends it when another replica holds the lease.
-pub(crate) fn renew(
+/// `now`: when the attempt was sent (this replica's monotonic clock, which the term's validity
+/// is measured on) and the wall clock then, which the lease's record is in.
+pub fn renew(
     leadership: &Leadership,
     leases: &LeaseStore,
     source: TermSource<'_>,
     ttl: Duration,
+    (sent, now_ms): (Instant, u64),
 ) {
-    let sent = Instant::now();
-    let now_ms = tern_clock::unix_millis_now();
-    let held = leadership.term.borrow().clone();
+    let held = leadership.held();
     let margin = ttl / MARGIN_DIVISOR;
     match leases.hold(WORK, &leadership.me, now_ms, ttl.as_millis() as u64) {
         Ok(Standing::Holder { epoch, .. }) => {
@@ -128,11 +141,11 @@ pub(crate) fn renew(
                 _ => match open_term(source, epoch, valid_until) {
                     Ok(term) => {
                         info!(epoch, holder = %leadership.me, "took the work lease: this replica runs rollouts, drift, compaction and exports");
-                        leadership.term.send_replace(Some(Arc::new(term)));
+                        leadership.replace(Some(Arc::new(term)));
                     }
                     Err(e) => {
                         warn!(epoch, error = %e, "took the work lease but cannot fence its stores");
-                        leadership.term.send_replace(None);
+                        leadership.replace(None);
                     }
                 },
             }
@@ -140,7 +153,7 @@ pub(crate) fn renew(
         Ok(Standing::Follower) => {
             if held.is_some() {
                 warn!(holder = %leadership.me, "lost the work lease to another replica");
-                leadership.term.send_replace(None);
+                leadership.replace(None);
             }
         }
         Err(e) => {
@@ -151,8 +164,8 @@ pub(crate) fn renew(
 }
 
 /// Lets the lease go (an orderly stop), so another replica takes it at once.
-pub(crate) fn release(leadership: &Leadership, leases: &LeaseStore) {
-    if let Some(term) = leadership.term.send_replace(None) {
+pub fn release(leadership: &Leadership, leases: &LeaseStore) {
+    if let Some(term) = leadership.replace(None) {
         match leases.release(WORK, &leadership.me, term.epoch) {
             Ok(()) => info!(epoch = term.epoch, "released the work lease"),
             Err(e) => warn!(error = %e, "cannot release the work lease"),
