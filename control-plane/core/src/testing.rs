@@ -1,6 +1,7 @@
 //! What the core's own tests share: stores on one in-memory backend, pushed releases, and a
 //! manifest of one pipeline with its deployment.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tern_proto::api::ApplyRequest;
@@ -11,11 +12,12 @@ use crate::backend::{MemoryBackend, SharedBackend};
 use crate::catalog::Catalog;
 use crate::deploy::desired::DesiredStore;
 use crate::drift::store::DriftStore;
-use crate::registry::Registry;
+use crate::registry::{NewAgent, Registry};
 use crate::releases::{MemoryBlobs, ReleaseStore};
 
 /// The stores of one control plane, on one in-memory backend.
 pub struct Stores {
+    pub backend: SharedBackend,
     pub registry: Registry,
     pub catalog: Catalog,
     pub releases: ReleaseStore,
@@ -27,6 +29,7 @@ impl Stores {
     pub fn new() -> Self {
         let backend: SharedBackend = Arc::new(MemoryBackend::new());
         Self {
+            backend: backend.clone(),
             registry: Registry::new(backend.clone()),
             catalog: Catalog::new(backend.clone()),
             releases: ReleaseStore::new(backend.clone(), Arc::new(MemoryBlobs::new())),
@@ -55,6 +58,24 @@ impl Stores {
                 .append(&release.signed.digest, 0, &bytes)
                 .expect("upload");
         }
+    }
+
+    /// Enrolls agent `id` named `name`, without labels.
+    pub fn enroll(&self, id: &str, name: &str) {
+        let (token, _) = (self.registry)
+            .create_token(BTreeMap::new(), 60_000, [7; 32], 0)
+            .expect("token");
+        let n = self.registry.agents().expect("agents").len() as u8;
+        let agent = NewAgent {
+            id: id.into(),
+            name: name.into(),
+            labels: BTreeMap::new(),
+            cert_sha256: [n; 32],
+            cert_expires_ms: u64::MAX,
+            key_sha256: [n.wrapping_add(100); 32],
+            address: None,
+        };
+        self.registry.redeem(&token, agent, 1).expect("redeem");
     }
 
     /// Applies `yaml` (or, with `dry_run`, compares it) at `now_ms`.

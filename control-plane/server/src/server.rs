@@ -17,7 +17,6 @@ use crate::catalog::{Catalog, CatalogError};
 use crate::data_dir::{DataDir, LoadError};
 use crate::presence::Presence;
 use crate::registry::{Registry, RegistryError};
-use crate::releases::ReleaseStoreError;
 use crate::reports::AgentReports;
 use crate::state::Shared;
 
@@ -62,8 +61,8 @@ pub enum StartError {
     },
     #[error("cannot read the registry: {0}")]
     Registry(#[from] RegistryError),
-    #[error("cannot open the release store: {0}")]
-    Releases(#[from] ReleaseStoreError),
+    #[error("cannot open the artifact store: {0}")]
+    ArtifactStore(#[from] crate::artifacts::ArtifactError),
     #[error("artifacts: {0}")]
     Artifacts(String),
     #[error("cannot open the catalog: {0}")]
@@ -134,8 +133,7 @@ impl RunningControlPlane {
         let artifacts = config
             .artifact_location(dir.artifacts())
             .map_err(StartError::Artifacts)?;
-        let (releases, artifacts) = crate::artifacts::open_releases(backend.clone(), &artifacts)
-            .map_err(|e| StartError::Artifacts(e.to_string()))?;
+        let (releases, artifacts) = crate::artifacts::open_releases(backend.clone(), &artifacts)?;
         let catalog = Catalog::new(backend.clone());
         let desired = crate::deploy::DesiredStore::new(backend.clone());
         let ca_pem = loaded.ca.cert_pem().to_owned();

@@ -1,10 +1,11 @@
 //! Change notifications without a runtime: a bounded broadcast of [`Notice`]s from an engine
-//! to its subscribers. A subscriber that falls more than the capacity behind loses the oldest
-//! and is told how many ([`RecvError::Lagged`]), so it reads what it follows again; the engine
-//! never waits for a subscriber. [`Subscription::recv`] is a future that any executor can
+//! to its subscribers. A notice is kept until every subscriber has taken it, at most the
+//! capacity of them: a subscriber that falls further behind loses the oldest and is told how
+//! many ([`RecvError::Lagged`]), so it reads what it follows again; the engine never waits for
+//! a subscriber. [`Subscription::recv`] is a future that any executor can
 //! await (it keeps the wakers itself), and [`Subscription::try_recv`] serves synchronous code.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
@@ -38,13 +39,27 @@ pub enum TryRecvError {
 
 #[derive(Debug)]
 struct Channel {
-    /// The last `capacity` notices; `first` is the number of the oldest.
+    /// The notices some subscriber has yet to take, at most `capacity`; `first` is the number
+    /// of the oldest.
     kept: VecDeque<Notice>,
     first: u64,
     capacity: usize,
-    subscribers: usize,
+    /// Each subscription's next notice, by subscription.
+    cursors: HashMap<u64, u64>,
+    next_subscription: u64,
     waiting: Vec<Waker>,
     closed: bool,
+}
+
+impl Channel {
+    /// Lets go of the notices every subscriber has taken.
+    fn trim(&mut self) {
+        let taken =
+            (self.cursors.values().min().copied()).unwrap_or(self.first + self.kept.len() as u64);
+        while self.first < taken && self.kept.pop_front().is_some() {
+            self.first += 1;
+        }
+    }
 }
 
 fn lock(channel: &Mutex<Channel>) -> MutexGuard<'_, Channel> {
@@ -65,7 +80,8 @@ impl Notifier {
                 kept: VecDeque::new(),
                 first: 0,
                 capacity: capacity.max(1),
-                subscribers: 0,
+                cursors: HashMap::new(),
+                next_subscription: 0,
                 waiting: Vec::new(),
                 closed: false,
             })),
@@ -76,7 +92,7 @@ impl Notifier {
     pub fn send(&self, notice: Notice) {
         let waiting = {
             let mut channel = lock(&self.channel);
-            if channel.subscribers == 0 {
+            if channel.cursors.is_empty() {
                 return;
             }
             channel.kept.push_back(notice);
@@ -91,16 +107,22 @@ impl Notifier {
 
     /// How many subscriptions are open (an engine skips building notices nobody hears).
     pub fn subscribers(&self) -> usize {
-        lock(&self.channel).subscribers
+        lock(&self.channel).cursors.len()
     }
 
     /// A subscription to every notice sent from now on.
     pub fn subscribe(&self) -> Subscription {
         let mut channel = lock(&self.channel);
-        channel.subscribers += 1;
+        let (id, next) = (
+            channel.next_subscription,
+            channel.first + channel.kept.len() as u64,
+        );
+        channel.next_subscription += 1;
+        channel.cursors.insert(id, next);
         Subscription {
-            next: channel.first + channel.kept.len() as u64,
             channel: self.channel.clone(),
+            id,
+            next,
         }
     }
 }
@@ -120,21 +142,26 @@ impl Drop for Notifier {
 #[derive(Debug)]
 pub struct Subscription {
     channel: Arc<Mutex<Channel>>,
+    id: u64,
     /// The number of the next notice to hand out.
     next: u64,
 }
 
 impl Subscription {
-    fn take(&mut self, channel: &Channel) -> Result<Notice, TryRecvError> {
+    fn take(&mut self, channel: &mut Channel) -> Result<Notice, TryRecvError> {
         if self.next < channel.first {
             let lost = channel.first - self.next;
             self.next = channel.first;
+            channel.cursors.insert(self.id, self.next);
             return Err(TryRecvError::Lagged(lost));
         }
         match channel.kept.get((self.next - channel.first) as usize) {
             Some(notice) => {
+                let notice = notice.clone();
                 self.next += 1;
-                Ok(notice.clone())
+                channel.cursors.insert(self.id, self.next);
+                channel.trim();
+                Ok(notice)
             }
             None if channel.closed => Err(TryRecvError::Closed),
             None => Err(TryRecvError::Empty),
@@ -144,8 +171,8 @@ impl Subscription {
     /// The next notice, if one was sent.
     pub fn try_recv(&mut self) -> Result<Notice, TryRecvError> {
         let channel = self.channel.clone();
-        let channel = lock(&channel);
-        self.take(&channel)
+        let mut channel = lock(&channel);
+        self.take(&mut channel)
     }
 
     /// The next notice, once one is sent.
@@ -153,7 +180,7 @@ impl Subscription {
         poll_fn(|cx| {
             let channel = self.channel.clone();
             let mut channel = lock(&channel);
-            match self.take(&channel) {
+            match self.take(&mut channel) {
                 Ok(notice) => Poll::Ready(Ok(notice)),
                 Err(TryRecvError::Lagged(lost)) => Poll::Ready(Err(RecvError::Lagged(lost))),
                 Err(TryRecvError::Closed) => Poll::Ready(Err(RecvError::Closed)),
@@ -172,7 +199,12 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         let mut channel = lock(&self.channel);
-        channel.subscribers -= 1;
+        channel.cursors.remove(&self.id);
+        channel.trim();
+        if channel.cursors.is_empty() {
+            // No task waits on a subscription that no longer exists.
+            channel.waiting.clear();
+        }
     }
 }
 
@@ -224,6 +256,28 @@ mod tests {
         assert_eq!(slow.try_recv().map(number), Ok(4), "what was sent stays");
         assert_eq!(slow.try_recv().map(number), Ok(5));
         assert_eq!(slow.try_recv().map(number), Err(TryRecvError::Closed));
+    }
+
+    #[test]
+    fn a_notice_every_subscriber_took_is_let_go() {
+        let notifier = Notifier::new(8);
+        let (mut one, mut two) = (notifier.subscribe(), notifier.subscribe());
+        for n in 0..3 {
+            notifier.send(numbered(n));
+        }
+        let kept = |notifier: &Notifier| lock(&notifier.channel).kept.len();
+        assert_eq!(kept(&notifier), 3);
+        for n in 0..3 {
+            assert_eq!(one.try_recv().map(number), Ok(n));
+        }
+        assert_eq!(kept(&notifier), 3, "two has yet to take them");
+        assert_eq!(two.try_recv().map(number), Ok(0));
+        assert_eq!(kept(&notifier), 2);
+        drop(two);
+        assert_eq!(kept(&notifier), 0, "nobody is left to take them");
+        notifier.send(numbered(3));
+        assert_eq!(one.try_recv().map(number), Ok(3));
+        assert_eq!(kept(&notifier), 0);
     }
 
     struct Count(AtomicUsize);

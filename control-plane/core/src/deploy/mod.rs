@@ -378,12 +378,9 @@ pub fn current(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use tern_proto::release::ArtifactKind;
 
     use super::*;
-    use crate::registry::NewAgent;
     use crate::replica::Replica;
     use crate::testing::{Stores, manifest};
 
@@ -426,20 +423,7 @@ mod tests {
     /// Enrolls and connects agents `id0`… named `edge-1`….
     fn enroll(stores: &Stores, seen: &Observed, agents: u8) {
         for i in 0..agents {
-            let (token, _) = stores
-                .registry
-                .create_token(BTreeMap::new(), 60_000, [7; 32], 0)
-                .expect("token");
-            let agent = NewAgent {
-                id: format!("id{i}"),
-                name: format!("edge-{}", i + 1),
-                labels: BTreeMap::new(),
-                cert_sha256: [i; 32],
-                cert_expires_ms: u64::MAX,
-                key_sha256: [i + 100; 32],
-                address: None,
-            };
-            stores.registry.redeem(&token, agent, 1).expect("redeem");
+            stores.enroll(&format!("id{i}"), &format!("edge-{}", i + 1));
             let address = std::net::SocketAddr::from(([127, 0, 0, 1], 1000 + u16::from(i)));
             seen.presence.connect(&format!("id{i}"), address, 1);
         }

@@ -332,3 +332,128 @@ pub fn pipeline_series(
             .collect(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tern_proto::release::ArtifactKind;
+    use tern_proto::telemetry::{PipelineStats, TelemetryBatch};
+
+    use super::*;
+    use crate::replica::Replica;
+    use crate::testing::{Stores, manifest};
+
+    const MINUTE: u64 = 60_000;
+
+    fn batch(seq: u64, end_ms: u64, revision: u64, requests: u64, dropped: u64) -> TelemetryBatch {
+        TelemetryBatch {
+            seq,
+            start_ms: end_ms - 10_000,
+            end_ms,
+            dropped_batches: dropped,
+            pipelines: vec![PipelineStats {
+                pipeline: "scores".into(),
+                revision,
+                requests,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    struct Fleet {
+        stores: Stores,
+        series: SeriesStore,
+        presence: Presence,
+        replica: Replica,
+    }
+
+    impl Fleet {
+        fn new() -> Self {
+            let stores = Stores::new();
+            let series = SeriesStore::new(stores.backend.clone(), Duration::from_secs(86_400));
+            Self {
+                stores,
+                series,
+                presence: Presence::default(),
+                replica: Replica {
+                    name: "cp".into(),
+                    peers: false,
+                },
+            }
+        }
+
+        fn context(&self) -> QueryContext<'_> {
+            QueryContext {
+                catalog: &self.stores.catalog,
+                registry: &self.stores.registry,
+                series: &self.series,
+                presence: &self.presence,
+                replica: &self.replica,
+                not_ready_after_ms: 30_000,
+            }
+        }
+
+        fn ingest(&self, agent: &str, batches: &[TelemetryBatch], now_ms: u64) {
+            let group: Vec<(&str, &TelemetryBatch)> = batches.iter().map(|b| (agent, b)).collect();
+            self.series.ingest(&group, now_ms).expect("ingest");
+        }
+    }
+
+    #[test]
+    fn top_pipelines_counts_the_current_revision_since_its_apply_or_every_revision_in_a_window() {
+        let fleet = Fleet::new();
+        fleet.stores.push("topk", 2, ArtifactKind::Plugin, true);
+        let applied = 100 * MINUTE;
+        fleet
+            .stores
+            .apply(&manifest("topk:2", 2), false, applied)
+            .expect("apply");
+        let now = applied + 5 * MINUTE;
+        fleet.ingest(
+            "id0",
+            &[
+                // Before the apply, and an older revision after it: not the current one's.
+                batch(1, applied - MINUTE, 1, 100, 0),
+                batch(2, applied + MINUTE, 0, 3, 0),
+                batch(3, applied + 2 * MINUTE, 1, 7, 0),
+            ],
+            now,
+        );
+        let rows = top_pipelines(&fleet.context(), None, now).expect("top");
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].pipeline.as_str(), rows[0].revision), ("scores", 1));
+        assert_eq!(rows[0].requests, 7, "revision 1 since its apply");
+        assert_eq!(rows[0].since_ms, applied);
+
+        let windowed = top_pipelines(&fleet.context(), Some(10 * MINUTE), now).expect("top");
+        assert_eq!(windowed[0].requests, 110, "every revision in the window");
+    }
+
+    #[test]
+    fn top_agents_says_what_each_agent_sent_stored_and_dropped() {
+        let fleet = Fleet::new();
+        fleet.stores.enroll("id0", "edge-1");
+        let now = 100 * MINUTE;
+        // Batches 3 and 4 were dropped by the agent for its cap; 5 arrives twice.
+        let sent = [
+            batch(1, now - 3 * MINUTE, 1, 30, 0),
+            batch(2, now - 2 * MINUTE, 1, 30, 0),
+            batch(5, now - MINUTE, 1, 30, 2),
+        ];
+        fleet.ingest("id0", &sent, now);
+        fleet.ingest("id0", &sent[2..], now);
+        let rows = top_agents(&fleet.context(), now).expect("top");
+        assert_eq!(rows.len(), 1);
+        let row = &rows[0];
+        assert_eq!(row.name, "edge-1");
+        assert_eq!(
+            (row.batches, row.dropped_batches, row.last_seq),
+            (3, 2, 5),
+            "stored + dropped = last sequence"
+        );
+        assert_eq!(row.reported_ms, now - MINUTE);
+        assert!((row.rps - 90.0 / 300.0).abs() < 1e-9, "{}", row.rps);
+    }
+}

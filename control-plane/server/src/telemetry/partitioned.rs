@@ -687,7 +687,10 @@ impl PartitionedSeries {
     }
 
     /// Rows of the series table, per resolution.
-    fn rows_per_resolution(&self, resolutions: &[Resolution; 3]) -> [u64; 3] {
+    fn rows_per_resolution(
+        &self,
+        resolutions: &[Resolution; 3],
+    ) -> Result<[u64; 3], TelemetryStoreError> {
         let mut counts = [0u64; 3];
         for resolution in resolutions {
             let sql = format!(
@@ -697,12 +700,11 @@ impl PartitionedSeries {
             let id = i16::from(resolution.id);
             let n: i64 = self
                 .backend
-                .run(|client| block_on(client.query_one(&sql, &[&id])))
-                .expect("count")
+                .run(|client| block_on(client.query_one(&sql, &[&id])))?
                 .get(0);
             counts[resolution.id as usize] = u64::try_from(n).unwrap_or(0);
         }
-        counts
+        Ok(counts)
     }
 
     /// The days whose partition exists (tests).
@@ -831,7 +833,10 @@ impl SeriesEngine for PartitionedSeries {
         Arc::new(PartitionedSeries::fenced(self, lease, epoch))
     }
 
-    fn window_counts(&self, resolutions: &[Resolution; 3]) -> [u64; 3] {
+    fn window_counts(
+        &self,
+        resolutions: &[Resolution; 3],
+    ) -> Result<[u64; 3], TelemetryStoreError> {
         self.rows_per_resolution(resolutions)
     }
 

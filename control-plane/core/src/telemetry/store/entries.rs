@@ -283,7 +283,10 @@ impl EntrySeries {
     }
 
     /// Number of windows stored per resolution (agents and pipelines).
-    pub(super) fn window_counts(&self, resolutions: &[Resolution; 3]) -> [u64; 3] {
+    pub(super) fn window_counts(
+        &self,
+        resolutions: &[Resolution; 3],
+    ) -> Result<[u64; 3], TelemetryStoreError> {
         let mut counts = [0u64; 3];
         for kind in [AGENT, PIPELINE] {
             for resolution in resolutions {
@@ -291,10 +294,9 @@ impl EntrySeries {
                     self.backend.as_ref(),
                     SERIES,
                     &KeyRange::prefix([kind, resolution.id]),
-                )
-                .expect("count");
+                )?;
             }
         }
-        counts
+        Ok(counts)
     }
 }

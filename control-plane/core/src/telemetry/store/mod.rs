@@ -331,7 +331,8 @@ pub trait SeriesEngine: Send + Sync + std::fmt::Debug {
     fn fenced(&self, lease: &'static str, epoch: u64) -> Arc<dyn SeriesEngine>;
 
     /// Windows stored per resolution (agents and pipelines).
-    fn window_counts(&self, resolutions: &[Resolution; 3]) -> [u64; 3];
+    fn window_counts(&self, resolutions: &[Resolution; 3])
+    -> Result<[u64; 3], TelemetryStoreError>;
 
     /// The engine itself, for its own tests.
     fn as_any(&self) -> &dyn std::any::Any;
@@ -449,8 +450,8 @@ impl SeriesStore {
         }
     }
 
-    /// Windows stored per resolution (agents and pipelines): for tests and gauges.
-    pub fn window_counts(&self) -> [u64; 3] {
+    /// Windows stored per resolution (agents and pipelines), counted: for tests.
+    pub fn window_counts(&self) -> Result<[u64; 3], TelemetryStoreError> {
         match &self.engine {
             Engine::Entries(entries) => entries.window_counts(&self.resolutions),
             Engine::Other(other) => other.window_counts(&self.resolutions),
