@@ -15,6 +15,8 @@
 //! - [`releases`]: signed releases, their artifacts (behind [`releases::ArtifactBlobs`]), the
 //!   pinned trust root.
 //! - [`apply`]: apply, diff and delete of manifests; rollout commands.
+//! - [`agent_session`]: one agent's control stream: messages in; frames to send and store writes
+//!   out.
 //! - [`deploy`]: the deployment driver: planners → each agent's signed desired state.
 //! - [`drift`]: drift baselines, PSI per feature per agent and fleet-wide, alerts.
 //! - [`telemetry`]: the fleet's time series, with downsampling and retention, and the `top`
@@ -24,6 +26,7 @@
 //! - [`health`]: request counters of pipeline revisions on agents, for rollout gates.
 //! - [`presence`]: which agents are connected and when they were last heard (in memory).
 
+pub mod agent_session;
 pub mod apply;
 pub mod backend;
 pub mod catalog;

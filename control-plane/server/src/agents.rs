@@ -1,4 +1,5 @@
-//! The QUIC endpoint agents connect to, and the control stream of each agent.
+//! The QUIC endpoint agents connect to, and the control stream of each agent: the adapter of
+//! the fleet core's session ([`crate::agent_session`]), which decides what each message does.
 //!
 //! The TLS layer has already refused clients without a certificate from our CA; here a connection
 //! must also belong to an enrolled agent, open its control stream and say hello in time. Anything
@@ -12,13 +13,12 @@ use quinn::{Connection, RecvStream, SendStream};
 use tern_proto::frame::FrameError;
 use tern_proto::io::{read_frame, write_frame};
 use tern_proto::message::SignedDesiredState;
-use tern_proto::{
-    AgentMessage, Capacity, ControlMessage, MAX_FRAME_LEN, PROTOCOL_VERSION, Welcome,
-};
+use tern_proto::{AgentMessage, ControlMessage, MAX_FRAME_LEN};
 use tern_transport::quic::{close, peer_certificate};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::agent_session::{AgentSession, Effect, Refusal, SessionEnd};
 use crate::registry::{AgentRecord, RegistryError};
 use crate::state::Shared;
 
@@ -28,9 +28,6 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time the endpoint waits at shutdown for agents to receive the close.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
-/// Bounds on what an agent reports about itself (it ends up in the registry and on terminals).
-const MAX_REPORTED_TEXT: usize = 256;
-const MAX_REPORTED_GPUS: usize = 16;
 
 /// Why an agent connection ended other than by an orderly close.
 #[derive(Debug, thiserror::Error)]
@@ -117,26 +114,6 @@ pub(crate) async fn serve(
     let _ = tokio::time::timeout(CLOSE_GRACE, endpoint.wait_idle()).await;
 }
 
-/// Truncates agent-reported text and drops control characters (it is shown on terminals).
-fn clean(text: &str) -> String {
-    text.chars()
-        .filter(|c| !c.is_control())
-        .take(MAX_REPORTED_TEXT)
-        .collect()
-}
-
-fn clean_capacity(capacity: &Capacity) -> Capacity {
-    let mut capacity = capacity.clone();
-    capacity.gpus.truncate(MAX_REPORTED_GPUS);
-    for gpu in &mut capacity.gpus {
-        gpu.name = clean(&gpu.name);
-        gpu.backend = clean(&gpu.backend);
-        gpu.device_type = clean(&gpu.device_type);
-        gpu.driver = clean(&gpu.driver);
-    }
-    capacity
-}
-
 async fn session(
     conn: &Connection,
     shared: &Arc<Shared>,
@@ -164,32 +141,14 @@ async fn session(
     })
     .await
     .map_err(|_| SessionError::HelloTimeout)??;
-    let hello = match hello {
-        Some(AgentMessage::Hello(hello)) => hello,
-        Some(_) => {
-            return Err(SessionError::Protocol(
-                "the first message must be a hello".into(),
-            ));
+    let hello = match crate::agent_session::hello(&record, hello) {
+        Ok(hello) => hello,
+        Err(Refusal::Told(reason)) => {
+            refuse(&mut send, &reason).await;
+            return Err(SessionError::Refused(reason));
         }
-        None => {
-            return Err(SessionError::Protocol(
-                "control stream closed before hello".into(),
-            ));
-        }
+        Err(Refusal::Protocol(reason)) => return Err(SessionError::Protocol(reason)),
     };
-    if hello.protocol_version != PROTOCOL_VERSION {
-        let reason = format!(
-            "protocol version {} is not supported (this control plane speaks {PROTOCOL_VERSION})",
-            hello.protocol_version
-        );
-        refuse(&mut send, &reason).await;
-        return Err(SessionError::Refused(reason));
-    }
-    if hello.agent_id != record.id {
-        let reason = "agent id in hello does not match the client certificate".to_owned();
-        refuse(&mut send, &reason).await;
-        return Err(SessionError::Refused(reason));
-    }
 
     let now = tern_clock::unix_millis_now();
     let (slot, mut desired) = watch::channel(None);
@@ -197,25 +156,16 @@ async fn session(
     let connection = shared.presence.connect(&record.id, remote, now);
     // Whatever happens from here on, presence and the connection map are released below.
     let result = async {
-        let capacity = clean_capacity(&hello.capacity);
-        let version = clean(&hello.software_version);
-        let (reported, reported_version) = (capacity.clone(), version.clone());
+        let (version, gpus) = (hello.version.clone(), hello.capacity.gpus.len());
         let replica = shared.replica.name.clone();
         update_agent(shared, &record.id, move |a| {
-            a.capacity = reported.clone();
-            a.version = reported_version.clone();
-            a.last_seen_ms = now;
-            a.status = tern_proto::api::AgentStatus::Ready;
-            a.address = Some(remote.to_string());
-            a.replica = Some(replica.clone());
+            crate::agent_session::connected(a, &hello, &remote.to_string(), &replica, now);
         })
         .await?;
-        let welcome = Welcome {
-            heartbeat_interval_ms: shared.config.heartbeat_interval.as_millis() as u64,
-            server_time_ms: now,
-        };
-        write_frame(&mut send, &ControlMessage::Welcome(welcome), MAX_FRAME_LEN).await?;
-        info!(agent = %record.name, %version, gpus = capacity.gpus.len(), "agent connected");
+        let heartbeat_ms = shared.config.heartbeat_interval.as_millis() as u64;
+        let welcome = crate::agent_session::welcome(heartbeat_ms, now);
+        write_frame(&mut send, &welcome, MAX_FRAME_LEN).await?;
+        info!(agent = %record.name, %version, gpus, "agent connected");
         // Every trust root pinned, before any desired state: an agent that missed rotations
         // walks them one by one to the root its next desired state names.
         let work = shared.clone();
@@ -319,8 +269,7 @@ async fn control_loop(
             }
         }
     });
-    // What the agent was given, read once for the session (again when a report names more).
-    let mut given = crate::deploy::desired::Seen::default();
+    let mut session = AgentSession::new(record, connection);
     let result = async {
         loop {
             let frame = tokio::select! {
@@ -340,7 +289,12 @@ async fn control_loop(
                 Some(Err(FrameError::Io(_))) if conn.close_reason().is_some() => return Ok(()),
                 Some(Err(e)) => return Err(e.into()),
             };
-            handle(shared, (record, connection), &mut given, send, message).await?;
+            let now = tern_clock::unix_millis_now();
+            let effects = (session.on_message(&shared.session_context(), message, now))
+                .map_err(|SessionEnd::Protocol(reason)| SessionError::Protocol(reason))?;
+            for effect in effects {
+                carry_out(shared, record, send, effect).await?;
+            }
         }
     }
     .await;
@@ -348,48 +302,16 @@ async fn control_loop(
     result
 }
 
-async fn handle(
+/// Does what the session asked for a message.
+async fn carry_out(
     shared: &Arc<Shared>,
-    (record, connection): (&AgentRecord, u64),
-    given: &mut crate::deploy::desired::Seen,
+    record: &AgentRecord,
     send: &mut SendStream,
-    message: AgentMessage,
+    effect: Effect,
 ) -> Result<(), SessionError> {
-    // A status report held back for the agent's rate budget lands once the budget allows.
-    if let Some(held) = (shared.reports).release_held(&record.id, tern_clock::unix_millis_now()) {
-        if shared.replica.peers {
-            (shared.shared_reports).status(&shared.replica.name, &record.id, &held);
-        }
-        shared.reports.record(&record.id, held);
-    }
-    match message {
-        AgentMessage::Heartbeat(hb) => {
-            let now = tern_clock::unix_millis_now();
-            if shared.presence.heartbeat(&record.id, connection, now) {
-                info!(agent = %record.name, "agent heard again after silence");
-            }
-            let ack = ControlMessage::Ack(tern_proto::message::Ack { seq: hb.seq });
-            write_frame(send, &ack, MAX_FRAME_LEN).await?;
-        }
-        AgentMessage::Status(report) => {
-            debug!(agent = %record.name, generation = report.applied_generation, "status report");
-            let ack = ControlMessage::Ack(tern_proto::message::Ack { seq: report.seq });
-            // Cut to the bounds, and within the agent's budget (else held back, counted).
-            let now = tern_clock::unix_millis_now();
-            if let Some(report) = shared.reports.admit_status(&record.id, report, now) {
-                // Shared with the replicas that do not hold the agent: staged, and written
-                // with others' by the report writer (see `replica::SharedReports`).
-                if shared.replica.peers {
-                    (shared.shared_reports).status(&shared.replica.name, &record.id, &report);
-                }
-                shared.reports.record(&record.id, report);
-            } else {
-                debug!(agent = %record.name, "status report over the agent's rate: held back");
-            }
-            write_frame(send, &ack, MAX_FRAME_LEN).await?;
-        }
-        AgentMessage::Capacity(capacity) => {
-            let capacity = clean_capacity(&capacity);
+    match effect {
+        Effect::Send(message) => write_frame(send, &message, MAX_FRAME_LEN).await?,
+        Effect::RecordCapacity(capacity) => {
             debug!(agent = %record.name, gpus = capacity.gpus.len(), "capacity update");
             update_agent(shared, &record.id, move |a| {
                 if a.capacity != capacity {
@@ -398,37 +320,7 @@ async fn handle(
             })
             .await?;
         }
-        AgentMessage::Health(report) => {
-            let now = tern_clock::unix_millis_now();
-            let Some(mut report) = shared.reports.admit_health(&record.id, report, now) else {
-                debug!(agent = %record.name, "health report over the agent's rate: refused");
-                return Ok(());
-            };
-            let foreign = match shared.desired.keep_given(
-                &record.id,
-                given,
-                &mut report.pipelines,
-                |p| (p.name.as_str(), p.revision),
-            ) {
-                Ok(foreign) => foreign,
-                Err(e) => {
-                    // Counters are cumulative: the next report carries these requests too.
-                    warn!(agent = %record.name, error = %e, "cannot check a health report; skipped");
-                    return Ok(());
-                }
-            };
-            if foreign > 0 {
-                debug!(agent = %record.name, foreign, "health of revisions the agent was never given: dropped");
-                shared.health.count_dropped(foreign);
-            }
-            if shared.replica.peers {
-                (shared.shared_reports).health(&shared.replica.name, &record.id, &report);
-            }
-            shared
-                .health
-                .record(&record.id, &report, tern_clock::unix_millis_now());
-        }
-        AgentMessage::Renew { csr_pem } => {
+        Effect::Renew { csr_pem } => {
             let (work, id) = (shared.clone(), record.id.clone());
             let answer = tokio::task::spawn_blocking(move || {
                 // The record as stored now (a renewal since the connection began counts).
@@ -444,20 +336,6 @@ async fn handle(
                 warn!(agent = %record.name, %reason, "certificate renewal refused");
             }
             write_frame(send, &ControlMessage::Renewed(answer), MAX_FRAME_LEN).await?;
-        }
-        AgentMessage::Exits(report) => {
-            let report = crate::reports::bounds::exits(report);
-            if let Some(last) = report.exits.last() {
-                warn!(agent = %record.name, exits = report.exits.len(), last_run = %last.run, reason = %last.reason, "the agent reports unclean exits");
-            }
-            if shared.replica.peers {
-                (shared.shared_reports).exits(&shared.replica.name, &record.id, &report);
-            }
-            shared.reports.record_exits(&record.id, report);
-        }
-        AgentMessage::Ack(_) => {}
-        AgentMessage::Hello(_) => {
-            return Err(SessionError::Protocol("hello sent twice".into()));
         }
     }
     Ok(())

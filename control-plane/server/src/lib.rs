@@ -58,8 +58,8 @@ pub mod transfer;
 
 // The fleet core's modules, under the paths they had here.
 pub use tern_fleet_core::{
-    apply, catalog, health, leadership, lease, presence, records, registry, releases, replica,
-    reports, rollout,
+    agent_session, apply, catalog, health, leadership, lease, presence, records, registry,
+    releases, replica, reports, rollout,
 };
 
 pub use config::ControlPlaneConfig;

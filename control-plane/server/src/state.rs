@@ -158,6 +158,18 @@ impl Shared {
         }
     }
 
+    /// What an agent's session reads and updates in memory.
+    pub(crate) fn session_context(&self) -> crate::agent_session::SessionContext<'_> {
+        crate::agent_session::SessionContext {
+            reports: &self.reports,
+            shared_reports: &self.shared_reports,
+            presence: &self.presence,
+            health: &self.health,
+            desired: &self.desired,
+            replica: &self.replica,
+        }
+    }
+
     /// The view agent sessions build desired states in (an agent's current one on connect).
     pub(crate) fn deploy_context(&self) -> crate::deploy::DeployContext<'_> {
         crate::deploy::DeployContext {
