@@ -189,3 +189,113 @@ pub fn baseline_from_window(
     }
     Ok(Baseline::from_stats(&features, bins)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tern_proto::drift::FeatureRecorder;
+    use tern_proto::release::ArtifactKind;
+    use tern_proto::telemetry::{PipelineStats, TelemetryBatch};
+
+    use super::*;
+    use crate::testing::Stores;
+
+    const MINUTE: u64 = 60_000;
+
+    /// `n` values of feature `input.x`, evenly spread over `[from, from + 1)`.
+    fn feature(from: f32, n: usize) -> FeatureStats {
+        let mut recorder = FeatureRecorder::default();
+        (0..n).for_each(|i| recorder.record(from + i as f32 / n as f32));
+        recorder.take("input.x")
+    }
+
+    fn monitored_pipeline() -> String {
+        "apiVersion: tern.dev/v1alpha1\nkind: Pipeline\nmetadata: { name: scores }\nspec:\n  steps:\n    - name: infer\n      model: churn:1\n  monitoring: { baseline: \"normal:1\", alertPsi: 0.2 }\n".into()
+    }
+
+    /// A control plane with pipeline `scores` monitored against a baseline of `[0, 1)`, and
+    /// agent `id0`'s traffic of `requests` whose `input.x` lies in `[from, from + 1)`.
+    fn fleet(from: f32, requests: u64, now_ms: u64) -> (Stores, SeriesStore) {
+        let stores = Stores::new();
+        stores.enroll("id0", "edge-1");
+        stores.push("churn", 1, ArtifactKind::Model, true);
+        let baseline =
+            Baseline::from_stats(&[feature(0.0, 2_000)], DEFAULT_BINS).expect("baseline");
+        (stores.drift)
+            .add_baseline("normal", baseline, "test".into(), 0)
+            .expect("baseline stored");
+        stores
+            .apply(&monitored_pipeline(), false, 0)
+            .expect("apply");
+        let series = SeriesStore::new(stores.backend.clone(), Duration::from_secs(86_400));
+        let batch = TelemetryBatch {
+            seq: 1,
+            start_ms: now_ms - 2 * MINUTE,
+            end_ms: now_ms - MINUTE,
+            pipelines: vec![PipelineStats {
+                pipeline: "scores".into(),
+                revision: 1,
+                requests,
+                features: vec![feature(from, 1_000)],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        series.ingest(&[("id0", &batch)], now_ms).expect("ingest");
+        (stores, series)
+    }
+
+    fn context<'a>(stores: &'a Stores, series: &'a SeriesStore) -> DriftContext<'a> {
+        DriftContext {
+            catalog: &stores.catalog,
+            registry: &stores.registry,
+            series,
+            store: &stores.drift,
+            window: Duration::from_secs(3_600),
+        }
+    }
+
+    #[test]
+    fn a_shifted_feature_raises_an_alert_fleet_wide_and_for_its_agent() {
+        let now = 100 * MINUTE;
+        let (stores, series) = fleet(5.0, 100, now);
+        let drift = pipeline_drift(&context(&stores, &series), "scores", now).expect("drift");
+        let x = &drift.features[0];
+        assert_eq!((x.feature.as_str(), x.count), ("input.x", 1_000));
+        assert!(x.psi.is_some_and(|psi| psi > 1.0), "{:?}", x.psi);
+        assert!(
+            x.agents.contains_key("edge-1"),
+            "shown by name: {:?}",
+            x.agents
+        );
+
+        evaluate(&context(&stores, &series), now).expect("judged");
+        let alerts = stores.drift.alerts().expect("alerts");
+        let scopes: Vec<&str> = alerts.iter().map(|a| a.scope.as_str()).collect();
+        assert_eq!(scopes.len(), 2, "the fleet and the agent: {alerts:?}");
+        assert!(
+            alerts
+                .iter()
+                .all(|a| a.feature == "input.x" && a.psi > a.threshold)
+        );
+    }
+
+    #[test]
+    fn the_same_distribution_or_too_little_traffic_raises_nothing() {
+        let now = 100 * MINUTE;
+        for (from, requests) in [(0.0, 100), (5.0, MIN_REQUESTS - 1)] {
+            let (stores, series) = fleet(from, requests, now);
+            evaluate(&context(&stores, &series), now).expect("judged");
+            assert!(
+                stores.drift.alerts().expect("alerts").is_empty(),
+                "from {from}, {requests} requests"
+            );
+        }
+        let (stores, series) = fleet(0.0, 100, now);
+        assert!(matches!(
+            pipeline_drift(&context(&stores, &series), "other", now),
+            Err(DriftError::NotFound(_))
+        ));
+    }
+}
