@@ -62,13 +62,8 @@ impl Leadership {
 
     /// The term this replica holds now, if any.
     pub fn term(&self) -> Option<Arc<Term>> {
-        self.term_at(Instant::now())
-    }
-
-    /// The term this replica holds at `now` (its monotonic clock), if any.
-    pub fn term_at(&self, now: Instant) -> Option<Arc<Term>> {
         let term = self.held()?;
-        term.valid(now).then_some(term)
+        term.valid(Instant::now()).then_some(term)
     }
 
     /// The term held, valid or not.

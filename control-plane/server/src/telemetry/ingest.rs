@@ -248,7 +248,11 @@ pub(crate) async fn run_writer(
         let result = tokio::task::spawn_blocking(move || {
             let items: Vec<(&str, &TelemetryBatch)> =
                 group.iter().map(|i| (i.agent.as_str(), &i.batch)).collect();
-            let outcome = store.ingest(&items, now);
+            // Stored, then durable, on the one blocking task: nothing is acknowledged before.
+            let outcome = store.ingest(&items, now).and_then(|outcome| {
+                store.flush()?;
+                Ok(outcome)
+            });
             drop(items);
             (outcome, group)
         })
@@ -267,15 +271,6 @@ pub(crate) async fn run_writer(
                 continue;
             }
         };
-        let store = shared.telemetry.store.clone();
-        let flushed = tokio::task::spawn_blocking(move || store.flush())
-            .await
-            .unwrap_or_else(|e| Err(crate::backend::BackendError::storage(e).into()));
-        if let Err(e) = flushed {
-            warn!(error = %e, "cannot flush telemetry");
-            fail(&streams);
-            continue;
-        }
         let (outcome, stored) = outcome;
         shared.telemetry.count(&group, &stored, outcome);
         if outcome.duplicates > 0 {

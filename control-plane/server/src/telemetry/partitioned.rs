@@ -839,8 +839,4 @@ impl SeriesEngine for PartitionedSeries {
     ) -> Result<[u64; 3], TelemetryStoreError> {
         self.rows_per_resolution(resolutions)
     }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
 }

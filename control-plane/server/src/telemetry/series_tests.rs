@@ -56,15 +56,20 @@ impl Place {
             }
         }
     }
+
+    /// The partitioned engine on it, when it is PostgreSQL (for what only it has: partitions).
+    fn partitioned(&self) -> Option<PartitionedSeries> {
+        match self {
+            Place::Sled(_) => None,
+            Place::Postgres(server, namespace) => {
+                Some(PartitionedSeries::open(postgres(server, namespace)).expect("open the engine"))
+            }
+        }
+    }
 }
 
 fn window_counts(store: &SeriesStore) -> [u64; 3] {
     store.window_counts().expect("count")
-}
-
-/// The partitioned engine under `store`, if that is its engine.
-fn partitioned_of(store: &SeriesStore) -> Option<&PartitionedSeries> {
-    store.engine()?.as_any().downcast_ref()
 }
 
 fn batch(seq: u64, start_ms: u64, requests: u64) -> TelemetryBatch {
@@ -181,7 +186,7 @@ fn an_agents_clock_decides_no_partition_past_the_retention_or_ahead_of_now() {
             0,
             "nothing before the retention"
         );
-        if let Some(partitioned) = partitioned_of(&store) {
+        if let Some(partitioned) = place.partitioned() {
             let days = partitioned.partition_days();
             let (first, last) = (oldest as i64 / DAY as i64, now as i64 / DAY as i64);
             assert!(
@@ -235,7 +240,7 @@ fn compaction_downsamples_keeps_totals_and_applies_retention() {
         // Compacting again changes nothing.
         store.compact(now).expect("compact");
         assert_eq!(requests(&store, 0, now), 7 * 8640);
-        if let Some(partitioned) = partitioned_of(&store) {
+        if let Some(partitioned) = place.partitioned() {
             let days = partitioned.partition_days();
             assert!(
                 !days.contains(&60),
@@ -280,7 +285,6 @@ fn replicas_writing_one_bucket_at_once_lose_nothing_and_count_a_batch_once() {
     // Settled, the bucket is one row per pipeline; the totals stay.
     replicas[1].compact(now + 60_000).expect("compact");
     assert_eq!(requests(&replicas[0], now - DAY, now), 8 * 5 * 3);
-    assert!(partitioned_of(&replicas[0]).is_some(), "partitioned");
     let rows = window_counts(&replicas[0])[0];
     assert_eq!(
         rows,

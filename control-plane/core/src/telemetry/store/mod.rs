@@ -333,9 +333,6 @@ pub trait SeriesEngine: Send + Sync + std::fmt::Debug {
     /// Windows stored per resolution (agents and pipelines).
     fn window_counts(&self, resolutions: &[Resolution; 3])
     -> Result<[u64; 3], TelemetryStoreError>;
-
-    /// The engine itself, for its own tests.
-    fn as_any(&self) -> &dyn std::any::Any;
 }
 
 /// The telemetry database.
@@ -393,19 +390,6 @@ impl SeriesStore {
     /// The backend, for the storage probe.
     pub fn backend(&self) -> &SharedBackend {
         &self.backend
-    }
-
-    /// The engine, when it is not the records engine (for the engine's own tests).
-    pub fn engine(&self) -> Option<&dyn SeriesEngine> {
-        match &self.engine {
-            Engine::Entries(_) => None,
-            Engine::Other(other) => Some(other.as_ref()),
-        }
-    }
-
-    /// The resolutions the series are kept at.
-    pub fn resolutions(&self) -> &[Resolution; 3] {
-        &self.resolutions
     }
 
     /// Makes everything written so far durable (blocking).
