@@ -332,10 +332,11 @@ impl Fleet {
             self.deployment = record;
         }
         for change in plan.changes {
-            let state = self.desired_state(&change.agent_id, &change.record, now);
+            let signed =
+                (self.desired_state(&change.agent_id, &change.record, now)).sign(&self.online_key);
             let written = self
                 .desired
-                .put(&change.agent_id, &change.record)
+                .put(&change.agent_id, &change.record, &signed)
                 .expect("the in-memory store does not fail");
             assert!(written, "one writer never races itself");
             self.written
@@ -345,7 +346,7 @@ impl Fleet {
                 .iter_mut()
                 .find(|a| a.record.id == change.agent_id)
             {
-                send(agent, state.sign(&self.online_key), step);
+                send(agent, signed, step);
             }
         }
         let online_key = self.online_key.public();

@@ -144,6 +144,8 @@ pub struct SessionContext<'a> {
     pub health: &'a HealthTracker,
     pub desired: &'a DesiredStore,
     pub replica: &'a Replica,
+    /// Told of every report kept: the deployment driver plans on it.
+    pub fleet: &'a crate::deploy::fleet::Inbox,
 }
 
 /// One open session: the agent, its connection in presence, and what it was given.
@@ -185,6 +187,7 @@ impl AgentSession {
                     .heartbeat(&self.agent_id, self.connection, now_ms)
                 {
                     tracing::info!(agent = %self.name, "agent heard again after silence");
+                    cx.fleet.touch(&self.agent_id);
                 }
                 vec![Effect::Send(ControlMessage::Ack(Ack { seq: hb.seq }))]
             }
@@ -216,6 +219,7 @@ impl AgentSession {
                     (cx.shared_reports).exits(&cx.replica.name, &self.agent_id, &report);
                 }
                 cx.reports.record_exits(&self.agent_id, report);
+                cx.fleet.touch(&self.agent_id);
                 Vec::new()
             }
             AgentMessage::Ack(_) => Vec::new(),
@@ -231,6 +235,7 @@ impl AgentSession {
             (cx.shared_reports).status(&cx.replica.name, &self.agent_id, &report);
         }
         cx.reports.record(&self.agent_id, report);
+        cx.fleet.touch(&self.agent_id);
     }
 
     fn keep_health(&mut self, cx: &SessionContext<'_>, report: HealthReport, now_ms: u64) {
@@ -259,6 +264,7 @@ impl AgentSession {
             (cx.shared_reports).health(&cx.replica.name, &self.agent_id, &report);
         }
         cx.health.record(&self.agent_id, &report, now_ms);
+        cx.fleet.touch(&self.agent_id);
     }
 }
 
@@ -279,6 +285,7 @@ mod tests {
         presence: Presence,
         health: HealthTracker,
         replica: Replica,
+        fleet: crate::deploy::fleet::Inbox,
     }
 
     fn memory(stores: &Stores) -> Memory {
@@ -291,6 +298,7 @@ mod tests {
                 name: "cp".into(),
                 peers: false,
             },
+            fleet: Default::default(),
         }
     }
 
@@ -302,6 +310,7 @@ mod tests {
             health: &memory.health,
             desired: &stores.desired,
             replica: &memory.replica,
+            fleet: &memory.fleet,
         }
     }
 

@@ -218,6 +218,14 @@ impl CatalogLock<'_> {
         }
     }
 
+    /// The catalog's generation as this change read it, or as its last commit left it
+    /// (`None`: the catalog never changed).
+    pub fn generation(&self) -> Option<u64> {
+        (self.generation.borrow().as_deref())
+            .and_then(|v| <[u8; 8]>::try_from(v).ok())
+            .map(u64::from_be_bytes)
+    }
+
     fn stage(&self, table: Table, key: &[u8], value: Option<Vec<u8>>) {
         self.staged
             .borrow_mut()
@@ -345,6 +353,11 @@ impl CatalogLock<'_> {
 type Staged = BTreeMap<(Table, Vec<u8>), Option<Vec<u8>>>;
 
 /// The revision at the end of a `pipeline_revisions` key.
+/// Whether a commit changed the catalog (every change does so through its generation).
+pub fn changed(changes: &[crate::backend::Change]) -> bool {
+    changes.iter().any(|c| c.table == META)
+}
+
 fn revision_of(key: &[u8]) -> Option<u64> {
     key.get(key.len().checked_sub(8)?..)
         .and_then(|b| <[u8; 8]>::try_from(b).ok())

@@ -623,6 +623,15 @@ pub fn revoked_agents(changes: &[Change]) -> std::collections::BTreeSet<String> 
         .collect()
 }
 
+/// The agent records a commit wrote, by agent id (`None`: deleted, or unreadable).
+pub fn written(changes: &[Change]) -> impl Iterator<Item = (String, Option<AgentRecord>)> + '_ {
+    changes.iter().filter(|c| c.table == AGENTS).map(|c| {
+        let record =
+            (c.value.as_deref()).and_then(|v| decode::<AgentRecord, RegistryError>(&c.key, v).ok());
+        (String::from_utf8_lossy(&c.key).into_owned(), record)
+    })
+}
+
 /// The connected agents (id, replica holding the connection) whose records a commit wrote:
 /// one live session per agent across replicas, the newest connection's.
 pub fn holders(changes: &[Change]) -> Vec<(String, String)> {

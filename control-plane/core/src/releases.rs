@@ -404,6 +404,19 @@ impl ReleaseStore {
     }
 }
 
+/// What a commit changed of the releases: the digests of release records it wrote (a new
+/// release, or one that gained a co-signature), and whether it pinned a trust root.
+pub fn changed(changes: &[crate::backend::Change]) -> (Vec<Digest>, bool) {
+    let digests = (changes.iter())
+        .filter(|c| c.table == RELEASES)
+        .filter_map(|c| {
+            let record: SignedRelease = serde_json::from_slice(c.value.as_deref()?).ok()?;
+            Some(record.signed.digest)
+        })
+        .collect();
+    (digests, changes.iter().any(|c| c.table == TRUST))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,7 +28,7 @@
 //!   agent the replaced one had moved keeps the revision it ran as the one to return to: a
 //!   rollback never takes away what was serving.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use tern_proto::manifest::RolloutSpec;
@@ -214,17 +214,44 @@ impl Rollout {
 
     /// The revision `agent` should run (`None`: not this pipeline at all).
     pub fn assignment(&self, agent: &str) -> Option<u64> {
+        self.assignment_where(agent, self.members.iter().any(|m| m == agent))
+    }
+
+    fn assignment_where(&self, agent: &str, member: bool) -> Option<u64> {
         match &self.phase {
             Phase::Complete => Some(self.target),
             Phase::RolledBack { .. } => self.fallback(agent),
             Phase::Progressing | Phase::Paused | Phase::Failed { .. } => {
-                if self.members.iter().any(|m| m == agent) {
+                if member {
                     Some(self.target)
                 } else {
                     self.fallback(agent)
                 }
             }
         }
+    }
+
+    /// [`Rollout::assignment`] for many agents: the members looked up in a set, not a list.
+    pub fn assignments(&self) -> Assignments<'_> {
+        Assignments {
+            rollout: self,
+            members: self.members.iter().map(String::as_str).collect(),
+        }
+    }
+
+    /// When time alone moves this rollout next (its wave healthy for the whole health window,
+    /// or the progress deadline passed), as the rollout stands; `None`: only what agents do
+    /// moves it. An offline member's grace is the caller's: it knows when the member left.
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        if self.phase != Phase::Progressing {
+            return None;
+        }
+        Some(match self.healthy_since_ms {
+            Some(since) => since.saturating_add(self.policy.health_window_ms),
+            None => (self.wave_started_ms)
+                .saturating_add(self.policy.progress_deadline_ms)
+                .saturating_add(1),
+        })
     }
 
     /// Whether the rollout still changes anything by itself.
@@ -251,12 +278,14 @@ impl Rollout {
     /// place, so a canary of an agent that is away does not stall the rollout.
     fn fill_wave(&mut self, agents: &[AgentObservation]) -> Vec<String> {
         let wanted = self.wave_size(self.wave, agents.len());
+        let left_out: HashSet<&str> = self.left_out.iter().map(String::as_str).collect();
         let present = (self.members.iter())
-            .filter(|m| !self.left_out.contains(m))
+            .filter(|m| !left_out.contains(m.as_str()))
             .count();
+        let members: HashSet<&str> = self.members.iter().map(String::as_str).collect();
         let joined: Vec<String> = agents
             .iter()
-            .filter(|a| !self.members.contains(&a.agent))
+            .filter(|a| !members.contains(a.agent.as_str()))
             .take(wanted.saturating_sub(present))
             .map(|a| a.agent.clone())
             .collect();
@@ -271,9 +300,10 @@ impl Rollout {
         if !self.is_active() {
             return out;
         }
-        // Agents no longer selected leave; new ones fill the current wave.
-        self.members
-            .retain(|m| agents.iter().any(|a| &a.agent == m));
+        // Agents no longer selected leave; new ones fill the current wave. Sets, not scans:
+        // a wave of a 100,000-agent fleet is checked in linear time.
+        let selected: HashSet<&str> = agents.iter().map(|a| a.agent.as_str()).collect();
+        self.members.retain(|m| selected.contains(m.as_str()));
         let joined = self.fill_wave(agents);
         if !joined.is_empty() {
             let transition = if self.history.is_empty() {
@@ -287,9 +317,10 @@ impl Rollout {
             self.record(now_ms, transition, &mut out);
         }
 
+        let member_set: HashSet<&str> = self.members.iter().map(String::as_str).collect();
         let members: Vec<&AgentObservation> = agents
             .iter()
-            .filter(|a| self.members.contains(&a.agent))
+            .filter(|a| member_set.contains(a.agent.as_str()))
             .collect();
         if let Some(reason) = self.failure(&members, now_ms) {
             self.fail(reason, now_ms, &mut out);
@@ -438,6 +469,21 @@ impl Rollout {
         };
         self.record(now_ms, Transition::RolledBack { reason }, &mut Vec::new());
         true
+    }
+}
+
+/// The assignments of one rollout ([`Rollout::assignments`]).
+#[derive(Debug)]
+pub struct Assignments<'a> {
+    rollout: &'a Rollout,
+    members: HashSet<&'a str>,
+}
+
+impl Assignments<'_> {
+    /// The revision `agent` should run, as [`Rollout::assignment`] says.
+    pub fn of(&self, agent: &str) -> Option<u64> {
+        self.rollout
+            .assignment_where(agent, self.members.contains(agent))
     }
 }
 

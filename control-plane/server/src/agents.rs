@@ -177,21 +177,19 @@ async fn session(
             Ok(Err(e)) => warn!(agent = %record.name, error = %e, "cannot read the trust roots"),
             Err(e) => warn!(agent = %record.name, error = %e, "trust-root task failed"),
         }
-        // Its current desired state goes first (built on the blocking pool: storage, signing),
-        // unless the driver already put a newer one in the slot.
+        // Its current desired state goes first, as the outbox holds it (read on the blocking
+        // pool), unless the driver already put a newer one in the slot. The driver hears of
+        // the connect: an agent whose state changed while it was away gets a new one.
         let (work, id) = (shared.clone(), record.id.clone());
-        match tokio::task::spawn_blocking(move || {
-            crate::deploy::current(&work.deploy_context(), &id, now)
-        })
-        .await
-        {
+        match tokio::task::spawn_blocking(move || work.desired.signed(&id)).await {
             Ok(Ok(Some(state))) => {
                 crate::sessions::offer(&slot, state);
             }
             Ok(Ok(None)) => {}
-            Ok(Err(e)) => warn!(agent = %record.name, error = %e, "cannot build the desired state"),
+            Ok(Err(e)) => warn!(agent = %record.name, error = %e, "cannot read the desired state"),
             Err(e) => warn!(agent = %record.name, error = %e, "desired-state task failed"),
         }
+        shared.fleet.touch(&record.id);
         drop(slot);
         let transfers = tokio::spawn(
             crate::transfer::serve(conn.clone(), shared.clone(), record.id.clone())
@@ -214,6 +212,7 @@ async fn session(
 
     shared.connections.remove(&record.id, conn);
     if shared.presence.disconnect(&record.id, connection) {
+        shared.fleet.touch(&record.id);
         let last_seen = shared
             .presence
             .seen(&record.id)

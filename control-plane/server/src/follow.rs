@@ -37,6 +37,7 @@ pub(crate) async fn follow(
                     }
                 }
                 shared.credentials.heard(&changes);
+                shared.fleet.heard(&changes);
                 if !shared.replica.peers {
                     continue;
                 }
@@ -54,23 +55,30 @@ pub(crate) async fn follow(
                 for heard in crate::replica::heard(&changes, &shared.replica.name) {
                     record(&shared, heard);
                 }
-                // Held here and not handed yet (this replica's own driver sends what it makes at
-                // once; a record that cannot be read goes to `current`, which says why).
-                let agents: Vec<String> = crate::deploy::desired::changed_agents(&changes)
-                    .filter(|(agent, generation)| {
-                        shared.connections.holds(agent)
-                            && generation.is_none_or(|g| {
-                                shared.connections.generation(agent).is_none_or(|h| h < g)
-                            })
-                    })
-                    .map(|(agent, _)| agent)
-                    .collect();
-                if !agents.is_empty() {
-                    send_current(&shared, agents).await;
+                // What the outbox gained for agents held here (the holder of the work lease
+                // sends what it makes at once; this is for the others).
+                let mut unreadable = Vec::new();
+                for (agent, signed) in crate::deploy::desired::sent(&changes) {
+                    if !shared.connections.holds(&agent) {
+                        continue;
+                    }
+                    match signed {
+                        Ok(state) => {
+                            let generation = state.generation;
+                            if shared.connections.send(&agent, state) {
+                                debug!(%agent, generation, "desired state from the outbox sent");
+                            }
+                        }
+                        Err(_) => unreadable.push(agent),
+                    }
+                }
+                if !unreadable.is_empty() {
+                    send_stored(&shared, unreadable).await;
                 }
             }
             Ok(Notice::Missed) | Err(RecvError::Lagged(_)) => {
                 warn!("fell behind the store's changes; reading what this replica follows again");
+                shared.fleet.missed();
                 read_again(&shared).await;
             }
             Err(RecvError::Closed) => return,
@@ -91,21 +99,21 @@ fn record(shared: &Shared, heard: Heard) {
     }
 }
 
-/// Sends each of `agents` (held here) its current desired state, unless it has it already.
-async fn send_current(shared: &Arc<Shared>, agents: Vec<String>) {
+/// Sends each of `agents` (held here) its desired state as the outbox holds it, unless it
+/// has it already.
+async fn send_stored(shared: &Arc<Shared>, agents: Vec<String>) {
     let work = shared.clone();
     let sent = tokio::task::spawn_blocking(move || {
-        let now = tern_clock::unix_millis_now();
         for agent in agents {
-            match crate::deploy::current(&work.deploy_context(), &agent, now) {
+            match work.desired.signed(&agent) {
                 Ok(Some(state)) => {
                     let generation = state.generation;
                     if work.connections.send(&agent, state) {
-                        debug!(%agent, generation, "desired state from the store sent");
+                        debug!(%agent, generation, "desired state from the outbox sent");
                     }
                 }
                 Ok(None) => {}
-                Err(e) => warn!(%agent, error = %e, "cannot build the desired state"),
+                Err(e) => warn!(%agent, error = %e, "cannot read the desired state"),
             }
         }
     });
@@ -153,30 +161,27 @@ async fn read_again(shared: &Arc<Shared>) {
         warn!(error = %e, "revocation reader failed");
     }
     if shared.replica.peers {
-        // The desired states in one scan: only agents whose stored generation is newer than
-        // what their stream was handed get theirs again (no read per agent held).
+        // The outbox in one scan: only agents whose signed generation is newer than what
+        // their stream was handed get theirs again (no read per agent held).
         let work = shared.clone();
-        let behind = tokio::task::spawn_blocking(move || match work.desired.all() {
-            Ok(all) => all
-                .into_iter()
-                .filter(|(agent, record)| {
-                    work.connections.holds(agent)
-                        && record.as_ref().map_or(true, |r| {
-                            // A record that cannot be read: `current` says why.
-                            work.connections
-                                .generation(agent)
-                                .is_none_or(|handed| handed < r.generation)
-                        })
-                })
-                .map(|(agent, _)| agent)
-                .collect(),
-            Err(e) => {
-                warn!(error = %e, "cannot read the desired states; sending each held agent its own");
-                work.connections.held()
+        let read = tokio::task::spawn_blocking(move || match work.desired.signed_all() {
+            Ok(all) => {
+                for (agent, signed) in all {
+                    if !work.connections.holds(&agent) {
+                        continue;
+                    }
+                    match signed {
+                        Ok(state) => {
+                            work.connections.send(&agent, state);
+                        }
+                        Err(e) => warn!(%agent, error = %e, "cannot read the desired state"),
+                    }
+                }
             }
-        })
-        .await
-        .unwrap_or_default();
-        send_current(shared, behind).await;
+            Err(e) => warn!(error = %e, "cannot read the desired states"),
+        });
+        if let Err(e) = read.await {
+            warn!(error = %e, "desired-state task failed");
+        }
     }
 }

@@ -15,13 +15,16 @@ use crate::backend::postgres::{Link, Secrets};
 use crate::backend::{PostgresBackend, SharedBackend, SledBackend};
 use crate::catalog::{Catalog, CatalogError};
 use crate::data_dir::{DataDir, LoadError};
+use crate::deploy::fleet::Fleet;
 use crate::presence::Presence;
 use crate::registry::{Registry, RegistryError};
 use crate::reports::AgentReports;
 use crate::state::Shared;
 
-/// How often rollouts step and desired states are recomputed.
-const DEPLOY_INTERVAL: Duration = Duration::from_millis(500);
+/// How long the deployment driver gathers reports and records before a pass plans on them.
+const BATCH_SPACING: Duration = Duration::from_millis(100);
+/// When the deployment driver tries again after a pass failed.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// How often silent agents are looked for.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// How often `last_seen` of heard agents is written to the registry.
@@ -188,7 +191,11 @@ impl RunningControlPlane {
             peers: store.is_some(),
         };
         let leadership = crate::leadership::Leadership::new(replica.name.clone());
+        let planner = Arc::new(tokio::sync::Notify::new());
+        let wake = planner.clone();
         let shared = Arc::new(Shared {
+            fleet: crate::deploy::fleet::Inbox::with_waker(move || wake.notify_one()),
+            planner,
             shared_reports: crate::replica::SharedReports::new(backend.clone()),
             replicas: crate::replica::ReplicaRegistry::new(backend.clone()),
             replica,
@@ -485,38 +492,89 @@ async fn hold_work_lease(
             let now = (std::time::Instant::now(), tern_clock::unix_millis_now());
             crate::leadership::renew(&work.leadership, &work.leases, source, ttl, now);
         });
+        // The driver starts (or stops) planning with the term.
+        shared.planner.notify_one();
         if let Err(e) = renewed.await {
             warn!(error = %e, "work lease task failed");
         }
     }
 }
 
-/// Runs the deployment driver every [`DEPLOY_INTERVAL`] while this replica holds the work
-/// lease, and sends the desired states it makes.
+/// Runs the deployment driver while this replica holds the work lease: a pass whenever
+/// events wait in its inbox (an apply at once; reports and records gathered for at most
+/// [`BATCH_SPACING`]) and at the next rollout deadline; nothing when nothing happens. Sends
+/// the desired states each pass made to the agents held here (the other replicas send them on
+/// hearing the outbox's commits).
 async fn deployments(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(DEPLOY_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The fleet as planned on, with the term it was read in.
+    let mut fleet: Option<(u64, Fleet)> = None;
+    let mut due: Option<tokio::time::Instant> = None;
+    let mut last = tokio::time::Instant::now();
     loop {
+        let deadline = async move {
+            match due {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = shutdown.changed() => return,
-            _ = tick.tick() => {}
+            _ = shared.planner.notified() => {}
+            _ = deadline => {}
         }
         let Some(term) = shared.leadership.term() else {
+            if fleet.take().is_some() {
+                info!("the work lease is gone: the fleet is no longer planned here");
+            }
+            shared.fleet.keep(false);
+            due = None;
             continue;
         };
-        let work = shared.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            crate::deploy::step(&work.driver_context(&term), tern_clock::unix_millis_now())
+        let mut planned = match fleet.take() {
+            Some((epoch, planned)) if epoch == term.epoch => planned,
+            _ => {
+                // A new term reads the whole fleet at its first pass; events from now on
+                // are kept.
+                shared.fleet.keep(true);
+                Fleet::default()
+            }
+        };
+        // Reports and records gather a little; what an operator did does not wait.
+        if !shared.fleet.urgent() {
+            let wait = BATCH_SPACING.saturating_sub(last.elapsed());
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        last = tokio::time::Instant::now();
+        let (work, epoch) = (shared.clone(), term.epoch);
+        let passed = tokio::task::spawn_blocking(move || {
+            let now = tern_clock::unix_millis_now();
+            let events = work.fleet.take();
+            let passed = planned.pass(&work.driver_context(&term), events, now);
+            (planned, passed.map(|p| (p, now)))
         })
         .await;
-        match result {
-            Ok(Ok(updates)) => {
-                for (agent, state) in updates {
+        match passed {
+            Ok((planned, Ok((pass, now)))) => {
+                for (agent, state) in pass.sent {
                     shared.connections.send(&agent, state);
                 }
+                due = pass
+                    .next_deadline_ms
+                    .map(|at| last + Duration::from_millis(at.saturating_sub(now)));
+                fleet = Some((epoch, planned));
             }
-            Ok(Err(e)) => warn!(error = %e, "deployment driver failed"),
-            Err(e) => warn!(error = %e, "deployment driver task failed"),
+            Ok((planned, Err(e))) => {
+                warn!(error = %e, "deployment driver failed; it reads the fleet again and retries");
+                due = Some(last + RETRY_AFTER);
+                fleet = Some((epoch, planned));
+            }
+            Err(e) => {
+                warn!(error = %e, "deployment driver task failed");
+                due = Some(last + RETRY_AFTER);
+            }
         }
     }
 }

@@ -86,18 +86,4 @@ impl Connections {
             .unwrap_or_else(|p| p.into_inner())
             .contains_key(agent)
     }
-
-    /// The generation of the desired state last handed to the agent's control stream here
-    /// (`None`: no connection, or nothing handed yet).
-    pub(crate) fn generation(&self, agent: &str) -> Option<u64> {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let (_, slot) = map.get(agent)?;
-        slot.borrow().as_ref().map(|state| state.generation)
-    }
-
-    /// The agents with a connection here.
-    pub(crate) fn held(&self) -> Vec<String> {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.keys().cloned().collect()
-    }
 }

@@ -52,6 +52,11 @@ pub(crate) struct Shared {
     pub leases: crate::lease::LeaseStore,
     /// Whether this replica holds the work lease, with its fenced stores.
     pub leadership: crate::leadership::Leadership,
+    /// What the deployment driver plans on next (reports, connects, records and applies
+    /// heard); kept only while this replica holds the work lease.
+    pub fleet: crate::deploy::fleet::Inbox,
+    /// Wakes the deployment driver (the inbox's waker).
+    pub planner: Arc<tokio::sync::Notify>,
 }
 
 impl Shared {
@@ -167,6 +172,7 @@ impl Shared {
             health: &self.health,
             desired: &self.desired,
             replica: &self.replica,
+            fleet: &self.fleet,
         }
     }
 

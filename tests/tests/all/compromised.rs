@@ -200,7 +200,15 @@ fn rejects_trust_root_not_signed_by_the_current_root() -> anyhow::Result<()> {
 #[test]
 fn rejects_a_replayed_older_desired_state_generation() -> anyhow::Result<()> {
     let mut fleet = serving_fleet()?;
-    // A second rollout, so that the agent has applied several generations.
+    let id = fleet.agent_view("edge-1")?.id;
+    // What the outbox holds for the agent now: a state signed for it, which it applied.
+    let mut replayed = None;
+    tamper_with(&mut fleet.cp, |backend, _| {
+        replayed = backend.get(Table("outbox"), id.as_bytes())?;
+        Ok(())
+    })?;
+    let replayed = replayed.context("the agent's signed state in the outbox")?;
+    // A second rollout, so that the agent has applied several generations since.
     fleet.apply("topk:1", 3)?;
     fleet.wait_phase(2, "Complete")?;
     let applied = tern_e2e::wait_for(FLEET_TIMEOUT, "the committed generation applied", || {
@@ -208,16 +216,17 @@ fn rejects_a_replayed_older_desired_state_generation() -> anyhow::Result<()> {
         view.applied_generation
             .filter(|&g| Some(g) == view.desired_generation && g >= 4)
     })?;
-    let id = fleet.agent_view("edge-1")?.id;
-    // The control plane's record is rolled back to an old generation that ran nothing: what it
-    // sends next (generation 1, then 2 for the pipeline again) is older than what was applied.
+    // The control plane's records are rolled back: its record to an old generation that ran
+    // nothing, its outbox to the old signed state, sent again when the agent reconnects.
     tamper_with(&mut fleet.cp, |backend, _| {
         let old = AgentDesired {
             generation: 1,
             trust_version: Some(1),
             ..AgentDesired::default()
         };
-        let write = Write::new().put(Table("desired"), id.as_bytes(), serde_json::to_vec(&old)?);
+        let write = Write::new()
+            .put(Table("desired"), id.as_bytes(), serde_json::to_vec(&old)?)
+            .put(Table("outbox"), id.as_bytes(), replayed);
         Ok(backend.commit(write)?)
     })?;
     let reason = refusal(&fleet)?;
@@ -246,8 +255,12 @@ fn rejects_a_changed_step_under_the_serving_revision_number() -> anyhow::Result<
     let mut fleet = serving_fleet()?;
     let file = fleet.topk("swapped", 0)?;
     let stranger = SecretKey::generate();
+    let id = fleet.agent_view("edge-1")?.id;
     // Revision 1, as stored, now runs a release nobody trusted signed: same number, other step.
+    // Its signed state is gone from the outbox, so the control plane signs it again from the
+    // forged revision.
     tamper_with(&mut fleet.cp, |backend, store| {
+        backend.commit(Write::new().delete(Table("outbox"), id.as_bytes()))?;
         plant_release(store, &file, 2, &[&stranger])?;
         let digest = Digest::of(&std::fs::read(&file)?);
         let catalog = Catalog::new(backend.clone());

@@ -446,8 +446,15 @@ fn replica_record(url: &str, cp: &ControlPlane) -> anyhow::Result<ReplicaRecord>
 
 /// The tables of the registry's namespace that the work lease's holder writes through its
 /// term: rollouts (`deployments`, with the catalog's generation in `catalog_meta`), desired
-/// states, drift alerts and pruned enrollment tokens.
-const WORK_TABLES: [&str; 5] = ["deployments", "catalog_meta", "desired", "alerts", "tokens"];
+/// states with their signed form (`outbox`), drift alerts and pruned enrollment tokens.
+const WORK_TABLES: [&str; 6] = [
+    "deployments",
+    "catalog_meta",
+    "desired",
+    "outbox",
+    "alerts",
+    "tokens",
+];
 
 /// Every row of [`WORK_TABLES`] at `url`, as `table key digest-of-value`, in order.
 fn work_rows(url: &str) -> anyhow::Result<Vec<String>> {

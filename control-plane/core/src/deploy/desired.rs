@@ -4,33 +4,46 @@
 //! so generations only ever grow, across restarts too. It also says what the agent may ask of
 //! the control plane: the artifacts of its current and previous generation, and health and
 //! telemetry only for the pipeline revisions it was given.
+//!
+//! Table `outbox` (agent id → [`SignedDesiredState`], postcard) is the same generation as
+//! built and signed, written in the same transaction: the outbox every session, on any
+//! replica, sends from. Only the work lease's holder builds and signs.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use tern_proto::manifest::VariantSpec;
+use tern_proto::message::SignedDesiredState;
 use tern_proto::release::Digest;
 
 use crate::backend::{BackendError, KeyRange, Scan, SharedBackend, Table, Write, transact};
 use crate::records::{CorruptRecord, decode, encode};
 
 const DESIRED: Table = Table("desired");
+const OUTBOX: Table = Table("outbox");
 
-/// The agents whose desired state `changes` gave a new generation, with that generation
-/// (`None`: the record cannot be read).
-pub fn changed_agents(
+/// The signed desired states `changes` put in the outbox, by agent id (`Err`: the record
+/// cannot be read; the caller reads it again, which says why).
+pub fn sent(
     changes: &[crate::backend::Change],
-) -> impl Iterator<Item = (String, Option<u64>)> + '_ {
+) -> impl Iterator<Item = (String, SignedReadable)> + '_ {
     changes
         .iter()
-        .filter(|c| c.table == DESIRED)
+        .filter(|c| c.table == OUTBOX)
         .filter_map(|c| {
             let value = c.value.as_deref()?;
-            let generation = decode::<AgentDesired, DesiredStoreError>(&c.key, value)
-                .ok()
-                .map(|d| d.generation);
-            Some((String::from_utf8(c.key.clone()).ok()?, generation))
+            Some((
+                String::from_utf8(c.key.clone()).ok()?,
+                open_signed(&c.key, value),
+            ))
         })
+}
+
+fn open_signed(key: &[u8], value: &[u8]) -> Result<SignedDesiredState, DesiredStoreError> {
+    postcard::from_bytes(value).map_err(|source| DesiredStoreError::CorruptSigned {
+        agent: String::from_utf8_lossy(key).into_owned(),
+        source,
+    })
 }
 
 /// Why the desired-state store failed.
@@ -40,6 +53,11 @@ pub enum DesiredStoreError {
     Storage(#[from] BackendError),
     #[error("desired-state {0}")]
     Corrupt(#[from] CorruptRecord),
+    #[error("the signed desired state of agent {agent} is corrupt: {source}")]
+    CorruptSigned {
+        agent: String,
+        source: postcard::Error,
+    },
 }
 
 /// What an agent was last given.
@@ -168,12 +186,18 @@ impl DesiredStore {
             .collect())
     }
 
-    /// Records what `agent_id` is given now, durably, if `record`'s generation is higher than
-    /// the one stored (none stored counts as 0), checked and written in one transaction: two
-    /// writers never give one generation twice, and none goes back. `false`: the stored
-    /// generation is as high or higher (another writer got there first), and nothing was
-    /// written.
-    pub fn put(&self, agent_id: &str, record: &AgentDesired) -> Result<bool, DesiredStoreError> {
+    /// Records what `agent_id` is given now, and the state as signed for sending, durably, if
+    /// `record`'s generation is higher than the one stored (none stored counts as 0), checked
+    /// and written in one transaction: two writers never give one generation twice, and none
+    /// goes back. `false`: the stored generation is as high or higher (another writer got
+    /// there first), and nothing was written.
+    pub fn put(
+        &self,
+        agent_id: &str,
+        record: &AgentDesired,
+        signed: &SignedDesiredState,
+    ) -> Result<bool, DesiredStoreError> {
+        let frame = postcard::to_allocvec(signed).expect("a signed desired state serializes");
         transact(self.backend.as_ref(), |txn| {
             let stored = txn
                 .get(DESIRED, agent_id.as_bytes())?
@@ -183,14 +207,43 @@ impl DesiredStore {
                 return Ok(false);
             }
             txn.put(DESIRED, agent_id, encode(record));
+            txn.put(OUTBOX, agent_id, frame.clone());
             Ok(true)
         })
+    }
+
+    /// The signed desired state of `agent_id` to send (none: it was never given one, or its
+    /// record is from a version without an outbox and the work lease's holder has not
+    /// signed it again yet).
+    pub fn signed(&self, agent_id: &str) -> Result<Option<SignedDesiredState>, DesiredStoreError> {
+        self.backend
+            .get(OUTBOX, agent_id.as_bytes())?
+            .map(|v| open_signed(agent_id.as_bytes(), &v))
+            .transpose()
+    }
+
+    /// Every agent's signed desired state in one scan, by agent id; a record that cannot be
+    /// read is its agent's error alone.
+    pub fn signed_all(&self) -> Result<Vec<(String, SignedReadable)>, DesiredStoreError> {
+        Ok((self
+            .backend
+            .range(OUTBOX, &KeyRange::all(), Scan::All)?
+            .into_iter())
+        .map(|(key, value)| {
+            let signed = open_signed(&key, &value);
+            (String::from_utf8_lossy(&key).into_owned(), signed)
+        })
+        .collect())
     }
 
     /// Forgets a decommissioned agent's desired state.
     pub fn forget(&self, agent_id: &str) -> Result<(), DesiredStoreError> {
         self.backend
-            .commit(Write::new().delete(DESIRED, agent_id))
+            .commit(
+                Write::new()
+                    .delete(DESIRED, agent_id)
+                    .delete(OUTBOX, agent_id),
+            )
             .map_err(crate::backend::CommitError::into_backend)?;
         Ok(())
     }
@@ -231,6 +284,9 @@ impl DesiredStore {
 /// One agent's stored desired state, or why it cannot be read.
 pub type Readable = Result<AgentDesired, DesiredStoreError>;
 
+/// One agent's signed desired state in the outbox, or why it cannot be read.
+pub type SignedReadable = Result<SignedDesiredState, DesiredStoreError>;
+
 /// What an agent was given, as a stream last read it (`None`: not read yet).
 #[derive(Debug, Default)]
 pub struct Seen(Option<Option<AgentDesired>>);
@@ -238,6 +294,15 @@ pub struct Seen(Option<Option<AgentDesired>>);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stand-in for the signed form of `record` (the store keeps it as given).
+    fn signed(record: &AgentDesired) -> SignedDesiredState {
+        SignedDesiredState {
+            generation: record.generation,
+            body: format!("{:?}", record.pipelines).into_bytes(),
+            signature: vec![7; 64],
+        }
+    }
 
     fn pipelines(entries: &[(&str, u64)]) -> BTreeMap<String, (u64, bool)> {
         entries
@@ -250,7 +315,7 @@ mod tests {
     fn a_stream_reads_what_was_given_once_and_again_for_a_revision_given_since() {
         let store = DesiredStore::new(std::sync::Arc::new(crate::backend::MemoryBackend::new()));
         let first = AgentDesired::successor(None, pipelines(&[("p", 1)]), None, BTreeMap::new());
-        assert!(store.put("a", &first).expect("put"));
+        assert!(store.put("a", &first, &signed(&first)).expect("put"));
         let mut seen = Seen::default();
         fn key<'e>(entry: &'e (&'static str, u64)) -> (&'e str, u64) {
             (entry.0, entry.1)
@@ -266,7 +331,7 @@ mod tests {
         // Revision 2 is given while the stream is open: a batch naming it reads again.
         let second =
             AgentDesired::successor(Some(&first), pipelines(&[("p", 2)]), None, BTreeMap::new());
-        assert!(store.put("a", &second).expect("put"));
+        assert!(store.put("a", &second, &signed(&second)).expect("put"));
         let mut batch = vec![("p", 1), ("p", 2), ("q", 1)];
         assert_eq!(
             store
@@ -281,17 +346,23 @@ mod tests {
     fn a_generation_is_written_only_over_the_one_it_succeeds() {
         let store = DesiredStore::new(std::sync::Arc::new(crate::backend::MemoryBackend::new()));
         let first = AgentDesired::successor(None, pipelines(&[("p", 1)]), None, BTreeMap::new());
-        assert!(store.put("a", &first).expect("put"));
+        assert!(store.put("a", &first, &signed(&first)).expect("put"));
         // A second writer that built generation 1 too, from nothing: refused, nothing written.
         let rival = AgentDesired::successor(None, pipelines(&[("p", 9)]), None, BTreeMap::new());
-        assert!(!store.put("a", &rival).expect("put"));
+        assert!(!store.put("a", &rival, &signed(&rival)).expect("put"));
         assert_eq!(store.get("a").expect("get"), Some(first.clone()));
+        assert_eq!(
+            store.signed("a").expect("get"),
+            Some(signed(&first)),
+            "the outbox keeps the generation that won"
+        );
         let second =
             AgentDesired::successor(Some(&first), pipelines(&[("p", 2)]), None, BTreeMap::new());
-        assert!(store.put("a", &second).expect("put"));
+        assert!(store.put("a", &second, &signed(&second)).expect("put"));
         assert_eq!(store.get("a").expect("get").map(|d| d.generation), Some(2));
         store.forget("a").expect("forget");
         assert_eq!(store.get("a").expect("get"), None);
+        assert_eq!(store.signed("a").expect("get"), None);
     }
 
     #[test]

@@ -58,13 +58,128 @@ pub struct Plan {
     pub changes: Vec<Change>,
 }
 
-/// One pass: every active rollout observes its selected agents and steps; then each agent's
-/// desired state is recomputed from the rollouts' assignments and compared with what it was
-/// last given (`stored`, by agent id).
-///
-/// An agent that reports a generation above the one stored for it (`applied`, by agent id:
-/// the store was restored from an older backup, or lost a write in a failover) gets its state
-/// again under a generation above the one it holds: it refuses anything at or below it.
+/// What the deployments give one agent.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Given {
+    /// Pipeline → (revision, committed).
+    pub pipelines: BTreeMap<String, (u64, bool)>,
+    /// Pipeline → its deployment's A/B variants.
+    pub variants: BTreeMap<String, Vec<VariantSpec>>,
+}
+
+/// What deployments give agents, gathered deployment by deployment (in name order: the first
+/// to give a pipeline to an agent wins it).
+#[derive(Debug, Default)]
+pub struct Wanted {
+    /// By agent id.
+    pub given: HashMap<String, Given>,
+    pub conflicts: Vec<Conflict>,
+}
+
+/// The agents of `agents` that `deployment` selects, in their order.
+pub fn selected<'a>(
+    deployment: &DeploymentRecord,
+    agents: impl IntoIterator<Item = &'a AgentRecord>,
+) -> Vec<&'a AgentRecord> {
+    // Built once per deployment, not once per agent.
+    let selector = deployment.manifest.spec.selector.selector();
+    agents
+        .into_iter()
+        .filter(|a| selector.matches(&a.labels))
+        .collect()
+}
+
+/// Steps `deployment`'s rollout, if active, on what its `selected` agents (in a stable order)
+/// are observed doing; returns how it moved.
+pub fn step_rollout(
+    deployment: &mut DeploymentRecord,
+    selected: &[&AgentRecord],
+    observe: &Observe<'_>,
+    now_ms: u64,
+) -> Vec<Moved> {
+    let name = &deployment.manifest.metadata.name;
+    let pipeline = &deployment.manifest.spec.pipeline;
+    let Some(rollout) = deployment.rollout.as_mut() else {
+        return Vec::new();
+    };
+    // A finished rollout observes nothing: its agents' state is not even gathered.
+    if !rollout.is_active() {
+        return Vec::new();
+    }
+    let window = rollout.policy.health_window_ms.max(MIN_HEALTH_WINDOW_MS);
+    let observations: Vec<AgentObservation> = selected
+        .iter()
+        .map(|a| observe(a, pipeline, rollout.target, window))
+        .collect();
+    (rollout.observe(&observations, now_ms).into_iter())
+        .map(|transition| Moved {
+            deployment: name.clone(),
+            revision: rollout.target,
+            transition,
+            phase: rollout.phase.clone(),
+        })
+        .collect()
+}
+
+/// Adds what `deployment` gives its `selected` agents to `wanted`.
+pub fn give(deployment: &DeploymentRecord, selected: &[&AgentRecord], wanted: &mut Wanted) {
+    let Some(rollout) = deployment.rollout.as_ref() else {
+        return;
+    };
+    let spec = &deployment.manifest.spec;
+    let stable = rollout.stable();
+    let assignments = rollout.assignments();
+    for agent in selected {
+        let Some(revision) = assignments.of(&agent.name) else {
+            continue;
+        };
+        let given = wanted.given.entry(agent.id.clone()).or_default();
+        if given.pipelines.contains_key(&spec.pipeline) {
+            wanted.conflicts.push(Conflict {
+                deployment: deployment.manifest.metadata.name.clone(),
+                agent: agent.name.clone(),
+                pipeline: spec.pipeline.clone(),
+            });
+            continue;
+        }
+        (given.pipelines).insert(spec.pipeline.clone(), (revision, stable == Some(revision)));
+        if !spec.variants.is_empty() {
+            (given.variants).insert(spec.pipeline.clone(), spec.variants.clone());
+        }
+    }
+}
+
+/// `agent`'s next desired state, if what it is `given` differs from what it was last given
+/// (`previous`), or if it holds a generation above that one (`holds`: the store was restored
+/// from an older backup, or lost a write in a failover): it gets its state again under a
+/// generation above the one it holds, as it refuses anything at or below it.
+pub fn change(
+    agent: &AgentRecord,
+    given: Given,
+    previous: Option<&AgentDesired>,
+    holds: u64,
+    trust_version: Option<u64>,
+) -> Option<Change> {
+    let behind = holds > previous.map_or(0, |p| p.generation);
+    if !behind
+        && previous.is_some_and(|s| s.gives(&given.pipelines, trust_version, &given.variants))
+    {
+        return None;
+    }
+    let mut record =
+        AgentDesired::successor(previous, given.pipelines, trust_version, given.variants);
+    record.generation = record.generation.max(holds + 1);
+    Some(Change {
+        agent_id: agent.id.clone(),
+        agent_name: agent.name.clone(),
+        record,
+    })
+}
+
+/// One pass over everything: every active rollout observes its selected agents and steps;
+/// then each agent's desired state is recomputed from the rollouts' assignments and compared
+/// with what it was last given (`stored`, by agent id; `applied`: the generation each says it
+/// holds, see [`change`]).
 pub fn plan(
     deployments: Vec<DeploymentRecord>,
     agents: &[AgentRecord],
@@ -75,80 +190,28 @@ pub fn plan(
     now_ms: u64,
 ) -> Plan {
     let mut out = Plan::default();
-    let mut wanted: HashMap<&str, BTreeMap<String, (u64, bool)>> = HashMap::new();
-    let mut experiments: HashMap<&str, BTreeMap<String, Vec<VariantSpec>>> = HashMap::new();
+    let mut wanted = Wanted::default();
     for mut deployment in deployments {
-        let spec = deployment.manifest.spec.clone();
-        let name = deployment.manifest.metadata.name.clone();
-        // Built once per deployment, not once per agent.
-        let selector = spec.selector.selector();
-        let selected: Vec<&AgentRecord> = agents
-            .iter()
-            .filter(|a| selector.matches(&a.labels))
-            .collect();
-        let Some(rollout) = deployment.rollout.as_mut() else {
-            continue;
-        };
-        let before = rollout.clone();
-        // A finished rollout observes nothing: its agents' state is not even gathered.
-        if rollout.is_active() {
-            let window = rollout.policy.health_window_ms.max(MIN_HEALTH_WINDOW_MS);
-            let observations: Vec<AgentObservation> = selected
-                .iter()
-                .map(|a| observe(a, &spec.pipeline, rollout.target, window))
-                .collect();
-            for transition in rollout.observe(&observations, now_ms) {
-                out.moved.push(Moved {
-                    deployment: name.clone(),
-                    revision: rollout.target,
-                    transition,
-                    phase: rollout.phase.clone(),
-                });
-            }
-        }
-        let stable = rollout.stable();
-        for agent in &selected {
-            let Some(revision) = rollout.assignment(&agent.name) else {
-                continue;
-            };
-            let entry = wanted.entry(agent.id.as_str()).or_default();
-            if entry.contains_key(&spec.pipeline) {
-                out.conflicts.push(Conflict {
-                    deployment: name.clone(),
-                    agent: agent.name.clone(),
-                    pipeline: spec.pipeline.clone(),
-                });
-                continue;
-            }
-            entry.insert(spec.pipeline.clone(), (revision, stable == Some(revision)));
-            if !spec.variants.is_empty() {
-                experiments
-                    .entry(agent.id.as_str())
-                    .or_default()
-                    .insert(spec.pipeline.clone(), spec.variants.clone());
-            }
-        }
-        if deployment.rollout.as_ref() != Some(&before) {
+        let selected = selected(&deployment, agents);
+        let before = deployment.rollout.clone();
+        out.moved
+            .extend(step_rollout(&mut deployment, &selected, observe, now_ms));
+        give(&deployment, &selected, &mut wanted);
+        if deployment.rollout != before {
             out.rollouts.push(deployment);
         }
     }
-
+    out.conflicts = wanted.conflicts;
     for agent in agents {
-        let pipelines = wanted.remove(agent.id.as_str()).unwrap_or_default();
-        let variants = experiments.remove(agent.id.as_str()).unwrap_or_default();
-        let previous = stored.get(&agent.id);
+        let given = wanted.given.remove(&agent.id).unwrap_or_default();
         let holds = applied.get(&agent.id).copied().unwrap_or(0);
-        let behind = holds > previous.map_or(0, |p| p.generation);
-        if !behind && previous.is_some_and(|s| s.gives(&pipelines, trust_version, &variants)) {
-            continue;
-        }
-        let mut record = AgentDesired::successor(previous, pipelines, trust_version, variants);
-        record.generation = record.generation.max(holds + 1);
-        out.changes.push(Change {
-            agent_id: agent.id.clone(),
-            agent_name: agent.name.clone(),
-            record,
-        });
+        out.changes.extend(change(
+            agent,
+            given,
+            stored.get(&agent.id),
+            holds,
+            trust_version,
+        ));
     }
     out
 }
