@@ -1,54 +1,72 @@
-//! An in-memory fleet: the control plane's deployment core (`deploy::plan`, with the rollout
-//! planner inside) and N agents' reconcilers wired together on a virtual clock, with no socket,
-//! no disk and no sleep. Whole rollouts — canary waves, a failing wave rolled back, agents
-//! offline during an apply, pause and resume, A/B variants — run in milliseconds.
+//! An in-memory fleet driven through the control plane's own path: manifests applied by the
+//! fleet core's `apply`, the deployment driver's passes (`deploy::fleet`: the planner and the
+//! outbox that signs every desired state) fed by the change feed and by the sessions, each
+//! agent's session state machine (`agent_session`: what the control plane takes from its
+//! messages, what it sends when the agent connects), and N agents' reconcilers — on the
+//! in-memory backend and a virtual clock, with no socket, no disk and no sleep. Whole rollouts
+//! (canary waves, a failing wave rolled back, agents offline during an apply, pause and resume,
+//! A/B variants, crash loops) run in milliseconds.
 //!
-//! What is real: the planner, the deployment plan, desired-state generations (kept in the
-//! control plane's `DesiredStore`, on the in-memory backend) and the agents' reconcilers,
-//! which check every release against a real trust root (Ed25519 signatures, version floors).
-//! What is simulated: the network (a desired state reaches an online agent at the next step;
-//! an offline one gets the newest when it is back), fetching and loading (they succeed at once
-//! unless the scenario says a revision fails to load on an agent), traffic (every online
-//! agent serves [`REQUESTS_PER_STEP`] requests a step, failing on the revisions the scenario
-//! marks bad for it), and crashes: an agent serving a revision the scenario says kills it dies
-//! in that step and its supervisor starts it again at once. The restart is real where it
-//! matters: the agent's exit ledger counts the death and puts the revision aside after
-//! repeated ones, the reconciler starts anew from what the agent persisted (serving the
-//! last-known-good revision instead of one put aside), and the control plane hears the exits
-//! through its own report store.
+//! Nothing of the control plane is copied here: the simulation only carries messages. What is
+//! simulated: the links (every message takes [`Faults::delay`] steps each way; desired states
+//! may overtake each other, [`Faults::reorder`]; a link may lose a desired state,
+//! [`Faults::drops`], which costs the connection, and the agent connects again at the next
+//! step and is sent what the outbox holds), fetching and loading (they succeed at once unless
+//! the scenario says a revision fails to load on an agent), traffic (every online agent serves
+//! [`REQUESTS_PER_STEP`] requests a step, failing on the revisions the scenario marks bad for
+//! it), and crashes: an agent serving a revision the scenario says kills it dies in that step
+//! and its supervisor starts it again at once. The restart is real where it matters: the
+//! agent's exit ledger counts the death and puts the revision aside after repeated ones, the
+//! reconciler starts anew from what the agent persisted (serving the last-known-good revision
+//! instead of one put aside), and the new run connects again and reports its exits.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tern_agent::exits::{ExitLedger, ExitPolicy};
 use tern_agent::reconcile::{Action, Reconciler, Restored};
-use tern_control_plane::backend::MemoryBackend;
-use tern_control_plane::catalog::DeploymentRecord;
-use tern_control_plane::deploy::plan::{self, Plan};
-use tern_control_plane::deploy::{AgentDesired, DesiredStore};
-use tern_control_plane::registry::AgentRecord;
+use tern_control_plane::agent_session::{AgentSession, SessionContext, welcomed};
+use tern_control_plane::apply::{RolloutCommand, rollout_command};
+use tern_control_plane::backend::{
+    Changes, MemoryBackend, Notice, SharedBackend, Subscription, TryRecvError,
+};
+use tern_control_plane::catalog::{Catalog, DeploymentRecord};
+use tern_control_plane::deploy::fleet::{Fleet as Planner, Inbox};
+use tern_control_plane::deploy::plan::Moved;
+use tern_control_plane::deploy::{DeployContext, DesiredStore};
+use tern_control_plane::drift::DriftStore;
+use tern_control_plane::health::HealthTracker;
+use tern_control_plane::presence::Presence;
+use tern_control_plane::registry::{AgentRecord, NewAgent, Registry};
+use tern_control_plane::releases::{MemoryBlobs, ReleaseStore};
+use tern_control_plane::replica::{Replica, SharedReports};
 use tern_control_plane::reports::AgentReports;
-use tern_control_plane::rollout::{AgentObservation, Phase, Rollout, RolloutPolicy};
-use tern_proto::api::AgentStatus;
-use tern_proto::desired::{
-    DesiredPipeline, DesiredState, DesiredStateError, DesiredStep, DesiredVariant,
-};
-use tern_proto::manifest::{Device, Resource, VariantSpec};
+use tern_control_plane::rollout::{Phase, Rollout, RolloutPolicy, Transition};
+use tern_proto::AgentMessage;
+use tern_proto::api::ApplyRequest;
+use tern_proto::desired::{DesiredPipeline, DesiredStateError};
 use tern_proto::message::{
-    PipelinePhase, PipelineStatus, RunningRevision, SignedDesiredState, UncleanExit,
+    HealthReport, Heartbeat, PipelineHealth, RunningRevision, SignedDesiredState, StatusReport,
+    UncleanExit,
 };
-use tern_proto::release::{ArtifactKind, Digest, Release, SignedRelease, VersionFloor};
+use tern_proto::release::{ArtifactKind, Digest, Release, VersionFloor};
 use tern_proto::signing::{SecretKey, Signed};
 use tern_proto::trust::SignedTrustRoot;
 
-/// Virtual time between two steps (the control plane's deployment interval).
+/// Virtual time between two steps.
 pub const STEP_MS: u64 = 500;
 /// Requests each online agent serves per step.
 pub const REQUESTS_PER_STEP: u64 = 10;
+/// Steps between two health reports of an agent (the agent sends one a second).
+const HEALTH_EVERY: u64 = 2;
 /// The one pipeline of the simulation, and the model release its revisions pin (revision N
 /// runs `model` version N).
 pub const PIPELINE: &str = "p";
+const DEPLOYMENT: &str = "d";
 const MODEL: &str = "model";
+/// Model versions pushed (and so the revisions a scenario may apply).
+const MODEL_VERSIONS: u64 = 8;
 
 /// What can go wrong on one agent; `Faults::default()` is an agent with nothing wrong.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -61,12 +79,17 @@ pub struct Faults {
     pub offline: Vec<(u64, u64)>,
     /// Revisions under which the agent process dies (at every step it serves them).
     pub crashes_on: BTreeSet<u64>,
-    /// Steps every message takes, both ways: desired states to the agent, its reports (status,
-    /// applied generation, traffic) to the control plane.
+    /// Steps every message takes, both ways: desired states to the agent, its reports
+    /// (heartbeats, status, health, exits) to the control plane.
     pub delay: u64,
     /// Desired states overtake each other (as over two links, or two replicas): those of odd
     /// generations take [`OVERTAKEN_BY`] steps more, and those due at once arrive newest first.
     pub reorder: bool,
+    /// The link loses every second desired state sent on it, and with it the connection.
+    pub drops: bool,
+    /// The agent is held by a second replica, which sends it what the outbox gained when it
+    /// hears the commit: [`Fleet::replica_lag`] steps late.
+    pub elsewhere: bool,
 }
 
 /// One simulated agent.
@@ -75,30 +98,34 @@ pub struct SimAgent {
     pub record: AgentRecord,
     pub faults: Faults,
     reconciler: Reconciler,
-    /// Desired states the control plane sent, signed, with the step each arrives at and the
-    /// order it was sent in.
+    /// Desired states on their way, signed, with the step each arrives at and the order it
+    /// was sent in.
     in_flight: Vec<(u64, u64, SignedDesiredState)>,
     /// States sent to it so far, and the send order of the one it applied last.
     sent: u64,
     applied_sent: u64,
     /// Older generations that arrived after newer ones and were refused as replays.
     pub stale_refused: u64,
-    /// (step, status, applied generation) the agent reported, as they travel to the control
-    /// plane.
-    sent_reports: std::collections::VecDeque<(u64, BTreeMap<String, PipelineStatus>, u64)>,
+    /// Desired states its link lost.
+    pub lost: u64,
+    /// Messages on their way to the control plane, with the step they were sent at.
+    outgoing: VecDeque<(u64, AgentMessage)>,
+    /// Its session at the control plane, while connected.
+    session: Option<AgentSession>,
+    /// Its connection was lost: it connects again at the next step.
+    reconnect: bool,
+    /// The last status it reported on this connection (applied generation, pipelines).
+    last_status: Option<(u64, Vec<tern_proto::message::PipelineStatus>)>,
+    seq: u64,
     /// Pipeline → the run that answers requests.
     pub serving: BTreeMap<String, DesiredPipeline>,
     /// Release name → floor, as the agent persisted them.
     pub floors: BTreeMap<String, VersionFloor>,
-    /// What the control plane last heard from it.
-    reported: BTreeMap<String, PipelineStatus>,
-    /// The generation it last said it applied, as the control plane heard it.
-    reported_generation: u64,
+    /// (pipeline, revision) → (requests, errors) this run served: its health counters.
+    counters: BTreeMap<(String, u64), (u64, u64)>,
     /// (step, revision, requests, errors) of the traffic it served.
     traffic: Vec<(u64, u64, u64, u64)>,
     online: bool,
-    /// The step it went offline at, while it is.
-    offline_since: Option<u64>,
     /// Its unclean exits and the revisions it put aside, as the agent persists them.
     pub exits: ExitLedger,
     /// Pipeline → the run it served before the serving one (its last-known-good).
@@ -108,6 +135,32 @@ pub struct SimAgent {
 }
 
 impl SimAgent {
+    fn new(record: AgentRecord, faults: Faults) -> Self {
+        Self {
+            record,
+            faults,
+            reconciler: Reconciler::new(Restored::default()),
+            in_flight: Vec::new(),
+            sent: 0,
+            applied_sent: 0,
+            stale_refused: 0,
+            lost: 0,
+            outgoing: VecDeque::new(),
+            session: None,
+            reconnect: false,
+            last_status: None,
+            seq: 0,
+            serving: BTreeMap::new(),
+            floors: BTreeMap::new(),
+            counters: BTreeMap::new(),
+            traffic: Vec::new(),
+            online: true,
+            exits: ExitLedger::default(),
+            good: BTreeMap::new(),
+            deaths: 0,
+        }
+    }
+
     /// The revision of the pipeline this agent answers with.
     pub fn serving_revision(&self) -> Option<u64> {
         self.serving.get(PIPELINE).map(|p| p.revision)
@@ -121,6 +174,11 @@ impl SimAgent {
             .map(|(_, revision, _, _)| *revision)
             .collect()
     }
+
+    /// Puts `message` on its way to the control plane at `step`.
+    fn report(&mut self, message: AgentMessage, step: u64) {
+        self.outgoing.push_back((step, message));
+    }
 }
 
 /// Something that broke a rule of the fleet.
@@ -131,30 +189,176 @@ pub struct Violation {
     pub what: String,
 }
 
-/// The control plane's side and the agents.
+/// One control plane alone: its stores on one in-memory backend, what it keeps in memory, and
+/// the change feed its follower reads.
+struct ControlPlane {
+    registry: Registry,
+    catalog: Catalog,
+    releases: ReleaseStore,
+    desired: DesiredStore,
+    drift: DriftStore,
+    reports: AgentReports,
+    shared_reports: SharedReports,
+    health: HealthTracker,
+    presence: Presence,
+    replica: Replica,
+    online_key: SecretKey,
+    inbox: Inbox,
+    feed: Subscription,
+    /// The follower stops reading the feed until this step, and then finds it lagged.
+    stalled_until: Option<u64>,
+    /// The second replica's feed, and the commits it has heard with the step it heard them.
+    other: Subscription,
+    heard_elsewhere: VecDeque<(u64, Changes)>,
+}
+
+impl ControlPlane {
+    fn new(trust: &SignedTrustRoot, publisher: &SecretKey) -> Self {
+        let backend: SharedBackend = Arc::new(MemoryBackend::new());
+        let cp = Self {
+            feed: backend.subscribe(),
+            stalled_until: None,
+            other: backend.subscribe(),
+            heard_elsewhere: VecDeque::new(),
+            registry: Registry::new(backend.clone()),
+            catalog: Catalog::new(backend.clone()),
+            releases: ReleaseStore::new(backend.clone(), Arc::new(MemoryBlobs::new())),
+            desired: DesiredStore::new(backend.clone()),
+            drift: DriftStore::new(backend.clone()),
+            reports: AgentReports::default(),
+            shared_reports: SharedReports::new(backend),
+            health: HealthTracker::default(),
+            presence: Presence::default(),
+            replica: Replica {
+                name: "cp".into(),
+                peers: false,
+            },
+            online_key: SecretKey::generate(),
+            inbox: Inbox::default(),
+        };
+        cp.releases.set_trust_root(trust).expect("the first root");
+        for version in 1..=MODEL_VERSIONS {
+            let bytes = format!("{MODEL} {version}").into_bytes();
+            let mut release = Signed::unsigned(Release {
+                name: MODEL.into(),
+                kind: ArtifactKind::Model,
+                version,
+                digest: Digest::of(&bytes),
+                size: bytes.len() as u64,
+                created_ms: 0,
+                expires_ms: None,
+                annotations: Default::default(),
+            });
+            release.sign(publisher);
+            cp.releases.put_release(&release).expect("pushed");
+            (cp.releases)
+                .append(&release.signed.digest, 0, &bytes)
+                .expect("uploaded");
+        }
+        cp
+    }
+
+    fn deploy(&self) -> DeployContext<'_> {
+        DeployContext {
+            registry: &self.registry,
+            catalog: &self.catalog,
+            releases: &self.releases,
+            desired: &self.desired,
+            reports: &self.reports,
+            health: &self.health,
+            presence: &self.presence,
+            online_key: &self.online_key,
+            replica: &self.replica,
+        }
+    }
+
+    fn session(&self) -> SessionContext<'_> {
+        SessionContext {
+            reports: &self.reports,
+            shared_reports: &self.shared_reports,
+            presence: &self.presence,
+            health: &self.health,
+            desired: &self.desired,
+            replica: &self.replica,
+            fleet: &self.inbox,
+        }
+    }
+
+    /// What the change feed brought since, into the driver's inbox (the server's follower). A
+    /// follower that fell behind is told what it missed, and the driver reads the fleet again.
+    fn follow(&mut self, step: u64) {
+        match self.stalled_until {
+            Some(until) if step < until => return,
+            Some(_) => {
+                // It fell behind for the whole stall: what was held for it is gone.
+                while self.feed.try_recv().is_ok() {}
+                self.inbox.missed();
+                self.stalled_until = None;
+            }
+            None => {}
+        }
+        loop {
+            match self.feed.try_recv() {
+                Ok(Notice::Committed(changes)) => {
+                    self.inbox.heard(&changes);
+                }
+                Ok(Notice::Missed) | Err(TryRecvError::Lagged(_)) => self.inbox.missed(),
+                Err(TryRecvError::Empty | TryRecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Enrolls agent `name` with the simulation's label.
+    fn enroll(&self, i: usize, name: &str) -> AgentRecord {
+        let labels: BTreeMap<String, String> = [("fleet".to_owned(), "sim".to_owned())].into();
+        let (token, _) = (self.registry)
+            .create_token(labels, 60_000, [7; 32], 0)
+            .expect("a token");
+        let mut print = [0; 32];
+        print[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        let agent = NewAgent {
+            id: format!("id-{name}"),
+            name: name.to_owned(),
+            labels: BTreeMap::new(),
+            cert_sha256: print,
+            cert_expires_ms: u64::MAX,
+            key_sha256: print.map(|b| b ^ 0xff),
+            address: None,
+        };
+        self.registry.redeem(&token, agent, 0).expect("enrolled")
+    }
+}
+
+/// The control plane and the agents.
 pub struct Fleet {
     step: u64,
-    publisher: SecretKey,
-    /// The control plane's online key, which signs desired states.
-    online_key: SecretKey,
+    cp: ControlPlane,
+    planner: Planner,
+    /// When the driver's next pass is due without an event.
+    due: Option<u64>,
     trust: SignedTrustRoot,
-    pub deployment: DeploymentRecord,
-    /// What each agent was last given: the control plane's own store, on the in-memory
-    /// backend.
-    desired: DesiredStore,
-    /// What the store holds, as last written: every generation goes through the store's
-    /// compare-and-set, and the plan and the checks read this copy (decoding the store's
-    /// records at every step would be most of the simulation's time).
-    written: HashMap<String, AgentDesired>,
+    /// The deployment as stored after the last step.
+    pub deployment: Option<DeploymentRecord>,
+    /// What was last applied (revision and policy), and the deployment's variants.
+    applied: Option<(u64, RolloutPolicy)>,
+    variants: Vec<(u64, u32)>,
     pub agents: Vec<SimAgent>,
     /// Every rule broken so far.
     pub violations: Vec<Violation>,
     /// Every rollout transition so far, with its step.
-    pub transitions: Vec<(u64, plan::Moved)>,
-    /// What agents reported of their exits, in the control plane's own store.
-    reports: AgentReports,
+    pub transitions: Vec<(u64, Moved)>,
     /// When agents put a revision aside.
     pub exit_policy: ExitPolicy,
+    /// Steps the second replica (holding the agents with [`Faults::elsewhere`]) hears commits
+    /// late.
+    pub replica_lag: u64,
+    /// Times the work lease moved to another replica.
+    pub leader_changes: u32,
+    /// The waves started so far: (rollout start, revision, wave).
+    waves: BTreeSet<(u64, u64, usize)>,
+    /// Passes of the driver, and those that read the whole fleet first.
+    pub passes: u64,
+    pub full_reads: u64,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -166,122 +370,123 @@ impl std::fmt::Debug for Fleet {
     }
 }
 
-fn deployment_manifest(variants: &[VariantSpec]) -> tern_proto::manifest::Deployment {
-    let mut yaml = format!(
-        "apiVersion: tern.dev/v1alpha1\nkind: Deployment\nmetadata: {{ name: d }}\nspec:\n  pipeline: {PIPELINE}\n  selector: {{ fleet: sim }}\n"
-    );
-    if !variants.is_empty() {
-        yaml.push_str("  variants:\n");
-        for v in variants {
-            yaml.push_str(&format!(
-                "    - {{ model: \"{}\", weight: {} }}\n",
-                v.model, v.weight
-            ));
-        }
-    }
-    match tern_proto::manifest::parse_resources(&yaml, "sim.yaml")
-        .expect("the simulation's deployment is valid")
-        .remove(0)
-    {
-        Resource::Deployment(d) => d,
-        Resource::Pipeline(_) => unreachable!("a deployment was written"),
-    }
-}
-
 impl Fleet {
-    /// `agents` agents (`edge-00`, `edge-01`, ...), each with its faults, all selected by one
-    /// deployment of [`PIPELINE`] that has no rollout yet.
+    /// `agents` agents (`edge-00`, `edge-01`, ...), each with its faults; nothing applied yet.
     pub fn new(faults: Vec<Faults>) -> Self {
         let (root, publisher) = (SecretKey::generate(), SecretKey::generate());
         let trust = SignedTrustRoot::single_keys(1, &root, publisher.public(), 0);
-        let agents = faults
-            .into_iter()
-            .enumerate()
-            .map(|(i, faults)| SimAgent {
-                record: agent_record(&format!("edge-{i:02}")),
-                faults,
-                reconciler: Reconciler::new(Restored::default()),
-                in_flight: Vec::new(),
-                sent: 0,
-                applied_sent: 0,
-                stale_refused: 0,
-                sent_reports: std::collections::VecDeque::new(),
-                serving: BTreeMap::new(),
-                floors: BTreeMap::new(),
-                reported: BTreeMap::new(),
-                reported_generation: 0,
-                traffic: Vec::new(),
-                online: true,
-                offline_since: None,
-                exits: ExitLedger::default(),
-                good: BTreeMap::new(),
-                deaths: 0,
-            })
+        let cp = ControlPlane::new(&trust, &publisher);
+        let agents = (faults.into_iter().enumerate())
+            .map(|(i, faults)| SimAgent::new(cp.enroll(i, &format!("edge-{i:02}")), faults))
             .collect();
         Self {
             step: 0,
-            publisher,
-            online_key: SecretKey::generate(),
+            cp,
+            planner: Planner::default(),
+            due: Some(0),
             trust,
-            deployment: DeploymentRecord {
-                manifest: deployment_manifest(&[]),
-                created_ms: 0,
-                updated_ms: 0,
-                rollout: None,
-            },
-            desired: DesiredStore::new(Arc::new(MemoryBackend::new())),
-            written: HashMap::new(),
+            deployment: None,
+            applied: None,
+            variants: Vec::new(),
             agents,
             violations: Vec::new(),
             transitions: Vec::new(),
-            reports: AgentReports::default(),
             exit_policy: ExitPolicy::default(),
+            replica_lag: 0,
+            leader_changes: 0,
+            waves: BTreeSet::new(),
+            passes: 0,
+            full_reads: 0,
         }
+    }
+
+    /// The work lease moves to another replica: its driver starts with an empty inbox (events
+    /// the old one had not planned on are gone) and reads the whole fleet at its first pass.
+    pub fn change_leader(&mut self) {
+        self.planner = Planner::default();
+        self.cp.inbox.take();
+        self.due = Some(self.now_ms());
+        self.leader_changes += 1;
+    }
+
+    /// The driver's follower falls behind the change feed for `steps` steps: it hears nothing
+    /// meanwhile, then learns it lagged.
+    pub fn stall_feed(&mut self, steps: u64) {
+        self.cp.stalled_until = Some(self.step + steps);
     }
 
     pub fn now_ms(&self) -> u64 {
         self.step * STEP_MS
     }
 
-    /// Applies revision `revision` of the pipeline: a new rollout, from the stable revision of
-    /// the one before (as `ternctl apply` does).
+    /// Applies the pipeline at revision `revision` (running model version `revision`) and its
+    /// deployment under `policy`, as `ternctl apply` does: a new revision starts a new
+    /// rollout. Revisions are numbered by the catalog, so a scenario applies them in order.
     pub fn apply(&mut self, revision: u64, policy: RolloutPolicy) {
-        let now = self.now_ms();
-        self.deployment.rollout = Some(match &self.deployment.rollout {
-            Some(old) => old.successor(revision, policy, now),
-            None => Rollout::new(revision, None, policy, now),
-        });
+        self.applied = Some((revision, policy));
+        self.apply_manifests();
     }
 
-    /// Gives the deployment A/B variants (model versions and weights).
+    /// Gives the deployment A/B variants (model versions and weights), applied at once if the
+    /// deployment is.
     pub fn set_variants(&mut self, variants: &[(u64, u32)]) {
-        let specs: Vec<VariantSpec> = variants
-            .iter()
-            .map(|&(version, weight)| VariantSpec {
-                model: format!("{MODEL}:{version}"),
-                weight,
-                step: None,
-            })
-            .collect();
-        self.deployment.manifest = deployment_manifest(&specs);
+        self.variants = variants.to_vec();
+        if self.applied.is_some() {
+            self.apply_manifests();
+        }
+    }
+
+    fn apply_manifests(&mut self) {
+        let Some((revision, policy)) = &self.applied else {
+            return;
+        };
+        let yaml = manifests(*revision, policy, &self.variants);
+        let request = ApplyRequest {
+            file: "sim.yaml".into(),
+            resources: tern_proto::manifest::parse_resources(&yaml, "sim.yaml")
+                .expect("the simulation's manifests are valid"),
+            sources: Vec::new(),
+            dry_run: false,
+        };
+        let cp = &self.cp;
+        let changes = tern_control_plane::apply::apply(
+            &cp.catalog,
+            &cp.releases,
+            &cp.drift,
+            &request,
+            self.now_ms(),
+        )
+        .expect("applied");
+        let given = changes.iter().find_map(|c| c.revision);
+        assert_eq!(given, Some(*revision), "revisions are applied in order");
+        self.refresh();
     }
 
     pub fn pause(&mut self) -> bool {
-        let now = self.now_ms();
-        self.rollout_mut().is_some_and(|r| r.pause(now))
+        self.command(RolloutCommand::Pause)
     }
 
     pub fn resume(&mut self) -> bool {
-        let now = self.now_ms();
-        self.rollout_mut().is_some_and(|r| r.resume(now))
+        self.command(RolloutCommand::Resume)
     }
 
-    fn rollout_mut(&mut self) -> Option<&mut Rollout> {
-        self.deployment.rollout.as_mut()
+    /// An operator's undo: back to the stable revision.
+    pub fn undo(&mut self) -> bool {
+        self.command(RolloutCommand::Undo)
+    }
+
+    fn command(&mut self, command: RolloutCommand) -> bool {
+        let done = rollout_command(&self.cp.catalog, DEPLOYMENT, command, self.now_ms()).is_ok();
+        self.refresh();
+        done
+    }
+
+    fn refresh(&mut self) {
+        self.deployment = self.cp.catalog.deployment(DEPLOYMENT).expect("readable");
     }
 
     pub fn rollout(&self) -> Option<&Rollout> {
-        self.deployment.rollout.as_ref()
+        self.deployment.as_ref()?.rollout.as_ref()
     }
 
     /// The rollout's phase.
@@ -308,49 +513,17 @@ impl Fleet {
         }
     }
 
-    /// One step: agents come and go, the control plane plans and sends, agents apply what
-    /// reached them and serve traffic; then the rules are checked.
+    /// One step: agents come and go, what they sent reaches the control plane, the driver
+    /// passes on the events (or a deadline) and its outbox sends, agents apply what reached
+    /// them and serve traffic; then the rules are checked.
     pub fn step(&mut self) {
-        let step = self.step;
-        for agent in &mut self.agents {
-            agent.online = !agent
-                .faults
-                .offline
-                .iter()
-                .any(|&(from, to)| (from..to).contains(&step));
-            agent.offline_since = match (agent.online, agent.offline_since) {
-                (true, _) => None,
-                (false, since) => Some(since.unwrap_or(step)),
-            };
-        }
-        let now = self.now_ms();
-        let plan = self.plan(now);
-        for moved in plan.moved {
-            self.transitions.push((step, moved));
-        }
-        if let Some(record) = plan.rollouts.into_iter().next() {
-            self.deployment = record;
-        }
-        for change in plan.changes {
-            let signed =
-                (self.desired_state(&change.agent_id, &change.record, now)).sign(&self.online_key);
-            let written = self
-                .desired
-                .put(&change.agent_id, &change.record, &signed)
-                .expect("the in-memory store does not fail");
-            assert!(written, "one writer never races itself");
-            self.written
-                .insert(change.agent_id.clone(), change.record.clone());
-            if let Some(agent) = self
-                .agents
-                .iter_mut()
-                .find(|a| a.record.id == change.agent_id)
-            {
-                send(agent, signed, step);
-            }
-        }
-        let online_key = self.online_key.public();
-        for agent in &mut self.agents {
+        let (step, now) = (self.step, self.now_ms());
+        self.connect(step, now);
+        self.deliver(step, now);
+        self.drive(step, now);
+        let online_key = self.cp.online_key.public();
+        for i in 0..self.agents.len() {
+            let agent = &mut self.agents[i];
             if !agent.online {
                 continue;
             }
@@ -377,43 +550,30 @@ impl Fleet {
                     }),
                 }
             }
-            let status = agent
-                .reconciler
-                .status()
-                .into_iter()
-                .map(|s| (s.name.clone(), s))
-                .collect();
-            let applied = agent.reconciler.applied_generation();
-            agent.sent_reports.push_back((step, status, applied));
-            // What has reached the control plane by now, the newest of it.
-            while agent
-                .sent_reports
-                .get(1)
-                .is_some_and(|(sent, _, _)| sent + agent.faults.delay <= step)
-            {
-                agent.sent_reports.pop_front();
-            }
-            if let Some((sent, status, applied)) = agent.sent_reports.front()
-                && sent + agent.faults.delay <= step
-            {
-                agent.reported = status.clone();
-                agent.reported_generation = *applied;
+            // A heartbeat every step, a status report when it changed (or on a new
+            // connection), health every second: as the agent's own loop sends them.
+            agent.seq += 1;
+            agent.report(AgentMessage::Heartbeat(Heartbeat { seq: agent.seq }), step);
+            let status = (
+                agent.reconciler.applied_generation(),
+                agent.reconciler.status(),
+            );
+            if agent.last_status.as_ref() != Some(&status) {
+                agent.last_status = Some(status.clone());
+                let (applied_generation, pipelines) = status;
+                let report = StatusReport {
+                    seq: agent.seq,
+                    applied_generation,
+                    pipelines,
+                    refused: None,
+                    warnings: Vec::new(),
+                };
+                agent.report(AgentMessage::Status(report), step);
             }
             if let Some(revision) = agent.serving_revision()
                 && agent.faults.crashes_on.contains(&revision)
             {
-                let state = self.written.get(&agent.record.id).map(|record| {
-                    desired_state(&self.publisher, &self.trust, &agent.record.id, record, now)
-                });
-                crash(
-                    agent,
-                    &self.trust,
-                    self.exit_policy,
-                    &self.reports,
-                    state,
-                    (&self.online_key, step),
-                    now,
-                );
+                crash(self, i, step, now);
                 continue;
             }
             if let Some(revision) = agent.serving_revision() {
@@ -425,140 +585,142 @@ impl Fleet {
                 agent
                     .traffic
                     .push((step, revision, REQUESTS_PER_STEP, errors));
+                let counters = (agent.counters)
+                    .entry((PIPELINE.to_owned(), revision))
+                    .or_default();
+                *counters = (counters.0 + REQUESTS_PER_STEP, counters.1 + errors);
             }
+            if step % HEALTH_EVERY != 0 {
+                continue;
+            }
+            let health = HealthReport {
+                pipelines: (agent.counters.iter())
+                    .map(|((name, revision), &(requests, errors))| PipelineHealth {
+                        name: name.clone(),
+                        revision: *revision,
+                        requests,
+                        errors,
+                    })
+                    .collect(),
+            };
+            agent.report(AgentMessage::Health(health), step);
         }
         self.check(step);
+        self.refresh();
         self.step += 1;
     }
 
-    fn plan(&self, now: u64) -> Plan {
-        let records: Vec<AgentRecord> = self.agents.iter().map(|a| a.record.clone()).collect();
-        let by_id: HashMap<&str, &SimAgent> = self
-            .agents
-            .iter()
-            .map(|a| (a.record.id.as_str(), a))
-            .collect();
-        let observe = |record: &AgentRecord, pipeline: &str, target: u64, window_ms: u64| {
-            let agent = by_id[record.id.as_str()];
-            let status = agent.reported.get(pipeline);
-            let since = now.saturating_sub(window_ms) / STEP_MS;
-            // Traffic reaches the control plane as late as the agent's reports do.
-            let heard = (now / STEP_MS).saturating_sub(agent.faults.delay);
-            let (requests, errors) = agent
-                .traffic
-                .iter()
-                .filter(|(s, revision, _, _)| *s >= since && *s <= heard && *revision == target)
-                .fold((0, 0), |(r, e), (_, _, req, err)| (r + req, e + err));
-            AgentObservation {
-                agent: record.name.clone(),
-                connected: agent.online,
-                offline_ms: agent
-                    .offline_since
-                    .map_or(0, |since| now.saturating_sub(since * STEP_MS)),
-                exits: self.reports.exits_serving(&record.id, pipeline, target),
-                serving: status.and_then(|s| s.serving),
-                reported: status.map(|s| {
-                    let failed = (s.phase == PipelinePhase::Failed).then(|| s.message.clone());
-                    (s.revision, failed)
-                }),
-                requests,
-                errors,
+    /// Agents come and go: one that leaves closes its session (what was on its way is lost
+    /// with the connection); one that is back, or lost its connection, opens a new one and is
+    /// sent what the outbox holds.
+    fn connect(&mut self, step: u64, now: u64) {
+        for (i, agent) in self.agents.iter_mut().enumerate() {
+            agent.online =
+                !(agent.faults.offline.iter()).any(|&(from, to)| (from..to).contains(&step));
+            if (!agent.online || agent.reconnect)
+                && let Some(session) = agent.session.take()
+            {
+                session.close(&self.cp.session());
+                agent.outgoing.clear();
+                agent.in_flight.clear();
             }
-        };
-        let applied: HashMap<String, u64> = (self.agents.iter())
-            .map(|a| (a.record.id.clone(), a.reported_generation))
-            .collect();
-        plan::plan(
-            vec![self.deployment.clone()],
-            &records,
-            &self.written,
-            &applied,
-            Some(self.trust.signed.version),
-            &observe,
-            now,
-        )
+            agent.reconnect = false;
+            if agent.online && agent.session.is_none() {
+                open(&self.cp, agent, i, step, now);
+            }
+        }
     }
 
-    /// The desired state `record` describes, as the control plane builds and signs it.
-    fn desired_state(&self, agent_id: &str, record: &AgentDesired, now: u64) -> DesiredState {
-        desired_state(&self.publisher, &self.trust, agent_id, record, now)
+    /// What the agents sent that has arrived by now, through their sessions.
+    fn deliver(&mut self, step: u64, now: u64) {
+        let cx = self.cp.session();
+        for agent in &mut self.agents {
+            let Some(session) = agent.session.as_mut() else {
+                continue;
+            };
+            while let Some((sent, _)) = agent.outgoing.front()
+                && sent + agent.faults.delay <= step
+            {
+                let Some((_, message)) = agent.outgoing.pop_front() else {
+                    break;
+                };
+                if let Err(e) = session.on_message(&cx, message, now) {
+                    self.violations.push(Violation {
+                        step,
+                        agent: agent.record.name.clone(),
+                        what: format!("the session ended: {e:?}"),
+                    });
+                }
+            }
+        }
     }
-}
 
-/// The desired state `record` describes, as the control plane builds and signs it.
-fn desired_state(
-    publisher: &SecretKey,
-    trust: &SignedTrustRoot,
-    agent_id: &str,
-    record: &AgentDesired,
-    now: u64,
-) -> DesiredState {
-    let release = |version| release(publisher, version);
-    let pipelines = record
-        .pipelines
-        .iter()
-        .map(|(name, &(revision, committed))| DesiredPipeline {
-            name: name.clone(),
-            revision,
-            committed,
-            warmup: None,
-            monitored_step: record.variants.get(name).map(|_| "infer".to_owned()),
-            variants: record
-                .variants
-                .get(name)
-                .into_iter()
-                .flatten()
-                .map(|v| {
-                    let version = v
-                        .model
-                        .rsplit_once(':')
-                        .and_then(|(_, v)| v.parse().ok())
-                        .unwrap_or(1);
-                    DesiredVariant {
-                        name: v.model.clone(),
-                        weight: v.weight,
-                        step: "infer".into(),
-                        release: release(version),
-                    }
-                })
-                .collect(),
-            steps: vec![DesiredStep {
-                name: "infer".into(),
-                release: release(revision),
-                config: "{}".into(),
-                timeout_ms: None,
-                memory_mib: None,
-                device: Device::Auto,
-            }],
-        })
-        .collect();
-    DesiredState {
-        agent_id: agent_id.to_owned(),
-        generation: record.generation,
-        issued_ms: now,
-        trust_root: Some(trust.clone()),
-        pipelines,
+    /// The deployment driver, as the lease holder's loop runs it: a pass when events wait or
+    /// a deadline came; what its outbox made goes to the agents' sessions.
+    fn drive(&mut self, step: u64, now: u64) {
+        self.cp.follow(step);
+        self.relay(step);
+        let events = self.cp.inbox.take();
+        if events.is_empty() && self.due.is_none_or(|due| due > now) {
+            return;
+        }
+        let pass = (self.planner.pass(&self.cp.deploy(), events, now))
+            .expect("the in-memory stores do not fail");
+        self.due = pass.next_deadline_ms;
+        self.passes += 1;
+        self.full_reads += u64::from(pass.read_all);
+        // No wave of one rollout starts twice, whichever driver runs it.
+        let started_ms = (self.cp.catalog.deployment(DEPLOYMENT).expect("readable"))
+            .and_then(|d| d.rollout)
+            .map(|r| r.started_ms);
+        for moved in pass.moved {
+            if let (Transition::WaveStarted { wave, .. }, Some(started_ms)) =
+                (&moved.transition, started_ms)
+                && !self.waves.insert((started_ms, moved.revision, *wave))
+            {
+                self.violations.push(Violation {
+                    step,
+                    agent: String::new(),
+                    what: format!("wave {wave} of revision {} started twice", moved.revision),
+                });
+            }
+            self.transitions.push((step, moved));
+        }
+        // The agents held here get theirs at once; the other replica's, when it hears it.
+        for (agent_id, signed) in pass.sent {
+            if let Some(agent) = (self.agents.iter_mut())
+                .find(|a| a.record.id == agent_id && a.session.is_some() && !a.faults.elsewhere)
+            {
+                send(agent, signed, step);
+            }
+        }
     }
-}
 
-/// The model release a revision runs, signed by the publisher.
-fn release(publisher: &SecretKey, version: u64) -> SignedRelease {
-    let bytes = format!("{MODEL} {version}");
-    let mut release = Signed::unsigned(Release {
-        name: MODEL.into(),
-        kind: ArtifactKind::Model,
-        version,
-        digest: Digest::of(bytes.as_bytes()),
-        size: bytes.len() as u64,
-        created_ms: 0,
-        expires_ms: None,
-        annotations: Default::default(),
-    });
-    release.sign(publisher);
-    release
-}
+    /// The second replica: it hears the outbox's commits [`Fleet::replica_lag`] steps late and
+    /// sends each agent it holds what the commit wrote for it (as the server's follower does).
+    fn relay(&mut self, step: u64) {
+        while let Ok(notice) = self.cp.other.try_recv() {
+            if let Notice::Committed(changes) = notice {
+                self.cp.heard_elsewhere.push_back((step, changes));
+            }
+        }
+        while let Some((heard, _)) = self.cp.heard_elsewhere.front()
+            && heard + self.replica_lag <= step
+        {
+            let Some((_, changes)) = self.cp.heard_elsewhere.pop_front() else {
+                break;
+            };
+            for (agent_id, signed) in tern_control_plane::deploy::desired::sent(&changes) {
+                let signed = signed.expect("the outbox's records read back");
+                if let Some(agent) = (self.agents.iter_mut())
+                    .find(|a| a.record.id == agent_id && a.session.is_some() && a.faults.elsewhere)
+                {
+                    send(agent, signed, step);
+                }
+            }
+        }
+    }
 
-impl Fleet {
     /// The rules no step may break: an agent serves nothing below its floors, and what it
     /// serves is a revision the control plane gave it.
     fn check(&mut self, step: u64) {
@@ -582,9 +744,8 @@ impl Fleet {
                         });
                     }
                 }
-                let given = self
-                    .written
-                    .get(&agent.record.id)
+                let given = (self.cp.desired.get(&agent.record.id))
+                    .expect("readable")
                     .is_some_and(|d| d.may_report(&run.name, run.revision));
                 if !given {
                     self.violations.push(Violation {
@@ -598,10 +759,52 @@ impl Fleet {
     }
 }
 
+/// The simulation's pipeline at `revision` and its deployment under `policy`, as YAML.
+fn manifests(revision: u64, policy: &RolloutPolicy, variants: &[(u64, u32)]) -> String {
+    assert!(
+        policy.health_window_ms.is_multiple_of(1000)
+            && policy.offline_grace_ms.is_multiple_of(1000),
+        "manifests say seconds"
+    );
+    assert_eq!(
+        policy.progress_deadline_ms,
+        tern_control_plane::rollout::DEFAULT_PROGRESS_DEADLINE_MS
+    );
+    let waves: Vec<String> = policy.waves.iter().map(u8::to_string).collect();
+    let mut yaml = format!(
+        "apiVersion: tern.dev/v1alpha1\nkind: Pipeline\nmetadata: {{ name: {PIPELINE} }}\nspec:\n  steps:\n    - name: infer\n      model: \"{MODEL}:{revision}\"\n---\napiVersion: tern.dev/v1alpha1\nkind: Deployment\nmetadata: {{ name: {DEPLOYMENT} }}\nspec:\n  pipeline: {PIPELINE}\n  selector: {{ fleet: sim }}\n  rollout: {{ strategy: canary, waves: [{}], healthWindowSeconds: {}, maxErrorRate: {}, autoRollback: {}, offlineGraceSeconds: {} }}\n",
+        waves.join(", "),
+        policy.health_window_ms / 1000,
+        policy.max_error_rate,
+        policy.auto_rollback,
+        policy.offline_grace_ms / 1000,
+    );
+    if !variants.is_empty() {
+        yaml.push_str("  variants:\n");
+        for (version, weight) in variants {
+            yaml.push_str(&format!(
+                "    - {{ model: \"{MODEL}:{version}\", weight: {weight} }}\n"
+            ));
+        }
+    }
+    yaml
+}
+
+/// Agent `i` connects: a new session, and what the outbox holds for it on its way.
+fn open(cp: &ControlPlane, agent: &mut SimAgent, i: usize, step: u64, now: u64) {
+    let address = SocketAddr::from(([127, 0, 0, 1], 10_000 + i as u16));
+    let session = AgentSession::open(&cp.session(), &agent.record, address, now);
+    agent.session = Some(session);
+    agent.last_status = None;
+    if let Some(signed) = welcomed(&cp.session(), &agent.record.id).expect("readable") {
+        send(agent, signed, step);
+    }
+}
+
 /// Performs `actions` as an agent's driver would, at once: fetches succeed, loads succeed
 /// unless the revision fails to load on this agent.
 fn perform(agent: &mut SimAgent, actions: Vec<Action>) {
-    let mut queue: std::collections::VecDeque<Action> = actions.into();
+    let mut queue: VecDeque<Action> = actions.into();
     while let Some(action) = queue.pop_front() {
         let more = match action {
             Action::PinTrustRoot(_) | Action::Record(_) | Action::Report => Vec::new(),
@@ -648,19 +851,12 @@ fn perform(agent: &mut SimAgent, actions: Vec<Action>) {
     }
 }
 
-/// The agent dies while it serves what it serves; its supervisor starts it again at once. The
+/// Agent `i` dies while it serves what it serves; its supervisor starts it again at once. The
 /// new run records the exit (and may put the revision aside), starts from what the agent
-/// persisted, tells the control plane its exits, and gets the current desired state again on
-/// its new connection.
-fn crash(
-    agent: &mut SimAgent,
-    trust: &SignedTrustRoot,
-    policy: ExitPolicy,
-    reports: &AgentReports,
-    current: Option<DesiredState>,
-    (online_key, step): (&SecretKey, u64),
-    now: u64,
-) {
+/// persisted, connects again (its old session closes) and tells the control plane its exits.
+fn crash(fleet: &mut Fleet, i: usize, step: u64, now: u64) {
+    let (trust, policy) = (&fleet.trust, fleet.exit_policy);
+    let agent = &mut fleet.agents[i];
     agent.deaths += 1;
     let exit = UncleanExit {
         run: format!("{}-{}", agent.record.name, agent.deaths),
@@ -708,25 +904,36 @@ fn crash(
             agent.serving.remove(&name);
         }
     }
-    if let Some(report) = agent.exits.report(&agent.record.name, policy, now) {
-        reports.record_exits(&agent.record.id, report);
+    // The new run: new counters, a new connection, its exits told.
+    agent.counters.clear();
+    if let Some(session) = agent.session.take() {
+        session.close(&fleet.cp.session());
     }
-    if let Some(state) = current {
-        send(agent, state.sign(online_key), step);
+    agent.outgoing.clear();
+    agent.in_flight.clear();
+    open(&fleet.cp, agent, i, step, now);
+    if let Some(report) = agent.exits.report(&agent.record.name, policy, now) {
+        agent.report(AgentMessage::Exits(report), step);
     }
 }
 
 /// Steps more a reordering link holds a desired state of an odd generation.
 pub const OVERTAKEN_BY: u64 = 3;
 
-/// Puts `signed` on its way to `agent` at `step`.
+/// Puts `signed` on its way to `agent` at `step`; a link that drops loses every second one,
+/// and the connection with it.
 fn send(agent: &mut SimAgent, signed: SignedDesiredState, step: u64) {
+    agent.sent += 1;
+    if agent.faults.drops && agent.sent.is_multiple_of(2) {
+        agent.lost += 1;
+        agent.reconnect = true;
+        return;
+    }
     let held = if agent.faults.reorder && signed.generation % 2 == 1 {
         OVERTAKEN_BY
     } else {
         0
     };
-    agent.sent += 1;
     agent
         .in_flight
         .push((step + agent.faults.delay + held, agent.sent, signed));
@@ -748,26 +955,6 @@ fn arrived(agent: &mut SimAgent, step: u64) -> Vec<(u64, SignedDesiredState)> {
         .collect()
 }
 
-fn agent_record(name: &str) -> AgentRecord {
-    AgentRecord {
-        id: format!("id-{name}"),
-        name: name.to_owned(),
-        labels: [("fleet".to_owned(), "sim".to_owned())].into(),
-        capacity: Default::default(),
-        version: String::new(),
-        first_seen_ms: 0,
-        last_seen_ms: 0,
-        status: AgentStatus::Ready,
-        address: None,
-        replica: None,
-        cert_sha256: String::new(),
-        previous_cert_sha256: None,
-        cert_expires_ms: None,
-        key_sha256: None,
-        revoked_ms: None,
-    }
-}
-
 /// A rollout policy: cumulative waves, a health window, auto-rollback.
 pub fn policy(waves: &[u8], health_window_ms: u64) -> RolloutPolicy {
     RolloutPolicy {
@@ -775,7 +962,7 @@ pub fn policy(waves: &[u8], health_window_ms: u64) -> RolloutPolicy {
         health_window_ms,
         max_error_rate: 0.05,
         auto_rollback: true,
-        progress_deadline_ms: 10 * 60_000,
+        progress_deadline_ms: tern_control_plane::rollout::DEFAULT_PROGRESS_DEADLINE_MS,
         offline_grace_ms: OFFLINE_GRACE_MS,
     }
 }

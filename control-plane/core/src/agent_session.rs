@@ -5,10 +5,10 @@
 //! The QUIC adapter (the server's `agents`) reads frames, feeds them here and carries out the
 //! [`Effect`]s in order.
 
-use tern_proto::message::{Ack, HealthReport, StatusReport};
+use tern_proto::message::{Ack, HealthReport, SignedDesiredState, StatusReport};
 use tern_proto::{AgentMessage, Capacity, ControlMessage, PROTOCOL_VERSION, Welcome};
 
-use crate::deploy::desired::{DesiredStore, Seen};
+use crate::deploy::desired::{DesiredStore, DesiredStoreError, Seen};
 use crate::health::HealthTracker;
 use crate::presence::{ConnectionId, Presence};
 use crate::registry::AgentRecord;
@@ -148,6 +148,17 @@ pub struct SessionContext<'a> {
     pub fleet: &'a crate::deploy::fleet::Inbox,
 }
 
+/// What a session sends once it is welcomed (after the trust chain): the agent's desired
+/// state as the outbox holds it. The deployment driver hears of the connect, so an agent whose
+/// state changed while it was away gets a new one.
+pub fn welcomed(
+    cx: &SessionContext<'_>,
+    agent_id: &str,
+) -> Result<Option<SignedDesiredState>, DesiredStoreError> {
+    cx.fleet.touch(agent_id);
+    cx.desired.signed(agent_id)
+}
+
 /// One open session: the agent, its connection in presence, and what it was given.
 #[derive(Debug)]
 pub struct AgentSession {
@@ -159,6 +170,18 @@ pub struct AgentSession {
 }
 
 impl AgentSession {
+    /// The session of `record`'s new connection from `address` at `now_ms`: presence counts
+    /// it (a newer connection of the agent replaces an older one).
+    pub fn open(
+        cx: &SessionContext<'_>,
+        record: &AgentRecord,
+        address: std::net::SocketAddr,
+        now_ms: u64,
+    ) -> Self {
+        let connection = cx.presence.connect(&record.id, address, now_ms);
+        Self::new(record, connection)
+    }
+
     /// The session of `record`'s connection `connection` (as presence numbered it).
     pub fn new(record: &AgentRecord, connection: ConnectionId) -> Self {
         Self {
@@ -167,6 +190,17 @@ impl AgentSession {
             connection,
             given: Seen::default(),
         }
+    }
+
+    /// The session ended; whether it was the agent's live connection here (the adapter then
+    /// marks its record NotReady, unless another replica holds it now). The deployment driver
+    /// hears of it.
+    pub fn close(self, cx: &SessionContext<'_>) -> bool {
+        let live = cx.presence.disconnect(&self.agent_id, self.connection);
+        if live {
+            cx.fleet.touch(&self.agent_id);
+        }
+        live
     }
 
     /// Takes in one message from the agent at `now_ms`; what to do, in order.

@@ -197,6 +197,17 @@ pub enum Heard {
     Exits { agent: String, report: ExitReport },
 }
 
+impl Heard {
+    /// The agent the report is about.
+    pub fn agent(&self) -> &str {
+        match self {
+            Heard::Status { agent, .. }
+            | Heard::Health { agent, .. }
+            | Heard::Exits { agent, .. } => agent,
+        }
+    }
+}
+
 fn encode<T: Serialize>(replica: &str, report: &T) -> Vec<u8> {
     postcard::to_allocvec(&Observed { replica, report }).unwrap_or_default()
 }

@@ -153,7 +153,7 @@ async fn session(
     let now = tern_clock::unix_millis_now();
     let (slot, mut desired) = watch::channel(None);
     shared.connections.replace(&record.id, conn, slot.clone());
-    let connection = shared.presence.connect(&record.id, remote, now);
+    let mut session = AgentSession::open(&shared.session_context(), &record, remote, now);
     // Whatever happens from here on, presence and the connection map are released below.
     let result = async {
         let (version, gpus) = (hello.version.clone(), hello.capacity.gpus.len());
@@ -181,7 +181,8 @@ async fn session(
         // pool), unless the driver already put a newer one in the slot. The driver hears of
         // the connect: an agent whose state changed while it was away gets a new one.
         let (work, id) = (shared.clone(), record.id.clone());
-        match tokio::task::spawn_blocking(move || work.desired.signed(&id)).await {
+        let welcomed = move || crate::agent_session::welcomed(&work.session_context(), &id);
+        match tokio::task::spawn_blocking(welcomed).await {
             Ok(Ok(Some(state))) => {
                 crate::sessions::offer(&slot, state);
             }
@@ -189,7 +190,6 @@ async fn session(
             Ok(Err(e)) => warn!(agent = %record.name, error = %e, "cannot read the desired state"),
             Err(e) => warn!(agent = %record.name, error = %e, "desired-state task failed"),
         }
-        shared.fleet.touch(&record.id);
         drop(slot);
         let transfers = tokio::spawn(
             crate::transfer::serve(conn.clone(), shared.clone(), record.id.clone())
@@ -199,7 +199,7 @@ async fn session(
             conn,
             shared,
             &record,
-            connection,
+            &mut session,
             &mut send,
             recv,
             &mut desired,
@@ -211,8 +211,8 @@ async fn session(
     .await;
 
     shared.connections.remove(&record.id, conn);
-    if shared.presence.disconnect(&record.id, connection) {
-        shared.fleet.touch(&record.id);
+    // Presence and the driver hear of it; the record says NotReady unless it is live elsewhere.
+    if session.close(&shared.session_context()) {
         let last_seen = shared
             .presence
             .seen(&record.id)
@@ -252,7 +252,7 @@ async fn control_loop(
     conn: &Connection,
     shared: &Arc<Shared>,
     record: &AgentRecord,
-    connection: u64,
+    session: &mut AgentSession,
     send: &mut SendStream,
     mut recv: RecvStream,
     desired: &mut watch::Receiver<Option<SignedDesiredState>>,
@@ -268,7 +268,6 @@ async fn control_loop(
             }
         }
     });
-    let mut session = AgentSession::new(record, connection);
     let result = async {
         loop {
             let frame = tokio::select! {

@@ -52,8 +52,16 @@ pub(crate) async fn follow(
                         );
                     }
                 }
+                // Another replica's report of an agent held here is stale (written late, by a
+                // replica that was paused or cut off while the agent moved): this session's
+                // own reports are newer.
                 for heard in crate::replica::heard(&changes, &shared.replica.name) {
-                    record(&shared, heard);
+                    let agent = heard.agent().to_owned();
+                    if !shared.connections.holds(&agent) {
+                        record(&shared, heard);
+                        // The lease holder plans on it, as on its own agents' reports.
+                        shared.fleet.touch(&agent);
+                    }
                 }
                 // What the outbox gained for agents held here (the holder of the work lease
                 // sends what it makes at once; this is for the others).

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tern_transport::TlsError;
@@ -196,6 +197,7 @@ impl RunningControlPlane {
         let shared = Arc::new(Shared {
             fleet: crate::deploy::fleet::Inbox::with_waker(move || wake.notify_one()),
             planner,
+            driver: Default::default(),
             shared_reports: crate::replica::SharedReports::new(backend.clone()),
             replicas: crate::replica::ReplicaRegistry::new(backend.clone()),
             replica,
@@ -558,6 +560,10 @@ async fn deployments(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         .await;
         match passed {
             Ok((planned, Ok((pass, now)))) => {
+                let counters = &shared.driver;
+                counters.passes.fetch_add(1, Ordering::Relaxed);
+                (counters.full_reads).fetch_add(u64::from(pass.read_all), Ordering::Relaxed);
+                (counters.signed).fetch_add(pass.sent.len() as u64, Ordering::Relaxed);
                 for (agent, state) in pass.sent {
                     shared.connections.send(&agent, state);
                 }

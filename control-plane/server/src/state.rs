@@ -4,6 +4,7 @@
 //! ([`crate::deploy::DeployContext`], [`crate::drift::DriftContext`], ...).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use tern_transport::CertificateAuthority;
 
@@ -57,6 +58,18 @@ pub(crate) struct Shared {
     pub fleet: crate::deploy::fleet::Inbox,
     /// Wakes the deployment driver (the inbox's waker).
     pub planner: Arc<tokio::sync::Notify>,
+    /// What the deployment driver did here since the process started.
+    pub driver: DriverCounters,
+}
+
+/// What the deployment driver did since the process started (for `/metrics`).
+#[derive(Debug, Default)]
+pub(crate) struct DriverCounters {
+    pub passes: std::sync::atomic::AtomicU64,
+    /// Passes that read the whole fleet first (a new term, a lost feed, a failed pass).
+    pub full_reads: std::sync::atomic::AtomicU64,
+    /// Desired states built, signed and put in the outbox.
+    pub signed: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -125,6 +138,9 @@ impl Shared {
             replica: crate::telemetry::exposition::ReplicaGauges {
                 work_lease_epoch: self.leadership.epoch(),
                 agents_connected: self.presence.connected(),
+                deploy_passes: self.driver.passes.load(Ordering::Relaxed),
+                deploy_full_reads: self.driver.full_reads.load(Ordering::Relaxed),
+                desired_signed: self.driver.signed.load(Ordering::Relaxed),
             },
         }
     }

@@ -811,6 +811,12 @@ fn replicas_reconnect_after_postgresql_restarts_under_load_and_go_on() -> anyhow
         return Ok(());
     };
     let (fleet, second) = serving_pair(&server, "replica_pg_restart")?;
+    let fleet_reads = |cps: [&ControlPlane; 2]| -> f64 {
+        (cps.iter())
+            .filter_map(|cp| cp.gauge("tern_control_plane_deploy_fleet_reads_total"))
+            .sum()
+    };
+    let reads_before = fleet_reads([&fleet.cp, &second]);
 
     // The database goes away and comes back while agents serve and report.
     std::thread::scope(|scope| -> anyhow::Result<()> {
@@ -854,12 +860,92 @@ fn replicas_reconnect_after_postgresql_restarts_under_load_and_go_on() -> anyhow
         Some(settled + 10),
         "the same through the other"
     );
-    // And the work goes on: a new revision rolls out.
+    // And the work goes on: a new revision rolls out, to the agents of both replicas. The
+    // change feed lost track while the server was away, so the driver read the fleet again
+    // (a pass over what it missed, not a scan every so often).
     fleet.push(&fleet.topk("after", 0)?, 2)?;
     fleet.apply("topk:2", 2)?;
     fleet.wait_phase(2, "Complete")?;
+    fleet.wait_serving("edge-1", 2)?;
+    fleet.wait_serving("edge-2", 2)?;
+    let reads_after = fleet_reads([&fleet.cp, &second]);
+    assert!(
+        reads_after > reads_before,
+        "the driver read the fleet again after the feed was lost ({reads_before} -> {reads_after})"
+    );
     drop(fleet);
     drop(second);
+    Ok(())
+}
+
+#[test]
+fn a_replica_that_falls_behind_loses_its_agents_to_one_that_sends_what_the_outbox_holds()
+-> anyhow::Result<()> {
+    let Some(server) = testing::shared() else {
+        return Ok(());
+    };
+    let tmp = tempfile::tempdir()?;
+    let (first, second, _) = two_replicas(&server, None, tmp.path(), "replica_behind")?;
+    // edge-1 held by the first (the lease holder), edge-2 by the second.
+    let mut agents = Vec::new();
+    for (name, at) in [("edge-1", &first), ("edge-2", &second)] {
+        agents.push(Agent::join(
+            at,
+            tmp.path(),
+            name,
+            &first.token("", "10m")?,
+            "",
+        )?);
+        first.wait_status(name, AgentStatus::Ready, FLEET_TIMEOUT)?;
+    }
+    let mut fleet = Fleet::around(tmp, first, agents)?;
+    fleet.rollout = "{ healthWindowSeconds: 0 }".into();
+    fleet.serve_topk()?;
+    fleet.push(&fleet.topk("two", 0)?, 2)?;
+    let signed_before = fleet
+        .cp
+        .gauge("tern_control_plane_desired_states_signed_total")
+        .unwrap_or(0.0);
+
+    // The second replica stops (as a process starved of CPU or stuck in I/O would) and
+    // revision 2 is applied: the holder signs both agents' states into the outbox once. The
+    // second's agent stops hearing acknowledgements, fails over to the first, and is sent
+    // what the outbox holds for it there.
+    let behind = second
+        .process
+        .as_ref()
+        .map(|p| p.pid())
+        .ok_or_else(|| anyhow::anyhow!("the second replica runs"))?;
+    signal(behind, "STOP")?;
+    let resume = scopeguard_cont(behind);
+    fleet.apply("topk:2", 2)?;
+    fleet.wait_serving("edge-1", 2)?;
+    fleet.wait_serving("edge-2", 2)?;
+    fleet.wait_phase(2, "Complete")?;
+    let signed = fleet
+        .cp
+        .gauge("tern_control_plane_desired_states_signed_total")
+        .unwrap_or(0.0);
+    assert!(
+        signed >= signed_before + 2.0,
+        "the holder signed both new states ({signed_before} -> {signed})"
+    );
+
+    // Resumed, it catches up with the store: its old session of edge-2 is superseded, it
+    // signs nothing, and nothing it sends takes the agent back.
+    drop(resume);
+    wait_for(FLEET_TIMEOUT, "the resumed replica answering", || {
+        second
+            .gauge("tern_control_plane_desired_states_signed_total")
+            .map(|n| (n, ()))
+    })
+    .map(|(n, ())| assert_eq!(n, 0.0, "a replica without the lease signs nothing"))?;
+    std::thread::sleep(Duration::from_secs(2));
+    let edge2 = fleet.agent_view("edge-2")?;
+    assert_eq!(edge2.refused, None, "no stale state reached it: {edge2:?}");
+    assert_eq!(edge2.applied_generation, edge2.desired_generation);
+    fleet.wait_serving("edge-2", 2)?;
+    assert_eq!(fleet.infer(1)?, 200);
     Ok(())
 }
 

@@ -1,6 +1,7 @@
-//! Whole rollouts on the in-memory fleet (`tern_e2e::sim`): the control plane's deployment core
-//! and the agents' reconcilers on a virtual clock. Each scenario is minutes of virtual time and
-//! milliseconds of real time; the property tests run hundreds of random fleets.
+//! Whole rollouts on the in-memory fleet (`tern_e2e::sim`): the control plane's own path
+//! (apply, the deployment driver's passes and outbox, the agents' sessions) and the agents'
+//! reconcilers on a virtual clock. Each scenario is minutes of virtual time and milliseconds
+//! of real time; the property tests run hundreds of random fleets.
 
 use proptest::prelude::*;
 use tern_control_plane::rollout::{Phase, Transition};
@@ -212,16 +213,23 @@ fn fleet_faults() -> impl Strategy<Value = Vec<Faults>> {
 }
 
 /// Per agent, whether the new revision fails to load there, errors there, and an offline
-/// spell; how late its messages arrive, and whether out of order.
+/// spell; how late its messages arrive, whether out of order, whether its link loses desired
+/// states, and whether a second replica holds it.
 fn faulty_fleet() -> impl Strategy<Value = Vec<Faults>> {
     prop::collection::vec(
         (
-            prop::bool::weighted(0.1),
-            prop::bool::weighted(0.1),
-            prop::option::weighted(0.3, (0u64..minutes(6), 1u64..minutes(6))),
-            prop::bool::weighted(0.05),
-            prop::option::weighted(0.3, 1u64..6),
-            prop::bool::weighted(0.2),
+            (
+                prop::bool::weighted(0.1),
+                prop::bool::weighted(0.1),
+                prop::option::weighted(0.3, (0u64..minutes(6), 1u64..minutes(6))),
+                prop::bool::weighted(0.05),
+            ),
+            (
+                prop::option::weighted(0.3, 1u64..6),
+                prop::bool::weighted(0.2),
+                prop::bool::weighted(0.1),
+                prop::bool::weighted(0.3),
+            ),
         ),
         1..16,
     )
@@ -229,19 +237,62 @@ fn faulty_fleet() -> impl Strategy<Value = Vec<Faults>> {
         agents
             .into_iter()
             .map(
-                |(load_fails, errors, offline, crashes, delay, reorder)| Faults {
-                    delay: delay.unwrap_or(0),
-                    reorder,
-                    load_fails: if load_fails { [2].into() } else { [].into() },
-                    errors_on: if errors { [2].into() } else { [].into() },
-                    crashes_on: if crashes { [2].into() } else { [].into() },
-                    offline: offline
-                        .map(|(from, len)| vec![(minutes(5) + from, minutes(5) + from + len)])
-                        .unwrap_or_default(),
+                |((load_fails, errors, offline, crashes), (delay, reorder, drops, elsewhere))| {
+                    Faults {
+                        delay: delay.unwrap_or(0),
+                        reorder,
+                        drops,
+                        elsewhere,
+                        load_fails: if load_fails { [2].into() } else { [].into() },
+                        errors_on: if errors { [2].into() } else { [].into() },
+                        crashes_on: if crashes { [2].into() } else { [].into() },
+                        offline: offline
+                            .map(|(from, len)| vec![(minutes(5) + from, minutes(5) + from + len)])
+                            .unwrap_or_default(),
+                    }
                 },
             )
             .collect()
     })
+}
+
+/// What happens to the control plane during the rollout: the work lease moves, the driver's
+/// follower falls behind the change feed (at a step of the rollout, for some steps).
+#[derive(Debug, Clone)]
+struct Upsets {
+    leader_change_at: Option<u64>,
+    feed_stall: Option<(u64, u64)>,
+    replica_lag: u64,
+}
+
+fn upsets() -> impl Strategy<Value = Upsets> {
+    (
+        prop::option::weighted(0.3, 0u64..120),
+        prop::option::weighted(0.3, (0u64..120, 1u64..60)),
+        0u64..8,
+    )
+        .prop_map(|(leader_change_at, feed_stall, replica_lag)| Upsets {
+            leader_change_at,
+            feed_stall,
+            replica_lag,
+        })
+}
+
+/// Runs `steps` steps of `fleet`, upsetting its control plane as `upsets` says (steps counted
+/// from `from`, the rollout's start).
+fn run_upset(fleet: &mut Fleet, upsets: &Upsets, from: u64, steps: u64) {
+    for _ in 0..steps {
+        let at = fleet_steps(fleet) - from;
+        if upsets.leader_change_at == Some(at) {
+            fleet.change_leader();
+        }
+        if let Some((stall_at, stall)) = upsets.feed_stall
+            && stall_at == at
+        {
+            fleet.stall_feed(stall);
+        }
+        fleet.step();
+    }
 }
 
 fn waves() -> impl Strategy<Value = Vec<u8>> {
@@ -255,26 +306,30 @@ fn waves() -> impl Strategy<Value = Vec<u8>> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
-    /// For random fleets and failures: no agent ever serves below its floor or a revision it
-    /// was not given, every rollout ends complete or rolled back (or paused, when it was),
-    /// complete when no fault was injected at all, and afterwards every agent that is online
-    /// serves what the rollout says.
+    /// For random fleets and failures (of agents, links and of the control plane: the work
+    /// lease moving, the change feed lagging, a replica behind): no agent ever serves below its
+    /// floor or a revision it was not given, no wave starts twice, every rollout ends complete
+    /// or rolled back (or paused, when it was), complete when no agent or link fault was
+    /// injected at all, and afterwards every agent that is online serves what the rollout says.
     #[test]
     fn every_rollout_ends_and_no_agent_serves_below_its_floor(
         faults in fleet_faults(),
         waves in waves(),
         pause_at in prop::option::weighted(0.2, 0u64..20),
+        upsets in upsets(),
     ) {
         let mut fleet = Fleet::new(faults.clone());
+        fleet.replica_lag = upsets.replica_lag;
         fleet.apply(1, policy(&[100], WINDOW_MS));
         fleet.run_until_settled(minutes(5));
         prop_assert_eq!(fleet.phase(), Some(&Phase::Complete));
         fleet.run(minutes(5).saturating_sub(fleet_steps(&fleet)));
         fleet.apply(2, policy(&waves, WINDOW_MS));
+        let from = fleet_steps(&fleet);
         if let Some(at) = pause_at {
-            fleet.run(at);
+            run_upset(&mut fleet, &upsets, from, at);
             let paused = fleet.pause();
-            fleet.run(minutes(3));
+            run_upset(&mut fleet, &upsets, from, minutes(3));
             if paused {
                 // Failures are still detected while paused.
                 let phase = fleet.phase();
@@ -285,6 +340,9 @@ proptest! {
             }
             fleet.resume();
         }
+        // The control plane's upsets happen in the first minute of the rollout.
+        let done = fleet_steps(&fleet) - from;
+        run_upset(&mut fleet, &upsets, from, 121u64.saturating_sub(done));
         fleet.run_until_settled(minutes(30));
         let phase = fleet.phase().cloned();
         prop_assert!(
@@ -392,14 +450,7 @@ fn without_auto_rollback_each_agent_puts_aside_what_kills_it_and_serves_the_last
         assert!(aside.reason.contains("exited 3 times"), "{}", aside.reason);
     }
     // An operator's undo names revision 1: the mark is dropped, and 2 may be tried anew later.
-    let now = fleet.now_ms();
-    assert!(
-        fleet
-            .deployment
-            .rollout
-            .as_mut()
-            .is_some_and(|r| r.undo(now))
-    );
+    assert!(fleet.undo());
     fleet.run(4);
     assert!(all_serve(&fleet, 1));
     assert!(
@@ -501,5 +552,100 @@ fn delayed_and_reordered_messages_still_roll_out_in_order_and_stale_states_are_r
         stale > 0,
         "older states arrived after newer ones, and were refused"
     );
+    assert_eq!(fleet.violations, []);
+}
+
+/// Agents with `faults`, revision 1 everywhere, then revision 2 applied in waves of 10%, 50%
+/// and 100%.
+fn second_rollout(faults: Vec<Faults>) -> Fleet {
+    let mut fleet = Fleet::new(faults);
+    fleet.apply(1, policy(&[100], WINDOW_MS));
+    fleet.run_until_settled(minutes(5));
+    assert_eq!(fleet.phase(), Some(&Phase::Complete));
+    fleet.apply(2, policy(&[10, 50, 100], WINDOW_MS));
+    fleet
+}
+
+#[test]
+fn a_leader_change_mid_rollout_starts_no_wave_twice_and_the_rollout_completes() {
+    let mut fleet = second_rollout(healthy(10));
+    // The work lease moves every 7 steps (3.5 s): inside every health window of 10 s.
+    let reads = fleet.full_reads;
+    while matches!(fleet.phase(), Some(Phase::Progressing)) && fleet_steps(&fleet) < minutes(20) {
+        fleet.run(7);
+        fleet.change_leader();
+    }
+    fleet.run(1);
+    assert_eq!(fleet.phase(), Some(&Phase::Complete));
+    assert!(fleet.leader_changes > 3, "{}", fleet.leader_changes);
+    assert_eq!(
+        fleet.full_reads,
+        reads + u64::from(fleet.leader_changes),
+        "each new leader reads the fleet once"
+    );
+    let sizes: Vec<usize> = waves_started(&fleet)[1..].iter().map(Vec::len).collect();
+    assert_eq!(sizes, [1, 4, 5], "each wave once, in order");
+    fleet.run(4);
+    assert!(all_serve(&fleet, 2));
+    assert_eq!(fleet.violations, []);
+}
+
+#[test]
+fn a_driver_behind_the_change_feed_reads_the_fleet_again_and_the_rollout_goes_on() {
+    let mut fleet = Fleet::new(healthy(6));
+    fleet.apply(1, policy(&[100], WINDOW_MS));
+    fleet.run_until_settled(minutes(5));
+    // The follower hears nothing for a minute from the apply on: the reports the sessions
+    // hand the driver still start its passes, and those find the catalog changed.
+    fleet.stall_feed(minutes(1));
+    fleet.apply(2, policy(&[50, 100], WINDOW_MS));
+    let reads = fleet.full_reads;
+    fleet.run(minutes(1) + 1);
+    assert_eq!(
+        fleet.full_reads,
+        reads + 1,
+        "told it lagged, the driver read the fleet again"
+    );
+    fleet.run_until_settled(minutes(10));
+    assert_eq!(fleet.phase(), Some(&Phase::Complete));
+    fleet.run(4);
+    assert!(all_serve(&fleet, 2));
+    assert_eq!(fleet.violations, []);
+}
+
+#[test]
+fn agents_held_by_a_replica_behind_get_each_state_late_and_the_rollout_completes() {
+    // Half the fleet is held by a replica that hears the outbox's commits 6 steps late.
+    let faults: Vec<Faults> = (0..8)
+        .map(|i| Faults {
+            elsewhere: i % 2 == 1,
+            ..Faults::default()
+        })
+        .collect();
+    let mut fleet = Fleet::new(faults);
+    fleet.replica_lag = 6;
+    fleet.apply(1, policy(&[100], WINDOW_MS));
+    fleet.run_until_settled(minutes(5));
+    assert_eq!(fleet.phase(), Some(&Phase::Complete));
+    fleet.apply(2, policy(&[25, 100], WINDOW_MS));
+    fleet.run_until_settled(minutes(10));
+    assert_eq!(fleet.phase(), Some(&Phase::Complete));
+    let sizes: Vec<usize> = waves_started(&fleet)[1..].iter().map(Vec::len).collect();
+    assert_eq!(sizes, [2, 6]);
+    fleet.run(10);
+    assert!(all_serve(&fleet, 2));
+    assert_eq!(fleet.violations, []);
+}
+
+#[test]
+fn a_link_that_loses_desired_states_costs_a_reconnect_and_the_agent_converges() {
+    let mut faults = healthy(4);
+    faults[0].drops = true;
+    let mut fleet = second_rollout(faults);
+    fleet.run_until_settled(minutes(10));
+    assert_eq!(fleet.phase(), Some(&Phase::Complete));
+    fleet.run(4);
+    assert!(all_serve(&fleet, 2));
+    assert!(fleet.agents[0].lost > 0, "states were lost on the way");
     assert_eq!(fleet.violations, []);
 }

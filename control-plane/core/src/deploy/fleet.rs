@@ -163,6 +163,8 @@ pub struct Pass {
     pub assigned: usize,
     /// When time alone moves a rollout next: the next pass is due then at the latest.
     pub next_deadline_ms: Option<u64>,
+    /// Whether it read the whole fleet first (a new term, a lost feed, a failed pass).
+    pub read_all: bool,
 }
 
 /// The fleet the work lease's holder plans on.
@@ -384,6 +386,7 @@ impl Fleet {
 
         let mut out = Pass {
             planned: dirty.len(),
+            read_all: everything,
             ..Pass::default()
         };
         let observe = |agent: &AgentRecord, pipeline: &str, target: u64, window_ms: u64| {

@@ -30,6 +30,11 @@ pub struct ExpositionContext<'a> {
 pub struct ReplicaGauges {
     pub work_lease_epoch: u64,
     pub agents_connected: usize,
+    /// The deployment driver's passes here, those that read the whole fleet, and the desired
+    /// states it signed.
+    pub deploy_passes: u64,
+    pub deploy_full_reads: u64,
+    pub desired_signed: u64,
 }
 
 /// The page. The control plane's own storage comes first and is there even when the fleet's
@@ -93,6 +98,24 @@ fn write_storage<P: MetricsPage>(cx: &ExpositionContext<'_>, page: &mut P) {
         "Agents connected to this replica.",
     )
     .sample(&[], replica.agents_connected as f64);
+    page.family(
+        "tern_control_plane_deploy_passes_total",
+        Kind::Counter,
+        "Passes of the deployment driver on this replica (one per batch of events or deadline).",
+    )
+    .sample(&[], replica.deploy_passes as f64);
+    page.family(
+        "tern_control_plane_deploy_fleet_reads_total",
+        Kind::Counter,
+        "Passes that read the whole fleet first: a new work-lease term, a change feed that lost track, a failed pass.",
+    )
+    .sample(&[], replica.deploy_full_reads as f64);
+    page.family(
+        "tern_control_plane_desired_states_signed_total",
+        Kind::Counter,
+        "Desired states the deployment driver built, signed and put in the outbox on this replica.",
+    )
+    .sample(&[], replica.desired_signed as f64);
 }
 
 /// The fleet's metrics, into any page (Prometheus text, OTLP).
