@@ -42,7 +42,7 @@ use tern_control_plane::registry::{AgentRecord, NewAgent, Registry};
 use tern_control_plane::releases::{MemoryBlobs, ReleaseStore};
 use tern_control_plane::replica::{Replica, SharedReports};
 use tern_control_plane::reports::AgentReports;
-use tern_control_plane::rollout::{Phase, Rollout, RolloutPolicy, Transition};
+use tern_control_plane::rollout::{AgentObservation, Phase, Rollout, RolloutPolicy, Transition};
 use tern_proto::AgentMessage;
 use tern_proto::api::ApplyRequest;
 use tern_proto::desired::{DesiredPipeline, DesiredStateError};
@@ -58,8 +58,28 @@ use tern_proto::trust::SignedTrustRoot;
 pub const STEP_MS: u64 = 500;
 /// Requests each online agent serves per step.
 pub const REQUESTS_PER_STEP: u64 = 10;
-/// Steps between two health reports of an agent (the agent sends one a second).
-const HEALTH_EVERY: u64 = 2;
+/// How often agents send what they send on a timer, and whether the fleet's rules are checked
+/// at every step (a benchmark of a large fleet spaces the first and skips the second).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cadence {
+    /// Steps between two heartbeats of an agent.
+    pub heartbeat_every: u64,
+    /// Steps between two health reports of an agent.
+    pub health_every: u64,
+    /// Whether [`Violation`]s are looked for at every step.
+    pub check: bool,
+}
+
+impl Default for Cadence {
+    /// A heartbeat every step, health every second (as the agent sends them), rules checked.
+    fn default() -> Self {
+        Self {
+            heartbeat_every: 1,
+            health_every: 2,
+            check: true,
+        }
+    }
+}
 /// The one pipeline of the simulation, and the model release its revisions pin (revision N
 /// runs `model` version N).
 pub const PIPELINE: &str = "p";
@@ -207,18 +227,19 @@ struct ControlPlane {
     feed: Subscription,
     /// The follower stops reading the feed until this step, and then finds it lagged.
     stalled_until: Option<u64>,
-    /// The second replica's feed, and the commits it has heard with the step it heard them.
-    other: Subscription,
+    /// The second replica's feed (when it holds agents), and the commits it has heard with the
+    /// step it heard them.
+    other: Option<Subscription>,
     heard_elsewhere: VecDeque<(u64, Changes)>,
 }
 
 impl ControlPlane {
-    fn new(trust: &SignedTrustRoot, publisher: &SecretKey) -> Self {
+    fn new(trust: &SignedTrustRoot, publisher: &SecretKey, other: bool) -> Self {
         let backend: SharedBackend = Arc::new(MemoryBackend::new());
         let cp = Self {
             feed: backend.subscribe(),
             stalled_until: None,
-            other: backend.subscribe(),
+            other: other.then(|| backend.subscribe()),
             heard_elsewhere: VecDeque::new(),
             registry: Registry::new(backend.clone()),
             catalog: Catalog::new(backend.clone()),
@@ -359,6 +380,10 @@ pub struct Fleet {
     /// Passes of the driver, and those that read the whole fleet first.
     pub passes: u64,
     pub full_reads: u64,
+    /// Each pass of the driver: how long it took, the agents it recomputed and the states it
+    /// signed.
+    pub pass_times: Vec<(std::time::Duration, usize, usize)>,
+    pub cadence: Cadence,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -375,7 +400,8 @@ impl Fleet {
     pub fn new(faults: Vec<Faults>) -> Self {
         let (root, publisher) = (SecretKey::generate(), SecretKey::generate());
         let trust = SignedTrustRoot::single_keys(1, &root, publisher.public(), 0);
-        let cp = ControlPlane::new(&trust, &publisher);
+        let other = faults.iter().any(|f| f.elsewhere);
+        let cp = ControlPlane::new(&trust, &publisher, other);
         let agents = (faults.into_iter().enumerate())
             .map(|(i, faults)| SimAgent::new(cp.enroll(i, &format!("edge-{i:02}")), faults))
             .collect();
@@ -397,6 +423,8 @@ impl Fleet {
             waves: BTreeSet::new(),
             passes: 0,
             full_reads: 0,
+            pass_times: Vec::new(),
+            cadence: Cadence::default(),
         }
     }
 
@@ -522,6 +550,7 @@ impl Fleet {
         self.deliver(step, now);
         self.drive(step, now);
         let online_key = self.cp.online_key.public();
+        let cadence = self.cadence;
         for i in 0..self.agents.len() {
             let agent = &mut self.agents[i];
             if !agent.online {
@@ -553,7 +582,9 @@ impl Fleet {
             // A heartbeat every step, a status report when it changed (or on a new
             // connection), health every second: as the agent's own loop sends them.
             agent.seq += 1;
-            agent.report(AgentMessage::Heartbeat(Heartbeat { seq: agent.seq }), step);
+            if step.is_multiple_of(cadence.heartbeat_every) {
+                agent.report(AgentMessage::Heartbeat(Heartbeat { seq: agent.seq }), step);
+            }
             let status = (
                 agent.reconciler.applied_generation(),
                 agent.reconciler.status(),
@@ -590,7 +621,7 @@ impl Fleet {
                     .or_default();
                 *counters = (counters.0 + REQUESTS_PER_STEP, counters.1 + errors);
             }
-            if step % HEALTH_EVERY != 0 {
+            if !step.is_multiple_of(cadence.health_every) {
                 continue;
             }
             let health = HealthReport {
@@ -605,7 +636,9 @@ impl Fleet {
             };
             agent.report(AgentMessage::Health(health), step);
         }
-        self.check(step);
+        if self.cadence.check {
+            self.check(step);
+        }
         self.refresh();
         self.step += 1;
     }
@@ -664,8 +697,10 @@ impl Fleet {
         if events.is_empty() && self.due.is_none_or(|due| due > now) {
             return;
         }
+        let started = std::time::Instant::now();
         let pass = (self.planner.pass(&self.cp.deploy(), events, now))
             .expect("the in-memory stores do not fail");
+        (self.pass_times).push((started.elapsed(), pass.assigned, pass.sent.len()));
         self.due = pass.next_deadline_ms;
         self.passes += 1;
         self.full_reads += u64::from(pass.read_all);
@@ -699,7 +734,10 @@ impl Fleet {
     /// The second replica: it hears the outbox's commits [`Fleet::replica_lag`] steps late and
     /// sends each agent it holds what the commit wrote for it (as the server's follower does).
     fn relay(&mut self, step: u64) {
-        while let Ok(notice) = self.cp.other.try_recv() {
+        let Some(other) = self.cp.other.as_mut() else {
+            return;
+        };
+        while let Ok(notice) = other.try_recv() {
             if let Notice::Committed(changes) = notice {
                 self.cp.heard_elsewhere.push_back((step, changes));
             }
@@ -719,6 +757,42 @@ impl Fleet {
                 }
             }
         }
+    }
+
+    /// The reference for the driver's passes: one pass over the whole fleet as the driver made
+    /// every 500 ms before it was driven by events — every agent's record, every desired
+    /// state and every deployment read from the store, and the plan over all of them (every
+    /// agent observed healthy, serving the target) — and how long it took. Nothing is written.
+    pub fn full_scan(&self) -> (std::time::Duration, usize) {
+        let started = std::time::Instant::now();
+        let cp = &self.cp;
+        let agents = cp.registry.agents().expect("readable");
+        let stored: std::collections::HashMap<String, _> = (cp.desired.all().expect("readable"))
+            .into_iter()
+            .filter_map(|(agent, record)| Some((agent, record.ok()?)))
+            .collect();
+        let deployments = cp.catalog.deployments().expect("readable");
+        let applied = std::collections::HashMap::new();
+        let observe = |agent: &AgentRecord, _: &str, target: u64, _: u64| AgentObservation {
+            agent: agent.name.clone(),
+            connected: true,
+            offline_ms: 0,
+            exits: None,
+            serving: Some(target),
+            reported: Some((target, None)),
+            requests: 0,
+            errors: 0,
+        };
+        let plan = tern_control_plane::deploy::plan::plan(
+            deployments,
+            &agents,
+            &stored,
+            &applied,
+            Some(self.trust.signed.version),
+            &observe,
+            self.now_ms(),
+        );
+        (started.elapsed(), plan.changes.len())
     }
 
     /// The rules no step may break: an agent serves nothing below its floors, and what it

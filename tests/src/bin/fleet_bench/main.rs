@@ -8,6 +8,8 @@
 //! - `telemetry`: ingest from N agents over QUIC, beside the store written in-process.
 //! - `failover`: replicas on PostgreSQL; the work lease's holder killed → the next desired
 //!   state sent by another, beside the lease's TTL.
+//! - `simulate`: a whole canary rollout across N simulated agents on the fleet core in virtual
+//!   time, beside one whole-fleet pass of the driver as it was before events drove it.
 //!
 //! Run with `cargo run -p tern-e2e --bin fleet-bench -- <command>` after `cargo xtask test` built
 //! the binaries.
@@ -94,6 +96,14 @@ enum Cmd {
         #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
         lease_ttl: Duration,
     },
+    /// A whole canary rollout across many simulated agents on the fleet core, in virtual time.
+    Simulate {
+        #[arg(long, default_value_t = 100_000)]
+        agents: usize,
+        /// The rollout's cumulative waves, in percent.
+        #[arg(long, value_delimiter = ',', default_value = "1,10,50,100")]
+        waves: Vec<u8>,
+    },
     /// The reference client: holds one agent connection with heartbeats, prints "connected".
     #[command(hide = true)]
     BareClient {
@@ -118,11 +128,13 @@ fn main() -> anyhow::Result<()> {
             postgres,
         } => telemetry::run(agents, window, postgres),
         Cmd::Failover { runs, lease_ttl } => failover::run(runs, lease_ttl),
+        Cmd::Simulate { agents, waves } => simulate::run(agents, &waves),
         Cmd::BareClient { data_dir } => bare_client(&data_dir),
     }
 }
 
 mod failover;
+mod simulate;
 mod telemetry;
 
 fn mib(bytes: u64) -> f64 {
