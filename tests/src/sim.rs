@@ -68,6 +68,9 @@ pub struct Cadence {
     pub health_every: u64,
     /// Whether [`Violation`]s are looked for at every step.
     pub check: bool,
+    /// Whether agents check what they are sent and run their reconciler (off: a benchmark of
+    /// the control plane takes each state as it comes and serves what it says at once).
+    pub verify: bool,
 }
 
 impl Default for Cadence {
@@ -77,6 +80,7 @@ impl Default for Cadence {
             heartbeat_every: 1,
             health_every: 2,
             check: true,
+            verify: true,
         }
     }
 }
@@ -141,10 +145,12 @@ pub struct SimAgent {
     pub serving: BTreeMap<String, DesiredPipeline>,
     /// Release name → floor, as the agent persisted them.
     pub floors: BTreeMap<String, VersionFloor>,
-    /// (pipeline, revision) → (requests, errors) this run served: its health counters.
-    counters: BTreeMap<(String, u64), (u64, u64)>,
-    /// (step, revision, requests, errors) of the traffic it served.
-    traffic: Vec<(u64, u64, u64, u64)>,
+    /// Revision of [`PIPELINE`] → (requests, errors) this run served: its health counters.
+    counters: BTreeMap<u64, (u64, u64)>,
+    /// Every revision it answered requests with.
+    served: BTreeSet<u64>,
+    /// With [`Cadence::verify`] off: the generation it took last and its pipelines' status.
+    taken: Option<(u64, Vec<tern_proto::message::PipelineStatus>)>,
     online: bool,
     /// Its unclean exits and the revisions it put aside, as the agent persists them.
     pub exits: ExitLedger,
@@ -173,7 +179,8 @@ impl SimAgent {
             serving: BTreeMap::new(),
             floors: BTreeMap::new(),
             counters: BTreeMap::new(),
-            traffic: Vec::new(),
+            served: BTreeSet::new(),
+            taken: None,
             online: true,
             exits: ExitLedger::default(),
             good: BTreeMap::new(),
@@ -186,13 +193,10 @@ impl SimAgent {
         self.serving.get(PIPELINE).map(|p| p.revision)
     }
 
-    /// Every revision this agent ever answered requests with, from its traffic: what it serves
-    /// now says nothing of what it served before a rollback.
+    /// Every revision this agent ever answered requests with: what it serves now says nothing
+    /// of what it served before a rollback.
     pub fn revisions_served(&self) -> BTreeSet<u64> {
-        self.traffic
-            .iter()
-            .map(|(_, revision, _, _)| *revision)
-            .collect()
+        self.served.clone()
     }
 
     /// Puts `message` on its way to the control plane at `step`.
@@ -377,6 +381,8 @@ pub struct Fleet {
     pub leader_changes: u32,
     /// The waves started so far: (rollout start, revision, wave).
     waves: BTreeSet<(u64, u64, usize)>,
+    /// Agent id → its index in `agents`.
+    index: std::collections::HashMap<String, usize>,
     /// Passes of the driver, and those that read the whole fleet first.
     pub passes: u64,
     pub full_reads: u64,
@@ -402,8 +408,11 @@ impl Fleet {
         let trust = SignedTrustRoot::single_keys(1, &root, publisher.public(), 0);
         let other = faults.iter().any(|f| f.elsewhere);
         let cp = ControlPlane::new(&trust, &publisher, other);
-        let agents = (faults.into_iter().enumerate())
+        let agents: Vec<SimAgent> = (faults.into_iter().enumerate())
             .map(|(i, faults)| SimAgent::new(cp.enroll(i, &format!("edge-{i:02}")), faults))
+            .collect();
+        let index = (agents.iter().enumerate())
+            .map(|(i, a)| (a.record.id.clone(), i))
             .collect();
         Self {
             step: 0,
@@ -421,6 +430,7 @@ impl Fleet {
             replica_lag: 0,
             leader_changes: 0,
             waves: BTreeSet::new(),
+            index,
             passes: 0,
             full_reads: 0,
             pass_times: Vec::new(),
@@ -556,7 +566,14 @@ impl Fleet {
             if !agent.online {
                 continue;
             }
-            for (order, signed) in arrived(agent, step) {
+            let arrivals = arrived(agent, step);
+            // Its status changes only with what arrives (or is to be told on a new connection).
+            let changed = !arrivals.is_empty() || agent.last_status.is_none();
+            for (order, signed) in arrivals {
+                if !cadence.verify {
+                    take(agent, &signed);
+                    continue;
+                }
                 let generation = signed.generation;
                 let applied = agent.reconciler.applied_generation();
                 let opened = signed
@@ -585,11 +602,17 @@ impl Fleet {
             if step.is_multiple_of(cadence.heartbeat_every) {
                 agent.report(AgentMessage::Heartbeat(Heartbeat { seq: agent.seq }), step);
             }
-            let status = (
-                agent.reconciler.applied_generation(),
-                agent.reconciler.status(),
-            );
-            if agent.last_status.as_ref() != Some(&status) {
+            let status = match (&agent.taken, changed) {
+                (_, false) => None,
+                (Some(taken), true) => Some(taken.clone()),
+                (None, true) => Some((
+                    agent.reconciler.applied_generation(),
+                    agent.reconciler.status(),
+                )),
+            };
+            if let Some(status) = status
+                && agent.last_status.as_ref() != Some(&status)
+            {
                 agent.last_status = Some(status.clone());
                 let (applied_generation, pipelines) = status;
                 let report = StatusReport {
@@ -613,12 +636,8 @@ impl Fleet {
                 } else {
                     0
                 };
-                agent
-                    .traffic
-                    .push((step, revision, REQUESTS_PER_STEP, errors));
-                let counters = (agent.counters)
-                    .entry((PIPELINE.to_owned(), revision))
-                    .or_default();
+                agent.served.insert(revision);
+                let counters = agent.counters.entry(revision).or_default();
                 *counters = (counters.0 + REQUESTS_PER_STEP, counters.1 + errors);
             }
             if !step.is_multiple_of(cadence.health_every) {
@@ -626,9 +645,9 @@ impl Fleet {
             }
             let health = HealthReport {
                 pipelines: (agent.counters.iter())
-                    .map(|((name, revision), &(requests, errors))| PipelineHealth {
-                        name: name.clone(),
-                        revision: *revision,
+                    .map(|(&revision, &(requests, errors))| PipelineHealth {
+                        name: PIPELINE.to_owned(),
+                        revision,
                         requests,
                         errors,
                     })
@@ -639,7 +658,6 @@ impl Fleet {
         if self.cadence.check {
             self.check(step);
         }
-        self.refresh();
         self.step += 1;
     }
 
@@ -705,9 +723,8 @@ impl Fleet {
         self.passes += 1;
         self.full_reads += u64::from(pass.read_all);
         // No wave of one rollout starts twice, whichever driver runs it.
-        let started_ms = (self.cp.catalog.deployment(DEPLOYMENT).expect("readable"))
-            .and_then(|d| d.rollout)
-            .map(|r| r.started_ms);
+        self.refresh();
+        let started_ms = self.rollout().map(|r| r.started_ms);
         for moved in pass.moved {
             if let (Transition::WaveStarted { wave, .. }, Some(started_ms)) =
                 (&moved.transition, started_ms)
@@ -723,8 +740,9 @@ impl Fleet {
         }
         // The agents held here get theirs at once; the other replica's, when it hears it.
         for (agent_id, signed) in pass.sent {
-            if let Some(agent) = (self.agents.iter_mut())
-                .find(|a| a.record.id == agent_id && a.session.is_some() && !a.faults.elsewhere)
+            if let Some(agent) = (self.index.get(&agent_id)).map(|&i| &mut self.agents[i])
+                && agent.session.is_some()
+                && !agent.faults.elsewhere
             {
                 send(agent, signed, step);
             }
@@ -750,8 +768,9 @@ impl Fleet {
             };
             for (agent_id, signed) in tern_control_plane::deploy::desired::sent(&changes) {
                 let signed = signed.expect("the outbox's records read back");
-                if let Some(agent) = (self.agents.iter_mut())
-                    .find(|a| a.record.id == agent_id && a.session.is_some() && a.faults.elsewhere)
+                if let Some(agent) = (self.index.get(&agent_id)).map(|&i| &mut self.agents[i])
+                    && agent.session.is_some()
+                    && agent.faults.elsewhere
                 {
                     send(agent, signed, step);
                 }
@@ -866,13 +885,42 @@ fn manifests(revision: u64, policy: &RolloutPolicy, variants: &[(u64, u32)]) -> 
 
 /// Agent `i` connects: a new session, and what the outbox holds for it on its way.
 fn open(cp: &ControlPlane, agent: &mut SimAgent, i: usize, step: u64, now: u64) {
-    let address = SocketAddr::from(([127, 0, 0, 1], 10_000 + i as u16));
+    let [_, a, b, c] = (i as u32).to_be_bytes();
+    let address = SocketAddr::from(([127, a, b, c], 10_000));
     let session = AgentSession::open(&cp.session(), &agent.record, address, now);
     agent.session = Some(session);
     agent.last_status = None;
     if let Some(signed) = welcomed(&cp.session(), &agent.record.id).expect("readable") {
         send(agent, signed, step);
     }
+}
+
+/// Takes `signed` without checking it (a benchmark's agent): it serves what the state says at
+/// once, unless it took a newer one already.
+fn take(agent: &mut SimAgent, signed: &SignedDesiredState) {
+    if agent
+        .taken
+        .as_ref()
+        .is_some_and(|(g, _)| *g >= signed.generation)
+    {
+        return;
+    }
+    let Ok(state) = postcard::from_bytes::<tern_proto::desired::DesiredState>(&signed.body) else {
+        return;
+    };
+    let status = (state.pipelines.iter())
+        .map(|p| tern_proto::message::PipelineStatus {
+            name: p.name.clone(),
+            revision: p.revision,
+            phase: tern_proto::message::PipelinePhase::Ready,
+            message: String::new(),
+            serving: Some(p.revision),
+        })
+        .collect();
+    agent.serving = (state.pipelines.into_iter())
+        .map(|p| (p.name.clone(), p))
+        .collect();
+    agent.taken = Some((signed.generation, status));
 }
 
 /// Performs `actions` as an agent's driver would, at once: fetches succeed, loads succeed

@@ -298,7 +298,7 @@ impl AgentSession {
             (cx.shared_reports).health(&cx.replica.name, &self.agent_id, &report);
         }
         cx.health.record(&self.agent_id, &report, now_ms);
-        cx.fleet.touch(&self.agent_id);
+        cx.fleet.health(&self.agent_id);
     }
 }
 

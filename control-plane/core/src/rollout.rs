@@ -188,9 +188,10 @@ impl Rollout {
     /// every agent this one moved elsewhere returns, on a rollback, to what it runs now.
     pub fn successor(&self, target: u64, policy: RolloutPolicy, now_ms: u64) -> Self {
         let previous = self.stable();
+        let assignments = self.assignments();
         let returns = (self.members.iter())
             .chain(self.returns.keys())
-            .filter_map(|agent| Some((agent.clone(), self.assignment(agent)?)))
+            .filter_map(|agent| Some((agent.clone(), assignments.of(agent)?)))
             .filter(|(_, revision)| Some(*revision) != previous)
             .collect();
         Self {

@@ -58,9 +58,14 @@ pub(crate) async fn follow(
                 for heard in crate::replica::heard(&changes, &shared.replica.name) {
                     let agent = heard.agent().to_owned();
                     if !shared.connections.holds(&agent) {
-                        record(&shared, heard);
                         // The lease holder plans on it, as on its own agents' reports.
-                        shared.fleet.touch(&agent);
+                        match &heard {
+                            Heard::Health { .. } => shared.fleet.health(&agent),
+                            Heard::Status { .. } | Heard::Exits { .. } => {
+                                shared.fleet.touch(&agent)
+                            }
+                        }
+                        record(&shared, heard);
                     }
                 }
                 // What the outbox gained for agents held here (the holder of the work lease

@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use super::desired::AgentDesired;
 use super::plan::{self, Given, Moved, Observe, Wanted};
-use super::{DeployContext, DeployError, build, observe};
+use super::{DeployContext, DeployError, Lookups, build, observe};
 use crate::backend::Change;
 use crate::catalog::DeploymentRecord;
 use crate::registry::AgentRecord;
@@ -30,8 +30,11 @@ use crate::rollout::Transition;
 /// What happened since the last pass.
 #[derive(Debug, Default)]
 pub struct Events {
-    /// Agents (by id) that reported, connected or went away.
+    /// Agents (by id) that reported their status, connected or went away: what each is given
+    /// is recomputed, and the active rollouts that select it step.
     agents: BTreeSet<String>,
+    /// Agents (by id) that reported health only: the active rollouts that select them step.
+    health: BTreeSet<String>,
     /// Agent records written (by id; `None`: deleted).
     records: BTreeMap<String, Option<AgentRecord>>,
     /// Releases written (new, or co-signed).
@@ -50,7 +53,10 @@ impl Events {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.agents.is_empty() && self.records.is_empty() && !self.urgent()
+        self.agents.is_empty()
+            && self.health.is_empty()
+            && self.records.is_empty()
+            && !self.urgent()
     }
 }
 
@@ -105,6 +111,15 @@ impl Inbox {
         self.with(|e| {
             if !e.agents.contains(agent_id) {
                 e.agents.insert(agent_id.to_owned());
+            }
+        });
+    }
+
+    /// `agent` reported its health: only the rollouts that observe it care.
+    pub fn health(&self, agent_id: &str) {
+        self.with(|e| {
+            if !e.health.contains(agent_id) {
+                e.health.insert(agent_id.to_owned());
             }
         });
     }
@@ -312,7 +327,9 @@ impl Fleet {
 
         let lock = cx.catalog.lock()?;
         let generation = lock.generation();
-        if everything || events.catalog || generation != self.catalog_generation {
+        // Every catalog write moves its generation: an unchanged one (this pass's own commit
+        // heard back, a trust root pinned) needs no read.
+        if everything || generation != self.catalog_generation {
             let fresh: BTreeMap<String, DeploymentRecord> = (lock.deployments()?.into_iter())
                 .map(|d| (d.manifest.metadata.name.clone(), d))
                 .collect();
@@ -375,7 +392,7 @@ impl Fleet {
             }
             let due = self.due.get(name).is_some_and(|&at| at <= now_ms);
             let selector = deployment.manifest.spec.selector.selector();
-            let heard = affected.iter().any(|id| {
+            let heard = affected.iter().chain(&events.health).any(|id| {
                 (self.names.get(id).and_then(|n| self.agents.get(n)))
                     .is_some_and(|a| selector.matches(&a.labels))
             });
@@ -406,8 +423,11 @@ impl Fleet {
                 Some(at) => self.due.insert(name.clone(), at),
                 None => self.due.remove(name),
             };
-            if !moved.is_empty() || Some(&deployment) != self.deployments.get(name) {
+            let before = self.deployments.get(name);
+            if before.is_some_and(|b| gives_otherwise(b, &deployment)) {
                 affected.extend(selected.iter().map(|a| a.id.clone()));
+            }
+            if !moved.is_empty() || Some(&deployment) != before {
                 stepped.push(deployment);
             }
             out.moved.extend(moved);
@@ -450,6 +470,7 @@ impl Fleet {
             warn!(deployment = %c.deployment, agent = %c.agent, pipeline = %c.pipeline, "another deployment already runs this pipeline on this agent; ignored");
         }
         out.assigned = members.len();
+        let lookups = Lookups::default();
         for agent in members {
             if self.unreadable.contains(&agent.id) {
                 continue;
@@ -473,14 +494,15 @@ impl Fleet {
                 (None, Some(previous)) if unsigned.contains(&agent.id) => again(previous),
                 (None, Some(previous))
                     if cosigned.contains(&agent.id)
-                        && rebuilt(cx, &agent.id, previous, trust.as_ref(), now_ms) =>
+                        && rebuilt(cx, &lookups, &agent.id, previous, trust.as_ref(), now_ms) =>
                 {
                     again(previous)
                 }
                 (None, _) => continue,
             };
             let kept = (&mut self.desired, &mut self.unreadable, &mut self.retry);
-            if let Some(sent) = outbox(cx, kept, agent, record, trust.as_ref(), now_ms)? {
+            let built = (&lookups, trust.as_ref());
+            if let Some(sent) = outbox(cx, kept, agent, record, built, now_ms)? {
                 out.sent.push((agent.id.clone(), sent));
             }
         }
@@ -501,12 +523,12 @@ fn outbox(
     ),
     agent: &AgentRecord,
     mut record: AgentDesired,
-    trust: Option<&SignedTrustRoot>,
+    (lookups, trust): (&Lookups, Option<&SignedTrustRoot>),
     now_ms: u64,
 ) -> Result<Option<SignedDesiredState>, DeployError> {
     // Built before it is recorded: a state that cannot be built or sent is not half-made,
     // and the next event tries again.
-    let built = match build(cx, &agent.id, &record, trust, now_ms) {
+    let built = match build(cx, lookups, &agent.id, &record, trust, now_ms) {
         Ok(built) => built,
         Err(e) => {
             warn!(agent = %agent.name, error = %e, "cannot build the desired state; tried again at the next pass");
@@ -540,12 +562,26 @@ fn outbox(
 /// it goes out as a new one.
 fn rebuilt(
     cx: &DeployContext<'_>,
+    lookups: &Lookups,
     agent_id: &str,
     record: &AgentDesired,
     trust: Option<&SignedTrustRoot>,
     now_ms: u64,
 ) -> bool {
-    build(cx, agent_id, record, trust, now_ms).is_ok_and(|b| record.content != Some(b.content))
+    build(cx, lookups, agent_id, record, trust, now_ms)
+        .is_ok_and(|b| record.content != Some(b.content))
+}
+
+/// Whether `after`'s rollout may give an agent another revision than `before`'s did (a
+/// rollout that only counted its health window gives everyone the same as before).
+fn gives_otherwise(before: &DeploymentRecord, after: &DeploymentRecord) -> bool {
+    match (&before.rollout, &after.rollout) {
+        (Some(b), Some(a)) => {
+            (b.target, b.previous, &b.phase, &b.members, &b.returns)
+                != (a.target, a.previous, &a.phase, &a.members, &a.returns)
+        }
+        (b, a) => b.is_some() != a.is_some(),
+    }
 }
 
 /// When time alone moves `deployment`'s rollout next: its own deadline, or the end of the

@@ -13,19 +13,21 @@ pub mod desired;
 pub mod fleet;
 pub mod plan;
 
-use std::collections::BTreeSet;
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use tern_proto::MAX_FRAME_LEN;
 use tern_proto::desired::{DesiredPipeline, DesiredState, DesiredStep, DesiredVariant, Warmup};
 use tern_proto::manifest::{ArtifactRef, StepKind, VariantSpec};
 use tern_proto::message::{PipelinePhase, SignedDesiredState};
-use tern_proto::release::Digest;
+use tern_proto::release::{Digest, SignedRelease};
 use tern_proto::signing::SecretKey;
 use tern_proto::trust::SignedTrustRoot;
 
 pub use desired::{AgentDesired, DesiredStore, DesiredStoreError};
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, PipelineRecord};
 use crate::health::HealthTracker;
 use crate::presence::Presence;
 use crate::registry::{AgentRecord, Registry};
@@ -112,9 +114,54 @@ fn observe(
     }
 }
 
+/// What building desired states reads, each read once per pass however many agents share it:
+/// pipeline revisions (never changed once recorded) and releases (read again at the next pass,
+/// where a co-signature shows).
+#[derive(Debug, Default)]
+pub struct Lookups {
+    revisions: RefCell<Read<Arc<PipelineRecord>>>,
+    releases: RefCell<Read<SignedRelease>>,
+}
+
+/// What was read, by (name, revision or version); `None`: there is none.
+type Read<T> = HashMap<(String, u64), Option<T>>;
+
+impl Lookups {
+    fn revision(
+        &self,
+        cx: &DeployContext<'_>,
+        name: &str,
+        revision: u64,
+    ) -> Result<Option<Arc<PipelineRecord>>, DeployError> {
+        let key = (name.to_owned(), revision);
+        if let Some(found) = self.revisions.borrow().get(&key) {
+            return Ok(found.clone());
+        }
+        let found = cx.catalog.revision(name, revision)?.map(Arc::new);
+        self.revisions.borrow_mut().insert(key, found.clone());
+        Ok(found)
+    }
+
+    fn release(
+        &self,
+        cx: &DeployContext<'_>,
+        name: &str,
+        version: u64,
+    ) -> Result<Option<SignedRelease>, DeployError> {
+        let key = (name.to_owned(), version);
+        if let Some(found) = self.releases.borrow().get(&key) {
+            return Ok(found.clone());
+        }
+        let found = cx.releases.release(name, version)?;
+        self.releases.borrow_mut().insert(key, found.clone());
+        Ok(found)
+    }
+}
+
 /// The experiment's arms with their releases, on the step they replace.
 fn variants(
-    releases: &ReleaseStore,
+    cx: &DeployContext<'_>,
+    lookups: &Lookups,
     spec: &tern_proto::manifest::PipelineSpec,
     wanted: Option<&Vec<VariantSpec>>,
 ) -> Result<Vec<DesiredVariant>, String> {
@@ -129,8 +176,8 @@ fn variants(
         let Some(ArtifactRef::Release { name, version }) = ArtifactRef::parse(&v.model) else {
             return Err(format!("variant {} is not `name:version`", v.model));
         };
-        let release = releases
-            .release(&name, version)
+        let release = lookups
+            .release(cx, &name, version)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("release {} is gone", v.model))?;
         out.push(DesiredVariant {
@@ -143,9 +190,10 @@ fn variants(
     Ok(out)
 }
 
-/// Builds and signs the desired state `record` describes.
+/// Builds and signs the desired state `record` describes (`lookups`: what this pass read).
 pub fn build(
     cx: &DeployContext<'_>,
+    lookups: &Lookups,
     agent_id: &str,
     record: &AgentDesired,
     trust: Option<&SignedTrustRoot>,
@@ -157,9 +205,8 @@ pub fn build(
     };
     let mut pipelines = Vec::new();
     for (name, &(revision, committed)) in &record.pipelines {
-        let pipeline = cx
-            .catalog
-            .revision(name, revision)?
+        let pipeline = lookups
+            .revision(cx, name, revision)?
             .ok_or_else(|| build_error(format!("pipeline {name} revision {revision} is gone")))?;
         let mut steps = Vec::new();
         for (spec, pinned) in pipeline.manifest.spec.steps.iter().zip(&pipeline.pinned) {
@@ -173,9 +220,8 @@ pub fn build(
             else {
                 return Err(build_error(format!("step {} has no release", spec.name)));
             };
-            let signed = cx
-                .releases
-                .release(&release, version)?
+            let signed = lookups
+                .release(cx, &release, version)?
                 .filter(|r| r.signed.digest == pinned.digest)
                 .ok_or_else(|| build_error(format!("release {reference} is gone or changed")))?;
             steps.push(DesiredStep {
@@ -188,7 +234,7 @@ pub fn build(
             });
         }
         let spec = &pipeline.manifest.spec;
-        let variants = variants(cx.releases, spec, record.variants.get(name))
+        let variants = variants(cx, lookups, spec, record.variants.get(name))
             .map_err(|reason| build_error(format!("pipeline {name}: {reason}")))?;
         // The drift step, or the experiment's: its output distribution is compared per variant.
         let monitored_step = spec
