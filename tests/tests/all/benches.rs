@@ -74,6 +74,13 @@ fn fleet_bench_connections() {
 }
 
 #[test]
+fn fleet_bench_simulate() {
+    let out = run("fleet-bench", &["simulate", "--agents", "40"]);
+    assert!(out.contains("40 agents serve it"), "{out}");
+    assert!(out.contains("reference, one whole-fleet pass"), "{out}");
+}
+
+#[test]
 fn fleet_bench_telemetry() {
     let out = run(
         "fleet-bench",
