@@ -46,6 +46,9 @@ fn open_signed(key: &[u8], value: &[u8]) -> Result<SignedDesiredState, DesiredSt
     })
 }
 
+/// Agents whose states one transaction of [`DesiredStore::put_many`] records.
+pub const PUT_BATCH: usize = 256;
+
 /// Why the desired-state store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DesiredStoreError {
@@ -212,6 +215,49 @@ impl DesiredStore {
         })
     }
 
+    /// [`DesiredStore::put`] for many agents, in transactions of [`PUT_BATCH`] (a pass that
+    /// gives a wave its states waits on a few commits, not one per agent); whether each was
+    /// written, in order.
+    pub fn put_many(
+        &self,
+        entries: &[(&str, &AgentDesired, &SignedDesiredState)],
+    ) -> Result<Vec<bool>, DesiredStoreError> {
+        let mut written = Vec::with_capacity(entries.len());
+        for batch in entries.chunks(PUT_BATCH) {
+            let frames: Vec<Vec<u8>> = (batch.iter())
+                .map(|(_, _, signed)| {
+                    postcard::to_allocvec(signed).expect("a signed desired state serializes")
+                })
+                .collect();
+            let keys: Vec<Vec<u8>> = batch
+                .iter()
+                .map(|(a, _, _)| a.as_bytes().to_vec())
+                .collect();
+            let done = transact(self.backend.as_ref(), |txn| {
+                let stored = txn.get_many(DESIRED, &keys)?;
+                let mut done = Vec::with_capacity(batch.len());
+                for (((agent, record, _), frame), stored) in batch.iter().zip(&frames).zip(stored) {
+                    let generation = match stored {
+                        Some(v) => {
+                            decode::<AgentDesired, DesiredStoreError>(agent.as_bytes(), &v)?
+                                .generation
+                        }
+                        None => 0,
+                    };
+                    let higher = record.generation > generation;
+                    if higher {
+                        txn.put(DESIRED, *agent, encode(*record));
+                        txn.put(OUTBOX, *agent, frame.clone());
+                    }
+                    done.push(higher);
+                }
+                Ok::<_, DesiredStoreError>(done)
+            })?;
+            written.extend(done);
+        }
+        Ok(written)
+    }
+
     /// The signed desired state of `agent_id` to send (none: it was never given one, or its
     /// record is from a version without an outbox and the work lease's holder has not
     /// signed it again yet).
@@ -363,6 +409,28 @@ mod tests {
         store.forget("a").expect("forget");
         assert_eq!(store.get("a").expect("get"), None);
         assert_eq!(store.signed("a").expect("get"), None);
+    }
+
+    #[test]
+    fn many_generations_are_written_together_each_only_over_the_one_it_succeeds() {
+        let store = DesiredStore::new(std::sync::Arc::new(crate::backend::MemoryBackend::new()));
+        let first = AgentDesired::successor(None, pipelines(&[("p", 1)]), None, BTreeMap::new());
+        assert!(store.put("b", &first, &signed(&first)).expect("put"));
+        // More agents than one transaction takes, and one (b) whose generation is not new.
+        let agents: Vec<String> = (0..PUT_BATCH + 3).map(|i| format!("a{i}")).collect();
+        let mut entries: Vec<(&str, &AgentDesired, SignedDesiredState)> = (agents.iter())
+            .map(|a| (a.as_str(), &first, signed(&first)))
+            .collect();
+        entries.insert(1, ("b", &first, signed(&first)));
+        let refs: Vec<(&str, &AgentDesired, &SignedDesiredState)> =
+            entries.iter().map(|(a, r, s)| (*a, *r, s)).collect();
+        let written = store.put_many(&refs).expect("put many");
+        assert_eq!(written.len(), PUT_BATCH + 4);
+        assert_eq!(written.iter().filter(|w| !**w).count(), 1);
+        assert!(!written[1], "b holds generation 1 already");
+        let last = agents.last().expect("agents");
+        assert_eq!(store.signed(last).expect("get"), Some(signed(&first)));
+        assert_eq!(store.get(last).expect("get").map(|d| d.generation), Some(1));
     }
 
     #[test]

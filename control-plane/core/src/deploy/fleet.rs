@@ -471,6 +471,7 @@ impl Fleet {
         }
         out.assigned = members.len();
         let lookups = Lookups::default();
+        let mut changes = Vec::new();
         for agent in members {
             if self.unreadable.contains(&agent.id) {
                 continue;
@@ -500,20 +501,19 @@ impl Fleet {
                 }
                 (None, _) => continue,
             };
-            let kept = (&mut self.desired, &mut self.unreadable, &mut self.retry);
-            let built = (&lookups, trust.as_ref());
-            if let Some(sent) = outbox(cx, kept, agent, record, built, now_ms)? {
-                out.sent.push((agent.id.clone(), sent));
-            }
+            changes.push((agent, record));
         }
+        let kept = (&mut self.desired, &mut self.unreadable, &mut self.retry);
+        out.sent = outbox(cx, kept, changes, (&lookups, trust.as_ref()), now_ms)?;
         out.next_deadline_ms = self.due.values().min().copied();
         Ok(out)
     }
 }
 
-/// Builds, signs and records `record` for `agent` (`kept`: the fleet's copy of what each
-/// agent was given, and those it cannot read); returns the state to send. One agent's
-/// failure does not hold up the others.
+/// Builds and signs each agent's next record of `changes`, records them all in the outbox (in
+/// a few transactions), and returns the states to send (`kept`: the fleet's copy of what each
+/// agent was given, those it cannot read, and those to build again). One agent's failure does
+/// not hold up the others.
 fn outbox(
     cx: &DeployContext<'_>,
     (desired, unreadable, retry): (
@@ -521,40 +521,51 @@ fn outbox(
         &mut HashSet<String>,
         &mut HashSet<String>,
     ),
-    agent: &AgentRecord,
-    mut record: AgentDesired,
+    changes: Vec<(&AgentRecord, AgentDesired)>,
     (lookups, trust): (&Lookups, Option<&SignedTrustRoot>),
     now_ms: u64,
-) -> Result<Option<SignedDesiredState>, DeployError> {
-    // Built before it is recorded: a state that cannot be built or sent is not half-made,
-    // and the next event tries again.
-    let built = match build(cx, lookups, &agent.id, &record, trust, now_ms) {
-        Ok(built) => built,
-        Err(e) => {
-            warn!(agent = %agent.name, error = %e, "cannot build the desired state; tried again at the next pass");
-            retry.insert(agent.id.clone());
-            return Ok(None);
-        }
-    };
-    record.content = Some(built.content);
-    record.artifacts = built.artifacts;
-    if !cx.desired.put(&agent.id, &record, &built.signed)? {
-        warn!(agent = %agent.name, generation = record.generation, "another writer gave this generation first; its record is read again");
-        match cx.desired.get(&agent.id) {
-            Ok(Some(stored)) => {
-                desired.insert(agent.id.clone(), stored);
+) -> Result<Vec<(String, SignedDesiredState)>, DeployError> {
+    // Built before they are recorded: a state that cannot be built or sent is not half-made,
+    // and the next pass tries again.
+    let mut built = Vec::with_capacity(changes.len());
+    for (agent, mut record) in changes {
+        match build(cx, lookups, &agent.id, &record, trust, now_ms) {
+            Ok(b) => {
+                record.content = Some(b.content);
+                record.artifacts = b.artifacts;
+                built.push((agent, record, b.signed));
             }
-            Ok(None) => {}
             Err(e) => {
-                warn!(agent = %agent.name, error = %e, "cannot read the desired state");
-                unreadable.insert(agent.id.clone());
+                warn!(agent = %agent.name, error = %e, "cannot build the desired state; tried again at the next pass");
+                retry.insert(agent.id.clone());
             }
         }
-        return Ok(None);
     }
-    info!(agent = %agent.name, generation = record.generation, pipelines = ?record.pipelines, "new desired state");
-    desired.insert(agent.id.clone(), record);
-    Ok(Some(built.signed))
+    let entries: Vec<(&str, &AgentDesired, &SignedDesiredState)> = (built.iter())
+        .map(|(agent, record, signed)| (agent.id.as_str(), record, signed))
+        .collect();
+    let written = cx.desired.put_many(&entries)?;
+    let mut sent = Vec::with_capacity(built.len());
+    for ((agent, record, signed), written) in built.into_iter().zip(written) {
+        if !written {
+            warn!(agent = %agent.name, generation = record.generation, "another writer gave this generation first; its record is read again");
+            match cx.desired.get(&agent.id) {
+                Ok(Some(stored)) => {
+                    desired.insert(agent.id.clone(), stored);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(agent = %agent.name, error = %e, "cannot read the desired state");
+                    unreadable.insert(agent.id.clone());
+                }
+            }
+            continue;
+        }
+        info!(agent = %agent.name, generation = record.generation, pipelines = ?record.pipelines, "new desired state");
+        desired.insert(agent.id.clone(), record);
+        sent.push((agent.id.clone(), signed));
+    }
+    Ok(sent)
 }
 
 /// Whether `record` no longer builds to the content it was sent with (a release it names

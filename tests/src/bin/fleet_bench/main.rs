@@ -384,6 +384,8 @@ struct LoadShared {
     connected: Arc<AtomicUsize>,
     acks: Arc<AtomicU64>,
     stop: watch::Receiver<bool>,
+    /// When each desired state that gives an agent a pipeline arrived (the apply's latency).
+    given: Arc<std::sync::Mutex<Vec<Instant>>>,
     /// Handshakes in progress at once (agents of a fleet do not all dial in the same
     /// millisecond; hundreds at once on two cores would outlast QUIC's Retry tokens).
     handshakes: Arc<Semaphore>,
@@ -399,6 +401,7 @@ async fn hold(shared: LoadShared, agent: SimAgent) -> anyhow::Result<()> {
         connected,
         acks,
         mut stop,
+        given,
         handshakes,
     } = shared;
     let slot = handshakes.acquire_owned().await?;
@@ -438,8 +441,20 @@ async fn hold(shared: LoadShared, agent: SimAgent) -> anyhow::Result<()> {
         while let Ok(Some(message)) =
             read_frame::<_, ControlMessage>(&mut recv, MAX_FRAME_LEN).await
         {
-            if matches!(message, ControlMessage::Ack(_)) {
-                acks.fetch_add(1, Ordering::Relaxed);
+            match message {
+                ControlMessage::Ack(_) => {
+                    acks.fetch_add(1, Ordering::Relaxed);
+                }
+                // Left unapplied; only when it arrived counts (a state that runs a pipeline).
+                ControlMessage::DesiredState(signed) => {
+                    let at = Instant::now();
+                    let state: Option<tern_proto::desired::DesiredState> =
+                        postcard::from_bytes(&signed.body).ok();
+                    if state.is_some_and(|s| !s.pipelines.is_empty()) {
+                        given.lock().unwrap_or_else(|p| p.into_inner()).push(at);
+                    }
+                }
+                _ => {}
             }
         }
     });
@@ -603,8 +618,10 @@ fn connections(
         connected: connected.clone(),
         acks: acks.clone(),
         stop: stop_rx,
+        given: Arc::default(),
         handshakes: Arc::new(Semaphore::new(16)),
     };
+    let given = shared.given.clone();
     let mut held = 0;
 
     let idle: Vec<String> = idle_rss
@@ -724,10 +741,73 @@ fn connections(
             ),
         }
     }
+    first_wave(cp, tmp.path(), held, &given)?;
     let _ = stop_tx.send(true);
     runtime.block_on(async { tokio::time::sleep(Duration::from_millis(500)).await });
     drop(cps);
     drop(server);
+    Ok(())
+}
+
+/// An apply of a new pipeline in canary waves of 1% and 100% to the `agents` held: the time
+/// from the apply's answer (and from `ternctl apply`'s start) to each first-wave agent's desired
+/// state arriving, as percentiles.
+fn first_wave(
+    cp: &ControlPlane,
+    root: &Path,
+    agents: usize,
+    given: &std::sync::Mutex<Vec<Instant>>,
+) -> anyhow::Result<()> {
+    let signed = || cp.gauge("tern_control_plane_desired_states_signed_total");
+    let before = signed().unwrap_or(0.0);
+    let publisher = tern_e2e::Publisher::generate(cp, root)?;
+    publisher.trust_init(cp)?;
+    let file = root.join("topk.wasm");
+    std::fs::copy(tern_e2e::component("topk"), &file)?;
+    publisher.sign_and_push(cp, &file, "plugin", "topk", 1)?;
+    // The new trust root is a new state for every agent: the driver signs them all first
+    // (and the count of states it signed then holds still for 3 s).
+    let mut last = (signed(), Instant::now());
+    wait_for(
+        Duration::from_secs(600),
+        "the trust root's states signed",
+        || {
+            let now = signed();
+            if now != last.0 {
+                last = (now, Instant::now());
+            }
+            (now.is_some_and(|n| n >= before + agents as f64)
+                && last.1.elapsed() > Duration::from_secs(3))
+            .then_some(())
+        },
+    )?;
+    given.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    let manifest = root.join("first-wave.yaml");
+    let yaml = tern_e2e::topk_manifest_with("topk:1", 3, "{ strategy: canary, waves: [1, 100] }");
+    let started = Instant::now();
+    cp.apply_manifest(&manifest, yaml)?;
+    let answered = Instant::now();
+    let wave = agents.div_ceil(100);
+    let arrived = wait_for(Duration::from_secs(120), "the first wave's states", || {
+        let arrived = given.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        (arrived.len() >= wave).then_some(arrived)
+    })?;
+    let since = |from: Instant| {
+        let mut times: Vec<Duration> = (arrived.iter())
+            .map(|at| at.saturating_duration_since(from))
+            .collect();
+        times.sort();
+        times
+    };
+    let (answer, request) = (since(answered), since(started));
+    println!(
+        "\napply to the first wave ({wave} of {agents} agents): from the apply's answer p50 {:.1} ms, p90 {:.1} ms, last {:.1} ms; from `ternctl apply`'s start p50 {:.1} ms (ternctl itself: {:.1} ms)",
+        percentile(&answer, 0.5).as_secs_f64() * 1e3,
+        percentile(&answer, 0.9).as_secs_f64() * 1e3,
+        answer.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        percentile(&request, 0.5).as_secs_f64() * 1e3,
+        (answered - started).as_secs_f64() * 1e3,
+    );
     Ok(())
 }
 
@@ -768,6 +848,7 @@ fn bare_client(dir: &Path) -> anyhow::Result<()> {
             endpoint,
             cps: Arc::new([addr]),
             ca_pem: ca_pem.into(),
+            given: Arc::default(),
             interval: Duration::from_secs(5),
             connected,
             acks,
