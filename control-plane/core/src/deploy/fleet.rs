@@ -7,8 +7,10 @@
 //!
 //! Events wait in an [`Inbox`] (filled by sessions and the change feed while a pass runs);
 //! [`Fleet::pass`] takes them. Time moves rollouts only at their deadlines
-//! ([`Pass::next_deadline_ms`]): no pass reads the whole fleet again, except after the change
-//! feed lost track ([`Inbox::missed`]) or at the start of a term.
+//! ([`Pass::next_deadline_ms`]): no pass reads the whole fleet again, except at the start of a
+//! term, after the change feed lost track ([`Inbox::missed`]) and after a pass failed. A
+//! health report only steps the rollouts that observe its agent; a status report, a connect or
+//! a record also recomputes what the agent is given.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
