@@ -494,11 +494,11 @@ async fn hold_work_lease(
             let now = (std::time::Instant::now(), tern_clock::unix_millis_now());
             crate::leadership::renew(&work.leadership, &work.leases, source, ttl, now);
         });
-        // The driver starts (or stops) planning with the term.
-        shared.planner.notify_one();
         if let Err(e) = renewed.await {
             warn!(error = %e, "work lease task failed");
         }
+        // The driver starts (or stops) planning with the term, once it is taken (or lost).
+        shared.planner.notify_one();
     }
 }
 
